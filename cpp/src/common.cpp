@@ -1,0 +1,55 @@
+#include "xmodal/common.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#ifdef XMODAL_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace xmodal {
+namespace {
+
+int default_threads() {
+    if (const char* env = std::getenv("XMODAL_NUM_THREADS")) {
+        char* end = nullptr;
+        long v = std::strtol(env, &end, 10);
+        if (end != env && v > 0 && v < 1 << 16) return static_cast<int>(v);
+    }
+    return hardware_threads();
+}
+
+std::atomic<int>& thread_setting() {
+    static std::atomic<int> n{default_threads()};
+    return n;
+}
+
+}  // namespace
+
+int hardware_threads() {
+#ifdef XMODAL_HAVE_OPENMP
+    int n = omp_get_num_procs();
+#else
+    int n = static_cast<int>(std::thread::hardware_concurrency());
+#endif
+    return n > 0 ? n : 1;
+}
+
+int num_threads() { return thread_setting().load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) {
+    thread_setting().store(n > 0 ? n : default_threads(), std::memory_order_relaxed);
+}
+
+bool have_openmp() {
+#ifdef XMODAL_HAVE_OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+const char* compiler() { return XMODAL_COMPILER_ID; }
+
+}  // namespace xmodal

@@ -1,0 +1,130 @@
+"""Build and runtime configuration: threads, native modules, CUDA devices."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from typing import Any, Iterator
+
+from . import _core
+from ._optional import have_module
+from ._version import __version__
+
+
+def get_num_threads() -> int:
+    """Number of threads the native kernels use.
+
+    Defaults to the ``XMODAL_NUM_THREADS`` environment variable (read at import), else all cores.
+    """
+    return int(_core.num_threads())
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads of every native kernel, process-wide.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads to use (>= 1). ``None`` restores the default (``XMODAL_NUM_THREADS`` or all cores).
+    """
+    if n is None:
+        _core.set_num_threads(0)
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive integer or None, got {n!r}")
+    _core.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Context manager: run the enclosed block with ``n`` native threads, then restore.
+
+    The setting is process-wide, so do not use it concurrently from several Python threads with
+    different values.
+    """
+    old = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(old)
+
+
+def _cuda_report() -> dict[str, Any]:
+    try:
+        from . import _cuda  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return {"built": False, "error": str(exc) if "No module named" not in str(exc) else None,
+                "version": None, "driver": None, "devices": []}
+    return {
+        "built": True,
+        "error": None,
+        "version": str(_cuda.cuda_version),
+        "driver": int(_cuda.driver_version()),
+        "devices": list(_cuda.devices()),
+    }
+
+
+def backends() -> dict[str, Any]:
+    """Report what this installation of xmodal can use.
+
+    Returns
+    -------
+    dict
+        ``version``; ``compiler`` (of the C++ kernels); ``openmp`` (bool); ``num_threads`` (threads
+        the kernels use now) and ``hardware_threads``; ``cuda`` (a dict: ``built`` whether the
+        module ``xmodal._cuda`` exists, ``version`` of the CUDA toolkit it was built with,
+        ``driver`` version (0 without a driver), ``devices``: the visible GPUs as dicts with
+        ``index``, ``name``, ``compute_capability``, ``total_memory`` in bytes);
+        ``optional``: which optional packages can be imported; ``python``, ``numpy``, ``platform``.
+    """
+    import numpy
+
+    return {
+        "version": __version__,
+        "compiler": str(_core.compiler()),
+        "openmp": bool(_core.have_openmp()),
+        "num_threads": get_num_threads(),
+        "hardware_threads": int(_core.hardware_threads()),
+        "cuda": _cuda_report(),
+        "optional": {
+            name: have_module(name)
+            for name in ("torch", "cupy", "dask", "distributed", "itk", "zarr", "highspy")
+        },
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def format_config(info: dict[str, Any] | None = None) -> str:
+    """The report of :func:`backends` as text."""
+    info = backends() if info is None else info
+    cuda = info["cuda"]
+    lines = [
+        f"xmodal {info['version']}",
+        f"  python      {info['python']} ({info['platform']})",
+        f"  numpy       {info['numpy']}",
+        f"  compiler    {info['compiler']}",
+        f"  openmp      {'yes' if info['openmp'] else 'no'}",
+        f"  threads     {info['num_threads']} of {info['hardware_threads']} cores",
+    ]
+    if cuda["built"]:
+        lines.append(f"  cuda module built (CUDA {cuda['version']}, driver {cuda['driver'] or 'none'})")
+        if cuda["devices"]:
+            for d in cuda["devices"]:
+                cc = ".".join(map(str, d["compute_capability"]))
+                lines.append(f"    gpu {d['index']}: {d['name']} (sm {cc}, {d['total_memory'] / 2**30:.1f} GiB)")
+        else:
+            lines.append("    no CUDA device visible")
+    else:
+        lines.append("  cuda module not built" + (f" ({cuda['error']})" if cuda["error"] else ""))
+    opt = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["optional"].items())
+    lines.append(f"  optional    {opt}")
+    return "\n".join(lines)
+
+
+def show_config(file=None) -> None:
+    """Print the report of :func:`backends` (to ``sys.stdout`` unless ``file`` is given)."""
+    print(format_config(), file=sys.stdout if file is None else file)

@@ -1,0 +1,86 @@
+"""Argument checks shared by the public functions.
+
+Every check raises ValueError or TypeError naming the argument, what was expected and what was
+given, before any native code runs.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def describe(x: Any) -> str:
+    """Short description of a value for error messages."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    text = repr(x)
+    return text if len(text) <= 60 else f"{type(x).__name__} ({text[:57]}...)"
+
+
+def as_points(x: Any, name: str, *, dims=(2, 3), min_points: int = 1, dtype=np.float64,
+              finite: bool = True) -> np.ndarray:
+    """Return ``x`` as a C-contiguous ``(n, d)`` float array, d in ``dims``."""
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - numpy raises many kinds here
+        raise TypeError(f"{name}: expected an (n, d) array of coordinates, got {describe(x)}") from exc
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TypeError(f"{name}: expected a numeric (n, d) array, got {describe(x)}")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise TypeError(f"{name}: expected real coordinates, got {describe(x)}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected an (n, d) array, got shape {a.shape}")
+    if a.shape[1] not in dims:
+        want = " or ".join(map(str, dims))
+        raise ValueError(f"{name}: expected {want} columns (coordinates), got {a.shape[1]}")
+    if a.shape[0] < min_points:
+        raise ValueError(f"{name}: expected at least {min_points} points, got {a.shape[0]}")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if finite and not np.isfinite(a).all():
+        bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
+        raise ValueError(f"{name}: coordinates must be finite; row {bad} is {a[bad].tolist()}")
+    return a
+
+
+def as_spacing(spacing: Any, ndim: int, name: str = "spacing") -> np.ndarray | None:
+    """``None``, a positive scalar or a positive sequence of length ``ndim`` -> float64 array or None."""
+    if spacing is None:
+        return None
+    s = np.asarray(spacing, dtype=np.float64)
+    if s.ndim == 0:
+        s = np.full(ndim, float(s))
+    if s.shape != (ndim,):
+        raise ValueError(f"{name}: expected a scalar or {ndim} values (one per axis), got {describe(spacing)}")
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError(f"{name}: expected positive finite values, got {s.tolist()}")
+    return s
+
+
+def positive_int(x: Any, name: str, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {describe(x)}")
+    if int(x) < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {int(x)}")
+    return int(x)
+
+
+def positive_float(x: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> float | None:
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {describe(x)}")
+    v = float(x)
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} finite number, got {v}")
+    return v
+
+
+def choice(x: Any, name: str, options) -> str:
+    if x not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {x!r}")
+    return x

@@ -1,0 +1,160 @@
+"""The package, its native modules, its configuration report and its command line."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import xmodal
+
+
+def test_version_is_a_release_string():
+    parts = xmodal.__version__.split(".")
+    assert len(parts) >= 3 and all(p.isdigit() for p in parts[:2])
+
+
+def test_native_module_is_loaded_compiled_code():
+    from xmodal import _core
+
+    assert _core.__file__.endswith((".so", ".pyd"))
+    assert _core.hardware_threads() >= 1
+    assert isinstance(_core.compiler(), str) and _core.compiler()
+
+
+def test_backends_report():
+    info = xmodal.backends()
+    assert info["version"] == xmodal.__version__
+    assert info["num_threads"] >= 1
+    assert info["hardware_threads"] >= 1
+    assert isinstance(info["openmp"], bool)
+    cuda = info["cuda"]
+    assert set(cuda) >= {"built", "version", "devices", "driver"}
+    if not cuda["built"]:
+        assert cuda["devices"] == []
+    for d in cuda["devices"]:
+        assert d["total_memory"] > 0 and len(d["compute_capability"]) == 2
+    json.dumps(info)  # the report is plain data
+
+
+def test_show_config_prints_the_report(capsys):
+    xmodal.show_config()
+    out = capsys.readouterr().out
+    assert out.startswith(f"xmodal {xmodal.__version__}")
+    assert "threads" in out and "cuda" in out
+
+
+@pytest.mark.parametrize(
+    "kind, exc",
+    [("value", ValueError), ("type", TypeError), ("memory", MemoryError), ("runtime", RuntimeError)],
+)
+def test_cpp_exceptions_arrive_as_python_exceptions(kind, exc):
+    from xmodal import _core
+
+    with pytest.raises(exc) as info:
+        _core._raise(kind, "points: expected (n, 3), got (4, 5)")
+    if kind != "memory":
+        assert "points: expected (n, 3), got (4, 5)" in str(info.value)
+
+
+def test_set_num_threads_controls_parallel_regions():
+    from xmodal import _core
+
+    default = xmodal.get_num_threads()
+    try:
+        xmodal.set_num_threads(1)
+        assert xmodal.get_num_threads() == 1
+        assert _core._parallel_region_threads() == 1
+        if _core.have_openmp() and _core.hardware_threads() >= 2:
+            xmodal.set_num_threads(2)
+            assert _core._parallel_region_threads() == 2
+        with xmodal.num_threads(1):
+            assert xmodal.get_num_threads() == 1
+    finally:
+        xmodal.set_num_threads(None)
+    assert xmodal.get_num_threads() == default
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "2", True])
+def test_set_num_threads_rejects_bad_values(bad):
+    with pytest.raises((ValueError, TypeError), match="n: expected a positive integer"):
+        xmodal.set_num_threads(bad)
+
+
+def test_environment_variable_sets_default_threads():
+    code = "import xmodal; print(xmodal.get_num_threads())"
+    env = {**__import__("os").environ, "XMODAL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_native_calls_release_the_gil():
+    # A kernel running in another thread must not block this one: the Python thread below keeps
+    # counting while the native region runs.
+    from xmodal import _core
+
+    done = threading.Event()
+    results = []
+
+    def work():
+        for _ in range(200):
+            results.append(_core._parallel_region_threads())
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(timeout=30)
+    assert done.is_set() and len(results) == 200
+
+
+def test_lazy_attributes_and_unknown_names():
+    assert "knn_graph" in dir(xmodal)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_function'"):
+        xmodal.not_a_function
+
+
+def test_optional_import_names_the_extra():
+    from xmodal._optional import optional_import
+
+    with pytest.raises(ImportError, match=r"pip install 'xmodal\[dask\]'"):
+        optional_import("dask.this_submodule_does_not_exist", purpose="blockwise work")
+
+
+def test_validation_messages_name_argument_expected_and_given():
+    from xmodal._validation import as_points, as_spacing
+
+    with pytest.raises(ValueError, match=r"moving: expected 2 or 3 columns \(coordinates\), got 5"):
+        as_points(np.zeros((4, 5)), "moving")
+    with pytest.raises(ValueError, match=r"fixed: coordinates must be finite; row 1"):
+        as_points([[0, 0], [np.nan, 1]], "fixed")
+    with pytest.raises(ValueError, match="spacing: expected positive"):
+        as_spacing([1, -1, 1], 3)
+
+
+def test_device_auto_is_cpu_for_numpy():
+    from xmodal._device import is_cuda_array, resolve_device
+
+    assert resolve_device("auto", np.zeros(3)) == "cpu"
+    assert not is_cuda_array(np.zeros(3))
+    with pytest.raises(ValueError, match="device: expected one of"):
+        resolve_device("gpu")
+
+
+def test_cli_version_and_info():
+    out = subprocess.run([sys.executable, "-m", "xmodal", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"xmodal {xmodal.__version__}"
+    out = subprocess.run([sys.executable, "-m", "xmodal", "info", "--json"], capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout)["version"] == xmodal.__version__
+
+
+def test_cli_entry_point_is_installed():
+    import shutil
+
+    exe = shutil.which("xmodal")
+    if exe is None:
+        pytest.skip("xmodal is not installed as a script (running from a source tree)")
+    out = subprocess.run([exe, "info"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("xmodal ")
