@@ -158,3 +158,16 @@ def test_cli_entry_point_is_installed():
         pytest.skip("xmodal is not installed as a script (running from a source tree)")
     out = subprocess.run([exe, "info"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("xmodal ")
+
+
+def test_builtin_celegans_embryos():
+    from xmodal.datasets import celegans_embryos
+
+    embryos = celegans_embryos()
+    assert len(embryos) == 8
+    for e in embryos.values():
+        assert e.points.shape == (len(e.cells), 3) and len(e.cells) >= 350
+        assert len(set(e.cells)) == len(e.cells)
+        assert np.isfinite(e.points).all()
+    a, b = list(embryos.values())[:2]
+    assert len(set(a.cells) & set(b.cells)) >= 300

@@ -1,10 +1,6 @@
 // The module xmodal._cuda: thin bindings over the CUDA kernels in cuda/*.cu.
 // Built only when CMake finds a CUDA toolkit; importing it never requires a GPU.
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
-#include "xmodal/common.hpp"
-#include "xmodal_cuda.hpp"
+#include "cuda_bindings.hpp"
 
 namespace py = pybind11;
 
@@ -33,4 +29,9 @@ PYBIND11_MODULE(_cuda, m) {
     }, "Visible CUDA devices as a list of dicts (empty without a driver or GPU).");
     m.def("driver_version", &xmodal::cuda::driver_version);
     m.def("runtime_version", &xmodal::cuda::runtime_version);
+
+    xmodal::cuda_bind::register_knn(m);
+    xmodal::cuda_bind::register_cpd(m);
+    xmodal::cuda_bind::register_mws(m);
+    xmodal::cuda_bind::register_stitch(m);
 }
