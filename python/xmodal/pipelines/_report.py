@@ -1,0 +1,163 @@
+"""Outputs of the cell registration pipeline: tables, transform, error estimates, QC report."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from ._output import atomic_write_bytes, atomic_write_text, provenance, write_csv, write_json
+
+
+def _error_summary(errors: dict | None) -> dict | None:
+    if errors is None:
+        return None
+    out = {}
+    for kind, e in errors.items():
+        region = e["region"]
+        loo = np.asarray(e["loo_residuals"])
+        loo_norm = np.linalg.norm(loo, axis=1) if loo.ndim == 2 else loo
+        out[kind] = {
+            "loo_residual_median": float(np.median(loo_norm)),
+            "loo_residual_p95": float(np.percentile(loo_norm, 95)),
+            "prediction_region_semi_axes_median": np.median(np.asarray(region.semi_axes), axis=0).tolist(),
+            "fit": {k: v for k, v in vars(e["fit"]).items() if not isinstance(v, np.ndarray) or v.size <= 16},
+        }
+    return out
+
+
+def _plots(result, folder: Path) -> list[str]:
+    """PNG plots (needs matplotlib; returns [] without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    import io
+
+    names = []
+    fix, moved = result.fixed_points, result.moved
+    ax_a, ax_b = (fix.shape[1] - 1, fix.shape[1] - 2)  # x against y
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(folder / name, buf.getvalue())
+        names.append(name)
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(fix[:, ax_a], fix[:, ax_b], s=6, c="tab:blue", label="fixed")
+    ax.scatter(moved[:, ax_a], moved[:, ax_b], s=6, c="tab:orange", label="moving (registered)")
+    fi, mi = result.fixed_index, result.moving_index
+    segs = np.stack([fix[fi][:, [ax_a, ax_b]], moved[mi][:, [ax_a, ax_b]]], axis=1)
+    from matplotlib.collections import LineCollection
+
+    ax.add_collection(LineCollection(segs, colors="k", linewidths=0.4, alpha=0.6))
+    ax.set_aspect("equal")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{result.n_matched} matched pairs")
+    save(fig, "match_overlay.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(result.distances, bins=40, color="tab:green")
+    ax.set_xlabel("distance of matched pairs after registration")
+    ax.set_ylabel("pairs")
+    save(fig, "residuals.png")
+
+    if result.errors is not None and "affine" in result.errors:
+        region = result.errors["affine"]["region"]
+        cov = np.asarray(region.covariance)
+        centres = np.asarray(region.centre)
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ax.scatter(fix[:, ax_a], fix[:, ax_b], s=4, c="0.7")
+        from matplotlib.patches import Ellipse
+
+        step = max(1, len(centres) // 60)
+        scale = float(getattr(region, "scale", 1.0))
+        for c, s in zip(centres[::step], cov[::step]):
+            sub = s[np.ix_([ax_a, ax_b], [ax_a, ax_b])] * scale
+            vals, vecs = np.linalg.eigh(sub)
+            vals = np.clip(vals, 0, None)
+            angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
+            ax.add_patch(Ellipse((c[ax_a], c[ax_b]), 2 * np.sqrt(vals[1]), 2 * np.sqrt(vals[0]), angle=angle,
+                                 fill=False, color="tab:red", lw=0.8))
+        ax.set_aspect("equal")
+        ax.set_title("95 % prediction regions (affine fit), x-y projection")
+        save(fig, "confidence_ellipses.png")
+    return names
+
+
+def write_registration_outputs(result, folder: Path) -> dict:
+    """Write every output of :func:`register_cells` into ``folder``; returns name -> path."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out: expected a folder, got an existing file {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {}
+    outputs["transform"] = write_json(folder / "transform.json", result.transform.to_dict())
+    outputs["matches"] = write_csv(
+        folder / "matches.csv",
+        ["fixed_index", "moving_index", "fixed_id", "moving_id", "distance"],
+        [result.fixed_index, result.moving_index, result.fixed_ids, result.moving_ids, result.distances],
+    )
+    d = result.fixed_points.shape[1]
+    axes = ["z", "y", "x"][-d:]
+    n_fix = len(result.fixed_points)
+    partner = np.full(n_fix, -1, dtype=np.int64)
+    partner[result.fixed_index] = result.moving_index
+    pdist = np.full(n_fix, np.nan)
+    pdist[result.fixed_index] = result.distances
+    header = ["fixed_index"] + [f"fixed_{a}" for a in axes] + ["moving_index", "distance"]
+    cols = [np.arange(n_fix)] + [result.fixed_points[:, j] for j in range(d)] + [partner, pdist]
+    if result.spot_counts is not None:
+        for name, c in result.spot_counts.items():
+            header.append(f"spots_{name}")
+            cols.append(c)
+    outputs["cells"] = write_csv(folder / "cells.csv", header, cols)
+    summary = _error_summary(result.errors)
+    if summary is not None:
+        outputs["errors"] = write_json(folder / "errors.json", summary)
+    plots = _plots(result, folder)
+    for p in plots:
+        outputs[p[:-4]] = folder / p
+    outputs["report"] = atomic_write_text(folder / "report.html", _html(result, summary, plots))
+    outputs["provenance"] = write_json(folder / "provenance.json",
+                                       provenance("register_cells", result.parameters,
+                                                  {"fixed": result.parameters.get("fixed"),
+                                                   "moving": result.parameters.get("moving")})
+                                       | {"timings": result.timings})
+    return {k: str(v) for k, v in outputs.items()}
+
+
+def _html(result, summary, plots) -> str:
+    rows = [
+        ("fixed cells", len(result.fixed_points)),
+        ("moving cells", len(result.moving_points)),
+        ("matched pairs", result.n_matched),
+        ("median pair distance", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
+        ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items())),
+        ("time (s)", f"{result.timings.get('total', float('nan')):.2f}" if 'total' in result.timings else ""),
+    ]
+    if summary:
+        for kind, s in summary.items():
+            rows.append((f"{kind} fit: leave-one-out residual (median / 95th pct)",
+                         f"{s['loo_residual_median']:.4g} / {s['loo_residual_p95']:.4g}"))
+    table = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    imgs = "\n".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>' for p in plots)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>xmodal cell registration</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
+figure{{display:inline-block;margin:1em}}img{{max-width:28em}}</style></head>
+<body><h1>xmodal cell registration</h1>
+<table>{table}</table>
+{imgs}
+<p>Outputs: transform.json (moving &rarr; fixed, reusable on new points), matches.csv, cells.csv,
+errors.json, provenance.json.</p>
+</body></html>
+"""
