@@ -1,15 +1,84 @@
-"""The ``xmodal`` command line."""
+"""The ``xmodal`` command line.
+
+Every subcommand takes ``--config FILE.toml``: a TOML file whose top-level keys (or the keys of a
+table named after the subcommand) are the long option names (dashes or underscores), so a run can
+be repeated exactly; options given on the command line override the file. Outputs carry their
+provenance (xmodal version, parameters, inputs).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 
 from ._version import __version__
 
+log = logging.getLogger("xmodal.cli")
 
-def _cmd_info(args: argparse.Namespace) -> int:
+
+# --------------------------------------------------------------------------- helpers
+def _load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        from ._optional import optional_import
+
+        tomllib = optional_import("tomli", purpose="reading TOML config files on Python 3.10")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--config: file not found: {p}")
+    with open(p, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _apply_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, command: str,
+                  argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` with the defaults of ``sub`` taken from its --config file."""
+    args = parser.parse_args(argv)
+    cfg_path = getattr(args, "config", None)
+    if not cfg_path:
+        return args
+    cfg = _load_toml(cfg_path)
+    table = cfg.get(command, cfg) if isinstance(cfg.get(command), dict) else cfg
+    known = {a.dest for a in sub._actions}
+    values = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            continue
+        dest = key.replace("-", "_")
+        if dest not in known:
+            raise ValueError(f"--config: unknown option {key!r} for 'xmodal {command}' in {cfg_path}")
+        values[dest] = value
+    # Positional arguments from the file satisfy the parser too.
+    for action in sub._actions:
+        if not action.option_strings and action.dest in values:
+            action.nargs = "?"
+    sub.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _spacing(text):
+    if text is None or isinstance(text, (list, tuple, float, int)):
+        return text
+    parts = [float(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _setup(args) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    threads = getattr(args, "threads", None)
+    if threads:
+        from ._config import set_num_threads
+
+        set_num_threads(int(threads))
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_info(args) -> int:
     from ._config import backends, format_config
 
     info = backends()
@@ -17,32 +86,185 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_register(args) -> int:
+    from .pipelines import register_cells
+
+    spots = None
+    if args.spots:
+        spots = {Path(s).stem: s for s in args.spots}
+    res = register_cells(
+        args.fixed, args.moving, transform=args.transform, matching=args.matching,
+        fixed_spacing=_spacing(args.fixed_spacing or args.spacing),
+        moving_spacing=_spacing(args.moving_spacing or args.spacing), id_column=args.id_column,
+        prealign=False if args.no_prealign else args.prealign, scale=args.scale, k=args.k, radius=args.radius,
+        unmatched_cost="auto" if args.unmatched_cost is None else float(args.unmatched_cost),
+        spots=spots, out=args.out,
+    )
+    print(f"matched {res.n_matched} of {len(res.moving_points)} moving and {len(res.fixed_points)} fixed cells "
+          f"in {res.timings['total']:.2f} s; outputs in {args.out}")
+    return 0
+
+
+def _cmd_match(args) -> int:
+    from .matching import match_points
+    from .pipelines import load_points
+    from .pipelines._output import provenance, write_csv, write_json
+
+    a = load_points(args.a, spacing=_spacing(args.spacing), id_column=args.id_column, name="a")
+    b = load_points(args.b, spacing=_spacing(args.spacing), id_column=args.id_column, name="b")
+    res = match_points(a.points, b.points, k=args.k, radius=args.radius, unmatched_cost=args.unmatched_cost,
+                       mode=args.mode)
+    import numpy as np
+
+    rows, cols = np.asarray(res.rows), np.asarray(res.cols)
+    dist = np.linalg.norm(a.points[rows] - b.points[cols], axis=1)
+    out = Path(args.out)
+    write_csv(out, ["a_index", "b_index", "a_id", "b_id", "distance"], [rows, cols, a.ids[rows], b.ids[cols], dist])
+    write_json(out.with_suffix(".provenance.json"),
+               provenance("match", {k: v for k, v in vars(args).items() if k != "func"}, {"a": args.a, "b": args.b}))
+    print(f"{len(rows)} pairs, total cost {float(res.cost):.6g}; written to {out}")
+    return 0
+
+
+def _cmd_cpd(args) -> int:
+    import numpy as np
+
+    from .pipelines import load_points
+    from .pipelines._output import provenance, write_csv, write_json
+    from .registration import cpd
+
+    mov = load_points(args.moving, spacing=_spacing(args.spacing), name="moving")
+    fix = load_points(args.fixed, spacing=_spacing(args.spacing), name="fixed")
+    opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol") if getattr(args, k) is not None}
+    res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "transform.json", res.transform.to_dict())
+    moved = np.asarray(res.moved)
+    axes = ["z", "y", "x"][-moved.shape[1]:]
+    write_csv(out / "moved.csv", ["id", *axes], [mov.ids, *moved.T])
+    write_json(out / "provenance.json",
+               provenance("cpd", {k: v for k, v in vars(args).items() if k != "func"},
+                          {"moving": args.moving, "fixed": args.fixed})
+               | {"iterations": int(res.iterations), "converged": bool(res.converged), "sigma2": float(res.sigma2)})
+    print(f"cpd {args.transform}: {res.iterations} iterations, converged={res.converged}, "
+          f"sigma2={float(res.sigma2):.4g}; outputs in {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser, *, device: bool = False, scheduler: bool = False) -> None:
+    g = p.add_argument_group("run options")
+    g.add_argument("--config", metavar="TOML", help="read options from a TOML file (command line wins)")
+    g.add_argument("--threads", type=int, metavar="N", help="native threads (default: XMODAL_NUM_THREADS or all)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    if device:
+        g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
+    if scheduler:
+        g.add_argument("--scheduler", metavar="ADDRESS",
+                       help="dask.distributed scheduler address for blockwise work (default: local threads)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="xmodal",
         description="Multimodal bioimage analysis: cell registration and matching, tiled inference, "
         "mutex watershed segmentation.",
+        epilog="Run 'xmodal COMMAND --help' for the options and examples of a command.",
     )
     parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {}
+    fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("info", help="show version, compiler, threads and CUDA devices",
+    p = sub.add_parser("register", help="register and match two cell sets (points, tables or label images)",
+                       formatter_class=fmt,
+                       description="Cross-modal cell registration: pre-alignment, CPD, exact matching, error "
+                                   "estimates, per-cell tables and a QC report in one folder.",
+                       epilog="examples:\n  xmodal register em_nuclei.csv lm_nuclei.csv --out reg/\n"
+                              "  xmodal register em_labels.zarr lm_labels.tif --fixed-spacing 0.1,0.08,0.08 "
+                              "--moving-spacing 2,0.5,0.5 --transform affine --out reg/\n"
+                              "  xmodal register --config register.toml")
+    p.add_argument("fixed", help="fixed cells: table (.csv/.tsv/.parquet, physical units) or label image")
+    p.add_argument("moving", help="moving cells: table or label image")
+    p.add_argument("--out", required=False, default="xmodal-register", help="output folder")
+    p.add_argument("--transform", default="deformable", choices=["rigid", "similarity", "affine", "deformable"])
+    p.add_argument("--matching", default="one-to-one", choices=["one-to-one", "cover"])
+    p.add_argument("--spacing", help="voxel size / coordinate scale for both, e.g. 0.5,0.2,0.2")
+    p.add_argument("--fixed-spacing", help="voxel size of the fixed input")
+    p.add_argument("--moving-spacing", help="voxel size of the moving input")
+    p.add_argument("--id-column", help="table column with cell ids")
+    p.add_argument("--prealign", default="all", choices=["all", "flips"], help="rotations searched")
+    p.add_argument("--no-prealign", action="store_true", help="inputs are already roughly aligned")
+    p.add_argument("--scale", action="store_true", help="also estimate a global scale")
+    p.add_argument("--k", type=int, default=30, help="nearest-neighbour candidates per cell (default 30)")
+    p.add_argument("--radius", type=float, help="also all pairs closer than this (physical units)")
+    p.add_argument("--unmatched-cost", type=float, help="cost of an unmatched cell (default: auto)")
+    p.add_argument("--spots", nargs="+", help="smFISH spot tables (moving frame), one per replicate")
+    _common(p)
+    p.set_defaults(func=_cmd_register)
+    subs["register"] = p
+
+    p = sub.add_parser("match", help="exact min-cost matching of two point sets on a sparse k-NN graph",
+                       formatter_class=fmt,
+                       description="Sparse k-NN cost matrix and exact assignment (one-to-one or cover).",
+                       epilog="examples:\n  xmodal match a.csv b.csv --k 30 --radius 8 --unmatched-cost 10 "
+                              "--out pairs.csv\n  xmodal match a.csv b.csv --mode cover --out pairs.csv")
+    p.add_argument("a", help="first point table (.csv/.tsv/.parquet) or label image")
+    p.add_argument("b", help="second point table or label image")
+    p.add_argument("--out", default="matches.csv", help="output CSV of pairs")
+    p.add_argument("--k", type=int, default=30)
+    p.add_argument("--radius", type=float)
+    p.add_argument("--unmatched-cost", type=float)
+    p.add_argument("--mode", default="one-to-one", choices=["one-to-one", "cover"])
+    p.add_argument("--spacing")
+    p.add_argument("--id-column")
+    _common(p)
+    p.set_defaults(func=_cmd_match)
+    subs["match"] = p
+
+    p = sub.add_parser("cpd", help="Coherent Point Drift registration of two point sets",
+                       formatter_class=fmt,
+                       description="Register MOVING onto FIXED with CPD; writes transform.json and moved.csv.",
+                       epilog="examples:\n  xmodal cpd moving.csv fixed.csv --transform rigid --out cpd/\n"
+                              "  xmodal cpd moving.csv fixed.csv --transform deformable --beta 30 --lam 0.1 "
+                              "--w 1e-5 --device cuda --out cpd/")
+    p.add_argument("moving")
+    p.add_argument("fixed")
+    p.add_argument("--out", default="xmodal-cpd", help="output folder")
+    p.add_argument("--transform", default="rigid", choices=["rigid", "similarity", "affine", "deformable"])
+    p.add_argument("--w", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--lam", type=float)
+    p.add_argument("--max-iter", type=int)
+    p.add_argument("--tol", type=float)
+    p.add_argument("--spacing")
+    _common(p, device=True)
+    p.set_defaults(func=_cmd_cpd)
+    subs["cpd"] = p
+
+    p = sub.add_parser("info", help="show version, compiler, threads and CUDA devices", formatter_class=fmt,
                        description="Show the build and runtime configuration (as xmodal.show_config()).",
-                       epilog="example: xmodal info --json")
+                       epilog="examples:\n  xmodal info\n  xmodal info --json")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_info)
-    return parser
+    subs["info"] = p
+    return parser, subs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subs = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if getattr(args, "config", None):
+            args = _apply_config(parser, subs[args.command], args.command, argv)
+        _setup(args)
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:
         print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
