@@ -34,15 +34,19 @@ def _load_toml(path: str) -> dict:
         return tomllib.load(fh)
 
 
-def _apply_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, command: str,
-                  argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv`` with the defaults of ``sub`` taken from its --config file."""
-    args = parser.parse_args(argv)
-    cfg_path = getattr(args, "config", None)
-    if not cfg_path:
-        return args
+def _config_path(argv: list[str]) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith("--config="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str) -> None:
+    """Make the options of the TOML file the defaults of ``sub`` (the command line still wins)."""
     cfg = _load_toml(cfg_path)
-    table = cfg.get(command, cfg) if isinstance(cfg.get(command), dict) else cfg
+    table = cfg[command] if isinstance(cfg.get(command), dict) else cfg
     known = {a.dest for a in sub._actions}
     values = {}
     for key, value in table.items():
@@ -52,12 +56,12 @@ def _apply_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser,
         if dest not in known:
             raise ValueError(f"--config: unknown option {key!r} for 'xmodal {command}' in {cfg_path}")
         values[dest] = value
-    # Positional arguments from the file satisfy the parser too.
+    # Positional arguments given in the file need not be repeated on the command line.
     for action in sub._actions:
         if not action.option_strings and action.dest in values:
             action.nargs = "?"
+            action.required = False
     sub.set_defaults(**values)
-    return parser.parse_args(argv)
 
 
 def _spacing(text):
@@ -255,13 +259,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subs = build_parser()
+    command = next((tok for tok in argv if not tok.startswith("-")), None)
+    cfg_path = _config_path(argv)
+    if command in subs and cfg_path:
+        try:
+            _apply_config(subs[command], command, cfg_path)
+        except (ValueError, FileNotFoundError, ImportError) as exc:
+            print(f"xmodal {command}: error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # a TOML syntax error
+            print(f"xmodal {command}: error: --config {cfg_path}: {exc}", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        if getattr(args, "config", None):
-            args = _apply_config(parser, subs[args.command], args.command, argv)
         _setup(args)
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:

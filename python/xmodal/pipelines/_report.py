@@ -14,16 +14,23 @@ def _error_summary(errors: dict | None) -> dict | None:
     if errors is None:
         return None
     out = {}
-    for kind, e in errors.items():
-        region = e["region"]
-        loo = np.asarray(e["loo_residuals"])
-        loo_norm = np.linalg.norm(loo, axis=1) if loo.ndim == 2 else loo
+    for kind in ("rigid", "affine"):
+        e = errors[kind]
+        fit, region, loo = e["fit"], e["region"], e["loo"]
         out[kind] = {
-            "loo_residual_median": float(np.median(loo_norm)),
-            "loo_residual_p95": float(np.percentile(loo_norm, 95)),
-            "prediction_region_semi_axes_median": np.median(np.asarray(region.semi_axes), axis=0).tolist(),
-            "fit": {k: v for k, v in vars(e["fit"]).items() if not isinstance(v, np.ndarray) or v.size <= 16},
+            "rms_residual": float(fit.rms),
+            "n_pairs": int(len(fit.residuals)),
+            "loo_rms": float(loo.rms),
+            "loo_distance_median": float(np.median(loo.distances)),
+            "loo_distance_p95": float(np.percentile(loo.distances, 95)),
+            "prediction_region": {"level": float(region.level), "method": region.method,
+                                  "semi_axes_median": np.median(region.semi_axes, axis=0).tolist(),
+                                  "semi_axes_max": np.max(region.semi_axes, axis=0).tolist()},
         }
+    if "tre" in errors["rigid"]:
+        tre = errors["rigid"]["tre"]
+        out["rigid"]["fitzpatrick_tre"] = {"fle": float(tre.fle), "median": float(np.median(tre.tre)),
+                                           "max": float(np.max(tre.tre))}
     return out
 
 
@@ -72,16 +79,15 @@ def _plots(result, folder: Path) -> list[str]:
 
     if result.errors is not None and "affine" in result.errors:
         region = result.errors["affine"]["region"]
-        cov = np.asarray(region.covariance)
-        centres = np.asarray(region.centre)
+        shapes = np.asarray(region.shape_matrices)
+        centres = np.asarray(region.centers)
         fig, ax = plt.subplots(figsize=(6, 5))
         ax.scatter(fix[:, ax_a], fix[:, ax_b], s=4, c="0.7")
         from matplotlib.patches import Ellipse
 
         step = max(1, len(centres) // 60)
-        scale = float(getattr(region, "scale", 1.0))
-        for c, s in zip(centres[::step], cov[::step]):
-            sub = s[np.ix_([ax_a, ax_b], [ax_a, ax_b])] * scale
+        for c, s in zip(centres[::step], shapes[::step]):
+            sub = s[np.ix_([ax_a, ax_b], [ax_a, ax_b])]
             vals, vecs = np.linalg.eigh(sub)
             vals = np.clip(vals, 0, None)
             angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
@@ -146,8 +152,8 @@ def _html(result, summary, plots) -> str:
     ]
     if summary:
         for kind, s in summary.items():
-            rows.append((f"{kind} fit: leave-one-out residual (median / 95th pct)",
-                         f"{s['loo_residual_median']:.4g} / {s['loo_residual_p95']:.4g}"))
+            rows.append((f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct)",
+                         f"{s['rms_residual']:.4g}; {s['loo_distance_median']:.4g} / {s['loo_distance_p95']:.4g}"))
     table = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     imgs = "\n".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>' for p in plots)
     return f"""<!doctype html>

@@ -145,8 +145,9 @@ def register_cells(
     k, radius : candidate pairs of the matching: the k nearest neighbours both ways, and all pairs
         closer than ``radius`` (physical units).
     unmatched_cost : float, "auto" or None
-        Cost of leaving a cell unmatched (physical units, as distances). "auto": 3 × the median
-        nearest-neighbour distance within ``fixed``. None: no unmatched cells allowed.
+        Cost of leaving a cell unmatched (physical units, as distances) in one-to-one matching.
+        "auto": 3 × the median nearest-neighbour distance within ``fixed``. None: every cell of the
+        smaller set must be matched. Not used by cover matching (every cell is matched).
     errors : bool
         Compute registration error estimates from the matched pairs.
     spots : dict of name -> (m, d) array or table path, or a list of them, optional
@@ -232,8 +233,10 @@ def register_cells(
     t0 = time.perf_counter()
     from ..matching import match_points
 
-    m = match_points(current, fix, k=k, radius=radius, unmatched_cost=unmatched_cost,
-                     mode="cover" if matching == "cover" else "one-to-one")
+    if matching == "cover":
+        m = match_points(current, fix, k=k, radius=radius, mode="cover")
+    else:
+        m = match_points(current, fix, k=k, radius=radius, unmatched_cost=unmatched_cost, mode="one-to-one")
     mi, fi = np.asarray(m.rows, dtype=np.int64), np.asarray(m.cols, dtype=np.int64)
     dist = np.linalg.norm(current[mi] - fix[fi], axis=1)
     timings["matching"] = time.perf_counter() - t0
@@ -276,15 +279,23 @@ def register_cells(
 
 
 def _error_estimates(src: np.ndarray, dst: np.ndarray, targets: np.ndarray) -> dict:
-    """Rigid and affine fits of matched pairs with their error estimates at ``targets``."""
+    """Rigid and affine fits of the matched pairs with their error estimates at ``targets``.
+
+    Per model: the fit, the 95 % prediction regions at every moving point, the leave-one-out
+    residuals of the pairs; for the rigid fit also Fitzpatrick's predicted TRE at every moving
+    point (FLE from the fit residual).
+    """
     from ..registration import uncertainty as u
 
     out = {}
     for kind in ("rigid", "affine"):
         fit = u.fit_rigid(src, dst) if kind == "rigid" else u.fit_affine(src, dst)
-        region = u.prediction_region(fit, targets, level=0.95)
-        loo = u.leave_one_out_residuals(src, dst, transform=kind)
-        out[kind] = {"fit": fit, "region": region, "loo_residuals": loo}
+        out[kind] = {
+            "fit": fit,
+            "region": u.prediction_region(fit, targets, level=0.95),
+            "loo": u.leave_one_out_residuals(src, dst, transform=kind),
+        }
+    out["rigid"]["tre"] = u.fitzpatrick_tre(src, targets, fre=out["rigid"]["fit"].rms)
     return out
 
 

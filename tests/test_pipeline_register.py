@@ -1,0 +1,173 @@
+"""Cross-modal cell registration pipeline, bead registration, inputs and the CLI on small data."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xmodal.datasets import celegans_embryos
+from xmodal.pipelines import (
+    CompositeTransform,
+    label_centroids,
+    load_points,
+    load_transform,
+    prealign,
+    proper_signed_permutations,
+    register_beads,
+    register_cells,
+)
+
+
+def _rotation(axis, deg):
+    t = np.radians(deg)
+    c, s = np.cos(t), np.sin(t)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i] = r[j, j] = c
+    r[i, j], r[j, i] = -s, s
+    return r
+
+
+@pytest.fixture(scope="module")
+def embryo_points():
+    e = celegans_embryos()["20241009_JIM767_25_L1"]
+    return e.points
+
+
+def test_proper_signed_permutations():
+    for d, n in ((3, 24), (2, 4)):
+        mats = proper_signed_permutations(d)
+        assert len(mats) == n
+        for m in mats:
+            assert np.allclose(m @ m.T, np.eye(d)) and np.isclose(np.linalg.det(m), 1)
+        assert len({m.tobytes() for m in mats}) == n
+    assert len(proper_signed_permutations(3, permute=False)) == 4
+
+
+def test_prealign_recovers_a_large_rotation(embryo_points):
+    fixed = embryo_points
+    rot = _rotation(2, 170) @ _rotation(0, 100)
+    rng = np.random.default_rng(1)
+    moving = (fixed - fixed.mean(0)) @ rot.T + [50, -20, 30] + rng.normal(0, 0.5, fixed.shape)
+    res = prealign(moving, fixed)
+    assert len(res.scores) == 24
+    err = np.linalg.norm(res.apply(moving) - fixed, axis=1)
+    # Rigid refinement of the best candidate must bring nearly all points onto their partners.
+    assert np.median(err) < 2.0, np.median(err)
+
+
+def test_register_cells_on_a_rotated_and_deformed_copy(embryo_points, tmp_path):
+    fixed = embryo_points
+    rng = np.random.default_rng(2)
+    keep = np.sort(rng.choice(len(fixed), int(0.92 * len(fixed)), replace=False))
+    centred = fixed - fixed.mean(0)
+    bend = 3.0 * np.sin(centred[:, [2]] / 80.0)  # smooth displacement, ~3 px
+    moving_all = (centred + bend) @ _rotation(1, 135).T + [10, 5, -7] + rng.normal(0, 0.3, fixed.shape)
+    moving = moving_all[keep]
+    res = register_cells(fixed, moving, transform="deformable", out=tmp_path / "reg")
+    truth = dict(zip(range(len(keep)), keep))
+    correct = np.mean([truth[m] == f for m, f in zip(res.moving_index, res.fixed_index)])
+    assert res.n_matched >= 0.9 * len(moving)
+    assert correct > 0.95, correct
+    # The transform maps the moving points where the result says, and survives JSON.
+    assert np.allclose(res.transform.apply(moving), res.moved, atol=1e-8)
+    d = json.loads((tmp_path / "reg" / "transform.json").read_text())
+    again = load_transform(d)
+    assert isinstance(again, CompositeTransform)
+    assert np.allclose(again.apply(moving), res.moved, atol=1e-8)
+    for name in ("matches.csv", "cells.csv", "report.html", "provenance.json", "errors.json"):
+        assert (tmp_path / "reg" / name).exists(), name
+    assert not list((tmp_path / "reg").glob(".*.tmp"))
+    prov = json.loads((tmp_path / "reg" / "provenance.json").read_text())
+    assert prov["parameters"]["transform"] == "deformable" and prov["xmodal"]
+
+
+def test_register_cells_cover_mode_matches_every_point_of_the_larger_set(embryo_points):
+    fixed = embryo_points
+    moving = fixed[:300] + np.random.default_rng(3).normal(0, 0.3, (300, 3))
+    res = register_cells(fixed, moving, transform="rigid", matching="cover", prealign=False, errors=False)
+    # Cover: every fixed point (the larger set) matched exactly once, every moving at least once.
+    assert sorted(res.fixed_index.tolist()) == list(range(len(fixed)))
+    assert set(res.moving_index.tolist()) == set(range(len(moving)))
+
+
+def test_spot_counts_per_matched_cell(embryo_points):
+    fixed = embryo_points[:120]
+    moving = fixed.copy()
+    rng = np.random.default_rng(4)
+    per_cell = rng.integers(0, 5, len(fixed))
+    spots = np.repeat(moving, per_cell, axis=0) + rng.normal(0, 0.2, (per_cell.sum(), 3))
+    res = register_cells(fixed, moving, transform="rigid", prealign=False,
+                         spots={"rep1": spots, "rep2": spots[: len(spots) // 2]})
+    assert np.array_equal(res.spot_counts["rep1"], per_cell)
+    assert res.spot_counts["mean"].sum() == pytest.approx((per_cell.sum() + len(spots) // 2) / 2)
+
+
+def test_inputs_tables_and_label_images(tmp_path):
+    lab = np.zeros((6, 20, 20), np.uint16)
+    lab[1:3, 2:6, 2:6] = 7
+    lab[4, 10:12, 14:18] = 9
+    ps = label_centroids(lab, spacing=[2.0, 0.5, 0.5])
+    assert ps.ids.tolist() == [7, 9]
+    assert np.allclose(ps.points[0], [2 * 1.5, 0.5 * 3.5, 0.5 * 3.5])
+    assert ps.sizes.tolist() == [32, 8]
+    np.save(tmp_path / "lab.npy", lab)
+    assert np.allclose(load_points(tmp_path / "lab.npy", spacing=[2.0, 0.5, 0.5]).points, ps.points)
+    (tmp_path / "t.csv").write_text("cell,x,y,z\na,1,2,3\nb,4,5,6\nc,7,8,10\nd,0,0,1\n")
+    t = load_points(tmp_path / "t.csv", id_column="cell")
+    assert t.ids.tolist() == ["a", "b", "c", "d"] and t.points[0].tolist() == [3, 2, 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(fixed=np.zeros((10, 3)), moving=np.zeros((10, 2))), ValueError, "same dimension"),
+        (dict(fixed=np.ones((2, 3)), moving=np.ones((10, 3))), ValueError, "fixed: expected at least 4 cells"),
+        (dict(fixed="missing.csv", moving=np.zeros((10, 3))), FileNotFoundError, "missing.csv"),
+        (dict(fixed=np.zeros((10, 3)), moving=np.zeros((10, 3)), transform="bspline"), ValueError, "transform"),
+    ],
+)
+def test_register_cells_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        register_cells(**kwargs)
+
+
+def test_empty_table_is_a_clear_error(tmp_path):
+    (tmp_path / "e.csv").write_text("z,y,x\n")
+    with pytest.raises(ValueError, match="no rows"):
+        register_cells(tmp_path / "e.csv", np.zeros((10, 3)))
+
+
+def test_register_beads_with_flip():
+    rng = np.random.default_rng(0)
+    fixed = rng.uniform(0, 100, (40, 3))
+    a = _rotation(2, 8) @ np.diag([1.05, 1.0, -0.97])
+    moving = (fixed - 5) @ np.linalg.inv(a).T + rng.normal(0, 0.1, fixed.shape)
+    moving = np.vstack([moving, rng.uniform(0, 100, (10, 3))])  # beads seen in one modality only
+    res = register_beads(fixed, moving, radius=2.0)
+    assert res.n_matched == 40 and res.reflection
+    assert np.allclose(res.matrix, a, atol=0.01)
+    assert np.array_equal(res.moving_index, res.fixed_index)
+    with pytest.raises(ValueError, match="radius"):
+        register_beads(fixed, moving + 1000, radius=0.01)
+
+
+def test_cli_register_with_config(tmp_path, embryo_points):
+    fixed = embryo_points[:150]
+    moving = fixed @ _rotation(0, 20).T
+    np.savetxt(tmp_path / "f.csv", fixed, delimiter=",", header="z,y,x", comments="")
+    np.savetxt(tmp_path / "m.csv", moving, delimiter=",", header="z,y,x", comments="")
+    (tmp_path / "run.toml").write_text(
+        f'[register]\nfixed = "{tmp_path / "f.csv"}"\nmoving = "{tmp_path / "m.csv"}"\n'
+        f'transform = "rigid"\nout = "{tmp_path / "out"}"\n')
+    r = subprocess.run([sys.executable, "-m", "xmodal", "register", "--config", str(tmp_path / "run.toml"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "matched 150" in r.stdout
+    matches = np.loadtxt(tmp_path / "out" / "matches.csv", delimiter=",", skiprows=1, usecols=(0, 1))
+    assert np.array_equal(matches[:, 0], matches[:, 1])
+    bad = subprocess.run([sys.executable, "-m", "xmodal", "register", str(tmp_path / "nope.csv"),
+                          str(tmp_path / "m.csv")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not found" in bad.stderr
