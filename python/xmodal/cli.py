@@ -156,6 +156,128 @@ def _cmd_cpd(args) -> int:
     return 0
 
 
+def _client(args):
+    address = getattr(args, "scheduler", None)
+    if not address:
+        return None
+    from ._optional import optional_import
+
+    distributed = optional_import("distributed", purpose="--scheduler")
+    return distributed.Client(address)
+
+
+def _tuple(text):
+    if text is None or isinstance(text, (list, tuple)):
+        return text
+    return tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+
+
+def _offsets(text):
+    if text is None:
+        return None
+    p = Path(str(text))
+    return json.loads(p.read_text()) if p.exists() else json.loads(str(text))
+
+
+def _cmd_predict(args) -> int:
+    from .inference import predict_tiled
+    from .pipelines._inputs import read_image
+    from .pipelines.segment import _Standardize, _global_mean_std, _resolve_model
+
+    model, _, _ = _resolve_model(args.model, [[0, 0]], None)
+    image = read_image(args.image)
+    normalize = {"none": None, "quantile": "quantile"}.get(args.normalize)
+    if args.normalize == "standardize":
+        normalize = _Standardize(*_global_mean_std(image))
+    halo = args.halo if args.halo == "auto" else _tuple(args.halo)
+    out = predict_tiled(model, image, tile_shape=_tuple(args.tile_shape), halo=halo, blend=args.blend,
+                        device=args.device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
+                        client=_client(args), progress=not args.quiet)
+    print(f"prediction of shape {tuple(out.shape)} written to {args.out}")
+    return 0
+
+
+def _cmd_mws(args) -> int:
+    import numpy as np
+
+    from .pipelines._inputs import read_image
+    from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
+
+    aff = read_image(args.affinities)
+    offsets = _offsets(args.offsets)
+    if offsets is None:
+        offsets = aff.attrs.get("xmodal", {}).get("offsets") if hasattr(aff, "attrs") else None
+        if offsets is None:
+            raise ValueError("--offsets: expected a JSON list of offsets (or a file), got none")
+    out = Path(args.out)
+    spatial = tuple(aff.shape[1:])
+    if args.block_shape:
+        from .io import create_array, provenance_attributes
+
+        target = create_array(out, spatial, np.uint64, chunks=_tuple(args.block_shape), overwrite=True,
+                              attributes=provenance_attributes("mws", {k: v for k, v in vars(args).items()
+                                                                       if k != "func"}))
+        res = blockwise_mutex_watershed(aff, offsets, block_shape=_tuple(args.block_shape),
+                                        halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
+                                        n_attractive=args.n_attractive, invert=args.invert, client=_client(args),
+                                        workdir=str(out) + ".xmodal-work")
+        n = int(res.n_labels)
+    else:
+        a = np.asarray(aff[...])
+        labels = mutex_watershed(a, offsets, n_attractive=args.n_attractive, invert=args.invert)
+        if args.min_size > 1:
+            labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
+                                           n_attractive=args.n_attractive, invert=args.invert)
+        from .io import create_array, provenance_attributes
+
+        arr = create_array(out, labels.shape, labels.dtype, overwrite=True,
+                           attributes=provenance_attributes("mws", {k: v for k, v in vars(args).items()
+                                                                    if k != "func"}))
+        arr[...] = labels
+        n = int(labels.max())
+    print(f"{n} segments written to {out}")
+    return 0
+
+
+def _cmd_segment(args) -> int:
+    from .pipelines import segment
+
+    res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size,
+                  tile_shape=_tuple(args.tile_shape), device=args.device, client=_client(args),
+                  ground_truth=args.ground_truth, spacing=_spacing(args.spacing), progress=not args.quiet)
+    line = f"{res.n_segments} segments in {res.timings['total']:.1f} s; outputs in {args.out}"
+    if res.metrics is not None:
+        m = res.metrics.get("mean", res.metrics)
+        line += f"; ARand {m['arand']:.4f}, VOI split {m['voi_split']:.3f}, merge {m['voi_merge']:.3f}"
+    print(line)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .metrics import evaluate_segmentation
+    from .pipelines._inputs import read_image
+    from .pipelines._output import write_json
+
+    seg = np.asarray(read_image(args.segmentation)[...])
+    gt = np.asarray(read_image(args.ground_truth)[...])
+    scores = evaluate_segmentation(seg, gt, ignore_gt=tuple(args.ignore_gt)).as_dict()
+    text = json.dumps(scores, indent=2, default=float)
+    if args.out:
+        write_json(Path(args.out), scores)
+    print(text)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out)
+    print(summary)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def _common(p: argparse.ArgumentParser, *, device: bool = False, scheduler: bool = False) -> None:
     g = p.add_argument_group("run options")
@@ -246,6 +368,83 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _common(p, device=True)
     p.set_defaults(func=_cmd_cpd)
     subs["cpd"] = p
+
+    p = sub.add_parser("predict", help="halo tiled network prediction over an image of any size",
+                       formatter_class=fmt,
+                       description="Predict a network over a 2D/3D image tile by tile with a halo of real context "
+                                   "(seam-free); writes an OME-Zarr image.",
+                       epilog="examples:\n  xmodal predict raw.zarr --model isbi2012 --out affinities.ome.zarr\n"
+                              "  xmodal predict raw.tif --model unet.pt --tile-shape 64,256,256 --device cuda "
+                              "--out pred.ome.zarr\n  xmodal predict raw.zarr --model unet.pt --scheduler "
+                              "tcp://10.0.0.1:8786 --out pred.ome.zarr")
+    p.add_argument("image", help="raw image: .zarr / OME-Zarr, .tif or .npy")
+    p.add_argument("--model", default="isbi2012", help="'isbi2012' (built-in) or a TorchScript file")
+    p.add_argument("--out", required=False, default="prediction.ome.zarr", help="output OME-Zarr path")
+    p.add_argument("--tile-shape", help="output tile, e.g. 64,256,256 (default: largest that fits)")
+    p.add_argument("--halo", default="auto", help="context per side in voxels, or 'auto' (half the receptive field)")
+    p.add_argument("--blend", default="crop", choices=["crop", "linear", "gaussian"])
+    p.add_argument("--normalize", default="standardize", choices=["standardize", "quantile", "none"])
+    p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image, if any")
+    _common(p, device=True, scheduler=True)
+    p.set_defaults(func=_cmd_predict)
+    subs["predict"] = p
+
+    p = sub.add_parser("mws", help="mutex watershed of affinities (single-shot or blockwise)", formatter_class=fmt,
+                       description="Mutex watershed instance segmentation of affinities (C, *spatial), merge "
+                                   "probabilities (1 = same object), channel c joining p and p + offsets[c].",
+                       epilog="examples:\n  xmodal mws aff.npy --offsets '[[-1,0],[0,-1],[-9,0],[0,-9]]' --out labels.zarr\n"
+                              "  xmodal mws aff.zarr --offsets offsets.json --n-attractive 3 --block-shape 64,512,512 "
+                              "--out labels.zarr --scheduler tcp://10.0.0.1:8786")
+    p.add_argument("affinities", help="affinities (.zarr, .npy, .tif) of shape (C, *spatial)")
+    p.add_argument("--offsets", help="JSON list of offsets or a JSON file")
+    p.add_argument("--n-attractive", type=int, help="attractive channels (default: ndim)")
+    p.add_argument("--invert", action="store_true", help="affinities are boundary probabilities")
+    p.add_argument("--out", default="labels.zarr", help="output zarr array")
+    p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
+    p.add_argument("--min-size", type=int, default=0, help="merge smaller segments (single-shot)")
+    _common(p, scheduler=True)
+    p.set_defaults(func=_cmd_mws)
+    subs["mws"] = p
+
+    p = sub.add_parser("segment", help="raw -> tiled prediction -> mutex watershed -> labels (+ metrics)",
+                       formatter_class=fmt,
+                       description="Large-volume instance segmentation; writes segmentation.ome.zarr (affinities, "
+                                   "labels group), metrics.json and provenance.json into the output folder.",
+                       epilog="examples:\n  xmodal segment em.zarr --model isbi2012 --min-size 100 --out seg/\n"
+                              "  xmodal segment em.tif --ground-truth gt.tif --out seg/\n"
+                              "  xmodal segment --config segment.toml")
+    p.add_argument("raw", help="raw image or volume (.zarr / OME-Zarr, .tif, .npy)")
+    p.add_argument("--model", default="isbi2012", help="'isbi2012' (built-in) or a TorchScript file")
+    p.add_argument("--out", default="xmodal-segment", help="output folder")
+    p.add_argument("--min-size", type=int, default=0, help="merge segments smaller than this (voxels)")
+    p.add_argument("--tile-shape", help="prediction tile (default: largest that fits)")
+    p.add_argument("--ground-truth", help="instance labels to evaluate against")
+    p.add_argument("--spacing", help="voxel size, e.g. 0.05,0.004,0.004")
+    _common(p, device=True, scheduler=True)
+    p.set_defaults(func=_cmd_segment)
+    subs["segment"] = p
+
+    p = sub.add_parser("evaluate", help="segmentation metrics against ground truth", formatter_class=fmt,
+                       description="ARand, VOI (split, merge), precision / recall / F1 at IoU thresholds, mean AP, "
+                                   "SBD and centroid Chamfer distance.",
+                       epilog="examples:\n  xmodal evaluate seg/segmentation.ome.zarr/labels/cells gt.tif\n"
+                              "  xmodal evaluate labels.npy gt.npy --out metrics.json")
+    p.add_argument("segmentation")
+    p.add_argument("ground_truth")
+    p.add_argument("--ignore-gt", type=int, nargs="*", default=[0], help="ground-truth labels to ignore (default 0)")
+    p.add_argument("--out", help="also write the scores to this JSON file")
+    _common(p)
+    p.set_defaults(func=_cmd_evaluate)
+    subs["evaluate"] = p
+
+    p = sub.add_parser("demo", help="run both pipelines on built-in real data", formatter_class=fmt,
+                       description="Cell registration of two C. elegans embryos (lineage names as ground truth) and "
+                                   "segmentation of two ISBI 2012 EM slices with the built-in model.",
+                       epilog="examples:\n  xmodal demo\n  xmodal demo --out demo-out/")
+    p.add_argument("--out", default="xmodal-demo", help="output folder")
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+    subs["demo"] = p
 
     p = sub.add_parser("info", help="show version, compiler, threads and CUDA devices", formatter_class=fmt,
                        description="Show the build and runtime configuration (as xmodal.show_config()).",

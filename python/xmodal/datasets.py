@@ -8,7 +8,7 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["Embryo", "celegans_embryos"]
+__all__ = ["Embryo", "celegans_embryos", "isbi2012_slices"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,29 @@ def celegans_embryos() -> dict[str, Embryo]:
             size=np.array([float(r["size_px"]) for r in rs]),
         )
     return out
+
+
+def isbi2012_slices() -> tuple[np.ndarray, np.ndarray]:
+    """Two ISBI 2012 EM slices (training-volume indices 25 and 26) with instance ground truth.
+
+    Returns
+    -------
+    raw : (2, 512, 512) uint8
+        Serial-section TEM, 4 x 4 nm pixels, 50 nm sections.
+    instances : (2, 512, 512) int32
+        Per slice, the 4-connected components of the cell interior, numbered from 1 without
+        repeating ids across slices; 0 = membrane (ignored in evaluations).
+    """
+    from scipy import ndimage
+
+    ref = resources.files("xmodal") / "data" / "isbi2012_slices_25_26.npz"
+    with ref.open("rb") as fh, np.load(fh) as data:
+        raw = np.array(data["raw"])
+        membrane = np.array(data["membrane_labels"])
+    instances = np.zeros(membrane.shape, np.int32)
+    offset = 0
+    for z in range(membrane.shape[0]):
+        lab, n = ndimage.label(membrane[z] > 127)
+        instances[z] = np.where(lab > 0, lab + offset, 0)
+        offset += n
+    return raw, instances

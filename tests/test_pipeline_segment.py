@@ -1,0 +1,128 @@
+"""Large-volume segmentation pipeline, the segmentation CLI commands and the demo."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from xmodal.datasets import isbi2012_slices  # noqa: E402
+from xmodal.pipelines import segment  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def isbi():
+    raw, gt = isbi2012_slices()
+    return raw[:, :256, :256].copy(), gt[:, :256, :256].copy()
+
+
+def test_segment_isbi_stack_writes_ome_zarr_and_scores(isbi, tmp_path):
+    import zarr
+
+    raw, gt = isbi
+    res = segment(raw, out=tmp_path / "seg", ground_truth=gt, min_size=50, tile_shape=(128, 128))
+    labels = np.asarray(res.labels)
+    assert labels.shape == raw.shape and labels.min() >= 1
+    # Each slice is segmented on its own (2D model): no label spans two slices.
+    assert not set(np.unique(labels[0])) & set(np.unique(labels[1]))
+    # Better than chance by far: a real EM segmentation.
+    m = res.metrics["mean"]
+    assert m["arand"] < 0.15 and m["voi_merge"] < 1.0 and m["voi_split"] < 1.0
+    root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
+    assert root.attrs["ome"]["multiscales"][0]["axes"][0]["name"] == "c"
+    assert root["labels"].attrs["ome"]["labels"] == ["cells"]
+    stored = np.asarray(root["labels/cells/0"][...])
+    assert np.array_equal(stored, labels)
+    assert "image-label" in root["labels/cells"].attrs["ome"]
+    assert np.asarray(root["0"]).shape == (len(res.offsets), *raw.shape)
+    prov = json.loads((tmp_path / "seg" / "provenance.json").read_text())
+    assert prov["step"] == "segment" and prov["parameters"]["min_size"] == 50
+    assert json.loads((tmp_path / "seg" / "metrics.json").read_text())["mean"]["arand"] == pytest.approx(m["arand"])
+
+
+def test_segment_tiled_equals_whole_image_prediction(isbi):
+    raw, _ = isbi
+    whole = segment(raw[0], tile_shape=(256, 256))
+    tiled = segment(raw[0], tile_shape=(128, 128))
+    assert np.abs(np.asarray(whole.affinities) - np.asarray(tiled.affinities)).max() <= 1e-5
+    assert np.array_equal(whole.labels, tiled.labels)
+
+
+def test_segment_blockwise_matches_single_shot(isbi):
+    from xmodal.metrics import adapted_rand_error
+
+    raw, _ = isbi
+    single = segment(raw[0], tile_shape=(128, 128))
+    blocks = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128))
+    assert adapted_rand_error(np.asarray(blocks.labels), np.asarray(single.labels), ignore_gt=()).error < 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(raw=np.zeros((4,))), ValueError, "raw: expected a 2D image or a 3D volume"),
+        (dict(raw="does-not-exist.zarr"), FileNotFoundError, "does-not-exist"),
+        (dict(raw=np.zeros((8, 8)), model="no-such-model"), ValueError, "model: expected"),
+        (dict(raw=np.zeros((8, 8)), min_size=-1), ValueError, "min_size"),
+    ],
+)
+def test_segment_bad_input(kwargs, exc, match, tmp_path):
+    with pytest.raises(exc, match=match):
+        segment(**kwargs)
+
+
+def test_segment_ground_truth_of_another_shape(isbi):
+    raw, gt = isbi
+    with pytest.raises(ValueError, match="ground_truth: expected the shape"):
+        segment(raw[0], ground_truth=gt, tile_shape=(128, 128))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "xmodal", *args], capture_output=True, text=True)
+
+
+def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
+    raw, gt = isbi
+    np.save(tmp_path / "raw.npy", raw[0])
+    np.save(tmp_path / "gt.npy", gt[0])
+    r = _run("segment", str(tmp_path / "raw.npy"), "--ground-truth", str(tmp_path / "gt.npy"),
+             "--tile-shape", "128,128", "--out", str(tmp_path / "seg"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "ARand" in r.stdout
+    r = _run("evaluate", str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells"),
+             str(tmp_path / "gt.npy"), "--out", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    scores = json.loads((tmp_path / "m.json").read_text())
+    assert 0 <= scores["arand"] < 0.2
+    r = _run("predict", str(tmp_path / "raw.npy"), "--tile-shape", "128,128", "--out",
+             str(tmp_path / "aff.ome.zarr"), "-q")
+    assert r.returncode == 0, r.stderr
+    from xmodal.models import ISBI2012_N_ATTRACTIVE, ISBI2012_OFFSETS
+
+    r = _run("mws", str(tmp_path / "aff.ome.zarr"), "--offsets", json.dumps(ISBI2012_OFFSETS.tolist()),
+             "--n-attractive", str(ISBI2012_N_ATTRACTIVE), "--out", str(tmp_path / "labels.zarr"), "-q")
+    assert r.returncode == 0, r.stderr
+    import zarr
+
+    labels = np.asarray(zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[...])
+    seg = np.asarray(zarr.open_array(str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells" / "0"),
+                                     mode="r")[...])
+    from xmodal.metrics import adapted_rand_error
+
+    assert adapted_rand_error(labels, seg, ignore_gt=()).error < 1e-9  # same affinities, same partition
+    bad = _run("evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "gt.npy"))
+    assert bad.returncode == 1 and "not found" in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_demo(tmp_path):
+    r = _run("demo", "--out", str(tmp_path / "demo"), "-q")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["registration"]["accuracy"] > 0.2
+    assert summary["segmentation"]["arand"] < 0.1
+    assert (tmp_path / "demo" / "register" / "report.html").exists()
+    assert (tmp_path / "demo" / "segment" / "segmentation.ome.zarr").is_dir()
