@@ -209,70 +209,31 @@ AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, 
                                       const std::int32_t* indices, const double* cost, double unmatched_cost) {
     check_csr(n_rows, n_cols, indptr, indices, cost, "assignment");
     require(std::isfinite(unmatched_cost), "assignment: unmatched_cost must be finite");
-    const double limit = 2.0 * unmatched_cost;
-    const std::int64_t n = n_rows + n_cols;
-    // Kept edges (cost <= 2u) of rows and, transposed, of columns.
-    std::vector<std::int64_t> row_keep(static_cast<std::size_t>(n_rows) + 1, 0);
-    std::vector<std::int64_t> col_cnt(static_cast<std::size_t>(n_cols) + 1, 0);
-    for (std::int64_t i = 0; i < n_rows; ++i) {
-        std::int64_t c = 0;
-        for (std::int64_t e = indptr[i]; e < indptr[i + 1]; ++e)
-            if (cost[e] <= limit) {
-                ++c;
-                ++col_cnt[static_cast<std::size_t>(indices[e]) + 1];
-            }
-        row_keep[i + 1] = row_keep[i] + c;
-    }
-    for (std::int64_t j = 0; j < n_cols; ++j) col_cnt[j + 1] += col_cnt[j];
-    const std::int64_t kept = row_keep[n_rows];
+    // total = sum_matched c_ij + u * (#unmatched rows) + u * (n_cols - #matched)
+    //       = sum_matched (c_ij - u) + u * (#unmatched rows) + const:
+    // every row is matched, either to a real column at c_ij - u or to its private dummy column
+    // n_cols + i at u. Edges with c_ij > 2u lose against the dummy and are dropped.
+    const double u = unmatched_cost;
+    const double limit = 2.0 * u;
     Csr g;
-    g.indptr.assign(static_cast<std::size_t>(n) + 1, 0);
-    g.indices.resize(static_cast<std::size_t>(2 * kept + n));
-    g.cost.resize(g.indices.size());
-    // Rows 0..n_rows-1: real edges then the dummy column n_cols + i.
-    std::int64_t p = 0;
+    g.indptr.assign(static_cast<std::size_t>(n_rows) + 1, 0);
+    g.indices.reserve(static_cast<std::size_t>(indptr[n_rows] + n_rows));
+    g.cost.reserve(g.indices.capacity());
     for (std::int64_t i = 0; i < n_rows; ++i) {
         for (std::int64_t e = indptr[i]; e < indptr[i + 1]; ++e)
             if (cost[e] <= limit) {
-                g.indices[p] = indices[e];
-                g.cost[p] = cost[e];
-                ++p;
+                g.indices.push_back(indices[e]);
+                g.cost.push_back(cost[e] - u);
             }
-        g.indices[p] = static_cast<std::int32_t>(n_cols + i);
-        g.cost[p] = unmatched_cost;
-        ++p;
-        g.indptr[i + 1] = p;
+        g.indices.push_back(static_cast<std::int32_t>(n_cols + i));
+        g.cost.push_back(u);
+        g.indptr[i + 1] = static_cast<std::int64_t>(g.indices.size());
     }
-    // Rows n_rows + j (dummy of column j): column j at u, then dummy columns n_cols + i at 0 for each
-    // kept edge (i, j), in ascending i.
-    const std::int64_t base = p;
-    for (std::int64_t j = 0; j < n_cols; ++j) {
-        const std::int64_t start = base + col_cnt[j] + j;
-        g.indices[start] = static_cast<std::int32_t>(j);
-        g.cost[start] = unmatched_cost;
-        g.indptr[n_rows + j + 1] = base + col_cnt[j + 1] + j + 1;
-    }
-    std::vector<std::int64_t> fill(static_cast<std::size_t>(n_cols));
-    for (std::int64_t j = 0; j < n_cols; ++j) fill[j] = base + col_cnt[j] + j + 1;
-    for (std::int64_t i = 0; i < n_rows; ++i)
-        for (std::int64_t e = indptr[i]; e < indptr[i + 1]; ++e)
-            if (cost[e] <= limit) {
-                const std::int64_t q = fill[indices[e]]++;
-                g.indices[q] = static_cast<std::int32_t>(n_cols + i);
-                g.cost[q] = 0.0;
-            }
-    Ssp s(n, n, g.indptr.data(), g.indices.data(), g.cost.data());
-    AssignmentOutput full = s.run();
-    AssignmentOutput out;
-    out.searches = full.searches;
-    out.warm_matched = full.warm_matched;
-    out.scanned = full.scanned;
-    require(full.failed_row < 0, "assignment: internal error (augmented problem infeasible)");
-    out.col_of_row.assign(static_cast<std::size_t>(n_rows), -1);
-    for (std::int64_t i = 0; i < n_rows; ++i) {
-        const std::int32_t j = full.col_of_row[i];
-        out.col_of_row[i] = j < n_cols ? j : -1;
-    }
+    Ssp s(n_rows, n_rows + n_cols, g.indptr.data(), g.indices.data(), g.cost.data());
+    AssignmentOutput out = s.run();
+    require(out.failed_row < 0, "assignment: internal error (augmented problem infeasible)");
+    for (auto& j : out.col_of_row)
+        if (j >= n_cols) j = -1;
     return out;
 }
 

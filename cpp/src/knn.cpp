@@ -40,6 +40,9 @@ public:
         search(0, q, off, 0.0, k, r2, near, ball);
     }
 
+    // Original indices in tree (spatially coherent) order.
+    const std::vector<std::int32_t>& order() const { return ids_; }
+
 private:
     struct Node {
         std::int32_t lo, hi;     // range in ids_/pts_
@@ -140,8 +143,9 @@ private:
 
 // For every query point, the ids of the tree points it links to (k nearest and/or within radius),
 // sorted ascending and unique.
+// Queries are visited in `order` (a spatially coherent permutation, for cache locality).
 std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const double* q, std::int64_t nq,
-                                                  int dim, int k, double r2) {
+                                                  int dim, int k, double r2, const std::vector<std::int32_t>& order) {
     std::vector<std::vector<std::int32_t>> out(static_cast<std::size_t>(nq));
 #ifdef XMODAL_HAVE_OPENMP
 #pragma omp parallel num_threads(xmodal::num_threads())
@@ -153,7 +157,8 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
 #ifdef XMODAL_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 256)
 #endif
-        for (std::int64_t i = 0; i < nq; ++i) {
+        for (std::int64_t t = 0; t < nq; ++t) {
+            const std::int64_t i = order[static_cast<std::size_t>(t)];
             tree.query(q + i * dim, k, r2, near, ball);
             auto& o = out[static_cast<std::size_t>(i)];
             o.reserve(near.size() + ball.size());
@@ -188,13 +193,13 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
     const int kb = static_cast<int>(std::min<std::int64_t>(k, nb));
     const int ka = static_cast<int>(std::min<std::int64_t>(k, na));
 
+    KdTree tree_a(a, na, dim);
     KdTree tree_b(b, nb, dim);
-    std::vector<std::vector<std::int32_t>> rows = neighbours(tree_b, a, na, dim, kb, r2);
+    std::vector<std::vector<std::int32_t>> rows = neighbours(tree_b, a, na, dim, kb, r2, tree_a.order());
 
     if (symmetric && ka > 0) {
         // k nearest points of a for every b_j, transposed into rows of a (ascending j per row).
-        KdTree tree_a(a, na, dim);
-        std::vector<std::vector<std::int32_t>> rev = neighbours(tree_a, b, nb, dim, ka, -1.0);
+        std::vector<std::vector<std::int32_t>> rev = neighbours(tree_a, b, nb, dim, ka, -1.0, tree_b.order());
         std::vector<std::int64_t> start(static_cast<std::size_t>(na) + 1, 0);
         for (const auto& r : rev)
             for (std::int32_t i : r) ++start[static_cast<std::size_t>(i) + 1];

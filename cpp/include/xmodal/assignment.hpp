@@ -31,9 +31,10 @@ AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, c
                                      const std::int32_t* indices, const double* cost);
 
 // Partial matching: every row and every column may stay unmatched at `unmatched_cost` each.
-// Solved as the square (n_rows + n_cols) problem with one dummy per row and per column, kept sparse
-// (dummy row j' links to column j at unmatched_cost and to dummy column i' at 0 for each edge (i, j)).
-// Edges costing more than 2 * unmatched_cost are never optimal and are dropped. Always feasible.
+// Solved as the rectangular problem n_rows x (n_cols + n_rows) where every row is matched, to a
+// real column at cost c_ij - unmatched_cost or to its own dummy column at unmatched_cost (the
+// column penalty becomes a constant). Edges costing more than 2 * unmatched_cost are never optimal
+// and are dropped. Always feasible.
 // col_of_row has n_rows entries (real columns or -1).
 AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
                                       const std::int32_t* indices, const double* cost, double unmatched_cost);

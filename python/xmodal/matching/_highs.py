@@ -17,6 +17,11 @@ def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, of
 
     n, m = c.shape
     nnz = c.nnz
+    if nnz == 0:  # HiGHS reports an empty model as such: decide here
+        if (np.asarray(row_lo) > 0).any() or (np.asarray(col_lo) > 0).any():
+            raise ValueError("cost: infeasible: no allowed pair at all; build the candidate graph with a larger "
+                             "k or radius, or allow unmatched points")
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), {"highs_status": "empty"}
     coo = c.tocoo()
     r = coo.row.astype(np.int32)
     j = coo.col.astype(np.int32)
