@@ -13,7 +13,7 @@ namespace xmodal {
 namespace {
 
 constexpr int kMaxDim = 8;
-constexpr int kLeafSize = 12;
+constexpr int kLeafSize = 16;
 
 // A k-d tree over n points of dimension dim: median split on the widest axis of each node.
 // Points are stored in tree order (pts) with their original indices (ids).
@@ -90,7 +90,7 @@ private:
         double b = r2;  // r2 < 0 when there is no radius
         if (k > 0) {
             if (static_cast<int>(near.size()) < k) return std::numeric_limits<double>::infinity();
-            b = std::max(b, near.front().first);
+            b = std::max(b, near.back().first);
         }
         return b;
     }
@@ -109,15 +109,17 @@ private:
                 const std::int32_t id = ids_[t];
                 if (r2 >= 0.0 && d2 <= r2) ball.push_back(id);
                 if (k > 0) {
+                    // `near` is kept sorted ascending by (d2, id); insertion from the back.
                     const std::pair<double, std::int32_t> c{d2, id};
-                    if (static_cast<int>(near.size()) < k) {
-                        near.push_back(c);
-                        std::push_heap(near.begin(), near.end());
-                    } else if (c < near.front()) {
-                        std::pop_heap(near.begin(), near.end());
-                        near.back() = c;
-                        std::push_heap(near.begin(), near.end());
+                    const bool full = static_cast<int>(near.size()) == k;
+                    if (full && !(c < near.back())) continue;
+                    if (!full) near.push_back(c);
+                    std::size_t p = near.size() - 1;
+                    while (p > 0 && c < near[p - 1]) {
+                        near[p] = near[p - 1];
+                        --p;
                     }
+                    near[p] = c;
                 }
             }
             return;
