@@ -41,8 +41,28 @@ public:
     Ssp(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr, const std::int32_t* indices,
         const double* cost)
         : nr_(static_cast<std::int32_t>(n_rows)), nc_(static_cast<std::int32_t>(n_cols)), indptr_(indptr),
-          indices_(indices), cost_(cost), v_(n_cols, 0.0), row_of_col_(n_cols, -1), col_of_row_(n_rows, -1),
-          mcost_(n_rows, 0.0), d_(n_cols, kInf), pred_(n_cols, -1), predc_(n_cols, 0.0), state_(n_cols, 0) {}
+          v_(n_cols, 0.0), row_of_col_(n_cols, -1), col_of_row_(n_rows, -1), mcost_(n_rows, 0.0), d_(n_cols, kInf),
+          pred_(n_cols, -1), predc_(n_cols, 0.0), state_(n_cols, 0) {
+        // Each row's edges sorted by (cost, column): lets a search stop relaxing a row once
+        // base + cost exceeds the best free-column label found (v <= 0 everywhere).
+        const std::int64_t nnz = indptr[n_rows];
+        sidx_.resize(static_cast<std::size_t>(nnz));
+        scost_.resize(static_cast<std::size_t>(nnz));
+        std::vector<std::pair<double, std::int32_t>> tmp;
+        for (std::int64_t r = 0; r < n_rows; ++r) {
+            tmp.clear();
+            for (std::int64_t e = indptr[r]; e < indptr[r + 1]; ++e) tmp.push_back({cost[e], indices[e]});
+            std::sort(tmp.begin(), tmp.end());
+            std::int64_t e = indptr[r];
+            for (const auto& t : tmp) {
+                scost_[e] = t.first;
+                sidx_[e] = t.second;
+                ++e;
+            }
+        }
+        indices_ = sidx_.data();
+        cost_ = scost_.data();
+    }
 
     AssignmentOutput run() {
         AssignmentOutput out;
@@ -65,6 +85,7 @@ public:
                 ++out.warm_matched;
             }
         }
+        augmenting_row_reduction(out);
         for (std::int32_t r = 0; r < nr_; ++r) {
             if (col_of_row_[r] >= 0) continue;
             ++out.searches;
@@ -78,16 +99,73 @@ public:
     }
 
 private:
+    // Jonker-Volgenant augmenting row reduction (two passes, bounded work): a free row takes its
+    // cheapest column j1 (reduced c - v), lowering v[j1] by the gap to its second cheapest so that
+    // the edge is tight, and evicts j1's previous row. Keeps v feasible and matched edges tight;
+    // only matched columns get v < 0, so free columns keep the maximum v = 0.
+    void augmenting_row_reduction(AssignmentOutput& out) {
+        std::vector<std::int32_t> free;
+        for (int pass = 0; pass < 2; ++pass) {
+            free.clear();
+            for (std::int32_t r = 0; r < nr_; ++r)
+                if (col_of_row_[r] < 0) free.push_back(r);
+            std::size_t k = 0;
+            std::int64_t budget = 4 * static_cast<std::int64_t>(nr_) + 16;
+            while (k < free.size() && budget-- > 0) {
+                const std::int32_t i = free[k++];
+                double m1 = kInf, m2 = kInf, c1 = 0.0, c2 = 0.0;
+                std::int32_t j1 = -1, j2 = -1;
+                for (std::int64_t e = indptr_[i]; e < indptr_[i + 1]; ++e) {
+                    const std::int32_t j = indices_[e];
+                    const double h = cost_[e] - v_[j];
+                    if (h < m1 || (h == m1 && j < j1)) {
+                        m2 = m1; j2 = j1; c2 = c1;
+                        m1 = h; j1 = j; c1 = cost_[e];
+                    } else if (h < m2 || (h == m2 && j < j2)) {
+                        m2 = h; j2 = j; c2 = cost_[e];
+                    }
+                }
+                if (j2 < 0) continue;  // fewer than two candidates: left to the shortest-path phase
+                std::int32_t jt = j1;
+                double ct = c1;
+                std::int32_t evicted = row_of_col_[j1];
+                const bool lower = m1 < m2;
+                if (lower) {
+                    v_[j1] -= m2 - m1;
+                } else if (evicted >= 0) {
+                    jt = j2;
+                    ct = c2;
+                    evicted = row_of_col_[j2];
+                }
+                row_of_col_[jt] = i;
+                col_of_row_[i] = jt;
+                mcost_[i] = ct;
+                if (evicted >= 0) {
+                    col_of_row_[evicted] = -1;
+                    if (lower && k > 0) free[--k] = evicted;
+                    else free.push_back(evicted);
+                }
+            }
+        }
+        out.warm_matched = 0;
+        for (std::int32_t r = 0; r < nr_; ++r) out.warm_matched += col_of_row_[r] >= 0;
+    }
+
     // Dijkstra from free row `start` to the nearest free column, then augment and update v.
     bool augment(std::int32_t start, AssignmentOutput& out) {
         heap_.clear();
         touched_.clear();
         scanned_.clear();
+        double best_free = kInf;  // smallest label of a free column so far: an upper bound on the path
         auto relax = [&](std::int32_t r, double base) {
             for (std::int64_t e = indptr_[r]; e < indptr_[r + 1]; ++e) {
+                // v <= 0, so every later edge of r has a label >= base + cost > best_free: such
+                // columns cannot be finalised before the search ends.
+                if (base + cost_[e] > best_free) break;
                 const std::int32_t j = indices_[e];
                 if (state_[j] == 2) continue;
                 const double nd = base + cost_[e] - v_[j];
+                if (row_of_col_[j] < 0 && nd < best_free) best_free = nd;
                 if (state_[j] == 0) {
                     state_[j] = 1;
                     touched_.push_back(j);
@@ -156,8 +234,10 @@ private:
 
     std::int32_t nr_, nc_;
     const std::int64_t* indptr_;
-    const std::int32_t* indices_;
-    const double* cost_;
+    std::vector<std::int32_t> sidx_;
+    std::vector<double> scost_;
+    const std::int32_t* indices_ = nullptr;
+    const double* cost_ = nullptr;
     std::vector<double> v_;
     std::vector<std::int32_t> row_of_col_, col_of_row_;
     std::vector<double> mcost_;
