@@ -391,12 +391,15 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
         out.failed_row = -3;  // not enough capacity
         return out;
     }
-    // Network nodes: L points [0, nl), first-unit nodes P_s [nl, nl+ns), extra-unit nodes X_s
-    // [nl+ns, nl+2ns), hub H, sink T. Arcs: L->P_s and L->X_s per edge (cap 1, cost c),
-    // P_s->T (cap 1), X_s->H (cap max-1), H->T (cap nl-ns). Flow nl saturates all P_s -> T, i.e.
-    // every S point is covered; L points are added one at a time with a shortest augmenting path.
-    const std::int64_t nnodes = nl + 2 * ns + 2;
-    const std::int32_t H = static_cast<std::int32_t>(nl + 2 * ns), T = H + 1;
+    // Flow network: L points [0, nl), first-unit nodes P_s [nl, nl+ns), extra-unit nodes X_s
+    // [nl+ns, nl+2ns), hub H. Arcs L->P_s and L->X_s per edge (capacity 1, cost c), X_s->H
+    // (capacity max-1). The sink is implicit: P_s absorbs 1 unit, H absorbs nl-ns units. A flow of
+    // nl units therefore fills every P_s: every S point is covered. L points are added one at a
+    // time along a shortest path (Johnson potentials) to the nearest node that can still absorb.
+    // Absorbing nodes keep potential 0, the maximum (potentials only decrease), which plays the
+    // role of the sink potential, as free columns do in the assignment solver.
+    const std::int64_t nnodes = nl + 2 * ns + 1;
+    const std::int32_t H = static_cast<std::int32_t>(nl + 2 * ns);
     struct Arc {
         std::int32_t to;
         std::int32_t rev;
@@ -409,33 +412,28 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
         adj[w].push_back({u, static_cast<std::int32_t>(adj[u].size() - 1), 0, -c});
     };
     std::vector<double> pot(static_cast<std::size_t>(nnodes), 0.0);
-    std::vector<double> colmin(static_cast<std::size_t>(ns), kInf);
     for (std::int64_t l = 0; l < nl; ++l) {
         if (ls.indptr[l] == ls.indptr[l + 1]) {
             out.failed_row = -2;
             out.hall_cols.push_back(static_cast<std::int32_t>(l));
         }
+        double rowmin = kInf;
         for (std::int64_t e = ls.indptr[l]; e < ls.indptr[l + 1]; ++e) {
             const std::int32_t s = ls.indices[e];
             add(static_cast<std::int32_t>(l), static_cast<std::int32_t>(nl + s), 1, ls.cost[e]);
             if (max_per_target > 1)
                 add(static_cast<std::int32_t>(l), static_cast<std::int32_t>(nl + ns + s), 1, ls.cost[e]);
-            colmin[s] = std::min(colmin[s], ls.cost[e]);
+            rowmin = std::min(rowmin, ls.cost[e]);
         }
+        pot[l] = std::isfinite(rowmin) ? -rowmin : 0.0;  // c + pot(l) - pot(s) >= 0 with pot(s) = 0
     }
     if (out.failed_row == -2) return out;
-    double hubpot = kInf;
-    for (std::int64_t s = 0; s < ns; ++s) {
-        add(static_cast<std::int32_t>(nl + s), T, 1, 0.0);
-        if (max_per_target > 1) add(static_cast<std::int32_t>(nl + ns + s), H, max_per_target - 1, 0.0);
-        const double cm = std::isfinite(colmin[s]) ? colmin[s] : 0.0;
-        pot[nl + s] = pot[nl + ns + s] = cm;
-        hubpot = std::min(hubpot, cm);
-    }
-    if (!std::isfinite(hubpot)) hubpot = 0.0;
-    add(H, T, nl - ns, 0.0);
-    pot[H] = pot[T] = hubpot;
-    // Reduced cost c(u,w) + pot(u) - pot(w) >= 0 on every residual arc.
+    if (max_per_target > 1)
+        for (std::int64_t s = 0; s < ns; ++s)
+            add(static_cast<std::int32_t>(nl + ns + s), H, max_per_target - 1, 0.0);
+    std::vector<std::uint8_t> p_free(static_cast<std::size_t>(ns), 1);
+    std::int64_t hub_free = nl - ns;
+
     std::vector<double> d(static_cast<std::size_t>(nnodes), kInf);
     std::vector<std::int32_t> pnode(static_cast<std::size_t>(nnodes), -1), parc(static_cast<std::size_t>(nnodes), -1);
     std::vector<std::uint8_t> done(static_cast<std::size_t>(nnodes), 0);
@@ -449,7 +447,7 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
         d[start] = 0.0;
         touched.push_back(start);
         heap.push_back({0.0, start});
-        bool found = false;
+        std::int32_t end = -1;
         while (!heap.empty()) {
             std::pop_heap(heap.begin(), heap.end(), std::greater<HeapItem>());
             const HeapItem top = heap.back();
@@ -458,8 +456,8 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
             if (done[u] || top.first > d[u]) continue;
             done[u] = 1;
             scanned.push_back(u);
-            if (u == T) {
-                found = true;
+            if ((u >= nl && u < nl + ns && p_free[u - nl]) || (u == H && hub_free > 0)) {
+                end = u;
                 break;
             }
             for (std::size_t a = 0; a < adj[u].size(); ++a) {
@@ -478,7 +476,7 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
             }
         }
         out.scanned += static_cast<std::int64_t>(scanned.size());
-        if (!found) {
+        if (end < 0) {
             out.failed_row = start;
             for (std::int32_t u : scanned)
                 if (u < nl) out.hall_rows.push_back(u);
@@ -489,13 +487,15 @@ AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_c
             }
             return out;
         }
-        const double len = d[T];
+        const double len = d[end];
         for (std::int32_t u : scanned) pot[u] += d[u] - len;
-        for (std::int32_t w = T; w != start; w = pnode[w]) {
+        for (std::int32_t w = end; w != start; w = pnode[w]) {
             Arc& arc = adj[pnode[w]][parc[w]];
             arc.cap -= 1;
             adj[w][arc.rev].cap += 1;
         }
+        if (end == H) --hub_free;
+        else p_free[end - nl] = 0;
         for (std::int32_t u : touched) {
             d[u] = kInf;
             done[u] = 0;
