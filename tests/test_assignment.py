@@ -218,6 +218,19 @@ def test_cover_equals_highs(seed, shape):
         assert rc.cost >= res.cost - 1e-9
 
 
+def test_capacity_shortcut_and_binding_path_agree():
+    rng = np.random.default_rng(12)
+    c = rng.random((30, 12))
+    free = cover_assignment(c)
+    load = np.bincount(free.cols, minlength=12).max()
+    loose = cover_assignment(c, max_per_target=int(load))
+    assert loose.info["capacity_binding"] is False and loose.cost == free.cost
+    tight = cover_assignment(c, max_per_target=3)
+    assert tight.info["capacity_binding"] == bool(load > 3)
+    assert tight.cost == pytest.approx(cover_assignment(c, max_per_target=3, solver="highs").cost, rel=1e-9)
+    assert np.bincount(tight.cols).max() <= 3
+
+
 def test_cover_dense_square_is_perfect_matching():
     rng = np.random.default_rng(3)
     c = rng.random((20, 20))

@@ -372,6 +372,18 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     g = c.copy()
     g.sort_indices()
     indptr, indices, data = _native_arrays(g)
+    if cap is not None:
+        # Exact shortcut: an uncapacitated optimum that respects the capacity is also optimal
+        # for the capacitated problem (same objective, smaller feasible set).
+        free = _core.cover_assignment(n, m, indptr, indices, data, 0)
+        if free["failed_row"] == -1 and np.bincount(free["col_of_row"], minlength=n_small).max() <= cap:
+            partner = free["col_of_row"].astype(np.int64)
+            idx = np.arange(n_big, dtype=np.int64)
+            rows, cols = (idx, partner) if rows_larger else (partner, idx)
+            info = {"warm_matched": int(free["warm_matched"]), "scanned": int(free["scanned"]),
+                    "capacity_binding": False}
+            return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native",
+                           t0=t0, searches=free["searches"], info=info)
     out = _core.cover_assignment(n, m, indptr, indices, data, 0 if cap is None else cap)
     if out["failed_row"] != -1:
         hr, hc = out["hall_rows"], out["hall_cols"]
@@ -387,5 +399,7 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     idx = np.arange(n_big, dtype=np.int64)
     rows, cols = (idx, partner) if rows_larger else (partner, idx)
     info = {"warm_matched": int(out["warm_matched"]), "scanned": int(out["scanned"])}
+    if cap is not None:
+        info["capacity_binding"] = True
     return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native", t0=t0,
                    searches=out["searches"], info=info)
