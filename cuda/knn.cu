@@ -218,10 +218,10 @@ DeviceCsr knn_graph_device(const double* a, std::int64_t na, const double* b, st
         n_keys = thrust::unique(thrust::device, keys.begin(), keys.end()) - keys.begin();
     }
     out.nnz = n_keys;
-    out.indptr = static_cast<std::int64_t*>(device_alloc(sizeof(std::int64_t) * (na + 1), "cudaMalloc indptr"));
-    out.indices = static_cast<std::int32_t*>(device_alloc(sizeof(std::int32_t) * n_keys, "cudaMalloc indices"));
-    out.data = static_cast<double*>(device_alloc(sizeof(double) * n_keys, "cudaMalloc data"));
     try {
+        out.indptr = static_cast<std::int64_t*>(device_alloc(sizeof(std::int64_t) * (na + 1), "cudaMalloc indptr"));
+        out.indices = static_cast<std::int32_t*>(device_alloc(sizeof(std::int32_t) * n_keys, "cudaMalloc indices"));
+        out.data = static_cast<double*>(device_alloc(sizeof(double) * n_keys, "cudaMalloc data"));
         if (n_keys > 0)
             finish_kernel<<<blocks(n_keys, 256), 256>>>(thrust::raw_pointer_cast(keys.data()), n_keys, a, b, nb, dim,
                                                         out.indices, out.data);

@@ -162,3 +162,28 @@ def test_cuda_graph_matches_cpu():
     np.testing.assert_array_equal(h.indptr, g_cpu.indptr)
     np.testing.assert_array_equal(h.indices, g_cpu.indices)
     np.testing.assert_allclose(h.data, g_cpu.data, rtol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k,radius,symmetric", [(None, 0.05, True), (64, None, False), (1, 0.0, True)])
+def test_cuda_graph_variants(k, radius, symmetric):
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(4)
+    a, b = rng.random((700, 2)), rng.random((900, 2))
+    b[:5] = a[:5]  # identical points: explicit zeros on both devices
+    g_cpu = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
+    h = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=k, radius=radius, symmetric=symmetric).get()
+    assert h.nnz == g_cpu.nnz
+    np.testing.assert_array_equal(h.indices, g_cpu.indices)
+    np.testing.assert_array_equal(h.data, g_cpu.data)
+    # numpy input on the GPU returns a scipy matrix
+    g_host = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric, device="cuda")
+    assert isinstance(g_host, sp.csr_matrix) and g_host.nnz == g_cpu.nnz
+
+
+@pytest.mark.cuda
+def test_cuda_k_limit():
+    cp = pytest.importorskip("cupy")
+    a = cp.zeros((3, 2))
+    with pytest.raises(ValueError, match="k"):
+        xmodal.knn_graph(a, a, k=65)

@@ -235,9 +235,11 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     Examples
     --------
     >>> import numpy as np, xmodal
-    >>> res = xmodal.linear_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0]]))
+    >>> res = xmodal.linear_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.5, 5.0]]))
     >>> res.rows.tolist(), res.cols.tolist(), res.cost
     ([0, 1], [1, 0], 3.0)
+    >>> res.unmatched_cols.tolist()
+    [2]
     """
     t0 = time.perf_counter()
     choice(solver, "solver", ("native", "highs"))

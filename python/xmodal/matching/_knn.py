@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._device import cuda_module, is_cuda_array, resolve_device
+from .._device import is_cuda_array, resolve_device
 from .._validation import as_points, as_spacing, describe, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,3 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     g.has_sorted_indices = True
     logger.debug("knn_graph: %d x %d points, %d pairs", pa.shape[0], pb.shape[0], g.nnz)
     return g
-
-
-def _cuda_knn_available() -> bool:
-    mod = cuda_module()
-    return mod is not None and hasattr(mod, "knn_graph")
