@@ -110,7 +110,7 @@ private:
             for (std::int32_t r = 0; r < nr_; ++r)
                 if (col_of_row_[r] < 0) free.push_back(r);
             std::size_t k = 0;
-            std::int64_t budget = 4 * static_cast<std::int64_t>(nr_) + 16;
+            std::int64_t budget = static_cast<std::int64_t>(nr_) + 16;
             while (k < free.size() && budget-- > 0) {
                 const std::int32_t i = free[k++];
                 double m1 = kInf, m2 = kInf, c1 = 0.0, c2 = 0.0;
