@@ -169,7 +169,7 @@ def test_deterministic():
     np.testing.assert_array_equal(r1.cols, r3.cols)
 
 
-@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil"])
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "lil", "dok", "bsr"])
 def test_sparse_formats(fmt):
     rng = np.random.default_rng(11)
     c = random_sparse(rng, 30, 30, 0.3) + sp.identity(30) * 20
@@ -359,6 +359,7 @@ def test_cover_hall_violation():
     (sp.csr_matrix(np.array([[1.0, -np.inf]])), ValueError, "finite"),
     (np.zeros(3), ValueError, "2-D"),
     (np.array([["a"]]), TypeError, "numeric"),
+    (sp.csr_matrix(np.array([[1 + 1j]])), TypeError, "real"),
     ("cost", TypeError, "cost"),
 ])
 def test_cost_errors(bad, exc, match):

@@ -93,7 +93,8 @@ def _as_csr(cost: Any, name: str = "cost") -> sp.csr_matrix:
     if sp.issparse(cost):
         if cost.ndim != 2:
             raise ValueError(f"{name}: expected a 2-D matrix, got {cost.ndim}-D")
-        if not (np.issubdtype(cost.dtype, np.number) or cost.dtype == bool) or np.iscomplexobj(cost.data):
+        if not (np.issubdtype(cost.dtype, np.number) or cost.dtype == bool) or np.issubdtype(
+                cost.dtype, np.complexfloating):
             raise TypeError(f"{name}: expected a real numeric matrix, got dtype {cost.dtype}")
         if cost.format == "csr":
             c = sp.csr_matrix(cost, dtype=np.float64, copy=True)
