@@ -157,6 +157,7 @@ private:
         touched_.clear();
         scanned_.clear();
         double best_free = kInf;  // smallest label of a free column so far: an upper bound on the path
+        std::int32_t best_free_col = -1;
         auto relax = [&](std::int32_t r, double base) {
             for (std::int64_t e = indptr_[r]; e < indptr_[r + 1]; ++e) {
                 // v <= 0, so every later edge of r has a label >= base + cost > best_free: such
@@ -165,7 +166,10 @@ private:
                 const std::int32_t j = indices_[e];
                 if (state_[j] == 2) continue;
                 const double nd = base + cost_[e] - v_[j];
-                if (row_of_col_[j] < 0 && nd < best_free) best_free = nd;
+                if (row_of_col_[j] < 0 && nd < best_free) {
+                    best_free = nd;
+                    best_free_col = j;
+                }
                 if (state_[j] == 0) {
                     state_[j] = 1;
                     touched_.push_back(j);
@@ -183,6 +187,15 @@ private:
         std::int32_t end = -1;
         double len = 0.0;
         while (!heap_.empty()) {
+            // A free column labelled no higher than the heap minimum (a lower bound on every
+            // unfinalised label) ends the search now: this skips plateaus of equal labels.
+            if (best_free <= heap_.front().first) {
+                end = best_free_col;
+                len = best_free;
+                state_[end] = 2;
+                scanned_.push_back(end);
+                break;
+            }
             std::pop_heap(heap_.begin(), heap_.end(), std::greater<HeapItem>());
             const HeapItem top = heap_.back();
             heap_.pop_back();
