@@ -1,7 +1,104 @@
+// xmodal._core: sparse exact assignment (checks, GIL release, call into cpp/src/assignment.cpp).
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "bindings.hpp"
+#include "xmodal/assignment.hpp"
 
 namespace xmodal::bind {
+namespace {
 
-void register_assignment(py::module_& m) { (void)m; }
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+    auto* heap = new std::vector<T>(std::move(v));
+    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                          heap->data(), owner);
+}
+
+void check_csr_arrays(std::int64_t n_rows, std::int64_t n_cols, const carray<std::int64_t>& indptr,
+                      const carray<std::int32_t>& indices, const carray<double>& cost) {
+    check_ndim(indptr, 1, "indptr");
+    check_ndim(indices, 1, "indices");
+    check_ndim(cost, 1, "cost");
+    if (n_rows < 0 || n_cols < 0) throw value_error("shape: expected non-negative sizes");
+    if (indptr.shape(0) != n_rows + 1)
+        throw value_error("indptr: expected " + std::to_string(n_rows + 1) + " entries, got " +
+                          std::to_string(indptr.shape(0)));
+    if (indices.shape(0) != cost.shape(0))
+        throw value_error("indices, cost: expected equal lengths");
+    const std::int64_t nnz = n_rows > 0 ? indptr.data()[n_rows] : 0;
+    if (nnz < 0 || nnz > indices.shape(0))
+        throw value_error("indptr: last entry " + std::to_string(nnz) + " exceeds the " +
+                          std::to_string(indices.shape(0)) + " stored entries");
+}
+
+py::dict to_dict(xmodal::AssignmentOutput&& o) {
+    py::dict d;
+    d["col_of_row"] = to_numpy(std::move(o.col_of_row));
+    d["searches"] = o.searches;
+    d["warm_matched"] = o.warm_matched;
+    d["scanned"] = o.scanned;
+    d["failed_row"] = o.failed_row;
+    d["hall_rows"] = to_numpy(std::move(o.hall_rows));
+    d["hall_cols"] = to_numpy(std::move(o.hall_cols));
+    return d;
+}
+
+}  // namespace
+
+void register_assignment(py::module_& m) {
+    m.def(
+        "sparse_assignment",
+        [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
+           carray<double> cost, py::object unmatched_cost) {
+            check_csr_arrays(n_rows, n_cols, indptr, indices, cost);
+            const bool partial = !unmatched_cost.is_none();
+            const double u = partial ? unmatched_cost.cast<double>() : 0.0;
+            if (partial && !std::isfinite(u)) throw value_error("unmatched_cost: expected a finite number");
+            if (!partial && n_rows > n_cols)
+                throw value_error("shape: expected n_rows <= n_cols without unmatched_cost");
+            xmodal::AssignmentOutput o;
+            {
+                py::gil_scoped_release release;
+                if (n_rows == 0) {
+                } else if (partial) {
+                    o = xmodal::assignment_unmatched(n_rows, n_cols, indptr.data(), indices.data(), cost.data(), u);
+                } else {
+                    o = xmodal::assignment_all_rows(n_rows, n_cols, indptr.data(), indices.data(), cost.data());
+                }
+            }
+            return to_dict(std::move(o));
+        },
+        py::arg("n_rows"), py::arg("n_cols"), py::arg("indptr"), py::arg("indices"), py::arg("cost"),
+        py::arg("unmatched_cost") = py::none(),
+        "Exact min-cost assignment on a CSR graph: all rows matched (n_rows <= n_cols), or partial with "
+        "unmatched_cost. Returns a dict (col_of_row, searches, warm_matched, scanned, failed_row, hall_rows, "
+        "hall_cols).");
+    m.def(
+        "cover_assignment",
+        [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
+           carray<double> cost, std::int64_t max_per_target) {
+            check_csr_arrays(n_rows, n_cols, indptr, indices, cost);
+            xmodal::AssignmentOutput o;
+            {
+                py::gil_scoped_release release;
+                if (n_rows == 0 || n_cols == 0) {
+                } else if (max_per_target <= 0) {
+                    o = xmodal::cover_assignment(n_rows, n_cols, indptr.data(), indices.data(), cost.data());
+                } else {
+                    o = xmodal::cover_assignment_capacity(n_rows, n_cols, indptr.data(), indices.data(), cost.data(),
+                                                          max_per_target);
+                }
+            }
+            return to_dict(std::move(o));
+        },
+        py::arg("n_rows"), py::arg("n_cols"), py::arg("indptr"), py::arg("indices"), py::arg("cost"),
+        py::arg("max_per_target") = 0,
+        "Exact cover (many-to-one) assignment; max_per_target <= 0: unlimited. col_of_row is indexed by the "
+        "larger side and holds the smaller-side partner.");
+}
 
 }  // namespace xmodal::bind

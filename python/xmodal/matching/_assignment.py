@@ -1,0 +1,408 @@
+"""Exact minimum-cost assignment on dense or sparse cost matrices."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._validation import choice, describe, positive_int
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AssignmentResult", "linear_assignment", "cover_assignment"]
+
+_SHOW = 8  # indices named in error messages
+
+
+@dataclass
+class AssignmentResult:
+    """An exact assignment between the rows and the columns of a cost matrix.
+
+    Attributes
+    ----------
+    rows, cols : (p,) int64 arrays
+        The chosen pairs ``(rows[t], cols[t])``, sorted by row, then column. One-to-one problems
+        use each row and column at most once; cover problems use every point of the larger side
+        exactly once.
+    cost : float
+        Objective value: the sum of the chosen entries plus ``unmatched_cost`` for every unmatched
+        row and every unmatched column (when an unmatched cost was given). With ``maximize=True``,
+        in the original sign (the maximum).
+    unmatched_rows, unmatched_cols : int64 arrays
+        Rows / columns not in any chosen pair.
+    pair_costs : (p,) float64 array
+        The cost entry of each chosen pair.
+    matched_cost : float
+        ``pair_costs.sum()``, without unmatched costs.
+    problem : str
+        ``"one-to-one"``, ``"partial"`` (one-to-one with an unmatched cost) or ``"cover"``.
+    solver : str
+        ``"native"`` (successive shortest paths, C++) or ``"highs"`` (HiGHS LP).
+    shape : tuple of int
+        Shape of the cost matrix.
+    n_candidates : int
+        Allowed pairs (stored entries) in the problem.
+    searches : int
+        Shortest-path searches of the native solver (0 for HiGHS).
+    time_s : float
+        Wall time of the solve, seconds.
+    info : dict
+        Further diagnostics (warm-start matches, scanned columns, HiGHS status, ...).
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    cost: float
+    unmatched_rows: np.ndarray
+    unmatched_cols: np.ndarray
+    pair_costs: np.ndarray
+    matched_cost: float
+    problem: str
+    solver: str
+    shape: tuple
+    n_candidates: int
+    searches: int = 0
+    time_s: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"AssignmentResult(problem={self.problem!r}, pairs={len(self)}, cost={self.cost!r}, "
+                f"unmatched_rows={self.unmatched_rows.size}, unmatched_cols={self.unmatched_cols.size}, "
+                f"solver={self.solver!r}, time_s={self.time_s:.4g})")
+
+
+# --------------------------------------------------------------------------------------- inputs
+
+def _first(idx, n=_SHOW) -> str:
+    idx = np.asarray(idx).ravel()
+    head = ", ".join(str(int(i)) for i in idx[:n])
+    return f"[{head}{', ...' if idx.size > n else ''}] ({idx.size} in all)"
+
+
+def _as_csr(cost: Any, name: str = "cost") -> sp.csr_matrix:
+    """A canonical float64 CSR copy of a dense or sparse cost matrix (stored entries = allowed pairs)."""
+    if sp.issparse(cost):
+        if cost.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D matrix, got {cost.ndim}-D")
+        if not (np.issubdtype(cost.dtype, np.number) or cost.dtype == bool) or np.issubdtype(
+                cost.dtype, np.complexfloating):
+            raise TypeError(f"{name}: expected a real numeric matrix, got dtype {cost.dtype}")
+        if cost.format == "csr":
+            c = sp.csr_matrix(cost, dtype=np.float64, copy=True)
+        else:
+            coo = sp.coo_matrix(cost)
+            key = coo.row.astype(np.int64) * coo.shape[1] + coo.col
+            if np.unique(key).size != key.size:
+                raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
+            c = sp.csr_matrix(coo, dtype=np.float64)
+        if not c.has_canonical_format:
+            n0 = c.nnz
+            c.sort_indices()
+            ind, ptr = c.indices, c.indptr
+            same = np.diff(ind) == 0
+            row_start = np.zeros(ind.size, dtype=bool)
+            row_start[ptr[:-1][ptr[:-1] < ind.size]] = True
+            if np.any(same & ~row_start[1:]):
+                raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
+            assert c.nnz == n0
+        return c
+    try:
+        arr = np.asarray(cost)
+    except Exception as exc:  # pragma: no cover
+        raise TypeError(f"{name}: expected a 2-D array or scipy sparse matrix, got {describe(cost)}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name}: expected a numeric 2-D array or scipy sparse matrix, got {describe(cost)}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name}: expected real costs, got {describe(cost)}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {arr.shape}")
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        r, c = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name}: costs must be finite; entry ({r}, {c}) is {arr[r, c]} "
+                         "(use a scipy sparse matrix and leave forbidden pairs out)")
+    n, m = arr.shape
+    indptr = np.arange(0, n * m + 1, m, dtype=np.int64) if m > 0 else np.zeros(n + 1, dtype=np.int64)
+    indices = np.tile(np.arange(m, dtype=np.int32), n)
+    return sp.csr_matrix((arr.ravel(), indices, indptr), shape=(n, m))
+
+
+def _check_finite(c: sp.csr_matrix, name: str = "cost"):
+    bad = ~np.isfinite(c.data)
+    if bad.any():
+        e = int(np.flatnonzero(bad)[0])
+        r = int(np.searchsorted(c.indptr, e, side="right") - 1)
+        raise ValueError(f"{name}: costs must be finite; entry ({r}, {int(c.indices[e])}) is {c.data[e]}")
+
+
+def _native_arrays(c: sp.csr_matrix):
+    return (np.ascontiguousarray(c.indptr, dtype=np.int64), np.ascontiguousarray(c.indices, dtype=np.int32),
+            np.ascontiguousarray(c.data, dtype=np.float64))
+
+
+def _unmatched(n: int, used: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[used] = False
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def _finish(c: sp.csr_matrix, rows, cols, *, sign: float, unmatched_cost, problem, solver, t0, searches=0,
+            info=None) -> AssignmentResult:
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    pair_costs = np.asarray(c[rows, cols]).ravel().astype(np.float64) if rows.size else np.zeros(0)
+    pair_costs = sign * pair_costs  # c holds sign * original costs
+    ur = _unmatched(c.shape[0], rows)
+    uc = _unmatched(c.shape[1], cols)
+    matched = float(pair_costs.sum())
+    total = matched
+    if unmatched_cost is not None:
+        total = matched + float(unmatched_cost) * (ur.size + uc.size)
+    return AssignmentResult(rows=rows, cols=cols, cost=total, unmatched_rows=ur, unmatched_cols=uc,
+                            pair_costs=pair_costs, matched_cost=matched, problem=problem, solver=solver,
+                            shape=tuple(c.shape), n_candidates=int(c.nnz), searches=int(searches),
+                            time_s=time.perf_counter() - t0, info=info or {})
+
+
+def _unmatched_cost(u: Any):
+    if u is None:
+        return None
+    if isinstance(u, bool) or not isinstance(u, numbers.Real):
+        raise TypeError(f"unmatched_cost: expected a finite number or None, got {describe(u)}")
+    u = float(u)
+    if not np.isfinite(u):
+        raise ValueError(f"unmatched_cost: expected a finite number, got {u}")
+    return u
+
+
+def _hint() -> str:
+    return ("; build the candidate graph with a larger k or radius, or pass unmatched_cost to allow "
+            "unmatched points")
+
+
+# --------------------------------------------------------------------------------- one-to-one
+
+def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximize: bool = False,
+                      solver: str = "native") -> AssignmentResult:
+    """Exact minimum-cost one-to-one assignment (optionally partial) on a dense or sparse matrix.
+
+    Parameters
+    ----------
+    cost : (n, m) array or scipy sparse matrix
+        Cost of pairing row i with column j. Dense: every pair allowed. Sparse: the stored entries
+        (explicit zeros included) are the allowed pairs; missing entries are forbidden. Costs must
+        be finite. Rectangular shapes are allowed.
+    unmatched_cost : float, optional
+        Without it, every row of the smaller side is matched (all rows and columns when square),
+        like :func:`scipy.optimize.linear_sum_assignment`. With it, any row and any column may stay
+        unmatched, at ``unmatched_cost`` each (so a pair is worth matching only when its cost is
+        below ``2 * unmatched_cost``): a partial matching, always feasible.
+    maximize : bool
+        Maximise the total instead (``unmatched_cost`` is then a gain per unmatched point).
+    solver : {"native", "highs"}
+        ``"native"``: successive shortest augmenting paths with potentials on the sparse graph
+        (C++). ``"highs"``: the same problem as an LP solved by HiGHS (integral for this constraint
+        matrix; the rounded solution is checked).
+
+    Returns
+    -------
+    AssignmentResult
+        ``rows``, ``cols`` (pairs sorted by row), ``cost`` (total, unmatched costs included),
+        ``unmatched_rows``, ``unmatched_cols`` and diagnostics.
+
+    Raises
+    ------
+    ValueError
+        Non-finite costs, or an infeasible problem (a row or column with no allowed pair, or a
+        set of rows whose allowed pairs reach fewer columns than rows): the message names them.
+
+    Notes
+    -----
+    The optimum is exact up to float64 rounding of the costs. Ties between optimal matchings are
+    broken deterministically (fixed processing order; shortest-path ties by column index), so the
+    same input always gives the same pairs, but not necessarily the pairs another solver picks.
+
+    Examples
+    --------
+    >>> import numpy as np, xmodal
+    >>> res = xmodal.linear_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.5, 5.0]]))
+    >>> res.rows.tolist(), res.cols.tolist(), res.cost
+    ([0, 1], [1, 0], 3.0)
+    >>> res.unmatched_cols.tolist()
+    [2]
+    """
+    t0 = time.perf_counter()
+    choice(solver, "solver", ("native", "highs"))
+    if not isinstance(maximize, (bool, np.bool_)):
+        raise TypeError(f"maximize: expected True or False, got {describe(maximize)}")
+    u = _unmatched_cost(unmatched_cost)
+    c = _as_csr(cost)
+    _check_finite(c)
+    sign = -1.0 if maximize else 1.0
+    n, m = c.shape
+    work = c if sign > 0 else sp.csr_matrix((-c.data, c.indices, c.indptr), shape=c.shape)
+    wu = None if u is None else sign * u
+    problem = "one-to-one" if u is None else "partial"
+    if n == 0 or m == 0:
+        return _finish(c, [], [], sign=1.0, unmatched_cost=u, problem=problem, solver=solver, t0=t0)
+
+    if u is None:
+        # Feasibility: every point of the smaller side (both sides when square) needs a candidate.
+        row_deg = np.diff(work.indptr)
+        col_deg = np.bincount(work.indices, minlength=m)
+        if n <= m and (row_deg == 0).any():
+            raise ValueError(f"cost: rows {_first(np.flatnonzero(row_deg == 0))} have no allowed pair and "
+                             f"cannot be matched{_hint()}")
+        if m <= n and (col_deg == 0).any():
+            raise ValueError(f"cost: columns {_first(np.flatnonzero(col_deg == 0))} have no allowed pair and "
+                             f"cannot be matched{_hint()}")
+
+    if solver == "highs":
+        from ._highs import solve_one_to_one
+
+        rows, cols, info = solve_one_to_one(work, wu)
+        return _finish(work, rows, cols, sign=sign, unmatched_cost=u, problem=problem, solver=solver, t0=t0,
+                       info=info)
+
+    from .. import _core
+
+    transposed = u is None and n > m
+    g = work.T.tocsr() if transposed else work
+    g.sort_indices()
+    indptr, indices, data = _native_arrays(g)
+    out = _core.sparse_assignment(g.shape[0], g.shape[1], indptr, indices, data, wu)
+    if out["failed_row"] >= 0:
+        hr, hc = out["hall_rows"], out["hall_cols"]
+        rname, cname = ("columns", "rows") if transposed else ("rows", "columns")
+        raise ValueError(
+            f"cost: infeasible: {rname} {_first(np.sort(hr))} together have allowed pairs with only "
+            f"{hc.size} {cname} {_first(np.sort(hc))}, so at least one of them cannot be matched{_hint()}")
+    col_of_row = out["col_of_row"]
+    r = np.flatnonzero(col_of_row >= 0)
+    cc = col_of_row[r].astype(np.int64)
+    rows, cols = (cc, r) if transposed else (r, cc)
+    info = {"warm_matched": int(out["warm_matched"]), "scanned": int(out["scanned"])}
+    return _finish(work, rows, cols, sign=sign, unmatched_cost=u, problem=problem, solver="native", t0=t0,
+                   searches=out["searches"], info=info)
+
+
+# ---------------------------------------------------------------------------------------- cover
+
+def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: str = "native") -> AssignmentResult:
+    """Exact minimum-cost cover matching (many-to-one), the Platynereis atlas formulation.
+
+    Every point of the larger side is matched to exactly one point of the smaller side, and every
+    point of the smaller side to at least one (at most ``max_per_target`` when given). With a
+    square matrix this is a perfect one-to-one matching.
+
+    Parameters
+    ----------
+    cost : (n, m) array or scipy sparse matrix
+        Cost of pairing row i with column j; sparse: stored entries (explicit zeros included) are
+        the allowed pairs. Costs must be finite. The larger side is the rows when n >= m.
+    max_per_target : int, optional
+        Most points of the larger side a point of the smaller side may take (>= 1). Default:
+        unlimited.
+    solver : {"native", "highs"}
+        ``"native"``: without ``max_per_target``, exact reduction to a one-to-one problem
+        (cost = sum of each larger-side point's cheapest pair + a matching saturating the smaller
+        side on reduced costs), solved by successive shortest paths; with it, successive shortest
+        paths on a flow network. ``"highs"``: the LP (integral for this constraint matrix).
+
+    Returns
+    -------
+    AssignmentResult
+        ``problem="cover"``; ``len(result) == max(n, m)`` pairs, sorted by row; ``cost`` is the
+        sum of the chosen entries; the unmatched arrays are empty.
+
+    Raises
+    ------
+    ValueError
+        Non-finite costs; a larger-side point without any allowed pair; smaller-side points whose
+        allowed pairs reach too few larger-side points to cover them all; not enough capacity.
+
+    Notes
+    -----
+    Ties between optimal solutions are broken deterministically; a larger-side point outside the
+    saturating matching takes its cheapest partner, the lowest index on ties.
+    """
+    t0 = time.perf_counter()
+    choice(solver, "solver", ("native", "highs"))
+    cap = positive_int(max_per_target, "max_per_target", allow_none=True)
+    c = _as_csr(cost)
+    _check_finite(c)
+    n, m = c.shape
+    if n == 0 or m == 0:
+        if n + m > 0:
+            raise ValueError(f"cost: a cover needs points on both sides, got shape {c.shape}")
+        return _finish(c, [], [], sign=1.0, unmatched_cost=None, problem="cover", solver=solver, t0=t0)
+    rows_larger = n >= m
+    big, small = ("rows", "columns") if rows_larger else ("columns", "rows")
+    n_big, n_small = max(n, m), min(n, m)
+    deg_r = np.diff(c.indptr)
+    deg_c = np.bincount(c.indices, minlength=m)
+    deg_big, deg_small = (deg_r, deg_c) if rows_larger else (deg_c, deg_r)
+    if (deg_big == 0).any():
+        raise ValueError(f"cost: {big} {_first(np.flatnonzero(deg_big == 0))} have no allowed pair and cannot "
+                         f"be matched{_hint()}")
+    if (deg_small == 0).any():
+        raise ValueError(f"cost: {small} {_first(np.flatnonzero(deg_small == 0))} have no allowed pair and "
+                         f"cannot be covered{_hint()}")
+    if cap is not None and cap * n_small < n_big:
+        raise ValueError(f"max_per_target: {n_small} {small} taking at most {cap} each cannot cover all "
+                         f"{n_big} {big}; expected max_per_target >= {-(-n_big // n_small)}")
+
+    if solver == "highs":
+        from ._highs import solve_cover
+
+        rows, cols, info = solve_cover(c, cap)
+        return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="highs", t0=t0,
+                       info=info)
+
+    from .. import _core
+
+    g = c.copy()
+    g.sort_indices()
+    indptr, indices, data = _native_arrays(g)
+    if cap is not None:
+        # Exact shortcut: an uncapacitated optimum that respects the capacity is also optimal
+        # for the capacitated problem (same objective, smaller feasible set).
+        free = _core.cover_assignment(n, m, indptr, indices, data, 0)
+        if free["failed_row"] == -1 and np.bincount(free["col_of_row"], minlength=n_small).max() <= cap:
+            partner = free["col_of_row"].astype(np.int64)
+            idx = np.arange(n_big, dtype=np.int64)
+            rows, cols = (idx, partner) if rows_larger else (partner, idx)
+            info = {"warm_matched": int(free["warm_matched"]), "scanned": int(free["scanned"]),
+                    "capacity_binding": False}
+            return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native",
+                           t0=t0, searches=free["searches"], info=info)
+    out = _core.cover_assignment(n, m, indptr, indices, data, 0 if cap is None else cap)
+    if out["failed_row"] != -1:
+        hr, hc = out["hall_rows"], out["hall_cols"]
+        if cap is None:  # hall_rows: smaller-side points, hall_cols: larger-side points
+            small_set, big_set = hr, hc
+        else:
+            small_set, big_set = hc, hr
+        raise ValueError(
+            f"cost: infeasible cover: {small} {_first(np.sort(small_set))} and {big} {_first(np.sort(big_set))} "
+            f"form a set that cannot be assigned (too few allowed pairs to cover every {small[:-1]} while "
+            f"matching every {big[:-1]} once{'' if cap is None else f' within max_per_target={cap}'}){_hint()}")
+    partner = out["col_of_row"].astype(np.int64)
+    idx = np.arange(n_big, dtype=np.int64)
+    rows, cols = (idx, partner) if rows_larger else (partner, idx)
+    info = {"warm_matched": int(out["warm_matched"]), "scanned": int(out["scanned"])}
+    if cap is not None:
+        info["capacity_binding"] = True
+    return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native", t0=t0,
+                   searches=out["searches"], info=info)

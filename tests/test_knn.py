@@ -1,0 +1,189 @@
+"""xmodal.knn_graph against scipy.spatial.cKDTree."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+import xmodal
+from xmodal.datasets import celegans_embryos
+
+
+def reference_pairs(a, b, k=None, radius=None, symmetric=True):
+    """Pair set of the k-NN / radius graph built with cKDTree."""
+    ta, tb = cKDTree(a), cKDTree(b)
+    pairs = set()
+    if radius is not None:
+        r = ta.sparse_distance_matrix(tb, radius, output_type="coo_matrix")
+        pairs |= set(zip(r.row.tolist(), r.col.tolist()))
+        # sparse_distance_matrix drops zero distances: add identical points explicitly
+        for i, js in enumerate(tb.query_ball_point(a, 0.0)):
+            pairs |= {(i, j) for j in js}
+    if k is not None:
+        kb = min(k, len(b))
+        _, ib = tb.query(a, kb)
+        ib = ib.reshape(len(a), kb)
+        pairs |= {(i, int(j)) for i in range(len(a)) for j in ib[i]}
+        if symmetric:
+            ka = min(k, len(a))
+            _, ia = ta.query(b, ka)
+            ia = ia.reshape(len(b), ka)
+            pairs |= {(int(i), j) for j in range(len(b)) for i in ia[j]}
+    return pairs
+
+
+def pair_set(g):
+    c = g.tocoo()
+    return set(zip(c.row.tolist(), c.col.tolist()))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("k,radius,symmetric", [(5, None, True), (5, None, False), (None, 0.15, True),
+                                                 (3, 0.1, True), (1, None, True), (12, 0.05, False)])
+def test_same_pairs_and_distances_as_ckdtree(dim, k, radius, symmetric):
+    rng = np.random.default_rng(dim * 100 + (k or 0))
+    a = rng.random((300, dim))
+    b = rng.random((250, dim))
+    g = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
+    assert isinstance(g, sp.csr_matrix) and g.shape == (300, 250) and g.dtype == np.float64
+    assert pair_set(g) == reference_pairs(a, b, k, radius, symmetric)
+    c = g.tocoo()
+    ref = np.sqrt(((a[c.row] - b[c.col]) ** 2).sum(axis=1))
+    np.testing.assert_allclose(c.data, ref, rtol=1e-12, atol=0)
+    # canonical CSR: sorted, unique column indices per row
+    for i in range(g.shape[0]):
+        cols = g.indices[g.indptr[i]:g.indptr[i + 1]]
+        assert np.all(np.diff(cols) > 0)
+
+
+def test_identical_points_stored_as_explicit_zeros():
+    a = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    b = np.array([[1.0, 1.0], [0.0, 0.0], [9.0, 9.0]])
+    g = xmodal.knn_graph(a, b, k=1, symmetric=False)
+    assert g.nnz == 3
+    assert g[0, 1] == 0.0 and g[1, 0] == 0.0
+    coo = g.tocoo()
+    assert set(zip(coo.row.tolist(), coo.col.tolist())) == {(0, 1), (1, 0), (2, 0)} or \
+        set(zip(coo.row.tolist(), coo.col.tolist())) == {(0, 1), (1, 0), (2, 2)}
+    assert (g.data == 0).sum() == 2
+    # radius 0 finds exactly the identical pairs
+    g0 = xmodal.knn_graph(a, b, radius=0.0)
+    assert pair_set(g0) == {(0, 1), (1, 0)} and g0.nnz == 2
+
+
+def test_tie_rule_lower_index_first():
+    a = np.array([[0.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])  # all at distance 1
+    g = xmodal.knn_graph(a, b, k=2, symmetric=False)
+    assert g.indices.tolist() == [0, 1]
+
+
+def test_k_larger_than_set_gives_all_pairs():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((7, 3)), rng.random((4, 3))
+    g = xmodal.knn_graph(a, b, k=50)
+    assert g.nnz == 28
+
+
+def test_spacing_scales_coordinates():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((80, 3)), rng.random((90, 3))
+    s = np.array([2.0, 0.5, 0.5])
+    g1 = xmodal.knn_graph(a, b, k=4, radius=0.3, spacing=s)
+    g2 = xmodal.knn_graph(a * s, b * s, k=4, radius=0.3)
+    assert pair_set(g1) == pair_set(g2)
+    np.testing.assert_array_equal(g1.data, g2.data)
+
+
+def test_result_independent_of_thread_count():
+    rng = np.random.default_rng(2)
+    a, b = rng.random((2000, 3)), rng.random((1800, 3))
+    with xmodal.num_threads(1):
+        g1 = xmodal.knn_graph(a, b, k=6, radius=0.05)
+    with xmodal.num_threads(2):
+        g2 = xmodal.knn_graph(a, b, k=6, radius=0.05)
+    np.testing.assert_array_equal(g1.indptr, g2.indptr)
+    np.testing.assert_array_equal(g1.indices, g2.indices)
+    np.testing.assert_array_equal(g1.data, g2.data)
+
+
+def test_real_points_celegans():
+    emb = list(celegans_embryos().values())
+    a, b = emb[0].points, emb[1].points
+    g = xmodal.knn_graph(a, b, k=8, radius=20.0)
+    assert pair_set(g) == reference_pairs(a, b, 8, 20.0, True)
+
+
+def test_duplicate_points_in_one_set():
+    a = np.zeros((5, 2))
+    b = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    g = xmodal.knn_graph(a, b, k=1)
+    # each a_i: nearest of b is b_0 (lower index); each b_j's nearest in a is a_0
+    assert pair_set(g) == {(i, 0) for i in range(5)} | {(0, 1), (0, 2)}
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(), ValueError, "k, radius"),
+    (dict(k=0), ValueError, "k"),
+    (dict(k=-3), ValueError, "k"),
+    (dict(k=2.5), TypeError, "k"),
+    (dict(radius=-1.0), ValueError, "radius"),
+    (dict(radius=float("nan")), ValueError, "radius"),
+    (dict(k=3, symmetric="yes"), TypeError, "symmetric"),
+    (dict(k=3, device="tpu"), ValueError, "device"),
+    (dict(k=3, spacing=[1.0, -1.0]), ValueError, "spacing"),
+])
+def test_option_errors(kwargs, exc, match):
+    a = np.zeros((3, 2))
+    with pytest.raises(exc, match=match):
+        xmodal.knn_graph(a, a, **kwargs)
+
+
+def test_point_errors():
+    with pytest.raises(ValueError, match="a, b"):
+        xmodal.knn_graph(np.zeros((3, 2)), np.zeros((3, 3)), k=1)
+    with pytest.raises(ValueError, match="finite"):
+        xmodal.knn_graph(np.array([[0.0, np.nan]]), np.zeros((3, 2)), k=1)
+    with pytest.raises(ValueError, match="b"):
+        xmodal.knn_graph(np.zeros((3, 2)), np.zeros(3), k=1)
+    with pytest.raises(TypeError, match="a"):
+        xmodal.knn_graph(np.array([["x", "y"]]), np.zeros((3, 2)), k=1)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_matches_cpu():
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3000, 3)), rng.random((2500, 3))
+    g_cpu = xmodal.knn_graph(a, b, k=7, radius=0.04)
+    g_gpu = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=7, radius=0.04)
+    assert type(g_gpu).__module__.startswith("cupyx")
+    h = g_gpu.get()
+    np.testing.assert_array_equal(h.indptr, g_cpu.indptr)
+    np.testing.assert_array_equal(h.indices, g_cpu.indices)
+    np.testing.assert_allclose(h.data, g_cpu.data, rtol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("k,radius,symmetric", [(None, 0.05, True), (64, None, False), (1, 0.0, True)])
+def test_cuda_graph_variants(k, radius, symmetric):
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(4)
+    a, b = rng.random((700, 2)), rng.random((900, 2))
+    b[:5] = a[:5]  # identical points: explicit zeros on both devices
+    g_cpu = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
+    h = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=k, radius=radius, symmetric=symmetric).get()
+    assert h.nnz == g_cpu.nnz
+    np.testing.assert_array_equal(h.indices, g_cpu.indices)
+    np.testing.assert_array_equal(h.data, g_cpu.data)
+    # numpy input on the GPU returns a scipy matrix
+    g_host = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric, device="cuda")
+    assert isinstance(g_host, sp.csr_matrix) and g_host.nnz == g_cpu.nnz
+
+
+@pytest.mark.cuda
+def test_cuda_k_limit():
+    cp = pytest.importorskip("cupy")
+    a = cp.zeros((3, 2))
+    with pytest.raises(ValueError, match="k"):
+        xmodal.knn_graph(a, a, k=65)
