@@ -1,0 +1,2 @@
+BlockwiseResult=None
+def blockwise_mutex_watershed(*a,**k): raise NotImplementedError
