@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import describe
-from .mws import _check_n_attractive, _check_offsets, _check_strides, _relabel_consecutive, mutex_watershed
+from .mws import _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -156,9 +156,14 @@ def _run_block(plan: _Plan, bid: int) -> int:
         mask = np.asarray(plan.mask[outer]).astype(bool)
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
-    local = _relabel_consecutive(ext[rel])
-    n_labels = int(local.max()) if local.size else 0
-    local = local.astype(np.uint32 if n_labels < 2**32 else np.uint64)
+    # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
+    inner_ext = ext[rel]
+    present = np.bincount(inner_ext.ravel(), minlength=int(ext.max()) + 1) > 0
+    present[0] = False
+    lut = np.cumsum(present).astype(ext.dtype)
+    lut[~present] = 0
+    local = lut[inner_ext]
+    n_labels = int(present.sum())
     faces = {}
     idx = plan.index(bid)
     for d in range(plan.ndim):
@@ -225,14 +230,14 @@ def _stitch(plan: _Plan, counts, merge_threshold: float):
             ga = la[valid].astype(np.int64) + offsets[bid]
             gb = lb[valid].astype(np.int64) + offsets[nbid]
             agree = (ca & cb)[valid]
-            pairs = np.stack([ga, gb], axis=1)
-            uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+            base = np.int64(total + 1)
+            uniq, inv = np.unique(ga * base + gb, return_inverse=True)
             inv = inv.ravel()
             n_total = np.bincount(inv, minlength=len(uniq))
             n_agree = np.bincount(inv, weights=agree, minlength=len(uniq))
             keep = n_agree > merge_threshold * n_total
-            us.append(uniq[keep, 0])
-            vs.append(uniq[keep, 1])
+            us.append(uniq[keep] // base)
+            vs.append(uniq[keep] % base)
     u = np.concatenate(us) if us else np.zeros(0, np.int64)
     v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(total + 1, total + 1))
