@@ -300,7 +300,7 @@ def test_edge_cases():
     assert (mutex_watershed(a, OFFS2, mask=np.zeros((6, 7), bool)) == 0).all()
     one = mutex_watershed(np.ones((3, 1, 1, 1), np.float32), OFFS3[:3])
     assert one.shape == (1, 1, 1) and one[0, 0, 0] == 1
-    long = mutex_watershed(a[:2], [(-100, 0), (0, 50)], n_attractive=2)  # no edges at all
+    long = mutex_watershed(a[:2], [(-100, 0), (0, 2**62)], n_attractive=2)  # no edges at all
     assert long.max() == a[0].size and (np.sort(long.ravel()) == np.arange(1, 43)).all()
     # an offset longer than one axis adds no edges but the others still work
     mixed = mutex_watershed(a[:3], [(0, -1), (-1, 0), (-10, 0)], n_attractive=2)

@@ -328,9 +328,13 @@ Grid make_grid(const GridSpec& s) {
         for (int d = 0; d < 3; ++d) {
             const int64_t o = s.offsets[c * 3 + d];
             stride /= dims[d];
+            if (o >= dims[d] || o <= -dims[d]) {  // leaves the volume (no overflow below)
+                cg.empty = true;
+                cg.lo[d] = cg.hi[d] = 0;
+                continue;
+            }
             cg.lo[d] = std::max<int64_t>(0, -o);
             cg.hi[d] = std::min<int64_t>(dims[d], dims[d] - o);
-            if (cg.hi[d] <= cg.lo[d]) cg.empty = true;
             cg.delta += o * stride;
         }
         bool zero = true;
