@@ -290,8 +290,9 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         False voxels are background 0.
     workdir : str or path, optional
         Directory for the per-block results and done-markers. Give one to make the run resumable:
-        calling again with the same directory and parameters skips finished blocks. Default: a
-        temporary directory removed at the end.
+        calling again with the same directory and parameters skips finished blocks (the parameters
+        are fingerprinted, the input data itself is not: use a new directory for new data).
+        Default: a temporary directory removed at the end.
     n_workers : int, optional
         Threads of the default scheduler (default: ``xmodal.num_threads()``).
     merge_threshold : float
