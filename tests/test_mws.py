@@ -372,6 +372,9 @@ def test_bad_inputs():
         mutex_watershed(a, OFFS2, seeds=-np.ones((5, 6), int))
     with pytest.raises(TypeError, match="seed"):
         mutex_watershed(a, OFFS2, strides=2, randomize_strides=True, seed="x")
+    huge = np.broadcast_to(np.float32(0.5), (2, 65536, 65537))  # 2^32 + 2^16 voxels, no memory
+    with pytest.raises(ValueError, match="blockwise"):
+        mutex_watershed(huge, [(0, -1), (-1, 0)])
 
 
 # ------------------------------------------------------------------------------------------------
