@@ -304,7 +304,9 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         ``labels`` (``out`` or a numpy array) with consecutive ids from 1, 0 for masked voxels, plus
         diagnostics.
     """
-    import dask
+    from .._optional import optional_import
+
+    dask = optional_import("dask", purpose="blockwise_mutex_watershed")
 
     if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
         raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
