@@ -1,0 +1,24 @@
+"""Segmentation: mutex watershed on grids and region graphs, blockwise for large volumes.
+
+See ``docs/mws.md`` for the conventions (merge vs boundary probabilities, offset signs) and how to
+convert from bioimage-cpp, elf and mwatershed.
+"""
+
+from .blockwise import BlockwiseResult, blockwise_mutex_watershed
+from .mws import (
+    MutexWatershedInfo,
+    mutex_watershed,
+    mutex_watershed_graph,
+    remove_small_segments,
+    seeded_mutex_watershed,
+)
+
+__all__ = [
+    "mutex_watershed",
+    "mutex_watershed_graph",
+    "seeded_mutex_watershed",
+    "remove_small_segments",
+    "blockwise_mutex_watershed",
+    "MutexWatershedInfo",
+    "BlockwiseResult",
+]

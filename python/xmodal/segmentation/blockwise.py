@@ -1,0 +1,404 @@
+"""Blockwise mutex watershed for volumes larger than memory.
+
+Method (three passes, each resumable):
+
+1. **Blocks.** The volume is cut into blocks of ``block_shape``. Each block is read with a halo of
+   ``halo`` voxels per side (clipped at the volume border) and segmented with
+   :func:`~xmodal.segmentation.mutex_watershed`. Its inner labels are renumbered 1..k (0 = masked)
+   and stored in the work directory with, for each face shared with a neighbouring block, the labels
+   of the block's boundary slice and whether each boundary voxel and its neighbour across the face
+   (which lies in the halo) ended in the same segment of this block's run. A block is done when its
+   marker file exists; every file is written to a temporary name and renamed (atomic).
+2. **Stitching.** Label ``l`` of block ``b`` gets the provisional id ``offset[b] + l`` (offsets are
+   the cumulative label counts in block order). For every face and every pair (a, b) of labels that
+   touch across it, the face votes to merge a and b where *both* blocks' runs joined the voxel pair;
+   a and b are merged when the fraction of agreeing voxel pairs exceeds ``merge_threshold``
+   (default 0.5). The merges are connected components of a sparse graph; final ids are consecutive
+   from 1, ordered by the smallest provisional id of each component (deterministic).
+3. **Relabel.** Each block's stored labels are mapped to the final ids and written to ``out``
+   (idempotent: a resumed run simply rewrites every block).
+
+Only one block (with halo) of affinities is in memory per worker; the stitching pass holds the face
+slices and one integer per provisional label. The result does not depend on the scheduler or on the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import numbers
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validation import describe
+from .mws import _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+
+__all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockwiseResult:
+    """Result of :func:`blockwise_mutex_watershed`.
+
+    Attributes
+    ----------
+    labels : array
+        The segmentation: ``out`` when given, else a numpy array (uint32, or uint64 when needed).
+        Labels are consecutive from 1; 0 = masked.
+    n_labels : int
+        Number of segments.
+    n_blocks : int
+        Blocks of the grid.
+    n_blocks_resumed : int
+        Blocks found done in the work directory (not recomputed).
+    n_face_merges : int
+        Label pairs merged across block faces.
+    seconds : dict
+        Wall-clock seconds of the passes ``blocks``, ``stitch`` and ``relabel``.
+    """
+
+    labels: object
+    n_labels: int
+    n_blocks: int
+    n_blocks_resumed: int
+    n_face_merges: int
+    seconds: dict = field(default_factory=dict)
+
+
+def _per_axis(x, ndim: int, name: str, minimum: int):
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        x = [int(x)] * ndim
+    try:
+        vals = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
+    if len(vals) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
+    out = []
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}: expected integers, got {describe(x)}")
+        if int(v) < minimum:
+            raise ValueError(f"{name}: expected integers >= {minimum}, got {[int(u) for u in vals]}")
+        out.append(int(v))
+    return tuple(out)
+
+
+class _Plan:
+    """Everything a block task needs (picklable, for dask.distributed workers)."""
+
+    def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir):
+        self.affinities = affinities
+        self.offsets = offsets
+        self.shape = shape
+        self.block_shape = block_shape
+        self.halo = halo
+        self.mws_kwargs = mws_kwargs
+        self.mask = mask
+        self.workdir = workdir
+        self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def block_ids(self):
+        return list(range(int(np.prod(self.grid))))
+
+    def index(self, bid):
+        return tuple(int(i) for i in np.unravel_index(bid, self.grid))
+
+    def inner(self, bid):
+        idx = self.index(bid)
+        return tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, self.block_shape, self.shape))
+
+    def outer(self, bid):
+        return tuple(slice(max(0, sl.start - h), min(s, sl.stop + h))
+                     for sl, h, s in zip(self.inner(bid), self.halo, self.shape))
+
+    def path(self, kind, bid):
+        return os.path.join(self.workdir, kind, f"{bid}")
+
+
+def _atomic_save_npz(path, **arrays):
+    tmp = f"{path}.tmp{os.getpid()}.{id(arrays)}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path + ".npz")
+
+
+def _atomic_write_json(path, obj):
+    tmp = f"{path}.tmp{os.getpid()}.{id(obj)}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _run_block(plan: _Plan, bid: int) -> int:
+    """Pass 1 for one block; returns its label count. Skips the work when the marker exists."""
+    marker = plan.path("blocks", bid) + ".json"
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return int(json.load(f)["n_labels"])
+    inner, outer = plan.inner(bid), plan.outer(bid)
+    affs = np.asarray(plan.affinities[(slice(None),) + outer])
+    mask = None
+    if plan.mask is not None:
+        mask = np.asarray(plan.mask[outer]).astype(bool)
+    ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
+    rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
+    # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
+    inner_ext = ext[rel]
+    present = np.bincount(inner_ext.ravel(), minlength=int(ext.max()) + 1) > 0
+    present[0] = False
+    lut = np.cumsum(present).astype(ext.dtype)
+    lut[~present] = 0
+    local = lut[inner_ext]
+    n_labels = int(present.sum())
+    faces = {}
+    idx = plan.index(bid)
+    for d in range(plan.ndim):
+        for side in ("lo", "hi"):
+            if side == "lo" and idx[d] == 0:
+                continue
+            if side == "hi" and idx[d] == plan.grid[d] - 1:
+                continue
+            # boundary slice of the inner block (in ext coordinates) and the slice across the face
+            b_in = rel[d].start if side == "lo" else rel[d].stop - 1
+            b_out = b_in - 1 if side == "lo" else b_in + 1
+            sl_in = list(rel)
+            sl_out = list(rel)
+            sl_in[d] = slice(b_in, b_in + 1)
+            sl_out[d] = slice(b_out, b_out + 1)
+            loc_sl = [slice(None)] * plan.ndim
+            loc_sl[d] = slice(0, 1) if side == "lo" else slice(local.shape[d] - 1, local.shape[d])
+            faces[f"{side}{d}_lab"] = local[tuple(loc_sl)]
+            faces[f"{side}{d}_conn"] = ext[tuple(sl_in)] == ext[tuple(sl_out)]
+    _atomic_save_npz(plan.path("blocks", bid), labels=local, **faces)
+    _atomic_write_json(marker, {"n_labels": n_labels})
+    return n_labels
+
+
+def _relabel_block(plan: _Plan, bid: int, offset: int, mapping_path: str, out) -> object:
+    """Pass 3 for one block: map to final ids; write into ``out`` or return the array."""
+    mapping = np.load(mapping_path, mmap_mode="r")
+    with np.load(plan.path("blocks", bid) + ".npz") as z:
+        local = z["labels"]
+    nz = local > 0
+    final = np.zeros(local.shape, dtype=mapping.dtype)
+    if nz.any():
+        ids = local[nz].astype(np.int64) + offset
+        lo, hi = int(ids.min()), int(ids.max())
+        final[nz] = np.asarray(mapping[lo:hi + 1])[ids - lo]
+    if out is None:
+        return final
+    out[plan.inner(bid)] = final.astype(out.dtype, copy=False)
+    return None
+
+
+def _stitch(plan: _Plan, counts, merge_threshold: float):
+    """Pass 2: provisional ids, face votes, connected components -> mapping (final id per id)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    total = int(np.sum(counts))
+    us, vs = [], []
+    for bid in plan.block_ids():
+        idx = plan.index(bid)
+        for d in range(plan.ndim):
+            if idx[d] == plan.grid[d] - 1:
+                continue
+            nidx = list(idx)
+            nidx[d] += 1
+            nbid = int(np.ravel_multi_index(nidx, plan.grid))
+            with np.load(plan.path("blocks", bid) + ".npz") as za, np.load(plan.path("blocks", nbid) + ".npz") as zb:
+                la, ca = za[f"hi{d}_lab"].ravel(), za[f"hi{d}_conn"].ravel()
+                lb, cb = zb[f"lo{d}_lab"].ravel(), zb[f"lo{d}_conn"].ravel()
+            valid = (la > 0) & (lb > 0)
+            if not valid.any():
+                continue
+            ga = la[valid].astype(np.int64) + offsets[bid]
+            gb = lb[valid].astype(np.int64) + offsets[nbid]
+            agree = (ca & cb)[valid]
+            base = np.int64(total + 1)
+            uniq, inv = np.unique(ga * base + gb, return_inverse=True)
+            inv = inv.ravel()
+            n_total = np.bincount(inv, minlength=len(uniq))
+            n_agree = np.bincount(inv, weights=agree, minlength=len(uniq))
+            keep = n_agree > merge_threshold * n_total
+            us.append(uniq[keep] // base)
+            vs.append(uniq[keep] % base)
+    u = np.concatenate(us) if us else np.zeros(0, np.int64)
+    v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(total + 1, total + 1))
+    _, comp = connected_components(graph, directed=False)
+    # Components are numbered in order of their smallest node: node 0 (background) is component 0.
+    n_labels = int(comp.max()) if comp.size else 0
+    dtype = np.uint32 if n_labels < 2**32 else np.uint64
+    return offsets, comp.astype(dtype), n_labels, int(len(u))
+
+
+def _fingerprint(plan: _Plan, affinities, merge_threshold) -> str:
+    info = {
+        "shape": list(plan.shape), "channels": int(affinities.shape[0]), "dtype": str(affinities.dtype),
+        "block_shape": list(plan.block_shape), "halo": list(plan.halo),
+        "offsets": np.asarray(plan.offsets).tolist(), "mws": {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                                              for k, v in plan.mws_kwargs.items()},
+        "mask": plan.mask is not None, "merge_threshold": merge_threshold,
+    }
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
+                              n_attractive=None, strides=None, randomize_strides=False, mask=None,
+                              invert=False, seed=None, workdir=None, n_workers=None,
+                              merge_threshold=0.5):
+    """Mutex watershed of a volume larger than memory, block by block, stitched across faces.
+
+    Parameters
+    ----------
+    affinities : array-like, shape (C, *spatial)
+        Any array that supports ``shape``, ``dtype`` and slicing to numpy (zarr, numpy, h5py, dask
+        ...). Same conventions as :func:`mutex_watershed`: merge probabilities (or boundary
+        probabilities with ``invert=True``); channel c joins p and p + offsets[c].
+    offsets : array_like of int, shape (C, ndim)
+        Offsets in axis order, usually negative.
+    block_shape : int or sequence of int
+        Inner block size per axis. With a chunked ``out`` (zarr), it must be a multiple of its
+        chunks so that blocks write disjoint chunks.
+    halo : int or sequence of int
+        Context read around each block per side (>= 1 along every axis split into several blocks).
+        The largest offset per axis is a good choice.
+    out : array-like, optional
+        Integer array of the spatial shape to write into (e.g. a zarr array). Default: a numpy array
+        is returned.
+    client : dask.distributed.Client, optional
+        Run the block tasks on this client; default: dask's threaded scheduler in this process.
+    n_attractive, strides, randomize_strides, invert, seed
+        As in :func:`mutex_watershed`; strides are anchored at each block's (halo) origin.
+    mask : array-like of bool, shape spatial, optional
+        False voxels are background 0.
+    workdir : str or path, optional
+        Directory for the per-block results and done-markers. Give one to make the run resumable:
+        calling again with the same directory and parameters skips finished blocks (the parameters
+        are fingerprinted, the input data itself is not: use a new directory for new data).
+        Default: a temporary directory removed at the end.
+    n_workers : int, optional
+        Threads of the default scheduler (default: ``xmodal.num_threads()``).
+    merge_threshold : float
+        Fraction of agreeing voxel pairs across a face needed to merge two labels (default 0.5).
+
+    Returns
+    -------
+    BlockwiseResult
+        ``labels`` (``out`` or a numpy array) with consecutive ids from 1, 0 for masked voxels, plus
+        diagnostics.
+    """
+    from .._optional import optional_import
+
+    dask = optional_import("dask", purpose="blockwise_mutex_watershed")
+
+    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
+        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
+    ashape = tuple(int(s) for s in affinities.shape)
+    if len(ashape) not in (3, 4):
+        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
+    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
+    C, shape = ashape[0], ashape[1:]
+    ndim = len(shape)
+    o = _check_offsets(offsets, C, ndim)
+    na = _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim)
+    bshape = _per_axis(block_shape, ndim, "block_shape", 1)
+    hal = _per_axis(halo, ndim, "halo", 0)
+    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
+    for d in range(ndim):
+        if bshape[d] < shape[d] and hal[d] < 1:
+            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
+    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
+        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
+    if out is not None:
+        if tuple(out.shape) != shape:
+            raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
+        if not np.issubdtype(np.dtype(out.dtype), np.integer):
+            raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
+        chunks = getattr(out, "chunks", None)
+        if chunks is not None and isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
+            for d in range(ndim):
+                if bshape[d] % chunks[d] and bshape[d] < shape[d]:
+                    raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+    if n_workers is None:
+        from .. import _core
+        n_workers = max(1, _core.num_threads())
+    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": bool(randomize_strides),
+                  "invert": bool(invert), "seed": seed}
+    if randomize_strides and st is None:
+        raise ValueError("randomize_strides: requires strides")
+
+    own_workdir = workdir is None
+    workdir = tempfile.mkdtemp(prefix="xmodal-mws-") if own_workdir else os.fspath(workdir)
+    try:
+        os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
+        plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir)
+        fp = _fingerprint(plan, affinities, float(merge_threshold))
+        fp_path = os.path.join(workdir, "params.json")
+        if os.path.exists(fp_path):
+            with open(fp_path) as f:
+                old = json.load(f).get("fingerprint")
+            if old != fp:
+                raise ValueError(f"workdir: {workdir} holds a run with other parameters; use another directory")
+        else:
+            _atomic_write_json(fp_path, {"fingerprint": fp})
+        bids = plan.block_ids()
+        resumed = sum(os.path.exists(plan.path("blocks", b) + ".json") for b in bids)
+        log.info("blockwise mutex watershed: %d blocks of %s (%d done before)", len(bids), bshape, resumed)
+
+        def run(tasks):
+            if client is not None:
+                return client.gather(client.compute(tasks))
+            return dask.compute(*tasks, scheduler="threads", num_workers=n_workers)
+
+        t0 = time.perf_counter()
+        counts = list(run([dask.delayed(_run_block, pure=False)(plan, b) for b in bids]))
+        t1 = time.perf_counter()
+        offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
+        mapping_path = os.path.join(workdir, f"mapping-{fp[:16]}.npy")
+        if not os.path.exists(mapping_path):
+            tmp = mapping_path + f".tmp{os.getpid()}.npy"
+            np.save(tmp, mapping)
+            os.replace(tmp, mapping_path)
+        del mapping
+        t2 = time.perf_counter()
+        if out is not None:
+            if n_labels > np.iinfo(np.dtype(out.dtype)).max:
+                raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
+            run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
+                 for b in bids])
+            labels = out
+        else:
+            dtype = np.uint32 if n_labels < 2**32 else np.uint64
+            labels = np.zeros(shape, dtype=dtype)
+            parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, None)
+                         for b in bids])
+            for b, part in zip(bids, parts):
+                labels[plan.inner(b)] = part
+        t3 = time.perf_counter()
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return BlockwiseResult(labels=labels, n_labels=n_labels, n_blocks=len(bids), n_blocks_resumed=resumed,
+                           n_face_merges=n_merges,
+                           seconds={"blocks": t1 - t0, "stitch": t2 - t1, "relabel": t3 - t2})

@@ -1,0 +1,519 @@
+"""Mutex watershed (Wolf et al. 2018, 2020) on grids and region graphs.
+
+Conventions (see ``docs/mws.md`` for the conversions from other tools):
+
+- ``affinities`` has shape ``(C, *spatial)`` (2D or 3D) and every channel is a **merge probability**
+  (1 = same object), unless ``invert=True`` (then every channel is a boundary probability,
+  the elf / PlantSeg convention, and ``1 - value`` is used).
+- Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]`` (the affogato / bioimage-cpp /
+  mwatershed convention; offsets are usually negative, e.g. ``[-1, 0, 0]``). Edges that leave the
+  volume are dropped.
+- The first ``n_attractive`` channels attract with weight ``a``; the other channels repel with
+  weight ``1 - a``. All edges are processed once by descending weight; ties are broken by edge id
+  ``c * n_voxels + flat_index(p)`` (the order bioimage-cpp uses).
+- Labels are consecutive from 1 in raster order of first occurrence; masked voxels are 0.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validation import describe
+
+__all__ = [
+    "MutexWatershedInfo",
+    "mutex_watershed",
+    "seeded_mutex_watershed",
+    "mutex_watershed_graph",
+    "remove_small_segments",
+]
+
+
+@dataclass
+class MutexWatershedInfo:
+    """Diagnostics of one mutex watershed run.
+
+    Attributes
+    ----------
+    n_labels : int
+        Segments in the result (background 0 excluded).
+    n_edges : int
+        Edges sorted and processed (after dropping out-of-volume, masked and stride-skipped edges).
+    n_merges : int
+        Attractive edges that merged two clusters.
+    n_mutexes : int
+        Distinct mutex constraints recorded between clusters.
+    bytes_per_edge : int
+        Bytes of one stored edge (8 on the float32 fast path, 16 otherwise); the radix sort needs
+        the same again as scratch while it runs.
+    peak_bytes : int
+        Peak bytes of the large native buffers (edges, sort scratch, union-find and mutex state).
+    seconds : dict
+        Wall-clock seconds of the phases ``edges``, ``sort`` and ``cluster``.
+    """
+
+    n_labels: int
+    n_edges: int
+    n_merges: int
+    n_mutexes: int
+    bytes_per_edge: int
+    peak_bytes: int
+    seconds: dict = field(default_factory=dict)
+
+    @classmethod
+    def _from_native(cls, d: dict) -> "MutexWatershedInfo":
+        return cls(
+            n_labels=int(d["n_labels"]), n_edges=int(d["n_edges"]), n_merges=int(d["n_merges"]),
+            n_mutexes=int(d["n_mutexes"]), bytes_per_edge=int(d["bytes_per_edge"]),
+            peak_bytes=int(d["peak_bytes"]),
+            seconds={"edges": d["seconds_edges"], "sort": d["seconds_sort"],
+                     "cluster": d["seconds_cluster"]},
+        )
+
+
+def _core():
+    from .. import _core
+
+    return _core
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+def _check_affinities(affinities) -> np.ndarray:
+    if isinstance(affinities, (list, tuple)):
+        affinities = np.asarray(affinities, dtype=np.float64)
+    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
+        raise TypeError(f"affinities: expected an array of shape (C, *spatial), got {describe(affinities)}")
+    a = np.asarray(affinities)
+    if a.dtype not in (np.float32, np.float64):
+        if a.dtype == np.float16 or (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+            a = a.astype(np.float32)
+        else:
+            raise TypeError(f"affinities: expected float32 or float64 values, got dtype {a.dtype}")
+    if a.ndim not in (3, 4):
+        raise ValueError(
+            f"affinities: expected shape (C, y, x) or (C, z, y, x), got shape {a.shape}")
+    if a.shape[0] < 1:
+        raise ValueError("affinities: expected at least one channel, got 0")
+    if any(s < 1 for s in a.shape[1:]):
+        raise ValueError(f"affinities: expected a non-empty spatial shape, got {a.shape[1:]}")
+    return a
+
+
+def _check_offsets(offsets, n_channels: int, ndim: int) -> np.ndarray:
+    try:
+        o = np.asarray(offsets)
+    except Exception as exc:  # pragma: no cover
+        raise TypeError(f"offsets: expected ({n_channels}, {ndim}) integers, got {describe(offsets)}") from exc
+    if o.dtype == object or not (np.issubdtype(o.dtype, np.integer) or
+                                 (np.issubdtype(o.dtype, np.floating) and o.size and np.all(o == np.round(o)))
+                                 or o.size == 0):
+        raise TypeError(f"offsets: expected integer offsets, got {describe(offsets)}")
+    if o.ndim != 2 or o.shape[1] != ndim:
+        raise ValueError(
+            f"offsets: expected shape ({n_channels}, {ndim}) (one {ndim}-D offset per channel), "
+            f"got shape {o.shape}")
+    if o.shape[0] != n_channels:
+        raise ValueError(
+            f"offsets: expected one offset per affinity channel ({n_channels}), got {o.shape[0]}")
+    return o.astype(np.int64)
+
+
+def _check_n_attractive(n_attractive, n_channels: int, ndim: int) -> int:
+    if n_attractive is None:
+        n_attractive = min(ndim, n_channels)
+    if isinstance(n_attractive, bool) or not isinstance(n_attractive, numbers.Integral):
+        raise TypeError(f"n_attractive: expected an integer in [0, {n_channels}], got {describe(n_attractive)}")
+    if not 0 <= int(n_attractive) <= n_channels:
+        raise ValueError(f"n_attractive: expected an integer in [0, {n_channels}], got {int(n_attractive)}")
+    return int(n_attractive)
+
+
+def _check_strides(strides, ndim: int):
+    if strides is None:
+        return None
+    if isinstance(strides, numbers.Integral) and not isinstance(strides, bool):
+        strides = [int(strides)] * ndim
+    s = np.asarray(strides)
+    if s.dtype == object or not np.issubdtype(s.dtype, np.integer):
+        raise TypeError(f"strides: expected {ndim} positive integers, got {describe(strides)}")
+    if s.shape != (ndim,):
+        raise ValueError(f"strides: expected {ndim} values (one per axis), got shape {s.shape}")
+    if (s < 1).any():
+        raise ValueError(f"strides: expected positive integers, got {s.tolist()}")
+    return [int(v) for v in s]
+
+
+def _check_spatial(x, name: str, shape, *, kind: str):
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (the spatial shape of affinities), got {a.shape}")
+    if kind == "mask":
+        if a.dtype != bool and not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name}: expected a boolean mask, got dtype {a.dtype}")
+        return np.ascontiguousarray(a != 0, dtype=np.uint8).view(np.uint8)
+    if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+        raise TypeError(f"{name}: expected integer labels, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.signedinteger) and a.size and a.min() < 0:
+        raise ValueError(f"{name}: expected non-negative labels (0 = unseeded), got minimum {a.min()}")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
+    # chunked so that huge inputs need no full-size temporary
+    flat = a.reshape(a.shape[0], -1)
+    step = max(1, (1 << 24) // max(1, flat.shape[0]))
+    for i in range(0, flat.shape[1], step):
+        block = flat[:, i:i + step]
+        if not np.isfinite(block).all():
+            c, j = np.argwhere(~np.isfinite(block))[0]
+            idx = np.unravel_index(i + j, a.shape[1:])
+            raise ValueError(f"{name}: expected finite values, found {block[c, j]} in channel {c} at {tuple(int(v) for v in idx)}")
+
+
+def _check_seed(seed):
+    if seed is None:
+        return 0
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise TypeError(f"seed: expected a non-negative integer or None, got {describe(seed)}")
+    return int(seed) & ((1 << 64) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
+                    randomize_strides=False, mask=None, invert=False, seed=None, seeds=None,
+                    return_info=False):
+    """Mutex watershed segmentation of a 2D or 3D affinity map.
+
+    Parameters
+    ----------
+    affinities : ndarray, shape (C, y, x) or (C, z, y, x), float32 or float64
+        Every channel is a merge probability in [0, 1] (1 = same object) unless ``invert``.
+        Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite. A C-contiguous
+        float array is used without a copy.
+    offsets : array_like of int, shape (C, ndim)
+        Voxel offsets in array axis order (z, y, x), usually negative (``[-1, 0, 0]`` joins a voxel
+        with the one before it along z). Edges that leave the volume are dropped; an offset longer
+        than the volume is legal and adds no edges.
+    n_attractive : int, optional
+        The first ``n_attractive`` channels are attractive (weight ``a``); the remaining channels are
+        repulsive (weight ``1 - a``). Default: ``ndim``.
+    strides : int or sequence of int, optional
+        Keep only the repulsive edges whose source voxel lies on this grid (every ``strides[d]``-th
+        voxel along axis d, starting at 0), as in the original method. Attractive edges are all kept.
+    randomize_strides : bool
+        Keep each repulsive edge with probability ``1 / prod(strides)`` instead, drawn from a
+        counter-based hash of (``seed``, edge id): reproducible for a given ``seed``.
+    mask : ndarray of bool, shape spatial, optional
+        False voxels are background (label 0) and their edges are dropped.
+    invert : bool
+        ``affinities`` are boundary probabilities (the elf / PlantSeg convention); ``1 - value`` is
+        used as merge probability.
+    seed : int, optional
+        Seed of the random strides (default 0).
+    seeds : ndarray of int, shape spatial, optional
+        Seed labels: voxels with the same nonzero seed are one segment from the start and segments
+        with different seeds never merge (0 = unseeded).
+    return_info : bool
+        Also return a :class:`MutexWatershedInfo`.
+
+    Returns
+    -------
+    labels : ndarray, shape spatial, uint32
+        Consecutive labels from 1 (raster order of first occurrence), 0 for masked voxels.
+    info : MutexWatershedInfo
+        Only with ``return_info=True``.
+
+    Notes
+    -----
+    bioimage-cpp's ``segmentation.mutex_watershed(affs, offsets, n_attractive)`` uses the repulsive
+    channels as repulsion strengths directly; it gives the same partition as this function for
+    ``affs[n_attractive:] = 1 - affinities[n_attractive:]``. See ``docs/mws.md``.
+    """
+    a = _check_affinities(affinities)
+    C, spatial = a.shape[0], a.shape[1:]
+    ndim = len(spatial)
+    o = _check_offsets(offsets, C, ndim)
+    na = _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim)
+    if randomize_strides and st is None:
+        raise ValueError("randomize_strides: requires strides")
+    m = _check_spatial(mask, "mask", spatial, kind="mask")
+    sd = _check_spatial(seeds, "seeds", spatial, kind="seeds")
+    seed_value = _check_seed(seed)
+    if int(np.prod(spatial)) >= (1 << 32) - 1:
+        raise ValueError(f"affinities: at most 2^32 - 2 voxels per call, got {int(np.prod(spatial))}; "
+                         "use blockwise_mutex_watershed")
+    _check_finite(a)
+    if ndim == 2:
+        a4 = a.reshape((C, 1) + spatial)
+        o3 = np.concatenate([np.zeros((C, 1), np.int64), o], axis=1)
+        st3 = [1] + st if st is not None else [1, 1, 1]
+    else:
+        a4, o3 = a, o
+        st3 = st if st is not None else [1, 1, 1]
+    a4 = np.ascontiguousarray(a4)
+    fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
+    labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
+                       seed_value, bool(invert), m, sd)
+    labels = labels.reshape(spatial)
+    if return_info:
+        return labels, MutexWatershedInfo._from_native(stats)
+    return labels
+
+
+def seeded_mutex_watershed(affinities, offsets, seeds, **kwargs):
+    """Mutex watershed in which the given seed labels stay separate objects.
+
+    Same as :func:`mutex_watershed` with ``seeds=seeds``: voxels with the same nonzero seed label
+    start as one segment, segments with different seeds never merge, unseeded voxels join the seeds
+    or form new segments. Labels of the result are consecutive from 1 (not the seed values); see
+    ``docs/mws.md`` for mapping them back.
+    """
+    if seeds is None:
+        raise ValueError("seeds: expected an integer label array, got None")
+    return mutex_watershed(affinities, offsets, seeds=seeds, **kwargs)
+
+
+def _as_uv(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.size == 0:
+        return np.zeros((0, 2), np.uint64)
+    if a.dtype == object or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name}: expected integer node ids of shape (n, 2), got {describe(x)}")
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{name}: expected shape (n, 2), got {a.shape}")
+    if np.issubdtype(a.dtype, np.signedinteger) and a.min() < 0:
+        raise ValueError(f"{name}: expected non-negative node ids, got minimum {a.min()}")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def _as_weights(x, name: str, n: int) -> np.ndarray:
+    a = np.asarray(x)
+    if a.size == 0 and n == 0:
+        return np.zeros(0, np.float64)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name}: expected real weights, got {describe(x)}")
+    if a.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) (one weight per edge), got {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: expected finite weights, found {a[~np.isfinite(a)][0]}")
+    return a
+
+
+def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *, seeds=None,
+                          return_info=False):
+    """Mutex watershed on a region graph (e.g. superpixel agglomeration).
+
+    Parameters
+    ----------
+    n_nodes : int
+        Number of nodes (ids 0 .. n_nodes - 1).
+    edges : array_like of int, shape (E, 2)
+        Attractive edges (u, v).
+    weights : array_like of float, shape (E,)
+        Attraction strength of each edge (higher = merged earlier), e.g. a mean merge probability.
+    mutex_edges : array_like of int, shape (M, 2)
+        Repulsive (mutex) edges (u, v).
+    mutex_weights : array_like of float, shape (M,)
+        Repulsion strength of each mutex edge (higher = earlier), e.g. 1 - merge probability.
+    seeds : array_like of int, shape (n_nodes,), optional
+        Seed labels (0 = unseeded): nodes with the same seed start merged, different seeds never merge.
+    return_info : bool
+        Also return a :class:`MutexWatershedInfo`.
+
+    Returns
+    -------
+    labels : ndarray of uint32, shape (n_nodes,)
+        Consecutive labels from 1 in node order of first occurrence.
+
+    Notes
+    -----
+    All edges are sorted jointly by descending weight; ties are broken by id (attractive edge i has
+    id i, mutex edge j has id E + j). The weights are compared as float64.
+    """
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, numbers.Integral):
+        raise TypeError(f"n_nodes: expected a non-negative integer, got {describe(n_nodes)}")
+    n_nodes = int(n_nodes)
+    if n_nodes < 0 or n_nodes >= (1 << 32) - 1:
+        raise ValueError(f"n_nodes: expected an integer in [0, 2^32 - 2], got {n_nodes}")
+    uv = _as_uv(edges, "edges")
+    muv = _as_uv(mutex_edges, "mutex_edges")
+    w = _as_weights(weights, "weights", uv.shape[0])
+    mw = _as_weights(mutex_weights, "mutex_weights", muv.shape[0])
+    for name, arr in (("edges", uv), ("mutex_edges", muv)):
+        if arr.size and int(arr.max()) >= n_nodes:
+            raise ValueError(f"{name}: node ids must be < n_nodes = {n_nodes}, got {int(arr.max())}")
+    sd = None
+    if seeds is not None:
+        sd = np.asarray(seeds)
+        if sd.shape != (n_nodes,):
+            raise ValueError(f"seeds: expected shape ({n_nodes},), got {sd.shape}")
+        if not np.issubdtype(sd.dtype, np.integer):
+            raise TypeError(f"seeds: expected integer labels, got dtype {sd.dtype}")
+        if np.issubdtype(sd.dtype, np.signedinteger) and sd.size and sd.min() < 0:
+            raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
+        sd = np.ascontiguousarray(sd, dtype=np.uint64)
+    labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
+    if return_info:
+        return labels, MutexWatershedInfo._from_native(stats)
+    return labels
+
+
+def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Consecutive labels from 1 in raster order of first occurrence; 0 stays 0."""
+    flat = labels.ravel()
+    uniq, first, inv = np.unique(flat, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(uniq), np.int64)
+    rank[order] = np.arange(len(uniq))
+    new = rank[inv] + 1
+    if uniq.size and uniq[0] == 0:
+        zero_rank = rank[0] + 1
+        new = np.where(flat == 0, 0, new - (new > zero_rank))
+    n = int(new.max()) if new.size else 0
+    dtype = np.uint32 if n < 2**32 else np.uint64
+    return new.astype(dtype).reshape(labels.shape)
+
+
+def remove_small_segments(labels, min_size, *, affinities=None, offsets=None, n_attractive=None,
+                          invert=False):
+    """Remove segments smaller than ``min_size`` voxels.
+
+    Without affinities, small segments become background (0). With ``affinities`` and ``offsets``
+    (same conventions as :func:`mutex_watershed`), each small segment is merged into the neighbour
+    with the highest mean merge probability over the attractive edges they share, smallest segments
+    first, until every segment is at least ``min_size`` or has no neighbour left (then it becomes 0).
+
+    Parameters
+    ----------
+    labels : ndarray of int, 2D or 3D
+        Segmentation, 0 = background (never merged into).
+    min_size : int
+        Minimum segment size in voxels.
+    affinities, offsets : optional
+        Affinities ``(C, *labels.shape)`` and offsets ``(C, ndim)``; only the first
+        ``n_attractive`` (default ndim) channels are used.
+    n_attractive : int, optional
+        Attractive channels used for the merge decision.
+    invert : bool
+        Affinities are boundary probabilities.
+
+    Returns
+    -------
+    ndarray
+        Consecutive labels from 1 (first occurrence), uint32 (uint64 if needed).
+    """
+    lab = np.asarray(labels)
+    if lab.dtype == object or not (np.issubdtype(lab.dtype, np.integer)):
+        raise TypeError(f"labels: expected an integer label array, got {describe(labels)}")
+    if lab.ndim not in (2, 3):
+        raise ValueError(f"labels: expected a 2D or 3D array, got shape {lab.shape}")
+    if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and lab.min() < 0:
+        raise ValueError("labels: expected non-negative labels")
+    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral):
+        raise TypeError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
+    if min_size < 0:
+        raise ValueError(f"min_size: expected a non-negative integer, got {min_size}")
+    if (affinities is None) != (offsets is None):
+        raise ValueError("affinities, offsets: give both or neither")
+    _, dense = np.unique(lab, return_inverse=True)
+    dense = dense.reshape(lab.shape).astype(np.int64)
+    has_zero = lab.size and lab.min() == 0
+    if not has_zero:
+        dense += 1  # dense id 0 is background
+    n_ids = int(dense.max()) + 1 if dense.size else 1
+    sizes = np.bincount(dense.ravel(), minlength=n_ids).astype(np.int64)
+    sizes[0] = 0
+    small = np.flatnonzero((sizes > 0) & (sizes < min_size))
+    if small.size == 0:
+        return _relabel_consecutive(np.where(dense > 0, dense, 0))
+    parent = np.arange(n_ids)
+    if affinities is not None:
+        a = _check_affinities(affinities)
+        if a.shape[1:] != lab.shape:
+            raise ValueError(f"affinities: expected spatial shape {lab.shape}, got {a.shape[1:]}")
+        o = _check_offsets(offsets, a.shape[0], lab.ndim)
+        na = _check_n_attractive(n_attractive, a.shape[0], lab.ndim)
+        _check_finite(a)
+        us, vs, ws = [], [], []
+        for c in range(na):
+            src, dst = [], []
+            for size, off in zip(lab.shape, o[c]):
+                src.append(slice(max(0, -off), size - max(0, off)))
+                dst.append(slice(max(0, off), size - max(0, -off)))
+            lu, lv = dense[tuple(src)].ravel(), dense[tuple(dst)].ravel()
+            w = a[c][tuple(src)].ravel().astype(np.float64)
+            if invert:
+                w = 1.0 - w
+            keep = (lu != lv) & (lu > 0) & (lv > 0)
+            us.append(np.minimum(lu[keep], lv[keep]))
+            vs.append(np.maximum(lu[keep], lv[keep]))
+            ws.append(w[keep])
+        u = np.concatenate(us) if us else np.zeros(0, np.int64)
+        v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
+        w = np.concatenate(ws) if ws else np.zeros(0)
+        key = u * n_ids + v
+        uk, inv = np.unique(key, return_inverse=True)
+        wsum = np.bincount(inv, weights=w, minlength=uk.size)
+        wcnt = np.bincount(inv, minlength=uk.size).astype(np.float64)
+        pu, pv = uk // n_ids, uk % n_ids
+        # adjacency: node -> {neighbour: [sum, count]}
+        adj = [dict() for _ in range(n_ids)]
+        for x, y, s_, c_ in zip(pu.tolist(), pv.tolist(), wsum.tolist(), wcnt.tolist()):
+            adj[x][y] = [s_, c_]
+            adj[y][x] = [s_, c_]
+        alive = sizes > 0
+        import heapq
+        heap = [(int(sizes[s]), int(s)) for s in small]
+        heapq.heapify(heap)
+        while heap:
+            sz, s = heapq.heappop(heap)
+            if not alive[s] or sizes[s] != sz or sizes[s] >= min_size:
+                continue
+            if not adj[s]:
+                continue
+            best = max(adj[s].items(), key=lambda kv: (kv[1][0] / kv[1][1], -kv[0]))[0]
+            # merge s into best (smaller adjacency into larger would be faster; sizes are small here)
+            for nb, (s_, c_) in adj[s].items():
+                del adj[nb][s]
+                if nb == best:
+                    continue
+                cur = adj[best].get(nb)
+                if cur is None:
+                    adj[best][nb] = [s_, c_]
+                    adj[nb][best] = adj[best][nb]
+                else:
+                    cur[0] += s_
+                    cur[1] += c_
+                    adj[nb][best] = cur
+            adj[s] = {}
+            parent[s] = best
+            sizes[best] += sizes[s]
+            alive[s] = False
+            if sizes[best] < min_size:
+                heapq.heappush(heap, (int(sizes[best]), int(best)))
+        # resolve chains
+        for i in range(n_ids):
+            r = i
+            while parent[r] != r:
+                r = parent[r]
+            parent[i] = r
+        final_sizes = np.bincount(parent, weights=np.bincount(dense.ravel(), minlength=n_ids),
+                                  minlength=n_ids)
+        parent[(final_sizes[parent] < min_size)] = 0
+    else:
+        parent[small] = 0
+    parent[0] = 0
+    return _relabel_consecutive(parent[dense])

@@ -1,0 +1,432 @@
+"""Mutex watershed: exactness against bioimage-cpp and a reference, edge cases, errors, blockwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xmodal
+from xmodal.segmentation import (
+    blockwise_mutex_watershed,
+    mutex_watershed,
+    mutex_watershed_graph,
+    remove_small_segments,
+    seeded_mutex_watershed,
+)
+from xmodal.segmentation._metrics import adapted_rand_error
+from xmodal.segmentation._synthetic import noisy_affinities, voronoi_labels
+
+OFFS2 = [(-1, 0), (0, -1), (-2, 0), (0, -3), (-3, -3), (3, -3)]
+OFFS3 = [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -3, 0), (0, 0, -3), (-2, -3, -3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+def same_partition(a, b) -> bool:
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def to_bioimage(affs, n_attractive):
+    """xmodal affinities (all merge probabilities) -> bioimage-cpp input (repulsive = 1 - a)."""
+    b = np.array(affs, copy=True)
+    b[n_attractive:] = 1 - b[n_attractive:]
+    return b
+
+
+def reference_mws(affs, offsets, n_attractive, *, seeds=None, mask=None):
+    """Plain-Python mutex watershed (sorted edges, union-find, mutex sets of edge ids)."""
+    C, shape = affs.shape[0], affs.shape[1:]
+    n = int(np.prod(shape))
+    idx = np.arange(n).reshape(shape)
+    edges = []
+    for c, off in enumerate(offsets):
+        for p in np.ndindex(*shape):
+            q = tuple(np.add(p, off))
+            if any(x < 0 or x >= s for x, s in zip(q, shape)) or q == p:
+                continue
+            if mask is not None and not (mask[p] and mask[q]):
+                continue
+            a = float(affs[(c,) + p])
+            w = a if c < n_attractive else 1 - a
+            edges.append((-w, c * n + idx[p], idx[p], idx[q], c < n_attractive))
+    edges.sort()
+    parent = list(range(n))
+    mutex = [set() for _ in range(n)]
+    seed_of = [0] * n
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    if seeds is not None:
+        first = {}
+        for i, s in enumerate(np.asarray(seeds).ravel().tolist()):
+            if s:
+                if s in first:
+                    parent[i] = first[s]
+                else:
+                    first[s] = i
+                    seed_of[i] = s
+    for _, eid, u, v, att in edges:
+        ru, rv = find(u), find(v)
+        if ru == rv or mutex[ru] & mutex[rv]:
+            continue
+        if att:
+            if seed_of[ru] and seed_of[rv] and seed_of[ru] != seed_of[rv]:
+                continue
+            parent[rv] = ru
+            mutex[ru] |= mutex[rv]
+            seed_of[ru] = seed_of[ru] or seed_of[rv]
+        else:
+            mutex[ru].add(eid)
+            mutex[rv].add(eid)
+    lab = np.array([find(i) for i in range(n)]).reshape(shape)
+    if mask is not None:
+        lab = np.where(mask, lab + 1, 0)
+    return lab
+
+
+def random_affs(rng, shape, n_channels, dtype=np.float32, levels=None):
+    if levels:
+        return (rng.integers(0, levels + 1, (n_channels,) + shape) / levels).astype(dtype)
+    return rng.random((n_channels,) + shape).astype(dtype)
+
+
+@pytest.fixture
+def restore_threads():
+    n = xmodal.get_num_threads()
+    yield
+    xmodal.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------
+# exactness
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_equals_bioimage_cpp_tie_free(ndim, dtype):
+    bio = pytest.importorskip("bioimage_cpp.segmentation")
+    rng = np.random.default_rng(ndim)
+    shape, offs = ((23, 31), OFFS2) if ndim == 2 else ((9, 14, 17), OFFS3)
+    na = ndim
+    for _ in range(3):
+        a = random_affs(rng, shape, len(offs), dtype)
+        expected = bio.mutex_watershed(to_bioimage(a, na), offs, na)
+        labels = mutex_watershed(a, offs)
+        assert labels.dtype == np.uint32
+        np.testing.assert_array_equal(labels, expected)  # same partition and same numbering
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_equals_bioimage_cpp_with_ties(ndim):
+    bio = pytest.importorskip("bioimage_cpp.segmentation")
+    rng = np.random.default_rng(10 + ndim)
+    shape, offs = ((20, 25), OFFS2) if ndim == 2 else ((8, 12, 13), OFFS3)
+    for _ in range(4):
+        a = random_affs(rng, shape, len(offs), levels=4)  # many exact ties
+        expected = bio.mutex_watershed(to_bioimage(a, ndim), offs, ndim)
+        labels = mutex_watershed(a, offs)
+        assert adapted_rand_error(expected, labels) <= 1e-4
+        # both break ties by ascending edge id (channel-major), so the partitions are identical
+        assert same_partition(expected, labels)
+
+
+def test_synthetic_voronoi_equals_bioimage_cpp():
+    bio = pytest.importorskip("bioimage_cpp.segmentation")
+    gt = voronoi_labels((16, 48, 48), 12, seed=3)
+    a = noisy_affinities(gt, OFFS3, sigma=0.25, seed=4)  # clipped -> exact 0 and 1 ties
+    expected = bio.mutex_watershed(to_bioimage(a, 3), OFFS3, 3)
+    labels = mutex_watershed(a, OFFS3)
+    np.testing.assert_array_equal(labels, expected)
+    assert adapted_rand_error(gt, labels) < 0.2  # and it recovers the cells
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mask_equals_bioimage_cpp(ndim):
+    bio = pytest.importorskip("bioimage_cpp.segmentation")
+    rng = np.random.default_rng(20 + ndim)
+    shape, offs = ((21, 24), OFFS2) if ndim == 2 else ((8, 12, 14), OFFS3)
+    a = random_affs(rng, shape, len(offs))
+    mask = rng.random(shape) > 0.3
+    expected = bio.mutex_watershed(to_bioimage(a, ndim), offs, ndim, mask=mask)
+    labels = mutex_watershed(a, offs, mask=mask)
+    assert (labels[~mask] == 0).all() and (labels[mask] > 0).all()
+    assert same_partition(expected[mask], labels[mask])
+    assert sorted(np.unique(labels[mask])) == list(range(1, labels.max() + 1))  # consecutive
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_strides_equal_bioimage_cpp(ndim):
+    bio = pytest.importorskip("bioimage_cpp.segmentation")
+    rng = np.random.default_rng(30 + ndim)
+    shape, offs = ((22, 27), OFFS2) if ndim == 2 else ((9, 13, 14), OFFS3)
+    strides = (2, 3) if ndim == 2 else (1, 2, 3)
+    a = random_affs(rng, shape, len(offs))
+    expected = bio.mutex_watershed(to_bioimage(a, ndim), offs, ndim, strides=strides)
+    labels, info = mutex_watershed(a, offs, strides=strides, return_info=True)
+    np.testing.assert_array_equal(labels, expected)
+    full = mutex_watershed(a, offs, return_info=True)[1]
+    assert info.n_edges < full.n_edges
+
+
+def test_random_strides_reproducible():
+    rng = np.random.default_rng(5)
+    a = random_affs(rng, (10, 30, 30), len(OFFS3))
+    l1, i1 = mutex_watershed(a, OFFS3, strides=(1, 2, 2), randomize_strides=True, seed=7, return_info=True)
+    l2 = mutex_watershed(a, OFFS3, strides=(1, 2, 2), randomize_strides=True, seed=7)
+    l3, i3 = mutex_watershed(a, OFFS3, strides=(1, 2, 2), randomize_strides=True, seed=8, return_info=True)
+    np.testing.assert_array_equal(l1, l2)
+    assert not np.array_equal(l1, l3)
+    full = mutex_watershed(a, OFFS3, return_info=True)[1]
+    n_att = sum(int(np.prod([s - abs(o) for s, o in zip(a.shape[1:], off)])) for off in OFFS3[:3])
+    kept = (i1.n_edges - n_att) / (full.n_edges - n_att)
+    assert 0.2 < kept < 0.3  # probability 1/4
+
+
+def test_matches_reference_on_mask_and_seeds():
+    rng = np.random.default_rng(6)
+    a = random_affs(rng, (15, 17), len(OFFS2))
+    mask = rng.random((15, 17)) > 0.2
+    seeds = np.zeros((15, 17), np.int64)
+    seeds[1, 1] = seeds[2, 14] = 5  # one seed in two places: one object
+    seeds[12, 3] = 9
+    seeds[13, 15] = 2
+    labels = mutex_watershed(a, OFFS2, mask=mask, seeds=seeds)
+    ref = reference_mws(a, OFFS2, 2, seeds=seeds, mask=mask)
+    assert same_partition(labels, ref)
+    assert labels[1, 1] == labels[2, 14] != labels[12, 3]
+    assert len({labels[1, 1], labels[12, 3], labels[13, 15]}) == 3
+
+
+def test_seeds_keep_objects_apart():
+    gt = voronoi_labels((40, 40), 4, seed=1)
+    a = noisy_affinities(gt, OFFS2, sigma=0.0, seed=0)
+    a[:] = np.where(np.arange(len(OFFS2))[:, None, None] < 2, 1.0, 0.0)  # everything attracts
+    assert mutex_watershed(a, OFFS2).max() == 1
+    seeds = np.zeros_like(gt)
+    seeds[0, 0], seeds[-1, -1] = 1, 2
+    labels = seeded_mutex_watershed(a, OFFS2, seeds)
+    assert labels[0, 0] != labels[-1, -1]
+    assert labels.max() == 2
+    with pytest.raises(ValueError, match="seeds"):
+        seeded_mutex_watershed(a, OFFS2, None)
+
+
+def test_invert_is_boundary_convention():
+    rng = np.random.default_rng(7)
+    a = random_affs(rng, (8, 12, 12), len(OFFS3))
+    np.testing.assert_array_equal(mutex_watershed(1 - a, OFFS3, invert=True), mutex_watershed(a, OFFS3))
+
+
+def test_mwatershed_conversion():
+    mw = pytest.importorskip("mwatershed")
+    rng = np.random.default_rng(8)
+    a = random_affs(rng, (6, 11, 12), len(OFFS3), np.float64)
+    signed = a.copy()
+    signed[3:] = -(1 - signed[3:])  # mwatershed: positive attracts, negative repels, by |value|
+    assert same_partition(mw.agglom(signed, [list(o) for o in OFFS3]), mutex_watershed(a, OFFS3))
+
+
+def test_n_attractive_and_one_channel():
+    rng = np.random.default_rng(9)
+    a = random_affs(rng, (12, 13), 1)
+    labels = mutex_watershed(a, [(0, -1)], n_attractive=1)  # attraction only: every row is one object
+    assert labels.max() == 12
+    assert all(len(np.unique(row)) == 1 for row in labels)
+    rep = mutex_watershed(a, [(0, -1)], n_attractive=0)  # repulsion only: all singletons
+    assert rep.max() == a[0].size
+    b = random_affs(rng, (12, 13), len(OFFS2))
+    assert same_partition(mutex_watershed(b, OFFS2, n_attractive=3), reference_mws(b, OFFS2, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# graph version
+# ------------------------------------------------------------------------------------------------
+
+def _random_graph(rng, n, n_edges, n_mutex, levels=None):
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)], np.uint64)
+    sel = rng.choice(len(pairs), n_edges + n_mutex, replace=False)
+    uv, muv = pairs[np.sort(sel[:n_edges])], pairs[sel[n_edges:]]
+    if levels:
+        return uv, rng.integers(0, levels, n_edges) / levels, muv, rng.integers(0, levels, n_mutex) / levels
+    return uv, rng.random(n_edges), muv, rng.random(n_mutex)
+
+
+@pytest.mark.parametrize("levels", [None, 3])
+def test_graph_equals_bioimage_cpp(levels):
+    g = pytest.importorskip("bioimage_cpp.graph")
+    from bioimage_cpp.graph.mutex_watershed import mutex_watershed_clustering
+
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        uv, w, muv, mw = _random_graph(rng, 70, 200, 150, levels)
+        expected = mutex_watershed_clustering(g.UndirectedGraph(70, uv, True), w, muv, mw)
+        labels = mutex_watershed_graph(70, uv, w, muv, mw)
+        np.testing.assert_array_equal(labels, expected + 1)
+
+
+def test_graph_seeds_and_info():
+    rng = np.random.default_rng(12)
+    uv, w, muv, mw = _random_graph(rng, 40, 300, 10)
+    seeds = np.zeros(40, np.int64)
+    seeds[[0, 5]] = 3
+    seeds[7] = 4
+    labels, info = mutex_watershed_graph(40, uv, w, muv, mw, seeds=seeds, return_info=True)
+    assert labels[0] == labels[5] != labels[7]
+    assert info.n_edges == 310 and info.n_labels == labels.max()
+    assert mutex_watershed_graph(0, np.zeros((0, 2), int), [], np.zeros((0, 2), int), []).shape == (0,)
+    with pytest.raises(ValueError, match="node ids"):
+        mutex_watershed_graph(3, [[0, 3]], [1.0], np.zeros((0, 2), int), [])
+    with pytest.raises(ValueError, match="weights"):
+        mutex_watershed_graph(3, [[0, 1]], [1.0, 2.0], np.zeros((0, 2), int), [])
+    with pytest.raises(ValueError, match="finite"):
+        mutex_watershed_graph(3, [[0, 1]], [np.nan], np.zeros((0, 2), int), [])
+
+
+# ------------------------------------------------------------------------------------------------
+# edge cases and determinism
+# ------------------------------------------------------------------------------------------------
+
+def test_edge_cases():
+    rng = np.random.default_rng(13)
+    a = random_affs(rng, (6, 7), len(OFFS2))
+    assert (mutex_watershed(a, OFFS2, mask=np.zeros((6, 7), bool)) == 0).all()
+    one = mutex_watershed(np.ones((3, 1, 1, 1), np.float32), OFFS3[:3])
+    assert one.shape == (1, 1, 1) and one[0, 0, 0] == 1
+    long = mutex_watershed(a[:2], [(-100, 0), (0, 2**62)], n_attractive=2)  # no edges at all
+    assert long.max() == a[0].size and (np.sort(long.ravel()) == np.arange(1, 43)).all()
+    # an offset longer than one axis adds no edges but the others still work
+    mixed = mutex_watershed(a[:3], [(0, -1), (-1, 0), (-10, 0)], n_attractive=2)
+    np.testing.assert_array_equal(mixed, mutex_watershed(a[:2], [(0, -1), (-1, 0)]))
+    # non-contiguous input, integer-valued offsets as floats
+    big = random_affs(rng, (10, 12), len(OFFS2) * 2)[::2]
+    np.testing.assert_array_equal(mutex_watershed(big, np.asarray(OFFS2, float)),
+                                  mutex_watershed(np.ascontiguousarray(big), OFFS2))
+
+
+def test_determinism_across_threads(restore_threads):
+    gt = voronoi_labels((24, 64, 64), 20, seed=2)
+    a = noisy_affinities(gt, OFFS3, sigma=0.25, seed=3)
+    results = []
+    for t in (1, 2, 3):
+        xmodal.set_num_threads(t)
+        results.append(mutex_watershed(a, OFFS3))
+        results.append(mutex_watershed(a.astype(np.float64), OFFS3, strides=(1, 2, 2),
+                                       randomize_strides=True, seed=1))
+    for r in results[2::2]:
+        np.testing.assert_array_equal(r, results[0])
+    for r in results[3::2]:
+        np.testing.assert_array_equal(r, results[1])
+
+
+def test_info_reports_memory():
+    a = random_affs(np.random.default_rng(1), (8, 20, 20), len(OFFS3))
+    _, info = mutex_watershed(a, OFFS3, return_info=True)
+    assert info.bytes_per_edge == 8
+    assert info.peak_bytes >= 16 * info.n_edges
+    assert set(info.seconds) == {"edges", "sort", "cluster"}
+    _, info64 = mutex_watershed(a.astype(np.float64), OFFS3, return_info=True)
+    assert info64.bytes_per_edge == 16 and info64.n_edges == info.n_edges
+
+
+def test_bad_inputs():
+    a = np.random.default_rng(0).random((len(OFFS2), 5, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match="offsets"):
+        mutex_watershed(a, OFFS2[:-1])  # C != len(offsets)
+    with pytest.raises(ValueError, match="offsets"):
+        mutex_watershed(a, [(0, 1, 2)] * len(OFFS2))  # wrong length
+    with pytest.raises(TypeError, match="offsets"):
+        mutex_watershed(a, [(0.5, 1)] * len(OFFS2))
+    bad = a.copy()
+    bad[2, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        mutex_watershed(bad, OFFS2)
+    with pytest.raises(ValueError, match="mask"):
+        mutex_watershed(a, OFFS2, mask=np.ones((5, 7), bool))
+    with pytest.raises(ValueError, match="n_attractive"):
+        mutex_watershed(a, OFFS2, n_attractive=7)
+    with pytest.raises(ValueError, match="n_attractive"):
+        mutex_watershed(a, OFFS2, n_attractive=-1)
+    with pytest.raises(TypeError, match="n_attractive"):
+        mutex_watershed(a, OFFS2, n_attractive=1.5)
+    with pytest.raises(ValueError, match="affinities"):
+        mutex_watershed(a[0], OFFS2)
+    with pytest.raises(TypeError, match="affinities"):
+        mutex_watershed(a.astype(np.complex64), OFFS2)
+    with pytest.raises(TypeError, match="affinities"):
+        mutex_watershed("abc", OFFS2)
+    with pytest.raises(ValueError, match="strides"):
+        mutex_watershed(a, OFFS2, strides=(1, 0))
+    with pytest.raises(ValueError, match="strides"):
+        mutex_watershed(a, OFFS2, strides=(1, 2, 3))
+    with pytest.raises(ValueError, match="randomize_strides"):
+        mutex_watershed(a, OFFS2, randomize_strides=True)
+    with pytest.raises(ValueError, match="seeds"):
+        mutex_watershed(a, OFFS2, seeds=-np.ones((5, 6), int))
+    with pytest.raises(TypeError, match="seed"):
+        mutex_watershed(a, OFFS2, strides=2, randomize_strides=True, seed="x")
+    huge = np.broadcast_to(np.float32(0.5), (2, 65536, 65537))  # 2^32 + 2^16 voxels, no memory
+    with pytest.raises(ValueError, match="blockwise"):
+        mutex_watershed(huge, [(0, -1), (-1, 0)])
+
+
+# ------------------------------------------------------------------------------------------------
+# remove_small_segments
+# ------------------------------------------------------------------------------------------------
+
+def test_remove_small_segments():
+    labels = np.zeros((6, 10), np.int64)
+    labels[:, :5] = 4
+    labels[:, 5:] = 9
+    labels[0, 0] = 7  # tiny segment inside 4
+    labels[5, 9] = 0  # background
+    out = remove_small_segments(labels, 2)
+    assert out[0, 0] == 0 and out.max() == 2 and out[5, 9] == 0
+    # with affinities: the tiny segment joins the neighbour it attracts most
+    offs = [(-1, 0), (0, -1)]
+    a = np.zeros((2, 6, 10), np.float32)
+    a[:, 0:2, 0:2] = 1.0  # strong attraction of (0,0) to (1,0) and (0,1), both in segment 4
+    merged = remove_small_segments(labels, 2, affinities=a, offsets=offs)
+    assert merged[0, 0] == merged[1, 1] != merged[0, 9]
+    assert merged.max() == 2 and merged[5, 9] == 0
+    sizes = np.bincount(merged.ravel())[1:]
+    assert (sizes >= 2).all()
+    # isolated small segment without neighbours becomes background
+    iso = np.zeros((5, 5), int)
+    iso[2, 2] = 3
+    assert remove_small_segments(iso, 2, affinities=np.ones((2, 5, 5)), offsets=offs).max() == 0
+    with pytest.raises(ValueError, match="affinities"):
+        remove_small_segments(labels, 2, affinities=a)
+    with pytest.raises(TypeError, match="labels"):
+        remove_small_segments(labels.astype(float), 2)
+    with pytest.raises(ValueError, match="min_size"):
+        remove_small_segments(labels, -1)
+
+
+def test_remove_small_segments_on_mws():
+    gt = voronoi_labels((12, 40, 40), 8, seed=5)
+    a = noisy_affinities(gt, OFFS3, sigma=0.3, seed=6)
+    seg = mutex_watershed(a, OFFS3)
+    cleaned = remove_small_segments(seg, 20, affinities=a, offsets=OFFS3)
+    sizes = np.bincount(cleaned.ravel())
+    assert (sizes[1:] >= 20).all() and cleaned.max() < seg.max()
+    assert adapted_rand_error(gt, cleaned) <= adapted_rand_error(gt, seg) + 1e-9
+
+
+# ------------------------------------------------------------------------------------------------
+# ARand helper
+# ------------------------------------------------------------------------------------------------
+
+def test_adapted_rand_error_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(1, 5, (20, 20)), rng.integers(1, 7, (20, 20))
+    assert adapted_rand_error(a, b) == pytest.approx(skm.adapted_rand_error(a, b)[0])
+    assert adapted_rand_error(a, a * 3) == 0.0
