@@ -38,11 +38,13 @@ f32 writable_f32(const py::object& o, const char* name) {
     return py::reinterpret_borrow<f32>(o);
 }
 
-std::array<std::int64_t, 3> triple(const std::vector<std::int64_t>& v, int ndim, const char* name) {
+// (z, y, x) from ndim values; a 2-D request gets z = `z2d` (0 for offsets, 1 for extents).
+std::array<std::int64_t, 3> triple(const std::vector<std::int64_t>& v, int ndim, const char* name,
+                                   std::int64_t z2d = 0) {
     if (static_cast<int>(v.size()) != ndim)
         throw value_error(std::string(name) + ": expected " + std::to_string(ndim) + " values, got " +
                           std::to_string(v.size()));
-    if (ndim == 2) return {0, v[0], v[1]};
+    if (ndim == 2) return {z2d, v[0], v[1]};
     return {v[0], v[1], v[2]};
 }
 
@@ -57,7 +59,7 @@ void register_stitch(py::module_& m) {
             if (out.ndim() != tile.ndim()) throw value_error("tile: must have the same ndim as out");
             const int nd = static_cast<int>(out.ndim()) - 1;
             auto os = shape4(out, "out"), ts = shape4(tile, "tile");
-            auto s = triple(src_lo, nd, "src_lo"), d = triple(dst_lo, nd, "dst_lo"), e = triple(extent, nd, "extent");
+            auto s = triple(src_lo, nd, "src_lo"), d = triple(dst_lo, nd, "dst_lo"), e = triple(extent, nd, "extent", 1);
             float* po = out.mutable_data();
             const float* pt = tile.data();
             py::gil_scoped_release release;

@@ -109,15 +109,20 @@ def quantile_normalizer(image, *, channel_axis: int | None, q=(0.01, 0.98)) -> Q
     lows, highs = np.empty(n_ch), np.empty(n_ch)
     for c in range(n_ch):
         cdf = np.cumsum(hist[c])
-        total = cdf[-1]
+        total = int(cdf[-1])
+
+        def order_statistic(rank):  # value of the rank-th smallest (0-based), within one bin
+            k = min(int(np.searchsorted(cdf, rank + 1, side="left")), N_BINS - 1)
+            before = int(cdf[k - 1]) if k > 0 else 0
+            inside = max(int(hist[c, k]), 1)
+            return lo[c] + (k + (rank - before + 0.5) / inside) * width[c] if hi[c] > lo[c] else lo[c]
+
         vals = []
-        for qq in q:
-            target = qq * total
-            k = int(np.searchsorted(cdf, target, side="left"))
-            k = min(k, N_BINS - 1)
-            before = cdf[k - 1] if k > 0 else 0
-            inside = hist[c, k]
-            frac = (target - before) / inside if inside > 0 else 0.0
-            vals.append(lo[c] + (k + frac) * width[c])
+        for qq in q:  # numpy's default ("linear") definition: position q * (n - 1)
+            pos = qq * (total - 1)
+            r0 = int(np.floor(pos))
+            r1 = min(r0 + 1, total - 1)
+            f = pos - r0
+            vals.append((1 - f) * order_statistic(r0) + f * order_statistic(r1))
         lows[c], highs[c] = vals
     return QuantileNormalizer(low=lows, high=highs, q=tuple(q))

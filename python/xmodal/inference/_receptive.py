@@ -31,8 +31,8 @@ class ReceptiveField:
     halo : tuple of int
         The halo ``halo="auto"`` uses: ``ceil(size / 2)`` rounded up to a multiple of ``factor``.
     plantseg_halo : tuple of int
-        PlantSeg's rule, sum of ``stride_level * dilation * floor(k / 2)`` over the convolutions and
-        poolings of the longest path (for a U-Net: sum of ``2**level * floor(k/2)``); a cross-check
+        PlantSeg's rule, sum of ``stride_level * dilation * floor(k / 2)`` over the convolutions
+        (transposed ones included, poolings not) of the longest path (for a U-Net: sum of ``2**level * floor(k/2)``); a cross-check
         of ``halo`` (it omits the one-sided reach of strided layers, so it is at most ``halo``).
     measured : tuple of int or None
         Extent of the non-zero input gradient of the centre output voxel (``check=True``); it can be
@@ -102,7 +102,7 @@ def _apply_module(mod, st: _State, nd: int, torch) -> tuple[_State, bool]:
         k = np.array(_tuple(mod.kernel_size, nd), float)
         s = np.array(_tuple(mod.stride if mod.stride is not None else mod.kernel_size, nd), float)
         d = np.array(_tuple(getattr(mod, "dilation", 1), nd), float)
-        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p + np.floor(k / 2) * d * st.j), True
+        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p), True
     if isinstance(mod, adaptive):
         return _State(np.full(nd, np.inf), st.j, st.p), True
     if isinstance(mod, nn.Upsample):
@@ -151,7 +151,7 @@ def _walk_fx(model, nd, torch):
                 s = node.kwargs.get("stride", node.args[2] if len(node.args) > 2 else None) or k
                 k = np.array(_tuple(k, nd), float)
                 s = np.array(_tuple(s, nd), float)
-                st = _State(st.r + (k - 1) * st.j, st.j * s, st.p + np.floor(k / 2) * st.j)
+                st = _State(st.r + (k - 1) * st.j, st.j * s, st.p)
                 n_layers += 1
         elif node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d):
             raise NotImplementedError("functional convolutions are walked by hooks")
