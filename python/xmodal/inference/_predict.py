@@ -185,13 +185,45 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
             raise ValueError(f"out: expected shape (C_out, *{shape}), got {out.shape}")
         out_chunks = tuple(out.chunks[1:])
 
+    # normaliser
+    if normalize is None:
+        normalizer = None
+    elif isinstance(normalize, str):
+        if normalize != "quantile":
+            raise ValueError(f"normalize: expected None, 'quantile' or a callable, got {normalize!r}")
+        normalizer = None  # computed below, after the cheap checks
+    elif callable(normalize):
+        normalizer = normalize
+    else:
+        raise TypeError(f"normalize: expected None, 'quantile' or a callable, got {describe(normalize)}")
+
+    # probe the model on a tiny input: output spatial shape, channel count, activation bytes per voxel
+    probe_shape = tuple(min(align_up(max(2 * f, 8), f), align_up(n, f)) for f, n in zip(factor, shape))
+    probe = np.zeros((1, in_ch) + probe_shape, np.float32)
+    cost = None
+    try:
+        if runner.is_torch and tile_shape is None:  # measure the activation cost on the same pass
+            from ._tile_shape import ActivationCounter
+
+            with ActivationCounter(model) as counter:
+                y = runner(probe)
+            cost = (counter.bytes + probe.nbytes) / float(np.prod(probe_shape))
+        else:
+            y = runner(probe)
+    except Exception as exc:
+        raise ValueError(f"model: failed on a probe input of shape {probe.shape}: {exc}") from exc
+    if y.ndim != nd + 2 or tuple(y.shape[2:]) != probe_shape or y.shape[0] != 1:
+        raise ValueError(f"model: the output must have the input's spatial shape; input {probe.shape} gave "
+                         f"output {tuple(y.shape)}")
+    out_ch = int(y.shape[1])
+
     # tile shape
     if tile_shape is None:
         from ._tile_shape import find_tile_shape
 
         multiple = tuple(math.lcm(f, c) if out_chunks else f for f, c in zip(factor, out_chunks or factor))
         tile = find_tile_shape(model, image_shape=shape, in_channels=in_ch, halo=halo_v, multiple_of=multiple,
-                               device=runner.device)
+                               device=runner.device, bytes_per_voxel=cost)
     else:
         tile = _per_axis(tile_shape, nd, "tile_shape", minimum=1)
         bad = [ax for ax in range(nd) if tile[ax] % factor[ax] and tile[ax] < shape[ax]]
@@ -208,30 +240,6 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
         if bad:
             raise ValueError(f"tile_shape: tiles must be whole multiples of out's chunks {out_chunks} so that "
                              f"writes are chunk-aligned, got {tile}")
-
-    # normaliser
-    if normalize is None:
-        normalizer = None
-    elif isinstance(normalize, str):
-        if normalize != "quantile":
-            raise ValueError(f"normalize: expected None, 'quantile' or a callable, got {normalize!r}")
-        normalizer = None  # computed below, after the cheap checks
-    elif callable(normalize):
-        normalizer = normalize
-    else:
-        raise TypeError(f"normalize: expected None, 'quantile' or a callable, got {describe(normalize)}")
-
-    # probe the model on a tiny input: output spatial shape and channel count
-    probe_shape = tuple(min(align_up(max(2 * f, 8), f), align_up(n, f)) for f, n in zip(factor, shape))
-    probe = np.zeros((1, in_ch) + probe_shape, np.float32)
-    try:
-        y = runner(probe)
-    except Exception as exc:
-        raise ValueError(f"model: failed on a probe input of shape {probe.shape}: {exc}") from exc
-    if y.ndim != nd + 2 or tuple(y.shape[2:]) != probe_shape or y.shape[0] != 1:
-        raise ValueError(f"model: the output must have the input's spatial shape; input {probe.shape} gave "
-                         f"output {tuple(y.shape)}")
-    out_ch = int(y.shape[1])
 
     if normalize == "quantile":
         normalizer = quantile_normalizer(image, channel_axis=caxis)

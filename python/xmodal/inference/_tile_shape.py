@@ -27,33 +27,45 @@ def _available_ram() -> int:
     return 4 << 30
 
 
-def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor) -> float:
+class ActivationCounter:
+    """Context manager summing the bytes of every leaf module's output during forward passes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.bytes = 0
+        self._hooks = []
+
+    def _hook(self, mod, inp, out):
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if hasattr(o, "numel"):
+                self.bytes += o.numel() * o.element_size()
+
+    def __enter__(self):
+        self._hooks = [m.register_forward_hook(self._hook) for m in self.model.modules()
+                       if len(list(m.children())) == 0]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return False
+
+
+def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor, *, shape=None) -> float:
     """Measured bytes per input voxel of one forward pass: the input plus every leaf module's output.
 
-    A forward pass on a small input (``8 * factor`` voxels per axis in 2-D, ``4 * factor`` in 3-D)
-    records the size of every intermediate output with forward hooks. Their sum is an upper bound
-    of the live memory of an inference pass (torch frees intermediates it no longer needs).
+    A forward pass on a small input (default ``8 * factor`` voxels per axis in 2-D, ``4 * factor``
+    in 3-D) records the size of every intermediate output with forward hooks. Their sum is an upper
+    bound of the live memory of an inference pass (torch frees intermediates it no longer needs).
     """
     torch = optional_import("torch")
     mult = 8 if ndim == 2 else 4
-    shape = tuple(mult * max(f, 4) for f in factor)
-    total = [0]
-
-    def hook(mod, inp, out):
-        for o in out if isinstance(out, (tuple, list)) else (out,):
-            if hasattr(o, "numel"):
-                total[0] += o.numel() * o.element_size()
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
-    try:
-        x = torch.zeros((1, in_channels) + shape, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    n = float(np.prod(shape))
-    return (total[0] + x.numel() * x.element_size()) / n
+    shape = tuple(shape) if shape is not None else tuple(mult * max(f, 4) for f in factor)
+    x = torch.zeros((1, in_channels) + shape, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
+    with ActivationCounter(model) as counter, torch.inference_mode():
+        model(x)
+    return (counter.bytes + x.numel() * x.element_size()) / float(np.prod(shape))
 
 
 def _shrink_to(limit_voxels, shape, halo, multiple, minimum):
@@ -76,7 +88,7 @@ def _shrink_to(limit_voxels, shape, halo, multiple, minimum):
 
 
 def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, halo="auto", multiple_of=None,
-                    device="auto", memory_budget=None, max_shape=None):
+                    device="auto", memory_budget=None, max_shape=None, bytes_per_voxel=None):
     """Largest output tile whose input window (tile + 2 halo) fits memory, aligned to the factor.
 
     Parameters
@@ -101,6 +113,8 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
         Bytes for one window's forward pass.
     max_shape : int, optional
         Edge of the search cube without ``image_shape`` (default 1024 in 2-D, 256 in 3-D).
+    bytes_per_voxel : float, optional
+        Activation cost per input voxel when already measured (else measured here).
 
     Returns
     -------
@@ -132,7 +146,7 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     from ._model import resolve_torch_device
 
     dev = resolve_torch_device(model, device)
-    cost = activation_bytes_per_voxel(model, ndim, in_channels, factor)
+    cost = bytes_per_voxel or activation_bytes_per_voxel(model, ndim, in_channels, factor)
     if dev.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(dev))
         budget = memory_budget or int(0.7 * free)
