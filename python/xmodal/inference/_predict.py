@@ -334,6 +334,28 @@ def _write_crop(plan: _Plan, t: Tile, y: np.ndarray):
         plan.ledger.mark_done(t.index)
 
 
+def _trim_heap():
+    """Return freed heap memory to the OS (glibc ``malloc_trim``, as dask workers do); else no-op.
+
+    Windows are large, short-lived buffers allocated in several threads; without trimming, glibc's
+    per-thread arenas keep them mapped and the resident size creeps up over a long run.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 def _run_local(plan: _Plan):
     todo = [t for t in plan.tiles if plan.ledger is None or not plan.ledger.is_done(t.index)]
     plan.stats.update(tiles=len(plan.tiles), skipped=len(plan.tiles) - len(todo))
@@ -343,7 +365,7 @@ def _run_local(plan: _Plan):
         acc = np.zeros((plan.out_channels,) + plan.shape, np.float32)
         wsum = np.zeros(plan.shape, np.float32)
     batches = iter(_batches(todo, plan.batch_size))
-    reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xmodal-read")
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-write")
     reads: collections.deque = collections.deque()
     writes: collections.deque = collections.deque()
@@ -381,8 +403,11 @@ def _run_local(plan: _Plan):
             for i, t in enumerate(b):
                 yi = np.ascontiguousarray(y[i])
                 writes.append(writer.submit(accumulate if blended else _write_crop, *((t, yi) if blended else (plan, t, yi))))
-            while len(writes) > 2 * plan.batch_size + 1:
+            del x, y
+            while len(writes) > plan.batch_size + 1:
                 writes.popleft().result()
+            if plan.out_kind == "zarr":
+                _trim_heap()
             if bar is not None:
                 bar.update(len(b))
         while writes:
@@ -558,8 +583,9 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     factor grid and the last window ends at the volume's end, so the last window has the same
     remainder as the whole volume. A network that pads internally to the factor then gives the
     whole-volume result; one that does not would fail on the whole volume too (and fails here
-    with the model's error). Peak memory (crop mode): about ``2 * batch_size + 3`` windows plus the
-    network's activations on one batch, whatever the image size.
+    with the model's error). Peak memory (crop mode): about ``3 * batch_size + 2`` windows (two batches
+    read ahead by one reader thread, one being predicted, ``batch_size + 1`` being written by one
+    writer thread) plus the network's activations on one batch, whatever the image size.
     """
     if client is not None and not isinstance(client, str):
         if not hasattr(client, "scatter") or not hasattr(client, "submit"):
