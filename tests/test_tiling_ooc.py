@@ -139,3 +139,23 @@ def test_dask_process_workers(tmp_path, net, image):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         y = predict_tiled(net, zin, tile_shape=(32, 32), client=client, out=tmp_path / "p.zarr", progress=False)
     assert np.array_equal(y[:], local)
+
+
+def test_blend_into_zarr(tmp_path, net, image):
+    mem = predict_tiled(net, image, tile_shape=(32, 32), blend="gaussian", progress=False)
+    z = predict_tiled(net, image, tile_shape=(32, 32), blend="gaussian", out=tmp_path / "g.zarr", progress=False)
+    assert np.array_equal(z[:], mem)
+    assert np.abs(mem - _ref(net, image)).max() < 0.5
+
+
+@pytest.mark.cuda
+def test_cuda_device_matches_cpu(net, image):
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    import copy
+
+    cpu = predict_tiled(net, image, tile_shape=(32, 32), device="cpu", progress=False)
+    gpu_net = copy.deepcopy(net)
+    y = predict_tiled(gpu_net, image, tile_shape=(32, 32), device="cuda", batch_size=3, progress=False)
+    auto = predict_tiled(gpu_net, image, progress=False)  # parameters on the GPU: runs there, tile probed
+    assert np.abs(y - cpu).max() <= 1e-4 and np.abs(auto - cpu).max() <= 1e-4

@@ -430,11 +430,10 @@ def _run_local(plan: _Plan):
 
 
 def _write_blocks(out, acc):
-    chunks = out.chunks
-    step = [max(c, (64 // c) * c) if i else c for i, c in enumerate(chunks)]
-    step[0] = out.shape[0]
+    """Write the accumulated volume into ``out`` in chunk-aligned slabs (one chunk deep along axis 1)."""
+    step = [out.shape[0], out.chunks[1]] + list(out.shape[2:])
     for sl in _iter_regions(out.shape, step):
-        out[sl] = acc[sl]
+        xio.write_region(out, sl, acc[sl])
 
 
 def _iter_regions(shape, block):
