@@ -196,6 +196,28 @@ def test_receptive_field_hook_fallback():
     assert rf.method == "hooks" and rf.size == (7, 7) and rf.factor == (1, 1)
 
 
+class Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(2, 1, 5, 5) * 0.2)
+        self.w2 = nn.Parameter(torch.randn(1, 2, 3, 3) * 0.2)
+
+    def forward(self, x):
+        x = torch.relu(nn.functional.conv2d(x, self.w1, padding=2)) + 0.1
+        return nn.functional.conv2d(x, self.w2, padding=1)
+
+
+def test_receptive_field_gradient_fallback():
+    torch.manual_seed(4)
+    m = Functional().eval()
+    rf = receptive_field(m, 2)
+    assert rf.method == "gradient" and rf.size == (7, 7) and rf.halo == (4, 4)
+    x = np.random.default_rng(10).normal(size=(1, 40, 50)).astype(np.float32)
+    # no convolution module to read the layout from: a 2-D image without channel axis
+    y = predict_tiled(m, x[0], tile_shape=(12, 16), progress=False)
+    assert np.abs(y - _whole(m, x)).max() <= 1e-5
+
+
 def test_tile_mismatch_batchnorm_vs_instancenorm(unet2d):
     x = np.random.default_rng(7).normal(size=(1, 96, 96)).astype(np.float32)
     r = tile_mismatch(unet2d, x, tile_shape=(64, 64))

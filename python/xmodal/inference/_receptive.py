@@ -40,7 +40,8 @@ class ReceptiveField:
     method : str
         How the layers were walked: ``"fx"`` (torch.fx graph, branches merged by maximum),
         ``"hooks"`` (execution order of the leaf modules, treated as one chain: an upper bound for
-        branched networks), or ``"none"`` (a callable that is not a torch module: no analytic value).
+        branched networks), or ``"gradient"`` (no known layer found, e.g. functional convolutions:
+        the measured extent is used, with factor 1).
     layers : int
         Number of layers with a spatial extent that were walked.
     """
@@ -306,6 +307,14 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
         notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
         final, best, n = _walk_hooks(model, ndim, in_channels, torch)
         method = "hooks"
+    if n == 0:  # no layer the walk knows (e.g. functional convolutions): measure from gradients
+        notes.append("no known layer found; the size is the measured gradient extent, factor 1")
+        factor = (1,) * ndim
+        measured = measure_receptive_field(model, ndim, in_channels=in_channels,
+                                           size=64 if ndim == 2 else 40, factor=factor)
+        halo = tuple(int(math.ceil(m / 2)) for m in measured)
+        return ReceptiveField(size=measured, factor=factor, halo=halo, plantseg_halo=halo, measured=measured,
+                              method="gradient", layers=0, notes=notes)
     r = final.r
     if not np.all(np.isfinite(r)):
         raise ValueError("model: contains global (adaptive) pooling; its receptive field is the whole input")
