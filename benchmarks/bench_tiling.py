@@ -35,7 +35,7 @@ SHAPE = (32, 128, 128) if QUICK else (64, 256, 256)
 TILE = (32, 64, 64) if QUICK else (32, 128, 128)
 # the big out-of-core volume: 4 GiB of float32 (quick: 64 MiB)
 BIG = (32, 256, 512) if QUICK else (128, 2048, 4096)
-BIG_TILE = (32, 128, 128) if QUICK else (64, 192, 192)
+BIG_TILE = (32, 128, 128) if QUICK else (64, 160, 160)
 BIG_CHUNKS = (32, 128, 128)  # input chunks
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -137,7 +137,13 @@ _RSS_SCRIPT = textwrap.dedent("""
     out = xmodal.predict_tiled(model, {src!r}, tile_shape={tile!r}, out={dst!r}, progress=False)
     dt = time.perf_counter() - t0
     probe = np.asarray(out[0, :8, :64, :64])
-    print(json.dumps({{"seconds": dt, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process's own high-water mark (ru_maxrss can include the parent's RSS at fork time)
+    try:
+        with open("/proc/self/status") as f:
+            peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
+    except (OSError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({{"seconds": dt, "peak_rss_mib": peak,
                        "out_shape": list(out.shape), "finite": bool(np.isfinite(probe).all())}}))
 """)
 
