@@ -129,8 +129,10 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     if ndim not in (2, 3):
         raise ValueError(f"ndim: expected 2 or 3, got {ndim!r}")
     in_channels = in_channels or in_m or 1
-    rf = receptive_field(model, ndim, in_channels=in_channels)
-    factor = rf.factor
+    rf = None
+    if multiple_of is None or isinstance(halo, str) or bytes_per_voxel is None:
+        rf = receptive_field(model, ndim, in_channels=in_channels)
+    factor = rf.factor if rf is not None else tuple(int(m) for m in multiple_of)
     multiple = tuple(int(m) for m in (multiple_of or factor))
     if isinstance(halo, str):
         halo = rf.halo
