@@ -246,12 +246,7 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
 
     out_shape = (out_ch,) + shape
     if out is None:
-        if for_dask:
-            out_kind = "numpy"
-            target = np.zeros(out_shape, np.float32)
-        else:
-            out_kind = "numpy"
-            target = np.zeros(out_shape, np.float32)
+        target, out_kind = np.zeros(out_shape, np.float32), "numpy"
     elif isinstance(out, np.ndarray):
         if out.shape != out_shape:
             raise ValueError(f"out: expected shape {out_shape}, got {out.shape}")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
