@@ -470,10 +470,12 @@ def _run_dask(plan: _Plan, client, device):
     if plan.blend != "crop":
         raise ValueError(f"blend: a dask client runs blend='crop' only (blended modes accumulate across tiles), "
                          f"got {plan.blend!r}")
-    if isinstance(client, str):
-        distributed = __import__("distributed")
-        client = distributed.Client(client)
-    distributed = __import__("distributed")
+    from .._optional import optional_import
+
+    distributed = optional_import("distributed", purpose="predict_tiled(client=...)")
+    if isinstance(client, str):  # a scheduler address: connect for this run only
+        with distributed.Client(client) as own:
+            return _run_dask(plan, own, device)
     todo = [t for t in plan.tiles if plan.ledger is None or not plan.ledger.is_done(t.index)]
     plan.stats.update(tiles=len(plan.tiles), skipped=len(plan.tiles) - len(todo))
     token = model_token(plan.runner.model)
