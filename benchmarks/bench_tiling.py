@@ -1,0 +1,176 @@
+"""Halo tiled inference vs MONAI's sliding_window_inference (same model, volume and tile).
+
+Workload (the issue's): MONAI UNet (spatial_dims=3, channels (8, 16, 32), strides (2, 2),
+num_res_units=0, BatchNorm so that eval-mode tiles can be exact), eval mode, a 64 x 256 x 256
+float32 volume, tile 32 x 128 x 128. MONAI runs at overlap 0.25 with roi_size = the tile; xmodal
+runs blend="crop" with the automatic halo (half the receptive field), and with tile_shape=None.
+Both are compared with the whole-volume forward pass (max |difference| in extra_info).
+
+Also: peak RSS of predict_tiled on a 4 GiB float32 zarr volume (zarr in, OME-Zarr out), measured in
+a subprocess; a dask LocalCluster run with 2 workers (identical to the local result).
+
+XMODAL_BENCH_QUICK=1 shrinks the volumes (smoke test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+monai = pytest.importorskip("monai")
+
+import xmodal  # noqa: E402
+
+QUICK = os.environ.get("XMODAL_BENCH_QUICK", "") not in ("", "0")
+SHAPE = (32, 128, 128) if QUICK else (64, 256, 256)
+TILE = (32, 64, 64) if QUICK else (32, 128, 128)
+# the big out-of-core volume: 4 GiB of float32 (quick: 64 MiB)
+BIG = (32, 256, 512) if QUICK else (128, 2048, 4096)
+BIG_TILE = (32, 128, 128) if QUICK else (64, 160, 160)
+BIG_CHUNKS = (32, 128, 128)  # input chunks
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_model(device="cpu"):
+    torch.manual_seed(0)
+    m = monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16, 32),
+                                 strides=(2, 2), num_res_units=0, norm="batch")
+    g = torch.Generator().manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm3d):
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return m.eval().to(device)
+
+
+def volume(shape=SHAPE):
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def _best_time(fn, rounds):
+    best, out = np.inf, None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _peers(model, x, device):
+    xt = torch.from_numpy(x)[None, None].to(device)
+    with torch.inference_mode():
+        t_whole, whole = _best_time(lambda: model(xt)[0].cpu().numpy(), 2)
+        t_monai, swi = _best_time(
+            lambda: monai.inferers.sliding_window_inference(xt, TILE, 1, model, overlap=0.25)[0].cpu().numpy(), 2)
+    return t_whole, whole, t_monai, swi
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tiles", ["same_tile", "auto_tile"])
+def test_predict_tiled_vs_monai(benchmark, device, tiles):
+    model = make_model(device)
+    x = volume()
+    t_whole, whole, t_monai, swi = _peers(model, x, device)
+    kwargs = dict(tile_shape=TILE if tiles == "same_tile" else None, device=device, progress=False)
+    xmodal.predict_tiled(model, x, **kwargs)  # warm-up
+    y = benchmark.pedantic(xmodal.predict_tiled, args=(model, x), kwargs=kwargs, rounds=3, iterations=1)
+    t_x = benchmark.stats.stats.min
+    diff_x = float(np.abs(y - whole).max())
+    diff_m = float(np.abs(swi - whole).max())
+    benchmark.extra_info.update(
+        shape=SHAPE, tile=TILE if tiles == "same_tile" else "auto", device=device,
+        xmodal_s=t_x, monai_s=t_monai, whole_volume_s=t_whole,
+        ratio_vs_monai=t_monai / t_x, whole_volume_ratio_vs_monai=t_monai / t_whole,
+        max_abs_diff_xmodal_vs_whole=diff_x, max_abs_diff_monai_vs_whole=diff_m,
+    )
+    assert diff_x <= 1e-4  # crop mode with the automatic halo is exact
+
+
+def test_dask_localcluster_two_workers(benchmark):
+    distributed = pytest.importorskip("distributed")
+    model = make_model()
+    x = volume()
+    local = xmodal.predict_tiled(model, x, tile_shape=TILE, progress=False)
+    xt = torch.from_numpy(x)[None, None]
+    with torch.inference_mode():
+        t_monai, _ = _best_time(
+            lambda: monai.inferers.sliding_window_inference(xt, TILE, 1, model, overlap=0.25), 1)
+    with tempfile.TemporaryDirectory() as tmp, \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        zin = xmodal.io.create_array(os.path.join(tmp, "in.zarr"), x.shape, np.float32, chunks=TILE)
+        zin[:] = x
+        counter = [0]
+
+        def run():
+            counter[0] += 1
+            return xmodal.predict_tiled(model, zin, tile_shape=TILE, client=client, progress=False,
+                                        out=os.path.join(tmp, f"out{counter[0]}.zarr"))
+
+        y = benchmark.pedantic(run, rounds=2, iterations=1)
+        same = bool(np.array_equal(y[:], local))
+    benchmark.extra_info.update(shape=SHAPE, tile=TILE, workers=2, identical_to_local=same,
+                                monai_s=t_monai, ratio_vs_monai=t_monai / benchmark.stats.stats.min)
+    assert same
+
+
+_RSS_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, time
+    import numpy as np, zarr
+    sys.path.insert(0, {bench_dir!r})
+    from bench_tiling import make_model
+    import xmodal
+    model = make_model()
+    t0 = time.perf_counter()
+    out = xmodal.predict_tiled(model, {src!r}, tile_shape={tile!r}, out={dst!r}, progress=False)
+    dt = time.perf_counter() - t0
+    probe = np.asarray(out[0, :8, :64, :64])
+    # VmHWM: this process's own high-water mark (ru_maxrss can include the parent's RSS at fork time)
+    try:
+        with open("/proc/self/status") as f:
+            peak = [int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:")][0]
+    except (OSError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({{"seconds": dt, "peak_rss_mib": peak,
+                       "out_shape": list(out.shape), "finite": bool(np.isfinite(probe).all())}}))
+""")
+
+
+def test_peak_rss_out_of_core(benchmark, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    src = os.fspath(tmp_path / "big.zarr")
+    arr = xmodal.io.create_array(src, BIG, np.float32, chunks=BIG_CHUNKS)
+    # fill band by band (smooth structure plus noise, so compression is realistic but the fill quick)
+    bz, by = BIG_CHUNKS[0], min(BIG[1], 512)
+    noise = np.random.default_rng(0).standard_normal(size=(bz, by, BIG[2]), dtype=np.float32) * 0.1
+    xs = np.cos(np.arange(BIG[2]) / 23.0).astype(np.float32)
+    for z0 in range(0, BIG[0], bz):
+        for y0 in range(0, BIG[1], by):
+            ys = np.sin((np.arange(y0, y0 + by) + z0) / 17.0).astype(np.float32)
+            arr[z0:z0 + bz, y0:y0 + by] = noise + ys[None, :, None] * xs[None, None, :]
+    size_gib = np.prod(BIG) * 4 / 2**30
+    script = _RSS_SCRIPT.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), src=src, tile=BIG_TILE,
+                                dst=os.fspath(tmp_path / "pred.zarr"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+    def run():
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    info = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(volume_shape=BIG, volume_gib=float(size_gib), tile=BIG_TILE, **info)
+    assert info["finite"]
+    if not QUICK:
+        assert info["peak_rss_mib"] <= 1024

@@ -1,0 +1,26 @@
+"""Halo tiled network inference.
+
+- :func:`predict_tiled`: predict a network over an image of any size (numpy, zarr, dask), tile by
+  tile with a halo of real context, exact in ``blend="crop"`` mode, out of core, resumable,
+  distributed on dask.
+- :func:`receptive_field`: the network's receptive field and down-sampling factor (analytic, with
+  a gradient check).
+- :func:`find_tile_shape`: the largest tile that fits memory.
+- :func:`tile_mismatch`: the tiling-artifact metric (disagreement of overlapping tiles).
+"""
+
+from ._mismatch import TileMismatch, tile_mismatch
+from ._predict import predict_tiled
+from ._receptive import ReceptiveField, measure_receptive_field, receptive_field
+from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
+
+__all__ = [
+    "predict_tiled",
+    "receptive_field",
+    "find_tile_shape",
+    "tile_mismatch",
+    "ReceptiveField",
+    "TileMismatch",
+    "measure_receptive_field",
+    "activation_bytes_per_voxel",
+]

@@ -1,0 +1,331 @@
+"""Receptive field and down-sampling factor of a network, analytic and measured."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._optional import optional_import
+from .._validation import describe
+
+log = logging.getLogger("xmodal.inference")
+
+
+@dataclass
+class ReceptiveField:
+    """Receptive field of a network along each spatial axis (voxels, axis order of the image).
+
+    Attributes
+    ----------
+    size : tuple of int
+        Extent of the input region an output voxel depends on (analytic, along the longest path;
+        conservative: an upper bound for the layers it knows).
+    factor : tuple of int
+        Total down-sampling factor (product of strides down to the coarsest level). Tiles and input
+        windows are aligned to it.
+    halo : tuple of int
+        The halo ``halo="auto"`` uses: ``ceil(size / 2)`` rounded up to a multiple of ``factor``.
+    plantseg_halo : tuple of int
+        PlantSeg's rule, sum of ``stride_level * dilation * floor(k / 2)`` over the convolutions
+        (transposed ones included, poolings not) of the longest path (for a U-Net: sum of ``2**level * floor(k/2)``); a cross-check
+        of ``halo`` (it omits the one-sided reach of strided layers, so it is at most ``halo``).
+    measured : tuple of int or None
+        Extent of the non-zero input gradient of the centre output voxel (``check=True``); it can be
+        smaller than ``size`` (e.g. transposed convolutions reach fewer inputs than their kernel).
+    method : str
+        How the layers were walked: ``"fx"`` (torch.fx graph, branches merged by maximum),
+        ``"hooks"`` (execution order of the leaf modules, treated as one chain: an upper bound for
+        branched networks), or ``"gradient"`` (no known layer found, e.g. functional convolutions:
+        the measured extent is used, with factor 1).
+    layers : int
+        Number of layers with a spatial extent that were walked.
+    """
+
+    size: tuple
+    factor: tuple
+    halo: tuple
+    plantseg_halo: tuple
+    measured: tuple | None = None
+    method: str = "fx"
+    layers: int = 0
+    notes: list = field(default_factory=list)
+
+
+def _tuple(v, nd):
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return tuple(int(v[0]) for _ in range(nd))
+        return tuple(int(x) for x in v)
+    return tuple(int(v) for _ in range(nd))
+
+
+class _State:
+    __slots__ = ("r", "j", "p")
+
+    def __init__(self, r, j, p):
+        self.r, self.j, self.p = r, j, p
+
+    @staticmethod
+    def merge(states, nd):
+        states = [s for s in states if s is not None]
+        if not states:
+            return None
+        r = np.max([s.r for s in states], axis=0)
+        j = np.max([s.j for s in states], axis=0)
+        p = np.max([s.p for s in states], axis=0)
+        return _State(r, j, p)
+
+
+def _apply_module(mod, st: _State, nd: int, torch) -> tuple[_State, bool]:
+    """Update the state through ``mod``; return (new state, whether it had a spatial extent)."""
+    nn = torch.nn
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    convt = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    pools = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+    adaptive = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+    if isinstance(mod, conv):
+        k = np.array(_tuple(mod.kernel_size, nd), float)
+        s = np.array(_tuple(mod.stride, nd), float)
+        d = np.array(_tuple(mod.dilation, nd), float)
+        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p + np.floor(k / 2) * d * st.j), True
+    if isinstance(mod, convt):
+        k = np.array(_tuple(mod.kernel_size, nd), float)
+        s = np.array(_tuple(mod.stride, nd), float)
+        d = np.array(_tuple(mod.dilation, nd), float)
+        return _State(st.r + np.ceil((k - 1) * d / s) * st.j, st.j / s, st.p + np.floor(k / 2) * d * st.j / s), True
+    if isinstance(mod, pools):
+        k = np.array(_tuple(mod.kernel_size, nd), float)
+        s = np.array(_tuple(mod.stride if mod.stride is not None else mod.kernel_size, nd), float)
+        d = np.array(_tuple(getattr(mod, "dilation", 1), nd), float)
+        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p), True
+    if isinstance(mod, adaptive):
+        return _State(np.full(nd, np.inf), st.j, st.p), True
+    if isinstance(mod, nn.Upsample):
+        return _upsample(st, mod.scale_factor, mod.mode, nd), True
+    return st, False
+
+
+def _upsample(st, scale, mode, nd):
+    if scale is None:
+        raise ValueError("receptive_field: up-sampling to a fixed size has no fixed receptive field")
+    s = np.array(_tuple(scale, nd) if not isinstance(scale, float) else [scale] * nd, float)
+    extra = 0.0 if mode == "nearest" else 1.0  # linear modes read two neighbours
+    return _State(st.r + extra * st.j, st.j / s, st.p)
+
+
+def _walk_fx(model, nd, torch):
+    fx = torch.fx
+    gm = fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    F = torch.nn.functional
+    states: dict = {}
+    n_layers = 0
+    best = None
+    start = _State(np.ones(nd), np.ones(nd), np.zeros(nd))
+    for node in gm.graph.nodes:
+        ins = [states.get(a) for a in node.all_input_nodes]
+        if node.op == "placeholder":
+            st = start if not states else None
+        elif node.op == "call_module":
+            st = _State.merge(ins, nd)
+            if st is not None:
+                st, spatial = _apply_module(modules[node.target], st, nd, torch)
+                n_layers += spatial
+        elif node.op == "call_function" and node.target in (F.interpolate, getattr(F, "upsample", None)):
+            st = _State.merge(ins, nd)
+            if st is not None:
+                scale = node.kwargs.get("scale_factor", node.args[2] if len(node.args) > 2 else None)
+                mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
+                st = _upsample(st, scale, mode, nd)
+                n_layers += 1
+        elif node.op == "call_function" and node.target in (F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                                                            F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
+            st = _State.merge(ins, nd)
+            if st is not None:
+                k = node.kwargs.get("kernel_size", node.args[1] if len(node.args) > 1 else None)
+                s = node.kwargs.get("stride", node.args[2] if len(node.args) > 2 else None) or k
+                k = np.array(_tuple(k, nd), float)
+                s = np.array(_tuple(s, nd), float)
+                st = _State(st.r + (k - 1) * st.j, st.j * s, st.p)
+                n_layers += 1
+        elif node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d):
+            raise NotImplementedError("functional convolutions are walked by hooks")
+        else:  # element-wise ops, cat, add, attribute access: pass through, merging branches by maximum
+            st = _State.merge(ins, nd)
+        states[node] = st
+        if st is not None:
+            best = st if best is None else _State.merge([best, st], nd)
+    out = [n for n in gm.graph.nodes if n.op == "output"]
+    final = states.get(out[0]) if out else None
+    if final is None:
+        final = best
+    return final, best, n_layers
+
+
+def _walk_hooks(model, nd, in_channels, torch):
+    order = []
+    hooks = []
+    for m in model.modules():
+        if len(list(m.children())) == 0:
+            hooks.append(m.register_forward_hook(lambda mod, i, o: order.append(mod)))
+    try:
+        size = 64 if nd == 2 else 32
+        x = torch.zeros((1, in_channels) + (size,) * nd, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    st = _State(np.ones(nd), np.ones(nd), np.zeros(nd))
+    best = st
+    n = 0
+    for mod in order:
+        st, spatial = _apply_module(mod, st, nd, torch)
+        n += spatial
+        best = _State.merge([best, st], nd)
+    return st, best, n
+
+
+def _param_dtype(model, torch):
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _param_device(model, torch):
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def spatial_signature(model) -> tuple[int | None, int | None]:
+    """(spatial ndim, input channels) from the first convolution of a torch module, else (None, None)."""
+    torch = optional_import("torch", purpose="tiled inference with torch models")
+    nn = torch.nn
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return 2, int(m.in_channels)
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            return 3, int(m.in_channels)
+    return None, None
+
+
+def is_torch_module(model) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(model, torch.nn.Module)
+
+
+def measure_receptive_field(model, ndim: int, *, in_channels: int | None = None, size: int | None = None,
+                            factor: tuple | None = None) -> tuple:
+    """Extent of the non-zero input gradient of the centre output voxel (sum over output channels).
+
+    The network runs in eval mode on a random input of ``size`` voxels per axis (default 64 in 2-D,
+    40 in 3-D, rounded to the down-sampling factor); its training flags are restored afterwards.
+    Returns one extent per axis; an extent equal to ``size`` means the field is at least that large.
+    """
+    torch = optional_import("torch", purpose="receptive field measurement")
+    if in_channels is None:
+        _, in_channels = spatial_signature(model)
+        in_channels = in_channels or 1
+    factor = factor or (1,) * ndim
+    if size is None:
+        size = 64 if ndim == 2 else 40
+    shape = tuple(int(math.ceil(size / f) * f) for f in factor)
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((1, in_channels) + shape, generator=gen, dtype=torch.float32)
+        x = x.to(device=_param_device(model, torch), dtype=_param_dtype(model, torch)).requires_grad_(True)
+        with torch.enable_grad():
+            y = model(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            centre = tuple(s // 2 for s in y.shape[2:])
+            y[(0, slice(None)) + centre].sum().backward()
+        g = (x.grad.detach().abs().sum(dim=(0, 1)) > 0).cpu().numpy()
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    extent = []
+    for ax in range(ndim):
+        other = tuple(a for a in range(ndim) if a != ax)
+        nz = np.flatnonzero(g.any(axis=other))
+        extent.append(int(nz[-1] - nz[0] + 1) if nz.size else 0)
+    return tuple(extent)
+
+
+def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int | None = None) -> ReceptiveField:
+    """Receptive field of ``model`` along each of its ``ndim`` spatial axes.
+
+    The analytic value walks the layers (convolution, transposed convolution, max/average pooling,
+    up-sampling; kernel, stride, dilation) along the longest path of the network: through its
+    torch.fx graph when it can be traced (branches merge by maximum), else through the execution
+    order of its leaf modules recorded by forward hooks (treated as one chain, an upper bound).
+    Padding does not change the field. For every layer ``r += (k - 1) * dilation * jump`` and
+    ``jump *= stride`` (``/= stride`` for transposed convolutions and up-sampling).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (any mode; it is not modified).
+    ndim : {2, 3}
+        Number of spatial axes.
+    check : bool
+        Also measure the field from gradients (:func:`measure_receptive_field`) and store it in
+        ``measured``; a warning is logged when it exceeds the analytic value.
+    in_channels : int, optional
+        Input channels for the hook walk and the gradient check (default: from the first convolution).
+
+    Returns
+    -------
+    ReceptiveField
+    """
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim: expected 2 or 3 spatial axes, got {ndim!r}")
+    if not is_torch_module(model):
+        raise TypeError(f"model: expected a torch.nn.Module for an analytic receptive field, got {describe(model)}")
+    torch = optional_import("torch")
+    if in_channels is None:
+        _, in_channels = spatial_signature(model)
+        in_channels = in_channels or 1
+    notes = []
+    try:
+        final, best, n = _walk_fx(model, ndim, torch)
+        method = "fx"
+    except Exception as exc:  # not traceable: fall back to the execution order
+        notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
+        final, best, n = _walk_hooks(model, ndim, in_channels, torch)
+        method = "hooks"
+    if n == 0:  # no layer the walk knows (e.g. functional convolutions): measure from gradients
+        notes.append("no known layer found; the size is the measured gradient extent, factor 1")
+        factor = (1,) * ndim
+        measured = measure_receptive_field(model, ndim, in_channels=in_channels,
+                                           size=64 if ndim == 2 else 40, factor=factor)
+        halo = tuple(int(math.ceil(m / 2)) for m in measured)
+        return ReceptiveField(size=measured, factor=factor, halo=halo, plantseg_halo=halo, measured=measured,
+                              method="gradient", layers=0, notes=notes)
+    r = final.r
+    if not np.all(np.isfinite(r)):
+        raise ValueError("model: contains global (adaptive) pooling; its receptive field is the whole input")
+    size = tuple(int(math.ceil(v)) for v in r)
+    factor = tuple(max(1, int(round(v))) for v in best.j)
+    halo = tuple(int(math.ceil(math.ceil(s / 2) / f) * f) for s, f in zip(size, factor))
+    plantseg = tuple(int(math.ceil(v)) for v in final.p)
+    measured = None
+    if check:
+        msize = max(64 if ndim == 2 else 40, int(max(size)) + 2 * max(factor))
+        measured = measure_receptive_field(model, ndim, in_channels=in_channels, size=msize, factor=factor)
+        if any(m > s for m, s in zip(measured, size)):
+            log.warning("measured receptive field %s exceeds the analytic %s", measured, size)
+            notes.append("measured field exceeds the analytic one")
+    return ReceptiveField(size=size, factor=factor, halo=halo, plantseg_halo=plantseg, measured=measured,
+                          method=method, layers=int(n), notes=notes)

@@ -1,0 +1,175 @@
+"""Largest tile that fits memory."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+
+import numpy as np
+
+from .._optional import optional_import
+from .._validation import describe
+from ._grid import align_down, align_up
+from ._receptive import _param_device, _param_dtype, is_torch_module, receptive_field, spatial_signature
+
+log = logging.getLogger("xmodal.inference")
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+class ActivationCounter:
+    """Context manager summing the bytes of every leaf module's output during forward passes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.bytes = 0
+        self._hooks = []
+
+    def _hook(self, mod, inp, out):
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if hasattr(o, "numel"):
+                self.bytes += o.numel() * o.element_size()
+
+    def __enter__(self):
+        self._hooks = [m.register_forward_hook(self._hook) for m in self.model.modules()
+                       if len(list(m.children())) == 0]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return False
+
+
+def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor, *, shape=None) -> float:
+    """Measured bytes per input voxel of one forward pass: the input plus every leaf module's output.
+
+    A forward pass on a small input (default ``8 * factor`` voxels per axis in 2-D, ``4 * factor``
+    in 3-D) records the size of every intermediate output with forward hooks. Their sum is an upper
+    bound of the live memory of an inference pass (torch frees intermediates it no longer needs).
+    """
+    torch = optional_import("torch")
+    mult = 8 if ndim == 2 else 4
+    shape = tuple(shape) if shape is not None else tuple(mult * max(f, 4) for f in factor)
+    x = torch.zeros((1, in_channels) + shape, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
+    with ActivationCounter(model) as counter, torch.inference_mode():
+        model(x)
+    return (counter.bytes + x.numel() * x.element_size()) / float(np.prod(shape))
+
+
+def _shrink_to(limit_voxels, shape, halo, multiple, minimum):
+    """Largest tile (multiple of ``multiple``, at most ``shape`` rounded up) whose window fits."""
+    tile = [align_up(n, m) for n, m in zip(shape, multiple)]
+
+    def window(t):
+        return float(np.prod([min(ti + 2 * h, align_up(n, m)) for ti, h, n, m in zip(t, halo, shape, multiple)]))
+
+    while window(tile) > limit_voxels:
+        # shrink the axis with the largest tile by about 1/8 (at least one step of ``multiple``)
+        ax = int(np.argmax([t / m if t > mn else -1 for t, m, mn in zip(tile, multiple, minimum)]))
+        if tile[ax] <= minimum[ax]:
+            break
+        new = max(minimum[ax], align_down(int(tile[ax] * 7 / 8), multiple[ax]))
+        if new >= tile[ax]:
+            new = tile[ax] - multiple[ax]
+        tile[ax] = max(new, minimum[ax])
+    return tuple(int(t) for t in tile)
+
+
+def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, halo="auto", multiple_of=None,
+                    device="auto", memory_budget=None, max_shape=None, bytes_per_voxel=None):
+    """Largest output tile whose input window (tile + 2 halo) fits memory, aligned to the factor.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    image_shape : sequence of int, optional
+        Spatial shape of the image; tiles never exceed it (rounded up to the factor). Default: a
+        cube of ``max_shape``.
+    ndim, in_channels : int, optional
+        Spatial axes and input channels (default: from the first convolution).
+    halo : "auto" or int or sequence of int
+        The halo the tiles will be read with (voxels).
+    multiple_of : sequence of int, optional
+        Tiles are multiples of this (default: the down-sampling factor).
+    device : {"auto", "cpu", "cuda"}
+        CPU: the window must fit ``memory_budget`` bytes (default: a quarter of the available RAM,
+        at most 1 GiB) at the measured per-voxel activation cost
+        (:func:`activation_bytes_per_voxel`). GPU: start from the free device memory and probe a
+        forward pass, shrinking on out-of-memory errors.
+    memory_budget : int, optional
+        Bytes for one window's forward pass.
+    max_shape : int, optional
+        Edge of the search cube without ``image_shape`` (default 1024 in 2-D, 256 in 3-D).
+    bytes_per_voxel : float, optional
+        Activation cost per input voxel when already measured (else measured here).
+
+    Returns
+    -------
+    tuple of int
+        The tile shape (voxels per spatial axis).
+    """
+    torch = optional_import("torch", purpose="find_tile_shape")
+    if not is_torch_module(model):
+        raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
+    nd_m, in_m = spatial_signature(model)
+    ndim = ndim or nd_m
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim: expected 2 or 3, got {ndim!r}")
+    in_channels = in_channels or in_m or 1
+    rf = None
+    if multiple_of is None or isinstance(halo, str) or bytes_per_voxel is None:
+        rf = receptive_field(model, ndim, in_channels=in_channels)
+    factor = rf.factor if rf is not None else tuple(int(m) for m in multiple_of)
+    multiple = tuple(int(m) for m in (multiple_of or factor))
+    if isinstance(halo, str):
+        halo = rf.halo
+    elif isinstance(halo, numbers.Integral):
+        halo = (int(halo),) * ndim
+    halo = tuple(int(h) for h in halo)
+    if image_shape is None:
+        image_shape = ((max_shape or (1024 if ndim == 2 else 256)),) * ndim
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != ndim:
+        raise ValueError(f"image_shape: expected {ndim} values, got {image_shape}")
+    minimum = tuple(min(align_up(2 * h + 1, m), align_up(n, m)) for h, m, n in zip(halo, multiple, image_shape))
+    from ._model import resolve_torch_device
+
+    dev = resolve_torch_device(model, device)
+    cost = bytes_per_voxel or activation_bytes_per_voxel(model, ndim, in_channels, factor)
+    if dev.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(dev))
+        budget = memory_budget or int(0.7 * free)
+    else:
+        budget = memory_budget or min(_available_ram() // 4, 1 << 30)
+    tile = _shrink_to(budget / cost, image_shape, halo, multiple, minimum)
+    if dev.startswith("cuda"):
+        model.to(dev)
+        while True:
+            win = tuple(min(t + 2 * h, align_up(n, m)) for t, h, n, m in zip(tile, halo, image_shape, multiple))
+            try:
+                x = torch.zeros((1, in_channels) + win, device=dev, dtype=_param_dtype(model, torch))
+                with torch.inference_mode():
+                    model(x)
+                del x
+                torch.cuda.empty_cache()
+                break
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                smaller = _shrink_to(0.7 * float(np.prod(win)), image_shape, halo, multiple, minimum)
+                if smaller == tile:
+                    raise MemoryError(f"find_tile_shape: even the smallest tile {tile} does not fit the GPU")
+                tile = smaller
+    log.info("find_tile_shape: %s (%.1f bytes/voxel, budget %.0f MiB, device %s)", tile, cost, budget / 2**20, dev)
+    return tile

@@ -1,0 +1,264 @@
+"""zarr v3 / OME-Zarr helpers (see the package docstring for the conventions)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .._validation import describe
+
+_AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+def _zarr():
+    import zarr  # a core dependency of the io helpers
+
+    return zarr
+
+
+def is_zarr_array(x: Any) -> bool:
+    """Whether ``x`` is a ``zarr.Array``."""
+    try:
+        zarr = _zarr()
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, zarr.Array)
+
+
+def open_array(source: Any, *, mode: str = "r"):
+    """Open a zarr array from a path, a zarr array or an OME-Zarr image group.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or zarr.Array
+        A path to a zarr array, or to an OME-Zarr image group (its first multiscale level, ``"0"``,
+        is returned), or an open array (returned as is).
+    mode : {"r", "r+", "a"}
+        zarr access mode.
+    """
+    zarr = _zarr()
+    if isinstance(source, zarr.Array):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source: expected a path or a zarr array, got {describe(source)}")
+    node = zarr.open(os.fspath(source), mode=mode)
+    if isinstance(node, zarr.Array):
+        return node
+    ome = node.attrs.get("ome", {})
+    multiscales = ome.get("multiscales") or node.attrs.get("multiscales")
+    if multiscales:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    raise ValueError(f"source: {os.fspath(source)!r} is a zarr group without OME-Zarr multiscales metadata")
+
+
+def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | None = None,
+                 fill_value=0, overwrite: bool = False, attributes: Mapping | None = None):
+    """Create a zarr v3 array at ``path`` (chunks default to the whole array, capped at 128 per axis)."""
+    zarr = _zarr()
+    shape = tuple(int(s) for s in shape)
+    if chunks is None:
+        chunks = tuple(min(max(s, 1), 128) for s in shape)
+    arr = zarr.create_array(store=os.fspath(path), shape=shape, chunks=tuple(int(c) for c in chunks),
+                            dtype=np.dtype(dtype), fill_value=fill_value, overwrite=overwrite)
+    if attributes:
+        arr.attrs.update(dict(attributes))
+    return arr
+
+
+def ome_image_metadata(axes: Sequence[str], *, spacing: Sequence[float] | None = None,
+                       units: str | None = None, name: str | None = None, path: str = "0") -> dict:
+    """NGFF 0.5 image metadata (the value of the group attribute ``"ome"``) for one resolution level.
+
+    ``axes`` are axis names among t, c, z, y, x in array order; ``spacing`` gives the voxel size of
+    the spatial axes (in ``units``, e.g. ``"micrometer"``), default 1.
+    """
+    axes = tuple(axes)
+    for a in axes:
+        if a not in _AXIS_TYPES:
+            raise ValueError(f"axes: expected names among {sorted(_AXIS_TYPES)}, got {axes}")
+    spatial = [a for a in axes if _AXIS_TYPES[a] == "space"]
+    if spacing is None:
+        spacing = [1.0] * len(spatial)
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != len(spatial):
+        raise ValueError(f"spacing: expected {len(spatial)} values (one per spatial axis), got {spacing}")
+    scale, it = [], iter(spacing)
+    for a in axes:
+        scale.append(next(it) if _AXIS_TYPES[a] == "space" else 1.0)
+    axes_meta = []
+    for a in axes:
+        entry = {"name": a, "type": _AXIS_TYPES[a]}
+        if units and _AXIS_TYPES[a] == "space":
+            entry["unit"] = units
+        axes_meta.append(entry)
+    ms = {"axes": axes_meta,
+          "datasets": [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
+    if name:
+        ms["name"] = name
+    return {"version": "0.5", "multiscales": [ms]}
+
+
+def provenance_attributes(function: str, parameters: Mapping[str, Any] | None = None,
+                          inputs: Mapping[str, Any] | None = None) -> dict:
+    """Provenance record stored under the attribute ``"xmodal"``: version, function, parameters, inputs, time.
+
+    Values that are not JSON serialisable are stored as their ``repr``.
+    """
+    from .._version import __version__
+
+    def clean(v):
+        try:
+            json.dumps(v)
+            return v
+        except (TypeError, ValueError):
+            if isinstance(v, (tuple, list)):
+                return [clean(x) for x in v]
+            return repr(v)
+
+    return {"xmodal": {
+        "version": __version__,
+        "function": function,
+        "parameters": {k: clean(v) for k, v in (parameters or {}).items()},
+        "inputs": {k: clean(v) for k, v in (inputs or {}).items()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }}
+
+
+def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[str],
+                          chunks: Sequence[int] | None = None, spacing=None, units: str | None = None,
+                          name: str | None = None, provenance: Mapping | None = None,
+                          overwrite: bool = False, fill_value=0):
+    """Create an OME-Zarr (NGFF 0.5, zarr v3) image group at ``path``; return its array ``path/0``.
+
+    When the group exists with an array of the same shape, dtype and chunks and ``overwrite`` is
+    False, the existing array is returned (so that an interrupted run can resume into it).
+    """
+    zarr = _zarr()
+    path = os.fspath(path)
+    shape = tuple(int(s) for s in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"axes: expected {len(shape)} names, got {tuple(axes)}")
+    if chunks is None:
+        chunks = tuple(min(max(s, 1), 128) for s in shape)
+    chunks = tuple(int(c) for c in chunks)
+    if not overwrite and os.path.exists(os.path.join(path, "0", "zarr.json")):
+        arr = zarr.open_array(os.path.join(path, "0"), mode="r+")
+        if arr.shape == shape and arr.dtype == np.dtype(dtype) and tuple(arr.chunks) == chunks:
+            return arr
+        raise ValueError(f"out: {path!r} holds an array of shape {arr.shape}, dtype {arr.dtype}, chunks "
+                         f"{arr.chunks}; expected {shape}, {np.dtype(dtype)}, {chunks} (pass a new path)")
+    group = zarr.open_group(path, mode="w" if overwrite or not os.path.exists(path) else "a")
+    arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=fill_value,
+                             overwrite=True)
+    attrs = {"ome": ome_image_metadata(axes, spacing=spacing, units=units, name=name)}
+    if provenance:
+        attrs.update(provenance)
+    group.attrs.update(attrs)
+    return arr
+
+
+def local_store_path(array) -> str | None:
+    """File-system directory of a zarr array in a local store, or None (memory or remote store)."""
+    root = getattr(getattr(array, "store", None), "root", None)
+    if root is None:
+        return None
+    return os.path.join(os.fspath(root), *[p for p in str(array.path).split("/") if p])
+
+
+def check_chunk_aligned(array, region: Sequence[slice], *, name: str = "region") -> None:
+    """Raise ValueError unless ``region`` (slices over the array's axes) covers whole chunks.
+
+    A region boundary is aligned when it is a multiple of the chunk extent or equals the array's end.
+    """
+    chunks = getattr(array, "chunks", None)
+    if chunks is None:
+        return
+    for ax, (s, c, n) in enumerate(zip(region, chunks, array.shape)):
+        start = 0 if s.start is None else s.start
+        stop = n if s.stop is None else min(s.stop, n)
+        if start % c or (stop % c and stop != n):
+            raise ValueError(f"{name}: axis {ax} spans [{start}, {stop}), not aligned to chunks of {c} "
+                             f"(array extent {n})")
+
+
+def write_region(array, region: Sequence[slice], data: np.ndarray, *, check_alignment: bool = True) -> None:
+    """Write ``data`` into ``array[region]``; for zarr arrays check the region is chunk-aligned first."""
+    region = tuple(region)
+    if check_alignment and is_zarr_array(array):
+        check_chunk_aligned(array, region)
+    array[region] = data
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same directory, then rename)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class BlockLedger:
+    """Record of finished blocks of a resumable job, as marker files in ``directory``.
+
+    A marker is written (atomically) only after the block's data is stored, so a block with a marker
+    is complete. The ledger belongs to one job ``signature`` (a string summarising the parameters):
+    opening it with another signature clears the old markers, so a changed job never skips blocks.
+    Safe for concurrent writers (one file per block).
+    """
+
+    def __init__(self, directory, signature: str):
+        self.directory = os.fspath(directory)
+        self.signature = hashlib.sha256(signature.encode()).hexdigest()
+        sig_file = os.path.join(self.directory, "signature")
+        try:
+            with open(sig_file) as f:
+                old = f.read().strip()
+        except OSError:
+            old = None
+        if old != self.signature:
+            if os.path.isdir(self.directory):
+                shutil.rmtree(self.directory)
+            os.makedirs(self.directory, exist_ok=True)
+            atomic_write_text(sig_file, self.signature)
+
+    @classmethod
+    def attach(cls, directory) -> "BlockLedger":
+        """The ledger in ``directory`` as another process created it (no signature check; for workers)."""
+        self = cls.__new__(cls)
+        self.directory = os.fspath(directory)
+        with open(os.path.join(self.directory, "signature")) as f:
+            self.signature = f.read().strip()
+        return self
+
+    @staticmethod
+    def key(index: Sequence[int]) -> str:
+        return "_".join(str(int(i)) for i in index)
+
+    def is_done(self, index: Sequence[int]) -> bool:
+        return os.path.exists(os.path.join(self.directory, self.key(index)))
+
+    def mark_done(self, index: Sequence[int]) -> None:
+        atomic_write_text(os.path.join(self.directory, self.key(index)), "done")
+
+    def done_blocks(self) -> set[str]:
+        return {n for n in os.listdir(self.directory) if n not in ("signature",) and not n.startswith(".tmp-")}
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
