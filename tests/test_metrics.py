@@ -46,7 +46,6 @@ def test_contingency_sparse_path_and_wide_labels_agree(monkeypatch):
     gt = rng.integers(0, 40, (20, 20, 20))
     dense_path = M.contingency_table(seg, gt)
     monkeypatch.setattr(_contingency, "_DENSE_PAIRS_MAX", 0)
-    monkeypatch.setattr(_contingency, "_CHUNK", 997)
     sparse_path = M.contingency_table(seg, gt)
     for name in ("seg_ids", "gt_ids", "rows", "cols", "counts", "seg_sizes", "gt_sizes"):
         np.testing.assert_array_equal(getattr(dense_path, name), getattr(sparse_path, name))
@@ -54,6 +53,12 @@ def test_contingency_sparse_path_and_wide_labels_agree(monkeypatch):
     wide = M.contingency_table(seg.astype(np.int64) * 10**12 - 5, gt)
     np.testing.assert_array_equal(wide.counts, dense_path.counts)
     np.testing.assert_array_equal(wide.seg_ids, dense_path.seg_ids * 10**12 - 5)
+    for dtype in (np.uint8, np.int16, np.uint32, np.uint64):
+        t = M.contingency_table(seg.astype(dtype), gt.astype(np.uint64))
+        np.testing.assert_array_equal(t.counts, dense_path.counts)
+    huge = M.contingency_table(seg.astype(np.uint64) + np.uint64(2**63), gt)
+    np.testing.assert_array_equal(huge.counts, dense_path.counts)
+    np.testing.assert_array_equal(huge.seg_ids, dense_path.seg_ids.astype(np.uint64) + np.uint64(2**63))
 
 
 def test_without_equals_masking_voxels():

@@ -11,8 +11,6 @@ from .._validation import describe
 
 # Pair counts go through a dense bincount when n_seg * n_gt is at most this, else a sparse sum.
 _DENSE_PAIRS_MAX = 1 << 24
-# Voxels per chunk in the sparse path (bounds the temporary memory).
-_CHUNK = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -21,7 +19,7 @@ class ContingencyTable:
 
     Attributes
     ----------
-    seg_ids, gt_ids : (n_seg,), (n_gt,) int64
+    seg_ids, gt_ids : (n_seg,), (n_gt,) int64 (or the labels' dtype when they needed ``np.unique``)
         The sorted distinct labels of the segmentation and of the ground truth that occur in the
         counted voxels.
     rows, cols : (nnz,) int64
@@ -122,10 +120,12 @@ def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def contingency_table(segmentation, ground_truth) -> ContingencyTable:
     """Sparse contingency table of two label images of the same shape (2D, 3D or any nD).
 
-    O(n_voxels) for compact non-negative labels (labels are factorised with a bincount lookup, pairs
-    counted with a dense bincount when ``n_seg * n_gt <= 2**24``, else chunk by chunk as sparse
-    COO -> CSR sums); never builds a dense ``n_seg x n_gt`` matrix beyond that bound. Use
-    :meth:`ContingencyTable.without` to ignore labels.
+    Each voxel gets the 64-bit key ``seg * (max_gt + 1) + gt`` (labels are first factorised with
+    ``np.unique`` only when they are negative or too large for that); keys are counted with a dense
+    bincount when ``(max_seg + 1) * (max_gt + 1) <= 2**24``, else sorted in place (numpy's stable
+    sort, fast on the long runs of equal keys that segmentations have in raster order) and
+    run-length counted. Memory: about 8 bytes per voxel plus the sort's buffer; never a dense
+    ``n_seg x n_gt`` matrix beyond that bound. Use :meth:`ContingencyTable.without` to ignore labels.
 
     Parameters
     ----------
@@ -135,26 +135,41 @@ def contingency_table(segmentation, ground_truth) -> ContingencyTable:
     seg, gt = check_label_pair(segmentation, ground_truth)
     s = seg.reshape(-1)
     g = gt.reshape(-1)
-    seg_ids, s_inv = _factorize(s)
-    gt_ids, g_inv = _factorize(g)
-    ns, ng = len(seg_ids), len(gt_ids)
-    if ns * ng <= _DENSE_PAIRS_MAX:
-        key = s_inv * ng + g_inv
-        dense = np.bincount(key, minlength=ns * ng)
-        nz = np.flatnonzero(dense)
-        rows, cols, counts = nz // ng, nz % ng, dense[nz].astype(np.int64)
+    s_lo, s_hi, g_lo, g_hi = int(s.min()), int(s.max()), int(g.min()), int(g.max())
+    if s_lo >= 0 and g_lo >= 0 and (s_hi + 1) * (g_hi + 1) < 2**62:
+        s_map = g_map = None
+        ns_raw, ng_raw = s_hi + 1, g_hi + 1
+        key = s.astype(np.int64)
+        key *= ng_raw
+        np.add(key, g, out=key, casting="unsafe")  # values checked: 0 <= key < 2**62
     else:
-        table = None
-        for start in range(0, s_inv.size, _CHUNK):
-            r = s_inv[start:start + _CHUNK]
-            c = g_inv[start:start + _CHUNK]
-            part = sparse.coo_array((np.ones(r.size, dtype=np.int64), (r, c)), shape=(ns, ng)).tocsr()
-            table = part if table is None else table + part
-        table = table.tocoo()
-        order = np.lexsort((table.col, table.row))
-        rows = table.row[order].astype(np.int64)
-        cols = table.col[order].astype(np.int64)
-        counts = table.data[order].astype(np.int64)
-    seg_sizes = np.bincount(rows, weights=counts, minlength=ns).astype(np.int64)
-    gt_sizes = np.bincount(cols, weights=counts, minlength=ng).astype(np.int64)
-    return ContingencyTable(seg_ids, gt_ids, rows, cols, counts, seg_sizes, gt_sizes, int(s.size))
+        s_map, s_inv = np.unique(s, return_inverse=True)
+        g_map, g_inv = np.unique(g, return_inverse=True)
+        ns_raw, ng_raw = len(s_map), len(g_map)
+        key = s_inv.reshape(-1).astype(np.int64)
+        key *= ng_raw
+        key += g_inv.reshape(-1)
+        del s_inv, g_inv
+    if ns_raw * ng_raw <= _DENSE_PAIRS_MAX:
+        dense = np.bincount(key, minlength=ns_raw * ng_raw)
+        uniq = np.flatnonzero(dense)
+        counts = dense[uniq].astype(np.int64)
+    else:
+        key.sort(kind="stable")
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        uniq = key[starts]
+        counts = np.diff(np.append(starts, key.size)).astype(np.int64)
+    del key
+    r_raw, c_raw = uniq // ng_raw, uniq % ng_raw
+    seg_ids, rows = np.unique(r_raw, return_inverse=True)
+    gt_ids, cols = np.unique(c_raw, return_inverse=True)
+    if s_map is not None:  # original labels, in their own dtype (uint64 beyond 2**63 stays exact)
+        seg_ids, gt_ids = s_map[seg_ids], g_map[gt_ids]
+    else:
+        seg_ids, gt_ids = seg_ids.astype(np.int64), gt_ids.astype(np.int64)
+    rows = rows.reshape(-1).astype(np.int64)
+    cols = cols.reshape(-1).astype(np.int64)
+    seg_sizes = np.bincount(rows, weights=counts, minlength=len(seg_ids)).astype(np.int64)
+    gt_sizes = np.bincount(cols, weights=counts, minlength=len(gt_ids)).astype(np.int64)
+    return ContingencyTable(seg_ids, gt_ids, rows, cols, counts,
+                            seg_sizes, gt_sizes, int(s.size))
