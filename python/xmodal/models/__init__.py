@@ -58,7 +58,9 @@ _WEIGHTS_FILE = "isbi2012_affinity_unet.pt"
 
 def __getattr__(name: str):
     if name == "UNet2D":
-        from ._optional_torch import torch_module  # noqa: F401  (raises a helpful ImportError)
+        from ._optional_torch import torch_module
+
+        torch_module()  # a helpful ImportError when torch is missing
         from .unet2d import UNet2D
 
         return UNet2D
@@ -121,9 +123,9 @@ def load_isbi2012_affinity_unet(path=None, *, device: str = "cpu"):
         The model, with attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive`` and
         ``metadata`` (see :func:`isbi2012_metadata`).
     """
+    ckpt = _load_checkpoint(path)
     from .unet2d import UNet2D
 
-    ckpt = _load_checkpoint(path)
     meta = ckpt["metadata"]
     offsets = np.asarray(meta["offsets"], dtype=np.int64)
     model = UNet2D(1, len(offsets), features=tuple(meta["features"]), final_activation="sigmoid")
