@@ -340,3 +340,43 @@ def test_bad_inputs():
     empty = M.instance_matching(a, a)
     assert empty.tp[0] == 0 and empty.f1[0] == 1.0
     assert M.symmetric_best_dice(a, a + 1) == 0.0
+
+
+# ----------------------------------------------------------------------------- property tests
+
+hyp = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.int64, st.tuples(st.integers(2, 9), st.integers(2, 9)), elements=st.integers(0, 5)),
+       st.permutations(list(range(1, 6))))
+def test_property_identity_and_relabelling(gt, perm):
+    lut = np.array([0, *perm]) * 3 + np.array([0] + [1] * 5)  # keep 0 as background, others -> new ids
+    relabelled = lut[gt]
+    if np.any(gt > 0):
+        s = M.evaluate_segmentation(relabelled, gt)
+        assert s.arand == pytest.approx(0.0, abs=1e-12)
+        assert s.voi_split == pytest.approx(0.0, abs=1e-12) and s.voi_merge == pytest.approx(0.0, abs=1e-12)
+        assert s.mean_ap == 1.0 and s.sbd == 1.0
+        np.testing.assert_array_equal(s.f1, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.int64, (6, 7), elements=st.integers(0, 4)), arrays(np.int64, (6, 7), elements=st.integers(0, 4)))
+def test_property_matches_skimage_and_bounds(seg, gt):
+    if np.any(gt > 0):
+        ours = M.adapted_rand_error(seg, gt)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ref = skm.adapted_rand_error(gt, seg, ignore_labels=(0,))[0]
+        if np.isfinite(ref):  # scikit-image gives NaN when no pair exists (0/0); ours defines it
+            assert ours.error == pytest.approx(ref, abs=1e-12)
+        assert 0.0 <= ours.error <= 1.0
+        voi = M.variation_of_information(seg, gt)
+        split, merge = skm.variation_of_information(gt, seg, ignore_labels=(0,))
+        assert voi.split == pytest.approx(split, abs=1e-10) and voi.merge == pytest.approx(merge, abs=1e-10)
+    r = M.instance_matching(seg, gt, thresholds=[0.0, 0.5])
+    assert np.all(r.tp <= min(r.n_seg, r.n_gt)) and r.tp[0] >= r.tp[1]
+    assert 0.0 <= M.symmetric_best_dice(seg, gt) <= 1.0

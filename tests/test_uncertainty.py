@@ -210,3 +210,16 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="finite"):
         fit_rigid(np.full((4, 2), np.nan), np.zeros((4, 2)))
     assert isinstance(fit, RigidFit) and isinstance(fit_affine(src, src), AffineFit)
+
+
+def test_similarity_region_coverage():
+    rng = np.random.default_rng(77)
+    hits, trials = 0, 2000
+    for _ in range(trials):
+        src = rng.uniform(-10, 10, (8, 3))
+        R, s, t = _rotation(rng, 3), rng.uniform(0.5, 2.0), rng.normal(0, 5, 3)
+        noise = rng.normal(0, 0.4, (9, 3))
+        fit = fit_rigid(src, s * src @ R.T + t + noise[:-1], scale=True)
+        x0 = rng.uniform(-15, 15, (1, 3))
+        hits += prediction_region(fit, x0).contains(s * x0 @ R.T + t + noise[-1:])[0]
+    assert 0.93 <= hits / trials <= 0.97, hits / trials
