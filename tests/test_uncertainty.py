@@ -63,6 +63,16 @@ def test_noise_estimates_are_the_textbook_ones():
     B = np.linalg.solve(X.T @ X, X.T @ dst)
     E = dst - X @ B
     np.testing.assert_allclose(aff.noise_covariance, E.T @ E / (n - d - 1))
+    # leverages of the raw design x0ᵀ(XᵀX)⁻¹x0 (prediction covariance (1 + h0) S)
+    x0 = rng.normal(size=(3, d)) * 20
+    X0 = np.hstack([x0, np.ones((3, 1))])
+    h0 = np.einsum("mi,ij,mj->m", X0, np.linalg.inv(X.T @ X), X0)
+    reg = prediction_region(aff, x0)
+    np.testing.assert_allclose(reg.covariances, (1 + h0)[:, None, None] * aff.noise_covariance, rtol=1e-9)
+    # far from the origin: same answer relative to the data (the centred design stays well conditioned)
+    far = prediction_region(fit_affine(src + 1e6, dst + 1e6), x0 + 1e6)
+    np.testing.assert_allclose(far.covariances, reg.covariances, rtol=1e-6)
+    np.testing.assert_allclose(far.centers - 1e6, reg.centers, atol=1e-6)
     rig = fit_rigid(src, dst)
     assert rig.dof == n * d - 6
     assert rig.sigma2 == pytest.approx((rig.residuals ** 2).sum() / (n * d - 6))
@@ -210,6 +220,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="finite"):
         fit_rigid(np.full((4, 2), np.nan), np.zeros((4, 2)))
     assert isinstance(fit, RigidFit) and isinstance(fit_affine(src, src), AffineFit)
+    with pytest.raises(ValueError, match="degenerate"):
+        line = np.outer(np.arange(6.0), [1, 2, 3])
+        fit_rigid(line, line + 1.0)
 
 
 def test_similarity_region_coverage():

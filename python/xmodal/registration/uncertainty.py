@@ -136,7 +136,9 @@ class AffineFit:
     rms : float
         Root mean squared residual distance (FRE).
     xtx_inv : (d + 1, d + 1)
-        ``(XᵀX)⁻¹`` with rows ``(src_i, 1)``.
+        ``(XᵀX)⁻¹`` of the centred design, rows ``(src_i - src_centroid, 1)`` (the same leverages
+        as the raw design, better conditioned far from the origin).
+    src_centroid : (d,)
     n_points : int
     """
 
@@ -147,7 +149,11 @@ class AffineFit:
     dof: int
     rms: float
     xtx_inv: np.ndarray = field(repr=False)
+    src_centroid: np.ndarray = field(default=None, repr=False)
     n_points: int = 0
+
+    def _design(self, points) -> np.ndarray:
+        return np.hstack([points - self.src_centroid, np.ones((len(points), 1))])
 
     @property
     def ndim(self) -> int:
@@ -183,9 +189,9 @@ def fit_affine(src, dst) -> AffineFit:
     p = d + 1
     if n < p + 1:
         raise ValueError(f"src: an affine fit in {d}D with a noise estimate needs at least {p + 1} points, got {n}")
-    X = np.hstack([s, np.ones((n, 1))])
-    # centred columns keep XᵀX well conditioned; the rank check guards degenerate configurations
-    sv = np.linalg.svd(s - s.mean(axis=0), compute_uv=False)
+    centroid = s.mean(axis=0)
+    X = np.hstack([s - centroid, np.ones((n, 1))])  # centred: XᵀX is well conditioned
+    sv = np.linalg.svd(X[:, :d], compute_uv=False)
     if sv[-1] <= 1e-10 * max(sv[0], 1e-300):
         raise ValueError(f"src: the points are degenerate (all on a {'line' if d == 2 else 'plane or line'}); "
                          "an affine map is not determined")
@@ -194,8 +200,10 @@ def fit_affine(src, dst) -> AffineFit:
     dof = n - p
     S = resid.T @ resid / dof
     xtx_inv = np.linalg.inv(X.T @ X)
-    return AffineFit(matrix=B[:d].T.copy(), translation=B[d].copy(), residuals=resid, noise_covariance=S, dof=dof,
-                     rms=float(np.sqrt((resid ** 2).sum(axis=1).mean())), xtx_inv=xtx_inv, n_points=n)
+    A = B[:d].T.copy()
+    return AffineFit(matrix=A, translation=B[d] - A @ centroid, residuals=resid, noise_covariance=S, dof=dof,
+                     rms=float(np.sqrt((resid ** 2).sum(axis=1).mean())), xtx_inv=xtx_inv, src_centroid=centroid,
+                     n_points=n)
 
 
 @dataclass(frozen=True)
@@ -416,7 +424,7 @@ def prediction_region(fit, points, *, level: float = 0.95, kind: str = "predicti
         df2 = n - p - d + 1
         if df2 < 1:
             raise ValueError(f"fit: an affine region in {d}D needs at least {2 * d + 1} points, the fit has {n}")
-        X0 = np.hstack([x0, np.ones((len(x0), 1))])
+        X0 = fit._design(x0)
         h0 = np.einsum("mi,ij,mj->m", X0, fit.xtx_inv, X0)
         cov = (extra + h0)[:, None, None] * fit.noise_covariance
         quantile = d * (n - p) / df2 * stats.f.ppf(level, d, df2)
@@ -470,7 +478,7 @@ def leave_one_out_residuals(src, dst, *, transform: str = "rigid", scale: bool =
         if n < d + 3:
             raise ValueError(f"src: leave-one-out affine residuals in {d}D need at least {d + 3} points, got {n}")
         fit = fit_affine(s, t)
-        X = np.hstack([s, np.ones((n, 1))])
+        X = fit._design(s)
         h = np.einsum("mi,ij,mj->m", X, fit.xtx_inv, X)
         if np.any(h > 1 - 1e-12):
             raise ValueError("src: a point has leverage 1 (the others leave the affine map undetermined)")
