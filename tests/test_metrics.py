@@ -12,7 +12,11 @@ from scipy.spatial.distance import cdist
 import xmodal.metrics as M
 from xmodal.metrics import _contingency
 
-skm = pytest.importorskip("skimage.metrics")
+try:  # independent reference implementation (scikit-image); only the comparisons need it
+    import skimage.metrics as skm
+except ImportError:  # pragma: no cover
+    skm = None
+needs_skimage = pytest.mark.skipif(skm is None, reason="scikit-image not installed (reference implementation)")
 
 
 def _random_labels(rng, shape, n_labels, smooth=True):
@@ -76,6 +80,7 @@ def test_without_equals_masking_voxels():
 # ----------------------------------------------------------------------------- ARand
 
 
+@needs_skimage
 @pytest.mark.parametrize("shape", [(48, 52), (16, 20, 24)])
 @pytest.mark.parametrize("ignore", [(), (0,)])
 def test_arand_matches_skimage(shape, ignore):
@@ -121,6 +126,7 @@ def test_arand_split_and_merge_directions():
 # ----------------------------------------------------------------------------- VOI
 
 
+@needs_skimage
 @pytest.mark.parametrize("shape", [(40, 44), (12, 16, 20)])
 def test_voi_matches_skimage(shape):
     rng = np.random.default_rng(10 + len(shape))
@@ -344,8 +350,7 @@ def test_bad_inputs():
 
 # ----------------------------------------------------------------------------- property tests
 
-hyp = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402  (hypothesis is in the test extra)
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
@@ -364,6 +369,7 @@ def test_property_identity_and_relabelling(gt, perm):
         np.testing.assert_array_equal(s.f1, 1.0)
 
 
+@needs_skimage
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.int64, (6, 7), elements=st.integers(0, 4)), arrays(np.int64, (6, 7), elements=st.integers(0, 4)))
 def test_property_matches_skimage_and_bounds(seg, gt):
