@@ -1,0 +1,156 @@
+"""Shipped network models: a small 2D affinity U-Net trained on ISBI 2012.
+
+torch is imported only when a model is built or loaded (``pip install 'xmodal[torch]'``).
+
+Affinity convention (the one used throughout xmodal, see ``DESIGN.md``): an affinity map has shape
+``(C, *spatial)`` with ``offsets`` of shape ``(C, ndim)``; channel ``c`` at pixel ``p`` relates ``p``
+and ``p + offsets[c]`` and holds the **merge probability** (1 = same object, 0 = different objects
+or boundary). The first ``n_attractive`` channels are the short-range (attractive) edges of the
+mutex watershed, the rest are long-range (repulsive) edges. For tools that expect a boundary
+probability on attractive edges (e.g. elf / bioimage-cpp), use ``1 - affinities[:n_attractive]``.
+
+Examples
+--------
+>>> from xmodal.models import load_isbi2012_affinity_unet, normalize_isbi2012  # doctest: +SKIP
+>>> model = load_isbi2012_affinity_unet()                                      # doctest: +SKIP
+>>> import torch                                                               # doctest: +SKIP
+>>> with torch.no_grad():                                                      # doctest: +SKIP
+...     aff = model(torch.from_numpy(normalize_isbi2012(raw))[None, None])[0].numpy()
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from typing import Any
+
+import numpy as np
+
+from ._targets import affinity_targets, dihedral_transform
+
+__all__ = [
+    "ISBI2012_OFFSETS",
+    "ISBI2012_N_ATTRACTIVE",
+    "UNet2D",
+    "affinity_targets",
+    "dihedral_transform",
+    "isbi2012_weights_path",
+    "load_isbi2012_affinity_unet",
+    "isbi2012_metadata",
+    "normalize_isbi2012",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Offsets (dy, dx) of the shipped ISBI 2012 model, in pixels. The first two are attractive
+#: (direct neighbours), the rest repulsive (long range), as in the 2D mutex-watershed setups of
+#: Wolf et al. (2018, 2020).
+ISBI2012_OFFSETS = np.array(
+    [[-1, 0], [0, -1],
+     [-3, 0], [0, -3], [-9, 0], [0, -9], [-9, -9], [-9, 9], [-27, 0], [0, -27]],
+    dtype=np.int64,
+)
+#: Number of attractive channels (the first ones) of the shipped ISBI 2012 model.
+ISBI2012_N_ATTRACTIVE = 2
+
+_WEIGHTS_FILE = "isbi2012_affinity_unet.pt"
+
+
+def __getattr__(name: str):
+    if name == "UNet2D":
+        from ._optional_torch import torch_module
+
+        torch_module()  # a helpful ImportError when torch is missing
+        from .unet2d import UNet2D
+
+        return UNet2D
+    raise AttributeError(f"module 'xmodal.models' has no attribute {name!r}")
+
+
+def isbi2012_weights_path():
+    """Path (a :class:`importlib.resources` traversable) of the shipped ISBI 2012 weights."""
+    return importlib.resources.files(__name__).joinpath(_WEIGHTS_FILE)
+
+
+def _load_checkpoint(path=None) -> dict:
+    from ._optional_torch import torch_module
+
+    torch = torch_module()
+    if path is None:
+        ref = isbi2012_weights_path()
+        if not ref.is_file():
+            raise FileNotFoundError(f"the shipped weights {_WEIGHTS_FILE} are missing from the xmodal package")
+        with importlib.resources.as_file(ref) as p, open(p, "rb") as fh:
+            return torch.load(fh, map_location="cpu", weights_only=True)
+    with open(path, "rb") as fh:
+        return torch.load(fh, map_location="cpu", weights_only=True)
+
+
+def isbi2012_metadata(path=None) -> dict[str, Any]:
+    """Metadata stored with the ISBI 2012 weights.
+
+    Keys include ``offsets`` (list of [dy, dx]), ``n_attractive``, ``convention``
+    (``"merge_probability"``), ``features``, ``normalization`` (``mean``, ``std`` in raw uint8
+    units), ``training`` (seed, steps, crop size, wall time, validation loss) and ``data``
+    (citation).
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        A checkpoint written by ``scripts/train_isbi2012_affinities.py``; default the shipped one.
+    """
+    return dict(_load_checkpoint(path)["metadata"])
+
+
+def load_isbi2012_affinity_unet(path=None, *, device: str = "cpu"):
+    """The 2D affinity U-Net trained on ISBI 2012, in eval mode, with sigmoid output.
+
+    Input: a ``(batch, 1, H, W)`` float32 tensor, H and W multiples of ``model.divisor`` (8), the raw EM standardised by
+    :func:`normalize_isbi2012` (global mean / standard deviation). Output: ``(batch, 10, H, W)``
+    merge probabilities for :data:`ISBI2012_OFFSETS` (first :data:`ISBI2012_N_ATTRACTIVE` attractive).
+    Pixels whose partner ``p + offset`` lies outside the image carry no meaning.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        Checkpoint to load instead of the shipped weights.
+    device : str
+        torch device to move the model to.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, with attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive`` and
+        ``metadata`` (see :func:`isbi2012_metadata`).
+    """
+    ckpt = _load_checkpoint(path)
+    from .unet2d import UNet2D
+
+    meta = ckpt["metadata"]
+    offsets = np.asarray(meta["offsets"], dtype=np.int64)
+    model = UNet2D(1, len(offsets), features=tuple(meta["features"]), final_activation="sigmoid")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    model.eval()
+    model.to(device)
+    model.offsets = offsets
+    model.n_attractive = int(meta["n_attractive"])
+    model.metadata = dict(meta)
+    return model
+
+
+def normalize_isbi2012(raw, *, mean: float | None = None, std: float | None = None) -> np.ndarray:
+    """Standardise raw EM for the ISBI 2012 model: ``(raw - mean) / std`` as float32.
+
+    By default ``mean`` and ``std`` are the global statistics of ``raw`` itself (the whole volume
+    or slice stack given; never per tile). Pass the training statistics from
+    :func:`isbi2012_metadata` (``normalization``) to reproduce training exactly.
+    """
+    raw = np.asarray(raw)
+    if raw.size == 0:
+        raise ValueError("raw: expected a non-empty image, got an empty array")
+    x = raw.astype(np.float32)
+    m = float(x.mean()) if mean is None else float(mean)
+    s = float(x.std()) if std is None else float(std)
+    if not s > 0:
+        raise ValueError(f"std: expected a positive standard deviation, got {s}")
+    return (x - m) / s
