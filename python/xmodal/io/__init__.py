@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._zarr import (
     BlockLedger,
+    atomic_write_bytes,
     atomic_write_text,
     check_chunk_aligned,
     create_array,

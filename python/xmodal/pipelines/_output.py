@@ -5,17 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._version import __version__
+from ..io import atomic_write_bytes, provenance_attributes
 
 
 def _jsonable(x: Any):
@@ -32,27 +29,9 @@ def _jsonable(x: Any):
     return x
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return Path(path)
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -70,13 +49,8 @@ def write_csv(path: Path, header: Sequence[str], columns: Iterable[Sequence[Any]
 
 
 def provenance(step: str, parameters: dict, inputs: dict | None = None) -> dict:
-    """What produced an output: xmodal version, step, parameters, inputs, time, machine."""
-    return {
-        "xmodal": __version__,
-        "step": step,
-        "parameters": _jsonable(parameters),
-        "inputs": _jsonable(inputs or {}),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
+    """What produced an output: the record of :func:`xmodal.io.provenance_attributes` (xmodal
+    version, function, parameters, inputs, time) plus the step name, Python and platform."""
+    record = provenance_attributes(step, _jsonable(parameters), _jsonable(inputs or {}))["xmodal"]
+    return {"xmodal": record.pop("version"), "step": step, **record,
+            "python": sys.version.split()[0], "platform": platform.platform()}

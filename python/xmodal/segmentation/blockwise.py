@@ -137,10 +137,9 @@ def _atomic_save_npz(path, **arrays):
 
 
 def _atomic_write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}.{id(obj)}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj))
 
 
 def _run_block(plan: _Plan, bid: int) -> int:
