@@ -83,6 +83,8 @@ def celegans_accuracy(*, transform: str = "affine", w: float = 0.1, deformable: 
     import xmodal
     from scipy.optimize import linear_sum_assignment
 
+    import xmodal.datasets
+
     emb = xmodal.datasets.celegans_embryos()
     return _celegans_eval(emb, transform, w, deformable, beta, lam, max_iter, pairs, register,
                           linear_sum_assignment)
