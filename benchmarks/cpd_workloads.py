@@ -69,7 +69,7 @@ def pca_prealign(moving: np.ndarray, fixed: np.ndarray):
     return out, cm, cf
 
 
-def celegans_accuracy(*, transform: str = "affine", w: float = 0.1, deformable: bool = True, beta: float = 4.0,
+def celegans_accuracy(*, transform: str = "affine", w: float = 0.1, deformable: bool = False, beta: float = 40.0,
                       lam: float = 2.0, max_iter: int = 100, pairs=None, register=None):
     """Mean fraction of correctly matched lineage names over the JIM767 embryo pairs.
 
