@@ -113,15 +113,40 @@ def _check_dtype(dtype, moving, fixed):
 
 
 def _spread_check(p: np.ndarray, name: str):
-    if np.all(np.ptp(p, axis=0) == 0):
+    xp = _xp_of(p)
+    if bool(xp.all(xp.ptp(p, axis=0) == 0)):
         raise ValueError(f"{name}: all {p.shape[0]} points are identical; CPD needs spread-out points")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _gauss(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
+def _xp_of(a):
+    """numpy, or cupy for cupy arrays."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy  # only reached for device arrays
+
+    return cupy
+
+
+def _h(a) -> np.ndarray:
+    """To host (numpy) for small arrays (d x d, d)."""
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _add_at(xp, a, idx, v):
+    if xp is np:
+        np.add.at(a, idx, v)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(a, idx, v)
+
+
+def _gauss(a, b, beta: float):
+    xp = _xp_of(a)
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    np.maximum(d2, 0.0, out=d2)
-    return np.exp(-d2 / (2.0 * beta * beta))
+    d2 = xp.maximum(d2, 0.0)
+    return xp.exp(-d2 / (2.0 * beta * beta))
 
 
 def farthest_point_centers(points: np.ndarray, k: int | None = None, *, radius: float | None = None,
@@ -131,19 +156,20 @@ def farthest_point_centers(points: np.ndarray, k: int | None = None, *, radius: 
     Starts at the point nearest the centroid; stops after ``k`` centres, or (``radius`` given)
     once every point lies within ``radius`` of a centre, or at ``max_k``.
     """
+    xp = _xp_of(points)
     n = points.shape[0]
     limit = n if k is None else min(int(k), n)
     limit = min(limit, max_k) if k is None else limit
-    first = int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))
+    first = int(xp.argmin(((points - points.mean(0)) ** 2).sum(1)))
     chosen = [first]
     d2 = ((points - points[first]) ** 2).sum(1)
     r2 = None if radius is None else radius * radius
     while len(chosen) < limit:
-        nxt = int(np.argmax(d2))
-        if r2 is not None and d2[nxt] <= r2:
+        nxt = int(xp.argmax(d2))
+        if r2 is not None and float(d2[nxt]) <= r2:
             break
         chosen.append(nxt)
-        np.minimum(d2, ((points - points[nxt]) ** 2).sum(1), out=d2)
+        d2 = xp.minimum(d2, ((points - points[nxt]) ** 2).sum(1))
     return np.asarray(chosen, dtype=np.int64)
 
 
@@ -295,7 +321,7 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     N = X.shape[0]
     lm = _check_landmarks(landmarks, M, N)
     if weights is not None:
-        wts = np.asarray(weights, dtype=np.float64)
+        wts = np.asarray(weights.get() if hasattr(weights, "get") else weights, dtype=np.float64)
         if wts.shape != (M,):
             raise ValueError(f"weights: expected shape ({M},) (one per moving point), got {wts.shape}")
         if not (np.all(np.isfinite(wts)) and np.all(wts > 0)):
@@ -306,18 +332,19 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     if scale is not None and transform != "similarity":
         raise ValueError(f"scale: only used with transform='similarity', got transform={transform!r}")
 
+    xp = _xp_of(X)
     # Normalisation: centre each set, scale both by the RMS radius of the fixed set.
     if normalize:
-        xm, ym = X.mean(0), Y.mean(0)
-        s0 = float(np.sqrt(((X - xm) ** 2).sum(1).mean()))
+        xm, ym = _h(X.mean(0)), _h(Y.mean(0))
+        s0 = float(xp.sqrt(((X - xp.asarray(xm)) ** 2).sum(1).mean()))
     else:
         xm, ym, s0 = np.zeros(D), np.zeros(D), 1.0
-    Xn = (X - xm) / s0
-    Yn = (Y - ym) / s0
+    Xn = (X - xp.asarray(xm)) / s0
+    Yn = (Y - xp.asarray(ym)) / s0
     beta_n = beta / s0
     lam_n = lam * s0 * s0
     if sigma2 is None:
-        s2 = (M * (Xn * Xn).sum() + N * (Yn * Yn).sum() - 2.0 * Xn.sum(0) @ Yn.sum(0)) / (D * M * N)
+        s2 = float(M * (Xn * Xn).sum() + N * (Yn * Yn).sum() - 2.0 * Xn.sum(0) @ Yn.sum(0)) / (D * M * N)
     else:
         s2 = sigma2 / (s0 * s0)
     s2 = float(s2)
@@ -341,8 +368,10 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     converged = False
     t_e = t_m = 0.0
     it = 0
-    best = np.full(M, -1, dtype=np.int64)
-    prob = np.zeros(M)
+    best = xp.full(M, -1, dtype=xp.int64)
+    prob = xp.zeros(M)
+    if lm is not None:
+        lm_m, lm_f = xp.asarray(lm[:, 0]), xp.asarray(lm[:, 1])
     L = float("nan")
     for it in range(1, max_iter + 1):
         c = 0.0 if w == 0 else (2 * math.pi * s2) ** (D / 2) * w / (1 - w) * M / N
@@ -350,9 +379,9 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
         P1, Pt1, PX, best, prob, logsum, empty = estep(TY, s2, c)
         t_e += time.perf_counter() - t0
         if lm is not None:
-            np.add.at(P1, lm[:, 0], landmark_weight)
-            np.add.at(Pt1, lm[:, 1], landmark_weight)
-            np.add.at(PX, lm[:, 0], landmark_weight * Xn[lm[:, 1]])
+            _add_at(xp, P1, lm_m, landmark_weight)
+            _add_at(xp, Pt1, lm_f, landmark_weight)
+            _add_at(xp, PX, lm_m, landmark_weight * Xn[lm_f])
         Np = float(P1.sum())
         t0 = time.perf_counter()
         if Np <= 1e-12:
@@ -362,15 +391,15 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
         state = (B.copy(), t.copy(), s_sim, TY.copy(), None if deform is None else deform.snapshot())
         reg = 0.0
         if transform in ("rigid", "similarity"):
-            mu_x = Xn.T @ Pt1 / Np
-            mu_y = Yn.T @ P1 / Np
-            A = PX.T @ Yn - Np * np.outer(mu_x, mu_y)
+            mu_x = _h(Xn.T @ Pt1) / Np
+            mu_y = _h(Yn.T @ P1) / Np
+            A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
             U, _, Vt = np.linalg.svd(A)
             C = np.eye(D)
             C[-1, -1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
             R = U @ C @ Vt
-            yPy = float(P1 @ (Yn * Yn).sum(1) - Np * mu_y @ mu_y)
-            xPx = float(Pt1 @ (Xn * Xn).sum(1) - Np * mu_x @ mu_x)
+            yPy = float(P1 @ (Yn * Yn).sum(1)) - Np * float(mu_y @ mu_y)
+            xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
             trAR = float(np.trace(A.T @ R))
             if transform == "similarity" and scale is None:
                 s_sim = trAR / yPy if yPy > 0 else 1.0
@@ -379,26 +408,26 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
             B = s_sim * R
             t = mu_x - B @ mu_y
             new_s2 = (xPx - 2.0 * s_sim * trAR + s_sim * s_sim * yPy) / (Np * D)
-            TY = Yn @ B.T + t
+            TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
         elif transform == "affine":
-            mu_x = Xn.T @ Pt1 / Np
-            mu_y = Yn.T @ P1 / Np
-            A = PX.T @ Yn - Np * np.outer(mu_x, mu_y)
-            YPY = (Yn * P1[:, None]).T @ Yn - Np * np.outer(mu_y, mu_y)
-            xPx = float(Pt1 @ (Xn * Xn).sum(1) - Np * mu_x @ mu_x)
+            mu_x = _h(Xn.T @ Pt1) / Np
+            mu_y = _h(Yn.T @ P1) / Np
+            A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
+            YPY = _h((Yn * P1[:, None]).T @ Yn) - Np * np.outer(mu_y, mu_y)
+            xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
             try:
                 B = np.linalg.solve(YPY.T, A.T).T
             except np.linalg.LinAlgError:
                 B = A @ np.linalg.pinv(YPY)
             t = mu_x - B @ mu_y
             new_s2 = (xPx - np.trace(A @ B.T)) / (Np * D)
-            TY = Yn @ B.T + t
+            TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
         else:
             TY, reg = deform.step(P1, PX, s2)
-            new_s2 = (Pt1 @ (Xn * Xn).sum(1) - 2.0 * (PX * TY).sum() + P1 @ (TY * TY).sum(1)) / (Np * D)
+            new_s2 = float(Pt1 @ (Xn * Xn).sum(1) - 2.0 * (PX * TY).sum() + P1 @ (TY * TY).sum(1)) / (Np * D)
         t_m += time.perf_counter() - t0
         new_s2 = float(new_s2)
-        if not (np.all(np.isfinite(TY)) and np.isfinite(new_s2)):
+        if not (bool(xp.all(xp.isfinite(TY))) and np.isfinite(new_s2)):
             B, t, s_sim, TY, snap = state
             if deform is not None:
                 deform.restore(snap)
@@ -417,7 +446,7 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
         s2 = new_s2
         hist_s2.append(s2 * s0 * s0)
         if callback is not None:
-            callback(iteration=it, sigma2=s2 * s0 * s0, objective=L, moved=TY * s0 + xm)
+            callback(iteration=it, sigma2=s2 * s0 * s0, objective=L, moved=TY * s0 + xp.asarray(xm))
         if L_prev is not None and abs(L - L_prev) <= tol * max(abs(L), 1.0):
             converged = True
             break
@@ -434,13 +463,13 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
             ss = float(np.cbrt(np.linalg.det(B))) if D == 3 else float(np.sqrt(np.linalg.det(B)))
             R = B / ss
             tr = RigidTransform(R, translation) if transform == "rigid" else SimilarityTransform(R, translation, ss)
-    moved = (TY * s0 + xm).astype(dtype, copy=False)
+    moved = (TY * s0 + xp.asarray(xm)).astype(dtype, copy=False)
     info["pairs"] = getattr(estep, "pairs", None)
     info["seconds"] = {"e_step": t_e, "m_step": t_m, "total": time.perf_counter() - t_start}
     if not converged and it == max_iter:
         log.info("cpd: %d iterations without convergence (tol=%g)", it, tol)
     return CPDResult(moved=moved, transform=tr, sigma2=float(s2 * s0 * s0), iterations=it, converged=converged,
-                     match=np.asarray(best, dtype=np.int64), match_probability=np.clip(prob, 0.0, 1.0),
+                     match=best.astype(xp.int64, copy=False), match_probability=xp.clip(prob, 0.0, 1.0),
                      objective=float(L), history={"sigma2": hist_s2, "objective": hist_L},
                      warnings=warnings_, info=info)
 
@@ -466,6 +495,7 @@ class _DeformableSolver:
         self.Y = Yn
         self.beta = beta
         self.lam = lam
+        self.xp = xp = _xp_of(Yn)
         M, D = Yn.shape
         direct = low_rank is False or (low_rank in (None, True) and M <= DIRECT_MAX_POINTS)
         if isinstance(low_rank, numbers.Integral) and not isinstance(low_rank, bool):
@@ -478,19 +508,19 @@ class _DeformableSolver:
             self.solver = "direct"
             self.G = _gauss(Yn, Yn, beta)
             self.rank = M
-            self.W = np.zeros((M, D))
+            self.W = xp.zeros((M, D))
         else:
             self.solver = "nystrom-woodbury"
-            L = Yn[self.centers_idx]
+            L = Yn[xp.asarray(self.centers_idx)]
             C = _gauss(Yn, L, beta)
-            S, U = np.linalg.eigh(_gauss(L, L, beta))
+            S, U = xp.linalg.eigh(_gauss(L, L, beta))
             keep = S > S.max() * 1e-10
             S, U = S[keep], U[:, keep]
-            self.basis = U / np.sqrt(S)           # k x r: field coefficients = basis @ (F^T W)
+            self.basis = U / xp.sqrt(S)           # k x r: field coefficients = basis @ (F^T W)
             self.F = C @ self.basis               # M x r, G ~= F F^T
             self.rank = int(self.F.shape[1])
-            self.Z = np.zeros((self.rank, D))     # F^T W
-        self.GW = np.zeros((M, D))
+            self.Z = xp.zeros((self.rank, D))     # F^T W
+        self.GW = xp.zeros((M, D))
 
     def snapshot(self):
         return (self.GW.copy(), getattr(self, "W", None), getattr(self, "Z", None))
@@ -506,30 +536,37 @@ class _DeformableSolver:
         ls = self.lam * s2
         Y = self.Y
         if self.solver == "direct":
+            xp = self.xp
             A = P1[:, None] * self.G
-            A[np.diag_indices_from(A)] += ls
-            W = np.linalg.solve(A, PX - P1[:, None] * Y)
+            A[xp.arange(A.shape[0]), xp.arange(A.shape[0])] += ls
+            W = xp.linalg.solve(A, PX - P1[:, None] * Y)
             self.W = W
             self.GW = self.G @ W
-            reg = float(np.sum(W * self.GW))
+            reg = float(xp.sum(W * self.GW))
         else:
             F = self.F
             b = (PX - P1[:, None] * Y) / ls           # Lambda^-1 (diag(P1)^-1 PX - Y)
             lw = P1 / ls                              # Lambda^-1 diagonal
-            K = _syrk(F * np.sqrt(lw)[:, None])      # F^T Lambda^-1 F (upper triangle)
-            K[np.diag_indices_from(K)] += 1.0
-            z = _spd_solve(K, F.T @ b)
+            xp = self.xp
+            if xp is np:
+                K = _syrk(F * np.sqrt(lw)[:, None])      # F^T Lambda^-1 F (upper triangle)
+                K[np.diag_indices_from(K)] += 1.0
+                z = _spd_solve(K, F.T @ b)
+            else:
+                K = F.T @ (F * lw[:, None])
+                K[xp.arange(K.shape[0]), xp.arange(K.shape[0])] += 1.0
+                z = xp.linalg.solve(K, F.T @ b)
             W = b - lw[:, None] * (F @ z)
             self.Z = F.T @ W
             self.GW = F @ self.Z
-            reg = float(np.sum(self.Z * self.Z))
+            reg = float(xp.sum(self.Z * self.Z))
         return Y + self.GW, reg
 
     def transform(self, s0, xm, ym, beta, cutoff) -> DeformableTransform:
         if self.solver == "direct":
-            centers = self.Y * s0 + ym
-            coef = self.W * s0
+            centers = _h(self.Y) * s0 + ym
+            coef = _h(self.W) * s0
         else:
-            centers = self.Y[self.centers_idx] * s0 + ym
-            coef = (self.basis @ self.Z) * s0
+            centers = _h(self.Y)[self.centers_idx] * s0 + ym
+            coef = _h(self.basis @ self.Z) * s0
         return DeformableTransform(centers, coef, beta, xm - ym, cutoff)
