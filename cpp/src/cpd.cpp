@@ -238,7 +238,8 @@ struct Grid {
         // Cell size: the cutoff radius, enlarged so that there are at most ~2n + 64 cells.
         double ext_max = 0;
         for (int d = 0; d < D; ++d) ext_max = std::max(ext_max, hi[d] - lo[d]);
-        h = std::isfinite(radius) ? std::max(radius, 1e-300) : std::numeric_limits<double>::infinity();
+        // Cells of half the radius: a query visits ~(2r + h)^d instead of ~(3r)^d of volume.
+        h = std::isfinite(radius) ? std::max(0.5 * radius, 1e-300) : std::numeric_limits<double>::infinity();
         const double cap = 2.0 * (double)n + 64.0;
         for (int it = 0; it < 200; ++it) {
             double cells = 1;
