@@ -72,7 +72,8 @@ def test_estep_matches_dense(d, dtype):
     fn = _core.cpd_estep if dtype == np.float64 else _core.cpd_estep_f32
     tol = 1e-12 if dtype == np.float64 else 2e-6
     for cutoff in (np.inf, 36.0):
-        P1, Pt1, PX, best, prob, logsum, pairs, empty = fn(X.astype(dtype), Y.astype(dtype), None, s2, c, cutoff, True)
+        P1, Pt1, PX, best, prob, logsum, pairs, empty, sden = fn(X.astype(dtype), Y.astype(dtype), None, s2, c, cutoff, True)
+        np.testing.assert_allclose(sden, den, rtol=tol)
         np.testing.assert_allclose(P1, P.sum(1), atol=tol)
         np.testing.assert_allclose(Pt1, P.sum(0), atol=tol)
         np.testing.assert_allclose(PX, P @ X, atol=tol * 10)
@@ -321,6 +322,21 @@ def test_identical_sets_end_cleanly():
         assert r.converged
     r = xmodal.cpd(Y, Y.copy(), transform="rigid", max_iter=200, tol=0.0)
     assert any("sigma2" in m for m in r.warnings)
+
+
+def test_correspondence_matrix_top_k():
+    Y, X, Xtrue, A, t = make_pair(2, "rigid", seed=6, n=120, noise=0.3)
+    r = xmodal.cpd(Y, X, w=0.05)
+    P = r.correspondence_matrix(k=4)
+    assert P.shape == (len(Y), len(X)) and P.nnz == 4 * len(Y)
+    dense = P.toarray()
+    # best entries agree with the E-step's best match; probabilities are proper
+    np.testing.assert_array_equal(dense.argmax(1), r.match)
+    assert dense.max() <= 1.0 + 1e-12 and dense.min() >= 0.0
+    # the column sums of the full posterior are <= 1: so are those of the restriction
+    assert dense.sum(0).max() <= 1.0 + 1e-9
+    with pytest.raises(ValueError, match="k"):
+        r.correspondence_matrix(k=0)
 
 
 def test_callback_and_history():

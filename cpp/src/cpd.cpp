@@ -323,7 +323,7 @@ void check_common(int64_t N, int64_t M, int D) {
 template <class T>
 EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights,
                  double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx,
-                 T* best_prob) {
+                 T* best_prob, double* s_out) {
     check_common(N, M, D);
     require(std::isfinite(sigma2) && sigma2 > 0, "cpd estep: sigma2 must be positive and finite");
     require(std::isfinite(c) && c >= 0, "cpd estep: outlier constant c must be >= 0");
@@ -363,6 +363,7 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
     int64_t empty = 0, pairs = 0;
     for (int64_t n = 0; n < N; ++n) {
         const double s = sden[n];
+        if (s_out) s_out[n] = s;
         pairs += work1[n];
         if (s > 0) {
             invs[n] = (T)(1.0 / s);
@@ -449,9 +450,9 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
 }
 
 template EStepStats estep<float>(const float*, int64_t, const float*, int64_t, int, const float*, double,
-                                 double, double, float*, float*, float*, int64_t*, float*);
+                                 double, double, float*, float*, float*, int64_t*, float*, double*);
 template EStepStats estep<double>(const double*, int64_t, const double*, int64_t, int, const double*,
-                                  double, double, double, double*, double*, double*, int64_t*, double*);
+                                  double, double, double, double*, double*, double*, int64_t*, double*, double*);
 template void gauss_transform<float>(const float*, int64_t, const float*, const float*, int64_t, int,
                                      double, double, float*);
 template void gauss_transform<double>(const double*, int64_t, const double*, const double*, int64_t,

@@ -27,12 +27,12 @@ struct EStepStats {
     int64_t empty_columns = 0;  // fixed points with s_n == 0 (no moving point within the cutoff, c = 0)
 };
 
-// E-step. weights may be null (all 1). best_idx/best_prob may be null. Throws value_error on bad
-// sizes or non-positive sigma2.
+// E-step. weights may be null (all 1). best_idx/best_prob/s_out may be null; s_out (N) receives
+// the denominators s_n. Throws value_error on bad sizes or non-positive sigma2.
 template <class T>
 EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights,
                  double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx,
-                 T* best_prob);
+                 T* best_prob, double* s_out = nullptr);
 
 // Gaussian transform: out[q, :] = sum_k exp(-|p_q - c_k|^2 / (2 beta^2)) coef[k, :]
 // (points Q x D, centers K x D, coef K x D, out Q x D), truncated at |p - c|^2 > 2 beta^2 cutoff.

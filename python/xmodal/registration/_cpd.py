@@ -69,6 +69,19 @@ class CPDResult:
     history: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    _posterior: Any = field(default=None, repr=False, compare=False)
+
+    def correspondence_matrix(self, k: int = 5):
+        """Sparse ``(M, N)`` posterior ``P[m, n]`` at the final transform and sigma2, restricted to
+        the ``k`` nearest fixed points of each moving point (scipy.sparse CSR, float64).
+
+        The denominators are the full (truncated only below ``exp(-cutoff)``) sums, so the stored
+        entries are exact posteriors; the entries left out are those of farther points. CPU only.
+        """
+        k = positive_int(k, "k")
+        if self._posterior is None:
+            raise NotImplementedError("correspondence_matrix is available for CPU runs only")
+        return self._posterior(k)
 
     def correspondences(self, *, min_probability: float = 0.0):
         """``(moving_idx, fixed_idx, probability)`` of the best matches above ``min_probability``."""
@@ -187,7 +200,7 @@ class _NumpyEStep:
         self.pairs = 0
 
     def __call__(self, TY: np.ndarray, sigma2: float, c: float):
-        P1, Pt1, PX, best, prob, logsum, pairs, empty = self.fn(
+        P1, Pt1, PX, best, prob, logsum, pairs, empty, _ = self.fn(
             self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c, self.cutoff, True)
         self.pairs += int(pairs)
         return (P1.astype(np.float64), Pt1.astype(np.float64), PX.astype(np.float64), best,
@@ -468,10 +481,40 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     info["seconds"] = {"e_step": t_e, "m_step": t_m, "total": time.perf_counter() - t_start}
     if not converged and it == max_iter:
         log.info("cpd: %d iterations without convergence (tol=%g)", it, tol)
-    return CPDResult(moved=moved, transform=tr, sigma2=float(s2 * s0 * s0), iterations=it, converged=converged,
+    posterior = None
+    if xp is np and hasattr(estep, "fn"):
+        c_fin = 0.0 if w == 0 else (2 * math.pi * s2) ** (D / 2) * w / (1 - w) * M / N
+        posterior = _TopKPosterior(estep, Xn, TY, s2, c_fin, wts)
+    return CPDResult(_posterior=posterior, moved=moved, transform=tr, sigma2=float(s2 * s0 * s0), iterations=it, converged=converged,
                      match=best.astype(xp.int64, copy=False), match_probability=xp.clip(prob, 0.0, 1.0),
                      objective=float(L), history={"sigma2": hist_s2, "objective": hist_L},
                      warnings=warnings_, info=info)
+
+
+class _TopKPosterior:
+    """Posterior restricted to the k nearest fixed points (see CPDResult.correspondence_matrix)."""
+
+    def __init__(self, estep, Xn, TY, s2, c, wts):
+        self.estep, self.Xn, self.TY, self.s2, self.c, self.wts = estep, Xn, TY.copy(), s2, c, wts
+
+    def __call__(self, k: int):
+        from scipy.sparse import csr_matrix
+        from scipy.spatial import cKDTree
+
+        e = self.estep
+        out = e.fn(e.X, np.ascontiguousarray(self.TY, dtype=e.dtype), e.w, self.s2, self.c, e.cutoff, False)
+        s = out[8]
+        M, N = self.TY.shape[0], self.Xn.shape[0]
+        k = min(k, N)
+        d, idx = cKDTree(self.Xn).query(self.TY, k=k)
+        d, idx = d.reshape(M, k), idx.reshape(M, k)
+        kern = np.exp(-(d * d) / (2.0 * self.s2))
+        if self.wts is not None:
+            kern *= self.wts[:, None]
+        sd = s[idx]
+        p = np.where(sd > 0, kern / np.where(sd > 0, sd, 1.0), 0.0)
+        rows = np.repeat(np.arange(M), k)
+        return csr_matrix((p.ravel(), (rows, idx.ravel())), shape=(M, N))
 
 
 def _syrk(A: np.ndarray) -> np.ndarray:
