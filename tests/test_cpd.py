@@ -102,6 +102,20 @@ def test_estep_truncation_skips_work_and_is_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
+def test_native_rechecks_input():
+    from xmodal import _core
+
+    X = cloud(10, 3, 0)
+    Y = X.copy()
+    Y[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        _core.cpd_estep(X, Y, None, 1.0, 0.0, 36.0, True)
+    with pytest.raises(ValueError, match="sigma2"):
+        _core.cpd_estep(X, X, None, 0.0, 0.0, 36.0, True)
+    with pytest.raises(ValueError, match="non-finite"):
+        _core.cpd_gauss_transform(X, X, Y, 1.0, 36.0)
+
+
 def test_gauss_transform_matches_dense():
     from xmodal import _core
 

@@ -312,6 +312,12 @@ struct Grid {
     }
 };
 
+template <class T>
+void check_finite(const T* p, int64_t n, const char* name) {
+    for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite((double)p[i])) throw value_error(std::string("cpd: ") + name + " has non-finite values");
+}
+
 void check_common(int64_t N, int64_t M, int D) {
     require(D == 2 || D == 3, "cpd: d must be 2 or 3, got " + std::to_string(D));
     require(N >= 1 && M >= 1, "cpd: point sets must not be empty");
@@ -328,6 +334,9 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
     require(std::isfinite(sigma2) && sigma2 > 0, "cpd estep: sigma2 must be positive and finite");
     require(std::isfinite(c) && c >= 0, "cpd estep: outlier constant c must be >= 0");
     require(cutoff > 0, "cpd estep: cutoff must be positive");
+    check_finite(X, N * D, "fixed");
+    check_finite(TY, M * D, "moved");
+    if (weights) check_finite(weights, M, "weights");
     const double radius = std::isfinite(cutoff) ? std::sqrt(2.0 * sigma2 * cutoff) : cutoff;
     const T inv = (T)(1.0 / (2.0 * sigma2));
     EStepStats stats;
@@ -420,6 +429,9 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
     check_common(K, Q, D);
     require(std::isfinite(beta) && beta > 0, "cpd gauss_transform: beta must be positive");
     require(cutoff > 0, "cpd gauss_transform: cutoff must be positive");
+    check_finite(centers, K * D, "centers");
+    check_finite(coef, K * D, "coefficients");
+    check_finite(points, Q * D, "points");
     const double radius = std::isfinite(cutoff) ? std::sqrt(2.0 * beta * beta * cutoff) : cutoff;
     const T inv = (T)(1.0 / (2.0 * beta * beta));
     Grid<T> g;
