@@ -415,7 +415,12 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
             xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
             trAR = float(np.trace(A.T @ R))
             if transform == "similarity" and scale is None:
-                s_sim = trAR / yPy if yPy > 0 else 1.0
+                new_scale = trAR / yPy if yPy > 0 else 0.0
+                if not (np.isfinite(new_scale) and new_scale > 0):
+                    warnings_.append(f"iteration {it}: the scale estimate degenerated ({new_scale:.3g}); "
+                                     "kept the previous transform and stopped")
+                    break
+                s_sim = new_scale
             elif transform == "rigid":
                 s_sim = 1.0
             B = s_sim * R
