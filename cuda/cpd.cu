@@ -1,0 +1,197 @@
+// CPD kernels on CUDA: the E-step in two passes (one thread per outer point, shared-memory tiles
+// over the inner set, fixed summation order: deterministic) and the Gaussian transform. Same
+// contracts as cpp/include/xmodal/cpd.hpp with dense sums (no truncation). Pointers are device
+// pointers; row-major (n, d) buffers, d = 2 or 3; T = float or double; accumulation in double.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "xmodal/common.hpp"
+#include "xmodal_cuda.hpp"
+
+namespace xmodal::cuda::cpd {
+
+namespace {
+
+constexpr int kBlock = 256;  // threads per block = points per shared-memory tile
+
+template <class T, int D>
+__global__ void pass1_kernel(const T* __restrict__ X, int64_t N, const T* __restrict__ TY, int64_t M,
+                             const T* __restrict__ w, double inv, double c, double* __restrict__ s) {
+    __shared__ T tile[kBlock * D];
+    __shared__ T tw[kBlock];
+    const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    T q[D];
+    for (int d = 0; d < D; ++d) q[d] = n < N ? X[n * D + d] : T(0);
+    double acc = 0.0;
+    for (int64_t base = 0; base < M; base += kBlock) {
+        const int64_t m = base + threadIdx.x;
+        if (m < M) {
+            for (int d = 0; d < D; ++d) tile[threadIdx.x * D + d] = TY[m * D + d];
+            tw[threadIdx.x] = w ? w[m] : T(1);
+        }
+        __syncthreads();
+        const int cnt = (int)((M - base) < kBlock ? (M - base) : kBlock);
+        for (int j = 0; j < cnt; ++j) {
+            double d2 = 0.0;
+            for (int d = 0; d < D; ++d) {
+                const double t = (double)q[d] - (double)tile[j * D + d];
+                d2 += t * t;
+            }
+            acc += (double)tw[j] * exp(-d2 * inv);
+        }
+        __syncthreads();
+    }
+    if (n < N) s[n] = acc + c;
+}
+
+// Pt1 and 1/s from s (s == 0 -> both 0).
+__global__ void finish1_kernel(const double* __restrict__ s, int64_t N, double c, double* __restrict__ invs,
+                               double* __restrict__ Pt1) {
+    const int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const double v = s[n];
+    invs[n] = v > 0 ? 1.0 / v : 0.0;
+    Pt1[n] = v > 0 ? 1.0 - c / v : 0.0;
+}
+
+template <class T, int D>
+__global__ void pass2_kernel(const T* __restrict__ X, int64_t N, const T* __restrict__ TY, int64_t M,
+                             const T* __restrict__ w, const double* __restrict__ invs, double inv,
+                             double* __restrict__ P1, double* __restrict__ PX, int64_t* __restrict__ best,
+                             double* __restrict__ prob) {
+    __shared__ T tile[kBlock * D];
+    __shared__ double tinv[kBlock];
+    const int64_t m = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    T q[D];
+    for (int d = 0; d < D; ++d) q[d] = m < M ? TY[m * D + d] : T(0);
+    double a0 = 0.0, ac[D];
+    for (int d = 0; d < D; ++d) ac[d] = 0.0;
+    double bv = -1.0;
+    int64_t bi = -1;
+    for (int64_t base = 0; base < N; base += kBlock) {
+        const int64_t n = base + threadIdx.x;
+        if (n < N) {
+            for (int d = 0; d < D; ++d) tile[threadIdx.x * D + d] = X[n * D + d];
+            tinv[threadIdx.x] = invs[n];
+        }
+        __syncthreads();
+        const int cnt = (int)((N - base) < kBlock ? (N - base) : kBlock);
+        for (int j = 0; j < cnt; ++j) {
+            double d2 = 0.0;
+            for (int d = 0; d < D; ++d) {
+                const double t = (double)q[d] - (double)tile[j * D + d];
+                d2 += t * t;
+            }
+            const double k = exp(-d2 * inv) * tinv[j];
+            a0 += k;
+            for (int d = 0; d < D; ++d) ac[d] += k * (double)tile[j * D + d];
+            if (k > bv) {  // strict: the smallest index wins ties
+                bv = k;
+                bi = base + j;
+            }
+        }
+        __syncthreads();
+    }
+    if (m < M) {
+        const double a = w ? (double)w[m] : 1.0;
+        P1[m] = a * a0;
+        for (int d = 0; d < D; ++d) PX[m * D + d] = a * ac[d];
+        best[m] = bv > 0 ? bi : -1;
+        prob[m] = bv > 0 ? a * bv : 0.0;
+    }
+}
+
+template <class T, int D>
+__global__ void gauss_kernel(const T* __restrict__ C, int64_t K, const T* __restrict__ coef,
+                             const T* __restrict__ P, int64_t Q, double inv, T* __restrict__ out) {
+    __shared__ T tile[kBlock * D];
+    __shared__ T tcoef[kBlock * D];
+    const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    T p[D];
+    for (int d = 0; d < D; ++d) p[d] = q < Q ? P[q * D + d] : T(0);
+    double acc[D];
+    for (int d = 0; d < D; ++d) acc[d] = 0.0;
+    for (int64_t base = 0; base < K; base += kBlock) {
+        const int64_t k = base + threadIdx.x;
+        if (k < K) {
+            for (int d = 0; d < D; ++d) {
+                tile[threadIdx.x * D + d] = C[k * D + d];
+                tcoef[threadIdx.x * D + d] = coef[k * D + d];
+            }
+        }
+        __syncthreads();
+        const int cnt = (int)((K - base) < kBlock ? (K - base) : kBlock);
+        for (int j = 0; j < cnt; ++j) {
+            double d2 = 0.0;
+            for (int d = 0; d < D; ++d) {
+                const double t = (double)p[d] - (double)tile[j * D + d];
+                d2 += t * t;
+            }
+            const double g = exp(-d2 * inv);
+            for (int d = 0; d < D; ++d) acc[d] += g * (double)tcoef[j * D + d];
+        }
+        __syncthreads();
+    }
+    if (q < Q)
+        for (int d = 0; d < D; ++d) out[q * D + d] = (T)acc[d];
+}
+
+inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kBlock - 1) / kBlock); }
+
+void check_sizes(int64_t N, int64_t M, int D) {
+    require(D == 2 || D == 3, "cpd (cuda): d must be 2 or 3, got " + std::to_string(D));
+    require(N >= 1 && M >= 1, "cpd (cuda): point sets must not be empty");
+    require(N < (int64_t(1) << 40) && M < (int64_t(1) << 40), "cpd (cuda): too many points");
+}
+
+}  // namespace
+
+// E-step. Outputs are double device buffers: s (N), invs (N, scratch), Pt1 (N), P1 (M), PX (M x D),
+// prob (M); best (M) int64. weights may be null.
+template <class T>
+void estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2, double c,
+           double* s, double* invs, double* Pt1, double* P1, double* PX, int64_t* best, double* prob,
+           cudaStream_t stream) {
+    check_sizes(N, M, D);
+    require(sigma2 > 0, "cpd (cuda): sigma2 must be positive");
+    const double inv = 1.0 / (2.0 * sigma2);
+    if (D == 2)
+        pass1_kernel<T, 2><<<blocks_for(N), kBlock, 0, stream>>>(X, N, TY, M, weights, inv, c, s);
+    else
+        pass1_kernel<T, 3><<<blocks_for(N), kBlock, 0, stream>>>(X, N, TY, M, weights, inv, c, s);
+    check(cudaGetLastError(), "cpd pass 1 launch");
+    finish1_kernel<<<blocks_for(N), kBlock, 0, stream>>>(s, N, c, invs, Pt1);
+    check(cudaGetLastError(), "cpd pass 1 finish launch");
+    if (D == 2)
+        pass2_kernel<T, 2><<<blocks_for(M), kBlock, 0, stream>>>(X, N, TY, M, weights, invs, inv, P1, PX, best, prob);
+    else
+        pass2_kernel<T, 3><<<blocks_for(M), kBlock, 0, stream>>>(X, N, TY, M, weights, invs, inv, P1, PX, best, prob);
+    check(cudaGetLastError(), "cpd pass 2 launch");
+}
+
+template <class T>
+void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points, int64_t Q, int D, double beta,
+                     T* out, cudaStream_t stream) {
+    check_sizes(K, Q, D);
+    require(beta > 0, "cpd (cuda): beta must be positive");
+    const double inv = 1.0 / (2.0 * beta * beta);
+    if (D == 2)
+        gauss_kernel<T, 2><<<blocks_for(Q), kBlock, 0, stream>>>(centers, K, coef, points, Q, inv, out);
+    else
+        gauss_kernel<T, 3><<<blocks_for(Q), kBlock, 0, stream>>>(centers, K, coef, points, Q, inv, out);
+    check(cudaGetLastError(), "cpd gauss transform launch");
+}
+
+template void estep<float>(const float*, int64_t, const float*, int64_t, int, const float*, double, double, double*,
+                           double*, double*, double*, double*, int64_t*, double*, cudaStream_t);
+template void estep<double>(const double*, int64_t, const double*, int64_t, int, const double*, double, double,
+                            double*, double*, double*, double*, double*, int64_t*, double*, cudaStream_t);
+template void gauss_transform<float>(const float*, int64_t, const float*, const float*, int64_t, int, double, float*,
+                                     cudaStream_t);
+template void gauss_transform<double>(const double*, int64_t, const double*, const double*, int64_t, int, double,
+                                      double*, cudaStream_t);
+
+}  // namespace xmodal::cuda::cpd
