@@ -34,9 +34,15 @@ _LAZY = {
     # registration
     "cpd": "xmodal.registration",
     "CPDResult": "xmodal.registration",
+    "RigidTransform": "xmodal.registration",
+    "SimilarityTransform": "xmodal.registration",
+    "AffineTransform": "xmodal.registration",
+    "DeformableTransform": "xmodal.registration",
+    "transform_from_dict": "xmodal.registration",
     # segmentation
     "mutex_watershed": "xmodal.segmentation",
     "mutex_watershed_graph": "xmodal.segmentation",
+    "seeded_mutex_watershed": "xmodal.segmentation",
     "remove_small_segments": "xmodal.segmentation",
     "blockwise_mutex_watershed": "xmodal.segmentation",
     # inference
@@ -45,7 +51,8 @@ _LAZY = {
     "find_tile_shape": "xmodal.inference",
     "tile_mismatch": "xmodal.inference",
 }
-_SUBMODULES = {"matching", "registration", "segmentation", "inference", "pipelines", "metrics", "io", "cli"}
+_SUBMODULES = {"matching", "registration", "segmentation", "inference", "pipelines", "metrics", "io", "cli",
+               "models", "datasets"}
 
 __all__ = [
     "__version__",

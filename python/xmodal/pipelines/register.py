@@ -123,8 +123,9 @@ def register_cells(
         Cells of the two modalities. Points and tables are in physical units (µm, say), columns
         (z, y, x); label images give their object centroids (``*_spacing`` = voxel size).
     transform : {"rigid", "similarity", "affine", "deformable"}
-        Final CPD model. Every run starts with a rigid CPD (similarity when ``scale``); the final
-        model refines it.
+        Final CPD model. The CPD stages run coarse to fine, each from where the previous ended:
+        rigid (similarity when ``scale``), then affine for "affine" and "deformable", then
+        deformable.
     matching : {"one-to-one", "cover"}
         One-to-one with an unmatched cost (partial matching), or the thesis' cover assignment (every
         point of the larger set matched exactly once, every point of the smaller at least once).
@@ -138,10 +139,12 @@ def register_cells(
         aligned.
     scale : bool
         Estimate a global scale (similarity) besides the rotation.
-    cpd_options, deformable_options : dict, optional
-        Keyword arguments for :func:`xmodal.cpd` in the rigid and in the final stage (``w``,
-        ``beta``, ``lam``, ``max_iter``, ``tol``...). Defaults: w = 0.1; deformable beta = 2 and
-        lam = 2 (in units of the point cloud's standard deviation, see :func:`xmodal.cpd`).
+    cpd_options : dict, optional
+        Keyword arguments for :func:`xmodal.cpd` in the first (rigid) stage. Default w = 0.1.
+    deformable_options : dict, optional
+        Keyword arguments for the deformable stage. Defaults: w = 0.1, lam = 2, beta = 2 × the
+        median nearest-neighbour distance within ``fixed`` (physical units): a smooth field on the
+        scale of a few cells.
     k, radius : candidate pairs of the matching: the k nearest neighbours both ways, and all pairs
         closer than ``radius`` (physical units).
     unmatched_cost : float, "auto" or None
@@ -220,13 +223,25 @@ def register_cells(
     chain.append(res.transform)
     current = np.asarray(res.moved, dtype=np.float64)
     iterations["rigid"] = int(res.iterations)
-    if transform in ("similarity", "affine", "deformable") and not (transform == "similarity" and scale):
+    # Coarse to fine: every stage starts where the previous one ended.
+    stages = []
+    if transform == "similarity" and not scale:
+        stages.append("similarity")
+    if transform in ("affine", "deformable"):
+        stages.append("affine")
+    if transform == "deformable":
+        stages.append("deformable")
+    for stage in stages:
         opts = {"w": 0.1, "max_iter": 150, "tol": 1e-6}
-        opts.update(deformable_options or {})
-        res = _run_cpd(current, fix, transform, opts)
+        if stage == "deformable":
+            # Kernel width and regularisation relative to the cloud: a smooth field on the scale of a
+            # few cells (beta in physical units = 2 x the median nearest-neighbour distance).
+            opts.update({"beta": 2.0 * nn, "lam": 2.0})
+            opts.update(deformable_options or {})
+        res = _run_cpd(current, fix, stage, opts)
         chain.append(res.transform)
         current = np.asarray(res.moved, dtype=np.float64)
-        iterations[transform] = int(res.iterations)
+        iterations[stage] = int(res.iterations)
     timings["cpd"] = time.perf_counter() - t0
     composite = CompositeTransform(tuple(chain))
 
