@@ -35,7 +35,8 @@ import scipy.sparse as sp
 import xmodal
 
 QUICK = os.environ.get("XMODAL_BENCH_QUICK", "") not in ("", "0")
-DATA = os.environ.get("XMODAL_DATA", "/work/shared/data")
+# Default: the shared data folder beside the checkout (../shared/data).
+DATA = os.environ.get("XMODAL_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 PLATY = os.path.join(DATA, "platynereis_6dpf_nuclei", "nuclei_1_0_1_em_and_prospr_space.tsv")
 
 

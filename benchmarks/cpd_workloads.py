@@ -11,7 +11,8 @@ PLATY_DIR = "platynereis_6dpf_nuclei"
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("XMODAL_DATA", "/work/shared/data"))
+    # Default: the shared data folder beside the checkout (../shared/data).
+    return Path(os.environ.get("XMODAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def platynereis_nuclei() -> np.ndarray | None:
