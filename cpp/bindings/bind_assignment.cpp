@@ -10,13 +10,6 @@
 namespace xmodal::bind {
 namespace {
 
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-    auto* heap = new std::vector<T>(std::move(v));
-    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                          heap->data(), owner);
-}
 
 void check_csr_arrays(std::int64_t n_rows, std::int64_t n_cols, const carray<std::int64_t>& indptr,
                       const carray<std::int32_t>& indices, const carray<double>& cost) {

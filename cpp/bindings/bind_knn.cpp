@@ -9,14 +9,6 @@
 namespace xmodal::bind {
 namespace {
 
-// A numpy array that takes ownership of the vector's buffer (no copy).
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-    auto* heap = new std::vector<T>(std::move(v));
-    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                          heap->data(), owner);
-}
 
 }  // namespace
 

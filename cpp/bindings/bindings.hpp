@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "xmodal/common.hpp"
 
@@ -24,6 +26,15 @@ inline void check_ndim(const py::array& a, int ndim, const char* name) {
     if (a.ndim() != ndim)
         throw value_error(std::string(name) + ": expected a " + std::to_string(ndim) +
                           "-D array, got " + std::to_string(a.ndim()) + "-D");
+}
+
+// A 1-D numpy array that takes ownership of the vector's buffer (no copy).
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+    auto* heap = new std::vector<T>(std::move(v));
+    py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                          heap->data(), owner);
 }
 
 void register_common(py::module_& m);

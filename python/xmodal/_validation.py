@@ -20,17 +20,23 @@ def describe(x: Any) -> str:
     return text if len(text) <= 60 else f"{type(x).__name__} ({text[:57]}...)"
 
 
-def as_points(x: Any, name: str, *, dims=(2, 3), min_points: int = 1, dtype=np.float64,
-              finite: bool = True) -> np.ndarray:
-    """Return ``x`` as a C-contiguous ``(n, d)`` float array, d in ``dims``."""
+def real_array(x: Any, name: str, expected: str) -> np.ndarray:
+    """``x`` as a numpy array of real numbers (or bools); TypeError naming ``expected`` otherwise."""
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - numpy raises many kinds here
-        raise TypeError(f"{name}: expected an (n, d) array of coordinates, got {describe(x)}") from exc
+        raise TypeError(f"{name}: expected {expected}, got {describe(x)}") from exc
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"{name}: expected a numeric (n, d) array, got {describe(x)}")
+        raise TypeError(f"{name}: expected numeric {expected}, got {describe(x)}")
     if np.issubdtype(a.dtype, np.complexfloating):
-        raise TypeError(f"{name}: expected real coordinates, got {describe(x)}")
+        raise TypeError(f"{name}: expected real values in {expected}, got {describe(x)}")
+    return a
+
+
+def as_points(x: Any, name: str, *, dims=(2, 3), min_points: int = 1, dtype=np.float64,
+              finite: bool = True) -> np.ndarray:
+    """Return ``x`` as a C-contiguous ``(n, d)`` float array, d in ``dims``."""
+    a = real_array(x, name, "an (n, d) array of coordinates")
     if a.ndim != 2:
         raise ValueError(f"{name}: expected an (n, d) array, got shape {a.shape}")
     if a.shape[1] not in dims:

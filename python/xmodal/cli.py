@@ -211,12 +211,13 @@ def _cmd_mws(args) -> int:
             raise ValueError("--offsets: expected a JSON list of offsets (or a file), got none")
     out = Path(args.out)
     spatial = tuple(aff.shape[1:])
-    if args.block_shape:
-        from .io import create_array, provenance_attributes
+    from .io import create_array, provenance_attributes
 
+    attrs = provenance_attributes("mws", {k: v for k, v in vars(args).items() if k != "func"},
+                                  {"affinities": args.affinities})
+    if args.block_shape:
         target = create_array(out, spatial, np.uint64, chunks=_tuple(args.block_shape), overwrite=True,
-                              attributes=provenance_attributes("mws", {k: v for k, v in vars(args).items()
-                                                                       if k != "func"}))
+                              attributes=attrs)
         res = blockwise_mutex_watershed(aff, offsets, block_shape=_tuple(args.block_shape),
                                         halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
                                         n_attractive=args.n_attractive, invert=args.invert, client=_client(args),
@@ -228,12 +229,7 @@ def _cmd_mws(args) -> int:
         if args.min_size > 1:
             labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
                                            n_attractive=args.n_attractive, invert=args.invert)
-        from .io import create_array, provenance_attributes
-
-        arr = create_array(out, labels.shape, labels.dtype, overwrite=True,
-                           attributes=provenance_attributes("mws", {k: v for k, v in vars(args).items()
-                                                                    if k != "func"}))
-        arr[...] = labels
+        create_array(out, labels.shape, labels.dtype, overwrite=True, attributes=attrs)[...] = labels
         n = int(labels.max())
     print(f"{n} segments written to {out}")
     return 0

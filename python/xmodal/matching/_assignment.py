@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import choice, describe, positive_int
+from .._validation import choice, describe, positive_int, real_array
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,7 @@ def _as_csr(cost: Any, name: str = "cost") -> sp.csr_matrix:
                 raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
             assert c.nnz == n0
         return c
-    try:
-        arr = np.asarray(cost)
-    except Exception as exc:  # pragma: no cover
-        raise TypeError(f"{name}: expected a 2-D array or scipy sparse matrix, got {describe(cost)}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{name}: expected a numeric 2-D array or scipy sparse matrix, got {describe(cost)}")
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise TypeError(f"{name}: expected real costs, got {describe(cost)}")
+    arr = real_array(cost, name, "a 2-D array or scipy sparse matrix")
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array, got shape {arr.shape}")
     arr = np.asarray(arr, dtype=np.float64)
