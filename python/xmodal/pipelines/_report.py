@@ -126,6 +126,10 @@ def write_registration_outputs(result, folder: Path) -> dict:
             header.append(f"spots_{name}")
             cols.append(c)
     outputs["cells"] = write_csv(folder / "cells.csv", header, cols)
+    if result.warped:
+        outputs.update(_write_warped(result, folder))
+        for f in sorted((folder / "elastix").glob("TransformParameters.*.txt")):
+            outputs[f"elastix_{f.stem}"] = f
     summary = _error_summary(result.errors)
     if summary is not None:
         outputs["errors"] = write_json(folder / "errors.json", summary)
@@ -139,6 +143,23 @@ def write_registration_outputs(result, folder: Path) -> dict:
                                                    "moving": result.parameters.get("moving")})
                                        | {"timings": result.timings})
     return {k: str(v) for k, v in outputs.items()}
+
+
+def _write_warped(result, folder: Path) -> dict:
+    """Warped images as OME-Zarr images under ``folder/warped/<name>.ome.zarr`` (fixed grid)."""
+    from ..io import create_ome_zarr_image, provenance_attributes
+
+    out = {}
+    fsp = result.parameters.get("fixed_spacing")
+    for name, img in result.warped.items():
+        img = np.asarray(img)
+        axes = ("z", "y", "x")[-img.ndim:]
+        path = folder / "warped" / f"{name}.ome.zarr"
+        arr = create_ome_zarr_image(path, img.shape, img.dtype, axes=axes, spacing=fsp, name=name, overwrite=True,
+                                    provenance=provenance_attributes("register_cells.warp", {"image": name}))
+        arr[...] = img
+        out[f"warped_{name}"] = path
+    return out
 
 
 def _html(result, summary, plots) -> str:

@@ -51,6 +51,8 @@ class CellRegistration:
         leave-one-out residuals, Fitzpatrick's TRE.
     spot_counts : dict or None
         Per replicate, spot counts per fixed point (length n_fixed), and their mean.
+    warped : dict or None
+        The ``warp_images`` resampled on the fixed image grid (name -> array).
     prealign : PrealignResult or None
     outputs : dict of output name -> path (when ``out`` was given)
     timings : dict of step -> seconds
@@ -67,6 +69,7 @@ class CellRegistration:
     moving_points: np.ndarray
     errors: dict | None = None
     spot_counts: dict | None = None
+    warped: dict | None = None
     prealign: PrealignResult | None = None
     cpd_iterations: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
@@ -111,6 +114,12 @@ def register_cells(
     errors: bool = True,
     spots: Mapping[str, Any] | Sequence[Any] | None = None,
     spot_max_distance: float | None = None,
+    warp_images: Mapping[str, Any] | None = None,
+    fixed_image=None,
+    moving_image=None,
+    image_spacing=None,
+    warp_preset: str = "bspline-landmarks",
+    elastix_parameters: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     seed: int = 0,
 ) -> CellRegistration:
@@ -157,6 +166,18 @@ def register_cells(
         smFISH detections (moving frame, physical units), one entry per replicate. Each spot is
         assigned to the nearest fixed cell in the registered frame (within ``spot_max_distance``,
         default ``unmatched_cost``) and counted per cell; counts are averaged over replicates.
+    warp_images : dict of name -> array, optional
+        Images of the moving modality (label images are recognised by their integer dtype) to warp
+        onto the grid of ``fixed_image`` with the landmark-guided elastix B-spline of the thesis
+        (:mod:`xmodal.pipelines.elastix`, preset ``warp_preset``): normalised correlation between
+        ``fixed_image`` and ``moving_image`` (e.g. the two segmentations) plus the distance of the
+        matched cells as corresponding points, weights 1 and 1000. Needs itk-elastix.
+    fixed_image, moving_image : arrays, optional
+        The images that drive the warp (same grids as the fixed and the moving cells).
+    image_spacing : (fixed spacing, moving spacing), optional
+        Voxel sizes of ``fixed_image`` and of ``moving_image`` / ``warp_images``; default
+        ``fixed_spacing`` and ``moving_spacing``.
+    warp_preset, elastix_parameters : elastix preset and parameter overrides for the warp.
     out : path, optional
         Folder for the outputs (transform.json, matches.csv, cells.csv, errors.json, report.html
         with PNG plots, provenance.json). Files are written atomically.
@@ -269,10 +290,26 @@ def register_cells(
                               spacing=moving_spacing)
         timings["spots"] = time.perf_counter() - t0
 
+    warped = None
+    if warp_images is not None:
+        t0 = time.perf_counter()
+        if fixed_image is None or moving_image is None:
+            raise ValueError("fixed_image, moving_image: warp_images needs the two images that drive the warp")
+        from .elastix import elastix_register, elastix_warp
+
+        fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
+        el = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
+                              preset=warp_preset, fixed_spacing=fsp, moving_spacing=msp,
+                              fixed_points=fix[fi], moving_points=mov[mi], parameters=elastix_parameters,
+                              out=None if out is None else Path(out) / "elastix")
+        warped = {name: elastix_warp(img, el, spacing=msp, labels=np.issubdtype(np.asarray(img).dtype, np.integer))
+                  for name, img in warp_images.items()}
+        timings["warp"] = time.perf_counter() - t0
+
     result = CellRegistration(
         fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
         transform=composite, moved=current, distances=dist, fixed_points=fix, moving_points=mov,
-        errors=err, spot_counts=counts, prealign=pre, cpd_iterations=iterations, timings=timings,
+        errors=err, spot_counts=counts, warped=warped, prealign=pre, cpd_iterations=iterations, timings=timings,
         parameters={
             "transform": transform, "matching": matching, "prealign": prealign, "scale": scale,
             "cpd_options": dict(cpd_options or {}), "deformable_options": dict(deformable_options or {}),
