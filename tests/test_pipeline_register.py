@@ -205,3 +205,14 @@ def test_register_cells_warps_label_images_with_matched_cells(tmp_path):
     stored = zarr.open_array(str(tmp_path / "reg" / "warped" / "labels.ome.zarr" / "0"), mode="r")
     assert np.array_equal(np.asarray(stored[...]), warped)
     assert (tmp_path / "reg" / "elastix" / "TransformParameters.0.txt").exists()
+
+
+def test_failed_run_writes_nothing(embryo_points, tmp_path):
+    fixed = embryo_points[:100]
+    with pytest.raises(ValueError, match=r"spots\['bad'\]: expected 3D points"):
+        register_cells(fixed, fixed, transform="rigid", prealign=False, spots={"bad": np.zeros((5, 2))},
+                       out=tmp_path / "reg")
+    assert not (tmp_path / "reg").exists()
+    with pytest.raises(ValueError, match="spacing"):
+        register_cells(fixed, fixed, spacing=[1.0, -1.0, 1.0], out=tmp_path / "reg2")
+    assert not (tmp_path / "reg2").exists()
