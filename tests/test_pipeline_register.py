@@ -216,3 +216,23 @@ def test_failed_run_writes_nothing(embryo_points, tmp_path):
     with pytest.raises(ValueError, match="spacing"):
         register_cells(fixed, fixed, spacing=[1.0, -1.0, 1.0], out=tmp_path / "reg2")
     assert not (tmp_path / "reg2").exists()
+
+
+def test_register_cells_prealigned_by_intensity_registration():
+    pytest.importorskip("itk")
+    rng = np.random.default_rng(6)
+    shape = (32, 64, 64)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    centres = np.stack([rng.uniform(5, 27, 30), rng.uniform(6, 58, 30), rng.uniform(6, 58, 30)], axis=1)
+    image = np.zeros(shape, np.float32)
+    for c in centres:
+        image += np.exp(-((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 4.0)
+    shift = np.array([3, -5, 4])  # far beyond the spacing of the cells: CPD alone would have to guess
+    moving_image = np.roll(image, tuple(shift), axis=(0, 1, 2))
+    res = register_cells(centres, centres + shift, transform="rigid", prealign=False, errors=False,
+                         fixed_image=image, moving_image=moving_image, intensity_preset="rigid",
+                         elastix_parameters={"MaximumNumberOfIterations": 200})
+    first = res.transform.transforms[0].apply(centres + shift)
+    assert np.abs(first - centres).max() < 0.5  # the intensity registration alone
+    assert np.array_equal(res.moving_index, res.fixed_index)
+    assert res.prealign is None

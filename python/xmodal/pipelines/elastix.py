@@ -99,6 +99,42 @@ class ElastixResult:
     warped: np.ndarray
     preset: str
     parameter_files: list = field(default_factory=list)
+    fixed_shape: tuple = ()
+    fixed_spacing: np.ndarray | None = None
+
+    def transform_points(self, points) -> np.ndarray:
+        """Map ``(k, d)`` points (physical units, z, y, x) of the fixed frame into the moving frame."""
+        pts = np.asarray(points, dtype=np.float64)
+        d = len(self.fixed_shape)
+        if pts.ndim != 2 or pts.shape[1] != d:
+            raise ValueError(f"points: expected a (k, {d}) array, got shape {pts.shape}")
+        itk = _itk()
+        dummy = _to_itk(itk, np.zeros((2,) * d, np.float32), self.fixed_spacing)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _point_file(pts, tmp, "points.txt")
+            rows = itk.transformix_pointset(dummy, self.parameter_object, fixed_point_set_file_name=path,
+                                            output_directory=tmp)
+        out = np.empty_like(pts)
+        for i, row in enumerate(np.atleast_2d(np.asarray(rows))):
+            tokens = [str(t) for t in row]
+            k = tokens.index("OutputPoint") + 3  # 'OutputPoint' '=' '[' x y (z) ']'
+            out[i] = [float(v) for v in tokens[k:k + d]][::-1]
+        return out
+
+    def affine_moving_to_fixed(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix, offset)`` mapping moving points into the fixed frame (physical units, z, y, x).
+
+        Exact for the rigid, similarity and affine stages (their inverse); for B-spline stages it is
+        the least-squares affine part. Fitted on a grid over the fixed image.
+        """
+        d = len(self.fixed_shape)
+        extent = (np.asarray(self.fixed_shape) - 1) * self.fixed_spacing
+        axes = [np.linspace(0, e, 4) for e in extent]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, d)
+        moved = self.transform_points(grid)
+        x = np.hstack([moved, np.ones((len(moved), 1))])
+        sol, *_ = np.linalg.lstsq(x, grid, rcond=None)
+        return sol[:d].T, sol[d]
 
     def transform_parameters(self) -> list[tuple[float, ...]]:
         """The ``TransformParameters`` of every stage (elastix order: x, y, z)."""
@@ -205,7 +241,7 @@ def elastix_register(fixed: np.ndarray, moving: np.ndarray, *, preset: str = "vi
             single.AddParameterMap(result.GetParameterMap(i))
             single.WriteParameterFile(str(path))
             files.append(str(path))
-    return ElastixResult(result, np.asarray(itk.array_from_image(warped)), preset, files)
+    return ElastixResult(result, np.asarray(itk.array_from_image(warped)), preset, files, tuple(f.shape), fs)
 
 
 def elastix_warp(image: np.ndarray, result: ElastixResult, *, spacing=None, labels: bool = False) -> np.ndarray:

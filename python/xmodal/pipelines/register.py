@@ -119,6 +119,7 @@ def register_cells(
     moving_image=None,
     image_spacing=None,
     warp_preset: str = "bspline-landmarks",
+    intensity_preset: str | None = None,
     elastix_parameters: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     seed: int = 0,
@@ -178,6 +179,11 @@ def register_cells(
         Voxel sizes of ``fixed_image`` and of ``moving_image`` / ``warp_images``; default
         ``fixed_spacing`` and ``moving_spacing``.
     warp_preset, elastix_parameters : elastix preset and parameter overrides for the warp.
+    intensity_preset : {"rigid", "similarity", "view-merging"}, optional
+        Pre-align the cells by an intensity registration of ``moving_image`` onto ``fixed_image``
+        with this elastix preset (the thesis' settings, see :mod:`xmodal.pipelines.elastix`)
+        instead of the principal-axes search: its inverse maps the moving cells into the fixed frame
+        before CPD. Needs itk-elastix.
     out : path, optional
         Folder for the outputs (transform.json, matches.csv, cells.csv, errors.json, report.html
         with PNG plots, provenance.json). Files are written atomically.
@@ -226,7 +232,23 @@ def register_cells(
     chain = []
     t0 = time.perf_counter()
     pre = None
-    if prealign:
+    elastix_pre = None
+    if intensity_preset is not None:
+        choice(intensity_preset, "intensity_preset", ("rigid", "similarity", "view-merging"))
+        if fixed_image is None or moving_image is None:
+            raise ValueError("fixed_image, moving_image: intensity_preset needs the two images")
+        from ..registration import AffineTransform
+        from .elastix import elastix_register
+
+        fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
+        elastix_pre = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
+                                       preset=intensity_preset, fixed_spacing=fsp, moving_spacing=msp,
+                                       parameters=elastix_parameters,
+                                       out=None if out is None else Path(out) / "elastix-prealign")
+        matrix, offset = elastix_pre.affine_moving_to_fixed()
+        chain.append(AffineTransform(matrix, offset))
+        current = mov @ matrix.T + offset
+    elif prealign:
         pre = _prealign(mov, fix, rotations=prealign, scale=scale, seed=seed)
         from ..registration import AffineTransform
 
