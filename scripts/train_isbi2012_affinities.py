@@ -48,23 +48,6 @@ CITATION = (
 )
 
 
-def load_isbi(data: Path):
-    from PIL import Image
-    from skimage.measure import label as cc_label
-
-    images, instances = [], []
-    for i in range(30):
-        img_path = data / "train_image" / f"{i}.png"
-        lab_path = data / "train_label" / f"{i}.png"
-        for p in (img_path, lab_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"--data: expected {p} (ISBI 2012 layout, see SOURCE.md)")
-        images.append(np.asarray(Image.open(img_path).convert("L"), dtype=np.uint8))
-        membrane_free = np.asarray(Image.open(lab_path).convert("L")) > 127
-        instances.append(cc_label(membrane_free, connectivity=1).astype(np.int32))
-    return np.stack(images), np.stack(instances)
-
-
 def sample_batch(rng, images, instances, batch, crop, offsets, mean, std):
     from xmodal.models import affinity_targets, dihedral_transform
 
@@ -168,7 +151,9 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     offsets = np.asarray(OFFSETS, dtype=np.int64)
 
-    images, instances = load_isbi(args.data)
+    from xmodal.models.isbi2012 import read_isbi2012
+
+    images, instances = read_isbi2012(args.data, range(30))
     train_img, train_inst = images[:25], instances[:25]
     val_img, val_inst = images[25:], instances[25:]
     mean = float(train_img.astype(np.float64).mean())
