@@ -126,3 +126,17 @@ def test_cli_demo(tmp_path):
     assert summary["segmentation"]["arand"] < 0.1
     assert (tmp_path / "demo" / "register" / "report.html").exists()
     assert (tmp_path / "demo" / "segment" / "segmentation.ome.zarr").is_dir()
+
+
+def test_segment_blockwise_size_filter(isbi, tmp_path):
+    import zarr
+
+    raw, _ = isbi
+    res = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128), min_size=50, out=tmp_path / "seg")
+    labels = np.asarray(zarr.open_array(str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells" / "0"),
+                                        mode="r")[...])
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    assert counts.min() >= 50
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and res.n_segments == len(ids)
+    unfiltered = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128))
+    assert unfiltered.n_segments > res.n_segments

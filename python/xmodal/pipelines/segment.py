@@ -129,7 +129,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     tile_shape, halo, device, client : tiled prediction (see :func:`xmodal.predict_tiled`); the
         ``client`` (dask.distributed) also runs the blockwise mutex watershed.
     min_size : int
-        Segments smaller than this (voxels) are merged into their most attractive neighbour.
+        Segments smaller than this (voxels) are merged into their most attractive neighbour
+        (single-shot), or become background 0 (blockwise; ids renumbered consecutively).
     block_shape : sequence of int, optional
         Blockwise mutex watershed with these blocks; default single-shot when the volume has at
         most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
@@ -219,8 +220,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
                                         n_attractive=n_attractive, client=client)
         labels, n_segments = res.labels, int(res.n_labels)
         if min_size > 1:
-            log.warning("segment: min_size is applied to single-shot results only; the blockwise result "
-                        "is returned without the size filter")
+            n_segments = _remove_small_blockwise(labels, n_segments, min_size, block_shape)
     timings["mws"] = time.perf_counter() - t0
 
     outputs = {}
@@ -250,6 +250,34 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     return SegmentationResult(labels=labels, affinities=aff_out, offsets=mws_offsets, n_attractive=n_attractive,
                               n_segments=n_segments, metrics=metrics, outputs=outputs, timings=timings,
                               parameters=params)
+
+
+def _blocks(shape, block):
+    import itertools
+
+    return itertools.product(*[[slice(o, min(o + b, n)) for o in range(0, n, b)] for n, b in zip(shape, block)])
+
+
+def _remove_small_blockwise(labels, n_labels: int, min_size: int, block_shape) -> int:
+    """Size filter of a (possibly out-of-core) label array, block by block, in place.
+
+    Segments with fewer than ``min_size`` voxels become background 0 and the others are renumbered
+    consecutively from 1 (in their order). Memory: one block plus one counter per label. Unlike
+    the single-shot filter, small segments are not merged into a neighbour (that needs the
+    affinities across block faces).
+    """
+    counts = np.zeros(n_labels + 1, np.int64)
+    block = tuple(int(b) for b in block_shape)
+    for sl in _blocks(labels.shape, block):
+        counts += np.bincount(np.asarray(labels[sl]).ravel(), minlength=n_labels + 1)[: n_labels + 1]
+    keep = counts >= min_size
+    keep[0] = False
+    mapping = np.zeros(n_labels + 1, np.uint64)
+    mapping[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint64)
+    for sl in _blocks(labels.shape, block):
+        part = np.asarray(labels[sl])
+        labels[sl] = mapping[part].astype(part.dtype, copy=False)
+    return int(keep.sum())
 
 
 def _labels_array(root: Path, spatial, axes, spacing, chunks):
