@@ -257,6 +257,8 @@ def register_cells(
     else:
         current = mov
     timings["prealign"] = time.perf_counter() - t0
+    log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
+             timings["prealign"])
 
     iterations = {}
     t0 = time.perf_counter()
@@ -285,6 +287,7 @@ def register_cells(
         chain.append(res.transform)
         current = np.asarray(res.moved, dtype=np.float64)
         iterations[stage] = int(res.iterations)
+        log.info("register_cells: %s CPD, %d iterations", stage, iterations[stage])
     timings["cpd"] = time.perf_counter() - t0
     composite = CompositeTransform(tuple(chain))
 
@@ -298,6 +301,7 @@ def register_cells(
     mi, fi = np.asarray(m.rows, dtype=np.int64), np.asarray(m.cols, dtype=np.int64)
     dist = np.linalg.norm(current[mi] - fix[fi], axis=1)
     timings["matching"] = time.perf_counter() - t0
+    log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
 
     err = None
     if errors and len(mi) >= 2 * (d + 1):
