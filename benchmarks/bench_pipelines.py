@@ -6,8 +6,9 @@
    pipeline (axes + 24 rotation starts + rigid + deformable + Hungarian) 0.17.
 2. The shipped ISBI 2012 affinity model + xmodal's mutex watershed on the 5 slices held out from
    training (25-29 of ``$XMODAL_DATA/isbi2012_em_membranes``), against thresholded-boundary
-   connected components. ARand and VOI (bits), ground-truth membranes ignored. The size filter
-   (100 px) and the baseline threshold (0.3) were chosen on training slices 20-24.
+   connected components. ARand and VOI (bits), ground-truth membranes ignored. The baseline
+   threshold (0.3) and the size filter were chosen on training slices 20-24 (ARand there: min size
+   100: 0.0312, 200: 0.0279, 400: 0.0280, 800: 0.0373; baseline 0.0275).
 
 ``XMODAL_BENCH_QUICK=1``: 3 embryo pairs, 1 ISBI slice.
 """
@@ -74,11 +75,12 @@ def test_isbi2012_mutex_watershed_vs_baseline(benchmark):
             labels = remove_small_segments(labels, min_size, affinities=aff, offsets=offsets, n_attractive=na)
         return labels
 
-    segmenters = {"xmodal_mws": mws, "xmodal_mws_min100": lambda a, o, n: mws(a, o, n, 100)}
+    segmenters = {"xmodal_mws": mws, "xmodal_mws_min100": lambda a, o, n: mws(a, o, n, 100),
+                  "xmodal_mws_min200": lambda a, o, n: mws(a, o, n, 200)}
     slices = range(25, 26) if QUICK else range(25, 30)
     out = benchmark.pedantic(evaluate_isbi2012, args=(data,),
                              kwargs={"indices": slices, "thresholds": (0.3, 0.5), "segmenters": segmenters},
                              rounds=1, iterations=1)
     for name, m in out["methods"].items():
         benchmark.extra_info[name] = {k: m[f"mean_{k}"] for k in ("arand", "voi_split", "voi_merge", "n_segments")}
-    assert out["methods"]["xmodal_mws_min100"]["mean_arand"] < 0.1
+    assert out["methods"]["xmodal_mws_min200"]["mean_arand"] < 0.1

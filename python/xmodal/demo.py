@@ -51,7 +51,7 @@ def run_demo(out: str | Path = "xmodal-demo") -> str:
     if have_module("torch"):
         t0 = time.perf_counter()
         raw, gt = isbi2012_slices()
-        seg = segment(raw, out=out / "segment", ground_truth=gt, min_size=100)
+        seg = segment(raw, out=out / "segment", ground_truth=gt, min_size=200)
         t_seg = time.perf_counter() - t0
         m = seg.metrics["mean"]
         summary["segmentation"] = {
