@@ -339,7 +339,7 @@ def symmetric_best_dice(segmentation=None, ground_truth=None, *, background=0, t
 # ----------------------------------------------------------------------------- centroids
 
 
-def label_centroids(labels, *, spacing=None, background=0):
+def label_centroids(labels, *, spacing=None, background=0, return_sizes: bool = False):
     """Centroids of the labelled objects, in physical units.
 
     Parameters
@@ -356,6 +356,8 @@ def label_centroids(labels, *, spacing=None, background=0):
         Object labels, sorted.
     centroids : (m, ndim) float64
         Mean voxel coordinate of each object times ``spacing``.
+    sizes : (m,) int64
+        Voxels per object (only with ``return_sizes=True``).
     """
     from .._validation import as_spacing
     from ._contingency import _check_labels, _factorize
@@ -376,6 +378,8 @@ def label_centroids(labels, *, spacing=None, background=0):
     if sp is not None:
         cents *= sp
     keep = ~np.isin(ids, _labels_tuple(background, "background"))
+    if return_sizes:
+        return ids[keep], cents[keep], sizes[keep].astype(np.int64)
     return ids[keep], cents[keep]
 
 

@@ -115,14 +115,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         from .._optional import optional_import
 
         return optional_import("tifffile", purpose="reading TIFF images").imread(path)
-    import zarr
+    from ..io import open_array
 
-    arr = zarr.open(str(path), mode="r")
-    if isinstance(arr, zarr.Group):  # OME-Zarr image or labels group: take the first scale
-        ms = arr.attrs.get("ome", {}).get("multiscales") or arr.attrs.get("multiscales")
-        key = ms[0]["datasets"][0]["path"] if ms else sorted(arr.array_keys())[0]
-        arr = arr[key]
-    return arr
+    return open_array(path)  # a zarr array, or the first scale of an OME-Zarr image / labels group
 
 
 def label_centroids(labels: Any, spacing=None) -> PointSet:
@@ -133,23 +128,16 @@ def label_centroids(labels: Any, spacing=None) -> PointSet:
     labels : array-like of integers, 2D or 3D (0 = background)
     spacing : scalar or sequence, voxel size per axis in physical units (default 1)
     """
+    from ..metrics import label_centroids as centroids_of
+
     lab = np.asarray(labels)
     if lab.ndim not in (2, 3):
         raise ValueError(f"labels: expected a 2D or 3D label image, got {lab.ndim}D with shape {lab.shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise TypeError(f"labels: expected an integer label image, got dtype {lab.dtype}")
-    s = as_spacing(spacing, lab.ndim)
-    flat = lab.ravel()
-    nz = np.flatnonzero(flat)
-    if nz.size == 0:
+    ids, pts, counts = centroids_of(lab, spacing=as_spacing(spacing, lab.ndim), return_sizes=True)
+    if len(ids) == 0:
         raise ValueError("labels: the label image has no objects (all voxels are 0)")
-    ids, inverse, counts = np.unique(flat[nz], return_inverse=True, return_counts=True)
-    coords = np.unravel_index(nz, lab.shape)
-    pts = np.empty((len(ids), lab.ndim))
-    for ax, c in enumerate(coords):
-        pts[:, ax] = np.bincount(inverse, weights=c.astype(np.float64), minlength=len(ids)) / counts
-    if s is not None:
-        pts *= s
     return PointSet(pts, ids, "labels", counts)
 
 

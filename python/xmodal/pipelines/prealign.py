@@ -32,6 +32,14 @@ def principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return centre, axes, var
 
 
+def median_nn_distance(points: np.ndarray) -> float:
+    """Median distance from each point to its nearest other point (the units of ``points``)."""
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(points).query(points, k=2)
+    return float(np.median(dist[:, 1]))
+
+
 def proper_signed_permutations(d: int, *, permute: bool = True) -> list[np.ndarray]:
     """All d×d signed permutation matrices with determinant +1 (24 in 3D, 4 in 2D).
 
@@ -129,10 +137,7 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
     cf, af, vf = principal_axes(fix)
     s = float(np.sqrt(vf.sum() / vm.sum())) if scale else 1.0
     if unmatched_cost is None:
-        from scipy.spatial import cKDTree
-
-        dist, _ = cKDTree(fix_s).query(fix_s, k=2)
-        unmatched_cost = 2.0 * float(np.median(dist[:, 1]))
+        unmatched_cost = 2.0 * median_nn_distance(fix_s)
     unmatched_cost = positive_float(unmatched_cost, "unmatched_cost")
 
     if rotations == "none":

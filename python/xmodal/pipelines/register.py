@@ -22,7 +22,7 @@ import numpy as np
 from .._validation import as_points, choice, positive_float, positive_int
 from ._inputs import PointSet, load_points
 from ._transforms import CompositeTransform
-from .prealign import PrealignResult, prealign as _prealign
+from .prealign import PrealignResult, median_nn_distance, prealign as _prealign
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -79,13 +79,6 @@ class CellRegistration:
     @property
     def n_matched(self) -> int:
         return int(len(self.fixed_index))
-
-
-def _median_nn(points: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    dist, _ = cKDTree(points).query(points, k=2)
-    return float(np.median(dist[:, 1]))
 
 
 def _run_cpd(moving: np.ndarray, fixed: np.ndarray, transform: str, options: Mapping[str, Any]):
@@ -222,7 +215,7 @@ def register_cells(
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
     timings["load"] = time.perf_counter() - t0
 
-    nn = _median_nn(fix)
+    nn = median_nn_distance(fix)
     if isinstance(unmatched_cost, str):
         choice(unmatched_cost, "unmatched_cost", ("auto",))
         unmatched_cost = 3.0 * nn

@@ -252,12 +252,6 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
                               parameters=params)
 
 
-def _blocks(shape, block):
-    import itertools
-
-    return itertools.product(*[[slice(o, min(o + b, n)) for o in range(0, n, b)] for n, b in zip(shape, block)])
-
-
 def _remove_small_blockwise(labels, n_labels: int, min_size: int, block_shape) -> int:
     """Size filter of a (possibly out-of-core) label array, block by block, in place.
 
@@ -266,15 +260,17 @@ def _remove_small_blockwise(labels, n_labels: int, min_size: int, block_shape) -
     the single-shot filter, small segments are not merged into a neighbour (that needs the
     affinities across block faces).
     """
+    from ..inference._normalize import iter_blocks
+
     counts = np.zeros(n_labels + 1, np.int64)
     block = tuple(int(b) for b in block_shape)
-    for sl in _blocks(labels.shape, block):
+    for sl in iter_blocks(labels.shape, block):
         counts += np.bincount(np.asarray(labels[sl]).ravel(), minlength=n_labels + 1)[: n_labels + 1]
     keep = counts >= min_size
     keep[0] = False
     mapping = np.zeros(n_labels + 1, np.uint64)
     mapping[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint64)
-    for sl in _blocks(labels.shape, block):
+    for sl in iter_blocks(labels.shape, block):
         part = np.asarray(labels[sl])
         labels[sl] = mapping[part].astype(part.dtype, copy=False)
     return int(keep.sum())
