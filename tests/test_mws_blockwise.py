@@ -109,15 +109,34 @@ def test_blockwise_resume_after_crash(volume, tmp_path):
     kw = dict(block_shape=(12, 48, 48), halo=(3, 9, 9), workdir=tmp_path / "work", n_workers=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         blockwise_mutex_watershed(FailingArray(affs, 5), OFFS3, **kw)  # fails after a few blocks
-    done = list((tmp_path / "work" / "blocks").glob("*.json"))
+    done = [p for p in (tmp_path / "work" / "done").iterdir() if p.name != "signature"]
     assert 1 <= len(done) < 8
     res = blockwise_mutex_watershed(affs, OFFS3, **kw)
     assert res.n_blocks_resumed == len(done)
     fresh = blockwise_mutex_watershed(affs, OFFS3, block_shape=(12, 48, 48), halo=(3, 9, 9))
     np.testing.assert_array_equal(res.labels, fresh.labels)
-    with pytest.raises(ValueError, match="workdir"):
-        blockwise_mutex_watershed(affs, OFFS3, block_shape=(12, 48, 48), halo=(3, 8, 9),
-                                  workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # complete: the resume state is gone
+    # other parameters in the same work directory: nothing reused
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        blockwise_mutex_watershed(FailingArray(affs, 5), OFFS3, **kw)
+    res = blockwise_mutex_watershed(affs, OFFS3, **{**kw, "halo": (3, 8, 9)})
+    assert res.n_blocks_resumed == 0
+
+
+def test_blockwise_resume_on_other_data_recomputes(volume, tmp_path):
+    """Same shape and dtype, other values: a block is reused only when its own input is unchanged."""
+    _, affs = volume
+    other = affs.copy()
+    other[:, 2:4, 60:70, 60:70] = 1.0 - other[:, 2:4, 60:70, 60:70]  # inside block (0, 1, 1) and its halo
+    kw = dict(block_shape=(12, 48, 48), halo=(3, 9, 9), workdir=tmp_path / "work", n_workers=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        blockwise_mutex_watershed(FailingArray(affs, 8), OFFS3, **kw)  # 7 of 8 blocks done
+    done = {p.name for p in (tmp_path / "work" / "done").iterdir()} - {"signature"}
+    assert len(done) == 7
+    res = blockwise_mutex_watershed(other, OFFS3, **kw)
+    assert res.n_blocks_resumed == len(done - {"3"})  # every finished block but the changed one (0, 1, 1)
+    fresh = blockwise_mutex_watershed(other, OFFS3, block_shape=(12, 48, 48), halo=(3, 9, 9))
+    np.testing.assert_array_equal(res.labels, fresh.labels)
 
 
 def test_blockwise_dask_distributed(volume):

@@ -140,17 +140,20 @@ def _cmd_cpd(args) -> int:
     mov = load_points(args.moving, spacing=_spacing(args.spacing), name="moving")
     fix = load_points(args.fixed, spacing=_spacing(args.spacing), name="fixed")
     opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol") if getattr(args, k) is not None}
-    res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    from .io import begin_folder, commit_folder
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "transform.json", res.transform.to_dict())
+    stage = begin_folder(out, name="--out")  # renamed to --out when complete
+    res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    write_json(stage / "transform.json", res.transform.to_dict())
     moved = np.asarray(res.moved)
     axes = ["z", "y", "x"][-moved.shape[1]:]
-    write_csv(out / "moved.csv", ["id", *axes], [mov.ids, *moved.T])
-    write_json(out / "provenance.json",
+    write_csv(stage / "moved.csv", ["id", *axes], [mov.ids, *moved.T])
+    write_json(stage / "provenance.json",
                provenance("cpd", {k: v for k, v in vars(args).items() if k != "func"},
                           {"moving": args.moving, "fixed": args.fixed})
                | {"iterations": int(res.iterations), "converged": bool(res.converged), "sigma2": float(res.sigma2)})
+    commit_folder(stage, out)
     print(f"cpd {args.transform}: {res.iterations} iterations, converged={res.converged}, "
           f"sigma2={float(res.sigma2):.4g}; outputs in {out}")
     return 0
@@ -211,17 +214,21 @@ def _cmd_mws(args) -> int:
             raise ValueError("--offsets: expected a JSON list of offsets (or a file), got none")
     out = Path(args.out)
     spatial = tuple(aff.shape[1:])
-    from .io import create_array, provenance_attributes
+    from .io import begin_folder, commit_folder, create_array, mark_complete, provenance_attributes
 
     attrs = provenance_attributes("mws", {k: v for k, v in vars(args).items() if k != "func"},
                                   {"affinities": args.affinities})
+    # The array is written next to --out and renamed into place when complete (a killed run leaves the
+    # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
+    # only when its affinities and the parameters are unchanged; the folder is removed on success.
+    stage = begin_folder(out, name="--out")
     if args.block_shape:
-        target = create_array(out, spatial, np.uint64, chunks=_tuple(args.block_shape), overwrite=True,
-                              attributes=attrs)
+        target = create_array(stage, spatial, np.uint64, chunks=_tuple(args.block_shape), overwrite=True,
+                              attributes=attrs, writer="xmodal mws")
         res = blockwise_mutex_watershed(aff, offsets, block_shape=_tuple(args.block_shape),
                                         halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
                                         n_attractive=args.n_attractive, invert=args.invert, client=_client(args),
-                                        workdir=str(out) + ".xmodal-work")
+                                        workdir=out.parent / (out.name + ".xmodal-work"))
         n = int(res.n_labels)
     else:
         a = np.asarray(aff[...])
@@ -229,8 +236,12 @@ def _cmd_mws(args) -> int:
         if args.min_size > 1:
             labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
                                            n_attractive=args.n_attractive, invert=args.invert)
-        create_array(out, labels.shape, labels.dtype, overwrite=True, attributes=attrs)[...] = labels
+        target = create_array(stage, labels.shape, labels.dtype, overwrite=True, attributes=attrs,
+                              writer="xmodal mws")
+        target[...] = labels
+        mark_complete(target, "xmodal mws")
         n = int(labels.max())
+    commit_folder(stage, out)
     print(f"{n} segments written to {out}")
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import numbers
@@ -20,7 +19,7 @@ from .. import io as xio
 from .._validation import describe
 from ._grid import Tile, align_up, blend_weights, make_tiles
 from ._model import Runner, model_token
-from ._normalize import QuantileNormalizer, quantile_normalizer
+from ._normalize import quantile_normalizer
 from ._receptive import is_torch_module, receptive_field, spatial_signature
 
 log = logging.getLogger("xmodal.inference")
@@ -48,7 +47,17 @@ class _Plan:
     out_kind: str  # "numpy" | "zarr" | "array"
     ledger: Any = None
     progress: bool = True
+    signature: str | None = None  # job signature (zarr outputs): parameters that change the result
+    prior_status: dict | None = None  # the zarr output's completion status before this run
     stats: dict = field(default_factory=dict)
+
+    @property
+    def hash_inputs(self) -> bool:
+        """Whether windows are hashed (zarr outputs: resume checks and the completion record)."""
+        return self.out_kind == "zarr"
+
+
+_WRITER = "xmodal.predict_tiled"
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -105,7 +114,8 @@ def _layout(model, image, channel_axis):
     raise ValueError(f"image: expected a 2-D or 3-D image, with or without a channel axis; got shape {tuple(image.shape)}")
 
 
-def _read_window(image, caxis, window, normalizer):
+def _read_raw(image, caxis, window):
+    """The image's values in ``window`` (all channels), as stored (numpy)."""
     if caxis is None:
         idx = window
     else:
@@ -113,7 +123,15 @@ def _read_window(image, caxis, window, normalizer):
     x = image[idx]
     if hasattr(x, "compute"):
         x = x.compute(scheduler="sync")
-    x = np.asarray(x)
+    return np.asarray(x)
+
+
+def _read_window(image, caxis, window, normalizer):
+    return _prepare(_read_raw(image, caxis, window), caxis, normalizer)
+
+
+def _prepare(x, caxis, normalizer):
+    """A raw window as the network's float32 input ``(C, *window)``, normalised."""
     x = np.moveaxis(x, caxis, 0) if caxis is not None else x[None]
     x = np.ascontiguousarray(x, dtype=np.float32)
     if normalizer is not None:
@@ -266,27 +284,30 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
             "model": type(model).__qualname__,
         }, {"image": getattr(getattr(image, "store", None), "root", None) and str(image.store.root)})
         target = xio.create_ome_zarr_image(out, out_shape, np.float32, axes=axes, chunks=chunks,
-                                           name="prediction", provenance=prov)
+                                           name="prediction", provenance=prov, writer=_WRITER)
         out_kind = "zarr"
 
     tiles = make_tiles(shape, tile, halo_v, factor)
-    ledger = None
-    if out_kind == "zarr" and resume and blend == "crop":
+    ledger = signature = prior = None
+    if out_kind == "zarr":
+        # Everything besides the input's values that changes the written result. The input's values
+        # enter per tile: every tile's marker holds the digest of the window it was computed from.
+        signature = xio.job_signature({
+            "function": _WRITER, "tile": tile, "halo": halo_v, "factor": factor, "shape": shape,
+            "image_shape": tuple(int(s) for s in image.shape), "dtype": str(image.dtype), "caxis": caxis,
+            "model": model_token(model), "out_channels": out_ch, "blend": blend, "batch_size": batch,
+            "device": runner.device.split(":")[0],
+            "normalize": normalize if normalize is None or isinstance(normalize, str) else "callable",
+            "normalizer": None if normalizer is None else xio.object_token(normalizer),
+        })
+        prior = xio.output_status(target)
         where = xio.local_store_path(target)
-        if where is not None:
-            sig = json.dumps({
-                "tile": tile, "halo": halo_v, "factor": factor, "shape": shape, "dtype": str(image.dtype),
-                "model": model_token(model),
-                "normalize": (normalize if normalize is None or isinstance(normalize, str) else repr(normalize)),
-                "norm_params": ([normalizer.low.tolist(), normalizer.high.tolist()]
-                                if isinstance(normalizer, QuantileNormalizer) else None),
-                "caxis": caxis,
-            }, sort_keys=True)
-            ledger = xio.BlockLedger(where.rstrip("/") + ".xmodal-progress", sig)
+        if resume and blend == "crop" and where is not None:
+            ledger = xio.BlockLedger(where.rstrip("/") + ".xmodal-progress", signature)
     return _Plan(runner=runner, image=image, caxis=caxis, ndim=nd, shape=shape, in_channels=in_ch,
                  out_channels=out_ch, tile=tile, halo=halo_v, factor=factor, tiles=tiles, blend=blend,
                  batch_size=batch, normalizer=normalizer, out=target, out_kind=out_kind, ledger=ledger,
-                 progress=progress)
+                 progress=progress, signature=signature, prior_status=prior)
 
 
 # ----------------------------------------------------------------------------------- local run
@@ -313,7 +334,7 @@ def _progress_bar(total, enabled):
     return tqdm(total=total, desc="predict_tiled", unit="tile", disable=not sys.stderr.isatty())
 
 
-def _write_crop(plan: _Plan, t: Tile, y: np.ndarray):
+def _write_crop(plan: _Plan, t: Tile, y: np.ndarray, digest: str | None = None):
     """Write the tile's region of the window prediction ``y`` (C_out, *window) into plan.out."""
     out = plan.out
     if (plan.out_kind == "numpy" and out.dtype == np.float32 and out.flags.c_contiguous
@@ -326,7 +347,7 @@ def _write_crop(plan: _Plan, t: Tile, y: np.ndarray):
         xio.write_region(out, (slice(None),) + t.region, y[(slice(None),) + t.crop],
                          check_alignment=plan.out_kind == "zarr")
     if plan.ledger is not None:
-        plan.ledger.mark_done(t.index)
+        plan.ledger.mark_done(t.index, digest)
 
 
 def _trim_heap():
@@ -351,32 +372,43 @@ def _trim_heap():
 _LIBC = None
 
 
+def _read_batch(plan: _Plan, batch):
+    """Read a batch's windows: (network input or None when every tile is done from this input, digests).
+
+    Batches are formed over all tiles, as in an uninterrupted run, and a batch is reused only as a
+    whole, so a resumed run predicts every tile in the same batch as a fresh run would (bitwise
+    identical results even where a kernel's rounding depends on the batch).
+    """
+    raws = [_read_raw(plan.image, plan.caxis, t.window) for t in batch]
+    digests = [xio.data_digest(r) if plan.hash_inputs else None for r in raws]
+    if plan.ledger is not None and all(plan.ledger.is_done(t.index, d) for t, d in zip(batch, digests)):
+        return None, digests
+    return np.stack([_prepare(r, plan.caxis, plan.normalizer) for r in raws]), digests
+
+
 def _run_local(plan: _Plan):
-    todo = [t for t in plan.tiles if plan.ledger is None or not plan.ledger.is_done(t.index)]
-    plan.stats.update(tiles=len(plan.tiles), skipped=len(plan.tiles) - len(todo))
     blended = plan.blend != "crop"
     acc = wsum = None
     if blended:
         acc = np.zeros((plan.out_channels,) + plan.shape, np.float32)
         wsum = np.zeros(plan.shape, np.float32)
-    batches = iter(_batches(todo, plan.batch_size))
+    batches = iter(_batches(plan.tiles, plan.batch_size))
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-write")
     reads: collections.deque = collections.deque()
     writes: collections.deque = collections.deque()
-    bar = _progress_bar(len(todo), plan.progress)
+    bar = _progress_bar(len(plan.tiles), plan.progress)
     t_model = 0.0
     t_wait = 0.0
-
-    def read_batch(b):
-        return np.stack([_read_window(plan.image, plan.caxis, t.window, plan.normalizer) for t in b])
+    skipped = 0
+    digests: dict = {}
 
     def submit_next():
         b = next(batches, None)
         if b is not None:
-            reads.append((b, reader.submit(read_batch, b)))
+            reads.append((b, reader.submit(_read_batch, plan, b)))
 
-    def accumulate(t, y):
+    def accumulate(t, y, digest):
         from .. import _core
 
         _core.stitch_accumulate(acc, wsum, y, list(t.wstart), blend_weights(t, plan.blend))
@@ -387,9 +419,15 @@ def _run_local(plan: _Plan):
         while reads:
             b, fut = reads.popleft()
             t0 = time.perf_counter()
-            x = fut.result()
+            x, ds = fut.result()
             t_wait += time.perf_counter() - t0
             submit_next()
+            digests.update((t.index, d) for t, d in zip(b, ds))
+            if x is None:  # every tile of the batch was done from this very input
+                skipped += len(b)
+                if bar is not None:
+                    bar.update(len(b))
+                continue
             t0 = time.perf_counter()
             y = plan.runner(x)
             t_model += time.perf_counter() - t0
@@ -397,7 +435,10 @@ def _run_local(plan: _Plan):
                 raise ValueError(f"model: output of shape {y.shape} for an input of shape {x.shape}")
             for i, t in enumerate(b):
                 yi = np.ascontiguousarray(y[i])
-                writes.append(writer.submit(accumulate if blended else _write_crop, *((t, yi) if blended else (plan, t, yi))))
+                if blended:
+                    writes.append(writer.submit(accumulate, t, yi, ds[i]))
+                else:
+                    writes.append(writer.submit(_write_crop, plan, t, yi, ds[i]))
             del x, y
             while len(writes) > plan.batch_size + 1:
                 writes.popleft().result()
@@ -420,7 +461,7 @@ def _run_local(plan: _Plan):
             plan.out[...] = acc
         else:
             _write_blocks(plan.out, acc)
-    plan.stats.update(model_s=t_model, read_wait_s=t_wait)
+    plan.stats.update(tiles=len(plan.tiles), skipped=skipped, model_s=t_model, read_wait_s=t_wait, digests=digests)
     return plan.out
 
 
@@ -443,15 +484,24 @@ def _iter_regions(shape, block):
 _WORKER_RUNNERS: dict = {}
 
 
-def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, token):
-    """Run on a dask worker: predict ``tiles`` and write them to ``out`` (zarr) or return the crops."""
+def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, token, hash_inputs):
+    """Run on a dask worker: predict ``tiles`` and write them to ``out`` (zarr) or return the crops.
+
+    Returns ``(index, crop or None, input digest, reused)`` per tile; a batch whose tiles are all
+    recorded as done from the same input bytes is not predicted again.
+    """
+    ledger = xio.BlockLedger.attach(ledger_dir) if ledger_dir else None
+    raws = [_read_raw(image, caxis, t.window) for t in tiles]
+    digests = [xio.data_digest(r) if hash_inputs else None for r in raws]
+    if ledger is not None and all(ledger.is_done(t.index, d) for t, d in zip(tiles, digests)):
+        return [(t.index, None, d, True) for t, d in zip(tiles, digests)]
     runner = _WORKER_RUNNERS.get(token)
     if runner is None or runner.model is not model:
         runner = Runner(model, device)
         _WORKER_RUNNERS.clear()
         _WORKER_RUNNERS[token] = runner
-    ledger = xio.BlockLedger.attach(ledger_dir) if ledger_dir else None
-    x = np.stack([_read_window(image, caxis, t.window, normalizer) for t in tiles])
+    x = np.stack([_prepare(r, caxis, normalizer) for r in raws])
+    del raws
     y = runner(x)
     results = []
     for i, t in enumerate(tiles):
@@ -459,10 +509,10 @@ def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, 
         if out is not None:
             xio.write_region(out, (slice(None),) + t.region, crop)
             if ledger is not None:
-                ledger.mark_done(t.index)
-            results.append((t.index, None))
+                ledger.mark_done(t.index, digests[i])
+            results.append((t.index, None, digests[i], False))
         else:
-            results.append((t.index, crop))
+            results.append((t.index, crop, digests[i], False))
     return results
 
 
@@ -476,8 +526,6 @@ def _run_dask(plan: _Plan, client, device):
     if isinstance(client, str):  # a scheduler address: connect for this run only
         with distributed.Client(client) as own:
             return _run_dask(plan, own, device)
-    todo = [t for t in plan.tiles if plan.ledger is None or not plan.ledger.is_done(t.index)]
-    plan.stats.update(tiles=len(plan.tiles), skipped=len(plan.tiles) - len(todo))
     token = model_token(plan.runner.model)
     model_f = client.scatter(plan.runner.model, broadcast=True, hash=False)  # once per worker
     image = plan.image
@@ -485,14 +533,18 @@ def _run_dask(plan: _Plan, client, device):
         image = client.scatter(image, broadcast=False, hash=False)
     out = plan.out if plan.out_kind == "zarr" else None
     ledger_dir = plan.ledger.directory if plan.ledger is not None else None
-    groups = list(_batches(todo, plan.batch_size))
+    groups = list(_batches(plan.tiles, plan.batch_size))
     futures = [client.submit(_dask_task, g, model_f, image, plan.caxis, plan.normalizer, out, ledger_dir,
-                             device, token, pure=False) for g in groups]
-    by_index = {t.index: t for t in todo}
-    bar = _progress_bar(len(todo), plan.progress)
+                             device, token, plan.hash_inputs, pure=False) for g in groups]
+    by_index = {t.index: t for t in plan.tiles}
+    bar = _progress_bar(len(plan.tiles), plan.progress)
+    skipped = 0
+    digests: dict = {}
     try:
         for fut in distributed.as_completed(futures):
-            for index, crop in fut.result():
+            for index, crop, digest, reused in fut.result():
+                digests[index] = digest
+                skipped += bool(reused)
                 if crop is not None:
                     t = by_index[index]
                     plan.out[(slice(None),) + t.region] = crop
@@ -501,7 +553,13 @@ def _run_dask(plan: _Plan, client, device):
     finally:
         if bar is not None:
             bar.close()
+    plan.stats.update(tiles=len(plan.tiles), skipped=skipped, digests=digests)
     return plan.out
+
+
+def _input_digest(plan: _Plan) -> str:
+    """The run's input digest: the digests of every tile's window, in tile order (reads, no model)."""
+    return xio.combine_digests(xio.data_digest(_read_raw(plan.image, plan.caxis, t.window)) for t in plan.tiles)
 
 
 # ----------------------------------------------------------------------------------- public API
@@ -565,8 +623,13 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         Progress bar on a TTY (needs tqdm).
     resume : bool
         With a zarr ``out`` in a local store (crop mode), record finished tiles as marker files in
-        ``<array path>.xmodal-progress`` (written after the tile's chunks) and skip them on a rerun
-        with the same model, image and parameters. The markers are removed once the run completes.
+        ``<array path>.xmodal-progress`` (written after the tile's chunks, each holding the SHA-256
+        of the input window the tile was computed from) and, on a rerun with the same model and
+        parameters, skip a tile only when its window, read again, has the same digest (so a rerun
+        on other data recomputes). The markers are removed once the run completes. A zarr ``out``
+        that is already complete for the same parameters and the same input (digest of all
+        windows, recorded in its completion status) is returned without writing.
+
 
     Returns
     -------
@@ -582,6 +645,11 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     with the model's error). Peak memory (crop mode): about ``3 * batch_size + 2`` windows (two batches
     read ahead by one reader thread, one being predicted, ``batch_size + 1`` being written by one
     writer thread) plus the network's activations on one batch, whatever the image size.
+
+    A zarr output is flagged incomplete (attribute ``xmodal_output``) before its first chunk
+    changes and complete after its last one, so a killed run leaves an array that
+    :func:`xmodal.io.open_array` refuses to read as if it were finished. A path ``out`` is written
+    in place: a previous output there is overwritten tile by tile (flagged incomplete meanwhile).
     """
     if client is not None and not isinstance(client, str):
         if not hasattr(client, "scatter") or not hasattr(client, "submit"):
@@ -590,10 +658,27 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
                            device=device, normalize=normalize, channel_axis=channel_axis, out=out,
                            progress=progress, resume=resume, for_dask=client is not None)
     t0 = time.perf_counter()
+    if plan.out_kind == "zarr":
+        prior = plan.prior_status or {}
+        if (resume and prior.get("complete") and prior.get("signature") == plan.signature
+                and prior.get("input_digest") and _input_digest(plan) == prior["input_digest"]):
+            # The output already holds this job's result for this very input: nothing to write.
+            if plan.ledger is not None:
+                plan.ledger.clear()
+            plan.stats.update(tiles=len(plan.tiles), skipped=len(plan.tiles))
+            log.info("predict_tiled: %s is complete for this input and these parameters; reused",
+                     xio.local_store_path(plan.out))
+            return plan.out
+        xio.mark_incomplete(plan.out, _WRITER)  # before the first chunk changes
     if client is not None:
         result = _run_dask(plan, client, device)
     else:
         result = _run_local(plan)
+    if plan.out_kind == "zarr":
+        digests = plan.stats.get("digests", {})
+        xio.mark_complete(plan.out, _WRITER, signature=plan.signature,
+                          input_digest=xio.combine_digests(digests[t.index] for t in plan.tiles))
+    plan.stats.pop("digests", None)
     if plan.ledger is not None:
         plan.ledger.clear()
     log.info("predict_tiled: %d tiles of %s (halo %s, factor %s), %d skipped as done, %.3f s",

@@ -1,7 +1,8 @@
-"""Storage helpers: zarr v3 arrays, OME-Zarr (NGFF 0.5) images, provenance, chunk-aligned writes.
+"""Storage helpers: zarr v3 arrays, OME-Zarr (NGFF 0.5) images, provenance, chunk-aligned writes,
+resumable and atomic outputs.
 
 These helpers are shared by the out-of-core capabilities (tiled inference, blockwise
-segmentation). Conventions:
+segmentation) and the pipelines. Conventions:
 
 - A *path* names a zarr v3 store on the local file system. ``"vol.zarr"`` may be an array or a group;
   an OME-Zarr image is a group whose attribute ``"ome"`` holds NGFF 0.5 ``multiscales`` metadata and
@@ -10,11 +11,34 @@ segmentation). Conventions:
   array's end), so concurrent writers never touch the same chunk (zarr writes each chunk as one file,
   which the store replaces atomically).
 - :class:`BlockLedger` records finished blocks as marker files (written atomically after the block's
-  data) so that an interrupted run resumes where it stopped.
+  data, with the content digest of the block's input) so that an interrupted run resumes where it
+  stopped, and only on the same data.
+- Every zarr array xmodal writes carries a completion status (attribute ``"xmodal_output"``);
+  :func:`open_array` refuses an unfinished one. Output folders are staged and renamed into place
+  (:func:`begin_folder`, :func:`commit_folder`). See :mod:`xmodal.io._resume`.
+- Files are written with :func:`atomic_write_bytes` / :func:`atomic_write_text` (temporary file,
+  fsync, rename).
 """
 
 from __future__ import annotations
 
+from ._resume import (
+    STATUS_KEY,
+    begin_folder,
+    check_complete,
+    check_output_folder,
+    combine_digests,
+    commit_folder,
+    data_digest,
+    incomplete_status,
+    is_complete,
+    job_signature,
+    mark_complete,
+    mark_incomplete,
+    object_token,
+    output_status,
+    staging_path,
+)
 from ._zarr import (
     BlockLedger,
     atomic_write_bytes,
@@ -31,15 +55,31 @@ from ._zarr import (
 )
 
 __all__ = [
+    "STATUS_KEY",
     "BlockLedger",
+    "atomic_write_bytes",
     "atomic_write_text",
+    "begin_folder",
     "check_chunk_aligned",
+    "check_complete",
+    "check_output_folder",
+    "combine_digests",
+    "commit_folder",
     "create_array",
     "create_ome_zarr_image",
+    "data_digest",
+    "incomplete_status",
+    "is_complete",
     "is_zarr_array",
+    "job_signature",
     "local_store_path",
+    "mark_complete",
+    "mark_incomplete",
+    "object_token",
     "ome_image_metadata",
     "open_array",
+    "output_status",
     "provenance_attributes",
+    "staging_path",
     "write_region",
 ]

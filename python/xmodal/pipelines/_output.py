@@ -1,4 +1,9 @@
-"""Atomic output writing and provenance shared by the pipelines."""
+"""Atomic output writing and provenance shared by the pipelines.
+
+Files are written with :func:`xmodal.io.atomic_write_bytes` / :func:`xmodal.io.atomic_write_text`
+(the one atomic-file helper); output folders are staged and committed with
+:func:`xmodal.io.begin_folder` / :func:`xmodal.io.commit_folder`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..io import atomic_write_bytes, provenance_attributes
+from ..io import atomic_write_bytes, atomic_write_text, provenance_attributes
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "provenance", "write_csv", "write_json"]
 
 
 def _jsonable(x: Any):
@@ -27,11 +34,6 @@ def _jsonable(x: Any):
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return Path(path)
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -147,7 +147,7 @@ def write_registration_outputs(result, folder: Path) -> dict:
 
 def _write_warped(result, folder: Path) -> dict:
     """Warped images as OME-Zarr images under ``folder/warped/<name>.ome.zarr`` (fixed grid)."""
-    from ..io import create_ome_zarr_image, provenance_attributes
+    from ..io import create_ome_zarr_image, mark_complete, provenance_attributes
 
     out = {}
     fsp = result.parameters.get("fixed_spacing")
@@ -156,8 +156,10 @@ def _write_warped(result, folder: Path) -> dict:
         axes = ("z", "y", "x")[-img.ndim:]
         path = folder / "warped" / f"{name}.ome.zarr"
         arr = create_ome_zarr_image(path, img.shape, img.dtype, axes=axes, spacing=fsp, name=name, overwrite=True,
-                                    provenance=provenance_attributes("register_cells.warp", {"image": name}))
+                                    provenance=provenance_attributes("register_cells.warp", {"image": name}),
+                                    writer="xmodal.register_cells")
         arr[...] = img
+        mark_complete(arr, "xmodal.register_cells")
         out[f"warped_{name}"] = path
     return out
 

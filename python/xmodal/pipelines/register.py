@@ -179,7 +179,11 @@ def register_cells(
         before CPD. Needs itk-elastix.
     out : path, optional
         Folder for the outputs (transform.json, matches.csv, cells.csv, errors.json, report.html
-        with PNG plots, provenance.json). Files are written atomically.
+        with PNG plots, provenance.json). Everything is written into the sibling
+        ``<out>.xmodal-partial`` and renamed to ``out`` when complete, replacing a previous output
+        there in one step: a killed run leaves the previous complete folder (or none), never a mix
+        of two runs. An existing ``out`` must be empty or a previous xmodal output (it has a
+        provenance.json); anything else is refused before any work.
     seed : int
         Seed of the subsampling in the pre-alignment search.
 
@@ -214,6 +218,19 @@ def register_cells(
         if len(p) < d + 1:
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
     timings["load"] = time.perf_counter() - t0
+    if out is not None:
+        from ..io import check_output_folder
+
+        out = check_output_folder(out, name="out")  # refused before any work, not after
+    stage = None
+
+    def staging():  # the folder receiving this run's files until they are complete
+        nonlocal stage
+        if stage is None:
+            from ..io import begin_folder
+
+            stage = begin_folder(out, name="out")
+        return stage
 
     nn = median_nn_distance(fix)
     if isinstance(unmatched_cost, str):
@@ -237,7 +254,7 @@ def register_cells(
         elastix_pre = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
                                        preset=intensity_preset, fixed_spacing=fsp, moving_spacing=msp,
                                        parameters=elastix_parameters,
-                                       out=None if out is None else Path(out) / "elastix-prealign")
+                                       out=None if out is None else staging() / "elastix-prealign")
         matrix, offset = elastix_pre.affine_moving_to_fixed()
         chain.append(AffineTransform(matrix, offset))
         current = mov @ matrix.T + offset
@@ -320,7 +337,7 @@ def register_cells(
         el = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
                               preset=warp_preset, fixed_spacing=fsp, moving_spacing=msp,
                               fixed_points=fix[fi], moving_points=mov[mi], parameters=elastix_parameters,
-                              out=None if out is None else Path(out) / "elastix")
+                              out=None if out is None else staging() / "elastix")
         warped = {name: elastix_warp(img, el, spacing=msp, labels=np.issubdtype(np.asarray(img).dtype, np.integer))
                   for name, img in warp_images.items()}
         timings["warp"] = time.perf_counter() - t0
@@ -339,10 +356,13 @@ def register_cells(
         },
     )
     if out is not None:
+        from ..io import commit_folder
         from ._report import write_registration_outputs
 
         t0 = time.perf_counter()
-        result.outputs = write_registration_outputs(result, Path(out))
+        written = write_registration_outputs(result, staging())
+        commit_folder(stage, out)
+        result.outputs = {k: str(out / Path(v).relative_to(stage)) for k, v in written.items()}
         timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     log.info("register_cells: %d of %d moving cells matched in %.2f s", len(mi), len(mov), timings["total"])

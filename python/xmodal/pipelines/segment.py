@@ -22,6 +22,8 @@ from .._validation import describe, positive_int
 
 log = logging.getLogger("xmodal.pipelines")
 
+_WRITER = "xmodal.segment"
+
 
 @dataclass
 class SegmentationResult:
@@ -120,7 +122,12 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
     out : path, optional
         Output folder: ``segmentation.ome.zarr`` (affinities as the image, labels in the OME-Zarr
-        labels group ``labels/cells``), ``metrics.json``, ``provenance.json``.
+        labels group ``labels/cells``), ``metrics.json``, ``provenance.json``. Written into the
+        sibling ``<out>.xmodal-partial`` and renamed to ``out`` when complete (replacing a previous
+        output there in one step), so a killed run leaves the previous complete folder or none. A
+        rerun after a kill resumes from the partial folder: prediction tiles and mutex watershed
+        blocks are reused only when their input bytes and the parameters are unchanged. An
+        existing ``out`` must be empty or a previous xmodal output (with a provenance.json).
     offsets, n_attractive : the affinity channels (default: the model's ``offsets`` /
         ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
     normalize : "standardize", "quantile", None or callable
@@ -142,7 +149,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         Progress bars on a TTY.
     """
     from ..inference import predict_tiled
-    from ..io import create_ome_zarr_image
+    from ..io import create_ome_zarr_image, mark_complete, mark_incomplete
     from ._inputs import read_image
 
     t_all = time.perf_counter()
@@ -156,6 +163,10 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     if not np.issubdtype(np.dtype(image.dtype), np.number):
         raise TypeError(f"raw: expected a numeric image, got {describe(image)}")
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
+    if out is not None:
+        from ..io import check_output_folder
+
+        check_output_folder(out, name="out")  # refused before any work, not after
     spatial = tuple(int(s) for s in image.shape)
     stack = offsets.shape[1] == 2 and len(spatial) == 3  # 2D model on a z stack
     if offsets.shape[1] == 3 and len(spatial) == 2:
@@ -171,10 +182,13 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
 
     out_dir = Path(out) if out is not None else None
     axes = ("c", "z", "y", "x")[-(len(spatial) + 1):]
-    root = None
+    root = stage = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        root = out_dir / "segmentation.ome.zarr"
+        from ..io import begin_folder
+
+        # What a killed run left there is resumable (it verifies its inputs); the rest is cleared.
+        stage = begin_folder(out_dir, name="out", keep=("segmentation.ome.zarr", "mws-work"))
+        root = stage / "segmentation.ome.zarr"
     common = dict(tile_shape=tile_shape, halo=halo, device=device, normalize=normalizer, channel_axis=None,
                   progress=progress)
     t0 = time.perf_counter()
@@ -183,11 +197,13 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         if root is not None:
             chunk = tuple(min(s, c) for s, c in zip(spatial, (1, 512, 512)))
             aff_out = create_ome_zarr_image(root, (C, *spatial), np.float32, axes=axes, chunks=(C, *chunk),
-                                            spacing=spacing, name="affinities", overwrite=True)
+                                            spacing=spacing, name="affinities", overwrite=True, writer=_WRITER)
         else:
             aff_out = np.zeros((C, *spatial), np.float32)
         for z in range(spatial[0]):
             aff_out[:, z] = np.asarray(predict_tiled(model, np.asarray(image[z]), **common))
+        if root is not None:
+            mark_complete(aff_out, _WRITER)
     else:
         # predict_tiled creates the OME-Zarr image itself, with chunks that divide its tiles.
         aff_out = predict_tiled(model, image, out=None if root is None else str(root), client=client, **common)
@@ -211,22 +227,28 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
             chunks = (64, 256, 256)[-len(spatial):]
             arr = _labels_array(root, spatial, label_axes, spacing, chunks)
             arr[...] = labels.astype(np.uint32, copy=False)
+            mark_complete(arr, _WRITER)
     else:
         if block_shape is None:
             block_shape = (64, 512, 512) if len(spatial) == 3 else (2048, 2048)
         target = None if root is None else _labels_array(root, spatial, label_axes, spacing, block_shape)
         halo_mws = np.abs(mws_offsets).max(axis=0).tolist()
         res = blockwise_mutex_watershed(aff_out, mws_offsets, block_shape=block_shape, halo=halo_mws, out=target,
-                                        n_attractive=n_attractive, client=client)
+                                        n_attractive=n_attractive, client=client,
+                                        workdir=None if stage is None else stage / "mws-work")
         labels, n_segments = res.labels, int(res.n_labels)
         if min_size > 1:
+            if target is not None:
+                mark_incomplete(target, _WRITER)
             n_segments = _remove_small_blockwise(labels, n_segments, min_size, block_shape)
+            if target is not None:
+                mark_complete(target, _WRITER)
     timings["mws"] = time.perf_counter() - t0
 
     outputs = {}
     if root is not None:
-        outputs["affinities"] = str(root)
-        outputs["labels"] = str(root / "labels" / "cells")
+        outputs["affinities"] = str(out_dir / root.name)
+        outputs["labels"] = str(out_dir / root.name / "labels" / "cells")
 
     metrics = None
     if ground_truth is not None:
@@ -241,12 +263,18 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
               "tile_shape": tile_shape, "halo": halo, "min_size": min_size, "block_shape": block_shape,
               "spacing": spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
     if out_dir is not None:
+        from ..io import commit_folder, open_array
         from ._output import provenance, write_json
 
         if metrics is not None:
-            outputs["metrics"] = str(write_json(out_dir / "metrics.json", metrics))
-        outputs["provenance"] = str(write_json(out_dir / "provenance.json",
-                                               provenance("segment", params) | {"timings": timings}))
+            write_json(stage / "metrics.json", metrics)
+            outputs["metrics"] = str(out_dir / "metrics.json")
+        write_json(stage / "provenance.json", provenance("segment", params) | {"timings": timings})
+        outputs["provenance"] = str(out_dir / "provenance.json")
+        commit_folder(stage, out_dir)  # the complete folder replaces the previous output in one step
+        aff_out = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
+        if not isinstance(labels, np.ndarray):
+            labels = open_array(outputs["labels"])
     return SegmentationResult(labels=labels, affinities=aff_out, offsets=mws_offsets, n_attractive=n_attractive,
                               n_segments=n_segments, metrics=metrics, outputs=outputs, timings=timings,
                               parameters=params)
@@ -281,13 +309,14 @@ def _labels_array(root: Path, spatial, axes, spacing, chunks):
     import zarr
 
     from ..io import ome_image_metadata
+    from ..io import incomplete_status
 
     group = zarr.open_group(str(root), mode="a")
     lab_group = group.require_group("labels")
     lab_group.attrs.update({"ome": {"version": "0.5", "labels": ["cells"]}})
     cells = lab_group.require_group("cells")
     arr = cells.create_array("0", shape=tuple(spatial), chunks=tuple(min(s, c) for s, c in zip(spatial, chunks)),
-                             dtype=np.uint32, fill_value=0, overwrite=True)
+                             dtype=np.uint32, fill_value=0, overwrite=True, attributes=incomplete_status(_WRITER))
     meta = ome_image_metadata(axes, spacing=spacing, name="cells")
     meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
     cells.attrs.update({"ome": meta})
