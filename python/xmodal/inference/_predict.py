@@ -678,6 +678,11 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         digests = plan.stats.get("digests", {})
         xio.mark_complete(plan.out, _WRITER, signature=plan.signature,
                           input_digest=xio.combine_digests(digests[t.index] for t in plan.tiles))
+        if plan.prior_status is not None and not plan.prior_status.get("complete"):
+            where = xio.local_store_path(plan.out)  # what the killed run resumed here left
+            xio.remove_temporaries(where)
+            if isinstance(out, (str, os.PathLike)):  # and in the OME-Zarr group created for it
+                xio.remove_temporaries(os.path.dirname(where.rstrip("/")), recursive=False)
     plan.stats.pop("digests", None)
     if plan.ledger is not None:
         plan.ledger.clear()

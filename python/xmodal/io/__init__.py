@@ -37,6 +37,7 @@ from ._resume import (
     mark_incomplete,
     object_token,
     output_status,
+    remove_temporaries,
     staging_path,
 )
 from ._zarr import (
@@ -80,6 +81,7 @@ __all__ = [
     "open_array",
     "output_status",
     "provenance_attributes",
+    "remove_temporaries",
     "staging_path",
     "write_region",
 ]

@@ -181,6 +181,29 @@ def check_complete(array, where: str, *, name: str = "source", allow_incomplete:
     warnings.warn(text + "; reading the partial data as requested", RuntimeWarning, stacklevel=3)
 
 
+def remove_temporaries(directory, *, recursive: bool = True) -> int:
+    """Delete the temporary files a killed writer left under ``directory``; return their number.
+
+    These are the files of a write that never reached its rename: zarr's ``*.partial`` and
+    xmodal's ``.tmp-*`` (:func:`xmodal.io.atomic_write_bytes`). Called when a resumed output is
+    complete (only on directories that one writer owns); the walk lists every chunk file once.
+    """
+    removed = 0
+    if directory is None or not os.path.isdir(directory):
+        return 0
+    for root, _dirs, files in os.walk(directory):
+        if not recursive and os.path.normpath(root) != os.path.normpath(directory):
+            break
+        for f in files:
+            if f.endswith(".partial") or f.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(root, f))
+                    removed += 1
+                except OSError:  # pragma: no cover - removed meanwhile
+                    pass
+    return removed
+
+
 # ----------------------------------------------------------------------------------- folders
 
 def staging_path(path) -> Path:

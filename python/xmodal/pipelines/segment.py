@@ -184,9 +184,10 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     axes = ("c", "z", "y", "x")[-(len(spatial) + 1):]
     root = stage = None
     if out_dir is not None:
-        from ..io import begin_folder
+        from ..io import begin_folder, staging_path
 
         # What a killed run left there is resumable (it verifies its inputs); the rest is cleared.
+        resumed = staging_path(out_dir).exists()
         stage = begin_folder(out_dir, name="out", keep=("segmentation.ome.zarr", "mws-work"))
         root = stage / "segmentation.ome.zarr"
     common = dict(tile_shape=tile_shape, halo=halo, device=device, normalize=normalizer, channel_axis=None,
@@ -263,7 +264,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
               "tile_shape": tile_shape, "halo": halo, "min_size": min_size, "block_shape": block_shape,
               "spacing": spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
     if out_dir is not None:
-        from ..io import commit_folder, open_array
+        from ..io import commit_folder, open_array, remove_temporaries
         from ._output import provenance, write_json
 
         if metrics is not None:
@@ -271,6 +272,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
             outputs["metrics"] = str(out_dir / "metrics.json")
         write_json(stage / "provenance.json", provenance("segment", params) | {"timings": timings})
         outputs["provenance"] = str(out_dir / "provenance.json")
+        if resumed:
+            remove_temporaries(stage)  # files of writes the killed run never finished
         commit_folder(stage, out_dir)  # the complete folder replaces the previous output in one step
         aff_out = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
         if not isinstance(labels, np.ndarray):

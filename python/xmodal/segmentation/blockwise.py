@@ -266,7 +266,8 @@ def _clean_workdir(workdir: str) -> None:
     """Remove what a run wrote into a caller's work directory (and the directory when then empty)."""
     for name in ("blocks", "done"):
         shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-    for name in ("mapping.npy", "params.json"):
+    names = ["mapping.npy", "params.json"] + [n for n in os.listdir(workdir) if n.startswith(".tmp-")]
+    for name in names:
         try:
             os.unlink(os.path.join(workdir, name))
         except OSError:
@@ -380,6 +381,7 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         bids = plan.block_ids()
         log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
                  sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
+        prior = xio.output_status(out) if zarr_out else None
         if zarr_out:
             xio.mark_incomplete(out, _WRITER)
 
@@ -409,6 +411,8 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
             labels = out
             if zarr_out:
                 xio.mark_complete(out, _WRITER, signature=signature, input_digest=input_digest)
+                if prior is not None and not prior.get("complete"):
+                    xio.remove_temporaries(xio.local_store_path(out))  # left by a killed run
         else:
             dtype = np.uint32 if n_labels < 2**32 else np.uint64
             labels = np.zeros(shape, dtype=dtype)
