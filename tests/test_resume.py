@@ -384,3 +384,17 @@ def test_output_folder_that_is_not_an_xmodal_output_is_refused(tmp_path, registe
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="out: expected a folder path"):
         child.run("register", {"points": str(d / "a.npz"), "out": str(tmp_path / "file")})
+
+
+def test_cli_refuses_an_incomplete_input(tmp_path, blockwise_case):
+    """A killed prediction must not be segmented as if it were finished (the CLI reads via open_array)."""
+    d = blockwise_case[0]
+    partial = tmp_path / "aff.zarr"
+    arr = xio.create_array(partial, (6, 64, 64), np.float32, chunks=(6, 16, 16), writer="xmodal.predict_tiled")
+    arr[:, :16, :16] = np.load(d / "a.npy")[:, :16, :16]  # a run killed after one chunk
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "xmodal", "mws", str(partial), "--offsets", json.dumps(OFFS2),
+                        "--out", str(tmp_path / "labels.zarr"), "-q"], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "incomplete output of xmodal.predict_tiled" in r.stderr
+    assert str(partial) in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "labels.zarr").exists()

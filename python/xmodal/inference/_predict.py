@@ -48,7 +48,7 @@ class _Plan:
     ledger: Any = None
     progress: bool = True
     signature: str | None = None  # job signature (zarr outputs): parameters that change the result
-    prior_status: dict | None = None  # the zarr output's completion status before this run
+    prior_status: dict | None = None  # the zarr output's completion status before this run (None: new)
     stats: dict = field(default_factory=dict)
 
     @property
@@ -263,6 +263,8 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
         normalizer = quantile_normalizer(image, channel_axis=caxis)
 
     out_shape = (out_ch,) + shape
+    existed = out is not None and (not isinstance(out, (str, os.PathLike))
+                                   or os.path.exists(os.path.join(os.fspath(out), "0", "zarr.json")))
     if out is None:
         target, out_kind = np.zeros(out_shape, np.float32), "numpy"
     elif isinstance(out, np.ndarray):
@@ -300,7 +302,7 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
             "normalize": normalize if normalize is None or isinstance(normalize, str) else "callable",
             "normalizer": None if normalizer is None else xio.object_token(normalizer),
         })
-        prior = xio.output_status(target)
+        prior = xio.output_status(target) if existed else None  # None: created by this run
         where = xio.local_store_path(target)
         if resume and blend == "crop" and where is not None:
             ledger = xio.BlockLedger(where.rstrip("/") + ".xmodal-progress", signature)

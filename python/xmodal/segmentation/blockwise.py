@@ -150,11 +150,13 @@ def _run_block(plan: _Plan, bid: int):
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
-    digest = xio.data_digest(affs, mask)
-    ledger = xio.BlockLedger.attach(plan.ledger_dir)
-    rec = ledger.record(bid)
-    if rec is not None and rec.get("input") == digest and os.path.exists(plan.path("blocks", bid) + ".npz"):
-        return int(rec["n_labels"]), digest, True
+    ledger = digest = None
+    if plan.ledger_dir is not None:  # resumable: the block's input bytes decide whether it is done
+        digest = xio.data_digest(affs, mask)
+        ledger = xio.BlockLedger.attach(plan.ledger_dir)
+        rec = ledger.record(bid)
+        if rec is not None and rec.get("input") == digest and os.path.exists(plan.path("blocks", bid) + ".npz"):
+            return int(rec["n_labels"]), digest, True
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
@@ -185,7 +187,8 @@ def _run_block(plan: _Plan, bid: int):
             faces[f"{side}{d}_lab"] = local[tuple(loc_sl)]
             faces[f"{side}{d}_conn"] = ext[tuple(sl_in)] == ext[tuple(sl_out)]
     _atomic_save_npz(plan.path("blocks", bid), labels=local, **faces)
-    ledger.mark_done(bid, digest, n_labels=n_labels)
+    if ledger is not None:
+        ledger.mark_done(bid, digest, n_labels=n_labels)
     return n_labels, digest, False
 
 
@@ -375,12 +378,17 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     zarr_out = out is not None and xio.is_zarr_array(out)
     try:
         os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
-        plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir, os.path.join(workdir, "done"))
+        # A temporary work directory cannot be resumed: no ledger, no hashing.
+        plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir,
+                     None if own_workdir else os.path.join(workdir, "done"))
         signature = _signature(plan, affinities, float(merge_threshold))
-        xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
         bids = plan.block_ids()
-        log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
-                 sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
+        if plan.ledger_dir is not None:
+            xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
+            log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
+                     sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
+        else:
+            log.info("blockwise mutex watershed: %d blocks of %s", len(bids), bshape)
         prior = xio.output_status(out) if zarr_out else None
         if zarr_out:
             xio.mark_incomplete(out, _WRITER)
@@ -394,7 +402,7 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         done = list(run([dask.delayed(_run_block, pure=False)(plan, b) for b in bids]))
         counts = [n for n, _, _ in done]
         resumed = sum(bool(r) for _, _, r in done)
-        input_digest = xio.combine_digests(d for _, d, _ in done)
+        input_digest = None if own_workdir else xio.combine_digests(d for _, d, _ in done)
         t1 = time.perf_counter()
         offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
         mapping_path = os.path.join(workdir, "mapping.npy")
