@@ -52,10 +52,24 @@ def run_killed(name, params, kill_at):
     return r.returncode == -signal.SIGKILL
 
 
-def kill_points(seed, n_events, n):
-    """``n`` distinct write events to die at, drawn with ``seed`` (all of them when there are fewer)."""
+def kill_points(seed, n_events, n, *, middle=False):
+    """``n`` distinct write events to die at, drawn with ``seed`` (all of them when there are fewer).
+
+    ``middle``: from the middle half of the run only, where some work is done and some is not.
+    """
+    lo, hi = (n_events // 4, 3 * n_events // 4) if middle else (1, n_events)
     rng = np.random.default_rng(seed)
-    return sorted(int(k) for k in rng.choice(np.arange(1, n_events + 1), size=min(n, n_events), replace=False))
+    return sorted(int(k) for k in rng.choice(np.arange(lo, hi + 1), size=min(n, hi - lo + 1), replace=False))
+
+
+def clone(src, dst):
+    """Copy ``src`` and its siblings named ``src.*`` (staging, progress, work folders) to ``dst``."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    parent = os.path.dirname(src)
+    for name in os.listdir(parent):
+        if name == os.path.basename(src) or name.startswith(os.path.basename(src) + "."):
+            shutil.copytree(os.path.join(parent, name), os.path.join(os.path.dirname(dst),
+                                                                     os.path.basename(dst) + name[len(os.path.basename(src)):]))
 
 
 def read_zarr_result(path):
@@ -98,7 +112,7 @@ def predict_case(tmp_path_factory):
     return d, refs, events
 
 
-def _predict_kill_resume(tmp_path, case, k):
+def _predict_kill_resume(tmp_path, case, k, *, other=False):
     d, refs, _ = case
     out = tmp_path / f"k{k}.zarr"
     params = {"image": str(d / "a.npy"), "out": str(out)}
@@ -107,6 +121,8 @@ def _predict_kill_resume(tmp_path, case, k):
     assert left is None or np.array_equal(left, refs["a"])
     status = xio.output_status(zarr.open_array(str(out / "0"), mode="r")) if (out / "0").exists() else None
     done = markers(out / "0.xmodal-progress")
+    if other:  # the same killed state, resumed on image b
+        clone(out, tmp_path / f"k{k}b.zarr")
     _, _, calls = child.run("predict", params)  # resume in this process, same input
     assert np.array_equal(xio.open_array(out)[...], refs["a"])  # bitwise
     if status is not None and status["complete"]:
@@ -114,11 +130,17 @@ def _predict_kill_resume(tmp_path, case, k):
     else:
         assert calls == 1 + N_TILES - done  # every tile finished before the kill was reused
     assert not (out / "0.xmodal-progress").exists() and not temporaries(out)
+    if other:
+        assert 0 < done < N_TILES
+        _, _, calls = child.run("predict", {"image": str(d / "b.npy"), "out": str(tmp_path / f"k{k}b.zarr")})
+        assert np.array_equal(xio.open_array(tmp_path / f"k{k}b.zarr")[...], refs["b"])
+        assert calls == 1 + N_TILES  # nothing of image a was reused
 
 
 def test_predict_tiled_killed_then_resumed(tmp_path, predict_case):
-    for k in kill_points(1, predict_case[2], 1):
-        _predict_kill_resume(tmp_path, predict_case, k)
+    """Killed at a random write; resumed on the same image (bitwise, reused) and on another (recomputed)."""
+    for k in kill_points(1, predict_case[2], 1, middle=True):
+        _predict_kill_resume(tmp_path, predict_case, k, other=True)
 
 
 @pytest.mark.slow
@@ -127,17 +149,14 @@ def test_predict_tiled_killed_then_resumed_many(tmp_path, predict_case):
         _predict_kill_resume(tmp_path, predict_case, k)
 
 
-def test_predict_tiled_resumed_on_other_data_recomputes(tmp_path, predict_case):
-    d, refs, events = predict_case
+def test_predict_tiled_complete_output_of_other_data_is_recomputed(tmp_path, predict_case):
+    d, refs, _ = predict_case
     out = tmp_path / "o.zarr"
-    assert run_killed("predict", {"image": str(d / "a.npy"), "out": str(out)}, events // 2)
-    assert markers(out / "0.xmodal-progress") > 0
-    _, _, calls = child.run("predict", {"image": str(d / "b.npy"), "out": str(out)})
-    assert np.array_equal(xio.open_array(out)[...], refs["b"])
-    assert calls == 1 + N_TILES  # nothing of image a was reused
-    # a complete output of b is not taken for the result of a
+    shutil.copytree(d / "ref_b.zarr", out)
     _, _, calls = child.run("predict", {"image": str(d / "a.npy"), "out": str(out)})
     assert np.array_equal(xio.open_array(out)[...], refs["a"]) and calls == 1 + N_TILES
+    _, _, calls = child.run("predict", {"image": str(d / "a.npy"), "out": str(out)})
+    assert calls == 1  # complete for this very input: reused without writing
 
 
 # ----------------------------------------------------------------------------------- blockwise MWS
@@ -165,38 +184,37 @@ def _bw_params(d, name, out, work):
     return {"affinities": str(d / f"{name}.zarr"), "offsets": OFFS2, "out": str(out), "workdir": str(work)}
 
 
-def _blockwise_kill_resume(tmp_path, case, k):
+def _blockwise_kill_resume(tmp_path, case, k, *, other=False):
     d, refs, _ = case
     params = _bw_params(d, "a", tmp_path / f"k{k}.zarr", tmp_path / f"k{k}.work")
     run_killed("blockwise", params, k)
     left = read_zarr_result(params["out"])
     assert left is None or np.array_equal(left, refs["a"])
     done = markers(os.path.join(params["workdir"], "done"))
+    if other:  # the same killed state, resumed on affinities b
+        clone(params["out"], tmp_path / f"k{k}b.zarr")
+        clone(params["workdir"], tmp_path / f"k{k}b.work")
     summary, _, _ = child.run("blockwise", params)
     assert np.array_equal(xio.open_array(params["out"])[...], refs["a"])  # bitwise
     assert summary["n_blocks_resumed"] == done  # every block finished before the kill was reused
     assert not os.path.exists(params["workdir"]) and not temporaries(params["out"])
+    if other:
+        assert done > 0
+        summary, _, _ = child.run("blockwise", _bw_params(d, "b", tmp_path / f"k{k}b.zarr", tmp_path / f"k{k}b.work"))
+        assert summary["n_blocks_resumed"] == 0
+        assert np.array_equal(xio.open_array(tmp_path / f"k{k}b.zarr")[...], refs["b"])
 
 
 def test_blockwise_killed_then_resumed(tmp_path, blockwise_case):
-    for k in kill_points(3, blockwise_case[2], 1):
-        _blockwise_kill_resume(tmp_path, blockwise_case, k)
+    """Killed at a random write; resumed on the same input (bitwise, reused) and on another (recomputed)."""
+    for k in kill_points(3, blockwise_case[2], 1, middle=True):
+        _blockwise_kill_resume(tmp_path, blockwise_case, k, other=True)
 
 
 @pytest.mark.slow
 def test_blockwise_killed_then_resumed_many(tmp_path, blockwise_case):
     for k in kill_points(4, blockwise_case[2], 8):
         _blockwise_kill_resume(tmp_path, blockwise_case, k)
-
-
-def test_blockwise_resumed_on_other_data_recomputes(tmp_path, blockwise_case):
-    d, refs, events = blockwise_case
-    killed = _bw_params(d, "a", tmp_path / "o.zarr", tmp_path / "work")
-    assert run_killed("blockwise", killed, int(events * 0.6))
-    assert markers(tmp_path / "work" / "done") > 0
-    summary, _, _ = child.run("blockwise", {**killed, "affinities": str(d / "b.zarr")})
-    assert summary["n_blocks_resumed"] == 0
-    assert np.array_equal(xio.open_array(tmp_path / "o.zarr")[...], refs["b"])
 
 
 # ----------------------------------------------------------------------------------- CLI mws
@@ -217,21 +235,26 @@ def _cli_params(d, name, out):
     return {"affinities": str(d / f"{name}.npy"), "offsets": OFFS2, "out": str(out)}
 
 
-def _cli_kill_resume(tmp_path, case, k):
+def _cli_kill_resume(tmp_path, case, k, *, other=False):
     d, refs, _ = case
     out = tmp_path / f"k{k}.zarr"
     shutil.copytree(d / "cli_b.zarr", out)  # a previous complete output, of other data
     run_killed("cli_mws", _cli_params(d, "a", out), k)
     left = read_zarr_result(out)  # the previous output or the new one, complete either way
     assert left is not None and (np.array_equal(left, refs["b"]) or np.array_equal(left, refs["a"]))
+    if other:
+        clone(out, tmp_path / f"k{k}b.zarr")
     summary, _, _ = child.run("cli_mws", _cli_params(d, "a", out))
     assert summary["rc"] == 0 and np.array_equal(xio.open_array(out)[...], refs["a"])
     assert not (tmp_path / f"k{k}.zarr.xmodal-work").exists() and not (tmp_path / f"k{k}.zarr.xmodal-partial").exists()
+    if other:  # a killed run on a, rerun on b: b's labels
+        assert child.run("cli_mws", _cli_params(d, "b", tmp_path / f"k{k}b.zarr"))[0]["rc"] == 0
+        assert np.array_equal(xio.open_array(tmp_path / f"k{k}b.zarr")[...], refs["b"])
 
 
 def test_cli_mws_killed_then_resumed(tmp_path, cli_case):
-    for k in kill_points(5, cli_case[2], 1):
-        _cli_kill_resume(tmp_path, cli_case, k)
+    for k in kill_points(5, cli_case[2], 1, middle=True):
+        _cli_kill_resume(tmp_path, cli_case, k, other=True)
 
 
 @pytest.mark.slow
@@ -242,13 +265,9 @@ def test_cli_mws_killed_then_resumed_many(tmp_path, cli_case):
 
 def test_cli_mws_other_data_after_a_finished_run(tmp_path, cli_case):
     """The issue's reproducer: a finished run on A, then B to the same --out, must give B's labels."""
-    d, refs, events = cli_case
+    d, refs, _ = cli_case
     out = tmp_path / "st.zarr"
     assert child.run("cli_mws", _cli_params(d, "a", out))[0]["rc"] == 0
-    assert child.run("cli_mws", _cli_params(d, "b", out))[0]["rc"] == 0
-    assert np.array_equal(xio.open_array(out)[...], refs["b"])
-    # and after a killed run on A, B is computed from B
-    assert run_killed("cli_mws", _cli_params(d, "a", out), int(events * 0.6))
     assert child.run("cli_mws", _cli_params(d, "b", out))[0]["rc"] == 0
     assert np.array_equal(xio.open_array(out)[...], refs["b"])
 
@@ -283,7 +302,7 @@ def segment_case(tmp_path_factory):
     return d, refs, events
 
 
-def _segment_kill_resume(tmp_path, case, k):
+def _segment_kill_resume(tmp_path, case, k, *, other=False):
     d, refs, _ = case
     out = tmp_path / f"k{k}"
     shutil.copytree(d / "ref_b", out)  # a previous complete output, of other data
@@ -294,30 +313,27 @@ def _segment_kill_resume(tmp_path, case, k):
     stage = xio.staging_path(out) / "segmentation.ome.zarr"
     predicted = (stage / "0").exists() and xio.is_complete(zarr.open_array(str(stage / "0"), mode="r"))
     done = markers(stage / "0.xmodal-progress")
+    if other:
+        clone(out, tmp_path / f"k{k}b")
     _, _, calls = child.run("segment", params)
     assert _same_seg(_seg_result(out), refs["a"])  # bitwise
     assert calls == (1 if predicted else 1 + 16 - done)  # finished prediction tiles were reused
     assert not xio.staging_path(out).exists() and not temporaries(out)
+    if other:  # the same killed state, rerun on image b: nothing of a reused
+        assert predicted or done > 0
+        _, _, calls = child.run("segment", {"raw": str(d / "b.npy"), "out": str(tmp_path / f"k{k}b")})
+        assert _same_seg(_seg_result(tmp_path / f"k{k}b"), refs["b"]) and calls == 1 + 16
 
 
 def test_segment_killed_then_resumed(tmp_path, segment_case):
-    for k in kill_points(7, segment_case[2], 1):
-        _segment_kill_resume(tmp_path, segment_case, k)
+    for k in kill_points(7, segment_case[2], 1, middle=True):
+        _segment_kill_resume(tmp_path, segment_case, k, other=True)
 
 
 @pytest.mark.slow
 def test_segment_killed_then_resumed_many(tmp_path, segment_case):
     for k in kill_points(8, segment_case[2], 8):
         _segment_kill_resume(tmp_path, segment_case, k)
-
-
-def test_segment_resumed_on_other_data_recomputes(tmp_path, segment_case):
-    d, refs, events = segment_case
-    out = tmp_path / "seg"
-    assert run_killed("segment", {"raw": str(d / "a.npy"), "out": str(out)}, events // 2)
-    assert not out.exists() and xio.staging_path(out).exists()
-    _, _, calls = child.run("segment", {"raw": str(d / "b.npy"), "out": str(out)})
-    assert _same_seg(_seg_result(out), refs["b"]) and calls == 1 + 16
 
 
 # ----------------------------------------------------------------------------------- register_cells
