@@ -632,7 +632,6 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         that is already complete for the same parameters and the same input (digest of all
         windows, recorded in its completion status) is returned without writing.
 
-
     Returns
     -------
     numpy.ndarray or zarr.Array
@@ -683,7 +682,7 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         if plan.prior_status is not None and not plan.prior_status.get("complete"):
             where = xio.local_store_path(plan.out)  # what the killed run resumed here left
             xio.remove_temporaries(where)
-            if isinstance(out, (str, os.PathLike)):  # and in the OME-Zarr group created for it
+            if where is not None and isinstance(out, (str, os.PathLike)):  # and in the OME-Zarr group
                 xio.remove_temporaries(os.path.dirname(where.rstrip("/")), recursive=False)
     plan.stats.pop("digests", None)
     if plan.ledger is not None:
