@@ -322,7 +322,7 @@ def test_infeasible_row_without_candidates():
 def test_infeasible_hall_violation_names_rows():
     # rows 0, 1, 2 all only reach column 0 and 1
     c = sp.csr_matrix(np.array([[1.0, 2.0, 0, 0], [3.0, 1.0, 0, 0], [2.0, 2.0, 0, 0], [0, 0, 1.0, 1.0]]))
-    with pytest.raises(ValueError, match=r"infeasible: rows \[0, 1, 2\].*only 2 columns \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"cost matrix is infeasible.*rows \[0, 1, 2\].*only 2 columns \[0, 1\]"):
         linear_assignment(c)
     res = linear_assignment(c, unmatched_cost=10.0)  # partial: always feasible
     assert res.unmatched_rows.size == 1
@@ -345,18 +345,19 @@ def test_infeasible_cover():
 def test_cover_hall_violation():
     # 4 rows (larger side), 3 columns; columns 0 and 1 are only reachable from row 0
     c = sp.csr_matrix(np.array([[1.0, 1.0, 1.0], [0, 0, 1.0], [0, 0, 1.0], [0, 0, 1.0]]))
-    with pytest.raises(ValueError, match="infeasible cover"):
+    with pytest.raises(ValueError, match="cost matrix is infeasible"):
         cover_assignment(c)
     with pytest.raises(ValueError, match="infeasible"):
         cover_assignment(c, solver="highs")
-    with pytest.raises(ValueError, match="infeasible cover"):
+    with pytest.raises(ValueError, match="cost matrix is infeasible"):
         cover_assignment(c, max_per_target=3)
 
 
 @pytest.mark.parametrize("bad,exc,match", [
-    (np.array([[1.0, np.nan]]), ValueError, "finite"),
-    (np.array([[1.0, np.inf]]), ValueError, "finite"),
-    (sp.csr_matrix(np.array([[1.0, -np.inf]])), ValueError, "finite"),
+    (np.array([[1.0, np.nan]]), ValueError, r"invalid numeric entries.*\(0, 1\) is nan"),
+    (np.array([[1.0, -np.inf]]), ValueError, r"invalid numeric entries.*\(0, 1\) is -inf"),
+    (sp.csr_matrix(np.array([[1.0, -np.inf]])), ValueError, "invalid numeric entries"),
+    (sp.csr_matrix(np.array([[np.nan, 1.0]])), ValueError, r"\(0, 0\) is nan"),
     (np.zeros(3), ValueError, "2-D"),
     (np.array([["a"]]), TypeError, "numeric"),
     (sp.csr_matrix(np.array([[1 + 1j]])), TypeError, "real"),
@@ -374,7 +375,11 @@ def test_option_errors():
     with pytest.raises(ValueError, match="solver"):
         linear_assignment(c, solver="lapjv")
     with pytest.raises(ValueError, match="unmatched_cost"):
-        linear_assignment(c, unmatched_cost=np.inf)
+        linear_assignment(c, unmatched_cost=-np.inf)
+    with pytest.raises(ValueError, match="unmatched_cost.*maximize"):
+        linear_assignment(c, unmatched_cost=np.inf, maximize=True)
+    with pytest.raises(ValueError, match="unmatched_cost.*nan"):
+        linear_assignment(c, unmatched_cost=np.nan)
     with pytest.raises(TypeError, match="unmatched_cost"):
         linear_assignment(c, unmatched_cost="1")
     with pytest.raises(TypeError, match="maximize"):
