@@ -66,23 +66,20 @@ public:
 
     AssignmentOutput run() {
         AssignmentOutput out;
-        // Warm start (row reduction with v = 0): a row takes its cheapest column (lowest index on
-        // ties) when that column is still free; such an edge is tight for u_r = min_j c_rj.
+        // Warm start (row reduction with v = 0): a row takes the first free column among its
+        // cheapest ones (edges are sorted by (cost, column), so the lowest index on ties); such an
+        // edge is tight for u_r = min_j c_rj. On a constant matrix this is the identity.
         for (std::int32_t r = 0; r < nr_; ++r) {
-            std::int32_t best = -1;
-            double bc = kInf;
-            for (std::int64_t e = indptr_[r]; e < indptr_[r + 1]; ++e) {
+            const std::int64_t e0 = indptr_[r], e1 = indptr_[r + 1];
+            for (std::int64_t e = e0; e < e1 && cost_[e] == cost_[e0]; ++e) {
                 const std::int32_t j = indices_[e];
-                if (cost_[e] < bc || (cost_[e] == bc && j < best)) {
-                    bc = cost_[e];
-                    best = j;
+                if (row_of_col_[j] < 0) {
+                    row_of_col_[j] = r;
+                    col_of_row_[r] = j;
+                    mcost_[r] = cost_[e];
+                    ++out.warm_matched;
+                    break;
                 }
-            }
-            if (best >= 0 && row_of_col_[best] < 0) {
-                row_of_col_[best] = r;
-                col_of_row_[r] = best;
-                mcost_[r] = bc;
-                ++out.warm_matched;
             }
         }
         augmenting_row_reduction(out);

@@ -175,20 +175,21 @@ def _check_finite(c: sp.csr_matrix, name: str = "cost"):
         raise ValueError(f"{name}: costs must be finite; entry ({r}, {int(c.indices[e])}) is {c.data[e]}")
 
 
-# Native label sums stay far from overflow when every |cost| * (n + m + 8) is below this.
-_SUM_LIMIT = 2.0 ** 1000
+# The solvers' label sums stay far from overflow when every |cost| * (n + m + 8) is below 2**_SUM_EXP.
+_SUM_EXP = 1000
 
 
-def _overflow_scale(c: sp.csr_matrix, *extra: float) -> float:
-    """A power of two (exact scaling) that keeps the solver's sums of costs finite; 1.0 normally."""
+def _overflow_scale(c: sp.csr_matrix) -> float:
+    """A power of two (exact scaling) that keeps the solvers' sums of costs finite; 1.0 normally.
+
+    Only costs near the float64 limit (about 1e298 and above) are scaled. A huge
+    ``unmatched_cost`` needs no scaling: the solvers never add it to the costs.
+    """
     big = float(np.abs(c.data).max()) if c.nnz else 0.0
-    for x in extra:
-        if x is not None and np.isfinite(x):
-            big = max(big, abs(float(x)))
-    factor = big * (c.shape[0] + c.shape[1] + 8)
-    if factor <= _SUM_LIMIT:
+    if big == 0.0:
         return 1.0
-    return float(2.0 ** -int(np.ceil(np.log2(factor / _SUM_LIMIT))))
+    excess = int(np.frexp(big)[1]) + int(np.ceil(np.log2(c.shape[0] + c.shape[1] + 8))) - _SUM_EXP
+    return 1.0 if excess <= 0 else float(np.ldexp(1.0, -excess))
 
 
 def _native_arrays(c: sp.csr_matrix):
@@ -339,7 +340,7 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
                              f"matched{_hint()}")
 
     # Exact power-of-two scaling when sums of the costs could overflow (costs near 1e300).
-    scale = _overflow_scale(work, wu)
+    scale = _overflow_scale(work)
     scaled = work if scale == 1.0 else sp.csr_matrix((work.data * scale, work.indices, work.indptr),
                                                      shape=work.shape)
     su = None if wu is None else wu * scale
