@@ -515,6 +515,7 @@ def partial_reference_exact(c, u):
 
 # ------------------------------------------------------------------ the cases scipy's tests check
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_scipy_case_list_and_matrix_inputs():
     c = [[4, 2, 7], [3, 5, 1]]
     ref = linear_assignment(np.asarray(c))
@@ -785,7 +786,8 @@ def test_scipy_case_large_values():
     assert linear_assignment(c, solver="highs").cols.tolist() == [1, 0, 2]
     c2 = np.array([[1e308, -1e308], [-1e308, 1e308]])
     assert linear_assignment(c2).cols.tolist() == [1, 0]
-    assert linear_assignment(c2, maximize=True).cols.tolist() == [0, 1]
+    res = linear_assignment(c2, maximize=True)
+    assert res.cols.tolist() == [0, 1] and res.cost == np.inf  # 2e308 overflows float64
     assert cover_assignment(c).cols.tolist() == [1, 0, 2]
     # integers beyond 2^53 are rounded to float64 like scipy does; small ones stay exact
     ci = np.array([[2**40, 3], [5, 2**41]], dtype=np.int64)
@@ -801,3 +803,18 @@ def test_cover_inf_entries_are_forbidden():
     assert cover_assignment(c, solver="highs").cost == 7.0
     with pytest.raises(ValueError, match="cost matrix is infeasible"):
         cover_assignment(np.array([[1.0, inf], [2.0, inf]]))
+
+
+@pytest.mark.parametrize("solver", ["native", "highs"])
+def test_huge_unmatched_cost_at_large_offset(solver):
+    # Found by the property suite: costs 1e12 + small with u = 1e16 and solver="highs" took the
+    # dearer pair (the dummy cost was ~2e12 and c - dummy lost the small parts in HiGHS).
+    c = np.array([[1e12 + 0.55, 1e12 + 0.1]])
+    for u in (1e16, 1e300):
+        res = linear_assignment(c, unmatched_cost=u, solver=solver)
+        assert res.cols.tolist() == [1] and res.pair_costs.tolist() == [1e12 + 0.1]
+    rng = np.random.default_rng(9)
+    c = 1e12 + rng.random((9, 12))
+    res = linear_assignment(c, unmatched_cost=1e16, solver=solver)
+    assert res.matched_cost == pytest.approx(_full_reference(c), rel=0, abs=1e-3)
+    assert res.matched_cost - 9e12 == pytest.approx(_full_reference(c - 1e12), abs=1e-3)

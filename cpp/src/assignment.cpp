@@ -302,10 +302,17 @@ double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::
     // matched cost by at most cmax + k * (cmax - cmin) <= bound and saves 2u: when 2u > bound,
     // every optimum has maximum cardinality, and any dummy cost above the bound gives the same
     // optima. The margin keeps the bound clear of rounding in the solver's label sums.
+    // The margin is the spread of the costs, but at least far above the rounding of the label
+    // sums (~ pairs * eps * magnitude), so that the bound stays clear of it. Any margin > 0 is
+    // exact in real arithmetic; a small one keeps the dummy close to the costs, which also keeps
+    // c - dummy well conditioned for the HiGHS path.
     const double range = cmax - cmin;
-    const double bound = cmax + static_cast<double>(max_pairs - 1) * range;
-    double margin = std::max(range, std::max(std::fabs(cmax), std::fabs(cmin)));
-    if (!(margin > 0.0)) margin = 1.0;
+    const double pairs = static_cast<double>(max_pairs);
+    const double bound = cmax + (pairs - 1.0) * range;
+    const double eps = std::numeric_limits<double>::epsilon();
+    double margin = std::max(range, 64.0 * (pairs + 1.0) * eps *
+                                        (std::fabs(cmax) + std::fabs(cmin) + (pairs + 1.0) * range));
+    if (!(margin > 0.0)) margin = 1.0;  // all costs are 0
     const double cap = bound + margin;
     return std::isfinite(cap) ? std::min(two_u, cap) : two_u;
 }

@@ -43,8 +43,8 @@ AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, 
 
 // Dummy cost used by assignment_unmatched for unmatched cost u, given the smallest and largest kept
 // cost (cmin <= cmax <= 2u) and max_pairs = an upper bound on the size of any matching (>= 1):
-// min(2u, B + margin) with B = cmax + (max_pairs - 1) * (cmax - cmin), margin = max(cmax - cmin,
-// |cmax|, |cmin|) (1 when all costs are 0). When 2u > B every optimum has maximum cardinality
+// min(2u, B + margin) with B = cmax + (max_pairs - 1) * (cmax - cmin), margin = cmax - cmin, or
+// more when that is near the rounding of the label sums (1 when all costs are 0). When 2u > B every optimum has maximum cardinality
 // (an augmenting path changes the matched cost by at most B and saves 2u), so both dummy costs
 // give the same optima; the smaller one keeps all labels at the scale of the costs.
 double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::int64_t max_pairs);

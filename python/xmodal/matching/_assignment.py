@@ -33,7 +33,7 @@ class AssignmentResult:
     cost : float
         Objective value: the sum of the chosen entries plus ``unmatched_cost`` for every unmatched
         row and every unmatched column (when an unmatched cost was given). With ``maximize=True``,
-        in the original sign (the maximum).
+        in the original sign (the maximum). A sum beyond the float64 range is ``+-inf``.
     unmatched_rows, unmatched_cols : int64 arrays
         Rows / columns not in any chosen pair.
     pair_costs : (p,) float64 array
@@ -213,10 +213,11 @@ def _finish(c: sp.csr_matrix, rows, cols, *, sign: float, unmatched_cost, proble
     pair_costs = sign * pair_costs  # c holds sign * original costs
     ur = _unmatched(c.shape[0], rows)
     uc = _unmatched(c.shape[1], cols)
-    matched = float(pair_costs.sum())
-    total = matched
-    if unmatched_cost is not None:
-        total = matched + float(unmatched_cost) * (ur.size + uc.size)
+    with np.errstate(over="ignore"):  # sums beyond the float64 range are +-inf (costs near 1e308)
+        matched = float(pair_costs.sum())
+        total = matched
+        if unmatched_cost is not None:
+            total = matched + float(unmatched_cost) * (ur.size + uc.size)
     return AssignmentResult(rows=rows, cols=cols, cost=total, unmatched_rows=ur, unmatched_cols=uc,
                             pair_costs=pair_costs, matched_cost=matched, problem=problem, solver=solver,
                             shape=tuple(c.shape), n_candidates=int(c.nnz), searches=int(searches),
