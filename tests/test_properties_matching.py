@@ -423,17 +423,20 @@ def knn_rule(d2: np.ndarray, k: int):
 
 
 @fast(60)
-@given(point_sets(), st.one_of(st.none(), st.integers(1, 8)), st.sampled_from([None, 0.0, 0.1, 0.3, 1.0]),
-       st.booleans())
-def test_knn_graph_equals_references(pts, k, rel_radius, symmetric):
+@given(point_sets(), st.one_of(st.none(), st.integers(1, 8)),
+       st.sampled_from([None, 0.0, 0.1, 0.3, 1.0, "pair", "pair"]), st.booleans(), st.integers(0, 2**16))
+def test_knn_graph_equals_references(pts, k, rel_radius, symmetric, pick):
     a, b, scale = pts
-    radius = None if rel_radius is None else rel_radius * scale
+    d2 = sq_dist(a, b)
+    if rel_radius == "pair":  # exactly the distance of one pair: the rounding boundary
+        radius = float(np.sqrt(d2.ravel()[pick % d2.size]))
+    else:
+        radius = None if rel_radius is None else rel_radius * scale
     if k is None and radius is None:
         k = 3
     g = knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
     coo = g.tocoo()
     got = set(zip(coo.row.tolist(), coo.col.tolist()))
-    d2 = sq_dist(a, b)
     # brute force with the documented rule (k-NN ties: lower index) and distance <= radius
     want = set()
     if k is not None:
@@ -441,7 +444,7 @@ def test_knn_graph_equals_references(pts, k, rel_radius, symmetric):
         if symmetric:
             want |= {(i, j) for j, i in knn_rule(d2.T, k)}
     if radius is not None:
-        within = np.sqrt(d2) <= radius
+        within = d2 <= radius * radius  # squared distances, as documented (and as cKDTree)
         want |= set(zip(*[x.tolist() for x in np.nonzero(within)]))
     assert got == want
     np.testing.assert_allclose(coo.data, np.sqrt(d2[coo.row, coo.col]), rtol=1e-12, atol=0)
@@ -460,7 +463,7 @@ def test_knn_graph_equals_references(pts, k, rel_radius, symmetric):
     if radius is not None:
         ball = tb.query_ball_point(a, radius)
         ref = {(i, int(j)) for i, js in enumerate(ball) for j in js}
-        inside = {(i, j) for (i, j) in got if np.sqrt(d2[i, j]) <= radius}
+        inside = {(i, j) for (i, j) in got if d2[i, j] <= radius * radius}
         assert inside == ref
 
 
