@@ -818,3 +818,21 @@ def test_huge_unmatched_cost_at_large_offset(solver):
     res = linear_assignment(c, unmatched_cost=1e16, solver=solver)
     assert res.matched_cost == pytest.approx(_full_reference(c), rel=0, abs=1e-3)
     assert res.matched_cost - 9e12 == pytest.approx(_full_reference(c - 1e12), abs=1e-3)
+
+
+def test_highs_huge_unmatched_cost_on_a_3000_point_graph():
+    # HiGHS' default dual tolerance (1e-7) left this optimum 0.012 too dear (the objective holds
+    # c - dummy with dummy ~ n * spread); the HiGHS path now asks for 1e-10.
+    rng = np.random.default_rng(3)
+    n = 3000
+    a = rng.random((n, 3)) * np.array([50.0, 60, 70]) * 2 ** (1 / 3)
+    b = a + rng.normal(scale=1.5, size=a.shape)
+    b = b[rng.random(n) > 0.08]
+    g = xmodal.knn_graph(a, b, k=10, radius=5.0)
+    r, cc = min_weight_full_bipartite_matching(g)
+    ref = float(g[r, cc].sum())
+    nat = linear_assignment(g, unmatched_cost=1e16)
+    hi = linear_assignment(g, unmatched_cost=1e16, solver="highs")
+    assert len(nat) == len(hi) == b.shape[0]
+    assert nat.matched_cost == pytest.approx(ref, rel=1e-13)
+    assert hi.matched_cost == pytest.approx(ref, rel=1e-13)
