@@ -1,6 +1,13 @@
 import os
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis profiles: "ci" (default; fixed seed, the counts written in each test) and "nightly"
+# (20x the examples, random seeds). Select with XMODAL_HYPOTHESIS_PROFILE=nightly.
+settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True)
+settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("XMODAL_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _cuda_usable() -> bool:

@@ -30,7 +30,8 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
               spacing: Any = None, device: str = "auto"):
     """Sparse matrix of Euclidean distances between nearby points of two sets.
 
-    Pair ``(i, j)`` is stored when ``|a_i - b_j| <= radius``, or when ``b_j`` is among the ``k``
+    Pair ``(i, j)`` is stored when ``|a_i - b_j|**2 <= radius**2`` (squared distances in float64,
+    as :class:`scipy.spatial.cKDTree` compares them), or when ``b_j`` is among the ``k``
     nearest points of ``b`` to ``a_i``, or (``symmetric=True``) when ``a_i`` is among the ``k``
     nearest points of ``a`` to ``b_j``: the union of all three.
 
