@@ -382,17 +382,18 @@ inline void for_edges_in_slice(const Grid& g, const GridSpec& s, int64_t c, int6
     // first multiples of the strides in range (the grid is anchored at voxel 0)
     const int64_t y0 = (cg.lo[1] + ystep - 1) / ystep * ystep;
     const int64_t x0 = (cg.lo[2] + xstep - 1) / xstep * xstep;
+    // locals, so that the compiler need not reload them after every store of the caller's emit
     const uint8_t* mask = s.mask;
     const bool random = cg.random;
-    for (int64_t y = y0; y < cg.hi[1]; y += ystep) {
-        const int64_t row = (z * g.Y + y) * g.X;
-        for (int64_t x = x0; x < cg.hi[2]; x += xstep) {
+    const uint64_t keep = cg.keep_threshold, seed = s.seed;
+    const int64_t hi1 = cg.hi[1], hi2 = cg.hi[2], delta = cg.delta, n = g.n, X = g.X, Y = g.Y;
+    for (int64_t y = y0; y < hi1; y += ystep) {
+        const int64_t row = (z * Y + y) * X;
+        for (int64_t x = x0; x < hi2; x += xstep) {
             const int64_t p = row + x;
-            const int64_t q = p + cg.delta;
+            const int64_t q = p + delta;
             if (mask && !(mask[p] && mask[q])) continue;
-            if (random &&
-                splitmix64(s.seed ^ splitmix64(uint64_t(c * g.n + p))) >= cg.keep_threshold)
-                continue;
+            if (random && splitmix64(seed ^ splitmix64(uint64_t(c * n + p))) >= keep) continue;
             emit(p, q);
         }
     }
@@ -449,9 +450,19 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         return (g.ch[size_t(c)].attractive != s.invert) ? a : T(1) - a;
     };
 
+    // Compact per-channel tables for the clustering loop (cheaper to index than ChannelGeometry).
+    std::vector<int64_t> deltas(static_cast<size_t>(C));
+    std::vector<uint8_t> attractive_channel(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+        deltas[size_t(c)] = g.ch[size_t(c)].delta;
+        attractive_channel[size_t(c)] = g.ch[size_t(c)].attractive;
+    }
+    const int64_t* delta_of = deltas.data();
+    const uint8_t* attractive_of = attractive_channel.data();
+
     auto cluster_order = [&](MutexClustering& mc, int64_t c, int64_t p) {
-        const int64_t q = p + g.ch[size_t(c)].delta;
-        const bool attractive = Signed ? signed_weight(c, p) > T(0) : g.ch[size_t(c)].attractive;
+        const int64_t q = p + delta_of[c];
+        const bool attractive = Signed ? signed_weight(c, p) > T(0) : bool(attractive_of[c]);
         if (attractive) {
             if (mc.attract(uint32_t(p), uint32_t(q))) ++st.n_merges;
         } else {
@@ -466,13 +477,15 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             uint64_t* out = items.data() + start[size_t(t)];
             const int64_t c = t / Z;
             const uint64_t chigh = uint64_t(c) << pbits;
-            bool finite = true;
+            uint32_t nonfinite = 0;  // branch-free: exponent bits all ones = inf or nan
             for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
                 const float w = float(weight(c, p));
-                finite = finite && std::isfinite(w);
+                uint32_t bits;
+                std::memcpy(&bits, &w, sizeof bits);
+                nonfinite |= uint32_t((~bits & 0x7F800000u) == 0);
                 *out++ = (uint64_t(descending_key(w)) << 32) | (chigh | uint64_t(p));
             });
-            bad[size_t(t)] = !finite;
+            bad[size_t(t)] = uint8_t(nonfinite);
         }
         std::vector<uint64_t>().swap(start);
         check_finite_tasks(bad, Z);
@@ -491,7 +504,7 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
                 const uint32_t nid = uint32_t(items[i + kAhead]);
                 const int64_t np_ = int64_t(nid & pmask);
                 mc.prefetch(uint32_t(np_));
-                mc.prefetch(uint32_t(np_ + g.ch[size_t(nid >> pbits)].delta));
+                mc.prefetch(uint32_t(np_ + delta_of[nid >> pbits]));
             }
             const uint32_t id = uint32_t(items[i]);
             cluster_order(mc, int64_t(id >> pbits), int64_t(id & pmask));
