@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import describe, positive_int
+from .._validation import as_bool, as_spacing, describe, positive_int
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -52,26 +52,42 @@ class SegmentationResult:
 
 
 def _global_mean_std(image, block_voxels: int = 1 << 24) -> tuple[float, float]:
-    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0."""
+    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0.
+
+    Sums are taken around the first value (shifted sums), so a constant image gives exactly 0.
+    Raises ValueError for an empty image or non-finite values.
+    """
+    if int(np.prod(image.shape)) == 0:
+        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
     n = 0
     s = 0.0
     s2 = 0.0
+    shift = None
     per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
     step = max(1, block_voxels // max(per_row, 1))
     for start in range(0, image.shape[0], step):
         block = np.asarray(image[start:start + step], dtype=np.float64)
+        if shift is None:
+            shift = float(block.flat[0])
+        if not np.isfinite(block).all():
+            raise ValueError("raw: expected finite intensities, found NaN or infinity")
+        block = block - shift
         n += block.size
         s += float(block.sum())
         s2 += float(np.square(block).sum())
     mean = s / n
-    return mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+    return shift + mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
 
 
 class _Standardize:
-    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it)."""
+    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it).
+
+    A constant image (``std == 0``) is only centred (divided by 1), so it becomes zeros, not NaN.
+    """
 
     def __init__(self, mean: float, std: float):
-        self.mean, self.std = float(mean), float(std)
+        std = float(std)
+        self.mean, self.std = float(mean), (std if np.isfinite(std) and std > 0 else 1.0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
@@ -113,8 +129,9 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     Parameters
     ----------
     raw : array, zarr array or path (.zarr / OME-Zarr, .tif, .npy)
-        2D image or 3D volume (z, y, x), single channel. A 2D model is applied slice by slice to a
-        3D stack.
+        2D image or 3D volume (z, y, x), single channel, non-empty, finite. A 2D model is applied
+        slice by slice to a 3D stack. Any size: the shipped model pads the image end to its
+        down-sampling factor (8) internally.
     model : "isbi2012", torch module or path to a TorchScript file
         Network predicting merge probabilities (1 = same object) for ``offsets``. "isbi2012" is the
         shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
@@ -125,7 +142,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
     normalize : "standardize", "quantile", None or callable
         "standardize": global mean / standard deviation of the whole input (computed block by
-        block); "quantile": global 1 % / 98 % quantile scaling (see :func:`xmodal.predict_tiled`).
+        block; a constant image is only centred); "quantile": global 1 % / 98 % quantile scaling
+        (see :func:`xmodal.predict_tiled`). Other strings are an error.
     tile_shape, halo, device, client : tiled prediction (see :func:`xmodal.predict_tiled`); the
         ``client`` (dask.distributed) also runs the blockwise mutex watershed.
     min_size : int
@@ -136,8 +154,9 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
     ground_truth : label array or path, optional
         Instance labels to evaluate against (0 = ignored background / boundary).
-    spacing : voxel size (physical units), stored in the OME-Zarr metadata and used for Chamfer
-        distances.
+    spacing : float or sequence of float, optional
+        Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
+        stored in the OME-Zarr metadata and used for Chamfer distances.
     progress : bool
         Progress bars on a TTY.
     """
@@ -148,13 +167,21 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     min_size = positive_int(min_size, "min_size", minimum=0)
+    progress = as_bool(progress, "progress")
+    if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
+                                                          and normalize in ("standardize", "quantile"))):
+        raise ValueError(f"normalize: expected 'standardize', 'quantile', None or a callable, got {describe(normalize)}")
     image = read_image(raw) if isinstance(raw, (str, Path)) else raw
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     if len(image.shape) not in (2, 3):
         raise ValueError(f"raw: expected a 2D image or a 3D volume (z, y, x), got shape {tuple(image.shape)}")
-    if not np.issubdtype(np.dtype(image.dtype), np.number):
-        raise TypeError(f"raw: expected a numeric image, got {describe(image)}")
+    if not np.issubdtype(np.dtype(image.dtype), np.number) or np.issubdtype(np.dtype(image.dtype), np.complexfloating):
+        raise TypeError(f"raw: expected a real numeric image, got {describe(image)}")
+    if any(int(n) < 1 for n in image.shape):
+        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
+    if spacing is not None:
+        spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
     spatial = tuple(int(s) for s in image.shape)
     stack = offsets.shape[1] == 2 and len(spatial) == 3  # 2D model on a z stack
