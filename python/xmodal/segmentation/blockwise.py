@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import as_bool, describe
-from .mws import _check_bias, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -153,6 +153,7 @@ def _run_block(plan: _Plan, bid: int) -> int:
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
+    _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order

@@ -182,7 +182,9 @@ def _check_spatial(x, name: str, shape, *, kind: str):
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
+def _check_finite(a: np.ndarray, name: str = "affinities", origin=None) -> None:
+    """ValueError naming the channel and voxel of the first non-finite value (voxel + ``origin``,
+    the position of ``a`` in a larger volume, when given)."""
     # chunked so that huge inputs need no full-size temporary
     flat = a.reshape(a.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[0]))
@@ -191,6 +193,8 @@ def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
         if not np.isfinite(block).all():
             c, j = np.argwhere(~np.isfinite(block))[0]
             idx = np.unravel_index(i + j, a.shape[1:])
+            if origin is not None:
+                idx = tuple(int(v) + int(o) for v, o in zip(idx, origin))
             raise ValueError(f"{name}: expected finite values, found {block[c, j]} in channel {c} at {tuple(int(v) for v in idx)}")
 
 
