@@ -171,3 +171,58 @@ def test_builtin_celegans_embryos():
         assert np.isfinite(e.points).all()
     a, b = list(embryos.values())[:2]
     assert len(set(a.cells) & set(b.cells)) >= 300
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "3abc", "1.5", ""])
+def test_bad_thread_environment_warns_and_uses_all_cores(value):
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import xmodal; print(xmodal.get_num_threads(), xmodal.backends()['hardware_threads'])")
+    env = {**__import__("os").environ, "XMODAL_NUM_THREADS": value}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # importing never fails because of the variable
+    n, hw = out.stdout.split()
+    assert n == hw  # all cores
+    assert "RuntimeWarning" in out.stderr and "XMODAL_NUM_THREADS" in out.stderr and repr(value) in out.stderr
+
+
+def test_good_thread_environment_is_silent():
+    code = "import xmodal; print(xmodal.get_num_threads())"
+    env = {**__import__("os").environ, "XMODAL_NUM_THREADS": " 1 "}
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
+def test_set_num_threads_types():
+    import numpy as np
+
+    default = xmodal.get_num_threads()
+    try:
+        xmodal.set_num_threads(np.int64(1))  # numpy integers are integers
+        assert xmodal.get_num_threads() == 1
+    finally:
+        xmodal.set_num_threads(None)
+    assert xmodal.get_num_threads() == default
+    for bad, exc in ((1.5, TypeError), ("2", TypeError), (True, TypeError), (0, ValueError), (-1, ValueError),
+                     (1 << 20, ValueError)):
+        with pytest.raises(exc, match="n: expected a positive integer"):
+            xmodal.set_num_threads(bad)
+
+
+def test_as_bool_and_int64_helpers():
+    import numpy as np
+
+    from xmodal._validation import as_bool, int64_array
+
+    assert as_bool(True, "x") is True and as_bool(np.bool_(False), "x") is False
+    for bad in ("no", "False", 0, 1, None, np.array([True])):
+        with pytest.raises(TypeError, match="flag: expected True or False"):
+            as_bool(bad, "flag")
+    assert int64_array([1, -2], "o", "ints").dtype == np.int64
+    with pytest.raises(ValueError, match="64-bit"):
+        int64_array(np.array([2**64 - 1], np.uint64), "o", "ints")
+    with pytest.raises(ValueError, match="64-bit"):
+        int64_array([1e19], "o", "ints")
+    with pytest.raises(TypeError, match="non-integer"):
+        int64_array([1.5], "o", "ints")
+    with pytest.raises(TypeError):
+        int64_array([True], "o", "ints")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import io as xio
-from .._validation import describe
+from .._validation import as_bool, describe
 from ._grid import Tile, align_up, blend_weights, make_tiles
 from ._model import Runner, model_token
 from ._normalize import QuantileNormalizer, quantile_normalizer
@@ -138,6 +138,7 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     if not callable(model):
         raise TypeError(f"model: expected a torch module or a callable on arrays, got {describe(model)}")
     image = _as_image(image)
+    progress, resume = as_bool(progress, "progress"), as_bool(resume, "resume")
     if blend not in _BLENDS:
         raise ValueError(f"blend: expected one of {_BLENDS}, got {blend!r}")
     nd, caxis, model_in = _layout(model, image, channel_axis)
@@ -183,6 +184,8 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     if xio.is_zarr_array(out):
         if out.ndim != nd + 1:
             raise ValueError(f"out: expected shape (C_out, *{shape}), got {out.shape}")
+        if np.dtype(out.dtype).kind != "f":  # an integer array would truncate the prediction silently
+            raise TypeError(f"out: expected a floating dtype (the prediction is float32), got {out.dtype}")
         out_chunks = tuple(out.chunks[1:])
 
     # normaliser
