@@ -559,7 +559,8 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         Where to write ``(C_out, *spatial)``. ``None``: a new float32 numpy array. A path: a new
         OME-Zarr (NGFF 0.5) image with provenance attributes, chunks dividing the tile (reopened
         when it exists with the same layout, so an interrupted run resumes). A zarr array's chunks
-        must divide the tile (chunk-aligned writes: parallel writers never share a chunk).
+        must divide the tile (chunk-aligned writes: parallel writers never share a chunk). A given
+        array must have a floating dtype (an integer one would truncate the prediction).
     client : dask.distributed.Client or str, optional
         Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
         worker. With a zarr ``out`` the workers write directly, else the crops come back to the
