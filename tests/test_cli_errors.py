@@ -181,3 +181,20 @@ def test_subprocess_one_line_and_status_2(files):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "pickled.npy" in r.stderr
     assert pickle  # the pickled file above was never unpickled by xmodal (allow_pickle=False)
+
+
+def test_mws_bias_option(files, capsys):
+    import zarr
+
+    from xmodal.segmentation import mutex_watershed
+
+    aff = np.load("aff.npy")
+    assert run(capsys, "mws", "aff.npy", "--offsets", "offs.json", "--bias=-0.5,-0.5,-0.7,-0.7", "--out", "b.zarr",
+               "-q")[0] == 0
+    got = np.asarray(zarr.open_array(str(files / "b.zarr"), mode="r")[...])
+    np.testing.assert_array_equal(got, mutex_watershed(aff, OFFSETS, bias=[-0.5, -0.5, -0.7, -0.7]))
+    assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", "offs.json", "--bias", "-0.5", "--n-attractive", "2",
+                           "--out", "c.zarr")[::2], "--bias")
+    assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", "offs.json", "--bias=-0.5,x", "--out", "c.zarr")[::2],
+                      "--bias")
+    assert not (files / "c.zarr").exists()

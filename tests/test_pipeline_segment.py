@@ -128,6 +128,25 @@ def test_segment_constant_image_and_scalar_spacing(tmp_path):
     assert _global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
 
 
+def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
+    from xmodal.segmentation import mutex_watershed
+
+    raw, _ = isbi
+    bias = [-0.5] * 2 + [-0.7] * 8
+    per = [[1, 1]] * 2 + [[2, 2]] * 8
+    res = segment(raw[:2, :64, :64], bias=bias, strides=per)  # a 2D model on a stack: (z, y, x) strides
+    aff = np.asarray(res.affinities)
+    st3 = [[1] + row for row in per]
+    expected = np.stack([mutex_watershed(aff[:, z:z + 1], res.offsets, bias=bias, strides=st3)[0] for z in range(2)])
+    from xmodal.metrics import adapted_rand_error
+
+    for z in range(2):
+        assert adapted_rand_error(np.asarray(res.labels)[z], expected[z], ignore_gt=()).error < 1e-12
+    assert res.parameters["bias"] == bias
+    with pytest.raises(ValueError, match="per-offset"):
+        segment(raw[0, :32, :32], bias=-0.5, strides=(2, 2))
+
+
 def test_segment_ground_truth_of_another_shape(isbi):
     raw, gt = isbi
     with pytest.raises(ValueError, match="ground_truth: expected the shape"):

@@ -176,9 +176,11 @@ def _apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str) -> 
     sub.set_defaults(**values)
 
 
-def _numbers(text, option: str, kind=float):
+def _numbers(text, option: str, kind=float, *, x_separates: bool = True):
+    """Comma-separated numbers (also "64x256" when ``x_separates``); UsageError naming ``option``."""
+    text = str(text).replace("x", ",") if x_separates else str(text)
     try:
-        return [kind(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         what = "integers" if kind is int else "numbers"
         raise UsageError(f"{option}: expected comma-separated {what}, got {text!r}") from None
@@ -340,7 +342,7 @@ def _cmd_mws(args) -> int:
 
     from .pipelines._inputs import read_image
     from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
-    from .segmentation.mws import _check_n_attractive, _check_offsets
+    from .segmentation.mws import _check_bias, _check_n_attractive, _check_offsets
 
     out = _prepare_out(args.out, kind="zarr", command="mws", inputs=(args.affinities,), overwrite=args.overwrite)
     aff = read_image(args.affinities)
@@ -356,6 +358,15 @@ def _cmd_mws(args) -> int:
     # everything that can be checked is checked before the output is created
     offsets = _check_offsets(offsets, int(aff.shape[0]), len(spatial)).tolist()
     _check_n_attractive(args.n_attractive, int(aff.shape[0]), len(spatial))
+    bias = None
+    if args.bias is not None:
+        bias = (_numbers(args.bias, "--bias", x_separates=False) if not isinstance(args.bias, (int, float, list))
+                else args.bias)
+        bias = bias[0] if isinstance(bias, list) and len(bias) == 1 else bias
+        if args.n_attractive is not None:
+            raise UsageError("--bias: not used with --n-attractive (the sign of affinity + bias decides); give one")
+        _check_bias(bias, int(aff.shape[0]))
+    weighting = {"n_attractive": args.n_attractive} if bias is None else {"bias": bias}
     block_shape = None
     if args.block_shape:
         block_shape = _tuple(args.block_shape, "--block-shape")
@@ -371,12 +382,12 @@ def _cmd_mws(args) -> int:
                               attributes=attrs)
         res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
                                         halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
-                                        n_attractive=args.n_attractive, invert=args.invert, client=_client(args),
+                                        invert=args.invert, client=_client(args), **weighting,
                                         workdir=str(out) + ".xmodal-work")
         n = int(res.n_labels)
     else:
         a = np.asarray(aff[...])
-        labels = mutex_watershed(a, offsets, n_attractive=args.n_attractive, invert=args.invert)
+        labels = mutex_watershed(a, offsets, invert=args.invert, **weighting)
         if args.min_size > 1:
             labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
                                            n_attractive=args.n_attractive, invert=args.invert)
@@ -550,6 +561,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--offsets", help="JSON list of offsets or a JSON file")
     p.add_argument("--n-attractive", type=int, help="attractive channels (default: ndim)")
     p.add_argument("--invert", action="store_true", help="affinities are boundary probabilities")
+    p.add_argument("--bias", help="signed weights: merge probability + bias (one value, or one per channel, "
+                                  "comma-separated); replaces --n-attractive (see docs/mws.md)")
     p.add_argument("--out", default="labels.zarr", help="output zarr array")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
     p.add_argument("--min-size", type=int, default=0, help="merge smaller segments (single-shot)")

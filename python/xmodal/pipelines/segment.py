@@ -123,7 +123,7 @@ def _resolve_model(model, offsets, n_attractive):
 def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
             tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
             block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
-            progress: bool = False) -> SegmentationResult:
+            progress: bool = False, bias=None, strides=None) -> SegmentationResult:
     """Segment a raw image or volume of any size into instances.
 
     Parameters
@@ -159,6 +159,13 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         stored in the OME-Zarr metadata and used for Chamfer distances.
     progress : bool
         Progress bars on a TTY.
+    bias, strides : optional
+        Mutex watershed options (see :func:`xmodal.mutex_watershed`): ``bias`` selects the
+        signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
+        by the size filter), ``strides`` subsample edges (``ndim`` values for the repulsive
+        channels, or ``(C, ndim)`` per offset), in the model's axes. Default: the model's
+        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method without
+        strides.
     """
     from ..inference import predict_tiled
     from ..io import create_ome_zarr_image
@@ -188,6 +195,15 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     if offsets.shape[1] == 3 and len(spatial) == 2:
         raise ValueError(f"offsets: a 3D model (offsets of length 3) cannot run on the 2D image of shape {spatial}")
     C = len(offsets)
+    from ..segmentation.mws import _check_bias, _check_strides
+
+    bias = _check_bias(getattr(model, "mws_bias", None) if bias is None else bias, C)
+    strides = _check_strides(getattr(model, "mws_strides", None) if strides is None else strides, offsets.shape[1], C)
+    if bias is not None and strides is not None and not isinstance(strides[0], list):
+        raise ValueError(f"strides: with bias give per-offset strides of shape ({C}, {offsets.shape[1]}), got {strides}")
+    if stack and strides is not None:  # the 2D model's strides on the (z, y, x) stack
+        strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
+    mws_kw = ({"n_attractive": n_attractive} if bias is None else {"bias": bias}) | {"strides": strides}
 
     t0 = time.perf_counter()
     if normalize == "standardize":
@@ -228,7 +244,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     label_axes = axes[1:]
     if block_shape is None and n_vox <= memory_voxels:
         aff = np.asarray(aff_out[...], dtype=np.float32)
-        labels = mutex_watershed(aff, mws_offsets, n_attractive=n_attractive)
+        labels = mutex_watershed(aff, mws_offsets, **mws_kw)
         if min_size > 1:
             labels = remove_small_segments(labels, min_size, affinities=aff, offsets=mws_offsets,
                                            n_attractive=n_attractive)
@@ -244,7 +260,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         target = None if root is None else _labels_array(root, spatial, label_axes, spacing, block_shape)
         halo_mws = np.abs(mws_offsets).max(axis=0).tolist()
         res = blockwise_mutex_watershed(aff_out, mws_offsets, block_shape=block_shape, halo=halo_mws, out=target,
-                                        n_attractive=n_attractive, client=client)
+                                        client=client, **mws_kw)
         labels, n_segments = res.labels, int(res.n_labels)
         if min_size > 1:
             n_segments = _remove_small_blockwise(labels, n_segments, min_size, block_shape)
@@ -265,6 +281,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
 
     params = {"model": getattr(model, "metadata", {}).get("name", type(model).__name__),
               "offsets": mws_offsets.tolist(), "n_attractive": n_attractive, "normalize": repr(normalize),
+              "bias": None if bias is None else bias.tolist(), "strides": strides,
               "tile_shape": tile_shape, "halo": halo, "min_size": min_size, "block_shape": block_shape,
               "spacing": spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
     if out_dir is not None:
