@@ -319,12 +319,15 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     C, shape = ashape[0], ashape[1:]
     ndim = len(shape)
     o = _check_offsets(offsets, C, ndim)
-    b = _check_bias(bias, C)
-    if b is not None and n_attractive is not None:
+    bias_arr = _check_bias(bias, C)
+    if bias_arr is not None and n_attractive is not None:
         raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
                          f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = None if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    na = None if bias_arr is not None else _check_n_attractive(n_attractive, C, ndim)
     st = _check_strides(strides, ndim, C)
+    if bias_arr is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
     bshape = _per_axis(block_shape, ndim, "block_shape", 1)
     hal = _per_axis(halo, ndim, "halo", 0)
     bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
@@ -349,7 +352,7 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         from .. import _core
         n_workers = max(1, _core.num_threads())
     mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
-                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if b is None else b.tolist()}
+                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
     if randomize_strides and st is None:
         raise ValueError("randomize_strides: requires strides")
 
