@@ -417,7 +417,10 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     while ((int64_t(1) << pbits) < n) ++pbits;
     int cbits = 0;
     while ((int64_t(1) << cbits) < C) ++cbits;
-    const bool fast = std::is_same<T, float>::value && pbits + cbits <= 32;
+    // Signed mode keeps each edge's sign in the top bit of its id (fast path: bit 31, so one id bit
+    // fewer; other path: bit 63), so that the clustering never reads the affinities again.
+    const bool fast = std::is_same<T, float>::value && pbits + cbits + (Signed ? 1 : 0) <= 32;
+    require(C < (int64_t(1) << 31), "affinities: at most 2^31 - 1 channels");
     const int nt = std::max(1, xmodal::num_threads());
     std::vector<T> bias_t(size_t(C), T(0));
     if (Signed)
@@ -443,9 +446,8 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         const T a = affs[c * n + p];
         return (s.invert ? T(1) - a : a) + bias_t[size_t(c)];
     };
-    // Processing weight (higher = earlier) of edge (c, p).
+    // Processing weight (higher = earlier) of edge (c, p), classic mode.
     auto weight = [&](int64_t c, int64_t p) -> T {
-        if (Signed) return std::abs(signed_weight(c, p));
         const T a = affs[c * n + p];
         return (g.ch[size_t(c)].attractive != s.invert) ? a : T(1) - a;
     };
@@ -460,9 +462,8 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     const int64_t* delta_of = deltas.data();
     const uint8_t* attractive_of = attractive_channel.data();
 
-    auto cluster_order = [&](MutexClustering& mc, int64_t c, int64_t p) {
+    auto cluster_order = [&](MutexClustering& mc, int64_t c, int64_t p, bool attractive) {
         const int64_t q = p + delta_of[c];
-        const bool attractive = Signed ? signed_weight(c, p) > T(0) : bool(attractive_of[c]);
         if (attractive) {
             if (mc.attract(uint32_t(p), uint32_t(q))) ++st.n_merges;
         } else {
@@ -479,11 +480,19 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             const uint64_t chigh = uint64_t(c) << pbits;
             uint32_t nonfinite = 0;  // branch-free: exponent bits all ones = inf or nan
             for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
-                const float w = float(weight(c, p));
+                uint64_t sign = 0;
+                float w;
+                if (Signed) {
+                    const T sv = signed_weight(c, p);
+                    w = float(std::abs(sv));
+                    sign = sv > T(0) ? (uint64_t(1) << 31) : 0;
+                } else {
+                    w = float(weight(c, p));
+                }
                 uint32_t bits;
                 std::memcpy(&bits, &w, sizeof bits);
                 nonfinite |= uint32_t((~bits & 0x7F800000u) == 0);
-                *out++ = (uint64_t(descending_key(w)) << 32) | (chigh | uint64_t(p));
+                *out++ = (uint64_t(descending_key(w)) << 32) | sign | (chigh | uint64_t(p));
             });
             bad[size_t(t)] = uint8_t(nonfinite);
         }
@@ -498,16 +507,19 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         MutexClustering mc{uint32_t(n)};
         if (s.seeds) mc.set_seeds(s.seeds, uint32_t(n));
         const uint64_t pmask = (uint64_t(1) << pbits) - 1;
+        const uint32_t idmask = Signed ? 0x7FFFFFFFu : 0xFFFFFFFFu;
         constexpr uint64_t kAhead = 16;  // prefetch the union-find entries of a later edge
         for (uint64_t i = 0; i < m; ++i) {
             if (i + kAhead < m) {
-                const uint32_t nid = uint32_t(items[i + kAhead]);
+                const uint32_t nid = uint32_t(items[i + kAhead]) & idmask;
                 const int64_t np_ = int64_t(nid & pmask);
                 mc.prefetch(uint32_t(np_));
                 mc.prefetch(uint32_t(np_ + delta_of[nid >> pbits]));
             }
-            const uint32_t id = uint32_t(items[i]);
-            cluster_order(mc, int64_t(id >> pbits), int64_t(id & pmask));
+            const uint32_t raw = uint32_t(items[i]);
+            const uint32_t id = raw & idmask;
+            const int64_t c = int64_t(id >> pbits);
+            cluster_order(mc, c, int64_t(id & pmask), Signed ? bool(raw >> 31) : bool(attractive_of[c]));
         }
         st.peak_bytes = 16 * m + mc.state_bytes();
         std::vector<uint64_t>().swap(items);
@@ -517,7 +529,7 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     } else {
         struct Item {
             uint64_t key;
-            uint64_t id;  // c * n + p
+            uint64_t id;  // c * n + p (signed mode: bit 63 = attractive)
         };
         std::vector<Item> items(m);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
@@ -526,9 +538,17 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             const int64_t c = t / Z;
             bool finite = true;
             for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
-                const double w = double(weight(c, p));
+                uint64_t sign = 0;
+                double w;
+                if (Signed) {
+                    const T sv = signed_weight(c, p);
+                    w = double(std::abs(sv));
+                    sign = sv > T(0) ? (uint64_t(1) << 63) : 0;
+                } else {
+                    w = double(weight(c, p));
+                }
                 finite = finite && std::isfinite(w);
-                *out++ = Item{descending_key(w), uint64_t(c * n + p)};
+                *out++ = Item{descending_key(w), sign | uint64_t(c * n + p)};
             });
             bad[size_t(t)] = !finite;
         }
@@ -542,7 +562,12 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         t0 = clock_type::now();
         MutexClustering mc{uint32_t(n)};
         if (s.seeds) mc.set_seeds(s.seeds, uint32_t(n));
-        for (const Item& v : items) cluster_order(mc, int64_t(v.id / uint64_t(n)), int64_t(v.id % uint64_t(n)));
+        constexpr uint64_t kSign = uint64_t(1) << 63;
+        for (const Item& v : items) {
+            const uint64_t id = v.id & ~kSign;
+            const int64_t c = int64_t(id / uint64_t(n));
+            cluster_order(mc, c, int64_t(id % uint64_t(n)), Signed ? (v.id & kSign) != 0 : bool(attractive_of[c]));
+        }
         st.peak_bytes = 2 * sizeof(Item) * m + mc.state_bytes();
         std::vector<Item>().swap(items);
         st.n_mutexes = mc.n_mutexes();

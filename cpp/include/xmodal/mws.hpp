@@ -21,7 +21,8 @@
 // per-offset strides; mwatershed anchors its grid at max(0, -offset[d]) instead of 0).
 // `randomize_strides` keeps each subsampled edge with probability 1 / prod(strides of its channel).
 //
-// Data layout and memory (fast path: float32 weights, C * 2^ceil(log2 n) <= 2^32):
+// Data layout and memory (fast path: float32 weights, C * 2^ceil(log2 n) <= 2^32, or <= 2^31 in
+// signed mode, whose id keeps the edge's sign in its top bit):
 //   one edge = one uint64 (high 32 bits: order-preserving key of the weight, low 32 bits: id),
 //   8 bytes/edge plus 8 bytes/edge of radix-sort scratch that is freed before clustering;
 //   per voxel: union-find parent (4 B), mutex-list slot (4 B), labels (4 B).
