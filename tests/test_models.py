@@ -56,8 +56,12 @@ def test_model_runs_in_eval_mode(model):
     with torch.no_grad():
         y0 = model(x[:1])
     np.testing.assert_allclose(y0.numpy(), y[:1].numpy(), atol=1e-5)
-    with pytest.raises(ValueError, match="multiples of 8"):
-        model(torch.zeros(1, 1, 60, 64))
+    # other sizes: padded at the end to multiples of 8 (last row / column repeated), output cropped
+    with torch.no_grad():
+        odd = model(x[:, :, :60, :45])
+        padded = model(torch.nn.functional.pad(x[:, :, :60, :45], (0, 3, 0, 4), mode="replicate"))
+    assert odd.shape == (2, len(ISBI2012_OFFSETS), 60, 45)
+    np.testing.assert_allclose(odd.numpy(), padded[..., :60, :45].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="batch, 1, height, width"):
         model(torch.zeros(1, 2, 64, 64))
 

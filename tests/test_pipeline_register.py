@@ -170,7 +170,7 @@ def test_cli_register_with_config(tmp_path, embryo_points):
     assert np.array_equal(matches[:, 0], matches[:, 1])
     bad = subprocess.run([sys.executable, "-m", "xmodal", "register", str(tmp_path / "nope.csv"),
                           str(tmp_path / "m.csv")], capture_output=True, text=True)
-    assert bad.returncode == 1 and "not found" in bad.stderr
+    assert bad.returncode == 2 and "not found" in bad.stderr  # user error: one line, exit status 2
 
 
 def test_register_cells_warps_label_images_with_matched_cells(tmp_path):

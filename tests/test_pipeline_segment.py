@@ -67,11 +67,84 @@ def test_segment_blockwise_matches_single_shot(isbi):
         (dict(raw="does-not-exist.zarr"), FileNotFoundError, "does-not-exist"),
         (dict(raw=np.zeros((8, 8)), model="no-such-model"), ValueError, "model: expected"),
         (dict(raw=np.zeros((8, 8)), min_size=-1), ValueError, "min_size"),
+        (dict(raw=np.zeros((0, 64))), ValueError, "raw: expected a non-empty image"),
+        (dict(raw=np.zeros((2, 0, 64))), ValueError, "raw: expected a non-empty image"),
+        (dict(raw=np.full((16, 16), np.nan)), ValueError, "raw: expected finite"),
+        (dict(raw=np.zeros((16, 16)), spacing=(-1, -1)), ValueError, "spacing: expected positive"),
+        (dict(raw=np.zeros((16, 16)), spacing=0), ValueError, "spacing: expected positive"),
+        (dict(raw=np.zeros((16, 16)), spacing=(1, 1, 1)), ValueError, "spacing: expected a scalar or 2 values"),
+        (dict(raw=np.zeros((16, 16)), normalize="no"), ValueError, "normalize: expected 'standardize'"),
+        (dict(raw=np.zeros((16, 16)), progress="no"), TypeError, "progress: expected True or False"),
     ],
 )
 def test_segment_bad_input(kwargs, exc, match, tmp_path):
     with pytest.raises(exc, match=match):
         segment(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(60, 60), (100, 100), (37, 203), (2, 61, 70)])
+def test_segment_any_image_size(isbi, shape):
+    """The shipped model pads to its factor 8 internally: sizes that are not multiples of 8 work."""
+    from xmodal.metrics import adapted_rand_error
+
+    raw, gt = isbi
+    sl = tuple(slice(0, n) for n in shape) if len(shape) == 3 else (0, slice(0, shape[0]), slice(0, shape[1]))
+    res = segment(raw[sl])
+    labels = np.asarray(res.labels)
+    assert labels.shape == shape and labels.min() >= 1 and res.n_segments == labels.max()
+    assert np.isfinite(np.asarray(res.affinities)).all()
+    if len(shape) == 2 and min(shape) >= 60:
+        assert adapted_rand_error(labels, gt[sl]).error < 0.35  # a real segmentation, not noise
+
+
+def test_shipped_model_pads_and_tiles_exactly(isbi):
+    """Padding at the image end keeps tiled prediction equal to a whole-image pass."""
+    from xmodal.inference import predict_tiled
+    from xmodal.models import load_isbi2012_affinity_unet
+
+    raw, _ = isbi
+    model = load_isbi2012_affinity_unet()
+    x = (raw[0, :250, :203].astype(np.float32) - 125.0) / 44.0
+    whole = predict_tiled(model, x, tile_shape=(256, 208), progress=False)
+    tiled = predict_tiled(model, x, tile_shape=(120, 120), progress=False)
+    assert whole.shape == (10, 250, 203)
+    assert np.abs(whole - tiled).max() <= 1e-5
+    with torch.no_grad():
+        direct = model(torch.from_numpy(np.ascontiguousarray(x))[None, None])[0].numpy()
+    assert np.abs(direct - whole).max() <= 1e-5
+    assert model(torch.zeros(1, 1, 1, 3)).shape == (1, 10, 1, 3)  # tiny images too
+
+
+def test_segment_constant_image_and_scalar_spacing(tmp_path):
+    import zarr
+
+    res = segment(np.full((64, 64), 7.0), out=tmp_path / "seg", spacing=0.5)  # no NaN from a zero std
+    assert np.isfinite(np.asarray(res.affinities)).all() and np.asarray(res.labels).min() >= 1
+    root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
+    scale = root["labels/cells"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale["scale"] == [0.5, 0.5]
+    from xmodal.pipelines.segment import _global_mean_std
+
+    assert _global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
+
+
+def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
+    from xmodal.segmentation import mutex_watershed
+
+    raw, _ = isbi
+    bias = [-0.5] * 2 + [-0.7] * 8
+    per = [[1, 1]] * 2 + [[2, 2]] * 8
+    res = segment(raw[:2, :64, :64], bias=bias, strides=per)  # a 2D model on a stack: (z, y, x) strides
+    aff = np.asarray(res.affinities)
+    st3 = [[1] + row for row in per]
+    expected = np.stack([mutex_watershed(aff[:, z:z + 1], res.offsets, bias=bias, strides=st3)[0] for z in range(2)])
+    from xmodal.metrics import adapted_rand_error
+
+    for z in range(2):
+        assert adapted_rand_error(np.asarray(res.labels)[z], expected[z], ignore_gt=()).error < 1e-12
+    assert res.parameters["bias"] == bias
+    with pytest.raises(ValueError, match="per-offset"):
+        segment(raw[0, :32, :32], bias=-0.5, strides=(2, 2))
 
 
 def test_segment_ground_truth_of_another_shape(isbi):
@@ -114,7 +187,7 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
 
     assert adapted_rand_error(labels, seg, ignore_gt=()).error < 1e-9  # same affinities, same partition
     bad = _run("evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "gt.npy"))
-    assert bad.returncode == 1 and "not found" in bad.stderr
+    assert bad.returncode == 2 and "not found" in bad.stderr and "missing.npy" in bad.stderr
 
 
 @pytest.mark.slow

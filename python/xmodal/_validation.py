@@ -90,3 +90,35 @@ def choice(x: Any, name: str, options) -> str:
     if x not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {x!r}")
     return x
+
+
+def as_bool(x: Any, name: str) -> bool:
+    """``x`` as a Python bool; TypeError unless it is ``True``/``False`` (or a numpy bool).
+
+    Strings such as ``"no"`` and numbers are refused instead of being read by their truth value.
+    """
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    raise TypeError(f"{name}: expected True or False, got {describe(x)}")
+
+
+def int64_array(x: Any, name: str, expected: str) -> np.ndarray:
+    """``x`` as an int64 array; TypeError for non-integer values, ValueError for values outside int64.
+
+    Integer-valued floats are accepted; unsigned values above 2**63 - 1 (which would wrap to negative
+    numbers) and floats beyond the int64 range are refused.
+    """
+    a = real_array(x, name, expected)
+    if a.dtype == bool:
+        raise TypeError(f"{name}: expected {expected}, got booleans ({describe(x)})")
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError(f"{name}: expected {expected}, got non-finite values")
+        if a.size and not (a == np.round(a)).all():
+            raise TypeError(f"{name}: expected {expected}, got non-integer values ({describe(x)})")
+        if a.size and np.abs(a).max() >= 2.0**63:
+            raise ValueError(f"{name}: expected values that fit a 64-bit signed integer, got {np.abs(a).max():.6g}")
+    elif a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected values that fit a 64-bit signed integer, got {int(a.max())} "
+                         f"(an unsigned value that would wrap to {int(a.max()) - 2**64})")
+    return a.astype(np.int64)

@@ -4,13 +4,28 @@ Every subcommand takes ``--config FILE.toml``: a TOML file whose top-level keys 
 table named after the subcommand) are the long option names (dashes or underscores), so a run can
 be repeated exactly; options given on the command line override the file. Outputs carry their
 provenance (xmodal version, parameters, inputs).
+
+Errors: a mistake in the command line or its inputs (a missing or unreadable file, a table column
+that is not numeric, a pickled .npy file, a bad TOML file, an invalid option value, an output path
+of the wrong kind) is reported as one line ``xmodal COMMAND: error: ...`` naming the file (and
+column) and the command exits with status 2. Anything else is a bug and shows its traceback
+(``XMODAL_TRACEBACK=1`` shows the traceback of user errors too).
+
+Outputs (``--out``): a file output (``match``, ``evaluate``) replaces an existing file; a folder
+output (``cpd``) or zarr output (``mws``) replaces an existing one only when an earlier run of the
+same command wrote it (or the folder is empty). An output path that names an input, a folder where
+a file is written, a file where a folder is written, or a folder that another program wrote is
+refused unless ``--overwrite`` is given (``cpd``, ``mws``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +35,49 @@ log = logging.getLogger("xmodal.cli")
 
 
 # --------------------------------------------------------------------------- helpers
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: reported as one line, exit status 2."""
+
+
+EXIT_USAGE = 2
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """User errors get one line and exit status 2; anything else is a bug and keeps its traceback.
+
+    File-system and missing-package errors are always the user's. ValueError / TypeError /
+    RuntimeError are when xmodal's own code raised them (argument checks name the argument); raised
+    inside a third-party package they may be a bug, so the traceback is kept.
+    """
+    if isinstance(exc, (UsageError, OSError, ImportError)):
+        return True
+    if isinstance(exc, (ValueError, TypeError, RuntimeError)):
+        tb, last = exc.__traceback__, None
+        while tb is not None:
+            last, tb = tb, tb.tb_next
+        return last is None or os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+    return False
+
+
+@contextlib.contextmanager
+def _inputs_named(*paths):
+    """Name the input files in user errors raised by library calls on their contents."""
+    try:
+        yield
+    except (ValueError, TypeError, RuntimeError) as exc:
+        names = list(dict.fromkeys(str(p) for p in paths if p is not None))
+        msg = _one_line(exc)
+        if not _is_user_error(exc) or not names or any(n in msg for n in names):
+            raise
+        raise UsageError(f"{msg} ({'input' if len(names) == 1 else 'inputs'}: {', '.join(names)})") from exc
+
+
 def _load_toml(path: str) -> dict:
     try:
         import tomllib
@@ -29,9 +87,63 @@ def _load_toml(path: str) -> dict:
         tomllib = optional_import("tomli", purpose="reading TOML config files on Python 3.10")
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"--config: file not found: {p}")
-    with open(p, "rb") as fh:
-        return tomllib.load(fh)
+        raise UsageError(f"--config: file not found: {p}")
+    if p.is_dir():
+        raise UsageError(f"--config {p}: is a folder, expected a TOML file")
+    try:
+        with open(p, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {p}: not valid TOML: {_one_line(exc)}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {p}: not a UTF-8 text file") from None
+
+
+def _same_path(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):  # pragma: no cover
+        return False
+
+
+def _written_by(path: Path, command: str) -> bool:
+    """Whether ``path`` is an earlier output of ``xmodal COMMAND`` (zarr attributes or provenance.json)."""
+    for meta in (path / "zarr.json", path / "provenance.json"):
+        if meta.is_file():
+            try:
+                doc = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return False
+            record = doc.get("attributes", {}).get("xmodal", {}) if meta.name == "zarr.json" else doc
+            return record.get("function", record.get("step")) == command
+    return False
+
+
+def _prepare_out(out, *, kind: str, command: str, inputs=(), overwrite: bool = False) -> Path:
+    """Check ``--out`` before any work: ``kind`` is "file", "folder" or "zarr" (see the module doc).
+
+    With ``overwrite`` a refused path is removed; nothing is created here.
+    """
+    path = Path(out)
+    for i in inputs:
+        if i is not None and Path(i).exists() and _same_path(path, i):
+            raise UsageError(f"--out: {path} is also an input of this command; choose another output path")
+    if not path.exists():
+        return path
+    if kind == "file":
+        if path.is_dir():
+            raise UsageError(f"--out: {path} is a folder; expected the path of a file to write")
+        return path
+    if path.is_dir() and (not any(path.iterdir()) or _written_by(path, command)):
+        return path
+    if not overwrite:
+        what = "a file" if not path.is_dir() else "a folder that xmodal " + command + " did not write"
+        raise UsageError(f"--out: {path} exists and is {what}; choose another path or pass --overwrite to replace it")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return path
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -54,7 +166,7 @@ def _apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str) -> 
             continue
         dest = key.replace("-", "_")
         if dest not in known:
-            raise ValueError(f"--config: unknown option {key!r} for 'xmodal {command}' in {cfg_path}")
+            raise UsageError(f"--config {cfg_path}: unknown option {key!r} for 'xmodal {command}'")
         values[dest] = value
     # Positional arguments given in the file need not be repeated on the command line.
     for action in sub._actions:
@@ -64,10 +176,20 @@ def _apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str) -> 
     sub.set_defaults(**values)
 
 
-def _spacing(text):
+def _numbers(text, option: str, kind=float, *, x_separates: bool = True):
+    """Comma-separated numbers (also "64x256" when ``x_separates``); UsageError naming ``option``."""
+    text = str(text).replace("x", ",") if x_separates else str(text)
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise UsageError(f"{option}: expected comma-separated {what}, got {text!r}") from None
+
+
+def _spacing(text, option: str = "--spacing"):
     if text is None or isinstance(text, (list, tuple, float, int)):
         return text
-    parts = [float(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    parts = _numbers(text, option)
     return parts[0] if len(parts) == 1 else parts
 
 
@@ -75,7 +197,9 @@ def _setup(args) -> None:
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     threads = getattr(args, "threads", None)
-    if threads:
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads: expected a positive integer, got {threads}")
         from ._config import set_num_threads
 
         set_num_threads(int(threads))
@@ -114,6 +238,8 @@ def _cmd_match(args) -> int:
     from .pipelines import load_points
     from .pipelines._output import provenance, write_csv, write_json
 
+    out = _prepare_out(args.out, kind="file", command="match", inputs=(args.a, args.b))
+    _prepare_out(out.with_suffix(".provenance.json"), kind="file", command="match", inputs=(args.a, args.b))
     a = load_points(args.a, spacing=_spacing(args.spacing), id_column=args.id_column, name="a")
     b = load_points(args.b, spacing=_spacing(args.spacing), id_column=args.id_column, name="b")
     res = match_points(a.points, b.points, k=args.k, radius=args.radius, unmatched_cost=args.unmatched_cost,
@@ -122,7 +248,6 @@ def _cmd_match(args) -> int:
 
     rows, cols = np.asarray(res.rows), np.asarray(res.cols)
     dist = np.linalg.norm(a.points[rows] - b.points[cols], axis=1)
-    out = Path(args.out)
     write_csv(out, ["a_index", "b_index", "a_id", "b_id", "distance"], [rows, cols, a.ids[rows], b.ids[cols], dist])
     write_json(out.with_suffix(".provenance.json"),
                provenance("match", {k: v for k, v in vars(args).items() if k != "func"}, {"a": args.a, "b": args.b}))
@@ -137,12 +262,13 @@ def _cmd_cpd(args) -> int:
     from .pipelines._output import provenance, write_csv, write_json
     from .registration import cpd
 
+    out = _prepare_out(args.out, kind="folder", command="cpd", inputs=(args.moving, args.fixed),
+                       overwrite=args.overwrite)
     mov = load_points(args.moving, spacing=_spacing(args.spacing), name="moving")
     fix = load_points(args.fixed, spacing=_spacing(args.spacing), name="fixed")
     opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol") if getattr(args, k) is not None}
     from .io import begin_folder, commit_folder
 
-    out = Path(args.out)
     stage = begin_folder(out, name="--out")  # renamed to --out when complete
     res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
     write_json(stage / "transform.json", res.transform.to_dict())
@@ -169,17 +295,31 @@ def _client(args):
     return distributed.Client(address)
 
 
-def _tuple(text):
+def _tuple(text, option: str = "--tile-shape"):
     if text is None or isinstance(text, (list, tuple)):
         return text
-    return tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    return tuple(_numbers(text, option, int))
 
 
 def _offsets(text):
+    """--offsets: a JSON list of offsets, or a JSON file holding one."""
     if text is None:
         return None
+    if isinstance(text, (list, tuple)):  # from a TOML config
+        return text
     p = Path(str(text))
-    return json.loads(p.read_text()) if p.exists() else json.loads(str(text))
+    if p.is_dir():
+        raise UsageError(f"--offsets: {p} is a folder; expected a JSON list of offsets or a JSON file")
+    if p.exists():
+        try:
+            return json.loads(p.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--offsets: {p} is not a JSON file ({_one_line(exc)})") from None
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        raise UsageError(f"--offsets: expected a JSON list of offsets such as '[[-1,0],[0,-1]]' or an existing "
+                         f"JSON file, got {str(text)!r}") from None
 
 
 def _cmd_predict(args) -> int:
@@ -205,15 +345,37 @@ def _cmd_mws(args) -> int:
 
     from .pipelines._inputs import read_image
     from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
+    from .segmentation.mws import _check_bias, _check_n_attractive, _check_offsets
 
+    out = _prepare_out(args.out, kind="zarr", command="mws", inputs=(args.affinities,), overwrite=args.overwrite)
     aff = read_image(args.affinities)
     offsets = _offsets(args.offsets)
     if offsets is None:
         offsets = aff.attrs.get("xmodal", {}).get("offsets") if hasattr(aff, "attrs") else None
         if offsets is None:
-            raise ValueError("--offsets: expected a JSON list of offsets (or a file), got none")
-    out = Path(args.out)
+            raise UsageError("--offsets: expected a JSON list of offsets (or a file), got none")
+    if len(aff.shape) not in (3, 4):
+        raise UsageError(f"affinities {args.affinities}: expected shape (C, y, x) or (C, z, y, x), "
+                         f"got {tuple(aff.shape)}")
     spatial = tuple(aff.shape[1:])
+    # everything that can be checked is checked before the output is created
+    offsets = _check_offsets(offsets, int(aff.shape[0]), len(spatial)).tolist()
+    _check_n_attractive(args.n_attractive, int(aff.shape[0]), len(spatial))
+    bias = None
+    if args.bias is not None:
+        bias = (_numbers(args.bias, "--bias", x_separates=False) if not isinstance(args.bias, (int, float, list))
+                else args.bias)
+        bias = bias[0] if isinstance(bias, list) and len(bias) == 1 else bias
+        if args.n_attractive is not None:
+            raise UsageError("--bias: not used with --n-attractive (the sign of affinity + bias decides); give one")
+        _check_bias(bias, int(aff.shape[0]))
+    weighting = {"n_attractive": args.n_attractive} if bias is None else {"bias": bias}
+    block_shape = None
+    if args.block_shape:
+        block_shape = _tuple(args.block_shape, "--block-shape")
+        if len(block_shape) != len(spatial) or min(block_shape) < 1:
+            raise UsageError(f"--block-shape: expected {len(spatial)} positive integers (one per spatial axis of "
+                             f"{tuple(spatial)}), got {args.block_shape!r}")
     from .io import begin_folder, commit_folder, create_array, mark_complete, provenance_attributes
 
     attrs = provenance_attributes("mws", {k: v for k, v in vars(args).items() if k != "func"},
@@ -222,17 +384,17 @@ def _cmd_mws(args) -> int:
     # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
     # only when its affinities and the parameters are unchanged; the folder is removed on success.
     stage = begin_folder(out, name="--out")
-    if args.block_shape:
-        target = create_array(stage, spatial, np.uint64, chunks=_tuple(args.block_shape), overwrite=True,
+    if block_shape:
+        target = create_array(stage, spatial, np.uint64, chunks=block_shape, overwrite=True,
                               attributes=attrs, writer="xmodal mws")
-        res = blockwise_mutex_watershed(aff, offsets, block_shape=_tuple(args.block_shape),
+        res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
                                         halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
-                                        n_attractive=args.n_attractive, invert=args.invert, client=_client(args),
+                                        invert=args.invert, client=_client(args), **weighting,
                                         workdir=out.parent / (out.name + ".xmodal-work"))
         n = int(res.n_labels)
     else:
         a = np.asarray(aff[...])
-        labels = mutex_watershed(a, offsets, n_attractive=args.n_attractive, invert=args.invert)
+        labels = mutex_watershed(a, offsets, invert=args.invert, **weighting)
         if args.min_size > 1:
             labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
                                            n_attractive=args.n_attractive, invert=args.invert)
@@ -267,12 +429,14 @@ def _cmd_evaluate(args) -> int:
     from .pipelines._inputs import read_image
     from .pipelines._output import write_json
 
+    out = None if not args.out else _prepare_out(args.out, kind="file", command="evaluate",
+                                                 inputs=(args.segmentation, args.ground_truth))
     seg = np.asarray(read_image(args.segmentation)[...])
     gt = np.asarray(read_image(args.ground_truth)[...])
     scores = evaluate_segmentation(seg, gt, ignore_gt=tuple(args.ignore_gt)).as_dict()
     text = json.dumps(scores, indent=2, default=float)
-    if args.out:
-        write_json(Path(args.out), scores)
+    if out is not None:
+        write_json(out, scores)
     print(text)
     return 0
 
@@ -372,6 +536,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--max-iter", type=int)
     p.add_argument("--tol", type=float)
     p.add_argument("--spacing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that is a file or a folder not written by 'xmodal cpd'")
     _common(p, device=True)
     p.set_defaults(func=_cmd_cpd)
     subs["cpd"] = p
@@ -406,9 +572,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--offsets", help="JSON list of offsets or a JSON file")
     p.add_argument("--n-attractive", type=int, help="attractive channels (default: ndim)")
     p.add_argument("--invert", action="store_true", help="affinities are boundary probabilities")
+    p.add_argument("--bias", help="signed weights: merge probability + bias (one value, or one per channel, "
+                                  "comma-separated); replaces --n-attractive (see docs/mws.md)")
     p.add_argument("--out", default="labels.zarr", help="output zarr array")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
     p.add_argument("--min-size", type=int, default=0, help="merge smaller segments (single-shot)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out that is a file or not a zarr array written by 'xmodal mws'")
     _common(p, scheduler=True)
     p.set_defaults(func=_cmd_mws)
     subs["mws"] = p
@@ -463,29 +633,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 2 user error, see the module doc)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subs = build_parser()
     command = next((tok for tok in argv if not tok.startswith("-")), None)
-    cfg_path = _config_path(argv)
-    if command in subs and cfg_path:
-        try:
-            _apply_config(subs[command], command, cfg_path)
-        except (ValueError, FileNotFoundError, ImportError) as exc:
-            print(f"xmodal {command}: error: {exc}", file=sys.stderr)
-            return 1
-        except Exception as exc:  # a TOML syntax error
-            print(f"xmodal {command}: error: --config {cfg_path}: {exc}", file=sys.stderr)
-            return 1
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        cfg_path = _config_path(argv)
+        if command in subs and cfg_path:
+            _apply_config(subs[command], command, cfg_path)
+        args = parser.parse_args(argv)  # argparse reports its own errors with exit status 2
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
         _setup(args)
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        print(f"xmodal {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        inputs = [getattr(args, a.dest, None) for a in subs[args.command]._actions
+                  if not a.option_strings and a.dest not in ("help", "command")]
+        with _inputs_named(*inputs, getattr(args, "ground_truth", None)):
+            return int(args.func(args) or 0)
+    except Exception as exc:
+        if os.environ.get("XMODAL_TRACEBACK") or not _is_user_error(exc):
+            raise
+        print(f"xmodal {command or ''}: error: {_one_line(exc)}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import io as xio
-from .._validation import describe
+from .._validation import as_bool, describe
 from ._grid import Tile, align_up, blend_weights, make_tiles
 from ._model import Runner, model_token
 from ._normalize import quantile_normalizer
@@ -156,6 +156,7 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     if not callable(model):
         raise TypeError(f"model: expected a torch module or a callable on arrays, got {describe(model)}")
     image = _as_image(image)
+    progress, resume = as_bool(progress, "progress"), as_bool(resume, "resume")
     if blend not in _BLENDS:
         raise ValueError(f"blend: expected one of {_BLENDS}, got {blend!r}")
     nd, caxis, model_in = _layout(model, image, channel_axis)
@@ -201,6 +202,8 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     if xio.is_zarr_array(out):
         if out.ndim != nd + 1:
             raise ValueError(f"out: expected shape (C_out, *{shape}), got {out.shape}")
+        if np.dtype(out.dtype).kind != "f":  # an integer array would truncate the prediction silently
+            raise TypeError(f"out: expected a floating dtype (the prediction is float32), got {out.dtype}")
         out_chunks = tuple(out.chunks[1:])
 
     # normaliser
@@ -616,7 +619,8 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         Where to write ``(C_out, *spatial)``. ``None``: a new float32 numpy array. A path: a new
         OME-Zarr (NGFF 0.5) image with provenance attributes, chunks dividing the tile (reopened
         when it exists with the same layout, so an interrupted run resumes). A zarr array's chunks
-        must divide the tile (chunk-aligned writes: parallel writers never share a chunk).
+        must divide the tile (chunk-aligned writes: parallel writers never share a chunk). A given
+        array must have a floating dtype (an integer one would truncate the prediction).
     client : dask.distributed.Client or str, optional
         Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
         worker. With a zarr ``out`` the workers write directly, else the crops come back to the

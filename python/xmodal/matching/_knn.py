@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._device import is_cuda_array, resolve_device
-from .._validation import as_points, as_spacing, describe, positive_float, positive_int
+from .._validation import as_bool, as_points, as_spacing, describe, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     >>> g.nnz  # the zero distance of the identical points is stored
     2
     """
+    symmetric = as_bool(symmetric, "symmetric")
     k, radius, symmetric = _check_options(k, radius, symmetric)
     dev = resolve_device(device, a, b)
     if dev == "cuda" or is_cuda_array(a) or is_cuda_array(b):

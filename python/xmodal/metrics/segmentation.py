@@ -10,6 +10,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from .._validation import as_bool
 from ._contingency import ContingencyTable, check_label_pair, contingency_table
 from .points import ChamferResult, chamfer_distance
 
@@ -359,6 +360,7 @@ def label_centroids(labels, *, spacing=None, background=0, return_sizes: bool = 
     sizes : (m,) int64
         Voxels per object (only with ``return_sizes=True``).
     """
+    return_sizes = as_bool(return_sizes, "return_sizes")
     from .._validation import as_spacing
     from ._contingency import _check_labels, _factorize
 

@@ -105,7 +105,8 @@ def isbi2012_metadata(path=None) -> dict[str, Any]:
 def load_isbi2012_affinity_unet(path=None, *, device: str = "cpu"):
     """The 2D affinity U-Net trained on ISBI 2012, in eval mode, with sigmoid output.
 
-    Input: a ``(batch, 1, H, W)`` float32 tensor, H and W multiples of ``model.divisor`` (8), the raw EM standardised by
+    Input: a ``(batch, 1, H, W)`` float32 tensor of any H and W (padded internally to multiples of
+    ``model.divisor`` = 8 by repeating the last row / column, output cropped back), the raw EM standardised by
     :func:`normalize_isbi2012` (global mean / standard deviation). Output: ``(batch, 10, H, W)``
     merge probabilities for :data:`ISBI2012_OFFSETS` (first :data:`ISBI2012_N_ATTRACTIVE` attractive).
     Pixels whose partner ``p + offset`` lies outside the image carry no meaning.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import as_bool
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_isbi2012", "predict_affinities", "boundary_map", "boundary_baseline_segmentation",
@@ -123,6 +125,7 @@ def boundary_baseline_segmentation(affinities, *, n_attractive: int = 2, thresho
     -------
     (H, W) int32 labels, 0 only where ``grow=False`` left boundary pixels.
     """
+    grow = as_bool(grow, "grow")
     from skimage.measure import label as cc_label
     from skimage.segmentation import watershed
 

@@ -39,10 +39,16 @@ class PointSet:
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a CSV / TSV / Parquet table into a dict of column arrays (numeric where possible)."""
+    """Read a CSV / TSV / Parquet table into a dict of column arrays (numeric where possible).
+
+    A column whose every entry parses as a number is float64; any other column keeps its strings
+    (see :func:`numeric_column` for a clear error naming the file, column and line).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table file not found: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"table {path}: is a folder, expected a .csv / .tsv / .parquet file")
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         from .._optional import optional_import
@@ -52,11 +58,16 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {name: np.asarray(table.column(name).to_numpy()) for name in table.column_names}
     import csv
 
-    with open(path, newline="") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        delimiter = "\t" if (suffix == ".tsv" or sample.count("\t") > sample.count(",")) else ","
-        rows = list(csv.reader(fh, delimiter=delimiter))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            delimiter = "\t" if (suffix == ".tsv" or sample.count("\t") > sample.count(",")) else ","
+            rows = list(csv.reader(fh, delimiter=delimiter))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"table {path}: not a text table (CSV/TSV) in UTF-8: {exc.reason} at byte {exc.start}") from None
+    except csv.Error as exc:
+        raise ValueError(f"table {path}: not a valid CSV/TSV table: {exc}") from None
     if not rows:
         raise ValueError(f"table {path}: the file is empty")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -70,6 +81,20 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
         except ValueError:
             out[name.strip()] = np.array(col)
     return out
+
+
+def numeric_column(table: dict, name: str, path) -> np.ndarray:
+    """Column ``name`` of a table from :func:`read_table` as float64; ValueError naming the file,
+    the column and the first line (1 = header) whose entry is not a number."""
+    col = np.asarray(table[name])
+    if col.dtype.kind in "biuf":
+        return col.astype(np.float64)
+    for i, v in enumerate(col.tolist()):
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"table {path}: column {name!r} must be numeric; line {i + 2} holds {str(v)!r}") from None
+    return col.astype(np.float64)  # pragma: no cover - every entry parsed
 
 
 def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str, ...] | None,
@@ -89,7 +114,7 @@ def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str,
     missing = [c for c in columns if c not in table]
     if missing:
         raise ValueError(f"columns: {missing} not in table {path} (it has {list(table)})")
-    pts = np.stack([np.asarray(table[c], dtype=float) for c in columns], axis=1)
+    pts = np.stack([numeric_column(table, c, path) for c in columns], axis=1)
     pts = as_points(pts, f"table {path}")
     s = as_spacing(spacing, pts.shape[1])
     if s is not None:
@@ -103,21 +128,62 @@ def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str,
     return PointSet(pts, ids, str(path))
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    """Memory-map a numeric .npy file; refuse object arrays (never unpickle) and non-.npy files."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:  # pragma: no cover - version 3 headers (utf-8 field names)
+                dtype = None
+    except ValueError as exc:
+        raise ValueError(f"image {path}: not a .npy file ({exc})") from None
+    if dtype is not None and dtype.hasobject:
+        raise ValueError(f"image {path}: holds Python objects (a pickled array); xmodal reads only numeric "
+                         ".npy files and never unpickles them (allow_pickle=False)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"image {path}: cannot be read as a numeric .npy array ({exc})") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a label or intensity image from .npy, .tif/.tiff or a zarr array (lazily for zarr)."""
+    """Read a label or intensity image from .npy, .tif/.tiff or a zarr array (lazily for zarr).
+
+    Errors name the file: a missing path, a table or other non-image file, a pickled (object)
+    .npy file (never unpickled), or a folder that is not a zarr array / OME-Zarr image.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, mmap_mode="r")
-    if suffix in {".tif", ".tiff"}:
+    if suffix in _TABLE_SUFFIXES:
+        raise ValueError(f"image {path}: a table ({suffix}), expected an image (.npy, .tif/.tiff, .zarr or an "
+                         "OME-Zarr image)")
+    if suffix == ".npy" and path.is_file():
+        return _read_npy(path)
+    if suffix in {".tif", ".tiff"} and path.is_file():
         from .._optional import optional_import
 
-        return optional_import("tifffile", purpose="reading TIFF images").imread(path)
+        tifffile = optional_import("tifffile", purpose="reading TIFF images")
+        try:
+            return tifffile.imread(path)
+        except (ValueError, tifffile.TiffFileError) as exc:
+            raise ValueError(f"image {path}: not a readable TIFF image ({exc})") from None
+    if not path.is_dir():
+        raise ValueError(f"image {path}: expected a .npy, .tif/.tiff file or a zarr / OME-Zarr folder")
     from ..io import open_array
 
-    return open_array(path)  # a zarr array, or the first scale of an OME-Zarr image / labels group
+    try:
+        return open_array(path)  # a zarr array, or the first scale of an OME-Zarr image / labels group
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        if isinstance(exc, PermissionError):
+            raise
+        msg = " ".join(str(exc).split())
+        raise ValueError(f"image {path}: not a zarr array or an OME-Zarr image ({msg})") from None
 
 
 def label_centroids(labels: Any, spacing=None) -> PointSet:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_points, positive_float, positive_int
+from .._validation import as_bool, as_points, positive_float, positive_int
 from .prealign import principal_axes
 
 
@@ -85,6 +85,7 @@ def register_beads(fixed, moving, *, radius: float, max_iter: int = 50, reflecti
     min_matches : int, optional
         Fail with ValueError when fewer beads match (default d + 2).
     """
+    reflections = as_bool(reflections, "reflections")
     fix = as_points(fixed, "fixed", min_points=3)
     mov = as_points(moving, "moving", min_points=3)
     if fix.shape[1] != mov.shape[1]:

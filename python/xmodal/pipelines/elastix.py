@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .._optional import optional_import
-from .._validation import as_spacing, choice
+from .._validation import as_bool, as_spacing, choice
 
 _MI_STAGE = {
     "Registration": "MultiResolutionRegistration",
@@ -249,6 +249,7 @@ def elastix_warp(image: np.ndarray, result: ElastixResult, *, spacing=None, labe
 
     ``labels=True`` uses nearest-neighbour interpolation (order 0) and keeps the integer dtype.
     """
+    labels = as_bool(labels, "labels")
     itk = _itk()
     img = np.asarray(image)
     sp = as_spacing(spacing, img.ndim)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import as_points, choice, positive_float
+from .._validation import as_bool, as_points, choice, positive_float
 
 
 def principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,6 +45,7 @@ def proper_signed_permutations(d: int, *, permute: bool = True) -> list[np.ndarr
 
     With ``permute=False`` only the diagonal sign flips (4 in 3D, 2 in 2D).
     """
+    permute = as_bool(permute, "permute")
     out = []
     perms = itertools.permutations(range(d)) if permute else [tuple(range(d))]
     for perm in perms:
@@ -124,6 +125,7 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
     max_points : int
         Larger clouds are subsampled (fixed seed) for the search.
     """
+    scale, score_affine = as_bool(scale, "scale"), as_bool(score_affine, "score_affine")
     mov = as_points(moving, "moving")
     fix = as_points(fixed, "fixed")
     if mov.shape[1] != fix.shape[1]:

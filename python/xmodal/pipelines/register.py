@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .._validation import as_points, choice, positive_float, positive_int
+from .._validation import as_bool, as_points, choice, positive_float, positive_int
 from ._inputs import PointSet, load_points
 from ._transforms import CompositeTransform
 from .prealign import PrealignResult, median_nn_distance, prealign as _prealign
@@ -195,6 +195,7 @@ def register_cells(
     timings: dict[str, float] = {}
     choice(transform, "transform", _TRANSFORMS)
     choice(matching, "matching", ("one-to-one", "cover"))
+    scale, errors = as_bool(scale, "scale"), as_bool(errors, "errors")
     if prealign is True:
         prealign = "all"
     if prealign is not False:

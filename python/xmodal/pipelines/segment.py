@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import describe, positive_int
+from .._validation import as_bool, as_spacing, describe, positive_int
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -54,26 +54,42 @@ class SegmentationResult:
 
 
 def _global_mean_std(image, block_voxels: int = 1 << 24) -> tuple[float, float]:
-    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0."""
+    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0.
+
+    Sums are taken around the first value (shifted sums), so a constant image gives exactly 0.
+    Raises ValueError for an empty image or non-finite values.
+    """
+    if int(np.prod(image.shape)) == 0:
+        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
     n = 0
     s = 0.0
     s2 = 0.0
+    shift = None
     per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
     step = max(1, block_voxels // max(per_row, 1))
     for start in range(0, image.shape[0], step):
         block = np.asarray(image[start:start + step], dtype=np.float64)
+        if shift is None:
+            shift = float(block.flat[0])
+        if not np.isfinite(block).all():
+            raise ValueError("raw: expected finite intensities, found NaN or infinity")
+        block = block - shift
         n += block.size
         s += float(block.sum())
         s2 += float(np.square(block).sum())
     mean = s / n
-    return mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+    return shift + mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
 
 
 class _Standardize:
-    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it)."""
+    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it).
+
+    A constant image (``std == 0``) is only centred (divided by 1), so it becomes zeros, not NaN.
+    """
 
     def __init__(self, mean: float, std: float):
-        self.mean, self.std = float(mean), float(std)
+        std = float(std)
+        self.mean, self.std = float(mean), (std if np.isfinite(std) and std > 0 else 1.0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
@@ -109,14 +125,15 @@ def _resolve_model(model, offsets, n_attractive):
 def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
             tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
             block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
-            progress: bool = False) -> SegmentationResult:
+            progress: bool = False, bias=None, strides=None) -> SegmentationResult:
     """Segment a raw image or volume of any size into instances.
 
     Parameters
     ----------
     raw : array, zarr array or path (.zarr / OME-Zarr, .tif, .npy)
-        2D image or 3D volume (z, y, x), single channel. A 2D model is applied slice by slice to a
-        3D stack.
+        2D image or 3D volume (z, y, x), single channel, non-empty, finite. A 2D model is applied
+        slice by slice to a 3D stack. Any size: the shipped model pads the image end to its
+        down-sampling factor (8) internally.
     model : "isbi2012", torch module or path to a TorchScript file
         Network predicting merge probabilities (1 = same object) for ``offsets``. "isbi2012" is the
         shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
@@ -132,7 +149,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
     normalize : "standardize", "quantile", None or callable
         "standardize": global mean / standard deviation of the whole input (computed block by
-        block); "quantile": global 1 % / 98 % quantile scaling (see :func:`xmodal.predict_tiled`).
+        block; a constant image is only centred); "quantile": global 1 % / 98 % quantile scaling
+        (see :func:`xmodal.predict_tiled`). Other strings are an error.
     tile_shape, halo, device, client : tiled prediction (see :func:`xmodal.predict_tiled`); the
         ``client`` (dask.distributed) also runs the blockwise mutex watershed.
     min_size : int
@@ -143,10 +161,18 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
     ground_truth : label array or path, optional
         Instance labels to evaluate against (0 = ignored background / boundary).
-    spacing : voxel size (physical units), stored in the OME-Zarr metadata and used for Chamfer
-        distances.
+    spacing : float or sequence of float, optional
+        Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
+        stored in the OME-Zarr metadata and used for Chamfer distances.
     progress : bool
         Progress bars on a TTY.
+    bias, strides : optional
+        Mutex watershed options (see :func:`xmodal.mutex_watershed`): ``bias`` selects the
+        signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
+        by the size filter), ``strides`` subsample edges (``ndim`` values for the repulsive
+        channels, or ``(C, ndim)`` per offset), in the model's axes. Default: the model's
+        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method without
+        strides.
     """
     from ..inference import predict_tiled
     from ..io import create_ome_zarr_image, mark_complete, mark_incomplete
@@ -155,13 +181,21 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     min_size = positive_int(min_size, "min_size", minimum=0)
+    progress = as_bool(progress, "progress")
+    if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
+                                                          and normalize in ("standardize", "quantile"))):
+        raise ValueError(f"normalize: expected 'standardize', 'quantile', None or a callable, got {describe(normalize)}")
     image = read_image(raw) if isinstance(raw, (str, Path)) else raw
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     if len(image.shape) not in (2, 3):
         raise ValueError(f"raw: expected a 2D image or a 3D volume (z, y, x), got shape {tuple(image.shape)}")
-    if not np.issubdtype(np.dtype(image.dtype), np.number):
-        raise TypeError(f"raw: expected a numeric image, got {describe(image)}")
+    if not np.issubdtype(np.dtype(image.dtype), np.number) or np.issubdtype(np.dtype(image.dtype), np.complexfloating):
+        raise TypeError(f"raw: expected a real numeric image, got {describe(image)}")
+    if any(int(n) < 1 for n in image.shape):
+        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
+    if spacing is not None:
+        spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
     if out is not None:
         from ..io import check_output_folder
@@ -172,6 +206,15 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     if offsets.shape[1] == 3 and len(spatial) == 2:
         raise ValueError(f"offsets: a 3D model (offsets of length 3) cannot run on the 2D image of shape {spatial}")
     C = len(offsets)
+    from ..segmentation.mws import _check_bias, _check_strides
+
+    bias = _check_bias(getattr(model, "mws_bias", None) if bias is None else bias, C)
+    strides = _check_strides(getattr(model, "mws_strides", None) if strides is None else strides, offsets.shape[1], C)
+    if bias is not None and strides is not None and not isinstance(strides[0], list):
+        raise ValueError(f"strides: with bias give per-offset strides of shape ({C}, {offsets.shape[1]}), got {strides}")
+    if stack and strides is not None:  # the 2D model's strides on the (z, y, x) stack
+        strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
+    mws_kw = ({"n_attractive": n_attractive} if bias is None else {"bias": bias}) | {"strides": strides}
 
     t0 = time.perf_counter()
     if normalize == "standardize":
@@ -218,7 +261,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     label_axes = axes[1:]
     if block_shape is None and n_vox <= memory_voxels:
         aff = np.asarray(aff_out[...], dtype=np.float32)
-        labels = mutex_watershed(aff, mws_offsets, n_attractive=n_attractive)
+        labels = mutex_watershed(aff, mws_offsets, **mws_kw)
         if min_size > 1:
             labels = remove_small_segments(labels, min_size, affinities=aff, offsets=mws_offsets,
                                            n_attractive=n_attractive)
@@ -235,8 +278,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         target = None if root is None else _labels_array(root, spatial, label_axes, spacing, block_shape)
         halo_mws = np.abs(mws_offsets).max(axis=0).tolist()
         res = blockwise_mutex_watershed(aff_out, mws_offsets, block_shape=block_shape, halo=halo_mws, out=target,
-                                        n_attractive=n_attractive, client=client,
-                                        workdir=None if stage is None else stage / "mws-work")
+                                        client=client, workdir=None if stage is None else stage / "mws-work",
+                                        **mws_kw)
         labels, n_segments = res.labels, int(res.n_labels)
         if min_size > 1:
             if target is not None:
@@ -261,6 +304,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
 
     params = {"model": getattr(model, "metadata", {}).get("name", type(model).__name__),
               "offsets": mws_offsets.tolist(), "n_attractive": n_attractive, "normalize": repr(normalize),
+              "bias": None if bias is None else bias.tolist(), "strides": strides,
               "tile_shape": tile_shape, "halo": halo, "min_size": min_size, "block_shape": block_shape,
               "spacing": spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
     if out_dir is not None:

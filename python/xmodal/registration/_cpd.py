@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._device import is_cuda_array, resolve_device
-from .._validation import as_points, choice, describe, positive_float, positive_int
+from .._validation import as_bool, as_points, choice, describe, positive_float, positive_int
 from .transforms import AffineTransform, DeformableTransform, RigidTransform, SimilarityTransform
 
 log = logging.getLogger("xmodal.registration")
@@ -281,6 +281,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     """
     t_start = time.perf_counter()
     choice(transform, "transform", TRANSFORMS)
+    normalize = as_bool(normalize, "normalize")
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (0.0 <= float(w) < 1.0):
         raise ValueError(f"w: expected a number in [0, 1), got {describe(w)}")
     w = float(w)

@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from .._validation import as_bool
+
 __all__ = [
     "AffineFit",
     "RigidFit",
@@ -472,6 +474,7 @@ def leave_one_out_residuals(src, dst, *, transform: str = "rigid", scale: bool =
     scale : bool
         With ``transform="rigid"``: fit a similarity.
     """
+    scale = as_bool(scale, "scale")
     s, t = _pair(src, dst)
     n, d = s.shape
     if transform == "affine":

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
-from .._validation import describe
-from .mws import _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+from .._validation import as_bool, describe
+from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -157,6 +157,7 @@ def _run_block(plan: _Plan, bid: int):
         rec = ledger.record(bid)
         if rec is not None and rec.get("input") == digest and os.path.exists(plan.path("blocks", bid) + ".npz"):
             return int(rec["n_labels"]), digest, True
+    _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
@@ -284,7 +285,7 @@ def _clean_workdir(workdir: str) -> None:
 def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
                               n_attractive=None, strides=None, randomize_strides=False, mask=None,
                               invert=False, seed=None, workdir=None, n_workers=None,
-                              merge_threshold=0.5):
+                              merge_threshold=0.5, bias=None):
     """Mutex watershed of a volume larger than memory, block by block, stitched across faces.
 
     Parameters
@@ -306,8 +307,9 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         is returned.
     client : dask.distributed.Client, optional
         Run the block tasks on this client; default: dask's threaded scheduler in this process.
-    n_attractive, strides, randomize_strides, invert, seed
-        As in :func:`mutex_watershed`; strides are anchored at each block's (halo) origin.
+    n_attractive, strides, randomize_strides, invert, seed, bias
+        As in :func:`mutex_watershed` (``strides`` of shape ``(C, ndim)`` are per offset;
+        ``bias`` selects the signed-weight mode); strides are anchored at each block's (halo) origin.
     mask : array-like of bool, shape spatial, optional
         False voxels are background 0.
     workdir : str or path, optional
@@ -343,8 +345,15 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     C, shape = ashape[0], ashape[1:]
     ndim = len(shape)
     o = _check_offsets(offsets, C, ndim)
-    na = _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim)
+    bias_arr = _check_bias(bias, C)
+    if bias_arr is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = None if bias_arr is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    if bias_arr is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
     bshape = _per_axis(block_shape, ndim, "block_shape", 1)
     hal = _per_axis(halo, ndim, "halo", 0)
     bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
@@ -368,8 +377,8 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
-    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": bool(randomize_strides),
-                  "invert": bool(invert), "seed": seed}
+    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
+                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
     if randomize_strides and st is None:
         raise ValueError("randomize_strides: requires strides")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import describe
+from .._validation import as_bool, describe, int64_array, real_array
 
 __all__ = [
     "MutexWatershedInfo",
@@ -106,14 +106,7 @@ def _check_affinities(affinities) -> np.ndarray:
 
 
 def _check_offsets(offsets, n_channels: int, ndim: int) -> np.ndarray:
-    try:
-        o = np.asarray(offsets)
-    except Exception as exc:  # pragma: no cover
-        raise TypeError(f"offsets: expected ({n_channels}, {ndim}) integers, got {describe(offsets)}") from exc
-    if o.dtype == object or not (np.issubdtype(o.dtype, np.integer) or
-                                 (np.issubdtype(o.dtype, np.floating) and o.size and np.all(o == np.round(o)))
-                                 or o.size == 0):
-        raise TypeError(f"offsets: expected integer offsets, got {describe(offsets)}")
+    o = int64_array(offsets, "offsets", f"({n_channels}, {ndim}) integer offsets")
     if o.ndim != 2 or o.shape[1] != ndim:
         raise ValueError(
             f"offsets: expected shape ({n_channels}, {ndim}) (one {ndim}-D offset per channel), "
@@ -121,7 +114,7 @@ def _check_offsets(offsets, n_channels: int, ndim: int) -> np.ndarray:
     if o.shape[0] != n_channels:
         raise ValueError(
             f"offsets: expected one offset per affinity channel ({n_channels}), got {o.shape[0]}")
-    return o.astype(np.int64)
+    return o
 
 
 def _check_n_attractive(n_attractive, n_channels: int, ndim: int) -> int:
@@ -134,19 +127,42 @@ def _check_n_attractive(n_attractive, n_channels: int, ndim: int) -> int:
     return int(n_attractive)
 
 
-def _check_strides(strides, ndim: int):
+def _check_strides(strides, ndim: int, n_channels: int):
+    """None, ``ndim`` ints (repulsive channels only) or ``(n_channels, ndim)`` ints (per offset).
+
+    Returns None, a list of ``ndim`` ints, or a list of ``n_channels`` lists of ``ndim`` ints.
+    """
     if strides is None:
         return None
     if isinstance(strides, numbers.Integral) and not isinstance(strides, bool):
         strides = [int(strides)] * ndim
-    s = np.asarray(strides)
-    if s.dtype == object or not np.issubdtype(s.dtype, np.integer):
-        raise TypeError(f"strides: expected {ndim} positive integers, got {describe(strides)}")
-    if s.shape != (ndim,):
-        raise ValueError(f"strides: expected {ndim} values (one per axis), got shape {s.shape}")
+    s = int64_array(strides, "strides",
+                    f"{ndim} positive integers or ({n_channels}, {ndim}) per-offset positive integers")
+    if s.shape not in ((ndim,), (n_channels, ndim)):
+        raise ValueError(f"strides: expected {ndim} values (one per axis, repulsive channels) or shape "
+                         f"({n_channels}, {ndim}) (one row per offset, every edge), got shape {s.shape}")
     if (s < 1).any():
         raise ValueError(f"strides: expected positive integers, got {s.tolist()}")
-    return [int(v) for v in s]
+    return s.tolist()
+
+
+def _check_bias(bias, n_channels: int):
+    """None, a real number or ``n_channels`` real numbers -> None or a float64 array (n_channels,)."""
+    if bias is None:
+        return None
+    if isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias: expected a real number or {n_channels} real numbers, got {describe(bias)}")
+    b = real_array(bias, "bias", f"a real number or {n_channels} real numbers")
+    if b.dtype == bool:
+        raise TypeError(f"bias: expected a real number or {n_channels} real numbers, got {describe(bias)}")
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim == 0:
+        b = np.full(n_channels, float(b))
+    if b.shape != (n_channels,):
+        raise ValueError(f"bias: expected a scalar or one value per channel ({n_channels}), got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"bias: expected finite values, got {b.tolist()}")
+    return np.ascontiguousarray(b)
 
 
 def _check_spatial(x, name: str, shape, *, kind: str):
@@ -166,7 +182,9 @@ def _check_spatial(x, name: str, shape, *, kind: str):
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
+def _check_finite(a: np.ndarray, name: str = "affinities", origin=None) -> None:
+    """ValueError naming the channel and voxel of the first non-finite value (voxel + ``origin``,
+    the position of ``a`` in a larger volume, when given)."""
     # chunked so that huge inputs need no full-size temporary
     flat = a.reshape(a.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[0]))
@@ -175,6 +193,8 @@ def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
         if not np.isfinite(block).all():
             c, j = np.argwhere(~np.isfinite(block))[0]
             idx = np.unravel_index(i + j, a.shape[1:])
+            if origin is not None:
+                idx = tuple(int(v) + int(o) for v, o in zip(idx, origin))
             raise ValueError(f"{name}: expected finite values, found {block[c, j]} in channel {c} at {tuple(int(v) for v in idx)}")
 
 
@@ -192,28 +212,33 @@ def _check_seed(seed):
 
 def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
                     randomize_strides=False, mask=None, invert=False, seed=None, seeds=None,
-                    return_info=False):
+                    bias=None, return_info=False):
     """Mutex watershed segmentation of a 2D or 3D affinity map.
 
     Parameters
     ----------
     affinities : ndarray, shape (C, y, x) or (C, z, y, x), float32 or float64
         Every channel is a merge probability in [0, 1] (1 = same object) unless ``invert``.
-        Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite. A C-contiguous
-        float array is used without a copy.
+        Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite (a ValueError
+        names the channel and voxel of a NaN or infinity). A C-contiguous float array is used
+        without a copy.
     offsets : array_like of int, shape (C, ndim)
         Voxel offsets in array axis order (z, y, x), usually negative (``[-1, 0, 0]`` joins a voxel
         with the one before it along z). Edges that leave the volume are dropped; an offset longer
-        than the volume is legal and adds no edges.
+        than the volume is legal and adds no edges. Values must fit a signed 64-bit integer.
     n_attractive : int, optional
         The first ``n_attractive`` channels are attractive (weight ``a``); the remaining channels are
-        repulsive (weight ``1 - a``). Default: ``ndim``.
-    strides : int or sequence of int, optional
-        Keep only the repulsive edges whose source voxel lies on this grid (every ``strides[d]``-th
-        voxel along axis d, starting at 0), as in the original method. Attractive edges are all kept.
+        repulsive (weight ``1 - a``). Default: ``ndim``. Not used with ``bias``.
+    strides : int, sequence of ndim ints, or array of shape (C, ndim), optional
+        Subsampling of the edges by their source voxel ``p``: an edge is kept when
+        ``p[d] % stride[d] == 0`` along every axis d (the grid is anchored at voxel 0).
+        ``ndim`` values (or one int) apply to the **repulsive channels only**, as in the original
+        method and bioimage-cpp; attractive edges are all kept. A ``(C, ndim)`` array gives one
+        stride per offset that applies to **every edge of that offset**, attractive or repulsive,
+        as mwatershed's ``strides`` (a row of ones keeps a channel whole).
     randomize_strides : bool
-        Keep each repulsive edge with probability ``1 / prod(strides)`` instead, drawn from a
-        counter-based hash of (``seed``, edge id): reproducible for a given ``seed``.
+        Keep each subsampled edge with probability ``1 / prod(stride of its channel)`` instead,
+        drawn from a counter-based hash of (``seed``, edge id): reproducible for a given ``seed``.
     mask : ndarray of bool, shape spatial, optional
         False voxels are background (label 0) and their edges are dropped.
     invert : bool
@@ -224,6 +249,18 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     seeds : ndarray of int, shape spatial, optional
         Seed labels: voxels with the same nonzero seed are one segment from the start and segments
         with different seeds never merge (0 = unseeded).
+    bias : float or sequence of C floats, optional
+        Signed-weight mode (the mwatershed convention, with the per-channel biases of the blockwise
+        pipelines built on it): every edge of channel ``c`` gets the signed weight
+        ``s = m + bias[c]``, with ``m`` the merge probability (``1 - value`` with ``invert``),
+        computed in the precision of ``affinities``. ``s > 0`` attracts with weight ``s``,
+        ``s < 0`` repels with weight ``-s``, ``s == 0`` has no effect; all edges are processed by
+        descending ``|s|``. Any channel may attract or repel, so ``n_attractive`` is not used and
+        strides must be per offset. A scalar applies to every channel. ``bias = 0`` for the first
+        ``n`` channels and ``-1`` for the others is the classic mutex watershed with
+        ``n_attractive=n`` (up to attractive edges of weight exactly 0, which the classic method
+        still processes last). Typical: ``-0.5`` (merge where ``m > 0.5``); a more negative bias
+        for long-range channels splits less. See ``docs/mws.md``.
     return_info : bool
         Also return a :class:`MutexWatershedInfo`.
 
@@ -238,14 +275,27 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     -----
     bioimage-cpp's ``segmentation.mutex_watershed(affs, offsets, n_attractive)`` uses the repulsive
     channels as repulsion strengths directly; it gives the same partition as this function for
-    ``affs[n_attractive:] = 1 - affinities[n_attractive:]``. See ``docs/mws.md``.
+    ``affs[n_attractive:] = 1 - affinities[n_attractive:]``. mwatershed's
+    ``agglom(a + bias[:, None, None], offsets)`` gives the same partition as ``bias=bias`` (voxels
+    it leaves at 0 are singletons here). See ``docs/mws.md``.
     """
     a = _check_affinities(affinities)
     C, spatial = a.shape[0], a.shape[1:]
     ndim = len(spatial)
     o = _check_offsets(offsets, C, ndim)
-    na = _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim)
+    b = _check_bias(bias, C)
+    if b is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = C if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    per_channel = st is not None and isinstance(st[0], list)
+    if b is not None and st is not None and not per_channel:
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    randomize_strides = as_bool(randomize_strides, "randomize_strides")
+    invert = as_bool(invert, "invert")
+    return_info = as_bool(return_info, "return_info")
     if randomize_strides and st is None:
         raise ValueError("randomize_strides: requires strides")
     m = _check_spatial(mask, "mask", spatial, kind="mask")
@@ -255,17 +305,21 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
         raise ValueError(f"affinities: at most 2^32 - 2 voxels per call, got {int(np.prod(spatial))}; "
                          "use blockwise_mutex_watershed")
     _check_finite(a)
+    single = [1] * ndim if (st is None or per_channel) else st
+    cst = np.asarray(st, np.int64) if per_channel else None
     if ndim == 2:
         a4 = a.reshape((C, 1) + spatial)
         o3 = np.concatenate([np.zeros((C, 1), np.int64), o], axis=1)
-        st3 = [1] + st if st is not None else [1, 1, 1]
+        st3 = [1] + single
+        if cst is not None:
+            cst = np.concatenate([np.ones((C, 1), np.int64), cst], axis=1)
     else:
-        a4, o3 = a, o
-        st3 = st if st is not None else [1, 1, 1]
+        a4, o3, st3 = a, o, single
     a4 = np.ascontiguousarray(a4)
     fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
     labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
-                       seed_value, bool(invert), m, sd)
+                       seed_value, invert, m, sd,
+                       None if cst is None else np.ascontiguousarray(cst), b)
     labels = labels.reshape(spatial)
     if return_info:
         return labels, MutexWatershedInfo._from_native(stats)
@@ -365,6 +419,7 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
         if np.issubdtype(sd.dtype, np.signedinteger) and sd.size and sd.min() < 0:
             raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
         sd = np.ascontiguousarray(sd, dtype=np.uint64)
+    return_info = as_bool(return_info, "return_info")
     labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
     if return_info:
         return labels, MutexWatershedInfo._from_native(stats)
@@ -428,6 +483,7 @@ def remove_small_segments(labels, min_size, *, affinities=None, offsets=None, n_
         raise ValueError(f"min_size: expected a non-negative integer, got {min_size}")
     if (affinities is None) != (offsets is None):
         raise ValueError("affinities, offsets: give both or neither")
+    invert = as_bool(invert, "invert")
     _, dense = np.unique(lab, return_inverse=True)
     dense = dense.reshape(lab.shape).astype(np.int64)
     has_zero = lab.size and lab.min() == 0
