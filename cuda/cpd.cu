@@ -64,11 +64,17 @@ __global__ void pass1_kernel(const T* __restrict__ X, int64_t N, const T* __rest
             if (acc > 0) {
                 const double la = log(acc);
                 const double lc = c > 0 ? log(c) + e : -CUDART_INF;
-                const double mx = la > lc ? la : lc, mn = la > lc ? lc : la;
-                const double lden = mx + log1p(exp(mn - mx));
-                gn = exp(-lden);
-                pt = exp(la - lden);
-                ls = lden - e;
+                if (la >= lc) {  // as on the CPU: no inf - inf when e = h inv overflows
+                    const double l1 = log1p(exp(lc - la));
+                    gn = exp(-(la + l1));
+                    pt = exp(-l1);
+                    ls = (la - e) + l1;
+                } else {
+                    const double l1 = log1p(exp(la - lc));
+                    gn = exp(-(lc + l1));
+                    pt = exp(la - lc - l1);
+                    ls = log(c) + l1;
+                }
             } else {
                 ls = c > 0 ? log(c) : -CUDART_INF;
             }
@@ -125,8 +131,8 @@ __global__ void pass2_kernel(const T* __restrict__ X, int64_t N, const T* __rest
         const double a = w ? (double)w[m] : 1.0;
         P1[m] = a * a0;
         for (int d = 0; d < D; ++d) PX[m * D + d] = a * ac[d];
-        best[m] = bv > 0 ? bi : -1;
-        prob[m] = bv > 0 ? a * bv : 0.0;
+        best[m] = bv > 0 && a > 0 ? bi : -1;
+        prob[m] = bv > 0 && a > 0 ? a * bv : 0.0;
     }
 }
 
@@ -175,7 +181,8 @@ void check_sizes(int64_t N, int64_t M, int D) {
 
 }  // namespace
 
-// E-step. Outputs are double device buffers: log_s (N, log s_n; -inf where s_n = 0), g (N, pass-2
+// E-step. Outputs are double device buffers: log_s (N, log s_n; -inf where s_n = 0 or
+// log s_n < -DBL_MAX), g (N, pass-2
 // weights, scratch), shift (N, h_n, scratch), Pt1 (N), P1 (M), PX (M x D), prob (M); best (M)
 // int64. weights may be null.
 template <class T>

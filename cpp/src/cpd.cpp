@@ -449,6 +449,11 @@ double check_extent(const T* A, int64_t na, const T* B, int64_t nb, int D, const
     return amax;
 }
 
+// Below this many candidate pairs (M * N bounds them) a pass runs on the calling thread: waking
+// OpenMP workers costs more than the work (on a loaded machine, a scheduler time slice each
+// time). Results do not depend on the thread count either way.
+constexpr double kParallelMinPairs = 65536.0;
+
 // Search radius of the grid for the support d2 <= r2: the exact radius plus a margin for the
 // rounding of d2 (relative, a few ulps of T) and of the cell arithmetic (absolute, ulps of double
 // at the coordinates' magnitude). Any superset is correct; the margin only keeps it a superset.
@@ -470,6 +475,7 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
     const double radius = search_radius((double)r2, amax);
     // Rows may need a shift only if the support can hold terms below exp(-kSafe).
     const bool may_shift = !((double)r2 * (double)inv <= Limits<T>::kSafe);
+    const bool parallel = (double)N * (double)M >= kParallelMinPairs;
     EStepStats stats;
 
     // Pass 1: over fixed points n. S_n = sum_m a_m exp(-(d2_mn - h_n) / (2 sigma2)) over the
@@ -483,10 +489,10 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
     std::vector<T> gx_w(N), shift(N);
     std::vector<double> logs(N);
     std::vector<int64_t> work1(N, 0);
-    std::vector<char> shifted(N, 0);
+    std::vector<char> shifted(N, 0), is_empty(N, 0);
     const RowFn<T> row1 = pick_row<T>(D, may_shift ? Row::pass1_min : Row::pass1);
     const RowFn<T> row1s = pick_row<T>(D, Row::pass1);
-#pragma omp parallel num_threads(xmodal::num_threads())
+#pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
 #pragma omp for schedule(dynamic, 64)
@@ -520,18 +526,27 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
                     pt = S / den;
                     ls = std::log(den);
                 } else {
+                    // log(S + c e^e) = lden; log s_n = lden - e, formed so that an overflow of
+                    // e = h inv (sigma2 tiny against the distances) cannot give inf - inf
                     const double la = std::log(S);
                     const double lc = c > 0 ? std::log(c) + e : -std::numeric_limits<double>::infinity();
-                    const double mx = std::max(la, lc), mn = std::min(la, lc);
-                    const double lden = mx + std::log1p(std::exp(mn - mx));
-                    g = std::exp(-lden);
-                    pt = std::exp(la - lden);
-                    ls = lden - e;
+                    if (la >= lc) {
+                        const double l1 = std::log1p(std::exp(lc - la));
+                        g = std::exp(-(la + l1));
+                        pt = std::exp(-l1);
+                        ls = (la - e) + l1;  // -inf when e overflows: s_n is below exp(-DBL_MAX)
+                    } else {
+                        const double l1 = std::log1p(std::exp(la - lc));
+                        g = std::exp(-(lc + l1));
+                        pt = std::exp(la - lc - l1);
+                        ls = std::log(c) + l1;
+                    }
                 }
             } else {  // empty support: only the outlier term (if any) explains x_n
                 g = 0;
                 pt = 0;
                 ls = c > 0 ? std::log(c) : -std::numeric_limits<double>::infinity();
+                is_empty[n] = c > 0 ? 0 : 1;
             }
             gx_w[n] = (T)g;
             Pt1[n] = (T)pt;
@@ -544,11 +559,11 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
         pairs += work1[n];
         nshift += shifted[n];
         if (log_s_out) log_s_out[n] = logs[n];
-        if (std::isfinite(logs[n])) {
-            logsum += logs[n];
-        } else {
+        if (is_empty[n]) {
             logsum += std::log(std::numeric_limits<double>::min());
             ++empty;
+        } else {
+            logsum += logs[n];
         }
     }
 
@@ -567,7 +582,7 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
                  {gx.coord[0].data(), gx.coord[1].data(), D == 3 ? gx.coord[2].data() : nullptr}};
     std::vector<int64_t> work2(M, 0);
     const RowFn<T> row2 = pick_row<T>(D, nshift > 0 ? Row::pass2_shift : Row::pass2);
-#pragma omp parallel num_threads(xmodal::num_threads())
+#pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
 #pragma omp for schedule(dynamic, 64)
@@ -581,8 +596,9 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
             const double a = weights ? (double)weights[m] : 1.0;
             P1[m] = (T)(a * s0);
             for (int d = 0; d < D; ++d) PX[m * D + d] = (T)(a * cs[d]);
-            if (best_idx) best_idx[m] = (bp >= 0 && bvv > 0) ? gx.perm[bp] : -1;
-            if (best_prob) best_prob[m] = (bp >= 0 && bvv > 0) ? (T)(a * (double)bvv) : T(0);
+            const bool has_best = bp >= 0 && bvv > 0 && a > 0;  // a zero weight makes the row of P zero
+            if (best_idx) best_idx[m] = has_best ? gx.perm[bp] : -1;
+            if (best_prob) best_prob[m] = has_best ? (T)(a * (double)bvv) : T(0);
             int64_t cnt = 0;
             for (size_t r = 0; r < rg.size(); r += 2) cnt += rg[r + 1] - rg[r];
             work2[m] = cnt;
@@ -676,7 +692,7 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
                 nullptr,
                 {cols[0].data(), cols[1].data(), D == 3 ? cols[2].data() : nullptr}};
     const RowFn<T> row = pick_row<T>(D, Row::gauss);
-#pragma omp parallel num_threads(xmodal::num_threads())
+#pragma omp parallel num_threads(xmodal::num_threads()) if ((double)K * (double)Q >= kParallelMinPairs)
     {
         std::vector<int64_t> rg;
 #pragma omp for schedule(dynamic, 64)

@@ -30,14 +30,15 @@
 namespace xmodal::cpd {
 
 struct EStepStats {
-    double log_s_sum = 0.0;   // sum_n log(max(s_n, tiny))
+    double log_s_sum = 0.0;   // sum_n log s_n (log DBL_MIN for s_n == 0; -inf if a log s_n < -DBL_MAX)
     int64_t pairs = 0;        // kernel evaluations of the two passes (work measure)
     int64_t empty_columns = 0;  // fixed points with s_n == 0 (no moving point within the cutoff, c = 0)
     int64_t shifted_columns = 0;  // fixed points summed relative to their largest term (h_n > 0)
 };
 
 // E-step. weights may be null (all 1). best_idx/best_prob/log_s_out may be null; log_s_out (N)
-// receives log s_n (finite even where s_n itself underflows; -inf where s_n = 0). Throws
+// receives log s_n (finite even where s_n itself underflows; -inf where s_n = 0, or where
+// log s_n < -DBL_MAX, i.e. h_n / (2 sigma2) overflows). Throws
 // value_error on bad sizes, non-finite input, non-positive sigma2 or negative weights.
 template <class T>
 EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights,

@@ -418,8 +418,12 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
         Np = float(P1.sum())
         t0 = time.perf_counter()
         if Np <= 1e-12:
-            warnings_.append(f"iteration {it}: no fixed point is explained by the moving points (sum P = {Np:.3g}); "
-                             "stopped")
+            hint = ""
+            if math.isfinite(cutoff):
+                hint = (f" within the truncation radius sqrt(2 sigma2 cutoff) = {math.sqrt(2 * s2 * cutoff) * s0:.3g} "
+                        "(input units); start from a larger sigma2 or use cutoff=inf")
+            warnings_.append(f"iteration {it}: no fixed point is explained by the moving points (sum P = {Np:.3g})"
+                             f"{hint}; stopped")
             stop = "no_support"
             break
         state = (B.copy(), t.copy(), s_sim, TY.copy(), None if deform is None else deform.snapshot())

@@ -73,9 +73,10 @@ class _CupyEStep:
                            shift.data.ptr, Pt1.data.ptr, P1.data.ptr, PX.data.ptr, best.data.ptr, prob.data.ptr,
                            stream)
         self.pairs += 3 * N * M
-        finite = cp.isfinite(log_s)
-        empty = int((~finite).sum())
-        logsum = float(cp.where(finite, log_s, math.log(np.finfo(np.float64).tiny)).sum())
+        # s_n == 0 (no term, no outlier constant): counted as empty, log DBL_MIN in the objective
+        zero = (Pt1 == 0) & ~cp.isfinite(log_s) & (c == 0)
+        empty = int(zero.sum())
+        logsum = float(cp.where(zero, math.log(np.finfo(np.float64).tiny), log_s).sum())
         return P1, Pt1, PX, best, prob, logsum, empty
 
 
