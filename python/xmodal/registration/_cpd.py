@@ -40,8 +40,9 @@ class CPDResult:
     iterations : int
         EM iterations run.
     converged : bool
-        Whether the relative change of the objective fell below ``tol`` (or sigma2 reached its
-        floor because the sets match exactly).
+        Whether the relative change of the objective fell below ``tol``, or sigma2 reached its
+        floor because the sets match exactly (a step checked before it is accepted; see
+        ``info["stop"]``).
     match : ndarray of int64 (M,)
         For each moving point, the fixed point with the largest posterior ``P[m, n]`` in the last
         E-step (-1 when it has none within the truncation radius).
@@ -52,10 +53,16 @@ class CPDResult:
     history : dict
         Per iteration ``sigma2`` (input units) and ``objective``.
     warnings : list of str
-        Degenerate situations met (sigma2 collapse, non-finite update reverted, ...).
+        Degenerate situations met (initial sigma2 below the floor, sigma2 collapse, non-finite or
+        failed M-step reverted, no support, ...).
     info : dict
-        Diagnostics: ``w``, normalisation ``scale``, M-step ``solver``, ``rank``, kernel ``pairs``
-        evaluated, ``seconds`` (e-step, m-step, total), ``dtype``, ``device``.
+        Diagnostics: ``w``, ``normalize_scale``, M-step ``solver``, ``rank``, kernel ``pairs``
+        evaluated, ``seconds`` (e-step, m-step, total), ``dtype``, ``device``, ``sigma2_floor``
+        (squared input units), ``stop`` (why EM stopped: ``"converged"``, ``"max_iter"``,
+        ``"sigma2_collapse"``, ``"sigma2_collapse_rejected"``, ``"m_step_failed"``,
+        ``"non_finite_update"``, ``"no_support"``, ``"scale_degenerate"``) and, after a failed
+        M-step, ``m_step_error``. Whenever a step is rejected, the transform returned is the
+        previous iterate's.
     """
 
     moved: Any
@@ -243,7 +250,8 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         Stop when the relative change of the objective (negative log-likelihood) is below ``tol``.
     sigma2 : float, optional
         Initial variance (squared input units); default the mean squared distance between all
-        pairs (computed in O(M + N)).
+        pairs (computed in O(M + N)). Values below the floor (1e-10 of the fixed set's squared
+        RMS radius, ``info["sigma2_floor"]``) start from the floor, with a warning.
     landmarks : array (k, 2) of int, optional
         Known correspondences ``(moving_idx, fixed_idx)``; each adds ``landmark_weight`` to the
         posterior of its pair (as probreg's ConstrainedNonRigidCPD), for every transform kind.
@@ -273,7 +281,9 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         reproduce pycpd exactly.
     cutoff : float > 0
         Kernel truncation: terms with ``|x - y|^2 > 2 sigma2 cutoff`` (each below
-        ``exp(-cutoff)``) are skipped; ``inf`` gives the dense sums.
+        ``exp(-cutoff)``) are skipped, the same pairs in both passes of the E-step; ``inf`` gives
+        the dense sums. Either way the posterior is exact over its support at any sigma2
+        (log-sum-exp denominators; see docs/cpd.md).
 
     Returns
     -------
@@ -698,8 +708,10 @@ class _DeformableSolver:
                 K = F.T @ (F * lw[:, None])
                 K[xp.arange(K.shape[0]), xp.arange(K.shape[0])] += 1.0
                 z = xp.linalg.solve(K, F.T @ b)
-            W = b - lw[:, None] * (F @ z)
-            self.Z = F.T @ W
+            # F^T W = F^T (F F^T + Lambda)^-1 b' = (I + F^T Lambda^-1 F)^-1 F^T Lambda^-1 b' = z:
+            # taken directly, not as F^T (b - Lambda^-1 F z), which cancels catastrophically when
+            # Lambda^-1 has huge entries (heavy landmarks, small sigma2).
+            self.Z = z
             self.GW = F @ self.Z
             reg = float(xp.sum(self.Z * self.Z))
         return Y + self.GW, reg
