@@ -113,7 +113,8 @@ XM_INLINE double exp_neg(double x) {
 // For a query point q and inner points (structure of arrays, sorted by grid cell) in the given
 // contiguous ranges, over the support {i : d2_i <= r2} (d2_i = |q - p_i|^2, the same arithmetic
 // whichever set is the query, since q - p = -(p - q) exactly):
-//   k_i = exp(-(d2_i - shift_i) * inv) * w_i,  shift_i = ishift[i] (ISHIFT) or the row's qshift,
+//   k_i = exp(-(d2_i - shift_i) * inv) * w_i,  shift_i = ishift[i] (ISHIFT), the row's qshift
+//   (QSHIFT) or 0 (neither: the same value as a zero shift, d2 - 0 = d2 exactly),
 //   sum0 = sum_i k_i, col[c] = sum_i k_i v_c,i, (BEST) the sorted position of the largest k_i,
 //   (MIN) the smallest d2_i of the support (+inf when it is empty).
 // Lane accumulators in a fixed order: deterministic.
@@ -144,7 +145,7 @@ XM_INLINE T dist2(T q0, T q1, T q2, const Inner<T>& in, int64_t i) {
     return d2;
 }
 
-template <class T, int D, int NC, bool BEST, bool MIN, bool ISHIFT>
+template <class T, int D, int NC, bool BEST, bool MIN, bool ISHIFT, bool QSHIFT>
 XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const Inner<T>& in, const RowArgs<T>& ra,
                         double* sum0, double* colsum, int32_t* best_pos, T* best_val, T* dmin) {
     constexpr int L = 64 / sizeof(T);
@@ -171,8 +172,8 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             T dd[L];
             for (int j = 0; j < L; ++j) {
                 const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-                const T sh = ISHIFT ? in.shift[i + j] : qsh;
-                const T ex = exp_neg(-(d2 - sh) * inv) * in.w[i + j];
+                const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? d2 - qsh : d2);
+                const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
                 k[j] = d2 <= r2 ? ex : T(0);
                 if (MIN) dd[j] = d2;
             }
@@ -195,8 +196,8 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
         }
         for (int j = 0; i + j < e; ++j) {  // tail, same lanes
             const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-            const T sh = ISHIFT ? in.shift[i + j] : qsh;
-            const T ex = exp_neg(-(d2 - sh) * inv) * in.w[i + j];
+            const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? d2 - qsh : d2);
+            const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
             const bool inside = d2 <= r2;
             const T kk = inside ? ex : T(0);
             a0[j] += kk;
@@ -238,36 +239,41 @@ template <class T>
 using RowFn = void (*)(const T*, const int64_t*, int, const Inner<T>&, const RowArgs<T>&, double*, double*, int32_t*,
                        T*, T*);
 
-#define XM_ROW(NAME, T, D, NC, BEST, MIN, ISHIFT)                                                              \
+#define XM_ROW(NAME, T, D, NC, BEST, MIN, ISHIFT, QSHIFT)                                                      \
     XM_CLONES void NAME(const T* q, const int64_t* ranges, int nranges, const Inner<T>& in, const RowArgs<T>& ra, \
                         double* sum0, double* colsum, int32_t* best_pos, T* best_val, T* dmin) {                 \
-        row_impl<T, D, NC, BEST, MIN, ISHIFT>(q, ranges, nranges, in, ra, sum0, colsum, best_pos, best_val, dmin); \
+        row_impl<T, D, NC, BEST, MIN, ISHIFT, QSHIFT>(q, ranges, nranges, in, ra, sum0, colsum, best_pos, best_val, \
+                                                      dmin);                                                     \
     }
 // pass 1 (sum, optionally with the support minimum), pass 2 (sums, best; per-inner shift or not),
 // Gaussian transform (sums of columns).
-XM_ROW(p1_f2, float, 2, 0, false, false, false)
-XM_ROW(p1_f3, float, 3, 0, false, false, false)
-XM_ROW(p1m_f2, float, 2, 0, false, true, false)
-XM_ROW(p1m_f3, float, 3, 0, false, true, false)
-XM_ROW(p2_f2, float, 2, 2, true, false, false)
-XM_ROW(p2_f3, float, 3, 3, true, false, false)
-XM_ROW(p2s_f2, float, 2, 2, true, false, true)
-XM_ROW(p2s_f3, float, 3, 3, true, false, true)
-XM_ROW(gt_f2, float, 2, 2, false, false, false)
-XM_ROW(gt_f3, float, 3, 3, false, false, false)
-XM_ROW(p1_d2, double, 2, 0, false, false, false)
-XM_ROW(p1_d3, double, 3, 0, false, false, false)
-XM_ROW(p1m_d2, double, 2, 0, false, true, false)
-XM_ROW(p1m_d3, double, 3, 0, false, true, false)
-XM_ROW(p2_d2, double, 2, 2, true, false, false)
-XM_ROW(p2_d3, double, 3, 3, true, false, false)
-XM_ROW(p2s_d2, double, 2, 2, true, false, true)
-XM_ROW(p2s_d3, double, 3, 3, true, false, true)
-XM_ROW(gt_d2, double, 2, 2, false, false, false)
-XM_ROW(gt_d3, double, 3, 3, false, false, false)
+XM_ROW(p1_f2, float, 2, 0, false, false, false, false)
+XM_ROW(p1_f3, float, 3, 0, false, false, false, false)
+XM_ROW(p1m_f2, float, 2, 0, false, true, false, false)
+XM_ROW(p1m_f3, float, 3, 0, false, true, false, false)
+XM_ROW(p1s_f2, float, 2, 0, false, false, false, true)
+XM_ROW(p1s_f3, float, 3, 0, false, false, false, true)
+XM_ROW(p2_f2, float, 2, 2, true, false, false, false)
+XM_ROW(p2_f3, float, 3, 3, true, false, false, false)
+XM_ROW(p2s_f2, float, 2, 2, true, false, true, false)
+XM_ROW(p2s_f3, float, 3, 3, true, false, true, false)
+XM_ROW(gt_f2, float, 2, 2, false, false, false, false)
+XM_ROW(gt_f3, float, 3, 3, false, false, false, false)
+XM_ROW(p1_d2, double, 2, 0, false, false, false, false)
+XM_ROW(p1_d3, double, 3, 0, false, false, false, false)
+XM_ROW(p1m_d2, double, 2, 0, false, true, false, false)
+XM_ROW(p1m_d3, double, 3, 0, false, true, false, false)
+XM_ROW(p1s_d2, double, 2, 0, false, false, false, true)
+XM_ROW(p1s_d3, double, 3, 0, false, false, false, true)
+XM_ROW(p2_d2, double, 2, 2, true, false, false, false)
+XM_ROW(p2_d3, double, 3, 3, true, false, false, false)
+XM_ROW(p2s_d2, double, 2, 2, true, false, true, false)
+XM_ROW(p2s_d3, double, 3, 3, true, false, true, false)
+XM_ROW(gt_d2, double, 2, 2, false, false, false, false)
+XM_ROW(gt_d3, double, 3, 3, false, false, false, false)
 #undef XM_ROW
 
-enum class Row { pass1, pass1_min, pass2, pass2_shift, gauss };
+enum class Row { pass1, pass1_min, pass1_shift, pass2, pass2_shift, gauss };
 
 template <class T>
 RowFn<T> pick_row(int D, Row kind);
@@ -276,6 +282,7 @@ RowFn<float> pick_row<float>(int D, Row kind) {
     switch (kind) {
         case Row::pass1: return D == 2 ? p1_f2 : p1_f3;
         case Row::pass1_min: return D == 2 ? p1m_f2 : p1m_f3;
+        case Row::pass1_shift: return D == 2 ? p1s_f2 : p1s_f3;
         case Row::pass2: return D == 2 ? p2_f2 : p2_f3;
         case Row::pass2_shift: return D == 2 ? p2s_f2 : p2s_f3;
         default: return D == 2 ? gt_f2 : gt_f3;
@@ -286,6 +293,7 @@ RowFn<double> pick_row<double>(int D, Row kind) {
     switch (kind) {
         case Row::pass1: return D == 2 ? p1_d2 : p1_d3;
         case Row::pass1_min: return D == 2 ? p1m_d2 : p1m_d3;
+        case Row::pass1_shift: return D == 2 ? p1s_d2 : p1s_d3;
         case Row::pass2: return D == 2 ? p2_d2 : p2_d3;
         case Row::pass2_shift: return D == 2 ? p2s_d2 : p2s_d3;
         default: return D == 2 ? gt_d2 : gt_d3;
@@ -491,7 +499,7 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
     std::vector<int64_t> work1(N, 0);
     std::vector<char> shifted(N, 0), is_empty(N, 0);
     const RowFn<T> row1 = pick_row<T>(D, may_shift ? Row::pass1_min : Row::pass1);
-    const RowFn<T> row1s = pick_row<T>(D, Row::pass1);
+    const RowFn<T> row1s = pick_row<T>(D, Row::pass1_shift);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
