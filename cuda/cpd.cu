@@ -51,9 +51,11 @@ __global__ void pass1_kernel(const T* __restrict__ X, int64_t N, const T* __rest
                     const double t = (double)q[d] - (double)tile[j * D + d];
                     d2 += t * t;
                 }
+                // the shift is the nearest moving point of positive weight; zero-weight points
+                // (whose d2 may lie below it) add nothing
                 if (sweep == 0)
-                    h = d2 < h ? d2 : h;
-                else
+                    h = (tw[j] > T(0) && d2 < h) ? d2 : h;
+                else if (tw[j] > T(0))
                     acc += (double)tw[j] * exp(-(d2 - h) * inv);
             }
             __syncthreads();
@@ -129,6 +131,10 @@ __global__ void pass2_kernel(const T* __restrict__ X, int64_t N, const T* __rest
     }
     if (m < M) {
         const double a = w ? (double)w[m] : 1.0;
+        if (!(a > 0)) {  // a zero weight: the row of P is zero (its terms may exceed g_n: not used)
+            a0 = 0.0;
+            for (int d = 0; d < D; ++d) ac[d] = 0.0;
+        }
         P1[m] = a * a0;
         for (int d = 0; d < D; ++d) PX[m * D + d] = a * ac[d];
         best[m] = bv > 0 && a > 0 ? bi : -1;

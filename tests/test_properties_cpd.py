@@ -56,7 +56,7 @@ def dense_estep(X, Y, weights, sigma2, c, cutoff):
     M, N = d2.shape
     a = np.ones(M) if weights is None else weights.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        h = np.where(inside, d2, np.inf).min(axis=0)  # (N,) smallest d2 of the support
+        h = np.where(inside & (a > 0)[:, None], d2, np.inf).min(axis=0)  # (N,) of the weighted support
         has = np.isfinite(h)
         hh = np.where(has, h, 0.0)
         logk = np.where(inside, np.log(a)[:, None] - (d2 - hh[None, :]) * inv, -np.inf)

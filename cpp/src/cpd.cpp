@@ -116,7 +116,10 @@ XM_INLINE double exp_neg(double x) {
 //   k_i = exp(-(d2_i - shift_i) * inv) * w_i,  shift_i = ishift[i] (ISHIFT), the row's qshift
 //   (QSHIFT) or 0 (neither: the same value as a zero shift, d2 - 0 = d2 exactly),
 //   sum0 = sum_i k_i, col[c] = sum_i k_i v_c,i, (BEST) the sorted position of the largest k_i,
-//   (MIN) the smallest d2_i of the support (+inf when it is empty).
+//   (MIN) the smallest d2_i of the support among points of positive weight (+inf if none).
+// Exponents are <= 0: d2 >= shift for every point of positive weight (the shift is such a d2, and
+// ISHIFT rows are only run for moving points of positive weight); QSHIFT rows clamp the
+// difference at 0 for the zero-weight points, whose terms are 0 anyway.
 // Lane accumulators in a fixed order: deterministic.
 template <class T>
 struct Inner {
@@ -172,7 +175,7 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             T dd[L];
             for (int j = 0; j < L; ++j) {
                 const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-                const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? d2 - qsh : d2);
+                const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
                 const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
                 k[j] = d2 <= r2 ? ex : T(0);
                 if (MIN) dd[j] = d2;
@@ -189,14 +192,14 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             }
             if (MIN) {
                 for (int j = 0; j < L; ++j) {
-                    const T v = dd[j] <= r2 ? dd[j] : kInf;
+                    const T v = (dd[j] <= r2 && in.w[i + j] > 0) ? dd[j] : kInf;
                     dm[j] = v < dm[j] ? v : dm[j];
                 }
             }
         }
         for (int j = 0; i + j < e; ++j) {  // tail, same lanes
             const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-            const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? d2 - qsh : d2);
+            const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
             const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
             const bool inside = d2 <= r2;
             const T kk = inside ? ex : T(0);
@@ -206,7 +209,7 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
                 bv[j] = kk;
                 bi[j] = (int32_t)(i + j);
             }
-            if (MIN && inside && d2 < dm[j]) dm[j] = d2;
+            if (MIN && inside && in.w[i + j] > 0 && d2 < dm[j]) dm[j] = d2;
         }
     }
     double s = 0;
@@ -595,6 +598,13 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
         std::vector<int64_t> rg;
 #pragma omp for schedule(dynamic, 64)
         for (int64_t m = 0; m < M; ++m) {
+            if (weights && !(weights[m] > 0)) {  // a zero weight: the row of P is zero
+                P1[m] = 0;
+                for (int d = 0; d < D; ++d) PX[m * D + d] = 0;
+                if (best_idx) best_idx[m] = -1;
+                if (best_prob) best_prob[m] = 0;
+                continue;
+            }
             gx.ranges(&TY[m * D], radius, rg);
             double s0 = 0, cs[3] = {0, 0, 0};
             int32_t bp = -1;

@@ -15,8 +15,9 @@
 // (every pair when cutoff = +inf), tested on the same d2 value in both passes (the uniform cell grid
 // only narrows the candidates). Pass 1 sums, per fixed point, the terms relative to a shift h_n:
 // h_n = 0 when the largest term is at least exp(-48) (float) / exp(-600) (double), else the
-// smallest d2 of its support (log-sum-exp), so no term that matters underflows whatever sigma2 is;
-// pass 2 uses the very same terms times g_n = exp(-h_n / (2 sigma2)) / s_n. Hence for every n,
+// smallest d2 among its support's points of positive weight (log-sum-exp), so no term that
+// matters underflows whatever sigma2 is; pass 2 uses the very same terms times
+// g_n = exp(-h_n / (2 sigma2)) / s_n (moving points of weight 0 have a zero row). Hence for every n,
 // sum_m P[m, n] = Pt1_n <= 1 up to rounding, and sum P1 = sum Pt1 <= N, at any sigma2. The
 // exponential is a vectorisable polynomial (relative error < 2e-7 in float, < 1e-15 in double) that
 // is exactly 0 below exp(-87) (float) / exp(-708) (double), never a clamped non-zero value.
