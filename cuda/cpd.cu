@@ -55,8 +55,8 @@ __global__ void pass1_kernel(const T* __restrict__ X, int64_t N, const T* __rest
                 // (whose d2 may lie below it) add nothing
                 if (sweep == 0)
                     h = (tw[j] > T(0) && d2 < h) ? d2 : h;
-                else if (tw[j] > T(0))
-                    acc += (double)tw[j] * exp(-(d2 - h) * inv);
+                else if (tw[j] > T(0))  // fmin: d2 >= h unless contraction rounds differently
+                    acc += (double)tw[j] * exp(fmin(-(d2 - h) * inv, 0.0));
             }
             __syncthreads();
         }
@@ -119,7 +119,7 @@ __global__ void pass2_kernel(const T* __restrict__ X, int64_t N, const T* __rest
                 const double t = (double)tile[j * D + d] - (double)q[d];
                 d2 += t * t;
             }
-            const double k = tg[j] > 0 ? exp(-(d2 - th[j]) * inv) * tg[j] : 0.0;
+            const double k = tg[j] > 0 ? exp(fmin(-(d2 - th[j]) * inv, 0.0)) * tg[j] : 0.0;
             a0 += k;
             for (int d = 0; d < D; ++d) ac[d] += k * (double)tile[j * D + d];
             if (k > bv) {  // strict: the smallest index wins ties

@@ -1,8 +1,12 @@
 // Coherent Point Drift E-step and Gaussian transform kernels; see xmodal/cpd.hpp.
 #if defined(__GNUC__) && !defined(__clang__)
-// Lets GCC if-convert the selects in exp_neg and the support mask so the kernel loops vectorise.
-// It changes no result (it only drops the assumption that floating-point exceptions may trap).
-#pragma GCC optimize("no-trapping-math")
+// no-trapping-math lets GCC if-convert the selects in exp_neg and the support mask so the kernel
+// loops vectorise; it changes no result (it only drops the assumption that floating-point
+// exceptions may trap). fp-contract=off keeps a * b + c two roundings also under -march=native
+// (FMA): both E-step passes must compute bit-identical squared distances from the same pair.
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
 #endif
 #include "xmodal/cpd.hpp"
 
@@ -118,8 +122,8 @@ XM_INLINE double exp_neg(double x) {
 //   sum0 = sum_i k_i, col[c] = sum_i k_i v_c,i, (BEST) the sorted position of the largest k_i,
 //   (MIN) the smallest d2_i of the support among points of positive weight (+inf if none).
 // Exponents are <= 0: d2 >= shift for every point of positive weight (the shift is such a d2, and
-// ISHIFT rows are only run for moving points of positive weight); QSHIFT rows clamp the
-// difference at 0 for the zero-weight points, whose terms are 0 anyway.
+// ISHIFT rows are only run for moving points of positive weight); shifted rows also clamp the
+// difference at 0 (zero-weight points, whose terms are 0 anyway; and a safety net).
 // Lane accumulators in a fixed order: deterministic.
 template <class T>
 struct Inner {
@@ -175,7 +179,7 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             T dd[L];
             for (int j = 0; j < L; ++j) {
                 const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-                const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
+                const T dd2 = ISHIFT ? std::max(d2 - in.shift[i + j], T(0)) : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
                 const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
                 k[j] = d2 <= r2 ? ex : T(0);
                 if (MIN) dd[j] = d2;
@@ -199,7 +203,7 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
         }
         for (int j = 0; i + j < e; ++j) {  // tail, same lanes
             const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-            const T dd2 = ISHIFT ? d2 - in.shift[i + j] : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
+            const T dd2 = ISHIFT ? std::max(d2 - in.shift[i + j], T(0)) : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
             const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
             const bool inside = d2 <= r2;
             const T kk = inside ? ex : T(0);
