@@ -235,3 +235,18 @@ def test_sigma2_collapse_is_checked_before_returning(monkeypatch):
     assert r.info["stop"] == "sigma2_collapse_rejected" and not r.converged
     assert any("reverted" in m for m in r.warnings)
     np.testing.assert_allclose(r.moved, before.moved, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e5, 1e12])
+def test_bead_affine_fit_in_any_units(scale):
+    """register_beads' affine fit used an uncentred design: at 1e12 the RMS residual grew 6x."""
+    from xmodal.pipelines import register_beads
+
+    rng = np.random.default_rng(0)
+    fix = rng.uniform(0, 100, (40, 3))
+    A = np.array([[1.02, 0.05, 0], [-0.04, 0.98, 0.01], [0, 0.02, 1.01]])
+    mov = (fix - 3) @ np.linalg.inv(A).T + rng.normal(0, 0.1, fix.shape)
+    ref = register_beads(fix, mov, radius=2.0)
+    got = register_beads(fix * scale, mov * scale, radius=2.0 * scale)
+    assert got.rms / scale == pytest.approx(ref.rms, rel=1e-6)
+    np.testing.assert_allclose(got.matrix, ref.matrix, atol=1e-9)
