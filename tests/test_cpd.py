@@ -72,8 +72,10 @@ def test_estep_matches_dense(d, dtype):
     fn = _core.cpd_estep if dtype == np.float64 else _core.cpd_estep_f32
     tol = 1e-12 if dtype == np.float64 else 2e-6
     for cutoff in (np.inf, 36.0):
-        P1, Pt1, PX, best, prob, logsum, pairs, empty, sden = fn(X.astype(dtype), Y.astype(dtype), None, s2, c, cutoff, True)
-        np.testing.assert_allclose(sden, den, rtol=tol)
+        P1, Pt1, PX, best, prob, logsum, pairs, empty, log_s, shifted = fn(X.astype(dtype), Y.astype(dtype), None, s2,
+                                                                           c, cutoff, True)
+        np.testing.assert_allclose(np.exp(log_s), den, rtol=tol)
+        assert shifted == 0  # every fixed point has a term above exp(-48): no log-sum-exp shift needed
         np.testing.assert_allclose(P1, P.sum(1), atol=tol)
         np.testing.assert_allclose(Pt1, P.sum(0), atol=tol)
         np.testing.assert_allclose(PX, P @ X, atol=tol * 10)
