@@ -1,61 +1,18 @@
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-# Hypothesis profiles: "ci" (default; fixed seed, the counts written in each test) and "nightly"
-# (20x the examples, random seeds). Select with XMODAL_HYPOTHESIS_PROFILE=nightly.
-settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True)
-settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True)
+# Hypothesis profiles of the property suites (tests/test_properties_*.py):
+#   "ci"      (default): fixed seed (derandomize), no example database, no deadline; the suites'
+#             example counts are sized so that all of them together fit in ~3 minutes on 2 cores;
+#   "nightly": 20x the examples, random seeds (a failure prints the blob to reproduce it).
+# Select with XMODAL_HYPOTHESIS_PROFILE=nightly.
+settings.register_profile("ci", derandomize=True, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", max_examples=2000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("XMODAL_HYPOTHESIS_PROFILE", "ci"))
-
-# Hypothesis profiles of the property suites (tests/test_properties_*.py):
-#   "ci"      (default): fixed seed (derandomize), no example database, no deadline; the suites'
-#             example counts are sized so that all of them together fit in ~3 minutes on 2 cores;
-#   "nightly": 20x the examples, random seeds (a failure prints the blob to reproduce it).
-# Select with XMODAL_HYPOTHESIS_PROFILE=nightly. A profile is registered here only if not already
-# defined (recent Hypothesis versions predefine "ci" with these settings).
-try:
-    from hypothesis import HealthCheck, settings
-except ImportError:  # pragma: no cover - hypothesis is in the test extra
-    settings = None
-if settings is not None:
-
-    def _register_profile(name, **kwargs):
-        try:
-            settings.get_profile(name)
-        except Exception:
-            settings.register_profile(name, **kwargs)
-
-    _register_profile("ci", max_examples=100, derandomize=True, deadline=None, database=None, print_blob=True,
-                      suppress_health_check=[HealthCheck.too_slow])
-    _register_profile("nightly", max_examples=2000, deadline=None, print_blob=True,
-                      suppress_health_check=[HealthCheck.too_slow])
-    settings.load_profile(os.environ.get("XMODAL_HYPOTHESIS_PROFILE", "ci"))
-
-# Hypothesis profiles of the property suites (tests/test_properties_*.py):
-#   "ci"      (default): fixed seed (derandomize), no example database, no deadline; the suites'
-#             example counts are sized so that all of them together fit in ~3 minutes on 2 cores;
-#   "nightly": 20x the examples, random seeds (a failure prints the blob to reproduce it).
-# Select with XMODAL_HYPOTHESIS_PROFILE=nightly. A profile is registered here only if not already
-# defined (recent Hypothesis versions predefine "ci" with these settings).
-try:
-    from hypothesis import HealthCheck, settings
-except ImportError:  # pragma: no cover - hypothesis is in the test extra
-    settings = None
-if settings is not None:
-
-    def _register_profile(name, **kwargs):
-        try:
-            settings.get_profile(name)
-        except Exception:
-            settings.register_profile(name, **kwargs)
-
-    _register_profile("ci", max_examples=100, derandomize=True, deadline=None, database=None, print_blob=True,
-                      suppress_health_check=[HealthCheck.too_slow])
-    _register_profile("nightly", max_examples=2000, deadline=None, print_blob=True,
-                      suppress_health_check=[HealthCheck.too_slow])
-    settings.load_profile(os.environ.get("XMODAL_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _cuda_usable() -> bool:
