@@ -640,8 +640,8 @@ def test_nan_and_offset_overflow_are_errors():
     b = a.copy()
     b[4, 5, 5] = np.nan  # channel 4 is offset (-3, -3): voxel (5, 5) has an edge
     with pytest.raises(ValueError, match="finite.*channel 4"):
-        _core._mws_grid_f32(b.reshape(len(OFFS2), 1, 6, 7), np.c_[np.zeros(len(OFFS2), np.int64), OFFS2],
-                            2, [1, 1, 1], False, 0, False, None, None)
+        _core.mws_grid(b.reshape(len(OFFS2), 1, 6, 7), np.c_[np.zeros(len(OFFS2), np.int64), OFFS2],
+                       2, [1, 1, 1], False, 0, False, None, None)
     # uint64 offsets that would wrap to negative values, and floats beyond int64
     wrap = np.array(OFFS2, np.int64).astype(np.uint64)
     with pytest.raises(ValueError, match="offsets.*64-bit"):

@@ -1,4 +1,6 @@
-// k-d tree k-nearest-neighbour and radius graph (see xmodal/knn.hpp for the contract).
+// k-d tree k-nearest-neighbour and radius graph (see xmodal/knn.hpp for the contract). The
+// arithmetic of a pair (d2), the ranking and the top-k insertion are in
+// xmodal/detail/knn_arith.hpp, shared with the CUDA kernel (cuda/knn.cu).
 #include "xmodal/knn.hpp"
 
 #include <algorithm>
@@ -8,11 +10,12 @@
 #include <utility>
 
 #include "xmodal/common.hpp"
+#include "xmodal/detail/knn_arith.hpp"
 
 namespace xmodal {
 namespace {
 
-constexpr int kMaxDim = 8;
+constexpr int kMaxDim = knn::arith::kMaxDim;
 constexpr int kLeafSize = 16;
 
 // A k-d tree over n points of dimension dim: median split on the widest axis of each node.
@@ -29,11 +32,22 @@ public:
             for (int d = 0; d < dim; ++d) pts_[t * dim + d] = p[static_cast<std::int64_t>(ids_[t]) * dim + d];
     }
 
+    // The k best candidates by (d2, id), sorted (knn::arith::topk_insert).
+    struct Near {
+        std::vector<double> d2;
+        std::vector<std::int32_t> id;
+        int size = 0;
+        void reset(int k) {
+            d2.resize(static_cast<std::size_t>(std::max(k, 1)));
+            id.resize(static_cast<std::size_t>(std::max(k, 1)));
+            size = 0;
+        }
+    };
+
     // Visit candidates: fills `near` (k best by (d2, id)) and `ball` (all with d2 <= r2).
     // k == 0: no nearest search. r2 < 0: no radius search.
-    void query(const double* q, int k, double r2, std::vector<std::pair<double, std::int32_t>>& near,
-               std::vector<std::int32_t>& ball) const {
-        near.clear();
+    void query(const double* q, int k, double r2, Near& near, std::vector<std::int32_t>& ball) const {
+        near.reset(k);
         ball.clear();
         if (nodes_.empty()) return;
         double off[kMaxDim] = {0};
@@ -86,41 +100,24 @@ private:
     }
 
     // Current pruning bound on squared distance.
-    static double bound(int k, double r2, const std::vector<std::pair<double, std::int32_t>>& near) {
+    static double bound(int k, double r2, const Near& near) {
         double b = r2;  // r2 < 0 when there is no radius
         if (k > 0) {
-            if (static_cast<int>(near.size()) < k) return std::numeric_limits<double>::infinity();
-            b = std::max(b, near.back().first);
+            if (near.size < k) return std::numeric_limits<double>::infinity();
+            b = std::max(b, near.d2[static_cast<std::size_t>(k - 1)]);
         }
         return b;
     }
 
-    void search(std::int32_t node, const double* q, double* off, double rd, int k, double r2,
-                std::vector<std::pair<double, std::int32_t>>& near, std::vector<std::int32_t>& ball) const {
+    void search(std::int32_t node, const double* q, double* off, double rd, int k, double r2, Near& near,
+                std::vector<std::int32_t>& ball) const {
         const Node& nd = nodes_[node];
         if (nd.left < 0) {
             for (std::int32_t t = nd.lo; t < nd.hi; ++t) {
-                const double* x = &pts_[static_cast<std::size_t>(t) * dim_];
-                double d2 = 0.0;
-                for (int d = 0; d < dim_; ++d) {
-                    const double diff = q[d] - x[d];
-                    d2 += diff * diff;
-                }
+                const double d2 = knn::arith::dist2(q, &pts_[static_cast<std::size_t>(t) * dim_], dim_);
                 const std::int32_t id = ids_[t];
-                if (r2 >= 0.0 && d2 <= r2) ball.push_back(id);
-                if (k > 0) {
-                    // `near` is kept sorted ascending by (d2, id); insertion from the back.
-                    const std::pair<double, std::int32_t> c{d2, id};
-                    const bool full = static_cast<int>(near.size()) == k;
-                    if (full && !(c < near.back())) continue;
-                    if (!full) near.push_back(c);
-                    std::size_t p = near.size() - 1;
-                    while (p > 0 && c < near[p - 1]) {
-                        near[p] = near[p - 1];
-                        --p;
-                    }
-                    near[p] = c;
-                }
+                if (knn::arith::in_radius(d2, r2)) ball.push_back(id);
+                if (k > 0) near.size = knn::arith::topk_insert(near.d2.data(), near.id.data(), 1, near.size, k, d2, id);
             }
             return;
         }
@@ -153,9 +150,8 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
 #pragma omp parallel num_threads(xmodal::num_threads())
 #endif
     {
-        std::vector<std::pair<double, std::int32_t>> near;
+        KdTree::Near near;
         std::vector<std::int32_t> ball;
-        near.reserve(static_cast<std::size_t>(std::max(k, 1)));
 #ifdef XMODAL_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 256)
 #endif
@@ -163,9 +159,9 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
             const std::int64_t i = order[static_cast<std::size_t>(t)];
             tree.query(q + i * dim, k, r2, near, ball);
             auto& o = out[static_cast<std::size_t>(i)];
-            o.reserve(near.size() + ball.size());
+            o.reserve(static_cast<std::size_t>(near.size) + ball.size());
             o.insert(o.end(), ball.begin(), ball.end());
-            for (const auto& c : near) o.push_back(c.second);
+            o.insert(o.end(), near.id.begin(), near.id.begin() + near.size);
             std::sort(o.begin(), o.end());
             o.erase(std::unique(o.begin(), o.end()), o.end());
         }
@@ -177,13 +173,7 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
 
 CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k,
                    double radius, bool symmetric) {
-    require(dim >= 1 && dim <= kMaxDim, "knn_graph: dim must be in 1..8, got " + std::to_string(dim));
-    require(na >= 0 && nb >= 0, "knn_graph: point counts must be non-negative");
-    require(na < (std::int64_t(1) << 31) && nb < (std::int64_t(1) << 31),
-            "knn_graph: at most 2^31 - 1 points per set");
-    require(k >= 0, "knn_graph: k must be >= 0, got " + std::to_string(k));
-    require(k > 0 || radius >= 0.0, "knn_graph: give k > 0 and/or radius >= 0");
-    require(!(radius != radius), "knn_graph: radius is NaN");
+    knn::arith::check_args(na, nb, dim, k, radius);
 
     CsrGraph g;
     g.n_rows = na;
@@ -241,14 +231,8 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
         const double* ai = a + i * dim;
         std::int64_t e = g.indptr[i];
         for (std::int32_t j : rows[static_cast<std::size_t>(i)]) {
-            const double* bj = b + static_cast<std::int64_t>(j) * dim;
-            double d2 = 0.0;
-            for (int d = 0; d < dim; ++d) {
-                const double diff = ai[d] - bj[d];
-                d2 += diff * diff;
-            }
             g.indices[e] = j;
-            g.data[e] = std::sqrt(d2);
+            g.data[e] = std::sqrt(knn::arith::dist2(ai, b + static_cast<std::int64_t>(j) * dim, dim));
             ++e;
         }
     }

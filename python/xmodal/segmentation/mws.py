@@ -316,13 +316,11 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     else:
         a4, o3, st3 = a, o, single
     a4 = np.ascontiguousarray(a4)
-    fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
-    labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
-                       seed_value, invert, m, sd,
-                       None if cst is None else np.ascontiguousarray(cst), b)
-    labels = labels.reshape(spatial)
+    out = _core().mws_grid(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
+                           seed_value, invert, m, sd, None if cst is None else np.ascontiguousarray(cst), b)
+    labels = out["labels"].reshape(spatial)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
+        return labels, MutexWatershedInfo._from_native(out)
     return labels
 
 
@@ -420,10 +418,10 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
             raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
         sd = np.ascontiguousarray(sd, dtype=np.uint64)
     return_info = as_bool(return_info, "return_info")
-    labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
+    out = _core().mws_graph(n_nodes, uv, w, muv, mw, sd)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
-    return labels
+        return out["labels"], MutexWatershedInfo._from_native(out)
+    return out["labels"]
 
 
 def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
