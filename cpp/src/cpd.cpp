@@ -128,7 +128,9 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             const T kk = arith::pair_term(d2, e, inv, in.w[i + j], r2);
             a0[j] += kk;
             for (int c = 0; c < NC; ++c) ac[c][j] += kk * in.col[c][i + j];
-            if (BEST && arith::better(kk, in.id[i + j], bv[j], bi[j])) {
+            // (kk >= bv first: the index is read only when it can matter; this keeps GCC from
+            // if-converting the tail into code that slows the whole row function by a third)
+            if (BEST && kk >= bv[j] && arith::better(kk, in.id[i + j], bv[j], bi[j])) {
                 bv[j] = kk;
                 bi[j] = in.id[i + j];
             }

@@ -32,22 +32,11 @@ public:
             for (int d = 0; d < dim; ++d) pts_[t * dim + d] = p[static_cast<std::int64_t>(ids_[t]) * dim + d];
     }
 
-    // The k best candidates by (d2, id), sorted (knn::arith::topk_insert).
-    struct Near {
-        std::vector<double> d2;
-        std::vector<std::int32_t> id;
-        int size = 0;
-        void reset(int k) {
-            d2.resize(static_cast<std::size_t>(std::max(k, 1)));
-            id.resize(static_cast<std::size_t>(std::max(k, 1)));
-            size = 0;
-        }
-    };
-
     // Visit candidates: fills `near` (k best by (d2, id)) and `ball` (all with d2 <= r2).
     // k == 0: no nearest search. r2 < 0: no radius search.
-    void query(const double* q, int k, double r2, Near& near, std::vector<std::int32_t>& ball) const {
-        near.reset(k);
+    void query(const double* q, int k, double r2, std::vector<std::pair<double, std::int32_t>>& near,
+               std::vector<std::int32_t>& ball) const {
+        near.clear();
         ball.clear();
         if (nodes_.empty()) return;
         double off[kMaxDim] = {0};
@@ -100,24 +89,39 @@ private:
     }
 
     // Current pruning bound on squared distance.
-    static double bound(int k, double r2, const Near& near) {
+    static double bound(int k, double r2, const std::vector<std::pair<double, std::int32_t>>& near) {
         double b = r2;  // r2 < 0 when there is no radius
         if (k > 0) {
-            if (near.size < k) return std::numeric_limits<double>::infinity();
-            b = std::max(b, near.d2[static_cast<std::size_t>(k - 1)]);
+            if (static_cast<int>(near.size()) < k) return std::numeric_limits<double>::infinity();
+            b = std::max(b, near.back().first);
         }
         return b;
     }
 
-    void search(std::int32_t node, const double* q, double* off, double rd, int k, double r2, Near& near,
-                std::vector<std::int32_t>& ball) const {
+    void search(std::int32_t node, const double* q, double* off, double rd, int k, double r2,
+                std::vector<std::pair<double, std::int32_t>>& near, std::vector<std::int32_t>& ball) const {
         const Node& nd = nodes_[node];
         if (nd.left < 0) {
             for (std::int32_t t = nd.lo; t < nd.hi; ++t) {
-                const double d2 = knn::arith::dist2(q, &pts_[static_cast<std::size_t>(t) * dim_], dim_);
+                const double* x = &pts_[static_cast<std::size_t>(t) * dim_];
+                const double d2 = dim_ == 3   ? knn::arith::dist2<3>(q, x)
+                                  : dim_ == 2 ? knn::arith::dist2<2>(q, x)
+                                              : knn::arith::dist2(q, x, dim_);
                 const std::int32_t id = ids_[t];
                 if (knn::arith::in_radius(d2, r2)) ball.push_back(id);
-                if (k > 0) near.size = knn::arith::topk_insert(near.d2.data(), near.id.data(), 1, near.size, k, d2, id);
+                if (k > 0) {
+                    // `near` is kept sorted by knn::arith::before; insertion from the back, the steps
+                    // of knn::arith::topk_insert (which, on pairs, measured 15 % slower here)
+                    const bool full = static_cast<int>(near.size()) == k;
+                    if (full && !knn::arith::before(d2, id, near.back().first, near.back().second)) continue;
+                    if (!full) near.push_back({d2, id});
+                    std::size_t p = near.size() - 1;
+                    while (p > 0 && knn::arith::before(d2, id, near[p - 1].first, near[p - 1].second)) {
+                        near[p] = near[p - 1];
+                        --p;
+                    }
+                    near[p] = {d2, id};
+                }
             }
             return;
         }
@@ -150,8 +154,9 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
 #pragma omp parallel num_threads(xmodal::num_threads())
 #endif
     {
-        KdTree::Near near;
+        std::vector<std::pair<double, std::int32_t>> near;
         std::vector<std::int32_t> ball;
+        near.reserve(static_cast<std::size_t>(std::max(k, 1)));
 #ifdef XMODAL_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 256)
 #endif
@@ -159,9 +164,9 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
             const std::int64_t i = order[static_cast<std::size_t>(t)];
             tree.query(q + i * dim, k, r2, near, ball);
             auto& o = out[static_cast<std::size_t>(i)];
-            o.reserve(static_cast<std::size_t>(near.size) + ball.size());
+            o.reserve(near.size() + ball.size());
             o.insert(o.end(), ball.begin(), ball.end());
-            o.insert(o.end(), near.id.begin(), near.id.begin() + near.size);
+            for (const auto& c : near) o.push_back(c.second);
             std::sort(o.begin(), o.end());
             o.erase(std::unique(o.begin(), o.end()), o.end());
         }

@@ -22,9 +22,12 @@ using namespace xmodal::detail;
 
 constexpr int kMaxDim = 8;
 
-XM_HD double dist2(const double* x, const double* y, int dim) {
+// DIM > 0: a compile-time dimension (the same operations, unrolled); DIM = 0: `dim` at run time.
+template <int DIM = 0>
+XM_HD double dist2(const double* x, const double* y, int dim = DIM) {
     double s = 0.0;
-    for (int d = 0; d < dim; ++d) {
+    const int n = DIM > 0 ? DIM : dim;
+    for (int d = 0; d < n; ++d) {
         const double diff = sub_rn(x[d], y[d]);
         s = add_rn(s, mul_rn(diff, diff));
     }
@@ -41,20 +44,34 @@ XM_HD bool in_radius(double d2, double r2) {
     return r2 >= 0.0 && d2 <= r2;
 }
 
-// Insert (d2, id) into the list bd/bi (element t at t * stride), sorted by `before`, holding
-// `size` of at most k entries; returns the new size. A candidate that does not rank before the
-// last entry of a full list is dropped.
-XM_HD int topk_insert(double* bd, std::int32_t* bi, std::int64_t stride, int size, int k, double d2,
-                      std::int32_t id) {
-    if (size == k && !before(d2, id, bd[(k - 1) * stride], bi[(k - 1) * stride])) return size;
+// A top-k list in the GPU's layout: distances and indices in separate arrays, entry t at
+// t * stride (coalesced when stride = the number of queries; 1 in a thread's local memory).
+struct Strided {
+    double* d;
+    std::int32_t* i;
+    std::int64_t stride;
+    XM_HD double dist(int t) const { return d[t * stride]; }
+    XM_HD std::int32_t index(int t) const { return i[t * stride]; }
+    XM_HD void set(int t, double dd, std::int32_t ii) {
+        d[t * stride] = dd;
+        i[t * stride] = ii;
+    }
+    XM_HD void move(int to, int from) { set(to, dist(from), index(from)); }
+};
+
+// Insert (d2, id) into `list` (sorted by `before`, holding `size` of at most k entries) by
+// insertion from the back; returns the new size. A candidate that does not rank before the last
+// entry of a full list is dropped. (The CPU k-d tree keeps its list as (d2, id) pairs with the same
+// steps and the same `before`; tests/test_cuda_arith.py compares the two graphs bit for bit.)
+template <class List>
+XM_HD int topk_insert(List& list, int size, int k, double d2, std::int32_t id) {
+    if (size == k && !before(d2, id, list.dist(k - 1), list.index(k - 1))) return size;
     int pos = size < k ? size++ : k - 1;
-    while (pos > 0 && before(d2, id, bd[(pos - 1) * stride], bi[(pos - 1) * stride])) {
-        bd[pos * stride] = bd[(pos - 1) * stride];
-        bi[pos * stride] = bi[(pos - 1) * stride];
+    while (pos > 0 && before(d2, id, list.dist(pos - 1), list.index(pos - 1))) {
+        list.move(pos, pos - 1);
         --pos;
     }
-    bd[pos * stride] = d2;
-    bi[pos * stride] = id;
+    list.set(pos, d2, id);
     return size;
 }
 
@@ -65,19 +82,17 @@ struct Query {
     int dim;
     int k;
     double r2;
-    double* bd;
-    std::int32_t* bi;
-    std::int64_t stride;
+    Strided list;
     int size = 0;
     std::int64_t count = 0;
 
-    XM_HD Query(const double* q_, int dim_, int k_, double r2_, double* bd_, std::int32_t* bi_, std::int64_t stride_)
-        : q(q_), dim(dim_), k(k_), r2(r2_), bd(bd_), bi(bi_), stride(stride_) {}
+    XM_HD Query(const double* q_, int dim_, int k_, double r2_, double* bd, std::int32_t* bi, std::int64_t stride)
+        : q(q_), dim(dim_), k(k_), r2(r2_), list{bd, bi, stride} {}
 
     XM_HD void visit(const double* p, std::int32_t id) {
         const double d2 = dist2(q, p, dim);
         if (in_radius(d2, r2)) ++count;
-        if (k > 0) size = topk_insert(bd, bi, stride, size, k, d2, id);
+        if (k > 0) size = topk_insert(list, size, k, d2, id);
     }
 };
 
