@@ -7,7 +7,6 @@ import logging
 import math
 import numbers
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -330,13 +329,9 @@ def _batches(tiles, size):
 
 
 def _progress_bar(total, enabled):
-    if not enabled or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="predict_tiled", unit="tile", disable=not sys.stderr.isatty())
+    from .._progress import progress_bar
+
+    return progress_bar(total, desc="predict_tiled", unit="tile", enabled=enabled, logger=log)
 
 
 def _write_crop(plan: _Plan, t: Tile, y: np.ndarray, digest: str | None = None):

@@ -9,9 +9,9 @@ from .mws import (
     MutexWatershedInfo,
     mutex_watershed,
     mutex_watershed_graph,
-    remove_small_segments,
     seeded_mutex_watershed,
 )
+from ._size_filter import remove_small_segments
 
 __all__ = [
     "mutex_watershed",
