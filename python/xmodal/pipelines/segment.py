@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_bool, as_spacing, describe, positive_int
+from ._agglomerate import agglomerate, filter_small
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -136,7 +138,7 @@ class _Job:
     min_size: int
     spacing: tuple | None
     progress: bool
-    method: str = "mws"  # key of _SINGLE_SHOT / _BLOCKWISE
+    method: str = "mws"  # agglomeration: a key of _agglomerate.SINGLE_SHOT / BLOCKWISE
 
     @property
     def axes(self) -> tuple:
@@ -218,67 +220,6 @@ def _predict(job: _Job, normalizer, root, *, tile_shape, halo, device, client):
     return aff
 
 
-def _mws_single(affinities, offsets, **kw):
-    from ..segmentation import mutex_watershed
-
-    return mutex_watershed(affinities, offsets, **kw)
-
-
-def _mws_blockwise(affinities, offsets, **kw):
-    from ..segmentation import blockwise_mutex_watershed
-
-    res = blockwise_mutex_watershed(affinities, offsets, **kw)
-    return res.labels, int(res.n_labels)
-
-
-# The agglomeration step: method -> function. Single-shot: (affinities numpy, offsets, **mws_kw) ->
-# labels (consecutive from 1); blockwise: (affinities array, offsets, block_shape, halo, out, client,
-# workdir, **mws_kw) -> (labels, number of segments), labels = ``out`` when given. A new method
-# adds an entry here and sets _Job.method.
-_SINGLE_SHOT = {"mws": _mws_single}
-_BLOCKWISE = {"mws": _mws_blockwise}
-
-
-def _agglomerate(job: _Job, aff, target, *, block_shape, workdir, client):
-    """Step 3: labels from the affinities, single-shot (``block_shape`` None) or block by block into ``target``.
-
-    Returns the labels, their number of segments and the affinities the size filter reads (in
-    memory when single-shot).
-    """
-    if block_shape is None:
-        a = np.asarray(aff[...], dtype=np.float32)
-        labels = _SINGLE_SHOT[job.method](a, job.offsets, **job.mws_kw)
-        return labels, int(labels.max(initial=0)), a
-    halo = np.abs(job.offsets).max(axis=0).tolist()
-    labels, n = _BLOCKWISE[job.method](aff, job.offsets, block_shape=block_shape, halo=halo, out=target,
-                                       client=client, workdir=workdir, **job.mws_kw)
-    return labels, n, aff
-
-
-def _filter_small(job: _Job, labels, n_segments: int, aff, *, block_shape, client):
-    """Step 4: segments under ``min_size`` voxels merged into their most attractive neighbour.
-
-    Same definition single-shot and block by block (:func:`xmodal.segmentation.remove_small_segments`;
-    identical results on the same labels); in place into a blockwise ``labels`` array.
-    """
-    from ..segmentation._size_filter import _remove_small
-
-    kw = dict(affinities=aff, offsets=job.offsets, n_attractive=job.n_attractive, invert=False, client=None,
-              out=None, n_workers=None, block_shape=None)
-    if job.min_size <= 1:
-        return labels, n_segments
-    if block_shape is None:
-        return _remove_small(labels, job.min_size, **kw)
-    from ..io import is_zarr_array, mark_complete, mark_incomplete
-
-    if is_zarr_array(labels):
-        mark_incomplete(labels, _WRITER)
-    labels, n = _remove_small(labels, job.min_size, **(kw | dict(block_shape=block_shape, out=labels, client=client)))
-    if is_zarr_array(labels):
-        mark_complete(labels, _WRITER)
-    return labels, n
-
-
 def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
             tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
             block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
@@ -286,8 +227,8 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     """Segment a raw image or volume of any size into instances.
 
     The run is a chain of named steps: validate (:func:`_validate`) -> normalise (:func:`_normalizer`)
-    -> predict (:func:`_predict`) -> agglomerate (:func:`_agglomerate`) -> size filter
-    (:func:`_filter_small`) -> write -> evaluate.
+    -> predict (:func:`_predict`) -> agglomerate and size filter (``pipelines/_agglomerate.py``)
+    -> write (:func:`_commit`) -> evaluate (:func:`_evaluate`).
 
     Parameters
     ----------
@@ -347,7 +288,6 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     job = _validate(raw, model=model, offsets=offsets, n_attractive=n_attractive, normalize=normalize,
                     min_size=min_size, spacing=spacing, progress=progress, bias=bias, strides=strides)
     out_dir = stage = root = None
-    resumed = False
     if out is not None:
         from ..io import begin_folder, check_output_folder, staging_path
 
@@ -366,50 +306,51 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         chunks = (64, 256, 256)[-len(job.spatial):] if block_shape is None else block_shape
         target = _labels_array(root, job.spatial, job.axes[1:], job.spacing, chunks)
     with _timed(timings, "agglomerate"):
-        labels, n_segments, aff_mem = _agglomerate(job, aff, target, block_shape=block_shape, client=client,
-                                                   workdir=None if stage is None else stage / "mws-work")
+        labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
+                                                  block_shape=block_shape, client=client,
+                                                  workdir=None if stage is None else stage / "mws-work")
     with _timed(timings, "size_filter"):
-        labels, n_segments = _filter_small(job, labels, n_segments, aff_mem, block_shape=block_shape, client=client)
+        labels, n_segments = filter_small(labels, n_segments, aff_mem, job.offsets, n_attractive=job.n_attractive,
+                                          min_size=job.min_size, block_shape=block_shape, client=client,
+                                          writer=_WRITER)
     del aff_mem
-    if target is not None and block_shape is None:
+    if target is not None and block_shape is None:  # single-shot labels in memory: written now
         with _timed(timings, "write"):
-            target[...] = labels.astype(np.uint32, copy=False)
             from ..io import mark_complete
 
+            target[...] = labels.astype(np.uint32, copy=False)
             mark_complete(target, _WRITER)
     metrics = None
     if ground_truth is not None:
         with _timed(timings, "evaluate"):
-            from ._inputs import read_image
-
-            gt = read_image(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth
-            metrics = _evaluate(np.asarray(labels), np.asarray(gt), per_slice=job.stack, spacing=job.spacing)
+            metrics = _evaluate(labels, ground_truth, per_slice=job.stack, spacing=job.spacing)
     timings["total"] = time.perf_counter() - t_all
-    bias = job.mws_kw.get("bias")
-    params = {"model": getattr(job.model, "metadata", {}).get("name", type(job.model).__name__),
-              "offsets": job.offsets.tolist(), "n_attractive": job.n_attractive, "normalize": repr(normalize),
-              "bias": None if bias is None else bias.tolist(),
-              "strides": job.mws_kw["strides"], "tile_shape": tile_shape, "halo": halo, "min_size": job.min_size,
-              "block_shape": block_shape, "spacing": job.spacing,
-              "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
     result = SegmentationResult(labels=labels, affinities=aff, offsets=job.offsets, n_attractive=job.n_attractive,
-                                n_segments=n_segments, metrics=metrics, timings=timings, parameters=params)
+                                n_segments=n_segments, metrics=metrics, timings=timings,
+                                parameters=_parameters(job, raw, normalize, tile_shape, halo, block_shape))
     if out_dir is not None:
         _commit(result, stage, out_dir, resumed=resumed)
     return result
 
 
-class _timed:
+def _parameters(job: _Job, raw, normalize, tile_shape, halo, block_shape) -> dict:
+    """The run's parameters as recorded in provenance.json."""
+    bias = job.mws_kw.get("bias")
+    return {"model": getattr(job.model, "metadata", {}).get("name", type(job.model).__name__),
+            "offsets": job.offsets.tolist(), "n_attractive": job.n_attractive, "normalize": repr(normalize),
+            "bias": None if bias is None else bias.tolist(), "strides": job.mws_kw["strides"],
+            "tile_shape": tile_shape, "halo": halo, "min_size": job.min_size, "block_shape": block_shape,
+            "spacing": job.spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
+
+
+@contextmanager
+def _timed(timings: dict, name: str):
     """``with _timed(timings, name):`` adds the block's wall-clock seconds to ``timings[name]``."""
-
-    def __init__(self, timings: dict, name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: bool) -> None:
@@ -452,9 +393,13 @@ def _labels_array(root: Path, spatial, axes, spacing, chunks):
     return arr
 
 
-def _evaluate(labels: np.ndarray, gt: np.ndarray, *, per_slice: bool, spacing) -> dict:
+def _evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
+    """Step 7: metrics against the ground truth (per slice and their mean for a 2D model on a stack)."""
     from ..metrics import evaluate_segmentation
+    from ._inputs import read_image
 
+    labels = np.asarray(labels)
+    gt = np.asarray(read_image(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth)
     if labels.shape != gt.shape:
         raise ValueError(f"ground_truth: expected the shape of the image {labels.shape}, got {gt.shape}")
     if not per_slice:
