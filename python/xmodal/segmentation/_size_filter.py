@@ -312,20 +312,13 @@ def _relabel(job: _Job, inner, ids, new, out):
 def _remove_small_blockwise(labels, aff, o, na, invert, shape, *, min_size, block_shape, out, client, n_workers):
     from .._optional import optional_import
     from ..inference._normalize import iter_blocks
-    from .blockwise import _per_axis
+    from .blockwise import _per_axis, _check_out
 
     dask = optional_import("dask", purpose="remove_small_segments(block_shape=...)")
     ndim = len(shape)
     bshape = tuple(min(b, s) for b, s in zip(_per_axis(block_shape, ndim, "block_shape", 1), shape))
     if out is not None:
-        if tuple(out.shape) != shape:
-            raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-        if not np.issubdtype(np.dtype(out.dtype), np.integer):
-            raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
-        chunks = getattr(out, "chunks", None)
-        if isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
-            if any(b % c and b < s for b, c, s in zip(bshape, chunks, shape)):
-                raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+        _check_out(out, shape, bshape)
     if client is not None and not hasattr(client, "compute"):
         raise TypeError(f"client: expected a dask.distributed.Client, got {describe(client)}")
     if n_workers is None:
