@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from xmodal.datasets import isbi2012_slices  # noqa: E402
-from xmodal.pipelines import segment  # noqa: E402
+from xmodal.datasets import isbi2012_slices
+from xmodal.pipelines import segment
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +265,8 @@ def test_segment_stack_normalises_globally_in_one_prediction(isbi, monkeypatch, 
 
 def test_segment_stack_passes_the_client(isbi, monkeypatch):
     """The dask client runs the stack's prediction, blockwise mutex watershed and size filter."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     import xmodal.inference
     from xmodal.inference import predict_tiled
 

@@ -53,7 +53,8 @@ def test_blockwise_in_place_into_zarr(oversegmented, tmp_path):
 
 
 def test_blockwise_with_a_dask_client(oversegmented):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     seg, aff = oversegmented
     single = remove_small_segments(seg, 20, affinities=aff, offsets=OFFS3)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
