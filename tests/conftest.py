@@ -43,7 +43,7 @@ def data_dir():
 # Skips for what the test extra does not install (cupy, a GPU) stay skips.
 _TEST_EXTRA = {"numpy", "scipy", "zarr", "highspy", "threadpoolctl", "pytest", "pytest_benchmark", "hypothesis",
                "torch", "monai", "bioimage_cpp", "mwatershed", "pycpd", "skimage", "PIL", "matplotlib", "tifffile",
-               "itk", "dask", "distributed"}
+               "itk", "dask", "distributed", "tqdm"}
 
 
 def _missing_test_dependency(report) -> str | None:

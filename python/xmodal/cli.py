@@ -444,7 +444,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out)
+    summary = run_demo(args.out, progress=not args.quiet)
     print(summary)
     return 0
 
