@@ -289,3 +289,25 @@ def test_segment_stack_passes_the_client(isbi, monkeypatch):
     np.testing.assert_array_equal(np.asarray(remote.affinities), np.asarray(local.affinities))
     np.testing.assert_array_equal(np.asarray(remote.labels), np.asarray(local.labels))
     assert remote.n_segments == local.n_segments
+
+
+def test_stack_model_wrapper_pickles_to_the_same_bytes(isbi):
+    """The 2D model's stack wrapper is the model's identity in the prediction's job signature: the
+    same weights give the same token (a resumed run recognises its tiles), and a pickled copy (a
+    dask worker's) predicts the same."""
+    import pickle
+
+    from xmodal.inference._model import model_token
+    from xmodal.models import load_isbi2012_affinity_unet
+    from xmodal.pipelines._slicewise import PerSlice
+
+    a, b = PerSlice(load_isbi2012_affinity_unet(), "cpu"), PerSlice(load_isbi2012_affinity_unet(), "cpu")
+    assert model_token(a) == model_token(b)
+    other = load_isbi2012_affinity_unet()
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert model_token(PerSlice(other, "cpu")) != model_token(a)
+    x = _shifted_stack(isbi[0])[None, None, :, :64, :64]
+    copy = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(copy(x), a(x))
+    assert copy(x).shape == (1, len(copy.model.offsets), 2, 64, 64)

@@ -18,8 +18,9 @@ import numpy as np
 class PerSlice:
     """A 2D model as a callable on ``(B, C, Z, Y, X)`` float32 windows (every z slice is one input).
 
-    ``model``: a torch module or a callable on ``(B, C, Y, X)`` numpy batches. It runs on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); the wrapper pickles as the
-    model and the device, and a dask worker rebuilds its runner on arrival.
+    ``model``: a torch module or a callable on ``(B, C, Y, X)`` numpy batches. It runs on ``device``
+    (``"auto"``, ``"cpu"``, ``"cuda"``); the wrapper pickles as the model and the device (the same
+    bytes for the same weights), and a dask worker rebuilds its runner on arrival.
     """
 
     def __init__(self, model, device):
@@ -28,17 +29,42 @@ class PerSlice:
         self.model, self.device = model, device
         self._runner = Runner(model, device)  # checks the device now, not on the first tile
 
-    def __getstate__(self):
-        return {"model": self.model, "device": self.device}
-
-    def __setstate__(self, state):
-        self.__init__(state["model"], state["device"])
+    def __reduce__(self):
+        # Deterministic bytes (they are the model's token in predict_tiled's job signature, so a
+        # resumed run recognises its tiles): a torch module travels as its structure on the "meta"
+        # device plus its weights as numpy arrays (torch's own pickling adds a random id per save).
+        return _rebuild, (_portable(self.model), self.device)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         b, c, z = x.shape[:3]
         flat = np.ascontiguousarray(np.moveaxis(x, 2, 1)).reshape(b * z, c, *x.shape[3:])
         y = self._runner(flat)
         return np.moveaxis(y.reshape(b, z, *y.shape[1:]), 1, 2)
+
+
+def _portable(model):
+    try:
+        import torch
+    except ImportError:
+        return ("object", model)
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return ("object", model)
+    import copy
+
+    skeleton = copy.deepcopy(model).to("meta")
+    return ("module", (skeleton, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}))
+
+
+def _rebuild(portable, device):
+    kind, payload = portable
+    if kind == "module":
+        import torch
+
+        skeleton, state = payload
+        model = skeleton.to_empty(device="cpu")
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        payload = model
+    return PerSlice(payload, device)
 
 
 def _plane(value, name: str, minimum: int) -> tuple:

@@ -41,7 +41,8 @@ class SegmentationResult:
     metrics : dict or None (see :func:`xmodal.metrics.evaluate_segmentation`), per slice and mean
         for 2D models applied to a stack
     outputs : dict of output name -> path
-    timings : dict of step -> seconds
+    timings : dict of step -> seconds (normalize, predict, agglomerate, size_filter, write, evaluate,
+        total; a step that did not run is absent)
     """
 
     labels: Any
