@@ -54,34 +54,30 @@ _NCC_STAGE = {
     "MaximumNumberOfIterations": 500,
     "pyramid": (16, 8, 4, 2, 1),
 }
+_BSPLINE_STAGE = {
+    "Registration": "MultiMetricMultiResolutionRegistration",
+    "Transform": "BSplineTransform",
+    "FinalGridSpacingInVoxels": (64, 64, 16),
+    "Optimizer": "AdaptiveStochasticGradientDescent",
+    "ImageSampler": "RandomCoordinate",
+    "NumberOfSpatialSamples": 20000,
+    "MaximumNumberOfIterations": 500,
+    "pyramid": (8, 4, 2, 1),
+}
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "rigid": [{**_MI_STAGE, "Transform": "EulerTransform"}],
     "similarity": [{**_MI_STAGE, "Transform": "EulerTransform"}, {**_NCC_STAGE, "Transform": "SimilarityTransform"}],
     "view-merging": [{**_MI_STAGE, "Transform": "EulerTransform"}, {**_NCC_STAGE, "Transform": "EulerTransform"}],
     "bspline": [{
-        "Registration": "MultiMetricMultiResolutionRegistration",
-        "Transform": "BSplineTransform",
+        **_BSPLINE_STAGE,
         "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMattesMutualInformation", "TransformRigidityPenalty"],
         "Metric0Weight": 1.0, "Metric1Weight": 1.0, "Metric2Weight": 100.0,
-        "FinalGridSpacingInVoxels": (64, 64, 16),
-        "Optimizer": "AdaptiveStochasticGradientDescent",
-        "ImageSampler": "RandomCoordinate",
-        "NumberOfSpatialSamples": 20000,
-        "MaximumNumberOfIterations": 500,
-        "pyramid": (8, 4, 2, 1),
     }],
     "bspline-landmarks": [{
-        "Registration": "MultiMetricMultiResolutionRegistration",
-        "Transform": "BSplineTransform",
+        **_BSPLINE_STAGE,
         "Metric": ["AdvancedNormalizedCorrelation", "CorrespondingPointsEuclideanDistanceMetric"],
         "Metric0Weight": 1.0, "Metric1Weight": 1000.0,
-        "FinalGridSpacingInVoxels": (64, 64, 16),
-        "Optimizer": "AdaptiveStochasticGradientDescent",
-        "ImageSampler": "RandomCoordinate",
-        "NumberOfSpatialSamples": 20000,
-        "MaximumNumberOfIterations": 500,
-        "pyramid": (8, 4, 2, 1),
     }],
 }
 
