@@ -123,9 +123,9 @@ def test_segment_constant_image_and_scalar_spacing(tmp_path):
     root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
     scale = root["labels/cells"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
     assert scale["scale"] == [0.5, 0.5]
-    from xmodal.pipelines.segment import _global_mean_std
+    from xmodal.inference import global_mean_std
 
-    assert _global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
+    assert global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
 
 
 def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
