@@ -386,8 +386,8 @@ Stats gasp(uint64_t n_nodes, const uint64_t* uv, const double* weights, const do
            const uint8_t* mergeable, uint64_t n_edges, const Options& options, uint32_t* labels) {
     require(n_nodes < uint64_t(std::numeric_limits<uint32_t>::max()),
             "n_nodes: expected fewer than 2^32 - 1 nodes, got " + std::to_string(n_nodes));
-    require(n_edges < uint64_t(std::numeric_limits<uint32_t>::max()),
-            "edges: expected fewer than 2^32 - 1 edges, got " + std::to_string(n_edges));
+    require(n_edges < (uint64_t(1) << 31),
+            "edges: expected fewer than 2^31 edges, got " + std::to_string(n_edges));
     const int lk = static_cast<int>(options.linkage);
     require(lk >= 0 && lk <= 4, "linkage: unknown linkage code " + std::to_string(lk));
     for (uint64_t e = 0; e < n_edges; ++e) {

@@ -51,7 +51,7 @@ struct Stats {
     double seconds = 0;
 };
 
-// GASP on a graph with n_nodes nodes (< 2^32 - 1) and n_edges edges (< 2^32): uv is n_edges x 2
+// GASP on a graph with n_nodes nodes (< 2^32 - 1) and n_edges edges (< 2^31): uv is n_edges x 2
 // node ids (u != v; repeated pairs are merged with the linkage, in edge order, before the
 // agglomeration); weights are finite; sizes (may be null: all 1) are > 0 (used by mean only);
 // mergeable (may be null: all mergeable) is 0/1 per edge. labels receives n_nodes labels,

@@ -165,8 +165,8 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
         raise ValueError(f"linkage: expected one of {', '.join(map(repr, LINKAGES))}, got {linkage!r}")
     uv = _as_edges(edges, n)
     E = uv.shape[0]
-    if E >= (1 << 32) - 1:
-        raise ValueError(f"edges: expected fewer than 2^32 - 1 edges, got {E}")
+    if E >= (1 << 31):
+        raise ValueError(f"edges: expected fewer than 2^31 edges, got {E}")
     w = _as_edge_values(weights, "weights", E)
     sz = None if edge_sizes is None else _as_edge_values(edge_sizes, "edge_sizes", E, positive=True)
     mg = None
