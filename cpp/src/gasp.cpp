@@ -54,7 +54,11 @@ inline uint64_t ordered_bits(double w) {
 void sort_entries(std::vector<Entry>& a) {
     const size_t n = a.size();
     if (n < 2) return;
-    constexpr int kBits = 16;
+    if (n < 4096) {
+        std::sort(a.begin(), a.end(), [](const Entry& x, const Entry& y) { return EntryLess{}(y, x); });
+        return;
+    }
+    constexpr int kBits = 11;
     constexpr size_t kBuckets = size_t(1) << kBits;
     std::vector<uint64_t> key(n), key2(n);
     for (size_t i = 0; i < n; ++i) key[i] = ~ordered_bits(a[i].key);  // ascending = descending w
@@ -92,7 +96,7 @@ class PairMap {
 public:
     void reset(uint64_t n_items) {
         uint64_t cap = 16;
-        while (cap < 2 * n_items + 16) cap <<= 1;
+        while (cap < n_items + n_items / 2 + 16) cap <<= 1;
         slots_.assign(cap, Slot{kEmpty, 0});
         mask_ = cap - 1;
         used_ = 0;

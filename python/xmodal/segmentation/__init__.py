@@ -13,8 +13,8 @@ from .agglomeration import (
     superpixel_agglomeration,
 )
 from .blockwise import BlockwiseResult, blockwise_mutex_watershed
-from .gasp import GaspInfo, boundary_to_signed_weights, gasp
-from .multicut import multicut, probabilities_to_costs
+from ._gasp import GaspInfo, boundary_to_signed_weights, gasp
+from ._multicut import multicut, probabilities_to_costs
 from .mws import (
     MutexWatershedInfo,
     mutex_watershed,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import describe
-from .gasp import LINKAGES, gasp
+from ._gasp import LINKAGES, gasp
 from .rag import _as_offsets, edge_features, region_adjacency_graph
 from .superpixels import _as_mask, _relabel_first_occurrence, distance_transform_watershed
 
@@ -142,7 +142,7 @@ def agglomerate_graph(n_nodes, edges, edge_boundary, edge_sizes, *, method="gasp
         raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
     b = np.asarray(edge_boundary, dtype=np.float64)
     if method == "multicut":
-        from .multicut import multicut, probabilities_to_costs
+        from ._multicut import multicut, probabilities_to_costs
 
         beta = _check_beta(beta, open_interval=True)
         costs = probabilities_to_costs(b, beta=beta, edge_sizes=None if size_exponent is None else edge_sizes,

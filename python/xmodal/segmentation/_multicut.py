@@ -21,7 +21,7 @@ import numpy as np
 
 from .._optional import optional_import
 from .._validation import describe
-from .gasp import _as_edge_values, _as_edges, _as_n_nodes
+from ._gasp import _as_edge_values, _as_edges, _as_n_nodes
 
 __all__ = ["multicut", "probabilities_to_costs", "MULTICUT_SOLVERS"]
 

@@ -83,37 +83,42 @@ def _as_n_nodes(n_nodes) -> int:
     return n
 
 
-def _as_edges(edges, n_nodes: int, name: str = "edges") -> np.ndarray:
-    a = np.asarray(edges)
+def _as_edges(edges, n_nodes: int, name: str = "edges", *, check_ids: bool = True) -> np.ndarray:
+    """(E, 2) uint64 C-contiguous node ids; ids < n_nodes and no self-loops unless check_ids=False
+    (the native kernel re-checks both with the same messages)."""
+    a = edges if isinstance(edges, np.ndarray) else np.asarray(edges)
     if a.size == 0:
         return np.zeros((0, 2), np.uint64)
-    if a.dtype == object or not np.issubdtype(a.dtype, np.integer):
+    if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integer node ids of shape (n_edges, 2), got {describe(edges)}")
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"{name}: expected shape (n_edges, 2), got {a.shape}")
-    if np.issubdtype(a.dtype, np.signedinteger) and a.min() < 0:
+    if a.dtype.kind == "i" and a.min() < 0:
         raise ValueError(f"{name}: expected non-negative node ids, got minimum {a.min()}")
-    if int(a.max()) >= n_nodes:
-        raise ValueError(f"{name}: node ids must be < n_nodes = {n_nodes}, got {int(a.max())}")
-    same = a[:, 0] == a[:, 1]
-    if same.any():
-        i = int(np.flatnonzero(same)[0])
-        raise ValueError(f"{name}: self-loops are not allowed, row {i} is {a[i].tolist()}")
+    if check_ids:
+        if int(a.max()) >= n_nodes:
+            raise ValueError(f"{name}: node ids must be < n_nodes = {n_nodes}, got {int(a.max())}")
+        same = a[:, 0] == a[:, 1]
+        if same.any():
+            i = int(np.flatnonzero(same)[0])
+            raise ValueError(f"{name}: self-loops are not allowed, row {i} is {a[i].tolist()}")
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def _as_edge_values(x, name: str, n: int, *, positive: bool = False) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-                                 or a.dtype == bool):
+def _as_edge_values(x, name: str, n: int, *, positive: bool = False, check: bool = True) -> np.ndarray:
+    """(E,) float64 C-contiguous; finite (and > 0 with positive) unless check=False (the native
+    kernel re-checks)."""
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype.kind not in "fiub":
         raise TypeError(f"{name}: expected real values, got {describe(x)}")
     if a.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},) (one value per edge), got {a.shape}")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: expected finite values, found {a[~np.isfinite(a)][0]}")
-    if positive and a.size and a.min() <= 0:
-        raise ValueError(f"{name}: expected positive values, got minimum {a.min()}")
+    if check:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: expected finite values, found {a[~np.isfinite(a)][0]}")
+        if positive and a.size and a.min() <= 0:
+            raise ValueError(f"{name}: expected positive values, got minimum {a.min()}")
     return a
 
 
@@ -163,12 +168,13 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
     n = _as_n_nodes(n_nodes)
     if linkage not in LINKAGES:
         raise ValueError(f"linkage: expected one of {', '.join(map(repr, LINKAGES))}, got {linkage!r}")
-    uv = _as_edges(edges, n)
+    # ids, self-loops, finite weights and positive sizes are checked by the kernel (same messages)
+    uv = _as_edges(edges, n, check_ids=False)
     E = uv.shape[0]
     if E >= (1 << 31):
         raise ValueError(f"edges: expected fewer than 2^31 edges, got {E}")
-    w = _as_edge_values(weights, "weights", E)
-    sz = None if edge_sizes is None else _as_edge_values(edge_sizes, "edge_sizes", E, positive=True)
+    w = _as_edge_values(weights, "weights", E, check=False)
+    sz = None if edge_sizes is None else _as_edge_values(edge_sizes, "edge_sizes", E, check=False)
     mg = None
     if mergeable is not None:
         m = np.asarray(mergeable)
@@ -177,7 +183,7 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
         if m.shape != (E,):
             raise ValueError(f"mergeable: expected shape ({E},) (one flag per edge), got {m.shape}")
         mg = np.ascontiguousarray(m != 0, dtype=np.uint8)
-    if not isinstance(cannot_link, (bool, np.bool_)):
+    if cannot_link not in (True, False):
         raise TypeError(f"cannot_link: expected a bool, got {describe(cannot_link)}")
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or int(n_clusters) < 1:
         raise ValueError(f"n_clusters: expected an integer >= 1, got {describe(n_clusters)}")
