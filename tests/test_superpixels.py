@@ -189,3 +189,34 @@ def test_superpixel_route_bad_inputs(cells2d):
         superpixel_agglomeration(b, superpixels=np.ones((3, 3), int))
     with pytest.raises(ValueError, match="channels"):
         superpixel_agglomeration(b, channels="some")
+
+
+def test_blockwise_route_single_block_equals_in_memory_and_is_worker_independent():
+    zarr = pytest.importorskip("zarr")
+    from xmodal.segmentation import blockwise_superpixel_agglomeration
+
+    gt = voronoi_labels((12, 64, 64), 16, seed=1)
+    b = boundary_map(gt, seed=2)
+    single = superpixel_agglomeration(b)
+    one = blockwise_superpixel_agglomeration(b, block_shape=b.shape, halo=0)
+    assert np.array_equal(one.labels, single)  # one block: same superpixels, graph and result
+    za = zarr.create_array(store=zarr.storage.MemoryStore(), shape=b.shape, chunks=(6, 32, 32), dtype=np.float32)
+    za[:] = b
+    out = zarr.create_array(store=zarr.storage.MemoryStore(), shape=b.shape, chunks=(6, 32, 32), dtype=np.uint32)
+    r2 = blockwise_superpixel_agglomeration(za, block_shape=(6, 32, 32), halo=(3, 8, 8), out=out, n_workers=2)
+    r1 = blockwise_superpixel_agglomeration(b, block_shape=(6, 32, 32), halo=(3, 8, 8), n_workers=1)
+    assert r2.n_blocks == 8 and r2.labels is out
+    assert np.array_equal(out[:], r1.labels)
+    assert r1.n_stitched > 0  # superpixels cut by block faces are joined again
+    assert adapted_rand_error(single, r1.labels) < 0.01
+    assert adapted_rand_error(gt, r1.labels) < adapted_rand_error(gt, single) + 0.005
+    for method in ("mws", "gasp"):
+        r = blockwise_superpixel_agglomeration(b, block_shape=(6, 32, 32), halo=(3, 8, 8), method=method,
+                                               min_size=200)
+        assert np.bincount(r.labels.ravel())[1:].min() >= 200
+    with pytest.raises(ValueError, match="feature"):
+        blockwise_superpixel_agglomeration(b, block_shape=8, halo=2, feature="q10")
+    with pytest.raises(ValueError, match="block_shape"):
+        blockwise_superpixel_agglomeration(b, block_shape=(8, 8), halo=2)
+    with pytest.raises(ValueError, match="out"):
+        blockwise_superpixel_agglomeration(b, block_shape=8, halo=2, out=np.zeros((2, 2, 2)))

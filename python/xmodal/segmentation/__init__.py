@@ -13,6 +13,7 @@ from .agglomeration import (
     superpixel_agglomeration,
 )
 from .blockwise import BlockwiseResult, blockwise_mutex_watershed
+from .blockwise_graph import BlockwiseAgglomerationResult, blockwise_superpixel_agglomeration
 from ._gasp import GaspInfo, boundary_to_signed_weights, gasp
 from ._multicut import multicut, probabilities_to_costs
 from .mws import (
@@ -49,4 +50,6 @@ __all__ = [
     "boundaries_from_affinities",
     "superpixel_agglomeration",
     "AgglomerationInfo",
+    "blockwise_superpixel_agglomeration",
+    "BlockwiseAgglomerationResult",
 ]
