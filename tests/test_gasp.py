@@ -157,6 +157,22 @@ def test_no_attractive_linkage_left_between_clusters(linkage):
         assert link <= 1e-12
 
 
+@pytest.mark.parametrize("linkage,cannot_link,bio_linkage", [BIOIMAGE_LINKAGES[i] for i in (0, 1, 2, 5)])
+def test_equal_to_bioimage_cpp_on_a_large_grid_graph(linkage, cannot_link, bio_linkage):
+    """A 3D grid graph: large clusters, many merges, the native hash map is rebuilt on the way."""
+    rng = np.random.default_rng(12)
+    shape = (4, 60, 60)
+    idx = np.arange(np.prod(shape)).reshape(shape)
+    uv = np.concatenate([np.stack([np.take(idx, range(0, s - 1), axis=d).ravel(),
+                                   np.take(idx, range(1, s), axis=d).ravel()], 1)
+                         for d, s in enumerate(shape)])
+    w = rng.normal(0.3, 1.0, len(uv))
+    ref = bioimage_gasp(idx.size, uv, w, None, bio_linkage)
+    ours, info = gasp(idx.size, uv, w, linkage=linkage, cannot_link=cannot_link, return_info=True)
+    assert info.n_rebuilds > 0
+    assert same_partition(ref, ours)
+
+
 def test_mutex_watershed_case_equals_mutex_watershed_graph():
     rng = np.random.default_rng(2)
     for _ in range(40):

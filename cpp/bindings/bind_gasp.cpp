@@ -54,6 +54,7 @@ py::tuple run_gasp(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, py::
     d["n_constraints"] = st.n_constraints;
     d["n_pushes"] = st.n_pushes;
     d["n_duplicate_edges"] = st.n_duplicate_edges;
+    d["n_rebuilds"] = st.n_rebuilds;
     d["seconds"] = st.seconds;
     return py::make_tuple(labels, d);
 }

@@ -54,7 +54,7 @@ inline uint64_t ordered_bits(double w) {
 void sort_entries(std::vector<Entry>& a) {
     const size_t n = a.size();
     if (n < 2) return;
-    if (n < 4096) {
+    if (n < (size_t(1) << 16)) {
         std::sort(a.begin(), a.end(), [](const Entry& x, const Entry& y) { return EntryLess{}(y, x); });
         return;
     }
@@ -94,9 +94,12 @@ inline uint64_t pair_key(uint32_t a, uint32_t b) {
 // is rebuilt from the live edges when it fills up. Keys never equal kEmpty (node ids < 2^32 - 1).
 class PairMap {
 public:
-    void reset(uint64_t n_items) {
+    // Room for n_items at a load factor of at most 2/3 (initial table) or 1/2 (rebuilt tables, so
+    // that the next rebuild is at least n_items / 4 insertions away: amortised O(1)).
+    void reset(uint64_t n_items, bool rebuilt) {
         uint64_t cap = 16;
-        while (cap < n_items + n_items / 2 + 16) cap <<= 1;
+        const uint64_t want = rebuilt ? 2 * n_items + 16 : n_items + n_items / 2 + 16;
+        while (cap < want) cap <<= 1;
         slots_.assign(cap, Slot{kEmpty, 0});
         mask_ = cap - 1;
         used_ = 0;
@@ -141,7 +144,7 @@ public:
         : opt_(opt), parent_(n_nodes), deg_(n_nodes, 0), head_(n_nodes, kNone),
           tail_(n_nodes, kNone), w_(n_edges),
           s_(n_edges), flags_(n_edges, 0), eu_(n_edges), ev_(n_edges) {
-        pairs_.reset(n_edges);
+        pairs_.reset(n_edges, false);
         for (uint64_t i = 0; i < n_nodes; ++i) parent_[i] = static_cast<uint32_t>(i);
         alive_ = n_nodes;
     }
@@ -196,7 +199,8 @@ private:
     void rebuild_pairs() {
         uint64_t live = 0;
         for (size_t e = 0; e < flags_.size(); ++e) live += !(flags_[e] & kDead);
-        pairs_.reset(live);
+        pairs_.reset(live, true);
+        ++stats_.n_rebuilds;
         for (size_t e = 0; e < flags_.size(); ++e) {
             if (flags_[e] & kDead) continue;
             const uint64_t key = pair_key(find(eu_[e]), find(ev_[e]));

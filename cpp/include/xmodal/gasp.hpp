@@ -48,6 +48,7 @@ struct Stats {
     uint64_t n_constraints = 0;  // cannot-link constraints installed
     uint64_t n_pushes = 0;       // heap pushes (initial edges included)
     uint64_t n_duplicate_edges = 0;  // input edges that repeated an earlier (u, v) pair
+    uint64_t n_rebuilds = 0;  // rebuilds of the cluster-pair hash map (diagnostic)
     double seconds = 0;
 };
 

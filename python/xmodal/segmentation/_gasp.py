@@ -56,6 +56,8 @@ class GaspInfo:
         Priority-queue insertions (the initial edges plus one per changed merged edge).
     n_duplicate_edges : int
         Input edges that repeated an earlier ``(u, v)`` pair (merged with the linkage first).
+    n_rebuilds : int
+        Rebuilds of the native cluster-pair hash map (a diagnostic of the implementation).
     seconds : float
         Wall-clock seconds in the native kernel.
     """
@@ -65,6 +67,7 @@ class GaspInfo:
     n_constraints: int
     n_pushes: int
     n_duplicate_edges: int
+    n_rebuilds: int
     seconds: float
 
 
@@ -192,7 +195,7 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
         return labels, GaspInfo(n_clusters=int(stats["n_clusters"]), n_merges=int(stats["n_merges"]),
                                 n_constraints=int(stats["n_constraints"]), n_pushes=int(stats["n_pushes"]),
                                 n_duplicate_edges=int(stats["n_duplicate_edges"]),
-                                seconds=float(stats["seconds"]))
+                                n_rebuilds=int(stats["n_rebuilds"]), seconds=float(stats["seconds"]))
     return labels
 
 
