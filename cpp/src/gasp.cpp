@@ -41,6 +41,58 @@ struct EntryLess {
     }
 };
 
+// 4-ary max-heap of queue entries (fewer levels than a binary heap: cheaper pops).
+class QuadHeap {
+public:
+    static bool before(const Entry& x, const Entry& y) {  // x is taken before y
+        return x.key > y.key || (x.key == y.key && x.edge < y.edge);
+    }
+    bool empty() const { return a_.empty(); }
+    const Entry& top() const { return a_.front(); }
+    void reserve(size_t n) { a_.reserve(n); }
+    void push(const Entry& e) {
+        size_t i = a_.size();
+        a_.push_back(e);
+        while (i > 0) {
+            const size_t p = (i - 1) / 4;
+            if (!before(e, a_[p])) break;
+            a_[i] = a_[p];
+            i = p;
+        }
+        a_[i] = e;
+    }
+    void pop() {
+        const Entry last = a_.back();
+        a_.pop_back();
+        if (!a_.empty()) sift_down(0, last);
+    }
+    // Take all entries of v and order them (O(n)).
+    void assign(std::vector<Entry>& v) {
+        a_.swap(v);
+        if (a_.size() < 2) return;
+        for (size_t i = (a_.size() - 2) / 4 + 1; i-- > 0;) sift_down(i, a_[i]);
+    }
+
+private:
+    void sift_down(size_t i, const Entry e) {
+        const size_t n = a_.size();
+        for (;;) {
+            const size_t c = 4 * i + 1;
+            if (c >= n) break;
+            size_t best = c;
+            const size_t end = std::min(c + 4, n);
+            for (size_t k = c + 1; k < end; ++k) {
+                if (before(a_[k], a_[best])) best = k;
+            }
+            if (!before(a_[best], e)) break;
+            a_[i] = a_[best];
+            i = best;
+        }
+        a_[i] = e;
+    }
+    std::vector<Entry> a_;
+};
+
 // Order-preserving map of a double to uint64 (ascending with the value; -0 and +0 equal).
 inline uint64_t ordered_bits(double w) {
     w += 0.0;
@@ -54,7 +106,7 @@ inline uint64_t ordered_bits(double w) {
 void sort_entries(std::vector<Entry>& a) {
     const size_t n = a.size();
     if (n < 2) return;
-    if (n < (size_t(1) << 16)) {
+    if (n < 2048) {
         std::sort(a.begin(), a.end(), [](const Entry& x, const Entry& y) { return EntryLess{}(y, x); });
         return;
     }
@@ -163,14 +215,19 @@ private:
         return x;
     }
 
+    // Without cannot-link constraints an edge of weight <= 0 can only stop the agglomeration, which
+    // an empty queue does as well: such edges are never queued.
+    bool queued(double w) const { return opt_.cannot_link || w > 0.0; }
+
     void push(uint32_t e) {
-        heap_.push_back({key_of(w_[e]), e});
-        std::push_heap(heap_.begin(), heap_.end(), EntryLess{});
+        if (!queued(w_[e])) return;
+        heap_.push({key_of(w_[e]), e});
         ++stats_.n_pushes;
     }
 
     // Merge edge `hi` into edge `lo` (lo < hi, both joining the same pair of clusters).
-    // Returns whether the key of `lo` changed.
+    // Returns whether the queue key of `lo` increased (a decrease is handled lazily: the entry with
+    // the old, higher key is re-queued with the current key when it is popped).
     bool fold(uint32_t lo, uint32_t hi) {
         const double wa = w_[lo], wb = w_[hi], sa = s_[lo], sb = s_[hi];
         double w = wa;
@@ -190,7 +247,7 @@ private:
         s_[lo] = sa + sb;
         flags_[lo] = static_cast<uint8_t>(flags_[lo] | (flags_[hi] & (kConstraint | kNoMerge)));
         flags_[hi] |= kDead;
-        return key_of(w) != old_key;
+        return key_of(w) > old_key;
     }
 
     void contract(uint32_t e);
@@ -211,10 +268,9 @@ private:
     // Next queue entry: the initial edges sorted once, changed edges in a binary heap.
     bool pop(Entry& out) {
         const bool has_sorted = cursor_ < sorted_.size();
-        if (!heap_.empty() && (!has_sorted || EntryLess{}(sorted_[cursor_], heap_.front()))) {
-            out = heap_.front();
-            std::pop_heap(heap_.begin(), heap_.end(), EntryLess{});
-            heap_.pop_back();
+        if (!heap_.empty() && (!has_sorted || QuadHeap::before(heap_.top(), sorted_[cursor_]))) {
+            out = heap_.top();
+            heap_.pop();
             return true;
         }
         if (!has_sorted) return false;
@@ -233,7 +289,7 @@ private:
     PairMap pairs_;
     std::vector<Entry> sorted_;  // initial edges by descending priority
     size_t cursor_ = 0;
-    std::vector<Entry> heap_;    // edges whose priority changed
+    QuadHeap heap_;              // edges whose priority rose (and small queues)
     uint64_t alive_ = 0;
     Stats stats_;
 };
@@ -274,14 +330,13 @@ void Agglomerator::contract(uint32_t e) {
                 } else {
                     const uint32_t e1 = pairs_.value(slot), e2 = a.edge;
                     const uint32_t lo = std::min(e1, e2), hi = std::max(e1, e2);
-                    const bool lo_was_live = !(flags_[lo] & kConstraint);
-                    const bool changed = fold(lo, hi);
+                    const bool raised = fold(lo, hi);
                     pairs_.value(slot) = lo;
                     keep = lo == e2;  // else the entry of e1 in the stable list survives
                     --deg_[stable];
                     --deg_[n];
-                    // lo keeps a valid heap entry if it had one and its key did not change.
-                    if (!(flags_[lo] & kConstraint) && (changed || !lo_was_live)) push(lo);
+                    // an increased key needs a new entry; the old one becomes outdated
+                    if (raised && !(flags_[lo] & kConstraint)) push(lo);
                 }
             }
         }
@@ -353,17 +408,27 @@ Stats Agglomerator::run(const uint64_t* uv, const double* weights, const double*
 
     sorted_.reserve(n_edges);
     for (uint64_t e = 0; e < n_edges; ++e) {
-        if (!(flags_[e] & kDead)) sorted_.push_back({key_of(w_[e]), static_cast<uint32_t>(e)});
+        if (!(flags_[e] & kDead) && queued(w_[e])) sorted_.push_back({key_of(w_[e]), static_cast<uint32_t>(e)});
     }
     stats_.n_pushes = sorted_.size();
-    sort_entries(sorted_);
+    if (sorted_.size() < 2048) {
+        // Small queues: a heap built in O(n) (only the edges actually taken are ever ordered).
+        heap_.assign(sorted_);
+    } else {
+        // Large queues: one radix sort, then sequential reads (a big heap misses the cache).
+        sort_entries(sorted_);
+    }
 
     const uint64_t stop = std::max<uint64_t>(opt_.n_clusters_stop, 1);
     Entry top;
     while (alive_ > stop && pop(top)) {
         const uint32_t e = top.edge;
         if (flags_[e] & (kDead | kConstraint)) continue;
-        if (top.key != key_of(w_[e])) continue;  // outdated entry
+        const double key = key_of(w_[e]);
+        if (top.key != key) {  // outdated: re-queue if the key went down since (lazy decrease)
+            if (top.key > key) push(e);
+            continue;
+        }
         const double w = w_[e];
         if (!opt_.cannot_link && w <= 0.0) break;  // no attractive edge left
         if ((flags_[e] & kNoMerge) || w <= 0.0) {
