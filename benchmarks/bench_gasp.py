@@ -50,12 +50,24 @@ def same_partition(a, b):
 
 
 @pytest.fixture(scope="module")
-def graphs():
+def isbi():
+    """Affinities of the shipped slices from the shipped model, its offsets, and the ground truth."""
     pytest.importorskip("torch")
-    pytest.importorskip("bioimage_cpp")
     from xmodal.datasets import isbi2012_slices
     from xmodal.models import load_isbi2012_affinity_unet
     from xmodal.models.isbi2012 import predict_affinities
+
+    model = load_isbi2012_affinity_unet()
+    norm = model.metadata["normalization"]
+    raw, gt = isbi2012_slices()
+    raw, gt = (raw[:1], gt[:1]) if QUICK else (raw, gt)
+    affs = np.stack([predict_affinities(model, r, mean=norm["mean"], std=norm["std"]) for r in raw])
+    return affs, np.asarray(model.offsets), int(model.n_attractive), gt
+
+
+@pytest.fixture(scope="module")
+def graphs(isbi):
+    pytest.importorskip("bioimage_cpp")
     from xmodal.segmentation import (
         boundaries_from_affinities,
         boundary_to_signed_weights,
@@ -64,12 +76,8 @@ def graphs():
         region_adjacency_graph,
     )
 
-    model = load_isbi2012_affinity_unet()
-    norm = model.metadata["normalization"]
-    raw, _ = isbi2012_slices()
-    raw = raw[:1] if QUICK else raw
-    bmaps = np.stack([boundaries_from_affinities(predict_affinities(model, r, mean=norm["mean"], std=norm["std"]),
-                                                 model.offsets, n_attractive=model.n_attractive) for r in raw])
+    affs, offsets, n_attractive, _ = isbi
+    bmaps = np.stack([boundaries_from_affinities(a, offsets, n_attractive=n_attractive) for a in affs])
 
     def graph(sp, b):
         rag = region_adjacency_graph(sp)
@@ -125,3 +133,43 @@ def test_gasp_isbi(benchmark, graphs, kind, linkage, cannot_link, bio_linkage):
         ratio_vs_bioimage_cpp=t_b / t_x, ratio_vs_bioimage_cpp_with_graph=(t_b + t_graph) / t_x,
         equal_to_bioimage_cpp=bool(equal))
     assert equal
+
+
+def test_isbi_quality_shipped_slices(benchmark, isbi):
+    """ARand / VOI of the superpixel route on the two shipped slices (25, 26; held out from the
+    model's training), beside the thresholded-boundary baseline (t = 0.3, chosen on training slices
+    20-24) and the pixel mutex watershed with the 200-px size filter of ``segment``."""
+    from xmodal.metrics import adapted_rand_error, contingency_table, variation_of_information
+    from xmodal.models.isbi2012 import boundary_baseline_segmentation
+    from xmodal.segmentation import mutex_watershed, remove_small_segments, superpixel_agglomeration
+
+    affs, offs, na, gt = isbi
+    methods = {
+        "baseline_cc_t0.3": lambda a: boundary_baseline_segmentation(a, n_attractive=na, threshold=0.3),
+        "pixel_mws_min200": lambda a: remove_small_segments(mutex_watershed(a, offs, n_attractive=na), 200,
+                                                            affinities=a, offsets=offs, n_attractive=na),
+    }
+    for m in ("gasp", "multicut", "mws"):
+        methods[f"superpixels_{m}"] = lambda a, m=m: superpixel_agglomeration(affinities=a, offsets=offs,
+                                                                             n_attractive=na, method=m)
+
+    def run():
+        out = {}
+        for name, fn in methods.items():
+            rows, secs = [], []
+            for a, g in zip(affs, gt):
+                t0 = time.perf_counter()
+                seg = fn(a)
+                secs.append(time.perf_counter() - t0)
+                table = contingency_table(seg, g)
+                voi = variation_of_information(table=table, ignore_gt=(0,))
+                rows.append((adapted_rand_error(table=table, ignore_gt=(0,)).error, voi.split, voi.merge))
+            r = np.asarray(rows)
+            out[name] = {"arand": r[:, 0].tolist(), "mean_arand": float(r[:, 0].mean()),
+                         "mean_voi_split": float(r[:, 1].mean()), "mean_voi_merge": float(r[:, 2].mean()),
+                         "seconds_per_slice": float(np.mean(secs))}
+        return out
+
+    out = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(out)
+    assert out["superpixels_gasp"]["mean_arand"] < 0.1

@@ -20,10 +20,15 @@
 // is taken instead of contracting; a merged edge is mergeable only if all its parts are.
 //
 // Implementation: a cannot-link between two clusters is a flag on the one edge that joins them
-// (flags OR when edges merge), so no separate mutex storage is needed. Adjacency lists of
-// (neighbour hint, edge) resolved through a union-find; stale entries are dropped lazily. The
-// priority queue is a binary heap with lazy updates: a changed edge is pushed again and outdated
-// entries are skipped when popped.
+// (flags OR when edges merge), so no separate mutex storage is needed. The edge joining two
+// clusters is found through one open-addressing hash map keyed by the pair of cluster roots
+// (insert-only; rebuilt from the live edges when it fills up). Each cluster's adjacency is a linked
+// list in one pool of entries (neighbour hint resolved through a union-find, edge id), so a merge
+// re-keys only the entries of the cluster with fewer live edges and concatenates lists without
+// allocating. The queue holds the initial edges (radix sorted once, or a heap for small graphs)
+// and a 4-ary heap of edges whose key rose; a key that fell is re-queued when its outdated entry is
+// popped, and entries of dead edges are skipped. Without cannot-link constraints, edges of weight
+// <= 0 are never queued (they could only stop the agglomeration).
 //
 // Ties: of equal priorities, the edge with the smaller id goes first; a merged edge carries the
 // smallest id of its parts. For abs_max with |wa| == |wb| the weight of the part with the smaller
