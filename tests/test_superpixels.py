@@ -184,7 +184,9 @@ def test_superpixel_route_bad_inputs(cells2d):
     with pytest.raises(ValueError, match="beta"):
         superpixel_agglomeration(b, method="multicut", beta=1.0)
     with pytest.raises(ValueError, match="feature"):
-        superpixel_agglomeration(b, feature="q33")
+        superpixel_agglomeration(b, feature="q150")
+    with pytest.raises(ValueError, match="feature"):
+        superpixel_agglomeration(b, feature="mode")
     with pytest.raises(ValueError, match="superpixels"):
         superpixel_agglomeration(b, superpixels=np.ones((3, 3), int))
     with pytest.raises(ValueError, match="channels"):
@@ -210,13 +212,26 @@ def test_blockwise_route_single_block_equals_in_memory_and_is_worker_independent
     assert r1.n_stitched > 0  # superpixels cut by block faces are joined again
     assert adapted_rand_error(single, r1.labels) < 0.01
     assert adapted_rand_error(gt, r1.labels) < adapted_rand_error(gt, single) + 0.005
-    for method in ("mws", "gasp"):
-        r = blockwise_superpixel_agglomeration(b, block_shape=(6, 32, 32), halo=(3, 8, 8), method=method,
-                                               min_size=200)
-        assert np.bincount(r.labels.ravel())[1:].min() >= 200
+    r = blockwise_superpixel_agglomeration(b, block_shape=(6, 32, 32), halo=(3, 8, 8), method="mws", min_size=200)
+    assert np.bincount(r.labels.ravel())[1:].min() >= 200
     with pytest.raises(ValueError, match="feature"):
         blockwise_superpixel_agglomeration(b, block_shape=8, halo=2, feature="q10")
     with pytest.raises(ValueError, match="block_shape"):
         blockwise_superpixel_agglomeration(b, block_shape=(8, 8), halo=2)
     with pytest.raises(ValueError, match="out"):
         blockwise_superpixel_agglomeration(b, block_shape=8, halo=2, out=np.zeros((2, 2, 2)))
+
+
+def test_superpixel_route_equals_its_pieces(cells2d):
+    from xmodal.segmentation import boundary_to_signed_weights, edge_features, gasp, region_adjacency_graph
+
+    _, b = cells2d
+    sp = distance_transform_watershed(b)
+    rag = region_adjacency_graph(sp)
+    f = edge_features(rag, sp, b, quantiles=(0.5,))
+    nodes = gasp(rag.n_nodes, rag.edges, boundary_to_signed_weights(f.get("median"), beta=0.6),
+                 edge_sizes=f.count)
+    expected = nodes[sp]
+    seg = superpixel_agglomeration(b, feature="median", beta=0.6)
+    pairs = np.unique(np.stack([seg.ravel(), expected.ravel()], 1), axis=0)
+    assert len(pairs) == len(np.unique(seg)) == len(np.unique(expected))

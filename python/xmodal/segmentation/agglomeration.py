@@ -110,9 +110,26 @@ def _check_beta(beta, *, open_interval: bool) -> float:
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta: expected a number in (0, 1), got {describe(beta)}")
     b = float(beta)
-    if not (0.0 < b < 1.0) if open_interval else not (0.0 <= b <= 1.0):
+    inside = (0.0 < b < 1.0) if open_interval else (0.0 <= b <= 1.0)
+    if not inside:
         raise ValueError(f"beta: expected a number in {'(0, 1)' if open_interval else '[0, 1]'}, got {b}")
     return b
+
+
+def _feature_quantiles(feature) -> tuple:
+    """Quantile levels the edge statistic ``feature`` needs; ValueError for an unknown name."""
+    if feature in ("mean", "min", "max"):
+        return ()
+    if feature == "median":
+        return (0.5,)
+    if isinstance(feature, str) and feature.startswith("q"):
+        try:
+            level = float(feature[1:]) / 100.0
+        except ValueError:
+            level = None
+        if level is not None and 0.0 <= level <= 1.0:
+            return (level,)
+    raise ValueError(f"feature: expected 'mean', 'min', 'max', 'median' or 'qNN' (NN in [0, 100]), got {feature!r}")
 
 
 def agglomerate_graph(n_nodes, edges, edge_boundary, edge_sizes, *, method="gasp", beta=0.5,
@@ -282,6 +299,7 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
     if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral) or min_size < 0:
         raise ValueError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
     _check_beta(beta, open_interval=method == "multicut")
+    levels = _feature_quantiles(feature)
     seconds = {}
     t0 = time.perf_counter()
     if affinities is not None:
@@ -321,10 +339,10 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         rag = region_adjacency_graph(sp, ignore_label=0, offsets=lr_off)
         vals = a[sel] if invert else 1.0 - a[sel]
         feats = edge_features(rag, sp, affinities=vals.astype(a.dtype, copy=False), offsets=o[sel],
-                              quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+                              quantiles=levels)
     else:
         rag = region_adjacency_graph(sp, ignore_label=0)
-        feats = edge_features(rag, sp, bmap, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+        feats = edge_features(rag, sp, bmap, quantiles=levels)
     be = np.clip(feats.get(feature), 0.0, 1.0)
     sizes = feats.count.astype(np.float64)
     ok = sizes > 0  # edges without samples carry no evidence
