@@ -148,7 +148,13 @@ def test_superpixel_route_affinities_3d_and_mask():
     affs = noisy_affinities(gt, offs, sigma=0.1, seed=6)
     mask = np.ones(gt.shape, bool)
     mask[:, :5] = False
-    seg = superpixel_agglomeration(affinities=affs, offsets=offs, n_attractive=3, mask=mask, long_range=True)
+    seg, info = superpixel_agglomeration(affinities=affs, offsets=offs, n_attractive=3, mask=mask, long_range=True,
+                                         return_info=True)
+    fine = dict(sigma_seeds=0.0, superpixel_min_size=0)
+    _, lr = superpixel_agglomeration(affinities=affs, offsets=offs, n_attractive=3, long_range=True,
+                                     return_info=True, **fine)
+    _, local = superpixel_agglomeration(affinities=affs, offsets=offs, n_attractive=3, return_info=True, **fine)
+    assert lr.n_edges > local.n_edges  # pairs joined only by the 4-voxel links
     assert (seg[~mask] == 0).all() and (seg[mask] > 0).all()
     assert adapted_rand_error(gt[mask], seg[mask]) < 0.05
     # a stronger bias only splits more

@@ -269,7 +269,8 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         ones: better on the ISBI 2012 training slices 20-24 with the shipped model, ARand 0.026 vs
         0.031).
     long_range : bool
-        With affinities: superpixel pairs joined only by long-range links become edges too.
+        With affinities: superpixel pairs joined only by long-range links (the channels after
+        ``n_attractive``) become edges too, with the statistics of those links.
     linkage, cannot_link : GASP options (:func:`~xmodal.segmentation.gasp`).
     solver, size_exponent : multicut options (:func:`~xmodal.segmentation.multicut`,
         :func:`~xmodal.segmentation.probabilities_to_costs`).
@@ -340,11 +341,22 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         vals = a[sel] if invert else 1.0 - a[sel]
         feats = edge_features(rag, sp, affinities=vals.astype(a.dtype, copy=False), offsets=o[sel],
                               quantiles=levels)
+        be = feats.get(feature)
+        sizes = feats.count.astype(np.float64)
+        if lr_off is not None and channels == "attractive":
+            # edges found only through long-range links: statistics of those links
+            lr_vals = a[na:] if invert else 1.0 - a[na:]
+            lr = edge_features(rag, sp, affinities=lr_vals.astype(a.dtype, copy=False), offsets=o[na:],
+                               quantiles=levels)
+            only = (sizes == 0) & (lr.count > 0)
+            be = np.where(only, lr.get(feature), be)
+            sizes = np.where(only, lr.count, sizes).astype(np.float64)
     else:
         rag = region_adjacency_graph(sp, ignore_label=0)
         feats = edge_features(rag, sp, bmap, quantiles=levels)
-    be = np.clip(feats.get(feature), 0.0, 1.0)
-    sizes = feats.count.astype(np.float64)
+        be = feats.get(feature)
+        sizes = feats.count.astype(np.float64)
+    be = np.clip(np.nan_to_num(be, nan=1.0), 0.0, 1.0)
     ok = sizes > 0  # edges without samples carry no evidence
     uv = rag.edges[ok]
     be, sizes = be[ok], sizes[ok]
