@@ -241,6 +241,43 @@ def test_failed_run_writes_nothing(embryo_points, tmp_path):
     assert not (tmp_path / "reg2").exists()
 
 
+def test_output_folder_is_staged_beside_out_not_in_the_working_directory(embryo_points, tmp_path, monkeypatch):
+    # A folder in the working directory named like a CPD stage is not the run's staging folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "affine").mkdir()
+    (tmp_path / "affine" / "mine.txt").write_text("user data")
+    fixed = embryo_points[:150]
+    res = register_cells(fixed, fixed + 0.5, transform="affine", prealign=False, errors=False, out=tmp_path / "reg")
+    assert (tmp_path / "affine" / "mine.txt").read_text() == "user data"
+    assert not (tmp_path / "reg" / "mine.txt").exists()
+    assert set(res.outputs) >= {"transform", "matches", "report"}
+    assert all(str(tmp_path / "reg") in p for p in res.outputs.values())
+    # The report shows the run's time.
+    report = (tmp_path / "reg" / "report.html").read_text()
+    cell = report.split("<th>time (s)</th><td>")[1].split("</td>")[0]
+    assert float(cell) > 0
+
+
+def test_register_cells_steps_in_order():
+    from xmodal.pipelines._register_steps import cpd_stages
+
+    assert cpd_stages("rigid", False) == ["rigid"]
+    assert cpd_stages("similarity", False) == ["rigid", "similarity"]
+    assert cpd_stages("similarity", True) == ["similarity"]
+    assert cpd_stages("affine", True) == ["similarity", "affine"]
+    assert cpd_stages("deformable", False) == ["rigid", "affine", "deformable"]
+
+
+def test_register_cells_options_are_checked_before_the_inputs_are_read(tmp_path):
+    # Options that need no data fail first, even when an input does not exist.
+    with pytest.raises(ValueError, match="fixed_image, moving_image: warp_images"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", warp_images={"a": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match="intensity_preset"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", intensity_preset="bspline")
+    with pytest.raises(ValueError, match="unmatched_cost"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", unmatched_cost="never")
+
+
 def test_register_cells_prealigned_by_intensity_registration():
     rng = np.random.default_rng(6)
     shape = (32, 64, 64)

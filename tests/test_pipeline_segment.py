@@ -122,9 +122,9 @@ def test_segment_constant_image_and_scalar_spacing(tmp_path):
     root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
     scale = root["labels/cells"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
     assert scale["scale"] == [0.5, 0.5]
-    from xmodal.pipelines.segment import _global_mean_std
+    from xmodal.inference import global_mean_std
 
-    assert _global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
+    assert global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
 
 
 def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
@@ -234,7 +234,7 @@ def test_segment_stack_normalises_globally_in_one_prediction(isbi, monkeypatch, 
     from xmodal.inference import predict_tiled
     from xmodal.inference._normalize import quantile_normalizer
     from xmodal.models import load_isbi2012_affinity_unet
-    from xmodal.pipelines.segment import _global_mean_std, _Standardize
+    from xmodal.inference import Standardize, global_mean_std
 
     stack = _shifted_stack(isbi[0])
     calls = []
@@ -250,14 +250,14 @@ def test_segment_stack_normalises_globally_in_one_prediction(isbi, monkeypatch, 
     monkeypatch.undo()
     model = load_isbi2012_affinity_unet()
     norm = (quantile_normalizer(stack, channel_axis=None) if normalize == "quantile"
-            else _Standardize(*_global_mean_std(stack)))
+            else Standardize(*global_mean_std(stack)))
     aff = np.asarray(res.affinities)
     for z in range(2):  # each slice as a whole-slice 2D prediction with the stack's statistics
         expected = predict_tiled(model, stack[z], normalize=norm, tile_shape=(128, 128), progress=False)
         assert np.abs(aff[:, z] - expected).max() <= 1e-5
     # per-slice statistics would undo the intensity change and give both slices the same prediction
     own = [predict_tiled(model, stack[z], tile_shape=(128, 128), progress=False,
-                         normalize="quantile" if normalize == "quantile" else _Standardize(*_global_mean_std(stack[z])))
+                         normalize="quantile" if normalize == "quantile" else Standardize(*global_mean_std(stack[z])))
            for z in range(2)]
     assert np.abs(own[0] - own[1]).max() < 1e-3
     assert np.abs(aff[:, 0] - aff[:, 1]).max() > 0.1

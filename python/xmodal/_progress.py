@@ -1,4 +1,4 @@
-"""Progress of long work: a tqdm bar on a terminal, else a log line every few seconds.
+"""Progress of long work: a tqdm bar on a terminal, else a log line every few seconds; step timings.
 
 Usage (a disabled bar is a no-op, so call sites need no branches)::
 
@@ -14,6 +14,7 @@ INFO level at most every ``interval`` seconds and once at the end, through ``log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -85,3 +86,13 @@ def progress_bar(total: int | None, *, desc: str, unit: str = "it", enabled: boo
         else:
             return tqdm(total=total, desc=desc, unit=unit, leave=False)
     return _LogBar(total, desc, unit, logger or _log, float(interval))
+
+
+@contextlib.contextmanager
+def timed(timings: dict, step: str):
+    """``with timed(timings, "predict"):`` adds the block's wall-clock seconds to ``timings[step]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - t0

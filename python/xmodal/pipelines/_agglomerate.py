@@ -53,8 +53,8 @@ def agglomerate(affinities, offsets, weighting: dict, *, method: str = "mws", ta
                                workdir=workdir, **weighting), affinities)
 
 
-def filter_small(labels, n_segments: int, affinities, offsets, *, n_attractive: int, min_size: int, block_shape=None,
-                 client=None, writer: str = "xmodal.segment"):
+def filter_small(labels, n_segments: int, affinities, offsets, *, n_attractive: int | None, min_size: int,
+                 block_shape=None, client=None, invert: bool = False, writer: str = "xmodal.segment"):
     """Segments under ``min_size`` voxels merged into their most attractive neighbour.
 
     Same definition single-shot and block by block (:func:`xmodal.segmentation.remove_small_segments`,
@@ -65,7 +65,7 @@ def filter_small(labels, n_segments: int, affinities, offsets, *, n_attractive: 
 
     if min_size <= 1:
         return labels, n_segments
-    kw = dict(affinities=affinities, offsets=offsets, n_attractive=n_attractive, invert=False, n_workers=None)
+    kw = dict(affinities=affinities, offsets=offsets, n_attractive=n_attractive, invert=invert, n_workers=None)
     if block_shape is None:
         return _remove_small(labels, min_size, block_shape=None, out=None, client=None, **kw)
     from ..io import is_zarr_array, mark_complete, mark_incomplete

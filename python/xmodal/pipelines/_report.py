@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import atomic_write_bytes, atomic_write_text, provenance, write_csv, write_json
+from ..io import atomic_write_bytes, atomic_write_text, provenance_record, write_csv, write_json
 
 
 def _error_summary(errors: dict | None) -> dict | None:
@@ -138,7 +138,7 @@ def write_registration_outputs(result, folder: Path) -> dict:
         outputs[p[:-4]] = folder / p
     outputs["report"] = atomic_write_text(folder / "report.html", _html(result, summary, plots))
     outputs["provenance"] = write_json(folder / "provenance.json",
-                                       provenance("register_cells", result.parameters,
+                                       provenance_record("register_cells", result.parameters,
                                                   {"fixed": result.parameters.get("fixed"),
                                                    "moving": result.parameters.get("moving")})
                                        | {"timings": result.timings})

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._progress import timed as _timed
 from .._validation import as_bool, as_spacing, describe, positive_int
 from ._agglomerate import agglomerate, filter_small
 
@@ -56,67 +56,15 @@ class SegmentationResult:
     parameters: dict = field(default_factory=dict)
 
 
-def _global_mean_std(image, block_voxels: int = 1 << 24) -> tuple[float, float]:
-    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0.
-
-    Sums are taken around the first value (shifted sums), so a constant image gives exactly 0.
-    Raises ValueError for an empty image or non-finite values.
-    """
-    if int(np.prod(image.shape)) == 0:
-        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
-    n = 0
-    s = 0.0
-    s2 = 0.0
-    shift = None
-    per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
-    step = max(1, block_voxels // max(per_row, 1))
-    for start in range(0, image.shape[0], step):
-        block = np.asarray(image[start:start + step], dtype=np.float64)
-        if shift is None:
-            shift = float(block.flat[0])
-        if not np.isfinite(block).all():
-            raise ValueError("raw: expected finite intensities, found NaN or infinity")
-        block = block - shift
-        n += block.size
-        s += float(block.sum())
-        s2 += float(np.square(block).sum())
-    mean = s / n
-    return shift + mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
-
-
-class _Standardize:
-    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it).
-
-    A constant image (``std == 0``) is only centred (divided by 1), so it becomes zeros, not NaN.
-    """
-
-    def __init__(self, mean: float, std: float):
-        std = float(std)
-        self.mean, self.std = float(mean), (std if np.isfinite(std) and std > 0 else 1.0)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
-
-
 def _resolve_model(model, offsets, n_attractive):
-    if isinstance(model, str):
-        if model != "isbi2012":
-            if Path(model).exists():
-                from .._optional import optional_import
+    """The model (:func:`xmodal.models.load_model`), its (C, ndim) offsets and attractive channels."""
+    from ..models import load_model
 
-                torch = optional_import("torch", purpose="loading a TorchScript model")
-                model = torch.jit.load(str(model), map_location="cpu").eval()
-            else:
-                raise ValueError(f"model: expected 'isbi2012', a TorchScript file or a torch module, got {model!r}")
-        else:
-            from ..models import load_isbi2012_affinity_unet
-
-            model = load_isbi2012_affinity_unet()
-    model_offsets = getattr(model, "offsets", None)
+    model = load_model(model)
     if offsets is None:
-        if model_offsets is None:
+        offsets = getattr(model, "offsets", None)
+        if offsets is None:
             raise ValueError("offsets: expected the (C, ndim) affinity offsets of the model's output channels, got None")
-        offsets = model_offsets
     if n_attractive is None:
         n_attractive = getattr(model, "n_attractive", None)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -194,7 +142,9 @@ def _normalizer(image, normalize):
     which is the whole volume or stack (one call, see :func:`_predict`).
     """
     if isinstance(normalize, str) and normalize == "standardize":
-        return _Standardize(*_global_mean_std(image))
+        from ..inference import Standardize, global_mean_std
+
+        return Standardize(*global_mean_std(image))
     return normalize
 
 
@@ -305,7 +255,10 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     target = None
     if root is not None:
         chunks = (64, 256, 256)[-len(job.spatial):] if block_shape is None else block_shape
-        target = _labels_array(root, job.spatial, job.axes[1:], job.spacing, chunks)
+        from ..io import create_ome_zarr_labels
+
+        target = create_ome_zarr_labels(root, "cells", job.spatial, np.uint32, axes=job.axes[1:], chunks=chunks,
+                                        spacing=job.spacing, writer=_WRITER)
     with _timed(timings, "agglomerate"):
         labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
                                                   block_shape=block_shape, client=client,
@@ -344,16 +297,6 @@ def _parameters(job: _Job, raw, normalize, tile_shape, halo, block_shape) -> dic
             "spacing": job.spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
 
 
-@contextmanager
-def _timed(timings: dict, name: str):
-    """``with _timed(timings, name):`` adds the block's wall-clock seconds to ``timings[name]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-
-
 def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: bool) -> None:
     """Step 6: metrics.json and provenance.json, then the staging folder renamed into ``out_dir``."""
     from ..io import commit_folder, open_array, remove_temporaries
@@ -373,25 +316,6 @@ def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: 
     result.affinities = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
     if not isinstance(result.labels, np.ndarray):
         result.labels = open_array(outputs["labels"])
-
-
-def _labels_array(root: Path, spatial, axes, spacing, chunks):
-    """Create the OME-Zarr labels group ``root/labels/cells`` (NGFF 0.5 image-label); return its array."""
-    import zarr
-
-    from ..io import ome_image_metadata
-    from ..io import incomplete_status
-
-    group = zarr.open_group(str(root), mode="a")
-    lab_group = group.require_group("labels")
-    lab_group.attrs.update({"ome": {"version": "0.5", "labels": ["cells"]}})
-    cells = lab_group.require_group("cells")
-    arr = cells.create_array("0", shape=tuple(spatial), chunks=tuple(min(s, c) for s, c in zip(spatial, chunks)),
-                             dtype=np.uint32, fill_value=0, overwrite=True, attributes=incomplete_status(_WRITER))
-    meta = ome_image_metadata(axes, spacing=spacing, name="cells")
-    meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
-    cells.attrs.update({"ome": meta})
-    return arr
 
 
 def _evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:

@@ -311,12 +311,13 @@ def _relabel(job: _Job, inner, ids, new, out):
 
 def _remove_small_blockwise(labels, aff, o, na, invert, shape, *, min_size, block_shape, out, client, n_workers):
     from .._optional import optional_import
-    from ..inference._normalize import iter_blocks
-    from .blockwise import _per_axis, _check_out
+    from .._validation import per_axis
+    from ..io import iter_blocks
+    from .blockwise import _check_out
 
     dask = optional_import("dask", purpose="remove_small_segments(block_shape=...)")
     ndim = len(shape)
-    bshape = tuple(min(b, s) for b, s in zip(_per_axis(block_shape, ndim, "block_shape", 1), shape))
+    bshape = tuple(min(b, s) for b, s in zip(per_axis(block_shape, ndim, "block_shape", minimum=1), shape))
     if out is not None:
         _check_out(out, shape, bshape)
     if client is not None and not hasattr(client, "compute"):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
-from .._validation import as_bool, describe
+from .._validation import as_bool, describe, per_axis
 from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
@@ -76,25 +76,6 @@ class BlockwiseResult:
     n_blocks_resumed: int
     n_face_merges: int
     seconds: dict = field(default_factory=dict)
-
-
-def _per_axis(x, ndim: int, name: str, minimum: int):
-    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-        x = [int(x)] * ndim
-    try:
-        vals = list(x)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
-    if len(vals) != ndim:
-        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected integers, got {describe(x)}")
-        if int(v) < minimum:
-            raise ValueError(f"{name}: expected integers >= {minimum}, got {[int(u) for u in vals]}")
-        out.append(int(v))
-    return tuple(out)
 
 
 class _Plan:
@@ -310,8 +291,8 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     if bias_arr is not None and st is not None and not isinstance(st[0], list):
         raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
                          f"({C}, {ndim}) instead of {st}")
-    bshape = _per_axis(block_shape, ndim, "block_shape", 1)
-    hal = _per_axis(halo, ndim, "halo", 0)
+    bshape = per_axis(block_shape, ndim, "block_shape", minimum=1)
+    hal = per_axis(halo, ndim, "halo")
     bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
     for d in range(ndim):
         if bshape[d] < shape[d] and hal[d] < 1:
