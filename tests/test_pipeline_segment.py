@@ -185,6 +185,14 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
     from xmodal.metrics import adapted_rand_error
 
     assert adapted_rand_error(labels, seg, ignore_gt=()).error < 1e-9  # same affinities, same partition
+    # blockwise with --min-size: small segments merged into neighbours, as single-shot
+    r = _run("mws", str(tmp_path / "aff.ome.zarr"), "--offsets", json.dumps(ISBI2012_OFFSETS.tolist()),
+             "--n-attractive", str(ISBI2012_N_ATTRACTIVE), "--block-shape", "64,128", "--min-size", "40",
+             "--out", str(tmp_path / "big.zarr"), "-q")
+    assert r.returncode == 0, r.stderr
+    big = np.asarray(zarr.open_array(str(tmp_path / "big.zarr"), mode="r")[...])
+    ids, counts = np.unique(big, return_counts=True)
+    assert ids[0] == 1 and counts.min() >= 40 and f"{len(ids)} segments" in r.stdout
     bad = _run("evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "gt.npy"))
     assert bad.returncode == 2 and "not found" in bad.stderr and "missing.npy" in bad.stderr
 
