@@ -72,5 +72,6 @@ void register_cpd(py::module_& m);
 void register_mws(py::module_& m);
 void register_stitch(py::module_& m);
 void register_testing(py::module_& m);
+void register_gasp(py::module_& m);
 
 }  // namespace xmodal::bind

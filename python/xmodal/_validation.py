@@ -75,6 +75,29 @@ def positive_int(x: Any, name: str, *, allow_none: bool = False, minimum: int = 
     return int(x)
 
 
+def per_axis(x: Any, ndim: int, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """An integer (the same on every axis) or ``ndim`` integers, each >= ``minimum``, as a tuple.
+
+    For per-axis sizes such as tile and block shapes, halos and overlaps. TypeError for anything
+    that is not an integer or a sequence of integers (booleans and floats included), ValueError for
+    a sequence of another length or a value below ``minimum``; both name ``name``.
+    """
+    if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
+        x = (int(x),) * ndim
+    try:
+        vals = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
+    if len(vals) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in vals):
+        raise TypeError(f"{name}: expected integers, got {describe(x)}")
+    out = tuple(int(v) for v in vals)
+    if any(v < minimum for v in out):
+        raise ValueError(f"{name}: expected integers >= {minimum}, got {list(out)}")
+    return out
+
+
 def positive_float(x: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> float | None:
     if x is None and allow_none:
         return None
