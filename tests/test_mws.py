@@ -658,3 +658,14 @@ def test_blockwise_per_offset_strides_and_bias():
         blockwise_mutex_watershed(a, OFFS3, block_shape=(6, 20, 20), halo=(2, 3, 3), bias=bias, n_attractive=3)
     with pytest.raises(TypeError, match="invert"):
         blockwise_mutex_watershed(a, OFFS3, block_shape=(6, 20, 20), halo=(2, 3, 3), invert="no")
+
+
+def test_byte_swapped_and_equal_dtypes_are_accepted():
+    # A float32 array whose dtype object is not numpy's canonical one (byte-swapped here, as read
+    # from some files and zarr stores) is converted by the binding, not refused.
+    rng = np.random.default_rng(3)
+    aff = rng.random((2, 9, 11)).astype(np.float32)
+    offsets = [[-1, 0], [0, -1]]
+    ref = xmodal.mutex_watershed(aff, offsets)
+    swapped = aff.astype(aff.dtype.newbyteorder(">"))
+    np.testing.assert_array_equal(xmodal.mutex_watershed(swapped, offsets), ref)

@@ -210,8 +210,8 @@ py::dict seeded_ws(carray<T> height, carray<uint32_t> seeds, py::object mask) {
 // Run f(L{}) with L = uint32_t or uint64_t after the dtype of the label array `a`.
 template <class F>
 decltype(auto) with_label_type(const py::array& a, F&& f) {
-    if (a.dtype().is(py::dtype::of<uint32_t>())) return f(uint32_t{});
-    if (a.dtype().is(py::dtype::of<uint64_t>())) return f(uint64_t{});
+    if (holds<uint32_t>(a.dtype())) return f(uint32_t{});
+    if (holds<uint64_t>(a.dtype())) return f(uint64_t{});
     throw type_error("labels: expected uint32 or uint64 labels, got dtype " + std::string(py::str(a.dtype())));
 }
 

@@ -47,11 +47,17 @@ inline void check_ndim(const py::array& a, int ndim, const char* name) {
                           "-D array, got " + std::to_string(a.ndim()) + "-D");
 }
 
+// Whether values of dtype `d` are T's (kind and size; any byte order: carray converts).
+template <class T>
+bool holds(const py::dtype& d) {
+    return d.kind() == py::dtype::of<T>().kind() && d.itemsize() == py::ssize_t(sizeof(T));
+}
+
 // Run f(T{}) with T = float or double after the dtype of `a`; TypeError naming `name` otherwise.
 template <class F>
 decltype(auto) with_float_type(const py::array& a, const char* name, F&& f) {
-    if (a.dtype().is(py::dtype::of<float>())) return f(float{});
-    if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+    if (holds<float>(a.dtype())) return f(float{});
+    if (holds<double>(a.dtype())) return f(double{});
     throw type_error(std::string(name) + ": expected float32 or float64 values, got dtype " +
                      std::string(py::str(a.dtype())));
 }

@@ -89,6 +89,8 @@ def _check_affinities(affinities) -> np.ndarray:
     if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
         raise TypeError(f"affinities: expected an array of shape (C, *spatial), got {describe(affinities)}")
     a = np.asarray(affinities)
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))  # byte-swapped input (some files, zarr stores)
     if a.dtype not in (np.float32, np.float64):
         if a.dtype == np.float16 or (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
             a = a.astype(np.float32)
