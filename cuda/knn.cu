@@ -25,6 +25,17 @@ namespace ka = xmodal::knn::arith;
 constexpr int kThreads = 128;  // queries per block = tile of reference points per shared load
 constexpr int kLocalK = 32;    // longest top-k list held in a thread's local memory
 
+// Every thread of the block loads one reference point of the tile starting at `base` into shared
+// memory (between two barriers); returns the number of points in the tile.
+__device__ int load_tile(double* tile, const double* __restrict__ p, std::int64_t np, int dim, std::int64_t base) {
+    __syncthreads();
+    const std::int64_t load = base + threadIdx.x;
+    if (load < np)
+        for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
+    __syncthreads();
+    return static_cast<int>(np - base < kThreads ? np - base : kThreads);
+}
+
 // Per query: the k best reference points by (d2, index) into knn (k per query) and, with r2 >= 0,
 // the number within the radius. LOCAL: the list in local memory, else at scratch[t * nq + i].
 template <bool LOCAL>
@@ -44,13 +55,8 @@ __global__ void select_kernel(const double* __restrict__ q, std::int64_t nq, con
     const std::int64_t stride = LOCAL ? 1 : nq;
     ka::Query query(qi, dim, k, r2, bd, bi, stride);
     for (std::int64_t base = 0; base < np; base += kThreads) {
-        __syncthreads();
-        const std::int64_t load = base + threadIdx.x;
-        if (load < np)
-            for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
-        __syncthreads();
+        const int n_tile = load_tile(tile, p, np, dim, base);
         if (!active) continue;
-        const int n_tile = static_cast<int>(np - base < kThreads ? np - base : kThreads);
         for (int t = 0; t < n_tile; ++t) query.visit(&tile[t * dim], static_cast<std::int32_t>(base + t));
     }
     if (!active) return;
@@ -69,13 +75,8 @@ __global__ void radius_fill_kernel(const double* __restrict__ q, std::int64_t nq
     for (int d = 0; d < dim; ++d) qi[d] = active ? q[i * dim + d] : 0.0;
     std::int64_t out = active ? offsets[i] : 0;
     for (std::int64_t base = 0; base < np; base += kThreads) {
-        __syncthreads();
-        const std::int64_t load = base + threadIdx.x;
-        if (load < np)
-            for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
-        __syncthreads();
+        const int n_tile = load_tile(tile, p, np, dim, base);
         if (!active) continue;
-        const int n_tile = static_cast<int>(np - base < kThreads ? np - base : kThreads);
         for (int t = 0; t < n_tile; ++t)
             if (ka::in_radius(ka::dist2(qi, &tile[t * dim], dim), r2)) keys[out++] = i * np + base + t;
     }

@@ -298,6 +298,17 @@ Csr transpose(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indp
     return t;
 }
 
+// The CSR matrix as given (rows_as_rows) or transposed, as an owned copy.
+Csr oriented(const CsrRef& g, bool rows_as_rows) {
+    if (!rows_as_rows) return transpose(g.n_rows, g.n_cols, g.indptr, g.indices, g.cost);
+    const std::int64_t nnz = g.indptr[g.n_rows];
+    Csr c;
+    c.indptr.assign(g.indptr, g.indptr + g.n_rows + 1);
+    c.indices.assign(g.indices, g.indices + nnz);
+    c.cost.assign(g.cost, g.cost + nnz);
+    return c;
+}
+
 }  // namespace
 
 AssignmentOutput assignment_all_rows(const CsrRef& g) {
@@ -393,21 +404,11 @@ AssignmentOutput cover_assignment(const CsrRef& g) {
     check_csr(g, "cover_assignment");
     if (g.n_rows == 0 || g.n_cols == 0) return {};
     const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
-    const std::int64_t* indptr = g.indptr;
-    const std::int32_t* indices = g.indices;
-    const double* cost = g.cost;
     // Orientation: L = larger side, S = smaller side. Build the S x L graph with reduced costs.
     const bool rows_larger = n_rows >= n_cols;
     const std::int64_t nl = rows_larger ? n_rows : n_cols;
     const std::int64_t ns = rows_larger ? n_cols : n_rows;
-    Csr sl;  // S x L
-    if (rows_larger) {
-        sl = transpose(n_rows, n_cols, indptr, indices, cost);
-    } else {
-        sl.indptr.assign(indptr, indptr + n_rows + 1);
-        sl.indices.assign(indices, indices + indptr[n_rows]);
-        sl.cost.assign(cost, cost + indptr[n_rows]);
-    }
+    Csr sl = oriented(g, !rows_larger);  // S x L
     // Cheapest partner of each L point (lowest S index on ties).
     std::vector<double> lmin(static_cast<std::size_t>(nl), kInf);
     std::vector<std::int32_t> larg(static_cast<std::size_t>(nl), -1);
@@ -451,20 +452,10 @@ AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per
     require(max_per_target >= 1, "cover_assignment: max_per_target must be >= 1");
     if (g.n_rows == 0 || g.n_cols == 0) return {};
     const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
-    const std::int64_t* indptr = g.indptr;
-    const std::int32_t* indices = g.indices;
-    const double* cost = g.cost;
     const bool rows_larger = n_rows >= n_cols;
     const std::int64_t nl = rows_larger ? n_rows : n_cols;
     const std::int64_t ns = rows_larger ? n_cols : n_rows;
-    Csr ls;  // L x S
-    if (rows_larger) {
-        ls.indptr.assign(indptr, indptr + n_rows + 1);
-        ls.indices.assign(indices, indices + indptr[n_rows]);
-        ls.cost.assign(cost, cost + indptr[n_rows]);
-    } else {
-        ls = transpose(n_rows, n_cols, indptr, indices, cost);
-    }
+    Csr ls = oriented(g, rows_larger);  // L x S
     AssignmentOutput out;
     if (ns * max_per_target < nl) {
         out.failed_row = -3;  // not enough capacity

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import choice, describe
+from ._validation import check_points_shape, choice, describe
 
 
 def is_cuda_array(x: Any) -> bool:
@@ -127,13 +127,7 @@ def as_device_points(x: Any, name: str, cp, *, dtype=np.float64, dims=(2, 3), mi
     """The CUDA twin of :func:`xmodal._validation.as_points`: a C-contiguous ``(n, d)`` cupy array
     of ``dtype``, with the same checks and messages (shape, real dtype, finite coordinates)."""
     a = x if isinstance(x, cp.ndarray) else as_cupy(x, name, cp)[0]
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected an (n, d) array, got shape {tuple(a.shape)}")
-    if a.shape[1] not in dims:
-        want = " or ".join(map(str, dims))
-        raise ValueError(f"{name}: expected {want} columns (coordinates), got {a.shape[1]}")
-    if a.shape[0] < min_points:
-        raise ValueError(f"{name}: expected at least {min_points} points, got {a.shape[0]}")
+    check_points_shape(tuple(a.shape), name, dims, min_points)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name}: expected numeric an (n, d) array of coordinates, got {describe(x)}")
     a = cp.ascontiguousarray(a, dtype=dtype)

@@ -83,6 +83,21 @@ def _core():
 # validation
 # ---------------------------------------------------------------------------------------------
 
+def _check_mode(bias, n_attractive, strides, C: int, ndim: int):
+    """(bias array or None, n_attractive or None with bias, strides) checked together: with a bias
+    every channel may attract or repel, so n_attractive is refused and strides must be per offset."""
+    b = _check_bias(bias, C)
+    if b is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = None if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    if b is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    return b, na, st
+
+
 def _check_affinities(affinities) -> np.ndarray:
     if isinstance(affinities, (list, tuple)):
         affinities = np.asarray(affinities, dtype=np.float64)
@@ -284,16 +299,9 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     C, spatial = a.shape[0], a.shape[1:]
     ndim = len(spatial)
     o = _check_offsets(offsets, C, ndim)
-    b = _check_bias(bias, C)
-    if b is not None and n_attractive is not None:
-        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
-                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = C if b is not None else _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim, C)
+    b, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
+    na = C if na is None else na
     per_channel = st is not None and isinstance(st[0], list)
-    if b is not None and st is not None and not per_channel:
-        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
-                         f"({C}, {ndim}) instead of {st}")
     randomize_strides = as_bool(randomize_strides, "randomize_strides")
     invert = as_bool(invert, "invert")
     return_info = as_bool(return_info, "return_info")
