@@ -8,6 +8,23 @@
 
 namespace xmodal::bind {
 
+py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_idx, py::array best_prob,
+                      py::array log_s, double log_s_sum, std::int64_t pairs, std::int64_t empty_columns,
+                      std::int64_t shifted_columns) {
+    py::dict out;
+    out["P1"] = P1;
+    out["Pt1"] = Pt1;
+    out["PX"] = PX;
+    out["best_idx"] = best_idx;
+    out["best_prob"] = best_prob;
+    out["log_s"] = log_s;
+    out["log_s_sum"] = log_s_sum;
+    out["pairs"] = pairs;
+    out["empty_columns"] = empty_columns;
+    out["shifted_columns"] = shifted_columns;
+    return out;
+}
+
 namespace {
 
 template <class T>
@@ -48,18 +65,8 @@ py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::o
         py::gil_scoped_release release;
         st = cpd::estep<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
     }
-    py::dict out;
-    out["P1"] = P1;
-    out["Pt1"] = Pt1;
-    out["PX"] = PX;
-    out["best_idx"] = best_idx;
-    out["best_prob"] = best_prob;
-    out["log_s"] = log_s;
-    out["log_s_sum"] = st.log_s_sum;
-    out["pairs"] = st.pairs;
-    out["empty_columns"] = st.empty_columns;
-    out["shifted_columns"] = st.shifted_columns;
-    return out;
+    return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
+                        st.shifted_columns);
 }
 
 template <class T>

@@ -117,18 +117,7 @@ py::dict estep_emulation(const py::array& fixed, const py::array& moved, const s
     } else {
         run(X.data(), TY.data(), wp, P1.mutable_data(), Pt1.mutable_data(), PX.mutable_data(), prob.mutable_data());
     }
-    py::dict out;
-    out["P1"] = P1;
-    out["Pt1"] = Pt1;
-    out["PX"] = PX;
-    out["best_idx"] = best;
-    out["best_prob"] = prob;
-    out["log_s"] = log_s;
-    out["log_s_sum"] = st.log_s_sum;
-    out["pairs"] = st.pairs;
-    out["empty_columns"] = st.empty;
-    out["shifted_columns"] = st.shifted;
-    return out;
+    return estep_result(P1, Pt1, PX, best, prob, log_s, st.log_s_sum, st.pairs, st.empty, st.shifted);
 }
 
 // ------------------------------------------------------------------ k-NN graph, GPU algorithm

@@ -71,6 +71,12 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
                           heap->data(), owner);
 }
 
+// The E-step's result dict (the names of the fields of cpd::EStepStats and of its output arrays),
+// shared by the CPU binding and the GPU-emulation binding of the tests.
+py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_idx, py::array best_prob,
+                      py::array log_s, double log_s_sum, std::int64_t pairs, std::int64_t empty_columns,
+                      std::int64_t shifted_columns);
+
 void register_common(py::module_& m);
 void register_knn(py::module_& m);
 void register_assignment(py::module_& m);
