@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .._validation import choice, describe, positive_float, positive_int
+from ._identify import SINKHORN
 from ._fit import procrustes, robust_fit
 from ._inputs import check_features, check_names, check_sample_points, normalise_features
 from ._model import Atlas
@@ -172,6 +173,10 @@ def _gpa(pts, idx, m, kind, allow_reflection, robust, max_iter, tol):
                     A0 = A_s[s] * D[None, :] if refl_s[s] else A_s[s]
                     start = (A0, t_s[s])
                 A, t, w = fit_one(p, mu[idx[s][use]], use, stage, False, gscale, start)
+                if stage == "affine" and np.linalg.det(A) <= 0:
+                    # an affine map must not mirror the sample (that is what allow_reflection decides)
+                    A, t = (A_s[s] * D[None, :] if refl_s[s] else A_s[s]), t_s[s]
+                    w = W[s][use]
                 if refl_s[s]:
                     A = A * D[None, :]
                 A_s[s], t_s[s] = A, t
@@ -246,17 +251,19 @@ def _shrunk_covariances(res, idx, W, m, dim, nu, prior=None):
     return covs, pooled, n_eff
 
 
-def _relations(res, idx, W, mu, *, neighbours, partners, n0, ridge, min_samples=4):
-    """Which names move together: for every name, the ``partners`` of its ``neighbours`` nearest
-    names whose residuals (after the group-wise registration) correlate most with its own, and the
-    regression weights that predict its residual from theirs.
+def _relations(res, idx, W, mu, *, neighbours, partners, n0, ridge, per_axis=False, min_samples=4):
+    """Which names move together: for every name, the ``partners`` among its ``neighbours``
+    nearest names whose residuals (after the group-wise registration) correlate most with its own,
+    and the regression weights that predict its residual from theirs.
 
-    Correlations are of the residual vectors over the samples that have both names (at least
-    ``min_samples``), shrunk by (n - 1) / (n - 1 + n0); residuals beyond 3 × the median norm are
-    clipped (annotation errors). The weights solve the ridge-regularised normal equations of the
-    correlation matrix; ``factor`` is the share of the variance left once the partners are known
-    (at least 0.2). Returns a dict of arrays (m, p) partners (-1 = none), weights, and (m,) factor,
-    scale (residual RMS per name).
+    Correlations are over the samples that have both names (at least ``min_samples``), per axis of
+    the atlas frame (``per_axis``) or of the whole residual vectors, shrunk by
+    (n - 1) / (n - 1 + n0); residuals beyond 3 × the median norm are clipped (annotation errors).
+    The weights solve the ridge-regularised normal equations of the partners' correlation matrix;
+    ``factor`` is the share of the variance left once the partners are known (at least 0.2).
+    Returns a dict: ``partners`` (m, p) atlas rows (-1 = none), ``weights`` (m, p, d),
+    ``factor`` (m, d), ``scale`` (m, d) residual RMS per name and axis (per-axis values equal
+    when ``per_axis`` is False).
     """
     from scipy.spatial import cKDTree
 
@@ -264,43 +271,52 @@ def _relations(res, idx, W, mu, *, neighbours, partners, n0, ridge, min_samples=
     m, d = mu.shape
     R = np.zeros((S, m, d))
     M = np.zeros((S, m))
-    for s, (r, ix, w) in enumerate(zip(res, idx, W)):
+    for s, (r, ix) in enumerate(zip(res, idx)):
         R[s, ix] = r
         M[s, ix] = 1.0
     nrm = np.linalg.norm(R, axis=2)
     cap = 3.0 * float(np.median(nrm[M > 0])) if (M > 0).any() else 0.0
     if cap > 0:
         R *= np.minimum(1.0, cap / np.maximum(nrm, 1e-300))[:, :, None]
-    scale = np.sqrt((M * (R ** 2).sum(2)).sum(0) / np.maximum(M.sum(0), 1.0))
+    cnt = np.maximum(M.sum(0), 1.0)
+    if per_axis:
+        scale = np.sqrt((M[:, :, None] * R ** 2).sum(0) / cnt[:, None])
+    else:
+        scale = np.repeat(np.sqrt((M * (R ** 2).sum(2)).sum(0) / cnt / d)[:, None], d, 1)
     scale = np.where(scale > 0, scale, max(float(scale.max()), 1e-12))
     p = min(partners, m - 1)
-    out = {"partners": -np.ones((m, max(p, 0)), np.int64), "weights": np.zeros((m, max(p, 0))),
-           "factor": np.ones(m), "scale": scale}
+    out = {"partners": -np.ones((m, max(p, 0)), np.int64), "weights": np.zeros((m, max(p, 0), d)),
+           "factor": np.ones((m, d)), "scale": scale}
     if p <= 0 or S < min_samples:
         return out
 
     def rho(a, b):
-        both = M[:, a] * M[:, b]  # (S, E)
+        """(E, d) correlations (per axis, or the vector correlation repeated)."""
+        both = M[:, a] * M[:, b]
         n = both.sum(0)
         ra, rb = R[:, a], R[:, b]
-        num = (both * (ra * rb).sum(2)).sum(0)
-        da = (both * (ra ** 2).sum(2)).sum(0)
-        db = (both * (rb ** 2).sum(2)).sum(0)
+        num = (both[:, :, None] * ra * rb).sum(0)
+        da = (both[:, :, None] * ra * ra).sum(0)
+        db = (both[:, :, None] * rb * rb).sum(0)
+        if not per_axis:
+            num, da, db = (np.repeat(v.sum(1, keepdims=True), d, 1) for v in (num, da, db))
         r = num / np.sqrt(np.maximum(da * db, 1e-300))
-        return np.where(n >= min_samples, r * (n - 1) / (n - 1 + n0), 0.0)
+        shrink = np.where(n >= min_samples, (n - 1) / (n - 1 + n0), 0.0)
+        return r * shrink[:, None]
 
     nn = min(neighbours, m - 1)
     _, nb = cKDTree(mu).query(mu, k=nn + 1)
-    nb = nb[:, 1:]
-    rk = rho(np.repeat(np.arange(m), nn), nb.ravel()).reshape(m, nn)
-    order = np.argsort(-np.abs(rk), axis=1, kind="stable")[:, :p]
+    nb = nb[:, 1:].reshape(m, nn)
+    rk = rho(np.repeat(np.arange(m), nn), nb.ravel()).reshape(m, nn, d)
+    order = np.argsort(-np.abs(rk).mean(2), axis=1, kind="stable")[:, :p]
     J = np.take_along_axis(nb, order, 1)
-    kJ = np.take_along_axis(rk, order, 1)
+    kJ = np.take_along_axis(rk, order[:, :, None], 1)  # (m, p, d)
     a_idx = np.repeat(J[:, :, None], p, 2).ravel()
     b_idx = np.repeat(J[:, None, :], p, 1).ravel()
-    K = rho(a_idx, b_idx).reshape(m, p, p)
-    K[:, np.arange(p), np.arange(p)] = 1.0
-    w = np.linalg.solve(K + ridge * np.eye(p)[None], kJ[:, :, None])[:, :, 0]
+    K = rho(a_idx, b_idx).reshape(m, p, p, d).transpose(0, 3, 1, 2)  # (m, d, p, p)
+    K[:, :, np.arange(p), np.arange(p)] = 1.0
+    w = np.linalg.solve(K + ridge * np.eye(p), kJ.transpose(0, 2, 1)[..., None])[..., 0]  # (m, d, p)
+    w = w.transpose(0, 2, 1)
     out["partners"] = J
     out["weights"] = w
     out["factor"] = np.clip(1.0 - (kJ * w).sum(1), 0.2, 1.0)
@@ -308,7 +324,7 @@ def _relations(res, idx, W, mu, *, neighbours, partners, n0, ridge, min_samples=
 
 
 def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robust, shrinkage,
-           feature_normalization, max_iter, tol, relations=(10, 5), prior=None, prior_features=None):
+           feature_normalization, max_iter, tol, relations=(10, 5, False), prior=None, prior_features=None):
     S = len(pts)
     d = pts[0].shape[1]
     universe = np.array(sorted(set().union(*[set(n.tolist()) for n in nms])), dtype=str)
@@ -344,7 +360,8 @@ def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robus
         fres = [f - fmeans[ix] for f, ix in zip(F, idx)]
         fcovs, fpooled, _ = _shrunk_covariances(fres, idx, W, m, nf, shrinkage, prior_features)
 
-    rel = _relations(res, idx, W, mu, neighbours=relations[0], partners=relations[1], n0=2.0, ridge=0.3)
+    rel = _relations(res, idx, W, mu, neighbours=relations[0], partners=relations[1], per_axis=relations[2],
+                     n0=2.0, ridge=0.3)
     transforms = [{"matrix": A.tolist(), "translation": t.tolist(), "reflected": bool(r)}
                   for A, t, r in zip(A_s, t_s, refl_s)]
     return Atlas(names=universe, means=mu, covariances=covs, counts=counts, presence=presence, n_samples=S,
@@ -356,7 +373,8 @@ def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robus
 
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
                 allow_reflection: bool = False, robust: bool = True, shrinkage: float = 4.0,
-                feature_normalization: str = "sample", calibrate: bool = True, identify_options=None,
+                feature_normalization: str = "sample", relations=(10, 5, False), calibrate: bool = True,
+                identify_options=None,
                 max_iter: int = 100, tol: float = 1e-6) -> Atlas:
     """Build an atlas of named cells from two or more annotated samples.
 
@@ -414,7 +432,8 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         raise TypeError(f"identify_options: expected a dict or None, got {describe(identify_options)}")
     pts, nms, feats, feature_names = _check_inputs(samples, names, features, feature_names)
     opts = dict(transform=transform, allow_reflection=bool(allow_reflection), robust=bool(robust),
-                shrinkage=shrinkage, feature_normalization=feature_normalization, max_iter=max_iter, tol=tol)
+                shrinkage=shrinkage, feature_normalization=feature_normalization, max_iter=max_iter, tol=tol,
+                relations=tuple(relations))
     atlas = _build(pts, nms, feats, feature_names, **opts)
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],
@@ -453,7 +472,7 @@ def confidence_at(rec, T):
 
     rows, cols = rec["rows"], rec["cols"]
     n, m = rec["shape"]
-    p, p_un, _, _ = sinkhorn_marginals(rows, cols, rec["rel"], (n, m), temperature=T)
+    p, p_un, _, _ = sinkhorn_marginals(rows, cols, rec["rel"], (n, m), temperature=T, **SINKHORN)
     key = {(int(a), int(b)): float(v) for a, b, v in zip(rows, cols, p)}
     idx = rec["index"]
     return np.array([key.get((i, int(idx[i])), 0.0) if idx[i] >= 0 else float(p_un[i]) for i in range(n)])
@@ -481,17 +500,25 @@ def calibration_figures(conf, correct, bins=10):
 
 
 def fit_temperature(records, grid=None):
-    """Temperature minimising the binary log loss of "the given name is right" over ``records``."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(64.0), 41)) if grid is None else np.asarray(grid)
+    """Temperature minimising the binary log loss of "the given name is right" over ``records``:
+    a log-spaced grid from 0.25 to 16, then a finer one around the best."""
     correct = np.concatenate([r["index"] == r["truth"] for r in records]).astype(float)
-    best = None
-    for T in grid:
+
+    def loss_at(T):
         conf = np.concatenate([confidence_at(r, T) for r in records])
         c = np.clip(conf, 1e-6, 1 - 1e-6)
-        loss = -float(np.mean(correct * np.log(c) + (1 - correct) * np.log(1 - c)))
-        if best is None or loss < best[0]:
-            best = (loss, float(T), conf)
-    return best[1], best[0], best[2], correct
+        return -float(np.mean(correct * np.log(c) + (1 - correct) * np.log(1 - c))), conf
+
+    grid = np.exp(np.linspace(np.log(0.25), np.log(16.0), 13)) if grid is None else np.asarray(grid, float)
+    results = {float(T): loss_at(T) for T in grid}
+    if len(grid) > 2:
+        best = min(results, key=lambda T: results[T][0])
+        step = float(np.log(grid[1] / grid[0]))
+        for f in (-0.5, -0.25, 0.25, 0.5):
+            T = float(best * np.exp(f * step))
+            results[T] = loss_at(T)
+    T = min(results, key=lambda T: results[T][0])
+    return T, results[T][0], results[T][1], correct
 
 
 def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options):

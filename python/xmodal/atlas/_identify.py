@@ -30,6 +30,8 @@ from ._sinkhorn import sinkhorn_marginals
 from ..registration import farthest_point_centers
 
 LOG2PI = math.log(2.0 * math.pi)
+#: Sinkhorn settings of the reported confidence (the calibration uses the same).
+SINKHORN = {"tol": 1e-5, "max_iter": 200}
 
 
 @dataclass
@@ -138,12 +140,13 @@ class _Model:
         sc = np.asarray(rel["scale"], np.float64)
         Jc = np.where(J >= 0, J, 0)
         valid = (J >= 0) & present[Jc]
-        z = np.where(valid[..., None], residuals[Jc] / sc[Jc][..., None], 0.0)
-        shift = sc[:, None] * ((w * valid)[..., None] * z).sum(1)
-        f = 1.0 - (1.0 - fac) * valid.mean(1)
+        z = np.where(valid[..., None], residuals[Jc] / sc[Jc], 0.0)  # (m, p, d)
+        shift = sc * (w * valid[..., None] * z).sum(1)
+        f = 1.0 - (1.0 - fac) * valid.mean(1)[:, None]  # (m, d): variance left along each axis
         self.mu = self.mu0 + shift
-        self.prec = self.prec0 / f[:, None, None]
-        self.logdet = self.logdet0 + self.d * np.log(f)
+        g = 1.0 / np.sqrt(f)
+        self.prec = self.prec0 * g[:, :, None] * g[:, None, :]
+        self.logdet = self.logdet0 + np.log(f).sum(1)
         return True
 
     def outlier_rate(self) -> float:
@@ -240,7 +243,7 @@ def _em_rigid(x, mu, iso, log_pi, log_volume, A, t, *, iterations, q_out, s2_flo
     d = x.shape[1]
     scale = abs(float(np.linalg.det(A))) ** (1.0 / d)
     improper = bool(np.linalg.det(A) < 0)
-    out_w = math.exp(math.log(q_out) - log_volume - math.log(1.0 - q_out))
+    log_out = math.log(q_out) - log_volume - math.log(1.0 - q_out)
     mu32 = mu.astype(np.float32)
     mu2 = (mu32 * mu32).sum(1)
 
@@ -254,10 +257,10 @@ def _em_rigid(x, mu, iso, log_pi, log_volume, A, t, *, iterations, q_out, s2_flo
         v = (iso + s2).astype(np.float32)
         lw = (log_pi - 0.5 * d * np.log(2 * math.pi * v)).astype(np.float32)
         logp = lw[None, :] - 0.5 * d2 / v[None, :]
-        mx = logp.max(1)
+        mx = np.maximum(logp.max(1), np.float32(log_out))
         E = np.exp(logp - mx[:, None])
-        den = E.sum(1) + out_w * np.exp(-mx.astype(np.float64))
-        P = E / den[:, None].astype(np.float32)
+        den = E.sum(1) + np.exp(np.float32(log_out) - mx)
+        P = E / den[:, None]
         W = P / v[None, :]
         ws = W.sum(1, dtype=np.float64)
         wk = W.sum(0, dtype=np.float64)
@@ -425,15 +428,16 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
 
     # ---- names that move together: condition each name on its partners' placements
     t0 = time.perf_counter()
-    y = _apply(x, A, t, field_)
-    rel_it = _relational(y, model, u, feats, k, relational_iter)
+    moved = _apply(x, A, t, field_)
+    rel_it = _relational(moved, np.eye(d), np.zeros(d), model, u, feats, k, relational_iter)
     timings["relational"] = time.perf_counter() - t0
 
     # ---- final assignment and marginals
     t0 = time.perf_counter()
+    y = _apply(x, A, t, field_)
     rows_m, cols_m, rows, cols, rel, obj = _assign(y, model, u, feats, k)
     n, m = len(x), len(model.mu)
-    p, p_un, _, sk_it = sinkhorn_marginals(rows, cols, rel, (n, m), temperature=T)
+    p, p_un, _, sk_it = sinkhorn_marginals(rows, cols, rel, (n, m), temperature=T, **SINKHORN)
     index = np.full(n, -1, np.int64)
     index[rows_m] = cols_m
     names = np.array([atlas.names[i] if i >= 0 else "" for i in index], dtype=object).astype(str)
@@ -484,7 +488,10 @@ def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection
     subsamples) -> scored by the optimal assignment objective. Returns the poses sorted by it."""
     d = x.shape[1]
     cx, ex, vx = _principal(x)
-    ca, ea, va = _principal(model.mu, np.exp(model.log_pi))
+    common = np.exp(model.log_pi) >= 0.5  # the frame of the names most samples have
+    if common.sum() < d + 1:
+        common = np.ones(len(model.mu), bool)
+    ca, ea, va = _principal(model.mu[common])
     s0 = math.sqrt(va.sum() / vx.sum()) if vx.sum() > 0 else 1.0
     cands = candidate_rotations(d, orientations=orientations, allow_reflection=allow_reflection, in_plane=in_plane)
 
@@ -538,11 +545,12 @@ def _cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     return Bi @ A, Bi @ (t - c)
 
 
-def _relational(y, model, u, feats, k, iterations, temperature=1.0, min_mass=0.3):
+def _relational(x, A, t, model, u, feats, k, iterations, *, temperature=1.0, min_mass=0.3):
     """Mean-field alternation: posterior marginals of the assignment -> expected residual of every
     name (where its total mass exceeds ``min_mass``) -> names conditioned on their partners
     (:meth:`_Model.condition`) -> marginals again. Returns the iterations run."""
-    n, m = len(y), len(model.mu0)
+    n, m = len(x), len(model.mu0)
+    y = x @ A.T + t
     it = 0
     for it in range(1, iterations + 1):
         _, _, rows, cols, rel, _ = _assign(y, model, u, feats, k)
@@ -579,10 +587,15 @@ def _refine(x, model, A, t, u, feats, k, kind, max_iter, deformable):
         prev = key
         src, dst = x[rows_m], model.mu[cols_m]
         if kind == "affine":
-            A, t = gls_affine(src, dst, model.prec[cols_m])
+            A_new, t_new = gls_affine(src, dst, model.prec[cols_m])
+            if np.linalg.det(A_new) * np.linalg.det(A) <= 0:
+                break  # the fit would change the handedness chosen by the pose search
+            A, t = A_new, t_new
         else:
             w = 1.0 / model.iso[cols_m]
             A, t = procrustes(src, dst, w, kind=kind, allow_reflection=bool(np.linalg.det(A) < 0))
+    else:
+        obj = _assign(x @ A.T + t, model, u, feats, k)[-1]
     if deformable:
         field_, obj = _deform(x, model, A, t, u, feats, k)
     return A, t, field_, it, obj

@@ -1,18 +1,23 @@
 """Posterior marginals of a partial one-to-one matching on a sparse graph (log-domain Sinkhorn).
 
-The matchings of rows (cells) to columns (names), each row and each column used at most once, are
-given the Gibbs weights ``exp(-sum of the matched relative costs / T)``. A relative cost
-``c'_ij = c_ij - u_i - v_j`` is the cost of pairing ``i`` with ``j`` minus the costs of leaving
-both unmatched, so "unmatched" is the zero-cost alternative. The entropic relaxation of this
-distribution (the "dustbin" Sinkhorn with one private slack per row and per column) gives
-marginals ``P_ij = a_i exp(-c'_ij / T) b_j`` with
+A partial matching of n rows (cells) to m columns (names), each used at most once, is the
+standard augmented assignment problem of size n + m: every row i also has a private "unmatched"
+column, every column j a private "absent" row, and the n + m - (matched) private entries pair up
+among themselves at no cost. With the relative cost ``c'_ij = c_ij - u_i - v_j`` of a pair (its
+cost minus the costs of leaving both unmatched), the private entries cost 0.
 
-    a_i (1 + sum_j exp(-c'_ij / T) b_j) = 1        (row i: matched somewhere or unmatched)
-    b_j (1 + sum_i a_i exp(-c'_ij / T)) = 1        (column j: taken by some row or absent)
+The entropic relaxation of this assignment at temperature T (Sinkhorn scaling of
+``exp(-c' / T)`` to a doubly stochastic matrix) gives marginals
 
-so that every row's marginals plus its unmatched probability ``a_i`` sum to one, and every
-column's to at most one. Solved by alternating the two scalings in the log domain, on the stored
-entries only: O(nnz) per sweep.
+    P(i -> j)        = a_i exp(-c'_ij / T) b_j
+    P(i unmatched)   = a_i b'_i
+    P(j absent)      = a'_j b_j
+
+with every row of the augmented matrix (and every column) summing to one, so that each cell's
+name probabilities plus its unmatched probability sum to one, and each name's probabilities plus
+its absence probability too. The private-private block has rank one, so a sweep costs O(nnz).
+Sinkhorn marginals are an approximation of the marginals of the Gibbs distribution over
+matchings (too soft where one pair dominates); the temperature is calibrated out of sample.
 """
 
 from __future__ import annotations
@@ -20,34 +25,42 @@ from __future__ import annotations
 import numpy as np
 
 
+def _lse(v: np.ndarray) -> float:
+    """log(sum(exp(v))) of a 1-D array (-inf when empty)."""
+    if v.size == 0:
+        return -np.inf
+    mx = float(v.max())
+    return mx + float(np.log(np.exp(v - mx).sum()))
+
+
 class _Segments:
     """Sorted segments of an edge list (by row or by column) for fast per-segment reductions."""
 
     def __init__(self, key: np.ndarray, n: int):
         self.order = np.argsort(key, kind="stable")
-        k = key[self.order]
-        self.counts = np.bincount(k, minlength=n)
+        self.counts = np.bincount(key, minlength=n)
         self.nonempty = np.flatnonzero(self.counts)
         starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.starts = starts[self.nonempty]
+        self.rep = self.counts[self.nonempty]
         self.n = n
 
-    def log1p_sum_exp(self, z_sorted: np.ndarray) -> np.ndarray:
-        """Per segment ``log(1 + sum(exp(z)))``; 0 for empty segments."""
-        out = np.zeros(self.n)
+    def logsumexp_with(self, z_sorted: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Per segment ``log(exp(extra) + sum(exp(z)))`` (``extra`` one value per segment)."""
+        out = np.array(extra, dtype=np.float64, copy=True)
         if len(self.starts) == 0:
             return out
-        mx = np.maximum(np.maximum.reduceat(z_sorted, self.starts), 0.0)
-        e = np.exp(z_sorted - np.repeat(mx, self.counts[self.nonempty]))
-        s = np.add.reduceat(e, self.starts)
-        out[self.nonempty] = mx + np.log(np.exp(-mx) + s)
+        ex = out[self.nonempty]
+        mx = np.maximum(np.maximum.reduceat(z_sorted, self.starts), ex)
+        s = np.add.reduceat(np.exp(z_sorted - np.repeat(mx, self.rep)), self.starts)
+        out[self.nonempty] = mx + np.log(np.exp(ex - mx) + s)
         return out
 
 
 def sinkhorn_marginals(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, shape: tuple[int, int], *,
                        temperature: float = 1.0, max_iter: int = 300, tol: float = 1e-6
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Marginals of the relaxed Gibbs distribution over partial matchings.
+    """Marginals of the entropic relaxation of a partial one-to-one assignment.
 
     Parameters
     ----------
@@ -60,7 +73,8 @@ def sinkhorn_marginals(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, sha
     max_iter : int
         Most sweeps.
     tol : float
-        Stop when no column's slack probability ``b_j`` changes by more than ``tol``.
+        Stop when no row's unmatched probability and no column's absence probability changes by
+        more than ``tol`` in a sweep.
 
     Returns
     -------
@@ -77,20 +91,24 @@ def sinkhorn_marginals(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, sha
     C = _Segments(cols, m)
     zr, cr = z0[R.order], cols[R.order]
     zc, rc = z0[C.order], rows[C.order]
-    log_a = np.zeros(n)
-    log_b = np.zeros(m)
-    b = np.ones(m)
+    la = np.zeros(n)    # cell rows
+    la2 = np.zeros(m)   # private "absent" rows of the names
+    lb = np.zeros(m)    # name columns
+    lb2 = np.zeros(n)   # private "unmatched" columns of the cells
+    prev = None
     it = 0
     for it in range(1, max_iter + 1):
-        log_a = -R.log1p_sum_exp(zr + log_b[cr])
-        log_b = -C.log1p_sum_exp(zc + log_a[rc])
-        b_new = np.exp(log_b)
-        delta = float(np.max(np.abs(b_new - b))) if m else 0.0
-        b = b_new
-        if delta < tol:
+        la = -R.logsumexp_with(zr + lb[cr], lb2)
+        la2 = -np.logaddexp(lb, _lse(lb2))
+        lb = -C.logsumexp_with(zc + la[rc], la2)
+        lb2 = -np.logaddexp(la, _lse(la2))
+        cur = np.concatenate([la + lb2, la2 + lb])
+        if prev is not None and float(np.max(np.abs(np.exp(cur) - np.exp(prev)))) < tol:
             break
-    # a last row update so that the row constraints hold exactly
-    log_a = -R.log1p_sum_exp(zr + log_b[cr])
-    p = np.exp(log_a[rows] + z0 + log_b[cols])
+        prev = cur
+    # a last row update so that the cell rows sum to one exactly
+    la = -R.logsumexp_with(zr + lb[cr], lb2)
+    p = np.exp(la[rows] + z0 + lb[cols])
+    p_row_unmatched = np.exp(la + lb2)
     p_col_unmatched = np.clip(1.0 - np.bincount(cols, weights=p, minlength=m), 0.0, 1.0)
-    return p, np.exp(log_a), p_col_unmatched, it
+    return p, p_row_unmatched, p_col_unmatched, it
