@@ -373,3 +373,34 @@ def test_two_dimensional_atlas():
     atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], calibrate=False)
     pts, nm, _ = _sample(base, names, rng, noise=0.04)
     assert _accuracy(identify(pts, atlas), nm) >= 0.97
+
+
+# ----------------------------------------------------------------------------- tables
+def test_tables_round_trip(tmp_path):
+    from xmodal.atlas import read_cells, read_samples, write_identification
+
+    rng = np.random.default_rng(13)
+    base, names = _base_shape(25, rng), _names(25)
+    paths = []
+    for i in range(3):
+        pts, nm, _ = _sample(base, names, rng, noise=0.05)
+        p = tmp_path / f"s{i}.csv"
+        lines = ["z,y,x,cell,volume"] + [f"{a},{b},{c},{n},{1.0 + j}" for j, ((a, b, c), n) in enumerate(zip(pts, nm))]
+        lines.append("0,0,0,,1.0")  # an unnamed cell is left out of the atlas
+        p.write_text("\n".join(lines) + "\n")
+        paths.append(p)
+    samples, nms, feats = read_samples(paths, names_column="cell", feature_columns=["volume"])
+    assert len(samples) == 3 and all(len(s) == 25 for s in samples) and feats[0].shape == (25, 1)
+    with pytest.raises(ValueError, match="names_column"):
+        read_samples(paths, names_column="label")
+    with pytest.raises(ValueError, match="feature_columns"):
+        read_samples(paths, names_column="cell", feature_columns=["colour"])
+    atlas = build_atlas(samples, names=nms, calibrate=False)
+    pts, _, ids = read_cells(paths[0])
+    res = identify(pts[:-1], atlas, top_k=2)
+    out = tmp_path / "names.csv"
+    write_identification(res, out, ids=ids[:-1])
+    rows = out.read_text().splitlines()
+    assert rows[0] == "id,name,confidence,name_1,probability_1,name_2,probability_2"
+    assert len(rows) == 26
+    assert sum(r.split(",")[1] == n for r, n in zip(rows[1:], nms[0])) >= 24

@@ -521,11 +521,44 @@ def fit_temperature(records, grid=None):
     return T, results[T][0], results[T][1], correct
 
 
+def _logit(c):
+    c = np.clip(c, 1e-6, 1 - 1e-6)
+    return np.log(c) - np.log1p(-c)
+
+
+def apply_platt(conf, platt):
+    """``sigmoid(a * logit(conf) + b)`` for ``platt = (a, b)`` (identity for (1, 0))."""
+    a, b = platt
+    return 1.0 / (1.0 + np.exp(-(a * _logit(np.asarray(conf, float)) + b)))
+
+
+def fit_platt(conf, correct, prior=1.0):
+    """Platt scaling of the tempered confidences: (a, b) minimising the binary log loss of
+    ``sigmoid(a * logit(conf) + b)``, with a weak Gaussian prior (``prior`` pseudo-observations)
+    towards the identity (1, 0); a in [0.25, 4], b in [-4, 4]."""
+    from scipy.optimize import minimize
+
+    z = _logit(conf)
+    y = np.asarray(correct, float)
+
+    def loss(v):
+        a, b = v
+        q = a * z + b
+        # log(1 + exp(-q)) for y = 1, log(1 + exp(q)) for y = 0, summed stably
+        return float(np.sum(np.logaddexp(0.0, -q) * y + np.logaddexp(0.0, q) * (1 - y))
+                     + 0.5 * prior * ((a - 1.0) ** 2 + b ** 2))
+
+    res = minimize(loss, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.25, 4.0), (-4.0, 4.0)])
+    return float(res.x[0]), float(res.x[1])
+
+
 def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options):
     t0 = time.perf_counter()
     recs = leave_one_out(pts, nms, feats, feature_names, opts, identify_options, prior=atlas.pooled_covariance,
                          prior_features=atlas.pooled_feature_covariance)
     T, loss, conf, correct = fit_temperature(recs)
+    platt = fit_platt(conf, correct)
+    conf = apply_platt(conf, platt)
     figs = calibration_figures(conf, correct)
     per = []
     start = 0
@@ -533,7 +566,8 @@ def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options):
         n = len(r["index"])
         per.append(float(correct[start:start + n].mean()))
         start += n
-    return {"temperature": T, "log_loss": loss, "method": "leave-one-sample-out, binary log loss",
+    return {"temperature": T, "platt": list(platt), "log_loss": loss,
+            "method": "leave-one-sample-out: temperature of the marginals, then Platt scaling (binary log loss)",
             "loo_accuracy_per_sample": per, "loo_mean_accuracy": float(np.mean(per)),
             "loo_worst_accuracy": float(np.min(per)), **{"loo_" + k: v for k, v in figs.items()},
             "seconds": time.perf_counter() - t0}

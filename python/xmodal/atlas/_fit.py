@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS = ("rigid", "similarity", "affine")
-
-
 def procrustes(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None, *, kind: str = "rigid",
                allow_reflection: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least-squares ``(A, t)`` minimising ``sum_i w_i |A src_i + t - dst_i|^2``.
@@ -90,14 +87,6 @@ def gls_affine(src: np.ndarray, dst: np.ndarray, precision: np.ndarray, w: np.nd
     A = theta[:d * d].reshape(d, d)
     t = theta[d * d:] - A @ cs
     return A, t
-
-
-def fit(src, dst, w=None, *, kind: str, allow_reflection: bool = False, precision=None):
-    """Dispatch: ``gls_affine`` when ``kind == "affine"`` and ``precision`` is given, else
-    :func:`procrustes`."""
-    if kind == "affine" and precision is not None:
-        return gls_affine(src, dst, precision, w)
-    return procrustes(src, dst, w, kind=kind, allow_reflection=allow_reflection)
 
 
 def robust_fit(src, dst, *, kind: str, allow_reflection: bool = False, iterations: int = 10,

@@ -92,8 +92,6 @@ class _Model:
     """Precomputed per-name quantities of an atlas for the costs."""
 
     def __init__(self, atlas: Atlas, feature_weight: float = 1.0):
-        from scipy.spatial import cKDTree
-
         self.atlas = atlas
         self.mu = self.mu0 = atlas.means
         self.d = atlas.ndim
@@ -104,7 +102,6 @@ class _Model:
         pres = np.clip(atlas.presence, 1e-6, 1 - 1e-6)
         self.log_pi = np.log(pres)
         self.absent = -np.log1p(-pres)  # cost of a name being absent
-        self.tree = cKDTree(self.mu)
         # volume of the atlas (uniform ellipsoid with the covariance of the means)
         c = np.cov((self.mu - self.mu.mean(0)).T)
         ev = np.clip(np.linalg.eigvalsh(c), 1e-12, None)
@@ -323,7 +320,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
              allow_reflection: bool = False, transform: str = "affine", orientations: str = "all",
              deformable: bool = False, temperature: float | None = None, k: int = 12,
                       max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
-             search_points: int = 300, in_plane: int = 3, relational_iter: int = 6, feature_weight: float = 1.0,
+             search_points: int = 300, in_plane: int = 3, cpd_iter: int = 100, relational_iter: int = 6,
+             feature_weight: float = 1.0,
              _debug: dict | None = None) -> Identification:
     """Name the cells of a sample by registering it to an atlas and assigning names exactly.
 
@@ -354,7 +352,9 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         Add a smooth displacement field (Gaussian radial basis, width 2 × the atlas's median
         nearest-neighbour distance) on top of the affine fit.
     temperature : float, optional
-        Temperature of the posterior marginals; default the atlas's calibrated temperature.
+        Temperature of the posterior marginals. Default: the atlas's calibration (its temperature,
+        then its Platt scaling of the confidences); a given temperature yields the plain tempered
+        marginals.
     k : int
         Candidate names per cell (and cells per name) in the sparse cost graph.
     max_iter, search_iter, keep_poses : iterations of the assignment/fit alternation, of the EM
@@ -419,7 +419,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     t0 = time.perf_counter()
     best = None
     for obj0, j, A, t, refl in pose["best"][:max(1, refine_poses)]:
-        A, t = _cpd_stage(x, model, A, t, transform, q_out)
+        A, t = _cpd_stage(x, model, A, t, transform, q_out, max_iter=cpd_iter)
         A, t, field_, it, obj = _refine(x, model, A, t, u, feats, k, transform, max_iter, deformable)
         if best is None or obj < best[0]:
             best = (obj, A, t, field_, refl, int(j), it)
@@ -458,6 +458,13 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         for r, (pv, nm) in enumerate(cand[:kk]):
             top_names[i, r] = nm
             top_p[i, r] = pv
+    tempered = conf
+    platt = atlas.calibration.get("platt") if temperature is None else None
+    if platt is not None:
+        from ._build import apply_platt
+
+        conf = apply_platt(conf, platt)
+        top_p = np.where(top_p > 0, apply_platt(top_p, platt), 0.0)
     timings["assign"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
 
@@ -475,6 +482,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         "relational_iterations": rel_it,
         "unmatched_cost": u, "outlier_rate": q_out, "temperature": T, "sinkhorn_iterations": sk_it,
         "n_named": int((index >= 0).sum()), "n_unnamed": int((index < 0).sum()), "timings": timings,
+        "platt": platt, "tempered_confidence": tempered,
     }
     return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
                           top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
@@ -483,8 +491,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
 
 def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection, search_iter, keep,
                  search_points, in_plane, coarse_points=120, coarse_iter=8):
-    """Candidate poses -> a few EM iterations each on small subsamples, scored by a truncated
-    chamfer distance -> the ``keep`` best continue (``search_iter`` iterations on larger
+    """Candidate poses -> a few EM iterations each on small subsamples, scored by a symmetric
+    truncated chamfer distance -> the ``keep`` best continue (``search_iter`` iterations on larger
     subsamples) -> scored by the optimal assignment objective. Returns the poses sorted by it."""
     d = x.shape[1]
     cx, ex, vx = _principal(x)
@@ -509,7 +517,7 @@ def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection
     xs, mus, isos, lps = subsample(coarse_points)
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(mus)
+    tree = cKDTree(model.mu)
     coarse = []
     for j, q in enumerate(cands):
         A0 = s0 * ea @ q @ ex.T
@@ -517,8 +525,13 @@ def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection
         refl = bool(np.linalg.det(A0) < 0)
         A, t, _ = _em_rigid(xs, mus, isos, lps, model.log_volume, A0, t0, iterations=coarse_iter,
                             q_out=q_out, s2_floor=floor)
-        dist, _ = tree.query(xs @ A.T + t)
-        coarse.append((float(np.minimum(dist ** 2, cap2).mean()), j, A, t, refl))
+        # symmetric truncated chamfer distance on all cells and all names: unlike a one-way
+        # distance it notices when many names crowd onto few cells
+        y = x @ A.T + t
+        d1, _ = tree.query(y)
+        d2, _ = cKDTree(y).query(model.mu)
+        score = float(np.minimum(d1 ** 2, cap2).mean() + np.minimum(d2 ** 2, cap2).mean())
+        coarse.append((score, j, A, t, refl))
     coarse.sort(key=lambda c: c[0])
     xs, mus, isos, lps = subsample(search_points)
     fine = []
