@@ -404,3 +404,14 @@ def test_tables_round_trip(tmp_path):
     assert rows[0] == "id,name,confidence,name_1,probability_1,name_2,probability_2"
     assert len(rows) == 26
     assert sum(r.split(",")[1] == n for r, n in zip(rows[1:], nms[0])) >= 24
+
+
+def test_few_shared_names_fall_back_to_a_simpler_transform():
+    rng = np.random.default_rng(14)
+    base, names = _base_shape(6, rng), _names(6)
+    train = [_sample(base, names, rng, noise=0.02) for _ in range(2)]
+    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train])
+    assert atlas.transform == "similarity"  # 12 affine parameters per sample cannot be fitted to 6 cells
+    assert "too few names" in atlas.parameters["transform_note"]
+    pts, nm, _ = _sample(base, names, rng, noise=0.02)
+    assert _accuracy(identify(pts, atlas), nm) == 1.0

@@ -28,6 +28,8 @@ from ._inputs import check_features, check_names, check_sample_points, normalise
 from ._model import Atlas
 
 _KINDS = ("rigid", "similarity", "affine")
+_PARAMS = {"rigid": lambda d: d * (d + 1) // 2, "similarity": lambda d: d * (d + 1) // 2 + 1,
+           "affine": lambda d: d * (d + 1)}
 
 
 def _check_inputs(samples, names, features, feature_names):
@@ -226,22 +228,28 @@ def _frame(mu, counts):
     return c, E
 
 
-def _shrunk_covariances(res, idx, W, m, dim, nu, prior=None):
+def _shrunk_covariances(res, idx, W, m, dim, nu, prior=None, fitted=0.0):
     """Per-name covariance of residuals, shrunk to the pooled covariance with ``nu`` pseudo-samples,
-    times (1 + 1/n) for the uncertainty of the mean. Returns (covs, pooled, effective counts)."""
+    times (1 + 1/n) for the uncertainty of the mean. ``fitted``: residual degrees of freedom (per
+    coordinate) used up by the per-sample transforms. Returns (covs, pooled, effective counts)."""
     scat = np.zeros((m, dim, dim))
     n_eff = np.zeros(m)
     for r, ix, w in zip(res, idx, W):
         np.add.at(scat, ix, w[:, None, None] * r[:, :, None] * r[:, None, :])
         np.add.at(n_eff, ix, w)
     dof = np.maximum(n_eff - 1.0, 0.0)
-    if dof.sum() > 0:
-        pooled = scat.sum(0) / dof.sum()
+    if dof.sum() > 1e-9:
+        # the per-sample fits absorb part of the spread: correct for it (at most by a factor 2)
+        pooled = scat.sum(0) / max(dof.sum() - fitted, 0.5 * dof.sum())
     elif prior is not None:
         pooled = np.asarray(prior, np.float64)
     else:
         raise ValueError("samples: cannot estimate the spread of the names: no name occurs in two samples")
     pooled = 0.5 * (pooled + pooled.T)
+    # with few residuals, the shape of the pooled covariance is noise: shrink it towards its
+    # isotropic part with 10 pseudo-degrees of freedom
+    n_res = max(float(dof.sum()) - fitted, 0.0)
+    pooled = (n_res * pooled + 10.0 * np.trace(pooled) / dim * np.eye(dim)) / (n_res + 10.0)
     # keep the pooled covariance well conditioned
     ev = np.linalg.eigvalsh(pooled)
     floor = max(ev.max(), 1e-300) * 1e-6
@@ -331,17 +339,24 @@ def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robus
     lookup = {n: i for i, n in enumerate(universe.tolist())}
     idx = [np.array([lookup[x] for x in n.tolist()], np.int64) for n in nms]
     m = len(universe)
-    X, A_s, t_s, refl_s, W, mu, iters = _gpa(pts, idx, m, transform, allow_reflection, robust, max_iter, tol)
     counts = np.zeros(m, np.int64)
     for ix in idx:
         counts[ix] += 1
+    # affine only when the samples can support it: at least 10 residual degrees of freedom per
+    # coordinate left after the per-name means and the per-sample transforms
+    dof = float(np.maximum(counts - 1, 0).sum())
+    requested = transform
+    if transform == "affine" and dof - S * _PARAMS["affine"](d) / d < 10.0:
+        transform = "similarity"
+    X, A_s, t_s, refl_s, W, mu, iters = _gpa(pts, idx, m, transform, allow_reflection, robust, max_iter, tol)
     c, E = _frame(mu, counts)
     mu = (mu - c) @ E
     X = [(x - c) @ E for x in X]
     A_s = [E.T @ A for A in A_s]
     t_s = [E.T @ (t - c) for t in t_s]
     res = [x - mu[ix] for x, ix in zip(X, idx)]
-    covs, pooled, n_eff = _shrunk_covariances(res, idx, W, m, d, shrinkage, prior)
+    covs, pooled, n_eff = _shrunk_covariances(res, idx, W, m, d, shrinkage, prior,
+                                              fitted=S * _PARAMS[transform](d) / d)
     presence = (counts + 0.5) / (S + 1.0)
 
     fmeans = fcovs = fpooled = None
@@ -368,7 +383,7 @@ def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robus
                  transform=transform, pooled_covariance=pooled, feature_names=feature_names,
                  feature_means=fmeans, feature_covariances=fcovs, pooled_feature_covariance=fpooled,
                  feature_normalization=feature_normalization, sample_transforms=transforms,
-                 relations=rel, parameters={"gpa_iterations": iters})
+                 relations=rel, parameters={"gpa_iterations": iters, "requested_transform": requested})
 
 
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
@@ -394,7 +409,9 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     transform : {"rigid", "similarity", "affine"}
         Transform class of the group-wise registration (each sample onto the mean). "affine" (the
         default) also absorbs differences in overall shape (e.g. a specimen compressed under the
-        coverslip), so that the per-name covariances describe the cells' own variability.
+        coverslip), so that the per-name covariances describe the cells' own variability. When the
+        samples share too few names for it (fewer than 10 residual degrees of freedom per
+        coordinate), "similarity" is used instead (``atlas.transform`` says which).
     allow_reflection : bool
         Allow a sample to be the mirror image of the others (decided per sample by which of the two
         fits the shared names better). Off by default: a mirror image of a bilateral animal is a
@@ -438,6 +455,9 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],
                         "identify_options": dict(identify_options or {})}
+    if atlas.transform != transform:
+        atlas.parameters["transform_note"] = (f"{transform} asked for, {atlas.transform} used: too few names shared "
+                                              "between the samples for the per-sample fits")
     if calibrate:
         atlas.calibration = _calibrate(pts, nms, feats, feature_names, atlas, opts, dict(identify_options or {}))
     atlas.parameters["seconds"] = {"build": t_build, "total": time.perf_counter() - t_all}

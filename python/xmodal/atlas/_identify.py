@@ -317,7 +317,7 @@ def _assign(y, model: _Model, u, feats, k):
 
 # --------------------------------------------------------------------------- public
 def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_k: int = 5,
-             allow_reflection: bool = False, transform: str = "affine", orientations: str = "all",
+             allow_reflection: bool = False, transform: str | None = None, orientations: str = "all",
              deformable: bool = False, temperature: float | None = None, k: int = 12,
                       max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
              search_points: int = 300, in_plane: int = 3, cpd_iter: int = 100, relational_iter: int = 6,
@@ -343,8 +343,9 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         Number of candidate names (with probabilities) reported per cell.
     allow_reflection : bool
         Also consider mirror images of the sample (data whose axis handedness is unknown).
-    transform : {"rigid", "similarity", "affine"}
-        Final transform class of the sample onto the atlas (the pose search is similarity).
+    transform : {"rigid", "similarity", "affine"}, optional
+        Transform class of the sample onto the atlas; default the atlas's own (``atlas.transform``,
+        affine unless its samples share too few names). The pose search is rigid.
     orientations : {"all", "flips", "none"}
         Candidate poses: every signed permutation of the principal axes, sign flips only, or the
         principal axes as they come.
@@ -376,6 +377,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         raise ValueError(f"points: expected {atlas.ndim} columns like the atlas, got {d}")
     if len(x) < d + 1:
         raise ValueError(f"points: expected at least {d + 1} cells, got {len(x)}")
+    transform = atlas.transform if transform is None else transform
     choice(transform, "transform", ("rigid", "similarity", "affine"))
     choice(orientations, "orientations", ("all", "flips", "none"))
     top_k = positive_int(top_k, "top_k")
@@ -410,7 +412,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     t0 = time.perf_counter()
     pose = _pose_search(x, model, u, feats, k, q_out, orientations=orientations,
                         allow_reflection=bool(allow_reflection), search_iter=search_iter, keep=keep_poses,
-                        search_points=search_points, in_plane=in_plane)
+                        search_points=search_points, in_plane=in_plane, scale=transform != "rigid")
     timings["pose_search"] = time.perf_counter() - t0
     scores = pose["scores"]
     n_cands = pose["n_candidates"]
@@ -490,7 +492,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
 
 
 def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection, search_iter, keep,
-                 search_points, in_plane, coarse_points=120, coarse_iter=8):
+                 search_points, in_plane, scale=True, coarse_points=120, coarse_iter=8):
     """Candidate poses -> a few EM iterations each on small subsamples, scored by a symmetric
     truncated chamfer distance -> the ``keep`` best continue (``search_iter`` iterations on larger
     subsamples) -> scored by the optimal assignment objective. Returns the poses sorted by it."""
@@ -500,7 +502,8 @@ def _pose_search(x, model, u, feats, k, q_out, *, orientations, allow_reflection
     if common.sum() < d + 1:
         common = np.ones(len(model.mu), bool)
     ca, ea, va = _principal(model.mu[common])
-    s0 = math.sqrt(va.sum() / vx.sum()) if vx.sum() > 0 else 1.0
+    # the size of the sample from its spread (a rigid search keeps the sample's own units)
+    s0 = math.sqrt(va.sum() / vx.sum()) if (scale and vx.sum() > 0) else 1.0
     cands = candidate_rotations(d, orientations=orientations, allow_reflection=allow_reflection, in_plane=in_plane)
 
     def subsample(n):
