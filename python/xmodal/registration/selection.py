@@ -8,12 +8,14 @@ These are building blocks for ``register_cells(transform="auto")`` (issue 12); s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .._validation import as_points, positive_float, positive_int
+from .._validation import as_points, describe, positive_float, positive_int
 
-__all__ = ["fast_prealign", "heldout_log_likelihood", "heldout_split"]
+__all__ = ["fast_prealign", "heldout_log_likelihood", "heldout_split", "select_model", "ModelSelection"]
 
 
 def fast_prealign(moving, fixed, *, n_points: int = 500, seed: int = 0, **options):
@@ -88,3 +90,65 @@ def heldout_log_likelihood(moved, held, sigma2: float, *, w: float = 0.1, volume
     lg = mx + np.log(np.exp(log_g - mx[:, None]).sum(1))
     ll = np.logaddexp(math.log1p(-w) + lg, math.log(w) - math.log(volume)) if w > 0 else lg
     return float(ll.mean())
+
+
+@dataclass
+class ModelSelection:
+    """Result of :func:`select_model`.
+
+    Attributes
+    ----------
+    best : the chosen candidate
+    scores : candidate -> mean held-out log-likelihood (higher is better)
+    heldout : (n,) bool mask of the held-out fixed points
+    margin : the margin used (nats per point)
+    """
+
+    best: object
+    scores: dict = field(default_factory=dict)
+    heldout: np.ndarray | None = None
+    margin: float = 0.0
+
+
+def select_model(fixed, fit: Callable, candidates: Sequence, *, fraction: float = 0.2, seed: int = 0,
+                 w: float = 0.1, margin: float = 0.0) -> ModelSelection:
+    """Choose among registration models by the held-out likelihood of the fixed points.
+
+    A random ``fraction`` of the fixed points is held out; every candidate is fitted to the other
+    points by ``fit(candidate, fixed_train) -> (moved, sigma2)`` (the moved moving points and the
+    fitted CPD variance) and scored by :func:`heldout_log_likelihood` of the held-out points
+    (outlier weight ``w`` over the bounding box of all fixed points). The first candidate, in the
+    order given (list them simplest first), whose score is within ``margin`` of the best wins.
+
+    Parameters
+    ----------
+    fixed : (n, d) array
+    fit : callable ``(candidate, fixed_train) -> (moved, sigma2)``
+    candidates : sequence of candidate labels (anything ``fit`` understands)
+    fraction, seed : the held-out share and the seed of the split
+    w : outlier weight of the CPD mixture (as in the fits)
+    margin : nats per held-out point a simpler candidate may lose and still be chosen
+
+    Notes
+    -----
+    On the 28 C. elegans embryo pairs (rigid, similarity, affine and four deformable settings after
+    the same pre-alignment; ``scripts/eval_register_models.py``) the held-out likelihood chose
+    models with mean accuracy 0.365 (oracle 0.380, rigid 0.239, the best single model 0.377) and
+    was never worse than rigid by more than 0.015 on any pair.
+    """
+    fix = as_points(fixed, "fixed")
+    if not callable(fit):
+        raise TypeError(f"fit: expected a callable (candidate, fixed_train) -> (moved, sigma2), got {describe(fit)}")
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("candidates: expected at least one candidate, got none")
+    margin = positive_float(margin, "margin", allow_zero=True)
+    mask = heldout_split(len(fix), fraction, seed)
+    volume = float(np.prod(np.maximum(fix.max(0) - fix.min(0), 1e-12)))
+    scores = {}
+    for c in candidates:
+        moved, sigma2 = fit(c, fix[~mask])
+        scores[c] = heldout_log_likelihood(moved, fix[mask], sigma2, w=w, volume=volume)
+    best = max(scores.values())
+    chosen = next(c for c in candidates if scores[c] >= best - margin)
+    return ModelSelection(best=chosen, scores=scores, heldout=mask, margin=margin)
