@@ -65,7 +65,7 @@ def identify_loo(*, n_train: int | None = None, features: bool = False, held_out
     emb, keys = _embryos()
     held_out = range(len(keys)) if held_out is None else held_out
     n_train = len(keys) - 1 if n_train is None else n_train
-    per, per_corr, conf, raw, ok, ok_corr, t_build, t_id, temps, loo_cal = {}, {}, [], [], [], [], [], [], [], []
+    per, per_corr, conf, ok, ok_corr, t_build, t_id, temps, loo_cal = {}, {}, [], [], [], [], [], [], []
     for s in held_out:
         train = [keys[(s + 1 + j) % len(keys)] for j in range(n_train)]
         e = emb[keys[s]]
@@ -84,7 +84,6 @@ def identify_loo(*, n_train: int | None = None, features: bool = False, held_out
             right_corr = res.index == atlas.index(_swap_abp(e.cells))
             per_corr[keys[s]] = float(right_corr.mean())
         conf.append(res.confidence)
-        raw.append(res.diagnostics["tempered_confidence"])
         ok.append(right)
         ok_corr.append(right_corr)
         temps.append(atlas.calibration.get("temperature"))
@@ -93,17 +92,12 @@ def identify_loo(*, n_train: int | None = None, features: bool = False, held_out
     acc = np.array(list(per.values()))
     figs = calibration_figures(conf, ok)
     figs_corr = calibration_figures(conf, ok_corr)
-    raw = np.concatenate(raw)
-    figs_raw, figs_raw_corr = calibration_figures(raw, ok), calibration_figures(raw, ok_corr)
     return {"n_train": n_train, "features": features, "mean": float(acc.mean()), "worst": float(acc.min()),
             "per_embryo": per, "per_embryo_corrected": per_corr,
             "mean_corrected": float(np.mean([per_corr.get(k, v) for k, v in per.items()])),
             "ece": figs["ece"], "accuracy_at_0.9": figs["accuracy_at_0.9"], "share_at_0.9": figs["share_at_0.9"],
             "reliability": figs["reliability"], "temperatures": temps, "atlas_loo_ece": loo_cal,
             "ece_corrected": figs_corr["ece"], "accuracy_at_0.9_corrected": figs_corr["accuracy_at_0.9"],
-            "temperature_only": {"ece": figs_raw["ece"], "accuracy_at_0.9": figs_raw["accuracy_at_0.9"],
-                                 "ece_corrected": figs_raw_corr["ece"],
-                                 "accuracy_at_0.9_corrected": figs_raw_corr["accuracy_at_0.9"]},
             "seconds_build": float(np.mean(t_build)), "seconds_identify": float(np.mean(t_id))}
 
 

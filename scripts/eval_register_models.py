@@ -265,7 +265,18 @@ RULES = {
 
 
 # ------------------------------------------------------------------------------------------ main
-def prealign_speed():
+def set_grid(betas, lams):
+    """Replace the deformable candidates by the grid betas x lams (beta in units of the median
+    nearest-neighbour distance of the fixed points)."""
+    for k in [k for k in CANDIDATES if k.startswith("deformable")]:
+        del CANDIDATES[k]
+    for b in betas:
+        for lam in lams:
+            CANDIDATES[f"deformable_b{b:g}_l{lam:g}"] = (("rigid", "affine", "deformable"), float(b), float(lam))
+    COMPLEXITY[:] = list(CANDIDATES)
+
+
+def prealign_speed(fast_only=False):
     """Platynereis: the 24-rotation search on all points (as register_cells, <= 3000 random
     points) against the same search on 500 farthest-point samples, then rigid CPD on all points."""
     from xmodal.pipelines.prealign import median_nn_distance
@@ -275,7 +286,7 @@ def prealign_speed():
     fixed, moving = pair["fixed"], pair["moving"]
     unmatched = 3.0 * median_nn_distance(fixed)
     out = {}
-    for label, fast in (("fps500", True), ("full", False)):
+    for label, fast in (("fps500", True), ("full", False))[: 1 if fast_only else 2]:
         pre, t = prealign_pair(fixed, moving, fast=fast)
         t0 = time.perf_counter()
         c0 = time.process_time()
@@ -297,9 +308,15 @@ def main(argv=None):
     ap.add_argument("--fast-prealign", action="store_true")
     ap.add_argument("--seeds", type=int, default=1, help="held-out splits per pair (criteria averaged)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--fast-only", action="store_true", help="prealign-speed: the subsampled search only")
+    ap.add_argument("--betas", type=float, nargs="+", default=None,
+                    help="deformable beta grid (x median nearest-neighbour distance), default 2 4")
+    ap.add_argument("--lams", type=float, nargs="+", default=None, help="deformable lambda grid, default 2 8")
     args = ap.parse_args(argv)
+    if args.betas or args.lams:
+        set_grid(args.betas or (2.0, 4.0), args.lams or (2.0, 8.0))
     if args.what == "prealign-speed":
-        res = prealign_speed()
+        res = prealign_speed(args.fast_only)
     else:
         pairs = embryo_pairs(args.pairs) if args.what == "embryos" else [platynereis_pair()]
         results = []

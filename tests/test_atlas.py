@@ -237,7 +237,8 @@ def test_save_load_round_trip(tmp_path):
     base, names = _base_shape(30, rng), _names(30)
     feats = rng.normal(size=(30, 2))
     train = [_sample(base, names, rng, noise=0.1, features=feats) for _ in range(4)]
-    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], features=[t[2] for t in train])
+    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], features=[t[2] for t in train],
+                        calibration="platt")
     path = tmp_path / "atlas.json"
     atlas.save(path)
     back = Atlas.load(path)
@@ -246,6 +247,7 @@ def test_save_load_round_trip(tmp_path):
         assert np.array_equal(getattr(back, key), getattr(atlas, key)), key
     assert back.names.tolist() == atlas.names.tolist()
     assert back.calibration["temperature"] == atlas.calibration["temperature"]
+    assert back.calibration["platt"] == atlas.calibration["platt"]
     assert back.feature_names == atlas.feature_names
     for key in atlas.relations:
         assert np.array_equal(back.relations[key], atlas.relations[key]), key
@@ -325,6 +327,8 @@ def test_build_rejects_bad_inputs(small):
         build_atlas(pts, names=nms, transform="deformable")
     with pytest.raises(ValueError, match="feature_names"):
         build_atlas(pts, names=nms, feature_names=["a"])
+    with pytest.raises(ValueError, match="calibration"):
+        build_atlas(pts, names=nms, calibration="isotonic")
 
 
 def test_identify_rejects_bad_inputs(small):

