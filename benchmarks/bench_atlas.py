@@ -60,7 +60,7 @@ def identify_loo(*, n_train: int | None = None, features: bool = False, held_out
     embryos following it in sorted order), identify it. Returns per-embryo accuracy, pooled
     calibration figures and timings."""
     from xmodal.atlas import build_atlas, identify
-    from xmodal.atlas._build import calibration_figures
+    from xmodal.atlas._calibration import calibration_figures
 
     emb, keys = _embryos()
     held_out = range(len(keys)) if held_out is None else held_out

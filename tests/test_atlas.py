@@ -200,7 +200,7 @@ def test_confidence_is_calibrated_on_simulated_data():
         assert np.all(res.top_k_probabilities.sum(1) <= 1 + 1e-9)
     conf, ok = np.concatenate(conf), np.concatenate(ok).astype(float)
     assert 0.5 < ok.mean() < 0.99  # a setting where confidence has something to say
-    from xmodal.atlas._build import calibration_figures
+    from xmodal.atlas._calibration import calibration_figures
 
     figs = calibration_figures(conf, ok)
     assert figs["ece"] <= 0.08

@@ -112,3 +112,18 @@ def sinkhorn_marginals(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, sha
     p_row_unmatched = np.exp(la + lb2)
     p_col_unmatched = np.clip(1.0 - np.bincount(cols, weights=p, minlength=m), 0.0, 1.0)
     return p, p_row_unmatched, p_col_unmatched, it
+
+
+#: Sinkhorn settings of the reported confidence (the calibration uses the same).
+SINKHORN = {"tol": 1e-5, "max_iter": 200}
+
+
+def logit(c):
+    c = np.clip(np.asarray(c, float), 1e-6, 1 - 1e-6)
+    return np.log(c) - np.log1p(-c)
+
+
+def apply_platt(conf, platt):
+    """``sigmoid(a * logit(conf) + b)`` for ``platt = (a, b)`` (identity for (1, 0))."""
+    a, b = platt
+    return 1.0 / (1.0 + np.exp(-(a * logit(np.asarray(conf, float)) + b)))
