@@ -120,7 +120,7 @@ def prealign_pair(fixed, moving, *, fast=False, seed=0):
     t0 = time.perf_counter()
     c0 = time.process_time()
     if fast:
-        from xmodal.registration.selection import fast_prealign
+        from xmodal.pipelines.prealign import fast_prealign
 
         pre = fast_prealign(moving, fixed, seed=seed)
     else:

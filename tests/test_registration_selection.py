@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from xmodal.registration import cpd
-from xmodal.registration.selection import (fast_prealign, heldout_log_likelihood, heldout_split,
-                                           select_model)
+from xmodal.pipelines.prealign import fast_prealign
+from xmodal.registration.selection import heldout_log_likelihood, heldout_split, select_model
 
 
 def _cloud(n, rng):

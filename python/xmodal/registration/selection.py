@@ -1,8 +1,8 @@
-"""Helpers for choosing how to register two point sets: a faster pre-alignment search for large
-sets, and out-of-sample criteria that compare fitted models on held-out points.
+"""Choosing how to register two point sets: out-of-sample criteria that compare fitted models on
+held-out points.
 
-These are building blocks for ``register_cells(transform="auto")`` (issue 12); see
-``scripts/eval_register_models.py`` for how they were evaluated.
+``register_cells(transform="auto")`` uses :func:`select_model`; ``scripts/eval_register_models.py``
+shows how the criteria were evaluated.
 """
 
 from __future__ import annotations
@@ -15,38 +15,7 @@ import numpy as np
 
 from .._validation import as_points, describe, positive_float, positive_int
 
-__all__ = ["fast_prealign", "heldout_log_likelihood", "heldout_split", "select_model", "ModelSelection"]
-
-
-def fast_prealign(moving, fixed, *, n_points: int = 500, seed: int = 0, **options):
-    """:func:`xmodal.pipelines.prealign.prealign` run on farthest-point subsamples.
-
-    The rotation search scores every candidate by CPD refinements and a matching on the points it
-    is given; on large sets (thousands of cells) that dominates the registration. Farthest-point
-    sampling keeps the shape of the whole cloud with ``n_points`` points (evenly spread, unlike a
-    random subsample), so the search gives the same orientation at a fraction of the cost. The
-    result applies to the full sets (``result.apply(moving)``).
-
-    Parameters
-    ----------
-    moving, fixed : (n, d) arrays, physical units
-    n_points : int
-        Points of each set used by the search (sets no larger are used whole).
-    seed : int
-        Passed on (sets are no longer subsampled at random inside).
-    **options
-        Further keyword arguments of ``prealign`` (``rotations``, ``scale``, ``refine_iter``,
-        ``score_affine``, ``unmatched_cost``).
-    """
-    from ..pipelines.prealign import prealign
-    from . import farthest_point_centers
-
-    mov = as_points(moving, "moving")
-    fix = as_points(fixed, "fixed")
-    n_points = positive_int(n_points, "n_points", minimum=4)
-    ms = mov if len(mov) <= n_points else mov[np.sort(farthest_point_centers(mov, n_points))]
-    fs = fix if len(fix) <= n_points else fix[np.sort(farthest_point_centers(fix, n_points))]
-    return prealign(ms, fs, seed=seed, max_points=max(len(ms), len(fs)), **options)
+__all__ = ["heldout_log_likelihood", "heldout_split", "select_model", "ModelSelection"]
 
 
 def heldout_split(n: int, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
