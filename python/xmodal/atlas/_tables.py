@@ -67,7 +67,7 @@ def read_annotated_table(path, *, names_column: str, feature_columns: Sequence[s
     -------
     points (n, d), names (n,) str, features (n, f) or None
     """
-    from ..pipelines._inputs import read_table
+    from ..io import read_table
 
     table = read_table(path)
     if names_column not in table:
@@ -106,7 +106,7 @@ def read_cells(path, *, feature_columns: Sequence[str] | None = None, columns: S
                spacing=None, id_column: str | None = None):
     """Cells of a new sample from a table: ``(points, features or None, ids)`` (ids: the
     ``id_column`` values, else row numbers)."""
-    from ..pipelines._inputs import read_table
+    from ..io import read_table
 
     table = read_table(path)
     pts = _coordinates(table, path, columns)
