@@ -35,6 +35,7 @@ from ._register_steps import (
     add_spot_counts,
     add_warped_images,
     fit_step,
+    match_confidence,
     match_step,
     prealign_step,
     select_step,
@@ -62,6 +63,9 @@ class CellRegistration:
         All moving points in the fixed frame.
     distances : (k,) array
         Distance of each matched pair in the fixed frame (physical units).
+    confidence : (k,) array in [0, 1]
+        Posterior probability of each matched pair (``match_confidence`` in
+        :mod:`xmodal.pipelines._register_steps`): low where rival partners are about as close.
     errors : dict or None
         Registration error estimates of a rigid and an affine fit to the matched pairs
         (see :func:`xmodal.registration.uncertainty`): prediction regions at the moving points,
@@ -87,6 +91,7 @@ class CellRegistration:
     distances: np.ndarray
     fixed_points: np.ndarray
     moving_points: np.ndarray
+    confidence: np.ndarray | None = None
     errors: dict | None = None
     spot_counts: dict | None = None
     warped: dict | None = None
@@ -231,12 +236,14 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                        deformable_options=fit_deformable, nn=nn)
     with _timed(timings, "matching"):
         mi, fi, dist = match_step(fit.moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost)
+        confidence = match_confidence(fit.moved, fix, mi, fi)
     log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
 
     chain = ([pre.transform] if pre.transform is not None else []) + fit.transforms
     result = CellRegistration(
         fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
-        transform=CompositeTransform(tuple(chain)), moved=fit.moved, distances=dist, fixed_points=fix,
+        transform=CompositeTransform(tuple(chain)), moved=fit.moved, distances=dist, confidence=confidence,
+        fixed_points=fix,
         moving_points=mov, prealign=pre.prealign, model_selection=selection, cpd_iterations=fit.iterations,
         timings=timings,
         parameters=dict(transform=transform, model=selection["chosen"] if selection else transform,
