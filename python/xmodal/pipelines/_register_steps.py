@@ -188,6 +188,11 @@ AUTO_CANDIDATES = (("rigid", None, None), ("similarity", None, None), ("affine",
                    ("deformable", 4.0, 8.0))
 
 
+#: Most cells of each set the model selection of ``transform="auto"`` fits its candidates to
+#: (farthest-point subsamples of larger sets).
+SELECT_POINTS = 1500
+
+
 def candidate_label(candidate) -> str:
     """"rigid", "affine", ..., "deformable(beta=2nn,lam=8)" for an :data:`AUTO_CANDIDATES` entry."""
     kind, bf, lam = candidate
@@ -221,8 +226,16 @@ def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_optio
                      deformable_options=options(cand), nn=nn, cache=cache)
         return f.moved, f.sigma2
 
+    if max(len(moving), len(fixed)) > SELECT_POINTS:
+        # large sets: the models are compared on farthest-point subsamples (the shape of the whole
+        # clouds at a fixed cost); beta stays in physical units (``nn`` of all fixed cells)
+        from ..registration import farthest_point_centers
+
+        moving = moving[np.sort(farthest_point_centers(moving, min(SELECT_POINTS, len(moving))))]
+        fixed = fixed[np.sort(farthest_point_centers(fixed, min(SELECT_POINTS, len(fixed))))]
     sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1, repeats=repeats)
     record = {"chosen": candidate_label(sel.best), "criterion": "held-out log-likelihood (nats per point)",
+              "cells": [len(moving), len(fixed)],
               "scores": {candidate_label(c): float(v) for c, v in sel.scores.items()},
               "heldout_fraction": fraction, "seed": seed, "repeats": repeats}
     log.info("register_cells: transform='auto' chose %s", record["chosen"])
