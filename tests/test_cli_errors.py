@@ -144,6 +144,8 @@ def test_nan_affinities_are_an_error(files, capsys):
     code, _, err = run(capsys, "mws", "nan.npy", "--offsets", "offs.json", "--block-shape", "8,8", "--out", "lb.zarr",
                        "-q")
     assert_user_error(code, err, "nan.npy", "finite", "channel 2 at (12, 13)")
+    # bad input fails the same way on every rerun: no staging or work folder is left behind
+    assert sorted(p.name for p in files.iterdir() if "zarr" in p.name) == []
 
 
 def test_bugs_keep_their_traceback(files, capsys, monkeypatch):

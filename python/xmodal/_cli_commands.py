@@ -5,6 +5,7 @@ contract)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ._cli_support import (
@@ -162,10 +163,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_mws(args) -> int:
-    import numpy as np
-
-    from .io import begin_folder, commit_folder, create_array, mark_complete, provenance_attributes, read_image
-    from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
+    from .io import begin_folder, commit_folder, provenance_attributes, read_image
     from .segmentation.mws import _check_bias, _check_n_attractive, _check_offsets
 
     out = prepare_out(args.out, kind="zarr", command="mws", inputs=(args.affinities,), overwrite=args.overwrite)
@@ -202,6 +200,27 @@ def cmd_mws(args) -> int:
     # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
     # only when its affinities and the parameters are unchanged; the folder is removed on success.
     stage = begin_folder(out, name="--out")
+    workdir = out.parent / (out.name + ".xmodal-work")
+    try:
+        n = _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workdir, args)
+    except (ValueError, TypeError):
+        # Bad input (e.g. a NaN found in some block) fails the same way on every rerun: nothing
+        # worth resuming, so leave no staging or work folder behind.
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    commit_folder(stage, out)
+    print(f"{n} segments written to {out}")
+    return 0
+
+
+def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workdir, args) -> int:
+    """Segment into the staging folder (blockwise when ``block_shape``); the number of segments."""
+    import numpy as np
+
+    from .io import create_array, mark_complete
+    from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
+
     if block_shape:
         from .pipelines._agglomerate import filter_small
 
@@ -211,7 +230,7 @@ def cmd_mws(args) -> int:
         res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
                                         halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
                                         invert=args.invert, client=client, **weighting,
-                                        workdir=out.parent / (out.name + ".xmodal-work"))
+                                        workdir=workdir)
         # the same size filter as single-shot (identical result), block by block, in place
         _, n = filter_small(target, int(res.n_labels), aff, offsets, n_attractive=args.n_attractive,
                             min_size=args.min_size, block_shape=block_shape, client=client, invert=args.invert,
@@ -227,9 +246,7 @@ def cmd_mws(args) -> int:
         target[...] = labels
         mark_complete(target, "xmodal mws")
         n = int(labels.max())
-    commit_folder(stage, out)
-    print(f"{n} segments written to {out}")
-    return 0
+    return n
 
 
 def cmd_segment(args) -> int:
