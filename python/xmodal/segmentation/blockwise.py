@@ -36,6 +36,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -363,7 +364,8 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         n_workers = max(1, _core.num_threads())
 
     own_workdir = workdir is None
-    workdir = tempfile.mkdtemp(prefix="xmodal-mws-") if own_workdir else os.fspath(workdir)
+    # absolute: block tasks must not follow a later change of the working directory
+    workdir = tempfile.mkdtemp(prefix="xmodal-mws-") if own_workdir else os.path.abspath(os.fspath(workdir))
     zarr_out = out is not None and xio.is_zarr_array(out)
     try:
         os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
@@ -383,7 +385,14 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         def run(tasks):
             if client is not None:
                 return client.gather(client.compute(tasks))
-            return dask.compute(*tasks, scheduler="threads", num_workers=n_workers)
+            # Our own pool, shut down before returning: when a block fails, the blocks still
+            # running finish (and queued ones are cancelled) before the error reaches the caller,
+            # so nothing writes into the work folder after this function has returned.
+            pool = ThreadPoolExecutor(n_workers)
+            try:
+                return dask.compute(*tasks, scheduler="threads", pool=pool)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
         t0 = time.perf_counter()
         done = list(run([dask.delayed(_run_block, pure=False)(plan, b) for b in bids]))
