@@ -1,4 +1,8 @@
-"""Shipped network models: a small 2D affinity U-Net trained on ISBI 2012.
+"""Shipped network models: 2D affinity U-Nets for EM trained on ISBI 2012.
+
+Two models are shipped: the EM model ``em_affinity_unet`` (:mod:`xmodal.models.em`; strong EM
+augmentation, quantile normalisation, 14 offsets, mutex-watershed settings stored with it) and the
+previous ``isbi2012_affinity_unet`` (:func:`load_isbi2012_affinity_unet`).
 
 torch is imported only when a model is built or loaded (``pip install 'xmodal[torch]'``).
 
@@ -27,8 +31,22 @@ from typing import Any
 import numpy as np
 
 from ._targets import affinity_targets, dihedral_transform
+from .em import (
+    EM_N_ATTRACTIVE,
+    EM_OFFSETS,
+    em_affinity_unet_metadata,
+    load_em_affinity_unet,
+    normalize_em,
+    predict_em_affinities,
+)
 
 __all__ = [
+    "EM_OFFSETS",
+    "EM_N_ATTRACTIVE",
+    "em_affinity_unet_metadata",
+    "load_em_affinity_unet",
+    "normalize_em",
+    "predict_em_affinities",
     "ISBI2012_OFFSETS",
     "ISBI2012_N_ATTRACTIVE",
     "UNet2D",
