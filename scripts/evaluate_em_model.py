@@ -138,13 +138,19 @@ def _segment_baseline(aff, model, threshold):
     return boundary_baseline_segmentation(aff, n_attractive=model.n_attractive, threshold=float(threshold))
 
 
-def tune(model, aff, gt):
+SMALL_GRID = {"bias": (0.0, 0.2, 0.4), "strides": (None,), "min_size": (0, 50, 200),
+              "threshold": (0.2, 0.3, 0.4, 0.5)}
+FULL_GRID = {"bias": BIASES, "strides": STRIDES, "min_size": MIN_SIZES, "threshold": THRESHOLDS}
+
+
+def tune(model, aff, gt, grid=FULL_GRID):
     """Grid search on the tuning slices; returns (choice, table)."""
     from xmodal.models.em import bias_affinities
     from xmodal.segmentation import mutex_watershed, remove_small_segments
 
+    MIN_SIZES = grid["min_size"]
     rows = []
-    for bias, strides in itertools.product(BIASES, STRIDES):
+    for bias, strides in itertools.product(grid["bias"], grid["strides"]):
         per = {m: [] for m in MIN_SIZES}
         for a, g in zip(aff, gt):
             lab0 = mutex_watershed(bias_affinities(a, n_attractive=model.n_attractive, bias=bias), model.offsets,
@@ -162,7 +168,7 @@ def tune(model, aff, gt):
         logger.info("  bias %+.2f strides %s: best ARand %.4f", bias, strides,
                     min(r["mean_arand"] for r in rows[-len(MIN_SIZES):]))
     brows = []
-    for t in THRESHOLDS:
+    for t in grid["threshold"]:
         per = [scores(_segment_baseline(a, model, t), g) for a, g in zip(aff, gt)]
         brows.append({"threshold": float(t), "mean_arand": float(np.mean([d["arand"] for d in per])),
                       "mean_voi_split": float(np.mean([d["voi_split"] for d in per])),
@@ -229,6 +235,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="JSON to write (default: print only)")
     ap.add_argument("--write-defaults", action="store_true",
                     help="store the settings chosen for the first model in its checkpoint and .json")
+    ap.add_argument("--grid", default="full", choices=["full", "small"],
+                    help="tuning grid: full (the shipped choice) or small (quick recipe checks)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -249,8 +257,8 @@ def main(argv=None):
         "protocol": {
             "tuning": "ISBI 2012 slices 20-24: MWS bias x strides x min_size grid and baseline threshold "
                       "grid, lowest mean ARand",
-            "grid": {"bias": list(BIASES), "strides": [None if s is None else list(s) for s in STRIDES],
-                     "min_size": list(MIN_SIZES), "threshold": [float(t) for t in THRESHOLDS]},
+            "grid": {k: [None if v is None else (list(v) if isinstance(v, tuple) else (v if isinstance(v, int) else float(v))) for v in vals]
+                     for k, vals in (FULL_GRID if args.grid == "full" else SMALL_GRID).items()},
             "heldout": "ISBI 2012 slices 25-29, never used for training, tuning or selection",
             "vnc": "Gerhard et al. 2013 Drosophila VNC ssTEM stack 1 (20 slices, 1024x1024, 4.6 nm px), unseen "
                    "test set; GT = 4-connected components of label >= 159, label < 159 ignored",
@@ -267,7 +275,7 @@ def main(argv=None):
         name = rec["name"] or str(spec)
         logger.info("model %s (%s)", name, spec)
         aff_t = predict_stack(model, raw_t)
-        choice, table = tune(model, aff_t, gt_t)
+        choice, table = tune(model, aff_t, gt_t, FULL_GRID if args.grid == "full" else SMALL_GRID)
         rec["chosen_on_slices_20_24"] = choice
         rec["tuning_table"] = table
         rec["tune_20_24"] = apply(model, aff_t, gt_t, TUNE_SLICES, choice)
