@@ -294,3 +294,18 @@ def test_shipped_model_sees_membranes(em_model):
         inside[:3] = False
         across = (lab == 0)
         assert aff[0][inside].mean() > aff[0][across].mean() + 0.3
+
+
+@needs_torch
+@pytest.mark.slow
+def test_shipped_model_tiled_prediction_is_exact(em_model):
+    """BatchNorm in eval mode and no per-sample statistics: tiles with the automatic halo give the
+    whole-image prediction exactly (the 5-level network needs tiles of at least 257 px)."""
+    import xmodal
+    from xmodal.models.em import predict_em_affinities
+
+    raw, _ = _cells((544, 544), 60, 21)
+    x = normalize_em(raw)
+    whole = predict_em_affinities(em_model, x)
+    tiled = xmodal.predict_tiled(em_model, x, tile_shape=(272, 272), progress=False, channel_axis=None)
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)
