@@ -72,8 +72,10 @@ def test_estep_matches_dense(d, dtype):
     fn = _core.cpd_estep if dtype == np.float64 else _core.cpd_estep_f32
     tol = 1e-12 if dtype == np.float64 else 2e-6
     for cutoff in (np.inf, 36.0):
-        P1, Pt1, PX, best, prob, logsum, pairs, empty, sden = fn(X.astype(dtype), Y.astype(dtype), None, s2, c, cutoff, True)
-        np.testing.assert_allclose(sden, den, rtol=tol)
+        P1, Pt1, PX, best, prob, logsum, pairs, empty, log_s, shifted = fn(X.astype(dtype), Y.astype(dtype), None, s2,
+                                                                           c, cutoff, True)
+        np.testing.assert_allclose(np.exp(log_s), den, rtol=tol)
+        assert shifted == 0  # every fixed point has a term above exp(-48): no log-sum-exp shift needed
         np.testing.assert_allclose(P1, P.sum(1), atol=tol)
         np.testing.assert_allclose(Pt1, P.sum(0), atol=tol)
         np.testing.assert_allclose(PX, P @ X, atol=tol * 10)
@@ -356,9 +358,13 @@ def test_correspondence_matrix_top_k():
 def test_callback_and_history():
     Y, X, *_ = make_pair(2, "rigid", seed=2, n=100)
     seen = []
-    r = xmodal.cpd(Y, X, callback=lambda **kw: seen.append(kw["iteration"]), max_iter=10, tol=0.0)
-    assert seen == list(range(1, len(seen) + 1)) and len(seen) >= 1
-    assert len(r.history["sigma2"]) == r.iterations or r.warnings
+    r = xmodal.cpd(Y, X, callback=lambda **kw: seen.append((kw["iteration"], kw["sigma2"], kw["objective"])),
+                   max_iter=10, tol=0.0)
+    # tol = 0 on a well-posed pair: all 10 iterations run, none degenerates, every one is reported
+    assert r.warnings == [] and r.iterations == 10 and not r.converged and r.info["stop"] == "max_iter"
+    assert [it for it, _, _ in seen] == list(range(1, 11))
+    np.testing.assert_array_equal(r.history["sigma2"], [s2 for _, s2, _ in seen])
+    np.testing.assert_array_equal(r.history["objective"], [obj for _, _, obj in seen])
 
 
 @pytest.mark.cuda

@@ -171,3 +171,109 @@ def test_builtin_celegans_embryos():
         assert np.isfinite(e.points).all()
     a, b = list(embryos.values())[:2]
     assert len(set(a.cells) & set(b.cells)) >= 300
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "3abc", "1.5", ""])
+def test_bad_thread_environment_warns_and_uses_all_cores(value):
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import xmodal; print(xmodal.get_num_threads(), xmodal.backends()['hardware_threads'])")
+    env = {**__import__("os").environ, "XMODAL_NUM_THREADS": value}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # importing never fails because of the variable
+    n, hw = out.stdout.split()
+    assert n == hw  # all cores
+    assert "RuntimeWarning" in out.stderr and "XMODAL_NUM_THREADS" in out.stderr and repr(value) in out.stderr
+
+
+def test_good_thread_environment_is_silent():
+    code = "import xmodal; print(xmodal.get_num_threads())"
+    env = {**__import__("os").environ, "XMODAL_NUM_THREADS": " 1 "}
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
+def test_set_num_threads_types():
+    import numpy as np
+
+    default = xmodal.get_num_threads()
+    try:
+        xmodal.set_num_threads(np.int64(1))  # numpy integers are integers
+        assert xmodal.get_num_threads() == 1
+    finally:
+        xmodal.set_num_threads(None)
+    assert xmodal.get_num_threads() == default
+    for bad, exc in ((1.5, TypeError), ("2", TypeError), (True, TypeError), (0, ValueError), (-1, ValueError),
+                     (1 << 20, ValueError)):
+        with pytest.raises(exc, match="n: expected a positive integer"):
+            xmodal.set_num_threads(bad)
+
+
+def test_as_bool_and_int64_helpers():
+    import numpy as np
+
+    from xmodal._validation import as_bool, int64_array
+
+    assert as_bool(True, "x") is True and as_bool(np.bool_(False), "x") is False
+    for bad in ("no", "False", 0, 1, None, np.array([True])):
+        with pytest.raises(TypeError, match="flag: expected True or False"):
+            as_bool(bad, "flag")
+    assert int64_array([1, -2], "o", "ints").dtype == np.int64
+    with pytest.raises(ValueError, match="64-bit"):
+        int64_array(np.array([2**64 - 1], np.uint64), "o", "ints")
+    with pytest.raises(ValueError, match="64-bit"):
+        int64_array([1e19], "o", "ints")
+    with pytest.raises(TypeError, match="non-integer"):
+        int64_array([1.5], "o", "ints")
+    with pytest.raises(TypeError):
+        int64_array([True], "o", "ints")
+
+
+def _public_boolean_calls():
+    """(label, call taking the bad value) for the boolean parameters of the public API."""
+    import numpy as np
+
+    pts = np.random.default_rng(0).random((12, 3))
+    aff = np.random.default_rng(0).random((3, 6, 7)).astype(np.float32)
+    offs = [(-1, 0), (0, -1), (-2, 0)]
+    from xmodal.metrics import label_centroids
+    from xmodal.models.isbi2012 import boundary_baseline_segmentation
+    from xmodal.pipelines import register_cells
+    from xmodal.pipelines.beads import register_beads
+    from xmodal.pipelines.elastix import elastix_warp
+    from xmodal.pipelines.prealign import prealign, proper_signed_permutations
+    from xmodal.registration.uncertainty import leave_one_out_residuals
+    from xmodal.segmentation import blockwise_mutex_watershed, remove_small_segments
+
+    return [
+        ("invert", lambda v: xmodal.mutex_watershed(aff, offs, invert=v)),
+        ("randomize_strides", lambda v: xmodal.mutex_watershed(aff, offs, strides=2, randomize_strides=v)),
+        ("return_info", lambda v: xmodal.mutex_watershed(aff, offs, return_info=v)),
+        ("return_info", lambda v: xmodal.mutex_watershed_graph(2, [[0, 1]], [1.0], np.zeros((0, 2), int), [],
+                                                               return_info=v)),
+        ("invert", lambda v: remove_small_segments(np.ones((6, 7), int), 2, affinities=aff, offsets=offs, invert=v)),
+        ("invert", lambda v: blockwise_mutex_watershed(aff, offs, block_shape=(3, 7), halo=2, invert=v)),
+        ("normalize", lambda v: xmodal.cpd(pts, pts, normalize=v)),
+        ("maximize", lambda v: xmodal.linear_assignment(np.eye(3), maximize=v)),
+        ("symmetric", lambda v: xmodal.knn_graph(pts, pts, k=2, symmetric=v)),
+        ("symmetric", lambda v: xmodal.match_points(pts, pts, k=2, symmetric=v)),
+        ("return_sizes", lambda v: label_centroids(np.ones((4, 4), int), return_sizes=v)),
+        ("grow", lambda v: boundary_baseline_segmentation(aff[:2], grow=v)),
+        ("reflections", lambda v: register_beads(pts, pts, radius=1.0, reflections=v)),
+        ("labels", lambda v: elastix_warp(aff[0], None, labels=v)),
+        ("scale", lambda v: prealign(pts, pts, scale=v)),
+        ("score_affine", lambda v: prealign(pts, pts, score_affine=v)),
+        ("permute", lambda v: proper_signed_permutations(3, permute=v)),
+        ("scale", lambda v: register_cells(pts, pts, scale=v)),
+        ("errors", lambda v: register_cells(pts, pts, errors=v)),
+        ("scale", lambda v: leave_one_out_residuals(pts, pts, scale=v)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(20))
+def test_public_booleans_refuse_truthy_strings(index):
+    calls = _public_boolean_calls()
+    assert len(calls) == 20
+    name, call = calls[index]
+    for bad in ("no", "False", 1):
+        with pytest.raises(TypeError, match=f"{name}: expected True or False"):
+            call(bad)

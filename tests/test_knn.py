@@ -187,3 +187,21 @@ def test_cuda_k_limit():
     a = cp.zeros((3, 2))
     with pytest.raises(ValueError, match="k"):
         xmodal.knn_graph(a, a, k=65)
+
+
+def test_radius_boundary_follows_squared_distances_like_ckdtree():
+    # sqrt(d2) can round to exactly `radius` while d2 > radius**2: such a pair is left out, as by
+    # cKDTree (both compare squared distances); docs/matching.md states the rule.
+    rng = np.random.default_rng(1)
+    x, y = rng.random(20000), rng.random(20000)
+    d2 = x * x + y * y
+    r = np.sqrt(d2)
+    idx = np.flatnonzero(d2 > r * r)[:50]
+    assert idx.size == 50
+    a = np.zeros((1, 2))
+    for i in idx:
+        b = np.array([[x[i], y[i]]])
+        g = xmodal.knn_graph(a, b, radius=float(r[i]))
+        assert g.nnz == len(cKDTree(b).query_ball_point(a[0], r[i])) == 0
+        g = xmodal.knn_graph(a, b, radius=float(np.nextafter(r[i], 2.0)))
+        assert g.nnz == 1 and g.data[0] == r[i]

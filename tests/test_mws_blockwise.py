@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xmodal.segmentation import blockwise_mutex_watershed, mutex_watershed
-from xmodal.segmentation._metrics import adapted_rand_error
+from xmodal.metrics import adapted_rand_error
 from xmodal.segmentation._synthetic import noisy_affinities, voronoi_labels
 
 OFFS3 = [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -3, 0), (0, 0, -3), (-3, 0, 0), (0, -9, 0), (0, 0, -9)]
@@ -35,14 +35,14 @@ def test_blockwise_agrees_with_single_shot(volume):
     assert res.labels.shape == gt.shape and res.labels.dtype == np.uint32
     check_consecutive(res.labels)
     assert res.n_labels == res.labels.max()
-    assert adapted_rand_error(single, res.labels) <= 0.01
+    assert adapted_rand_error(res.labels, single, ignore_gt=()).error <= 0.01
     # without stitching the blocks would cut every cell crossing a face
     unstitched = np.zeros_like(res.labels, dtype=np.int64)
     for i, z in enumerate((slice(0, 12), slice(12, 24))):
         for j, y in enumerate((slice(0, 48), slice(48, 96))):
             for k, x in enumerate((slice(0, 48), slice(48, 96))):
                 unstitched[z, y, x] = mutex_watershed(affs[:, z, y, x], OFFS3) + 1000 * (4 * i + 2 * j + k)
-    assert adapted_rand_error(single, unstitched) > 0.05
+    assert adapted_rand_error(unstitched, single, ignore_gt=()).error > 0.05
 
 
 def test_blockwise_2d_and_single_block():
@@ -51,7 +51,7 @@ def test_blockwise_2d_and_single_block():
     single = mutex_watershed(affs, OFFS2)
     res = blockwise_mutex_watershed(affs, OFFS2, block_shape=50, halo=9)
     assert res.n_blocks == 9
-    assert adapted_rand_error(single, res.labels) <= 0.01
+    assert adapted_rand_error(res.labels, single, ignore_gt=()).error <= 0.01
     whole = blockwise_mutex_watershed(affs, OFFS2, block_shape=(500, 500), halo=0)
     np.testing.assert_array_equal(whole.labels, single)
 
@@ -109,15 +109,34 @@ def test_blockwise_resume_after_crash(volume, tmp_path):
     kw = dict(block_shape=(12, 48, 48), halo=(3, 9, 9), workdir=tmp_path / "work", n_workers=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         blockwise_mutex_watershed(FailingArray(affs, 5), OFFS3, **kw)  # fails after a few blocks
-    done = list((tmp_path / "work" / "blocks").glob("*.json"))
+    done = [p for p in (tmp_path / "work" / "done").iterdir() if p.name != "signature"]
     assert 1 <= len(done) < 8
     res = blockwise_mutex_watershed(affs, OFFS3, **kw)
     assert res.n_blocks_resumed == len(done)
     fresh = blockwise_mutex_watershed(affs, OFFS3, block_shape=(12, 48, 48), halo=(3, 9, 9))
     np.testing.assert_array_equal(res.labels, fresh.labels)
-    with pytest.raises(ValueError, match="workdir"):
-        blockwise_mutex_watershed(affs, OFFS3, block_shape=(12, 48, 48), halo=(3, 8, 9),
-                                  workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # complete: the resume state is gone
+    # other parameters in the same work directory: nothing reused
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        blockwise_mutex_watershed(FailingArray(affs, 5), OFFS3, **kw)
+    res = blockwise_mutex_watershed(affs, OFFS3, **{**kw, "halo": (3, 8, 9)})
+    assert res.n_blocks_resumed == 0
+
+
+def test_blockwise_resume_on_other_data_recomputes(volume, tmp_path):
+    """Same shape and dtype, other values: a block is reused only when its own input is unchanged."""
+    _, affs = volume
+    other = affs.copy()
+    other[:, 2:4, 60:70, 60:70] = 1.0 - other[:, 2:4, 60:70, 60:70]  # inside block (0, 1, 1) and its halo
+    kw = dict(block_shape=(12, 48, 48), halo=(3, 9, 9), workdir=tmp_path / "work", n_workers=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        blockwise_mutex_watershed(FailingArray(affs, 8), OFFS3, **kw)  # 7 of 8 blocks done
+    done = {p.name for p in (tmp_path / "work" / "done").iterdir()} - {"signature"}
+    assert len(done) == 7
+    res = blockwise_mutex_watershed(other, OFFS3, **kw)
+    assert res.n_blocks_resumed == len(done - {"3"})  # every finished block but the changed one (0, 1, 1)
+    fresh = blockwise_mutex_watershed(other, OFFS3, block_shape=(12, 48, 48), halo=(3, 9, 9))
+    np.testing.assert_array_equal(res.labels, fresh.labels)
 
 
 def test_blockwise_dask_distributed(volume):

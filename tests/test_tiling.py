@@ -334,3 +334,70 @@ def test_public_names_resolve():
     assert xmodal.receptive_field is receptive_field
     assert xmodal.find_tile_shape is find_tile_shape
     assert xmodal.tile_mismatch is tile_mismatch
+
+
+def test_find_tile_shape_refuses_bad_shapes_budgets_and_halos(unet2d):
+    ok = dict(image_shape=(64, 64), memory_budget=1 << 24, device="cpu")
+    assert find_tile_shape(unet2d, **ok) == (64, 64)
+    for kw, exc, match in [
+        (dict(image_shape=(-64, 64)), ValueError, "image_shape: expected integers >= 1"),
+        (dict(image_shape=(0, 64)), ValueError, "image_shape"),
+        (dict(image_shape=(64,)), ValueError, "image_shape: expected 2 values"),
+        (dict(image_shape=(64.5, 64)), TypeError, "image_shape"),
+        (dict(memory_budget=0), ValueError, "memory_budget"),
+        (dict(memory_budget=-1), ValueError, "memory_budget"),
+        (dict(memory_budget=float("nan")), ValueError, "memory_budget"),
+        (dict(memory_budget="1GB"), TypeError, "memory_budget"),
+        (dict(halo=-1), ValueError, "halo: expected integers >= 0"),
+        (dict(halo=(4, -2)), ValueError, "halo"),
+        (dict(halo="big"), ValueError, "halo"),
+        (dict(multiple_of=(0, 4)), ValueError, "multiple_of"),
+        (dict(bytes_per_voxel=0.0), ValueError, "bytes_per_voxel"),
+        (dict(bytes_per_voxel=float("nan")), ValueError, "bytes_per_voxel"),
+        (dict(max_shape=0, image_shape=None), ValueError, "max_shape"),
+        (dict(ndim=True), TypeError, "ndim"),
+    ]:
+        with pytest.raises(exc, match=match):
+            find_tile_shape(unet2d, **{**ok, **kw})
+
+
+def test_predict_tiled_refuses_integer_zarr_out_and_truthy_strings(unet2d, tmp_path):
+    import zarr
+
+    x = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    out = zarr.create_array(store=str(tmp_path / "o.zarr"), shape=(2, 32, 32), chunks=(2, 32, 32), dtype="i1")
+    with pytest.raises(TypeError, match="out: expected a floating dtype.*int8"):
+        predict_tiled(unet2d, x, out=out, progress=False)
+    assert not np.asarray(out[...]).any()  # nothing written
+    with pytest.raises(TypeError, match="out: expected a floating dtype"):
+        predict_tiled(unet2d, x, out=np.zeros((2, 32, 32), np.int8), progress=False)
+    f32 = zarr.create_array(store=str(tmp_path / "f.zarr"), shape=(2, 32, 32), chunks=(2, 32, 32), dtype="f4")
+    res = predict_tiled(unet2d, x, out=f32, progress=False)
+    assert np.allclose(np.asarray(res[...]), predict_tiled(unet2d, x, progress=False))
+    for name in ("progress", "resume"):
+        with pytest.raises(TypeError, match=f"{name}: expected True or False"):
+            predict_tiled(unet2d, x, **{name: "no"})
+
+
+def test_normalisers_have_one_home_and_scale_globally():
+    """Standardize / global_mean_std and the quantile normaliser: global statistics read block by
+    block equal numpy's on the whole array; a constant image is centred, not divided by zero; the
+    shipped model's normalisation is the same Standardize."""
+    from xmodal.inference import Standardize, global_mean_std, quantile_normalizer
+    from xmodal.models import normalize_isbi2012
+
+    rng = np.random.default_rng(11)
+    img = rng.normal(100.0, 7.0, (9, 20, 30)).astype(np.float32)
+    mean, std = global_mean_std(img, block_voxels=1000)  # many slabs
+    assert mean == pytest.approx(img.astype(np.float64).mean(), rel=1e-12)
+    assert std == pytest.approx(img.astype(np.float64).std(), rel=1e-9)
+    tile = (slice(2, 5), slice(3, 17), slice(0, 30))
+    np.testing.assert_array_equal(Standardize(mean, std)(img[tile]), Standardize(mean, std)(img)[tile])
+    assert not Standardize(4.0, 0.0)(np.full((3, 3), 4.0, np.float32)).any()
+    np.testing.assert_allclose(normalize_isbi2012(img[0]), Standardize(*global_mean_std(img[0]))(img[0]), atol=1e-6)
+    with pytest.raises(ValueError, match="image: expected finite"):
+        global_mean_std(np.array([[1.0, np.nan]]), name="image")
+    q = quantile_normalizer(img[None], channel_axis=0)
+    lo, hi = np.quantile(img.astype(np.float64), [0.01, 0.98])
+    width = (img.max() - img.min()) / 65536
+    assert abs(q.low[0] - lo) <= width and abs(q.high[0] - hi) <= width

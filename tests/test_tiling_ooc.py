@@ -93,18 +93,45 @@ def test_resume_after_crash(tmp_path, net, image):
         predict_tiled(crashing, image, tile_shape=(32, 32), out=path, progress=False)
     markers = [n for n in os.listdir(path / "0.xmodal-progress") if n != "signature"]
     assert 0 < len(markers) < 15  # 3 x 5 tiles, some finished
+    # the interrupted output says so: it does not open as an ordinary (partly zero) array
+    with pytest.raises(ValueError, match="incomplete"):
+        xio.open_array(path)
+    with pytest.warns(RuntimeWarning, match="incomplete"):
+        assert xio.open_array(path, allow_incomplete=True).shape == (3, 90, 130)
     rerun = Crashing(net).eval()
     y = predict_tiled(rerun, image, tile_shape=(32, 32), out=path, progress=False)
     setup_calls = 2  # torch.fx trace + probe
     assert rerun.calls - setup_calls == 15 - len(markers)  # only the unfinished tiles ran
     assert np.abs(y[:] - _ref(net, image)).max() <= 1e-5
-    # changed parameters: the old markers do not apply, everything is recomputed
-    crashing2 = Crashing(net, fail_at=5).eval()
-    with pytest.raises(RuntimeError):
-        predict_tiled(crashing2, image, tile_shape=(32, 32), out=path, progress=False)
+    status = xio.output_status(xio.open_array(path))
+    assert status["complete"] and status["writer"] == "xmodal.predict_tiled" and len(status["input_digest"]) == 64
+    # complete for this input and these parameters: reused as it is, no tile predicted
     again = Crashing(net).eval()
-    predict_tiled(again, image, tile_shape=(32, 32), halo=8, out=path, progress=False)
+    predict_tiled(again, image, tile_shape=(32, 32), out=path, progress=False)
+    assert again.calls - setup_calls == 0
+    # changed parameters: the old markers do not apply, everything is recomputed
+    crashing2 = Crashing(net, fail_at=setup_calls + 5).eval()
+    with pytest.raises(RuntimeError):
+        predict_tiled(crashing2, image, tile_shape=(32, 32), halo=8, out=path, progress=False)
+    again = Crashing(net).eval()
+    predict_tiled(again, image, tile_shape=(32, 32), halo=6, out=path, progress=False)
     assert again.calls - setup_calls == 15
+
+
+def test_resume_on_other_data_recomputes(tmp_path, net, image):
+    """Same shape and dtype, other values: finished tiles of the first image are not reused."""
+    other = image.copy()
+    other[:, 40:50, 60:70] += 1.0  # changes the windows of a few tiles only
+    path = tmp_path / "res.zarr"
+    with pytest.raises(RuntimeError, match="injected"):
+        predict_tiled(Crashing(net, fail_at=2 + 12).eval(), image, tile_shape=(32, 32), out=path, progress=False)
+    rerun = Crashing(net).eval()
+    y = predict_tiled(rerun, other, tile_shape=(32, 32), out=path, progress=False)
+    assert np.array_equal(y[:], predict_tiled(net, other, tile_shape=(32, 32), progress=False))
+    assert 4 <= rerun.calls - 2 < 15  # the tiles whose windows changed, plus those never done
+    # a complete output of one image is not taken for the result of another
+    y = predict_tiled(net, image, tile_shape=(32, 32), out=path, progress=False)
+    assert np.array_equal(y[:], predict_tiled(net, image, tile_shape=(32, 32), progress=False))
 
 
 def test_dask_array_input(net, image):

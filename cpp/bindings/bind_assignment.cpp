@@ -71,6 +71,14 @@ void register_assignment(py::module_& m) {
         "unmatched_cost. Returns a dict (col_of_row, searches, warm_matched, scanned, failed_row, hall_rows, "
         "hall_cols).");
     m.def(
+        "partial_dummy_cost",
+        [](double unmatched_cost, double cmin, double cmax, std::int64_t max_pairs) {
+            return xmodal::partial_dummy_cost(unmatched_cost, cmin, cmax, max_pairs);
+        },
+        py::arg("unmatched_cost"), py::arg("cmin"), py::arg("cmax"), py::arg("max_pairs"),
+        "Dummy-column cost of the partial assignment for unmatched cost u and kept costs in [cmin, cmax]: "
+        "2u, or a smaller value with the same optima when 2u exceeds every useful cost difference.");
+    m.def(
         "cover_assignment",
         [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
            carray<double> cost, std::int64_t max_per_target) {

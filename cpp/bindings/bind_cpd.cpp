@@ -36,8 +36,8 @@ py::tuple estep_impl(const carray<T>& X, const carray<T>& TY, std::optional<carr
     py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
     py::array_t<int64_t> best_idx(want_best ? M : 0);
     py::array_t<T> best_prob(want_best ? M : 0);
-    py::array_t<double> sden(N);
-    double* sp = sden.mutable_data();
+    py::array_t<double> log_s(N);
+    double* sp = log_s.mutable_data();
     T *p1 = P1.mutable_data(), *pt1 = Pt1.mutable_data(), *px = PX.mutable_data();
     int64_t* bi = want_best ? best_idx.mutable_data() : nullptr;
     T* bp = want_best ? best_prob.mutable_data() : nullptr;
@@ -46,7 +46,8 @@ py::tuple estep_impl(const carray<T>& X, const carray<T>& TY, std::optional<carr
         py::gil_scoped_release release;
         st = cpd::estep<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
     }
-    return py::make_tuple(P1, Pt1, PX, best_idx, best_prob, st.log_s_sum, st.pairs, st.empty_columns, sden);
+    return py::make_tuple(P1, Pt1, PX, best_idx, best_prob, st.log_s_sum, st.pairs, st.empty_columns, log_s,
+                          st.shifted_columns);
 }
 
 template <class T>
@@ -73,8 +74,10 @@ py::array_t<T> gauss_impl(const carray<T>& centers, const carray<T>& coef, const
 void register_cpd(py::module_& m) {
     const char* edoc =
         "cpd_estep(fixed, moved, weights, sigma2, c, cutoff, want_best) -> (P1, Pt1, PX, best_idx, "
-        "best_prob, log_s_sum, pairs, empty_columns, s). CPD E-step without the M x N matrix; float32 "
-        "or float64 (both arrays the same dtype). See xmodal/cpd.hpp.";
+        "best_prob, log_s_sum, pairs, empty_columns, log_s, shifted_columns). CPD E-step without the "
+        "M x N matrix; float32 or float64 (both arrays the same dtype). log_s (N, float64) holds log s_n "
+        "(-inf where s_n = 0); shifted_columns counts fixed points summed relative to their largest "
+        "term. See xmodal/cpd.hpp.";
     m.def("cpd_estep", &estep_impl<double>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
           py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("want_best"), edoc);
     m.def("cpd_estep_f32", &estep_impl<float>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),

@@ -29,7 +29,8 @@ py::dict stats_dict(const mws::Stats& s) {
 template <class T>
 py::tuple grid_mws(carray<T> affinities, carray<int64_t> offsets, int64_t n_attractive,
                    std::array<int64_t, 3> strides, bool randomize_strides, uint64_t seed,
-                   bool invert, py::object mask, py::object seeds) {
+                   bool invert, py::object mask, py::object seeds, py::object channel_strides,
+                   py::object bias) {
     check_ndim(affinities, 4, "affinities");
     check_ndim(offsets, 2, "offsets");
     const int64_t C = affinities.shape(0);
@@ -58,6 +59,22 @@ py::tuple grid_mws(carray<T> affinities, carray<int64_t> offsets, int64_t n_attr
         seeds_arr = seeds.cast<carray<uint64_t>>();
         if (seeds_arr.size() != n) throw value_error("seeds: expected one value per voxel");
         spec.seeds = seeds_arr.data();
+    }
+    carray<int64_t> cstrides_arr;
+    carray<double> bias_arr;
+    if (!channel_strides.is_none()) {
+        cstrides_arr = channel_strides.cast<carray<int64_t>>();
+        check_ndim(cstrides_arr, 2, "strides");
+        if (cstrides_arr.shape(0) != C || cstrides_arr.shape(1) != 3)
+            throw value_error("strides: expected per-channel strides of shape (" + std::to_string(C) +
+                              ", 3)");
+        spec.channel_strides = cstrides_arr.data();
+    }
+    if (!bias.is_none()) {
+        bias_arr = bias.cast<carray<double>>();
+        if (bias_arr.ndim() != 1 || bias_arr.shape(0) != C)
+            throw value_error("bias: expected one value per channel (" + std::to_string(C) + ")");
+        spec.bias = bias_arr.data();
     }
     py::array_t<uint32_t> labels({spec.shape[0], spec.shape[1], spec.shape[2]});
     uint32_t* out = labels.mutable_data();
@@ -104,10 +121,12 @@ void register_mws(py::module_& m) {
     m.def("_mws_grid_f32", &grid_mws<float>, py::arg("affinities"), py::arg("offsets"),
           py::arg("n_attractive"), py::arg("strides"), py::arg("randomize_strides"),
           py::arg("seed"), py::arg("invert"), py::arg("mask"), py::arg("seeds"),
+          py::arg("channel_strides") = py::none(), py::arg("bias") = py::none(),
           "Mutex watershed on a (C, Z, Y, X) float32 grid; returns (uint32 labels, stats dict).");
     m.def("_mws_grid_f64", &grid_mws<double>, py::arg("affinities"), py::arg("offsets"),
           py::arg("n_attractive"), py::arg("strides"), py::arg("randomize_strides"),
           py::arg("seed"), py::arg("invert"), py::arg("mask"), py::arg("seeds"),
+          py::arg("channel_strides") = py::none(), py::arg("bias") = py::none(),
           "Mutex watershed on a (C, Z, Y, X) float64 grid; returns (uint32 labels, stats dict).");
     m.def("_mws_graph", &graph_mws, py::arg("n_nodes"), py::arg("edges"), py::arg("weights"),
           py::arg("mutex_edges"), py::arg("mutex_weights"), py::arg("seeds"),

@@ -43,5 +43,6 @@ void register_assignment(py::module_& m);
 void register_cpd(py::module_& m);
 void register_mws(py::module_& m);
 void register_stitch(py::module_& m);
+void register_gasp(py::module_& m);
 
 }  // namespace xmodal::bind

@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
     xmodal::bind::register_cpd(m);
     xmodal::bind::register_mws(m);
     xmodal::bind::register_stitch(m);
+    xmodal::bind::register_gasp(m);
 }

@@ -66,23 +66,20 @@ public:
 
     AssignmentOutput run() {
         AssignmentOutput out;
-        // Warm start (row reduction with v = 0): a row takes its cheapest column (lowest index on
-        // ties) when that column is still free; such an edge is tight for u_r = min_j c_rj.
+        // Warm start (row reduction with v = 0): a row takes the first free column among its
+        // cheapest ones (edges are sorted by (cost, column), so the lowest index on ties); such an
+        // edge is tight for u_r = min_j c_rj. On a constant matrix this is the identity.
         for (std::int32_t r = 0; r < nr_; ++r) {
-            std::int32_t best = -1;
-            double bc = kInf;
-            for (std::int64_t e = indptr_[r]; e < indptr_[r + 1]; ++e) {
+            const std::int64_t e0 = indptr_[r], e1 = indptr_[r + 1];
+            for (std::int64_t e = e0; e < e1 && cost_[e] == cost_[e0]; ++e) {
                 const std::int32_t j = indices_[e];
-                if (cost_[e] < bc || (cost_[e] == bc && j < best)) {
-                    bc = cost_[e];
-                    best = j;
+                if (row_of_col_[j] < 0) {
+                    row_of_col_[j] = r;
+                    col_of_row_[r] = j;
+                    mcost_[r] = cost_[e];
+                    ++out.warm_matched;
+                    break;
                 }
-            }
-            if (best >= 0 && row_of_col_[best] < 0) {
-                row_of_col_[best] = r;
-                col_of_row_[r] = best;
-                mcost_[r] = bc;
-                ++out.warm_matched;
             }
         }
         augmenting_row_reduction(out);
@@ -298,32 +295,77 @@ AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, c
     return s.run();
 }
 
+double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::int64_t max_pairs) {
+    const double two_u = 2.0 * unmatched_cost;  // exact (a power-of-two scaling), or +-inf on overflow
+    if (max_pairs <= 0 || !(cmin <= cmax)) return two_u;
+    // An augmenting path that raises the cardinality from k to k+1 (k < max_pairs) changes the
+    // matched cost by at most cmax + k * (cmax - cmin) <= bound and saves 2u: when 2u > bound,
+    // every optimum has maximum cardinality, and any dummy cost above the bound gives the same
+    // optima. The margin keeps the bound clear of rounding in the solver's label sums.
+    // The margin is the spread of the costs, but at least far above the rounding of the label
+    // sums (~ pairs * eps * magnitude), so that the bound stays clear of it. Any margin > 0 is
+    // exact in real arithmetic; a small one keeps the dummy close to the costs, which also keeps
+    // c - dummy well conditioned for the HiGHS path.
+    const double range = cmax - cmin;
+    const double pairs = static_cast<double>(max_pairs);
+    const double bound = cmax + (pairs - 1.0) * range;
+    const double eps = std::numeric_limits<double>::epsilon();
+    double margin = std::max(range, 64.0 * (pairs + 1.0) * eps *
+                                        (std::fabs(cmax) + std::fabs(cmin) + (pairs + 1.0) * range));
+    if (!(margin > 0.0)) margin = 1.0;  // all costs are 0
+    const double cap = bound + margin;
+    return std::isfinite(cap) ? std::min(two_u, cap) : two_u;
+}
+
 AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
                                       const std::int32_t* indices, const double* cost, double unmatched_cost) {
     check_csr(n_rows, n_cols, indptr, indices, cost, "assignment");
     require(std::isfinite(unmatched_cost), "assignment: unmatched_cost must be finite");
     // total = sum_matched c_ij + u * (#unmatched rows) + u * (n_cols - #matched)
-    //       = sum_matched (c_ij - u) + u * (#unmatched rows) + const:
-    // every row is matched, either to a real column at c_ij - u or to its private dummy column
-    // n_cols + i at u. Edges with c_ij > 2u lose against the dummy and are dropped.
-    const double u = unmatched_cost;
-    const double limit = 2.0 * u;
+    //       = sum_matched c_ij + 2u * (#unmatched rows) + u * (n_cols - n_rows):
+    // every row is matched, to a real column at c_ij (unchanged: no c - u cancellation) or to
+    // its private dummy column n_cols + i at 2u. Edges with c_ij > 2u lose against the dummy
+    // and are dropped. When 2u exceeds every useful cost difference, the dummy cost is lowered to
+    // a value that gives the same optima (see partial_dummy_cost), so that the solver's labels
+    // stay at the scale of the costs.
+    const double limit = 2.0 * unmatched_cost;
     Csr g;
     g.indptr.assign(static_cast<std::size_t>(n_rows) + 1, 0);
     g.indices.reserve(static_cast<std::size_t>(indptr[n_rows] + n_rows));
     g.cost.reserve(g.indices.capacity());
+    double cmin = kInf, cmax = -kInf;
+    std::vector<std::uint8_t> col_used(static_cast<std::size_t>(n_cols), 0);
+    std::int64_t rows_used = 0, cols_used = 0;
     for (std::int64_t i = 0; i < n_rows; ++i) {
+        const std::size_t before = g.indices.size();
         for (std::int64_t e = indptr[i]; e < indptr[i + 1]; ++e)
             if (cost[e] <= limit) {
                 g.indices.push_back(indices[e]);
-                g.cost.push_back(cost[e] - u);
+                g.cost.push_back(cost[e]);
+                cmin = std::min(cmin, cost[e]);
+                cmax = std::max(cmax, cost[e]);
+                if (!col_used[indices[e]]) {
+                    col_used[indices[e]] = 1;
+                    ++cols_used;
+                }
             }
+        rows_used += g.indices.size() > before;
         g.indices.push_back(static_cast<std::int32_t>(n_cols + i));
-        g.cost.push_back(u);
+        g.cost.push_back(0.0);  // dummy cost, set below
         g.indptr[i + 1] = static_cast<std::int64_t>(g.indices.size());
     }
+    AssignmentOutput out;
+    if (rows_used == 0) {  // no edge worth matching: everything stays unmatched
+        out.col_of_row.assign(static_cast<std::size_t>(n_rows), -1);
+        out.warm_matched = n_rows;
+        return out;
+    }
+    const double dummy = partial_dummy_cost(unmatched_cost, cmin, cmax, std::min(rows_used, cols_used));
+    require(std::isfinite(dummy) && std::isfinite(cmax - cmin),
+            "assignment: costs and unmatched_cost too large to sum in float64 (scale them down)");
+    for (std::int64_t i = 0; i < n_rows; ++i) g.cost[static_cast<std::size_t>(g.indptr[i + 1] - 1)] = dummy;
     Ssp s(n_rows, n_rows + n_cols, g.indptr.data(), g.indices.data(), g.cost.data());
-    AssignmentOutput out = s.run();
+    out = s.run();
     require(out.failed_row < 0, "assignment: internal error (augmented problem infeasible)");
     for (auto& j : out.col_of_row)
         if (j >= n_cols) j = -1;

@@ -15,7 +15,9 @@ int default_threads() {
     if (const char* env = std::getenv("XMODAL_NUM_THREADS")) {
         char* end = nullptr;
         long v = std::strtol(env, &end, 10);
-        if (end != env && v > 0 && v < 1 << 16) return static_cast<int>(v);
+        while (end && (*end == ' ' || *end == '\t' || *end == '\n')) ++end;
+        // the whole value must be a number ("3abc" is refused, as in Python); else all cores
+        if (end != env && end && *end == '\0' && v > 0 && v < 1 << 16) return static_cast<int>(v);
     }
     return hardware_threads();
 }

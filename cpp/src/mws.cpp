@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -294,8 +295,12 @@ private:
 struct ChannelGeometry {
     int64_t lo[3], hi[3];  // valid source range per axis
     int64_t delta;         // linear offset of the neighbour
-    bool attractive;
+    int64_t step[3];       // regular subsampling of the source voxels (1 = all)
+    bool attractive;       // classic weighting: attractive channel
     bool empty;
+    bool regular;             // step > 1 along some axis (and not random)
+    bool random;              // keep each edge with probability 1 / prod(step)
+    uint64_t keep_threshold;  // random: keep when hash < keep_threshold
 };
 
 struct Grid {
@@ -318,7 +323,13 @@ Grid make_grid(const GridSpec& s) {
     require(s.offsets != nullptr, "offsets: missing");
     require(s.n_attractive >= 0 && s.n_attractive <= g.C, "n_attractive: out of range");
     for (int d = 0; d < 3; ++d) require(s.strides[d] >= 1, "strides: must be positive");
+    if (s.channel_strides)
+        for (int64_t i = 0; i < 3 * g.C; ++i)
+            require(s.channel_strides[i] >= 1, "strides: must be positive");
+    if (s.bias)
+        for (int64_t c = 0; c < g.C; ++c) require(std::isfinite(s.bias[c]), "bias: must be finite");
     const int64_t dims[3] = {g.Z, g.Y, g.X};
+    const int64_t ones[3] = {1, 1, 1};
     g.ch.resize(size_t(g.C));
     for (int64_t c = 0; c < g.C; ++c) {
         ChannelGeometry& cg = g.ch[size_t(c)];
@@ -341,58 +352,79 @@ Grid make_grid(const GridSpec& s) {
         for (int d = 0; d < 3; ++d) zero = zero && s.offsets[c * 3 + d] == 0;
         if (zero) cg.empty = true;  // a self-loop is no edge
         cg.attractive = c < s.n_attractive;
+        // Subsampling: per-channel strides apply to every edge of the channel; the single stride
+        // tuple applies to the repulsive channels (c >= n_attractive) only.
+        const int64_t* st = s.channel_strides ? s.channel_strides + 3 * c
+                                              : (cg.attractive ? ones : s.strides.data());
+        bool sub = false;
+        double keep = 1.0;
+        for (int d = 0; d < 3; ++d) {
+            cg.step[d] = st[d];
+            sub = sub || st[d] > 1;
+            keep /= double(st[d]);
+        }
+        cg.random = sub && s.randomize_strides;
+        cg.regular = sub && !s.randomize_strides;
+        if (!cg.regular)
+            for (int d = 0; d < 3; ++d) cg.step[d] = 1;
+        cg.keep_threshold = keep >= 1.0 ? ~uint64_t(0) : uint64_t(std::ldexp(keep, 64));
     }
     return g;
 }
 
-// Calls emit(c, p, q) for every valid edge of channel c in slice z, in ascending p.
+// Calls emit(p, q) for every valid edge of channel c in slice z, in ascending p.
 template <class Emit>
-inline void for_edges_in_slice(const Grid& g, const GridSpec& s, int64_t c, int64_t z,
-                               uint64_t keep_threshold, Emit&& emit) {
+inline void for_edges_in_slice(const Grid& g, const GridSpec& s, int64_t c, int64_t z, Emit&& emit) {
     const ChannelGeometry& cg = g.ch[size_t(c)];
     if (cg.empty || z < cg.lo[0] || z >= cg.hi[0]) return;
-    const bool rep = !cg.attractive;
-    const bool regular = rep && !s.randomize_strides &&
-                         (s.strides[0] > 1 || s.strides[1] > 1 || s.strides[2] > 1);
-    const bool random = rep && s.randomize_strides;
-    if (regular && z % s.strides[0] != 0) return;
-    const int64_t ystep = regular ? s.strides[1] : 1, xstep = regular ? s.strides[2] : 1;
-    int64_t y0 = cg.lo[1], x0 = cg.lo[2];
-    if (regular) {  // first multiples of the strides in range
-        y0 = (y0 + ystep - 1) / ystep * ystep;
-        x0 = (x0 + xstep - 1) / xstep * xstep;
-    }
+    if (cg.regular && z % cg.step[0] != 0) return;
+    const int64_t ystep = cg.step[1], xstep = cg.step[2];
+    // first multiples of the strides in range (the grid is anchored at voxel 0)
+    const int64_t y0 = (cg.lo[1] + ystep - 1) / ystep * ystep;
+    const int64_t x0 = (cg.lo[2] + xstep - 1) / xstep * xstep;
+    // locals, so that the compiler need not reload them after every store of the caller's emit
     const uint8_t* mask = s.mask;
-    for (int64_t y = y0; y < cg.hi[1]; y += ystep) {
-        const int64_t row = (z * g.Y + y) * g.X;
-        for (int64_t x = x0; x < cg.hi[2]; x += xstep) {
+    const bool random = cg.random;
+    const uint64_t keep = cg.keep_threshold, seed = s.seed;
+    const int64_t hi1 = cg.hi[1], hi2 = cg.hi[2], delta = cg.delta, n = g.n, X = g.X, Y = g.Y;
+    for (int64_t y = y0; y < hi1; y += ystep) {
+        const int64_t row = (z * Y + y) * X;
+        for (int64_t x = x0; x < hi2; x += xstep) {
             const int64_t p = row + x;
-            const int64_t q = p + cg.delta;
+            const int64_t q = p + delta;
             if (mask && !(mask[p] && mask[q])) continue;
-            if (random && splitmix64(s.seed ^ splitmix64(uint64_t(c * g.n + p))) >= keep_threshold)
-                continue;
+            if (random && splitmix64(seed ^ splitmix64(uint64_t(c * n + p))) >= keep) continue;
             emit(p, q);
         }
     }
 }
 
-template <class T>
+// Throws value_error naming the first (channel, slice) task that met a non-finite weight.
+inline void check_finite_tasks(const std::vector<uint8_t>& bad, int64_t Z) {
+    for (size_t t = 0; t < bad.size(); ++t)
+        if (bad[t])
+            throw value_error("affinities: expected finite values, found a non-finite weight in channel " +
+                              std::to_string(int64_t(t) / Z) + " (z slice " +
+                              std::to_string(int64_t(t) % Z) + ")");
+}
+
+template <class T, bool Signed>
 Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
-    require(affs != nullptr && labels != nullptr, "affinities: missing buffer");
     Stats st;
     const Grid g = make_grid(s);
     const int64_t n = g.n, C = g.C, Z = g.Z;
-    uint64_t keep_threshold = ~uint64_t(0);
-    if (s.randomize_strides) {
-        const double prob = 1.0 / double(s.strides[0] * s.strides[1] * s.strides[2]);
-        keep_threshold = prob >= 1.0 ? ~uint64_t(0) : uint64_t(std::ldexp(prob, 64));
-    }
     int pbits = 0;
     while ((int64_t(1) << pbits) < n) ++pbits;
     int cbits = 0;
     while ((int64_t(1) << cbits) < C) ++cbits;
-    const bool fast = std::is_same<T, float>::value && pbits + cbits <= 32;
+    // Signed mode keeps each edge's sign in the top bit of its id (fast path: bit 31, so one id bit
+    // fewer; other path: bit 63), so that the clustering never reads the affinities again.
+    const bool fast = std::is_same<T, float>::value && pbits + cbits + (Signed ? 1 : 0) <= 32;
+    require(C < (int64_t(1) << 31), "affinities: at most 2^31 - 1 channels");
     const int nt = std::max(1, xmodal::num_threads());
+    std::vector<T> bias_t(size_t(C), T(0));
+    if (Signed)
+        for (int64_t c = 0; c < C; ++c) bias_t[size_t(c)] = T(s.bias[c]);
 
     auto t0 = clock_type::now();
     // Pass 1: count the edges of every (channel, slice) task.
@@ -401,21 +433,38 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t t = 0; t < n_tasks; ++t) {
         uint64_t cnt = 0;
-        for_edges_in_slice(g, s, t / Z, t % Z, keep_threshold, [&](int64_t, int64_t) { ++cnt; });
+        for_edges_in_slice(g, s, t / Z, t % Z, [&](int64_t, int64_t) { ++cnt; });
         start[size_t(t) + 1] = cnt;
     }
     for (int64_t t = 0; t < n_tasks; ++t) start[size_t(t) + 1] += start[size_t(t)];
     const uint64_t m = start[size_t(n_tasks)];
     st.n_edges = m;
+    std::vector<uint8_t> bad(size_t(n_tasks), 0);
 
+    // Signed weight of edge (c, p) (signed mode only).
+    auto signed_weight = [&](int64_t c, int64_t p) -> T {
+        const T a = affs[c * n + p];
+        return (s.invert ? T(1) - a : a) + bias_t[size_t(c)];
+    };
+    // Processing weight (higher = earlier) of edge (c, p), classic mode.
     auto weight = [&](int64_t c, int64_t p) -> T {
         const T a = affs[c * n + p];
         return (g.ch[size_t(c)].attractive != s.invert) ? a : T(1) - a;
     };
 
-    auto cluster_order = [&](MutexClustering& mc, int64_t c, int64_t p) {
-        const int64_t q = p + g.ch[size_t(c)].delta;
-        if (g.ch[size_t(c)].attractive) {
+    // Compact per-channel tables for the clustering loop (cheaper to index than ChannelGeometry).
+    std::vector<int64_t> deltas(static_cast<size_t>(C));
+    std::vector<uint8_t> attractive_channel(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+        deltas[size_t(c)] = g.ch[size_t(c)].delta;
+        attractive_channel[size_t(c)] = g.ch[size_t(c)].attractive;
+    }
+    const int64_t* delta_of = deltas.data();
+    const uint8_t* attractive_of = attractive_channel.data();
+
+    auto cluster_order = [&](MutexClustering& mc, int64_t c, int64_t p, bool attractive) {
+        const int64_t q = p + delta_of[c];
+        if (attractive) {
             if (mc.attract(uint32_t(p), uint32_t(q))) ++st.n_merges;
         } else {
             mc.repel(uint32_t(p), uint32_t(q));
@@ -429,12 +478,26 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             uint64_t* out = items.data() + start[size_t(t)];
             const int64_t c = t / Z;
             const uint64_t chigh = uint64_t(c) << pbits;
-            for_edges_in_slice(g, s, c, t % Z, keep_threshold, [&](int64_t p, int64_t) {
-                const float w = float(weight(c, p));
-                *out++ = (uint64_t(descending_key(w)) << 32) | (chigh | uint64_t(p));
+            uint32_t nonfinite = 0;  // branch-free: exponent bits all ones = inf or nan
+            for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
+                uint64_t sign = 0;
+                float w;
+                if (Signed) {
+                    const T sv = signed_weight(c, p);
+                    w = float(std::abs(sv));
+                    sign = sv > T(0) ? (uint64_t(1) << 31) : 0;
+                } else {
+                    w = float(weight(c, p));
+                }
+                uint32_t bits;
+                std::memcpy(&bits, &w, sizeof bits);
+                nonfinite |= uint32_t((~bits & 0x7F800000u) == 0);
+                *out++ = (uint64_t(descending_key(w)) << 32) | sign | (chigh | uint64_t(p));
             });
+            bad[size_t(t)] = uint8_t(nonfinite);
         }
         std::vector<uint64_t>().swap(start);
+        check_finite_tasks(bad, Z);
         st.seconds_edges = seconds_since(t0);
         st.bytes_per_edge = 8;
         t0 = clock_type::now();
@@ -444,16 +507,19 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         MutexClustering mc{uint32_t(n)};
         if (s.seeds) mc.set_seeds(s.seeds, uint32_t(n));
         const uint64_t pmask = (uint64_t(1) << pbits) - 1;
+        const uint32_t idmask = Signed ? 0x7FFFFFFFu : 0xFFFFFFFFu;
         constexpr uint64_t kAhead = 16;  // prefetch the union-find entries of a later edge
         for (uint64_t i = 0; i < m; ++i) {
             if (i + kAhead < m) {
-                const uint32_t nid = uint32_t(items[i + kAhead]);
+                const uint32_t nid = uint32_t(items[i + kAhead]) & idmask;
                 const int64_t np_ = int64_t(nid & pmask);
                 mc.prefetch(uint32_t(np_));
-                mc.prefetch(uint32_t(np_ + g.ch[size_t(nid >> pbits)].delta));
+                mc.prefetch(uint32_t(np_ + delta_of[nid >> pbits]));
             }
-            const uint32_t id = uint32_t(items[i]);
-            cluster_order(mc, int64_t(id >> pbits), int64_t(id & pmask));
+            const uint32_t raw = uint32_t(items[i]);
+            const uint32_t id = raw & idmask;
+            const int64_t c = int64_t(id >> pbits);
+            cluster_order(mc, c, int64_t(id & pmask), Signed ? bool(raw >> 31) : bool(attractive_of[c]));
         }
         st.peak_bytes = 16 * m + mc.state_bytes();
         std::vector<uint64_t>().swap(items);
@@ -463,18 +529,31 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     } else {
         struct Item {
             uint64_t key;
-            uint64_t id;  // c * n + p
+            uint64_t id;  // c * n + p (signed mode: bit 63 = attractive)
         };
         std::vector<Item> items(m);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
         for (int64_t t = 0; t < n_tasks; ++t) {
             Item* out = items.data() + start[size_t(t)];
             const int64_t c = t / Z;
-            for_edges_in_slice(g, s, c, t % Z, keep_threshold, [&](int64_t p, int64_t) {
-                *out++ = Item{descending_key(double(weight(c, p))), uint64_t(c * n + p)};
+            bool finite = true;
+            for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
+                uint64_t sign = 0;
+                double w;
+                if (Signed) {
+                    const T sv = signed_weight(c, p);
+                    w = double(std::abs(sv));
+                    sign = sv > T(0) ? (uint64_t(1) << 63) : 0;
+                } else {
+                    w = double(weight(c, p));
+                }
+                finite = finite && std::isfinite(w);
+                *out++ = Item{descending_key(w), sign | uint64_t(c * n + p)};
             });
+            bad[size_t(t)] = !finite;
         }
         std::vector<uint64_t>().swap(start);
+        check_finite_tasks(bad, Z);
         st.seconds_edges = seconds_since(t0);
         st.bytes_per_edge = sizeof(Item);
         t0 = clock_type::now();
@@ -483,7 +562,12 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         t0 = clock_type::now();
         MutexClustering mc{uint32_t(n)};
         if (s.seeds) mc.set_seeds(s.seeds, uint32_t(n));
-        for (const Item& v : items) cluster_order(mc, int64_t(v.id / uint64_t(n)), int64_t(v.id % uint64_t(n)));
+        constexpr uint64_t kSign = uint64_t(1) << 63;
+        for (const Item& v : items) {
+            const uint64_t id = v.id & ~kSign;
+            const int64_t c = int64_t(id / uint64_t(n));
+            cluster_order(mc, c, int64_t(id % uint64_t(n)), Signed ? (v.id & kSign) != 0 : bool(attractive_of[c]));
+        }
         st.peak_bytes = 2 * sizeof(Item) * m + mc.state_bytes();
         std::vector<Item>().swap(items);
         st.n_mutexes = mc.n_mutexes();
@@ -493,13 +577,19 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     return st;
 }
 
+template <class T>
+Stats grid_dispatch(const T* affs, const GridSpec& s, uint32_t* labels) {
+    require(affs != nullptr && labels != nullptr, "affinities: missing buffer");
+    return s.bias ? grid_impl<T, true>(affs, s, labels) : grid_impl<T, false>(affs, s, labels);
+}
+
 }  // namespace
 
 Stats grid_mutex_watershed(const float* affinities, const GridSpec& spec, uint32_t* labels) {
-    return grid_impl(affinities, spec, labels);
+    return grid_dispatch(affinities, spec, labels);
 }
 Stats grid_mutex_watershed(const double* affinities, const GridSpec& spec, uint32_t* labels) {
-    return grid_impl(affinities, spec, labels);
+    return grid_dispatch(affinities, spec, labels);
 }
 
 Stats graph_mutex_watershed(uint64_t n_nodes, const uint64_t* uv, const double* weights,
@@ -515,6 +605,11 @@ Stats graph_mutex_watershed(uint64_t n_nodes, const uint64_t* uv, const double* 
     for (uint64_t i = 0; i < 2 * n_mutex; ++i)
         require(mutex_uv[i] < n_nodes,
                 "mutex_edges: node id " + std::to_string(mutex_uv[i]) + " >= n_nodes");
+    for (uint64_t i = 0; i < n_edges; ++i)
+        require(std::isfinite(weights[i]), "weights: expected finite values, got a non-finite weight");
+    for (uint64_t j = 0; j < n_mutex; ++j)
+        require(std::isfinite(mutex_weights[j]),
+                "mutex_weights: expected finite values, got a non-finite weight");
     Stats st;
     auto t0 = clock_type::now();
     struct Item {

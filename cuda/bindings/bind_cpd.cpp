@@ -10,8 +10,8 @@
 namespace xmodal::cuda::cpd {
 template <class T>
 void estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2, double c,
-           double* s, double* invs, double* Pt1, double* P1, double* PX, int64_t* best, double* prob,
-           cudaStream_t stream);
+           double* log_s, double* g, double* shift, double* Pt1, double* P1, double* PX, int64_t* best,
+           double* prob, cudaStream_t stream);
 template <class T>
 void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points, int64_t Q, int D, double beta,
                      T* out, cudaStream_t stream);
@@ -34,26 +34,28 @@ void register_cpd(py::module_& m) {
     m.def(
         "cpd_estep",
         [](std::uintptr_t X, int64_t N, std::uintptr_t TY, int64_t M, int D, std::uintptr_t weights, bool f64,
-           double sigma2, double c, std::uintptr_t s, std::uintptr_t invs, std::uintptr_t Pt1, std::uintptr_t P1,
-           std::uintptr_t PX, std::uintptr_t best, std::uintptr_t prob, std::uintptr_t stream) {
-            for (auto [p, n] : {std::pair{X, "fixed"}, {TY, "moved"}, {s, "s"}, {invs, "invs"}, {Pt1, "Pt1"},
-                                {P1, "P1"}, {PX, "PX"}, {best, "best"}, {prob, "prob"}})
+           double sigma2, double c, std::uintptr_t log_s, std::uintptr_t g, std::uintptr_t shift,
+           std::uintptr_t Pt1, std::uintptr_t P1, std::uintptr_t PX, std::uintptr_t best, std::uintptr_t prob,
+           std::uintptr_t stream) {
+            for (auto [p, n] : {std::pair{X, "fixed"}, {TY, "moved"}, {log_s, "log_s"}, {g, "g"}, {shift, "shift"},
+                                {Pt1, "Pt1"}, {P1, "P1"}, {PX, "PX"}, {best, "best"}, {prob, "prob"}})
                 require_ptr(p, n);
             py::gil_scoped_release release;
             auto st = reinterpret_cast<cudaStream_t>(stream);
             if (f64)
                 xmodal::cuda::cpd::estep<double>(cptr<double>(X), N, cptr<double>(TY), M, D, cptr<double>(weights),
-                                                 sigma2, c, mptr<double>(s), mptr<double>(invs), mptr<double>(Pt1),
+                                                 sigma2, c, mptr<double>(log_s), mptr<double>(g), mptr<double>(shift), mptr<double>(Pt1),
                                                  mptr<double>(P1), mptr<double>(PX), mptr<int64_t>(best),
                                                  mptr<double>(prob), st);
             else
                 xmodal::cuda::cpd::estep<float>(cptr<float>(X), N, cptr<float>(TY), M, D, cptr<float>(weights),
-                                                sigma2, c, mptr<double>(s), mptr<double>(invs), mptr<double>(Pt1),
+                                                sigma2, c, mptr<double>(log_s), mptr<double>(g), mptr<double>(shift), mptr<double>(Pt1),
                                                 mptr<double>(P1), mptr<double>(PX), mptr<int64_t>(best),
                                                 mptr<double>(prob), st);
         },
         "CPD E-step on device buffers: fixed (N, D), moved (M, D) of float32/float64 (f64), weights (M,) "
-        "or 0; outputs float64: s, invs, Pt1 (N), P1 (M), PX (M, D), prob (M); best int64 (M).");
+        "or 0; outputs float64: log_s (log s_n, -inf where s_n = 0), g, shift (scratch), Pt1 (N), P1 (M), "
+        "PX (M, D), prob (M); best int64 (M).");
     m.def(
         "cpd_gauss_transform",
         [](std::uintptr_t centers, int64_t K, std::uintptr_t coef, std::uintptr_t points, int64_t Q, int D,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
+import os
 import platform
 import sys
+import warnings
 from typing import Any, Iterator
 
 from . import _core
@@ -12,10 +15,28 @@ from ._optional import have_module
 from ._version import __version__
 
 
+ENV_THREADS = "XMODAL_NUM_THREADS"
+_MAX_THREADS = 1 << 16
+
+
+def _check_thread_environment() -> str | None:
+    """The problem with ``XMODAL_NUM_THREADS``, or None when it is unset or a positive integer."""
+    value = os.environ.get(ENV_THREADS)
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit() and 1 <= int(text) < _MAX_THREADS:
+        return None
+    return (f"{ENV_THREADS}={value!r} is not a positive integer (below {_MAX_THREADS}); "
+            f"the native kernels use all {int(_core.hardware_threads())} cores instead")
+
+
 def get_num_threads() -> int:
     """Number of threads the native kernels use.
 
-    Defaults to the ``XMODAL_NUM_THREADS`` environment variable (read at import), else all cores.
+    Defaults to the ``XMODAL_NUM_THREADS`` environment variable (read at import; a value that is not
+    a positive integer, e.g. ``abc``, ``0`` or ``-1``, gives a ``RuntimeWarning`` naming it and
+    all cores are used), else all cores.
     """
     return int(_core.num_threads())
 
@@ -27,13 +48,28 @@ def set_num_threads(n: int | None) -> None:
     ----------
     n : int or None
         Threads to use (>= 1). ``None`` restores the default (``XMODAL_NUM_THREADS`` or all cores).
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an integer (booleans, floats and strings included).
+    ValueError
+        ``n`` is below 1 or unreasonably large (>= 65536).
     """
     if n is None:
         _core.set_num_threads(0)
         return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer or None, got {n!r}")
-    _core.set_num_threads(n)
+    if isinstance(n, (bool,)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: expected a positive integer or None, got {n!r}")
+    if not 1 <= int(n) < _MAX_THREADS:
+        raise ValueError(f"n: expected a positive integer or None (below {_MAX_THREADS}), got {int(n)}")
+    _core.set_num_threads(int(n))
+
+
+_problem = _check_thread_environment()
+if _problem is not None:  # warn once at import; importing never fails because of it
+    warnings.warn(_problem, RuntimeWarning, stacklevel=2)
+del _problem
 
 
 @contextlib.contextmanager

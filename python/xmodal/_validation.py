@@ -75,6 +75,29 @@ def positive_int(x: Any, name: str, *, allow_none: bool = False, minimum: int = 
     return int(x)
 
 
+def per_axis(x: Any, ndim: int, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """An integer (the same on every axis) or ``ndim`` integers, each >= ``minimum``, as a tuple.
+
+    For per-axis sizes such as tile and block shapes, halos and overlaps. TypeError for anything
+    that is not an integer or a sequence of integers (booleans and floats included), ValueError for
+    a sequence of another length or a value below ``minimum``; both name ``name``.
+    """
+    if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
+        x = (int(x),) * ndim
+    try:
+        vals = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
+    if len(vals) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in vals):
+        raise TypeError(f"{name}: expected integers, got {describe(x)}")
+    out = tuple(int(v) for v in vals)
+    if any(v < minimum for v in out):
+        raise ValueError(f"{name}: expected integers >= {minimum}, got {list(out)}")
+    return out
+
+
 def positive_float(x: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> float | None:
     if x is None and allow_none:
         return None
@@ -90,3 +113,35 @@ def choice(x: Any, name: str, options) -> str:
     if x not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {x!r}")
     return x
+
+
+def as_bool(x: Any, name: str) -> bool:
+    """``x`` as a Python bool; TypeError unless it is ``True``/``False`` (or a numpy bool).
+
+    Strings such as ``"no"`` and numbers are refused instead of being read by their truth value.
+    """
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    raise TypeError(f"{name}: expected True or False, got {describe(x)}")
+
+
+def int64_array(x: Any, name: str, expected: str) -> np.ndarray:
+    """``x`` as an int64 array; TypeError for non-integer values, ValueError for values outside int64.
+
+    Integer-valued floats are accepted; unsigned values above 2**63 - 1 (which would wrap to negative
+    numbers) and floats beyond the int64 range are refused.
+    """
+    a = real_array(x, name, expected)
+    if a.dtype == bool:
+        raise TypeError(f"{name}: expected {expected}, got booleans ({describe(x)})")
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError(f"{name}: expected {expected}, got non-finite values")
+        if a.size and not (a == np.round(a)).all():
+            raise TypeError(f"{name}: expected {expected}, got non-integer values ({describe(x)})")
+        if a.size and np.abs(a).max() >= 2.0**63:
+            raise ValueError(f"{name}: expected values that fit a 64-bit signed integer, got {np.abs(a).max():.6g}")
+    elif a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected values that fit a 64-bit signed integer, got {int(a.max())} "
+                         f"(an unsigned value that would wrap to {int(a.max()) - 2**64})")
+    return a.astype(np.int64)

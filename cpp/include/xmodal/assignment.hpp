@@ -30,14 +30,24 @@ struct AssignmentOutput {
 AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
                                      const std::int32_t* indices, const double* cost);
 
-// Partial matching: every row and every column may stay unmatched at `unmatched_cost` each.
-// Solved as the rectangular problem n_rows x (n_cols + n_rows) where every row is matched, to a
-// real column at cost c_ij - unmatched_cost or to its own dummy column at unmatched_cost (the
-// column penalty becomes a constant). Edges costing more than 2 * unmatched_cost are never optimal
-// and are dropped. Always feasible.
+// Partial matching: every row and every column may stay unmatched at `unmatched_cost` (u) each.
+// Objective sum c_ij + u * (#unmatched rows + #unmatched columns) = sum c_ij + 2u * #unmatched rows
+// + u * (n_cols - n_rows). Solved as the rectangular problem n_rows x (n_cols + n_rows) where every
+// row is matched, to a real column at its real cost c_ij (never shifted by u, so no cancellation)
+// or to its own dummy column at partial_dummy_cost(u, ...) (2u, or a smaller value with the same
+// optima when 2u exceeds every useful cost difference). Edges costing more than 2u are never
+// optimal and are dropped. Always feasible; exact for any finite u.
 // col_of_row has n_rows entries (real columns or -1).
 AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
                                       const std::int32_t* indices, const double* cost, double unmatched_cost);
+
+// Dummy cost used by assignment_unmatched for unmatched cost u, given the smallest and largest kept
+// cost (cmin <= cmax <= 2u) and max_pairs = an upper bound on the size of any matching (>= 1):
+// min(2u, B + margin) with B = cmax + (max_pairs - 1) * (cmax - cmin), margin = cmax - cmin, or
+// more when that is near the rounding of the label sums (1 when all costs are 0). When 2u > B every optimum has maximum cardinality
+// (an augmenting path changes the matched cost by at most B and saves 2u), so both dummy costs
+// give the same optima; the smaller one keeps all labels at the scale of the costs.
+double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::int64_t max_pairs);
 
 // Cover matching (many-to-one): every point of the larger side (rows when n_rows >= n_cols) is
 // matched to exactly one point of the smaller side, and every point of the smaller side to at least

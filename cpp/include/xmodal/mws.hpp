@@ -6,12 +6,23 @@
 //   repulsive edge  -> record a mutex between the two clusters (unless they are already one).
 //
 // Grid graphs: affinities (C, Z, Y, X) (2D inputs use Z = 1), channel c joins voxel p and
-// p + offsets[c] (the affogato / bioimage-cpp convention). Every channel is a merge probability;
-// attractive channels (c < n_attractive) weigh a, repulsive ones 1 - a; `invert` takes boundary
-// probabilities b instead (a = 1 - b). Edge id of (c, p) orders like c * n_voxels + p, the order in
-// which bioimage-cpp breaks ties, so tie-free and tied inputs both give its partition.
+// p + offsets[c] (the affogato / bioimage-cpp convention). Every channel is a merge probability
+// m (`invert` takes boundary probabilities b instead: m = 1 - b). Two weightings:
+//   classic (bias == nullptr): attractive channels (c < n_attractive) weigh m, repulsive ones 1 - m;
+//   signed  (bias != nullptr): s = m + bias[c] (in the precision of the affinities); s > 0 attracts
+//     with weight s, s < 0 repels with weight -s, s == 0 has no effect (the mwatershed convention,
+//     with per-channel biases as in the blockwise pipelines built on it).
+// Edge id of (c, p) orders like c * n_voxels + p, the order in which bioimage-cpp breaks ties, so
+// tie-free and tied inputs both give its partition.
 //
-// Data layout and memory (fast path: float32 weights, C * 2^ceil(log2 n) <= 2^32):
+// Strides: without `channel_strides`, `strides` subsamples the repulsive channels only (the
+// original method, bioimage-cpp); with `channel_strides` (n_channels x 3), channel c keeps only the
+// edges of every kind whose source voxel p has p[d] % channel_strides[c][d] == 0 (as mwatershed's
+// per-offset strides; mwatershed anchors its grid at max(0, -offset[d]) instead of 0).
+// `randomize_strides` keeps each subsampled edge with probability 1 / prod(strides of its channel).
+//
+// Data layout and memory (fast path: float32 weights, C * 2^ceil(log2 n) <= 2^32, or <= 2^31 in
+// signed mode, whose id keeps the edge's sign in its top bit):
 //   one edge = one uint64 (high 32 bits: order-preserving key of the weight, low 32 bits: id),
 //   8 bytes/edge plus 8 bytes/edge of radix-sort scratch that is freed before clustering;
 //   per voxel: union-find parent (4 B), mutex-list slot (4 B), labels (4 B).
@@ -35,9 +46,12 @@ struct GridSpec {
     const int64_t* offsets = nullptr;       // n_channels x 3, (z, y, x)
     int64_t n_attractive = 0;
     std::array<int64_t, 3> strides{1, 1, 1};  // subsampling of repulsive edges
-    bool randomize_strides = false;           // keep each repulsive edge with prob 1/prod(strides)
+    const int64_t* channel_strides = nullptr; // n_channels x 3: per-channel subsampling of all edges
+                                              // (replaces `strides` when given); may be null
+    bool randomize_strides = false;           // keep each subsampled edge with prob 1/prod(strides)
     uint64_t seed = 0;                        // seed of the random strides
     bool invert = false;                      // affinities are boundary probabilities
+    const double* bias = nullptr;             // n_channels: signed weights m + bias[c]; may be null
     const uint8_t* mask = nullptr;            // n voxels, nonzero = foreground; may be null
     const uint64_t* seeds = nullptr;          // n voxels, 0 = unseeded; may be null
 };
@@ -54,7 +68,8 @@ struct Stats {
 
 // Mutex watershed on a grid graph. `affinities` is C-contiguous (C, Z, Y, X). `labels` receives
 // n = Z*Y*X labels, consecutive from 1 in raster order of first occurrence, 0 for masked voxels.
-// Throws value_error on inconsistent input (n >= 2^32 voxels included).
+// Throws value_error on inconsistent input (n >= 2^32 voxels included) and on a non-finite weight
+// of an edge that is used (after masking and strides).
 Stats grid_mutex_watershed(const float* affinities, const GridSpec& spec, uint32_t* labels);
 Stats grid_mutex_watershed(const double* affinities, const GridSpec& spec, uint32_t* labels);
 

@@ -73,13 +73,22 @@ class Runner:
 
 
 def model_token(model) -> str:
-    """A digest of the model's weights (torch) or its identity (other callables), for job signatures."""
+    """A digest of what a model computes, for job signatures.
+
+    Torch modules: their architecture (``str(module)``), class and weights (the state dict, buffers
+    included). Other callables: their pickled state (:func:`xmodal.io.object_token`; a callable that
+    cannot be pickled never matches another run, so its work is never reused).
+    """
+    if not is_torch_module(model):
+        from ..io import object_token
+
+        return object_token(model)
     h = hashlib.sha256()
-    if is_torch_module(model):
-        for name, t in model.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        h.update(type(model).__qualname__.encode())
-    else:
-        h.update(repr(model).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(type(model).__qualname__.encode())
+    h.update(str(model).encode())
     return h.hexdigest()
+

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._optional import optional_import
-from .._validation import describe
+from .._validation import as_bool, describe
 
 log = logging.getLogger("xmodal.inference")
 
@@ -289,6 +289,7 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     -------
     ReceptiveField
     """
+    check = as_bool(check, "check")
     if ndim not in (2, 3):
         raise ValueError(f"ndim: expected 2 or 3 spatial axes, got {ndim!r}")
     if not is_torch_module(model):

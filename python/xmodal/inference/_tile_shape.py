@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from .._optional import optional_import
-from .._validation import describe
+from .._validation import describe, per_axis, positive_float, positive_int
 from ._grid import align_down, align_up
 from ._receptive import _param_device, _param_dtype, is_torch_module, receptive_field, spatial_signature
 
@@ -119,30 +119,45 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     -------
     tuple of int
         The tile shape (voxels per spatial axis).
+
+    Raises
+    ------
+    ValueError / TypeError
+        Naming the argument: ``image_shape`` and ``multiple_of`` must be positive, ``halo``
+        non-negative, ``memory_budget``, ``max_shape`` and ``bytes_per_voxel`` positive and finite.
     """
     torch = optional_import("torch", purpose="find_tile_shape")
     if not is_torch_module(model):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
     nd_m, in_m = spatial_signature(model)
+    if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, numbers.Integral)):
+        raise TypeError(f"ndim: expected 2 or 3, got {describe(ndim)}")
     ndim = ndim or nd_m
     if ndim not in (2, 3):
         raise ValueError(f"ndim: expected 2 or 3, got {ndim!r}")
+    in_channels = positive_int(in_channels, "in_channels", allow_none=True)
     in_channels = in_channels or in_m or 1
+    memory_budget = positive_float(memory_budget, "memory_budget", allow_none=True)
+    bytes_per_voxel = positive_float(bytes_per_voxel, "bytes_per_voxel", allow_none=True)
+    max_shape = positive_int(max_shape, "max_shape", allow_none=True)
+    if image_shape is not None:
+        image_shape = per_axis(image_shape, ndim, "image_shape", minimum=1)
+    if multiple_of is not None:
+        multiple_of = per_axis(multiple_of, ndim, "multiple_of", minimum=1)
+    if isinstance(halo, str):
+        if halo != "auto":
+            raise ValueError(f"halo: expected 'auto' or voxel counts, got {halo!r}")
+    else:
+        halo = per_axis(halo, ndim, "halo", minimum=0)
     rf = None
     if multiple_of is None or isinstance(halo, str) or bytes_per_voxel is None:
         rf = receptive_field(model, ndim, in_channels=in_channels)
     factor = rf.factor if rf is not None else tuple(int(m) for m in multiple_of)
     multiple = tuple(int(m) for m in (multiple_of or factor))
     if isinstance(halo, str):
-        halo = rf.halo
-    elif isinstance(halo, numbers.Integral):
-        halo = (int(halo),) * ndim
-    halo = tuple(int(h) for h in halo)
+        halo = tuple(int(h) for h in rf.halo)
     if image_shape is None:
         image_shape = ((max_shape or (1024 if ndim == 2 else 256)),) * ndim
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) != ndim:
-        raise ValueError(f"image_shape: expected {ndim} values, got {image_shape}")
     minimum = tuple(min(align_up(2 * h + 1, m), align_up(n, m)) for h, m, n in zip(halo, multiple, image_shape))
     from ._model import resolve_torch_device
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .._validation import describe
+from ._resume import check_complete, incomplete_status, output_status
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
@@ -32,7 +35,7 @@ def is_zarr_array(x: Any) -> bool:
     return isinstance(x, zarr.Array)
 
 
-def open_array(source: Any, *, mode: str = "r"):
+def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
     """Open a zarr array from a path, a zarr array or an OME-Zarr image group.
 
     Parameters
@@ -42,34 +45,49 @@ def open_array(source: Any, *, mode: str = "r"):
         is returned), or an open array (returned as is).
     mode : {"r", "r+", "a"}
         zarr access mode.
+    allow_incomplete : bool
+        An output that xmodal is still writing, or whose run was killed, carries the attribute
+        ``xmodal_output`` with ``complete: false`` (its unwritten chunks read as zeros). Opening
+        such a path for reading (``mode="r"``) raises ValueError unless this is True (then a
+        RuntimeWarning is issued). The write modes are for resuming and do not check.
     """
     zarr = _zarr()
     if isinstance(source, zarr.Array):
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source: expected a path or a zarr array, got {describe(source)}")
-    node = zarr.open(os.fspath(source), mode=mode)
-    if isinstance(node, zarr.Array):
-        return node
-    ome = node.attrs.get("ome", {})
-    multiscales = ome.get("multiscales") or node.attrs.get("multiscales")
-    if multiscales:
-        return node[multiscales[0]["datasets"][0]["path"]]
-    raise ValueError(f"source: {os.fspath(source)!r} is a zarr group without OME-Zarr multiscales metadata")
+    where = os.fspath(source)
+    node = zarr.open(where, mode=mode)
+    if not isinstance(node, zarr.Array):
+        ome = node.attrs.get("ome", {})
+        multiscales = ome.get("multiscales") or node.attrs.get("multiscales")
+        if not multiscales:
+            raise ValueError(f"source: {where!r} is a zarr group without OME-Zarr multiscales metadata")
+        node = node[multiscales[0]["datasets"][0]["path"]]
+    if mode == "r":
+        check_complete(node, repr(where), allow_incomplete=allow_incomplete)
+    return node
 
 
 def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | None = None,
-                 fill_value=0, overwrite: bool = False, attributes: Mapping | None = None):
-    """Create a zarr v3 array at ``path`` (chunks default to the whole array, capped at 128 per axis)."""
+                 fill_value=0, overwrite: bool = False, attributes: Mapping | None = None,
+                 writer: str | None = None):
+    """Create a zarr v3 array at ``path`` (chunks default to the whole array, capped at 128 per axis).
+
+    ``writer`` (e.g. ``"xmodal mws"``): the array is born flagged incomplete by that writer (see
+    :func:`mark_complete`), in its first metadata document, so a kill at any later point leaves
+    an array that :func:`open_array` recognises as unfinished.
+    """
     zarr = _zarr()
     shape = tuple(int(s) for s in shape)
     if chunks is None:
         chunks = tuple(min(max(s, 1), 128) for s in shape)
-    arr = zarr.create_array(store=os.fspath(path), shape=shape, chunks=tuple(int(c) for c in chunks),
-                            dtype=np.dtype(dtype), fill_value=fill_value, overwrite=overwrite)
-    if attributes:
-        arr.attrs.update(dict(attributes))
-    return arr
+    attrs = dict(attributes or {})
+    if writer is not None:
+        attrs.update(incomplete_status(writer))
+    return zarr.create_array(store=os.fspath(path), shape=shape, chunks=tuple(int(c) for c in chunks),
+                             dtype=np.dtype(dtype), fill_value=fill_value, overwrite=overwrite,
+                             attributes=attrs or None)
 
 
 def ome_image_metadata(axes: Sequence[str], *, spacing: Sequence[float] | None = None,
@@ -134,11 +152,15 @@ def provenance_attributes(function: str, parameters: Mapping[str, Any] | None = 
 def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[str],
                           chunks: Sequence[int] | None = None, spacing=None, units: str | None = None,
                           name: str | None = None, provenance: Mapping | None = None,
-                          overwrite: bool = False, fill_value=0):
+                          overwrite: bool = False, fill_value=0, writer: str | None = None):
     """Create an OME-Zarr (NGFF 0.5, zarr v3) image group at ``path``; return its array ``path/0``.
 
     When the group exists with an array of the same shape, dtype and chunks and ``overwrite`` is
-    False, the existing array is returned (so that an interrupted run can resume into it).
+    False, the existing array is returned with its data and status unchanged (so that an interrupted
+    run can resume into it; the caller flags it incomplete with :func:`mark_incomplete` before
+    writing) and ``provenance`` replaces the group's. ``writer``: a new array is born flagged
+    incomplete by that writer (see :func:`create_array`); an existing xmodal output (one with a
+    status attribute) of another layout is then replaced instead of refused.
     """
     zarr = _zarr()
     path = os.fspath(path)
@@ -151,17 +173,61 @@ def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[s
     if not overwrite and os.path.exists(os.path.join(path, "0", "zarr.json")):
         arr = zarr.open_array(os.path.join(path, "0"), mode="r+")
         if arr.shape == shape and arr.dtype == np.dtype(dtype) and tuple(arr.chunks) == chunks:
+            if provenance:
+                zarr.open_group(path, mode="r+").attrs.update(dict(provenance))
             return arr
-        raise ValueError(f"out: {path!r} holds an array of shape {arr.shape}, dtype {arr.dtype}, chunks "
-                         f"{arr.chunks}; expected {shape}, {np.dtype(dtype)}, {chunks} (pass a new path)")
+        if writer is not None and output_status(arr) is not None:
+            overwrite = True  # a previous xmodal output of another layout: replaced
+        else:
+            raise ValueError(f"out: {path!r} holds an array of shape {arr.shape}, dtype {arr.dtype}, chunks "
+                             f"{arr.chunks}; expected {shape}, {np.dtype(dtype)}, {chunks} (pass a new path)")
     group = zarr.open_group(path, mode="w" if overwrite or not os.path.exists(path) else "a")
     arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=fill_value,
-                             overwrite=True)
+                             overwrite=True, attributes=incomplete_status(writer) if writer is not None else None)
     attrs = {"ome": ome_image_metadata(axes, spacing=spacing, units=units, name=name)}
     if provenance:
         attrs.update(provenance)
     group.attrs.update(attrs)
     return arr
+
+
+def create_ome_zarr_labels(image, name: str, shape: Sequence[int], dtype=np.uint32, *, axes: Sequence[str],
+                           chunks: Sequence[int] | None = None, spacing=None, units: str | None = None,
+                           writer: str | None = None):
+    """Create the label image ``<image>/labels/<name>`` of the OME-Zarr image group ``image`` (NGFF 0.5
+    ``labels`` and ``image-label`` metadata); return its array ``<image>/labels/<name>/0``.
+
+    ``shape`` and ``axes`` are the spatial ones of the image (no channel axis); ``chunks`` are
+    capped at the shape. The array is created anew (a previous one of that name is replaced),
+    filled with 0 (background) and, with ``writer``, born flagged incomplete (see
+    :func:`create_array`). ``name`` is added to the group's list of labels.
+    """
+    zarr = _zarr()
+    shape = tuple(int(s) for s in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"axes: expected {len(shape)} names, got {tuple(axes)}")
+    if chunks is None:
+        chunks = shape
+    chunks = tuple(max(1, min(int(s), int(c))) for s, c in zip(shape, chunks))
+    labels = zarr.open_group(os.fspath(image), mode="a").require_group("labels")
+    names = list(labels.attrs.get("ome", {}).get("labels", []))
+    labels.attrs.update({"ome": {"version": "0.5", "labels": names + [name] * (name not in names)}})
+    group = labels.require_group(name)
+    arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0, overwrite=True,
+                             attributes=incomplete_status(writer) if writer is not None else None)
+    meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)
+    meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+    group.attrs.update({"ome": meta})
+    return arr
+
+
+def iter_blocks(shape: Sequence[int], block: Sequence[int]):
+    """Yield the regions (tuples of slices) of a grid of ``block``-sized blocks covering ``shape``, in C
+    order; the last block along an axis stops at the array's end. Blocks of the array's chunk
+    shape give chunk-aligned regions (see :func:`write_region`)."""
+    ranges = [range(0, int(n), int(b)) for n, b in zip(shape, block)]
+    for starts in itertools.product(*ranges):
+        yield tuple(slice(s, min(s + int(b), int(n))) for s, b, n in zip(starts, block, shape))
 
 
 def local_store_path(array) -> str | None:
@@ -196,9 +262,11 @@ def write_region(array, region: Sequence[slice], data: np.ndarray, *, check_alig
     array[region] = data
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same directory, flushed to
-    disk, then renamed over ``path``, so a reader never sees a half-written file."""
+    disk, then renamed over ``path``, so a reader never sees a half-written file. Returns ``path``
+    as a :class:`pathlib.Path`. The one helper for atomic files in xmodal."""
+    result = Path(path)
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -213,20 +281,24 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return result
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class BlockLedger:
     """Record of finished blocks of a resumable job, as marker files in ``directory``.
 
     A marker is written (atomically) only after the block's data is stored, so a block with a marker
-    is complete. The ledger belongs to one job ``signature`` (a string summarising the parameters):
-    opening it with another signature clears the old markers, so a changed job never skips blocks.
-    Safe for concurrent writers (one file per block).
+    is complete. It holds the content digest of the block's input (:func:`data_digest` of what the
+    block read) and any small facts about the result (JSON). A block is reused only when its input
+    digest matches the one read now (:meth:`is_done` with ``digest``), so a resume against other
+    data recomputes. The ledger belongs to one job ``signature`` (a string summarising the
+    parameters, see :func:`job_signature`): opening it with another signature clears the old
+    markers, so a changed job never skips blocks. Safe for concurrent writers (one file per block).
     """
 
     def __init__(self, directory, signature: str):
@@ -254,14 +326,33 @@ class BlockLedger:
         return self
 
     @staticmethod
-    def key(index: Sequence[int]) -> str:
+    def key(index: Sequence[int] | int) -> str:
+        if isinstance(index, (int, np.integer)):
+            return str(int(index))
         return "_".join(str(int(i)) for i in index)
 
-    def is_done(self, index: Sequence[int]) -> bool:
-        return os.path.exists(os.path.join(self.directory, self.key(index)))
+    def record(self, index) -> dict | None:
+        """The marker of block ``index`` (``{"input": digest or None, ...}``), or None when not done."""
+        try:
+            with open(os.path.join(self.directory, self.key(index))) as f:
+                text = f.read()
+        except OSError:
+            return None
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            return {"input": None}
+        return rec if isinstance(rec, dict) else {"input": None}
 
-    def mark_done(self, index: Sequence[int]) -> None:
-        atomic_write_text(os.path.join(self.directory, self.key(index)), "done")
+    def is_done(self, index, digest: str | None = None) -> bool:
+        """Whether block ``index`` is done, and (with ``digest``) was computed from that input."""
+        rec = self.record(index)
+        return rec is not None and (digest is None or rec.get("input") == digest)
+
+    def mark_done(self, index, digest: str | None = None, **info) -> None:
+        """Record block ``index`` as done from the input with ``digest`` (call after its data is stored)."""
+        atomic_write_text(os.path.join(self.directory, self.key(index)),
+                          json.dumps({"input": digest, **info}, sort_keys=True))
 
     def done_blocks(self) -> set[str]:
         return {n for n in os.listdir(self.directory) if n not in ("signature",) and not n.startswith(".tmp-")}

@@ -33,7 +33,7 @@ class AssignmentResult:
     cost : float
         Objective value: the sum of the chosen entries plus ``unmatched_cost`` for every unmatched
         row and every unmatched column (when an unmatched cost was given). With ``maximize=True``,
-        in the original sign (the maximum).
+        in the original sign (the maximum). A sum beyond the float64 range is ``+-inf``.
     unmatched_rows, unmatched_cols : int64 arrays
         Rows / columns not in any chosen pair.
     pair_costs : (p,) float64 array
@@ -88,8 +88,24 @@ def _first(idx, n=_SHOW) -> str:
     return f"[{head}{', ...' if idx.size > n else ''}] ({idx.size} in all)"
 
 
-def _as_csr(cost: Any, name: str = "cost") -> sp.csr_matrix:
-    """A canonical float64 CSR copy of a dense or sparse cost matrix (stored entries = allowed pairs)."""
+def _drop_entries(c: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
+    """CSR copy of ``c`` without the stored entries where ``keep`` is False (explicit zeros kept)."""
+    row_of_entry = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
+    counts = np.bincount(row_of_entry[keep], minlength=c.shape[0])
+    indptr = np.zeros(c.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    out = sp.csr_matrix((c.data[keep], c.indices[keep], indptr), shape=c.shape)
+    out.has_sorted_indices = c.has_sorted_indices
+    return out
+
+
+def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_matrix:
+    """A canonical float64 CSR copy of a dense or sparse cost matrix: stored entries = allowed pairs.
+
+    As in scipy: entries equal to +inf (-inf with ``maximize``) are forbidden pairs and left out;
+    NaN and the opposite infinity are errors naming the entry.
+    """
+    forbidden = -np.inf if maximize else np.inf
     if sp.issparse(cost):
         if cost.ndim != 2:
             raise ValueError(f"{name}: expected a 2-D matrix, got {cost.ndim}-D")
@@ -114,27 +130,66 @@ def _as_csr(cost: Any, name: str = "cost") -> sp.csr_matrix:
             if np.any(same & ~row_start[1:]):
                 raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
             assert c.nnz == n0
+        fin = np.isfinite(c.data)
+        if not fin.all():
+            bad = ~fin & (c.data != forbidden)
+            if bad.any():
+                e = int(np.flatnonzero(bad)[0])
+                r = int(np.searchsorted(c.indptr, e, side="right") - 1)
+                raise ValueError(_invalid_message(name, r, int(c.indices[e]), c.data[e], maximize))
+            c = _drop_entries(c, fin)
         return c
     arr = real_array(cost, name, "a 2-D array or scipy sparse matrix")
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array, got shape {arr.shape}")
     arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        r, c = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name}: costs must be finite; entry ({r}, {c}) is {arr[r, c]} "
-                         "(use a scipy sparse matrix and leave forbidden pairs out)")
     n, m = arr.shape
-    indptr = np.arange(0, n * m + 1, m, dtype=np.int64) if m > 0 else np.zeros(n + 1, dtype=np.int64)
-    indices = np.tile(np.arange(m, dtype=np.int32), n)
-    return sp.csr_matrix((arr.ravel(), indices, indptr), shape=(n, m))
+    fin = np.isfinite(arr)
+    if fin.all():
+        indptr = np.arange(0, n * m + 1, m, dtype=np.int64) if m > 0 else np.zeros(n + 1, dtype=np.int64)
+        indices = np.tile(np.arange(m, dtype=np.int32), n)
+        return sp.csr_matrix((arr.ravel(), indices, indptr), shape=(n, m))
+    bad = ~fin & (arr != forbidden)
+    if bad.any():
+        r, j = np.argwhere(bad)[0]
+        raise ValueError(_invalid_message(name, int(r), int(j), arr[r, j], maximize))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(fin.sum(axis=1), out=indptr[1:])
+    r, j = np.nonzero(fin)
+    out = sp.csr_matrix((arr[r, j], j.astype(np.int32), indptr), shape=(n, m))
+    out.has_sorted_indices = True
+    return out
+
+
+def _invalid_message(name: str, r: int, j: int, value: float, maximize: bool) -> str:
+    allowed_inf = "-inf" if maximize else "+inf"
+    return (f"{name}: contains invalid numeric entries: entry ({r}, {j}) is {value}; expected finite costs, "
+            f"or {allowed_inf} for a forbidden pair{' (maximize=True)' if maximize else ''}")
 
 
 def _check_finite(c: sp.csr_matrix, name: str = "cost"):
     bad = ~np.isfinite(c.data)
-    if bad.any():
+    if bad.any():  # pragma: no cover - _as_csr removed or rejected every non-finite entry
         e = int(np.flatnonzero(bad)[0])
         r = int(np.searchsorted(c.indptr, e, side="right") - 1)
         raise ValueError(f"{name}: costs must be finite; entry ({r}, {int(c.indices[e])}) is {c.data[e]}")
+
+
+# The solvers' label sums stay far from overflow when every |cost| * (n + m + 8) is below 2**_SUM_EXP.
+_SUM_EXP = 1000
+
+
+def _overflow_scale(c: sp.csr_matrix) -> float:
+    """A power of two (exact scaling) that keeps the solvers' sums of costs finite; 1.0 normally.
+
+    Only costs near the float64 limit (about 1e298 and above) are scaled. A huge
+    ``unmatched_cost`` needs no scaling: the solvers never add it to the costs.
+    """
+    big = float(np.abs(c.data).max()) if c.nnz else 0.0
+    if big == 0.0:
+        return 1.0
+    excess = int(np.frexp(big)[1]) + int(np.ceil(np.log2(c.shape[0] + c.shape[1] + 8))) - _SUM_EXP
+    return 1.0 if excess <= 0 else float(np.ldexp(1.0, -excess))
 
 
 def _native_arrays(c: sp.csr_matrix):
@@ -158,24 +213,36 @@ def _finish(c: sp.csr_matrix, rows, cols, *, sign: float, unmatched_cost, proble
     pair_costs = sign * pair_costs  # c holds sign * original costs
     ur = _unmatched(c.shape[0], rows)
     uc = _unmatched(c.shape[1], cols)
-    matched = float(pair_costs.sum())
-    total = matched
-    if unmatched_cost is not None:
-        total = matched + float(unmatched_cost) * (ur.size + uc.size)
+    with np.errstate(over="ignore"):  # sums beyond the float64 range are +-inf (costs near 1e308)
+        matched = float(pair_costs.sum())
+        total = matched
+        if unmatched_cost is not None:
+            total = matched + float(unmatched_cost) * (ur.size + uc.size)
     return AssignmentResult(rows=rows, cols=cols, cost=total, unmatched_rows=ur, unmatched_cols=uc,
                             pair_costs=pair_costs, matched_cost=matched, problem=problem, solver=solver,
                             shape=tuple(c.shape), n_candidates=int(c.nnz), searches=int(searches),
                             time_s=time.perf_counter() - t0, info=info or {})
 
 
-def _unmatched_cost(u: Any):
+def _unmatched_cost(u: Any, maximize: bool):
+    """``unmatched_cost`` as a float, or None for "every point of the smaller side is matched".
+
+    ``+inf`` (``-inf`` with ``maximize``: an infinite loss per unmatched point) means the same as
+    None; the opposite infinity (an infinite gain for leaving points unmatched) and NaN are errors.
+    """
     if u is None:
         return None
     if isinstance(u, bool) or not isinstance(u, numbers.Real):
-        raise TypeError(f"unmatched_cost: expected a finite number or None, got {describe(u)}")
+        raise TypeError(f"unmatched_cost: expected a number or None, got {describe(u)}")
     u = float(u)
-    if not np.isfinite(u):
-        raise ValueError(f"unmatched_cost: expected a finite number, got {u}")
+    if np.isnan(u):
+        raise ValueError("unmatched_cost: expected a number or None, got nan")
+    if np.isinf(u):
+        if (u < 0) == maximize:
+            return None
+        want = "-inf" if maximize else "+inf"
+        raise ValueError(f"unmatched_cost: expected a finite number, {want} (same as None) or None, got {u}"
+                         f"{' with maximize=True' if maximize else ''} (every point would stay unmatched)")
     return u
 
 
@@ -193,14 +260,20 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     Parameters
     ----------
     cost : (n, m) array or scipy sparse matrix
-        Cost of pairing row i with column j. Dense: every pair allowed. Sparse: the stored entries
-        (explicit zeros included) are the allowed pairs; missing entries are forbidden. Costs must
-        be finite. Rectangular shapes are allowed.
+        Cost of pairing row i with column j (any real dtype, bool included). Dense: every pair
+        allowed except entries equal to ``+inf`` (``-inf`` with ``maximize=True``), which are
+        forbidden pairs, as in :func:`scipy.optimize.linear_sum_assignment`. Sparse: the stored
+        entries (explicit zeros included) are the allowed pairs; missing entries and stored
+        ``+inf`` (``-inf`` with ``maximize``) are forbidden. NaN and the opposite infinity are
+        errors. Rectangular shapes are allowed.
     unmatched_cost : float, optional
-        Without it, every row of the smaller side is matched (all rows and columns when square),
-        like :func:`scipy.optimize.linear_sum_assignment`. With it, any row and any column may stay
-        unmatched, at ``unmatched_cost`` each (so a pair is worth matching only when its cost is
-        below ``2 * unmatched_cost``): a partial matching, always feasible.
+        Without it (or with ``+inf``; ``-inf`` with ``maximize``), every row of the smaller side
+        is matched (all rows and columns when square), like
+        :func:`scipy.optimize.linear_sum_assignment`. With a finite value, any row and any column
+        may stay unmatched, at ``unmatched_cost`` each (so a pair is worth matching only when its
+        cost is below ``2 * unmatched_cost``): a partial matching, always feasible, exact for any
+        finite value (costs are never shifted by it; with a huge value the result is the cheapest
+        matching of maximum size on the allowed pairs).
     maximize : bool
         Maximise the total instead (``unmatched_cost`` is then a gain per unmatched point).
     solver : {"native", "highs"}
@@ -217,8 +290,9 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     Raises
     ------
     ValueError
-        Non-finite costs, or an infeasible problem (a row or column with no allowed pair, or a
-        set of rows whose allowed pairs reach fewer columns than rows): the message names them.
+        NaN costs or the wrong infinity ("contains invalid numeric entries"), or an infeasible
+        problem ("cost matrix is infeasible": a row or column with no allowed pair, or a set of
+        rows whose allowed pairs reach fewer columns than rows): the message names them.
 
     Notes
     -----
@@ -234,13 +308,16 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     ([0, 1], [1, 0], 3.0)
     >>> res.unmatched_cols.tolist()
     [2]
+    >>> xmodal.linear_assignment(np.array([[np.inf, 1.0], [2.0, np.inf]])).cols.tolist()  # inf: forbidden
+    [1, 0]
     """
     t0 = time.perf_counter()
     choice(solver, "solver", ("native", "highs"))
     if not isinstance(maximize, (bool, np.bool_)):
         raise TypeError(f"maximize: expected True or False, got {describe(maximize)}")
-    u = _unmatched_cost(unmatched_cost)
-    c = _as_csr(cost)
+    maximize = bool(maximize)
+    u = _unmatched_cost(unmatched_cost, maximize)
+    c = _as_csr(cost, maximize=maximize)
     _check_finite(c)
     sign = -1.0 if maximize else 1.0
     n, m = c.shape
@@ -255,37 +332,50 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
         row_deg = np.diff(work.indptr)
         col_deg = np.bincount(work.indices, minlength=m)
         if n <= m and (row_deg == 0).any():
-            raise ValueError(f"cost: rows {_first(np.flatnonzero(row_deg == 0))} have no allowed pair and "
-                             f"cannot be matched{_hint()}")
+            raise ValueError(f"cost: cost matrix is infeasible (no full matching exists): rows "
+                             f"{_first(np.flatnonzero(row_deg == 0))} have no allowed pair and cannot be "
+                             f"matched{_hint()}")
         if m <= n and (col_deg == 0).any():
-            raise ValueError(f"cost: columns {_first(np.flatnonzero(col_deg == 0))} have no allowed pair and "
-                             f"cannot be matched{_hint()}")
+            raise ValueError(f"cost: cost matrix is infeasible (no full matching exists): columns "
+                             f"{_first(np.flatnonzero(col_deg == 0))} have no allowed pair and cannot be "
+                             f"matched{_hint()}")
+
+    # Exact power-of-two scaling when sums of the costs could overflow (costs near 1e300).
+    scale = _overflow_scale(work)
+    scaled = work if scale == 1.0 else sp.csr_matrix((work.data * scale, work.indices, work.indptr),
+                                                     shape=work.shape)
+    su = None if wu is None else wu * scale
 
     if solver == "highs":
         from ._highs import solve_one_to_one
 
-        rows, cols, info = solve_one_to_one(work, wu)
+        rows, cols, info = solve_one_to_one(scaled, su)
         return _finish(work, rows, cols, sign=sign, unmatched_cost=u, problem=problem, solver=solver, t0=t0,
                        info=info)
 
     from .. import _core
 
-    transposed = u is None and n > m
-    g = work.T.tocsr() if transposed else work
+    # Partial problems are symmetric in rows and columns: solve with the smaller side as rows, so that
+    # fewer rows end on their dummy column (each such search scans its whole reachable component).
+    transposed = n > m
+    g = scaled.T.tocsr() if transposed else scaled
     g.sort_indices()
     indptr, indices, data = _native_arrays(g)
-    out = _core.sparse_assignment(g.shape[0], g.shape[1], indptr, indices, data, wu)
+    out = _core.sparse_assignment(g.shape[0], g.shape[1], indptr, indices, data, su)
     if out["failed_row"] >= 0:
         hr, hc = out["hall_rows"], out["hall_cols"]
         rname, cname = ("columns", "rows") if transposed else ("rows", "columns")
         raise ValueError(
-            f"cost: infeasible: {rname} {_first(np.sort(hr))} together have allowed pairs with only "
-            f"{hc.size} {cname} {_first(np.sort(hc))}, so at least one of them cannot be matched{_hint()}")
+            f"cost: cost matrix is infeasible (no full matching exists): {rname} {_first(np.sort(hr))} "
+            f"together have allowed pairs with only {hc.size} {cname} {_first(np.sort(hc))}, so at least one "
+            f"of them cannot be matched{_hint()}")
     col_of_row = out["col_of_row"]
     r = np.flatnonzero(col_of_row >= 0)
     cc = col_of_row[r].astype(np.int64)
     rows, cols = (cc, r) if transposed else (r, cc)
     info = {"warm_matched": int(out["warm_matched"]), "scanned": int(out["scanned"])}
+    if scale != 1.0:
+        info["cost_scale"] = scale
     return _finish(work, rows, cols, sign=sign, unmatched_cost=u, problem=problem, solver="native", t0=t0,
                    searches=out["searches"], info=info)
 
@@ -302,8 +392,10 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     Parameters
     ----------
     cost : (n, m) array or scipy sparse matrix
-        Cost of pairing row i with column j; sparse: stored entries (explicit zeros included) are
-        the allowed pairs. Costs must be finite. The larger side is the rows when n >= m.
+        Cost of pairing row i with column j. Dense: every pair allowed except ``+inf`` entries
+        (forbidden); sparse: stored entries (explicit zeros included) are the allowed pairs, stored
+        ``+inf`` entries are forbidden. NaN and ``-inf`` are errors. The larger side is the rows
+        when n >= m.
     max_per_target : int, optional
         Most points of the larger side a point of the smaller side may take (>= 1). Default:
         unlimited.
@@ -322,8 +414,9 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     Raises
     ------
     ValueError
-        Non-finite costs; a larger-side point without any allowed pair; smaller-side points whose
-        allowed pairs reach too few larger-side points to cover them all; not enough capacity.
+        NaN or ``-inf`` costs; "cost matrix is infeasible": a larger-side point without any allowed
+        pair, smaller-side points whose allowed pairs reach too few larger-side points to cover
+        them all; not enough capacity.
 
     Notes
     -----
@@ -347,25 +440,28 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     deg_c = np.bincount(c.indices, minlength=m)
     deg_big, deg_small = (deg_r, deg_c) if rows_larger else (deg_c, deg_r)
     if (deg_big == 0).any():
-        raise ValueError(f"cost: {big} {_first(np.flatnonzero(deg_big == 0))} have no allowed pair and cannot "
-                         f"be matched{_hint()}")
+        raise ValueError(f"cost: cost matrix is infeasible (no cover exists): {big} "
+                         f"{_first(np.flatnonzero(deg_big == 0))} have no allowed pair and cannot be matched{_hint()}")
     if (deg_small == 0).any():
-        raise ValueError(f"cost: {small} {_first(np.flatnonzero(deg_small == 0))} have no allowed pair and "
-                         f"cannot be covered{_hint()}")
+        raise ValueError(f"cost: cost matrix is infeasible (no cover exists): {small} "
+                         f"{_first(np.flatnonzero(deg_small == 0))} have no allowed pair and cannot be covered{_hint()}")
     if cap is not None and cap * n_small < n_big:
         raise ValueError(f"max_per_target: {n_small} {small} taking at most {cap} each cannot cover all "
                          f"{n_big} {big}; expected max_per_target >= {-(-n_big // n_small)}")
 
+    scale = _overflow_scale(c)
+    scaled = c if scale == 1.0 else sp.csr_matrix((c.data * scale, c.indices, c.indptr), shape=c.shape)
+
     if solver == "highs":
         from ._highs import solve_cover
 
-        rows, cols, info = solve_cover(c, cap)
+        rows, cols, info = solve_cover(scaled, cap)
         return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="highs", t0=t0,
                        info=info)
 
     from .. import _core
 
-    g = c.copy()
+    g = scaled.copy()
     g.sort_indices()
     indptr, indices, data = _native_arrays(g)
     if cap is not None:
@@ -388,7 +484,7 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
         else:
             small_set, big_set = hc, hr
         raise ValueError(
-            f"cost: infeasible cover: {small} {_first(np.sort(small_set))} and {big} {_first(np.sort(big_set))} "
+            f"cost: cost matrix is infeasible (no cover exists): {small} {_first(np.sort(small_set))} and {big} {_first(np.sort(big_set))} "
             f"form a set that cannot be assigned (too few allowed pairs to cover every {small[:-1]} while "
             f"matching every {big[:-1]} once{'' if cap is None else f' within max_per_target={cap}'}){_hint()}")
     partner = out["col_of_row"].astype(np.int64)

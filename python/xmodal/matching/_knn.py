@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._device import is_cuda_array, resolve_device
-from .._validation import as_points, as_spacing, describe, positive_float, positive_int
+from .._validation import as_bool, as_points, as_spacing, describe, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
               spacing: Any = None, device: str = "auto"):
     """Sparse matrix of Euclidean distances between nearby points of two sets.
 
-    Pair ``(i, j)`` is stored when ``|a_i - b_j| <= radius``, or when ``b_j`` is among the ``k``
+    Pair ``(i, j)`` is stored when ``|a_i - b_j|**2 <= radius**2`` (squared distances in float64,
+    as :class:`scipy.spatial.cKDTree` compares them), or when ``b_j`` is among the ``k``
     nearest points of ``b`` to ``a_i``, or (``symmetric=True``) when ``a_i`` is among the ``k``
     nearest points of ``a`` to ``b_j``: the union of all three.
 
@@ -80,6 +81,7 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     >>> g.nnz  # the zero distance of the identical points is stored
     2
     """
+    symmetric = as_bool(symmetric, "symmetric")
     k, radius, symmetric = _check_options(k, radius, symmetric)
     dev = resolve_device(device, a, b)
     if dev == "cuda" or is_cuda_array(a) or is_cuda_array(b):

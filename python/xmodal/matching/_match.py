@@ -33,8 +33,9 @@ def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = N
         Also allow every pair within this distance.
     unmatched_cost : float, optional
         One-to-one only: a point may stay unmatched at this cost (pairs farther apart than
-        ``2 * unmatched_cost`` are then never matched). Without it every point of the smaller set
-        must be matched on the candidate graph.
+        ``2 * unmatched_cost`` are then never matched). Without it (or with ``np.inf``) every
+        point of the smaller set must be matched on the candidate graph. Exact for any finite
+        value (see :func:`linear_assignment`).
     mode : {"one-to-one", "cover"}
         ``"cover"``: every point of the larger set matched exactly once, every point of the smaller
         set at least once (at most ``max_per_target``), the Platynereis atlas formulation.

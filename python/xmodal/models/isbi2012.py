@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import as_bool
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_isbi2012", "predict_affinities", "boundary_map", "boundary_baseline_segmentation",
@@ -60,13 +62,15 @@ def predict_affinities(model, raw, *, mean: float, std: float) -> np.ndarray:
     """
     import torch
 
+    from ..inference._normalize import Standardize
+
     raw = np.asarray(raw)
     if raw.ndim != 2:
         raise ValueError(f"raw: expected a 2D slice, got shape {raw.shape}")
     div = int(getattr(model, "divisor", 1))
     h, w = raw.shape
     ph, pw = (-h) % div, (-w) % div
-    x = (raw.astype(np.float32) - float(mean)) / float(std)
+    x = Standardize(mean, std)(raw.astype(np.float32))
     x = np.pad(x, ((0, ph), (0, pw)), mode="reflect")
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(x))[None, None])[0].numpy()
@@ -123,6 +127,7 @@ def boundary_baseline_segmentation(affinities, *, n_attractive: int = 2, thresho
     -------
     (H, W) int32 labels, 0 only where ``grow=False`` left boundary pixels.
     """
+    grow = as_bool(grow, "grow")
     from skimage.measure import label as cc_label
     from skimage.segmentation import watershed
 

@@ -2,8 +2,11 @@
 
 The network is deliberately plain so that tiled inference is exact: zero-padded 3x3
 convolutions, BatchNorm (statistics frozen in eval mode, so no tile-dependent statistics),
-ReLU, 2x2 max pooling and 2x2 transposed convolutions. Input height and width must be
-multiples of ``2 ** (levels - 1)``.
+ReLU, 2x2 max pooling and 2x2 transposed convolutions. Inputs of any height and width are padded
+at the bottom and right to multiples of ``2 ** (levels - 1)`` by repeating the last row / column,
+and the output is cropped back; since the padding sits at the image end and depends only on the
+last real pixels, a tiled prediction whose windows start on that grid (``xmodal.predict_tiled``)
+still equals the whole-image prediction.
 """
 
 from __future__ import annotations
@@ -70,14 +73,18 @@ class UNet2D(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Height and width of the input must be multiples of this."""
+        """The down-sampling factor: other heights and widths are padded to multiples of this."""
         return 2 ** (len(self.features) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected a (batch, {self.in_channels}, height, width) tensor, got shape {tuple(x.shape)}")
-        if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
-            raise ValueError(f"x: height and width must be multiples of {self.divisor}, got {tuple(x.shape[-2:])}")
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        if height < 1 or width < 1:
+            raise ValueError(f"x: expected a non-empty image, got height and width {(height, width)}")
+        pad_h, pad_w = -height % self.divisor, -width % self.divisor
+        if pad_h or pad_w:  # bottom / right, repeating the last row / column
+            x = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         skips = []
         for i, enc in enumerate(self.encoders):
             x = enc(x)
@@ -90,4 +97,6 @@ class UNet2D(nn.Module):
         x = self.head(x)
         if self.final_activation == "sigmoid":
             x = torch.sigmoid(x)
+        if pad_h or pad_w:
+            x = x[..., :height, :width]
         return x

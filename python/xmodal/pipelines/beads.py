@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_points, positive_float, positive_int
+from .._validation import as_bool, as_points, positive_float, positive_int
 from .prealign import principal_axes
 
 
@@ -59,10 +59,16 @@ def _mutual_matches(moved: np.ndarray, fixed: np.ndarray, radius: float):
 
 
 def _fit_affine(src: np.ndarray, dst: np.ndarray):
+    # Centred and scaled by the RMS radius: lstsq's relative rcond then sees a unit-free design
+    # (raw coordinates of 1e12 next to the column of ones lost the fit).
     d = src.shape[1]
-    x = np.hstack([src, np.ones((len(src), 1))])
+    centroid = src.mean(axis=0)
+    a = src - centroid
+    rho = float(np.sqrt((a ** 2).sum(axis=1).mean())) or 1.0
+    x = np.hstack([a / rho, np.ones((len(src), 1))])
     sol, *_ = np.linalg.lstsq(x, dst, rcond=None)
-    return sol[:d].T, sol[d]
+    mat = sol[:d].T / rho
+    return mat, sol[d] - mat @ centroid
 
 
 def register_beads(fixed, moving, *, radius: float, max_iter: int = 50, reflections: bool = True,
@@ -85,6 +91,7 @@ def register_beads(fixed, moving, *, radius: float, max_iter: int = 50, reflecti
     min_matches : int, optional
         Fail with ValueError when fewer beads match (default d + 2).
     """
+    reflections = as_bool(reflections, "reflections")
     fix = as_points(fixed, "fixed", min_points=3)
     mov = as_points(moving, "moving", min_points=3)
     if fix.shape[1] != mov.shape[1]:

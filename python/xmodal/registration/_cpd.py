@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._device import is_cuda_array, resolve_device
-from .._validation import as_points, choice, describe, positive_float, positive_int
+from .._validation import as_bool, as_points, choice, describe, positive_float, positive_int
 from .transforms import AffineTransform, DeformableTransform, RigidTransform, SimilarityTransform
 
 log = logging.getLogger("xmodal.registration")
@@ -40,8 +40,9 @@ class CPDResult:
     iterations : int
         EM iterations run.
     converged : bool
-        Whether the relative change of the objective fell below ``tol`` (or sigma2 reached its
-        floor because the sets match exactly).
+        Whether the relative change of the objective fell below ``tol``, or sigma2 reached its
+        floor because the sets match exactly (a step checked before it is accepted; see
+        ``info["stop"]``).
     match : ndarray of int64 (M,)
         For each moving point, the fixed point with the largest posterior ``P[m, n]`` in the last
         E-step (-1 when it has none within the truncation radius).
@@ -52,10 +53,16 @@ class CPDResult:
     history : dict
         Per iteration ``sigma2`` (input units) and ``objective``.
     warnings : list of str
-        Degenerate situations met (sigma2 collapse, non-finite update reverted, ...).
+        Degenerate situations met (initial sigma2 below the floor, sigma2 collapse, non-finite or
+        failed M-step reverted, no support, ...).
     info : dict
-        Diagnostics: ``w``, normalisation ``scale``, M-step ``solver``, ``rank``, kernel ``pairs``
-        evaluated, ``seconds`` (e-step, m-step, total), ``dtype``, ``device``.
+        Diagnostics: ``w``, ``normalize_scale``, M-step ``solver``, ``rank``, kernel ``pairs``
+        evaluated, ``seconds`` (e-step, m-step, total), ``dtype``, ``device``, ``sigma2_floor``
+        (squared input units), ``stop`` (why EM stopped: ``"converged"``, ``"max_iter"``,
+        ``"sigma2_collapse"``, ``"sigma2_collapse_rejected"``, ``"m_step_failed"``,
+        ``"non_finite_update"``, ``"no_support"``, ``"scale_degenerate"``) and, after a failed
+        M-step, ``m_step_error``. Whenever a step is rejected, the transform returned is the
+        previous iterate's.
     """
 
     moved: Any
@@ -200,7 +207,7 @@ class _NumpyEStep:
         self.pairs = 0
 
     def __call__(self, TY: np.ndarray, sigma2: float, c: float):
-        P1, Pt1, PX, best, prob, logsum, pairs, empty, _ = self.fn(
+        P1, Pt1, PX, best, prob, logsum, pairs, empty, _, _ = self.fn(
             self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c, self.cutoff, True)
         self.pairs += int(pairs)
         return (P1.astype(np.float64), Pt1.astype(np.float64), PX.astype(np.float64), best,
@@ -243,7 +250,8 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         Stop when the relative change of the objective (negative log-likelihood) is below ``tol``.
     sigma2 : float, optional
         Initial variance (squared input units); default the mean squared distance between all
-        pairs (computed in O(M + N)).
+        pairs (computed in O(M + N)). Values below the floor (1e-10 of the fixed set's squared
+        RMS radius, ``info["sigma2_floor"]``) start from the floor, with a warning.
     landmarks : array (k, 2) of int, optional
         Known correspondences ``(moving_idx, fixed_idx)``; each adds ``landmark_weight`` to the
         posterior of its pair (as probreg's ConstrainedNonRigidCPD), for every transform kind.
@@ -273,7 +281,9 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         reproduce pycpd exactly.
     cutoff : float > 0
         Kernel truncation: terms with ``|x - y|^2 > 2 sigma2 cutoff`` (each below
-        ``exp(-cutoff)``) are skipped; ``inf`` gives the dense sums.
+        ``exp(-cutoff)``) are skipped, the same pairs in both passes of the E-step; ``inf`` gives
+        the dense sums. Either way the posterior is exact over its support at any sigma2
+        (log-sum-exp denominators; see docs/cpd.md).
 
     Returns
     -------
@@ -281,6 +291,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     """
     t_start = time.perf_counter()
     choice(transform, "transform", TRANSFORMS)
+    normalize = as_bool(normalize, "normalize")
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (0.0 <= float(w) < 1.0):
         raise ValueError(f"w: expected a number in [0, 1), got {describe(w)}")
     w = float(w)
@@ -356,15 +367,23 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     Yn = (Y - xp.asarray(ym)) / s0
     beta_n = beta / s0
     lam_n = lam * s0 * s0
+    # sigma2 floor: relative to the spread of the fixed set (unit-independent, also unnormalised).
+    spread2 = float(((Xn - Xn.mean(0)) ** 2).sum(1).mean())
+    floor = SIGMA2_FLOOR * spread2
+    warnings_: list[str] = []
     if sigma2 is None:
         s2 = float(M * (Xn * Xn).sum() + N * (Yn * Yn).sum() - 2.0 * Xn.sum(0) @ Yn.sum(0)) / (D * M * N)
     else:
         s2 = sigma2 / (s0 * s0)
     s2 = float(s2)
+    if not s2 >= floor:  # also catches an underflow to 0 of sigma2 / s0^2
+        warnings_.append(f"sigma2: the initial value {s2 * s0 * s0:.3g} (squared input units) is below the floor "
+                         f"{floor * s0 * s0:.3g} (1e-10 of the fixed set's squared RMS radius) that EM resolves; "
+                         "started from the floor, where the E-step already is a nearest-neighbour assignment")
+        s2 = floor
     estep = estep_factory(Xn, wts)
     info = {"w": w, "normalize_scale": s0, "dtype": str(np.dtype(dtype)), "device": device,
-            "transform": transform}
-    warnings_: list[str] = []
+            "transform": transform, "sigma2_floor": floor * s0 * s0}
 
     # Transform state (normalised units).
     B = np.eye(D)
@@ -379,15 +398,27 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
     hist_s2, hist_L = [], []
     L_prev = None
     converged = False
+    stop = "max_iter"
     t_e = t_m = 0.0
     it = 0
     best = xp.full(M, -1, dtype=xp.int64)
     prob = xp.zeros(M)
+    lm_m = lm_f = None
     if lm is not None:
         lm_m, lm_f = xp.asarray(lm[:, 0]), xp.asarray(lm[:, 1])
+
+    def outlier_c(s2_):
+        return 0.0 if w == 0 else (2 * math.pi * s2_) ** (D / 2) * w / (1 - w) * M / N
+
+    def landmark_term(TY_, s2_):
+        if lm is None:
+            return 0.0
+        return landmark_weight * float(((Xn[lm_f] - TY_[lm_m]) ** 2).sum()) / (2.0 * s2_)
+
     L = float("nan")
+    reg_prev = 0.0
     for it in range(1, max_iter + 1):
-        c = 0.0 if w == 0 else (2 * math.pi * s2) ** (D / 2) * w / (1 - w) * M / N
+        c = outlier_c(s2)
         t0 = time.perf_counter()
         P1, Pt1, PX, best, prob, logsum, empty = estep(TY, s2, c)
         t_e += time.perf_counter() - t0
@@ -398,77 +429,119 @@ def _run(Y, X, *, transform, w, beta, lam, max_iter, tol, sigma2, landmarks, lan
         Np = float(P1.sum())
         t0 = time.perf_counter()
         if Np <= 1e-12:
-            warnings_.append(f"iteration {it}: no fixed point is explained by the moving points (sum P = {Np:.3g}); "
-                             "stopped")
+            hint = ""
+            if math.isfinite(cutoff):
+                hint = (f" within the truncation radius sqrt(2 sigma2 cutoff) = {math.sqrt(2 * s2 * cutoff) * s0:.3g} "
+                        "(input units); start from a larger sigma2 or use cutoff=inf")
+            warnings_.append(f"iteration {it}: no fixed point is explained by the moving points (sum P = {Np:.3g})"
+                             f"{hint}; stopped")
+            stop = "no_support"
             break
         state = (B.copy(), t.copy(), s_sim, TY.copy(), None if deform is None else deform.snapshot())
-        reg = 0.0
-        if transform in ("rigid", "similarity"):
-            mu_x = _h(Xn.T @ Pt1) / Np
-            mu_y = _h(Yn.T @ P1) / Np
-            A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
-            U, _, Vt = np.linalg.svd(A)
-            C = np.eye(D)
-            C[-1, -1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
-            R = U @ C @ Vt
-            yPy = float(P1 @ (Yn * Yn).sum(1)) - Np * float(mu_y @ mu_y)
-            xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
-            trAR = float(np.trace(A.T @ R))
-            if transform == "similarity" and scale is None:
-                new_scale = trAR / yPy if yPy > 0 else 0.0
-                if not (np.isfinite(new_scale) and new_scale > 0):
-                    warnings_.append(f"iteration {it}: the scale estimate degenerated ({new_scale:.3g}); "
-                                     "kept the previous transform and stopped")
-                    break
-                s_sim = new_scale
-            elif transform == "rigid":
-                s_sim = 1.0
-            B = s_sim * R
-            t = mu_x - B @ mu_y
-            new_s2 = (xPx - 2.0 * s_sim * trAR + s_sim * s_sim * yPy) / (Np * D)
-            TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
-        elif transform == "affine":
-            mu_x = _h(Xn.T @ Pt1) / Np
-            mu_y = _h(Yn.T @ P1) / Np
-            A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
-            YPY = _h((Yn * P1[:, None]).T @ Yn) - Np * np.outer(mu_y, mu_y)
-            xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
-            try:
-                B = np.linalg.solve(YPY.T, A.T).T
-            except np.linalg.LinAlgError:
-                B = A @ np.linalg.pinv(YPY)
-            t = mu_x - B @ mu_y
-            new_s2 = (xPx - np.trace(A @ B.T)) / (Np * D)
-            TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
-        else:
-            TY, reg = deform.step(P1, PX, s2)
-            new_s2 = float(Pt1 @ (Xn * Xn).sum(1) - 2.0 * (PX * TY).sum() + P1 @ (TY * TY).sum(1)) / (Np * D)
-        t_m += time.perf_counter() - t0
-        new_s2 = float(new_s2)
-        if not (bool(xp.all(xp.isfinite(TY))) and np.isfinite(new_s2)):
+
+        def revert():
+            nonlocal B, t, s_sim, TY
             B, t, s_sim, TY, snap = state
             if deform is not None:
                 deform.restore(snap)
+
+        reg = 0.0
+        try:
+            if transform in ("rigid", "similarity"):
+                mu_x = _h(Xn.T @ Pt1) / Np
+                mu_y = _h(Yn.T @ P1) / Np
+                A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
+                U, _, Vt = np.linalg.svd(A)
+                C = np.eye(D)
+                C[-1, -1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
+                R = U @ C @ Vt
+                yPy = float(P1 @ (Yn * Yn).sum(1)) - Np * float(mu_y @ mu_y)
+                xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
+                trAR = float(np.trace(A.T @ R))
+                if transform == "similarity" and scale is None:
+                    new_scale = trAR / yPy if yPy > 0 else 0.0
+                    if not (np.isfinite(new_scale) and new_scale > 0):
+                        warnings_.append(f"iteration {it}: the scale estimate degenerated ({new_scale:.3g}); "
+                                         "kept the previous transform and stopped")
+                        stop = "scale_degenerate"
+                        break
+                    s_sim = new_scale
+                elif transform == "rigid":
+                    s_sim = 1.0
+                B = s_sim * R
+                t = mu_x - B @ mu_y
+                new_s2 = (xPx - 2.0 * s_sim * trAR + s_sim * s_sim * yPy) / (Np * D)
+                TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
+            elif transform == "affine":
+                mu_x = _h(Xn.T @ Pt1) / Np
+                mu_y = _h(Yn.T @ P1) / Np
+                A = _h(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
+                YPY = _h((Yn * P1[:, None]).T @ Yn) - Np * np.outer(mu_y, mu_y)
+                xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
+                try:
+                    B = np.linalg.solve(YPY.T, A.T).T
+                except np.linalg.LinAlgError:
+                    B = A @ np.linalg.pinv(YPY)
+                t = mu_x - B @ mu_y
+                new_s2 = (xPx - np.trace(A @ B.T)) / (Np * D)
+                TY = Yn @ xp.asarray(B.T) + xp.asarray(t)
+            else:
+                TY, reg = deform.step(P1, PX, s2)
+                new_s2 = float(Pt1 @ (Xn * Xn).sum(1) - 2.0 * (PX * TY).sum() + P1 @ (TY * TY).sum(1)) / (Np * D)
+        except np.linalg.LinAlgError as exc:
+            revert()
+            solver = f" ({info['solver']})" if "solver" in info else ""
+            warnings_.append(f"iteration {it}: the {transform} M-step{solver} failed (LinAlgError: {exc}); "
+                             "reverted to the previous transform and stopped")
+            info["m_step_error"] = f"LinAlgError: {exc}"
+            stop = "m_step_failed"
+            break
+        t_m += time.perf_counter() - t0
+        new_s2 = float(new_s2)
+        if not (bool(xp.all(xp.isfinite(TY))) and np.isfinite(new_s2) and np.isfinite(reg)):
+            revert()
             warnings_.append(f"iteration {it}: non-finite update; reverted to the previous transform and stopped")
+            stop = "non_finite_update"
             break
         # Objective of this E-step (before the M-step's sigma2 update).
         L = -logsum + N * D / 2.0 * math.log(s2) + lam_n / 2.0 * reg
         hist_L.append(L)
-        if new_s2 <= SIGMA2_FLOOR:
-            s2 = SIGMA2_FLOOR
-            hist_s2.append(s2 * s0 * s0)
-            warnings_.append(f"iteration {it}: sigma2 collapsed to the floor {SIGMA2_FLOOR * s0 * s0:.3g} "
-                             "(squared input units); the sets match (almost) exactly. Stopped.")
-            converged = True
+        if new_s2 <= floor:
+            # Check the step before returning it: at this iteration's sigma2 the M-step cannot raise
+            # the objective (EM is monotone), so a transform that does came from a broken step.
+            t0 = time.perf_counter()
+            chk = estep(TY, s2, c)
+            t_e += time.perf_counter() - t0
+            L_old = -logsum + lam_n / 2.0 * reg_prev + landmark_term(state[3], s2)
+            L_new = -chk[5] + lam_n / 2.0 * reg + landmark_term(TY, s2)
+            slack = 1e-6 * max(abs(L_old), abs(L_new), float(N))
+            if np.isfinite(L_new) and L_new <= L_old + slack:
+                best, prob = chk[3], chk[4]
+                s2 = floor
+                hist_s2.append(s2 * s0 * s0)
+                warnings_.append(f"iteration {it}: sigma2 collapsed to the floor {floor * s0 * s0:.3g} "
+                                 "(squared input units); the sets match (almost) exactly (step checked: it does "
+                                 "not raise the objective at the previous sigma2). Stopped.")
+                converged = True
+                stop = "sigma2_collapse"
+            else:
+                revert()
+                warnings_.append(f"iteration {it}: sigma2 collapsed to the floor, but the step raises the objective "
+                                 f"at the previous sigma2 ({L_old:.6g} -> {L_new:.6g}); reverted to the previous "
+                                 "transform and stopped (not converged)")
+                stop = "sigma2_collapse_rejected"
             break
+        reg_prev = reg
         s2 = new_s2
         hist_s2.append(s2 * s0 * s0)
         if callback is not None:
             callback(iteration=it, sigma2=s2 * s0 * s0, objective=L, moved=TY * s0 + xp.asarray(xm))
         if L_prev is not None and abs(L - L_prev) <= tol * max(abs(L), 1.0):
             converged = True
+            stop = "converged"
             break
         L_prev = L
+    info["stop"] = stop
 
     # Transform in input units.
     if transform == "deformable":
@@ -508,16 +581,19 @@ class _TopKPosterior:
 
         e = self.estep
         out = e.fn(e.X, np.ascontiguousarray(self.TY, dtype=e.dtype), e.w, self.s2, self.c, e.cutoff, False)
-        s = out[8]
+        log_s = out[8]
         M, N = self.TY.shape[0], self.Xn.shape[0]
         k = min(k, N)
         d, idx = cKDTree(self.Xn).query(self.TY, k=k)
         d, idx = d.reshape(M, k), idx.reshape(M, k)
-        kern = np.exp(-(d * d) / (2.0 * self.s2))
+        # log P[m, n] = log a_m - d^2 / (2 sigma2) - log s_n, exact where s_n itself underflows;
+        # pairs outside the E-step's support (d^2 > 2 sigma2 cutoff) are 0 as in the E-step.
+        logk = -(d * d) / (2.0 * self.s2)
         if self.wts is not None:
-            kern *= self.wts[:, None]
-        sd = s[idx]
-        p = np.where(sd > 0, kern / np.where(sd > 0, sd, 1.0), 0.0)
+            logk = logk + np.log(self.wts)[:, None]
+        ls = log_s[idx]
+        inside = np.isfinite(ls) & (d * d <= 2.0 * self.s2 * e.cutoff)
+        p = np.where(inside, np.exp(np.minimum(np.where(inside, logk - ls, -np.inf), 0.0)), 0.0)
         rows = np.repeat(np.arange(M), k)
         return csr_matrix((p.ravel(), (rows, idx.ravel())), shape=(M, N))
 
@@ -633,8 +709,10 @@ class _DeformableSolver:
                 K = F.T @ (F * lw[:, None])
                 K[xp.arange(K.shape[0]), xp.arange(K.shape[0])] += 1.0
                 z = xp.linalg.solve(K, F.T @ b)
-            W = b - lw[:, None] * (F @ z)
-            self.Z = F.T @ W
+            # F^T W = F^T (F F^T + Lambda)^-1 b' = (I + F^T Lambda^-1 F)^-1 F^T Lambda^-1 b' = z:
+            # taken directly, not as F^T (b - Lambda^-1 F z), which cancels catastrophically when
+            # Lambda^-1 has huge entries (heavy landmarks, small sigma2).
+            self.Z = z
             self.GW = F @ self.Z
             reg = float(xp.sum(self.Z * self.Z))
         return Y + self.GW, reg

@@ -64,16 +64,19 @@ class _CupyEStep:
         TYd = cp.ascontiguousarray(TY, dtype=self.dtype)
         N, D = self.X.shape
         M = TYd.shape[0]
-        s, invs, Pt1 = cp.empty(N), cp.empty(N), cp.empty(N)
+        log_s, g, shift, Pt1 = cp.empty(N), cp.empty(N), cp.empty(N), cp.empty(N)
         P1, PX, prob = cp.empty(M), cp.empty((M, D)), cp.empty(M)
         best = cp.empty(M, dtype=cp.int64)
         stream = cp.cuda.get_current_stream().ptr
         self.mod.cpd_estep(self.X.data.ptr, N, TYd.data.ptr, M, D, 0 if self.w is None else self.w.data.ptr,
-                           self.dtype == np.float64, float(sigma2), float(c), s.data.ptr, invs.data.ptr,
-                           Pt1.data.ptr, P1.data.ptr, PX.data.ptr, best.data.ptr, prob.data.ptr, stream)
-        self.pairs += 2 * N * M
-        logsum = float(cp.log(cp.maximum(s, np.finfo(np.float64).tiny)).sum())
-        empty = int((s <= 0).sum())
+                           self.dtype == np.float64, float(sigma2), float(c), log_s.data.ptr, g.data.ptr,
+                           shift.data.ptr, Pt1.data.ptr, P1.data.ptr, PX.data.ptr, best.data.ptr, prob.data.ptr,
+                           stream)
+        self.pairs += 3 * N * M
+        # s_n == 0 (no term, no outlier constant): counted as empty, log DBL_MIN in the objective
+        zero = (Pt1 == 0) & ~cp.isfinite(log_s) & (c == 0)
+        empty = int(zero.sum())
+        logsum = float(cp.where(zero, math.log(np.finfo(np.float64).tiny), log_s).sum())
         return P1, Pt1, PX, best, prob, logsum, empty
 
 

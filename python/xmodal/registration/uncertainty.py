@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from .._validation import as_bool
+
 __all__ = [
     "AffineFit",
     "RigidFit",
@@ -116,6 +118,25 @@ def _level(level) -> float:
 
 
 # ----------------------------------------------------------------------------- fits
+
+#: Relative rounding level below which centred coordinates count as zero (a multiple of float64
+#: epsilon times the coordinates' magnitude): every degeneracy test compares like with like, so
+#: none depends on the units of the points.
+_COINCIDE = 64.0 * np.finfo(np.float64).eps
+
+
+def _centred_spread(s: np.ndarray, name: str, what: str):
+    """Centroid, centred points and their RMS radius; ValueError when the points coincide.
+
+    "Coincide" is relative to the magnitude of the coordinates (rounding of the centroid), so the
+    test gives the same answer in any units.
+    """
+    centroid = s.mean(axis=0)
+    a = s - centroid
+    rho = float(np.sqrt((a ** 2).sum(axis=1).mean()))
+    if not rho > _COINCIDE * float(np.abs(s).max(initial=0.0)):
+        raise ValueError(f"{name}: all points coincide (to rounding); {what}")
+    return centroid, a, rho
 
 
 @dataclass(frozen=True)
@@ -189,17 +210,21 @@ def fit_affine(src, dst) -> AffineFit:
     p = d + 1
     if n < p + 1:
         raise ValueError(f"src: an affine fit in {d}D with a noise estimate needs at least {p + 1} points, got {n}")
-    centroid = s.mean(axis=0)
-    X = np.hstack([s - centroid, np.ones((n, 1))])  # centred: XᵀX is well conditioned
-    sv = np.linalg.svd(X[:, :d], compute_uv=False)
-    if sv[-1] <= 1e-10 * max(sv[0], 1e-300):
+    centroid, a, rho = _centred_spread(s, "src", "an affine map is not determined")
+    # Centred and scaled by the RMS radius: the design is unit-free, so are its conditioning and the
+    # degeneracy test; X = Xn diag(rho, ..., rho, 1).
+    Xn = np.hstack([a / rho, np.ones((n, 1))])
+    sv = np.linalg.svd(Xn[:, :d], compute_uv=False)
+    if sv[-1] <= 1e-10 * sv[0]:
         raise ValueError(f"src: the points are degenerate (all on a {'line' if d == 2 else 'plane or line'}); "
                          "an affine map is not determined")
-    B, *_ = np.linalg.lstsq(X, t, rcond=None)
-    resid = t - X @ B
+    Bn, *_ = np.linalg.lstsq(Xn, t, rcond=None)
+    resid = t - Xn @ Bn
     dof = n - p
     S = resid.T @ resid / dof
-    xtx_inv = np.linalg.inv(X.T @ X)
+    unscale = np.r_[np.full(d, 1.0 / rho), 1.0]
+    B = Bn * unscale[:, None]
+    xtx_inv = np.linalg.inv(Xn.T @ Xn) * np.outer(unscale, unscale)
     A = B[:d].T.copy()
     return AffineFit(matrix=A, translation=B[d] - A @ centroid, residuals=resid, noise_covariance=S, dof=dof,
                      rms=float(np.sqrt((resid ** 2).sum(axis=1).mean())), xtx_inv=xtx_inv, src_centroid=centroid,
@@ -303,27 +328,35 @@ def fit_rigid(src, dst, *, scale: bool = False) -> RigidFit:
     if n * d <= q:
         raise ValueError(f"src: a {'similarity' if scale else 'rigid'} fit in {d}D with a noise estimate needs "
                          f"more than {q / d:g} points, got {n}")
-    ms, mt = s.mean(axis=0), t.mean(axis=0)
-    a, b = s - ms, t - mt
-    if np.linalg.norm(a) == 0:
-        raise ValueError("src: all points coincide; the rotation is not determined")
+    ms, a, rho = _centred_spread(s, "src", "the rotation is not determined")
+    mt = t.mean(axis=0)
+    b = t - mt
     U, sig, Vt = np.linalg.svd(b.T @ a)  # H = Σ b_i a_iᵀ = U diag(sig) Vt, R = U D Vt
     D = np.ones(d)
     D[-1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
     R = (U * D) @ Vt
     c = float((sig * D).sum() / (a ** 2).sum()) if scale else 1.0
+    if scale and not (np.isfinite(c) and c > 0):
+        raise ValueError(f"dst: the fitted scale is {c:.3g}; a similarity map with a positive scale is not determined")
     fitted = c * a @ R.T + mt
     resid = t - fitted
     dof = n * d - q
     sigma2 = float((resid ** 2).sum() / dof)
-    J = _rigid_jacobian(R, c, a, scale).reshape(n * d, q)
-    jtj = J.T @ J
-    if np.linalg.cond(jtj) > 1e12:
+    # Jacobian with the rotation (and log-scale) columns divided by c * rho: J = Jn diag(k), so the
+    # conditioning of Jn^T Jn, and the degeneracy test on it, do not depend on the units.
+    k = np.ones(q)
+    k[:d * (d - 1) // 2] = c * rho
+    if scale:
+        k[-1] = c * rho
+    Jn = _rigid_jacobian(R, c, a, scale).reshape(n * d, q) / k
+    jtj_n = Jn.T @ Jn
+    if np.linalg.cond(jtj_n) > 1e12:
         raise ValueError("src: the points are degenerate for a rigid fit (e.g. collinear in 3D); "
                          "the rotation is not determined")
+    param_cov_unit = np.linalg.inv(jtj_n) / np.outer(k, k)
     return RigidFit(rotation=R, translation=mt - c * ms @ R.T, scale=c, residuals=resid, sigma2=sigma2, dof=dof,
                     rms=float(np.sqrt((resid ** 2).sum(axis=1).mean())), src_centroid=ms,
-                    param_cov_unit=np.linalg.inv(jtj), with_scale=bool(scale), n_points=n)
+                    param_cov_unit=param_cov_unit, with_scale=bool(scale), n_points=n)
 
 
 # ----------------------------------------------------------------------------- regions
@@ -472,6 +505,7 @@ def leave_one_out_residuals(src, dst, *, transform: str = "rigid", scale: bool =
     scale : bool
         With ``transform="rigid"``: fit a similarity.
     """
+    scale = as_bool(scale, "scale")
     s, t = _pair(src, dst)
     n, d = s.shape
     if transform == "affine":
@@ -557,21 +591,20 @@ def fitzpatrick_tre(fiducials, targets, *, fle=None, fre=None) -> TREResult:
     fle = float(fle)
     if not (np.isfinite(fle) and fle >= 0):
         raise ValueError(f"fle: expected a non-negative number, got {fle}")
-    c = f.mean(axis=0)
-    a = f - c
+    c, a, rho = _centred_spread(f, "fiducials", "the rotation is not determined")
     w, v = np.linalg.eigh(a.T @ a / n)  # variances along the principal directions
+    w = np.clip(w, 0.0, None)
     rc = (r - c) @ v  # target coordinates along the principal directions
     if d == 3:
         # distance² from axis k = sum of the squared coordinates along the other two directions
         f2 = np.array([w.sum() - w[k] for k in range(3)])
         d2 = np.stack([(rc ** 2).sum(axis=1) - rc[:, k] ** 2 for k in range(3)], axis=1)
-        if np.any(f2 <= 0):
+        # relative to the spread (rho² = w.sum()): the same answer in any units
+        if np.any(f2 <= 1e-12 * rho * rho):
             raise ValueError("fiducials: all on one line; the rotation is not determined")
         ratio = (d2 / f2).sum(axis=1) / 3.0
     else:
         f2 = np.array([w.sum()])
-        if f2[0] <= 0:
-            raise ValueError("fiducials: all points coincide; the rotation is not determined")
         ratio = (rc ** 2).sum(axis=1) / f2[0] / 2.0
     tre = np.sqrt(fle ** 2 / n * (1.0 + ratio))
     return TREResult(tre=tre, fle=fle, principal_axes=v, axis_rms=np.sqrt(f2))

@@ -8,7 +8,10 @@ Method (three passes, each resumable):
    and stored in the work directory with, for each face shared with a neighbouring block, the labels
    of the block's boundary slice and whether each boundary voxel and its neighbour across the face
    (which lies in the halo) ended in the same segment of this block's run. A block is done when its
-   marker file exists; every file is written to a temporary name and renamed (atomic).
+   marker exists (:class:`xmodal.io.BlockLedger`, written after the block's file); the marker holds
+   the SHA-256 of the affinities (and mask) the block read, halo included, so a resumed run reuses
+   a block only when the same read gives the same bytes. Every file is written to a temporary name
+   and renamed (atomic).
 2. **Stitching.** Label ``l`` of block ``b`` gets the provisional id ``offset[b] + l`` (offsets are
    the cumulative label counts in block order). For every face and every pair (a, b) of labels that
    touch across it, the face votes to merge a and b where *both* blocks' runs joined the voxel pair;
@@ -16,7 +19,8 @@ Method (three passes, each resumable):
    (default 0.5). The merges are connected components of a sparse graph; final ids are consecutive
    from 1, ordered by the smallest provisional id of each component (deterministic).
 3. **Relabel.** Each block's stored labels are mapped to the final ids and written to ``out``
-   (idempotent: a resumed run simply rewrites every block).
+   (idempotent: a resumed run simply rewrites every block). A zarr ``out`` is flagged incomplete
+   before the first write and complete after the last (see :mod:`xmodal.io`).
 
 Only one block (with halo) of affinities is in memory per worker; the stitching pass holds the face
 slices and one integer per provisional label. The result does not depend on the scheduler or on the
@@ -25,9 +29,7 @@ number of workers.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
+import io
 import logging
 import numbers
 import os
@@ -38,8 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import describe
-from .mws import _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+from .. import io as xio
+from .._validation import as_bool, describe, per_axis
+from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -75,37 +78,13 @@ class BlockwiseResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _per_axis(x, ndim: int, name: str, minimum: int):
-    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-        x = [int(x)] * ndim
-    try:
-        vals = list(x)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
-    if len(vals) != ndim:
-        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected integers, got {describe(x)}")
-        if int(v) < minimum:
-            raise ValueError(f"{name}: expected integers >= {minimum}, got {[int(u) for u in vals]}")
-        out.append(int(v))
-    return tuple(out)
-
-
 class _Plan:
     """Everything a block task needs (picklable, for dask.distributed workers)."""
 
-    def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir):
-        self.affinities = affinities
-        self.offsets = offsets
-        self.shape = shape
-        self.block_shape = block_shape
-        self.halo = halo
-        self.mws_kwargs = mws_kwargs
-        self.mask = mask
-        self.workdir = workdir
+    def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir, ledger_dir):
+        self.affinities, self.offsets, self.shape, self.block_shape = affinities, offsets, shape, block_shape
+        self.halo, self.mws_kwargs, self.mask = halo, mws_kwargs, mask
+        self.workdir, self.ledger_dir = workdir, ledger_dir
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
 
     @property
@@ -131,28 +110,29 @@ class _Plan:
 
 
 def _atomic_save_npz(path, **arrays):
-    tmp = f"{path}.tmp{os.getpid()}.{id(arrays)}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path + ".npz")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    xio.atomic_write_bytes(path + ".npz", buf.getvalue())
 
 
-def _atomic_write_json(path, obj):
-    from ..io import atomic_write_text
+def _run_block(plan: _Plan, bid: int):
+    """Pass 1 for one block: (label count, input digest, reused).
 
-    atomic_write_text(path, json.dumps(obj))
-
-
-def _run_block(plan: _Plan, bid: int) -> int:
-    """Pass 1 for one block; returns its label count. Skips the work when the marker exists."""
-    marker = plan.path("blocks", bid) + ".json"
-    if os.path.exists(marker):
-        with open(marker) as f:
-            return int(json.load(f)["n_labels"])
+    The work is skipped when the ledger records the block as done from the same input bytes.
+    """
     inner, outer = plan.inner(bid), plan.outer(bid)
     affs = np.asarray(plan.affinities[(slice(None),) + outer])
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
+    ledger = digest = None
+    if plan.ledger_dir is not None:  # resumable: the block's input bytes decide whether it is done
+        digest = xio.data_digest(affs, mask)
+        ledger = xio.BlockLedger.attach(plan.ledger_dir)
+        rec = ledger.record(bid)
+        if rec is not None and rec.get("input") == digest and os.path.exists(plan.path("blocks", bid) + ".npz"):
+            return int(rec["n_labels"]), digest, True
+    _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
@@ -183,8 +163,9 @@ def _run_block(plan: _Plan, bid: int) -> int:
             faces[f"{side}{d}_lab"] = local[tuple(loc_sl)]
             faces[f"{side}{d}_conn"] = ext[tuple(sl_in)] == ext[tuple(sl_out)]
     _atomic_save_npz(plan.path("blocks", bid), labels=local, **faces)
-    _atomic_write_json(marker, {"n_labels": n_labels})
-    return n_labels
+    if ledger is not None:
+        ledger.mark_done(bid, digest, n_labels=n_labels)
+    return n_labels, digest, False
 
 
 def _relabel_block(plan: _Plan, bid: int, offset: int, mapping_path: str, out) -> object:
@@ -247,21 +228,92 @@ def _stitch(plan: _Plan, counts, merge_threshold: float):
     return offsets, comp.astype(dtype), n_labels, int(len(u))
 
 
-def _fingerprint(plan: _Plan, affinities, merge_threshold) -> str:
-    info = {
-        "shape": list(plan.shape), "channels": int(affinities.shape[0]), "dtype": str(affinities.dtype),
-        "block_shape": list(plan.block_shape), "halo": list(plan.halo),
-        "offsets": np.asarray(plan.offsets).tolist(), "mws": {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                                              for k, v in plan.mws_kwargs.items()},
+_WRITER = "xmodal.blockwise_mutex_watershed"
+
+
+def _signature(plan: _Plan, affinities, merge_threshold) -> str:
+    """Everything besides the input's values that changes the blocks' results (values: per block)."""
+    return xio.job_signature({
+        "function": _WRITER, "shape": plan.shape, "channels": int(affinities.shape[0]),
+        "dtype": str(affinities.dtype), "block_shape": plan.block_shape, "halo": plan.halo,
+        "offsets": np.asarray(plan.offsets).tolist(), "mws": dict(plan.mws_kwargs),
         "mask": plan.mask is not None, "merge_threshold": merge_threshold,
-    }
-    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
+    })
+
+
+def _clean_workdir(workdir: str) -> None:
+    """Remove what a run wrote into a caller's work directory (and the directory when then empty)."""
+    for name in ("blocks", "done"):
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    names = ["mapping.npy", "params.json"] + [n for n in os.listdir(workdir) if n.startswith(".tmp-")]
+    for name in names:
+        try:
+            os.unlink(os.path.join(workdir, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(workdir)
+    except OSError:
+        pass
+
+
+def _check_out(out, shape: tuple, bshape: tuple) -> None:
+    """``out`` of the spatial ``shape``, integer, and (zarr) chunks dividing the blocks ``bshape``."""
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
+    if not np.issubdtype(np.dtype(out.dtype), np.integer):
+        raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
+    chunks = getattr(out, "chunks", None)
+    if isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
+        if any(b % c and b < s for b, c, s in zip(bshape, chunks, shape)):
+            raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+
+
+def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge_threshold, n_attractive, strides,
+                     randomize_strides, invert, seed, bias):
+    """Every argument of :func:`blockwise_mutex_watershed` checked: (shape, offsets, blocks, halo, mws kwargs)."""
+    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
+        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
+    ashape = tuple(int(s) for s in affinities.shape)
+    if len(ashape) not in (3, 4):
+        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
+    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
+    C, shape = ashape[0], ashape[1:]
+    ndim = len(shape)
+    o = _check_offsets(offsets, C, ndim)
+    bias_arr = _check_bias(bias, C)
+    if bias_arr is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = None if bias_arr is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    if bias_arr is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    bshape = per_axis(block_shape, ndim, "block_shape", minimum=1)
+    hal = per_axis(halo, ndim, "halo")
+    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
+    for d in range(ndim):
+        if bshape[d] < shape[d] and hal[d] < 1:
+            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
+    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
+        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
+    if out is not None:
+        _check_out(out, shape, bshape)
+    if randomize_strides and st is None:
+        raise ValueError("randomize_strides: requires strides")
+    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
+                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
+    return shape, o, bshape, hal, mws_kwargs
 
 
 def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
                               n_attractive=None, strides=None, randomize_strides=False, mask=None,
                               invert=False, seed=None, workdir=None, n_workers=None,
-                              merge_threshold=0.5):
+                              merge_threshold=0.5, bias=None):
     """Mutex watershed of a volume larger than memory, block by block, stitched across faces.
 
     Parameters
@@ -283,14 +335,17 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         is returned.
     client : dask.distributed.Client, optional
         Run the block tasks on this client; default: dask's threaded scheduler in this process.
-    n_attractive, strides, randomize_strides, invert, seed
-        As in :func:`mutex_watershed`; strides are anchored at each block's (halo) origin.
+    n_attractive, strides, randomize_strides, invert, seed, bias
+        As in :func:`mutex_watershed` (``strides`` of shape ``(C, ndim)`` are per offset;
+        ``bias`` selects the signed-weight mode); strides are anchored at each block's (halo) origin.
     mask : array-like of bool, shape spatial, optional
         False voxels are background 0.
     workdir : str or path, optional
         Directory for the per-block results and done-markers. Give one to make the run resumable:
-        calling again with the same directory and parameters skips finished blocks (the parameters
-        are fingerprinted, the input data itself is not: use a new directory for new data).
+        calling again with the same directory skips a finished block when the parameters are the
+        same (job signature; other parameters clear the markers) and the block's affinities and
+        mask, read again, have the same SHA-256 as when it was computed (so a rerun on other data
+        recomputes, block by block). What the run wrote there is removed when it completes.
         Default: a temporary directory removed at the end.
     n_workers : int, optional
         Threads of the default scheduler (default: ``xmodal.num_threads()``).
@@ -301,69 +356,37 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     -------
     BlockwiseResult
         ``labels`` (``out`` or a numpy array) with consecutive ids from 1, 0 for masked voxels, plus
-        diagnostics.
+        diagnostics. A zarr ``out`` is flagged incomplete (attribute ``xmodal_output``) while the
+        run writes it and complete, with the job signature and input digest, when done.
     """
     from .._optional import optional_import
 
     dask = optional_import("dask", purpose="blockwise_mutex_watershed")
-
-    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
-        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
-    ashape = tuple(int(s) for s in affinities.shape)
-    if len(ashape) not in (3, 4):
-        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
-    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
-        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
-    C, shape = ashape[0], ashape[1:]
-    ndim = len(shape)
-    o = _check_offsets(offsets, C, ndim)
-    na = _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim)
-    bshape = _per_axis(block_shape, ndim, "block_shape", 1)
-    hal = _per_axis(halo, ndim, "halo", 0)
-    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
-    for d in range(ndim):
-        if bshape[d] < shape[d] and hal[d] < 1:
-            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
-    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
-        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
-    if out is not None:
-        if tuple(out.shape) != shape:
-            raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-        if not np.issubdtype(np.dtype(out.dtype), np.integer):
-            raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
-        chunks = getattr(out, "chunks", None)
-        if chunks is not None and isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
-            for d in range(ndim):
-                if bshape[d] % chunks[d] and bshape[d] < shape[d]:
-                    raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+    shape, o, bshape, hal, mws_kwargs = _check_arguments(
+        affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
+        n_attractive=n_attractive, strides=strides, randomize_strides=randomize_strides, invert=invert, seed=seed,
+        bias=bias)
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
-    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": bool(randomize_strides),
-                  "invert": bool(invert), "seed": seed}
-    if randomize_strides and st is None:
-        raise ValueError("randomize_strides: requires strides")
 
     own_workdir = workdir is None
     workdir = tempfile.mkdtemp(prefix="xmodal-mws-") if own_workdir else os.fspath(workdir)
+    zarr_out = out is not None and xio.is_zarr_array(out)
     try:
         os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
-        plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir)
-        fp = _fingerprint(plan, affinities, float(merge_threshold))
-        fp_path = os.path.join(workdir, "params.json")
-        if os.path.exists(fp_path):
-            with open(fp_path) as f:
-                old = json.load(f).get("fingerprint")
-            if old != fp:
-                raise ValueError(f"workdir: {workdir} holds a run with other parameters; use another directory")
-        else:
-            _atomic_write_json(fp_path, {"fingerprint": fp})
+        # A temporary work directory cannot be resumed: no ledger, no hashing.
+        plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir,
+                     None if own_workdir else os.path.join(workdir, "done"))
+        signature = _signature(plan, affinities, float(merge_threshold))
         bids = plan.block_ids()
-        resumed = sum(os.path.exists(plan.path("blocks", b) + ".json") for b in bids)
-        log.info("blockwise mutex watershed: %d blocks of %s (%d done before)", len(bids), bshape, resumed)
+        if plan.ledger_dir is not None:
+            xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
+        log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
+                 0 if plan.ledger_dir is None else sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
+        prior = xio.output_status(out) if zarr_out else None
+        if zarr_out:
+            xio.mark_incomplete(out, _WRITER)
 
         def run(tasks):
             if client is not None:
@@ -371,33 +394,37 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
             return dask.compute(*tasks, scheduler="threads", num_workers=n_workers)
 
         t0 = time.perf_counter()
-        counts = list(run([dask.delayed(_run_block, pure=False)(plan, b) for b in bids]))
+        done = list(run([dask.delayed(_run_block, pure=False)(plan, b) for b in bids]))
+        counts = [n for n, _, _ in done]
+        resumed = sum(bool(r) for _, _, r in done)
+        input_digest = None if own_workdir else xio.combine_digests(d for _, d, _ in done)
         t1 = time.perf_counter()
         offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
-        mapping_path = os.path.join(workdir, f"mapping-{fp[:16]}.npy")
-        if not os.path.exists(mapping_path):
-            tmp = mapping_path + f".tmp{os.getpid()}.npy"
-            np.save(tmp, mapping)
-            os.replace(tmp, mapping_path)
-        del mapping
+        mapping_path = os.path.join(workdir, "mapping.npy")
+        buf = io.BytesIO()
+        np.save(buf, mapping)  # always this run's: it depends on every block
+        xio.atomic_write_bytes(mapping_path, buf.getvalue())
+        del mapping, buf
         t2 = time.perf_counter()
-        if out is not None:
-            if n_labels > np.iinfo(np.dtype(out.dtype)).max:
-                raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
-            run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
-                 for b in bids])
-            labels = out
-        else:
-            dtype = np.uint32 if n_labels < 2**32 else np.uint64
-            labels = np.zeros(shape, dtype=dtype)
-            parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, None)
-                         for b in bids])
+        if out is not None and n_labels > np.iinfo(np.dtype(out.dtype)).max:
+            raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
+        parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
+                     for b in bids])
+        labels = out
+        if out is None:
+            labels = np.zeros(shape, dtype=np.uint32 if n_labels < 2**32 else np.uint64)
             for b, part in zip(bids, parts):
                 labels[plan.inner(b)] = part
+        elif zarr_out:
+            xio.mark_complete(out, _WRITER, signature=signature, input_digest=input_digest)
+            if prior is not None and not prior.get("complete"):
+                xio.remove_temporaries(xio.local_store_path(out))  # left by a killed run
         t3 = time.perf_counter()
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    if not own_workdir:
+        _clean_workdir(workdir)  # the run is complete: its resume state must not outlive it
     return BlockwiseResult(labels=labels, n_labels=n_labels, n_blocks=len(bids), n_blocks_resumed=resumed,
                            n_face_merges=n_merges,
                            seconds={"blocks": t1 - t0, "stitch": t2 - t1, "relabel": t3 - t2})

@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import describe
+from .._validation import as_bool, describe, int64_array, real_array
 
 __all__ = [
     "MutexWatershedInfo",
     "mutex_watershed",
     "seeded_mutex_watershed",
     "mutex_watershed_graph",
-    "remove_small_segments",
 ]
 
 
@@ -106,14 +105,7 @@ def _check_affinities(affinities) -> np.ndarray:
 
 
 def _check_offsets(offsets, n_channels: int, ndim: int) -> np.ndarray:
-    try:
-        o = np.asarray(offsets)
-    except Exception as exc:  # pragma: no cover
-        raise TypeError(f"offsets: expected ({n_channels}, {ndim}) integers, got {describe(offsets)}") from exc
-    if o.dtype == object or not (np.issubdtype(o.dtype, np.integer) or
-                                 (np.issubdtype(o.dtype, np.floating) and o.size and np.all(o == np.round(o)))
-                                 or o.size == 0):
-        raise TypeError(f"offsets: expected integer offsets, got {describe(offsets)}")
+    o = int64_array(offsets, "offsets", f"({n_channels}, {ndim}) integer offsets")
     if o.ndim != 2 or o.shape[1] != ndim:
         raise ValueError(
             f"offsets: expected shape ({n_channels}, {ndim}) (one {ndim}-D offset per channel), "
@@ -121,7 +113,7 @@ def _check_offsets(offsets, n_channels: int, ndim: int) -> np.ndarray:
     if o.shape[0] != n_channels:
         raise ValueError(
             f"offsets: expected one offset per affinity channel ({n_channels}), got {o.shape[0]}")
-    return o.astype(np.int64)
+    return o
 
 
 def _check_n_attractive(n_attractive, n_channels: int, ndim: int) -> int:
@@ -134,19 +126,42 @@ def _check_n_attractive(n_attractive, n_channels: int, ndim: int) -> int:
     return int(n_attractive)
 
 
-def _check_strides(strides, ndim: int):
+def _check_strides(strides, ndim: int, n_channels: int):
+    """None, ``ndim`` ints (repulsive channels only) or ``(n_channels, ndim)`` ints (per offset).
+
+    Returns None, a list of ``ndim`` ints, or a list of ``n_channels`` lists of ``ndim`` ints.
+    """
     if strides is None:
         return None
     if isinstance(strides, numbers.Integral) and not isinstance(strides, bool):
         strides = [int(strides)] * ndim
-    s = np.asarray(strides)
-    if s.dtype == object or not np.issubdtype(s.dtype, np.integer):
-        raise TypeError(f"strides: expected {ndim} positive integers, got {describe(strides)}")
-    if s.shape != (ndim,):
-        raise ValueError(f"strides: expected {ndim} values (one per axis), got shape {s.shape}")
+    s = int64_array(strides, "strides",
+                    f"{ndim} positive integers or ({n_channels}, {ndim}) per-offset positive integers")
+    if s.shape not in ((ndim,), (n_channels, ndim)):
+        raise ValueError(f"strides: expected {ndim} values (one per axis, repulsive channels) or shape "
+                         f"({n_channels}, {ndim}) (one row per offset, every edge), got shape {s.shape}")
     if (s < 1).any():
         raise ValueError(f"strides: expected positive integers, got {s.tolist()}")
-    return [int(v) for v in s]
+    return s.tolist()
+
+
+def _check_bias(bias, n_channels: int):
+    """None, a real number or ``n_channels`` real numbers -> None or a float64 array (n_channels,)."""
+    if bias is None:
+        return None
+    if isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias: expected a real number or {n_channels} real numbers, got {describe(bias)}")
+    b = real_array(bias, "bias", f"a real number or {n_channels} real numbers")
+    if b.dtype == bool:
+        raise TypeError(f"bias: expected a real number or {n_channels} real numbers, got {describe(bias)}")
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim == 0:
+        b = np.full(n_channels, float(b))
+    if b.shape != (n_channels,):
+        raise ValueError(f"bias: expected a scalar or one value per channel ({n_channels}), got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"bias: expected finite values, got {b.tolist()}")
+    return np.ascontiguousarray(b)
 
 
 def _check_spatial(x, name: str, shape, *, kind: str):
@@ -166,7 +181,9 @@ def _check_spatial(x, name: str, shape, *, kind: str):
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
+def _check_finite(a: np.ndarray, name: str = "affinities", origin=None) -> None:
+    """ValueError naming the channel and voxel of the first non-finite value (voxel + ``origin``,
+    the position of ``a`` in a larger volume, when given)."""
     # chunked so that huge inputs need no full-size temporary
     flat = a.reshape(a.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[0]))
@@ -175,6 +192,8 @@ def _check_finite(a: np.ndarray, name: str = "affinities") -> None:
         if not np.isfinite(block).all():
             c, j = np.argwhere(~np.isfinite(block))[0]
             idx = np.unravel_index(i + j, a.shape[1:])
+            if origin is not None:
+                idx = tuple(int(v) + int(o) for v, o in zip(idx, origin))
             raise ValueError(f"{name}: expected finite values, found {block[c, j]} in channel {c} at {tuple(int(v) for v in idx)}")
 
 
@@ -192,28 +211,33 @@ def _check_seed(seed):
 
 def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
                     randomize_strides=False, mask=None, invert=False, seed=None, seeds=None,
-                    return_info=False):
+                    bias=None, return_info=False):
     """Mutex watershed segmentation of a 2D or 3D affinity map.
 
     Parameters
     ----------
     affinities : ndarray, shape (C, y, x) or (C, z, y, x), float32 or float64
         Every channel is a merge probability in [0, 1] (1 = same object) unless ``invert``.
-        Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite. A C-contiguous
-        float array is used without a copy.
+        Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite (a ValueError
+        names the channel and voxel of a NaN or infinity). A C-contiguous float array is used
+        without a copy.
     offsets : array_like of int, shape (C, ndim)
         Voxel offsets in array axis order (z, y, x), usually negative (``[-1, 0, 0]`` joins a voxel
         with the one before it along z). Edges that leave the volume are dropped; an offset longer
-        than the volume is legal and adds no edges.
+        than the volume is legal and adds no edges. Values must fit a signed 64-bit integer.
     n_attractive : int, optional
         The first ``n_attractive`` channels are attractive (weight ``a``); the remaining channels are
-        repulsive (weight ``1 - a``). Default: ``ndim``.
-    strides : int or sequence of int, optional
-        Keep only the repulsive edges whose source voxel lies on this grid (every ``strides[d]``-th
-        voxel along axis d, starting at 0), as in the original method. Attractive edges are all kept.
+        repulsive (weight ``1 - a``). Default: ``ndim``. Not used with ``bias``.
+    strides : int, sequence of ndim ints, or array of shape (C, ndim), optional
+        Subsampling of the edges by their source voxel ``p``: an edge is kept when
+        ``p[d] % stride[d] == 0`` along every axis d (the grid is anchored at voxel 0).
+        ``ndim`` values (or one int) apply to the **repulsive channels only**, as in the original
+        method and bioimage-cpp; attractive edges are all kept. A ``(C, ndim)`` array gives one
+        stride per offset that applies to **every edge of that offset**, attractive or repulsive,
+        as mwatershed's ``strides`` (a row of ones keeps a channel whole).
     randomize_strides : bool
-        Keep each repulsive edge with probability ``1 / prod(strides)`` instead, drawn from a
-        counter-based hash of (``seed``, edge id): reproducible for a given ``seed``.
+        Keep each subsampled edge with probability ``1 / prod(stride of its channel)`` instead,
+        drawn from a counter-based hash of (``seed``, edge id): reproducible for a given ``seed``.
     mask : ndarray of bool, shape spatial, optional
         False voxels are background (label 0) and their edges are dropped.
     invert : bool
@@ -224,6 +248,18 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     seeds : ndarray of int, shape spatial, optional
         Seed labels: voxels with the same nonzero seed are one segment from the start and segments
         with different seeds never merge (0 = unseeded).
+    bias : float or sequence of C floats, optional
+        Signed-weight mode (the mwatershed convention, with the per-channel biases of the blockwise
+        pipelines built on it): every edge of channel ``c`` gets the signed weight
+        ``s = m + bias[c]``, with ``m`` the merge probability (``1 - value`` with ``invert``),
+        computed in the precision of ``affinities``. ``s > 0`` attracts with weight ``s``,
+        ``s < 0`` repels with weight ``-s``, ``s == 0`` has no effect; all edges are processed by
+        descending ``|s|``. Any channel may attract or repel, so ``n_attractive`` is not used and
+        strides must be per offset. A scalar applies to every channel. ``bias = 0`` for the first
+        ``n`` channels and ``-1`` for the others is the classic mutex watershed with
+        ``n_attractive=n`` (up to attractive edges of weight exactly 0, which the classic method
+        still processes last). Typical: ``-0.5`` (merge where ``m > 0.5``); a more negative bias
+        for long-range channels splits less. See ``docs/mws.md``.
     return_info : bool
         Also return a :class:`MutexWatershedInfo`.
 
@@ -238,14 +274,27 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     -----
     bioimage-cpp's ``segmentation.mutex_watershed(affs, offsets, n_attractive)`` uses the repulsive
     channels as repulsion strengths directly; it gives the same partition as this function for
-    ``affs[n_attractive:] = 1 - affinities[n_attractive:]``. See ``docs/mws.md``.
+    ``affs[n_attractive:] = 1 - affinities[n_attractive:]``. mwatershed's
+    ``agglom(a + bias[:, None, None], offsets)`` gives the same partition as ``bias=bias`` (voxels
+    it leaves at 0 are singletons here). See ``docs/mws.md``.
     """
     a = _check_affinities(affinities)
     C, spatial = a.shape[0], a.shape[1:]
     ndim = len(spatial)
     o = _check_offsets(offsets, C, ndim)
-    na = _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim)
+    b = _check_bias(bias, C)
+    if b is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = C if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    per_channel = st is not None and isinstance(st[0], list)
+    if b is not None and st is not None and not per_channel:
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    randomize_strides = as_bool(randomize_strides, "randomize_strides")
+    invert = as_bool(invert, "invert")
+    return_info = as_bool(return_info, "return_info")
     if randomize_strides and st is None:
         raise ValueError("randomize_strides: requires strides")
     m = _check_spatial(mask, "mask", spatial, kind="mask")
@@ -255,17 +304,21 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
         raise ValueError(f"affinities: at most 2^32 - 2 voxels per call, got {int(np.prod(spatial))}; "
                          "use blockwise_mutex_watershed")
     _check_finite(a)
+    single = [1] * ndim if (st is None or per_channel) else st
+    cst = np.asarray(st, np.int64) if per_channel else None
     if ndim == 2:
         a4 = a.reshape((C, 1) + spatial)
         o3 = np.concatenate([np.zeros((C, 1), np.int64), o], axis=1)
-        st3 = [1] + st if st is not None else [1, 1, 1]
+        st3 = [1] + single
+        if cst is not None:
+            cst = np.concatenate([np.ones((C, 1), np.int64), cst], axis=1)
     else:
-        a4, o3 = a, o
-        st3 = st if st is not None else [1, 1, 1]
+        a4, o3, st3 = a, o, single
     a4 = np.ascontiguousarray(a4)
     fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
     labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
-                       seed_value, bool(invert), m, sd)
+                       seed_value, invert, m, sd,
+                       None if cst is None else np.ascontiguousarray(cst), b)
     labels = labels.reshape(spatial)
     if return_info:
         return labels, MutexWatershedInfo._from_native(stats)
@@ -365,155 +418,8 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
         if np.issubdtype(sd.dtype, np.signedinteger) and sd.size and sd.min() < 0:
             raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
         sd = np.ascontiguousarray(sd, dtype=np.uint64)
+    return_info = as_bool(return_info, "return_info")
     labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
     if return_info:
         return labels, MutexWatershedInfo._from_native(stats)
     return labels
-
-
-def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels from 1 in raster order of first occurrence; 0 stays 0."""
-    flat = labels.ravel()
-    uniq, first, inv = np.unique(flat, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(uniq), np.int64)
-    rank[order] = np.arange(len(uniq))
-    new = rank[inv] + 1
-    if uniq.size and uniq[0] == 0:
-        zero_rank = rank[0] + 1
-        new = np.where(flat == 0, 0, new - (new > zero_rank))
-    n = int(new.max()) if new.size else 0
-    dtype = np.uint32 if n < 2**32 else np.uint64
-    return new.astype(dtype).reshape(labels.shape)
-
-
-def remove_small_segments(labels, min_size, *, affinities=None, offsets=None, n_attractive=None,
-                          invert=False):
-    """Remove segments smaller than ``min_size`` voxels.
-
-    Without affinities, small segments become background (0). With ``affinities`` and ``offsets``
-    (same conventions as :func:`mutex_watershed`), each small segment is merged into the neighbour
-    with the highest mean merge probability over the attractive edges they share, smallest segments
-    first, until every segment is at least ``min_size`` or has no neighbour left (then it becomes 0).
-
-    Parameters
-    ----------
-    labels : ndarray of int, 2D or 3D
-        Segmentation, 0 = background (never merged into).
-    min_size : int
-        Minimum segment size in voxels.
-    affinities, offsets : optional
-        Affinities ``(C, *labels.shape)`` and offsets ``(C, ndim)``; only the first
-        ``n_attractive`` (default ndim) channels are used.
-    n_attractive : int, optional
-        Attractive channels used for the merge decision.
-    invert : bool
-        Affinities are boundary probabilities.
-
-    Returns
-    -------
-    ndarray
-        Consecutive labels from 1 (first occurrence), uint32 (uint64 if needed).
-    """
-    lab = np.asarray(labels)
-    if lab.dtype == object or not (np.issubdtype(lab.dtype, np.integer)):
-        raise TypeError(f"labels: expected an integer label array, got {describe(labels)}")
-    if lab.ndim not in (2, 3):
-        raise ValueError(f"labels: expected a 2D or 3D array, got shape {lab.shape}")
-    if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and lab.min() < 0:
-        raise ValueError("labels: expected non-negative labels")
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral):
-        raise TypeError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
-    if min_size < 0:
-        raise ValueError(f"min_size: expected a non-negative integer, got {min_size}")
-    if (affinities is None) != (offsets is None):
-        raise ValueError("affinities, offsets: give both or neither")
-    _, dense = np.unique(lab, return_inverse=True)
-    dense = dense.reshape(lab.shape).astype(np.int64)
-    has_zero = lab.size and lab.min() == 0
-    if not has_zero:
-        dense += 1  # dense id 0 is background
-    n_ids = int(dense.max()) + 1 if dense.size else 1
-    sizes = np.bincount(dense.ravel(), minlength=n_ids).astype(np.int64)
-    sizes[0] = 0
-    small = np.flatnonzero((sizes > 0) & (sizes < min_size))
-    if small.size == 0:
-        return _relabel_consecutive(np.where(dense > 0, dense, 0))
-    parent = np.arange(n_ids)
-    if affinities is not None:
-        a = _check_affinities(affinities)
-        if a.shape[1:] != lab.shape:
-            raise ValueError(f"affinities: expected spatial shape {lab.shape}, got {a.shape[1:]}")
-        o = _check_offsets(offsets, a.shape[0], lab.ndim)
-        na = _check_n_attractive(n_attractive, a.shape[0], lab.ndim)
-        _check_finite(a)
-        us, vs, ws = [], [], []
-        for c in range(na):
-            src, dst = [], []
-            for size, off in zip(lab.shape, o[c]):
-                src.append(slice(max(0, -off), size - max(0, off)))
-                dst.append(slice(max(0, off), size - max(0, -off)))
-            lu, lv = dense[tuple(src)].ravel(), dense[tuple(dst)].ravel()
-            w = a[c][tuple(src)].ravel().astype(np.float64)
-            if invert:
-                w = 1.0 - w
-            keep = (lu != lv) & (lu > 0) & (lv > 0)
-            us.append(np.minimum(lu[keep], lv[keep]))
-            vs.append(np.maximum(lu[keep], lv[keep]))
-            ws.append(w[keep])
-        u = np.concatenate(us) if us else np.zeros(0, np.int64)
-        v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
-        w = np.concatenate(ws) if ws else np.zeros(0)
-        key = u * n_ids + v
-        uk, inv = np.unique(key, return_inverse=True)
-        wsum = np.bincount(inv, weights=w, minlength=uk.size)
-        wcnt = np.bincount(inv, minlength=uk.size).astype(np.float64)
-        pu, pv = uk // n_ids, uk % n_ids
-        # adjacency: node -> {neighbour: [sum, count]}
-        adj = [dict() for _ in range(n_ids)]
-        for x, y, s_, c_ in zip(pu.tolist(), pv.tolist(), wsum.tolist(), wcnt.tolist()):
-            adj[x][y] = [s_, c_]
-            adj[y][x] = [s_, c_]
-        alive = sizes > 0
-        import heapq
-        heap = [(int(sizes[s]), int(s)) for s in small]
-        heapq.heapify(heap)
-        while heap:
-            sz, s = heapq.heappop(heap)
-            if not alive[s] or sizes[s] != sz or sizes[s] >= min_size:
-                continue
-            if not adj[s]:
-                continue
-            best = max(adj[s].items(), key=lambda kv: (kv[1][0] / kv[1][1], -kv[0]))[0]
-            # merge s into best (smaller adjacency into larger would be faster; sizes are small here)
-            for nb, (s_, c_) in adj[s].items():
-                del adj[nb][s]
-                if nb == best:
-                    continue
-                cur = adj[best].get(nb)
-                if cur is None:
-                    adj[best][nb] = [s_, c_]
-                    adj[nb][best] = adj[best][nb]
-                else:
-                    cur[0] += s_
-                    cur[1] += c_
-                    adj[nb][best] = cur
-            adj[s] = {}
-            parent[s] = best
-            sizes[best] += sizes[s]
-            alive[s] = False
-            if sizes[best] < min_size:
-                heapq.heappush(heap, (int(sizes[best]), int(best)))
-        # resolve chains
-        for i in range(n_ids):
-            r = i
-            while parent[r] != r:
-                r = parent[r]
-            parent[i] = r
-        final_sizes = np.bincount(parent, weights=np.bincount(dense.ravel(), minlength=n_ids),
-                                  minlength=n_ids)
-        parent[(final_sizes[parent] < min_size)] = 0
-    else:
-        parent[small] = 0
-    parent[0] = 0
-    return _relabel_consecutive(parent[dense])
