@@ -260,8 +260,11 @@ def test_shipped_metadata_without_torch():
     assert set(t["train_slices"].replace("-", ",").split(",")) <= {str(i) for i in range(25)}
     assert "Cardona" in meta["data"] and "Arganda-Carreras" in meta["data"]
     d = meta["segmentation_defaults"]
-    assert d["method"] == "mws" and "20-24" in d["chosen_on"]
+    assert d["method"] in ("mws", "gasp", "multicut") and "20-24" in d["chosen_on"]
     assert d["mws"]["min_size"] >= 0 and 0.0 < d["baseline_threshold"] < 1.0
+    # the default method is the best on slices 20-24 and beats the thresholded-boundary baseline there
+    tuned = d["tune_mean_arand"]
+    assert tuned[d["method"]] == min(tuned[m] for m in ("mws", "gasp", "multicut")) < tuned["baseline"]
     with __import__("importlib").resources.as_file(em_weights_path()) as p:
         assert p.stat().st_size <= 20e6
 

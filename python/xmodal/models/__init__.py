@@ -182,7 +182,7 @@ def normalize_isbi2012(raw, *, mean: float | None = None, std: float | None = No
 
 
 #: Shipped models by name: the loader (a function of this module) that builds each.
-SHIPPED_MODELS = {"isbi2012": "load_isbi2012_affinity_unet"}
+SHIPPED_MODELS = {"em": "load_em_affinity_unet", "isbi2012": "load_isbi2012_affinity_unet"}
 
 
 def load_model(model):
@@ -192,7 +192,8 @@ def load_model(model):
     Parameters
     ----------
     model : str, path or callable
-        The name of a shipped model (:data:`SHIPPED_MODELS`; ``"isbi2012"``:
+        The name of a shipped model (:data:`SHIPPED_MODELS`; ``"em"``: :func:`load_em_affinity_unet`,
+        the default of :func:`xmodal.pipelines.segment`; ``"isbi2012"``: the previous
         :func:`load_isbi2012_affinity_unet`), the path of a TorchScript file (loaded on the CPU, in
         eval mode; needs torch), or a torch module / callable (returned as it is).
 

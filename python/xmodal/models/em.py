@@ -126,12 +126,17 @@ def load_em_affinity_unet(path=None, *, device: str = "cpu"):
     Returns
     -------
     torch.nn.Module
-        With attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive`` and ``metadata``.
+        With attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive``, ``metadata`` and
+        ``segmentation_defaults`` (the settings of :func:`xmodal.pipelines.segment` chosen on ISBI
+        slices 20-24, from the ``.json`` next to the weights; empty when there are none).
     """
     ckpt = _load_checkpoint(path)
     from .unet2d import UNet2D
 
     meta = dict(ckpt["metadata"])
+    side = _sidecar(path)
+    if side is not None and "segmentation_defaults" in side:  # chosen after training, stored in the .json
+        meta["segmentation_defaults"] = side["segmentation_defaults"]
     offsets = np.asarray(meta["offsets"], dtype=np.int64)
     model = UNet2D(int(meta.get("in_channels", 1)), len(offsets), features=tuple(meta["features"]),
                    final_activation="sigmoid")
@@ -141,7 +146,17 @@ def load_em_affinity_unet(path=None, *, device: str = "cpu"):
     model.offsets = offsets
     model.n_attractive = int(meta["n_attractive"])
     model.metadata = meta
+    model.segmentation_defaults = dict(meta.get("segmentation_defaults") or {})
     return model
+
+
+def _sidecar(path) -> dict | None:
+    """The ``.json`` metadata next to a checkpoint (the shipped one when ``path`` is None), or None."""
+    if path is None:
+        ref = importlib.resources.files(__package__).joinpath(_META_FILE)
+        return json.loads(ref.read_text()) if ref.is_file() else None
+    side = Path(path).with_suffix(".json")
+    return json.loads(side.read_text()) if side.is_file() else None
 
 
 def em_quantile_range(raw, q=EM_QUANTILES) -> tuple[float, float]:
