@@ -836,3 +836,15 @@ def test_highs_huge_unmatched_cost_on_a_3000_point_graph():
     assert len(nat) == len(hi) == b.shape[0]
     assert nat.matched_cost == pytest.approx(ref, rel=1e-13)
     assert hi.matched_cost == pytest.approx(ref, rel=1e-13)
+
+
+def test_highs_solver_prints_nothing():
+    # A library call must not write to the terminal; highspy's Highs() prints a banner on creation.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, xmodal; c = np.random.default_rng(0).random((6, 6)); "
+            "r = xmodal.linear_assignment(c, solver='highs'); print('cost', round(r.cost, 9))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() and out.stdout.splitlines()[0].startswith("cost"), out.stdout
+    assert out.stdout.count("\n") == 1 and out.stderr == "", (out.stdout, out.stderr)

@@ -629,8 +629,8 @@ def test_nan_and_offset_overflow_are_errors():
     b = a.copy()
     b[4, 5, 5] = np.nan  # channel 4 is offset (-3, -3): voxel (5, 5) has an edge
     with pytest.raises(ValueError, match="finite.*channel 4"):
-        _core._mws_grid_f32(b.reshape(len(OFFS2), 1, 6, 7), np.c_[np.zeros(len(OFFS2), np.int64), OFFS2],
-                            2, [1, 1, 1], False, 0, False, None, None)
+        _core.mws_grid(b.reshape(len(OFFS2), 1, 6, 7), np.c_[np.zeros(len(OFFS2), np.int64), OFFS2],
+                       2, [1, 1, 1], False, 0, False, None, None)
     # uint64 offsets that would wrap to negative values, and floats beyond int64
     wrap = np.array(OFFS2, np.int64).astype(np.uint64)
     with pytest.raises(ValueError, match="offsets.*64-bit"):
@@ -658,3 +658,14 @@ def test_blockwise_per_offset_strides_and_bias():
         blockwise_mutex_watershed(a, OFFS3, block_shape=(6, 20, 20), halo=(2, 3, 3), bias=bias, n_attractive=3)
     with pytest.raises(TypeError, match="invert"):
         blockwise_mutex_watershed(a, OFFS3, block_shape=(6, 20, 20), halo=(2, 3, 3), invert="no")
+
+
+def test_byte_swapped_and_equal_dtypes_are_accepted():
+    # A float32 array whose dtype object is not numpy's canonical one (byte-swapped here, as read
+    # from some files and zarr stores) is converted by the binding, not refused.
+    rng = np.random.default_rng(3)
+    aff = rng.random((2, 9, 11)).astype(np.float32)
+    offsets = [[-1, 0], [0, -1]]
+    ref = xmodal.mutex_watershed(aff, offsets)
+    swapped = aff.astype(aff.dtype.newbyteorder(">"))
+    np.testing.assert_array_equal(xmodal.mutex_watershed(swapped, offsets), ref)

@@ -14,7 +14,7 @@ namespace xmodal::bind {
 
 namespace {
 
-py::tuple run_gasp(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, py::object sizes,
+py::dict run_gasp(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, py::object sizes,
                    py::object mergeable, int linkage, bool cannot_link, uint64_t n_clusters_stop) {
     check_ndim(uv, 2, "edges");
     if (uv.shape(1) != 2) throw value_error("edges: expected shape (n_edges, 2)");
@@ -49,6 +49,7 @@ py::tuple run_gasp(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, py::
         st = gasp::gasp(n_nodes, up, wp, sp, mp, E, opt, out);
     }
     py::dict d;
+    d["labels"] = labels;
     d["n_clusters"] = st.n_clusters;
     d["n_merges"] = st.n_merges;
     d["n_constraints"] = st.n_constraints;
@@ -56,7 +57,7 @@ py::tuple run_gasp(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, py::
     d["n_duplicate_edges"] = st.n_duplicate_edges;
     d["n_rebuilds"] = st.n_rebuilds;
     d["seconds"] = st.seconds;
-    return py::make_tuple(labels, d);
+    return d;
 }
 
 rag::Shape shape3(const py::array& a) {
@@ -76,7 +77,7 @@ const int64_t* offsets_ptr(const carray<int64_t>& o, int64_t& n, const char* nam
 }
 
 template <class L>
-py::tuple rag_build(carray<L> labels, bool ignore_active, uint64_t ignore_label,
+py::dict rag_build(carray<L> labels, bool ignore_active, uint64_t ignore_label,
                     carray<int64_t> offsets) {
     const rag::Shape s = shape3(labels);
     rag::Ignore ig{ignore_active, ignore_label};
@@ -91,7 +92,11 @@ py::tuple rag_build(carray<L> labels, bool ignore_active, uint64_t ignore_label,
     const py::ssize_t E = static_cast<py::ssize_t>(g.n_edges());
     py::array_t<uint64_t> uv = to_numpy(std::move(g.uv));
     uv.resize({E, py::ssize_t(2)});
-    return py::make_tuple(g.n_nodes, uv, to_numpy(std::move(g.n_faces)));
+    py::dict d;
+    d["n_nodes"] = g.n_nodes;
+    d["edges"] = uv;
+    d["n_faces"] = to_numpy(std::move(g.n_faces));
+    return d;
 }
 
 rag::Graph graph_from(uint64_t n_nodes, const carray<uint64_t>& uv) {
@@ -172,7 +177,7 @@ py::array_t<double> rag_affinity(carray<L> labels, bool ignore_active, uint64_t 
 }
 
 template <class T>
-py::tuple seeded_ws(carray<T> height, carray<uint32_t> seeds, py::object mask) {
+py::dict seeded_ws(carray<T> height, carray<uint32_t> seeds, py::object mask) {
     check_ndim(height, 3, "height");
     const watershed::Shape s{height.shape(0), height.shape(1), height.shape(2)};
     if (seeds.ndim() != 3 || seeds.shape(0) != s[0] || seeds.shape(1) != s[1] ||
@@ -194,41 +199,82 @@ py::tuple seeded_ws(carray<T> height, carray<uint32_t> seeds, py::object mask) {
         py::gil_scoped_release release;
         flooded = watershed::seeded_watershed(hp, s, mp, lp);
     }
-    return py::make_tuple(labels, flooded);
+    py::dict d;
+    d["labels"] = labels;
+    d["n_flooded"] = flooded;
+    return d;
 }
 
 }  // namespace
 
+// Run f(L{}) with L = uint32_t or uint64_t after the dtype of the label array `a`.
+template <class F>
+decltype(auto) with_label_type(const py::array& a, F&& f) {
+    if (holds<uint32_t>(a.dtype())) return f(uint32_t{});
+    if (holds<uint64_t>(a.dtype())) return f(uint64_t{});
+    throw type_error("labels: expected uint32 or uint64 labels, got dtype " + std::string(py::str(a.dtype())));
+}
+
 void register_gasp(py::module_& m) {
-    m.def("_gasp", &run_gasp, py::arg("n_nodes"), py::arg("edges"), py::arg("weights"),
+    m.def("gasp", &run_gasp, py::arg("n_nodes"), py::arg("edges"), py::arg("weights"),
           py::arg("edge_sizes"), py::arg("mergeable"), py::arg("linkage"), py::arg("cannot_link"),
           py::arg("n_clusters_stop"),
           "GASP on a signed graph; linkage 0 sum, 1 mean, 2 max, 3 min, 4 abs_max. "
-          "Returns (uint32 labels, stats dict).");
-    m.def("_rag_build_u32", &rag_build<uint32_t>, py::arg("labels"), py::arg("ignore_active"),
-          py::arg("ignore_label"), py::arg("offsets"),
-          "Region adjacency graph of (Z, Y, X) uint32 labels; returns (n_nodes, uv, n_faces).");
-    m.def("_rag_build_u64", &rag_build<uint64_t>, py::arg("labels"), py::arg("ignore_active"),
-          py::arg("ignore_label"), py::arg("offsets"),
-          "Region adjacency graph of (Z, Y, X) uint64 labels; returns (n_nodes, uv, n_faces).");
-#define XMODAL_BIND_FEATURES(LS, L, TS, T)                                                       \
-    m.def("_rag_boundary_" LS "_" TS, &rag_boundary<L, T>, py::arg("labels"),                  \
-          py::arg("ignore_active"), py::arg("ignore_label"), py::arg("n_nodes"), py::arg("edges"), \
-          py::arg("boundaries"), py::arg("quantiles"),                                          \
-          "Edge statistics of a boundary map: (E, 4 + n_quantiles) mean, min, max, q..., count."); \
-    m.def("_rag_affinity_" LS "_" TS, &rag_affinity<L, T>, py::arg("labels"),                  \
-          py::arg("ignore_active"), py::arg("ignore_label"), py::arg("n_nodes"), py::arg("edges"), \
-          py::arg("affinities"), py::arg("offsets"), py::arg("quantiles"),                      \
-          "Edge statistics of affinities: (E, 4 + n_quantiles) mean, min, max, q..., count.");
-    XMODAL_BIND_FEATURES("u32", uint32_t, "f32", float)
-    XMODAL_BIND_FEATURES("u32", uint32_t, "f64", double)
-    XMODAL_BIND_FEATURES("u64", uint64_t, "f32", float)
-    XMODAL_BIND_FEATURES("u64", uint64_t, "f64", double)
-#undef XMODAL_BIND_FEATURES
-    m.def("_seeded_watershed_f32", &seeded_ws<float>, py::arg("height"), py::arg("seeds"),
-          py::arg("mask"), "Seeded watershed on a (Z, Y, X) float32 height map.");
-    m.def("_seeded_watershed_f64", &seeded_ws<double>, py::arg("height"), py::arg("seeds"),
-          py::arg("mask"), "Seeded watershed on a (Z, Y, X) float64 height map.");
+          "Returns a dict: labels (uint32) and the statistics.");
+    m.def(
+        "rag_build",
+        [](const py::array& labels, bool ignore_active, uint64_t ignore_label, carray<int64_t> offsets) {
+            return with_label_type(labels, [&](auto l) {
+                using L = decltype(l);
+                return rag_build<L>(as_carray<L>(labels, "labels"), ignore_active, ignore_label, offsets);
+            });
+        },
+        py::arg("labels"), py::arg("ignore_active"), py::arg("ignore_label"), py::arg("offsets"),
+        "Region adjacency graph of (Z, Y, X) uint32 or uint64 labels; returns a dict: n_nodes, edges "
+        "(E, 2) uint64, n_faces.");
+    m.def(
+        "rag_boundary_features",
+        [](const py::array& labels, bool ignore_active, uint64_t ignore_label, uint64_t n_nodes,
+           carray<uint64_t> uv, const py::array& boundaries, carray<double> quantiles) {
+            return with_label_type(labels, [&](auto l) {
+                using L = decltype(l);
+                return with_float_type(boundaries, "boundaries", [&](auto t) {
+                    using T = decltype(t);
+                    return rag_boundary<L, T>(as_carray<L>(labels, "labels"), ignore_active, ignore_label, n_nodes,
+                                              uv, as_carray<T>(boundaries, "boundaries"), quantiles);
+                });
+            });
+        },
+        py::arg("labels"), py::arg("ignore_active"), py::arg("ignore_label"), py::arg("n_nodes"), py::arg("edges"),
+        py::arg("boundaries"), py::arg("quantiles"),
+        "Edge statistics of a boundary map: (E, 4 + n_quantiles) mean, min, max, q..., count.");
+    m.def(
+        "rag_affinity_features",
+        [](const py::array& labels, bool ignore_active, uint64_t ignore_label, uint64_t n_nodes,
+           carray<uint64_t> uv, const py::array& affinities, carray<int64_t> offsets, carray<double> quantiles) {
+            return with_label_type(labels, [&](auto l) {
+                using L = decltype(l);
+                return with_float_type(affinities, "affinities", [&](auto t) {
+                    using T = decltype(t);
+                    return rag_affinity<L, T>(as_carray<L>(labels, "labels"), ignore_active, ignore_label, n_nodes,
+                                              uv, as_carray<T>(affinities, "affinities"), offsets, quantiles);
+                });
+            });
+        },
+        py::arg("labels"), py::arg("ignore_active"), py::arg("ignore_label"), py::arg("n_nodes"), py::arg("edges"),
+        py::arg("affinities"), py::arg("offsets"), py::arg("quantiles"),
+        "Edge statistics of affinities: (E, 4 + n_quantiles) mean, min, max, q..., count.");
+    m.def(
+        "seeded_watershed",
+        [](const py::array& height, carray<uint32_t> seeds, py::object mask) {
+            return with_float_type(height, "height", [&](auto t) {
+                using T = decltype(t);
+                return seeded_ws<T>(as_carray<T>(height, "height"), seeds, mask);
+            });
+        },
+        py::arg("height"), py::arg("seeds"), py::arg("mask"),
+        "Seeded watershed on a (Z, Y, X) float32 or float64 height map; returns a dict: labels (uint32), "
+        "n_flooded.");
 }
 
 }  // namespace xmodal::bind

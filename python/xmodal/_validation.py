@@ -33,17 +33,23 @@ def real_array(x: Any, name: str, expected: str) -> np.ndarray:
     return a
 
 
+def check_points_shape(shape: tuple, name: str, dims=(2, 3), min_points: int = 1) -> None:
+    """ValueError naming ``name`` unless ``shape`` is ``(n, d)`` with d in ``dims`` and n >= ``min_points``
+    (one check for host and device point arrays)."""
+    if len(shape) != 2:
+        raise ValueError(f"{name}: expected an (n, d) array, got shape {tuple(shape)}")
+    if shape[1] not in dims:
+        want = " or ".join(map(str, dims))
+        raise ValueError(f"{name}: expected {want} columns (coordinates), got {shape[1]}")
+    if shape[0] < min_points:
+        raise ValueError(f"{name}: expected at least {min_points} points, got {shape[0]}")
+
+
 def as_points(x: Any, name: str, *, dims=(2, 3), min_points: int = 1, dtype=np.float64,
               finite: bool = True) -> np.ndarray:
     """Return ``x`` as a C-contiguous ``(n, d)`` float array, d in ``dims``."""
     a = real_array(x, name, "an (n, d) array of coordinates")
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected an (n, d) array, got shape {a.shape}")
-    if a.shape[1] not in dims:
-        want = " or ".join(map(str, dims))
-        raise ValueError(f"{name}: expected {want} columns (coordinates), got {a.shape[1]}")
-    if a.shape[0] < min_points:
-        raise ValueError(f"{name}: expected at least {min_points} points, got {a.shape[0]}")
+    check_points_shape(a.shape, name, dims, min_points)
     a = np.ascontiguousarray(a, dtype=dtype)
     if finite and not np.isfinite(a).all():
         bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])

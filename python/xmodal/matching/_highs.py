@@ -13,6 +13,15 @@ _TOL = 1e-6
 _DUAL_TOL = 1e-10  # HiGHS' smallest; its default 1e-7 left optima 1 in 4e4 off on workload P
 
 
+def _quiet_highs(highspy):
+    """A HiGHS instance that writes nothing to stdout. ``highspy.Highs()`` prints a banner while it
+    sets up its Python callbacks (which xmodal does not use); the core class underneath does not."""
+    cls = getattr(getattr(highspy, "_core", None), "_Highs", None) or highspy.Highs
+    h = cls()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, offset: float = 0.0):
     import highspy
 
@@ -44,8 +53,7 @@ def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, of
     idx[1::2] = n + j
     lp.a_matrix_.index_ = idx
     lp.a_matrix_.value_ = np.ones(2 * nnz)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs(highspy)
     h.setOptionValue("dual_feasibility_tolerance", _DUAL_TOL)
     h.passModel(lp)
     h.run()

@@ -194,7 +194,7 @@ class DeformableTransform:
         p, _ = _points(points, self.ndim)
         if p.shape[0] == 0:
             return np.zeros_like(p)
-        field = _core.cpd_gauss_transform(self.centers, self.coefficients, p, self.beta, self.cutoff)
+        field = _core.cpd_gauss_transform(self.centers, self.coefficients, p, self.beta, self.cutoff)["values"]
         return field + self.offset
 
     def apply(self, points) -> np.ndarray:

@@ -190,7 +190,8 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
         raise TypeError(f"cannot_link: expected a bool, got {describe(cannot_link)}")
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or int(n_clusters) < 1:
         raise ValueError(f"n_clusters: expected an integer >= 1, got {describe(n_clusters)}")
-    labels, stats = _core()._gasp(n, uv, w, sz, mg, LINKAGES[linkage], bool(cannot_link), int(n_clusters))
+    stats = _core().gasp(n, uv, w, sz, mg, LINKAGES[linkage], bool(cannot_link), int(n_clusters))
+    labels = stats["labels"]
     if return_info:
         return labels, GaspInfo(n_clusters=int(stats["n_clusters"]), n_merges=int(stats["n_merges"]),
                                 n_constraints=int(stats["n_constraints"]), n_pushes=int(stats["n_pushes"]),

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._validation import describe
 from ._gasp import LINKAGES, gasp
-from .rag import _as_offsets, edge_features, region_adjacency_graph
+from .rag import edge_features, region_adjacency_graph
 from .superpixels import _as_mask, _relabel_first_occurrence, distance_transform_watershed
 
 __all__ = ["AgglomerationInfo", "superpixel_agglomeration", "boundaries_from_affinities", "agglomerate_graph"]
@@ -229,6 +229,65 @@ def _merge_small_segments(seg, node_size, uv, b, size, min_size):
     return parent[seg]
 
 
+def _boundary_map(boundaries, affinities, offsets, n_attractive, invert):
+    """(affinities, offsets, n_attractive, boundary map); the first three None with ``boundaries``."""
+    if affinities is not None:
+        from .mws import _check_affinities, _check_n_attractive, _check_offsets
+
+        if offsets is None:
+            raise ValueError("offsets: required with affinities")
+        a = _check_affinities(affinities)
+        o = _check_offsets(offsets, a.shape[0], a.ndim - 1)
+        na = _check_n_attractive(n_attractive, a.shape[0], a.ndim - 1)
+        return a, o, na, boundaries_from_affinities(a, o, n_attractive=na, invert=invert)
+    from .superpixels import _as_height
+
+    return None, None, None, _as_height(boundaries, "boundaries")
+
+
+def _superpixels(bmap, superpixels, m, **options):
+    """Given superpixels checked and masked, or distance-transform watershed superpixels of ``bmap``."""
+    if superpixels is None:
+        return distance_transform_watershed(bmap, mask=m, **options)
+    sp = np.asarray(superpixels)
+    if sp.shape != bmap.shape:
+        raise ValueError(f"superpixels: expected shape {bmap.shape}, got {sp.shape}")
+    if sp.dtype == bool or not np.issubdtype(sp.dtype, np.integer):
+        raise TypeError(f"superpixels: expected integer labels, got dtype {sp.dtype}")
+    if m is not None:
+        sp = np.where(m, sp, 0)
+    return sp
+
+
+def _weighted_graph(sp, bmap, a, o, na, *, invert, channels, long_range, feature, levels):
+    """Region adjacency graph of the superpixels with one boundary value and size per sampled edge."""
+    if a is not None:
+        sel = slice(0, na) if channels == "attractive" else slice(None)
+        lr_off = o[na:] if (long_range and o.shape[0] > na) else None
+        rag = region_adjacency_graph(sp, ignore_label=0, offsets=lr_off)
+        vals = a[sel] if invert else 1.0 - a[sel]
+        feats = edge_features(rag, sp, affinities=vals.astype(a.dtype, copy=False), offsets=o[sel],
+                              quantiles=levels)
+        be = feats.get(feature)
+        sizes = feats.count.astype(np.float64)
+        if lr_off is not None and channels == "attractive":
+            # edges found only through long-range links: statistics of those links
+            lr_vals = a[na:] if invert else 1.0 - a[na:]
+            lr = edge_features(rag, sp, affinities=lr_vals.astype(a.dtype, copy=False), offsets=o[na:],
+                               quantiles=levels)
+            only = (sizes == 0) & (lr.count > 0)
+            be = np.where(only, lr.get(feature), be)
+            sizes = np.where(only, lr.count, sizes).astype(np.float64)
+    else:
+        rag = region_adjacency_graph(sp, ignore_label=0)
+        feats = edge_features(rag, sp, bmap, quantiles=levels)
+        be = feats.get(feature)
+        sizes = feats.count.astype(np.float64)
+    be = np.clip(np.nan_to_num(be, nan=1.0), 0.0, 1.0)
+    ok = sizes > 0  # edges without samples carry no evidence
+    return rag, rag.edges[ok], be[ok], sizes[ok]
+
+
 def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, n_attractive=None,
                              invert=False, method="gasp", superpixels=None, mask=None, beta=0.5,
                              feature="mean", channels="attractive", long_range=False, linkage="mean",
@@ -303,63 +362,17 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
     levels = _feature_quantiles(feature)
     seconds = {}
     t0 = time.perf_counter()
-    if affinities is not None:
-        from .mws import _check_affinities, _check_n_attractive, _check_offsets
-
-        if offsets is None:
-            raise ValueError("offsets: required with affinities")
-        a = _check_affinities(affinities)
-        spatial = a.shape[1:]
-        o = _check_offsets(offsets, a.shape[0], len(spatial))
-        na = _check_n_attractive(n_attractive, a.shape[0], len(spatial))
-        bmap = boundaries_from_affinities(a, o, n_attractive=na, invert=invert)
-    else:
-        from .superpixels import _as_height
-
-        bmap = _as_height(boundaries, "boundaries")
-        spatial = bmap.shape
+    a, o, na, bmap = _boundary_map(boundaries, affinities, offsets, n_attractive, invert)
+    spatial = bmap.shape
     m = _as_mask(mask, spatial)
-    if superpixels is None:
-        sp = distance_transform_watershed(bmap, threshold=threshold, sigma_seeds=sigma_seeds,
-                                          sigma_weights=sigma_weights, alpha=alpha,
-                                          min_size=superpixel_min_size, stacked=stacked, spacing=spacing, mask=m)
-    else:
-        sp = np.asarray(superpixels)
-        if sp.shape != tuple(spatial):
-            raise ValueError(f"superpixels: expected shape {tuple(spatial)}, got {sp.shape}")
-        if sp.dtype == bool or not np.issubdtype(sp.dtype, np.integer):
-            raise TypeError(f"superpixels: expected integer labels, got dtype {sp.dtype}")
-        if m is not None:
-            sp = np.where(m, sp, 0)
+    sp = _superpixels(bmap, superpixels, m, threshold=threshold, sigma_seeds=sigma_seeds,
+                      sigma_weights=sigma_weights, alpha=alpha, min_size=superpixel_min_size, stacked=stacked,
+                      spacing=spacing)
     seconds["superpixels"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if affinities is not None:
-        sel = slice(0, na) if channels == "attractive" else slice(None)
-        lr_off = o[na:] if (long_range and o.shape[0] > na) else None
-        rag = region_adjacency_graph(sp, ignore_label=0, offsets=lr_off)
-        vals = a[sel] if invert else 1.0 - a[sel]
-        feats = edge_features(rag, sp, affinities=vals.astype(a.dtype, copy=False), offsets=o[sel],
-                              quantiles=levels)
-        be = feats.get(feature)
-        sizes = feats.count.astype(np.float64)
-        if lr_off is not None and channels == "attractive":
-            # edges found only through long-range links: statistics of those links
-            lr_vals = a[na:] if invert else 1.0 - a[na:]
-            lr = edge_features(rag, sp, affinities=lr_vals.astype(a.dtype, copy=False), offsets=o[na:],
-                               quantiles=levels)
-            only = (sizes == 0) & (lr.count > 0)
-            be = np.where(only, lr.get(feature), be)
-            sizes = np.where(only, lr.count, sizes).astype(np.float64)
-    else:
-        rag = region_adjacency_graph(sp, ignore_label=0)
-        feats = edge_features(rag, sp, bmap, quantiles=levels)
-        be = feats.get(feature)
-        sizes = feats.count.astype(np.float64)
-    be = np.clip(np.nan_to_num(be, nan=1.0), 0.0, 1.0)
-    ok = sizes > 0  # edges without samples carry no evidence
-    uv = rag.edges[ok]
-    be, sizes = be[ok], sizes[ok]
+    rag, uv, be, sizes = _weighted_graph(sp, bmap, a, o, na, invert=invert, channels=channels,
+                                         long_range=long_range, feature=feature, levels=levels)
     seconds["graph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

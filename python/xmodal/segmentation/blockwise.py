@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import io as xio
 from .._validation import as_bool, describe, per_axis
-from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -282,15 +282,7 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     C, shape = ashape[0], ashape[1:]
     ndim = len(shape)
     o = _check_offsets(offsets, C, ndim)
-    bias_arr = _check_bias(bias, C)
-    if bias_arr is not None and n_attractive is not None:
-        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
-                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = None if bias_arr is not None else _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim, C)
-    if bias_arr is not None and st is not None and not isinstance(st[0], list):
-        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
-                         f"({C}, {ndim}) instead of {st}")
+    bias_arr, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
     bshape = per_axis(block_shape, ndim, "block_shape", minimum=1)
     hal = per_axis(halo, ndim, "halo")
     bshape = tuple(min(b, s) for b, s in zip(bshape, shape))

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import describe
+from .._validation import describe, per_axis
 from .agglomeration import METHODS, _check_beta, _merge_small_segments, agglomerate_graph
 from .rag import edge_features, region_adjacency_graph
 from .superpixels import _relabel_first_occurrence, distance_transform_watershed
@@ -71,18 +71,6 @@ class BlockwiseAgglomerationResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _per_axis(x, ndim, name, minimum):
-    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-        x = [int(x)] * ndim
-    try:
-        v = [int(a) for a in x]
-    except TypeError as exc:
-        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from exc
-    if len(v) != ndim or any(a < minimum for a in v):
-        raise ValueError(f"{name}: expected {ndim} integers >= {minimum}, got {describe(x)}")
-    return v
-
-
 def _face_stats(a, b, va, vb):
     """Edges between label slices a and b (faces a[i] - b[i]) with face count and sample stats."""
     keep = (a != b) & (a > 0) & (b > 0)
@@ -101,6 +89,168 @@ def _face_stats(a, b, va, vb):
         np.minimum.at(smin, inv, v)
         np.maximum.at(smax, inv, v)
     return uk, faces.astype(np.float64), 2.0 * faces, ssum, smin, smax
+
+
+def _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta, min_size, n_workers):
+    """(shape, block_shape, halo) of valid arguments of :func:`blockwise_superpixel_agglomeration`."""
+    if not (hasattr(boundaries, "shape") and hasattr(boundaries, "__getitem__")):
+        raise TypeError(f"boundaries: expected an array (numpy, zarr, ...), got {describe(boundaries)}")
+    shape = tuple(int(s) for s in boundaries.shape)
+    ndim = len(shape)
+    if ndim not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"boundaries: expected a non-empty 2D or 3D array, got shape {shape}")
+    bs = per_axis(block_shape, ndim, "block_shape", minimum=1)
+    hl = per_axis(halo, ndim, "halo", minimum=0)
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if feature not in ("mean", "min", "max"):
+        raise ValueError(f"feature: expected 'mean', 'min' or 'max' (quantiles are not mergeable across blocks), "
+                         f"got {feature!r}")
+    _check_beta(beta, open_interval=method == "multicut")
+    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral) or min_size < 0:
+        raise ValueError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
+    if isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral) or n_workers < 1:
+        raise ValueError(f"n_workers: expected a positive integer, got {describe(n_workers)}")
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"mask: expected shape {shape}, got {tuple(mask.shape)}")
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
+    return shape, bs, hl
+
+
+class _BlockGrid:
+    """The blocks of a volume: corners in raster order, their inner slices, and the halo."""
+
+    def __init__(self, shape, block_shape, halo):
+        self.shape, self.bs, self.hl, self.ndim = shape, block_shape, halo, len(shape)
+        self.blocks = list(itertools.product(*[range(0, s, b) for s, b in zip(shape, block_shape)]))
+        self.index = {blk: i for i, blk in enumerate(self.blocks)}
+        self.inner = [tuple(slice(o, min(o + b, s)) for o, b, s in zip(blk, block_shape, shape))
+                      for blk in self.blocks]
+        self.n_blocks = len(self.blocks)
+
+    def outer(self, i):
+        return tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(self.inner[i], self.hl, self.shape))
+
+
+def _global_ids(local, offset):
+    return np.where(local > 0, local.astype(np.int64) + offset, 0)
+
+
+def _block_superpixels(grid, boundaries, mask, sp_store, options, i):
+    """Pass 1 on block i: superpixels with halo, stored cropped with local ids from 1.
+
+    Returns (count, sizes of the superpixels, joined): ``joined[(side, d)]`` says, for each pair of
+    voxels across the block face on axis d, whether this run (whose halo holds the neighbour's voxel)
+    put both into one superpixel: the evidence for stitching.
+    """
+    sl, outer, shape = grid.inner[i], grid.outer(i), grid.shape
+    b = np.asarray(boundaries[outer])
+    m = None if mask is None else np.asarray(mask[outer]).astype(bool)
+    sp = distance_transform_watershed(b, mask=m, **options)
+    crop = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, outer))
+    local, k = _relabel_first_occurrence(sp[crop])
+    sp_store[sl] = local.astype(np.uint32)
+    joined = {}
+    for d in range(grid.ndim):
+        for side, (a, c) in (("up", (sl[d].stop - 1, sl[d].stop)), ("low", (sl[d].start - 1, sl[d].start))):
+            if a < outer[d].start or c >= outer[d].stop or a < 0 or c >= shape[d]:
+                continue
+            la = np.take(sp, a - outer[d].start, axis=d)
+            lb = np.take(sp, c - outer[d].start, axis=d)
+            other = tuple(c_ for k_, c_ in enumerate(crop) if k_ != d)
+            la, lb = la[other], lb[other]
+            joined[(side, d)] = (la == lb) & (la > 0)
+    return k, np.bincount(local.ravel(), minlength=k + 1)[1:].astype(np.float64), joined
+
+
+def _block_edges(grid, boundaries, sp_store, offsets, joined, i):
+    """Pass 2 on block i: its inner edges and the edges across its upper faces (global ids), and the
+    superpixel pairs cut by an upper face that both blocks' runs saw as one (keys ``u << 32 | v``)."""
+    sl, ndim, shape = grid.inner[i], grid.ndim, grid.shape
+    local = np.asarray(sp_store[sl])
+    lab = _global_ids(local, offsets[i])
+    b = np.asarray(boundaries[sl], dtype=np.float64)
+    parts, stitch = [], []
+    rag = region_adjacency_graph(local, ignore_label=0)  # local ids: a small graph
+    if rag.n_edges:
+        f = edge_features(rag, local, b, quantiles=())
+        g = rag.edges + np.uint64(offsets[i])
+        key = g[:, 0] << np.uint64(32) | g[:, 1]
+        parts.append((key, rag.n_faces.astype(np.float64), f.count.astype(np.float64), f.mean * f.count, f.min, f.max))
+    for d in range(ndim):
+        if sl[d].stop >= shape[d]:
+            continue
+        nb = list(grid.blocks[i])
+        nb[d] += grid.bs[d]
+        j = grid.index[tuple(nb)]
+        last, first = list(sl), list(sl)
+        last[d] = slice(sl[d].stop - 1, sl[d].stop)
+        first[d] = slice(sl[d].stop, sl[d].stop + 1)
+        la = lab[tuple(slice(None) if k != d else slice(-1, None) for k in range(ndim))]
+        lb = _global_ids(np.asarray(sp_store[tuple(first)]), offsets[j])
+        fs = _face_stats(la, lb, np.asarray(boundaries[tuple(last)], dtype=np.float64),
+                         np.asarray(boundaries[tuple(first)], dtype=np.float64))
+        if fs is not None:
+            parts.append(fs)
+        ja, jb = joined[i].get(("up", d)), joined[j].get(("low", d))
+        if ja is not None and jb is not None:
+            stitch.extend(_stitch_votes(np.squeeze(la, axis=d), np.squeeze(lb, axis=d), ja & jb))
+    return parts, stitch
+
+
+def _stitch_votes(la, lb, both):
+    """Pairs (keys) of superpixels across a face that most of their shared face pairs join in both runs."""
+    keep = (la != lb) & (la > 0) & (lb > 0)
+    if not keep.any():
+        return []
+    k2 = np.minimum(la, lb)[keep].astype(np.uint64) << np.uint64(32) | np.maximum(la, lb)[keep].astype(np.uint64)
+    uk, inv = np.unique(k2, return_inverse=True)
+    votes = np.bincount(inv, weights=both[keep], minlength=uk.size)
+    total = np.bincount(inv, minlength=uk.size)
+    return [uk[votes > 0.5 * total]]
+
+
+def _stitch_groups(pairs, n_nodes):
+    """Each superpixel -> the smallest id of its stitched group, and the number of stitched pairs."""
+    pairs = np.concatenate(pairs) if pairs else np.zeros(0, np.uint64)
+    rep = np.arange(n_nodes, dtype=np.int64)
+    if pairs.size:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        a = (pairs >> np.uint64(32)).astype(np.int64)
+        b = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        adj = coo_matrix((np.ones(a.size), (a, b)), shape=(n_nodes, n_nodes))
+        _, comp = connected_components(adj, directed=False)
+        first = np.full(comp.max() + 1, n_nodes, np.int64)
+        np.minimum.at(first, comp, np.arange(n_nodes))
+        rep = first[comp]
+    return rep, int(pairs.size)
+
+
+def _merge_edge_parts(parts, rep, n_stitched, feature):
+    """One edge list from the blocks' parts: (uv, sample count, the ``feature`` statistic)."""
+    if not parts:
+        return np.zeros((0, 2), np.uint64), np.zeros(0), np.zeros(0)
+    key = np.concatenate([p[0] for p in parts])
+    if n_stitched:  # re-key edges onto the stitched groups; drop edges inside a group
+        ku = rep[(key >> np.uint64(32)).astype(np.int64)].astype(np.uint64)
+        kv = rep[(key & np.uint64(0xFFFFFFFF)).astype(np.int64)].astype(np.uint64)
+        key = np.where(ku == kv, np.uint64(0), np.minimum(ku, kv) << np.uint64(32) | np.maximum(ku, kv))
+    uk, inv = np.unique(key, return_inverse=True)
+    cnt = np.bincount(inv, weights=np.concatenate([p[2] for p in parts]), minlength=uk.size)
+    if feature == "mean":
+        stat = np.bincount(inv, weights=np.concatenate([p[3] for p in parts]), minlength=uk.size) / cnt
+    elif feature == "min":
+        stat = np.full(uk.size, np.inf)
+        np.minimum.at(stat, inv, np.concatenate([p[4] for p in parts]))
+    else:
+        stat = np.full(uk.size, -np.inf)
+        np.maximum.at(stat, inv, np.concatenate([p[5] for p in parts]))
+    uv = np.stack([uk >> np.uint64(32), uk & np.uint64(0xFFFFFFFF)], 1).astype(np.uint64)
+    inside = uk == 0  # key 0: edges inside a stitched group (node 0 has no edges)
+    return uv[~inside], cnt[~inside], stat[~inside]
 
 
 def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=None, mask=None, method="gasp",
@@ -140,35 +290,13 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
     -------
     BlockwiseAgglomerationResult
     """
-    if not (hasattr(boundaries, "shape") and hasattr(boundaries, "__getitem__")):
-        raise TypeError(f"boundaries: expected an array (numpy, zarr, ...), got {describe(boundaries)}")
-    shape = tuple(int(s) for s in boundaries.shape)
-    ndim = len(shape)
-    if ndim not in (2, 3) or min(shape) < 1:
-        raise ValueError(f"boundaries: expected a non-empty 2D or 3D array, got shape {shape}")
-    bs = _per_axis(block_shape, ndim, "block_shape", 1)
-    hl = _per_axis(halo, ndim, "halo", 0)
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if feature not in ("mean", "min", "max"):
-        raise ValueError(f"feature: expected 'mean', 'min' or 'max' (quantiles are not mergeable across blocks), "
-                         f"got {feature!r}")
-    _check_beta(beta, open_interval=method == "multicut")
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral) or min_size < 0:
-        raise ValueError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
-    if isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral) or n_workers < 1:
-        raise ValueError(f"n_workers: expected a positive integer, got {describe(n_workers)}")
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"mask: expected shape {shape}, got {tuple(mask.shape)}")
-    if out is not None and tuple(out.shape) != shape:
-        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-
+    shape, bs, hl = _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta,
+                                          min_size, n_workers)
     import zarr
 
-    grid = [range(0, s, b) for s, b in zip(shape, bs)]
-    blocks = list(itertools.product(*grid))
-    bindex = {blk: i for i, blk in enumerate(blocks)}
-    inner = [tuple(slice(o, min(o + b, s)) for o, b, s in zip(blk, bs, shape)) for blk in blocks]
+    grid = _BlockGrid(shape, bs, hl)
+    sp_options = dict(threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights, alpha=alpha,
+                      min_size=superpixel_min_size, stacked=stacked, spacing=spacing)
     own_tmp = workdir is None
     work = tempfile.mkdtemp(prefix="xmodal-sp-") if own_tmp else os.fspath(workdir)
     os.makedirs(work, exist_ok=True)
@@ -176,40 +304,10 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
     try:
         sp_store = zarr.create_array(store=os.path.join(work, "superpixels.zarr"), shape=shape,
                                      chunks=tuple(bs), dtype=np.uint32, overwrite=True)
-
-        # -- pass 1: superpixels per block ------------------------------------------------------
         t0 = time.perf_counter()
-
-        def superpixels(i):
-            sl = inner[i]
-            outer = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, hl, shape))
-            b = np.asarray(boundaries[outer])
-            m = None if mask is None else np.asarray(mask[outer]).astype(bool)
-            sp = distance_transform_watershed(b, threshold=threshold, sigma_seeds=sigma_seeds,
-                                              sigma_weights=sigma_weights, alpha=alpha,
-                                              min_size=superpixel_min_size, stacked=stacked, spacing=spacing,
-                                              mask=m)
-            crop = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, outer))
-            local, k = _relabel_first_occurrence(sp[crop])
-            sp_store[sl] = local.astype(np.uint32)
-            # Whether this run put the two voxels of each face pair across a block face into one
-            # superpixel (the halo holds the neighbour's voxel): evidence for stitching.
-            joined = {}
-            for d in range(ndim):
-                for side, (a, b) in (("up", (sl[d].stop - 1, sl[d].stop)), ("low", (sl[d].start - 1, sl[d].start))):
-                    if a < outer[d].start or b >= outer[d].stop or a < 0 or b >= shape[d]:
-                        continue
-                    pa, pb = list(crop), list(crop)
-                    pa[d] = a - outer[d].start
-                    pb[d] = b - outer[d].start
-                    la, lb = np.take(sp, pa[d], axis=d), np.take(sp, pb[d], axis=d)
-                    other = tuple(c for k_, c in enumerate(crop) if k_ != d)
-                    la, lb = la[other], lb[other]
-                    joined[(side, d)] = (la == lb) & (la > 0)
-            return k, np.bincount(local.ravel(), minlength=k + 1)[1:].astype(np.float64), joined
-
         with ThreadPoolExecutor(n_workers) as ex:
-            res = list(ex.map(superpixels, range(len(blocks))))
+            res = list(ex.map(lambda i: _block_superpixels(grid, boundaries, mask, sp_store, sp_options, i),
+                              range(grid.n_blocks)))
         counts = np.array([r[0] for r in res], np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         n_nodes = int(offsets[-1]) + 1
@@ -219,98 +317,14 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         joined = [r[2] for r in res]
         seconds["superpixels"] = time.perf_counter() - t0
 
-        # -- pass 2: edges owned by each block ---------------------------------------------------
         t0 = time.perf_counter()
-
-        def glob(local, i):
-            return np.where(local > 0, local.astype(np.int64) + offsets[i], 0)
-
-        def block_edges(i):
-            sl = inner[i]
-            local = np.asarray(sp_store[sl])
-            lab = glob(local, i)
-            b = np.asarray(boundaries[sl], dtype=np.float64)
-            parts, stitch = [], []
-            rag = region_adjacency_graph(local, ignore_label=0)  # local ids: a small graph
-            if rag.n_edges:
-                f = edge_features(rag, local, b, quantiles=())
-                g = rag.edges + np.uint64(offsets[i])
-                key = g[:, 0] << np.uint64(32) | g[:, 1]
-                parts.append((key, rag.n_faces.astype(np.float64), f.count.astype(np.float64),
-                              f.mean * f.count, f.min, f.max))
-            for d in range(ndim):
-                if sl[d].stop >= shape[d]:
-                    continue
-                nb = list(blocks[i])
-                nb[d] += bs[d]
-                j = bindex[tuple(nb)]
-                last = list(sl)
-                last[d] = slice(sl[d].stop - 1, sl[d].stop)
-                first = list(sl)
-                first[d] = slice(sl[d].stop, sl[d].stop + 1)
-                la = lab[tuple(slice(None) if k != d else slice(-1, None) for k in range(ndim))]
-                lb = glob(np.asarray(sp_store[tuple(first)]), j)
-                fs = _face_stats(la, lb, np.asarray(boundaries[tuple(last)], dtype=np.float64),
-                                 np.asarray(boundaries[tuple(first)], dtype=np.float64))
-                if fs is not None:
-                    parts.append(fs)
-                ja, jb = joined[i].get(("up", d)), joined[j].get(("low", d))
-                if ja is not None and jb is not None:
-                    la2 = np.squeeze(la, axis=d)
-                    lb2 = np.squeeze(lb, axis=d)
-                    keep = (la2 != lb2) & (la2 > 0) & (lb2 > 0)
-                    if keep.any():
-                        k2 = np.minimum(la2, lb2)[keep].astype(np.uint64) << np.uint64(32) | \
-                            np.maximum(la2, lb2)[keep].astype(np.uint64)
-                        uk, inv = np.unique(k2, return_inverse=True)
-                        votes = np.bincount(inv, weights=(ja & jb)[keep], minlength=uk.size)
-                        total = np.bincount(inv, minlength=uk.size)
-                        stitch.append(uk[votes > 0.5 * total])
-            return parts, stitch
-
         with ThreadPoolExecutor(n_workers) as ex:
-            per_block = list(ex.map(block_edges, range(len(blocks))))
-        parts = [p for ps, _ in per_block for p in ps]
-        # Stitch: superpixels cut by a block face that both blocks' runs (with halo) saw as one.
-        rep = np.arange(n_nodes, dtype=np.int64)
-        pairs = [k for _, st in per_block for k in st]
-        pairs = np.concatenate(pairs) if pairs else np.zeros(0, np.uint64)
-        n_stitched = int(pairs.size)
-        if pairs.size:
-            from scipy.sparse import coo_matrix
-            from scipy.sparse.csgraph import connected_components
-
-            a = (pairs >> np.uint64(32)).astype(np.int64)
-            b = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            adj = coo_matrix((np.ones(a.size), (a, b)), shape=(n_nodes, n_nodes))
-            _, comp = connected_components(adj, directed=False)
-            first = np.full(comp.max() + 1, n_nodes, np.int64)
-            np.minimum.at(first, comp, np.arange(n_nodes))
-            rep = first[comp]  # each superpixel -> the smallest id of its stitched group
-        if parts:
-            key = np.concatenate([p[0] for p in parts])
-            if n_stitched:  # re-key edges onto the stitched groups; drop edges inside a group
-                ku = rep[(key >> np.uint64(32)).astype(np.int64)].astype(np.uint64)
-                kv = rep[(key & np.uint64(0xFFFFFFFF)).astype(np.int64)].astype(np.uint64)
-                key = np.where(ku == kv, np.uint64(0), np.minimum(ku, kv) << np.uint64(32) | np.maximum(ku, kv))
-            uk, inv = np.unique(key, return_inverse=True)
-            faces = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=uk.size)
-            cnt = np.bincount(inv, weights=np.concatenate([p[2] for p in parts]), minlength=uk.size)
-            ssum = np.bincount(inv, weights=np.concatenate([p[3] for p in parts]), minlength=uk.size)
-            smin = np.full(uk.size, np.inf)
-            smax = np.full(uk.size, -np.inf)
-            np.minimum.at(smin, inv, np.concatenate([p[4] for p in parts]))
-            np.maximum.at(smax, inv, np.concatenate([p[5] for p in parts]))
-            uv = np.stack([uk >> np.uint64(32), uk & np.uint64(0xFFFFFFFF)], 1).astype(np.uint64)
-            stat = {"mean": ssum / cnt, "min": smin, "max": smax}[feature]
-            inside = uk == 0  # key 0: edges inside a stitched group (node 0 has no edges)
-            uv, cnt, stat = uv[~inside], cnt[~inside], stat[~inside]
-        else:
-            uv, faces, cnt = np.zeros((0, 2), np.uint64), np.zeros(0), np.zeros(0)
-            stat = np.zeros(0)
+            per_block = list(ex.map(lambda i: _block_edges(grid, boundaries, sp_store, offsets, joined, i),
+                                    range(grid.n_blocks)))
+        rep, n_stitched = _stitch_groups([k for _, st in per_block for k in st], n_nodes)
+        uv, cnt, stat = _merge_edge_parts([p for ps, _ in per_block for p in ps], rep, n_stitched, feature)
         seconds["graph"] = time.perf_counter() - t0
 
-        # -- pass 3: one agglomeration ------------------------------------------------------------
         t0 = time.perf_counter()
         be = np.clip(stat, 0.0, 1.0)
         node_labels = agglomerate_graph(n_nodes, uv, be, cnt, method=method, beta=beta, linkage=linkage,
@@ -325,20 +339,19 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         final = final.astype(dtype)
         seconds["agglomeration"] = time.perf_counter() - t0
 
-        # -- pass 4: relabel -----------------------------------------------------------------------
         t0 = time.perf_counter()
         target = np.zeros(shape, dtype) if out is None else out
 
         def relabel(i):
-            sl = inner[i]
-            target[sl] = final[glob(np.asarray(sp_store[sl]), i)]
+            sl = grid.inner[i]
+            target[sl] = final[_global_ids(np.asarray(sp_store[sl]), offsets[i])]
 
         with ThreadPoolExecutor(n_workers) as ex:
-            list(ex.map(relabel, range(len(blocks))))
+            list(ex.map(relabel, range(grid.n_blocks)))
         seconds["relabel"] = time.perf_counter() - t0
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
     return BlockwiseAgglomerationResult(labels=target, n_superpixels=n_nodes - 1, n_edges=int(uv.shape[0]),
-                                        n_segments=n_seg, n_blocks=len(blocks), n_stitched=n_stitched,
+                                        n_segments=n_seg, n_blocks=grid.n_blocks, n_stitched=n_stitched,
                                         seconds=seconds)

@@ -83,12 +83,29 @@ def _core():
 # validation
 # ---------------------------------------------------------------------------------------------
 
+def _check_mode(bias, n_attractive, strides, C: int, ndim: int):
+    """(bias array or None, n_attractive or None with bias, strides) checked together: with a bias
+    every channel may attract or repel, so n_attractive is refused and strides must be per offset."""
+    b = _check_bias(bias, C)
+    if b is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = None if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    if b is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    return b, na, st
+
+
 def _check_affinities(affinities) -> np.ndarray:
     if isinstance(affinities, (list, tuple)):
         affinities = np.asarray(affinities, dtype=np.float64)
     if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
         raise TypeError(f"affinities: expected an array of shape (C, *spatial), got {describe(affinities)}")
     a = np.asarray(affinities)
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))  # byte-swapped input (some files, zarr stores)
     if a.dtype not in (np.float32, np.float64):
         if a.dtype == np.float16 or (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
             a = a.astype(np.float32)
@@ -282,16 +299,9 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     C, spatial = a.shape[0], a.shape[1:]
     ndim = len(spatial)
     o = _check_offsets(offsets, C, ndim)
-    b = _check_bias(bias, C)
-    if b is not None and n_attractive is not None:
-        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
-                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = C if b is not None else _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim, C)
+    b, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
+    na = C if na is None else na
     per_channel = st is not None and isinstance(st[0], list)
-    if b is not None and st is not None and not per_channel:
-        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
-                         f"({C}, {ndim}) instead of {st}")
     randomize_strides = as_bool(randomize_strides, "randomize_strides")
     invert = as_bool(invert, "invert")
     return_info = as_bool(return_info, "return_info")
@@ -315,13 +325,11 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     else:
         a4, o3, st3 = a, o, single
     a4 = np.ascontiguousarray(a4)
-    fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
-    labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
-                       seed_value, invert, m, sd,
-                       None if cst is None else np.ascontiguousarray(cst), b)
-    labels = labels.reshape(spatial)
+    out = _core().mws_grid(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
+                           seed_value, invert, m, sd, None if cst is None else np.ascontiguousarray(cst), b)
+    labels = out["labels"].reshape(spatial)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
+        return labels, MutexWatershedInfo._from_native(out)
     return labels
 
 
@@ -419,7 +427,7 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
             raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
         sd = np.ascontiguousarray(sd, dtype=np.uint64)
     return_info = as_bool(return_info, "return_info")
-    labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
+    out = _core().mws_graph(n_nodes, uv, w, muv, mw, sd)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
-    return labels
+        return out["labels"], MutexWatershedInfo._from_native(out)
+    return out["labels"]

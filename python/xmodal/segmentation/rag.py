@@ -131,10 +131,6 @@ def _as_labels(labels) -> np.ndarray:
     return out.reshape((1,) + a.shape) if a.ndim == 2 else out
 
 
-def _label_suffix(lab: np.ndarray) -> str:
-    return "u64" if lab.dtype == np.uint64 else "u32"
-
-
 def _as_ignore(ignore_label):
     if ignore_label is None:
         return False, 0
@@ -179,9 +175,8 @@ def region_adjacency_graph(labels, *, ignore_label=0, offsets=None) -> RegionAdj
     active, value = _as_ignore(ignore_label)
     ndim = np.asarray(labels).ndim
     off = np.zeros((0, 3), np.int64) if offsets is None else _as_offsets(offsets, ndim)
-    fn = getattr(_core(), f"_rag_build_{_label_suffix(lab)}")
-    n_nodes, uv, n_faces = fn(lab, active, value, off)
-    return RegionAdjacencyGraph(n_nodes=int(n_nodes), edges=uv.reshape(-1, 2), n_faces=n_faces,
+    g = _core().rag_build(lab, active, value, off)
+    return RegionAdjacencyGraph(n_nodes=int(g["n_nodes"]), edges=g["edges"].reshape(-1, 2), n_faces=g["n_faces"],
                                 shape=tuple(np.shape(labels)), ignore_label=ignore_label)
 
 
@@ -247,8 +242,7 @@ def edge_features(rag: RegionAdjacencyGraph, labels, boundaries=None, *, affinit
     if boundaries is not None:
         b = _as_float_image(boundaries, "boundaries", shape)
         b3 = b.reshape(lab.shape)
-        fn = getattr(_core(), f"_rag_boundary_{_label_suffix(lab)}_{'f32' if b.dtype == np.float32 else 'f64'}")
-        out = fn(lab, active, value, int(rag.n_nodes), uv, b3, q)
+        out = _core().rag_boundary_features(lab, active, value, int(rag.n_nodes), uv, b3, q)
     else:
         if offsets is None:
             raise ValueError("offsets: required with affinities")
@@ -257,8 +251,7 @@ def edge_features(rag: RegionAdjacencyGraph, labels, boundaries=None, *, affinit
             raise ValueError(f"affinities: expected shape (C, *{shape}), got {a.shape}")
         off = _as_offsets(offsets, len(shape), n_channels=a.shape[0])
         a4 = a.reshape((a.shape[0],) + lab.shape)
-        fn = getattr(_core(), f"_rag_affinity_{_label_suffix(lab)}_{'f32' if a.dtype == np.float32 else 'f64'}")
-        out = fn(lab, active, value, int(rag.n_nodes), uv, a4, off, q)
+        out = _core().rag_affinity_features(lab, active, value, int(rag.n_nodes), uv, a4, off, q)
     nq = q.size
     return EdgeFeatures(mean=out[:, 0].copy(), min=out[:, 1].copy(), max=out[:, 2].copy(),
                         quantile_levels=tuple(float(v) for v in q), quantiles=out[:, 3:3 + nq].copy(),

@@ -67,9 +67,7 @@ def _flood(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray | None) -> np
     h3 = np.ascontiguousarray(height).reshape((1,) + shape if height.ndim == 2 else shape)
     s3 = np.ascontiguousarray(seeds, dtype=np.uint32).reshape(h3.shape)
     m3 = None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).reshape(h3.shape)
-    fn = _core()._seeded_watershed_f32 if h3.dtype == np.float32 else _core()._seeded_watershed_f64
-    labels, _ = fn(h3, s3, m3)
-    return labels.reshape(shape)
+    return _core().seeded_watershed(h3, s3, m3)["labels"].reshape(shape)
 
 
 def seeded_watershed(height, seeds, *, mask=None):
