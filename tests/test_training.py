@@ -286,17 +286,20 @@ def test_shipped_model_loads_and_predicts(em_model):
 
 @needs_torch
 def test_shipped_model_sees_membranes(em_model):
-    """On a synthetic cell image the nearest-neighbour merge probability is high inside cells and
-    low across membranes, whatever the raw intensity range (quantile normalisation)."""
+    """On real EM it never trained on (the packaged ISBI slice 25, a 256 x 256 crop) the
+    nearest-neighbour merge probability is high inside cells and low on the ground-truth membranes,
+    whatever the raw intensity range (global quantile normalisation)."""
+    from xmodal.datasets import isbi2012_slices
     from xmodal.models.em import predict_em_affinities
 
-    raw, lab = _cells((96, 96), 12, 11)
+    raw, gt = isbi2012_slices()
+    raw, lab = raw[0, :256, :256], gt[0, :256, :256]
     for scale in (1.0, 40.0):
         aff = predict_em_affinities(em_model, normalize_em(raw.astype(np.float64) * scale + 1000 * (scale > 1)))
         inside = (lab > 0) & (np.roll(lab, 1, 0) == lab) & (np.roll(lab, 2, 0) == lab)
         inside[:3] = False
         across = (lab == 0)
-        assert aff[0][inside].mean() > aff[0][across].mean() + 0.3
+        assert aff[0][inside].mean() > aff[0][across].mean() + 0.5
 
 
 @needs_torch

@@ -180,7 +180,7 @@ def quantile_normalizer(image, *, channel_axis: int | None, q=(0.01, 0.98)) -> Q
     return QuantileNormalizer(low=lows, high=highs, q=tuple(q))
 
 
-def model_normalizer(image, spec: dict):
+def model_normalizer(image, spec: dict, *, name: str = "raw"):
     """The normaliser described by a model's ``metadata["normalization"]``, with statistics of ``image``.
 
     ``spec["kind"]``: ``"quantile"`` -> :func:`quantile_normalizer` with ``spec["quantiles"]``
@@ -190,9 +190,10 @@ def model_normalizer(image, spec: dict):
     """
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "quantile":
+        global_mean_std(image, name=name)  # refuses an empty or non-finite image, as "standardize" does
         q = tuple(float(v) for v in spec.get("quantiles", (0.01, 0.98)))
         return quantile_normalizer(image, channel_axis=None, q=q)
     if kind in ("zscore", "standardize"):
-        return Standardize(*global_mean_std(image))
+        return Standardize(*global_mean_std(image, name=name))
     raise ValueError(f"normalization: expected a model normalisation of kind 'quantile', 'zscore' or 'standardize', "
                      f"got {spec!r}")
