@@ -32,7 +32,10 @@ Example::
 
     python scripts/evaluate_em_model.py --data /work/shared/data/isbi2012_em_membranes \\
         --vnc /work/shared/data/drosophila_vnc_sstem_gerhard2013 \\
-        --out python/xmodal/models/em_affinity_unet.eval.json --write-defaults
+        --out runs/em_mws.json
+
+The defaults stored with the model (every method, including the superpixel route) are chosen and
+written by ``scripts/evaluate_em_methods.py --write-defaults``, which reuses this script's grid.
 """
 
 from __future__ import annotations
@@ -200,30 +203,6 @@ def _model_record(model, spec) -> dict:
             "offsets": np.asarray(model.offsets).tolist(), "n_attractive": int(model.n_attractive)}
 
 
-def write_defaults(checkpoint: Path, choice: dict) -> None:
-    """Store the chosen settings as ``segmentation_defaults`` in the checkpoint and its .json."""
-    import torch
-
-    from xmodal.io import atomic_write_text
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    meta = dict(ckpt["metadata"])
-    meta["segmentation_defaults"] = {
-        "method": "mws",
-        "mws": {"bias": choice["mws"]["bias"], "strides": choice["mws"]["strides"],
-                "min_size": choice["mws"]["min_size"],
-                "bias_meaning": "repulsive merge probabilities a -> clip(a + bias, 0, 1) before the mutex "
-                                "watershed (xmodal.models.em.bias_affinities); min_size: segments smaller than "
-                                "this merged into their most attractive neighbour"},
-        "baseline_threshold": choice["baseline"]["threshold"],
-        "chosen_on": "ISBI 2012 slices 20-24 (lowest mean adapted Rand error; scripts/evaluate_em_model.py)",
-    }
-    tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
-    torch.save({"state_dict": ckpt["state_dict"], "metadata": meta}, tmp)
-    tmp.replace(checkpoint)
-    atomic_write_text(checkpoint.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path, help="ISBI 2012 folder (train_image/, train_label/)")
@@ -233,8 +212,6 @@ def main(argv=None):
     ap.add_argument("--vnc", type=Path, default=None,
                     help="Gerhard et al. 2013 VNC folder: also score the unseen VNC stack (run once, at the end)")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write (default: print only)")
-    ap.add_argument("--write-defaults", action="store_true",
-                    help="store the settings chosen for the first model in its checkpoint and .json")
     ap.add_argument("--grid", default="full", choices=["full", "small"],
                     help="tuning grid: full (the shipped choice) or small (quick recipe checks)")
     ap.add_argument("--threads", type=int, default=1)
@@ -302,20 +279,6 @@ def main(argv=None):
 
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
         logger.info("wrote %s", args.out)
-    if args.write_defaults:
-        spec, choice = first_choice
-        if spec in ("em", "isbi2012"):
-            from xmodal.models.em import em_weights_path
-
-            if spec != "em":
-                raise SystemExit("--write-defaults: only for the EM model or a checkpoint path")
-            import importlib.resources
-
-            with importlib.resources.as_file(em_weights_path()) as p:
-                write_defaults(Path(p), choice)
-        else:
-            write_defaults(Path(spec), choice)
-        logger.info("stored the settings chosen on slices 20-24 in %s", spec)
     return 0
 
 
