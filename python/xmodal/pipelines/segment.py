@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._progress import timed as _timed
-from .._validation import as_bool, as_spacing, describe, positive_int
+from .._validation import as_bool, as_spacing, describe
 from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
 
 log = logging.getLogger("xmodal.pipelines")
