@@ -141,7 +141,7 @@ def test_load_model_by_name_file_or_module(tmp_path):
     loaded = load_model(tmp_path / "m.pt")
     x = torch.zeros(1, 1, 5, 5)
     assert torch.equal(loaded(x), scripted(x))
-    with pytest.raises(ValueError, match="model: expected one of \\['isbi2012'\\]"):
+    with pytest.raises(ValueError, match="model: expected one of \\['em', 'isbi2012'\\]"):
         load_model("no-such-model")
     with pytest.raises(TypeError, match="model: expected a model name"):
         load_model(42)

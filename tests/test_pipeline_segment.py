@@ -22,7 +22,7 @@ def test_segment_isbi_stack_writes_ome_zarr_and_scores(isbi, tmp_path):
     import zarr
 
     raw, gt = isbi
-    res = segment(raw, out=tmp_path / "seg", ground_truth=gt, min_size=50, tile_shape=(128, 128))
+    res = segment(raw, model="isbi2012", out=tmp_path / "seg", ground_truth=gt, min_size=50, tile_shape=(128, 128))
     labels = np.asarray(res.labels)
     assert labels.shape == raw.shape and labels.min() >= 1
     # Each slice is segmented on its own (2D model): no label spans two slices.
@@ -44,8 +44,8 @@ def test_segment_isbi_stack_writes_ome_zarr_and_scores(isbi, tmp_path):
 
 def test_segment_tiled_equals_whole_image_prediction(isbi):
     raw, _ = isbi
-    whole = segment(raw[0], tile_shape=(256, 256))
-    tiled = segment(raw[0], tile_shape=(128, 128))
+    whole = segment(raw[0], model="isbi2012", tile_shape=(256, 256))
+    tiled = segment(raw[0], model="isbi2012", tile_shape=(128, 128))
     assert np.abs(np.asarray(whole.affinities) - np.asarray(tiled.affinities)).max() <= 1e-5
     assert np.array_equal(whole.labels, tiled.labels)
 
@@ -54,8 +54,8 @@ def test_segment_blockwise_matches_single_shot(isbi):
     from xmodal.metrics import adapted_rand_error
 
     raw, _ = isbi
-    single = segment(raw[0], tile_shape=(128, 128))
-    blocks = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128))
+    single = segment(raw[0], model="isbi2012", tile_shape=(128, 128))
+    blocks = segment(raw[0], model="isbi2012", tile_shape=(128, 128), block_shape=(128, 128))
     assert adapted_rand_error(np.asarray(blocks.labels), np.asarray(single.labels), ignore_gt=()).error < 0.02
 
 
@@ -72,7 +72,7 @@ def test_segment_blockwise_matches_single_shot(isbi):
         (dict(raw=np.zeros((16, 16)), spacing=(-1, -1)), ValueError, "spacing: expected positive"),
         (dict(raw=np.zeros((16, 16)), spacing=0), ValueError, "spacing: expected positive"),
         (dict(raw=np.zeros((16, 16)), spacing=(1, 1, 1)), ValueError, "spacing: expected a scalar or 2 values"),
-        (dict(raw=np.zeros((16, 16)), normalize="no"), ValueError, "normalize: expected 'standardize'"),
+        (dict(raw=np.zeros((16, 16)), normalize="no"), ValueError, "normalize: expected 'auto', 'standardize'"),
         (dict(raw=np.zeros((16, 16)), progress="no"), TypeError, "progress: expected True or False"),
     ],
 )
@@ -88,7 +88,7 @@ def test_segment_any_image_size(isbi, shape):
 
     raw, gt = isbi
     sl = tuple(slice(0, n) for n in shape) if len(shape) == 3 else (0, slice(0, shape[0]), slice(0, shape[1]))
-    res = segment(raw[sl])
+    res = segment(raw[sl], model="isbi2012")
     labels = np.asarray(res.labels)
     assert labels.shape == shape and labels.min() >= 1 and res.n_segments == labels.max()
     assert np.isfinite(np.asarray(res.affinities)).all()
@@ -117,7 +117,7 @@ def test_shipped_model_pads_and_tiles_exactly(isbi):
 def test_segment_constant_image_and_scalar_spacing(tmp_path):
     import zarr
 
-    res = segment(np.full((64, 64), 7.0), out=tmp_path / "seg", spacing=0.5)  # no NaN from a zero std
+    res = segment(np.full((64, 64), 7.0), model="isbi2012", out=tmp_path / "seg", spacing=0.5)  # no NaN from a zero std
     assert np.isfinite(np.asarray(res.affinities)).all() and np.asarray(res.labels).min() >= 1
     root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
     scale = root["labels/cells"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
@@ -133,7 +133,7 @@ def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
     raw, _ = isbi
     bias = [-0.5] * 2 + [-0.7] * 8
     per = [[1, 1]] * 2 + [[2, 2]] * 8
-    res = segment(raw[:2, :64, :64], bias=bias, strides=per)  # a 2D model on a stack: (z, y, x) strides
+    res = segment(raw[:2, :64, :64], model="isbi2012", bias=bias, strides=per)  # a 2D model on a stack: (z, y, x) strides
     aff = np.asarray(res.affinities)
     st3 = [[1] + row for row in per]
     expected = np.stack([mutex_watershed(aff[:, z:z + 1], res.offsets, bias=bias, strides=st3)[0] for z in range(2)])
@@ -143,13 +143,13 @@ def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
         assert adapted_rand_error(np.asarray(res.labels)[z], expected[z], ignore_gt=()).error < 1e-12
     assert res.parameters["bias"] == bias
     with pytest.raises(ValueError, match="per-offset"):
-        segment(raw[0, :32, :32], bias=-0.5, strides=(2, 2))
+        segment(raw[0, :32, :32], model="isbi2012", bias=-0.5, strides=(2, 2))
 
 
 def test_segment_ground_truth_of_another_shape(isbi):
     raw, gt = isbi
     with pytest.raises(ValueError, match="ground_truth: expected the shape"):
-        segment(raw[0], ground_truth=gt, tile_shape=(128, 128))
+        segment(raw[0], model="isbi2012", ground_truth=gt, tile_shape=(128, 128))
 
 
 def _run(*args):
@@ -161,7 +161,7 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
     np.save(tmp_path / "raw.npy", raw[0])
     np.save(tmp_path / "gt.npy", gt[0])
     r = _run("segment", str(tmp_path / "raw.npy"), "--ground-truth", str(tmp_path / "gt.npy"),
-             "--tile-shape", "128,128", "--out", str(tmp_path / "seg"), "-q")
+             "--model", "isbi2012", "--tile-shape", "128,128", "--out", str(tmp_path / "seg"), "-q")
     assert r.returncode == 0, r.stderr
     assert "ARand" in r.stdout
     r = _run("evaluate", str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells"),
@@ -169,7 +169,7 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
     assert r.returncode == 0, r.stderr
     scores = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= scores["arand"] < 0.2
-    r = _run("predict", str(tmp_path / "raw.npy"), "--tile-shape", "128,128", "--out",
+    r = _run("predict", str(tmp_path / "raw.npy"), "--model", "isbi2012", "--tile-shape", "128,128", "--out",
              str(tmp_path / "aff.ome.zarr"), "-q")
     assert r.returncode == 0, r.stderr
     from xmodal.models import ISBI2012_N_ATTRACTIVE, ISBI2012_OFFSETS
@@ -215,13 +215,13 @@ def test_segment_blockwise_size_filter(isbi, tmp_path):
     from xmodal.segmentation import remove_small_segments
 
     raw, _ = isbi
-    res = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128), min_size=50, out=tmp_path / "seg")
+    res = segment(raw[0], model="isbi2012", tile_shape=(128, 128), block_shape=(128, 128), min_size=50, out=tmp_path / "seg")
     labels = np.asarray(zarr.open_array(str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells" / "0"),
                                         mode="r")[...])
     ids, counts = np.unique(labels, return_counts=True)
     assert ids[0] == 1 and counts.min() >= 50  # merged into neighbours, none made background
     assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and res.n_segments == len(ids)
-    unfiltered = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128))
+    unfiltered = segment(raw[0], model="isbi2012", tile_shape=(128, 128), block_shape=(128, 128))
     assert unfiltered.n_segments > res.n_segments
     # exactly the single-shot filter applied to the blockwise mutex watershed's labels
     expected = remove_small_segments(np.asarray(unfiltered.labels), 50, affinities=np.asarray(unfiltered.affinities),
@@ -252,7 +252,7 @@ def test_segment_stack_normalises_globally_in_one_prediction(isbi, monkeypatch, 
         return predict_tiled(model, image, **kw)
 
     monkeypatch.setattr(xmodal.inference, "predict_tiled", spy)
-    res = segment(stack, normalize=normalize, tile_shape=(128, 128))
+    res = segment(stack, model="isbi2012", normalize=normalize, tile_shape=(128, 128))
     assert len(calls) == 1 and calls[0][0] == stack.shape  # planned once, for the whole stack
     assert calls[0][2] == (1, 128, 128) and calls[0][3][0] == 0  # tiles one slice deep, no halo across slices
     monkeypatch.undo()
@@ -279,7 +279,7 @@ def test_segment_stack_passes_the_client(isbi, monkeypatch):
     from xmodal.inference import predict_tiled
 
     stack = _shifted_stack(isbi[0])
-    kw = dict(tile_shape=(128, 128), block_shape=(1, 64, 64), min_size=30)
+    kw = dict(model="isbi2012", tile_shape=(128, 128), block_shape=(1, 64, 64), min_size=30)
     local = segment(stack, **kw)
     clients = []
 
@@ -319,3 +319,17 @@ def test_stack_model_wrapper_pickles_to_the_same_bytes(isbi):
     copy = pickle.loads(pickle.dumps(a))
     np.testing.assert_array_equal(copy(x), a(x))
     assert copy(x).shape == (1, len(copy.model.offsets), 2, 64, 64)
+
+
+def test_segment_defaults_use_the_em_model_and_its_stored_method(isbi):
+    """No arguments: the shipped EM model, its quantile normalisation and the method chosen on
+    training slices 20-24 (a stack of two held-out slices, 256 x 256 crops)."""
+    from xmodal.models import em_affinity_unet_metadata
+
+    raw, gt = isbi
+    stored = em_affinity_unet_metadata()["segmentation_defaults"]
+    res = segment(raw, ground_truth=gt)
+    assert res.parameters["model"] == "em_affinity_unet" and res.parameters["method"] == stored["method"]
+    assert res.parameters["min_size"] == stored[stored["method"]]["min_size"]
+    assert res.offsets.shape == (14, 3) and not set(np.unique(res.labels[0])) & set(np.unique(res.labels[1]))
+    assert res.metrics["mean"]["arand"] < 0.1

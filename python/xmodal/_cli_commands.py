@@ -145,14 +145,17 @@ def cmd_cpd(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import Standardize, global_mean_std, predict_tiled
+    from .inference import Standardize, global_mean_std, model_normalizer, predict_tiled
     from .io import read_image
     from .models import load_model
 
     model = load_model(args.model)
     image = read_image(args.image)
     normalize = {"none": None, "quantile": "quantile"}.get(args.normalize)
-    if args.normalize == "standardize":
+    spec = getattr(model, "metadata", {}).get("normalization") if isinstance(getattr(model, "metadata", None), dict) else None
+    if args.normalize == "auto" and isinstance(spec, dict) and "kind" in spec:
+        normalize = model_normalizer(image, spec)
+    elif args.normalize in ("auto", "standardize"):
         normalize = Standardize(*global_mean_std(image, name="image"))
     halo = args.halo if args.halo == "auto" else ints_option(args.halo)
     out = predict_tiled(model, image, tile_shape=ints_option(args.tile_shape), halo=halo, blend=args.blend,
@@ -252,7 +255,7 @@ def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workd
 def cmd_segment(args) -> int:
     from .pipelines import segment
 
-    res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size,
+    res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size, method=args.method,
                   tile_shape=ints_option(args.tile_shape), device=args.device, client=dask_client(args),
                   ground_truth=args.ground_truth, spacing=spacing_option(args.spacing), progress=not args.quiet)
     line = f"{res.n_segments} segments in {res.timings['total']:.1f} s; outputs in {args.out}"

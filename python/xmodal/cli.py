@@ -67,7 +67,8 @@ def _candidates(p: argparse.ArgumentParser, *, unmatched: str) -> None:
 
 
 def _model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="isbi2012", help="'isbi2012' (built-in) or a TorchScript file")
+    p.add_argument("--model", default="em", help="'em' (built-in EM affinity model, default), 'isbi2012' (the "
+                                                 "previous built-in model) or a TorchScript file")
     p.add_argument("--tile-shape", help="prediction tile, e.g. 64,256,256 (default: largest that fits)")
 
 
@@ -211,7 +212,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _model(p)
     p.add_argument("--halo", default="auto", help="context per side in voxels, or 'auto' (half the receptive field)")
     p.add_argument("--blend", default="crop", choices=["crop", "linear", "gaussian"])
-    p.add_argument("--normalize", default="standardize", choices=["standardize", "quantile", "none"])
+    p.add_argument("--normalize", default="auto", choices=["auto", "standardize", "quantile", "none"],
+                   help="auto (default): the built-in model's own normalisation, else standardize")
     p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image, if any")
     _common(p, device=True, scheduler=True)
 
@@ -240,13 +242,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                  description="Large-volume instance segmentation; writes segmentation.ome.zarr (affinities, labels "
                              "group), metrics.json and provenance.json into the output folder.",
                  epilog="examples:\n"
-                        "  xmodal segment em.zarr --model isbi2012 --min-size 100 --out seg/\n"
+                        "  xmodal segment em.zarr --method gasp --out seg/\n"
+                        "  xmodal segment em.zarr --model isbi2012 --method mws --min-size 100 --out seg/\n"
                         "  xmodal segment em.tif --ground-truth gt.tif --out seg/\n"
                         "  xmodal segment --config segment.toml")
     p.add_argument("raw", help="raw image or volume (.zarr / OME-Zarr, .tif, .npy)")
     p.add_argument("--out", default="xmodal-segment", help="output folder")
     _model(p)
-    p.add_argument("--min-size", type=int, default=0, help="merge segments smaller than this (voxels)")
+    p.add_argument("--method", choices=["mws", "gasp", "multicut"],
+                   help="agglomeration: pixel mutex watershed or superpixels + GASP / multicut (default: the "
+                        "model's stored choice, else mws)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="merge segments smaller than this (voxels) (default: the model's stored value, else 0)")
     p.add_argument("--ground-truth", help="instance labels to evaluate against")
     p.add_argument("--spacing", help="voxel size, e.g. 0.05,0.004,0.004")
     _common(p, device=True, scheduler=True)

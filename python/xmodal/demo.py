@@ -54,14 +54,16 @@ def run_demo(out: str | Path = "xmodal-demo", *, progress: bool = True) -> str:
     if have_module("torch"):
         t0 = time.perf_counter()
         raw, gt = isbi2012_slices()
-        seg = segment(raw, out=out / "segment", ground_truth=gt, min_size=200, progress=progress)
+        seg = segment(raw, out=out / "segment", ground_truth=gt, progress=progress)  # the model's stored defaults
         t_seg = time.perf_counter() - t0
         m = seg.metrics["mean"]
         summary["segmentation"] = {
             "slices": "ISBI 2012 training volume 25-26", "segments": seg.n_segments, "arand": m["arand"],
             "voi_split": m["voi_split"], "voi_merge": m["voi_merge"], "seconds": t_seg, "outputs": seg.outputs,
+            "model": seg.parameters["model"], "method": seg.parameters["method"],
         }
-        lines.append(f"  segmentation       ISBI 2012 slices 25-26: {seg.n_segments} segments, ARand {m['arand']:.4f}, "
+        lines.append(f"  segmentation       ISBI 2012 slices 25-26 ({seg.parameters['model']}, {seg.parameters['method']}): "
+                     f"{seg.n_segments} segments, ARand {m['arand']:.4f}, "
                      f"VOI split {m['voi_split']:.3f} / merge {m['voi_merge']:.3f} bits, {t_seg:.1f} s")
     else:
         summary["segmentation"] = None

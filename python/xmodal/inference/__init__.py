@@ -9,11 +9,12 @@
 - :func:`tile_mismatch`: the tiling-artifact metric (disagreement of overlapping tiles).
 - Global normalisation computed out of core (:mod:`xmodal.inference._normalize`, the one home of
   xmodal's normalisers): :func:`global_mean_std` with :class:`Standardize`, and
-  :func:`quantile_normalizer` with :class:`QuantileNormalizer`.
+  :func:`quantile_normalizer` with :class:`QuantileNormalizer`, and :func:`model_normalizer` (the
+  one a shipped model's metadata asks for).
 """
 
 from ._mismatch import TileMismatch, tile_mismatch
-from ._normalize import QuantileNormalizer, Standardize, global_mean_std, quantile_normalizer
+from ._normalize import QuantileNormalizer, Standardize, global_mean_std, model_normalizer, quantile_normalizer
 from ._predict import predict_tiled
 from ._receptive import ReceptiveField, measure_receptive_field, receptive_field
 from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
@@ -31,4 +32,5 @@ __all__ = [
     "global_mean_std",
     "QuantileNormalizer",
     "quantile_normalizer",
+    "model_normalizer",
 ]

@@ -6,7 +6,8 @@ normalised image, on dask workers too.
 
 - :func:`global_mean_std` and :class:`Standardize`: ``(x - mean) / std``;
 - :func:`quantile_normalizer` and :class:`QuantileNormalizer`: per-channel quantile scaling to
-  [0, 1].
+  [0, 1];
+- :func:`model_normalizer`: the normaliser a shipped model's metadata asks for.
 """
 
 from __future__ import annotations
@@ -177,3 +178,22 @@ def quantile_normalizer(image, *, channel_axis: int | None, q=(0.01, 0.98)) -> Q
             vals.append((1 - f) * order_statistic(r0) + f * order_statistic(r1))
         lows[c], highs[c] = vals
     return QuantileNormalizer(low=lows, high=highs, q=tuple(q))
+
+
+def model_normalizer(image, spec: dict, *, name: str = "raw"):
+    """The normaliser described by a model's ``metadata["normalization"]``, with statistics of ``image``.
+
+    ``spec["kind"]``: ``"quantile"`` -> :func:`quantile_normalizer` with ``spec["quantiles"]``
+    (``clip((x - low) / (high - low), 0, 1)``, the EM model); ``"zscore"`` or ``"standardize"`` ->
+    :class:`Standardize` with :func:`global_mean_std` (the ISBI 2012 model). Statistics are those of
+    the whole ``image`` (a single-channel image or volume, numpy / zarr / dask), never per tile.
+    """
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "quantile":
+        global_mean_std(image, name=name)  # refuses an empty or non-finite image, as "standardize" does
+        q = tuple(float(v) for v in spec.get("quantiles", (0.01, 0.98)))
+        return quantile_normalizer(image, channel_axis=None, q=q)
+    if kind in ("zscore", "standardize"):
+        return Standardize(*global_mean_std(image, name=name))
+    raise ValueError(f"normalization: expected a model normalisation of kind 'quantile', 'zscore' or 'standardize', "
+                     f"got {spec!r}")

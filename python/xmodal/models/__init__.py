@@ -1,4 +1,8 @@
-"""Shipped network models: a small 2D affinity U-Net trained on ISBI 2012.
+"""Shipped network models: 2D affinity U-Nets for EM trained on ISBI 2012.
+
+Two models are shipped: the EM model ``em_affinity_unet`` (:mod:`xmodal.models.em`; strong EM
+augmentation, quantile normalisation, 14 offsets, mutex-watershed settings stored with it) and the
+previous ``isbi2012_affinity_unet`` (:func:`load_isbi2012_affinity_unet`).
 
 torch is imported only when a model is built or loaded (``pip install 'xmodal[torch]'``).
 
@@ -27,8 +31,22 @@ from typing import Any
 import numpy as np
 
 from ._targets import affinity_targets, dihedral_transform
+from .em import (
+    EM_N_ATTRACTIVE,
+    EM_OFFSETS,
+    em_affinity_unet_metadata,
+    load_em_affinity_unet,
+    normalize_em,
+    predict_em_affinities,
+)
 
 __all__ = [
+    "EM_OFFSETS",
+    "EM_N_ATTRACTIVE",
+    "em_affinity_unet_metadata",
+    "load_em_affinity_unet",
+    "normalize_em",
+    "predict_em_affinities",
     "ISBI2012_OFFSETS",
     "ISBI2012_N_ATTRACTIVE",
     "UNet2D",
@@ -164,7 +182,7 @@ def normalize_isbi2012(raw, *, mean: float | None = None, std: float | None = No
 
 
 #: Shipped models by name: the loader (a function of this module) that builds each.
-SHIPPED_MODELS = {"isbi2012": "load_isbi2012_affinity_unet"}
+SHIPPED_MODELS = {"em": "load_em_affinity_unet", "isbi2012": "load_isbi2012_affinity_unet"}
 
 
 def load_model(model):
@@ -174,7 +192,8 @@ def load_model(model):
     Parameters
     ----------
     model : str, path or callable
-        The name of a shipped model (:data:`SHIPPED_MODELS`; ``"isbi2012"``:
+        The name of a shipped model (:data:`SHIPPED_MODELS`; ``"em"``: :func:`load_em_affinity_unet`,
+        the default of :func:`xmodal.pipelines.segment`; ``"isbi2012"``: the previous
         :func:`load_isbi2012_affinity_unet`), the path of a TorchScript file (loaded on the CPU, in
         eval mode; needs torch), or a torch module / callable (returned as it is).
 

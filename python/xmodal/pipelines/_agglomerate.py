@@ -13,22 +13,139 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The superpixel (two-stage) methods and the options of theirs that :func:`xmodal.pipelines.segment`
+#: passes on (``graph_options`` and a model's ``segmentation_defaults``).
+GRAPH_METHODS = ("gasp", "multicut")
+GRAPH_OPTIONS = ("beta", "linkage", "threshold", "sigma_seeds", "sigma_weights", "alpha", "superpixel_min_size")
 
-def _mws_single(affinities, offsets, **kw):
+
+def _mws_single(affinities, offsets, *, repulsive_bias=0.0, **kw):
     from ..segmentation import mutex_watershed
 
+    if repulsive_bias:
+        affinities = _biased(affinities, kw["n_attractive"], repulsive_bias)
     return mutex_watershed(affinities, offsets, **kw)
 
 
-def _mws_blockwise(affinities, offsets, **kw):
+def _mws_blockwise(affinities, offsets, *, repulsive_bias=0.0, **kw):
     from ..segmentation import blockwise_mutex_watershed
 
+    if repulsive_bias:
+        affinities = _BiasedView(affinities, kw["n_attractive"], repulsive_bias)
     res = blockwise_mutex_watershed(affinities, offsets, **kw)
     return res.labels, int(res.n_labels)
 
 
-SINGLE_SHOT = {"mws": _mws_single}
-BLOCKWISE = {"mws": _mws_blockwise}
+def _biased(a, n_attractive, bias):
+    from ..models.em import bias_affinities
+
+    return bias_affinities(a, n_attractive=n_attractive, bias=bias)
+
+
+class _BiasedView:
+    """Affinities with the repulsive channels shifted by ``bias`` (:func:`xmodal.models.em.bias_affinities`),
+    computed per block read: point-wise, so a block equals the same region of the whole biased array."""
+
+    def __init__(self, affinities, n_attractive, bias):
+        self.affinities, self.n_attractive, self.bias = affinities, int(n_attractive), float(bias)
+        self.shape, self.dtype, self.ndim = tuple(affinities.shape), np.dtype(np.float32), len(affinities.shape)
+
+    def __getitem__(self, sl):
+        sl = sl if isinstance(sl, tuple) else (sl,)
+        block = np.asarray(self.affinities[(slice(None),) + tuple(sl[1:])], dtype=np.float32)
+        return _biased(block, self.n_attractive, self.bias)[sl[0]]
+
+
+def _graph_single(method):
+    def run(affinities, offsets, *, n_attractive, stacked=False, min_size=0, **options):
+        from ..segmentation import superpixel_agglomeration
+
+        return superpixel_agglomeration(affinities=affinities, offsets=offsets, n_attractive=n_attractive,
+                                        method=method, stacked=stacked, min_size=min_size, **options)
+
+    return run
+
+
+def _graph_blockwise(method):
+    def run(affinities, offsets, *, block_shape, halo, out, client, workdir, n_attractive, stacked=False,
+            min_size=0, writer="xmodal.segment", **options):
+        from ..segmentation import blockwise_superpixel_agglomeration
+
+        del client  # threads only (see blockwise_superpixel_agglomeration)
+        res = blockwise_superpixel_agglomeration(
+            _BoundaryView(affinities, offsets, n_attractive), block_shape=block_shape,
+            halo=[max(int(h), 8) for h in halo], out=out, method=method, stacked=stacked, min_size=min_size,
+            workdir=None if workdir is None else str(workdir), **options)
+        from ..io import is_zarr_array, mark_complete
+
+        if out is not None and is_zarr_array(out):  # born flagged incomplete (create_ome_zarr_labels)
+            mark_complete(out, writer)
+        return res.labels, int(res.n_segments)
+
+    return run
+
+
+class _BoundaryView:
+    """The boundary map :func:`xmodal.segmentation.boundaries_from_affinities` of an affinity array,
+    computed per block read from the block plus the attractive offsets' reach of context (so a block
+    equals the same region of the whole map)."""
+
+    def __init__(self, affinities, offsets, n_attractive):
+        self.affinities, self.offsets, self.n_attractive = affinities, np.asarray(offsets), int(n_attractive)
+        self.shape, self.dtype = tuple(affinities.shape[1:]), np.dtype(np.float32)
+        self.ndim = len(self.shape)
+        self.reach = np.abs(self.offsets[:self.n_attractive]).max(axis=0).tolist()
+
+    def __getitem__(self, sl):
+        from ..segmentation import boundaries_from_affinities
+
+        sl = sl if isinstance(sl, tuple) else (sl,)
+        sl = tuple(sl) + (slice(None),) * (self.ndim - len(sl))
+        outer, inner = [], []
+        for s, n, r in zip(sl, self.shape, self.reach):
+            start, stop, _ = s.indices(n)
+            lo, hi = max(0, start - r), min(n, stop + r)
+            outer.append(slice(lo, hi))
+            inner.append(slice(start - lo, stop - lo))
+        a = np.asarray(self.affinities[(slice(0, self.n_attractive),) + tuple(outer)], dtype=np.float32)
+        b = boundaries_from_affinities(a, self.offsets[:self.n_attractive], n_attractive=self.n_attractive)
+        return b[tuple(inner)]
+
+
+SINGLE_SHOT = {"mws": _mws_single} | {m: _graph_single(m) for m in GRAPH_METHODS}
+BLOCKWISE = {"mws": _mws_blockwise} | {m: _graph_blockwise(m) for m in GRAPH_METHODS}
+
+
+def resolve_method(model, method, min_size, graph_options):
+    """``(method, min_size, weighting additions)`` from the call and the model's stored defaults.
+
+    ``model.segmentation_defaults`` (the shipped EM model's, chosen on ISBI slices 20-24) may hold
+    ``method`` and per method its settings: ``min_size``; for ``"mws"`` the ``repulsive_bias``; for
+    the superpixel methods :data:`GRAPH_OPTIONS`. Arguments given by the caller win.
+    """
+    from .._validation import describe, positive_int
+
+    defaults = getattr(model, "segmentation_defaults", None) or {}
+    method = defaults.get("method", "mws") if method is None else method
+    if not isinstance(method, str) or method not in SINGLE_SHOT:
+        raise ValueError(f"method: expected one of {sorted(SINGLE_SHOT)}, got {describe(method)}")
+    stored = dict(defaults.get(method) or {})
+    min_size = positive_int(stored.get("min_size", 0) if min_size is None else min_size, "min_size", minimum=0)
+    if graph_options is None:
+        graph_options = {}
+    if not isinstance(graph_options, dict):
+        raise TypeError(f"graph_options: expected a dict of superpixel options, got {describe(graph_options)}")
+    unknown = sorted(set(graph_options) - set(GRAPH_OPTIONS))
+    if unknown or (graph_options and method not in GRAPH_METHODS):
+        raise ValueError(f"graph_options: expected options among {list(GRAPH_OPTIONS)} for a method in "
+                         f"{list(GRAPH_METHODS)}, got {sorted(graph_options)} for method {method!r}")
+    if method in GRAPH_METHODS:
+        extra = {k: v for k, v in stored.items() if k in GRAPH_OPTIONS} | dict(graph_options)
+    else:
+        extra = {"repulsive_bias": float(stored["repulsive_bias"])} if stored.get("repulsive_bias") else {}
+        if stored.get("strides") is not None:
+            extra["strides"] = list(stored["strides"])
+    return method, min_size, extra
 
 
 def agglomerate(affinities, offsets, weighting: dict, *, method: str = "mws", target=None, block_shape=None,

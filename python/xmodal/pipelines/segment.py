@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._progress import timed as _timed
-from .._validation import as_bool, as_spacing, describe, positive_int
-from ._agglomerate import agglomerate, filter_small
+from .._validation import as_bool, as_spacing, describe
+from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -94,16 +94,16 @@ class _Job:
         return ("c",) + ("z", "y", "x")[-len(self.spatial):]
 
 
-def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing, progress, bias, strides) -> _Job:
+def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing, progress, bias, strides,
+              method=None, graph_options=None) -> _Job:
     """Step 0: every argument checked (before any work), the model resolved, the image opened."""
-    from ..segmentation.mws import _check_bias, _check_strides
     from ._inputs import read_image
 
-    min_size = positive_int(min_size, "min_size", minimum=0)
     progress = as_bool(progress, "progress")
     if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
-                                                          and normalize in ("standardize", "quantile"))):
-        raise ValueError(f"normalize: expected 'standardize', 'quantile', None or a callable, got {describe(normalize)}")
+                                                          and normalize in ("auto", "standardize", "quantile"))):
+        raise ValueError(f"normalize: expected 'auto', 'standardize', 'quantile', None or a callable, "
+                         f"got {describe(normalize)}")
     image = read_image(raw) if isinstance(raw, (str, Path)) else raw
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
@@ -116,32 +116,65 @@ def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing
     if spacing is not None:
         spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
+    method, min_size, extra = resolve_method(model, method, min_size, graph_options)
     spatial = tuple(int(s) for s in image.shape)
     stack = offsets.shape[1] == 2 and len(spatial) == 3
     if offsets.shape[1] == 3 and len(spatial) == 2:
         raise ValueError(f"offsets: a 3D model (offsets of length 3) cannot run on the 2D image of shape {spatial}")
+    if method in GRAPH_METHODS:
+        if bias is not None or strides is not None:
+            raise ValueError(f"bias, strides: mutex watershed options, not used by method {method!r}; got "
+                             f"bias={bias!r}, strides={strides!r}")
+        kw = {"n_attractive": n_attractive, "stacked": stack, "min_size": min_size} | extra
+        return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=_on_stack(offsets, stack),
+                    n_attractive=n_attractive, mws_kw=kw, min_size=min_size, spacing=spacing, progress=progress,
+                    method=method)
+    mws_kw = _mws_weighting(model, offsets, n_attractive, stack, bias, strides, extra)
+    return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=_on_stack(offsets, stack),
+                n_attractive=n_attractive, mws_kw=mws_kw, min_size=min_size, spacing=spacing, progress=progress)
+
+
+def _on_stack(offsets, stack: bool) -> np.ndarray:
+    """A 2D model's offsets on a (z, y, x) stack get a 0 z component."""
+    return np.hstack([np.zeros((len(offsets), 1), np.int64), offsets]) if stack else offsets
+
+
+def _mws_weighting(model, offsets, n_attractive, stack, bias, strides, extra) -> dict:
+    """The mutex watershed's keyword arguments: signed-weight ``bias`` or ``n_attractive`` (with the
+    model's stored ``repulsive_bias`` when no ``bias`` is given), and ``strides``."""
+    from ..segmentation.mws import _check_bias, _check_strides
+
     C = len(offsets)
+    if strides is None and bias is None:
+        strides = extra.get("strides")
+    extra = {k: v for k, v in extra.items() if k != "strides"}
     bias = _check_bias(getattr(model, "mws_bias", None) if bias is None else bias, C)
     strides = _check_strides(getattr(model, "mws_strides", None) if strides is None else strides, offsets.shape[1], C)
     if bias is not None and strides is not None and not isinstance(strides[0], list):
         raise ValueError(f"strides: with bias give per-offset strides of shape ({C}, {offsets.shape[1]}), got {strides}")
-    if stack:  # the 2D model's offsets and strides on the (z, y, x) stack
-        offsets = np.hstack([np.zeros((C, 1), np.int64), offsets])
-        if strides is not None:
-            strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
-    mws_kw = ({"n_attractive": n_attractive} if bias is None else {"bias": bias}) | {"strides": strides}
-    return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=offsets, n_attractive=n_attractive,
-                mws_kw=mws_kw, min_size=min_size, spacing=spacing, progress=progress)
+    if stack and strides is not None:  # the 2D model's strides on the (z, y, x) stack
+        strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
+    if bias is not None:
+        return {"bias": bias, "strides": strides}
+    return {"n_attractive": n_attractive, "strides": strides} | extra
 
 
-def _normalizer(image, normalize):
+def _normalizer(image, normalize, model=None):
     """Step 1: the point-wise normalisation, from statistics of the whole input (never per slice or tile).
 
-    "standardize": global mean and standard deviation, computed here block by block. "quantile" is
+    "auto": the normalisation the model's ``metadata["normalization"]`` describes
+    (:func:`xmodal.inference.model_normalizer`; the EM model: global 1 % / 99 % quantiles), else
+    "standardize". "standardize": global mean and standard deviation, computed here block by block. "quantile" is
     passed on: :func:`xmodal.predict_tiled` computes the global quantiles of the whole input it gets,
     which is the whole volume or stack (one call, see :func:`_predict`).
     """
-    if isinstance(normalize, str) and normalize == "standardize":
+    spec = getattr(model, "metadata", None)
+    spec = spec.get("normalization") if isinstance(spec, dict) else None
+    if isinstance(normalize, str) and normalize == "auto" and isinstance(spec, dict) and "kind" in spec:
+        from ..inference import model_normalizer
+
+        return model_normalizer(image, spec)
+    if isinstance(normalize, str) and normalize in ("auto", "standardize"):
         from ..inference import Standardize, global_mean_std
 
         return Standardize(*global_mean_std(image))
@@ -171,10 +204,10 @@ def _predict(job: _Job, normalizer, root, *, tile_shape, halo, device, client):
     return aff
 
 
-def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
-            tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
+def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, normalize="auto",
+            tile_shape=None, halo="auto", device="auto", client=None, min_size=None,
             block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
-            progress: bool = False, bias=None, strides=None) -> SegmentationResult:
+            progress: bool = False, bias=None, strides=None, method=None, graph_options=None) -> SegmentationResult:
     """Segment a raw image or volume of any size into instances.
 
     The run is a chain of named steps: validate (:func:`_validate`) -> normalise (:func:`_normalizer`)
@@ -186,11 +219,14 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     raw : array, zarr array or path (.zarr / OME-Zarr, .tif, .npy)
         2D image or 3D volume (z, y, x), single channel, non-empty, finite. A 2D model is applied
         slice by slice to a 3D stack (one tiled prediction over the whole stack, tiles one slice
-        deep). Any size: the shipped model pads the image end to its down-sampling factor (8)
+        deep). Any size: the shipped models pad the image end to their down-sampling factor
         internally.
-    model : "isbi2012", torch module or path to a TorchScript file
-        Network predicting merge probabilities (1 = same object) for ``offsets``. "isbi2012" is the
-        shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
+    model : "em", "isbi2012", torch module or path to a TorchScript file
+        Network predicting merge probabilities (1 = same object) for ``offsets``. "em" (default) is
+        the shipped 2D EM affinity model (:func:`xmodal.models.load_em_affinity_unet`), which
+        carries its normalisation and the segmentation settings chosen on ISBI 2012 training
+        slices 20-24 (``model.segmentation_defaults``: ``method``, ``min_size`` and the method's
+        options); "isbi2012" the previous model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
     out : path, optional
         Output folder: ``segmentation.ome.zarr`` (affinities as the image, labels in the OME-Zarr
         labels group ``labels/cells``), ``metrics.json``, ``provenance.json``. Written into the
@@ -201,7 +237,10 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         existing ``out`` must be empty or a previous xmodal output (with a provenance.json).
     offsets, n_attractive : the affinity channels (default: the model's ``offsets`` /
         ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
-    normalize : "standardize", "quantile", None or callable
+    normalize : "auto", "standardize", "quantile", None or callable
+        "auto" (default): what the model's ``metadata["normalization"]`` says
+        (:func:`xmodal.inference.model_normalizer`: global 1 % / 99 % quantiles for "em", global
+        mean / standard deviation for "isbi2012"), "standardize" for a model without one.
         "standardize": global mean / standard deviation of the whole input (computed block by
         block; a constant image is only centred); "quantile": global 1 % / 98 % quantile scaling
         (see :func:`xmodal.predict_tiled`). Global means over the whole volume or stack, never per
@@ -210,12 +249,14 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         2D model on a stack, ``tile_shape`` and ``halo`` are given for the (y, x) plane. The
         ``client`` (dask.distributed) runs the prediction, the blockwise mutex watershed and the
         blockwise size filter.
-    min_size : int
-        Segments smaller than this (voxels) are merged into their most attractive neighbour (highest
-        mean merge probability over the attractive edges they share; a segment without neighbours
-        becomes background 0), with the same result single-shot and blockwise
-        (:func:`xmodal.segmentation.remove_small_segments`). Ids are then consecutive from 1 in
-        raster order of first occurrence.
+    min_size : int, optional
+        Segments smaller than this (voxels) are merged into their most attractive neighbour. Default:
+        the model's stored ``min_size`` for the method, else 0. Method "mws": highest mean merge
+        probability over the attractive edges they share (a segment without neighbours becomes
+        background 0), with the same result single-shot and blockwise
+        (:func:`xmodal.segmentation.remove_small_segments`); "gasp" / "multicut": the graph-level
+        filter of :func:`xmodal.segmentation.superpixel_agglomeration` (lowest mean boundary). Ids
+        are then consecutive from 1 in raster order of first occurrence.
     block_shape : sequence of int, optional
         Blockwise mutex watershed with these blocks; default single-shot when the volume has at
         most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
@@ -231,13 +272,27 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
         by the size filter), ``strides`` subsample edges (``ndim`` values for the repulsive
         channels, or ``(C, ndim)`` per offset), in the model's axes. Default: the model's
-        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method without
-        strides.
+        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method (with
+        the repulsive bias and strides stored in ``model.segmentation_defaults["mws"]``, see
+        :func:`xmodal.models.em.bias_affinities`). Only for method "mws".
+    method : "mws", "gasp", "multicut", optional
+        Agglomeration of the affinities: the pixel mutex watershed, or the superpixel route
+        (distance-transform watershed superpixels -> region graph with the mean boundary of the
+        attractive links across each face -> GASP or multicut,
+        :func:`xmodal.segmentation.superpixel_agglomeration`; blockwise: the same on the boundary
+        map, :func:`xmodal.segmentation.blockwise_superpixel_agglomeration`, whose face statistics
+        are taken from the boundary map, so it is close to but not identical with single-shot).
+        Default: the model's stored method, else "mws".
+    graph_options : dict, optional
+        For "gasp" / "multicut": ``beta``, ``linkage``, ``threshold``, ``sigma_seeds``,
+        ``sigma_weights``, ``alpha``, ``superpixel_min_size`` (see
+        :func:`~xmodal.segmentation.superpixel_agglomeration`), over the model's stored ones.
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     job = _validate(raw, model=model, offsets=offsets, n_attractive=n_attractive, normalize=normalize,
-                    min_size=min_size, spacing=spacing, progress=progress, bias=bias, strides=strides)
+                    min_size=min_size, spacing=spacing, progress=progress, bias=bias, strides=strides,
+                    method=method, graph_options=graph_options)
     out_dir = stage = root = None
     if out is not None:
         from ..io import begin_folder, check_output_folder, staging_path
@@ -247,7 +302,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
         stage = begin_folder(out_dir, name="out", keep=("segmentation.ome.zarr", "mws-work"))
         root = stage / "segmentation.ome.zarr"
     with _timed(timings, "normalize"):
-        normalizer = _normalizer(job.image, normalize)
+        normalizer = _normalizer(job.image, normalize, job.model)
     with _timed(timings, "predict"):
         aff = _predict(job, normalizer, root, tile_shape=tile_shape, halo=halo, device=device, client=client)
     if block_shape is None and int(np.prod(job.spatial)) > memory_voxels:
@@ -265,7 +320,7 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
                                                   workdir=None if stage is None else stage / "mws-work")
     with _timed(timings, "size_filter"):
         labels, n_segments = filter_small(labels, n_segments, aff_mem, job.offsets, n_attractive=job.n_attractive,
-                                          min_size=job.min_size, block_shape=block_shape, client=client,
+                                          min_size=0 if job.method in GRAPH_METHODS else job.min_size, block_shape=block_shape, client=client,
                                           writer=_WRITER)
     del aff_mem
     if target is not None and block_shape is None:  # single-shot labels in memory: written now
@@ -290,9 +345,11 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
 def _parameters(job: _Job, raw, normalize, tile_shape, halo, block_shape) -> dict:
     """The run's parameters as recorded in provenance.json."""
     bias = job.mws_kw.get("bias")
-    return {"model": getattr(job.model, "metadata", {}).get("name", type(job.model).__name__),
+    graph = {k: v for k, v in job.mws_kw.items() if k not in ("n_attractive", "bias", "strides", "stacked")}
+    return {"model": getattr(job.model, "metadata", {}).get("name", type(job.model).__name__), "method": job.method,
+            "agglomeration": graph,
             "offsets": job.offsets.tolist(), "n_attractive": job.n_attractive, "normalize": repr(normalize),
-            "bias": None if bias is None else bias.tolist(), "strides": job.mws_kw["strides"],
+            "bias": None if bias is None else bias.tolist(), "strides": job.mws_kw.get("strides"),
             "tile_shape": tile_shape, "halo": halo, "min_size": job.min_size, "block_shape": block_shape,
             "spacing": job.spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
 
