@@ -41,6 +41,7 @@ void register_common(py::module_& m);
 void register_knn(py::module_& m);
 void register_assignment(py::module_& m);
 void register_cpd(py::module_& m);
+void register_cpd_fast(py::module_& m);
 void register_mws(py::module_& m);
 void register_stitch(py::module_& m);
 

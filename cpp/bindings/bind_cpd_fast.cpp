@@ -1,0 +1,194 @@
+// Bindings of the fast CPD kernels (xmodal/cpd_fast.hpp): checks, GIL release, calls.
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "xmodal/cpd_fast.hpp"
+
+namespace xmodal::bind {
+
+namespace {
+
+template <class T>
+void check_pts(const carray<T>& a, const char* name) {
+    check_ndim(a, 2, name);
+    if (a.shape(1) != 2 && a.shape(1) != 3)
+        throw value_error(std::string(name) + ": expected 2 or 3 columns, got " + std::to_string(a.shape(1)));
+    if (a.shape(0) < 1) throw value_error(std::string(name) + ": expected at least one point");
+}
+
+cpd::EStepMethod parse_method(const std::string& m) {
+    if (m == "auto") return cpd::EStepMethod::automatic;
+    if (m == "exact") return cpd::EStepMethod::exact;
+    if (m == "fast") return cpd::EStepMethod::fast;
+    throw value_error("method: expected 'auto', 'exact' or 'fast', got '" + m + "'");
+}
+
+py::dict stats_dict(const cpd::FastEStepStats& st) {
+    py::dict d;
+    d["method"] = st.method == 2 ? "fast" : "exact";
+    d["order"] = st.order;
+    d["q"] = st.q;
+    d["h"] = st.h;
+    d["cells"] = st.cells;
+    d["capped"] = st.capped;
+    d["dense_rel"] = st.dense_rel;
+    d["max_rel_s"] = st.max_rel_s;
+    d["max_rel_p1"] = st.max_rel_p1;
+    d["max_px"] = st.max_px;
+    d["exact_columns"] = st.exact_columns;
+    d["exact_rows"] = st.exact_rows;
+    d["unresolved_rows"] = st.unresolved_rows;
+    d["fell_back"] = st.fell_back;
+    d["sampled_rel_s"] = st.sampled_rel_s;
+    py::dict sec;
+    const char* names[6] = {"splat", "blur", "slice", "bound", "exact", "best"};
+    for (int i = 0; i < 6; ++i) sec[names[i]] = st.seconds[i];
+    d["seconds"] = sec;
+    d["est_cost_exact"] = st.est_cost_exact;
+    d["est_cost_grid"] = st.est_cost_grid;
+    d["log_s_sum"] = st.log_s_sum;
+    d["pairs"] = st.pairs;
+    d["empty_columns"] = st.empty_columns;
+    return d;
+}
+
+template <class T>
+py::tuple estep_fast_impl(const carray<T>& X, const carray<T>& TY, std::optional<carray<T>> weights, double sigma2,
+                          double c, double cutoff, const std::string& method, double tol, int64_t max_cells,
+                          bool want_best, bool want_bounds) {
+    check_pts(X, "fixed");
+    check_pts(TY, "moved");
+    if (X.shape(1) != TY.shape(1)) throw value_error("cpd_estep_fast: fixed and moved differ in dimension");
+    const int64_t N = X.shape(0), M = TY.shape(0);
+    const int D = (int)X.shape(1);
+    const T* wp = nullptr;
+    if (weights) {
+        check_ndim(*weights, 1, "weights");
+        if (weights->shape(0) != M) throw value_error("weights: expected one weight per moving point");
+        wp = weights->data();
+    }
+    const cpd::EStepMethod meth = parse_method(method);
+    py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
+    py::array_t<int64_t> best_idx(want_best ? M : 0);
+    py::array_t<T> best_prob(want_best ? M : 0);
+    py::array_t<double> log_s(N);
+    py::array_t<double> bs(want_bounds ? N : 0), bp1(want_bounds ? M : 0), bpx(want_bounds ? M : 0);
+    T *p1 = P1.mutable_data(), *pt1 = Pt1.mutable_data(), *px = PX.mutable_data();
+    int64_t* bi = want_best ? best_idx.mutable_data() : nullptr;
+    T* bpp = want_best ? best_prob.mutable_data() : nullptr;
+    double* ls = log_s.mutable_data();
+    double* bsp = want_bounds ? bs.mutable_data() : nullptr;
+    double* bp1p = want_bounds ? bp1.mutable_data() : nullptr;
+    double* bpxp = want_bounds ? bpx.mutable_data() : nullptr;
+    cpd::FastEStepStats st;
+    {
+        py::gil_scoped_release release;
+        st = cpd::estep_fast<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, meth, tol, max_cells, p1, pt1, px,
+                                bi, bpp, ls, bsp, bp1p, bpxp);
+    }
+    return py::make_tuple(P1, Pt1, PX, best_idx, best_prob, log_s, bs, bp1, bpx, stats_dict(st));
+}
+
+template <class T>
+py::tuple gauss_fast_impl(const carray<T>& centers, const carray<T>& coef, const carray<T>& points, double beta,
+                          const std::string& method, double tol, int64_t max_cells) {
+    check_pts(centers, "centers");
+    check_pts(points, "points");
+    check_ndim(coef, 2, "coefficients");
+    const int D = (int)centers.shape(1);
+    if (points.shape(1) != D || coef.shape(1) != D || coef.shape(0) != centers.shape(0))
+        throw value_error("cpd_gauss_transform_fast: centers, coefficients and points must agree in shape");
+    const int64_t K = centers.shape(0), Q = points.shape(0);
+    const cpd::EStepMethod meth = parse_method(method);
+    py::array_t<T> out({Q, (int64_t)D});
+    py::array_t<double> bound(Q);
+    T* o = out.mutable_data();
+    double* b = bound.mutable_data();
+    cpd::GaussFastStats st;
+    {
+        py::gil_scoped_release release;
+        st = cpd::gauss_transform_fast<T>(centers.data(), K, coef.data(), points.data(), Q, D, beta, meth, tol,
+                                          max_cells, o, b);
+    }
+    py::dict d;
+    d["method"] = st.method == 2 ? "fast" : "exact";
+    d["order"] = st.order;
+    d["q"] = st.q;
+    d["cells"] = st.cells;
+    d["max_abs"] = st.max_abs;
+    return py::make_tuple(out, bound, d);
+}
+
+template <class T>
+py::tuple voxel_impl(const carray<T>& P, int64_t target, double voxel) {
+    check_pts(P, "points");
+    const int64_t n = P.shape(0);
+    const int D = (int)P.shape(1);
+    std::vector<int64_t> idx;
+    double used = 0;
+    {
+        py::gil_scoped_release release;
+        idx = cpd::voxel_subsample<T>(P.data(), n, D, target, voxel, &used);
+    }
+    return py::make_tuple(to_numpy(std::move(idx)), used);
+}
+
+py::dict profile_impl(int order, double q, double reach, int D) {
+    cpd::GridErrorProfile pr;
+    {
+        py::gil_scoped_release release;
+        pr = cpd::grid_error_profile(order, q, reach, D);
+    }
+    py::dict d;
+    d["order"] = pr.order;
+    d["q"] = pr.q;
+    d["reach"] = pr.reach;
+    d["d"] = pr.D;
+    d["taps"] = to_numpy(std::move(pr.taps));
+    d["radii"] = to_numpy(std::move(pr.radii));
+    d["env"] = to_numpy(std::move(pr.env));
+    d["env_dist"] = to_numpy(std::move(pr.env_dist));
+    d["dense_rel"] = pr.dense_rel;
+    d["dense_rel_dist"] = pr.dense_rel_dist;
+    d["sup_1d"] = pr.sup_1d;
+    return d;
+}
+
+}  // namespace
+
+void register_cpd_fast(py::module_& m) {
+    const char* edoc =
+        "cpd_estep_fast(fixed, moved, weights, sigma2, c, cutoff, method, tol, max_cells, want_best, want_bounds) "
+        "-> (P1, Pt1, PX, best_idx, best_prob, log_s, bound_s, bound_p1, bound_px, stats). CPD E-step with the "
+        "grid Gauss transform (method 'fast'), the exact truncated kernel ('exact') or the cheaper of the two "
+        "('auto'); per-point error bounds when want_bounds. See xmodal/cpd_fast.hpp.";
+    m.def("cpd_estep_fast", &estep_fast_impl<double>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
+          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("method"), py::arg("tol"), py::arg("max_cells"),
+          py::arg("want_best"), py::arg("want_bounds"), edoc);
+    m.def("cpd_estep_fast_f32", &estep_fast_impl<float>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
+          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("method"), py::arg("tol"), py::arg("max_cells"),
+          py::arg("want_best"), py::arg("want_bounds"), edoc);
+    const char* gdoc =
+        "cpd_gauss_transform_fast(centers, coefficients, points, beta, method, tol, max_cells) -> (out (Q, d), "
+        "bound (Q,), stats): sum_k exp(-|p - c_k|^2 / (2 beta^2)) coefficients[k] with an absolute error bound.";
+    m.def("cpd_gauss_transform_fast", &gauss_fast_impl<double>, py::arg("centers"), py::arg("coefficients"),
+          py::arg("points"), py::arg("beta"), py::arg("method"), py::arg("tol"), py::arg("max_cells"), gdoc);
+    m.def("cpd_gauss_transform_fast_f32", &gauss_fast_impl<float>, py::arg("centers"), py::arg("coefficients"),
+          py::arg("points"), py::arg("beta"), py::arg("method"), py::arg("tol"), py::arg("max_cells"), gdoc);
+    const char* vdoc =
+        "voxel_subsample(points, target, voxel) -> (indices (sorted int64), voxel_used): per occupied voxel the "
+        "point nearest its centre; voxel > 0 fixes the edge, else it is searched for at most `target` points.";
+    m.def("voxel_subsample", &voxel_impl<double>, py::arg("points"), py::arg("target"), py::arg("voxel"), vdoc);
+    m.def("voxel_subsample_f32", &voxel_impl<float>, py::arg("points"), py::arg("target"), py::arg("voxel"), vdoc);
+    m.def("cpd_grid_error_profile", &profile_impl, py::arg("order"), py::arg("q"), py::arg("reach"), py::arg("d"),
+          "cpd_grid_error_profile(order, q, reach, d) -> dict(taps, radii, env, env_dist, dense_rel, "
+          "dense_rel_dist, sup_1d): error envelope of the grid Gauss transform (sigma units, peak-normalised).");
+    m.def("cpd_grid_reach_for_tol", &cpd::grid_reach_for_tol, py::arg("tol"),
+          "Kernel reach R (units of sigma) the fast E-step uses for a tolerance.");
+}
+
+}  // namespace xmodal::bind
