@@ -1,5 +1,12 @@
 // Sub-quadratic CPD E-step (grid Gauss transform with error bounds), fast Gauss transform and voxel
 // subsample; see xmodal/cpd_fast.hpp.
+#if defined(__GNUC__) && !defined(__clang__)
+// fp-contract=off: a * b + c stays two roundings under -march=native too, so results do not depend
+// on the instruction set the kernels were built or dispatched for.
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 #include "xmodal/cpd_fast.hpp"
 
 #include <algorithm>
@@ -15,6 +22,14 @@
 
 #include "xmodal/common.hpp"
 #include "xmodal/cpd.hpp"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// An AVX2 clone of the hot grid loops, picked at load time; the default clone is SSE2. No FMA
+// contraction (fp-contract=off below), so both clones give bit-identical results.
+#define XM_FAST_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define XM_FAST_CLONES
+#endif
 
 namespace xmodal::cpd {
 namespace {
@@ -348,11 +363,17 @@ double fit_spacing(const BBox& b, int D, int S, double h0, double max_cells) {
     return h;
 }
 
+// floor for values far inside the int64 range (grid coordinates): no libm call on the SSE2 baseline.
+inline double ffloor(double x) {
+    const double t = (double)(int64_t)x;
+    return t > x ? t - 1.0 : t;
+}
+
 // Grid coordinate, base node and B-spline weights along one axis.
 template <int S>
 inline int64_t axis_nodes(const Geom& g, int d, double x, double* w) {
     const double t = (x - g.lo[d]) * g.inv_h;
-    const double ft = std::floor(t);
+    const double ft = ffloor(t);
     int64_t base = (int64_t)ft - (S / 2 - 1);
     bweights<S>(t - ft, w);
     if (base < 0) base = 0;  // never reached for points inside the box; keeps indices in range
@@ -361,54 +382,40 @@ inline int64_t axis_nodes(const Geom& g, int d, double x, double* w) {
 }
 
 // ------------------------------------------------------------------ splat / blur / slice
-// grid: C channels of g.cells doubles each (channel c at grid + c * cells), zeroed by the caller.
-// vals: np x C values per source. Sources visited by plane of their first node along axis 0, then
-// by index: one writer per plane, a fixed order of additions.
-template <class T, int D, int S>
-void splat(const Geom& g, const T* P, int64_t np, const double* vals, int C, double* grid, bool parallel) {
+// Grid layout: cell-major with the C channels of a cell adjacent (grid[cell * C + c]), zeroed by
+// the caller. vals: np x C values per source. Sources are visited by the plane of their first node
+// along axis 0, then by index: one writer per plane, a fixed order of additions.
+template <class T, int D, int S, int C>
+void splat_impl(const Geom& g, const T* P, const int64_t* start, const int64_t* order, const double* vals,
+                double* grid, bool parallel) {
     const int64_t n0 = g.n[0];
-    std::vector<int64_t> start(n0 + 1, 0), order(np);
-    std::vector<int32_t> base0(np);
-    for (int64_t i = 0; i < np; ++i) {
-        double w[S];
-        base0[i] = (int32_t)axis_nodes<S>(g, 0, (double)P[i * D], w);
-        ++start[base0[i] + 1];
-    }
-    for (int64_t b = 0; b < n0; ++b) start[b + 1] += start[b];
-    {
-        std::vector<int64_t> fill(start.begin(), start.end() - 1);
-        for (int64_t i = 0; i < np; ++i) order[fill[base0[i]]++] = i;
-    }
+    const int64_t n2 = D == 3 ? g.n[2] : 1;
     const int64_t plane = g.cells / n0;
-    const int64_t cells = g.cells;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(xmodal::num_threads()) if (parallel)
     for (int64_t i0 = 0; i0 < n0; ++i0) {
         const int64_t blo = std::max<int64_t>(0, i0 - S + 1), bhi = std::min<int64_t>(i0, n0 - S);
+        double* pl = grid + i0 * plane * C;
         for (int64_t b = blo; b <= bhi; ++b) {
             for (int64_t s = start[b]; s < start[b + 1]; ++s) {
                 const int64_t i = order[s];
-                double w0[S], w1[S], w2[S];
+                double w0[S], w1[S], w2[S], wv[S * C];
                 axis_nodes<S>(g, 0, (double)P[i * D], w0);
                 const double f0 = w0[i0 - b];
                 const int64_t b1 = axis_nodes<S>(g, 1, (double)P[i * D + 1], w1);
                 if (D == 3) {
                     const int64_t b2 = axis_nodes<S>(g, 2, (double)P[i * D + 2], w2);
-                    const int64_t n2 = g.n[2];
-                    for (int c = 0; c < C; ++c) {
-                        const double v = vals[i * C + c] * f0;
-                        double* pl = grid + c * cells + i0 * plane;
-                        for (int a = 0; a < S; ++a) {
-                            double* row = pl + (b1 + a) * n2 + b2;
-                            const double f = v * w1[a];
-                            for (int e = 0; e < S; ++e) row[e] += f * w2[e];
-                        }
+                    for (int e = 0; e < S; ++e)
+                        for (int c = 0; c < C; ++c) wv[e * C + c] = w2[e] * (vals[i * C + c] * f0);
+                    for (int a = 0; a < S; ++a) {
+                        double* row = pl + ((b1 + a) * n2 + b2) * C;
+                        const double f = w1[a];
+                        for (int k = 0; k < S * C; ++k) row[k] += f * wv[k];
                     }
                 } else {
-                    for (int c = 0; c < C; ++c) {
-                        const double v = vals[i * C + c] * f0;
-                        double* row = grid + c * cells + i0 * plane + b1;
-                        for (int a = 0; a < S; ++a) row[a] += v * w1[a];
-                    }
+                    for (int e = 0; e < S; ++e)
+                        for (int c = 0; c < C; ++c) wv[e * C + c] = w1[e] * (vals[i * C + c] * f0);
+                    double* row = pl + b1 * C;
+                    for (int k = 0; k < S * C; ++k) row[k] += wv[k];
                 }
             }
         }
@@ -416,110 +423,221 @@ void splat(const Geom& g, const T* P, int64_t np, const double* vals, int C, dou
 }
 
 // out[i * C + c] = interpolation of channel c at target i.
-template <class T, int D, int S>
-void slice(const Geom& g, const T* P, int64_t np, const double* grid, int C, double* out, bool parallel) {
-    const int64_t cells = g.cells;
+template <class T, int D, int S, int C>
+void slice_impl(const Geom& g, const T* P, int64_t np, const double* grid, double* out, bool parallel) {
+    const int64_t n1 = g.n[1], n2 = D == 3 ? g.n[2] : 1;
 #pragma omp parallel for schedule(dynamic, 512) num_threads(xmodal::num_threads()) if (parallel)
     for (int64_t i = 0; i < np; ++i) {
         double w0[S], w1[S], w2[S];
         const int64_t b0 = axis_nodes<S>(g, 0, (double)P[i * D], w0);
         const int64_t b1 = axis_nodes<S>(g, 1, (double)P[i * D + 1], w1);
+        double acc[C];
+        for (int c = 0; c < C; ++c) acc[c] = 0;
         if (D == 3) {
             const int64_t b2 = axis_nodes<S>(g, 2, (double)P[i * D + 2], w2);
-            const int64_t n1 = g.n[1], n2 = g.n[2];
-            for (int c = 0; c < C; ++c) {
-                const double* gc = grid + c * cells;
-                double acc = 0;
-                for (int a = 0; a < S; ++a) {
-                    double acc1 = 0;
-                    for (int b = 0; b < S; ++b) {
-                        const double* row = gc + ((b0 + a) * n1 + (b1 + b)) * n2 + b2;
-                        double acc2 = 0;
-                        for (int e = 0; e < S; ++e) acc2 += w2[e] * row[e];
-                        acc1 += w1[b] * acc2;
-                    }
-                    acc += w0[a] * acc1;
+            for (int a = 0; a < S; ++a) {
+                double acc1[C];
+                for (int c = 0; c < C; ++c) acc1[c] = 0;
+                for (int b = 0; b < S; ++b) {
+                    const double* row = grid + (((b0 + a) * n1 + (b1 + b)) * n2 + b2) * C;
+                    double r[C];
+                    for (int c = 0; c < C; ++c) r[c] = 0;
+                    for (int e = 0; e < S; ++e)
+                        for (int c = 0; c < C; ++c) r[c] += w2[e] * row[e * C + c];
+                    for (int c = 0; c < C; ++c) acc1[c] += w1[b] * r[c];
                 }
-                out[i * C + c] = acc;
+                for (int c = 0; c < C; ++c) acc[c] += w0[a] * acc1[c];
             }
         } else {
-            const int64_t n1 = g.n[1];
-            for (int c = 0; c < C; ++c) {
-                const double* gc = grid + c * cells;
-                double acc = 0;
-                for (int a = 0; a < S; ++a) {
-                    const double* row = gc + (b0 + a) * n1 + b1;
-                    double acc1 = 0;
-                    for (int b = 0; b < S; ++b) acc1 += w1[b] * row[b];
-                    acc += w0[a] * acc1;
-                }
-                out[i * C + c] = acc;
+            for (int a = 0; a < S; ++a) {
+                const double* row = grid + ((b0 + a) * n1 + b1) * C;
+                double r[C];
+                for (int c = 0; c < C; ++c) r[c] = 0;
+                for (int e = 0; e < S; ++e)
+                    for (int c = 0; c < C; ++c) r[c] += w1[e] * row[e * C + c];
+                for (int c = 0; c < C; ++c) acc[c] += w0[a] * r[c];
             }
         }
+        for (int c = 0; c < C; ++c) out[i * C + c] = acc[c];
     }
 }
 
-// In-place convolution of each channel along every axis with the symmetric taps (zero outside).
+// Convolution of one block of lines: data[i * J + j] for i < L, j < jn (stride J), in place, with
+// the symmetric taps; buf holds (L + 2K) x B doubles (zero margins).
+XM_FAST_CLONES void conv_block(double* base, int64_t L, int64_t J, int64_t jn, const double* taps, int K, double* buf) {
+    constexpr int64_t B = 64;
+    for (int64_t i = 0; i < L; ++i) {
+        const double* src = base + i * J;
+        double* dst = buf + (i + K) * B;
+        for (int64_t j = 0; j < jn; ++j) dst[j] = src[j];
+    }
+    for (int64_t i = 0; i < L; ++i) {
+        double* dst = base + i * J;
+        const double* c0 = buf + (i + K) * B;
+        double acc[B];
+        for (int64_t j = 0; j < jn; ++j) acc[j] = taps[0] * c0[j];
+        for (int k = 1; k <= K; ++k) {
+            const double tk = taps[k];
+            const double* lo = c0 - k * B;
+            const double* hi = c0 + k * B;
+            for (int64_t j = 0; j < jn; ++j) acc[j] += tk * (lo[j] + hi[j]);
+        }
+        for (int64_t j = 0; j < jn; ++j) dst[j] = acc[j];
+    }
+}
+
+// Convolution of one contiguous line (length L) in place; buf holds L + 2K doubles (zero margins).
+XM_FAST_CLONES void conv_line(double* line, int64_t L, const double* taps, int K, double* buf) {
+    std::copy(line, line + L, buf + K);
+    const double* bp = buf + K;
+    for (int64_t i = 0; i < L; ++i) line[i] = taps[0] * bp[i];
+    for (int k = 1; k <= K; ++k) {
+        const double tk = taps[k];
+        for (int64_t i = 0; i < L; ++i) line[i] += tk * (bp[i - k] + bp[i + k]);
+    }
+}
+
+// In-place convolution of every channel along every axis with the symmetric taps (zero outside).
 void blur(const Geom& g, const std::vector<double>& taps, double* grid, int C, bool parallel) {
     const int K = (int)taps.size() - 1;
     const int D = g.D;
-    constexpr int64_t B = 64;  // lines per block along the non-contiguous axes
+    constexpr int64_t B = 64;
     for (int ax = 0; ax < D; ++ax) {
         const int64_t L = g.n[ax];
-        int64_t outer = 1, J = 1;
+        int64_t outer = 1, J = C;
         for (int d = 0; d < ax; ++d) outer *= g.n[d];
         for (int d = ax + 1; d < D; ++d) J *= g.n[d];
         if (J == 1) {
-            const int64_t lines = outer * C;
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
             {
                 std::vector<double> buf(L + 2 * K, 0.0);
 #pragma omp for schedule(dynamic, 16)
-                for (int64_t ln = 0; ln < lines; ++ln) {
-                    double* line = grid + ln * L;
-                    std::copy(line, line + L, buf.begin() + K);
-                    const double* bp = buf.data() + K;
-                    for (int64_t i = 0; i < L; ++i) line[i] = taps[0] * bp[i];
-                    for (int k = 1; k <= K; ++k) {
-                        const double tk = taps[k];
-                        for (int64_t i = 0; i < L; ++i) line[i] += tk * (bp[i - k] + bp[i + k]);
-                    }
-                }
+                for (int64_t ln = 0; ln < outer; ++ln) conv_line(grid + ln * L, L, taps.data(), K, buf.data());
             }
         } else {
             const int64_t nblk = (J + B - 1) / B;
-            const int64_t jobs = (int64_t)C * outer * nblk;
+            const int64_t jobs = outer * nblk;
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
             {
                 std::vector<double> buf((L + 2 * K) * B, 0.0);
 #pragma omp for schedule(dynamic, 4)
                 for (int64_t job = 0; job < jobs; ++job) {
-                    const int64_t blk = job % nblk;
-                    const int64_t o = job / nblk;  // channel * outer + outer index
-                    const int64_t j0 = blk * B, jn = std::min(B, J - j0);
-                    double* base = grid + o * L * J + j0;
-                    for (int64_t i = 0; i < L; ++i) {
-                        const double* src = base + i * J;
-                        double* dst = buf.data() + (i + K) * B;
-                        for (int64_t j = 0; j < jn; ++j) dst[j] = src[j];
-                    }
-                    for (int64_t i = 0; i < L; ++i) {
-                        double* dst = base + i * J;
-                        const double* c0 = buf.data() + (i + K) * B;
-                        double acc[B];
-                        for (int64_t j = 0; j < jn; ++j) acc[j] = taps[0] * c0[j];
-                        for (int k = 1; k <= K; ++k) {
-                            const double tk = taps[k];
-                            const double* lo = c0 - k * B;
-                            const double* hi = c0 + k * B;
-                            for (int64_t j = 0; j < jn; ++j) acc[j] += tk * (lo[j] + hi[j]);
-                        }
-                        for (int64_t j = 0; j < jn; ++j) dst[j] = acc[j];
-                    }
+                    const int64_t blk = job % nblk, o = job / nblk;
+                    const int64_t j0 = blk * B;
+                    conv_block(grid + o * L * J + j0, L, J, std::min(B, J - j0), taps.data(), K, buf.data());
                 }
             }
         }
     }
+}
+
+// Non-template entry points with an AVX2 clone (picked at load time; without FMA contraction the
+// clones give bit-identical results).
+#define XM_SPLAT(NAME, T, D, S, C)                                                                             \
+    XM_FAST_CLONES void NAME(const Geom& g, const T* P, const int64_t* st, const int64_t* ord, const double* v, \
+                             double* grid, bool par) {                                                          \
+        splat_impl<T, D, S, C>(g, P, st, ord, v, grid, par);                                                    \
+    }
+#define XM_SLICE(NAME, T, D, S, C)                                                                             \
+    XM_FAST_CLONES void NAME(const Geom& g, const T* P, int64_t np, const double* grid, double* out, bool par) { \
+        slice_impl<T, D, S, C>(g, P, np, grid, out, par);                                                       \
+    }
+#define XM_KERNELS(SUF, T, D, S) \
+    XM_SPLAT(splat1_##SUF, T, D, S, 1) XM_SPLAT(splat2_##SUF, T, D, S, D) XM_SPLAT(splat3_##SUF, T, D, S, D + 1) \
+    XM_SLICE(slice1_##SUF, T, D, S, 1) XM_SLICE(slice2_##SUF, T, D, S, D) XM_SLICE(slice3_##SUF, T, D, S, D + 1)
+XM_KERNELS(f24, float, 2, 4)
+XM_KERNELS(f26, float, 2, 6)
+XM_KERNELS(f34, float, 3, 4)
+XM_KERNELS(f36, float, 3, 6)
+XM_KERNELS(d24, double, 2, 4)
+XM_KERNELS(d26, double, 2, 6)
+XM_KERNELS(d34, double, 3, 4)
+XM_KERNELS(d36, double, 3, 6)
+#undef XM_KERNELS
+#undef XM_SLICE
+#undef XM_SPLAT
+
+template <class T>
+using SplatFn = void (*)(const Geom&, const T*, const int64_t*, const int64_t*, const double*, double*, bool);
+template <class T>
+using SliceFn = void (*)(const Geom&, const T*, int64_t, const double*, double*, bool);
+
+// Channel counts supported: 1, D, D + 1.
+#define XM_PICK(KIND, SUF, C, D) \
+    (C == 1 ? KIND##1_##SUF : (C == D ? KIND##2_##SUF : KIND##3_##SUF))
+template <class T>
+SplatFn<T> pick_splat(int D, int S, int C);
+template <>
+SplatFn<float> pick_splat<float>(int D, int S, int C) {
+    if (D == 2) return S == 4 ? XM_PICK(splat, f24, C, 2) : XM_PICK(splat, f26, C, 2);
+    return S == 4 ? XM_PICK(splat, f34, C, 3) : XM_PICK(splat, f36, C, 3);
+}
+template <>
+SplatFn<double> pick_splat<double>(int D, int S, int C) {
+    if (D == 2) return S == 4 ? XM_PICK(splat, d24, C, 2) : XM_PICK(splat, d26, C, 2);
+    return S == 4 ? XM_PICK(splat, d34, C, 3) : XM_PICK(splat, d36, C, 3);
+}
+template <class T>
+SliceFn<T> pick_slice(int D, int S, int C);
+template <>
+SliceFn<float> pick_slice<float>(int D, int S, int C) {
+    if (D == 2) return S == 4 ? XM_PICK(slice, f24, C, 2) : XM_PICK(slice, f26, C, 2);
+    return S == 4 ? XM_PICK(slice, f34, C, 3) : XM_PICK(slice, f36, C, 3);
+}
+template <>
+SliceFn<double> pick_slice<double>(int D, int S, int C) {
+    if (D == 2) return S == 4 ? XM_PICK(slice, d24, C, 2) : XM_PICK(slice, d26, C, 2);
+    return S == 4 ? XM_PICK(slice, d34, C, 3) : XM_PICK(slice, d36, C, 3);
+}
+#undef XM_PICK
+
+// Points in the order of their grid cell (row-major, stable counting sort: ties by index).
+template <class T>
+std::vector<int64_t> cell_order(const Geom& g, const T* P, int64_t np) {
+    const int D = g.D;
+    std::vector<int64_t> key(np);
+    for (int64_t i = 0; i < np; ++i) {
+        int64_t k = 0;
+        for (int d = 0; d < D; ++d) {
+            double t = ffloor(((double)P[i * D + d] - g.lo[d]) * g.inv_h);
+            t = std::min(std::max(t, 0.0), (double)(g.n[d] - 1));
+            k = k * g.n[d] + (int64_t)t;
+        }
+        key[i] = k;
+    }
+    std::vector<int32_t> cnt(g.cells + 1, 0);
+    for (int64_t i = 0; i < np; ++i) ++cnt[key[i] + 1];
+    for (int64_t c = 0; c < g.cells; ++c) cnt[c + 1] += cnt[c];
+    std::vector<int64_t> order(np);
+    for (int64_t i = 0; i < np; ++i) order[cnt[key[i]]++] = i;
+    return order;
+}
+
+// Splat: sort the sources by the plane of their first node (counting sort, stable), then run.
+template <class T>
+void splat(const Geom& g, const T* P, int64_t np, const double* vals, int C, double* grid, bool parallel) {
+    const int D = g.D, S = g.S;
+    const int64_t n0 = g.n[0];
+    std::vector<int64_t> start(n0 + 1, 0), order(np);
+    std::vector<int32_t> base0(np);
+    for (int64_t i = 0; i < np; ++i) {
+        const double t = ((double)P[i * D] - g.lo[0]) * g.inv_h;
+        int64_t b = (int64_t)ffloor(t) - (S / 2 - 1);
+        b = std::min<int64_t>(std::max<int64_t>(b, 0), n0 - S);
+        base0[i] = (int32_t)b;
+        ++start[b + 1];
+    }
+    for (int64_t b = 0; b < n0; ++b) start[b + 1] += start[b];
+    {
+        std::vector<int64_t> fill(start.begin(), start.end() - 1);
+        for (int64_t i = 0; i < np; ++i) order[fill[base0[i]]++] = i;
+    }
+    pick_splat<T>(D, S, C)(g, P, start.data(), order.data(), vals, grid, parallel);
+}
+
+template <class T>
+void slice(const Geom& g, const T* P, int64_t np, const double* grid, int C, double* out, bool parallel) {
+    pick_slice<T>(g.D, g.S, C)(g, P, np, grid, out, parallel);
 }
 
 // ------------------------------------------------------------------ error bound look-ups
@@ -553,7 +671,7 @@ struct Sat {
         total = s.back();
     }
     int64_t cell(int d, double x) const {
-        const double t = std::floor((x - g->lo[d]) * g->inv_h);
+        const double t = ffloor((x - g->lo[d]) * g->inv_h);
         if (t < 0) return 0;
         if (t > (double)(g->n[d] - 1)) return g->n[d] - 1;
         return (int64_t)t;
@@ -585,7 +703,7 @@ struct Sat {
             int64_t lo[3], hi[3];
             bool all = true;
             for (int d = 0; d < D; ++d) {
-                double l = std::floor(t[d] - rg), u = std::floor(t[d] + rg);
+                double l = ffloor(t[d] - rg), u = ffloor(t[d] + rg);
                 if (l <= 0) l = 0; else all = false;
                 if (u >= (double)(g->n[d] - 1)) u = (double)(g->n[d] - 1); else all = false;
                 lo[d] = (int64_t)l;
@@ -927,14 +1045,38 @@ void grid_transform(const Geom& g, const GridErrorProfile& pr, const T* P, int64
     const double sd = std::pow((double)S, D) * C;
     const bool par = (double)nq * (double)pr.radii.size() * 8.0 >= kParallelMin;
     double t0 = now_s();
+    // Sources and targets in grid-cell order (memory locality; the order of additions into a cell
+    // is then by cell of the source, then by index: fixed).
+    std::vector<T> Ps;
+    std::vector<double> vs;
+    {
+        const std::vector<int64_t> os = cell_order(g, P, np);
+        Ps.resize(np * D);
+        vs.resize(np * C);
+        for (int64_t k = 0; k < np; ++k) {
+            for (int d = 0; d < D; ++d) Ps[k * D + d] = P[os[k] * D + d];
+            for (int c = 0; c < C; ++c) vs[k * C + c] = vals[os[k] * C + c];
+        }
+    }
     std::vector<double> grid((size_t)g.cells * C, 0.0);
-    splat<T, D, S>(g, P, np, vals, C, grid.data(), (double)np * sd >= kParallelMin);
+    splat<T>(g, Ps.data(), np, vs.data(), C, grid.data(), (double)np * sd >= kParallelMin);
+    vs.clear();
+    vs.shrink_to_fit();
     double t1 = now_s();
     secs[0] += t1 - t0;
     blur(g, pr.taps, grid.data(), C, (double)g.cells * C * D * (double)pr.taps.size() * 2.0 >= kParallelMin);
     t0 = now_s();
     secs[1] += t0 - t1;
-    slice<T, D, S>(g, Q, nq, grid.data(), C, out, (double)nq * sd >= kParallelMin);
+    const std::vector<int64_t> ot = cell_order(g, Q, nq);
+    {
+        std::vector<T> Qs(nq * D);
+        for (int64_t k = 0; k < nq; ++k)
+            for (int d = 0; d < D; ++d) Qs[k * D + d] = Q[ot[k] * D + d];
+        std::vector<double> os(nq * C);
+        slice<T>(g, Qs.data(), nq, grid.data(), C, os.data(), (double)nq * sd >= kParallelMin);
+        for (int64_t k = 0; k < nq; ++k)
+            for (int c = 0; c < C; ++c) out[ot[k] * C + c] = os[k * C + c];
+    }
     t1 = now_s();
     secs[2] += t1 - t0;
     grid.clear();
@@ -944,7 +1086,8 @@ void grid_transform(const Geom& g, const GridErrorProfile& pr, const T* P, int64
         sat.build(g, P, np, D, absw, 1);
         const double q = pr.q;
 #pragma omp parallel for schedule(dynamic, 512) num_threads(xmodal::num_threads()) if (par)
-        for (int64_t i = 0; i < nq; ++i) {
+        for (int64_t k = 0; k < nq; ++k) {
+            const int64_t i = ot[k];
             double x[3];
             for (int d = 0; d < D; ++d) x[d] = (double)Q[i * D + d];
             double b1v = 0, b2v = 0;
@@ -1321,7 +1464,7 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
 
 double grid_reach_for_tol(double tol) {
     const double t = std::min(std::max(tol, 1e-12), 0.5);
-    return std::min(std::max(std::sqrt(2.0 * std::log(1000.0 / t)), 4.0), 8.0);
+    return std::min(std::max(std::sqrt(2.0 * std::log(100.0 / t)), 4.0), 8.0);
 }
 
 GridErrorProfile grid_error_profile(int order, double q, double reach, int D) {

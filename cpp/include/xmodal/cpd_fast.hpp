@@ -80,7 +80,8 @@ struct GridErrorProfile {
 
 GridErrorProfile grid_error_profile(int order, double q, double reach, int D);
 
-// The kernel reach R used for a tolerance (R = sqrt(2 ln(1000 / tol)), clamped to [4, 8]).
+// The kernel reach R used for a tolerance (R = sqrt(2 ln(100 / tol)), clamped to [4, 8]; the E-step
+// rounds it up to the levels 4.5, 5.5, 6.5, 7.5).
 double grid_reach_for_tol(double tol);
 
 struct FastEStepStats {
