@@ -984,10 +984,11 @@ double grid_cost(int64_t npts, int64_t nsrc_ch, double cells, int D, int S, int 
 // whose a priori bound meets tol / 4 without the cap; when none fits under the cap and `force`,
 // the capped grid with the smaller bound (q >= 0.75), computed at the resulting q.
 GridChoice choose_grid(const BBox& b, int D, double sigma, double tol, double max_cells, int64_t npts, int channels,
-                       bool force) {
+                       bool force, double exact_cost) {
     GridChoice best;
     const int ri = reach_level(tol);
     const double reach = kReachLevels[ri];
+    bool capped_any = false;
     for (int order : {3, 5}) {
         const int S = order + 1;
         for (int qi = 0; qi < kNQ; ++qi) {
@@ -995,7 +996,10 @@ GridChoice choose_grid(const BBox& b, int D, double sigma, double tol, double ma
             if (!(pr.dense_rel <= 0.25 * tol && pr.dense_rel_dist <= 0.5 * tol)) continue;
             const double h = sigma / kQLevels[qi];
             const double cells = grid_cells(b, D, S, h);
-            if (!(cells <= max_cells)) break;  // larger q only grows the grid
+            if (!(cells <= max_cells)) {  // larger q only grows the grid
+                capped_any = true;
+                break;
+            }
             const int kmax = (int)pr.taps.size() - 1;
             const double cost = grid_cost(npts, 0, cells, D, S, kmax, channels, (int)pr.radii.size());
             if (cost < best.cost) {
@@ -1010,27 +1014,34 @@ GridChoice choose_grid(const BBox& b, int D, double sigma, double tol, double ma
             break;  // the smallest feasible q of this order is its cheapest
         }
     }
-    if (best.ok || !force) return best;
-    // Forced: the capped grid of each order, at the q the cap allows.
+    // Capped grids (the cap allows a smaller q only): profiled at that q (~10 ms each), so only
+    // when forced or when the exact kernel would cost far more. Without force they must still meet
+    // tol / 2 on a uniform density (points above it are then summed exactly).
+    const bool try_capped = force ? !best.ok : (capped_any && exact_cost > 5e7);
+    if (!try_capped) return best;
+    GridChoice cap;
     for (int order : {3, 5}) {
         const int S = order + 1;
         const double h = fit_spacing(b, D, S, sigma / 6.0, max_cells);
         const double q = sigma / h;
         if (!(q >= 0.75)) continue;
         GridErrorProfile pr = compute_profile(order, std::min(q, 64.0), reach, D);
+        if (!force && !(pr.dense_rel <= 0.5 * tol && pr.dense_rel_dist <= tol)) continue;
         const double cells = grid_cells(b, D, S, h);
         const int kmax = (int)pr.taps.size() - 1;
         const double cost = grid_cost(npts, 0, cells, D, S, kmax, channels, (int)pr.radii.size());
-        if (!best.ok || pr.dense_rel < best.prof.dense_rel) {
-            best.ok = true;
-            best.order = order;
-            best.q = q;
-            best.h = h;
-            best.capped = true;
-            best.cost = cost;
-            best.prof = std::move(pr);
+        const bool better = force ? (!cap.ok || pr.dense_rel < cap.prof.dense_rel) : cost < cap.cost;
+        if (better) {
+            cap.ok = true;
+            cap.order = order;
+            cap.q = q;
+            cap.h = h;
+            cap.capped = true;
+            cap.cost = cost;
+            cap.prof = std::move(pr);
         }
     }
+    if (cap.ok && (!best.ok || cap.cost < best.cost)) return cap;
     return best;
 }
 
@@ -1501,20 +1512,18 @@ FastEStepStats estep_fast(const T* X, int64_t N, const T* TY, int64_t M, int D, 
         double ext2 = 0;
         for (int d = 0; d < D; ++d) ext2 += (box.hi[d] - box.lo[d]) * (box.hi[d] - box.lo[d]);
         require(std::isfinite(ext2), "cpd estep_fast: the points' spread overflows; scale the coordinates");
-        gc = choose_grid(box, D, sigma, tol, cap, N + M, channels, method == EStepMethod::fast);
+        const double r = std::isfinite(cutoff) ? std::sqrt(2.0 * sigma2 * cutoff) : kInf;
+        st.est_cost_exact = exact_pairs_estimate(X, N, TY, M, D, r) * kPairCost;
+        gc = choose_grid(box, D, sigma, tol, cap, N + M, channels, method == EStepMethod::fast, st.est_cost_exact);
         st.est_cost_grid = gc.ok ? gc.cost : kInf;
     }
     bool use_grid = false;
     if (method == EStepMethod::fast) {
         use_grid = gc.ok;
     } else if (method == EStepMethod::automatic && gc.ok) {
-        const double r = std::isfinite(cutoff) ? std::sqrt(2.0 * sigma2 * cutoff) : kInf;
-        st.est_cost_exact = exact_pairs_estimate(X, N, TY, M, D, r) * kPairCost;
         use_grid = gc.cost < st.est_cost_exact;
     }
     if (use_grid) {
-        const double r = std::isfinite(cutoff) ? std::sqrt(2.0 * sigma2 * cutoff) : kInf;
-        if (!(st.est_cost_exact > 0)) st.est_cost_exact = exact_pairs_estimate(X, N, TY, M, D, r) * kPairCost;
         FastEStepStats g = estep_grid<T>(X, N, TY, M, D, weights, sigma2, c, cutoff, tol, st.est_cost_exact / kPairCost,
                                          gc, box, P1, Pt1, PX, best_idx, best_prob, log_s_out, bound_s, bound_p1,
                                          bound_px);
@@ -1556,14 +1565,16 @@ GaussFastStats gauss_transform_fast(const T* centers, int64_t K, const T* coef, 
     bbox_add(box, centers, K, D);
     bbox_add(box, points, Q, D);
     GridChoice gc;
-    if (method != EStepMethod::exact)
-        gc = choose_grid(box, D, beta, tol, cap, K + Q, D, method == EStepMethod::fast);
+    double ex = 0;
+    if (method != EStepMethod::exact) {
+        const double r = std::sqrt(2.0 * beta * beta * 36.0);
+        ex = exact_pairs_estimate(centers, K, points, Q, D, r) * 0.5 * kPairCost;
+        gc = choose_grid(box, D, beta, tol, cap, K + Q, D, method == EStepMethod::fast, ex);
+    }
     bool use_grid = false;
     if (method == EStepMethod::fast) {
         use_grid = gc.ok;
     } else if (method == EStepMethod::automatic && gc.ok) {
-        const double r = std::sqrt(2.0 * beta * beta * 36.0);
-        const double ex = exact_pairs_estimate(centers, K, points, Q, D, r) * 0.5 * kPairCost;
         use_grid = gc.cost < ex;
     }
     if (!use_grid) {
