@@ -153,6 +153,11 @@ def _peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def _cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _xmodal_case(spec):
     """Run one xmodal registration described by ``spec``; returns a JSON-able dict."""
     from cpd_scale_prototype import coarse_to_fine, cpd_fast  # (puts the checkout's python/ first on the path)
@@ -166,6 +171,7 @@ def _xmodal_case(spec):
     params = dict(spec.get("params", {}))
     transform = "deformable" if spec["kind"] == "deformable" else spec.get("transform", spec["kind"])
     t0 = time.perf_counter()
+    c0 = _cpu_seconds()
     if spec.get("pipeline") == "coarse_to_fine":
         res = coarse_to_fine(Y32, X32, transform=transform, n_coarse=spec["n_coarse"], max_iter=spec["iters"],
                              refine_iter=spec.get("refine", 5), estep=spec.get("estep", "auto"), tol=0.0, **params)
@@ -187,7 +193,9 @@ def _xmodal_case(spec):
                      final_sigma2=r.sigma2)
         iters = r.iterations
     seconds = time.perf_counter() - t0
+    cpu = _cpu_seconds() - c0
     out = dict(spec=spec, cloud=cloud, n_fixed=len(X), n_moving=len(Y), iterations=iters, seconds=seconds,
+               cpu_seconds=cpu,
                seconds_per_iteration=seconds / max(iters, 1), peak_rss_gib=_peak_rss_gib(), rss_after_data_gib=rss_data,
                mean_error=float(np.linalg.norm(moved - X[keep], axis=1).mean()),
                mean_error_before=float(np.linalg.norm(Y - X[keep], axis=1).mean()), **extra)
@@ -209,14 +217,19 @@ def _bcpd_case(spec):
         args = [exe, "-x", fx, "-y", fy, "-n", it, "-N", it, "-c", "1e-12", "-o", os.path.join(td, "o_"), "-sy", "-q"]
         args += spec.get("bcpd_args", [])
         t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(args, capture_output=True, text=True, timeout=spec.get("timeout", 3600))
         seconds = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+        peak = ru1.ru_maxrss / 2 ** 20
         outs = [os.path.join(td, f) for f in ("o_y.interpolated.txt", "o_y.txt")]
         got = next((f for f in outs if os.path.exists(f)), None)
         if proc.returncode != 0 or got is None:
             return dict(spec=spec, error=f"bcpd exit {proc.returncode}: {proc.stdout[-400:]} {proc.stderr[-400:]}")
         moved = np.loadtxt(got)
-    return dict(spec=spec, cloud=cloud, n_fixed=len(X), n_moving=len(Y), seconds=seconds, output=os.path.basename(got),
+    return dict(spec=spec, cloud=cloud, n_fixed=len(X), n_moving=len(Y), seconds=seconds, cpu_seconds=cpu,
+                peak_rss_gib_children=peak, output=os.path.basename(got),
                 mean_error=float(np.linalg.norm(moved - X[keep], axis=1).mean()),
                 mean_error_before=float(np.linalg.norm(Y - X[keep], axis=1).mean()), args=args[1:])
 

@@ -160,16 +160,24 @@ def test_weights_and_zero_weight_rows():
     check_against_reference(X, Y, 6.0, r, weights=w)
 
 
-def test_deterministic_across_thread_counts():
+@pytest.mark.parametrize("outliers", [False, True])
+def test_deterministic_across_thread_counts(outliers):
     X = nuclei_cloud(3000, 3, seed=11)
     Y = moving_copy(X, seed=12)
+    if outliers:  # exact columns and rows in the mix
+        rng = np.random.default_rng(1)
+        X = np.vstack([X, X.max(0) + rng.uniform(6, 15, size=(40, 3))])
+        Y = np.vstack([Y, Y.min(0) - rng.uniform(6, 15, size=(40, 3))])
     outs = []
     try:
         for nt in (1, 2, 3):
             xmodal.set_num_threads(nt)
-            outs.append(fast_estep(X, Y, 8.0, method="fast", want_bounds=True))
+            outs.append(fast_estep(X, Y, 8.0, method="fast", want_bounds=True, max_cells=10**6))
     finally:
         xmodal.set_num_threads(None)
+    assert outs[0].info["method"] == "fast"
+    if outliers:
+        assert outs[0].info["exact_columns"] > 0
     for o in outs[1:]:
         for name in ("P1", "Pt1", "PX", "log_s", "best", "best_prob", "bound_s", "bound_p1", "bound_px"):
             assert np.array_equal(getattr(o, name), getattr(outs[0], name)), name

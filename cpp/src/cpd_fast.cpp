@@ -271,18 +271,19 @@ constexpr int kNR = 4;
 
 struct ProfileRow {
     std::once_flag once;
-    std::vector<GridErrorProfile> prof;  // per q level, D = 2 and 3 interleaved: [qi * 2 + (D - 2)]
+    std::vector<GridErrorProfile> prof;  // per q level
 };
 
+// The profiles of one (order, reach level, D) for every q level, computed once per process on
+// first use (~0.1 s; a constant table, thread-safe initialisation).
 const GridErrorProfile& table_profile(int order, int ri, int qi, int D) {
-    static ProfileRow rows[2][kNR];
-    ProfileRow& row = rows[order == 5 ? 1 : 0][ri];
+    static ProfileRow rows[2][kNR][2];
+    ProfileRow& row = rows[order == 5 ? 1 : 0][ri][D == 3 ? 1 : 0];
     std::call_once(row.once, [&] {
-        row.prof.resize(2 * kNQ);
-        for (int i = 0; i < kNQ; ++i)
-            for (int d = 2; d <= 3; ++d) row.prof[i * 2 + (d - 2)] = compute_profile(order, kQLevels[i], kReachLevels[ri], d);
+        row.prof.resize(kNQ);
+        for (int i = 0; i < kNQ; ++i) row.prof[i] = compute_profile(order, kQLevels[i], kReachLevels[ri], D);
     });
-    return row.prof[qi * 2 + (D - 2)];
+    return row.prof[qi];
 }
 
 int reach_level(double tol) {
@@ -974,8 +975,7 @@ struct GridChoice {
     GridErrorProfile prof;
 };
 
-double grid_cost(int64_t npts, int64_t nsrc_ch, double cells, int D, int S, int kmax, int channels, int nshells) {
-    (void)nsrc_ch;
+double grid_cost(int64_t npts, double cells, int D, int S, int kmax, int channels, int nshells) {
     return (double)npts * std::pow((double)S, D) * channels + cells * D * (2.0 * kmax + 1) * channels * kBlurCost +
            (double)npts * nshells * kLookupCost;
 }
@@ -1001,7 +1001,7 @@ GridChoice choose_grid(const BBox& b, int D, double sigma, double tol, double ma
                 break;
             }
             const int kmax = (int)pr.taps.size() - 1;
-            const double cost = grid_cost(npts, 0, cells, D, S, kmax, channels, (int)pr.radii.size());
+            const double cost = grid_cost(npts, cells, D, S, kmax, channels, (int)pr.radii.size());
             if (cost < best.cost) {
                 best.ok = true;
                 best.order = order;
@@ -1029,7 +1029,7 @@ GridChoice choose_grid(const BBox& b, int D, double sigma, double tol, double ma
         if (!force && !(pr.dense_rel <= 0.5 * tol && pr.dense_rel_dist <= tol)) continue;
         const double cells = grid_cells(b, D, S, h);
         const int kmax = (int)pr.taps.size() - 1;
-        const double cost = grid_cost(npts, 0, cells, D, S, kmax, channels, (int)pr.radii.size());
+        const double cost = grid_cost(npts, cells, D, S, kmax, channels, (int)pr.radii.size());
         const bool better = force ? (!cap.ok || pr.dense_rel < cap.prof.dense_rel) : cost < cap.cost;
         if (better) {
             cap.ok = true;
@@ -1143,8 +1143,6 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
     const GridErrorProfile& pr = gc.prof;
     const double half_tol = 0.5 * tol;
     const bool par = (double)(N + M) * 64.0 >= kParallelMin;
-    const int nthreads = xmodal::num_threads();
-    (void)nthreads;
 
     // ---- T1: S_n on the grid, bound per fixed point
     std::vector<double> aw(M);
@@ -1339,7 +1337,6 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
         if (!(aw[m] > 0)) continue;
         if (!(b2[m] <= half_tol * p1[m]) || !(b2x[m] <= tol * p1[m])) frows.push_back(m);
     }
-    std::vector<char> row_exact(M, 0);
     if (!frows.empty()) {
         CellIndex ia;
         ia.build(X, nullptr, N, D, std::isfinite(rcut) ? rcut : kInf);
@@ -1381,7 +1378,6 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
             for (int d = 0; d < D; ++d) px[m * D + d] = sx[d];
             b2[m] = 0;
             b2x[m] = 0;
-            row_exact[m] = 1;
             work[k] = cand[k];
         }
         for (int64_t w : work) pairs += w;
@@ -1467,7 +1463,6 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
         }
         st.seconds[5] += now_s() - tx;
     }
-    (void)row_exact;
     return st;
 }
 

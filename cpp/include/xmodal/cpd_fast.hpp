@@ -40,13 +40,17 @@
 // has the relative error of s_n, log s_n an absolute error <= -log(1 - relative error of s_n).
 //
 // Automatic choice (method automatic): the exact truncated kernel of cpd.hpp (cutoff as given)
-// unless the grid is expected to be cheaper: the candidates (p in {3, 5}, q from a table) whose a
-// priori relative error on a uniform density is <= tol / 4 and whose grid fits in max_cells cells
-// are costed as (M + N)(p + 1)^D (D + 2) splat/slice terms + cells D (2 ceil(R q) + 1)(D + 2) blur
-// terms + bound look-ups, against the exact kernel's candidate pairs (estimated from a histogram
-// at the cutoff radius) times a per-pair cost factor; the cheaper wins. The grid is capped at
-// max_cells cells (default 4 (M + N)); when the bounding box needs more, h is enlarged, q drops,
-// and the bound reports what results (below q = 0.75 the grid is not used at all).
+// unless the grid is expected to be cheaper. Grid candidates: p in {3, 5} x q from a table (0.75 .. 6),
+// R = sqrt(2 ln(100 / tol)) rounded up to 4.5 / 5.5 / 6.5 / 7.5; per order the smallest q whose a priori
+// bounds on a uniform density meet dense_rel <= tol / 4 and dense_rel_dist <= tol / 2, if its grid
+// fits in max_cells cells (default 4 (M + N), at least 4096); otherwise, when the exact kernel would
+// cost far more, the grid the cap allows, profiled at its q, if it meets tol / 2 and tol. Costs:
+// (M + N)(p + 1)^D (D + 2) splat/slice terms + 0.6 cells D (2 ceil(R q) + 1)(D + 2) blur terms + 4 per
+// bound look-up, against 2 per candidate pair of the exact kernel (both passes; estimated from a
+// histogram of both sets at the cutoff radius). The cheaper runs. method fast: the grid whenever a
+// grid with q >= 0.75 fits (the capped one with the smaller a priori bound when none meets tol);
+// exact: the exact kernel. Either way, when the exact columns alone would cost more than half the
+// exact kernel, the exact kernel runs instead (fell_back).
 //
 // Determinism: splatting runs per grid plane along axis 0 (one writer per plane, sources visited
 // in a fixed order: by plane of their first node, then by index), the convolution per grid line,
