@@ -139,13 +139,16 @@ def refine_sigma2(moved, fixed, coarse_sigma2, *, sample=20000, seed=0):
 
 
 def coarse_to_fine(moving, fixed, *, transform="rigid", n_coarse=20000, coarse_iter=None, refine_iter=5,
-                   max_iter=50, estep="auto", estep_tol=ESTEP_TOL, interp_tol=1e-6, **kw):
+                   max_iter=50, estep="auto", estep_tol=ESTEP_TOL, interp_tol=1e-6, subsample=None, **kw):
     """Fit on voxel subsamples (about ``n_coarse`` points each), then refine on all points.
 
     ``max_iter`` iterations in all: ``coarse_iter`` (default ``max_iter - refine_iter``) on the
     subsamples, ``refine_iter`` on all points from :func:`refine_sigma2` (rigid / similarity / affine;
-    deformable refines only
-    when ``refine_iter > 0``, with the coarse centres' count as ``low_rank``). Returns a dict with
+    deformable refines only when ``refine_iter > 0``, with the coarse centres' count as
+    ``low_rank``). ``subsample``: "both" (default for rigid / similarity / affine) or "moving"
+    (default for deformable: the coarse fit then matches the moving subsample to the full fixed set,
+    whose E-step stays O(M_c + N) on the grid, and its field does not alias the fixed subsample's
+    sampling). Returns a dict with
     ``moved`` (all moving points), ``transform``, ``sigma2``, ``coarse`` / ``fine`` results,
     ``seconds`` per stage and the subsample sizes.
     """
@@ -158,7 +161,11 @@ def coarse_to_fine(moving, fixed, *, transform="rigid", n_coarse=20000, coarse_i
         im, vm = voxel_subsample(moving, n_coarse)
     else:
         im, vm = np.arange(M), 0.0
-    if N > n_coarse:
+    if subsample is None:
+        subsample = "moving" if transform == "deformable" else "both"
+    if subsample not in ("both", "moving"):
+        raise ValueError(f"subsample: expected 'both' or 'moving', got {subsample!r}")
+    if N > n_coarse and subsample == "both":
         jf, vf = voxel_subsample(fixed, n_coarse)
     else:
         jf, vf = np.arange(N), 0.0
