@@ -9,8 +9,8 @@ iteration / xmodal seconds per iteration, both measured in this process on the s
 Accuracy: the 28 pairs of JIM767 C. elegans embryos (xmodal.datasets.celegans_embryos()),
 evaluated by ``cpd_workloads.celegans_accuracy``.
 
-``XMODAL_BENCH_QUICK=1`` shrinks everything for a smoke test. ``XMODAL_DATA`` overrides the data
-directory; workload P is skipped when the data set is absent.
+``XMODAL_BENCH_QUICK=1`` shrinks everything for a smoke test. Data: the folder of
+``benchmarks/_data.py`` (``XMODAL_DATA``); workload P is skipped when the data set is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cpd_workloads as W  # noqa: E402
+from _data import data_path, missing  # noqa: E402
 from conftest import machine_description  # noqa: E402
 
 import xmodal  # noqa: E402
@@ -36,7 +37,7 @@ PARAMS = dict(w=1e-5, lam=0.1, beta=30.0)
 def _workload_p():
     X = W.platynereis_nuclei()
     if X is None:
-        pytest.skip(f"Platynereis data not found under {W.data_root()} (set XMODAL_DATA)")
+        pytest.skip(missing(data_path(W.PLATY_DIR), "Platynereis data"))
     if QUICK:
         X = X[np.random.default_rng(0).choice(len(X), 1500, replace=False)]
     Y, keep = W.perturbed_copy(X)

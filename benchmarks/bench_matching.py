@@ -33,11 +33,10 @@ import pytest
 import scipy.sparse as sp
 
 import xmodal
+from _data import data_path, missing
 
 QUICK = os.environ.get("XMODAL_BENCH_QUICK", "") not in ("", "0")
-# Default: the shared data folder beside the checkout (../shared/data).
-DATA = os.environ.get("XMODAL_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
-PLATY = os.path.join(DATA, "platynereis_6dpf_nuclei", "nuclei_1_0_1_em_and_prospr_space.tsv")
+PLATY = str(data_path("platynereis_6dpf_nuclei", "nuclei_1_0_1_em_and_prospr_space.tsv"))
 
 
 def best_time(fn, repeat=3):
@@ -58,7 +57,7 @@ def xmodal_time(benchmark):
 
 def load_platynereis():
     if not os.path.exists(PLATY):
-        pytest.skip(f"Platynereis nuclei not found at {PLATY} (set XMODAL_DATA)")
+        pytest.skip(missing(PLATY, "Platynereis nuclei"))
     import csv
 
     with open(PLATY, newline="") as fh:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
+from _data import data_path
 
 PLATY_DIR = "platynereis_6dpf_nuclei"
 
 
-def data_root() -> Path:
-    # Default: the shared data folder beside the checkout (../shared/data).
-    return Path(os.environ.get("XMODAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
 def platynereis_nuclei() -> np.ndarray | None:
     """The 11,497 EM nuclei (µm, columns z, y, x) or None when the data set is absent."""
-    path = data_root() / PLATY_DIR / "nuclei_1_0_1_em_and_prospr_space.tsv"
+    path = data_path(PLATY_DIR, "nuclei_1_0_1_em_and_prospr_space.tsv")
     if not path.exists():
         return None
     import pandas as pd

@@ -1,80 +1,67 @@
-// Brute-force tiled k-NN / radius graph on the GPU, with the contract of cpp/include/xmodal/knn.hpp:
-// the same pairs (ranked by (squared distance, index), lower index first on ties) and the same
-// distances (squared differences summed in axis order with round-to-nearest operations, no FMA
-// contraction, so the values are bit-identical to the CPU kernel).
+// Brute-force tiled k-NN / radius graph on CUDA, the twin of cpp/src/knn.cpp (see xmodal_cuda.hpp
+// and xmodal/knn.hpp): the same pairs and bit-identical distances, because every query thread runs
+// xmodal/detail/knn_arith.hpp (dist2 without FMA, ranking by (d2, index), top-k insertion), which
+// xmodal._core._testing runs on the CPU. Any k: lists of up to kLocalK entries live in each
+// thread's local memory, longer ones in a global scratch buffer. Scans, sorts and unique use CUB
+// with explicit scratch (DeviceBuffer): no allocation that could throw from a destructor.
 #include <cuda_runtime.h>
-#include <thrust/device_ptr.h>
-#include <thrust/device_vector.h>
-#include <thrust/execution_policy.h>
-#include <thrust/scan.h>
-#include <thrust/sort.h>
-#include <thrust/unique.h>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cub/device/device_select.cuh>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include "xmodal/common.hpp"
-#include "xmodal/knn.hpp"
+#include "xmodal/detail/knn_arith.hpp"
 #include "xmodal_cuda.hpp"
 
 namespace xmodal::cuda {
 namespace {
 
-constexpr int kThreads = 128;  // queries per block = tile of reference points per shared load
+namespace ka = xmodal::knn::arith;
 
-__device__ __forceinline__ double dist2(const double* x, const double* y, int dim) {
-    double s = 0.0;
-    for (int d = 0; d < dim; ++d) {
-        const double diff = __dsub_rn(x[d], y[d]);
-        s = __dadd_rn(s, __dmul_rn(diff, diff));
-    }
-    return s;
+constexpr int kThreads = 128;  // queries per block = tile of reference points per shared load
+constexpr int kLocalK = 32;    // longest top-k list held in a thread's local memory
+
+// Every thread of the block loads one reference point of the tile starting at `base` into shared
+// memory (between two barriers); returns the number of points in the tile.
+__device__ int load_tile(double* tile, const double* __restrict__ p, std::int64_t np, int dim, std::int64_t base) {
+    __syncthreads();
+    const std::int64_t load = base + threadIdx.x;
+    if (load < np)
+        for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
+    __syncthreads();
+    return static_cast<int>(np - base < kThreads ? np - base : kThreads);
 }
 
-// Per query: the k best reference points by (d2, index) (k <= kKnnMaxK) and the number within r2.
+// Per query: the k best reference points by (d2, index) into knn (k per query) and, with r2 >= 0,
+// the number within the radius. LOCAL: the list in local memory, else at scratch[t * nq + i].
+template <bool LOCAL>
 __global__ void select_kernel(const double* __restrict__ q, std::int64_t nq, const double* __restrict__ p,
-                              std::int64_t np, int dim, int k, double r2, std::int32_t* __restrict__ knn,
+                              std::int64_t np, int dim, int k, double r2, double* __restrict__ scratch_d,
+                              std::int32_t* __restrict__ scratch_i, std::int32_t* __restrict__ knn,
                               std::int64_t* __restrict__ radius_count) {
     extern __shared__ double tile[];  // kThreads * dim
     const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const bool active = i < nq;
-    double qi[kKnnMaxDim];
+    double qi[ka::kMaxDim];
     for (int d = 0; d < dim; ++d) qi[d] = active ? q[i * dim + d] : 0.0;
-    double bd[kKnnMaxK];
-    std::int32_t bi[kKnnMaxK];
-    int size = 0;
-    std::int64_t count = 0;
+    double local_d[LOCAL ? kLocalK : 1];
+    std::int32_t local_i[LOCAL ? kLocalK : 1];
+    double* bd = LOCAL ? local_d : scratch_d + (active ? i : 0);
+    std::int32_t* bi = LOCAL ? local_i : scratch_i + (active ? i : 0);
+    const std::int64_t stride = LOCAL ? 1 : nq;
+    ka::Query query(qi, dim, k, r2, bd, bi, stride);
     for (std::int64_t base = 0; base < np; base += kThreads) {
-        const std::int64_t load = base + threadIdx.x;
-        __syncthreads();
-        if (load < np)
-            for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
-        __syncthreads();
+        const int n_tile = load_tile(tile, p, np, dim, base);
         if (!active) continue;
-        const int n_tile = static_cast<int>(np - base < kThreads ? np - base : kThreads);
-        for (int t = 0; t < n_tile; ++t) {
-            // d2 of (q - p): the CPU forward query computes (a - b), the reverse (b - a); the square
-            // of a difference and of its negation are identical.
-            const double d2 = dist2(qi, &tile[t * dim], dim);
-            const std::int32_t id = static_cast<std::int32_t>(base + t);
-            if (r2 >= 0.0 && d2 <= r2) ++count;
-            if (k > 0) {
-                if (size == k && !(d2 < bd[size - 1] || (d2 == bd[size - 1] && id < bi[size - 1]))) continue;
-                int pos = size < k ? size++ : k - 1;
-                while (pos > 0 && (d2 < bd[pos - 1] || (d2 == bd[pos - 1] && id < bi[pos - 1]))) {
-                    bd[pos] = bd[pos - 1];
-                    bi[pos] = bi[pos - 1];
-                    --pos;
-                }
-                bd[pos] = d2;
-                bi[pos] = id;
-            }
-        }
+        for (int t = 0; t < n_tile; ++t) query.visit(&tile[t * dim], static_cast<std::int32_t>(base + t));
     }
     if (!active) return;
-    for (int t = 0; t < size; ++t) knn[i * k + t] = bi[t];
-    if (radius_count) radius_count[i] = count;
+    for (int t = 0; t < query.size; ++t) knn[i * k + t] = bi[t * stride];
+    if (radius_count) radius_count[i] = query.count;
 }
 
 // Keys (row * nb + col) of the radius pairs of each query, in ascending column order.
@@ -84,19 +71,14 @@ __global__ void radius_fill_kernel(const double* __restrict__ q, std::int64_t nq
     extern __shared__ double tile[];
     const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const bool active = i < nq;
-    double qi[kKnnMaxDim];
+    double qi[ka::kMaxDim];
     for (int d = 0; d < dim; ++d) qi[d] = active ? q[i * dim + d] : 0.0;
     std::int64_t out = active ? offsets[i] : 0;
     for (std::int64_t base = 0; base < np; base += kThreads) {
-        const std::int64_t load = base + threadIdx.x;
-        __syncthreads();
-        if (load < np)
-            for (int d = 0; d < dim; ++d) tile[threadIdx.x * dim + d] = p[load * dim + d];
-        __syncthreads();
+        const int n_tile = load_tile(tile, p, np, dim, base);
         if (!active) continue;
-        const int n_tile = static_cast<int>(np - base < kThreads ? np - base : kThreads);
         for (int t = 0; t < n_tile; ++t)
-            if (dist2(qi, &tile[t * dim], dim) <= r2) keys[out++] = i * np + base + t;
+            if (ka::in_radius(ka::dist2(qi, &tile[t * dim], dim), r2)) keys[out++] = i * np + base + t;
     }
 }
 
@@ -117,7 +99,7 @@ __global__ void finish_kernel(const std::int64_t* __restrict__ keys, std::int64_
     if (t >= nnz) return;
     const std::int64_t row = keys[t] / nb, col = keys[t] % nb;
     indices[t] = static_cast<std::int32_t>(col);
-    data[t] = sqrt(dist2(a + row * dim, b + col * dim, dim));
+    data[t] = sqrt(ka::dist2(a + row * dim, b + col * dim, dim));
 }
 
 // indptr[i] = first position with key >= i * nb (binary search in the sorted unique keys).
@@ -129,112 +111,137 @@ __global__ void indptr_kernel(const std::int64_t* __restrict__ keys, std::int64_
     std::int64_t lo = 0, hi = nnz;
     while (lo < hi) {
         const std::int64_t mid = lo + (hi - lo) / 2;
-        if (keys[mid] < target) lo = mid + 1;
-        else hi = mid;
+        if (keys[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     indptr[i] = lo;
 }
 
-unsigned blocks(std::int64_t n, int threads) {
-    return static_cast<unsigned>((n + threads - 1) / threads);
+unsigned blocks(std::int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+int cuda_int(cudaError_t e) { return static_cast<int>(e); }
+
+// The k best of every query (k per query, int32) and, with r2 >= 0, the radius counts.
+void select(const double* q, std::int64_t nq, const double* p, std::int64_t np, int dim, int k, double r2,
+            std::int32_t* knn, std::int64_t* radius_count, cudaStream_t stream) {
+    const std::size_t shmem = sizeof(double) * kThreads * dim;
+    if (k <= kLocalK) {
+        select_kernel<true><<<blocks(nq, kThreads), kThreads, shmem, stream>>>(q, nq, p, np, dim, k, r2, nullptr,
+                                                                                 nullptr, knn, radius_count);
+        check(cuda_int(cudaGetLastError()), "knn_graph (cuda): select kernel");
+        return;
+    }
+    DeviceBuffer sd(sizeof(double) * nq * k, "knn_graph (cuda): top-k scratch");
+    DeviceBuffer si(sizeof(std::int32_t) * nq * k, "knn_graph (cuda): top-k scratch");
+    select_kernel<false><<<blocks(nq, kThreads), kThreads, shmem, stream>>>(
+        q, nq, p, np, dim, k, r2, sd.as<double>(), si.as<std::int32_t>(), knn, radius_count);
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): select kernel");
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): select kernel");  // before the scratch goes
 }
 
-void* device_alloc(std::size_t bytes, const char* what) {
-    void* p = nullptr;
-    check(static_cast<int>(cudaMalloc(&p, bytes > 0 ? bytes : 1)), what);
-    return p;
+template <class T>
+T read_back(const T* device_value, cudaStream_t stream, const char* what) {
+    T v{};
+    check(cuda_int(cudaMemcpyAsync(&v, device_value, sizeof(T), cudaMemcpyDeviceToHost, stream)), what);
+    check(cuda_int(cudaStreamSynchronize(stream)), what);
+    return v;
+}
+
+// Sorted unique keys[0, n) into `out`; returns their number.
+std::int64_t sort_unique(DeviceBuffer& keys, std::int64_t n, DeviceBuffer& out, cudaStream_t stream) {
+    DeviceBuffer sorted(sizeof(std::int64_t) * n, "knn_graph (cuda): sorted keys");
+    DeviceBuffer count(sizeof(std::int64_t), "knn_graph (cuda): unique count");
+    std::size_t bytes_sort = 0, bytes_unique = 0;
+    const std::int64_t* k_in = keys.as<std::int64_t>();
+    std::int64_t* k_sorted = sorted.as<std::int64_t>();
+    check(cuda_int(cub::DeviceRadixSort::SortKeys(nullptr, bytes_sort, k_in, k_sorted, n, 0, 64, stream)),
+          "knn_graph (cuda): sort");
+    check(cuda_int(cub::DeviceSelect::Unique(nullptr, bytes_unique, k_sorted, out.as<std::int64_t>(),
+                                             count.as<std::int64_t>(), n, stream)),
+          "knn_graph (cuda): unique");
+    DeviceBuffer scratch(bytes_sort > bytes_unique ? bytes_sort : bytes_unique, "knn_graph (cuda): sort scratch");
+    check(cuda_int(cub::DeviceRadixSort::SortKeys(scratch.get(), bytes_sort, k_in, k_sorted, n, 0, 64, stream)),
+          "knn_graph (cuda): sort");
+    check(cuda_int(cub::DeviceSelect::Unique(scratch.get(), bytes_unique, k_sorted, out.as<std::int64_t>(),
+                                             count.as<std::int64_t>(), n, stream)),
+          "knn_graph (cuda): unique");
+    return read_back(count.as<std::int64_t>(), stream, "knn_graph (cuda): unique");
 }
 
 }  // namespace
 
-void free_device(void* ptr) {
-    if (ptr) cudaFree(ptr);
-}
-
-DeviceCsr knn_graph_device(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k,
-                           double radius, bool symmetric, int device) {
-    require(dim >= 1 && dim <= kKnnMaxDim, "knn_graph (cuda): dim must be in 1..8");
-    require(k >= 0 && k <= kKnnMaxK,
-            "k: the CUDA k-NN graph supports k <= " + std::to_string(kKnnMaxK) + ", got " + std::to_string(k));
-    require(k > 0 || radius >= 0.0, "k, radius: give k > 0 and/or radius >= 0");
-    require(na < (std::int64_t(1) << 31) && nb < (std::int64_t(1) << 31), "knn_graph (cuda): at most 2^31 - 1 points");
-    check(static_cast<int>(cudaSetDevice(device)), "cudaSetDevice");
-    check(static_cast<int>(cudaDeviceSynchronize()), "knn_graph (cuda): waiting for the inputs");
+DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k, double radius,
+                    bool symmetric, cudaStream_t stream) {
+    ka::check_args(na, nb, dim, k, radius);
     DeviceCsr out;
     out.n_rows = na;
     out.n_cols = nb;
     const double r2 = radius >= 0.0 ? radius * radius : -1.0;
     const int kb = static_cast<int>(k < nb ? k : nb);
-    const int ka = static_cast<int>(k < na ? k : na);
+    const int ka_ = static_cast<int>(k < na ? k : na);
     const std::size_t shmem = sizeof(double) * kThreads * dim;
 
-    std::int64_t n_keys = 0;
-    thrust::device_vector<std::int32_t> fwd(static_cast<std::size_t>(na) * kb), rev;
-    thrust::device_vector<std::int64_t> rcount, roffset;
-    std::int64_t n_radius = 0;
+    DeviceBuffer fwd(sizeof(std::int32_t) * na * kb, "knn_graph (cuda): neighbours");
+    DeviceBuffer rev, rcount, roffset;
+    std::int64_t n_radius = 0, n_keys = 0;
     if (na > 0 && nb > 0) {
         if (r2 >= 0.0) {
-            rcount.resize(static_cast<std::size_t>(na));
-            roffset.resize(static_cast<std::size_t>(na) + 1);
+            rcount = DeviceBuffer(sizeof(std::int64_t) * na, "knn_graph (cuda): radius counts");
+            roffset = DeviceBuffer(sizeof(std::int64_t) * (na + 1), "knn_graph (cuda): radius offsets");
         }
-        select_kernel<<<blocks(na, kThreads), kThreads, shmem>>>(
-            a, na, b, nb, dim, kb, r2, thrust::raw_pointer_cast(fwd.data()),
-            r2 >= 0.0 ? thrust::raw_pointer_cast(rcount.data()) : nullptr);
-        check(static_cast<int>(cudaGetLastError()), "knn_graph (cuda): select kernel");
+        select(a, na, b, nb, dim, kb, r2, fwd.as<std::int32_t>(), r2 >= 0.0 ? rcount.as<std::int64_t>() : nullptr,
+               stream);
         if (r2 >= 0.0) {
-            roffset[0] = 0;
-            thrust::inclusive_scan(thrust::device, rcount.begin(), rcount.end(), roffset.begin() + 1);
-            n_radius = roffset[na];
+            std::int64_t* off = roffset.as<std::int64_t>();
+            check(cuda_int(cudaMemsetAsync(off, 0, sizeof(std::int64_t), stream)), "knn_graph (cuda): radius offsets");
+            std::size_t bytes = 0;
+            check(cuda_int(cub::DeviceScan::InclusiveSum(nullptr, bytes, rcount.as<std::int64_t>(), off + 1, na, stream)),
+                  "knn_graph (cuda): radius scan");
+            DeviceBuffer scratch(bytes, "knn_graph (cuda): scan scratch");
+            check(cuda_int(cub::DeviceScan::InclusiveSum(scratch.get(), bytes, rcount.as<std::int64_t>(), off + 1, na,
+                                                         stream)),
+                  "knn_graph (cuda): radius scan");
+            n_radius = read_back(off + na, stream, "knn_graph (cuda): radius scan");
         }
-        if (symmetric && ka > 0) {
-            rev.resize(static_cast<std::size_t>(nb) * ka);
-            select_kernel<<<blocks(nb, kThreads), kThreads, shmem>>>(b, nb, a, na, dim, ka, -1.0,
-                                                                     thrust::raw_pointer_cast(rev.data()), nullptr);
-            check(static_cast<int>(cudaGetLastError()), "knn_graph (cuda): reverse select kernel");
+        if (symmetric && ka_ > 0) {
+            rev = DeviceBuffer(sizeof(std::int32_t) * nb * ka_, "knn_graph (cuda): reverse neighbours");
+            select(b, nb, a, na, dim, ka_, -1.0, rev.as<std::int32_t>(), nullptr, stream);
         }
-        n_keys = na * kb + n_radius + (symmetric ? nb * ka : 0);
+        n_keys = na * kb + n_radius + (symmetric ? nb * ka_ : 0);
     }
-    thrust::device_vector<std::int64_t> keys(static_cast<std::size_t>(n_keys));
-    std::int64_t pos = 0;
-    if (na > 0 && nb > 0) {
+    DeviceBuffer keys(sizeof(std::int64_t) * n_keys, "knn_graph (cuda): keys");
+    DeviceBuffer unique(sizeof(std::int64_t) * n_keys, "knn_graph (cuda): unique keys");
+    if (n_keys > 0) {
+        std::int64_t pos = 0;
+        std::int64_t* kp = keys.as<std::int64_t>();
         if (kb > 0) {
-            knn_keys_kernel<<<blocks(na * kb, 256), 256>>>(thrust::raw_pointer_cast(fwd.data()), na, kb, nb, false,
-                                                          thrust::raw_pointer_cast(keys.data()));
+            knn_keys_kernel<<<blocks(na * kb, 256), 256, 0, stream>>>(fwd.as<std::int32_t>(), na, kb, nb, false, kp);
             pos += na * kb;
         }
         if (n_radius > 0) {
-            radius_fill_kernel<<<blocks(na, kThreads), kThreads, shmem>>>(
-                a, na, b, nb, dim, r2, thrust::raw_pointer_cast(roffset.data()),
-                thrust::raw_pointer_cast(keys.data()) + pos);
+            radius_fill_kernel<<<blocks(na, kThreads), kThreads, shmem, stream>>>(a, na, b, nb, dim, r2,
+                                                                                  roffset.as<std::int64_t>(), kp + pos);
             pos += n_radius;
         }
-        if (symmetric && ka > 0) {
-            knn_keys_kernel<<<blocks(nb * ka, 256), 256>>>(thrust::raw_pointer_cast(rev.data()), nb, ka, nb, true,
-                                                          thrust::raw_pointer_cast(keys.data()) + pos);
-            pos += nb * ka;
-        }
-        check(static_cast<int>(cudaGetLastError()), "knn_graph (cuda): key kernels");
-        thrust::sort(thrust::device, keys.begin(), keys.end());
-        n_keys = thrust::unique(thrust::device, keys.begin(), keys.end()) - keys.begin();
+        if (symmetric && ka_ > 0)
+            knn_keys_kernel<<<blocks(nb * ka_, 256), 256, 0, stream>>>(rev.as<std::int32_t>(), nb, ka_, nb, true,
+                                                                       kp + pos);
+        check(cuda_int(cudaGetLastError()), "knn_graph (cuda): key kernels");
+        n_keys = sort_unique(keys, n_keys, unique, stream);
     }
     out.nnz = n_keys;
-    try {
-        out.indptr = static_cast<std::int64_t*>(device_alloc(sizeof(std::int64_t) * (na + 1), "cudaMalloc indptr"));
-        out.indices = static_cast<std::int32_t*>(device_alloc(sizeof(std::int32_t) * n_keys, "cudaMalloc indices"));
-        out.data = static_cast<double*>(device_alloc(sizeof(double) * n_keys, "cudaMalloc data"));
-        if (n_keys > 0)
-            finish_kernel<<<blocks(n_keys, 256), 256>>>(thrust::raw_pointer_cast(keys.data()), n_keys, a, b, nb, dim,
-                                                        out.indices, out.data);
-        indptr_kernel<<<blocks(na + 1, 256), 256>>>(thrust::raw_pointer_cast(keys.data()), n_keys, na,
-                                                   nb > 0 ? nb : 1, out.indptr);
-        check(static_cast<int>(cudaGetLastError()), "knn_graph (cuda): output kernels");
-        check(static_cast<int>(cudaDeviceSynchronize()), "knn_graph (cuda)");
-    } catch (...) {
-        free_device(out.indptr);
-        free_device(out.indices);
-        free_device(out.data);
-        throw;
-    }
+    out.indptr = DeviceBuffer(sizeof(std::int64_t) * (na + 1), "knn_graph (cuda): indptr");
+    out.indices = DeviceBuffer(sizeof(std::int32_t) * n_keys, "knn_graph (cuda): indices");
+    out.data = DeviceBuffer(sizeof(double) * n_keys, "knn_graph (cuda): data");
+    if (n_keys > 0)
+        finish_kernel<<<blocks(n_keys, 256), 256, 0, stream>>>(unique.as<std::int64_t>(), n_keys, a, b, nb, dim,
+                                                               out.indices.as<std::int32_t>(), out.data.as<double>());
+    indptr_kernel<<<blocks(na + 1, 256), 256, 0, stream>>>(unique.as<std::int64_t>(), n_keys, na, nb > 0 ? nb : 1,
+                                                          out.indptr.as<std::int64_t>());
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): output kernels");
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda)");
     return out;
 }
 

@@ -3,7 +3,9 @@
 
 Data: the 30 ISBI 2012 training slices (Cardona et al. 2010; Arganda-Carreras et al. 2015) as
 ``train_image/{i}.png`` and ``train_label/{i}.png`` (255 = cell interior, 0 = membrane) under
-``--data``. Slices 0-24 train, slices 25-29 validate.
+``--data`` (default: ``isbi2012_em_membranes`` in the data folder of ``benchmarks/_data.py``, i.e.
+``$XMODAL_DATA`` or a ``data`` / ``../shared/data`` folder beside the repository). Slices 0-24
+train, slices 25-29 validate.
 
 Targets: instances are the 4-connected components of non-membrane pixels of each slice; the target
 of channel c at pixel p is 1 when p and p + offsets[c] are in the same instance (membrane pixels
@@ -18,7 +20,7 @@ a run stopped by it says so in the metadata and is not the reproducible run).
 
 Example::
 
-    python scripts/train_isbi2012_affinities.py --data /work/shared/data/isbi2012_em_membranes \
+    XMODAL_DATA=path/to/data python scripts/train_isbi2012_affinities.py \
         --out python/xmodal/models/isbi2012_affinity_unet.pt --steps 1500 --batch 8
 """
 
@@ -32,6 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _data import data_path  # noqa: E402  (the one data-root rule of benchmarks and scripts)
 
 logger = logging.getLogger("train_isbi2012")
 
@@ -123,7 +128,8 @@ def validate(model, images, instances, offsets, mean, std):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, type=Path, help="ISBI 2012 folder (train_image/, train_label/)")
+    ap.add_argument("--data", type=Path, default=data_path("isbi2012_em_membranes"),
+                    help="ISBI 2012 folder (train_image/, train_label/); default: %(default)s")
     ap.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
     ap.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     ap.add_argument("--batch", type=int, default=8, help="crops per step (default 8)")

@@ -35,3 +35,41 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def data_dir():
     return os.path.join(os.path.dirname(__file__), "data")
+
+
+# Packages of the test extra (pyproject.toml, [project.optional-dependencies] test, plus the core
+# dependencies), by import name. `pip install ".[test]"` installs them all, so a test that skips
+# because one of them cannot be imported hides a broken install: it is reported as a failure.
+# Skips for what the test extra does not install (cupy, a GPU) stay skips.
+_TEST_EXTRA = {"numpy", "scipy", "zarr", "highspy", "threadpoolctl", "pytest", "pytest_benchmark", "hypothesis",
+               "torch", "monai", "bioimage_cpp", "mwatershed", "pycpd", "skimage", "PIL", "matplotlib", "tifffile",
+               "itk", "dask", "distributed", "tqdm"}
+
+
+def _missing_test_dependency(report) -> str | None:
+    import re
+
+    if not report.skipped:
+        return None
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    m = re.search(r"could not import '([\w.]+)'", text)
+    if m and m.group(1).split(".")[0] in _TEST_EXTRA:
+        return (f"{m.group(1)} is in the test extra (pip install '.[test]'): a missing or broken install fails, "
+                f"it does not skip ({text.strip()})")
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    reason = _missing_test_dependency(report)
+    if reason:
+        report.outcome, report.longrepr = "failed", reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    report = (yield).get_result()
+    reason = _missing_test_dependency(report)
+    if reason:
+        report.outcome, report.longrepr = "failed", reason

@@ -150,7 +150,7 @@ def test_bugs_keep_their_traceback(files, capsys, monkeypatch):
     def broken(args):
         return {}["missing"]  # a bug, not a user error
 
-    monkeypatch.setattr(cli, "_cmd_info", broken)
+    monkeypatch.setattr(cli.commands, "cmd_info", broken)
     with pytest.raises(KeyError):
         cli.main(["info"])
 
@@ -159,7 +159,7 @@ def test_bugs_keep_their_traceback(files, capsys, monkeypatch):
 
         np.linspace(0, 1, -5)  # ValueError raised inside numpy: may be a bug, so not hidden
 
-    monkeypatch.setattr(cli, "_cmd_info", third_party_value_error)
+    monkeypatch.setattr(cli.commands, "cmd_info", third_party_value_error)
     with pytest.raises(ValueError):
         cli.main(["info"])
     # XMODAL_TRACEBACK=1 shows user errors with their traceback too

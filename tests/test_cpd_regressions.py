@@ -8,7 +8,7 @@ import pytest
 
 import xmodal
 from xmodal import _core
-from xmodal.registration import _cpd, fit_affine, fit_rigid, fitzpatrick_tre, leave_one_out_residuals
+from xmodal.registration import _cpd_cpu, _mstep, fit_affine, fit_rigid, fitzpatrick_tre, leave_one_out_residuals
 
 from test_properties_cpd import dense_estep
 
@@ -50,8 +50,8 @@ def test_native_estep_mass_and_values_at_small_sigma2(dtype, cutoff, sigma2):
     """Was: P1.sum() = 1e203 at normalised sigma2 = 1e-4 (it must be <= N); 1e-300 silently wrong."""
     Yn, Xn = normalised(*issue_case())
     X, Y = Xn.astype(dtype), Yn.astype(dtype)
-    fn = _core.cpd_estep if dtype == np.float64 else _core.cpd_estep_f32
-    P1, Pt1, PX, best, prob, *_ = fn(X, Y, None, sigma2, 0.0, cutoff, True)
+    out = _core.cpd_estep(X, Y, None, sigma2, 0.0, cutoff, True)
+    P1, Pt1, PX = out["P1"], out["Pt1"], out["PX"]
     tol = 1e-9 if dtype == np.float64 else 3e-4
     assert float(P1.sum()) <= len(X) * (1 + tol) and np.all(Pt1 <= 1 + tol)
     P, _, _ = dense_estep(X, Y, None, sigma2, 0.0, cutoff)
@@ -74,10 +74,10 @@ def test_estep_at_tiny_sigma2_is_deterministic_across_threads():
             outs.append(_core.cpd_estep(X, Y, None, 1e-9, 1e-12, math.inf, True))
         finally:
             xmodal.set_num_threads(None)
-    assert outs[0][9] > 0  # rows summed relative to their largest term
-    for a, b in zip(outs[0][:5], outs[1][:5]):
-        np.testing.assert_array_equal(a, b)
-    assert outs[0][5] == outs[1][5]
+    assert outs[0]["shifted_columns"] > 0  # rows summed relative to their largest term
+    for k in ("P1", "Pt1", "PX", "best_idx", "best_prob"):
+        np.testing.assert_array_equal(outs[0][k], outs[1][k])
+    assert outs[0]["log_s_sum"] == outs[1]["log_s_sum"]
 
 
 @pytest.mark.parametrize("cutoff", [36.0, math.inf])
@@ -96,27 +96,26 @@ def test_unrepresentable_sigma2_is_reported(cutoff):
         assert r.info["stop"] == "no_support" and not r.converged
         assert any("truncation radius" in m and "cutoff=inf" in m for m in r.warnings)
         np.testing.assert_allclose(r.moved, Y - Y.mean(0) + X.mean(0), atol=1e-12)
-    for fn in (_core.cpd_estep, _core.cpd_estep_f32):  # natively: a clear error
-        dt = np.float64 if fn is _core.cpd_estep else np.float32
+    for dt in (np.float64, np.float32):  # natively: a clear error
         with pytest.raises(ValueError, match="sigma2 .* too small"):
-            fn(X.astype(dt), Y.astype(dt), None, 1e-310, 0.0, cutoff, True)
+            _core.cpd_estep(X.astype(dt), Y.astype(dt), None, 1e-310, 0.0, cutoff, True)
 
 
 def test_float32_below_float_range_runs_in_float64():
     """float32 cannot hold 1/(2 sigma2) for sigma2 = 1e-40: computed in float64, same answer."""
     Yn, Xn = normalised(*issue_case())
-    a = _core.cpd_estep_f32(Xn.astype(np.float32), Yn.astype(np.float32), None, 1e-40, 0.0, math.inf, True)
+    a = _core.cpd_estep(Xn.astype(np.float32), Yn.astype(np.float32), None, 1e-40, 0.0, math.inf, True)
     b = _core.cpd_estep(Xn.astype(np.float32).astype(np.float64), Yn.astype(np.float32).astype(np.float64),
                         None, 1e-40, 0.0, math.inf, True)
-    assert a[0].dtype == np.float32
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
-    np.testing.assert_array_equal(a[3], b[3])
+    assert a["P1"].dtype == np.float32
+    np.testing.assert_allclose(a["P1"], b["P1"], rtol=1e-6)
+    np.testing.assert_array_equal(a["best_idx"], b["best_idx"])
 
 
 def test_huge_coordinates_are_refused_natively_in_float32():
     X = np.array([[0, 0], [3e19, 0]], dtype=np.float32)
     with pytest.raises(ValueError, match="squared distances overflow float32"):
-        _core.cpd_estep_f32(X, X, None, 1.0, 0.0, 36.0, True)
+        _core.cpd_estep(X, X, None, 1.0, 0.0, 36.0, True)
 
 
 def test_correspondence_matrix_at_small_sigma2():
@@ -194,7 +193,7 @@ def test_failed_low_rank_m_step_is_reverted(monkeypatch):
     kw = dict(transform="deformable", beta=2.0, lam=1.0, low_rank=60, max_iter=3, tol=0.0)
     ref = xmodal.cpd(Y, X, **kw)  # three good steps
     calls = {"n": 0}
-    solve = _cpd._spd_solve
+    solve = _mstep._spd_solve
 
     def failing(K, b):
         calls["n"] += 1
@@ -202,7 +201,7 @@ def test_failed_low_rank_m_step_is_reverted(monkeypatch):
             raise np.linalg.LinAlgError("4-th leading minor not positive definite")
         return solve(K, b)
 
-    monkeypatch.setattr(_cpd, "_spd_solve", failing)
+    monkeypatch.setattr(_mstep, "_spd_solve", failing)
     r = xmodal.cpd(Y, X, **dict(kw, max_iter=10))
     assert r.info["stop"] == "m_step_failed" and not r.converged and r.iterations == 4
     assert "LinAlgError" in r.info["m_step_error"]
@@ -220,17 +219,17 @@ def test_sigma2_collapse_is_checked_before_returning(monkeypatch):
     k = good.iterations
     before = xmodal.cpd(Y, X, transform="rigid", max_iter=k - 1, tol=0.0)
 
-    real = _cpd._NumpyEStep.__call__
+    real = _cpd_cpu.EStep.__call__
     calls = {"n": 0}
 
     def sabotaged(self, TY, sigma2, c):  # the check (call k + 1) sees a far worse likelihood
         calls["n"] += 1
         out = real(self, TY, sigma2, c)
         if calls["n"] == k + 1:
-            out = (*out[:5], out[5] - 1e6, out[6])
+            out = out._replace(log_s_sum=out.log_s_sum - 1e6)
         return out
 
-    monkeypatch.setattr(_cpd._NumpyEStep, "__call__", sabotaged)
+    monkeypatch.setattr(_cpd_cpu.EStep, "__call__", sabotaged)
     r = xmodal.cpd(Y, X, transform="rigid")
     assert r.info["stop"] == "sigma2_collapse_rejected" and not r.converged
     assert any("reverted" in m for m in r.warnings)

@@ -1,9 +1,11 @@
 """The package, its native modules, its configuration report and its command line."""
 
 import json
+import math
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -90,23 +92,88 @@ def test_environment_variable_sets_default_threads():
     assert out.stdout.strip() == "1"
 
 
-def test_native_calls_release_the_gil():
-    # A kernel running in another thread must not block this one: the Python thread below keeps
-    # counting while the native region runs.
+def _longest_stall_during(call):
+    """Run ``call`` on this thread while another Python thread counts; return (seconds of the
+    call, the longest stretch of the call during which the counting thread made no progress).
+
+    The counter needs the GIL for every step, so a binding that holds the GIL stalls it for the
+    whole native call; one that releases the GIL lets it keep counting (on the spare core: the
+    kernels run on one thread here).
+    """
+    stamps = []
+    stop = threading.Event()
+    started = threading.Event()
+
+    def count():
+        last = 0.0
+        started.set()
+        while not stop.is_set():
+            now = time.perf_counter()
+            if now - last > 1e-3:
+                stamps.append(now)
+                last = now
+
+    t = threading.Thread(target=count)
+    t.start()
+    started.wait()
+    time.sleep(0.02)
+    try:
+        with xmodal.num_threads(1):
+            t0 = time.perf_counter()
+            call()
+            t1 = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+    points = [t0] + [s for s in stamps if t0 < s < t1] + [t1]
+    return t1 - t0, max(np.diff(points))
+
+
+def _gil_cases():
     from xmodal import _core
 
-    done = threading.Event()
-    results = []
+    def knn(n):
+        rng = np.random.default_rng(0)
+        a, b = rng.random((n, 3)), rng.random((n, 3))
+        return lambda: _core.knn_graph(a, b, 8, -1.0, True)
 
-    def work():
-        for _ in range(200):
-            results.append(_core._parallel_region_threads())
-        done.set()
+    def estep(n):
+        rng = np.random.default_rng(1)
+        X, Y = rng.random((n, 3)), rng.random((n, 3))
+        return lambda: _core.cpd_estep(X, Y, None, 0.1, 0.0, math.inf, True)
 
-    t = threading.Thread(target=work)
-    t.start()
-    t.join(timeout=30)
-    assert done.is_set() and len(results) == 200
+    def mws(n):
+        rng = np.random.default_rng(2)
+        a = rng.random((3, n // 64 + 1, 64, 64)).astype(np.float32)
+        offs = np.array([[-1, 0, 0], [0, -1, 0], [0, 0, -1]], np.int64)
+        return lambda: _core.mws_grid(a, offs, 2, [1, 1, 1], False, 0, False, None, None)
+
+    def assignment(n):
+        rng = np.random.default_rng(3)
+        cols = np.sort(np.c_[np.arange(n), rng.integers(0, n, (n, 12))], axis=1)  # with the diagonal: feasible
+        keep = np.c_[np.ones((n, 1), bool), cols[:, 1:] != cols[:, :-1]]
+        ip = np.r_[0, np.cumsum(keep.sum(1))].astype(np.int64)
+        ix = cols[keep].astype(np.int32)
+        c = rng.random(ix.size)
+        return lambda: _core.sparse_assignment(n, n, ip, ix, c)
+
+    return {"knn_graph": (knn, 15_000), "cpd_estep": (estep, 3_000), "mws_grid": (mws, 1_000),
+            "sparse_assignment": (assignment, 4_000)}
+
+
+@pytest.mark.parametrize("name", ["knn_graph", "cpd_estep", "mws_grid", "sparse_assignment"])
+def test_native_calls_release_the_gil(name):
+    """A Python thread keeps making progress while a long native call runs on another thread: the
+    binding released the GIL. Fails (the counter stalls for the whole call) when it does not."""
+    make, n = _gil_cases()[name]
+    for _ in range(8):  # grow the input until the call is long enough to judge (>= 0.25 s)
+        seconds, stall = _longest_stall_during(make(n))
+        if seconds >= 0.25:
+            break
+        n *= 2
+    assert seconds >= 0.25, f"{name}: the call took only {seconds:.3f} s; cannot judge"
+    assert stall < 0.5 * seconds, (f"{name}: the counting thread stalled {stall:.3f} s of a {seconds:.3f} s "
+                                   "native call: the binding holds the GIL")
 
 
 def test_lazy_attributes_and_unknown_names():

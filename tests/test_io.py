@@ -78,7 +78,7 @@ def test_block_ledger_reuses_a_block_only_for_the_same_input(tmp_path):
 
 
 def test_job_signature_is_stable_and_parameter_sensitive():
-    from xmodal.pipelines.segment import _Standardize
+    from xmodal.inference import Standardize as _Standardize
 
     base = {"tile": (16, 16), "offsets": np.array([[-1, 0], [0, -1]]), "norm": _Standardize(0.5, 2.0)}
     assert xio.job_signature(base) == xio.job_signature(dict(base, norm=_Standardize(0.5, 2.0)))
@@ -162,3 +162,69 @@ def test_remove_temporaries(tmp_path):
     assert xio.remove_temporaries(tmp_path, recursive=False) == 1
     assert xio.remove_temporaries(tmp_path) == 1
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["c/0/1", "zarr.json"]
+
+
+def test_iter_blocks_tiles_the_array_once():
+    shape, block = (7, 10, 5), (3, 4, 5)
+    seen = np.zeros(shape, np.int64)
+    regions = list(xio.iter_blocks(shape, block))
+    for sl in regions:
+        seen[sl] += 1
+        assert all(s.stop - s.start <= b for s, b in zip(sl, block))
+    assert (seen == 1).all() and len(regions) == 3 * 3 * 1
+    assert regions[0] == (slice(0, 3), slice(0, 4), slice(0, 5)) and regions[-1][0] == slice(6, 7)
+
+
+def test_labels_group_of_an_ome_zarr_image(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    root = tmp_path / "img.ome.zarr"
+    xio.create_ome_zarr_image(root, (2, 6, 8), np.float32, axes=("c", "y", "x"))
+    cells = xio.create_ome_zarr_labels(root, "cells", (6, 8), axes=("y", "x"), chunks=(4, 100), spacing=(0.5, 0.25),
+                                       writer="test")
+    assert cells.shape == (6, 8) and cells.chunks == (4, 8) and cells.dtype == np.uint32
+    assert not xio.is_complete(cells)  # born incomplete with a writer
+    cells[...] = 1
+    xio.mark_complete(cells, "test")
+    xio.create_ome_zarr_labels(root, "nuclei", (6, 8), np.uint16, axes=("y", "x"))
+    labels = zarr.open_group(str(root / "labels"), mode="r")
+    assert labels.attrs["ome"]["labels"] == ["cells", "nuclei"]
+    meta = zarr.open_group(str(root / "labels" / "cells"), mode="r").attrs["ome"]
+    assert meta["image-label"]["source"]["image"] == "../../"
+    assert meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 0.25]
+    assert np.asarray(xio.open_array(root / "labels" / "cells")[...]).sum() == 48  # opened as an image
+    with pytest.raises(ValueError, match="axes"):
+        xio.create_ome_zarr_labels(root, "bad", (6, 8), axes=("x",))
+
+
+def test_readers_and_writers_name_their_files(tmp_path):
+    table = tmp_path / "t.csv"
+    xio.write_csv(table, ["id", "z", "y", "x"], [np.array(["a", "b"]), np.arange(2.0), np.ones(2), np.zeros(2)])
+    cols = xio.read_table(table)
+    assert cols["id"].tolist() == ["a", "b"] and cols["z"].tolist() == [0.0, 1.0]
+    ps = xio.load_points(table, id_column="id", spacing=2.0)
+    assert isinstance(ps, xio.PointSet) and ps.points.tolist() == [[0, 2, 0], [2, 2, 0]]
+    with pytest.raises(ValueError, match="column 'id' must be numeric; line 2"):
+        xio.numeric_column(cols, "id", table)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="obj.npy: holds Python objects"):
+        xio.read_image(tmp_path / "obj.npy")
+    with pytest.raises(ValueError, match="t.csv: a table"):
+        xio.read_image(table)
+    doc = xio.write_json(tmp_path / "d.json", {"a": np.arange(2), "b": np.float32(0.5)})
+    assert json.loads(doc.read_text()) == {"a": [0, 1], "b": 0.5}
+    rec = xio.provenance_record("step", {"k": np.int64(3)}, {"x": tmp_path})
+    assert rec["step"] == "step" and rec["parameters"] == {"k": 3} and rec["inputs"] == {"x": str(tmp_path)}
+
+
+def test_per_axis_expands_and_names_the_argument():
+    from xmodal._validation import per_axis
+
+    assert per_axis(3, 2, "halo") == (3, 3)
+    assert per_axis((1, np.int64(2), 3), 3, "halo") == (1, 2, 3)
+    for bad, exc in (((1, 2), ValueError), ((1.0, 2, 3), TypeError), ((True, 1, 1), TypeError), ("abc", TypeError),
+                     (None, TypeError), ((0, 1, -1), ValueError)):
+        with pytest.raises(exc, match="halo"):
+            per_axis(bad, 3, "halo")
+    assert per_axis((0, 1, 1), 3, "halo") == (0, 1, 1)
+    with pytest.raises(ValueError, match="tile_shape: expected integers >= 1"):
+        per_axis((0, 1, 1), 3, "tile_shape", minimum=1)

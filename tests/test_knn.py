@@ -182,11 +182,17 @@ def test_cuda_graph_variants(k, radius, symmetric):
 
 
 @pytest.mark.cuda
-def test_cuda_k_limit():
+def test_cuda_large_k_matches_cpu():
+    """k > 64 (refused by the first GPU kernel): the global-memory top-k lists, same graph."""
     cp = pytest.importorskip("cupy")
-    a = cp.zeros((3, 2))
-    with pytest.raises(ValueError, match="k"):
-        xmodal.knn_graph(a, a, k=65)
+    rng = np.random.default_rng(5)
+    a, b = rng.random((400, 3)), rng.random((350, 3))
+    for k in (33, 65, 200):
+        g_cpu = xmodal.knn_graph(a, b, k=k)
+        h = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=k).get()
+        np.testing.assert_array_equal(h.indptr, g_cpu.indptr)
+        np.testing.assert_array_equal(h.indices, g_cpu.indices)
+        np.testing.assert_array_equal(h.data, g_cpu.data)
 
 
 def test_radius_boundary_follows_squared_distances_like_ckdtree():

@@ -127,3 +127,21 @@ def test_dihedral_transform_group():
     np.testing.assert_array_equal(dihedral_transform(a, 4), a[:, ::-1])
     with pytest.raises(ValueError, match="0..7"):
         dihedral_transform(a, 8)
+
+
+def test_load_model_by_name_file_or_module(tmp_path):
+    torch = pytest.importorskip("torch")
+    from xmodal.models import SHIPPED_MODELS, load_model
+
+    shipped = load_model("isbi2012")
+    assert "isbi2012" in SHIPPED_MODELS and shipped.n_attractive == 2 and not shipped.training
+    assert load_model(shipped) is shipped
+    scripted = torch.jit.script(torch.nn.Conv2d(1, 2, 3, padding=1).eval())
+    scripted.save(str(tmp_path / "m.pt"))
+    loaded = load_model(tmp_path / "m.pt")
+    x = torch.zeros(1, 1, 5, 5)
+    assert torch.equal(loaded(x), scripted(x))
+    with pytest.raises(ValueError, match="model: expected one of \\['isbi2012'\\]"):
+        load_model("no-such-model")
+    with pytest.raises(TypeError, match="model: expected a model name"):
+        load_model(42)

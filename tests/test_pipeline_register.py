@@ -58,6 +58,24 @@ def test_prealign_recovers_a_large_rotation(embryo_points):
     assert np.median(err) < 2.0, np.median(err)
 
 
+def test_prealign_trial_fits_are_quiet(embryo_points, caplog):
+    """The trial fits stop at refine_iter on purpose: no "without convergence" note per candidate."""
+    import logging
+
+    import xmodal
+
+    fixed = embryo_points
+    moving = fixed[::-1] @ _rotation(2, 90).T
+    with caplog.at_level(logging.INFO, logger="xmodal"):
+        res = prealign(moving, fixed, rotations="flips", refine_iter=3)
+    assert len(res.scores) == 4
+    assert not [r for r in caplog.records if "without convergence" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xmodal"):  # the filter is gone after the search
+        xmodal.cpd(moving, fixed, max_iter=3, tol=0.0)
+    assert [r for r in caplog.records if "without convergence" in r.getMessage()]
+
+
 def test_register_cells_on_a_rotated_and_deformed_copy(embryo_points, tmp_path):
     fixed = embryo_points
     rng = np.random.default_rng(2)
@@ -82,6 +100,13 @@ def test_register_cells_on_a_rotated_and_deformed_copy(embryo_points, tmp_path):
     assert not list((tmp_path / "reg").glob(".*.tmp"))
     prov = json.loads((tmp_path / "reg" / "provenance.json").read_text())
     assert prov["parameters"]["transform"] == "deformable" and prov["xmodal"]
+    # the report shows the run's time and its steps (the "time" cell is never empty)
+    import re
+
+    report = (tmp_path / "reg" / "report.html").read_text()
+    total = float(re.search(r"<th>time \(s\)</th><td>([^<]*)</td>", report).group(1))
+    steps = re.search(r"<th>time per step \(s\)</th><td>([^<]*)</td>", report).group(1)
+    assert 0 < total <= res.timings["total"] and "prealign" in steps and "cpd" in steps
 
 
 def test_register_cells_cover_mode_matches_every_point_of_the_larger_set(embryo_points):
@@ -174,7 +199,6 @@ def test_cli_register_with_config(tmp_path, embryo_points):
 
 
 def test_register_cells_warps_label_images_with_matched_cells(tmp_path):
-    pytest.importorskip("itk")
     import zarr
 
     # Label images of 'cells' on a grid; the moving modality sees the same cells shifted.
@@ -218,8 +242,44 @@ def test_failed_run_writes_nothing(embryo_points, tmp_path):
     assert not (tmp_path / "reg2").exists()
 
 
+def test_output_folder_is_staged_beside_out_not_in_the_working_directory(embryo_points, tmp_path, monkeypatch):
+    # A folder in the working directory named like a CPD stage is not the run's staging folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "affine").mkdir()
+    (tmp_path / "affine" / "mine.txt").write_text("user data")
+    fixed = embryo_points[:150]
+    res = register_cells(fixed, fixed + 0.5, transform="affine", prealign=False, errors=False, out=tmp_path / "reg")
+    assert (tmp_path / "affine" / "mine.txt").read_text() == "user data"
+    assert not (tmp_path / "reg" / "mine.txt").exists()
+    assert set(res.outputs) >= {"transform", "matches", "report"}
+    assert all(str(tmp_path / "reg") in p for p in res.outputs.values())
+    # The report shows the run's time.
+    report = (tmp_path / "reg" / "report.html").read_text()
+    cell = report.split("<th>time (s)</th><td>")[1].split("</td>")[0]
+    assert float(cell) > 0
+
+
+def test_register_cells_steps_in_order():
+    from xmodal.pipelines._register_steps import cpd_stages
+
+    assert cpd_stages("rigid", False) == ["rigid"]
+    assert cpd_stages("similarity", False) == ["rigid", "similarity"]
+    assert cpd_stages("similarity", True) == ["similarity"]
+    assert cpd_stages("affine", True) == ["similarity", "affine"]
+    assert cpd_stages("deformable", False) == ["rigid", "affine", "deformable"]
+
+
+def test_register_cells_options_are_checked_before_the_inputs_are_read(tmp_path):
+    # Options that need no data fail first, even when an input does not exist.
+    with pytest.raises(ValueError, match="fixed_image, moving_image: warp_images"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", warp_images={"a": np.zeros((4, 4))})
+    with pytest.raises(ValueError, match="intensity_preset"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", intensity_preset="bspline")
+    with pytest.raises(ValueError, match="unmatched_cost"):
+        register_cells(tmp_path / "missing.csv", tmp_path / "missing.csv", unmatched_cost="never")
+
+
 def test_register_cells_prealigned_by_intensity_registration():
-    pytest.importorskip("itk")
     rng = np.random.default_rng(6)
     shape = (32, 64, 64)
     zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]

@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from xmodal.datasets import isbi2012_slices  # noqa: E402
-from xmodal.pipelines import segment  # noqa: E402
+from xmodal.datasets import isbi2012_slices
+from xmodal.pipelines import segment
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +122,9 @@ def test_segment_constant_image_and_scalar_spacing(tmp_path):
     root = zarr.open_group(str(tmp_path / "seg" / "segmentation.ome.zarr"), mode="r")
     scale = root["labels/cells"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
     assert scale["scale"] == [0.5, 0.5]
-    from xmodal.pipelines.segment import _global_mean_std
+    from xmodal.inference import global_mean_std
 
-    assert _global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
+    assert global_mean_std(np.full((5, 7), 0.1)) == (pytest.approx(0.1), 0.0)  # exactly 0, not rounding noise
 
 
 def test_segment_passes_bias_and_strides_to_the_mutex_watershed(isbi):
@@ -186,6 +185,14 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
     from xmodal.metrics import adapted_rand_error
 
     assert adapted_rand_error(labels, seg, ignore_gt=()).error < 1e-9  # same affinities, same partition
+    # blockwise with --min-size: small segments merged into neighbours, as single-shot
+    r = _run("mws", str(tmp_path / "aff.ome.zarr"), "--offsets", json.dumps(ISBI2012_OFFSETS.tolist()),
+             "--n-attractive", str(ISBI2012_N_ATTRACTIVE), "--block-shape", "64,128", "--min-size", "40",
+             "--out", str(tmp_path / "big.zarr"), "-q")
+    assert r.returncode == 0, r.stderr
+    big = np.asarray(zarr.open_array(str(tmp_path / "big.zarr"), mode="r")[...])
+    ids, counts = np.unique(big, return_counts=True)
+    assert ids[0] == 1 and counts.min() >= 40 and f"{len(ids)} segments" in r.stdout
     bad = _run("evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "gt.npy"))
     assert bad.returncode == 2 and "not found" in bad.stderr and "missing.npy" in bad.stderr
 
@@ -202,14 +209,113 @@ def test_cli_demo(tmp_path):
 
 
 def test_segment_blockwise_size_filter(isbi, tmp_path):
+    """min_size means the same blockwise as single-shot: small segments merge into a neighbour."""
     import zarr
+
+    from xmodal.segmentation import remove_small_segments
 
     raw, _ = isbi
     res = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128), min_size=50, out=tmp_path / "seg")
     labels = np.asarray(zarr.open_array(str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells" / "0"),
                                         mode="r")[...])
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    assert counts.min() >= 50
+    ids, counts = np.unique(labels, return_counts=True)
+    assert ids[0] == 1 and counts.min() >= 50  # merged into neighbours, none made background
     assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and res.n_segments == len(ids)
     unfiltered = segment(raw[0], tile_shape=(128, 128), block_shape=(128, 128))
     assert unfiltered.n_segments > res.n_segments
+    # exactly the single-shot filter applied to the blockwise mutex watershed's labels
+    expected = remove_small_segments(np.asarray(unfiltered.labels), 50, affinities=np.asarray(unfiltered.affinities),
+                                     offsets=unfiltered.offsets, n_attractive=unfiltered.n_attractive)
+    np.testing.assert_array_equal(labels, expected)
+
+
+def _shifted_stack(raw):
+    """Two slices with different intensity ranges: the second is the first, darker and offset."""
+    x = raw[0, :128, :128].astype(np.float32)
+    return np.stack([x, 0.25 * x + 100.0])
+
+
+@pytest.mark.parametrize("normalize", ["quantile", "standardize"])
+def test_segment_stack_normalises_globally_in_one_prediction(isbi, monkeypatch, normalize):
+    """A 2D model on a z stack: one predict_tiled call, normalisation statistics of the whole stack."""
+    import xmodal.inference
+    from xmodal.inference import predict_tiled
+    from xmodal.inference._normalize import quantile_normalizer
+    from xmodal.models import load_isbi2012_affinity_unet
+    from xmodal.inference import Standardize, global_mean_std
+
+    stack = _shifted_stack(isbi[0])
+    calls = []
+
+    def spy(model, image, **kw):
+        calls.append((tuple(image.shape), kw.get("client"), kw.get("tile_shape"), kw.get("halo")))
+        return predict_tiled(model, image, **kw)
+
+    monkeypatch.setattr(xmodal.inference, "predict_tiled", spy)
+    res = segment(stack, normalize=normalize, tile_shape=(128, 128))
+    assert len(calls) == 1 and calls[0][0] == stack.shape  # planned once, for the whole stack
+    assert calls[0][2] == (1, 128, 128) and calls[0][3][0] == 0  # tiles one slice deep, no halo across slices
+    monkeypatch.undo()
+    model = load_isbi2012_affinity_unet()
+    norm = (quantile_normalizer(stack, channel_axis=None) if normalize == "quantile"
+            else Standardize(*global_mean_std(stack)))
+    aff = np.asarray(res.affinities)
+    for z in range(2):  # each slice as a whole-slice 2D prediction with the stack's statistics
+        expected = predict_tiled(model, stack[z], normalize=norm, tile_shape=(128, 128), progress=False)
+        assert np.abs(aff[:, z] - expected).max() <= 1e-5
+    # per-slice statistics would undo the intensity change and give both slices the same prediction
+    own = [predict_tiled(model, stack[z], tile_shape=(128, 128), progress=False,
+                         normalize="quantile" if normalize == "quantile" else Standardize(*global_mean_std(stack[z])))
+           for z in range(2)]
+    assert np.abs(own[0] - own[1]).max() < 1e-3
+    assert np.abs(aff[:, 0] - aff[:, 1]).max() > 0.1
+
+
+def test_segment_stack_passes_the_client(isbi, monkeypatch):
+    """The dask client runs the stack's prediction, blockwise mutex watershed and size filter."""
+    import distributed
+
+    import xmodal.inference
+    from xmodal.inference import predict_tiled
+
+    stack = _shifted_stack(isbi[0])
+    kw = dict(tile_shape=(128, 128), block_shape=(1, 64, 64), min_size=30)
+    local = segment(stack, **kw)
+    clients = []
+
+    def spy(model, image, **kwargs):
+        clients.append(kwargs.get("client"))
+        return predict_tiled(model, image, **kwargs)
+
+    monkeypatch.setattr(xmodal.inference, "predict_tiled", spy)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        before = len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.transition_log)))
+        remote = segment(stack, client=client, **kw)
+        after = len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.transition_log)))
+    assert clients == [client] and after > before  # tasks ran on the cluster
+    np.testing.assert_array_equal(np.asarray(remote.affinities), np.asarray(local.affinities))
+    np.testing.assert_array_equal(np.asarray(remote.labels), np.asarray(local.labels))
+    assert remote.n_segments == local.n_segments
+
+
+def test_stack_model_wrapper_pickles_to_the_same_bytes(isbi):
+    """The 2D model's stack wrapper is the model's identity in the prediction's job signature: the
+    same weights give the same token (a resumed run recognises its tiles), and a pickled copy (a
+    dask worker's) predicts the same."""
+    import pickle
+
+    from xmodal.inference._model import model_token
+    from xmodal.models import load_isbi2012_affinity_unet
+    from xmodal.pipelines._slicewise import PerSlice
+
+    a, b = PerSlice(load_isbi2012_affinity_unet(), "cpu"), PerSlice(load_isbi2012_affinity_unet(), "cpu")
+    assert model_token(a) == model_token(b)
+    other = load_isbi2012_affinity_unet()
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert model_token(PerSlice(other, "cpu")) != model_token(a)
+    x = _shifted_stack(isbi[0])[None, None, :, :64, :64]
+    copy = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(copy(x), a(x))
+    assert copy(x).shape == (1, len(copy.model.offsets), 2, 64, 64)

@@ -76,8 +76,9 @@ def dense_estep(X, Y, weights, sigma2, c, cutoff):
 
 def check_against_reference(X, Y, weights, sigma2, c, cutoff):
     """Run the native E-step and compare every output with :func:`dense_estep`."""
-    fn = _core.cpd_estep if X.dtype == np.float64 else _core.cpd_estep_f32
-    P1, Pt1, PX, best, prob, logsum, pairs, empty, log_s, shifted = fn(X, Y, weights, sigma2, c, cutoff, True)
+    out = _core.cpd_estep(X, Y, weights, sigma2, c, cutoff, True)
+    P1, Pt1, PX, best, prob = (out[k] for k in ("P1", "Pt1", "PX", "best_idx", "best_prob"))
+    logsum, empty, log_s, shifted = (out[k] for k in ("log_s_sum", "empty_columns", "log_s", "shifted_columns"))
     M, N = len(Y), len(X)
     tol = 1e-9 if X.dtype == np.float64 else 3e-4
     for name, v in (("P1", P1), ("Pt1", Pt1), ("PX", PX), ("prob", prob)):
@@ -194,9 +195,9 @@ def test_estep_tiny_sigma2_is_nearest_neighbour_assignment(d, dtype, log_s2, see
     sigma2 = float(10.0 ** log_s2) * float(srt[0].min() + 1e-12)
     assume(np.all((srt[1] - srt[0]) / (2 * sigma2) > 50))
     nearest = d2.argmin(axis=0)
-    fn = _core.cpd_estep if dtype == np.float64 else _core.cpd_estep_f32
     for cutoff in (36.0, math.inf):
-        P1, Pt1, *_ = fn(X, Y, None, sigma2, 0.0, cutoff, True)
+        out = _core.cpd_estep(X, Y, None, sigma2, 0.0, cutoff, True)
+        P1, Pt1 = out["P1"], out["Pt1"]
         if cutoff == math.inf:
             np.testing.assert_allclose(Pt1, 1.0, rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(P1, np.bincount(nearest, minlength=25), rtol=1e-6, atol=1e-9)

@@ -377,3 +377,27 @@ def test_predict_tiled_refuses_integer_zarr_out_and_truthy_strings(unet2d, tmp_p
     for name in ("progress", "resume"):
         with pytest.raises(TypeError, match=f"{name}: expected True or False"):
             predict_tiled(unet2d, x, **{name: "no"})
+
+
+def test_normalisers_have_one_home_and_scale_globally():
+    """Standardize / global_mean_std and the quantile normaliser: global statistics read block by
+    block equal numpy's on the whole array; a constant image is centred, not divided by zero; the
+    shipped model's normalisation is the same Standardize."""
+    from xmodal.inference import Standardize, global_mean_std, quantile_normalizer
+    from xmodal.models import normalize_isbi2012
+
+    rng = np.random.default_rng(11)
+    img = rng.normal(100.0, 7.0, (9, 20, 30)).astype(np.float32)
+    mean, std = global_mean_std(img, block_voxels=1000)  # many slabs
+    assert mean == pytest.approx(img.astype(np.float64).mean(), rel=1e-12)
+    assert std == pytest.approx(img.astype(np.float64).std(), rel=1e-9)
+    tile = (slice(2, 5), slice(3, 17), slice(0, 30))
+    np.testing.assert_array_equal(Standardize(mean, std)(img[tile]), Standardize(mean, std)(img)[tile])
+    assert not Standardize(4.0, 0.0)(np.full((3, 3), 4.0, np.float32)).any()
+    np.testing.assert_allclose(normalize_isbi2012(img[0]), Standardize(*global_mean_std(img[0]))(img[0]), atol=1e-6)
+    with pytest.raises(ValueError, match="image: expected finite"):
+        global_mean_std(np.array([[1.0, np.nan]]), name="image")
+    q = quantile_normalizer(img[None], channel_axis=0)
+    lo, hi = np.quantile(img.astype(np.float64), [0.01, 0.98])
+    width = (img.max() - img.min()) / 65536
+    assert abs(q.low[0] - lo) <= width and abs(q.high[0] - hi) <= width

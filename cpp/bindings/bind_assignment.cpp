@@ -1,5 +1,4 @@
-// xmodal._core: sparse exact assignment (checks, GIL release, call into cpp/src/assignment.cpp).
-#include <cmath>
+// xmodal._core: sparse exact assignment (conversion, GIL release, call into cpp/src/assignment.cpp).
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,21 +10,22 @@ namespace xmodal::bind {
 namespace {
 
 
-void check_csr_arrays(std::int64_t n_rows, std::int64_t n_cols, const carray<std::int64_t>& indptr,
-                      const carray<std::int32_t>& indices, const carray<double>& cost) {
+// The kernel's view of the three arrays (the kernel validates it once, lengths included).
+xmodal::CsrRef csr_ref(std::int64_t n_rows, std::int64_t n_cols, const carray<std::int64_t>& indptr,
+                       const carray<std::int32_t>& indices, const carray<double>& cost) {
     check_ndim(indptr, 1, "indptr");
     check_ndim(indices, 1, "indices");
     check_ndim(cost, 1, "cost");
-    if (n_rows < 0 || n_cols < 0) throw value_error("shape: expected non-negative sizes");
-    if (indptr.shape(0) != n_rows + 1)
-        throw value_error("indptr: expected " + std::to_string(n_rows + 1) + " entries, got " +
-                          std::to_string(indptr.shape(0)));
-    if (indices.shape(0) != cost.shape(0))
-        throw value_error("indices, cost: expected equal lengths");
-    const std::int64_t nnz = n_rows > 0 ? indptr.data()[n_rows] : 0;
-    if (nnz < 0 || nnz > indices.shape(0))
-        throw value_error("indptr: last entry " + std::to_string(nnz) + " exceeds the " +
-                          std::to_string(indices.shape(0)) + " stored entries");
+    xmodal::CsrRef g;
+    g.n_rows = n_rows;
+    g.n_cols = n_cols;
+    g.indptr = indptr.data();
+    g.indptr_size = indptr.shape(0);
+    g.indices = indices.data();
+    g.indices_size = indices.shape(0);
+    g.cost = cost.data();
+    g.cost_size = cost.shape(0);
+    return g;
 }
 
 py::dict to_dict(xmodal::AssignmentOutput&& o) {
@@ -47,21 +47,13 @@ void register_assignment(py::module_& m) {
         "sparse_assignment",
         [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
            carray<double> cost, py::object unmatched_cost) {
-            check_csr_arrays(n_rows, n_cols, indptr, indices, cost);
+            const xmodal::CsrRef g = csr_ref(n_rows, n_cols, indptr, indices, cost);
             const bool partial = !unmatched_cost.is_none();
             const double u = partial ? unmatched_cost.cast<double>() : 0.0;
-            if (partial && !std::isfinite(u)) throw value_error("unmatched_cost: expected a finite number");
-            if (!partial && n_rows > n_cols)
-                throw value_error("shape: expected n_rows <= n_cols without unmatched_cost");
             xmodal::AssignmentOutput o;
             {
                 py::gil_scoped_release release;
-                if (n_rows == 0) {
-                } else if (partial) {
-                    o = xmodal::assignment_unmatched(n_rows, n_cols, indptr.data(), indices.data(), cost.data(), u);
-                } else {
-                    o = xmodal::assignment_all_rows(n_rows, n_cols, indptr.data(), indices.data(), cost.data());
-                }
+                o = partial ? xmodal::assignment_unmatched(g, u) : xmodal::assignment_all_rows(g);
             }
             return to_dict(std::move(o));
         },
@@ -82,17 +74,12 @@ void register_assignment(py::module_& m) {
         "cover_assignment",
         [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
            carray<double> cost, std::int64_t max_per_target) {
-            check_csr_arrays(n_rows, n_cols, indptr, indices, cost);
+            const xmodal::CsrRef g = csr_ref(n_rows, n_cols, indptr, indices, cost);
             xmodal::AssignmentOutput o;
             {
                 py::gil_scoped_release release;
-                if (n_rows == 0 || n_cols == 0) {
-                } else if (max_per_target <= 0) {
-                    o = xmodal::cover_assignment(n_rows, n_cols, indptr.data(), indices.data(), cost.data());
-                } else {
-                    o = xmodal::cover_assignment_capacity(n_rows, n_cols, indptr.data(), indices.data(), cost.data(),
-                                                          max_per_target);
-                }
+                o = max_per_target <= 0 ? xmodal::cover_assignment(g)
+                                        : xmodal::cover_assignment_capacity(g, max_per_target);
             }
             return to_dict(std::move(o));
         },

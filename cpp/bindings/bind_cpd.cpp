@@ -1,5 +1,4 @@
-// Bindings of the CPD kernels (xmodal/cpd.hpp): checks, GIL release, calls.
-#include <cmath>
+// Bindings of the CPD kernels (xmodal/cpd.hpp): conversion, GIL release, calls.
 #include <optional>
 
 #include <pybind11/stl.h>
@@ -9,6 +8,23 @@
 
 namespace xmodal::bind {
 
+py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_idx, py::array best_prob,
+                      py::array log_s, double log_s_sum, std::int64_t pairs, std::int64_t empty_columns,
+                      std::int64_t shifted_columns) {
+    py::dict out;
+    out["P1"] = P1;
+    out["Pt1"] = Pt1;
+    out["PX"] = PX;
+    out["best_idx"] = best_idx;
+    out["best_prob"] = best_prob;
+    out["log_s"] = log_s;
+    out["log_s_sum"] = log_s_sum;
+    out["pairs"] = pairs;
+    out["empty_columns"] = empty_columns;
+    out["shifted_columns"] = shifted_columns;
+    return out;
+}
+
 namespace {
 
 template <class T>
@@ -16,22 +32,25 @@ void check_points(const carray<T>& a, const char* name) {
     check_ndim(a, 2, name);
     if (a.shape(1) != 2 && a.shape(1) != 3)
         throw value_error(std::string(name) + ": expected 2 or 3 columns, got " + std::to_string(a.shape(1)));
-    if (a.shape(0) < 1) throw value_error(std::string(name) + ": expected at least one point");
 }
 
 template <class T>
-py::tuple estep_impl(const carray<T>& X, const carray<T>& TY, std::optional<carray<T>> weights,
-                     double sigma2, double c, double cutoff, bool want_best) {
+py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+                    double sigma2, double c, double cutoff, bool want_best) {
+    const auto X = as_carray<T>(fixed, "fixed");
+    const auto TY = as_carray<T>(moved, "moved");
     check_points(X, "fixed");
     check_points(TY, "moved");
     if (X.shape(1) != TY.shape(1)) throw value_error("cpd_estep: fixed and moved differ in dimension");
     const int64_t N = X.shape(0), M = TY.shape(0);
     const int D = (int)X.shape(1);
+    carray<T> w;
     const T* wp = nullptr;
     if (weights) {
-        check_ndim(*weights, 1, "weights");
-        if (weights->shape(0) != M) throw value_error("weights: expected one weight per moving point");
-        wp = weights->data();
+        w = as_carray<T>(*weights, "weights");
+        check_ndim(w, 1, "weights");
+        if (w.shape(0) != M) throw value_error("weights: expected one weight per moving point");
+        wp = w.data();
     }
     py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
     py::array_t<int64_t> best_idx(want_best ? M : 0);
@@ -46,13 +65,16 @@ py::tuple estep_impl(const carray<T>& X, const carray<T>& TY, std::optional<carr
         py::gil_scoped_release release;
         st = cpd::estep<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
     }
-    return py::make_tuple(P1, Pt1, PX, best_idx, best_prob, st.log_s_sum, st.pairs, st.empty_columns, log_s,
-                          st.shifted_columns);
+    return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
+                        st.shifted_columns);
 }
 
 template <class T>
-py::array_t<T> gauss_impl(const carray<T>& centers, const carray<T>& coef, const carray<T>& points,
-                          double beta, double cutoff) {
+py::dict gauss_impl(const py::array& centers_in, const py::array& coef_in, const py::array& points_in, double beta,
+                    double cutoff) {
+    const auto centers = as_carray<T>(centers_in, "centers");
+    const auto coef = as_carray<T>(coef_in, "coefficients");
+    const auto points = as_carray<T>(points_in, "points");
     check_points(centers, "centers");
     check_points(points, "points");
     check_ndim(coef, 2, "coefficients");
@@ -60,35 +82,46 @@ py::array_t<T> gauss_impl(const carray<T>& centers, const carray<T>& coef, const
     if (points.shape(1) != D || coef.shape(1) != D || coef.shape(0) != centers.shape(0))
         throw value_error("cpd_gauss_transform: centers, coefficients and points must agree in shape");
     const int64_t K = centers.shape(0), Q = points.shape(0);
-    py::array_t<T> out({Q, (int64_t)D});
-    T* o = out.mutable_data();
+    py::array_t<T> values({Q, (int64_t)D});
+    T* o = values.mutable_data();
     {
         py::gil_scoped_release release;
         cpd::gauss_transform<T>(centers.data(), K, coef.data(), points.data(), Q, D, beta, cutoff, o);
     }
+    py::dict out;
+    out["values"] = values;
     return out;
 }
 
 }  // namespace
 
 void register_cpd(py::module_& m) {
-    const char* edoc =
-        "cpd_estep(fixed, moved, weights, sigma2, c, cutoff, want_best) -> (P1, Pt1, PX, best_idx, "
-        "best_prob, log_s_sum, pairs, empty_columns, log_s, shifted_columns). CPD E-step without the "
-        "M x N matrix; float32 or float64 (both arrays the same dtype). log_s (N, float64) holds log s_n "
-        "(-inf where s_n = 0); shifted_columns counts fixed points summed relative to their largest "
-        "term. See xmodal/cpd.hpp.";
-    m.def("cpd_estep", &estep_impl<double>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
-          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("want_best"), edoc);
-    m.def("cpd_estep_f32", &estep_impl<float>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
-          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("want_best"), edoc);
-    const char* gdoc =
-        "cpd_gauss_transform(centers, coefficients, points, beta, cutoff) -> (Q, d): sum_k "
-        "exp(-|p - c_k|^2 / (2 beta^2)) coefficients[k].";
-    m.def("cpd_gauss_transform", &gauss_impl<double>, py::arg("centers"), py::arg("coefficients"),
-          py::arg("points"), py::arg("beta"), py::arg("cutoff"), gdoc);
-    m.def("cpd_gauss_transform_f32", &gauss_impl<float>, py::arg("centers"), py::arg("coefficients"),
-          py::arg("points"), py::arg("beta"), py::arg("cutoff"), gdoc);
+    m.def(
+        "cpd_estep",
+        [](const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights, double sigma2,
+           double c, double cutoff, bool want_best) {
+            return with_float_type(fixed, "fixed", [&](auto t) {
+                return estep_impl<decltype(t)>(fixed, moved, weights, sigma2, c, cutoff, want_best);
+            });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"),
+        py::arg("want_best"),
+        "CPD E-step without the M x N matrix, in the precision of `fixed` (float32 or float64; moved and "
+        "weights are converted to it). Returns a dict: P1 (M), Pt1 (N), PX (M, d), best_idx (int64, M or 0), "
+        "best_prob (M or 0), log_s (N, float64: log s_n, -inf where s_n = 0), log_s_sum, pairs, "
+        "empty_columns, shifted_columns (fixed points summed relative to their largest term). See "
+        "xmodal/cpd.hpp.");
+    m.def(
+        "cpd_gauss_transform",
+        [](const py::array& centers, const py::array& coefficients, const py::array& points, double beta,
+           double cutoff) {
+            return with_float_type(centers, "centers", [&](auto t) {
+                return gauss_impl<decltype(t)>(centers, coefficients, points, beta, cutoff);
+            });
+        },
+        py::arg("centers"), py::arg("coefficients"), py::arg("points"), py::arg("beta"), py::arg("cutoff"),
+        "Gaussian transform in the precision of `centers`: dict with values (Q, d) = sum_k "
+        "exp(-|p - c_k|^2 / (2 beta^2)) coefficients[k].");
 }
 
 }  // namespace xmodal::bind

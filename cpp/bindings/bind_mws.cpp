@@ -12,8 +12,9 @@ namespace xmodal::bind {
 
 namespace {
 
-py::dict stats_dict(const mws::Stats& s) {
+py::dict result(py::array_t<uint32_t> labels, const mws::Stats& s) {
     py::dict d;
+    d["labels"] = labels;
     d["n_labels"] = s.n_labels;
     d["n_edges"] = s.n_edges;
     d["n_merges"] = s.n_merges;
@@ -27,7 +28,7 @@ py::dict stats_dict(const mws::Stats& s) {
 }
 
 template <class T>
-py::tuple grid_mws(carray<T> affinities, carray<int64_t> offsets, int64_t n_attractive,
+py::dict grid_mws(carray<T> affinities, carray<int64_t> offsets, int64_t n_attractive,
                    std::array<int64_t, 3> strides, bool randomize_strides, uint64_t seed,
                    bool invert, py::object mask, py::object seeds, py::object channel_strides,
                    py::object bias) {
@@ -84,10 +85,10 @@ py::tuple grid_mws(carray<T> affinities, carray<int64_t> offsets, int64_t n_attr
         py::gil_scoped_release release;
         st = mws::grid_mutex_watershed(a, spec, out);
     }
-    return py::make_tuple(labels, stats_dict(st));
+    return result(labels, st);
 }
 
-py::tuple graph_mws(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, carray<uint64_t> muv,
+py::dict graph_mws(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, carray<uint64_t> muv,
                     carray<double> mw, py::object seeds) {
     check_ndim(uv, 2, "edges");
     check_ndim(muv, 2, "mutex_edges");
@@ -112,25 +113,31 @@ py::tuple graph_mws(uint64_t n_nodes, carray<uint64_t> uv, carray<double> w, car
         st = mws::graph_mutex_watershed(n_nodes, uv.data(), w.data(), uint64_t(uv.shape(0)),
                                         muv.data(), mw.data(), uint64_t(muv.shape(0)), sp, out);
     }
-    return py::make_tuple(labels, stats_dict(st));
+    return result(labels, st);
 }
 
 }  // namespace
 
 void register_mws(py::module_& m) {
-    m.def("_mws_grid_f32", &grid_mws<float>, py::arg("affinities"), py::arg("offsets"),
-          py::arg("n_attractive"), py::arg("strides"), py::arg("randomize_strides"),
-          py::arg("seed"), py::arg("invert"), py::arg("mask"), py::arg("seeds"),
-          py::arg("channel_strides") = py::none(), py::arg("bias") = py::none(),
-          "Mutex watershed on a (C, Z, Y, X) float32 grid; returns (uint32 labels, stats dict).");
-    m.def("_mws_grid_f64", &grid_mws<double>, py::arg("affinities"), py::arg("offsets"),
-          py::arg("n_attractive"), py::arg("strides"), py::arg("randomize_strides"),
-          py::arg("seed"), py::arg("invert"), py::arg("mask"), py::arg("seeds"),
-          py::arg("channel_strides") = py::none(), py::arg("bias") = py::none(),
-          "Mutex watershed on a (C, Z, Y, X) float64 grid; returns (uint32 labels, stats dict).");
-    m.def("_mws_graph", &graph_mws, py::arg("n_nodes"), py::arg("edges"), py::arg("weights"),
+    m.def(
+        "mws_grid",
+        [](const py::array& affinities, carray<int64_t> offsets, int64_t n_attractive, std::array<int64_t, 3> strides,
+           bool randomize_strides, uint64_t seed, bool invert, py::object mask, py::object seeds,
+           py::object channel_strides, py::object bias) {
+            return with_float_type(affinities, "affinities", [&](auto t) {
+                using T = decltype(t);
+                return grid_mws<T>(as_carray<T>(affinities, "affinities"), offsets, n_attractive, strides, randomize_strides,
+                                   seed, invert, mask, seeds, channel_strides, bias);
+            });
+        },
+        py::arg("affinities"), py::arg("offsets"), py::arg("n_attractive"), py::arg("strides"),
+        py::arg("randomize_strides"), py::arg("seed"), py::arg("invert"), py::arg("mask"), py::arg("seeds"),
+        py::arg("channel_strides") = py::none(), py::arg("bias") = py::none(),
+        "Mutex watershed on a (C, Z, Y, X) float32 or float64 grid; returns a dict: labels (uint32) and the "
+        "statistics (n_labels, n_edges, n_merges, n_mutexes, bytes_per_edge, peak_bytes, seconds_*).");
+    m.def("mws_graph", &graph_mws, py::arg("n_nodes"), py::arg("edges"), py::arg("weights"),
           py::arg("mutex_edges"), py::arg("mutex_weights"), py::arg("seeds"),
-          "Mutex watershed on a graph; returns (uint32 labels, stats dict).");
+          "Mutex watershed on a graph; returns a dict: labels (uint32) and the statistics.");
 }
 
 }  // namespace xmodal::bind

@@ -31,7 +31,7 @@ std::array<std::int64_t, 4> shape4(const py::array& a, const char* name) {
 f32 writable_f32(const py::object& o, const char* name) {
     if (!py::isinstance<py::array>(o)) throw type_error(std::string(name) + ": expected a numpy array");
     py::array a = py::reinterpret_borrow<py::array>(o);
-    if (!a.dtype().is(py::dtype::of<float>()))
+    if (!a.dtype().equal(py::dtype::of<float>()))  // native float32 (written in place)
         throw type_error(std::string(name) + ": expected dtype float32, got " + std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style)) throw value_error(std::string(name) + ": expected a C-contiguous array");
     if (!a.writeable()) throw value_error(std::string(name) + ": array is read-only");

@@ -24,4 +24,6 @@ PYBIND11_MODULE(_core, m) {
     xmodal::bind::register_cpd_fast(m);
     xmodal::bind::register_mws(m);
     xmodal::bind::register_stitch(m);
+    xmodal::bind::register_testing(m);  // the submodule _core._testing (tests only)
+    xmodal::bind::register_gasp(m);
 }

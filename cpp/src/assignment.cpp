@@ -16,21 +16,34 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 using HeapItem = std::pair<double, std::int32_t>;  // (distance, node); min-heap on (d, index)
 
-void check_csr(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr, const std::int32_t* indices,
-               const double* cost, const char* who) {
+}  // namespace
+
+void check_csr(const CsrRef& g, const char* who) {
     const std::string w(who);
+    const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
+    const std::int64_t* indptr = g.indptr;
+    const std::int32_t* indices = g.indices;
+    const double* cost = g.cost;
     require(n_rows >= 0 && n_cols >= 0, w + ": negative shape");
     require(n_rows < (std::int64_t(1) << 30) && n_cols < (std::int64_t(1) << 30), w + ": at most 2^30 rows/columns");
+    require(g.indptr_size == n_rows + 1, w + ": indptr: expected " + std::to_string(n_rows + 1) + " entries, got " +
+                                             std::to_string(g.indptr_size));
+    require(g.indices_size == g.cost_size, w + ": indices, cost: expected equal lengths, got " +
+                                               std::to_string(g.indices_size) + " and " + std::to_string(g.cost_size));
     require(indptr[0] == 0, w + ": indptr[0] must be 0");
     for (std::int64_t i = 0; i < n_rows; ++i)
         require(indptr[i + 1] >= indptr[i], w + ": indptr must be non-decreasing");
     const std::int64_t nnz = indptr[n_rows];
+    require(nnz <= g.indices_size, w + ": indptr: last entry " + std::to_string(nnz) + " exceeds the " +
+                                       std::to_string(g.indices_size) + " stored entries");
     for (std::int64_t e = 0; e < nnz; ++e) {
         require(indices[e] >= 0 && indices[e] < n_cols,
                 w + ": column index out of range at entry " + std::to_string(e));
         require(std::isfinite(cost[e]), w + ": costs must be finite (entry " + std::to_string(e) + ")");
     }
 }
+
+namespace {
 
 // Successive shortest paths for "every row matched" on a CSR graph with n_rows <= n_cols.
 // Dual: column potentials v (row potentials implicit: u_r = c(r, col(r)) - v(col(r))), reduced
@@ -285,13 +298,24 @@ Csr transpose(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indp
     return t;
 }
 
+// The CSR matrix as given (rows_as_rows) or transposed, as an owned copy.
+Csr oriented(const CsrRef& g, bool rows_as_rows) {
+    if (!rows_as_rows) return transpose(g.n_rows, g.n_cols, g.indptr, g.indices, g.cost);
+    const std::int64_t nnz = g.indptr[g.n_rows];
+    Csr c;
+    c.indptr.assign(g.indptr, g.indptr + g.n_rows + 1);
+    c.indices.assign(g.indices, g.indices + nnz);
+    c.cost.assign(g.cost, g.cost + nnz);
+    return c;
+}
+
 }  // namespace
 
-AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                     const std::int32_t* indices, const double* cost) {
-    check_csr(n_rows, n_cols, indptr, indices, cost, "assignment");
-    require(n_rows <= n_cols, "assignment: needs n_rows <= n_cols (transpose the problem)");
-    Ssp s(n_rows, n_cols, indptr, indices, cost);
+AssignmentOutput assignment_all_rows(const CsrRef& g) {
+    check_csr(g, "assignment");
+    require(g.n_rows <= g.n_cols, "assignment: needs n_rows <= n_cols (transpose the problem)");
+    if (g.n_rows == 0) return {};
+    Ssp s(g.n_rows, g.n_cols, g.indptr, g.indices, g.cost);
     return s.run();
 }
 
@@ -317,10 +341,14 @@ double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::
     return std::isfinite(cap) ? std::min(two_u, cap) : two_u;
 }
 
-AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                      const std::int32_t* indices, const double* cost, double unmatched_cost) {
-    check_csr(n_rows, n_cols, indptr, indices, cost, "assignment");
+AssignmentOutput assignment_unmatched(const CsrRef& in, double unmatched_cost) {
+    check_csr(in, "assignment");
     require(std::isfinite(unmatched_cost), "assignment: unmatched_cost must be finite");
+    if (in.n_rows == 0) return {};
+    const std::int64_t n_rows = in.n_rows, n_cols = in.n_cols;
+    const std::int64_t* indptr = in.indptr;
+    const std::int32_t* indices = in.indices;
+    const double* cost = in.cost;
     // total = sum_matched c_ij + u * (#unmatched rows) + u * (n_cols - #matched)
     //       = sum_matched c_ij + 2u * (#unmatched rows) + u * (n_cols - n_rows):
     // every row is matched, to a real column at c_ij (unchanged: no c - u cancellation) or to
@@ -372,21 +400,15 @@ AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, 
     return out;
 }
 
-AssignmentOutput cover_assignment(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                  const std::int32_t* indices, const double* cost) {
-    check_csr(n_rows, n_cols, indptr, indices, cost, "cover_assignment");
+AssignmentOutput cover_assignment(const CsrRef& g) {
+    check_csr(g, "cover_assignment");
+    if (g.n_rows == 0 || g.n_cols == 0) return {};
+    const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
     // Orientation: L = larger side, S = smaller side. Build the S x L graph with reduced costs.
     const bool rows_larger = n_rows >= n_cols;
     const std::int64_t nl = rows_larger ? n_rows : n_cols;
     const std::int64_t ns = rows_larger ? n_cols : n_rows;
-    Csr sl;  // S x L
-    if (rows_larger) {
-        sl = transpose(n_rows, n_cols, indptr, indices, cost);
-    } else {
-        sl.indptr.assign(indptr, indptr + n_rows + 1);
-        sl.indices.assign(indices, indices + indptr[n_rows]);
-        sl.cost.assign(cost, cost + indptr[n_rows]);
-    }
+    Csr sl = oriented(g, !rows_larger);  // S x L
     // Cheapest partner of each L point (lowest S index on ties).
     std::vector<double> lmin(static_cast<std::size_t>(nl), kInf);
     std::vector<std::int32_t> larg(static_cast<std::size_t>(nl), -1);
@@ -425,22 +447,15 @@ AssignmentOutput cover_assignment(std::int64_t n_rows, std::int64_t n_cols, cons
     return out;
 }
 
-AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                           const std::int32_t* indices, const double* cost,
-                                           std::int64_t max_per_target) {
-    check_csr(n_rows, n_cols, indptr, indices, cost, "cover_assignment");
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target) {
+    check_csr(g, "cover_assignment");
     require(max_per_target >= 1, "cover_assignment: max_per_target must be >= 1");
+    if (g.n_rows == 0 || g.n_cols == 0) return {};
+    const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
     const bool rows_larger = n_rows >= n_cols;
     const std::int64_t nl = rows_larger ? n_rows : n_cols;
     const std::int64_t ns = rows_larger ? n_cols : n_rows;
-    Csr ls;  // L x S
-    if (rows_larger) {
-        ls.indptr.assign(indptr, indptr + n_rows + 1);
-        ls.indices.assign(indices, indices + indptr[n_rows]);
-        ls.cost.assign(cost, cost + indptr[n_rows]);
-    } else {
-        ls = transpose(n_rows, n_cols, indptr, indices, cost);
-    }
+    Csr ls = oriented(g, rows_larger);  // L x S
     AssignmentOutput out;
     if (ns * max_per_target < nl) {
         out.failed_row = -3;  // not enough capacity

@@ -1,9 +1,12 @@
-// Coherent Point Drift E-step and Gaussian transform kernels; see xmodal/cpd.hpp.
+// Coherent Point Drift E-step and Gaussian transform kernels; see xmodal/cpd.hpp. The arithmetic
+// of every pair, column and best match is in xmodal/detail/cpd_arith.hpp, shared with the CUDA
+// kernel (cuda/cpd.cu); this file adds the cell grid, the vector lanes and the threads.
 #if defined(__GNUC__) && !defined(__clang__)
 // no-trapping-math lets GCC if-convert the selects in exp_neg and the support mask so the kernel
 // loops vectorise; it changes no result (it only drops the assumption that floating-point
 // exceptions may trap). fp-contract=off keeps a * b + c two roundings also under -march=native
-// (FMA): both E-step passes must compute bit-identical squared distances from the same pair.
+// (FMA): both E-step passes, and the GPU, must compute bit-identical terms from the same pair.
+// (The build also passes -ffp-contract=off; the pragma keeps this file right on its own.)
 #pragma GCC optimize("no-trapping-math", "fp-contract=off")
 #elif defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -12,13 +15,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "xmodal/common.hpp"
+#include "xmodal/detail/cpd_arith.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 // One AVX2 clone of the hot row functions, picked at load time; the default clone is SSE2.
@@ -37,89 +39,14 @@
 namespace xmodal::cpd {
 namespace {
 
-// ------------------------------------------------------------------ precision constants
-// exp_neg(x) is exactly 0 below kExpLow (the result would leave the normal range) and a normal
-// number at or above it. A row whose largest kernel term is at least exp(-kSafe) is summed without
-// a shift: the terms flushed to 0 are then below exp(kExpLow + kSafe) relative to the sum
-// (float: e^-39 = 1e-17 per term; double: e^-108), far below the rounding error for any M < 2^31.
-// Rows whose largest term is smaller are summed again relative to it (log-sum-exp).
-template <class T>
-struct Limits;
-template <>
-struct Limits<float> {
-    static constexpr float kExpLow = -87.0f;
-    static constexpr double kSafe = 48.0;
-};
-template <>
-struct Limits<double> {
-    static constexpr double kExpLow = -708.0;
-    static constexpr double kSafe = 600.0;
-};
-
-// ------------------------------------------------------------------ vectorisable exp(x), x <= 0
-// Polynomial exp on the range reduction x = k ln2 + r; exactly 0 for x < kExpLow (and for -inf),
-// never a clamped non-zero value. Relative error < 2e-7 in float, < 1e-15 in double.
-XM_INLINE float exp_neg(float x) {
-    const bool under = x < Limits<float>::kExpLow;
-    x = under ? Limits<float>::kExpLow : x;
-    const float t = x * 1.44269504088896341f;
-    const float shifter = 12582912.0f;  // 1.5 * 2^23: round to nearest integer
-    float kd = t + shifter;
-    int32_t ki;
-    std::memcpy(&ki, &kd, sizeof ki);
-    kd -= shifter;
-    const float r = (x - kd * 0.693145751953125f) - kd * 1.42860682030941723212e-6f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (ki + 127) << 23;  // low bits of ki hold the integer, two's complement
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    const float v = p * scale;
-    return under ? 0.0f : v;
-}
-
-XM_INLINE double exp_neg(double x) {
-    const bool under = x < Limits<double>::kExpLow;
-    x = under ? Limits<double>::kExpLow : x;
-    const double t = x * 1.4426950408889634074;
-    const double shifter = 6755399441055744.0;  // 1.5 * 2^52
-    double kd = t + shifter;
-    int64_t ki;
-    std::memcpy(&ki, &kd, sizeof ki);
-    kd -= shifter;
-    const double r = (x - kd * 0.693147180369123816490) - kd * 1.90821492927058770002e-10;
-    double p = 1.0 / 479001600.0;  // Taylor to degree 12 on |r| <= ln2/2
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    const int64_t bits = (int64_t)((uint64_t)(ki + 1023) << 52);
-    double scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    const double v = p * scale;
-    return under ? 0.0 : v;
-}
-
 // ------------------------------------------------------------------ one row: sums over ranges
 // For a query point q and inner points (structure of arrays, sorted by grid cell) in the given
 // contiguous ranges, over the support {i : d2_i <= r2} (d2_i = |q - p_i|^2, the same arithmetic
 // whichever set is the query, since q - p = -(p - q) exactly):
 //   k_i = exp(-(d2_i - shift_i) * inv) * w_i,  shift_i = ishift[i] (ISHIFT), the row's qshift
 //   (QSHIFT) or 0 (neither: the same value as a zero shift, d2 - 0 = d2 exactly),
-//   sum0 = sum_i k_i, col[c] = sum_i k_i v_c,i, (BEST) the sorted position of the largest k_i,
+//   sum0 = sum_i k_i, col[c] = sum_i k_i v_c,i, (BEST) the original index id_i of the largest k_i
+//   (arith::better: the smallest index among equal values, as on the GPU),
 //   (MIN) the smallest d2_i of the support among points of positive weight (+inf if none).
 // Exponents are <= 0: d2 >= shift for every point of positive weight (the shift is such a d2, and
 // ISHIFT rows are only run for moving points of positive weight); shifted rows also clamp the
@@ -131,6 +58,7 @@ struct Inner {
     const T* w;        // per inner point weight
     const T* shift;    // per inner point shift of d2 (ISHIFT rows), else null
     const T* col[3];   // columns to sum (NC of them)
+    const int32_t* id; // original index of each inner point (BEST rows), else null
 };
 
 template <class T>
@@ -142,14 +70,7 @@ struct RowArgs {
 
 template <class T, int D>
 XM_INLINE T dist2(T q0, T q1, T q2, const Inner<T>& in, int64_t i) {
-    T t0 = q0 - in.coord[0][i];
-    T t1 = q1 - in.coord[1][i];
-    T d2 = t0 * t0 + t1 * t1;
-    if (D == 3) {
-        T t2 = q2 - in.coord[2][i];
-        d2 += t2 * t2;
-    }
-    return d2;
+    return arith::dist2<T, D>(q0, q1, q2, in.coord[0][i], in.coord[1][i], D == 3 ? in.coord[2][i] : T(0));
 }
 
 template <class T, int D, int NC, bool BEST, bool MIN, bool ISHIFT, bool QSHIFT>
@@ -179,9 +100,8 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
             T dd[L];
             for (int j = 0; j < L; ++j) {
                 const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-                const T dd2 = ISHIFT ? std::max(d2 - in.shift[i + j], T(0)) : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
-                const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
-                k[j] = d2 <= r2 ? ex : T(0);
+                const T e = ISHIFT ? arith::shifted(d2, in.shift[i + j]) : (QSHIFT ? arith::shifted(d2, qsh) : d2);
+                k[j] = arith::pair_term(d2, e, inv, in.w[i + j], r2);
                 if (MIN) dd[j] = d2;
             }
             for (int j = 0; j < L; ++j) a0[j] += k[j];
@@ -189,31 +109,32 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
                 for (int j = 0; j < L; ++j) ac[c][j] += k[j] * in.col[c][i + j];
             if (BEST) {
                 for (int j = 0; j < L; ++j) {
-                    const bool g = k[j] > bv[j];
+                    const int32_t id = in.id[i + j];
+                    const bool g = arith::better(k[j], id, bv[j], bi[j]);
                     bv[j] = g ? k[j] : bv[j];
-                    bi[j] = g ? (int32_t)(i + j) : bi[j];
+                    bi[j] = g ? id : bi[j];
                 }
             }
             if (MIN) {
                 for (int j = 0; j < L; ++j) {
-                    const T v = (dd[j] <= r2 && in.w[i + j] > 0) ? dd[j] : kInf;
+                    const T v = (arith::in_support(dd[j], r2) && in.w[i + j] > 0) ? dd[j] : kInf;
                     dm[j] = v < dm[j] ? v : dm[j];
                 }
             }
         }
         for (int j = 0; i + j < e; ++j) {  // tail, same lanes
             const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-            const T dd2 = ISHIFT ? std::max(d2 - in.shift[i + j], T(0)) : (QSHIFT ? std::max(d2 - qsh, T(0)) : d2);
-            const T ex = exp_neg(-dd2 * inv) * in.w[i + j];
-            const bool inside = d2 <= r2;
-            const T kk = inside ? ex : T(0);
+            const T e = ISHIFT ? arith::shifted(d2, in.shift[i + j]) : (QSHIFT ? arith::shifted(d2, qsh) : d2);
+            const T kk = arith::pair_term(d2, e, inv, in.w[i + j], r2);
             a0[j] += kk;
             for (int c = 0; c < NC; ++c) ac[c][j] += kk * in.col[c][i + j];
-            if (BEST && kk > bv[j]) {
+            // (kk >= bv first: the index is read only when it can matter; this keeps GCC from
+            // if-converting the tail into code that slows the whole row function by a third)
+            if (BEST && kk >= bv[j] && arith::better(kk, in.id[i + j], bv[j], bi[j])) {
                 bv[j] = kk;
-                bi[j] = (int32_t)(i + j);
+                bi[j] = in.id[i + j];
             }
-            if (MIN && inside && in.w[i + j] > 0 && d2 < dm[j]) dm[j] = d2;
+            if (MIN && arith::in_support(d2, r2) && in.w[i + j] > 0 && d2 < dm[j]) dm[j] = d2;
         }
     }
     double s = 0;
@@ -227,8 +148,8 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
     if (BEST) {
         T v = -1;
         int32_t p = -1;
-        for (int j = 0; j < L; ++j)
-            if (bv[j] > v || (bv[j] == v && bi[j] >= 0 && (p < 0 || bi[j] < p))) {
+        for (int j = 0; j < L; ++j)  // lanes that saw no point keep (-1, -1) and never win
+            if (arith::better(bv[j], bi[j], v, p)) {
                 v = bv[j];
                 p = bi[j];
             }
@@ -322,6 +243,7 @@ struct Grid {
     std::vector<int64_t> perm;   // sorted position -> original index
     std::vector<int64_t> start;  // cell -> first sorted position (size cells + 1)
     std::vector<T> coord[3];     // sorted coordinates
+    std::vector<int32_t> id;     // sorted position -> original index (int32: n < 2^31)
 
     void build(const T* P, int64_t n_, int D_, double radius) {
         D = D_;
@@ -370,6 +292,7 @@ struct Grid {
         std::vector<int64_t> fill(start.begin(), start.end() - 1);
         perm.resize(n);
         for (int64_t i = 0; i < n; ++i) perm[fill[cell[i]]++] = i;
+        id.assign(perm.begin(), perm.end());
         for (int d = 0; d < D; ++d) {
             coord[d].resize(n);
             for (int64_t s = 0; s < n; ++s) coord[d][s] = P[perm[s] * D + d];
@@ -426,20 +349,9 @@ void check_finite(const T* p, int64_t n, const char* name) {
         if (!std::isfinite((double)p[i])) throw value_error(std::string("cpd: ") + name + " has non-finite values");
 }
 
-std::string fmt_g(double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.4g", v);
-    return buf;
-}
-
-void check_common(int64_t N, int64_t M, int D) {
-    require(D == 2 || D == 3, "cpd: d must be 2 or 3, got " + std::to_string(D));
-    require(N >= 1 && M >= 1, "cpd: point sets must not be empty");
-    require(N < (int64_t(1) << 31) && M < (int64_t(1) << 31), "cpd: at most 2^31 - 1 points per set");
-}
-
-// Squared distances between any two of the points must be finite in T, and the coordinates'
-// magnitude bounds the rounding of the grid's cell arithmetic. Returns max |coordinate|.
+// Squared distances between any two of the points must be finite in T (arith::check_extent), and
+// the coordinates' magnitude bounds the rounding of the grid's cell arithmetic. Returns
+// max |coordinate|.
 template <class T>
 double check_extent(const T* A, int64_t na, const T* B, int64_t nb, int D, const char* what) {
     double lo[3], hi[3], amax = 0;
@@ -455,12 +367,7 @@ double check_extent(const T* A, int64_t na, const T* B, int64_t nb, int D, const
                 hi[d] = std::max(hi[d], v);
                 amax = std::max(amax, std::fabs(v));
             }
-    double e2 = 0;
-    for (int d = 0; d < D; ++d) e2 += (hi[d] - lo[d]) * (hi[d] - lo[d]);
-    require(e2 <= 0.25 * (double)std::numeric_limits<T>::max(),
-            std::string(what) + ": the points span " + fmt_g(std::sqrt(e2)) +
-                " units, so squared distances overflow " + (sizeof(T) == 4 ? "float32" : "float64") +
-                "; scale the coordinates (xmodal.cpd normalises them)");
+    arith::check_extent<T>(lo, hi, D, what);
     return amax;
 }
 
@@ -477,34 +384,34 @@ double search_radius(double r2, double amax) {
     return std::sqrt(r2) * (1.0 + 1e-5) + 64.0 * std::numeric_limits<double>::epsilon() * amax;
 }
 
-template <class T>
-EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2,
-                      double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob,
-                      double* log_s_out) {
-    const double amax = check_extent(X, N, TY, M, D, "cpd estep");
-    const double inv_d = 1.0 / (2.0 * sigma2);
-    require(std::isfinite(inv_d) && inv_d <= (double)std::numeric_limits<T>::max(),
-            "cpd estep: sigma2 = " + fmt_g(sigma2) + " is too small: 1 / (2 sigma2) overflows float64");
-    const T inv = (T)inv_d;
-    const T r2 = std::isfinite(cutoff) ? (T)(2.0 * sigma2 * cutoff) : std::numeric_limits<T>::infinity();
-    const double radius = search_radius((double)r2, amax);
-    // Rows may need a shift only if the support can hold terms below exp(-kSafe).
-    const bool may_shift = !((double)r2 * (double)inv <= Limits<T>::kSafe);
-    const bool parallel = (double)N * (double)M >= kParallelMinPairs;
-    EStepStats stats;
+int64_t range_count(const std::vector<int64_t>& rg) {
+    int64_t cnt = 0;
+    for (size_t r = 0; r < rg.size(); r += 2) cnt += rg[r + 1] - rg[r];
+    return cnt;
+}
 
-    // Pass 1: over fixed points n. S_n = sum_m a_m exp(-(d2_mn - h_n) / (2 sigma2)) over the
-    // support, h_n = 0, or the support's smallest d2 when the largest term is below exp(-kSafe).
+// Pass 1 output per fixed point n: the pass-2 weight g_n, the shift h_n, log s_n and flags.
+template <class T>
+struct Columns {
+    std::vector<T> g, shift;
+    std::vector<double> log_s;
+    std::vector<int64_t> work;
+    std::vector<char> shifted, empty;
+    explicit Columns(int64_t N) : g(N), shift(N), log_s(N), work(N, 0), shifted(N, 0), empty(N, 0) {}
+};
+
+// Pass 1: over fixed points n. S_n = sum_m a_m exp(-(d2_mn - h_n)^+ inv) over the support, h_n = 0,
+// or the support's smallest d2 when the largest term is below exp(-kSafe) (arith::needs_shift).
+template <class T>
+void pass1(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, const arith::Scalars<T>& sc,
+           double c, double radius, bool parallel, T* Pt1, Columns<T>& out) {
     Grid<T> gy;
     gy.build(TY, M, D, radius);
     std::vector<T> wy(M);
     for (int64_t s = 0; s < M; ++s) wy[s] = weights ? weights[gy.perm[s]] : T(1);
-    Inner<T> iny{{gy.coord[0].data(), gy.coord[1].data(), D == 3 ? gy.coord[2].data() : nullptr},
-                 wy.data(), nullptr, {nullptr, nullptr, nullptr}};
-    std::vector<T> gx_w(N), shift(N);
-    std::vector<double> logs(N);
-    std::vector<int64_t> work1(N, 0);
-    std::vector<char> shifted(N, 0), is_empty(N, 0);
+    const Inner<T> iny{{gy.coord[0].data(), gy.coord[1].data(), D == 3 ? gy.coord[2].data() : nullptr},
+                       wy.data(), nullptr, {nullptr, nullptr, nullptr}, nullptr};
+    const bool may_shift = arith::may_shift(sc.r2, sc.inv);
     const RowFn<T> row1 = pick_row<T>(D, may_shift ? Row::pass1_min : Row::pass1);
     const RowFn<T> row1s = pick_row<T>(D, Row::pass1_shift);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
@@ -516,131 +423,99 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, cons
             double S = 0, dummy[3];
             int32_t bp;
             T bvv, dmin = std::numeric_limits<T>::infinity();
-            RowArgs<T> ra{inv, r2, T(0)};
+            RowArgs<T> ra{sc.inv, sc.r2, T(0)};
             row1(&X[n * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, &dmin);
-            int64_t cnt = 0;
-            for (size_t r = 0; r < rg.size(); r += 2) cnt += rg[r + 1] - rg[r];
+            int64_t cnt = range_count(rg);
             T h = 0;
-            if (may_shift && std::isfinite((double)dmin) && (double)dmin * (double)inv > Limits<T>::kSafe) {
+            if (may_shift && arith::needs_shift(dmin, sc.inv)) {
                 h = dmin;
                 ra.qshift = h;
                 row1s(&X[n * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, nullptr);
                 cnt *= 2;
-                shifted[n] = 1;
+                out.shifted[n] = 1;
             }
-            work1[n] = cnt;
-            shift[n] = h;
-            // s_n = exp(-h inv) (S + c exp(h inv)); with g_n = 1 / (S + c exp(h inv)) the posterior
-            // of a support pair is a_m exp(-(d2 - h) inv) g_n, and Pt1_n = S g_n.
-            const double e = (double)h * (double)inv;
-            double g, pt, ls;
-            if (S > 0) {
-                if (e == 0) {
-                    const double den = S + c;
-                    g = 1.0 / den;
-                    pt = S / den;
-                    ls = std::log(den);
-                } else {
-                    // log(S + c e^e) = lden; log s_n = lden - e, formed so that an overflow of
-                    // e = h inv (sigma2 tiny against the distances) cannot give inf - inf
-                    const double la = std::log(S);
-                    const double lc = c > 0 ? std::log(c) + e : -std::numeric_limits<double>::infinity();
-                    if (la >= lc) {
-                        const double l1 = std::log1p(std::exp(lc - la));
-                        g = std::exp(-(la + l1));
-                        pt = std::exp(-l1);
-                        ls = (la - e) + l1;  // -inf when e overflows: s_n is below exp(-DBL_MAX)
-                    } else {
-                        const double l1 = std::log1p(std::exp(la - lc));
-                        g = std::exp(-(lc + l1));
-                        pt = std::exp(la - lc - l1);
-                        ls = std::log(c) + l1;
-                    }
-                }
-            } else {  // empty support: only the outlier term (if any) explains x_n
-                g = 0;
-                pt = 0;
-                ls = c > 0 ? std::log(c) : -std::numeric_limits<double>::infinity();
-                is_empty[n] = c > 0 ? 0 : 1;
-            }
-            gx_w[n] = (T)g;
-            Pt1[n] = (T)pt;
-            logs[n] = ls;
+            out.work[n] = cnt;
+            out.shift[n] = h;
+            const arith::Column col = arith::finish_column(S, (double)h * (double)sc.inv, c);
+            out.g[n] = (T)col.g;
+            Pt1[n] = (T)col.pt;
+            out.log_s[n] = col.log_s;
+            out.empty[n] = col.empty ? 1 : 0;
         }
     }
-    double logsum = 0;
-    int64_t empty = 0, pairs = 0, nshift = 0;
-    for (int64_t n = 0; n < N; ++n) {
-        pairs += work1[n];
-        nshift += shifted[n];
-        if (log_s_out) log_s_out[n] = logs[n];
-        if (is_empty[n]) {
-            logsum += std::log(std::numeric_limits<double>::min());
-            ++empty;
-        } else {
-            logsum += logs[n];
-        }
-    }
+}
 
-    // Pass 2: over moving points m, sums over the same support with the weights g_n (and the
-    // shifts h_n of pass 1, so every term is the pass-1 term times g_n).
+// Pass 2: over moving points m, sums over the same support with the weights g_n (and the shifts
+// h_n of pass 1, so every term is the pass-1 term times g_n). Returns the work (pairs visited).
+template <class T>
+int64_t pass2(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights,
+              const arith::Scalars<T>& sc, double radius, bool parallel, const Columns<T>& col, bool any_shift,
+              T* P1, T* PX, int64_t* best_idx, T* best_prob) {
     Grid<T> gx;
     gx.build(X, N, D, radius);
     std::vector<T> wx(N), sx(N);
     for (int64_t s = 0; s < N; ++s) {
-        wx[s] = gx_w[gx.perm[s]];
-        sx[s] = shift[gx.perm[s]];
+        wx[s] = col.g[gx.perm[s]];
+        sx[s] = col.shift[gx.perm[s]];
     }
-    Inner<T> inx{{gx.coord[0].data(), gx.coord[1].data(), D == 3 ? gx.coord[2].data() : nullptr},
-                 wx.data(),
-                 nshift > 0 ? sx.data() : nullptr,
-                 {gx.coord[0].data(), gx.coord[1].data(), D == 3 ? gx.coord[2].data() : nullptr}};
-    std::vector<int64_t> work2(M, 0);
-    const RowFn<T> row2 = pick_row<T>(D, nshift > 0 ? Row::pass2_shift : Row::pass2);
+    const Inner<T> inx{{gx.coord[0].data(), gx.coord[1].data(), D == 3 ? gx.coord[2].data() : nullptr},
+                       wx.data(),
+                       any_shift ? sx.data() : nullptr,
+                       {gx.coord[0].data(), gx.coord[1].data(), D == 3 ? gx.coord[2].data() : nullptr},
+                       gx.id.data()};
+    std::vector<int64_t> work(M, 0);
+    const RowFn<T> row2 = pick_row<T>(D, any_shift ? Row::pass2_shift : Row::pass2);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
 #pragma omp for schedule(dynamic, 64)
         for (int64_t m = 0; m < M; ++m) {
-            if (weights && !(weights[m] > 0)) {  // a zero weight: the row of P is zero
-                P1[m] = 0;
-                for (int d = 0; d < D; ++d) PX[m * D + d] = 0;
-                if (best_idx) best_idx[m] = -1;
-                if (best_prob) best_prob[m] = 0;
-                continue;
-            }
-            gx.ranges(&TY[m * D], radius, rg);
+            const double a = weights ? (double)weights[m] : 1.0;
             double s0 = 0, cs[3] = {0, 0, 0};
             int32_t bp = -1;
             T bvv = 0;
-            const RowArgs<T> ra{inv, r2, T(0)};
-            row2(&TY[m * D], rg.data(), (int)(rg.size() / 2), inx, ra, &s0, cs, &bp, &bvv, nullptr);
-            const double a = weights ? (double)weights[m] : 1.0;
-            P1[m] = (T)(a * s0);
-            for (int d = 0; d < D; ++d) PX[m * D + d] = (T)(a * cs[d]);
-            const bool has_best = bp >= 0 && bvv > 0 && a > 0;  // a zero weight makes the row of P zero
-            if (best_idx) best_idx[m] = has_best ? gx.perm[bp] : -1;
-            if (best_prob) best_prob[m] = has_best ? (T)(a * (double)bvv) : T(0);
-            int64_t cnt = 0;
-            for (size_t r = 0; r < rg.size(); r += 2) cnt += rg[r + 1] - rg[r];
-            work2[m] = cnt;
+            if (a > 0) {  // a zero weight makes the row of P zero: nothing to sum
+                gx.ranges(&TY[m * D], radius, rg);
+                const RowArgs<T> ra{sc.inv, sc.r2, T(0)};
+                row2(&TY[m * D], rg.data(), (int)(rg.size() / 2), inx, ra, &s0, cs, &bp, &bvv, nullptr);
+                work[m] = range_count(rg);
+            }
+            if (D == 2)
+                arith::finish_moving<T, 2>(a, s0, cs, bp, bvv, &P1[m], &PX[m * D], best_idx ? &best_idx[m] : nullptr,
+                                           best_prob ? &best_prob[m] : nullptr);
+            else
+                arith::finish_moving<T, 3>(a, s0, cs, bp, bvv, &P1[m], &PX[m * D], best_idx ? &best_idx[m] : nullptr,
+                                           best_prob ? &best_prob[m] : nullptr);
         }
     }
-    for (int64_t m = 0; m < M; ++m) pairs += work2[m];
-    stats.log_s_sum = logsum;
-    stats.pairs = pairs;
-    stats.empty_columns = empty;
-    stats.shifted_columns = nshift;
-    return stats;
+    int64_t pairs = 0;
+    for (int64_t m = 0; m < M; ++m) pairs += work[m];
+    return pairs;
 }
 
-// float32 cannot hold 1/(2 sigma2) (or the support radius) for sigma2 below ~1e-37: such calls are
-// computed in float64 on converted copies (O(M + N) extra memory) and rounded back.
-bool float_needs_double(double sigma2, double cutoff) {
-    const double inv = 1.0 / (2.0 * sigma2);
-    if (!(inv <= (double)std::numeric_limits<float>::max())) return true;
-    if (std::isfinite(cutoff) && 2.0 * sigma2 * cutoff < (double)std::numeric_limits<float>::min()) return true;
-    return false;
+template <class T>
+EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2,
+                      double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob,
+                      double* log_s_out) {
+    const double amax = check_extent(X, N, TY, M, D, "cpd estep");
+    const arith::Scalars<T> sc = arith::estep_scalars<T>(sigma2, cutoff);
+    const double radius = search_radius((double)sc.r2, amax);
+    const bool parallel = (double)N * (double)M >= kParallelMinPairs;
+    Columns<T> col(N);
+    pass1(X, N, TY, M, D, weights, sc, c, radius, parallel, Pt1, col);
+    EStepStats stats;
+    double logsum = 0;
+    for (int64_t n = 0; n < N; ++n) {
+        stats.pairs += col.work[n];
+        stats.shifted_columns += col.shifted[n];
+        if (log_s_out) log_s_out[n] = col.log_s[n];
+        logsum += arith::log_s_term(col.log_s[n], col.empty[n] != 0);
+        stats.empty_columns += col.empty[n];
+    }
+    stats.log_s_sum = logsum;
+    stats.pairs += pass2(X, N, TY, M, D, weights, sc, radius, parallel, col, stats.shifted_columns > 0, P1, PX,
+                         best_idx, best_prob);
+    return stats;
 }
 
 EStepStats estep_float_via_double(const float* X, int64_t N, const float* TY, int64_t M, int D, const float* weights,
@@ -666,10 +541,7 @@ template <class T>
 EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights,
                  double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx,
                  T* best_prob, double* log_s_out) {
-    check_common(N, M, D);
-    require(std::isfinite(sigma2) && sigma2 > 0, "cpd estep: sigma2 must be positive and finite");
-    require(std::isfinite(c) && c >= 0, "cpd estep: outlier constant c must be >= 0");
-    require(cutoff > 0, "cpd estep: cutoff must be positive");
+    arith::check_estep_args(N, M, D, sigma2, c, cutoff);
     check_finite(X, N * D, "fixed");
     check_finite(TY, M * D, "moved");
     if (weights) {
@@ -678,7 +550,7 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
             require(weights[m] >= 0, "cpd estep: weights must be >= 0");
     }
     if constexpr (sizeof(T) == sizeof(float)) {
-        if (float_needs_double(sigma2, cutoff))
+        if (arith::float_needs_double(sigma2, cutoff))
             return estep_float_via_double(X, N, TY, M, D, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx,
                                           best_prob, log_s_out);
     }
@@ -688,7 +560,9 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
 template <class T>
 void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points, int64_t Q, int D,
                      double beta, double cutoff, T* out) {
-    check_common(K, Q, D);
+    require(D == 2 || D == 3, "cpd: d must be 2 or 3, got " + std::to_string(D));
+    require(K >= 1 && Q >= 1, "cpd: point sets must not be empty");
+    require(K < (int64_t(1) << 31) && Q < (int64_t(1) << 31), "cpd: at most 2^31 - 1 points per set");
     require(std::isfinite(beta) && beta > 0, "cpd gauss_transform: beta must be positive");
     require(cutoff > 0, "cpd gauss_transform: cutoff must be positive");
     check_finite(centers, K * D, "centers");
@@ -712,7 +586,8 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
     Inner<T> in{{g.coord[0].data(), g.coord[1].data(), D == 3 ? g.coord[2].data() : nullptr},
                 ones.data(),
                 nullptr,
-                {cols[0].data(), cols[1].data(), D == 3 ? cols[2].data() : nullptr}};
+                {cols[0].data(), cols[1].data(), D == 3 ? cols[2].data() : nullptr},
+                nullptr};
     const RowFn<T> row = pick_row<T>(D, Row::gauss);
 #pragma omp parallel num_threads(xmodal::num_threads()) if ((double)K * (double)Q >= kParallelMinPairs)
     {

@@ -1,4 +1,6 @@
-// k-d tree k-nearest-neighbour and radius graph (see xmodal/knn.hpp for the contract).
+// k-d tree k-nearest-neighbour and radius graph (see xmodal/knn.hpp for the contract). The
+// arithmetic of a pair (d2), the ranking and the top-k insertion are in
+// xmodal/detail/knn_arith.hpp, shared with the CUDA kernel (cuda/knn.cu).
 #include "xmodal/knn.hpp"
 
 #include <algorithm>
@@ -8,11 +10,12 @@
 #include <utility>
 
 #include "xmodal/common.hpp"
+#include "xmodal/detail/knn_arith.hpp"
 
 namespace xmodal {
 namespace {
 
-constexpr int kMaxDim = 8;
+constexpr int kMaxDim = knn::arith::kMaxDim;
 constexpr int kLeafSize = 16;
 
 // A k-d tree over n points of dimension dim: median split on the widest axis of each node.
@@ -101,25 +104,23 @@ private:
         if (nd.left < 0) {
             for (std::int32_t t = nd.lo; t < nd.hi; ++t) {
                 const double* x = &pts_[static_cast<std::size_t>(t) * dim_];
-                double d2 = 0.0;
-                for (int d = 0; d < dim_; ++d) {
-                    const double diff = q[d] - x[d];
-                    d2 += diff * diff;
-                }
+                const double d2 = dim_ == 3   ? knn::arith::dist2<3>(q, x)
+                                  : dim_ == 2 ? knn::arith::dist2<2>(q, x)
+                                              : knn::arith::dist2(q, x, dim_);
                 const std::int32_t id = ids_[t];
-                if (r2 >= 0.0 && d2 <= r2) ball.push_back(id);
+                if (knn::arith::in_radius(d2, r2)) ball.push_back(id);
                 if (k > 0) {
-                    // `near` is kept sorted ascending by (d2, id); insertion from the back.
-                    const std::pair<double, std::int32_t> c{d2, id};
+                    // `near` is kept sorted by knn::arith::before; insertion from the back, the steps
+                    // of knn::arith::topk_insert (which, on pairs, measured 15 % slower here)
                     const bool full = static_cast<int>(near.size()) == k;
-                    if (full && !(c < near.back())) continue;
-                    if (!full) near.push_back(c);
+                    if (full && !knn::arith::before(d2, id, near.back().first, near.back().second)) continue;
+                    if (!full) near.push_back({d2, id});
                     std::size_t p = near.size() - 1;
-                    while (p > 0 && c < near[p - 1]) {
+                    while (p > 0 && knn::arith::before(d2, id, near[p - 1].first, near[p - 1].second)) {
                         near[p] = near[p - 1];
                         --p;
                     }
-                    near[p] = c;
+                    near[p] = {d2, id};
                 }
             }
             return;
@@ -177,13 +178,7 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
 
 CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k,
                    double radius, bool symmetric) {
-    require(dim >= 1 && dim <= kMaxDim, "knn_graph: dim must be in 1..8, got " + std::to_string(dim));
-    require(na >= 0 && nb >= 0, "knn_graph: point counts must be non-negative");
-    require(na < (std::int64_t(1) << 31) && nb < (std::int64_t(1) << 31),
-            "knn_graph: at most 2^31 - 1 points per set");
-    require(k >= 0, "knn_graph: k must be >= 0, got " + std::to_string(k));
-    require(k > 0 || radius >= 0.0, "knn_graph: give k > 0 and/or radius >= 0");
-    require(!(radius != radius), "knn_graph: radius is NaN");
+    knn::arith::check_args(na, nb, dim, k, radius);
 
     CsrGraph g;
     g.n_rows = na;
@@ -241,14 +236,8 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
         const double* ai = a + i * dim;
         std::int64_t e = g.indptr[i];
         for (std::int32_t j : rows[static_cast<std::size_t>(i)]) {
-            const double* bj = b + static_cast<std::int64_t>(j) * dim;
-            double d2 = 0.0;
-            for (int d = 0; d < dim; ++d) {
-                const double diff = ai[d] - bj[d];
-                d2 += diff * diff;
-            }
             g.indices[e] = j;
-            g.data[e] = std::sqrt(d2);
+            g.data[e] = std::sqrt(knn::arith::dist2(ai, b + static_cast<std::int64_t>(j) * dim, dim));
             ++e;
         }
     }

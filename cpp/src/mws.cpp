@@ -49,6 +49,15 @@ inline uint64_t splitmix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
+// The thread number inside an OpenMP parallel region (0 without OpenMP).
+inline int this_thread() {
+#ifdef XMODAL_HAVE_OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 // ---- parallel stable LSD radix sort on a key of `key_bits` bits ---------------------------------
 // `key(item)` returns the key (uint64). Items with equal keys keep their input order, so the result
 // is the same for any number of threads.
@@ -72,10 +81,7 @@ void radix_sort(std::vector<Item>& a, int key_bits, KeyFn key) {
         const uint64_t dmask = kBuckets - 1;
 #pragma omp parallel num_threads(nt)
         {
-            int t = 0;
-#ifdef XMODAL_HAVE_OPENMP
-            t = omp_get_thread_num();
-#endif
+            const int t = this_thread();
             const size_t lo = n * size_t(t) / size_t(nt), hi = n * size_t(t + 1) / size_t(nt);
             size_t* h = hist.data() + size_t(t) * kBuckets;
             for (size_t i = lo; i < hi; ++i) ++h[(key(src[i]) >> shift) & dmask];
@@ -98,10 +104,7 @@ void radix_sort(std::vector<Item>& a, int key_bits, KeyFn key) {
             }
 #pragma omp parallel num_threads(nt)
         {
-            int t = 0;
-#ifdef XMODAL_HAVE_OPENMP
-            t = omp_get_thread_num();
-#endif
+            const int t = this_thread();
             const size_t lo = n * size_t(t) / size_t(nt), hi = n * size_t(t + 1) / size_t(nt);
             size_t* h = hist.data() + size_t(t) * kBuckets;
             for (size_t i = lo; i < hi; ++i) dst[h[(key(src[i]) >> shift) & dmask]++] = src[i];
@@ -441,14 +444,16 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
     st.n_edges = m;
     std::vector<uint8_t> bad(size_t(n_tasks), 0);
 
-    // Signed weight of edge (c, p) (signed mode only).
-    auto signed_weight = [&](int64_t c, int64_t p) -> T {
+    // Processing weight (higher = earlier) of edge (c, p). Signed mode: |affinity + bias|, and
+    // `attract` set when affinity + bias > 0; classic mode: the affinity of an attractive channel or
+    // 1 - affinity of a repulsive one (`attract` untouched: the channel decides).
+    auto edge_value = [&](int64_t c, int64_t p, bool& attract) -> T {
         const T a = affs[c * n + p];
-        return (s.invert ? T(1) - a : a) + bias_t[size_t(c)];
-    };
-    // Processing weight (higher = earlier) of edge (c, p), classic mode.
-    auto weight = [&](int64_t c, int64_t p) -> T {
-        const T a = affs[c * n + p];
+        if (Signed) {
+            const T sv = (s.invert ? T(1) - a : a) + bias_t[size_t(c)];
+            attract = sv > T(0);
+            return std::abs(sv);
+        }
         return (g.ch[size_t(c)].attractive != s.invert) ? a : T(1) - a;
     };
 
@@ -480,15 +485,9 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             const uint64_t chigh = uint64_t(c) << pbits;
             uint32_t nonfinite = 0;  // branch-free: exponent bits all ones = inf or nan
             for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
-                uint64_t sign = 0;
-                float w;
-                if (Signed) {
-                    const T sv = signed_weight(c, p);
-                    w = float(std::abs(sv));
-                    sign = sv > T(0) ? (uint64_t(1) << 31) : 0;
-                } else {
-                    w = float(weight(c, p));
-                }
+                bool attract = false;
+                const float w = float(edge_value(c, p, attract));
+                const uint64_t sign = attract ? (uint64_t(1) << 31) : 0;
                 uint32_t bits;
                 std::memcpy(&bits, &w, sizeof bits);
                 nonfinite |= uint32_t((~bits & 0x7F800000u) == 0);
@@ -538,15 +537,9 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
             const int64_t c = t / Z;
             bool finite = true;
             for_edges_in_slice(g, s, c, t % Z, [&](int64_t p, int64_t) {
-                uint64_t sign = 0;
-                double w;
-                if (Signed) {
-                    const T sv = signed_weight(c, p);
-                    w = double(std::abs(sv));
-                    sign = sv > T(0) ? (uint64_t(1) << 63) : 0;
-                } else {
-                    w = double(weight(c, p));
-                }
+                bool attract = false;
+                const double w = double(edge_value(c, p, attract));
+                const uint64_t sign = attract ? (uint64_t(1) << 63) : 0;
                 finite = finite && std::isfinite(w);
                 *out++ = Item{descending_key(w), sign | uint64_t(c * n + p)};
             });

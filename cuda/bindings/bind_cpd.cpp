@@ -1,78 +1,75 @@
-// Bindings of the CUDA CPD kernels (cuda/cpd.cu). Device buffers arrive as integer addresses
-// (python/xmodal/registration/_cuda_cpd.py takes them from cupy arrays); the caller allocates the
-// outputs with the documented sizes and dtypes.
-#include <cuda_runtime.h>
-
-#include <cstdint>
+// xmodal._cuda: CPD E-step on the GPU (conversion, device selection, GIL release, call into
+// cuda/cpd.cu). Twin of cpp/bindings/bind_cpd.cpp: the same arguments (CUDA arrays instead of
+// numpy arrays, plus a stream) and the same result dict.
+#include <optional>
 
 #include "cuda_bindings.hpp"
 
-namespace xmodal::cuda::cpd {
-template <class T>
-void estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2, double c,
-           double* log_s, double* g, double* shift, double* Pt1, double* P1, double* PX, int64_t* best,
-           double* prob, cudaStream_t stream);
-template <class T>
-void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points, int64_t Q, int D, double beta,
-                     T* out, cudaStream_t stream);
-}  // namespace xmodal::cuda::cpd
-
 namespace xmodal::cuda_bind {
-
 namespace {
-template <class T>
-const T* cptr(std::uintptr_t p) { return reinterpret_cast<const T*>(p); }
-template <class T>
-T* mptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
 
-void require_ptr(std::uintptr_t p, const char* name) {
-    if (p == 0) throw value_error(std::string(name) + ": null device pointer");
+template <class T>
+py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<DeviceArg>& w, double sigma2, double c,
+               double cutoff, std::uintptr_t stream) {
+    require_dtype<T>(TY, "moved");
+    if (w) require_dtype<T>(*w, "weights");
+    if (X.shape[1] != TY.shape[1]) throw value_error("cpd_estep: fixed and moved differ in dimension");
+    if (X.shape[1] != 2 && X.shape[1] != 3)
+        throw value_error("fixed: expected 2 or 3 columns, got " + std::to_string(X.shape[1]));
+    const std::int64_t N = X.shape[0], M = TY.shape[0];
+    const int D = static_cast<int>(X.shape[1]);
+    if (w && w->shape[0] != M) throw value_error("weights: expected one weight per moving point");
+    const int device = common_device({{&X, "fixed"}, {&TY, "moved"}, {w ? &*w : nullptr, "weights"}});
+    using xmodal::cuda::DeviceBuffer;
+    DeviceBuffer P1, Pt1, PX, best, prob, log_s;
+    xmodal::cpd::EStepStats st;
+    {
+        py::gil_scoped_release release;
+        xmodal::cuda::DeviceGuard guard(device);
+        P1 = DeviceBuffer(sizeof(T) * M, "cpd (cuda): P1");
+        Pt1 = DeviceBuffer(sizeof(T) * N, "cpd (cuda): Pt1");
+        PX = DeviceBuffer(sizeof(T) * M * D, "cpd (cuda): PX");
+        best = DeviceBuffer(sizeof(std::int64_t) * M, "cpd (cuda): best_idx");
+        prob = DeviceBuffer(sizeof(T) * M, "cpd (cuda): best_prob");
+        log_s = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
+        st = xmodal::cuda::cpd::estep<T>(reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M, D,
+                                         w ? reinterpret_cast<const T*>(w->ptr) : nullptr, sigma2, c, cutoff,
+                                         P1.as<T>(), Pt1.as<T>(), PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(),
+                                         log_s.as<double>(), reinterpret_cast<cudaStream_t>(stream));
+    }
+    py::dict out;
+    out["P1"] = device_array<T>(std::move(P1), {M});
+    out["Pt1"] = device_array<T>(std::move(Pt1), {N});
+    out["PX"] = device_array<T>(std::move(PX), {M, D});
+    out["best_idx"] = device_array<std::int64_t>(std::move(best), {M});
+    out["best_prob"] = device_array<T>(std::move(prob), {M});
+    out["log_s"] = device_array<double>(std::move(log_s), {N});
+    out["log_s_sum"] = st.log_s_sum;
+    out["pairs"] = st.pairs;
+    out["empty_columns"] = st.empty_columns;
+    out["shifted_columns"] = st.shifted_columns;
+    return out;
 }
+
 }  // namespace
 
 void register_cpd(py::module_& m) {
     m.def(
         "cpd_estep",
-        [](std::uintptr_t X, int64_t N, std::uintptr_t TY, int64_t M, int D, std::uintptr_t weights, bool f64,
-           double sigma2, double c, std::uintptr_t log_s, std::uintptr_t g, std::uintptr_t shift,
-           std::uintptr_t Pt1, std::uintptr_t P1, std::uintptr_t PX, std::uintptr_t best, std::uintptr_t prob,
+        [](py::object fixed, py::object moved, py::object weights, double sigma2, double c, double cutoff,
            std::uintptr_t stream) {
-            for (auto [p, n] : {std::pair{X, "fixed"}, {TY, "moved"}, {log_s, "log_s"}, {g, "g"}, {shift, "shift"},
-                                {Pt1, "Pt1"}, {P1, "P1"}, {PX, "PX"}, {best, "best"}, {prob, "prob"}})
-                require_ptr(p, n);
-            py::gil_scoped_release release;
-            auto st = reinterpret_cast<cudaStream_t>(stream);
-            if (f64)
-                xmodal::cuda::cpd::estep<double>(cptr<double>(X), N, cptr<double>(TY), M, D, cptr<double>(weights),
-                                                 sigma2, c, mptr<double>(log_s), mptr<double>(g), mptr<double>(shift), mptr<double>(Pt1),
-                                                 mptr<double>(P1), mptr<double>(PX), mptr<int64_t>(best),
-                                                 mptr<double>(prob), st);
-            else
-                xmodal::cuda::cpd::estep<float>(cptr<float>(X), N, cptr<float>(TY), M, D, cptr<float>(weights),
-                                                sigma2, c, mptr<double>(log_s), mptr<double>(g), mptr<double>(shift), mptr<double>(Pt1),
-                                                mptr<double>(P1), mptr<double>(PX), mptr<int64_t>(best),
-                                                mptr<double>(prob), st);
+            const DeviceArg X = device_arg(fixed, "fixed", 2), TY = device_arg(moved, "moved", 2);
+            std::optional<DeviceArg> w;
+            if (!weights.is_none()) w = device_arg(weights, "weights", 1);
+            return with_float_type(X, "fixed", [&](auto t) {
+                return estep<decltype(t)>(X, TY, w, sigma2, c, cutoff, stream);
+            });
         },
-        "CPD E-step on device buffers: fixed (N, D), moved (M, D) of float32/float64 (f64), weights (M,) "
-        "or 0; outputs float64: log_s (log s_n, -inf where s_n = 0), g, shift (scratch), Pt1 (N), P1 (M), "
-        "PX (M, D), prob (M); best int64 (M).");
-    m.def(
-        "cpd_gauss_transform",
-        [](std::uintptr_t centers, int64_t K, std::uintptr_t coef, std::uintptr_t points, int64_t Q, int D,
-           bool f64, double beta, std::uintptr_t out, std::uintptr_t stream) {
-            for (auto [p, n] : {std::pair{centers, "centers"}, {coef, "coefficients"}, {points, "points"},
-                                {out, "out"}})
-                require_ptr(p, n);
-            py::gil_scoped_release release;
-            auto st = reinterpret_cast<cudaStream_t>(stream);
-            if (f64)
-                xmodal::cuda::cpd::gauss_transform<double>(cptr<double>(centers), K, cptr<double>(coef),
-                                                           cptr<double>(points), Q, D, beta, mptr<double>(out), st);
-            else
-                xmodal::cuda::cpd::gauss_transform<float>(cptr<float>(centers), K, cptr<float>(coef),
-                                                          cptr<float>(points), Q, D, beta, mptr<float>(out), st);
-        },
-        "out (Q, D) = sum_k exp(-|p - c_k|^2 / (2 beta^2)) coef[k] on device buffers (same dtype).");
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"),
+        py::arg("stream") = 0,
+        "CPD E-step on C-contiguous CUDA arrays (one GPU; float32 or float64 after `fixed`, moved and weights "
+        "of the same dtype), on `stream` (an address; 0: the default stream). Returns the dict of "
+        "xmodal._core.cpd_estep (want_best=True) with DeviceArrays.");
 }
 
 }  // namespace xmodal::cuda_bind

@@ -1,64 +1,40 @@
-// xmodal._cuda: k-NN / radius graph on the GPU (checks, GIL release, call into cuda/knn.cu).
-// Device arrays arrive as integer addresses; the result buffers are returned as owner objects
-// (KnnDeviceBuffer) that free their memory when the last Python reference goes away, so cupy can
-// wrap them without a copy.
-#include <cmath>
-#include <memory>
-#include <string>
-
+// xmodal._cuda: k-NN / radius graph on the GPU (conversion, device selection, GIL release, call
+// into cuda/knn.cu). Twin of cpp/bindings/bind_knn.cpp: the same arguments (CUDA arrays instead of
+// numpy arrays, plus a stream) and the same result dict.
 #include "cuda_bindings.hpp"
-#include "xmodal/knn.hpp"
 
 namespace xmodal::cuda_bind {
-namespace {
-
-struct KnnDeviceBuffer {
-    void* ptr = nullptr;
-    std::size_t nbytes = 0;
-    int device = 0;
-    KnnDeviceBuffer(void* p, std::size_t n, int d) : ptr(p), nbytes(n), device(d) {}
-    KnnDeviceBuffer(const KnnDeviceBuffer&) = delete;
-    KnnDeviceBuffer& operator=(const KnnDeviceBuffer&) = delete;
-    ~KnnDeviceBuffer() { xmodal::cuda::free_device(ptr); }
-};
-
-}  // namespace
 
 void register_knn(py::module_& m) {
-    py::class_<KnnDeviceBuffer, std::shared_ptr<KnnDeviceBuffer>>(m, "KnnDeviceBuffer")
-        .def_property_readonly("ptr", [](const KnnDeviceBuffer& b) { return reinterpret_cast<std::uintptr_t>(b.ptr); })
-        .def_property_readonly("nbytes", [](const KnnDeviceBuffer& b) { return b.nbytes; })
-        .def_property_readonly("device", [](const KnnDeviceBuffer& b) { return b.device; });
-    m.attr("knn_max_k") = xmodal::cuda::kKnnMaxK;
     m.def(
         "knn_graph",
-        [](std::uintptr_t a_ptr, std::int64_t na, std::uintptr_t b_ptr, std::int64_t nb, int dim, int k,
-           double radius, bool symmetric, int device) {
-            if (na < 0 || nb < 0) throw value_error("a, b: negative point counts");
-            if (dim < 1 || dim > xmodal::cuda::kKnnMaxDim)
-                throw value_error("a: expected 1 to 8 columns, got " + std::to_string(dim));
-            if (k < 0 || k > xmodal::cuda::kKnnMaxK)
-                throw value_error("k: the CUDA k-NN graph supports 0 <= k <= " +
-                                  std::to_string(xmodal::cuda::kKnnMaxK) + ", got " + std::to_string(k));
-            if (std::isnan(radius)) throw value_error("radius: NaN");
-            if (k == 0 && radius < 0) throw value_error("k, radius: give k > 0 and/or radius >= 0");
-            if ((na > 0 && a_ptr == 0) || (nb > 0 && b_ptr == 0)) throw value_error("a, b: null device pointer");
+        [](py::object a_obj, py::object b_obj, int k, double radius, bool symmetric, std::uintptr_t stream) {
+            const DeviceArg a = device_arg(a_obj, "a", 2), b = device_arg(b_obj, "b", 2);
+            require_dtype<double>(a, "a");
+            require_dtype<double>(b, "b");
+            if (a.shape[1] != b.shape[1])
+                throw value_error("a, b: expected the same number of columns, got " + std::to_string(a.shape[1]) +
+                                  " and " + std::to_string(b.shape[1]));
+            const int device = common_device({{&a, "a"}, {&b, "b"}});
             xmodal::cuda::DeviceCsr g;
             {
                 py::gil_scoped_release release;
-                g = xmodal::cuda::knn_graph_device(reinterpret_cast<const double*>(a_ptr), na,
-                                                   reinterpret_cast<const double*>(b_ptr), nb, dim, k, radius,
-                                                   symmetric, device);
+                xmodal::cuda::DeviceGuard guard(device);
+                g = xmodal::cuda::knn_graph(reinterpret_cast<const double*>(a.ptr), a.shape[0],
+                                            reinterpret_cast<const double*>(b.ptr), b.shape[0],
+                                            static_cast<int>(a.shape[1]), k, radius, symmetric,
+                                            reinterpret_cast<cudaStream_t>(stream));
             }
-            auto indptr = std::make_shared<KnnDeviceBuffer>(g.indptr, sizeof(std::int64_t) * (g.n_rows + 1), device);
-            auto indices = std::make_shared<KnnDeviceBuffer>(g.indices, sizeof(std::int32_t) * g.nnz, device);
-            auto data = std::make_shared<KnnDeviceBuffer>(g.data, sizeof(double) * g.nnz, device);
-            return py::make_tuple(indptr, indices, data, g.nnz);
+            py::dict out;
+            out["indptr"] = device_array<std::int64_t>(std::move(g.indptr), {g.n_rows + 1});
+            out["indices"] = device_array<std::int32_t>(std::move(g.indices), {g.nnz});
+            out["data"] = device_array<double>(std::move(g.data), {g.nnz});
+            return out;
         },
-        py::arg("a_ptr"), py::arg("na"), py::arg("b_ptr"), py::arg("nb"), py::arg("dim"), py::arg("k"),
-        py::arg("radius"), py::arg("symmetric"), py::arg("device"),
-        "k-NN / radius graph of two float64 C-contiguous device arrays (addresses). Returns "
-        "(indptr int64, indices int32, data float64) as KnnDeviceBuffer owners, and nnz.");
+        py::arg("a"), py::arg("b"), py::arg("k"), py::arg("radius"), py::arg("symmetric"), py::arg("stream") = 0,
+        "k-NN / radius graph between two float64 C-contiguous CUDA arrays (on one GPU), on `stream` (an "
+        "address; 0: the default stream): dict of the CSR DeviceArrays indptr (int64), indices (int32), data "
+        "(float64). k = 0: no k-NN part; radius < 0: no radius part. Any k.");
 }
 
 }  // namespace xmodal::cuda_bind

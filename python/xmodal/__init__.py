@@ -7,6 +7,7 @@ Register and match cells across imaging modalities and segment volumes larger th
   :func:`cover_assignment`, :func:`match_points`),
 - halo tiled network inference (:func:`predict_tiled`),
 - mutex watershed segmentation (:func:`mutex_watershed`, :func:`blockwise_mutex_watershed`),
+- superpixels + region-graph agglomeration (:func:`superpixel_agglomeration`, :func:`gasp`),
 - end-to-end workflows in :mod:`xmodal.pipelines` and the ``xmodal`` command line.
 
 Arrays in are numpy arrays (or CUDA arrays where a function says so); arrays out are of the same
@@ -45,6 +46,9 @@ _LAZY = {
     "seeded_mutex_watershed": "xmodal.segmentation",
     "remove_small_segments": "xmodal.segmentation",
     "blockwise_mutex_watershed": "xmodal.segmentation",
+    "gasp": "xmodal.segmentation",
+    "superpixel_agglomeration": "xmodal.segmentation",
+    "blockwise_superpixel_agglomeration": "xmodal.segmentation",
     # inference
     "predict_tiled": "xmodal.inference",
     "receptive_field": "xmodal.inference",

@@ -15,6 +15,7 @@ _EXTRAS = {
     "tifffile": ("io", "tifffile"),
     "pandas": ("io", "pandas"),
     "matplotlib": ("plot", "matplotlib"),
+    "bioimage_cpp": ("multicut", "bioimage-cpp"),
 }
 
 
@@ -26,7 +27,7 @@ def optional_import(module: str, *, purpose: str | None = None) -> ModuleType:
         top = module.split(".")[0]
         extra, dist = _EXTRAS.get(top, (None, top))
         what = f" for {purpose}" if purpose else ""
-        hint = f"pip install 'xmodal[{extra}]'" if extra in {"torch", "elastix", "dask", "cuda"} else f"pip install {dist}"
+        hint = f"pip install 'xmodal[{extra}]'" if extra in {"torch", "elastix", "dask", "cuda", "multicut"} else f"pip install {dist}"
         raise ImportError(f"xmodal needs the optional package '{dist}'{what}; install it with: {hint}") from exc
 
 

@@ -33,17 +33,23 @@ def real_array(x: Any, name: str, expected: str) -> np.ndarray:
     return a
 
 
+def check_points_shape(shape: tuple, name: str, dims=(2, 3), min_points: int = 1) -> None:
+    """ValueError naming ``name`` unless ``shape`` is ``(n, d)`` with d in ``dims`` and n >= ``min_points``
+    (one check for host and device point arrays)."""
+    if len(shape) != 2:
+        raise ValueError(f"{name}: expected an (n, d) array, got shape {tuple(shape)}")
+    if shape[1] not in dims:
+        want = " or ".join(map(str, dims))
+        raise ValueError(f"{name}: expected {want} columns (coordinates), got {shape[1]}")
+    if shape[0] < min_points:
+        raise ValueError(f"{name}: expected at least {min_points} points, got {shape[0]}")
+
+
 def as_points(x: Any, name: str, *, dims=(2, 3), min_points: int = 1, dtype=np.float64,
               finite: bool = True) -> np.ndarray:
     """Return ``x`` as a C-contiguous ``(n, d)`` float array, d in ``dims``."""
     a = real_array(x, name, "an (n, d) array of coordinates")
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected an (n, d) array, got shape {a.shape}")
-    if a.shape[1] not in dims:
-        want = " or ".join(map(str, dims))
-        raise ValueError(f"{name}: expected {want} columns (coordinates), got {a.shape[1]}")
-    if a.shape[0] < min_points:
-        raise ValueError(f"{name}: expected at least {min_points} points, got {a.shape[0]}")
+    check_points_shape(a.shape, name, dims, min_points)
     a = np.ascontiguousarray(a, dtype=dtype)
     if finite and not np.isfinite(a).all():
         bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
@@ -73,6 +79,29 @@ def positive_int(x: Any, name: str, *, allow_none: bool = False, minimum: int = 
     if int(x) < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {int(x)}")
     return int(x)
+
+
+def per_axis(x: Any, ndim: int, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """An integer (the same on every axis) or ``ndim`` integers, each >= ``minimum``, as a tuple.
+
+    For per-axis sizes such as tile and block shapes, halos and overlaps. TypeError for anything
+    that is not an integer or a sequence of integers (booleans and floats included), ValueError for
+    a sequence of another length or a value below ``minimum``; both name ``name``.
+    """
+    if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
+        x = (int(x),) * ndim
+    try:
+        vals = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
+    if len(vals) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in vals):
+        raise TypeError(f"{name}: expected integers, got {describe(x)}")
+    out = tuple(int(v) for v in vals)
+    if any(v < minimum for v in out):
+        raise ValueError(f"{name}: expected integers >= {minimum}, got {list(out)}")
+    return out
 
 
 def positive_float(x: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> float | None:

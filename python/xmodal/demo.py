@@ -18,8 +18,11 @@ FIXED_EMBRYO = "20241009_JIM767_25_L1"
 MOVING_EMBRYO = "20241010_JIM767_25_L3"
 
 
-def run_demo(out: str | Path = "xmodal-demo") -> str:
-    """Run the demo, write its outputs under ``out`` and return a short text summary."""
+def run_demo(out: str | Path = "xmodal-demo", *, progress: bool = True) -> str:
+    """Run the demo, write its outputs under ``out`` and return a short text summary.
+
+    ``progress``: progress bars on a terminal (tqdm), log lines otherwise (see ``xmodal._progress``).
+    """
     from .datasets import celegans_embryos, isbi2012_slices
     from .pipelines import register_cells, segment
     from .pipelines._output import write_json
@@ -51,7 +54,7 @@ def run_demo(out: str | Path = "xmodal-demo") -> str:
     if have_module("torch"):
         t0 = time.perf_counter()
         raw, gt = isbi2012_slices()
-        seg = segment(raw, out=out / "segment", ground_truth=gt, min_size=200)
+        seg = segment(raw, out=out / "segment", ground_truth=gt, min_size=200, progress=progress)
         t_seg = time.perf_counter() - t0
         m = seg.metrics["mean"]
         summary["segmentation"] = {
@@ -62,7 +65,7 @@ def run_demo(out: str | Path = "xmodal-demo") -> str:
                      f"VOI split {m['voi_split']:.3f} / merge {m['voi_merge']:.3f} bits, {t_seg:.1f} s")
     else:
         summary["segmentation"] = None
-        lines.append("  segmentation       skipped: the network needs PyTorch (pip install 'xmodal[torch]')")
+        lines.append("  segmentation       skipped: the network needs PyTorch (pip install 'xmodal[demo]')")
     lines.append(f"  see {out / 'register' / 'report.html'} and {out / 'summary.json'}")
     write_json(out / "summary.json", summary)
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 // xmodal: exact minimum-cost assignment on sparse bipartite graphs.
 //
-// Graphs are CSR: rows 0..n_rows-1, column indices in 0..n_cols-1 (int32), one double cost per
-// edge; a missing edge is a forbidden pair. Costs must be finite (checked).
+// Graphs are CSR (CsrRef): rows 0..n_rows-1, column indices in 0..n_cols-1 (int32), one double
+// cost per edge; a missing edge is a forbidden pair. Every entry point validates its graph once,
+// in full (array lengths, indptr, column range, finite costs), before reading it: callers (the
+// binding, python/xmodal/matching) only convert arrays and never re-check.
 //
 // Algorithm: successive shortest augmenting paths with column potentials (Jonker-Volgenant /
 // Hungarian dual), Dijkstra with a binary heap over the sparse graph, warm-started by row
@@ -13,6 +15,20 @@
 #include <vector>
 
 namespace xmodal {
+
+// A CSR graph with the lengths of the arrays that hold it.
+struct CsrRef {
+    std::int64_t n_rows = 0, n_cols = 0;
+    const std::int64_t* indptr = nullptr;   // indptr_size entries; must be n_rows + 1
+    std::int64_t indptr_size = 0;
+    const std::int32_t* indices = nullptr;  // indices_size entries, >= indptr[n_rows]
+    std::int64_t indices_size = 0;
+    const double* cost = nullptr;           // cost_size entries, == indices_size
+    std::int64_t cost_size = 0;
+};
+
+// The validation every entry point runs (value_error naming `who` and the first bad entry).
+void check_csr(const CsrRef& g, const char* who);
 
 struct AssignmentOutput {
     // Solver orientation: col_of_row[i] is the column matched to row i, -1 when unmatched.
@@ -27,8 +43,7 @@ struct AssignmentOutput {
 };
 
 // Match every row to a distinct column (n_rows <= n_cols) at minimum total cost.
-AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                     const std::int32_t* indices, const double* cost);
+AssignmentOutput assignment_all_rows(const CsrRef& g);
 
 // Partial matching: every row and every column may stay unmatched at `unmatched_cost` (u) each.
 // Objective sum c_ij + u * (#unmatched rows + #unmatched columns) = sum c_ij + 2u * #unmatched rows
@@ -38,8 +53,7 @@ AssignmentOutput assignment_all_rows(std::int64_t n_rows, std::int64_t n_cols, c
 // optima when 2u exceeds every useful cost difference). Edges costing more than 2u are never
 // optimal and are dropped. Always feasible; exact for any finite u.
 // col_of_row has n_rows entries (real columns or -1).
-AssignmentOutput assignment_unmatched(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                      const std::int32_t* indices, const double* cost, double unmatched_cost);
+AssignmentOutput assignment_unmatched(const CsrRef& g, double unmatched_cost);
 
 // Dummy cost used by assignment_unmatched for unmatched cost u, given the smallest and largest kept
 // cost (cmin <= cmax <= 2u) and max_pairs = an upper bound on the size of any matching (>= 1):
@@ -57,14 +71,12 @@ double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::
 // Returns, for every point of the larger side, its partner (col_of_row is indexed by the larger
 // side; when n_rows < n_cols it is indexed by columns and holds rows). Hall violators refer to the
 // solver orientation: hall_rows are smaller-side points, hall_cols larger-side points.
-AssignmentOutput cover_assignment(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                  const std::int32_t* indices, const double* cost);
+// Empty sides (n_rows == 0 or n_cols == 0) give an empty output.
+AssignmentOutput cover_assignment(const CsrRef& g);
 
 // Capacitated cover: as cover_assignment, and every point of the smaller side takes at most
 // max_per_target points. Exact successive shortest paths on the flow network
 // larger -> smaller (first unit) | smaller (extra units, capacity max_per_target - 1) -> hub.
-AssignmentOutput cover_assignment_capacity(std::int64_t n_rows, std::int64_t n_cols, const std::int64_t* indptr,
-                                           const std::int32_t* indices, const double* cost,
-                                           std::int64_t max_per_target);
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target);
 
 }  // namespace xmodal

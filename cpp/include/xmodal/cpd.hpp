@@ -1,5 +1,9 @@
 // xmodal: Coherent Point Drift kernels (Myronenko & Song 2010) without the M x N matrix.
 //
+// The arithmetic of every term, denominator and best match is xmodal/detail/cpd_arith.hpp, shared
+// with the CUDA twin (cuda/xmodal_cuda.hpp: xmodal::cuda::cpd::estep, the same arguments and
+// outputs plus a stream).
+//
 // Conventions: points are row-major (n, d) buffers, d = 2 or 3. "fixed" X has N points, the
 // transformed moving set TY has M points. The Gaussian mixture posterior is
 //
@@ -8,7 +12,7 @@
 //
 // with optional prior weights a_m >= 0 (1 when absent) and the outlier constant c >= 0. The E-step
 // returns P1 = P 1 (M), Pt1 = P^T 1 (N), PX = P X (M x d), per moving point the fixed index of the
-// largest P[m, n] and that probability, and sum_n log s_n. Two passes (one over fixed points, one
+// largest P[m, n] (the smallest such index on ties) and that probability, and sum_n log s_n. Two passes (one over fixed points, one
 // over moving points), each output written by one thread: deterministic for any thread count.
 //
 // Support and exactness. A pair (m, n) counts iff d2_mn = |x_n - ty_m|^2 <= r2 = 2 sigma2 cutoff
@@ -19,8 +23,11 @@
 // matters underflows whatever sigma2 is; pass 2 uses the very same terms times
 // g_n = exp(-h_n / (2 sigma2)) / s_n (moving points of weight 0 have a zero row). Hence for every n,
 // sum_m P[m, n] = Pt1_n <= 1 up to rounding, and sum P1 = sum Pt1 <= N, at any sigma2. The
-// exponential is a vectorisable polynomial (relative error < 2e-7 in float, < 1e-15 in double) that
+// exponential is a vectorisable polynomial (relative error < 3e-7 in float, < 1e-15 in double) that
 // is exactly 0 below exp(-87) (float) / exp(-708) (double), never a clamped non-zero value.
+// g_n is finite (so is every output) unless the support of a fixed point holds only points of
+// weight below 2e-48 (float64) / 2e-18 (float32): xmodal.cpd scales the weights to mean 1 and
+// refuses any below 1e-15 of the mean.
 // float32 calls whose 1 / (2 sigma2) does not fit a float (sigma2 < ~1e-37) run in float64 on
 // converted copies; float64 calls with 1 / (2 sigma2) > DBL_MAX throw value_error. Coordinates
 // whose squared spread overflows T throw value_error.

@@ -9,7 +9,10 @@
 //
 // Tie rule at the k-th neighbour: candidates are ordered by (squared distance, index), so among
 // points at the same distance the lower index wins. Distances are sqrt(sum_d (a_d - b_d)^2) with the
-// sum taken in axis order, in double precision.
+// sum taken in axis order, in double precision, each operation rounded once (no FMA). The pair
+// arithmetic is xmodal/detail/knn_arith.hpp, shared with the CUDA twin (cuda/xmodal_cuda.hpp:
+// xmodal::cuda::knn_graph, same arguments and outputs plus a stream), so both devices give the
+// same graph, bit for bit.
 //
 // The result does not depend on the thread count: each query is independent and the output is
 // assembled in a fixed order.
@@ -35,24 +38,3 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
                    int k, double radius, bool symmetric);
 
 }  // namespace xmodal
-
-// GPU version (defined in cuda/knn.cu, built into xmodal._cuda only). Brute force, tiled over
-// shared memory; k <= kKnnMaxK. Inputs are device pointers on `device`; the outputs are new
-// device buffers (cudaMalloc) that the caller releases with free_device.
-namespace xmodal::cuda {
-
-constexpr int kKnnMaxK = 64;
-constexpr int kKnnMaxDim = 8;
-
-struct DeviceCsr {
-    std::int64_t n_rows = 0, n_cols = 0, nnz = 0;
-    std::int64_t* indptr = nullptr;   // n_rows + 1
-    std::int32_t* indices = nullptr;  // nnz, sorted per row
-    double* data = nullptr;           // nnz
-};
-
-DeviceCsr knn_graph_device(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k,
-                           double radius, bool symmetric, int device);
-void free_device(void* ptr);
-
-}  // namespace xmodal::cuda

@@ -7,9 +7,13 @@
   a gradient check).
 - :func:`find_tile_shape`: the largest tile that fits memory.
 - :func:`tile_mismatch`: the tiling-artifact metric (disagreement of overlapping tiles).
+- Global normalisation computed out of core (:mod:`xmodal.inference._normalize`, the one home of
+  xmodal's normalisers): :func:`global_mean_std` with :class:`Standardize`, and
+  :func:`quantile_normalizer` with :class:`QuantileNormalizer`.
 """
 
 from ._mismatch import TileMismatch, tile_mismatch
+from ._normalize import QuantileNormalizer, Standardize, global_mean_std, quantile_normalizer
 from ._predict import predict_tiled
 from ._receptive import ReceptiveField, measure_receptive_field, receptive_field
 from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
@@ -23,4 +27,8 @@ __all__ = [
     "TileMismatch",
     "measure_receptive_field",
     "activation_bytes_per_voxel",
+    "Standardize",
+    "global_mean_std",
+    "QuantileNormalizer",
+    "quantile_normalizer",
 ]

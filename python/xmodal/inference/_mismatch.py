@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._validation import per_axis
 from ._grid import align_down, align_up
 from ._model import Runner
 from ._normalize import quantile_normalizer
-from ._predict import _as_image, _layout, _per_axis, _read_window
-from ._receptive import is_torch_module, receptive_field
+from ._plan import geometry, as_image, layout, read_window
 
 
 @dataclass
@@ -77,26 +77,16 @@ def tile_mismatch(model, image, *, tile_shape, overlap=None, halo="auto", thresh
     TileMismatch
         Predictions are kept in memory: meant for study-sized images.
     """
-    image = _as_image(image)
-    nd, caxis, _ = _layout(model, image, channel_axis)
+    image = as_image(image)
+    nd, caxis, _ = layout(model, image, channel_axis)
     shape = tuple(int(s) for i, s in enumerate(image.shape) if i != caxis)
-    if is_torch_module(model):
-        in_ch = int(image.shape[caxis]) if caxis is not None else 1
-        rf = receptive_field(model, nd, in_channels=in_ch)
-        factor = rf.factor
-    else:
-        rf, factor = None, (1,) * nd
-    if isinstance(halo, str):
-        if rf is None:
-            raise ValueError("halo: 'auto' needs a torch module; give the halo in voxels")
-        halo = rf.halo
-    halo = _per_axis(halo, nd, "halo")
-    tile = _per_axis(tile_shape, nd, "tile_shape", minimum=1)
+    factor, halo = geometry(model, nd, int(image.shape[caxis]) if caxis is not None else 1, halo)
+    tile = per_axis(tile_shape, nd, "tile_shape", minimum=1)
     if any(t % f for t, f in zip(tile, factor)):
         raise ValueError(f"tile_shape: must be a multiple of the down-sampling factor {factor}, got {tile}")
     if overlap is None:
         overlap = tuple(align_up(2 * h + f, f) for h, f in zip(halo, factor))
-    overlap = _per_axis(overlap, nd, "overlap")
+    overlap = per_axis(overlap, nd, "overlap")
     stride = tuple(t - o for t, o in zip(tile, overlap))
     if any(s < f for s, f in zip(stride, factor)):
         raise ValueError(f"overlap: must leave a stride of at least the factor {factor}; tile {tile}, overlap {overlap}")
@@ -108,19 +98,10 @@ def tile_mismatch(model, image, *, tile_shape, overlap=None, halo="auto", thresh
         raise ValueError(f"overlap: must exceed 2 * halo = {tuple(2 * h for h in halo)} for a valid overlap, got {overlap}")
     normalizer = quantile_normalizer(image, channel_axis=caxis) if normalize == "quantile" else normalize
     runner = Runner(model, device)
-    starts_axis = []
-    for n, t, s, f in zip(shape, tile, stride, factor):
-        st = list(range(0, max(n - t, 0) + 1, s))
-        last = align_down(n - t, f)
-        if st[-1] != last and last > st[-1]:
-            st.append(last)
-        starts_axis.append(st)
     preds = {}
-    for idx in itertools.product(*[range(len(s)) for s in starts_axis]):
-        start = tuple(starts_axis[a][i] for a, i in enumerate(idx))
+    for idx, start in _window_starts(shape, tile, stride, factor):
         window = tuple(slice(s, s + t) for s, t in zip(start, tile))
-        x = _read_window(image, caxis, window, normalizer)
-        preds[idx] = (start, runner(x[None])[0])
+        preds[idx] = (start, runner(read_window(image, caxis, window, normalizer)[None])[0])
     pair_diff, pair_dice, pairs = [], [], []
     for idx, (s1, p1) in preds.items():
         for ax in range(nd):
@@ -128,28 +109,12 @@ def tile_mismatch(model, image, *, tile_shape, overlap=None, halo="auto", thresh
             if nb not in preds:
                 continue
             s2, p2 = preds[nb]
-            lo, hi = [], []
-            for a in range(nd):
-                a0 = max(s1[a], s2[a])
-                a1 = min(s1[a] + tile[a], s2[a] + tile[a])
-                # remove the halo next to every window edge inside the volume
-                for s in (s1[a], s2[a]):
-                    if s > 0:
-                        a0 = max(a0, s + halo[a])
-                    if s + tile[a] < shape[a]:
-                        a1 = min(a1, s + tile[a] - halo[a])
-                lo.append(a0)
-                hi.append(a1)
-            if any(b <= a for a, b in zip(lo, hi)):
+            region = _valid_overlap(s1, s2, tile, halo, shape)
+            if region is None:
                 continue
-            r1 = (slice(None),) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, s1))
-            r2 = (slice(None),) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, s2))
-            o1, o2 = p1[r1], p2[r2]
-            pair_diff.append(float(np.max(np.abs(o1 - o2))))
-            b1, b2 = o1 > threshold, o2 > threshold
-            denom = int(b1.sum()) + int(b2.sum())
-            dice = 1.0 if denom == 0 else 2.0 * int(np.logical_and(b1, b2).sum()) / denom
-            pair_dice.append(1.0 - dice)
+            diff, one_minus_dice = _disagreement(p1[_relative(region, s1)], p2[_relative(region, s2)], threshold)
+            pair_diff.append(diff)
+            pair_dice.append(one_minus_dice)
             pairs.append((idx, nb))
     if not pairs:
         raise ValueError("tile_shape: the image holds no pair of overlapping windows with a valid overlap")
@@ -158,3 +123,48 @@ def tile_mismatch(model, image, *, tile_shape, overlap=None, halo="auto", thresh
     return TileMismatch(max_abs_diff=float(d.max()), median_one_minus_dice=float(np.median(e)),
                         pair_max_abs_diff=d, pair_one_minus_dice=e, pairs=pairs, tile_shape=tile,
                         stride=stride, halo=halo)
+
+
+def _window_starts(shape, tile, stride, factor):
+    """(grid index, start) of every window: every ``stride`` voxels, the last flush with the end
+    (start on the factor grid)."""
+    starts_axis = []
+    for n, t, s, f in zip(shape, tile, stride, factor):
+        st = list(range(0, max(n - t, 0) + 1, s))
+        last = align_down(n - t, f)
+        if st[-1] != last and last > st[-1]:
+            st.append(last)
+        starts_axis.append(st)
+    for idx in itertools.product(*[range(len(s)) for s in starts_axis]):
+        yield idx, tuple(starts_axis[a][i] for a, i in enumerate(idx))
+
+
+def _valid_overlap(s1, s2, tile, halo, shape):
+    """The intersection of two windows minus ``halo`` next to every window edge inside the volume,
+    as (lo, hi) per axis, or None when nothing is left."""
+    lo, hi = [], []
+    for a in range(len(shape)):
+        a0 = max(s1[a], s2[a])
+        a1 = min(s1[a] + tile[a], s2[a] + tile[a])
+        for s in (s1[a], s2[a]):
+            if s > 0:
+                a0 = max(a0, s + halo[a])
+            if s + tile[a] < shape[a]:
+                a1 = min(a1, s + tile[a] - halo[a])
+        lo.append(a0)
+        hi.append(a1)
+    return None if any(b <= a for a, b in zip(lo, hi)) else (lo, hi)
+
+
+def _relative(region, start):
+    """The region (lo, hi) in the coordinates of the prediction of the window at ``start``."""
+    lo, hi = region
+    return (slice(None),) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+
+
+def _disagreement(o1, o2, threshold) -> tuple[float, float]:
+    """(max |o1 - o2|, 1 - Dice of the binarised outputs; both empty counts as Dice 1)."""
+    b1, b2 = o1 > threshold, o2 > threshold
+    denom = int(b1.sum()) + int(b2.sum())
+    dice = 1.0 if denom == 0 else 2.0 * int(np.logical_and(b1, b2).sum()) / denom
+    return float(np.max(np.abs(o1 - o2))), 1.0 - dice

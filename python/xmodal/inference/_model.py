@@ -91,3 +91,4 @@ def model_token(model) -> str:
     h.update(type(model).__qualname__.encode())
     h.update(str(model).encode())
     return h.hexdigest()
+

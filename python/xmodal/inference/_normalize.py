@@ -1,13 +1,70 @@
-"""Global intensity normalisation computed out of core."""
+"""Global intensity normalisation computed out of core: the one home of xmodal's normalisers.
+
+Statistics are taken over the whole image (block by block, never per tile), and the normalisers
+are point-wise and picklable, so a tile normalised alone equals the same region of the whole
+normalised image, on dask workers too.
+
+- :func:`global_mean_std` and :class:`Standardize`: ``(x - mean) / std``;
+- :func:`quantile_normalizer` and :class:`QuantileNormalizer`: per-channel quantile scaling to
+  [0, 1].
+"""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..io import iter_blocks
+
 N_BINS = 1 << 16
+
+
+class Standardize:
+    """Point-wise ``(x - mean) / std`` as float32 (picklable, so dask workers can use it).
+
+    A constant image (``std == 0``, or a non-finite ``std``) is only centred (divided by 1), so it
+    becomes zeros, not NaN.
+    """
+
+    def __init__(self, mean: float, std: float):
+        std = float(std)
+        self.mean, self.std = float(mean), (std if np.isfinite(std) and std > 0 else 1.0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"Standardize(mean={self.mean!r}, std={self.std!r})"
+
+
+def global_mean_std(image, block_voxels: int = 1 << 24, *, name: str = "raw") -> tuple[float, float]:
+    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0.
+
+    Memory: one slab of at most ``block_voxels`` values. Sums are taken around the first value
+    (shifted sums, float64), so a constant image gives exactly 0. Raises ValueError (naming
+    ``name``) for an empty image or non-finite values.
+    """
+    if int(np.prod(image.shape)) == 0:
+        raise ValueError(f"{name}: expected a non-empty image, got shape {tuple(image.shape)}")
+    n = 0
+    s = 0.0
+    s2 = 0.0
+    shift = None
+    per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
+    step = max(1, block_voxels // max(per_row, 1))
+    for start in range(0, image.shape[0], step):
+        block = np.asarray(image[start:start + step], dtype=np.float64)
+        if shift is None:
+            shift = float(block.flat[0])
+        if not np.isfinite(block).all():
+            raise ValueError(f"{name}: expected finite intensities, found NaN or infinity")
+        block = block - shift
+        n += block.size
+        s += float(block.sum())
+        s2 += float(np.square(block).sum())
+    mean = s / n
+    return shift + mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
 
 
 @dataclass(frozen=True)
@@ -28,12 +85,6 @@ class QuantileNormalizer:
         y = (x.astype(np.float32, copy=False) - lo) / scale
         np.clip(y, 0.0, 1.0, out=y)
         return y
-
-
-def iter_blocks(shape, block):
-    ranges = [range(0, n, b) for n, b in zip(shape, block)]
-    for starts in itertools.product(*ranges):
-        yield tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, block, shape))
 
 
 def _read(image, sl):

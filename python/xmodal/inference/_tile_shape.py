@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from .._optional import optional_import
-from .._validation import describe, positive_float, positive_int
+from .._validation import describe, per_axis, positive_float, positive_int
 from ._grid import align_down, align_up
 from ._receptive import _param_device, _param_dtype, is_torch_module, receptive_field, spatial_signature
 
@@ -65,24 +65,6 @@ def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor, *, sh
     with ActivationCounter(model) as counter, torch.inference_mode():
         model(x)
     return (counter.bytes + x.numel() * x.element_size()) / float(np.prod(shape))
-
-
-def _int_tuple(x, nd: int, name: str, *, minimum: int) -> tuple:
-    """An int (broadcast) or ``nd`` ints, each >= ``minimum``; TypeError / ValueError naming ``name``."""
-    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-        x = (int(x),) * nd
-    try:
-        vals = list(x)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer or {nd} integers, got {describe(x)}") from None
-    if len(vals) != nd:
-        raise ValueError(f"{name}: expected {nd} values (one per spatial axis), got {len(vals)}")
-    for v in vals:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected integers, got {describe(x)}")
-    if any(int(v) < minimum for v in vals):
-        raise ValueError(f"{name}: expected integers >= {minimum}, got {[int(v) for v in vals]}")
-    return tuple(int(v) for v in vals)
 
 
 def _shrink_to(limit_voxels, shape, halo, multiple, minimum):
@@ -159,14 +141,14 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     bytes_per_voxel = positive_float(bytes_per_voxel, "bytes_per_voxel", allow_none=True)
     max_shape = positive_int(max_shape, "max_shape", allow_none=True)
     if image_shape is not None:
-        image_shape = _int_tuple(image_shape, ndim, "image_shape", minimum=1)
+        image_shape = per_axis(image_shape, ndim, "image_shape", minimum=1)
     if multiple_of is not None:
-        multiple_of = _int_tuple(multiple_of, ndim, "multiple_of", minimum=1)
+        multiple_of = per_axis(multiple_of, ndim, "multiple_of", minimum=1)
     if isinstance(halo, str):
         if halo != "auto":
             raise ValueError(f"halo: expected 'auto' or voxel counts, got {halo!r}")
     else:
-        halo = _int_tuple(halo, ndim, "halo", minimum=0)
+        halo = per_axis(halo, ndim, "halo", minimum=0)
     rf = None
     if multiple_of is None or isinstance(halo, str) or bytes_per_voxel is None:
         rf = receptive_field(model, ndim, in_channels=in_channels)

@@ -1,8 +1,19 @@
-"""Storage helpers: zarr v3 arrays, OME-Zarr (NGFF 0.5) images, provenance, chunk-aligned writes,
-resumable and atomic outputs.
+"""Storage helpers: zarr v3 arrays, OME-Zarr (NGFF 0.5) images and labels, provenance, chunk-aligned
+writes, resumable and atomic outputs, and the readers and writers of the files xmodal takes and gives.
 
 These helpers are shared by the out-of-core capabilities (tiled inference, blockwise
-segmentation) and the pipelines. Conventions:
+segmentation), the pipelines and the command line; each has one home here:
+
+- reading: :func:`read_image` (.npy, TIFF, zarr / OME-Zarr), :func:`read_table` (CSV / TSV /
+  Parquet), :func:`load_points` (points from arrays, centroid tables or label images, as a
+  :class:`PointSet` in physical units);
+- writing: :func:`atomic_write_bytes` / :func:`atomic_write_text`, :func:`write_json`,
+  :func:`write_csv`, :func:`provenance_record` (an output folder's provenance.json),
+  :func:`create_array`, :func:`create_ome_zarr_image`, :func:`create_ome_zarr_labels` (an image's
+  labels group), :func:`write_region`;
+- block iteration: :func:`iter_blocks` (the regions of a block grid over an array).
+
+Conventions:
 
 - A *path* names a zarr v3 store on the local file system. ``"vol.zarr"`` may be an array or a group;
   an OME-Zarr image is a group whose attribute ``"ome"`` holds NGFF 0.5 ``multiscales`` metadata and
@@ -47,17 +58,22 @@ from ._zarr import (
     check_chunk_aligned,
     create_array,
     create_ome_zarr_image,
+    create_ome_zarr_labels,
     is_zarr_array,
+    iter_blocks,
     local_store_path,
     ome_image_metadata,
     open_array,
     provenance_attributes,
     write_region,
 )
+from ._files import jsonable, numeric_column, provenance_record, read_image, read_table, write_csv, write_json
+from ._points import PointSet, load_points
 
 __all__ = [
     "STATUS_KEY",
     "BlockLedger",
+    "PointSet",
     "atomic_write_bytes",
     "atomic_write_text",
     "begin_folder",
@@ -68,20 +84,30 @@ __all__ = [
     "commit_folder",
     "create_array",
     "create_ome_zarr_image",
+    "create_ome_zarr_labels",
     "data_digest",
     "incomplete_status",
     "is_complete",
     "is_zarr_array",
+    "iter_blocks",
+    "jsonable",
     "job_signature",
+    "load_points",
     "local_store_path",
     "mark_complete",
     "mark_incomplete",
+    "numeric_column",
     "object_token",
     "ome_image_metadata",
     "open_array",
     "output_status",
     "provenance_attributes",
+    "provenance_record",
+    "read_image",
+    "read_table",
     "remove_temporaries",
     "staging_path",
+    "write_csv",
+    "write_json",
     "write_region",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -188,6 +189,45 @@ def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[s
         attrs.update(provenance)
     group.attrs.update(attrs)
     return arr
+
+
+def create_ome_zarr_labels(image, name: str, shape: Sequence[int], dtype=np.uint32, *, axes: Sequence[str],
+                           chunks: Sequence[int] | None = None, spacing=None, units: str | None = None,
+                           writer: str | None = None):
+    """Create the label image ``<image>/labels/<name>`` of the OME-Zarr image group ``image`` (NGFF 0.5
+    ``labels`` and ``image-label`` metadata); return its array ``<image>/labels/<name>/0``.
+
+    ``shape`` and ``axes`` are the spatial ones of the image (no channel axis); ``chunks`` are
+    capped at the shape. The array is created anew (a previous one of that name is replaced),
+    filled with 0 (background) and, with ``writer``, born flagged incomplete (see
+    :func:`create_array`). ``name`` is added to the group's list of labels.
+    """
+    zarr = _zarr()
+    shape = tuple(int(s) for s in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"axes: expected {len(shape)} names, got {tuple(axes)}")
+    if chunks is None:
+        chunks = shape
+    chunks = tuple(max(1, min(int(s), int(c))) for s, c in zip(shape, chunks))
+    labels = zarr.open_group(os.fspath(image), mode="a").require_group("labels")
+    names = list(labels.attrs.get("ome", {}).get("labels", []))
+    labels.attrs.update({"ome": {"version": "0.5", "labels": names + [name] * (name not in names)}})
+    group = labels.require_group(name)
+    arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0, overwrite=True,
+                             attributes=incomplete_status(writer) if writer is not None else None)
+    meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)
+    meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+    group.attrs.update({"ome": meta})
+    return arr
+
+
+def iter_blocks(shape: Sequence[int], block: Sequence[int]):
+    """Yield the regions (tuples of slices) of a grid of ``block``-sized blocks covering ``shape``, in C
+    order; the last block along an axis stops at the array's end. Blocks of the array's chunk
+    shape give chunk-aligned regions (see :func:`write_region`)."""
+    ranges = [range(0, int(n), int(b)) for n, b in zip(shape, block)]
+    for starts in itertools.product(*ranges):
+        yield tuple(slice(s, min(s + int(b), int(n))) for s, b, n in zip(starts, block, shape))
 
 
 def local_store_path(array) -> str | None:

@@ -1,15 +1,17 @@
-"""Sparse k-nearest-neighbour / radius cost graphs between two point sets."""
+"""Sparse k-nearest-neighbour / radius cost graphs between two point sets.
+
+The dispatcher of the k-NN twins: options validated here once, points converted and validated by
+the device's adapter (``_knn_cpu.py``: numpy and xmodal._core; ``_knn_cuda.py``: cupy and
+xmodal._cuda), which computes the same graph on either device.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
-
 from .._device import is_cuda_array, resolve_device
-from .._validation import as_bool, as_points, as_spacing, describe, positive_float, positive_int
+from .._validation import as_bool, as_spacing, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -17,13 +19,12 @@ __all__ = ["knn_graph"]
 
 
 def _check_options(k, radius, symmetric):
+    """The options, validated once for both devices."""
     k = positive_int(k, "k", allow_none=True)
     radius = positive_float(radius, "radius", allow_none=True, allow_zero=True)
     if k is None and radius is None:
         raise ValueError("k, radius: expected k (an integer >= 1) and/or radius (a number >= 0), got neither")
-    if not isinstance(symmetric, (bool, np.bool_)):
-        raise TypeError(f"symmetric: expected True or False, got {describe(symmetric)}")
-    return k, radius, bool(symmetric)
+    return k, radius, as_bool(symmetric, "symmetric")
 
 
 def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = None, symmetric: bool = True,
@@ -52,7 +53,8 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
         Physical size of one unit along each axis; coordinates are multiplied by it first, and
         distances and ``radius`` are then in physical units.
     device : {"auto", "cpu", "cuda"}
-        ``"auto"`` runs on the GPU when ``a`` or ``b`` is a CUDA array (cupy), else on the CPU.
+        ``"auto"`` runs on the GPU when ``a`` or ``b`` is a CUDA array (cupy, torch on cuda), else
+        on the CPU. ``"cuda"`` with numpy input computes on the GPU and returns a scipy matrix.
 
     Returns
     -------
@@ -67,7 +69,8 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     k-th place. Distances are ``sqrt(sum((a_i - b_j)**2))`` in float64, summed in axis order; they
     agree with :class:`scipy.spatial.cKDTree` to rounding. CPU: k-d trees on both sets, queries in
     parallel over :func:`xmodal.get_num_threads` threads; the result does not depend on the thread
-    count.
+    count. GPU: brute force, one thread per query, any ``k``; the same pairs and bit-identical
+    distances as the CPU (both run the arithmetic of ``cpp/include/xmodal/detail/knn_arith.hpp``).
 
     Examples
     --------
@@ -81,26 +84,21 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     >>> g.nnz  # the zero distance of the identical points is stored
     2
     """
-    symmetric = as_bool(symmetric, "symmetric")
     k, radius, symmetric = _check_options(k, radius, symmetric)
-    dev = resolve_device(device, a, b)
-    if dev == "cuda" or is_cuda_array(a) or is_cuda_array(b):
-        from ._knn_cuda import knn_graph_cuda
-
-        return knn_graph_cuda(a, b, k=k, radius=radius, symmetric=symmetric, spacing=spacing, device=dev)
-    pa = as_points(a, "a")
-    pb = as_points(b, "b")
+    on_gpu = resolve_device(device, a, b) == "cuda"
+    if on_gpu:
+        from . import _knn_cuda as backend
+    else:
+        from . import _knn_cpu as backend
+    pa, pb = backend.points(a, "a"), backend.points(b, "b")
     if pa.shape[1] != pb.shape[1]:
         raise ValueError(f"a, b: expected the same number of columns, got {pa.shape[1]} and {pb.shape[1]}")
     s = as_spacing(spacing, pa.shape[1])
     if s is not None:
-        pa = np.ascontiguousarray(pa * s)
-        pb = np.ascontiguousarray(pb * s)
-    from .. import _core
-
-    indptr, indices, data = _core.knn_graph(pa, pb, 0 if k is None else k,
-                                            -1.0 if radius is None else radius, symmetric)
-    g = sp.csr_matrix((data, indices, indptr), shape=(pa.shape[0], pb.shape[0]))
-    g.has_sorted_indices = True
-    logger.debug("knn_graph: %d x %d points, %d pairs", pa.shape[0], pb.shape[0], g.nnz)
+        pa, pb = backend.scaled(pa, s), backend.scaled(pb, s)
+    g = backend.graph(pa, pb, 0 if k is None else k, -1.0 if radius is None else radius, symmetric)
+    logger.debug("knn_graph (%s): %d x %d points, %d pairs", "cuda" if on_gpu else "cpu", pa.shape[0],
+                 pb.shape[0], g.nnz)
+    if on_gpu and not (is_cuda_array(a) or is_cuda_array(b)):
+        return g.get()  # host input computed on the GPU: a scipy matrix
     return g

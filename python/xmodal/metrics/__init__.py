@@ -14,20 +14,16 @@ All label-image metrics are computed from one sparse contingency table
 """
 
 from ._contingency import ContingencyTable, contingency_table
+from .instances import AP_THRESHOLDS, InstanceMatchingResult, instance_matching, mean_average_precision, symmetric_best_dice
 from .points import ChamferResult, MatchingAccuracyResult, chamfer_distance, matching_accuracy
 from .segmentation import (
-    AP_THRESHOLDS,
     AdaptedRandResult,
-    InstanceMatchingResult,
     SegmentationScores,
     VariationOfInformationResult,
     adapted_rand_error,
     centroid_chamfer_distance,
     evaluate_segmentation,
-    instance_matching,
     label_centroids,
-    mean_average_precision,
-    symmetric_best_dice,
     variation_of_information,
 )
 

@@ -173,3 +173,27 @@ def contingency_table(segmentation, ground_truth) -> ContingencyTable:
     gt_sizes = np.bincount(cols, weights=counts, minlength=len(gt_ids)).astype(np.int64)
     return ContingencyTable(seg_ids, gt_ids, rows, cols, counts,
                             seg_sizes, gt_sizes, int(s.size))
+
+
+def table_of(segmentation, ground_truth, table) -> ContingencyTable:
+    """``table`` when given (checked), else the contingency table of the two label images."""
+    if table is None:
+        if segmentation is None or ground_truth is None:
+            raise TypeError("segmentation and ground_truth: both are required unless table= is given")
+        return contingency_table(segmentation, ground_truth)
+    if not isinstance(table, ContingencyTable):
+        raise TypeError(f"table: expected a ContingencyTable from xmodal.metrics.contingency_table, got {type(table).__name__}")
+    return table
+
+
+def labels_tuple(x, name: str) -> tuple:
+    """Labels given as None, one integer or a sequence of integers, as a tuple; TypeError naming ``name``."""
+    if x is None:
+        return ()
+    if np.isscalar(x):
+        x = (x,)
+    try:
+        out = tuple(int(v) for v in x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}: expected a sequence of integer labels, got {x!r}") from exc
+    return out

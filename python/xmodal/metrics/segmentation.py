@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import connected_components
 
 from .._validation import as_bool
-from ._contingency import ContingencyTable, check_label_pair, contingency_table
+from ._contingency import ContingencyTable, check_label_pair, contingency_table, labels_tuple, table_of
+from .instances import AP_THRESHOLDS, instance_matching, symmetric_best_dice
 from .points import ChamferResult, chamfer_distance
 
 logger = logging.getLogger(__name__)
 
-#: IoU thresholds of the mean average precision: 0.50, 0.55, ..., 0.95.
-AP_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
-
-
-def _labels_tuple(x, name):
-    if x is None:
-        return ()
-    if np.isscalar(x):
-        x = (x,)
-    try:
-        out = tuple(int(v) for v in x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected a sequence of integer labels, got {x!r}") from exc
-    return out
-
 
 def _table(segmentation, ground_truth, table, ignore_seg=(), ignore_gt=()) -> ContingencyTable:
-    if table is None:
-        if segmentation is None or ground_truth is None:
-            raise TypeError("segmentation and ground_truth: both are required unless table= is given")
-        table = contingency_table(segmentation, ground_truth)
-    elif not isinstance(table, ContingencyTable):
-        raise TypeError(f"table: expected a ContingencyTable from xmodal.metrics.contingency_table, got {type(table).__name__}")
-    t = table.without(seg_labels=_labels_tuple(ignore_seg, "ignore_seg"), gt_labels=_labels_tuple(ignore_gt, "ignore_gt"))
+    table = table_of(segmentation, ground_truth, table)
+    t = table.without(seg_labels=labels_tuple(ignore_seg, "ignore_seg"), gt_labels=labels_tuple(ignore_gt, "ignore_gt"))
     if t.n_voxels == 0:
         raise ValueError("segmentation and ground_truth: no voxels left after removing the ignored labels "
                          f"(ignore_seg={tuple(ignore_seg)}, ignore_gt={tuple(ignore_gt)})")
@@ -165,178 +143,6 @@ def variation_of_information(segmentation=None, ground_truth=None, *, table=None
     return VariationOfInformationResult(split=max(split, 0.0) + 0.0, merge=max(merge, 0.0) + 0.0, base=base, n_voxels=t.n_voxels)
 
 
-# ----------------------------------------------------------------------------- instance matching
-
-
-@dataclass(frozen=True)
-class InstanceMatchingResult:
-    """Object-level detection scores at IoU thresholds (arrays aligned with ``thresholds``).
-
-    ``ap = tp / (tp + fp + fn)`` is the DSB 2018 / StarDist "average precision" at one threshold.
-    ``matches[k]`` is a ``(m, 3)`` array of (segmentation label, ground-truth label, IoU) of the
-    matched pairs at ``thresholds[k]``. ``mean_matched_iou`` is the mean IoU of the matched pairs
-    (NaN when none). Ratios with an empty denominator are 1 when both sides have no objects, else 0.
-    """
-
-    thresholds: np.ndarray
-    tp: np.ndarray
-    fp: np.ndarray
-    fn: np.ndarray
-    precision: np.ndarray
-    recall: np.ndarray
-    f1: np.ndarray
-    ap: np.ndarray
-    mean_matched_iou: np.ndarray
-    n_seg: int
-    n_gt: int
-    matches: list = field(repr=False)
-
-
-def _ratio(num, den, both_empty):
-    return num / den if den > 0 else (1.0 if both_empty else 0.0)
-
-
-def _object_table(segmentation, ground_truth, table, background):
-    if table is None:
-        if segmentation is None or ground_truth is None:
-            raise TypeError("segmentation and ground_truth: both are required unless table= is given")
-        table = contingency_table(segmentation, ground_truth)
-    elif not isinstance(table, ContingencyTable):
-        raise TypeError(f"table: expected a ContingencyTable, got {type(table).__name__}")
-    bg = _labels_tuple(background, "background")
-    seg_obj = ~np.isin(table.seg_ids, bg)
-    gt_obj = ~np.isin(table.gt_ids, bg)
-    keep = seg_obj[table.rows] & gt_obj[table.cols]
-    # sizes over all voxels of an object (its overlap with background included)
-    r, c, n = table.rows[keep], table.cols[keep], table.counts[keep]
-    iou = n / (table.seg_sizes[r] + table.gt_sizes[c] - n)
-    return table, seg_obj, gt_obj, r, c, iou
-
-
-def _match(r, c, w):
-    """Maximum-cardinality, then maximum-weight one-to-one matching on a sparse bipartite graph.
-
-    Solved exactly per connected component with scipy's Hungarian solver on the (small) dense
-    block; returns indices into ``r``/``c``.
-    """
-    if len(r) == 0:
-        return np.zeros(0, dtype=np.int64)
-    # every node has at most one edge -> nothing to solve (always true for IoU thresholds >= 0.5)
-    if len(np.unique(r)) == len(r) and len(np.unique(c)) == len(c):
-        return np.arange(len(r))
-    ur, ri = np.unique(r, return_inverse=True)
-    uc, ci = np.unique(c, return_inverse=True)
-    nr = len(ur)
-    graph = sparse.coo_array((np.ones(len(r)), (ri, nr + ci)), shape=(nr + len(uc),) * 2)
-    _, comp = connected_components(graph, directed=False)
-    edge_comp = comp[ri]
-    order = np.argsort(edge_comp, kind="stable")
-    bounds = np.flatnonzero(np.diff(edge_comp[order])) + 1
-    chosen = []
-    for edges in np.split(order, bounds):
-        if len(edges) == 1:
-            chosen.append(edges)
-            continue
-        rr, rinv = np.unique(ri[edges], return_inverse=True)
-        cc, cinv = np.unique(ci[edges], return_inverse=True)
-        k = min(len(rr), len(cc))
-        # one extra match is worth more than any difference of weight sums (weights in [0, 1])
-        score = np.zeros((len(rr), len(cc)))
-        score[rinv, cinv] = 1.0 + w[edges] / (k + 1.0)
-        lut = np.full((len(rr), len(cc)), -1, dtype=np.int64)
-        lut[rinv, cinv] = edges
-        a, b = linear_sum_assignment(score, maximize=True)
-        picked = lut[a, b]
-        chosen.append(picked[picked >= 0])
-    return np.sort(np.concatenate(chosen))
-
-
-def instance_matching(segmentation=None, ground_truth=None, *, thresholds=(0.5,), background=0, table=None):
-    """Precision, recall, F1 and AP of object detection at IoU thresholds, with optimal matching.
-
-    At each threshold ``t`` a segment and a ground-truth object may be matched only if their
-    intersection over union is **strictly greater** than ``t``; among those pairs a one-to-one
-    matching with the most pairs (ties: the largest total IoU) is found exactly (Hungarian algorithm,
-    ``scipy.optimize.linear_sum_assignment``, per connected component of the sparse candidate
-    graph). For ``t >= 0.5`` the candidates are already one-to-one. Then ``tp`` = matched pairs,
-    ``fp`` = unmatched segments, ``fn`` = unmatched ground-truth objects, ``precision = tp/(tp+fp)``,
-    ``recall = tp/(tp+fn)``, ``f1 = 2 tp/(2 tp + fp + fn)``, ``ap = tp/(tp+fp+fn)``.
-
-    IoU uses the whole objects (their voxels on the other image's background included).
-
-    Parameters
-    ----------
-    segmentation, ground_truth : integer arrays of the same shape (2D or 3D)
-    thresholds : float or sequence of float in [0, 1)
-    background : int or sequence of int
-        Labels that are not objects in either image (default 0).
-    table : ContingencyTable, optional
-        Precomputed full table (no labels removed).
-
-    Returns
-    -------
-    InstanceMatchingResult
-    """
-    th = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
-    if th.ndim != 1 or th.size == 0 or not np.all((th >= 0) & (th < 1)):
-        raise ValueError(f"thresholds: expected IoU thresholds in [0, 1), got {thresholds!r}")
-    table, seg_obj, gt_obj, r, c, iou = _object_table(segmentation, ground_truth, table, background)
-    n_seg, n_gt = int(seg_obj.sum()), int(gt_obj.sum())
-    both_empty = n_seg == 0 and n_gt == 0
-    out = {k: np.zeros(th.size) for k in ("tp", "fp", "fn", "precision", "recall", "f1", "ap", "mean_matched_iou")}
-    matches = []
-    for k, t in enumerate(th):
-        cand = np.flatnonzero(iou > t)
-        picked = cand[_match(r[cand], c[cand], iou[cand])]
-        tp = len(picked)
-        fp, fn = n_seg - tp, n_gt - tp
-        out["tp"][k], out["fp"][k], out["fn"][k] = tp, fp, fn
-        out["precision"][k] = _ratio(tp, tp + fp, both_empty)
-        out["recall"][k] = _ratio(tp, tp + fn, both_empty)
-        out["f1"][k] = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
-        out["ap"][k] = _ratio(tp, tp + fp + fn, both_empty)
-        out["mean_matched_iou"][k] = float(iou[picked].mean()) if tp else np.nan
-        matches.append(np.column_stack([table.seg_ids[r[picked]], table.gt_ids[c[picked]], iou[picked]]))
-    for key in ("tp", "fp", "fn"):
-        out[key] = out[key].astype(np.int64)
-    return InstanceMatchingResult(thresholds=th, n_seg=n_seg, n_gt=n_gt, matches=matches, **out)
-
-
-def mean_average_precision(segmentation=None, ground_truth=None, *, thresholds=AP_THRESHOLDS, background=0, table=None):
-    """Mean over IoU thresholds 0.50:0.05:0.95 of ``AP(t) = TP / (TP + FP + FN)``.
-
-    The Data Science Bowl 2018 / StarDist definition (not the area under a ranked
-    precision-recall curve: segmentations carry no scores). Matching as in
-    :func:`instance_matching`.
-    """
-    return float(np.mean(instance_matching(segmentation, ground_truth, thresholds=thresholds,
-                                           background=background, table=table).ap))
-
-
-# ----------------------------------------------------------------------------- Dice
-
-
-def symmetric_best_dice(segmentation=None, ground_truth=None, *, background=0, table=None) -> float:
-    """Symmetric best Dice (CVPPP leaf segmentation challenge; Scharr et al. 2016).
-
-    ``BD(A, B) = mean over objects a of A of max over objects b of B of Dice(a, b)``, with
-    ``Dice(a, b) = 2 |a & b| / (|a| + |b|)``; ``SBD = min(BD(seg, gt), BD(gt, seg))``. Labels in
-    ``background`` are not objects. 1 is perfect. When one side has no objects SBD is 0 (1 when
-    neither has any).
-    """
-    table, seg_obj, gt_obj, r, c, _ = _object_table(segmentation, ground_truth, table, background)
-    n_seg, n_gt = int(seg_obj.sum()), int(gt_obj.sum())
-    if n_seg == 0 or n_gt == 0:
-        return 1.0 if n_seg == n_gt else 0.0
-    n = table.counts[seg_obj[table.rows] & gt_obj[table.cols]]
-    dice = 2.0 * n / (table.seg_sizes[r] + table.gt_sizes[c])
-    best_seg = np.zeros(len(table.seg_ids))
-    np.maximum.at(best_seg, r, dice)
-    best_gt = np.zeros(len(table.gt_ids))
-    np.maximum.at(best_gt, c, dice)
-    return float(min(best_seg[seg_obj].mean(), best_gt[gt_obj].mean()))
-
-
 # ----------------------------------------------------------------------------- centroids
 
 
@@ -379,7 +185,7 @@ def label_centroids(labels, *, spacing=None, background=0, return_sizes: bool = 
         cents[:, axis] = acc / sizes
     if sp is not None:
         cents *= sp
-    keep = ~np.isin(ids, _labels_tuple(background, "background"))
+    keep = ~np.isin(ids, labels_tuple(background, "background"))
     if return_sizes:
         return ids[keep], cents[keep], sizes[keep].astype(np.int64)
     return ids[keep], cents[keep]

@@ -38,6 +38,8 @@ __all__ = [
     "load_isbi2012_affinity_unet",
     "isbi2012_metadata",
     "normalize_isbi2012",
+    "SHIPPED_MODELS",
+    "load_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -146,12 +148,55 @@ def normalize_isbi2012(raw, *, mean: float | None = None, std: float | None = No
     or slice stack given; never per tile). Pass the training statistics from
     :func:`isbi2012_metadata` (``normalization``) to reproduce training exactly.
     """
+    from ..inference._normalize import Standardize, global_mean_std
+
     raw = np.asarray(raw)
     if raw.size == 0:
         raise ValueError("raw: expected a non-empty image, got an empty array")
-    x = raw.astype(np.float32)
-    m = float(x.mean()) if mean is None else float(mean)
-    s = float(x.std()) if std is None else float(std)
+    if mean is None or std is None:
+        m, s = global_mean_std(raw)
+        m, s = (m if mean is None else float(mean)), (s if std is None else float(std))
+    else:
+        m, s = float(mean), float(std)
     if not s > 0:
         raise ValueError(f"std: expected a positive standard deviation, got {s}")
-    return (x - m) / s
+    return Standardize(m, s)(raw.astype(np.float32))
+
+
+#: Shipped models by name: the loader (a function of this module) that builds each.
+SHIPPED_MODELS = {"isbi2012": "load_isbi2012_affinity_unet"}
+
+
+def load_model(model):
+    """A network from its name, a TorchScript file or itself (what ``xmodal predict --model`` and
+    :func:`xmodal.pipelines.segment` accept).
+
+    Parameters
+    ----------
+    model : str, path or callable
+        The name of a shipped model (:data:`SHIPPED_MODELS`; ``"isbi2012"``:
+        :func:`load_isbi2012_affinity_unet`), the path of a TorchScript file (loaded on the CPU, in
+        eval mode; needs torch), or a torch module / callable (returned as it is).
+
+    Returns
+    -------
+    The model; shipped models carry ``offsets``, ``n_attractive`` and ``metadata`` attributes.
+    """
+    import os
+
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        if name in SHIPPED_MODELS:
+            return globals()[SHIPPED_MODELS[name]]()
+        if not os.path.exists(name):
+            raise ValueError(f"model: expected one of {sorted(SHIPPED_MODELS)}, a TorchScript file or a torch module, "
+                             f"got {name!r}")
+        from .._optional import optional_import
+
+        torch = optional_import("torch", purpose="loading a TorchScript model")
+        return torch.jit.load(name, map_location="cpu").eval()
+    if not callable(model):
+        from .._validation import describe
+
+        raise TypeError(f"model: expected a model name, a TorchScript file or a torch module, got {describe(model)}")
+    return model

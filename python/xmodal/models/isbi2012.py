@@ -62,13 +62,15 @@ def predict_affinities(model, raw, *, mean: float, std: float) -> np.ndarray:
     """
     import torch
 
+    from ..inference._normalize import Standardize
+
     raw = np.asarray(raw)
     if raw.ndim != 2:
         raise ValueError(f"raw: expected a 2D slice, got shape {raw.shape}")
     div = int(getattr(model, "divisor", 1))
     h, w = raw.shape
     ph, pw = (-h) % div, (-w) % div
-    x = (raw.astype(np.float32) - float(mean)) / float(std)
+    x = Standardize(mean, std)(raw.astype(np.float32))
     x = np.pad(x, ((0, ph), (0, pw)), mode="reflect")
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(x))[None, None])[0].numpy()

@@ -4,14 +4,18 @@
 - :func:`register_beads`: fiducial (bead) affine registration by match maximisation.
 - :func:`prealign`: principal-axes pre-alignment with a search over proper rotations.
 - :func:`segment`: large-volume segmentation (tiled prediction, mutex watershed, metrics).
+
+``load_points``, ``read_table``, ``PointSet`` (from :mod:`xmodal.io`) and ``CompositeTransform``,
+``load_transform`` (from :mod:`xmodal.registration.transforms`) are also importable from here.
 """
 
 from .beads import BeadRegistration, register_beads
 from .prealign import PrealignResult, prealign, principal_axes, proper_signed_permutations
 from .register import CellRegistration, register_cells
 from .segment import SegmentationResult, segment
-from ._inputs import PointSet, label_centroids, load_points, read_table
-from ._transforms import CompositeTransform, load_transform
+from ..io import PointSet, load_points, read_table
+from ..io._points import label_centroids
+from ..registration.transforms import CompositeTransform, load_transform
 
 __all__ = [
     "register_cells", "CellRegistration", "register_beads", "BeadRegistration", "prealign",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._output import atomic_write_bytes, atomic_write_text, provenance, write_csv, write_json
+from ..io import atomic_write_bytes, atomic_write_text, provenance_record, write_csv, write_json
 
 
 def _error_summary(errors: dict | None) -> dict | None:
@@ -138,7 +138,7 @@ def write_registration_outputs(result, folder: Path) -> dict:
         outputs[p[:-4]] = folder / p
     outputs["report"] = atomic_write_text(folder / "report.html", _html(result, summary, plots))
     outputs["provenance"] = write_json(folder / "provenance.json",
-                                       provenance("register_cells", result.parameters,
+                                       provenance_record("register_cells", result.parameters,
                                                   {"fixed": result.parameters.get("fixed"),
                                                    "moving": result.parameters.get("moving")})
                                        | {"timings": result.timings})
@@ -164,14 +164,29 @@ def _write_warped(result, folder: Path) -> dict:
     return out
 
 
+def _times(timings: dict) -> tuple[str, str]:
+    """("12.40", "prealign 9.10, cpd 3.00, ..."): the run's total and its steps, in seconds.
+
+    Without a "total" (the report is written before the run ends), the total is the sum of the
+    steps timed so far.
+    """
+    steps = {k: float(v) for k, v in timings.items() if k != "total"}
+    if not steps and "total" not in timings:
+        return "n/a", "n/a"
+    total = float(timings.get("total", sum(steps.values())))
+    return f"{total:.2f}", ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) or "n/a"
+
+
 def _html(result, summary, plots) -> str:
+    total, steps = _times(result.timings)
     rows = [
         ("fixed cells", len(result.fixed_points)),
         ("moving cells", len(result.moving_points)),
         ("matched pairs", result.n_matched),
         ("median pair distance", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
         ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items())),
-        ("time (s)", f"{result.timings.get('total', float('nan')):.2f}" if 'total' in result.timings else ""),
+        ("time (s)", total),
+        ("time per step (s)", steps),
     ]
     if summary:
         for kind, s in summary.items():

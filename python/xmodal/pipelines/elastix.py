@@ -35,53 +35,29 @@ import numpy as np
 from .._optional import optional_import
 from .._validation import as_bool, as_spacing, choice
 
-_MI_STAGE = {
-    "Registration": "MultiResolutionRegistration",
-    "Metric": "AdvancedMattesMutualInformation",
-    "Optimizer": "AdaptiveStochasticGradientDescent",
-    "ImageSampler": "RandomCoordinate",
-    "NumberOfSpatialSamples": 20000,
-    "MaximumNumberOfIterations": 500,
-    "NumberOfHistogramBins": 32,
-    "pyramid": (64, 32, 8, 4, 1),
-}
-_NCC_STAGE = {
-    "Registration": "MultiResolutionRegistration",
-    "Metric": "AdvancedNormalizedCorrelation",
-    "Optimizer": "AdaptiveStochasticGradientDescent",
-    "ImageSampler": "RandomCoordinate",
-    "NumberOfSpatialSamples": 50000,
-    "MaximumNumberOfIterations": 500,
-    "pyramid": (16, 8, 4, 2, 1),
-}
+# Every stage: adaptive stochastic gradient descent on random samples, 500 iterations per level.
+_SGD = {"Optimizer": "AdaptiveStochasticGradientDescent", "ImageSampler": "RandomCoordinate",
+        "MaximumNumberOfIterations": 500}
+_MI_STAGE = {**_SGD, "Registration": "MultiResolutionRegistration", "Metric": "AdvancedMattesMutualInformation",
+             "NumberOfSpatialSamples": 20000, "NumberOfHistogramBins": 32, "pyramid": (64, 32, 8, 4, 1)}
+_NCC_STAGE = {**_SGD, "Registration": "MultiResolutionRegistration", "Metric": "AdvancedNormalizedCorrelation",
+              "NumberOfSpatialSamples": 50000, "pyramid": (16, 8, 4, 2, 1)}
+_BSPLINE_STAGE = {**_SGD, "Registration": "MultiMetricMultiResolutionRegistration", "Transform": "BSplineTransform",
+                  "FinalGridSpacingInVoxels": (64, 64, 16), "NumberOfSpatialSamples": 20000, "pyramid": (8, 4, 2, 1)}
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "rigid": [{**_MI_STAGE, "Transform": "EulerTransform"}],
     "similarity": [{**_MI_STAGE, "Transform": "EulerTransform"}, {**_NCC_STAGE, "Transform": "SimilarityTransform"}],
     "view-merging": [{**_MI_STAGE, "Transform": "EulerTransform"}, {**_NCC_STAGE, "Transform": "EulerTransform"}],
     "bspline": [{
-        "Registration": "MultiMetricMultiResolutionRegistration",
-        "Transform": "BSplineTransform",
+        **_BSPLINE_STAGE,
         "Metric": ["AdvancedNormalizedCorrelation", "AdvancedMattesMutualInformation", "TransformRigidityPenalty"],
         "Metric0Weight": 1.0, "Metric1Weight": 1.0, "Metric2Weight": 100.0,
-        "FinalGridSpacingInVoxels": (64, 64, 16),
-        "Optimizer": "AdaptiveStochasticGradientDescent",
-        "ImageSampler": "RandomCoordinate",
-        "NumberOfSpatialSamples": 20000,
-        "MaximumNumberOfIterations": 500,
-        "pyramid": (8, 4, 2, 1),
     }],
     "bspline-landmarks": [{
-        "Registration": "MultiMetricMultiResolutionRegistration",
-        "Transform": "BSplineTransform",
+        **_BSPLINE_STAGE,
         "Metric": ["AdvancedNormalizedCorrelation", "CorrespondingPointsEuclideanDistanceMetric"],
         "Metric0Weight": 1.0, "Metric1Weight": 1000.0,
-        "FinalGridSpacingInVoxels": (64, 64, 16),
-        "Optimizer": "AdaptiveStochasticGradientDescent",
-        "ImageSampler": "RandomCoordinate",
-        "NumberOfSpatialSamples": 20000,
-        "MaximumNumberOfIterations": 500,
-        "pyramid": (8, 4, 2, 1),
     }],
 }
 

@@ -12,6 +12,7 @@ unmatched at a fixed cost. The best candidate wins (the thesis' SVD step, made e
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,33 @@ def matching_objective(moved: np.ndarray, fixed: np.ndarray, unmatched_cost: flo
     return float(res.cost), len(res.rows)
 
 
+class _DropNonConvergence(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without convergence" not in str(record.msg)
+
+
+def _trial_fit(cpd):
+    """``cpd`` without its "without convergence" log records (the other records pass).
+
+    The filter sits, for the duration of each call, on the ``xmodal.registration`` logger and its
+    children, where CPD logs.
+    """
+    def fit(*args, **kwargs):
+        names = ["xmodal.registration"] + [n for n in logging.Logger.manager.loggerDict
+                                           if n.startswith("xmodal.registration.")]
+        loggers = [logging.getLogger(n) for n in names]
+        flt = _DropNonConvergence()
+        for lg in loggers:
+            lg.addFilter(flt)
+        try:
+            return cpd(*args, **kwargs)
+        finally:
+            for lg in loggers:
+                lg.removeFilter(flt)
+
+    return fit
+
+
 def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refine_iter: int = 100,
              score_affine: bool = True, unmatched_cost: float | None = None, max_points: int = 3000,
              seed: int = 0) -> PrealignResult:
@@ -149,6 +177,7 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
 
     from ..registration import cpd
 
+    cpd = _trial_fit(cpd)  # the trial fits' iteration cap is deliberate: no "without convergence" notes
     best = None
     scores = []
     for i, q in enumerate(cands):

@@ -7,6 +7,11 @@
       -> registration error estimates (prediction regions, leave-one-out residuals, TRE)
       -> optional smFISH spot counts per matched cell
       -> outputs in one folder (transform JSON, match and cell tables, QC report, provenance)
+
+:func:`register_cells` checks its options, then runs the steps of
+:mod:`xmodal.pipelines._register_steps` in this order: ``prealign_step`` -> ``fit_step`` ->
+``match_step`` -> post-steps that take the result (``add_error_estimates``, ``add_spot_counts``,
+``add_warped_images``) -> the output folder.
 """
 
 from __future__ import annotations
@@ -19,10 +24,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .._validation import as_bool, as_points, choice, positive_float, positive_int
-from ._inputs import PointSet, load_points
-from ._transforms import CompositeTransform
-from .prealign import PrealignResult, median_nn_distance, prealign as _prealign
+from .._progress import timed as _timed
+from .._validation import as_bool, choice, positive_float, positive_int
+from ..io import load_points
+from ..registration.transforms import CompositeTransform
+from ._register_steps import (
+    Images,
+    OutputFolder,
+    add_error_estimates,
+    add_spot_counts,
+    add_warped_images,
+    fit_step,
+    match_step,
+    prealign_step,
+)
+from .prealign import PrealignResult, median_nn_distance
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -81,42 +97,16 @@ class CellRegistration:
         return int(len(self.fixed_index))
 
 
-def _run_cpd(moving: np.ndarray, fixed: np.ndarray, transform: str, options: Mapping[str, Any]):
-    from ..registration import cpd
-
-    return cpd(moving, fixed, transform=transform, **dict(options))
-
-
-def register_cells(
-    fixed,
-    moving,
-    *,
-    transform: str = "deformable",
-    matching: str = "one-to-one",
-    spacing=None,
-    fixed_spacing=None,
-    moving_spacing=None,
-    id_column: str | None = None,
-    prealign: bool | str = True,
-    scale: bool = False,
-    cpd_options: Mapping[str, Any] | None = None,
-    deformable_options: Mapping[str, Any] | None = None,
-    k: int = 30,
-    radius: float | None = None,
-    unmatched_cost: float | str | None = "auto",
-    errors: bool = True,
-    spots: Mapping[str, Any] | Sequence[Any] | None = None,
-    spot_max_distance: float | None = None,
-    warp_images: Mapping[str, Any] | None = None,
-    fixed_image=None,
-    moving_image=None,
-    image_spacing=None,
-    warp_preset: str = "bspline-landmarks",
-    intensity_preset: str | None = None,
-    elastix_parameters: Mapping[str, Any] | None = None,
-    out: str | Path | None = None,
-    seed: int = 0,
-) -> CellRegistration:
+def register_cells(fixed, moving, *, transform: str = "deformable", matching: str = "one-to-one", spacing=None,
+                   fixed_spacing=None, moving_spacing=None, id_column: str | None = None, prealign: bool | str = True,
+                   scale: bool = False, cpd_options: Mapping[str, Any] | None = None,
+                   deformable_options: Mapping[str, Any] | None = None, k: int = 30, radius: float | None = None,
+                   unmatched_cost: float | str | None = "auto", errors: bool = True,
+                   spots: Mapping[str, Any] | Sequence[Any] | None = None, spot_max_distance: float | None = None,
+                   warp_images: Mapping[str, Any] | None = None, fixed_image=None, moving_image=None,
+                   image_spacing=None, warp_preset: str = "bspline-landmarks", intensity_preset: str | None = None,
+                   elastix_parameters: Mapping[str, Any] | None = None, out: str | Path | None = None,
+                   seed: int = 0) -> CellRegistration:
     """Register two sets of cells (points, centroid tables or label images) and match them.
 
     Parameters
@@ -193,21 +183,88 @@ def register_cells(
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
+    rotations, matching, unmatched_cost_option = _check_options(
+        transform=transform, matching=matching, prealign=prealign, unmatched_cost=unmatched_cost,
+        intensity_preset=intensity_preset, warp_images=warp_images, fixed_image=fixed_image, moving_image=moving_image)
+    scale, errors = as_bool(scale, "scale"), as_bool(errors, "errors")
+    k, radius = positive_int(k, "k"), positive_float(radius, "radius", allow_none=True)
+    fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
+    moving_spacing = spacing if moving_spacing is None else moving_spacing
+    with _timed(timings, "load"):
+        fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
+    fix, mov = fset.points, mset.points
+    folder = OutputFolder(out)  # refused before any work, not after
+    fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
+    images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
+    nn = median_nn_distance(fix)
+    unmatched_cost = 3.0 * nn if unmatched_cost_option == "auto" else unmatched_cost_option
+
+    with _timed(timings, "prealign"):
+        pre = prealign_step(mov, fix, rotations=rotations, scale=scale, seed=seed,
+                            intensity_preset=intensity_preset, images=images, folder=folder)
+    log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
+             timings["prealign"])
+    with _timed(timings, "cpd"):
+        fit = fit_step(pre.moved, fix, transform=transform, scale=scale, cpd_options=cpd_options,
+                       deformable_options=deformable_options, nn=nn)
+    with _timed(timings, "matching"):
+        mi, fi, dist = match_step(fit.moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost)
+    log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
+
+    chain = ([pre.transform] if pre.transform is not None else []) + fit.transforms
+    result = CellRegistration(
+        fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
+        transform=CompositeTransform(tuple(chain)), moved=fit.moved, distances=dist, fixed_points=fix,
+        moving_points=mov, prealign=pre.prealign, cpd_iterations=fit.iterations, timings=timings,
+        parameters=dict(transform=transform, matching=matching, prealign=rotations, scale=scale,
+                        cpd_options=dict(cpd_options or {}), deformable_options=dict(deformable_options or {}),
+                        k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
+                        moving=mset.source, fixed_spacing=_per_axis_list(fixed_spacing, fix.shape[1]),
+                        moving_spacing=_per_axis_list(moving_spacing, fix.shape[1])))
+    if errors:
+        with _timed(timings, "errors"):
+            add_error_estimates(result)
+    if spots is not None:
+        with _timed(timings, "spots"):
+            add_spot_counts(result, spots, spot_max_distance or unmatched_cost or 3.0 * nn, spacing=moving_spacing)
+    if warp_images is not None:
+        with _timed(timings, "warp"):
+            add_warped_images(result, warp_images, images, preset=warp_preset, folder=folder)
+    timings["total"] = time.perf_counter() - t_all  # the report shows it; updated after writing
+    if folder.out is not None:
+        with _timed(timings, "write"):
+            folder.commit(result)
+    timings["total"] = time.perf_counter() - t_all
+    log.info("register_cells: %d of %d moving cells matched in %.2f s", len(mi), len(mov), timings["total"])
+    return result
+
+
+def _check_options(*, transform, matching, prealign, unmatched_cost, intensity_preset, warp_images, fixed_image,
+                   moving_image):
+    """The options that need no data, checked before any work: (rotations searched by the
+    pre-alignment or False, matching, unmatched cost: "auto", a positive number or None)."""
     choice(transform, "transform", _TRANSFORMS)
     choice(matching, "matching", ("one-to-one", "cover"))
-    scale, errors = as_bool(scale, "scale"), as_bool(errors, "errors")
     if prealign is True:
         prealign = "all"
     if prealign is not False:
         choice(prealign, "prealign", ("all", "flips", True, False))
-    k = positive_int(k, "k")
-    radius = positive_float(radius, "radius", allow_none=True)
-    if fixed_spacing is None:
-        fixed_spacing = spacing
-    if moving_spacing is None:
-        moving_spacing = spacing
+    if isinstance(unmatched_cost, str):
+        choice(unmatched_cost, "unmatched_cost", ("auto",))
+    else:
+        unmatched_cost = positive_float(unmatched_cost, "unmatched_cost", allow_none=True)
+    images = Images(fixed_image, moving_image)
+    if intensity_preset is not None:
+        choice(intensity_preset, "intensity_preset", ("rigid", "similarity", "view-merging"))
+        images.require("intensity_preset needs the two images")
+    if warp_images is not None:
+        images.require("warp_images needs the two images that drive the warp")
+    return prealign, matching, unmatched_cost
 
-    t0 = time.perf_counter()
+
+def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
+    """Both cell sets as :class:`~xmodal.io.PointSet` (physical units), of one dimension, with enough
+    cells for a registration in that dimension."""
     fset = load_points(fixed, spacing=fixed_spacing, id_column=id_column, name="fixed")
     mset = load_points(moving, spacing=moving_spacing, id_column=id_column, name="moving")
     fix, mov = fset.points, mset.points
@@ -218,194 +275,8 @@ def register_cells(
     for name, p in (("fixed", fix), ("moving", mov)):
         if len(p) < d + 1:
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
-    timings["load"] = time.perf_counter() - t0
-    if out is not None:
-        from ..io import check_output_folder
-
-        out = check_output_folder(out, name="out")  # refused before any work, not after
-    stage = None
-
-    def staging():  # the folder receiving this run's files until they are complete
-        nonlocal stage
-        if stage is None:
-            from ..io import begin_folder
-
-            stage = begin_folder(out, name="out")
-        return stage
-
-    nn = median_nn_distance(fix)
-    if isinstance(unmatched_cost, str):
-        choice(unmatched_cost, "unmatched_cost", ("auto",))
-        unmatched_cost = 3.0 * nn
-    else:
-        unmatched_cost = positive_float(unmatched_cost, "unmatched_cost", allow_none=True)
-
-    chain = []
-    t0 = time.perf_counter()
-    pre = None
-    elastix_pre = None
-    if intensity_preset is not None:
-        choice(intensity_preset, "intensity_preset", ("rigid", "similarity", "view-merging"))
-        if fixed_image is None or moving_image is None:
-            raise ValueError("fixed_image, moving_image: intensity_preset needs the two images")
-        from ..registration import AffineTransform
-        from .elastix import elastix_register
-
-        fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
-        elastix_pre = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
-                                       preset=intensity_preset, fixed_spacing=fsp, moving_spacing=msp,
-                                       parameters=elastix_parameters,
-                                       out=None if out is None else staging() / "elastix-prealign")
-        matrix, offset = elastix_pre.affine_moving_to_fixed()
-        chain.append(AffineTransform(matrix, offset))
-        current = mov @ matrix.T + offset
-    elif prealign:
-        pre = _prealign(mov, fix, rotations=prealign, scale=scale, seed=seed)
-        from ..registration import AffineTransform
-
-        chain.append(AffineTransform(pre.matrix, pre.offset))
-        current = pre.apply(mov)
-    else:
-        current = mov
-    timings["prealign"] = time.perf_counter() - t0
-    log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
-             timings["prealign"])
-
-    iterations = {}
-    t0 = time.perf_counter()
-    first = {"w": 0.1, "max_iter": 100, "tol": 1e-6}
-    first.update(cpd_options or {})
-    res = _run_cpd(current, fix, "similarity" if scale else "rigid", first)
-    chain.append(res.transform)
-    current = np.asarray(res.moved, dtype=np.float64)
-    iterations["rigid"] = int(res.iterations)
-    # Coarse to fine: every stage starts where the previous one ended.
-    stages = []
-    if transform == "similarity" and not scale:
-        stages.append("similarity")
-    if transform in ("affine", "deformable"):
-        stages.append("affine")
-    if transform == "deformable":
-        stages.append("deformable")
-    for stage in stages:
-        opts = {"w": 0.1, "max_iter": 150, "tol": 1e-6}
-        if stage == "deformable":
-            # Kernel width and regularisation relative to the cloud: a smooth field on the scale of a
-            # few cells (beta in physical units = 2 x the median nearest-neighbour distance).
-            opts.update({"beta": 2.0 * nn, "lam": 2.0})
-            opts.update(deformable_options or {})
-        res = _run_cpd(current, fix, stage, opts)
-        chain.append(res.transform)
-        current = np.asarray(res.moved, dtype=np.float64)
-        iterations[stage] = int(res.iterations)
-        log.info("register_cells: %s CPD, %d iterations", stage, iterations[stage])
-    timings["cpd"] = time.perf_counter() - t0
-    composite = CompositeTransform(tuple(chain))
-
-    t0 = time.perf_counter()
-    from ..matching import match_points
-
-    if matching == "cover":
-        m = match_points(current, fix, k=k, radius=radius, mode="cover")
-    else:
-        m = match_points(current, fix, k=k, radius=radius, unmatched_cost=unmatched_cost, mode="one-to-one")
-    mi, fi = np.asarray(m.rows, dtype=np.int64), np.asarray(m.cols, dtype=np.int64)
-    dist = np.linalg.norm(current[mi] - fix[fi], axis=1)
-    timings["matching"] = time.perf_counter() - t0
-    log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
-
-    err = None
-    if errors and len(mi) >= 2 * (d + 1):
-        t0 = time.perf_counter()
-        err = _error_estimates(mov[mi], fix[fi], mov)
-        timings["errors"] = time.perf_counter() - t0
-
-    counts = None
-    if spots is not None:
-        t0 = time.perf_counter()
-        counts = _count_spots(spots, composite, fix, spot_max_distance or unmatched_cost or 3.0 * nn,
-                              spacing=moving_spacing)
-        timings["spots"] = time.perf_counter() - t0
-
-    warped = None
-    if warp_images is not None:
-        t0 = time.perf_counter()
-        if fixed_image is None or moving_image is None:
-            raise ValueError("fixed_image, moving_image: warp_images needs the two images that drive the warp")
-        from .elastix import elastix_register, elastix_warp
-
-        fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
-        el = elastix_register(np.asarray(fixed_image, np.float32), np.asarray(moving_image, np.float32),
-                              preset=warp_preset, fixed_spacing=fsp, moving_spacing=msp,
-                              fixed_points=fix[fi], moving_points=mov[mi], parameters=elastix_parameters,
-                              out=None if out is None else staging() / "elastix")
-        warped = {name: elastix_warp(img, el, spacing=msp, labels=np.issubdtype(np.asarray(img).dtype, np.integer))
-                  for name, img in warp_images.items()}
-        timings["warp"] = time.perf_counter() - t0
-
-    result = CellRegistration(
-        fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
-        transform=composite, moved=current, distances=dist, fixed_points=fix, moving_points=mov,
-        errors=err, spot_counts=counts, warped=warped, prealign=pre, cpd_iterations=iterations, timings=timings,
-        parameters={
-            "transform": transform, "matching": matching, "prealign": prealign, "scale": scale,
-            "cpd_options": dict(cpd_options or {}), "deformable_options": dict(deformable_options or {}),
-            "k": k, "radius": radius, "unmatched_cost": unmatched_cost, "seed": seed,
-            "fixed": fset.source, "moving": mset.source,
-            "fixed_spacing": None if fixed_spacing is None else np.broadcast_to(fixed_spacing, (d,)).tolist(),
-            "moving_spacing": None if moving_spacing is None else np.broadcast_to(moving_spacing, (d,)).tolist(),
-        },
-    )
-    if out is not None:
-        from ..io import commit_folder
-        from ._report import write_registration_outputs
-
-        t0 = time.perf_counter()
-        written = write_registration_outputs(result, staging())
-        commit_folder(stage, out)
-        result.outputs = {k: str(out / Path(v).relative_to(stage)) for k, v in written.items()}
-        timings["write"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    log.info("register_cells: %d of %d moving cells matched in %.2f s", len(mi), len(mov), timings["total"])
-    return result
+    return fset, mset
 
 
-def _error_estimates(src: np.ndarray, dst: np.ndarray, targets: np.ndarray) -> dict:
-    """Rigid and affine fits of the matched pairs with their error estimates at ``targets``.
-
-    Per model: the fit, the 95 % prediction regions at every moving point, the leave-one-out
-    residuals of the pairs; for the rigid fit also Fitzpatrick's predicted TRE at every moving
-    point (FLE from the fit residual).
-    """
-    from ..registration import uncertainty as u
-
-    out = {}
-    for kind in ("rigid", "affine"):
-        fit = u.fit_rigid(src, dst) if kind == "rigid" else u.fit_affine(src, dst)
-        out[kind] = {
-            "fit": fit,
-            "region": u.prediction_region(fit, targets, level=0.95),
-            "loo": u.leave_one_out_residuals(src, dst, transform=kind),
-        }
-    out["rigid"]["tre"] = u.fitzpatrick_tre(src, targets, fre=out["rigid"]["fit"].rms)
-    return out
-
-
-def _count_spots(spots, transform, fixed: np.ndarray, max_distance: float, *, spacing) -> dict:
-    from scipy.spatial import cKDTree
-
-    items = spots.items() if isinstance(spots, Mapping) else ((f"replicate_{i}", s) for i, s in enumerate(spots))
-    tree = cKDTree(fixed)
-    counts = {}
-    for name, s in items:
-        ps = load_points(s, spacing=spacing, name=f"spots[{name!r}]") if not isinstance(s, np.ndarray) else None
-        pts = ps.points if ps is not None else as_points(s, f"spots[{name!r}]")
-        if pts.shape[1] != fixed.shape[1]:
-            raise ValueError(f"spots[{name!r}]: expected {fixed.shape[1]}D points, got {pts.shape[1]}D")
-        dist, idx = tree.query(transform.apply(pts), distance_upper_bound=max_distance)
-        ok = np.isfinite(dist)
-        counts[str(name)] = np.bincount(idx[ok], minlength=len(fixed))
-    if not counts:
-        raise ValueError("spots: expected at least one replicate, got none")
-    counts["mean"] = np.mean(np.stack(list(counts.values())), axis=0)
-    return counts
+def _per_axis_list(spacing, d: int):
+    return None if spacing is None else np.broadcast_to(spacing, (d,)).tolist()

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import timed as _timed
 from .._validation import as_bool, as_spacing, describe, positive_int
+from ._agglomerate import agglomerate, filter_small
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -39,7 +41,8 @@ class SegmentationResult:
     metrics : dict or None (see :func:`xmodal.metrics.evaluate_segmentation`), per slice and mean
         for 2D models applied to a stack
     outputs : dict of output name -> path
-    timings : dict of step -> seconds
+    timings : dict of step -> seconds (normalize, predict, agglomerate, size_filter, write, evaluate,
+        total; a step that did not run is absent)
     """
 
     labels: Any
@@ -53,67 +56,15 @@ class SegmentationResult:
     parameters: dict = field(default_factory=dict)
 
 
-def _global_mean_std(image, block_voxels: int = 1 << 24) -> tuple[float, float]:
-    """Mean and standard deviation of a (possibly out-of-core) array, slab by slab along axis 0.
-
-    Sums are taken around the first value (shifted sums), so a constant image gives exactly 0.
-    Raises ValueError for an empty image or non-finite values.
-    """
-    if int(np.prod(image.shape)) == 0:
-        raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
-    n = 0
-    s = 0.0
-    s2 = 0.0
-    shift = None
-    per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
-    step = max(1, block_voxels // max(per_row, 1))
-    for start in range(0, image.shape[0], step):
-        block = np.asarray(image[start:start + step], dtype=np.float64)
-        if shift is None:
-            shift = float(block.flat[0])
-        if not np.isfinite(block).all():
-            raise ValueError("raw: expected finite intensities, found NaN or infinity")
-        block = block - shift
-        n += block.size
-        s += float(block.sum())
-        s2 += float(np.square(block).sum())
-    mean = s / n
-    return shift + mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
-
-
-class _Standardize:
-    """Point-wise ``(x - mean) / std`` (picklable, so dask workers can use it).
-
-    A constant image (``std == 0``) is only centred (divided by 1), so it becomes zeros, not NaN.
-    """
-
-    def __init__(self, mean: float, std: float):
-        std = float(std)
-        self.mean, self.std = float(mean), (std if np.isfinite(std) and std > 0 else 1.0)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
-
-
 def _resolve_model(model, offsets, n_attractive):
-    if isinstance(model, str):
-        if model != "isbi2012":
-            if Path(model).exists():
-                from .._optional import optional_import
+    """The model (:func:`xmodal.models.load_model`), its (C, ndim) offsets and attractive channels."""
+    from ..models import load_model
 
-                torch = optional_import("torch", purpose="loading a TorchScript model")
-                model = torch.jit.load(str(model), map_location="cpu").eval()
-            else:
-                raise ValueError(f"model: expected 'isbi2012', a TorchScript file or a torch module, got {model!r}")
-        else:
-            from ..models import load_isbi2012_affinity_unet
-
-            model = load_isbi2012_affinity_unet()
-    model_offsets = getattr(model, "offsets", None)
+    model = load_model(model)
     if offsets is None:
-        if model_offsets is None:
+        offsets = getattr(model, "offsets", None)
+        if offsets is None:
             raise ValueError("offsets: expected the (C, ndim) affinity offsets of the model's output channels, got None")
-        offsets = model_offsets
     if n_attractive is None:
         n_attractive = getattr(model, "n_attractive", None)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -122,64 +73,32 @@ def _resolve_model(model, offsets, n_attractive):
     return model, offsets, (offsets.shape[1] if n_attractive is None else int(n_attractive))
 
 
-def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
-            tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
-            block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
-            progress: bool = False, bias=None, strides=None) -> SegmentationResult:
-    """Segment a raw image or volume of any size into instances.
+@dataclass
+class _Job:
+    """The validated inputs of one :func:`segment` run: what every step reads."""
 
-    Parameters
-    ----------
-    raw : array, zarr array or path (.zarr / OME-Zarr, .tif, .npy)
-        2D image or 3D volume (z, y, x), single channel, non-empty, finite. A 2D model is applied
-        slice by slice to a 3D stack. Any size: the shipped model pads the image end to its
-        down-sampling factor (8) internally.
-    model : "isbi2012", torch module or path to a TorchScript file
-        Network predicting merge probabilities (1 = same object) for ``offsets``. "isbi2012" is the
-        shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
-    out : path, optional
-        Output folder: ``segmentation.ome.zarr`` (affinities as the image, labels in the OME-Zarr
-        labels group ``labels/cells``), ``metrics.json``, ``provenance.json``. Written into the
-        sibling ``<out>.xmodal-partial`` and renamed to ``out`` when complete (replacing a previous
-        output there in one step), so a killed run leaves the previous complete folder or none. A
-        rerun after a kill resumes from the partial folder: prediction tiles and mutex watershed
-        blocks are reused only when their input bytes and the parameters are unchanged. An
-        existing ``out`` must be empty or a previous xmodal output (with a provenance.json).
-    offsets, n_attractive : the affinity channels (default: the model's ``offsets`` /
-        ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
-    normalize : "standardize", "quantile", None or callable
-        "standardize": global mean / standard deviation of the whole input (computed block by
-        block; a constant image is only centred); "quantile": global 1 % / 98 % quantile scaling
-        (see :func:`xmodal.predict_tiled`). Other strings are an error.
-    tile_shape, halo, device, client : tiled prediction (see :func:`xmodal.predict_tiled`); the
-        ``client`` (dask.distributed) also runs the blockwise mutex watershed.
-    min_size : int
-        Segments smaller than this (voxels) are merged into their most attractive neighbour
-        (single-shot), or become background 0 (blockwise; ids renumbered consecutively).
-    block_shape : sequence of int, optional
-        Blockwise mutex watershed with these blocks; default single-shot when the volume has at
-        most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
-    ground_truth : label array or path, optional
-        Instance labels to evaluate against (0 = ignored background / boundary).
-    spacing : float or sequence of float, optional
-        Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
-        stored in the OME-Zarr metadata and used for Chamfer distances.
-    progress : bool
-        Progress bars on a TTY.
-    bias, strides : optional
-        Mutex watershed options (see :func:`xmodal.mutex_watershed`): ``bias`` selects the
-        signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
-        by the size filter), ``strides`` subsample edges (``ndim`` values for the repulsive
-        channels, or ``(C, ndim)`` per offset), in the model's axes. Default: the model's
-        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method without
-        strides.
-    """
-    from ..inference import predict_tiled
-    from ..io import create_ome_zarr_image, mark_complete, mark_incomplete
+    image: Any  # (z, y, x) or (y, x): numpy, zarr or anything that slices to numpy
+    spatial: tuple
+    stack: bool  # a 2D model on a z stack
+    model: Any
+    offsets: np.ndarray  # (C, ndim) in the labels' axes: a 2D model's offsets get a 0 z component on a stack
+    n_attractive: int
+    mws_kw: dict  # agglomeration weighting: {"n_attractive"} or {"bias"}, and "strides"
+    min_size: int
+    spacing: tuple | None
+    progress: bool
+    method: str = "mws"  # agglomeration: a key of _agglomerate.SINGLE_SHOT / BLOCKWISE
+
+    @property
+    def axes(self) -> tuple:
+        return ("c",) + ("z", "y", "x")[-len(self.spatial):]
+
+
+def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing, progress, bias, strides) -> _Job:
+    """Step 0: every argument checked (before any work), the model resolved, the image opened."""
+    from ..segmentation.mws import _check_bias, _check_strides
     from ._inputs import read_image
 
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
     min_size = positive_int(min_size, "min_size", minimum=0)
     progress = as_bool(progress, "progress")
     if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
@@ -197,182 +116,215 @@ def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None,
     if spacing is not None:
         spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
-    if out is not None:
-        from ..io import check_output_folder
-
-        check_output_folder(out, name="out")  # refused before any work, not after
     spatial = tuple(int(s) for s in image.shape)
-    stack = offsets.shape[1] == 2 and len(spatial) == 3  # 2D model on a z stack
+    stack = offsets.shape[1] == 2 and len(spatial) == 3
     if offsets.shape[1] == 3 and len(spatial) == 2:
         raise ValueError(f"offsets: a 3D model (offsets of length 3) cannot run on the 2D image of shape {spatial}")
     C = len(offsets)
-    from ..segmentation.mws import _check_bias, _check_strides
-
     bias = _check_bias(getattr(model, "mws_bias", None) if bias is None else bias, C)
     strides = _check_strides(getattr(model, "mws_strides", None) if strides is None else strides, offsets.shape[1], C)
     if bias is not None and strides is not None and not isinstance(strides[0], list):
         raise ValueError(f"strides: with bias give per-offset strides of shape ({C}, {offsets.shape[1]}), got {strides}")
-    if stack and strides is not None:  # the 2D model's strides on the (z, y, x) stack
-        strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
+    if stack:  # the 2D model's offsets and strides on the (z, y, x) stack
+        offsets = np.hstack([np.zeros((C, 1), np.int64), offsets])
+        if strides is not None:
+            strides = [[1] + row for row in strides] if isinstance(strides[0], list) else [1] + strides
     mws_kw = ({"n_attractive": n_attractive} if bias is None else {"bias": bias}) | {"strides": strides}
+    return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=offsets, n_attractive=n_attractive,
+                mws_kw=mws_kw, min_size=min_size, spacing=spacing, progress=progress)
 
-    t0 = time.perf_counter()
-    if normalize == "standardize":
-        normalizer = _Standardize(*_global_mean_std(image))
-    else:
-        normalizer = normalize
-    timings["normalize"] = time.perf_counter() - t0
 
-    out_dir = Path(out) if out is not None else None
-    axes = ("c", "z", "y", "x")[-(len(spatial) + 1):]
-    root = stage = None
-    if out_dir is not None:
-        from ..io import begin_folder, staging_path
+def _normalizer(image, normalize):
+    """Step 1: the point-wise normalisation, from statistics of the whole input (never per slice or tile).
 
-        # What a killed run left there is resumable (it verifies its inputs); the rest is cleared.
-        resumed = staging_path(out_dir).exists()
+    "standardize": global mean and standard deviation, computed here block by block. "quantile" is
+    passed on: :func:`xmodal.predict_tiled` computes the global quantiles of the whole input it gets,
+    which is the whole volume or stack (one call, see :func:`_predict`).
+    """
+    if isinstance(normalize, str) and normalize == "standardize":
+        from ..inference import Standardize, global_mean_std
+
+        return Standardize(*global_mean_std(image))
+    return normalize
+
+
+def _predict(job: _Job, normalizer, root, *, tile_shape, halo, device, client):
+    """Step 2: affinities ``(C, *spatial)`` in one :func:`xmodal.predict_tiled` call (zarr at ``root``)."""
+    from ..inference import predict_tiled
+
+    model = job.model
+    if job.stack:  # a 2D model on a z stack: one plan for the whole stack
+        from ._slicewise import slicewise
+
+        model, tile_shape, halo = slicewise(job.model, job.spatial[1:], tile_shape, halo, device)
+        device = "auto"  # the wrapper runs the model on the device itself
+    aff = predict_tiled(model, job.image, out=None if root is None else str(root), client=client,
+                        tile_shape=tile_shape, halo=halo, device=device, normalize=normalizer, channel_axis=None,
+                        progress=job.progress)
+    if root is not None:
+        import zarr
+
+        from ..io import ome_image_metadata
+
+        zarr.open_group(str(root), mode="r+").attrs.update(
+            {"ome": ome_image_metadata(job.axes, spacing=job.spacing, name="affinities")})
+    return aff
+
+
+def segment(raw, *, model="isbi2012", out=None, offsets=None, n_attractive=None, normalize="standardize",
+            tile_shape=None, halo="auto", device="auto", client=None, min_size: int = 0,
+            block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
+            progress: bool = False, bias=None, strides=None) -> SegmentationResult:
+    """Segment a raw image or volume of any size into instances.
+
+    The run is a chain of named steps: validate (:func:`_validate`) -> normalise (:func:`_normalizer`)
+    -> predict (:func:`_predict`) -> agglomerate and size filter (``pipelines/_agglomerate.py``)
+    -> write (:func:`_commit`) -> evaluate (:func:`_evaluate`).
+
+    Parameters
+    ----------
+    raw : array, zarr array or path (.zarr / OME-Zarr, .tif, .npy)
+        2D image or 3D volume (z, y, x), single channel, non-empty, finite. A 2D model is applied
+        slice by slice to a 3D stack (one tiled prediction over the whole stack, tiles one slice
+        deep). Any size: the shipped model pads the image end to its down-sampling factor (8)
+        internally.
+    model : "isbi2012", torch module or path to a TorchScript file
+        Network predicting merge probabilities (1 = same object) for ``offsets``. "isbi2012" is the
+        shipped 2D EM membrane model (:func:`xmodal.models.load_isbi2012_affinity_unet`).
+    out : path, optional
+        Output folder: ``segmentation.ome.zarr`` (affinities as the image, labels in the OME-Zarr
+        labels group ``labels/cells``), ``metrics.json``, ``provenance.json``. Written into the
+        sibling ``<out>.xmodal-partial`` and renamed to ``out`` when complete (replacing a previous
+        output there in one step), so a killed run leaves the previous complete folder or none. A
+        rerun after a kill resumes from the partial folder: prediction tiles and mutex watershed
+        blocks are reused only when their input bytes and the parameters are unchanged. An
+        existing ``out`` must be empty or a previous xmodal output (with a provenance.json).
+    offsets, n_attractive : the affinity channels (default: the model's ``offsets`` /
+        ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
+    normalize : "standardize", "quantile", None or callable
+        "standardize": global mean / standard deviation of the whole input (computed block by
+        block; a constant image is only centred); "quantile": global 1 % / 98 % quantile scaling
+        (see :func:`xmodal.predict_tiled`). Global means over the whole volume or stack, never per
+        slice or tile. Other strings are an error.
+    tile_shape, halo, device, client : tiled prediction (see :func:`xmodal.predict_tiled`); for a
+        2D model on a stack, ``tile_shape`` and ``halo`` are given for the (y, x) plane. The
+        ``client`` (dask.distributed) runs the prediction, the blockwise mutex watershed and the
+        blockwise size filter.
+    min_size : int
+        Segments smaller than this (voxels) are merged into their most attractive neighbour (highest
+        mean merge probability over the attractive edges they share; a segment without neighbours
+        becomes background 0), with the same result single-shot and blockwise
+        (:func:`xmodal.segmentation.remove_small_segments`). Ids are then consecutive from 1 in
+        raster order of first occurrence.
+    block_shape : sequence of int, optional
+        Blockwise mutex watershed with these blocks; default single-shot when the volume has at
+        most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
+    ground_truth : label array or path, optional
+        Instance labels to evaluate against (0 = ignored background / boundary).
+    spacing : float or sequence of float, optional
+        Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
+        stored in the OME-Zarr metadata and used for Chamfer distances.
+    progress : bool
+        Progress of the prediction (a bar on a TTY, log lines otherwise).
+    bias, strides : optional
+        Mutex watershed options (see :func:`xmodal.mutex_watershed`): ``bias`` selects the
+        signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
+        by the size filter), ``strides`` subsample edges (``ndim`` values for the repulsive
+        channels, or ``(C, ndim)`` per offset), in the model's axes. Default: the model's
+        ``mws_bias`` / ``mws_strides`` attributes when it has them, else the classic method without
+        strides.
+    """
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    job = _validate(raw, model=model, offsets=offsets, n_attractive=n_attractive, normalize=normalize,
+                    min_size=min_size, spacing=spacing, progress=progress, bias=bias, strides=strides)
+    out_dir = stage = root = None
+    if out is not None:
+        from ..io import begin_folder, check_output_folder, staging_path
+
+        out_dir = check_output_folder(out, name="out")  # refused before any work, not after
+        resumed = staging_path(out_dir).exists()  # what a killed run left there is resumable (verified per block)
         stage = begin_folder(out_dir, name="out", keep=("segmentation.ome.zarr", "mws-work"))
         root = stage / "segmentation.ome.zarr"
-    common = dict(tile_shape=tile_shape, halo=halo, device=device, normalize=normalizer, channel_axis=None,
-                  progress=progress)
-    t0 = time.perf_counter()
-    if stack:
-        # A 2D model on a z stack: whole slices are predicted (tiled) and written one by one.
-        if root is not None:
-            chunk = tuple(min(s, c) for s, c in zip(spatial, (1, 512, 512)))
-            aff_out = create_ome_zarr_image(root, (C, *spatial), np.float32, axes=axes, chunks=(C, *chunk),
-                                            spacing=spacing, name="affinities", overwrite=True, writer=_WRITER)
-        else:
-            aff_out = np.zeros((C, *spatial), np.float32)
-        for z in range(spatial[0]):
-            aff_out[:, z] = np.asarray(predict_tiled(model, np.asarray(image[z]), **common))
-        if root is not None:
-            mark_complete(aff_out, _WRITER)
-    else:
-        # predict_tiled creates the OME-Zarr image itself, with chunks that divide its tiles.
-        aff_out = predict_tiled(model, image, out=None if root is None else str(root), client=client, **common)
-    timings["predict"] = time.perf_counter() - t0
-
-    mws_offsets = np.hstack([np.zeros((C, 1), np.int64), offsets]) if stack else offsets
-    t0 = time.perf_counter()
-    n_vox = int(np.prod(spatial))
-    from ..segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
-
-    label_axes = axes[1:]
-    if block_shape is None and n_vox <= memory_voxels:
-        aff = np.asarray(aff_out[...], dtype=np.float32)
-        labels = mutex_watershed(aff, mws_offsets, **mws_kw)
-        if min_size > 1:
-            labels = remove_small_segments(labels, min_size, affinities=aff, offsets=mws_offsets,
-                                           n_attractive=n_attractive)
-        n_segments = int(labels.max()) if labels.size else 0
-        del aff
-        if root is not None:
-            chunks = (64, 256, 256)[-len(spatial):]
-            arr = _labels_array(root, spatial, label_axes, spacing, chunks)
-            arr[...] = labels.astype(np.uint32, copy=False)
-            mark_complete(arr, _WRITER)
-    else:
-        if block_shape is None:
-            block_shape = (64, 512, 512) if len(spatial) == 3 else (2048, 2048)
-        target = None if root is None else _labels_array(root, spatial, label_axes, spacing, block_shape)
-        halo_mws = np.abs(mws_offsets).max(axis=0).tolist()
-        res = blockwise_mutex_watershed(aff_out, mws_offsets, block_shape=block_shape, halo=halo_mws, out=target,
-                                        client=client, workdir=None if stage is None else stage / "mws-work",
-                                        **mws_kw)
-        labels, n_segments = res.labels, int(res.n_labels)
-        if min_size > 1:
-            if target is not None:
-                mark_incomplete(target, _WRITER)
-            n_segments = _remove_small_blockwise(labels, n_segments, min_size, block_shape)
-            if target is not None:
-                mark_complete(target, _WRITER)
-    timings["mws"] = time.perf_counter() - t0
-
-    outputs = {}
+    with _timed(timings, "normalize"):
+        normalizer = _normalizer(job.image, normalize)
+    with _timed(timings, "predict"):
+        aff = _predict(job, normalizer, root, tile_shape=tile_shape, halo=halo, device=device, client=client)
+    if block_shape is None and int(np.prod(job.spatial)) > memory_voxels:
+        block_shape = (64, 512, 512) if len(job.spatial) == 3 else (2048, 2048)
+    target = None
     if root is not None:
-        outputs["affinities"] = str(out_dir / root.name)
-        outputs["labels"] = str(out_dir / root.name / "labels" / "cells")
+        chunks = (64, 256, 256)[-len(job.spatial):] if block_shape is None else block_shape
+        from ..io import create_ome_zarr_labels
 
+        target = create_ome_zarr_labels(root, "cells", job.spatial, np.uint32, axes=job.axes[1:], chunks=chunks,
+                                        spacing=job.spacing, writer=_WRITER)
+    with _timed(timings, "agglomerate"):
+        labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
+                                                  block_shape=block_shape, client=client,
+                                                  workdir=None if stage is None else stage / "mws-work")
+    with _timed(timings, "size_filter"):
+        labels, n_segments = filter_small(labels, n_segments, aff_mem, job.offsets, n_attractive=job.n_attractive,
+                                          min_size=job.min_size, block_shape=block_shape, client=client,
+                                          writer=_WRITER)
+    del aff_mem
+    if target is not None and block_shape is None:  # single-shot labels in memory: written now
+        with _timed(timings, "write"):
+            from ..io import mark_complete
+
+            target[...] = labels.astype(np.uint32, copy=False)
+            mark_complete(target, _WRITER)
     metrics = None
     if ground_truth is not None:
-        t0 = time.perf_counter()
-        gt = read_image(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth
-        metrics = _evaluate(np.asarray(labels), np.asarray(gt), per_slice=stack, spacing=spacing)
-        timings["evaluate"] = time.perf_counter() - t0
+        with _timed(timings, "evaluate"):
+            metrics = _evaluate(labels, ground_truth, per_slice=job.stack, spacing=job.spacing)
     timings["total"] = time.perf_counter() - t_all
-
-    params = {"model": getattr(model, "metadata", {}).get("name", type(model).__name__),
-              "offsets": mws_offsets.tolist(), "n_attractive": n_attractive, "normalize": repr(normalize),
-              "bias": None if bias is None else bias.tolist(), "strides": strides,
-              "tile_shape": tile_shape, "halo": halo, "min_size": min_size, "block_shape": block_shape,
-              "spacing": spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
+    result = SegmentationResult(labels=labels, affinities=aff, offsets=job.offsets, n_attractive=job.n_attractive,
+                                n_segments=n_segments, metrics=metrics, timings=timings,
+                                parameters=_parameters(job, raw, normalize, tile_shape, halo, block_shape))
     if out_dir is not None:
-        from ..io import commit_folder, open_array, remove_temporaries
-        from ._output import provenance, write_json
-
-        if metrics is not None:
-            write_json(stage / "metrics.json", metrics)
-            outputs["metrics"] = str(out_dir / "metrics.json")
-        write_json(stage / "provenance.json", provenance("segment", params) | {"timings": timings})
-        outputs["provenance"] = str(out_dir / "provenance.json")
-        if resumed:
-            remove_temporaries(stage)  # files of writes the killed run never finished
-        commit_folder(stage, out_dir)  # the complete folder replaces the previous output in one step
-        aff_out = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
-        if not isinstance(labels, np.ndarray):
-            labels = open_array(outputs["labels"])
-    return SegmentationResult(labels=labels, affinities=aff_out, offsets=mws_offsets, n_attractive=n_attractive,
-                              n_segments=n_segments, metrics=metrics, outputs=outputs, timings=timings,
-                              parameters=params)
+        _commit(result, stage, out_dir, resumed=resumed)
+    return result
 
 
-def _remove_small_blockwise(labels, n_labels: int, min_size: int, block_shape) -> int:
-    """Size filter of a (possibly out-of-core) label array, block by block, in place.
-
-    Segments with fewer than ``min_size`` voxels become background 0 and the others are renumbered
-    consecutively from 1 (in their order). Memory: one block plus one counter per label. Unlike
-    the single-shot filter, small segments are not merged into a neighbour (that needs the
-    affinities across block faces).
-    """
-    from ..inference._normalize import iter_blocks
-
-    counts = np.zeros(n_labels + 1, np.int64)
-    block = tuple(int(b) for b in block_shape)
-    for sl in iter_blocks(labels.shape, block):
-        counts += np.bincount(np.asarray(labels[sl]).ravel(), minlength=n_labels + 1)[: n_labels + 1]
-    keep = counts >= min_size
-    keep[0] = False
-    mapping = np.zeros(n_labels + 1, np.uint64)
-    mapping[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint64)
-    for sl in iter_blocks(labels.shape, block):
-        part = np.asarray(labels[sl])
-        labels[sl] = mapping[part].astype(part.dtype, copy=False)
-    return int(keep.sum())
+def _parameters(job: _Job, raw, normalize, tile_shape, halo, block_shape) -> dict:
+    """The run's parameters as recorded in provenance.json."""
+    bias = job.mws_kw.get("bias")
+    return {"model": getattr(job.model, "metadata", {}).get("name", type(job.model).__name__),
+            "offsets": job.offsets.tolist(), "n_attractive": job.n_attractive, "normalize": repr(normalize),
+            "bias": None if bias is None else bias.tolist(), "strides": job.mws_kw["strides"],
+            "tile_shape": tile_shape, "halo": halo, "min_size": job.min_size, "block_shape": block_shape,
+            "spacing": job.spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
 
 
-def _labels_array(root: Path, spatial, axes, spacing, chunks):
-    """Create the OME-Zarr labels group ``root/labels/cells`` (NGFF 0.5 image-label); return its array."""
-    import zarr
+def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: bool) -> None:
+    """Step 6: metrics.json and provenance.json, then the staging folder renamed into ``out_dir``."""
+    from ..io import commit_folder, open_array, remove_temporaries
+    from ._output import provenance, write_json
 
-    from ..io import ome_image_metadata
-    from ..io import incomplete_status
+    outputs = result.outputs
+    outputs["affinities"] = str(out_dir / "segmentation.ome.zarr")
+    outputs["labels"] = str(out_dir / "segmentation.ome.zarr" / "labels" / "cells")
+    if result.metrics is not None:
+        write_json(stage / "metrics.json", result.metrics)
+        outputs["metrics"] = str(out_dir / "metrics.json")
+    write_json(stage / "provenance.json", provenance("segment", result.parameters) | {"timings": result.timings})
+    outputs["provenance"] = str(out_dir / "provenance.json")
+    if resumed:
+        remove_temporaries(stage)  # files of writes the killed run never finished
+    commit_folder(stage, out_dir)  # the complete folder replaces the previous output in one step
+    result.affinities = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
+    if not isinstance(result.labels, np.ndarray):
+        result.labels = open_array(outputs["labels"])
 
-    group = zarr.open_group(str(root), mode="a")
-    lab_group = group.require_group("labels")
-    lab_group.attrs.update({"ome": {"version": "0.5", "labels": ["cells"]}})
-    cells = lab_group.require_group("cells")
-    arr = cells.create_array("0", shape=tuple(spatial), chunks=tuple(min(s, c) for s, c in zip(spatial, chunks)),
-                             dtype=np.uint32, fill_value=0, overwrite=True, attributes=incomplete_status(_WRITER))
-    meta = ome_image_metadata(axes, spacing=spacing, name="cells")
-    meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
-    cells.attrs.update({"ome": meta})
-    return arr
 
-
-def _evaluate(labels: np.ndarray, gt: np.ndarray, *, per_slice: bool, spacing) -> dict:
+def _evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
+    """Step 7: metrics against the ground truth (per slice and their mean for a 2D model on a stack)."""
     from ..metrics import evaluate_segmentation
+    from ._inputs import read_image
 
+    labels = np.asarray(labels)
+    gt = np.asarray(read_image(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth)
     if labels.shape != gt.shape:
         raise ValueError(f"ground_truth: expected the shape of the image {labels.shape}, got {gt.shape}")
     if not per_slice:

@@ -194,7 +194,7 @@ class DeformableTransform:
         p, _ = _points(points, self.ndim)
         if p.shape[0] == 0:
             return np.zeros_like(p)
-        field = _core.cpd_gauss_transform(self.centers, self.coefficients, p, self.beta, self.cutoff)
+        field = _core.cpd_gauss_transform(self.centers, self.coefficients, p, self.beta, self.cutoff)["values"]
         return field + self.offset
 
     def apply(self, points) -> np.ndarray:
@@ -226,3 +226,52 @@ def transform_from_dict(d: dict):
         raise ValueError(f"d: expected a dict with 'type' in {sorted(_KINDS)}, got {type(d).__name__}"
                          + (f" with type {d.get('type')!r}" if isinstance(d, dict) else ""))
     return _KINDS[d["type"]].from_dict(d)
+
+
+@dataclass(frozen=True)
+class CompositeTransform:
+    """Apply ``transforms[0]``, then ``transforms[1]``, ... to points (physical units).
+
+    Each element has ``apply(points)`` and ``to_dict()``; :meth:`from_dict` rebuilds the chain
+    with :func:`transform_from_dict` (a nested chain with :meth:`from_dict` itself).
+    """
+
+    transforms: tuple
+
+    kind = "composite"
+
+    @property
+    def ndim(self) -> int:
+        return self.transforms[0].ndim
+
+    def apply(self, points) -> np.ndarray:
+        out = np.asarray(points, dtype=np.float64)
+        for t in self.transforms:
+            out = t.apply(out)
+        return out
+
+    __call__ = apply
+
+    def inverse(self):
+        """The inverse chain, when every element has a closed-form inverse."""
+        return CompositeTransform(tuple(t.inverse() for t in reversed(self.transforms)))
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "transforms": [t.to_dict() for t in self.transforms]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompositeTransform":
+        if not isinstance(d, dict) or d.get("type") != cls.kind:
+            raise ValueError(f"d: expected a dict with type 'composite', got "
+                             f"{'type ' + repr(d.get('type')) if isinstance(d, dict) else type(d).__name__}")
+        return cls(tuple(load_transform(t) for t in d["transforms"]))
+
+
+def load_transform(d: dict):
+    """A transform, single or a :class:`CompositeTransform` chain, from its ``to_dict()`` form."""
+    if isinstance(d, dict) and d.get("type") == CompositeTransform.kind:
+        return CompositeTransform.from_dict(d)
+    return transform_from_dict(d)
+
+
+__all__ += ["CompositeTransform", "load_transform"]

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
-from .._validation import as_bool, describe
-from .mws import _check_bias, _check_finite, _check_n_attractive, _check_offsets, _check_strides, mutex_watershed
+from .._validation import as_bool, describe, per_axis
+from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -78,38 +78,13 @@ class BlockwiseResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _per_axis(x, ndim: int, name: str, minimum: int):
-    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
-        x = [int(x)] * ndim
-    try:
-        vals = list(x)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer or {ndim} integers, got {describe(x)}") from None
-    if len(vals) != ndim:
-        raise ValueError(f"{name}: expected {ndim} values (one per axis), got {len(vals)}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected integers, got {describe(x)}")
-        if int(v) < minimum:
-            raise ValueError(f"{name}: expected integers >= {minimum}, got {[int(u) for u in vals]}")
-        out.append(int(v))
-    return tuple(out)
-
-
 class _Plan:
     """Everything a block task needs (picklable, for dask.distributed workers)."""
 
     def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir, ledger_dir):
-        self.affinities = affinities
-        self.offsets = offsets
-        self.shape = shape
-        self.block_shape = block_shape
-        self.halo = halo
-        self.mws_kwargs = mws_kwargs
-        self.mask = mask
-        self.workdir = workdir
-        self.ledger_dir = ledger_dir
+        self.affinities, self.offsets, self.shape, self.block_shape = affinities, offsets, shape, block_shape
+        self.halo, self.mws_kwargs, self.mask = halo, mws_kwargs, mask
+        self.workdir, self.ledger_dir = workdir, ledger_dir
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
 
     @property
@@ -282,6 +257,51 @@ def _clean_workdir(workdir: str) -> None:
         pass
 
 
+def _check_out(out, shape: tuple, bshape: tuple) -> None:
+    """``out`` of the spatial ``shape``, integer, and (zarr) chunks dividing the blocks ``bshape``."""
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
+    if not np.issubdtype(np.dtype(out.dtype), np.integer):
+        raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
+    chunks = getattr(out, "chunks", None)
+    if isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
+        if any(b % c and b < s for b, c, s in zip(bshape, chunks, shape)):
+            raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+
+
+def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge_threshold, n_attractive, strides,
+                     randomize_strides, invert, seed, bias):
+    """Every argument of :func:`blockwise_mutex_watershed` checked: (shape, offsets, blocks, halo, mws kwargs)."""
+    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
+        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
+    ashape = tuple(int(s) for s in affinities.shape)
+    if len(ashape) not in (3, 4):
+        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
+    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
+    C, shape = ashape[0], ashape[1:]
+    ndim = len(shape)
+    o = _check_offsets(offsets, C, ndim)
+    bias_arr, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
+    bshape = per_axis(block_shape, ndim, "block_shape", minimum=1)
+    hal = per_axis(halo, ndim, "halo")
+    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
+    for d in range(ndim):
+        if bshape[d] < shape[d] and hal[d] < 1:
+            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
+    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
+        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
+    if out is not None:
+        _check_out(out, shape, bshape)
+    if randomize_strides and st is None:
+        raise ValueError("randomize_strides: requires strides")
+    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
+                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
+    return shape, o, bshape, hal, mws_kwargs
+
+
 def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
                               n_attractive=None, strides=None, randomize_strides=False, mask=None,
                               invert=False, seed=None, workdir=None, n_workers=None,
@@ -334,53 +354,13 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     from .._optional import optional_import
 
     dask = optional_import("dask", purpose="blockwise_mutex_watershed")
-
-    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
-        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
-    ashape = tuple(int(s) for s in affinities.shape)
-    if len(ashape) not in (3, 4):
-        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
-    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
-        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
-    C, shape = ashape[0], ashape[1:]
-    ndim = len(shape)
-    o = _check_offsets(offsets, C, ndim)
-    bias_arr = _check_bias(bias, C)
-    if bias_arr is not None and n_attractive is not None:
-        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
-                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = None if bias_arr is not None else _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim, C)
-    if bias_arr is not None and st is not None and not isinstance(st[0], list):
-        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
-                         f"({C}, {ndim}) instead of {st}")
-    bshape = _per_axis(block_shape, ndim, "block_shape", 1)
-    hal = _per_axis(halo, ndim, "halo", 0)
-    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
-    for d in range(ndim):
-        if bshape[d] < shape[d] and hal[d] < 1:
-            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
-    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
-        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
-    if out is not None:
-        if tuple(out.shape) != shape:
-            raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-        if not np.issubdtype(np.dtype(out.dtype), np.integer):
-            raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
-        chunks = getattr(out, "chunks", None)
-        if chunks is not None and isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
-            for d in range(ndim):
-                if bshape[d] % chunks[d] and bshape[d] < shape[d]:
-                    raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
+    shape, o, bshape, hal, mws_kwargs = _check_arguments(
+        affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
+        n_attractive=n_attractive, strides=strides, randomize_strides=randomize_strides, invert=invert, seed=seed,
+        bias=bias)
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
-    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
-                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
-    if randomize_strides and st is None:
-        raise ValueError("randomize_strides: requires strides")
 
     own_workdir = workdir is None
     workdir = tempfile.mkdtemp(prefix="xmodal-mws-") if own_workdir else os.fspath(workdir)
@@ -394,10 +374,8 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         bids = plan.block_ids()
         if plan.ledger_dir is not None:
             xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
-            log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
-                     sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
-        else:
-            log.info("blockwise mutex watershed: %d blocks of %s", len(bids), bshape)
+        log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
+                 0 if plan.ledger_dir is None else sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
         prior = xio.output_status(out) if zarr_out else None
         if zarr_out:
             xio.mark_incomplete(out, _WRITER)
@@ -420,31 +398,24 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         xio.atomic_write_bytes(mapping_path, buf.getvalue())
         del mapping, buf
         t2 = time.perf_counter()
-        if out is not None:
-            if n_labels > np.iinfo(np.dtype(out.dtype)).max:
-                raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
-            run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
-                 for b in bids])
-            labels = out
-            if zarr_out:
-                xio.mark_complete(out, _WRITER, signature=signature, input_digest=input_digest)
-                if prior is not None and not prior.get("complete"):
-                    xio.remove_temporaries(xio.local_store_path(out))  # left by a killed run
-        else:
-            dtype = np.uint32 if n_labels < 2**32 else np.uint64
-            labels = np.zeros(shape, dtype=dtype)
-            parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, None)
-                         for b in bids])
+        if out is not None and n_labels > np.iinfo(np.dtype(out.dtype)).max:
+            raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
+        parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
+                     for b in bids])
+        labels = out
+        if out is None:
+            labels = np.zeros(shape, dtype=np.uint32 if n_labels < 2**32 else np.uint64)
             for b, part in zip(bids, parts):
                 labels[plan.inner(b)] = part
+        elif zarr_out:
+            xio.mark_complete(out, _WRITER, signature=signature, input_digest=input_digest)
+            if prior is not None and not prior.get("complete"):
+                xio.remove_temporaries(xio.local_store_path(out))  # left by a killed run
         t3 = time.perf_counter()
-    except BaseException:
+    finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    if own_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
+    if not own_workdir:
         _clean_workdir(workdir)  # the run is complete: its resume state must not outlive it
     return BlockwiseResult(labels=labels, n_labels=n_labels, n_blocks=len(bids), n_blocks_resumed=resumed,
                            n_face_merges=n_merges,

@@ -28,7 +28,6 @@ __all__ = [
     "mutex_watershed",
     "seeded_mutex_watershed",
     "mutex_watershed_graph",
-    "remove_small_segments",
 ]
 
 
@@ -84,12 +83,29 @@ def _core():
 # validation
 # ---------------------------------------------------------------------------------------------
 
+def _check_mode(bias, n_attractive, strides, C: int, ndim: int):
+    """(bias array or None, n_attractive or None with bias, strides) checked together: with a bias
+    every channel may attract or repel, so n_attractive is refused and strides must be per offset."""
+    b = _check_bias(bias, C)
+    if b is not None and n_attractive is not None:
+        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
+                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
+    na = None if b is not None else _check_n_attractive(n_attractive, C, ndim)
+    st = _check_strides(strides, ndim, C)
+    if b is not None and st is not None and not isinstance(st[0], list):
+        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
+                         f"({C}, {ndim}) instead of {st}")
+    return b, na, st
+
+
 def _check_affinities(affinities) -> np.ndarray:
     if isinstance(affinities, (list, tuple)):
         affinities = np.asarray(affinities, dtype=np.float64)
     if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
         raise TypeError(f"affinities: expected an array of shape (C, *spatial), got {describe(affinities)}")
     a = np.asarray(affinities)
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))  # byte-swapped input (some files, zarr stores)
     if a.dtype not in (np.float32, np.float64):
         if a.dtype == np.float16 or (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
             a = a.astype(np.float32)
@@ -283,16 +299,9 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     C, spatial = a.shape[0], a.shape[1:]
     ndim = len(spatial)
     o = _check_offsets(offsets, C, ndim)
-    b = _check_bias(bias, C)
-    if b is not None and n_attractive is not None:
-        raise ValueError("n_attractive: not used with bias (the sign of affinity + bias decides which edges "
-                         f"attract); give one of them, got n_attractive={n_attractive!r} and a bias")
-    na = C if b is not None else _check_n_attractive(n_attractive, C, ndim)
-    st = _check_strides(strides, ndim, C)
+    b, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
+    na = C if na is None else na
     per_channel = st is not None and isinstance(st[0], list)
-    if b is not None and st is not None and not per_channel:
-        raise ValueError(f"strides: with bias every channel may attract or repel; give per-offset strides of shape "
-                         f"({C}, {ndim}) instead of {st}")
     randomize_strides = as_bool(randomize_strides, "randomize_strides")
     invert = as_bool(invert, "invert")
     return_info = as_bool(return_info, "return_info")
@@ -316,13 +325,11 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
     else:
         a4, o3, st3 = a, o, single
     a4 = np.ascontiguousarray(a4)
-    fn = _core()._mws_grid_f32 if a4.dtype == np.float32 else _core()._mws_grid_f64
-    labels, stats = fn(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
-                       seed_value, invert, m, sd,
-                       None if cst is None else np.ascontiguousarray(cst), b)
-    labels = labels.reshape(spatial)
+    out = _core().mws_grid(a4, np.ascontiguousarray(o3), na, st3, bool(randomize_strides and st is not None),
+                           seed_value, invert, m, sd, None if cst is None else np.ascontiguousarray(cst), b)
+    labels = out["labels"].reshape(spatial)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
+        return labels, MutexWatershedInfo._from_native(out)
     return labels
 
 
@@ -420,156 +427,7 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
             raise ValueError("seeds: expected non-negative labels (0 = unseeded)")
         sd = np.ascontiguousarray(sd, dtype=np.uint64)
     return_info = as_bool(return_info, "return_info")
-    labels, stats = _core()._mws_graph(n_nodes, uv, w, muv, mw, sd)
+    out = _core().mws_graph(n_nodes, uv, w, muv, mw, sd)
     if return_info:
-        return labels, MutexWatershedInfo._from_native(stats)
-    return labels
-
-
-def _relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels from 1 in raster order of first occurrence; 0 stays 0."""
-    flat = labels.ravel()
-    uniq, first, inv = np.unique(flat, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(uniq), np.int64)
-    rank[order] = np.arange(len(uniq))
-    new = rank[inv] + 1
-    if uniq.size and uniq[0] == 0:
-        zero_rank = rank[0] + 1
-        new = np.where(flat == 0, 0, new - (new > zero_rank))
-    n = int(new.max()) if new.size else 0
-    dtype = np.uint32 if n < 2**32 else np.uint64
-    return new.astype(dtype).reshape(labels.shape)
-
-
-def remove_small_segments(labels, min_size, *, affinities=None, offsets=None, n_attractive=None,
-                          invert=False):
-    """Remove segments smaller than ``min_size`` voxels.
-
-    Without affinities, small segments become background (0). With ``affinities`` and ``offsets``
-    (same conventions as :func:`mutex_watershed`), each small segment is merged into the neighbour
-    with the highest mean merge probability over the attractive edges they share, smallest segments
-    first, until every segment is at least ``min_size`` or has no neighbour left (then it becomes 0).
-
-    Parameters
-    ----------
-    labels : ndarray of int, 2D or 3D
-        Segmentation, 0 = background (never merged into).
-    min_size : int
-        Minimum segment size in voxels.
-    affinities, offsets : optional
-        Affinities ``(C, *labels.shape)`` and offsets ``(C, ndim)``; only the first
-        ``n_attractive`` (default ndim) channels are used.
-    n_attractive : int, optional
-        Attractive channels used for the merge decision.
-    invert : bool
-        Affinities are boundary probabilities.
-
-    Returns
-    -------
-    ndarray
-        Consecutive labels from 1 (first occurrence), uint32 (uint64 if needed).
-    """
-    lab = np.asarray(labels)
-    if lab.dtype == object or not (np.issubdtype(lab.dtype, np.integer)):
-        raise TypeError(f"labels: expected an integer label array, got {describe(labels)}")
-    if lab.ndim not in (2, 3):
-        raise ValueError(f"labels: expected a 2D or 3D array, got shape {lab.shape}")
-    if np.issubdtype(lab.dtype, np.signedinteger) and lab.size and lab.min() < 0:
-        raise ValueError("labels: expected non-negative labels")
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral):
-        raise TypeError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
-    if min_size < 0:
-        raise ValueError(f"min_size: expected a non-negative integer, got {min_size}")
-    if (affinities is None) != (offsets is None):
-        raise ValueError("affinities, offsets: give both or neither")
-    invert = as_bool(invert, "invert")
-    _, dense = np.unique(lab, return_inverse=True)
-    dense = dense.reshape(lab.shape).astype(np.int64)
-    has_zero = lab.size and lab.min() == 0
-    if not has_zero:
-        dense += 1  # dense id 0 is background
-    n_ids = int(dense.max()) + 1 if dense.size else 1
-    sizes = np.bincount(dense.ravel(), minlength=n_ids).astype(np.int64)
-    sizes[0] = 0
-    small = np.flatnonzero((sizes > 0) & (sizes < min_size))
-    if small.size == 0:
-        return _relabel_consecutive(np.where(dense > 0, dense, 0))
-    parent = np.arange(n_ids)
-    if affinities is not None:
-        a = _check_affinities(affinities)
-        if a.shape[1:] != lab.shape:
-            raise ValueError(f"affinities: expected spatial shape {lab.shape}, got {a.shape[1:]}")
-        o = _check_offsets(offsets, a.shape[0], lab.ndim)
-        na = _check_n_attractive(n_attractive, a.shape[0], lab.ndim)
-        _check_finite(a)
-        us, vs, ws = [], [], []
-        for c in range(na):
-            src, dst = [], []
-            for size, off in zip(lab.shape, o[c]):
-                src.append(slice(max(0, -off), size - max(0, off)))
-                dst.append(slice(max(0, off), size - max(0, -off)))
-            lu, lv = dense[tuple(src)].ravel(), dense[tuple(dst)].ravel()
-            w = a[c][tuple(src)].ravel().astype(np.float64)
-            if invert:
-                w = 1.0 - w
-            keep = (lu != lv) & (lu > 0) & (lv > 0)
-            us.append(np.minimum(lu[keep], lv[keep]))
-            vs.append(np.maximum(lu[keep], lv[keep]))
-            ws.append(w[keep])
-        u = np.concatenate(us) if us else np.zeros(0, np.int64)
-        v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
-        w = np.concatenate(ws) if ws else np.zeros(0)
-        key = u * n_ids + v
-        uk, inv = np.unique(key, return_inverse=True)
-        wsum = np.bincount(inv, weights=w, minlength=uk.size)
-        wcnt = np.bincount(inv, minlength=uk.size).astype(np.float64)
-        pu, pv = uk // n_ids, uk % n_ids
-        # adjacency: node -> {neighbour: [sum, count]}
-        adj = [dict() for _ in range(n_ids)]
-        for x, y, s_, c_ in zip(pu.tolist(), pv.tolist(), wsum.tolist(), wcnt.tolist()):
-            adj[x][y] = [s_, c_]
-            adj[y][x] = [s_, c_]
-        alive = sizes > 0
-        import heapq
-        heap = [(int(sizes[s]), int(s)) for s in small]
-        heapq.heapify(heap)
-        while heap:
-            sz, s = heapq.heappop(heap)
-            if not alive[s] or sizes[s] != sz or sizes[s] >= min_size:
-                continue
-            if not adj[s]:
-                continue
-            best = max(adj[s].items(), key=lambda kv: (kv[1][0] / kv[1][1], -kv[0]))[0]
-            # merge s into best (smaller adjacency into larger would be faster; sizes are small here)
-            for nb, (s_, c_) in adj[s].items():
-                del adj[nb][s]
-                if nb == best:
-                    continue
-                cur = adj[best].get(nb)
-                if cur is None:
-                    adj[best][nb] = [s_, c_]
-                    adj[nb][best] = adj[best][nb]
-                else:
-                    cur[0] += s_
-                    cur[1] += c_
-                    adj[nb][best] = cur
-            adj[s] = {}
-            parent[s] = best
-            sizes[best] += sizes[s]
-            alive[s] = False
-            if sizes[best] < min_size:
-                heapq.heappush(heap, (int(sizes[best]), int(best)))
-        # resolve chains
-        for i in range(n_ids):
-            r = i
-            while parent[r] != r:
-                r = parent[r]
-            parent[i] = r
-        final_sizes = np.bincount(parent, weights=np.bincount(dense.ravel(), minlength=n_ids),
-                                  minlength=n_ids)
-        parent[(final_sizes[parent] < min_size)] = 0
-    else:
-        parent[small] = 0
-    parent[0] = 0
-    return _relabel_consecutive(parent[dense])
+        return out["labels"], MutexWatershedInfo._from_native(out)
+    return out["labels"]

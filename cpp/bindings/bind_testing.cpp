@@ -1,0 +1,222 @@
+// xmodal._core._testing: the CUDA kernels' per-thread arithmetic, run on the CPU (tests only).
+//
+// cuda/cpd.cu and cuda/knn.cu compute every output with the XM_HD functions of
+// xmodal/detail/cpd_arith.hpp and knn_arith.hpp: one GPU thread per point, the other set visited
+// tile by tile in index order. The emulations below run the same functions in the same order on
+// the CPU, so the tests (tests/test_cuda_arith.py) compare the GPU's arithmetic with the CPU
+// kernels on any machine. What they do not cover: the tiling and launch code of the .cu files,
+// and the device's libm (log/log1p/exp in finish_column, last-place differences).
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "xmodal/detail/cpd_arith.hpp"
+#include "xmodal/detail/knn_arith.hpp"
+
+namespace xmodal::bind {
+namespace {
+
+namespace ca = xmodal::cpd::arith;
+namespace ka = xmodal::knn::arith;
+
+// ------------------------------------------------------------------ CPD E-step, GPU algorithm
+struct EmuStats {
+    double log_s_sum = 0;
+    int64_t empty = 0, shifted = 0, pairs = 0;
+};
+
+template <class T, int D>
+EmuStats emulate_estep(const T* X, int64_t N, const T* TY, int64_t M, const T* w, double sigma2, double c,
+                       double cutoff, T* P1, T* Pt1, T* PX, int64_t* best, T* prob, double* log_s) {
+    const ca::Scalars<T> sc = ca::estep_scalars<T>(sigma2, cutoff);
+    const bool may = ca::may_shift(sc.r2, sc.inv);
+    std::vector<T> g(N), h(N);
+    std::vector<char> empty(N), shifted(N);
+    for (int64_t n = 0; n < N; ++n) {  // pass 1: one thread per fixed point
+        ca::FixedPoint<T, D> fp(&X[n * D], sc.inv, sc.r2);
+        for (int64_t m = 0; m < M; ++m) fp.visit(&TY[m * D], w ? w[m] : T(1));
+        if (fp.start_shift(may))
+            for (int64_t m = 0; m < M; ++m) fp.visit_shifted(&TY[m * D], w ? w[m] : T(1));
+        const ca::Column col = fp.finish(c);
+        g[n] = static_cast<T>(col.g);
+        h[n] = fp.h;
+        Pt1[n] = static_cast<T>(col.pt);
+        log_s[n] = col.log_s;
+        empty[n] = col.empty;
+        shifted[n] = fp.shift;
+    }
+    for (int64_t m = 0; m < M; ++m) {  // pass 2: one thread per moving point
+        ca::MovingPoint<T, D> mp(&TY[m * D], sc.inv, sc.r2);
+        for (int64_t n = 0; n < N; ++n) mp.visit(&X[n * D], g[n], h[n], n);
+        ca::finish_moving<T, D>(w ? static_cast<double>(w[m]) : 1.0, mp.s0, mp.cs, mp.best_n, mp.best_v, &P1[m],
+                                &PX[m * D], &best[m], &prob[m]);
+    }
+    // statistics: the GPU's one-block reduction
+    constexpr int L = ca::kStatsThreads;
+    double lane[L];
+    int64_t ne = 0, nh = 0;
+    for (int t = 0; t < L; ++t) {
+        lane[t] = 0;
+        for (int64_t n = t; n < N; n += L) lane[t] = ca::add_rn(lane[t], ca::log_s_term(log_s[n], empty[n] != 0));
+    }
+    for (int stride = L / 2; stride > 0; stride >>= 1)
+        for (int t = 0; t < stride; ++t) lane[t] = ca::add_rn(lane[t], lane[t + stride]);
+    for (int64_t n = 0; n < N; ++n) {
+        ne += empty[n];
+        nh += shifted[n];
+    }
+    return {lane[0], ne, nh, ca::dense_pairs(N, M, nh)};
+}
+
+template <class T>
+py::dict estep_emulation(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+                         double sigma2, double c, double cutoff) {
+    auto X = as_carray<T>(fixed, "fixed");
+    auto TY = as_carray<T>(moved, "moved");
+    check_ndim(X, 2, "fixed");
+    check_ndim(TY, 2, "moved");
+    const int64_t N = X.shape(0), M = TY.shape(0);
+    const int D = static_cast<int>(X.shape(1));
+    if (TY.shape(1) != D) throw value_error("fixed, moved: expected the same dimension");
+    carray<T> wa;
+    if (weights) {
+        wa = as_carray<T>(*weights, "weights");
+        if (wa.ndim() != 1 || wa.shape(0) != M) throw value_error("weights: expected one weight per moving point");
+    }
+    ca::check_estep_args(N, M, D, sigma2, c, cutoff);
+    py::array_t<T> P1(M), Pt1(N), PX({M, static_cast<int64_t>(D)}), prob(M);
+    py::array_t<int64_t> best(M);
+    py::array_t<double> log_s(N);
+    EmuStats st;
+    auto run = [&](const auto* x, const auto* y, const auto* wp, auto* p1, auto* pt1, auto* px, auto* pb) {
+        using U = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+        if (D == 2)
+            st = emulate_estep<U, 2>(x, N, y, M, wp, sigma2, c, cutoff, p1, pt1, px, best.mutable_data(), pb,
+                                     log_s.mutable_data());
+        else
+            st = emulate_estep<U, 3>(x, N, y, M, wp, sigma2, c, cutoff, p1, pt1, px, best.mutable_data(), pb,
+                                     log_s.mutable_data());
+    };
+    const T* wp = weights ? wa.data() : nullptr;
+    bool via_double = false;
+    if constexpr (sizeof(T) == sizeof(float)) via_double = ca::float_needs_double(sigma2, cutoff);
+    if (via_double) {  // as both devices: float64 on converted copies, rounded back
+        std::vector<double> x(X.data(), X.data() + N * D), y(TY.data(), TY.data() + M * D), wd;
+        if (wp) wd.assign(wp, wp + M);
+        std::vector<double> p1(M), pt1(N), px(M * D), pb(M);
+        run(x.data(), y.data(), wp ? wd.data() : static_cast<const double*>(nullptr), p1.data(), pt1.data(),
+            px.data(), pb.data());
+        std::copy(p1.begin(), p1.end(), P1.mutable_data());
+        std::copy(pt1.begin(), pt1.end(), Pt1.mutable_data());
+        std::copy(px.begin(), px.end(), PX.mutable_data());
+        std::copy(pb.begin(), pb.end(), prob.mutable_data());
+    } else {
+        run(X.data(), TY.data(), wp, P1.mutable_data(), Pt1.mutable_data(), PX.mutable_data(), prob.mutable_data());
+    }
+    return estep_result(P1, Pt1, PX, best, prob, log_s, st.log_s_sum, st.pairs, st.empty, st.shifted);
+}
+
+// ------------------------------------------------------------------ k-NN graph, GPU algorithm
+// Per query the k best by (d2, index) and the radius count (knn::arith::Query over every
+// reference point in index order), keys row * nb + col sorted and made unique, distances
+// sqrt(dist2) of each kept pair: the steps of cuda/knn.cu.
+py::dict knn_emulation(carray<double> a, carray<double> b, int k, double radius, bool symmetric) {
+    check_ndim(a, 2, "a");
+    check_ndim(b, 2, "b");
+    const int64_t na = a.shape(0), nb = b.shape(0);
+    const int dim = static_cast<int>(a.shape(1));
+    if (b.shape(1) != dim) throw value_error("a, b: expected the same number of columns");
+    ka::check_args(na, nb, dim, k, radius);
+    const double r2 = radius >= 0.0 ? radius * radius : -1.0;
+    const int kb = static_cast<int>(std::min<int64_t>(k, nb)), ka_ = static_cast<int>(std::min<int64_t>(k, na));
+    std::vector<int64_t> keys;
+    auto select = [&](const double* q, int64_t nq, const double* p, int64_t np, int kk, double rr, bool reverse) {
+        // the GPU's scratch layout: entry t of query i at t * nq + i
+        std::vector<double> bd(static_cast<size_t>(std::max<int64_t>(kk * nq, 1)));
+        std::vector<int32_t> bi(bd.size());
+        for (int64_t i = 0; i < nq; ++i) {
+            ka::Query qu(&q[i * dim], dim, kk, rr, bd.data() + i, bi.data() + i, nq);
+            for (int64_t j = 0; j < np; ++j) qu.visit(&p[j * dim], static_cast<int32_t>(j));
+            for (int t = 0; t < qu.size; ++t) {
+                const int64_t other = bi[static_cast<size_t>(t * nq + i)];
+                keys.push_back(reverse ? other * nb + i : i * nb + other);
+            }
+            if (rr >= 0.0)  // radius pairs, in ascending column order
+                for (int64_t j = 0; j < np; ++j)
+                    if (ka::in_radius(ka::dist2(&q[i * dim], &p[j * dim], dim), rr)) keys.push_back(i * nb + j);
+        }
+    };
+    if (na > 0 && nb > 0) {
+        select(a.data(), na, b.data(), nb, kb, r2, false);
+        if (symmetric && ka_ > 0) select(b.data(), nb, a.data(), na, ka_, -1.0, true);
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    std::vector<int64_t> indptr(static_cast<size_t>(na) + 1, 0);
+    std::vector<int32_t> indices(keys.size());
+    std::vector<double> data(keys.size());
+    for (size_t e = 0; e < keys.size(); ++e) {
+        const int64_t row = keys[e] / nb, col = keys[e] % nb;
+        ++indptr[static_cast<size_t>(row) + 1];
+        indices[e] = static_cast<int32_t>(col);
+        data[e] = std::sqrt(ka::dist2(a.data() + row * dim, b.data() + col * dim, dim));
+    }
+    for (int64_t i = 0; i < na; ++i) indptr[i + 1] += indptr[i];
+    py::dict out;
+    out["indptr"] = to_numpy(std::move(indptr));
+    out["indices"] = to_numpy(std::move(indices));
+    out["data"] = to_numpy(std::move(data));
+    return out;
+}
+
+template <class T>
+py::array_t<T> exp_neg_array(const py::array& x) {
+    auto a = as_carray<T>(x, "x");
+    py::array_t<T> out(a.size());
+    T* o = out.mutable_data();
+    for (py::ssize_t i = 0; i < a.size(); ++i) o[i] = ca::exp_neg(a.data()[i]);
+    return out;
+}
+
+}  // namespace
+
+void register_testing(py::module_& m) {
+    py::module_ t = m.def_submodule(
+        "_testing", "The CUDA kernels' arithmetic (xmodal/detail/*_arith.hpp) run on the CPU. Tests only.");
+    t.def(
+        "cpd_estep_gpu_emulation",
+        [](const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights, double sigma2,
+           double c, double cutoff) {
+            return with_float_type(fixed, "fixed", [&](auto tag) {
+                return estep_emulation<decltype(tag)>(fixed, moved, weights, sigma2, c, cutoff);
+            });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"),
+        "The CUDA E-step's per-thread arithmetic on the CPU: the dict of cpd_estep (want_best=True).");
+    t.def("knn_graph_gpu_emulation", &knn_emulation, py::arg("a"), py::arg("b"), py::arg("k"), py::arg("radius"),
+          py::arg("symmetric"), "The CUDA k-NN graph's arithmetic on the CPU: the dict of knn_graph.");
+    t.def(
+        "exp_neg",
+        [](const py::array& x) -> py::object {
+            return with_float_type(x, "x", [&](auto tag) -> py::object { return exp_neg_array<decltype(tag)>(x); });
+        },
+        py::arg("x"), "The E-step's exp(x) for x <= 0 (float32 or float64), elementwise on a flat copy.");
+    t.def(
+        "finish_column",
+        [](double S, double e, double c) {
+            const ca::Column col = ca::finish_column(S, e, c);
+            py::dict out;
+            out["g"] = col.g;
+            out["pt"] = col.pt;
+            out["log_s"] = col.log_s;
+            out["empty"] = col.empty;
+            return out;
+        },
+        py::arg("S"), py::arg("e"), py::arg("c"), "The E-step's denominator of one fixed point.");
+}
+
+}  // namespace xmodal::bind

@@ -1,0 +1,222 @@
+"""The commands of the ``xmodal`` command line: one function per subcommand, taking the parsed
+arguments and returning the exit status (see :mod:`xmodal.cli` for the parser and the error
+contract)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._cli_support import (
+    UsageError,
+    dask_client,
+    ints_option,
+    numbers_option,
+    offsets_option,
+    options_of,
+    prepare_out,
+    spacing_option,
+)
+
+
+def cmd_info(args) -> int:
+    from ._config import backends, format_config
+
+    info = backends()
+    print(json.dumps(info, indent=2) if args.json else format_config(info))
+    return 0
+
+
+def cmd_register(args) -> int:
+    from .pipelines import register_cells
+
+    spots = None
+    if args.spots:
+        spots = {Path(s).stem: s for s in args.spots}
+    res = register_cells(
+        args.fixed, args.moving, transform=args.transform, matching=args.matching,
+        fixed_spacing=spacing_option(args.fixed_spacing or args.spacing),
+        moving_spacing=spacing_option(args.moving_spacing or args.spacing), id_column=args.id_column,
+        prealign=False if args.no_prealign else args.prealign, scale=args.scale, k=args.k, radius=args.radius,
+        unmatched_cost="auto" if args.unmatched_cost is None else float(args.unmatched_cost),
+        spots=spots, out=args.out,
+    )
+    print(f"matched {res.n_matched} of {len(res.moving_points)} moving and {len(res.fixed_points)} fixed cells "
+          f"in {res.timings['total']:.2f} s; outputs in {args.out}")
+    return 0
+
+
+def cmd_match(args) -> int:
+    import numpy as np
+
+    from .io import load_points, provenance_record, write_csv, write_json
+    from .matching import match_points
+
+    out = prepare_out(args.out, kind="file", command="match", inputs=(args.a, args.b))
+    prepare_out(out.with_suffix(".provenance.json"), kind="file", command="match", inputs=(args.a, args.b))
+    a = load_points(args.a, spacing=spacing_option(args.spacing), id_column=args.id_column, name="a")
+    b = load_points(args.b, spacing=spacing_option(args.spacing), id_column=args.id_column, name="b")
+    res = match_points(a.points, b.points, k=args.k, radius=args.radius, unmatched_cost=args.unmatched_cost,
+                       mode=args.mode)
+    rows, cols = np.asarray(res.rows), np.asarray(res.cols)
+    dist = np.linalg.norm(a.points[rows] - b.points[cols], axis=1)
+    write_csv(out, ["a_index", "b_index", "a_id", "b_id", "distance"], [rows, cols, a.ids[rows], b.ids[cols], dist])
+    write_json(out.with_suffix(".provenance.json"),
+               provenance_record("match", options_of(args), {"a": args.a, "b": args.b}))
+    print(f"{len(rows)} pairs, total cost {float(res.cost):.6g}; written to {out}")
+    return 0
+
+
+def cmd_cpd(args) -> int:
+    import numpy as np
+
+    from .io import begin_folder, commit_folder, load_points, provenance_record, write_csv, write_json
+    from .registration import cpd
+
+    out = prepare_out(args.out, kind="folder", command="cpd", inputs=(args.moving, args.fixed),
+                       overwrite=args.overwrite)
+    mov = load_points(args.moving, spacing=spacing_option(args.spacing), name="moving")
+    fix = load_points(args.fixed, spacing=spacing_option(args.spacing), name="fixed")
+    opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol") if getattr(args, k) is not None}
+    stage = begin_folder(out, name="--out")  # renamed to --out when complete
+    res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    write_json(stage / "transform.json", res.transform.to_dict())
+    moved = np.asarray(res.moved)
+    axes = ["z", "y", "x"][-moved.shape[1]:]
+    write_csv(stage / "moved.csv", ["id", *axes], [mov.ids, *moved.T])
+    write_json(stage / "provenance.json",
+               provenance_record("cpd", options_of(args), {"moving": args.moving, "fixed": args.fixed})
+               | {"iterations": int(res.iterations), "converged": bool(res.converged), "sigma2": float(res.sigma2)})
+    commit_folder(stage, out)
+    print(f"cpd {args.transform}: {res.iterations} iterations, converged={res.converged}, "
+          f"sigma2={float(res.sigma2):.4g}; outputs in {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import Standardize, global_mean_std, predict_tiled
+    from .io import read_image
+    from .models import load_model
+
+    model = load_model(args.model)
+    image = read_image(args.image)
+    normalize = {"none": None, "quantile": "quantile"}.get(args.normalize)
+    if args.normalize == "standardize":
+        normalize = Standardize(*global_mean_std(image, name="image"))
+    halo = args.halo if args.halo == "auto" else ints_option(args.halo)
+    out = predict_tiled(model, image, tile_shape=ints_option(args.tile_shape), halo=halo, blend=args.blend,
+                        device=args.device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
+                        client=dask_client(args), progress=not args.quiet)
+    print(f"prediction of shape {tuple(out.shape)} written to {args.out}")
+    return 0
+
+
+def cmd_mws(args) -> int:
+    import numpy as np
+
+    from .io import begin_folder, commit_folder, create_array, mark_complete, provenance_attributes, read_image
+    from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
+    from .segmentation.mws import _check_bias, _check_n_attractive, _check_offsets
+
+    out = prepare_out(args.out, kind="zarr", command="mws", inputs=(args.affinities,), overwrite=args.overwrite)
+    aff = read_image(args.affinities)
+    offsets = offsets_option(args.offsets)
+    if offsets is None:
+        offsets = aff.attrs.get("xmodal", {}).get("offsets") if hasattr(aff, "attrs") else None
+        if offsets is None:
+            raise UsageError("--offsets: expected a JSON list of offsets (or a file), got none")
+    if len(aff.shape) not in (3, 4):
+        raise UsageError(f"affinities {args.affinities}: expected shape (C, y, x) or (C, z, y, x), "
+                         f"got {tuple(aff.shape)}")
+    spatial = tuple(aff.shape[1:])
+    # everything that can be checked is checked before the output is created
+    offsets = _check_offsets(offsets, int(aff.shape[0]), len(spatial)).tolist()
+    _check_n_attractive(args.n_attractive, int(aff.shape[0]), len(spatial))
+    bias = None
+    if args.bias is not None:
+        bias = (numbers_option(args.bias, "--bias", x_separates=False) if not isinstance(args.bias, (int, float, list))
+                else args.bias)
+        bias = bias[0] if isinstance(bias, list) and len(bias) == 1 else bias
+        if args.n_attractive is not None:
+            raise UsageError("--bias: not used with --n-attractive (the sign of affinity + bias decides); give one")
+        _check_bias(bias, int(aff.shape[0]))
+    weighting = {"n_attractive": args.n_attractive} if bias is None else {"bias": bias}
+    block_shape = None
+    if args.block_shape:
+        block_shape = ints_option(args.block_shape, "--block-shape")
+        if len(block_shape) != len(spatial) or min(block_shape) < 1:
+            raise UsageError(f"--block-shape: expected {len(spatial)} positive integers (one per spatial axis of "
+                             f"{tuple(spatial)}), got {args.block_shape!r}")
+    attrs = provenance_attributes("mws", options_of(args), {"affinities": args.affinities})
+    # The array is written next to --out and renamed into place when complete (a killed run leaves the
+    # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
+    # only when its affinities and the parameters are unchanged; the folder is removed on success.
+    stage = begin_folder(out, name="--out")
+    if block_shape:
+        from .pipelines._agglomerate import filter_small
+
+        target = create_array(stage, spatial, np.uint64, chunks=block_shape, overwrite=True,
+                              attributes=attrs, writer="xmodal mws")
+        client = dask_client(args)
+        res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
+                                        halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
+                                        invert=args.invert, client=client, **weighting,
+                                        workdir=out.parent / (out.name + ".xmodal-work"))
+        # the same size filter as single-shot (identical result), block by block, in place
+        _, n = filter_small(target, int(res.n_labels), aff, offsets, n_attractive=args.n_attractive,
+                            min_size=args.min_size, block_shape=block_shape, client=client, invert=args.invert,
+                            writer="xmodal mws")
+    else:
+        a = np.asarray(aff[...])
+        labels = mutex_watershed(a, offsets, invert=args.invert, **weighting)
+        if args.min_size > 1:
+            labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
+                                           n_attractive=args.n_attractive, invert=args.invert)
+        target = create_array(stage, labels.shape, labels.dtype, overwrite=True, attributes=attrs,
+                              writer="xmodal mws")
+        target[...] = labels
+        mark_complete(target, "xmodal mws")
+        n = int(labels.max())
+    commit_folder(stage, out)
+    print(f"{n} segments written to {out}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .pipelines import segment
+
+    res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size,
+                  tile_shape=ints_option(args.tile_shape), device=args.device, client=dask_client(args),
+                  ground_truth=args.ground_truth, spacing=spacing_option(args.spacing), progress=not args.quiet)
+    line = f"{res.n_segments} segments in {res.timings['total']:.1f} s; outputs in {args.out}"
+    if res.metrics is not None:
+        m = res.metrics.get("mean", res.metrics)
+        line += f"; ARand {m['arand']:.4f}, VOI split {m['voi_split']:.3f}, merge {m['voi_merge']:.3f}"
+    print(line)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .io import read_image, write_json
+    from .metrics import evaluate_segmentation
+
+    out = None if not args.out else prepare_out(args.out, kind="file", command="evaluate",
+                                                 inputs=(args.segmentation, args.ground_truth))
+    seg = np.asarray(read_image(args.segmentation)[...])
+    gt = np.asarray(read_image(args.ground_truth)[...])
+    scores = evaluate_segmentation(seg, gt, ignore_gt=tuple(args.ignore_gt)).as_dict()
+    text = json.dumps(scores, indent=2, default=float)
+    if out is not None:
+        write_json(out, scores)
+    print(text)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, progress=not args.quiet)
+    print(summary)
+    return 0

@@ -1,0 +1,125 @@
+"""Point sets from arrays, centroid tables and label images, in physical units.
+
+Columns are in image axis order: (z, y, x) for 3D, (y, x) for 2D.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validation import as_points, as_spacing, describe
+from ._files import IMAGE_SUFFIXES, TABLE_SUFFIXES, numeric_column, read_image, read_table
+
+_AXIS_COLUMNS = (("z", "y", "x"), ("y", "x"))
+
+
+@dataclass
+class PointSet:
+    """Points in physical units with the ids that name them.
+
+    Attributes
+    ----------
+    points : (n, d) float64 array, physical units, columns (z, y, x) or (y, x)
+    ids : (n,) array of the point ids (table id column, label values, or 0..n-1)
+    source : str, where the points came from (for provenance)
+    sizes : (n,) voxel counts for points taken from label images, else None
+    """
+
+    points: np.ndarray
+    ids: np.ndarray
+    source: str
+    sizes: np.ndarray | None = None
+
+
+def _scaled(points: np.ndarray, spacing) -> np.ndarray:
+    s = as_spacing(spacing, points.shape[1])
+    return points if s is None else points * s
+
+
+def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str, ...] | None,
+                       spacing) -> PointSet:
+    table = read_table(path)
+    lower = {k.lower(): k for k in table}
+    if columns is None:
+        for cand in _AXIS_COLUMNS:
+            if all(c in lower for c in cand):
+                columns = tuple(lower[c] for c in cand)
+                break
+        else:
+            raise ValueError(
+                f"table {path}: expected coordinate columns named z, y, x (or y, x), got columns {list(table)}; "
+                "pass columns=(...) to name them"
+            )
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise ValueError(f"columns: {missing} not in table {path} (it has {list(table)})")
+    pts = np.stack([numeric_column(table, c, path) for c in columns], axis=1)
+    pts = _scaled(as_points(pts, f"table {path}"), spacing)
+    if id_column is not None:
+        if id_column not in table:
+            raise ValueError(f"id_column: {id_column!r} not in table {path} (it has {list(table)})")
+        ids = np.asarray(table[id_column])
+    else:
+        ids = np.arange(len(pts))
+    return PointSet(pts, ids, str(path))
+
+
+def label_centroids(labels: Any, spacing=None) -> PointSet:
+    """Centroids (physical units) and voxel counts of every non-zero label of a 2D/3D label image.
+
+    Parameters
+    ----------
+    labels : array-like of integers, 2D or 3D (0 = background)
+    spacing : scalar or sequence, voxel size per axis in physical units (default 1)
+
+    Returns
+    -------
+    PointSet
+        ``ids`` are the label values, ``sizes`` their voxel counts (see
+        :func:`xmodal.metrics.label_centroids` for the arrays alone).
+    """
+    from ..metrics import label_centroids as centroids_of
+
+    lab = np.asarray(labels)
+    if lab.ndim not in (2, 3):
+        raise ValueError(f"labels: expected a 2D or 3D label image, got {lab.ndim}D with shape {lab.shape}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise TypeError(f"labels: expected an integer label image, got dtype {lab.dtype}")
+    ids, pts, counts = centroids_of(lab, spacing=as_spacing(spacing, lab.ndim), return_sizes=True)
+    if len(ids) == 0:
+        raise ValueError("labels: the label image has no objects (all voxels are 0)")
+    return PointSet(pts, ids, "labels", counts)
+
+
+def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=None, name: str = "points") -> PointSet:
+    """Points from an (n, d) array, a centroid table path or a label image (path or array).
+
+    A path with suffix .csv/.tsv/.txt/.parquet is a table of physical coordinates (``spacing``
+    multiplies them when given); .npy/.tif/.zarr is a label image whose object centroids are taken
+    (``spacing`` = voxel size). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
+    label image; any other 2-D array is a point array.
+    """
+    if isinstance(x, PointSet):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        suffix = path.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            return _points_from_table(path, id_column=id_column, columns=columns, spacing=spacing)
+        if suffix in IMAGE_SUFFIXES or path.is_dir():
+            ps = label_centroids(read_image(path), spacing)
+            ps.source = str(path)
+            return ps
+        raise ValueError(f"{name}: cannot tell the kind of {path}: expected a table (.csv, .tsv, .parquet) "
+                         "or a label image (.npy, .tif, .zarr)")
+    arr = np.asarray(x) if not hasattr(x, "shape") else x
+    if getattr(arr, "ndim", 0) == 3 or (getattr(arr, "ndim", 0) == 2 and np.issubdtype(arr.dtype, np.integer)
+                                         and arr.shape[1] not in (2, 3)):
+        return label_centroids(arr, spacing)
+    pts = _scaled(as_points(arr, name), spacing)
+    return PointSet(pts, np.arange(len(pts)), f"array {describe(arr)}")

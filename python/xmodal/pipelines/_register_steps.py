@@ -1,0 +1,247 @@
+"""The steps of :func:`xmodal.pipelines.register_cells`, in the order it runs them.
+
+    pre-align (principal axes or an elastix intensity registration)
+      -> fit (CPD, coarse to fine)
+      -> match (sparse k-NN graph, exact assignment)
+      -> post-steps on the result (error estimates, smFISH spot counts, image warp)
+
+Each step takes plain arrays and options and returns what the next one needs; the post-steps take
+the :class:`~xmodal.pipelines.CellRegistration` and fill one of its fields. The options are
+validated by :func:`register_cells` before the first step runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .._validation import as_points
+from ..io import load_points
+
+log = logging.getLogger("xmodal.pipelines")
+
+
+@dataclass
+class Images:
+    """The two images that drive elastix (intensity pre-alignment, warp) and their voxel sizes."""
+
+    fixed: Any = None
+    moving: Any = None
+    fixed_spacing: Any = None
+    moving_spacing: Any = None
+    parameters: Mapping[str, Any] | None = None
+
+    def require(self, why: str) -> None:
+        if self.fixed is None or self.moving is None:
+            raise ValueError(f"fixed_image, moving_image: {why}")
+
+    def register(self, preset: str, out: Path | None, **points):
+        """elastix registration of the moving image onto the fixed one (see :func:`elastix_register`)."""
+        from .elastix import elastix_register
+
+        return elastix_register(np.asarray(self.fixed, np.float32), np.asarray(self.moving, np.float32),
+                                preset=preset, fixed_spacing=self.fixed_spacing, moving_spacing=self.moving_spacing,
+                                parameters=self.parameters, out=out, **points)
+
+
+class OutputFolder:
+    """The run's output folder: checked before any work, staged on first use, committed at the end.
+
+    Files go to the sibling ``<out>.xmodal-partial`` (:func:`xmodal.io.begin_folder`), renamed to
+    ``out`` when complete (:func:`xmodal.io.commit_folder`). Without ``out`` nothing is written and
+    :meth:`path` is None.
+    """
+
+    def __init__(self, out):
+        from ..io import check_output_folder
+
+        self.out = None if out is None else check_output_folder(out, name="out")
+        self._stage = None
+
+    def path(self, name: str | None = None) -> Path | None:
+        """The staging folder (or a path inside it), or None without an output folder."""
+        if self.out is None:
+            return None
+        if self._stage is None:
+            from ..io import begin_folder
+
+            self._stage = begin_folder(self.out, name="out")
+        return self._stage if name is None else self._stage / name
+
+    def commit(self, result) -> None:
+        """Write the registration outputs, rename the folder into place, record the final paths."""
+        from ..io import commit_folder
+        from ._report import write_registration_outputs
+
+        stage = self.path()
+        written = write_registration_outputs(result, stage)
+        commit_folder(stage, self.out)
+        result.outputs = {k: str(self.out / Path(v).relative_to(stage)) for k, v in written.items()}
+
+
+# ----------------------------------------------------------------------------------- 1. pre-align
+
+@dataclass
+class Prealigned:
+    """Outcome of the pre-alignment step: the moving points in (roughly) the fixed frame."""
+
+    moved: np.ndarray
+    transform: Any = None  # AffineTransform, or None when the inputs were taken as aligned
+    prealign: Any = None  # PrealignResult of the principal-axes search, if it ran
+
+
+def prealign_step(moving: np.ndarray, fixed: np.ndarray, *, rotations, scale: bool, seed: int,
+                  intensity_preset: str | None, images: Images, folder: OutputFolder) -> Prealigned:
+    """Principal-axes pre-alignment (``rotations`` "all" / "flips"), an elastix intensity registration
+    (``intensity_preset``), or none (``rotations`` False)."""
+    from ..registration import AffineTransform
+
+    if intensity_preset is not None:
+        reg = images.register(intensity_preset, folder.path("elastix-prealign"))
+        matrix, offset = reg.affine_moving_to_fixed()
+        return Prealigned(moving @ matrix.T + offset, AffineTransform(matrix, offset))
+    if rotations:
+        from .prealign import prealign
+
+        pre = prealign(moving, fixed, rotations=rotations, scale=scale, seed=seed)
+        return Prealigned(pre.apply(moving), AffineTransform(pre.matrix, pre.offset), pre)
+    return Prealigned(moving)
+
+
+# ----------------------------------------------------------------------------------- 2. fit
+
+@dataclass
+class Fit:
+    """Outcome of the CPD step: the transforms of its stages and the moving points after them."""
+
+    moved: np.ndarray
+    transforms: list = field(default_factory=list)
+    iterations: dict = field(default_factory=dict)
+
+
+def cpd_stages(transform: str, scale: bool) -> list[str]:
+    """The CPD models run coarse to fine for the final model ``transform``: rigid (similarity with
+    ``scale``) first, then similarity, affine and deformable as far as ``transform`` goes."""
+    stages = ["similarity" if scale else "rigid"]
+    if transform == "similarity" and not scale:
+        stages.append("similarity")
+    if transform in ("affine", "deformable"):
+        stages.append("affine")
+    if transform == "deformable":
+        stages.append("deformable")
+    return stages
+
+
+def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bool,
+             cpd_options: Mapping | None, deformable_options: Mapping | None, nn: float) -> Fit:
+    """CPD coarse to fine (:func:`cpd_stages`), every stage starting where the previous one ended.
+
+    Defaults: w = 0.1, tol = 1e-6, 100 iterations in the first stage (``cpd_options`` override them)
+    and 150 in the others; the deformable stage uses ``beta`` = 2 × ``nn`` (a smooth field on the
+    scale of a few cells) and ``lam`` = 2 (``deformable_options`` override them). The first stage's
+    iteration count is reported as "rigid".
+    """
+    from ..registration import cpd
+
+    fit = Fit(moved=moving)
+    for i, stage in enumerate(cpd_stages(transform, scale)):
+        opts = {"w": 0.1, "max_iter": 150 if i else 100, "tol": 1e-6}
+        if i == 0:
+            opts.update(cpd_options or {})
+        elif stage == "deformable":
+            opts.update({"beta": 2.0 * nn, "lam": 2.0})
+            opts.update(deformable_options or {})
+        res = cpd(fit.moved, fixed, transform=stage, **opts)
+        fit.transforms.append(res.transform)
+        fit.moved = np.asarray(res.moved, dtype=np.float64)
+        fit.iterations["rigid" if i == 0 else stage] = int(res.iterations)
+        log.info("register_cells: %s CPD, %d iterations", stage, int(res.iterations))
+    return fit
+
+
+# ----------------------------------------------------------------------------------- 3. match
+
+def match_step(moved: np.ndarray, fixed: np.ndarray, *, matching: str, k: int, radius: float | None,
+               unmatched_cost: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact assignment on the sparse k-NN graph of the registered points.
+
+    Returns the matched moving and fixed row indices and the pair distances (physical units).
+    """
+    from ..matching import match_points
+
+    if matching == "cover":
+        m = match_points(moved, fixed, k=k, radius=radius, mode="cover")
+    else:
+        m = match_points(moved, fixed, k=k, radius=radius, unmatched_cost=unmatched_cost, mode="one-to-one")
+    mi, fi = np.asarray(m.rows, dtype=np.int64), np.asarray(m.cols, dtype=np.int64)
+    return mi, fi, np.linalg.norm(moved[mi] - fixed[fi], axis=1)
+
+
+# ----------------------------------------------------------------------------------- 4. post-steps
+
+def add_error_estimates(result) -> None:
+    """Rigid and affine fits of the matched pairs with their error estimates at every moving point
+    (``result.errors``); skipped with fewer than 2 (d + 1) pairs.
+
+    Per model: the fit, the 95 % prediction regions, the leave-one-out residuals of the pairs; for
+    the rigid fit also Fitzpatrick's predicted TRE (FLE from the fit residual).
+    """
+    from ..registration import uncertainty as u
+
+    src, dst = result.moving_points[result.moving_index], result.fixed_points[result.fixed_index]
+    if len(src) < 2 * (src.shape[1] + 1):
+        return
+    targets = result.moving_points
+    out = {}
+    for kind in ("rigid", "affine"):
+        fit = u.fit_rigid(src, dst) if kind == "rigid" else u.fit_affine(src, dst)
+        out[kind] = {
+            "fit": fit,
+            "region": u.prediction_region(fit, targets, level=0.95),
+            "loo": u.leave_one_out_residuals(src, dst, transform=kind),
+        }
+    out["rigid"]["tre"] = u.fitzpatrick_tre(src, targets, fre=out["rigid"]["fit"].rms)
+    result.errors = out
+
+
+def add_spot_counts(result, spots, max_distance: float, *, spacing) -> None:
+    """smFISH spots (moving frame) counted per fixed cell, per replicate and their mean
+    (``result.spot_counts``): each spot goes to the nearest fixed cell in the registered frame
+    within ``max_distance``."""
+    from scipy.spatial import cKDTree
+
+    fixed = result.fixed_points
+    items = spots.items() if isinstance(spots, Mapping) else ((f"replicate_{i}", s) for i, s in enumerate(spots))
+    tree = cKDTree(fixed)
+    counts = {}
+    for name, s in items:
+        label = f"spots[{name!r}]"
+        pts = as_points(s, label) if isinstance(s, np.ndarray) else load_points(s, spacing=spacing, name=label).points
+        if pts.shape[1] != fixed.shape[1]:
+            raise ValueError(f"{label}: expected {fixed.shape[1]}D points, got {pts.shape[1]}D")
+        dist, idx = tree.query(result.transform.apply(pts), distance_upper_bound=max_distance)
+        ok = np.isfinite(dist)
+        counts[str(name)] = np.bincount(idx[ok], minlength=len(fixed))
+    if not counts:
+        raise ValueError("spots: expected at least one replicate, got none")
+    counts["mean"] = np.mean(np.stack(list(counts.values())), axis=0)
+    result.spot_counts = counts
+
+
+def add_warped_images(result, warp_images: Mapping[str, Any], images: Images, *, preset: str,
+                      folder: OutputFolder) -> None:
+    """The ``warp_images`` (moving modality) resampled on the fixed image grid by a landmark-guided
+    elastix registration of the two images, the matched cells as corresponding points
+    (``result.warped``)."""
+    from .elastix import elastix_warp
+
+    reg = images.register(preset, folder.path("elastix"),
+                          fixed_points=result.fixed_points[result.fixed_index],
+                          moving_points=result.moving_points[result.moving_index])
+    result.warped = {name: elastix_warp(img, reg, spacing=images.moving_spacing,
+                                        labels=np.issubdtype(np.asarray(img).dtype, np.integer))
+                     for name, img in warp_images.items()}

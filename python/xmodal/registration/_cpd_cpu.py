@@ -1,0 +1,73 @@
+"""CPU adapter of :func:`xmodal.cpd`: numpy points, the E-step of xmodal._core (cpp/src/cpd.cpp)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import as_points
+from ._em import EStepOut
+
+
+def points(x, name: str) -> np.ndarray:
+    """``x`` as validated float64 ``(n, d)`` numpy coordinates."""
+    return as_points(x, name)
+
+
+def finish(result, kind: str):
+    """numpy in, numpy out: nothing to convert."""
+    return result
+
+
+class EStep:
+    """E-step on the CPU kernel (float32 or float64 inside, float64 out)."""
+
+    def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float):
+        self.dtype = np.dtype(dtype)
+        self.X = np.ascontiguousarray(Xn, dtype=self.dtype)
+        self.w = None if weights is None else np.ascontiguousarray(weights, dtype=self.dtype)
+        self.cutoff = cutoff
+        self.pairs = 0
+
+    def native(self, TY: np.ndarray, sigma2: float, c: float, want_best: bool = True) -> dict:
+        from .. import _core
+
+        return _core.cpd_estep(self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c, self.cutoff,
+                               want_best)
+
+    def __call__(self, TY: np.ndarray, sigma2: float, c: float) -> EStepOut:
+        out = self.native(TY, sigma2, c)
+        self.pairs += int(out["pairs"])
+        f64 = np.float64
+        return EStepOut(out["P1"].astype(f64), out["Pt1"].astype(f64), out["PX"].astype(f64), out["best_idx"],
+                        out["best_prob"].astype(f64), float(out["log_s_sum"]), int(out["empty_columns"]))
+
+    def posterior(self, Xn, TY, s2: float, c: float, weights) -> "TopKPosterior":
+        return TopKPosterior(self, Xn, TY, s2, c, weights)
+
+
+class TopKPosterior:
+    """Posterior restricted to the k nearest fixed points (see CPDResult.correspondence_matrix)."""
+
+    def __init__(self, estep: EStep, Xn, TY, s2, c, wts):
+        self.estep, self.Xn, self.TY, self.s2, self.c, self.wts = estep, Xn, TY.copy(), s2, c, wts
+
+    def __call__(self, k: int):
+        from scipy.sparse import csr_matrix
+        from scipy.spatial import cKDTree
+
+        e = self.estep
+        log_s = e.native(self.TY, self.s2, self.c, want_best=False)["log_s"]
+        M, N = self.TY.shape[0], self.Xn.shape[0]
+        k = min(k, N)
+        d, idx = cKDTree(self.Xn).query(self.TY, k=k)
+        d, idx = d.reshape(M, k), idx.reshape(M, k)
+        # log P[m, n] = log a_m - d^2 / (2 sigma2) - log s_n, exact where s_n itself underflows;
+        # pairs outside the E-step's support (d^2 > 2 sigma2 cutoff) are 0 as in the E-step.
+        logk = -(d * d) / (2.0 * self.s2)
+        if self.wts is not None:
+            logk = logk + np.log(self.wts)[:, None]
+        ls = log_s[idx]
+        inside = np.isfinite(ls) & (d * d <= 2.0 * self.s2 * e.cutoff)
+        p = np.where(inside, np.exp(np.minimum(np.where(inside, logk - ls, -np.inf), 0.0)), 0.0)
+        rows = np.repeat(np.arange(M), k)
+        return csr_matrix((p.ravel(), (rows, idx.ravel())), shape=(M, N))

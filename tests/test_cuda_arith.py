@@ -1,0 +1,219 @@
+"""The CUDA kernels' arithmetic, tested on the CPU.
+
+cuda/cpd.cu and cuda/knn.cu compute every number with the __host__ __device__ functions of
+cpp/include/xmodal/detail/{cpd,knn}_arith.hpp, one GPU thread per point visiting the other set in
+index order. ``xmodal._core._testing`` runs the same functions in the same order on the CPU (the
+"GPU emulation"); these tests compare it with the CPU kernels, which share the per-pair
+arithmetic, the denominators and the tie rule. Also here: the defects of the first CUDA version,
+each with a test that runs without a GPU (the NaN denominator, cutoff and ties on both devices,
+k > 64), and the error paths of the ``xmodal._cuda`` bindings.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import xmodal
+from xmodal import _core
+
+emu = _core._testing
+
+
+def compare_estep(X, Y, weights, sigma2, c, cutoff):
+    """The emulated GPU E-step against the CPU kernel: the same support, shifts, best matches
+    (ties included) and empty columns; sums equal to rounding."""
+    cpu = _core.cpd_estep(X, Y, weights, sigma2, c, cutoff, True)
+    gpu = emu.cpd_estep_gpu_emulation(X, Y, weights, sigma2, c, cutoff)
+    tol = 1e-12 if X.dtype == np.float64 else 2e-6
+    for k in ("P1", "Pt1", "PX", "best_prob"):
+        assert gpu[k].dtype == X.dtype and np.all(np.isfinite(gpu[k])), k
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=tol, atol=tol, err_msg=k)
+        np.testing.assert_array_equal(gpu[k] == 0, cpu[k] == 0, err_msg=k)  # the same support
+    np.testing.assert_array_equal(gpu["best_idx"], cpu["best_idx"])
+    np.testing.assert_array_equal(np.isfinite(gpu["log_s"]), np.isfinite(cpu["log_s"]))
+    fin = np.isfinite(cpu["log_s"])
+    np.testing.assert_allclose(gpu["log_s"][fin], cpu["log_s"][fin], rtol=tol, atol=tol)
+    for k in ("shifted_columns", "empty_columns"):
+        assert gpu[k] == cpu[k], k
+    assert math.isclose(gpu["log_s_sum"], cpu["log_s_sum"], rel_tol=tol, abs_tol=tol * len(X))
+    shifted = int(gpu["shifted_columns"])
+    assert gpu["pairs"] == 2 * len(X) * len(Y) + shifted * len(Y)  # dense on the GPU
+    return cpu, gpu
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("cutoff", [36.0, 4.0, math.inf])
+@pytest.mark.parametrize("sigma2", [0.05, 1e-5, 1e-40])
+def test_gpu_estep_arithmetic_matches_the_cpu_kernel(dtype, d, cutoff, sigma2):
+    # 1e-5: fixed points far from every moving point are summed relative to their nearest one
+    # (shifted); 1e-40: float32 runs in float64 on both devices
+    rng = np.random.default_rng(d)
+    X = rng.random((140, d)).astype(dtype)
+    Y = rng.random((120, d)).astype(dtype)
+    w = rng.uniform(0.5, 2.0, len(Y)).astype(dtype)
+    w[::7] = 0  # zero-weight moving points: zero rows, no best match
+    for weights, c in ((None, 0.0), (w, 0.02)):
+        cpu, gpu = compare_estep(X, Y, weights, sigma2, c, cutoff)
+        if weights is not None:
+            assert np.all(gpu["best_idx"][::7] == -1) and np.all(gpu["P1"][::7] == 0)
+    if cutoff == math.inf:  # both paths of the denominators are exercised
+        assert (gpu["shifted_columns"] > 0) == (sigma2 < 0.05)
+
+
+def test_gpu_estep_denominator_never_nan():
+    """The first CUDA E-step formed 1 / s_n, +inf when s_n is subnormal: with w = 0 (c = 0) and a
+    fixed point ~38 sigma from every moving point, pass 2 gave NaN. Both devices now sum that
+    point relative to its nearest moving point (log-sum-exp)."""
+    rng = np.random.default_rng(0)
+    Y = rng.random((50, 2))
+    sigma = 0.01
+    far = np.array([[Y[:, 0].max() + 38 * sigma, 0.5]])  # d2 / (2 sigma2) > 722: e^-722 < DBL_MIN
+    X = np.vstack([Y[:30] + 0.001, far])
+    for dtype in (np.float64, np.float32):
+        _, gpu = compare_estep(X.astype(dtype), Y.astype(dtype), None, sigma * sigma, 0.0, math.inf)
+        assert gpu["shifted_columns"] >= 1
+        assert gpu["Pt1"][-1] == pytest.approx(1.0, rel=1e-6)  # explained by its nearest moving point
+    # the denominator function itself, at its edges: finite or -inf, never NaN, Pt1 in [0, 1]. S is
+    # at least (weight) * exp(-600) (no shift) or the nearest point's weight (shifted), so with the
+    # weights xmodal.cpd accepts (at least 1e-15 of their mean) S >= 1e-276.
+    for S in (0.0, 1e-276, 1e-30, 1.0, 1e300):
+        for e in (0.0, 1.0, 720.0, 1e308, math.inf):
+            for c in (0.0, 1e-300, 1.0):
+                col = emu.finish_column(S, e, c)
+                assert not any(math.isnan(col[k]) for k in ("g", "pt", "log_s")), (S, e, c, col)
+                assert 0.0 <= col["pt"] <= 1.0 and 0.0 <= col["g"] < math.inf
+                assert col["empty"] == (S == 0 and c == 0)
+
+
+def test_gpu_estep_honours_the_cutoff():
+    """The first CUDA E-step ignored cutoff (dense sums): isolated points got other results than
+    on the CPU. Both devices now count a pair iff d2 <= 2 sigma2 cutoff."""
+    rng = np.random.default_rng(1)
+    Y = rng.random((80, 3))
+    X = np.vstack([Y + 0.01 * rng.normal(size=Y.shape), Y[:10] + 5.0])  # 10 fixed points far from all
+    dense = emu.cpd_estep_gpu_emulation(X, Y, None, 0.01, 0.0, math.inf)
+    for cutoff in (36.0, 9.0):
+        cpu, gpu = compare_estep(X, Y, None, 0.01, 0.0, cutoff)
+        assert gpu["empty_columns"] == 10 and np.all(gpu["Pt1"][-10:] == 0)
+        assert np.all(np.isneginf(gpu["log_s"][-10:]))
+    assert dense["empty_columns"] == 0 and np.all(dense["Pt1"][-10:] > 0.99)  # the dense sums differ
+    # a moving point without any fixed point within the cutoff has no best match on both devices
+    cpu, gpu = compare_estep(Y, np.vstack([Y, [[9.0, 9.0, 9.0]]]), None, 0.01, 0.0, 36.0)
+    assert gpu["best_idx"][-1] == cpu["best_idx"][-1] == -1
+
+
+def test_tie_rule_is_the_same_on_both_devices():
+    """Equal posteriors: the smaller fixed index wins on both devices. (The CPU kernel picked the
+    first in its cell-grid order, the GPU the smallest index.)"""
+    # clusters far apart (independent): fixed points c +- (1, 0) in random index order, the moving
+    # point at c: exactly equal d2, terms and denominators
+    rng = np.random.default_rng(2)
+    n = 40
+    centers = np.c_[np.arange(n) * 100.0, np.zeros(n)]
+    plus, minus = centers + [1.0, 0.0], centers - [1.0, 0.0]
+    swap = rng.random(n) < 0.5
+    first = np.where(swap[:, None], minus, plus)
+    second = np.where(swap[:, None], plus, minus)
+    X = np.empty((2 * n, 2))
+    X[0::2], X[1::2] = first, second
+    for dtype in (np.float64, np.float32):
+        cpu, gpu = compare_estep(X.astype(dtype), centers.astype(dtype), None, 0.1, 0.0, 36.0)
+        np.testing.assert_array_equal(gpu["best_idx"], 2 * np.arange(n))
+        np.testing.assert_allclose(gpu["best_prob"], 1.0, rtol=1e-6)  # P[m, n] = 1 for both n: a tie
+
+
+@pytest.mark.parametrize("k,radius,symmetric", [(5, None, True), (70, None, False), (130, 0.08, True),
+                                                (None, 0.05, True), (1, 0.0, False)])
+def test_gpu_knn_arithmetic_matches_the_cpu_kernel(k, radius, symmetric):
+    """The same graph, bit for bit, for any k (the first CUDA version refused k > 64)."""
+    rng = np.random.default_rng(3)
+    a = rng.random((300, 3))
+    b = rng.random((260, 3))
+    b[:20] = a[:20]  # zero distances
+    b[20:60] = np.round(b[20:60] * 8) / 8  # lattice points: many exactly equal distances (ties)
+    a[60:90] = np.round(a[60:90] * 8) / 8
+    kk, rr = 0 if k is None else k, -1.0 if radius is None else radius
+    cpu = _core.knn_graph(a, b, kk, rr, symmetric)
+    gpu = emu.knn_graph_gpu_emulation(a, b, kk, rr, symmetric)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(gpu[name], cpu[name], err_msg=name)
+    if k is not None:
+        assert np.all(np.diff(cpu["indptr"]) >= min(k, len(b)))
+
+
+def test_exp_is_exact_to_its_bound_and_zero_below_range():
+    for dtype, low, rel in ((np.float32, -87.0, 3e-7), (np.float64, -708.0, 1e-15)):
+        x = np.linspace(low, 0.0, 100001).astype(dtype)
+        got = emu.exp_neg(x)
+        assert got.dtype == dtype
+        ref = np.exp(x.astype(np.float64))
+        assert np.max(np.abs(got / ref - 1.0)) < rel
+        below = np.array([low - 1e-3, low - 50, -np.inf], dtype=dtype)
+        np.testing.assert_array_equal(emu.exp_neg(below), 0.0)
+
+
+# ----------------------------------------------------------------------- xmodal._cuda error paths
+class FakeCudaArray:
+    """An object with __cuda_array_interface__ pointing nowhere real (never dereferenced)."""
+
+    def __init__(self, shape, typestr="<f8", strides=None, ptr=0x1000):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False),
+                                         "strides": strides, "version": 3}
+
+
+@pytest.fixture
+def cuda_mod():
+    from xmodal._device import cuda_module
+
+    mod = cuda_module()
+    if mod is None:
+        pytest.skip("xmodal._cuda was not built (no CUDA toolkit at build time)")
+    return mod
+
+
+def test_cuda_bindings_check_arguments_before_touching_the_device(cuda_mod):
+    a = FakeCudaArray((10, 3))
+    with pytest.raises(TypeError, match="a: expected a CUDA array"):
+        cuda_mod.knn_graph(np.zeros((10, 3)), a, 2, -1.0, True)
+    with pytest.raises(TypeError, match="b: expected typestr '<f8'"):
+        cuda_mod.knn_graph(a, FakeCudaArray((10, 3), "<f4"), 2, -1.0, True)
+    with pytest.raises(ValueError, match="a: expected a 2-D array"):
+        cuda_mod.knn_graph(FakeCudaArray((30,)), a, 2, -1.0, True)
+    with pytest.raises(ValueError, match="b: expected a C-contiguous array"):
+        cuda_mod.knn_graph(a, FakeCudaArray((10, 3), strides=(8, 80)), 2, -1.0, True)
+    with pytest.raises(ValueError, match="a, b: expected the same number of columns"):
+        cuda_mod.knn_graph(a, FakeCudaArray((10, 2)), 2, -1.0, True)
+    with pytest.raises(TypeError, match="fixed: expected float32 or float64"):
+        cuda_mod.cpd_estep(FakeCudaArray((10, 3), "<f2"), a, None, 1.0, 0.0, 36.0)
+    with pytest.raises(TypeError, match="moved: expected typestr '<f4'"):
+        cuda_mod.cpd_estep(FakeCudaArray((10, 3), "<f4"), a, None, 1.0, 0.0, 36.0)
+    with pytest.raises(ValueError, match="weights: expected one weight per moving point"):
+        cuda_mod.cpd_estep(a, a, FakeCudaArray((4,)), 1.0, 0.0, 36.0)
+
+
+def test_cuda_bindings_report_a_missing_device_as_runtime_error(cuda_mod):
+    a = FakeCudaArray((10, 3))
+    if len(cuda_mod.devices()) == 0:  # this machine: the driver or the GPU is missing
+        for call in (lambda: cuda_mod.knn_graph(a, a, 2, -1.0, True),
+                     lambda: cuda_mod.cpd_estep(a, a, None, 1.0, 0.0, 36.0)):
+            with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+                call()
+    else:  # with a GPU the fake address is not device memory
+        with pytest.raises(ValueError, match="expected device memory"):
+            cuda_mod.knn_graph(a, a, 2, -1.0, True)
+    assert not hasattr(cuda_mod, "knn_max_k")  # no k limit any more
+    assert not hasattr(cuda_mod, "cpd_gauss_transform")  # the never-called kernel was removed
+
+
+def test_public_api_without_a_gpu_raises_runtime_error():
+    from xmodal._device import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    pts = np.random.default_rng(0).random((20, 3))
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        xmodal.knn_graph(pts, pts, k=2, device="cuda")
+    with pytest.raises(RuntimeError, match="no CUDA device is usable"):
+        xmodal.cpd(pts, pts, device="cuda")
