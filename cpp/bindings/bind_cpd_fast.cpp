@@ -57,19 +57,23 @@ py::dict stats_dict(const cpd::FastEStepStats& st) {
 }
 
 template <class T>
-py::tuple estep_fast_impl(const carray<T>& X, const carray<T>& TY, std::optional<carray<T>> weights, double sigma2,
-                          double c, double cutoff, const std::string& method, double tol, int64_t max_cells,
-                          bool want_best, bool want_bounds) {
+py::dict estep_fast_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+                         double sigma2, double c, double cutoff, const std::string& method, double tol,
+                         int64_t max_cells, bool want_best, bool want_bounds) {
+    const auto X = as_carray<T>(fixed, "fixed");
+    const auto TY = as_carray<T>(moved, "moved");
     check_pts(X, "fixed");
     check_pts(TY, "moved");
     if (X.shape(1) != TY.shape(1)) throw value_error("cpd_estep_fast: fixed and moved differ in dimension");
     const int64_t N = X.shape(0), M = TY.shape(0);
     const int D = (int)X.shape(1);
+    carray<T> w;
     const T* wp = nullptr;
     if (weights) {
-        check_ndim(*weights, 1, "weights");
-        if (weights->shape(0) != M) throw value_error("weights: expected one weight per moving point");
-        wp = weights->data();
+        w = as_carray<T>(*weights, "weights");
+        check_ndim(w, 1, "weights");
+        if (w.shape(0) != M) throw value_error("weights: expected one weight per moving point");
+        wp = w.data();
     }
     const cpd::EStepMethod meth = parse_method(method);
     py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
@@ -90,12 +94,23 @@ py::tuple estep_fast_impl(const carray<T>& X, const carray<T>& TY, std::optional
         st = cpd::estep_fast<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, meth, tol, max_cells, p1, pt1, px,
                                 bi, bpp, ls, bsp, bp1p, bpxp);
     }
-    return py::make_tuple(P1, Pt1, PX, best_idx, best_prob, log_s, bs, bp1, bpx, stats_dict(st));
+    // the exact E-step's fields, then the bounds
+    // and the fast path's statistics
+    py::dict out = estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
+                                st.shifted_columns);
+    out["bound_s"] = bs;
+    out["bound_p1"] = bp1;
+    out["bound_px"] = bpx;
+    out["stats"] = stats_dict(st);
+    return out;
 }
 
 template <class T>
-py::tuple gauss_fast_impl(const carray<T>& centers, const carray<T>& coef, const carray<T>& points, double beta,
-                          const std::string& method, double tol, int64_t max_cells) {
+py::dict gauss_fast_impl(const py::array& centers_in, const py::array& coef_in, const py::array& points_in,
+                         double beta, const std::string& method, double tol, int64_t max_cells) {
+    const auto centers = as_carray<T>(centers_in, "centers");
+    const auto coef = as_carray<T>(coef_in, "coefficients");
+    const auto points = as_carray<T>(points_in, "points");
     check_pts(centers, "centers");
     check_pts(points, "points");
     check_ndim(coef, 2, "coefficients");
@@ -104,9 +119,9 @@ py::tuple gauss_fast_impl(const carray<T>& centers, const carray<T>& coef, const
         throw value_error("cpd_gauss_transform_fast: centers, coefficients and points must agree in shape");
     const int64_t K = centers.shape(0), Q = points.shape(0);
     const cpd::EStepMethod meth = parse_method(method);
-    py::array_t<T> out({Q, (int64_t)D});
+    py::array_t<T> values({Q, (int64_t)D});
     py::array_t<double> bound(Q);
-    T* o = out.mutable_data();
+    T* o = values.mutable_data();
     double* b = bound.mutable_data();
     cpd::GaussFastStats st;
     {
@@ -115,16 +130,19 @@ py::tuple gauss_fast_impl(const carray<T>& centers, const carray<T>& coef, const
                                           max_cells, o, b);
     }
     py::dict d;
+    d["values"] = values;
+    d["bound"] = bound;
     d["method"] = st.method == 2 ? "fast" : "exact";
     d["order"] = st.order;
     d["q"] = st.q;
     d["cells"] = st.cells;
     d["max_abs"] = st.max_abs;
-    return py::make_tuple(out, bound, d);
+    return d;
 }
 
 template <class T>
-py::tuple voxel_impl(const carray<T>& P, int64_t target, double voxel) {
+py::dict voxel_impl(const py::array& points, int64_t target, double voxel) {
+    const auto P = as_carray<T>(points, "points");
     check_pts(P, "points");
     const int64_t n = P.shape(0);
     const int D = (int)P.shape(1);
@@ -134,7 +152,10 @@ py::tuple voxel_impl(const carray<T>& P, int64_t target, double voxel) {
         py::gil_scoped_release release;
         idx = cpd::voxel_subsample<T>(P.data(), n, D, target, voxel, &used);
     }
-    return py::make_tuple(to_numpy(std::move(idx)), used);
+    py::dict d;
+    d["indices"] = to_numpy(std::move(idx));
+    d["voxel"] = used;
+    return d;
 }
 
 py::dict profile_impl(int order, double q, double reach, int D) {
@@ -161,29 +182,44 @@ py::dict profile_impl(int order, double q, double reach, int D) {
 }  // namespace
 
 void register_cpd_fast(py::module_& m) {
-    const char* edoc =
-        "cpd_estep_fast(fixed, moved, weights, sigma2, c, cutoff, method, tol, max_cells, want_best, want_bounds) "
-        "-> (P1, Pt1, PX, best_idx, best_prob, log_s, bound_s, bound_p1, bound_px, stats). CPD E-step with the "
-        "grid Gauss transform (method 'fast'), the exact truncated kernel ('exact') or the cheaper of the two "
-        "('auto'); per-point error bounds when want_bounds. See xmodal/cpd_fast.hpp.";
-    m.def("cpd_estep_fast", &estep_fast_impl<double>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
-          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("method"), py::arg("tol"), py::arg("max_cells"),
-          py::arg("want_best"), py::arg("want_bounds"), edoc);
-    m.def("cpd_estep_fast_f32", &estep_fast_impl<float>, py::arg("fixed"), py::arg("moved"), py::arg("weights"),
-          py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("method"), py::arg("tol"), py::arg("max_cells"),
-          py::arg("want_best"), py::arg("want_bounds"), edoc);
-    const char* gdoc =
-        "cpd_gauss_transform_fast(centers, coefficients, points, beta, method, tol, max_cells) -> (out (Q, d), "
-        "bound (Q,), stats): sum_k exp(-|p - c_k|^2 / (2 beta^2)) coefficients[k] with an absolute error bound.";
-    m.def("cpd_gauss_transform_fast", &gauss_fast_impl<double>, py::arg("centers"), py::arg("coefficients"),
-          py::arg("points"), py::arg("beta"), py::arg("method"), py::arg("tol"), py::arg("max_cells"), gdoc);
-    m.def("cpd_gauss_transform_fast_f32", &gauss_fast_impl<float>, py::arg("centers"), py::arg("coefficients"),
-          py::arg("points"), py::arg("beta"), py::arg("method"), py::arg("tol"), py::arg("max_cells"), gdoc);
-    const char* vdoc =
-        "voxel_subsample(points, target, voxel) -> (indices (sorted int64), voxel_used): per occupied voxel the "
-        "point nearest its centre; voxel > 0 fixes the edge, else it is searched for at most `target` points.";
-    m.def("voxel_subsample", &voxel_impl<double>, py::arg("points"), py::arg("target"), py::arg("voxel"), vdoc);
-    m.def("voxel_subsample_f32", &voxel_impl<float>, py::arg("points"), py::arg("target"), py::arg("voxel"), vdoc);
+    m.def(
+        "cpd_estep_fast",
+        [](const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights, double sigma2,
+           double c, double cutoff, const std::string& method, double tol, int64_t max_cells, bool want_best,
+           bool want_bounds) {
+            return with_float_type(fixed, "fixed", [&](auto t) {
+                return estep_fast_impl<decltype(t)>(fixed, moved, weights, sigma2, c, cutoff, method, tol, max_cells,
+                                                    want_best, want_bounds);
+            });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"),
+        py::arg("method"), py::arg("tol"), py::arg("max_cells"), py::arg("want_best"), py::arg("want_bounds"),
+        "CPD E-step with the grid Gauss transform (method 'fast'), the exact truncated kernel ('exact') or the "
+        "cheaper of the two ('auto'), in the precision of `fixed`. Returns the dict of cpd_estep plus bound_s (N "
+        "or 0), bound_p1 (M or 0), bound_px (M or 0; float64, per-point error bounds when want_bounds) and stats "
+        "(a dict: method run, grid, a posteriori bounds, timings). See xmodal/cpd_fast.hpp.");
+    m.def(
+        "cpd_gauss_transform_fast",
+        [](const py::array& centers, const py::array& coefficients, const py::array& points, double beta,
+           const std::string& method, double tol, int64_t max_cells) {
+            return with_float_type(centers, "centers", [&](auto t) {
+                return gauss_fast_impl<decltype(t)>(centers, coefficients, points, beta, method, tol, max_cells);
+            });
+        },
+        py::arg("centers"), py::arg("coefficients"), py::arg("points"), py::arg("beta"), py::arg("method"),
+        py::arg("tol"), py::arg("max_cells"),
+        "Gauss transform in the precision of `centers`: dict with values (Q, d) = sum_k exp(-|p - c_k|^2 / "
+        "(2 beta^2)) coefficients[k], bound (Q, float64: absolute error bound per point), method, order, q, "
+        "cells, max_abs.");
+    m.def(
+        "voxel_subsample",
+        [](const py::array& points, int64_t target, double voxel) {
+            return with_float_type(points, "points",
+                                   [&](auto t) { return voxel_impl<decltype(t)>(points, target, voxel); });
+        },
+        py::arg("points"), py::arg("target"), py::arg("voxel"),
+        "Dict with indices (sorted int64: per occupied voxel the point nearest its centre) and voxel (the edge "
+        "used); voxel > 0 fixes the edge, else it is searched for at most `target` points.");
     m.def("cpd_grid_error_profile", &profile_impl, py::arg("order"), py::arg("q"), py::arg("reach"), py::arg("d"),
           "cpd_grid_error_profile(order, q, reach, d) -> dict(taps, radii, env, env_dist, dense_rel, "
           "dense_rel_dist, sup_1d): error envelope of the grid Gauss transform (sigma units, peak-normalised).");

@@ -1538,6 +1538,7 @@ FastEStepStats estep_fast(const T* X, int64_t N, const T* TY, int64_t M, int D, 
     st.log_s_sum = es.log_s_sum;
     st.pairs = es.pairs;
     st.empty_columns = es.empty_columns;
+    st.shifted_columns = es.shifted_columns;
     if (bound_s) std::fill(bound_s, bound_s + N, 0.0);
     if (bound_p1) std::fill(bound_p1, bound_p1 + M, 0.0);
     if (bound_px) std::fill(bound_px, bound_px + M, 0.0);

@@ -111,6 +111,8 @@ struct FastEStepStats {
     double log_s_sum = 0;           // sum_n log s_n (as cpd.hpp)
     int64_t pairs = 0;              // kernel evaluations of the exact parts
     int64_t empty_columns = 0;      // fixed points with s_n == 0
+    int64_t shifted_columns = 0;    // fixed points summed with the log-sum-exp shift (exact kernel
+                                    // only: the grid path's exact columns are always shifted; 0 there)
 };
 
 // E-step with the outputs of cpd::estep (P1, Pt1, PX, best_idx, best_prob, log_s_out; the last

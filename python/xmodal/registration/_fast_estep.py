@@ -21,6 +21,8 @@ from .._validation import as_bool, as_points, choice, describe, positive_float, 
 #: every denominator s_n and every P1_m (the measured errors are typically 30-100 times smaller).
 ESTEP_TOL = 1e-2
 METHODS = ("auto", "exact", "fast")
+#: Below this many pairs (M N) ``cpd(estep="auto")`` always runs the exact kernel.
+AUTO_MIN_PAIRS = 25_000_000
 _REACH_LEVELS = (4.5, 5.5, 6.5, 7.5)  # as cpp/src/cpd_fast.cpp
 
 
@@ -84,11 +86,25 @@ def _dtype_of(dtype, *arrays):
     return dt.type
 
 
-def _tol(tol) -> float:
-    t = positive_float(tol, "tol")
+def _tol(tol, name: str = "tol") -> float:
+    t = positive_float(tol, name)
     if not t <= 0.5:
-        raise ValueError(f"tol: expected a number in (0, 0.5], got {t}")
+        raise ValueError(f"{name}: expected a number in (0, 0.5], got {t}")
     return t
+
+
+def check_estep_tol(tol) -> float:
+    """``cpd``'s ``estep_tol`` validated: a number in (0, 0.5]."""
+    return _tol(tol, "estep_tol")
+
+
+def estep_method(requested: str, M: int, N: int) -> str:
+    """The method the CPU E-step of :func:`xmodal.cpd` runs with: "auto" becomes "exact" below
+    ``AUTO_MIN_PAIRS`` pairs (M N), where the exact kernel costs little and results stay those of
+    the exact E-step; larger problems keep "auto" (the per-iteration cost rule of the kernel)."""
+    if requested == "auto" and M * N < AUTO_MIN_PAIRS:
+        return "exact"
+    return requested
 
 
 def _max_cells(max_cells) -> int:
@@ -163,13 +179,13 @@ def fast_estep(fixed, moved, sigma2: float, *, weights=None, c: float = 0.0, cut
         w = np.ascontiguousarray(w, dtype=dt)
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise ValueError("weights: expected finite values >= 0")
-    fn = _core.cpd_estep_fast_f32 if dt == np.float32 else _core.cpd_estep_fast
-    P1, Pt1, PX, best, prob, log_s, bs, bp1, bpx, info = fn(X, Y, w, sigma2, c, float(cutoff), method, tol, mc,
-                                                           want_best, want_bounds)
-    return EStepResult(P1=P1, Pt1=Pt1, PX=PX, log_s=log_s, log_s_sum=float(info["log_s_sum"]),
-                       best=best if want_best else None, best_prob=prob if want_best else None,
-                       bound_s=bs if want_bounds else None, bound_p1=bp1 if want_bounds else None,
-                       bound_px=bpx if want_bounds else None, info=dict(info))
+    out = _core.cpd_estep_fast(X, Y, w, sigma2, c, float(cutoff), method, tol, mc, want_best, want_bounds)
+    return EStepResult(P1=out["P1"], Pt1=out["Pt1"], PX=out["PX"], log_s=out["log_s"],
+                       log_s_sum=float(out["log_s_sum"]), best=out["best_idx"] if want_best else None,
+                       best_prob=out["best_prob"] if want_best else None,
+                       bound_s=out["bound_s"] if want_bounds else None,
+                       bound_p1=out["bound_p1"] if want_bounds else None,
+                       bound_px=out["bound_px"] if want_bounds else None, info=dict(out["stats"]))
 
 
 def grid_error_bound(q: float, *, order: int = 3, d: int = 3, tol: float | None = None,
@@ -228,9 +244,8 @@ def voxel_subsample(points, n: int | None = None, *, voxel: float | None = None)
     P = as_points(points, "points", dtype=dt)
     target = 0 if n is None else positive_int(n, "n")
     v = 0.0 if voxel is None else positive_float(voxel, "voxel")
-    fn = _core.voxel_subsample_f32 if dt == np.float32 else _core.voxel_subsample
-    idx, used = fn(P, target, v)
-    return idx, float(used)
+    out = _core.voxel_subsample(P, target, v)
+    return out["indices"], float(out["voxel"])
 
 
 def gauss_transform(centers, coefficients, points, beta: float, *, method: str = "auto", tol: float = 1e-6,
@@ -257,9 +272,9 @@ def gauss_transform(centers, coefficients, points, beta: float, *, method: str =
     beta = positive_float(beta, "beta")
     choice(method, "method", METHODS)
     tol = _tol(tol)
-    fn = _core.cpd_gauss_transform_fast_f32 if dt == np.float32 else _core.cpd_gauss_transform_fast
-    out, bound, info = fn(C, W, P, beta, method, tol, _max_cells(max_cells))
-    return out, bound, dict(info)
+    out = _core.cpd_gauss_transform_fast(C, W, P, beta, method, tol, _max_cells(max_cells))
+    info = {k: out[k] for k in ("method", "order", "q", "cells", "max_abs")}
+    return out["values"], out["bound"], info
 
 
 def expected_grid_reach(tol: float) -> float:
@@ -270,4 +285,4 @@ def expected_grid_reach(tol: float) -> float:
 
 
 __all__ = ["EStepResult", "fast_estep", "grid_error_bound", "voxel_subsample", "gauss_transform", "ESTEP_TOL",
-           "expected_grid_reach"]
+           "expected_grid_reach", "estep_method", "check_estep_tol", "AUTO_MIN_PAIRS"]
