@@ -27,8 +27,9 @@ Cases (each in a fresh subprocess, so that its peak memory is its own; results i
   BCPD++ is a peer only, never shipped: build it from its source yourself (``make`` in its
   checkout; it needs OpenBLAS) and point ``XMODAL_BCPD`` at the binary; skipped when absent.
 
-``XMODAL_BENCH_QUICK=1`` shrinks every size 20x for a smoke test. The prototype of the integration
-(``scripts/cpd_scale_prototype.py``) supplies ``cpd_fast`` and ``coarse_to_fine``.
+``XMODAL_BENCH_SCALE=f`` multiplies every size by f (at least 2000 points; ``XMODAL_BENCH_QUICK=1``:
+f = 0.05, a smoke test of a few minutes on 2 cores). xmodal runs as shipped: ``xmodal.cpd(...,
+estep=...)`` and ``xmodal.cpd_coarse_to_fine``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "scripts"))
 
 QUICK = os.environ.get("XMODAL_BENCH_QUICK", "") not in ("", "0")
-SCALE = 0.05 if QUICK else 1.0
+# XMODAL_BENCH_SCALE: every size times this factor (at least 2000 points); XMODAL_BENCH_QUICK=1 is 0.05
+SCALE = float(os.environ.get("XMODAL_BENCH_SCALE", 0.05 if QUICK else 1.0))
 
 
 def _n(n):
@@ -76,17 +77,10 @@ def _random_rotation(rng):
 
 
 def platynereis_nuclei():
-    """The 11,497 EM nuclei (µm, columns z, y, x) or None (as ``cpd_workloads``, without pandas)."""
-    import csv
+    """The 11,497 EM nuclei (µm, columns z, y, x) or None (``cpd_workloads``; data folder: ``_data.py``)."""
+    from cpd_workloads import platynereis_nuclei as load
 
-    import cpd_workloads as W
-
-    path = W.data_root() / W.PLATY_DIR / "nuclei_1_0_1_em_and_prospr_space.tsv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t") if float(r["label_id"]) != 0]
-    return np.array([[float(r["anchor_z"]), float(r["anchor_y"]), float(r["anchor_x"])] for r in rows])
+    return load()
 
 
 def nucleus_cloud(n, seed=0):
@@ -158,10 +152,13 @@ def _cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
+def _paths(report):
+    """The E-step path of every call from ``info["estep"]`` (the exact kernel's calls are not logged)."""
+    return [e["method"] for e in report["calls"]] or ["exact"] * report["exact_calls"]
+
+
 def _xmodal_case(spec):
     """Run one xmodal registration described by ``spec``; returns a JSON-able dict."""
-    from cpd_scale_prototype import coarse_to_fine, cpd_fast  # (puts the checkout's python/ first on the path)
-
     import xmodal
 
     X, cloud = nucleus_cloud(spec["n"], seed=spec.get("seed", 0))
@@ -173,25 +170,21 @@ def _xmodal_case(spec):
     t0 = time.perf_counter()
     c0 = _cpu_seconds()
     if spec.get("pipeline") == "coarse_to_fine":
-        res = coarse_to_fine(Y32, X32, transform=transform, n_coarse=spec["n_coarse"], max_iter=spec["iters"],
-                             refine_iter=spec.get("refine", 5), estep=spec.get("estep", "auto"), tol=0.0, **params)
-        moved = np.asarray(res["moved"], np.float64)
-        extra = dict(seconds_stages=res["seconds"], n_coarse_moving=res["n_coarse_moving"],
-                     n_coarse_fixed=res["n_coarse_fixed"],
-                     coarse_paths=[e["method"] for e in res["coarse"].info["estep"]],
-                     fine_paths=[e["method"] for e in res["fine"].info["estep"]] if res["fine"] else [])
-        iters = res["coarse"].iterations + (res["fine"].iterations if res["fine"] else 0)
+        r = xmodal.cpd_coarse_to_fine(Y32, X32, transform=transform, n_coarse=spec["n_coarse"],
+                                      max_iter=spec["iters"], refine_iter=spec.get("refine", 5),
+                                      estep=spec.get("estep", "auto"), tol=0.0, **params)
+        c2f = r.info["coarse_to_fine"]
+        extra = dict(seconds_stages=c2f["seconds"], n_coarse_moving=c2f["n_coarse_moving"],
+                     n_coarse_fixed=c2f["n_coarse_fixed"],
+                     coarse_paths=_paths(c2f["coarse_info"]["estep"]),
+                     fine_paths=_paths(r.info["estep"]) if spec.get("refine", 5) else [])
     else:
-        if spec.get("estep", "auto") == "xmodal.cpd":
-            r = xmodal.cpd(Y32, X32, transform=transform, max_iter=spec["iters"], tol=0.0, **params)
-            paths = ["exact"] * r.iterations
-        else:
-            r = cpd_fast(Y32, X32, transform=transform, max_iter=spec["iters"], tol=0.0, estep=spec["estep"], **params)
-            paths = [e["method"] for e in r.info["estep"]]
-        moved = np.asarray(r.moved, np.float64)
-        extra = dict(paths=paths, e_step_seconds=r.info["seconds"]["e_step"], m_step_seconds=r.info["seconds"]["m_step"],
-                     final_sigma2=r.sigma2)
-        iters = r.iterations
+        r = xmodal.cpd(Y32, X32, transform=transform, max_iter=spec["iters"], tol=0.0, estep=spec["estep"], **params)
+        rep = r.info["estep"]
+        extra = dict(paths=_paths(rep), e_step_seconds=r.info["seconds"]["e_step"], m_step_seconds=r.info["seconds"]["m_step"],
+                     final_sigma2=r.sigma2, estep_bounds={k: rep[k] for k in ("max_rel_s", "max_rel_p1", "max_px")})
+    moved = np.asarray(r.moved, np.float64)
+    iters = r.iterations
     seconds = time.perf_counter() - t0
     cpu = _cpu_seconds() - c0
     out = dict(spec=spec, cloud=cloud, n_fixed=len(X), n_moving=len(Y), iterations=iters, seconds=seconds,
@@ -232,6 +225,54 @@ def _bcpd_case(spec):
                 peak_rss_gib_children=peak, output=os.path.basename(got),
                 mean_error=float(np.linalg.norm(moved - X[keep], axis=1).mean()),
                 mean_error_before=float(np.linalg.norm(Y - X[keep], axis=1).mean()), args=args[1:])
+
+
+def _estep_case(spec):
+    """One E-step, fast (method ``spec["method"]``) against exact, at the initial sigma2 of CPD (the mean
+    squared distance of all pairs) and at sigma = k x the median nearest-neighbour distance. The exact
+    kernel runs on ``exact_columns`` evenly strided fixed points against all moving points (every s_n
+    of those columns is then exact) and its time is scaled by N / columns (its work is linear in the
+    columns); when the columns are all fixed points, P1 and PX are compared too."""
+    from xmodal import _core
+    from xmodal.registration._fast_estep import fast_estep
+
+    X, cloud = nucleus_cloud(spec["n"], seed=spec.get("seed", 0))
+    Y, _ = perturb(X, "rigid", seed=spec.get("seed", 0) + 1)
+    nn = median_nn(X)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    N, M, D = len(X), len(Y), X.shape[1]
+    cols = np.arange(0, N, max(1, N // min(N, spec.get("exact_columns", N))))
+    rows = {}
+    for label in spec.get("sigmas", ["initial", 2.0]):
+        if label == "initial":
+            s2 = float(M * (X * X).sum() + N * (Y * Y).sum() - 2.0 * X.sum(0) @ Y.sum(0)) / (D * M * N)
+        else:
+            s2 = float((label * nn) ** 2)
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        f = fast_estep(X32, Y32, s2, method=spec.get("method", "auto"), tol=spec.get("tol", 1e-2), want_bounds=True)
+        t_fast, c_fast = time.perf_counter() - t0, _cpu_seconds() - c0
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        e = _core.cpd_estep(np.ascontiguousarray(X32[cols]), Y32, None, s2, 0.0, 36.0, False)
+        t_sub, c_sub = time.perf_counter() - t0, _cpu_seconds() - c0
+        a, b = f.log_s[cols], e["log_s"]
+        both = np.isfinite(a) & np.isfinite(b)  # empty columns (-inf) must be empty in both
+        rel_s = np.where(both, np.abs(np.expm1(np.where(both, a - b, 0.0))), np.where(a == b, 0.0, np.inf))
+        scale = N / len(cols)
+        row = dict(sigma_over_nn=float(np.sqrt(s2) / nn), fast_seconds=t_fast, fast_cpu_seconds=c_fast,
+                   exact_columns=len(cols), exact_seconds_measured=t_sub, exact_seconds_estimated=t_sub * scale,
+                   exact_cpu_seconds_estimated=c_sub * scale, speedup=t_sub * scale / t_fast,
+                   speedup_cpu=c_sub * scale / max(c_fast, 1e-9), method=f.info["method"], q=f.info["q"],
+                   order=f.info["order"], cells=f.info["cells"], max_bound_rel_s=f.info["max_rel_s"],
+                   max_bound_rel_p1=f.info["max_rel_p1"], max_bound_px_sigma=f.info["max_px"],
+                   measured_max_rel_s=float(rel_s.max()), measured_mean_rel_s=float(rel_s.mean()),
+                   bound_holds_s=bool(np.all(rel_s <= f.bound_s[cols] + 1e-5)))
+        if len(cols) == N:
+            p1 = e["P1"].astype(np.float64)
+            ok = p1 > 1e-3 * p1.max()
+            row["measured_max_rel_p1"] = float((np.abs(f.P1 - p1)[ok] / p1[ok]).max())
+        rows[str(label)] = row
+    return dict(spec=spec, cloud=cloud, n_fixed=N, n_moving=M, median_nn=nn, threads=_core.num_threads(),
+                peak_rss_gib=_peak_rss_gib(), rows=rows)
 
 
 def run_case(spec, timeout=7200):
@@ -334,6 +375,22 @@ def test_accuracy_20k(benchmark):
             assert out[kind][label]["mean_distance_to_exact_over_median_nn"] <= 0.05, (kind, label)
 
 
+def test_estep_speedup(benchmark):
+    """One E-step at 100k and 1M points: fast ("auto", what ``cpd`` runs) against exact (estimated from
+    a column subset at 1M) at the initial sigma2 and at sigma = 2 x the median NN distance."""
+    out = {}
+
+    def run():
+        for n, cols in ((_n(100000), _n(100000)), (_n(1000000), _n(20000))):
+            out[n] = run_case(dict(estep_speed=True, n=n, exact_columns=cols, sigmas=["initial", 2.0]))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    _record(benchmark, "estep_speedup", out)
+    for r in out.values():
+        for row in r["rows"].values():
+            assert row["bound_holds_s"], row
+
+
 def test_bcpd_peer(benchmark):
     exe = os.environ.get("XMODAL_BCPD")
     if not exe or not shutil.which(exe):
@@ -369,7 +426,10 @@ def test_bcpd_peer(benchmark):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         spec = json.loads(sys.argv[2])
-        res = _bcpd_case(spec) if spec.get("peer") == "bcpd" else _xmodal_case(spec)
+        if spec.get("peer") == "bcpd":
+            res = _bcpd_case(spec)
+        else:
+            res = _estep_case(spec) if spec.get("estep_speed") else _xmodal_case(spec)
         print(json.dumps(res))
     else:
         print(__doc__)

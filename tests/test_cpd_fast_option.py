@@ -5,6 +5,8 @@ two results' moved points within 0.05 of the median nearest-neighbour spacing, i
 criterion), report its bounds, and "auto" must keep small problems on the exact kernel.
 """
 
+import json
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -193,3 +195,23 @@ def test_coarse_to_fine_options_validated():
         xmodal.cpd_coarse_to_fine(Y, X, n_coarse=10)
     with pytest.raises(ValueError, match="transform"):
         xmodal.cpd_coarse_to_fine(Y, X, transform="projective")
+
+
+def test_cli_coarse_to_fine_and_estep(tmp_path, monkeypatch, capsys):
+    from xmodal import cli
+
+    X, Y, truth = _rigid_truth(1500, seed=9)
+    monkeypatch.chdir(tmp_path)
+    np.savetxt("fixed.csv", X, delimiter=",", header="z,y,x", comments="")
+    np.savetxt("moving.csv", Y, delimiter=",", header="z,y,x", comments="")
+    code = cli.main(["cpd", "moving.csv", "fixed.csv", "--coarse", "500", "--estep", "fast", "--estep-tol", "0.02",
+                     "--max-iter", "20", "--w", "0.05", "--out", "c2f", "-q"])
+    assert code == 0, capsys.readouterr().err
+    moved = np.loadtxt(tmp_path / "c2f" / "moved.csv", delimiter=",", skiprows=1)[:, 1:]
+    assert moved.shape == Y.shape
+    assert np.linalg.norm(moved - truth, axis=1).mean() <= _procrustes_error(Y, truth) + 0.1 * _spacing(X)
+    tr = json.loads((tmp_path / "c2f" / "transform.json").read_text())
+    assert tr["type"] == "rigid"
+    with pytest.raises(SystemExit) as exc:  # argparse: a usage error
+        cli.main(["cpd", "moving.csv", "fixed.csv", "--estep", "grid", "--out", "x", "-q"])
+    assert exc.value.code == 2 and "--estep" in capsys.readouterr().err

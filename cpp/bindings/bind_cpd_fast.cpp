@@ -12,11 +12,9 @@ namespace xmodal::bind {
 
 namespace {
 
-template <class T>
-void check_pts(const carray<T>& a, const char* name) {
-    check_ndim(a, 2, name);
-    if (a.shape(1) != 2 && a.shape(1) != 3)
-        throw value_error(std::string(name) + ": expected 2 or 3 columns, got " + std::to_string(a.shape(1)));
+// An (n, d) point array with d = 2 or 3 and n >= 1.
+void check_pts(const py::array& a, const char* name) {
+    check_points(a, name);
     if (a.shape(0) < 1) throw value_error(std::string(name) + ": expected at least one point");
 }
 
@@ -60,21 +58,11 @@ template <class T>
 py::dict estep_fast_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
                          double sigma2, double c, double cutoff, const std::string& method, double tol,
                          int64_t max_cells, bool want_best, bool want_bounds) {
-    const auto X = as_carray<T>(fixed, "fixed");
-    const auto TY = as_carray<T>(moved, "moved");
-    check_pts(X, "fixed");
-    check_pts(TY, "moved");
-    if (X.shape(1) != TY.shape(1)) throw value_error("cpd_estep_fast: fixed and moved differ in dimension");
-    const int64_t N = X.shape(0), M = TY.shape(0);
-    const int D = (int)X.shape(1);
-    carray<T> w;
-    const T* wp = nullptr;
-    if (weights) {
-        w = as_carray<T>(*weights, "weights");
-        check_ndim(w, 1, "weights");
-        if (w.shape(0) != M) throw value_error("weights: expected one weight per moving point");
-        wp = w.data();
-    }
+    const EStepInputs<T> in(fixed, moved, weights, "cpd_estep_fast");
+    check_pts(in.X, "fixed");
+    check_pts(in.TY, "moved");
+    const int64_t N = in.N, M = in.M;
+    const int D = in.D;
     const cpd::EStepMethod meth = parse_method(method);
     py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
     py::array_t<int64_t> best_idx(want_best ? M : 0);
@@ -91,7 +79,7 @@ py::dict estep_fast_impl(const py::array& fixed, const py::array& moved, const s
     cpd::FastEStepStats st;
     {
         py::gil_scoped_release release;
-        st = cpd::estep_fast<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, meth, tol, max_cells, p1, pt1, px,
+        st = cpd::estep_fast<T>(in.X.data(), N, in.TY.data(), M, D, in.wp, sigma2, c, cutoff, meth, tol, max_cells, p1, pt1, px,
                                 bi, bpp, ls, bsp, bp1p, bpxp);
     }
     // the exact E-step's fields, then the bounds

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "xmodal/common.hpp"
+#include "xmodal/detail/cell_grid.hpp"
 #include "xmodal/cpd.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -795,13 +796,7 @@ struct CellIndex {
             for (int d = 0; d < D; ++d) coord[pos * D + d] = (double)P[p * D + d];
         }
     }
-    int64_t axis_cell(int d, double v) const {
-        if (nc[d] == 1) return 0;
-        double c = std::floor((v - lo[d]) / h);
-        if (c < 0) c = 0;
-        if (c > (double)(nc[d] - 1)) c = (double)(nc[d] - 1);
-        return (int64_t)c;
-    }
+    int64_t axis_cell(int d, double v) const { return detail::clamped_cell(v, lo[d], h, nc[d]); }
     // Visit every sorted range of points within the box of half-width r around q (a superset).
     template <class F>
     void ranges(const double* q, double r, F&& f) const {

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .._validation import as_points, choice, positive_float, positive_int
+from .._validation import as_points, choice, float_dtype, positive_float, positive_int
 from ._cpd import cpd
 from ._cpd_cpu import EStep
 from ._em import outlier_constant
@@ -92,8 +92,7 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         jf, vf = voxel_subsample(X, n_coarse)
     else:
         jf, vf = np.arange(len(X)), 0.0
-    dt = np.float32 if getattr(moving, "dtype", None) == np.float32 and getattr(fixed, "dtype", None) == np.float32 \
-        else np.float64
+    dt = float_dtype(None, moving, fixed).type  # the inputs' precision, passed on to both stages
     kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
     t0 = time.perf_counter()
     rc = cpd(Y[im].astype(dt), X[jf].astype(dt), max_iter=max_iter - refine_iter, **kw)
@@ -179,13 +178,14 @@ def refine_sigma2(moved: np.ndarray, fixed: np.ndarray, coarse_sigma2: float, *,
     of a chi-square with d degrees of freedom), at most ``coarse_sigma2``.
     """
     from scipy.spatial import cKDTree
-    from scipy.stats import chi2
+    from scipy.special import gammaincinv
 
     f = np.asarray(fixed, np.float64)
     if len(f) > sample:
         f = f[:: int(np.ceil(len(f) / sample))]
     d, _ = cKDTree(np.asarray(moved, np.float64)).query(f)
-    d2 = float(np.median(d * d)) / float(chi2.median(f.shape[1]))
+    chi2_median = 2.0 * float(gammaincinv(f.shape[1] / 2.0, 0.5))
+    d2 = float(np.median(d * d)) / chi2_median
     return min(float(coarse_sigma2), 2.0 * max(d2, 1e-12 * float(coarse_sigma2)))
 
 

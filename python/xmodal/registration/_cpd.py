@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .._device import array_namespace, resolve_device, to_host
-from .._validation import as_bool, choice, describe, positive_float, positive_int
+from .._validation import as_bool, choice, describe, float_dtype, positive_float, positive_int
 from ._em import Options, run
 from ._fast_estep import ESTEP_TOL, check_estep_tol, estep_method
 from ._fast_estep import METHODS as ESTEP_METHODS
@@ -131,7 +131,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         from . import _cpd_cuda as backend
     else:
         from . import _cpd_cpu as backend
-    opt.dtype = _check_dtype(dtype, moving, fixed)
+    opt.dtype = float_dtype(dtype, moving, fixed)
     opt.device = "cuda" if on_gpu else "cpu"
     kind = backend.input_kind(moving, fixed) if on_gpu else "numpy"
     Y = backend.points(moving, "moving")
@@ -197,23 +197,6 @@ def _check_landmarks(landmarks, M: int, N: int):
     if a[:, 1].min() < 0 or a[:, 1].max() >= N:
         raise ValueError(f"landmarks: fixed indices must lie in [0, {N}), got range [{a[:, 1].min()}, {a[:, 1].max()}]")
     return a
-
-
-def _is_float32(x) -> bool:
-    """Whether an array (numpy, cupy or torch) holds float32 values."""
-    return str(getattr(x, "dtype", "")).removeprefix("torch.") == "float32"
-
-
-def _check_dtype(dtype, moving, fixed):
-    if dtype is None:
-        return np.dtype(np.float32) if _is_float32(moving) and _is_float32(fixed) else np.dtype(np.float64)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype: expected None, float32 or float64, got {dtype!r}") from exc
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected None, float32 or float64, got {dt}")
-    return dt
 
 
 def _check_weights(weights, M: int):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import as_bool, as_points, choice, describe, positive_float, positive_int
+from .._validation import as_bool, as_points, choice, describe, float_dtype, positive_float, positive_int
 
 #: Default tolerance of the fast E-step: the rigorous per-point bound on the relative error of
 #: every denominator s_n and every P1_m (the measured errors are typically 30-100 times smaller).
@@ -72,18 +72,6 @@ class EStepResult:
     bound_p1: np.ndarray | None = None
     bound_px: np.ndarray | None = None
     info: dict = field(default_factory=dict)
-
-
-def _dtype_of(dtype, *arrays):
-    if dtype is None:
-        return np.float32 if all(getattr(a, "dtype", None) == np.float32 for a in arrays) else np.float64
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype: expected None, float32 or float64, got {dtype!r}") from exc
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected None, float32 or float64, got {dt}")
-    return dt.type
 
 
 def _tol(tol, name: str = "tol") -> float:
@@ -157,7 +145,7 @@ def fast_estep(fixed, moved, sigma2: float, *, weights=None, c: float = 0.0, cut
     """
     from .. import _core
 
-    dt = _dtype_of(dtype, fixed, moved)
+    dt = float_dtype(dtype, fixed, moved)
     X = as_points(fixed, "fixed", dtype=dt)
     Y = as_points(moved, "moved", dtype=dt)
     if X.shape[1] != Y.shape[1]:
@@ -240,7 +228,7 @@ def voxel_subsample(points, n: int | None = None, *, voxel: float | None = None)
 
     if (n is None) == (voxel is None):
         raise ValueError("voxel_subsample: give exactly one of n (a target count) or voxel (an edge length)")
-    dt = _dtype_of(None, points)
+    dt = float_dtype(None, points)
     P = as_points(points, "points", dtype=dt)
     target = 0 if n is None else positive_int(n, "n")
     v = 0.0 if voxel is None else positive_float(voxel, "voxel")
@@ -258,7 +246,7 @@ def gauss_transform(centers, coefficients, points, beta: float, *, method: str =
     """
     from .. import _core
 
-    dt = _dtype_of(dtype, centers, points)
+    dt = float_dtype(dtype, centers, points)
     C = as_points(centers, "centers", dtype=dt)
     P = as_points(points, "points", dtype=dt)
     W = np.asarray(coefficients)
