@@ -256,7 +256,8 @@ def _estep_case(spec):
         t_sub, c_sub = time.perf_counter() - t0, _cpu_seconds() - c0
         a, b = f.log_s[cols], e["log_s"]
         both = np.isfinite(a) & np.isfinite(b)  # empty columns (-inf) must be empty in both
-        rel_s = np.where(both, np.abs(np.expm1(np.where(both, a - b, 0.0))), np.where(a == b, 0.0, np.inf))
+        diff = np.where(both, a, 0.0) - np.where(both, b, 0.0)
+        rel_s = np.where(both, np.abs(np.expm1(diff)), np.where(a == b, 0.0, np.inf))
         scale = N / len(cols)
         row = dict(sigma_over_nn=float(np.sqrt(s2) / nn), fast_seconds=t_fast, fast_cpu_seconds=c_fast,
                    exact_columns=len(cols), exact_seconds_measured=t_sub, exact_seconds_estimated=t_sub * scale,
@@ -265,7 +266,8 @@ def _estep_case(spec):
                    order=f.info["order"], cells=f.info["cells"], max_bound_rel_s=f.info["max_rel_s"],
                    max_bound_rel_p1=f.info["max_rel_p1"], max_bound_px_sigma=f.info["max_px"],
                    measured_max_rel_s=float(rel_s.max()), measured_mean_rel_s=float(rel_s.mean()),
-                   bound_holds_s=bool(np.all(rel_s <= f.bound_s[cols] + 1e-5)))
+                   bound_holds_s=bool(np.all(rel_s <= f.bound_s[cols] + 1e-5)), phase_seconds=f.info["seconds"],
+                   exact_part=dict(columns=f.info["exact_columns"], rows=f.info["exact_rows"]))
         if len(cols) == N:
             p1 = e["P1"].astype(np.float64)
             ok = p1 > 1e-3 * p1.max()

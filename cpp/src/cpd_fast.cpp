@@ -828,6 +828,21 @@ struct CellIndex {
                 }
         }
     }
+    // Per query point P[which[k]] the count of indexed points within the box of half-width r
+    // around it (the candidates an exact sum over it would visit).
+    template <class T>
+    std::vector<int64_t> candidates(const T* P, const std::vector<int64_t>& which, double r, bool par) const {
+        std::vector<int64_t> cand(which.size(), 0);
+#pragma omp parallel for schedule(dynamic, 128) num_threads(xmodal::num_threads()) if (par)
+        for (int64_t k = 0; k < (int64_t)which.size(); ++k) {
+            double q[3];
+            for (int d = 0; d < D; ++d) q[d] = (double)P[which[k] * D + d];
+            int64_t cnt = 0;
+            ranges(q, r, [&](int64_t s0, int64_t e0) { cnt += e0 - s0; });
+            cand[k] = cnt;
+        }
+        return cand;
+    }
 };
 
 inline double d2_of(const double* a, const double* b, int D) {
@@ -1190,15 +1205,7 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
         CellIndex iy;
         iy.build(TY, nullptr, M, D, std::isfinite(rcut) ? rcut : kInf);
         // Give up on the grid when the exact columns alone would cost more than the exact kernel.
-        std::vector<int64_t> cand(ecols.size(), 0);
-#pragma omp parallel for schedule(dynamic, 256) num_threads(xmodal::num_threads()) if (par)
-        for (int64_t k = 0; k < (int64_t)ecols.size(); ++k) {
-            double x[3];
-            for (int d = 0; d < D; ++d) x[d] = (double)X[ecols[k] * D + d];
-            int64_t cnt = 0;
-            iy.ranges(x, rcut, [&](int64_t s0, int64_t e0) { cnt += e0 - s0; });
-            cand[k] = cnt;
-        }
+        const std::vector<int64_t> cand = iy.candidates(X, ecols, rcut, par);
         double ework = 0;
         for (int64_t v : cand) ework += 2.0 * (double)v;
         if (ework > 0.5 * est_exact_pairs) {
@@ -1335,15 +1342,7 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
     if (!frows.empty()) {
         CellIndex ia;
         ia.build(X, nullptr, N, D, std::isfinite(rcut) ? rcut : kInf);
-        std::vector<int64_t> cand(frows.size(), 0);
-#pragma omp parallel for schedule(dynamic, 64) num_threads(xmodal::num_threads()) if (par)
-        for (int64_t k = 0; k < (int64_t)frows.size(); ++k) {
-            double y[3];
-            for (int d = 0; d < D; ++d) y[d] = (double)TY[frows[k] * D + d];
-            int64_t cnt = 0;
-            ia.ranges(y, rcut, [&](int64_t s, int64_t e) { cnt += e - s; });
-            cand[k] = cnt;
-        }
+        const std::vector<int64_t> cand = ia.candidates(TY, frows, rcut, par);
         const double budget =
             std::max(4.0 * (double)(N + M) * std::pow((double)g.S, D) * (D + 2), 1e6);
         double used = 0;

@@ -57,8 +57,9 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         As :func:`xmodal.cpd`, for both stages.
     **cpd_kwargs
         Further options of :func:`xmodal.cpd` (w, beta, lam, tol, low_rank, dtype, callback,
-        normalize, cutoff, scale) for both stages; ``weights``, ``landmarks``, ``sigma2`` and
-        ``device`` are refused (they refer to all points or to one stage).
+        normalize, cutoff, scale) for both stages (a ``callback`` is called by both, its
+        ``iteration`` restarting at 1 in the refinement); ``weights``, ``landmarks``, ``sigma2``
+        and ``device`` are refused (they refer to all points or to one stage).
 
     Returns
     -------
