@@ -348,3 +348,30 @@ def test_bad_inputs():
         _core.cpd_estep_fast(bad, Y, None, 1.0, 0.0, 36.0, "fast", 0.01, 0, False, False)
     with pytest.raises(ValueError, match="columns"):
         _core.voxel_subsample(np.ones((5, 4)), 2, 0.0)
+
+
+def test_grid_best_match_near_and_far():
+    """Best match on the grid path: for moving points inside the fixed set mostly the exact arg max
+    of P; for moving points far outside it a fixed point within sigma/2 beyond their nearest one
+    (the candidate ball, not its bounding box, is searched)."""
+    from scipy.spatial import cKDTree
+
+    X = nuclei_cloud(3000, 3, seed=21)
+    Y = moving_copy(X, seed=22)
+    rng = np.random.default_rng(5)
+    far = X.max(0) + rng.uniform(2, 8, size=(40, 3))  # beyond one corner of the fixed set, within the cutoff
+    Yo = np.vstack([Y, far])
+    s2 = 9.0
+    r = fast_estep(X, Yo, s2, method="fast", max_cells=10**6)
+    assert r.info["method"] == "fast"
+    ref = _core.cpd_estep(X, Yo, None, s2, 0.0, 36.0, True)
+    inside = slice(0, len(Y))
+    # (measured: 82 % the same index at sigma = 3 spacings, where the posterior is flat)
+    assert (r.best[inside] == ref["best_idx"][inside]).mean() >= 0.75
+    # never above the exact maximum (up to the grid's error on s_n), and close to it on average
+    assert np.all(r.best_prob[inside] <= ref["best_prob"][inside] * (1 + ESTEP_TOL) + 1e-9)
+    assert r.best_prob[inside].mean() >= 0.95 * ref["best_prob"][inside].mean()
+    dnn, _ = cKDTree(X).query(far)
+    got = np.linalg.norm(X[r.best[len(Y):]] - far, axis=1)
+    assert np.all(r.best[len(Y):] >= 0)
+    assert np.all(got <= dnn + 0.5 * np.sqrt(s2) + 1e-9)

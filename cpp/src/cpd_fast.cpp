@@ -828,6 +828,59 @@ struct CellIndex {
                 }
         }
     }
+    // Visit sorted ranges covering every point within the Euclidean ball of radius r around q (a
+    // superset; cells that cannot meet the ball are skipped, so a large ball costs its cells' rows,
+    // not the points of its bounding box). Falls back to the box for an infinite r.
+    template <class F>
+    void ball_ranges(const double* q, double r, F&& f) const {
+        if (!std::isfinite(r)) return ranges(q, r, f);
+        // the distance from v to cell i of axis d (0 inside it)
+        auto gap = [&](int d, int64_t i, double v) {
+            if (nc[d] == 1) return 0.0;
+            const double a = lo[d] + (double)i * h, b = a + h;
+            return v < a ? a - v : (v > b ? v - b : 0.0);
+        };
+        auto span = [&](int d, double v, double half, int64_t& a, int64_t& b) {
+            if (nc[d] == 1) {
+                a = b = 0;
+                return true;
+            }
+            const double l = std::floor((v - half - lo[d]) / h), u = std::floor((v + half - lo[d]) / h);
+            if (u < 0 || l > (double)(nc[d] - 1)) return false;
+            a = l < 0 ? 0 : (int64_t)l;
+            b = u > (double)(nc[d] - 1) ? nc[d] - 1 : (int64_t)u;
+            return true;
+        };
+        const double r2 = r * r;
+        const int64_t nL = nc[D - 1];
+        int64_t a0, b0;
+        if (!span(0, q[0], r, a0, b0)) return;
+        for (int64_t i0 = a0; i0 <= b0; ++i0) {
+            const double g0 = gap(0, i0, q[0]);
+            const double r1 = r2 - g0 * g0;
+            if (r1 < 0) continue;
+            if (D == 2) {
+                int64_t a1, b1;
+                if (span(1, q[1], std::sqrt(r1), a1, b1)) {
+                    const int64_t s = start[i0 * nL + a1], e = start[i0 * nL + b1 + 1];
+                    if (e > s) f(s, e);
+                }
+                continue;
+            }
+            int64_t a1, b1;
+            if (!span(1, q[1], std::sqrt(r1), a1, b1)) continue;
+            for (int64_t i1 = a1; i1 <= b1; ++i1) {
+                const double g1 = gap(1, i1, q[1]);
+                const double rem = r1 - g1 * g1;
+                if (rem < 0) continue;
+                int64_t a2, b2;
+                if (!span(2, q[2], std::sqrt(rem), a2, b2)) continue;
+                const int64_t base = (i0 * nc[1] + i1) * nL;
+                const int64_t s = start[base + a2], e = start[base + b2 + 1];
+                if (e > s) f(s, e);
+            }
+        }
+    }
     // Per query point P[which[k]] the count of indexed points within the box of half-width r
     // around it (the candidates an exact sum over it would visit).
     template <class T>
@@ -1438,7 +1491,9 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
                 const double rr = std::isfinite(dnn2)
                                       ? std::sqrt(dnn2) * (1 + 1e-12) + std::min(0.5 * sigma, in.h) + 1e-300
                                       : kInf;
-                in.ranges(y, rr, [&](int64_t s, int64_t e) {
+                // the ball (not its bounding box): a moving point far outside the fixed set would
+                // otherwise visit a box holding a large part of it (quadratic cost at 1M points)
+                in.ball_ranges(y, rr, [&](int64_t s, int64_t e) {
                     for (int64_t i = s; i < e; ++i) {
                         const int64_t n = in.ids[i];
                         const double d2 = d2_of(&in.coord[i * D], y, D);
