@@ -176,7 +176,11 @@ def test_coarse_to_fine_not_worse_than_full_resolution(transform):
     X, Y, truth = (_deformed_truth if transform == "deformable" else _rigid_truth)(4000, seed=3)
     sp = _spacing(X)
     kw = dict(beta=40.0, lam=2.0, low_rank=150) if transform == "deformable" else {}
-    r = xmodal.cpd_coarse_to_fine(Y, X, transform=transform, n_coarse=1000, max_iter=40, w=0.05, tol=0.0, **kw)
+    # deformable: with 2 iterations on all points (the coarse field alone measured 0.66 against
+    # 0.49 spacings of full-resolution CPD here)
+    extra = dict(refine_iter=2) if transform == "deformable" else {}
+    r = xmodal.cpd_coarse_to_fine(Y, X, transform=transform, n_coarse=1000, max_iter=40, w=0.05, tol=0.0, **kw,
+                                  **extra)
     ex = xmodal.cpd(Y, X, transform=transform, max_iter=40, w=0.05, tol=0.0, estep="exact", **kw)
     err = np.linalg.norm(r.moved - truth, axis=1).mean()
     err_ex = np.linalg.norm(ex.moved - truth, axis=1).mean()
