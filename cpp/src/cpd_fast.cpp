@@ -1467,9 +1467,18 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
                 vol *= bx.hi[d] - bx.lo[d];
                 ++nd;
             }
-        const double edge = nd > 0 ? std::pow(vol / (double)N, 1.0 / nd) * 1.5 : 1.0;
+        double edge = nd > 0 ? std::pow(vol / (double)N, 1.0 / nd) * 1.5 : 1.0;
         CellIndex in;
         in.build(X, nullptr, N, D, edge);
+        // a clustered set fills a fraction of its bounding box: size the cells again by the volume
+        // of the occupied cells (the candidates' count per moving point stays bounded)
+        if (nd == D && std::isfinite(in.h)) {
+            int64_t occupied = 0;
+            for (size_t k = 0; k + 1 < in.start.size(); ++k) occupied += in.start[k + 1] > in.start[k];
+            const double occ_vol = (double)occupied * std::pow(in.h, D);
+            const double e2 = std::pow(occ_vol / (double)N, 1.0 / D) * 1.5;
+            if (occupied > 0 && e2 < 0.8 * in.h) in.build(X, nullptr, N, D, e2);
+        }
 #pragma omp parallel for schedule(dynamic, 256) num_threads(xmodal::num_threads()) if (par)
         for (int64_t m = 0; m < M; ++m) {
             int64_t bi = -1;
