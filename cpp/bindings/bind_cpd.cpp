@@ -28,30 +28,11 @@ py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_
 namespace {
 
 template <class T>
-void check_points(const carray<T>& a, const char* name) {
-    check_ndim(a, 2, name);
-    if (a.shape(1) != 2 && a.shape(1) != 3)
-        throw value_error(std::string(name) + ": expected 2 or 3 columns, got " + std::to_string(a.shape(1)));
-}
-
-template <class T>
 py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
                     double sigma2, double c, double cutoff, bool want_best) {
-    const auto X = as_carray<T>(fixed, "fixed");
-    const auto TY = as_carray<T>(moved, "moved");
-    check_points(X, "fixed");
-    check_points(TY, "moved");
-    if (X.shape(1) != TY.shape(1)) throw value_error("cpd_estep: fixed and moved differ in dimension");
-    const int64_t N = X.shape(0), M = TY.shape(0);
-    const int D = (int)X.shape(1);
-    carray<T> w;
-    const T* wp = nullptr;
-    if (weights) {
-        w = as_carray<T>(*weights, "weights");
-        check_ndim(w, 1, "weights");
-        if (w.shape(0) != M) throw value_error("weights: expected one weight per moving point");
-        wp = w.data();
-    }
+    const EStepInputs<T> in(fixed, moved, weights, "cpd_estep");
+    const int64_t N = in.N, M = in.M;
+    const int D = in.D;
     py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
     py::array_t<int64_t> best_idx(want_best ? M : 0);
     py::array_t<T> best_prob(want_best ? M : 0);
@@ -63,7 +44,7 @@ py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::o
     cpd::EStepStats st;
     {
         py::gil_scoped_release release;
-        st = cpd::estep<T>(X.data(), N, TY.data(), M, D, wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
+        st = cpd::estep<T>(in.X.data(), N, in.TY.data(), M, D, in.wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
     }
     return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
                         st.shifted_columns);

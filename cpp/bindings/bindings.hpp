@@ -16,6 +16,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,6 +63,40 @@ decltype(auto) with_float_type(const py::array& a, const char* name, F&& f) {
                      std::string(py::str(a.dtype())));
 }
 
+// Raise ValueError unless `a` is an (n, d) point array with d = 2 or 3.
+inline void check_points(const py::array& a, const char* name) {
+    check_ndim(a, 2, name);
+    if (a.shape(1) != 2 && a.shape(1) != 3)
+        throw value_error(std::string(name) + ": expected 2 or 3 columns, got " + std::to_string(a.shape(1)));
+}
+
+// The inputs of a CPD E-step binding in T: fixed (N, d) and moved (M, d) points of the same d,
+// optional weights (M,) (wp null when absent); `who` names the kernel in the errors.
+template <class T>
+struct EStepInputs {
+    carray<T> X, TY, w;
+    int64_t N = 0, M = 0;
+    int D = 0;
+    const T* wp = nullptr;
+
+    EStepInputs(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+                const char* who)
+        : X(as_carray<T>(fixed, "fixed")), TY(as_carray<T>(moved, "moved")) {
+        check_points(X, "fixed");
+        check_points(TY, "moved");
+        if (X.shape(1) != TY.shape(1)) throw value_error(std::string(who) + ": fixed and moved differ in dimension");
+        N = X.shape(0);
+        M = TY.shape(0);
+        D = (int)X.shape(1);
+        if (weights) {
+            w = as_carray<T>(*weights, "weights");
+            check_ndim(w, 1, "weights");
+            if (w.shape(0) != M) throw value_error("weights: expected one weight per moving point");
+            wp = w.data();
+        }
+    }
+};
+
 // A 1-D numpy array that takes ownership of the vector's buffer (no copy).
 template <class T>
 py::array_t<T> to_numpy(std::vector<T>&& v) {
@@ -81,6 +116,7 @@ void register_common(py::module_& m);
 void register_knn(py::module_& m);
 void register_assignment(py::module_& m);
 void register_cpd(py::module_& m);
+void register_cpd_fast(py::module_& m);
 void register_mws(py::module_& m);
 void register_stitch(py::module_& m);
 void register_testing(py::module_& m);

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
     xmodal::bind::register_knn(m);
     xmodal::bind::register_assignment(m);
     xmodal::bind::register_cpd(m);
+    xmodal::bind::register_cpd_fast(m);
     xmodal::bind::register_mws(m);
     xmodal::bind::register_stitch(m);
     xmodal::bind::register_testing(m);  // the submodule _core._testing (tests only)

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "xmodal/common.hpp"
+#include "xmodal/detail/cell_grid.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -298,13 +299,7 @@ struct Grid {
             for (int64_t s = 0; s < n; ++s) coord[d][s] = P[perm[s] * D + d];
         }
     }
-    int64_t axis_cell(int d, double v) const {
-        if (nc[d] == 1) return 0;
-        double c = std::floor((v - lo[d]) / h);
-        if (c < 0) c = 0;
-        if (c > (double)(nc[d] - 1)) c = (double)(nc[d] - 1);
-        return (int64_t)c;
-    }
+    int64_t axis_cell(int d, double v) const { return detail::clamped_cell(v, lo[d], h, nc[d]); }
     int64_t cell_of(const T* p) const {
         int64_t c = 0;
         for (int d = 0; d < D; ++d) c = c * nc[d] + axis_cell(d, (double)p[d]);

@@ -34,6 +34,7 @@ _LAZY = {
     "AssignmentResult": "xmodal.matching",
     # registration
     "cpd": "xmodal.registration",
+    "cpd_coarse_to_fine": "xmodal.registration",
     "CPDResult": "xmodal.registration",
     "RigidTransform": "xmodal.registration",
     "SimilarityTransform": "xmodal.registration",

@@ -121,16 +121,24 @@ def cmd_match(args) -> int:
 def cmd_cpd(args) -> int:
     import numpy as np
 
+    from ._progress import progress_bar
     from .io import begin_folder, commit_folder, load_points, provenance_record, write_csv, write_json
-    from .registration import cpd
+    from .registration import cpd, cpd_coarse_to_fine
 
     out = prepare_out(args.out, kind="folder", command="cpd", inputs=(args.moving, args.fixed),
                        overwrite=args.overwrite)
     mov = load_points(args.moving, spacing=spacing_option(args.spacing), name="moving")
     fix = load_points(args.fixed, spacing=spacing_option(args.spacing), name="fixed")
-    opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol") if getattr(args, k) is not None}
+    opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol", "estep", "estep_tol")
+            if getattr(args, k) is not None}
     stage = begin_folder(out, name="--out")  # renamed to --out when complete
-    res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    total = opts.get("max_iter", 50 if args.coarse else 150)
+    with progress_bar(total, desc="cpd", unit="iteration", enabled=not args.quiet) as bar:
+        opts["callback"] = lambda **_: bar.update(1)
+        if args.coarse:
+            res = cpd_coarse_to_fine(mov.points, fix.points, transform=args.transform, n_coarse=args.coarse, **opts)
+        else:
+            res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
     write_json(stage / "transform.json", res.transform.to_dict())
     moved = np.asarray(res.moved)
     axes = ["z", "y", "x"][-moved.shape[1]:]

@@ -151,3 +151,22 @@ def int64_array(x: Any, name: str, expected: str) -> np.ndarray:
         raise ValueError(f"{name}: expected values that fit a 64-bit signed integer, got {int(a.max())} "
                          f"(an unsigned value that would wrap to {int(a.max()) - 2**64})")
     return a.astype(np.int64)
+
+
+def _is_float32(x) -> bool:
+    """Whether an array (numpy, cupy or torch) holds float32 values."""
+    return str(getattr(x, "dtype", "")).removeprefix("torch.") == "float32"
+
+
+def float_dtype(dtype: Any, *arrays) -> np.dtype:
+    """A kernel precision: ``dtype`` (None, float32 or float64) as a numpy dtype; None gives float32
+    when every array holds float32 values (numpy, cupy or torch), else float64."""
+    if dtype is None:
+        return np.dtype(np.float32) if all(_is_float32(a) for a in arrays) else np.dtype(np.float64)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype: expected None, float32 or float64, got {dtype!r}") from exc
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected None, float32 or float64, got {dt}")
+    return dt

@@ -191,8 +191,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("fixed")
     p.add_argument("--out", default="xmodal-cpd", help="output folder")
     _transform(p, "rigid")
-    for name, kind in (("--w", float), ("--beta", float), ("--lam", float), ("--max-iter", int), ("--tol", float)):
+    for name, kind in (("--w", float), ("--beta", float), ("--lam", float), ("--max-iter", int), ("--tol", float),
+                       ("--estep-tol", float)):
         p.add_argument(name, type=kind, help="see xmodal.cpd (default: its default)")
+    p.add_argument("--estep", choices=["auto", "exact", "fast"], help="E-step summation (see xmodal.cpd; "
+                   "default auto: the fast grid E-step for large sets while sigma is wide)")
+    p.add_argument("--coarse", type=int, metavar="N", help="coarse-to-fine for large sets: fit on voxel subsamples "
+                   "of about N points, then refine on all points (xmodal.cpd_coarse_to_fine; CPU)")
     p.add_argument("--spacing", help="coordinate scale (tables) or voxel size (label images), e.g. 0.5,0.2,0.2")
     _overwrite(p, "a folder not written by 'xmodal cpd'")
     _common(p, device=True)

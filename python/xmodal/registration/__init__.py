@@ -1,6 +1,7 @@
 """Point-set registration: Coherent Point Drift (:func:`cpd`), its transforms, and registration error
 estimates of point fits (:mod:`xmodal.registration.uncertainty`)."""
 
+from ._coarse import cpd_coarse_to_fine
 from ._cpd import CPDResult, cpd, farthest_point_centers
 from .transforms import (
     AffineTransform,
@@ -22,6 +23,7 @@ from .uncertainty import (
 
 __all__ = [
     "cpd",
+    "cpd_coarse_to_fine",
     "CPDResult",
     "RigidTransform",
     "SimilarityTransform",

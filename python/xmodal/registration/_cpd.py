@@ -16,8 +16,10 @@ from typing import Callable
 import numpy as np
 
 from .._device import array_namespace, resolve_device, to_host
-from .._validation import as_bool, choice, describe, positive_float, positive_int
+from .._validation import as_bool, choice, describe, float_dtype, positive_float, positive_int
 from ._em import Options, run
+from ._fast_estep import ESTEP_TOL, check_estep_tol, estep_method
+from ._fast_estep import METHODS as ESTEP_METHODS
 from ._mstep import farthest_point_centers
 from ._result import CPDResult
 
@@ -30,7 +32,8 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         max_iter: int = 150, tol: float = 1e-5, sigma2: float | None = None, landmarks=None,
         landmark_weight: float = 10.0, device: str = "auto", dtype=None, low_rank: int | bool | None = None,
         callback: Callable | None = None, scale: float | None = None, weights=None,
-        normalize: bool = True, cutoff: float = 36.0) -> CPDResult:
+        normalize: bool = True, cutoff: float = 36.0, estep: str = "auto",
+        estep_tol: float = ESTEP_TOL) -> CPDResult:
     """Register ``moving`` onto ``fixed`` by Coherent Point Drift.
 
     The moving points are the centroids of a Gaussian mixture (equal variance ``sigma2``) plus a
@@ -97,6 +100,20 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         ``exp(-cutoff)``) are skipped, the same pairs in both passes of the E-step; ``inf`` gives
         the dense sums. Either way the posterior is exact over its support at any sigma2
         (log-sum-exp denominators; see docs/cpd.md).
+    estep : {"auto", "exact", "fast"}
+        How the CPU E-step sums (docs/cpd.md, "Fast E-step"). "exact": the truncated exact kernel
+        at every iteration. "fast": the grid Gauss transform whenever its grid fits in 4 (M + N)
+        cells (sigma wide against the point spacing), exact sums otherwise and for the points whose
+        error bound exceeds ``estep_tol``. "auto": exact when M N < 2.5e7 (results identical to
+        "exact"); otherwise, per iteration, the grid when its a priori bound meets ``estep_tol``
+        and its cost model beats the exact kernel's (early iterations, large sigma2), else exact.
+        The GPU runs the exact kernel ("fast" is refused there). What ran and the error bounds
+        reached are in ``info["estep"]``.
+    estep_tol : float in (0, 0.5]
+        Error bound of the fast E-step (dimensionless): every denominator s_n within a relative
+        ``estep_tol / 2``, every P1_m within ``estep_tol / 2`` plus the s_n part, and every
+        posterior mean ``PX_m / P1_m`` within ``estep_tol * sigma`` (sigma = sqrt(sigma2), input
+        units), each guaranteed per point (points whose bound is larger are summed exactly).
 
     Returns
     -------
@@ -105,13 +122,16 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     t_start = time.perf_counter()
     opt = _options(transform=transform, w=w, beta=beta, lam=lam, max_iter=max_iter, tol=tol, sigma2=sigma2,
                    landmark_weight=landmark_weight, low_rank=low_rank, callback=callback, scale=scale,
-                   normalize=normalize, cutoff=cutoff)
+                   normalize=normalize, cutoff=cutoff, estep=estep, estep_tol=estep_tol)
     on_gpu = resolve_device(device, moving, fixed) == "cuda"
+    if on_gpu and opt.estep == "fast":
+        raise ValueError("estep: 'fast' runs on the CPU only (the GPU E-step is exact); use estep='auto' or "
+                         "'exact' with CUDA arrays, or device='cpu'")
     if on_gpu:
         from . import _cpd_cuda as backend
     else:
         from . import _cpd_cpu as backend
-    opt.dtype = _check_dtype(dtype, moving, fixed)
+    opt.dtype = float_dtype(dtype, moving, fixed)
     opt.device = "cuda" if on_gpu else "cpu"
     kind = backend.input_kind(moving, fixed) if on_gpu else "numpy"
     Y = backend.points(moving, "moving")
@@ -120,15 +140,22 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     M, N = Y.shape[0], X.shape[0]
     opt.landmarks = _check_landmarks(landmarks, M, N)
     opt.weights = _check_weights(weights, M)
-    res = run(Y, X, opt, lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff), t_start)
+    if on_gpu:
+        factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff)  # noqa: E731
+    else:
+        factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method=estep_method(  # noqa: E731
+            opt.estep, M, N), tol=opt.estep_tol)
+    res = run(Y, X, opt, factory, t_start)
     return backend.finish(res, kind)
 
 
 def _options(*, transform, w, beta, lam, max_iter, tol, sigma2, landmark_weight, low_rank, callback, scale, normalize,
-             cutoff) -> Options:
+             cutoff, estep="exact", estep_tol=ESTEP_TOL) -> Options:
     """The scalar options, validated once for both devices (points, landmarks and weights follow
     once the points are converted)."""
     choice(transform, "transform", TRANSFORMS)
+    choice(estep, "estep", ESTEP_METHODS)
+    estep_tol = check_estep_tol(estep_tol)
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (0.0 <= float(w) < 1.0):
         raise ValueError(f"w: expected a number in [0, 1), got {describe(w)}")
     if cutoff != math.inf:
@@ -147,7 +174,7 @@ def _options(*, transform, w, beta, lam, max_iter, tol, sigma2, landmark_weight,
                    sigma2=positive_float(sigma2, "sigma2", allow_none=True), landmarks=None,
                    landmark_weight=positive_float(landmark_weight, "landmark_weight"), low_rank=low_rank,
                    callback=callback, scale=scale, weights=None, normalize=as_bool(normalize, "normalize"),
-                   cutoff=float(cutoff), dtype=np.dtype(np.float64), device="cpu")
+                   cutoff=float(cutoff), dtype=np.dtype(np.float64), device="cpu", estep=estep, estep_tol=estep_tol)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -170,23 +197,6 @@ def _check_landmarks(landmarks, M: int, N: int):
     if a[:, 1].min() < 0 or a[:, 1].max() >= N:
         raise ValueError(f"landmarks: fixed indices must lie in [0, {N}), got range [{a[:, 1].min()}, {a[:, 1].max()}]")
     return a
-
-
-def _is_float32(x) -> bool:
-    """Whether an array (numpy, cupy or torch) holds float32 values."""
-    return str(getattr(x, "dtype", "")).removeprefix("torch.") == "float32"
-
-
-def _check_dtype(dtype, moving, fixed):
-    if dtype is None:
-        return np.dtype(np.float32) if _is_float32(moving) and _is_float32(fixed) else np.dtype(np.float64)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype: expected None, float32 or float64, got {dtype!r}") from exc
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected None, float32 or float64, got {dt}")
-    return dt
 
 
 def _check_weights(weights, M: int):

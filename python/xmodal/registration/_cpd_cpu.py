@@ -1,4 +1,6 @@
-"""CPU adapter of :func:`xmodal.cpd`: numpy points, the E-step of xmodal._core (cpp/src/cpd.cpp)."""
+"""CPU adapter of :func:`xmodal.cpd`: numpy points, the E-step of xmodal._core: the exact kernel
+(cpp/src/cpd.cpp) or the fast one (cpp/src/cpd_fast.cpp: grid Gauss transform with per-point error
+bounds, exact sums where the bound is above the tolerance)."""
 
 from __future__ import annotations
 
@@ -19,14 +21,44 @@ def finish(result, kind: str):
 
 
 class EStep:
-    """E-step on the CPU kernel (float32 or float64 inside, float64 out)."""
+    """E-step on the CPU kernel (float32 or float64 inside, float64 out).
 
-    def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float):
+    ``method``: "exact" (the exact kernel), "fast" or "auto" (the fast E-step's kernel with that
+    method and the error tolerance ``tol``; see :func:`xmodal.cpd`). :meth:`report` sums up what ran.
+    """
+
+    def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float, method: str = "exact", tol: float = 1e-2):
         self.dtype = np.dtype(dtype)
         self.X = np.ascontiguousarray(Xn, dtype=self.dtype)
         self.w = None if weights is None else np.ascontiguousarray(weights, dtype=self.dtype)
         self.cutoff = cutoff
         self.pairs = 0
+        self.method, self.tol = method, tol
+        self.ran: list[dict] = []  # per call of the fast kernel: what ran and its bounds
+        self.calls = 0
+
+    def _fast(self, TY: np.ndarray, sigma2: float, c: float) -> dict:
+        from .. import _core
+
+        out = _core.cpd_estep_fast(self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c,
+                                   self.cutoff, self.method, self.tol, 0, True, False)
+        st = out["stats"]
+        self.ran.append({k: st[k] for k in _KEPT})
+        return out
+
+    def report(self) -> dict:
+        """``requested`` method, ``tol``, ``fast_calls`` / ``exact_calls`` (E-steps that ran each
+        path, the collapse check's included), the largest a posteriori bounds over the fast calls
+        (``max_rel_s``, ``max_rel_p1``: relative; ``max_px``: units of sigma),
+        ``unresolved_rows`` (summed) and ``calls`` (per call of the fast kernel: method, q, order,
+        cells, bounds, exact columns and rows, fell_back)."""
+        fast = [r for r in self.ran if r["method"] == "fast"]
+        return {"requested": self.method, "tol": self.tol, "fast_calls": len(fast),
+                "exact_calls": self.calls - len(fast),
+                "max_rel_s": max((r["max_rel_s"] for r in fast), default=0.0),
+                "max_rel_p1": max((r["max_rel_p1"] for r in fast), default=0.0),
+                "max_px": max((r["max_px"] for r in fast), default=0.0),
+                "unresolved_rows": sum(r["unresolved_rows"] for r in fast), "calls": self.ran}
 
     def native(self, TY: np.ndarray, sigma2: float, c: float, want_best: bool = True) -> dict:
         from .. import _core
@@ -35,7 +67,8 @@ class EStep:
                                want_best)
 
     def __call__(self, TY: np.ndarray, sigma2: float, c: float) -> EStepOut:
-        out = self.native(TY, sigma2, c)
+        self.calls += 1
+        out = self.native(TY, sigma2, c) if self.method == "exact" else self._fast(TY, sigma2, c)
         self.pairs += int(out["pairs"])
         f64 = np.float64
         return EStepOut(out["P1"].astype(f64), out["Pt1"].astype(f64), out["PX"].astype(f64), out["best_idx"],
@@ -43,6 +76,10 @@ class EStep:
 
     def posterior(self, Xn, TY, s2: float, c: float, weights) -> "TopKPosterior":
         return TopKPosterior(self, Xn, TY, s2, c, weights)
+
+
+_KEPT = ("method", "order", "q", "cells", "capped", "max_rel_s", "max_rel_p1", "max_px", "exact_columns",
+         "exact_rows", "unresolved_rows", "fell_back")
 
 
 class TopKPosterior:

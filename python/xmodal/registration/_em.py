@@ -63,6 +63,8 @@ class Options:
     cutoff: float
     dtype: np.dtype
     device: str
+    estep: str = "exact"  # "auto", "exact" or "fast" (CPU adapter)
+    estep_tol: float = 1e-2
 
 
 @dataclass
@@ -374,6 +376,8 @@ def result(frame: Frame, model: Model, estep, opt: Options, prog: Progress, warn
     tr = model.transform(frame, opt.beta, opt.cutoff)
     moved = frame.to_input(model.TY).astype(opt.dtype, copy=False)
     info["pairs"] = getattr(estep, "pairs", None)
+    if hasattr(estep, "report"):
+        info["estep"] = estep.report()
     info["seconds"] = {"e_step": prog.t_e, "m_step": prog.t_m, "total": time.perf_counter() - t_start}
     if not prog.converged and prog.it == opt.max_iter:
         log.info("cpd: %d iterations without convergence (tol=%g)", prog.it, opt.tol)

@@ -1,0 +1,193 @@
+"""Coarse-to-fine CPD for large point sets (issue 15): fit on spatially uniform subsamples, then
+refine on all points.
+
+Rigid, similarity and affine: both sets are subsampled on a voxel grid (per occupied voxel the
+point nearest its centre, ``voxel_subsample``), CPD runs ``max_iter - refine_iter`` iterations
+there, the transform is applied to all moving points and ``refine_iter`` iterations on all points
+(fast E-step) start from a sigma2 matched to the remaining residuals; the transforms are composed.
+Deformable: only the moving set is subsampled by default (the fixed set keeps its full density, the
+fast E-step keeps that O(M_c + N)); the coarse displacement field, a Gaussian RBF on the Nyström
+centres, is evaluated at all moving points with the fast Gauss transform (absolute error bound
+reported), optionally followed by deformable iterations on all points.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .._validation import as_points, choice, float_dtype, positive_float, positive_int
+from ._cpd import cpd
+from ._cpd_cpu import EStep
+from ._em import outlier_constant
+from ._fast_estep import ESTEP_TOL, gauss_transform, voxel_subsample
+from ._result import CPDResult
+from .transforms import AffineTransform, CompositeTransform, RigidTransform, SimilarityTransform
+
+_REFUSED = ("weights", "landmarks", "device", "sigma2")
+
+
+def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int = 20000, max_iter: int = 50,
+                       refine_iter: int | None = None, subsample: str | None = None, interp_tol: float = 1e-6,
+                       estep: str = "auto", estep_tol: float = ESTEP_TOL, **cpd_kwargs) -> CPDResult:
+    """Register large point sets by CPD on voxel subsamples, then on all points (CPU).
+
+    Parameters
+    ----------
+    moving, fixed : array (M, d), (N, d)
+        As :func:`xmodal.cpd` (numpy; physical units, same axis order).
+    transform : {"rigid", "similarity", "affine", "deformable"}
+    n_coarse : int >= 100
+        Target size of each subsample (at most that many points, at least 0.9 of it where the
+        voxel counts allow); a set with at most ``n_coarse`` points is used whole.
+    max_iter : int
+        EM iterations in all: ``max_iter - refine_iter`` on the subsamples, ``refine_iter`` on all
+        points.
+    refine_iter : int >= 0, optional
+        Iterations on all points (default 5; 0 for deformable, whose refinement on all points
+        needs an O(M k) low-rank M-step).
+    subsample : {"both", "moving"}, optional
+        Which sets are subsampled (default "both"; "moving" for deformable).
+    interp_tol : float in (0, 0.5]
+        Deformable: tolerance of the fast Gauss transform that carries the coarse field to all
+        moving points (absolute error per point at most about ``interp_tol`` times the largest
+        coefficient norm in reach; the bound reached is ``info["interp_bound"]``, input units).
+    estep, estep_tol
+        As :func:`xmodal.cpd`, for both stages.
+    **cpd_kwargs
+        Further options of :func:`xmodal.cpd` (w, beta, lam, tol, low_rank, dtype, callback,
+        normalize, cutoff, scale) for both stages (a ``callback`` is called by both, its
+        ``iteration`` restarting at 1 in the refinement); ``weights``, ``landmarks``, ``sigma2``
+        and ``device`` are refused (they refer to all points or to one stage).
+
+    Returns
+    -------
+    CPDResult
+        For all moving points: ``moved``, ``match`` / ``match_probability`` (from the last stage's
+        E-step on all points), ``transform`` (composed: the coarse transform, then the refinement;
+        deformable with refinement: a :class:`CompositeTransform`), ``iterations`` (both stages),
+        ``sigma2`` and ``converged`` of the last stage. ``info["coarse_to_fine"]``: subsample sizes
+        and voxel edges, per-stage seconds, the coarse result's ``info``; ``history`` concatenates
+        the stages.
+    """
+    t_start = time.perf_counter()
+    bad = sorted(set(cpd_kwargs) & set(_REFUSED))
+    if bad:
+        raise ValueError(f"{bad[0]}: not supported by cpd_coarse_to_fine (the stages see different point sets); "
+                         "use xmodal.cpd")
+    choice(transform, "transform", ("rigid", "similarity", "affine", "deformable"))
+    deformable = transform == "deformable"
+    n_coarse = positive_int(n_coarse, "n_coarse", minimum=100)
+    max_iter = positive_int(max_iter, "max_iter")
+    refine_iter = (0 if deformable else 5) if refine_iter is None else positive_int(refine_iter, "refine_iter",
+                                                                                    minimum=0)
+    if refine_iter >= max_iter:
+        raise ValueError(f"refine_iter: expected fewer than max_iter = {max_iter} iterations, got {refine_iter}")
+    subsample = choice("moving" if deformable and subsample is None else subsample or "both", "subsample",
+                       ("both", "moving"))
+    interp_tol = positive_float(interp_tol, "interp_tol")
+    Y, X = as_points(moving, "moving"), as_points(fixed, "fixed")
+    im, vm = voxel_subsample(Y, n_coarse) if len(Y) > n_coarse else (np.arange(len(Y)), 0.0)
+    if subsample == "both" and len(X) > n_coarse:
+        jf, vf = voxel_subsample(X, n_coarse)
+    else:
+        jf, vf = np.arange(len(X)), 0.0
+    dt = float_dtype(None, moving, fixed).type  # the inputs' precision, passed on to both stages
+    kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
+    t0 = time.perf_counter()
+    rc = cpd(Y[im].astype(dt), X[jf].astype(dt), max_iter=max_iter - refine_iter, **kw)
+    stages = {"subsample": t0 - t_start, "coarse": time.perf_counter() - t0}
+    info = {"n_coarse_moving": len(im), "n_coarse_fixed": len(jf), "voxel_moving": vm, "voxel_fixed": vf,
+            "coarse_info": rc.info, "seconds": stages}
+    t0 = time.perf_counter()
+    if deformable:
+        moved1, tr1 = _carry_field(rc.transform, Y, interp_tol, info)
+    else:
+        tr1 = rc.transform
+        moved1 = tr1.apply(Y)
+    rf = None
+    if refine_iter > 0:
+        if deformable:
+            kw.setdefault("low_rank", int(rc.info.get("rank") or 300))
+        rf = cpd(moved1.astype(dt), X.astype(dt), max_iter=refine_iter, sigma2=refine_sigma2(moved1, X, rc.sigma2),
+                 **kw)
+    stages["fine"] = time.perf_counter() - t0
+    return _assemble(rc, rf, tr1, moved1, X, dt, kw, info, t_start)
+
+
+def _carry_field(tr, Y: np.ndarray, interp_tol: float, info: dict):
+    """The coarse deformable field at all moving points (fast Gauss transform); records its bound."""
+    disp, bound, ginfo = gauss_transform(tr.centers, tr.coefficients, Y, tr.beta, tol=interp_tol)
+    info["interp_bound"] = float(bound.max()) if len(bound) else 0.0
+    info["interp_method"] = ginfo["method"]
+    return Y + disp + tr.offset, tr
+
+
+def _assemble(rc: CPDResult, rf: CPDResult | None, tr1, moved1: np.ndarray, X: np.ndarray, dt, kw: dict, info: dict,
+              t_start: float) -> CPDResult:
+    """The CPDResult over all moving points from the coarse (and fine) stage."""
+    last = rf if rf is not None else rc
+    if rf is None:
+        match, prob = _final_match(moved1, X, rc.sigma2, kw, dt)
+        moved, tr = moved1, tr1
+    else:
+        match, prob, moved = rf.match, rf.match_probability, np.asarray(rf.moved, np.float64)
+        tr = CompositeTransform((tr1, rf.transform)) if tr1.kind == "deformable" else compose(rf.transform, tr1)
+    hist = {k: list(rc.history.get(k, [])) + (list(rf.history.get(k, [])) if rf else []) for k in ("sigma2",
+                                                                                                  "objective")}
+    out_info = dict(last.info)
+    info["seconds"]["total"] = time.perf_counter() - t_start
+    out_info["coarse_to_fine"] = info
+    return CPDResult(moved=moved.astype(dt, copy=False), transform=tr, sigma2=last.sigma2,
+                     iterations=rc.iterations + (rf.iterations if rf else 0), converged=last.converged,
+                     match=match, match_probability=prob, objective=last.objective, history=hist,
+                     warnings=list(rc.warnings) + (list(rf.warnings) if rf else []), info=out_info,
+                     _posterior=rf._posterior if rf is not None else None)
+
+
+def _final_match(moved: np.ndarray, X: np.ndarray, sigma2: float, kw: dict, dt):
+    """Best match of every moving point: one E-step (fast when cheaper) at the sigma2 that fits the
+    residuals of ``moved`` (at most the coarse ``sigma2``)."""
+    s2 = refine_sigma2(moved, X, sigma2)
+    w = float(kw.get("w", 0.0))
+    method = "exact" if kw.get("estep") == "exact" else "auto"
+    e = EStep(X, dt, None, float(kw.get("cutoff", 36.0)), method=method, tol=kw.get("estep_tol", ESTEP_TOL))
+    out = e(moved, s2, outlier_constant(w, s2, X.shape[1], len(moved), len(X)))
+    return out.best, np.clip(out.prob, 0.0, 1.0)
+
+
+def compose(outer, inner):
+    """``outer`` after ``inner`` for rigid / similarity / affine transforms (the narrowest common kind)."""
+    A1, t1 = inner.matrix, inner.translation
+    A2, t2 = outer.matrix, outer.translation
+    A, t = A2 @ A1, A2 @ t1 + t2
+    if isinstance(outer, RigidTransform) and isinstance(inner, RigidTransform):
+        return RigidTransform(A, t)
+    if isinstance(outer, SimilarityTransform) and isinstance(inner, SimilarityTransform):
+        s = outer.scale * inner.scale
+        return SimilarityTransform(A / s, t, s)
+    return AffineTransform(A, t)
+
+
+def refine_sigma2(moved: np.ndarray, fixed: np.ndarray, coarse_sigma2: float, *, sample: int = 20000) -> float:
+    """Initial sigma2 of the refinement on all points (squared input units).
+
+    The coarse sigma2 reflects the subsample's spacing, far above the residuals left, and EM shrinks
+    a wide sigma only slowly at full density. Twice the sigma2 that the nearest-neighbour residuals
+    of (an evenly strided sample of) the fixed points imply (median |x - nn(x)|^2 over the median
+    of a chi-square with d degrees of freedom), at most ``coarse_sigma2``.
+    """
+    from scipy.spatial import cKDTree
+    from scipy.special import gammaincinv
+
+    f = np.asarray(fixed, np.float64)
+    if len(f) > sample:
+        f = f[:: int(np.ceil(len(f) / sample))]
+    d, _ = cKDTree(np.asarray(moved, np.float64)).query(f)
+    chi2_median = 2.0 * float(gammaincinv(f.shape[1] / 2.0, 0.5))
+    d2 = float(np.median(d * d)) / chi2_median
+    return min(float(coarse_sigma2), 2.0 * max(d2, 1e-12 * float(coarse_sigma2)))
+
+
+__all__ = ["cpd_coarse_to_fine", "refine_sigma2", "compose"]
