@@ -55,7 +55,7 @@ _LAZY = {
     "find_tile_shape": "xmodal.inference",
     "tile_mismatch": "xmodal.inference",
 }
-_SUBMODULES = {"matching", "registration", "segmentation", "inference", "pipelines", "metrics", "io", "cli",
+_SUBMODULES = {"matching", "registration", "segmentation", "inference", "pipelines", "metrics", "io", "cli", "atlas",
                "models", "datasets"}
 
 __all__ = [

@@ -38,11 +38,61 @@ def cmd_register(args) -> int:
         fixed_spacing=spacing_option(args.fixed_spacing or args.spacing),
         moving_spacing=spacing_option(args.moving_spacing or args.spacing), id_column=args.id_column,
         prealign=False if args.no_prealign else args.prealign, scale=args.scale, k=args.k, radius=args.radius,
+        allow_reflection=args.allow_reflection,
         unmatched_cost="auto" if args.unmatched_cost is None else float(args.unmatched_cost),
         spots=spots, out=args.out,
     )
+    chosen = f" ({res.parameters['model']})" if args.transform == "auto" else ""
     print(f"matched {res.n_matched} of {len(res.moving_points)} moving and {len(res.fixed_points)} fixed cells "
-          f"in {res.timings['total']:.2f} s; outputs in {args.out}")
+          f"in {res.timings['total']:.2f} s{chosen}; outputs in {args.out}")
+    return 0
+
+
+def _columns(text):
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
+
+
+def cmd_atlas(args) -> int:
+    from .atlas import build_atlas, read_samples
+
+    out = prepare_out(args.out, kind="file", command="atlas", inputs=args.samples)
+    if len(args.samples) < 2:
+        raise UsageError(f"samples: an atlas needs at least 2 annotated tables, got {len(args.samples)}")
+    samples, names, feats = read_samples(args.samples, names_column=args.names_column,
+                                         feature_columns=args.features_columns, columns=_columns(args.columns),
+                                         spacing=spacing_option(args.spacing))
+    for path, nm in zip(args.samples, names):
+        if len(nm) == 0:
+            raise UsageError(f"{path}: no named cells in column {args.names_column!r}")
+    atlas = build_atlas(samples, names=names, features=feats, feature_names=args.features_columns,
+                        allow_reflection=args.allow_reflection, calibrate=not args.no_calibration)
+    atlas.parameters["inputs"] = [str(p) for p in args.samples]
+    atlas.save(out)
+    cal = atlas.calibration
+    extra = (f"; leave-one-out accuracy {cal['loo_mean_accuracy']:.3f}, ECE {cal['loo_ece']:.3f}"
+             if cal.get("loo_mean_accuracy") is not None else "")
+    print(f"atlas of {atlas.n_samples} samples, {len(atlas.names)} names{extra}; written to {out}")
+    return 0
+
+
+def cmd_identify(args) -> int:
+    from .atlas import Atlas, identify, read_cells, write_identification
+
+    out = prepare_out(args.out, kind="file", command="identify", inputs=(args.cells, args.atlas))
+    if not Path(args.atlas).is_file():
+        raise UsageError(f"--atlas: file not found: {args.atlas}")
+    atlas = Atlas.load(args.atlas)
+    if atlas.feature_names and not args.features_columns:
+        raise UsageError(f"--features-columns: the atlas was built with features {atlas.feature_names}; "
+                         "give the same columns")
+    pts, feats, ids = read_cells(args.cells, feature_columns=args.features_columns, columns=_columns(args.columns),
+                                 spacing=spacing_option(args.spacing), id_column=args.id_column)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k: expected a positive integer, got {args.top_k}")
+    res = identify(pts, atlas, features=feats, top_k=args.top_k, allow_reflection=args.allow_reflection)
+    write_identification(res, out, ids=ids)
+    sure = int((res.confidence >= 0.9).sum())
+    print(f"named {res.n_named} of {len(res.names)} cells ({sure} with confidence >= 0.9); written to {out}")
     return 0
 
 

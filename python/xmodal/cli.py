@@ -53,9 +53,10 @@ def _overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace an existing --out that is a file or {what}")
 
 
-def _transform(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--transform", default=default, choices=["rigid", "similarity", "affine", "deformable"],
-                   help=f"CPD model (default {default})")
+def _transform(p: argparse.ArgumentParser, default: str, auto: bool = False) -> None:
+    choices = (["auto"] if auto else []) + ["rigid", "similarity", "affine", "deformable"]
+    p.add_argument("--transform", default=default, choices=choices,
+                   help=f"CPD model (default {default}" + ("; auto: chosen by held-out likelihood)" if auto else ")"))
 
 
 def _candidates(p: argparse.ArgumentParser, *, unmatched: str) -> None:
@@ -82,6 +83,47 @@ def _common(p: argparse.ArgumentParser, *, device: bool = False, scheduler: bool
                        help="dask.distributed scheduler address for blockwise work (default: local threads)")
 
 
+def _identity_commands(sub, subs: dict) -> None:
+    """``xmodal atlas build`` and ``xmodal identify`` (see docs/identity.md)."""
+    p = _command(sub, subs, "atlas", commands.cmd_atlas,
+                 help="build an atlas of named cells from annotated samples",
+                 description="Group-wise registration of two or more annotated samples to an evolving mean; per-name "
+                             "mean, covariance, features and presence; the confidence calibrated by leave-one-"
+                             "sample-out. Writes a versioned JSON atlas.",
+                 epilog="examples:\n"
+                        "  xmodal atlas build worm1.csv worm2.csv worm3.csv --names-column cell --out atlas.json\n"
+                        "  xmodal atlas build e*.csv --names-column cell --features-columns volume --out atlas.json")
+    p.add_argument("action", choices=["build"], help="what to do (build)")
+    p.add_argument("samples", nargs="+", help="annotated tables (.csv/.tsv/.parquet): z, y, x and a names column")
+    p.add_argument("--names-column", required=True, help="column with each cell's name (empty: not in the atlas)")
+    p.add_argument("--features-columns", nargs="+", help="numeric feature columns (colour, volume, intensity)")
+    p.add_argument("--columns", help="coordinate columns, comma-separated (default z,y,x or y,x)")
+    p.add_argument("--spacing", help="coordinate scale, e.g. 0.5,0.2,0.2")
+    p.add_argument("--allow-reflection", action="store_true", help="samples may be mirror images of each other")
+    p.add_argument("--no-calibration", action="store_true", help="skip the leave-one-out calibration")
+    p.add_argument("--out", default="atlas.json", help="output atlas (JSON)")
+    _common(p)
+
+    p = _command(sub, subs, "identify", commands.cmd_identify,
+                 help="name the cells of a sample against an atlas",
+                 description="Registration to the atlas alternating with exact assignment; writes per cell the name, "
+                             "its calibrated confidence and the top-k candidates.",
+                 epilog="examples:\n"
+                        "  xmodal identify cells.csv --atlas atlas.json --out names.csv\n"
+                        "  xmodal identify cells.csv --atlas atlas.json --features-columns volume --top-k 3 "
+                        "--out names.csv")
+    p.add_argument("cells", help="cell table (.csv/.tsv/.parquet) with z, y, x")
+    p.add_argument("--atlas", required=True, help="atlas JSON from 'xmodal atlas build'")
+    p.add_argument("--out", default="names.csv", help="output CSV: id, name, confidence, top-k candidates")
+    p.add_argument("--features-columns", nargs="+", help="the atlas's feature columns, same order")
+    p.add_argument("--columns", help="coordinate columns, comma-separated (default z,y,x or y,x)")
+    p.add_argument("--spacing", help="coordinate scale, e.g. 0.5,0.2,0.2")
+    p.add_argument("--id-column", help="table column with cell ids (default: row numbers)")
+    p.add_argument("--top-k", type=int, default=5, help="candidate names per cell (default 5)")
+    p.add_argument("--allow-reflection", action="store_true", help="the sample may be a mirror image")
+    _common(p)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="xmodal",
@@ -105,7 +147,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("fixed", help="fixed cells: table (.csv/.tsv/.parquet, physical units) or label image")
     p.add_argument("moving", help="moving cells: table or label image")
     p.add_argument("--out", required=False, default="xmodal-register", help="output folder")
-    _transform(p, "deformable")
+    _transform(p, "auto", auto=True)
     p.add_argument("--matching", default="one-to-one", choices=["one-to-one", "cover"])
     p.add_argument("--spacing", help="voxel size / coordinate scale for both, e.g. 0.5,0.2,0.2")
     p.add_argument("--fixed-spacing", help="voxel size of the fixed input")
@@ -114,9 +156,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--prealign", default="all", choices=["all", "flips"], help="rotations searched")
     p.add_argument("--no-prealign", action="store_true", help="inputs are already roughly aligned")
     p.add_argument("--scale", action="store_true", help="also estimate a global scale")
+    p.add_argument("--allow-reflection", action="store_true",
+                   help="the pre-alignment also tries mirror images (axis handedness unknown)")
     _candidates(p, unmatched="auto")
     p.add_argument("--spots", nargs="+", help="smFISH spot tables (moving frame), one per replicate")
     _common(p)
+
+    _identity_commands(sub, subs)
 
     p = _command(sub, subs, "match", commands.cmd_match,
                  help="exact min-cost matching of two point sets on a sparse k-NN graph",
@@ -253,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         setup(args)
         inputs = [getattr(args, a.dest, None) for a in subs[args.command]._actions
-                  if not a.option_strings and a.dest not in ("help", "command")]
+                  if not a.option_strings and a.dest not in ("help", "command", "action")]
+        inputs = [p for v in inputs for p in (v if isinstance(v, list) else [v])]
         with inputs_named(*inputs, getattr(args, "ground_truth", None)):
             return int(args.func(args) or 0)
     except Exception as exc:

@@ -85,6 +85,10 @@ class OutputFolder:
 
 # ----------------------------------------------------------------------------------- 1. pre-align
 
+#: Points of each set the orientation search of the pre-alignment works on (farthest-point
+#: subsamples of larger sets; the shape of the whole cloud at a fixed cost).
+PREALIGN_POINTS = 500
+
 @dataclass
 class Prealigned:
     """Outcome of the pre-alignment step: the moving points in (roughly) the fixed frame."""
@@ -95,9 +99,11 @@ class Prealigned:
 
 
 def prealign_step(moving: np.ndarray, fixed: np.ndarray, *, rotations, scale: bool, seed: int,
-                  intensity_preset: str | None, images: Images, folder: OutputFolder) -> Prealigned:
-    """Principal-axes pre-alignment (``rotations`` "all" / "flips"), an elastix intensity registration
-    (``intensity_preset``), or none (``rotations`` False)."""
+                  intensity_preset: str | None, images: Images, folder: OutputFolder,
+                  allow_reflection: bool = False) -> Prealigned:
+    """Principal-axes pre-alignment (``rotations`` "all" / "flips"; mirror images too with
+    ``allow_reflection``), an elastix intensity registration (``intensity_preset``), or none
+    (``rotations`` False)."""
     from ..registration import AffineTransform
 
     if intensity_preset is not None:
@@ -105,9 +111,10 @@ def prealign_step(moving: np.ndarray, fixed: np.ndarray, *, rotations, scale: bo
         matrix, offset = reg.affine_moving_to_fixed()
         return Prealigned(moving @ matrix.T + offset, AffineTransform(matrix, offset))
     if rotations:
-        from .prealign import prealign
+        from .prealign import fast_prealign
 
-        pre = prealign(moving, fixed, rotations=rotations, scale=scale, seed=seed)
+        pre = fast_prealign(moving, fixed, n_points=PREALIGN_POINTS, rotations=rotations, scale=scale, seed=seed,
+                            allow_reflection=allow_reflection)
         return Prealigned(pre.apply(moving), AffineTransform(pre.matrix, pre.offset), pre)
     return Prealigned(moving)
 
@@ -121,6 +128,7 @@ class Fit:
     moved: np.ndarray
     transforms: list = field(default_factory=list)
     iterations: dict = field(default_factory=dict)
+    sigma2: float = float("nan")  # CPD variance of the last stage (input units squared)
 
 
 def cpd_stages(transform: str, scale: bool) -> list[str]:
@@ -137,17 +145,20 @@ def cpd_stages(transform: str, scale: bool) -> list[str]:
 
 
 def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bool,
-             cpd_options: Mapping | None, deformable_options: Mapping | None, nn: float) -> Fit:
+             cpd_options: Mapping | None, deformable_options: Mapping | None, nn: float,
+             cache: dict | None = None) -> Fit:
     """CPD coarse to fine (:func:`cpd_stages`), every stage starting where the previous one ended.
 
     Defaults: w = 0.1, tol = 1e-6, 100 iterations in the first stage (``cpd_options`` override them)
     and 150 in the others; the deformable stage uses ``beta`` = 2 × ``nn`` (a smooth field on the
     scale of a few cells) and ``lam`` = 2 (``deformable_options`` override them). The first stage's
-    iteration count is reported as "rigid".
+    iteration count is reported as "rigid". ``cache`` (a dict kept by the caller) reuses the
+    stages that several fits of the same points share (the model selection of ``transform="auto"``).
     """
     from ..registration import cpd
 
     fit = Fit(moved=moving)
+    chain = ()
     for i, stage in enumerate(cpd_stages(transform, scale)):
         opts = {"w": 0.1, "max_iter": 150 if i else 100, "tol": 1e-6}
         if i == 0:
@@ -155,12 +166,62 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
         elif stage == "deformable":
             opts.update({"beta": 2.0 * nn, "lam": 2.0})
             opts.update(deformable_options or {})
-        res = cpd(fit.moved, fixed, transform=stage, **opts)
+        chain = chain + ((stage, tuple(sorted((k, repr(v)) for k, v in opts.items()))),)
+        res = None if cache is None else cache.get(chain)
+        if res is None:
+            res = cpd(fit.moved, fixed, transform=stage, **opts)
+            if cache is not None:
+                cache[chain] = res
         fit.transforms.append(res.transform)
         fit.moved = np.asarray(res.moved, dtype=np.float64)
+        fit.sigma2 = float(res.sigma2)
         fit.iterations["rigid" if i == 0 else stage] = int(res.iterations)
         log.info("register_cells: %s CPD, %d iterations", stage, int(res.iterations))
     return fit
+
+
+#: The models ``transform="auto"`` chooses from, simplest first: (final CPD model, deformable beta in
+#: units of the median nearest-neighbour distance within the fixed cells, deformable lambda).
+AUTO_CANDIDATES = (("rigid", None, None), ("similarity", None, None), ("affine", None, None),
+                   ("deformable", 2.0, 2.0), ("deformable", 2.0, 8.0), ("deformable", 4.0, 2.0),
+                   ("deformable", 4.0, 8.0))
+
+
+def candidate_label(candidate) -> str:
+    """"rigid", "affine", ..., "deformable(beta=2nn,lam=8)" for an :data:`AUTO_CANDIDATES` entry."""
+    kind, bf, lam = candidate
+    return kind if kind != "deformable" else f"deformable(beta={bf:g}nn,lam={lam:g})"
+
+
+def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_options: Mapping | None,
+                deformable_options: Mapping | None, nn: float, seed: int, fraction: float = 0.2):
+    """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fit to 80 % of the fixed cells
+    gives the highest likelihood of the other 20 % (:func:`xmodal.registration.selection.select_model`:
+    the CPD mixture of the fitted model, outlier weight 0.1). A model that bends to fit noise gets a
+    small variance and pays for it on cells it has not seen.
+
+    Returns (final model, its deformable options or None, a record for the result: chosen label,
+    held-out log-likelihood per candidate, held-out share and seed).
+    """
+    from ..registration.selection import select_model
+
+    cache: dict = {}
+
+    def options(cand):
+        kind, bf, lam = cand
+        return None if kind != "deformable" else {"beta": bf * nn, "lam": lam, **(deformable_options or {})}
+
+    def fit(cand, fixed_train):
+        f = fit_step(moving, fixed_train, transform=cand[0], scale=scale, cpd_options=cpd_options,
+                     deformable_options=options(cand), nn=nn, cache=cache)
+        return f.moved, f.sigma2
+
+    sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1)
+    record = {"chosen": candidate_label(sel.best), "criterion": "held-out log-likelihood (nats per point)",
+              "scores": {candidate_label(c): float(v) for c, v in sel.scores.items()},
+              "heldout_fraction": fraction, "seed": seed}
+    log.info("register_cells: transform='auto' chose %s", record["chosen"])
+    return sel.best[0], options(sel.best), record
 
 
 # ----------------------------------------------------------------------------------- 3. match
@@ -179,6 +240,43 @@ def match_step(moved: np.ndarray, fixed: np.ndarray, *, matching: str, k: int, r
         m = match_points(moved, fixed, k=k, radius=radius, unmatched_cost=unmatched_cost, mode="one-to-one")
     mi, fi = np.asarray(m.rows, dtype=np.int64), np.asarray(m.cols, dtype=np.int64)
     return mi, fi, np.linalg.norm(moved[mi] - fixed[fi], axis=1)
+
+
+def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray, *, k: int = 12,
+                     temperature: float = 1.0) -> np.ndarray:
+    """Posterior probability of every matched pair (moving ``mi``, fixed ``fi``).
+
+    The matching as a probabilistic model: a moving cell either has a partner, displaced from it by
+    an isotropic Gaussian whose variance is that of the matched pairs (median squared distance over
+    the median of a chi-square with d degrees of freedom, robust to wrong pairs), or is an outlier
+    spread uniformly over the fixed cells' bounding box, at the rate of unmatched moving cells (0.01
+    to 0.5); a fixed cell has a partner at the rate of matched fixed cells. The marginals of the
+    partial one-to-one assignment under that model, on the candidate graph of the ``k`` nearest
+    neighbours both ways, are computed by log-domain Sinkhorn (the entropic relaxation at
+    ``temperature``; see :func:`xmodal.atlas._sinkhorn.sinkhorn_marginals`). A pair with close
+    rivals gets a low probability even when its distance is small.
+    """
+    from ..atlas._sinkhorn import sinkhorn_marginals
+    from ..matching import knn_graph
+
+    n, m = len(moved), len(fixed)
+    d = fixed.shape[1]
+    if len(mi) == 0:
+        return np.zeros(0)
+    r2 = ((moved[mi] - fixed[fi]) ** 2).sum(1)
+    chi2_median = {2: 1.3863, 3: 2.3660}.get(d, d * (1 - 2 / (9 * d)) ** 3)
+    sigma2 = max(float(np.median(r2)) / chi2_median, 1e-12 * float(np.ptp(fixed, 0).max()) ** 2 + 1e-300)
+    q = float(np.clip(1.0 - len(mi) / n, 0.01, 0.5))
+    presence = float(np.clip(len(fi) / m, 0.01, 0.99))
+    volume = float(np.prod(np.maximum(np.ptp(fixed, 0), 1e-12)))
+    g = knn_graph(moved, fixed, k=min(k, m, n)).tocoo()
+    rows, cols = g.row.astype(np.int64), g.col.astype(np.int64)
+    dist2 = ((moved[rows] - fixed[cols]) ** 2).sum(1)
+    pair = 0.5 * dist2 / sigma2 + 0.5 * d * np.log(2 * np.pi * sigma2) - np.log(presence) - np.log1p(-q)
+    rel = pair - (-np.log(q) + np.log(volume)) - (-np.log1p(-presence))
+    p, _, _, _ = sinkhorn_marginals(rows, cols, rel, (n, m), temperature=temperature, tol=1e-5, max_iter=200)
+    key = dict(zip(zip(rows.tolist(), cols.tolist()), p.tolist()))
+    return np.array([key.get((int(a), int(b)), 0.0) for a, b in zip(mi, fi)])
 
 
 # ----------------------------------------------------------------------------------- 4. post-steps

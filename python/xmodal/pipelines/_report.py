@@ -109,8 +109,10 @@ def write_registration_outputs(result, folder: Path) -> dict:
     outputs["transform"] = write_json(folder / "transform.json", result.transform.to_dict())
     outputs["matches"] = write_csv(
         folder / "matches.csv",
-        ["fixed_index", "moving_index", "fixed_id", "moving_id", "distance"],
-        [result.fixed_index, result.moving_index, result.fixed_ids, result.moving_ids, result.distances],
+        ["fixed_index", "moving_index", "fixed_id", "moving_id", "distance"]
+        + (["confidence"] if result.confidence is not None else []),
+        [result.fixed_index, result.moving_index, result.fixed_ids, result.moving_ids, result.distances]
+        + ([result.confidence] if result.confidence is not None else []),
     )
     d = result.fixed_points.shape[1]
     axes = ["z", "y", "x"][-d:]

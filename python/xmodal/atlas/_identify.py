@@ -1,0 +1,209 @@
+"""Naming the cells of a new sample against an :class:`~xmodal.atlas.Atlas`.
+
+    points (+ features)
+      -> candidate poses: principal axes of the sample onto those of the atlas, every proper signed
+         permutation of the axes (24 in 3D; 48 with reflections when allowed)
+      -> per pose, a short EM of a similarity transform against the atlas as a Gaussian mixture
+         (one component per name: mean, isotropic part of its covariance, presence as weight, a
+         uniform outlier component); the pose whose optimal assignment costs least wins
+      -> alternate: exact sparse assignment (Mahalanobis + feature costs, per-name absence costs,
+         an unmatched cost per cell) <-> generalised least-squares fit of the transform (affine,
+         each pair weighted by its name's precision), optionally a smooth deformation on top
+      -> names from the final exact assignment; per-cell confidence = posterior marginal of the
+         assignment (log-domain Sinkhorn on the sparse graph at the atlas's calibrated temperature)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .._validation import choice, describe, positive_float, positive_int
+from ..registration.transforms import AffineTransform, CompositeTransform
+from ._inputs import check_features, check_sample_points, normalise_features
+from ._mixture import Model, assign
+from ._model import Atlas
+from ._pose import pose_search
+from ._refine import apply_map, cpd_stage, refine, relational
+from ._result import Identification
+from ._sinkhorn import SINKHORN, apply_platt, sinkhorn_marginals
+
+__all__ = ["Identification", "identify"]
+
+
+def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_k: int = 5,
+             allow_reflection: bool = False, transform: str | None = None, orientations: str = "all",
+             deformable: bool = False, temperature: float | None = None, k: int = 12,
+             max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
+             search_points: int = 300, in_plane: int = 3, cpd_iter: int = 100, relational_iter: int = 6,
+             feature_weight: float = 1.0,
+             _debug: dict | None = None) -> Identification:
+    """Name the cells of a sample by registering it to an atlas and assigning names exactly.
+
+    Parameters
+    ----------
+    points : (n, d) array
+        Cell positions of the new sample, same units as the atlas's training samples (the pose is
+        found: any rotation, and any mirror image with ``allow_reflection``).
+    atlas : Atlas
+        From :func:`build_atlas` or :meth:`Atlas.load`.
+    features : (n, f) array, optional
+        The same features as the atlas was built with (same columns, same order), e.g. colour
+        channels, volume, intensity. Normalised per sample as in the atlas.
+    unmatched_cost : "auto" or float
+        Cost (nats) of leaving a cell unnamed. "auto": ``-log(q / V)``, the density of a uniform
+        outlier over the atlas volume V with rate q = the atlas's Good-Turing estimate of cells
+        with names it lacks (at least 0.01). A name that is not used costs ``-log(1 - presence)``.
+    top_k : int
+        Number of candidate names (with probabilities) reported per cell.
+    allow_reflection : bool
+        Also consider mirror images of the sample (data whose axis handedness is unknown).
+    transform : {"rigid", "similarity", "affine"}, optional
+        Transform class of the sample onto the atlas; default the atlas's own (``atlas.transform``,
+        affine unless its samples share too few names). The pose search is rigid.
+    orientations : {"all", "flips", "none"}
+        Candidate poses: every signed permutation of the principal axes, sign flips only, or the
+        principal axes as they come.
+    deformable : bool
+        Add a smooth displacement field (Gaussian radial basis, width 2 × the atlas's median
+        nearest-neighbour distance) on top of the affine fit.
+    temperature : float, optional
+        Temperature of the posterior marginals. Default: the atlas's calibration (its temperature,
+        then its Platt scaling of the confidences); a given temperature yields the plain tempered
+        marginals.
+    k : int
+        Candidate names per cell (and cells per name) in the sparse cost graph.
+    max_iter, search_iter, keep_poses : iterations of the assignment/fit alternation, of the EM
+        per candidate pose, and poses refined after the first scoring.
+    feature_weight : float
+        Weight of the feature log-likelihood relative to the position log-likelihood.
+
+    Returns
+    -------
+    Identification
+    """
+    t_all = time.perf_counter()
+    x, feats, transform, T, u, model, q_out = _check(
+        points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
+        temperature)
+    top_k = positive_int(top_k, "top_k")
+    k = positive_int(k, "k")
+    max_iter = positive_int(max_iter, "max_iter")
+    d = x.shape[1]
+    timings = {}
+
+    t0 = time.perf_counter()
+    pose = pose_search(x, model, u, feats, k, q_out, orientations=orientations,
+                       allow_reflection=bool(allow_reflection), search_iter=search_iter, keep=keep_poses,
+                       search_points=search_points, in_plane=in_plane, scale=transform != "rigid")
+    timings["pose_search"] = time.perf_counter() - t0
+
+    # refinement of the best poses: CPD of the atlas onto the sample, then assignment <-> fit
+    t0 = time.perf_counter()
+    best = None
+    for _, j, A, t, refl in pose["best"][:max(1, refine_poses)]:
+        A, t = cpd_stage(x, model, A, t, transform, q_out, max_iter=cpd_iter)
+        A, t, field_, it, obj = refine(x, model, A, t, u, feats, k, transform, max_iter, deformable)
+        if best is None or obj < best[0]:
+            best = (obj, A, t, field_, refl, int(j), it)
+    obj, A, t, field_, refl, chosen, iters = best
+    timings["refine"] = time.perf_counter() - t0
+
+    # names that move together: condition each name on its partners' placements
+    t0 = time.perf_counter()
+    y = apply_map(x, A, t, field_)
+    rel_it = relational(y, np.eye(d), np.zeros(d), model, u, feats, k, relational_iter)
+    timings["relational"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows_m, cols_m, rows, cols, rel, obj = assign(y, model, u, feats, k)
+    n, m = len(x), len(model.mu)
+    index = np.full(n, -1, np.int64)
+    index[rows_m] = cols_m
+    conf, top_names, top_p, sk_it = _marginals(rows, cols, rel, (n, m), index, atlas.names, T, top_k)
+    tempered = conf
+    platt = atlas.calibration.get("platt") if temperature is None else None
+    if platt is not None:
+        conf = apply_platt(conf, platt)
+        top_p = np.where(top_p > 0, apply_platt(top_p, platt), 0.0)
+    timings["assign"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+
+    tr = AffineTransform(A, t) if field_ is None else CompositeTransform((AffineTransform(A, t), field_))
+    if _debug is not None:
+        _debug.update({"rows": rows, "cols": cols, "rel": rel, "shape": (n, m)})
+    names = np.array([atlas.names[i] if i >= 0 else "" for i in index], dtype=object).astype(str)
+    diag = {
+        "pose_scores": pose["scores"], "pose": chosen, "n_poses": pose["n_candidates"], "iterations": iters,
+        "relational_iterations": rel_it, "unmatched_cost": u, "outlier_rate": q_out, "temperature": T,
+        "sinkhorn_iterations": sk_it, "n_named": int((index >= 0).sum()), "n_unnamed": int((index < 0).sum()),
+        "timings": timings, "platt": platt, "tempered_confidence": tempered, "transform": transform,
+    }
+    return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
+                          top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
+                          cost=float(obj), diagnostics=diag)
+
+
+def _check(points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
+           temperature):
+    """Validated inputs of :func:`identify`: points, normalised features, transform, temperature,
+    unmatched cost, the atlas's mixture model and its outlier rate."""
+    if not isinstance(atlas, Atlas):
+        raise TypeError(f"atlas: expected an xmodal.atlas.Atlas, got {describe(atlas)}")
+    x = check_sample_points(points, "points")
+    d = x.shape[1]
+    if d != atlas.ndim:
+        raise ValueError(f"points: expected {atlas.ndim} columns like the atlas, got {d}")
+    if len(x) < d + 1:
+        raise ValueError(f"points: expected at least {d + 1} cells, got {len(x)}")
+    transform = atlas.transform if transform is None else transform
+    choice(transform, "transform", ("rigid", "similarity", "affine"))
+    choice(orientations, "orientations", ("all", "flips", "none"))
+    if not isinstance(allow_reflection, (bool, np.bool_)):
+        raise TypeError(f"allow_reflection: expected True or False, got {describe(allow_reflection)}")
+    feature_weight = positive_float(feature_weight, "feature_weight", allow_zero=True)
+    feats = None
+    if features is not None:
+        if atlas.feature_means is None:
+            raise ValueError("features: the atlas was built without features; pass features=None")
+        feats = normalise_features(check_features(features, len(x), "features", atlas.n_features),
+                                   atlas.feature_normalization)
+    elif atlas.feature_means is not None:
+        raise ValueError(f"features: the atlas was built with features {atlas.feature_names}; pass the same "
+                         f"{atlas.n_features} columns for the new sample")
+    T = atlas.temperature if temperature is None else positive_float(temperature, "temperature")
+    model = Model(atlas, feature_weight=feature_weight)
+    q_out = model.outlier_rate()
+    if isinstance(unmatched_cost, str):
+        choice(unmatched_cost, "unmatched_cost", ("auto",))
+        u = -math.log(q_out) + model.log_volume
+    else:
+        if isinstance(unmatched_cost, bool) or not isinstance(unmatched_cost, (int, float, np.floating)) \
+                or not np.isfinite(unmatched_cost):
+            raise TypeError(f"unmatched_cost: expected 'auto' or a finite number, got {describe(unmatched_cost)}")
+        u = float(unmatched_cost)
+    return x, feats, transform, T, u, model, q_out
+
+
+def _marginals(rows, cols, rel, shape, index, atlas_names, T, top_k):
+    """Sinkhorn marginals at temperature T: confidence of the assigned outcome of every cell, and its
+    ``top_k`` most probable names ('' = unnamed) with their probabilities."""
+    n, _ = shape
+    p, p_un, _, sk_it = sinkhorn_marginals(rows, cols, rel, shape, temperature=T, **SINKHORN)
+    key = {(int(a), int(b)): float(v) for a, b, v in zip(rows, cols, p)}
+    conf = np.array([key.get((i, int(index[i])), 0.0) if index[i] >= 0 else float(p_un[i]) for i in range(n)])
+    top_names = np.full((n, top_k), "", dtype=object)
+    top_p = np.zeros((n, top_k))
+    o = np.lexsort((-p, rows))
+    starts = np.searchsorted(rows[o], np.arange(n))
+    ends = np.searchsorted(rows[o], np.arange(n), side="right")
+    for i in range(n):
+        cand = [(float(p[e]), atlas_names[cols[e]]) for e in o[starts[i]:ends[i]]]
+        cand.append((float(p_un[i]), ""))
+        cand.sort(key=lambda z: -z[0])
+        for r, (pv, nm) in enumerate(cand[:top_k]):
+            top_names[i, r] = nm
+            top_p[i, r] = pv
+    return conf, top_names, top_p, sk_it

@@ -1,0 +1,181 @@
+"""Issue 12 measurements of pairwise registration: ``register_cells`` defaults (``transform="auto"``)
+against its own rigid stage, its former default (deformable) and no registration at all.
+
+    python scripts/eval_identity.py pairs [--out FILE]        # the 28 built-in embryo pairs
+    python scripts/eval_identity.py rules FILE [--out FILE]   # selection rules: chosen on training
+                                                              # pairs, reported on held-out pairs
+    python scripts/eval_identity.py platynereis [--out FILE]  # bilateral pairs (needs the data folder)
+
+Embryos: the 8 JIM767 embryos of :func:`xmodal.datasets.celegans_embryos`; accuracy of a pair =
+share of the shared lineage names whose cells are matched to each other (as ``bench_pipelines.py``).
+Training split: the 6 pairs among the first 4 embryos (sorted names); the other 22 pairs are held
+out. The orientation search runs once per pair (as ``register_cells`` runs it: farthest-point
+subsamples of 500 cells, 24 rotations); every method then starts from the same pre-aligned cells
+(``register_cells(..., prealign=False)``), which is what ``register_cells`` does after its own
+pre-alignment, so "auto" here is exactly the default result. "none" matches the raw coordinates.
+Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1) on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+TRAIN_EMBRYOS = 4
+METHODS = ("none", "rigid", "deformable", "auto")
+
+
+def _split(names):
+    train = set(sorted(names)[:TRAIN_EMBRYOS])
+    return lambda a, b: "train" if a in train and b in train else "heldout"
+
+
+def _summary(rows, key):
+    v = np.array([r[key] for r in rows])
+    return {"mean": float(v.mean()), "worst": float(v.min()), "pairs": len(v)} if len(v) else {}
+
+
+def embryo_pairs(limit=None) -> dict:
+    from xmodal.atlas._calibration import calibration_figures
+    from xmodal.datasets import celegans_embryos
+    from xmodal.matching import match_points
+    from xmodal.pipelines import register_cells
+    from xmodal.pipelines._register_steps import PREALIGN_POINTS
+    from xmodal.pipelines.prealign import fast_prealign, median_nn_distance
+
+    emb = celegans_embryos()
+    split = _split(emb)
+    rows, calib = [], []
+    for a, b in list(itertools.combinations(sorted(emb), 2))[:limit]:
+        fa, fb = emb[a], emb[b]
+        shared = len(set(fa.cells) & set(fb.cells))
+        row = {"pair": f"{a}|{b}", "split": split(a, b)}
+        t0 = time.perf_counter()
+        pre = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all", seed=0)
+        row["seconds_prealign"] = time.perf_counter() - t0
+        start = pre.apply(fb.points)
+        m = match_points(fb.points, fa.points, k=30, unmatched_cost=3.0 * median_nn_distance(fa.points))
+        row["none"] = float(np.sum(fa.cells[m.cols] == fb.cells[m.rows])) / shared
+        for method in METHODS[1:]:
+            t0 = time.perf_counter()
+            res = register_cells(fa.points, start, transform=method, prealign=False, errors=False)
+            row[f"seconds_{method}"] = time.perf_counter() - t0
+            row[method] = float(np.sum(fa.cells[res.fixed_index] == fb.cells[res.moving_index])) / shared
+            if method == "auto":
+                row["chosen"] = res.parameters["model"]
+                calib.append((row["split"], res.confidence,
+                              fa.cells[res.fixed_index] == fb.cells[res.moving_index]))
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    out = {"pairs": rows, "summary": {}}
+    for part in ("all", "train", "heldout"):
+        sel = [r for r in rows if part == "all" or r["split"] == part]
+        if not sel:
+            continue
+        out["summary"][part] = {m: _summary(sel, m) for m in METHODS}
+        out["summary"][part]["auto_minus_rigid_worst"] = float(min(r["auto"] - r["rigid"] for r in sel)) if sel else None
+        out["summary"][part]["pairs_auto_below_rigid_by_0.02"] = int(sum(r["auto"] < r["rigid"] - 0.02 for r in sel))
+        out["summary"][part]["chosen"] = {c: sum(r["chosen"] == c for r in sel) for c in sorted({r["chosen"] for r in sel})}
+        conf = [c for sp, c, _ in calib if part == "all" or sp == part]
+        ok = [k for sp, _, k in calib if part == "all" or sp == part]
+        if conf:
+            out["summary"][part]["match_confidence"] = calibration_figures(np.concatenate(conf), np.concatenate(ok))
+    return out
+
+
+def selection_rules(path) -> dict:
+    """Rules (criterion x margin) chosen on the training pairs of an ``eval_register_models.py``
+    embryo result, reported on the held-out pairs."""
+    data = json.loads(Path(path).read_text())
+    pairs = data["pairs"]
+    split = _split({n for p in pairs for n in p["name"].split("|")})
+    models = list(pairs[0]["models"])  # simplest first
+    rules = [(c, m) for c in ("hll", "cvnn", "cvm") for m in (0.0, 0.02, 0.05)]
+
+    def pick(p, crit, margin):
+        sc = {k: v[crit] * (1 if crit == "hll" else -1) for k, v in p["models"].items()}
+        best = max(sc.values())
+        tol = margin if crit == "hll" else margin * abs(best)
+        return next(k for k in models if sc[k] >= best - tol)
+
+    def evaluate(sel, crit, margin):
+        acc = [p["models"][pick(p, crit, margin)]["accuracy"] for p in sel]
+        rig = [p["models"]["rigid"]["accuracy"] for p in sel]
+        return {"mean": float(np.mean(acc)), "worst": float(np.min(acc)),
+                "max_loss_vs_rigid": float(np.max(np.subtract(rig, acc)))}
+
+    train = [p for p in pairs if split(*p["name"].split("|")) == "train"]
+    held = [p for p in pairs if split(*p["name"].split("|")) == "heldout"]
+    table = {f"{c}_margin_{m:g}": {"train": evaluate(train, c, m), "heldout": evaluate(held, c, m)} for c, m in rules}
+    # the rule: fewest training pairs worse than rigid by > 0.02 (none allowed), then highest training mean
+    best = max(table, key=lambda k: (table[k]["train"]["max_loss_vs_rigid"] <= 0.02, table[k]["train"]["mean"]))
+    fixed = {name: {"train": {"mean": float(np.mean([p["models"][name]["accuracy"] for p in train]))},
+                    "heldout": {"mean": float(np.mean([p["models"][name]["accuracy"] for p in held])),
+                                "worst": float(np.min([p["models"][name]["accuracy"] for p in held]))}}
+             for name in models}
+    return {"chosen_on_train": best, "rules": table, "single_models": fixed, "train_pairs": len(train),
+            "heldout_pairs": len(held)}
+
+
+def platynereis() -> dict:
+    from xmodal.matching import match_points
+    from xmodal.pipelines import register_cells
+    from xmodal.pipelines.prealign import median_nn_distance
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eval_register_models import platynereis_pair
+
+    p = platynereis_pair()
+    fixed, moving, truth = p["fixed"], p["moving"], p["truth"]
+
+    def acc(rows, cols):
+        partner = dict(zip(np.asarray(rows).tolist(), np.asarray(cols).tolist()))
+        return float(sum(partner.get(int(j), -1) == int(i) for i, j in truth)) / p["denominator"]
+
+    out = {"fixed": len(fixed), "moving": len(moving), "curated_pairs": p["denominator"]}
+    m = match_points(moving, fixed, k=30, unmatched_cost=3.0 * median_nn_distance(fixed))
+    out["none"] = acc(m.rows, m.cols)
+    for method in ("rigid", "auto"):
+        t0 = time.perf_counter()
+        res = register_cells(fixed, moving, transform=method, errors=False)
+        partner = dict(zip(res.moving_index.tolist(), zip(res.fixed_index.tolist(), res.confidence.tolist())))
+        sure = [partner[int(j)][0] == int(i) for i, j in truth if int(j) in partner and partner[int(j)][1] >= 0.9]
+        out[method] = {"accuracy": acc(res.moving_index, res.fixed_index), "seconds": time.perf_counter() - t0,
+                       "curated_pairs_confidence_0.9": len(sure),
+                       "accuracy_confidence_0.9": float(np.mean(sure)) if sure else None,
+                       "timings": res.timings, "model": res.parameters["model"],
+                       "model_selection": res.model_selection}
+        print(json.dumps({method: out[method]}), file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["pairs", "rules", "platynereis"])
+    ap.add_argument("path", nargs="?", help="rules: an eval_register_models.py embryo result")
+    ap.add_argument("--pairs", type=int, help="only the first N embryo pairs")
+    ap.add_argument("--out", help="write the JSON here (default stdout)")
+    args = ap.parse_args()
+    if args.what == "pairs":
+        out = embryo_pairs(args.pairs)
+    elif args.what == "rules":
+        out = selection_rules(args.path)
+    else:
+        out = platynereis()
+    text = json.dumps(out, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
