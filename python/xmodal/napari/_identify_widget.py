@@ -66,7 +66,8 @@ class IdentifyWidget(Container):
             face_contrast_limits=(0.0, 1.0), border_color=border, border_width=0.25,
             text={"string": "{name}", "size": 8, "color": "white", "anchor": "upper_left"})
         self.layer.selected_data.events.items_changed.connect(lambda *_: self._selection_changed())
-        self.panel.status.value = f"{result.n_named} of {len(result.names)} cells named, {int(low.sum())} low confidence"
+        self.panel.status.value = (f"identify: done, {result.n_named} of {len(result.names)} cells named, "
+                                   f"{int(low.sum())} low confidence")
 
     def _selection_changed(self) -> None:
         sel = sorted(self.layer.selected_data) if self.layer is not None else []

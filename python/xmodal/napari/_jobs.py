@@ -125,8 +125,8 @@ def _panel_class():
             if job is not self.job or job.cancelled:
                 return
             try:
-                on_done(value)
                 self.status.value = f"{job.name}: done"
+                on_done(value)  # may say more in the status line
             except Exception as exc:  # a result the viewer cannot show: say so, keep the panel usable
                 self.last_error = exc
                 self.status.value = f"{job.name}: failed to show the result: {exc}"

@@ -73,4 +73,4 @@ class RegisterWidget(Container):
         self.result = result
         table = MatchTable.from_result(result, source=result.outputs.get("matches", ""))
         add_layers(self.viewer, registration_layers(table, name=name))
-        self.panel.status.value = f"{result.n_matched} pairs"
+        self.panel.status.value = f"register cells: done, {result.n_matched} pairs"

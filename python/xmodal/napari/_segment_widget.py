@@ -69,4 +69,4 @@ class SegmentWidget(Container):
         self.result = result
         self.viewer.add_labels(np.asarray(result.labels), name=f"{source.name}: segments", scale=source.scale,
                                translate=source.translate)
-        self.panel.status.value = f"{result.n_segments} segments"
+        self.panel.status.value = f"segment: done, {result.n_segments} segments"
