@@ -334,3 +334,18 @@ def test_review_edit_exported_and_read_back(make_napari_viewer, plugin, registra
     np.testing.assert_array_equal(mov_names, fix_names)
     atlas = build_atlas([fix_pts, mov_pts], names=[fix_names, mov_names], calibrate=False)
     assert set(atlas.names) == set(mov_names.tolist())
+
+
+def test_labels_layers_give_their_centroids_in_world_coordinates():
+    from napari.layers import Labels, Points
+
+    from xmodal.napari._common import world_points
+
+    lab = np.zeros((20, 30), np.uint32)
+    lab[2:6, 3:9] = 1
+    lab[10:14, 20:26] = 2
+    pts = world_points(Labels(lab, scale=(2.0, 0.5), translate=(1.0, 0.0)))
+    np.testing.assert_allclose(pts, [[3.5 * 2 + 1, 5.5 * 0.5], [11.5 * 2 + 1, 22.5 * 0.5]])
+    np.testing.assert_allclose(world_points(Points(np.array([[1.0, 2.0]]), scale=(3.0, 4.0))), [[3.0, 8.0]])
+    with pytest.raises(TypeError, match="Points or Labels"):
+        world_points(napari.layers.Image(np.zeros((4, 4))))
