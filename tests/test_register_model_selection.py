@@ -103,3 +103,13 @@ def test_match_confidence_is_trustworthy_on_simulated_cells():
     assert fig["accuracy_at_0.9"] >= 0.9 and fig["share_at_0.9"] > 0.2, fig
     assert fig["ece"] <= 0.12, fig
     assert conf[right].mean() > conf[~right].mean() + 0.2
+
+
+def test_large_sets_are_compared_on_subsamples(cells, monkeypatch):
+    from xmodal.pipelines import _register_steps as steps
+
+    monkeypatch.setattr(steps, "SELECT_POINTS", 100)
+    rng = np.random.default_rng(3)
+    res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), prealign=False, errors=False)
+    assert res.model_selection["cells"] == [100, 100]
+    assert _accuracy(res, np.arange(len(cells))) > 0.95  # the chosen model is fitted to all cells

@@ -12,6 +12,7 @@ validated by :func:`register_cells` before the first step runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,11 @@ AUTO_CANDIDATES = (("rigid", None, None), ("similarity", None, None), ("affine",
                    ("deformable", 4.0, 8.0))
 
 
+#: Most cells of each set the model selection of ``transform="auto"`` fits its candidates to
+#: (farthest-point subsamples of larger sets).
+SELECT_POINTS = 1500
+
+
 def candidate_label(candidate) -> str:
     """"rigid", "affine", ..., "deformable(beta=2nn,lam=8)" for an :data:`AUTO_CANDIDATES` entry."""
     kind, bf, lam = candidate
@@ -197,32 +203,44 @@ def candidate_label(candidate) -> str:
 
 
 def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_options: Mapping | None,
-                deformable_options: Mapping | None, nn: float, seed: int, fraction: float = 0.2):
+                deformable_options: Mapping | None, nn: float, seed: int, fraction: float = 0.2,
+                repeats: int = 1):
     """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fit to 80 % of the fixed cells
     gives the highest likelihood of the other 20 % (:func:`xmodal.registration.selection.select_model`:
     the CPD mixture of the fitted model, outlier weight 0.1). A model that bends to fit noise gets a
-    small variance and pays for it on cells it has not seen.
+    small variance and pays for it on cells it has not seen. ``repeats`` > 1 averages the scores
+    over that many random splits.
 
     Returns (final model, its deformable options or None, a record for the result: chosen label,
     held-out log-likelihood per candidate, held-out share and seed).
     """
     from ..registration.selection import select_model
 
-    cache: dict = {}
+    caches: dict = {}
 
     def options(cand):
         kind, bf, lam = cand
         return None if kind != "deformable" else {"beta": bf * nn, "lam": lam, **(deformable_options or {})}
 
     def fit(cand, fixed_train):
+        # the stages shared by the candidates are fitted once per training split
+        cache = caches.setdefault(hashlib.sha1(np.ascontiguousarray(fixed_train).tobytes()).hexdigest(), {})
         f = fit_step(moving, fixed_train, transform=cand[0], scale=scale, cpd_options=cpd_options,
                      deformable_options=options(cand), nn=nn, cache=cache)
         return f.moved, f.sigma2
 
-    sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1)
+    if max(len(moving), len(fixed)) > SELECT_POINTS:
+        # large sets: the models are compared on farthest-point subsamples (the shape of the whole
+        # clouds at a fixed cost); beta stays in physical units (``nn`` of all fixed cells)
+        from ..registration import farthest_point_centers
+
+        moving = moving[np.sort(farthest_point_centers(moving, min(SELECT_POINTS, len(moving))))]
+        fixed = fixed[np.sort(farthest_point_centers(fixed, min(SELECT_POINTS, len(fixed))))]
+    sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1, repeats=repeats)
     record = {"chosen": candidate_label(sel.best), "criterion": "held-out log-likelihood (nats per point)",
+              "cells": [len(moving), len(fixed)],
               "scores": {candidate_label(c): float(v) for c, v in sel.scores.items()},
-              "heldout_fraction": fraction, "seed": seed}
+              "heldout_fraction": fraction, "seed": seed, "repeats": repeats}
     log.info("register_cells: transform='auto' chose %s", record["chosen"])
     return sel.best[0], options(sel.best), record
 

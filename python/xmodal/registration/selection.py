@@ -80,7 +80,7 @@ class ModelSelection:
 
 
 def select_model(fixed, fit: Callable, candidates: Sequence, *, fraction: float = 0.2, seed: int = 0,
-                 w: float = 0.1, margin: float = 0.0) -> ModelSelection:
+                 w: float = 0.1, margin: float = 0.0, repeats: int = 1) -> ModelSelection:
     """Choose among registration models by the held-out likelihood of the fixed points.
 
     A random ``fraction`` of the fixed points is held out; every candidate is fitted to the other
@@ -95,6 +95,9 @@ def select_model(fixed, fit: Callable, candidates: Sequence, *, fraction: float 
     fit : callable ``(candidate, fixed_train) -> (moved, sigma2)``
     candidates : sequence of candidate labels (anything ``fit`` understands)
     fraction, seed : the held-out share and the seed of the split
+    repeats : int
+        Independent random splits (seeds ``seed``, ``seed + 1``, ...); the scores are averaged over
+        them (less noise, ``repeats`` times the cost). ``heldout`` is the first split's mask.
     w : outlier weight of the CPD mixture (as in the fits)
     margin : nats per held-out point a simpler candidate may lose and still be chosen
 
@@ -112,12 +115,14 @@ def select_model(fixed, fit: Callable, candidates: Sequence, *, fraction: float 
     if not candidates:
         raise ValueError("candidates: expected at least one candidate, got none")
     margin = positive_float(margin, "margin", allow_zero=True)
-    mask = heldout_split(len(fix), fraction, seed)
+    repeats = positive_int(repeats, "repeats")
     volume = float(np.prod(np.maximum(fix.max(0) - fix.min(0), 1e-12)))
-    scores = {}
-    for c in candidates:
-        moved, sigma2 = fit(c, fix[~mask])
-        scores[c] = heldout_log_likelihood(moved, fix[mask], sigma2, w=w, volume=volume)
+    scores = {c: 0.0 for c in candidates}
+    masks = [heldout_split(len(fix), fraction, seed + r) for r in range(repeats)]
+    for mask in masks:
+        for c in candidates:
+            moved, sigma2 = fit(c, fix[~mask])
+            scores[c] += heldout_log_likelihood(moved, fix[mask], sigma2, w=w, volume=volume) / repeats
     best = max(scores.values())
     chosen = next(c for c in candidates if scores[c] >= best - margin)
-    return ModelSelection(best=chosen, scores=scores, heldout=mask, margin=margin)
+    return ModelSelection(best=chosen, scores=scores, heldout=masks[0], margin=margin)
