@@ -80,7 +80,7 @@ def test_build_then_identify(tables, capsys):
 
 def test_register_reports_the_chosen_model(tables, capsys):
     d, paths, _ = tables
-    code, out, err = run(capsys, "register", paths[0], paths[1], "--out", d / "reg", "-q")
+    code, out, err = run(capsys, "register", paths[0], paths[1], "--transform", "auto", "--out", d / "reg", "-q")
     assert code == 0, err
     model = json.loads((d / "reg" / "provenance.json").read_text())["parameters"]["model"]
     assert f"({model})" in out

@@ -29,7 +29,7 @@ def _accuracy(res, truth):
 def test_auto_records_the_chosen_model_and_every_score(cells, tmp_path):
     rng = np.random.default_rng(0)
     moving = (cells - cells.mean(0)) @ _rot(20).T + rng.normal(0, 0.5, cells.shape)
-    res = register_cells(cells, moving, out=tmp_path / "reg", errors=False)  # transform="auto" by default
+    res = register_cells(cells, moving, transform="auto", out=tmp_path / "reg", errors=False)
     sel = res.model_selection
     labels = [candidate_label(c) for c in AUTO_CANDIDATES]
     assert sel["chosen"] in labels and set(sel["scores"]) == set(labels)
@@ -48,12 +48,12 @@ def test_auto_records_the_chosen_model_and_every_score(cells, tmp_path):
 def test_auto_prefers_a_rigid_model_for_a_rigid_motion_and_a_richer_one_for_a_bend(cells):
     rng = np.random.default_rng(1)
     c = cells - cells.mean(0)
-    rigid = register_cells(cells, c @ _rot(10).T + rng.normal(0, 0.3, c.shape), prealign=False, errors=False)
+    rigid = register_cells(cells, c @ _rot(10).T + rng.normal(0, 0.3, c.shape), transform="auto", prealign=False, errors=False)
     assert rigid.parameters["model"] in ("rigid", "similarity")
     # a bend of the short axis along the long one (up to 60 µm): rigid and similarity fit it worst
     bent = c.copy()
     bent[:, 0] += 60.0 * np.sin(c[:, 1] / 100.0)
-    deformed = register_cells(cells, bent, prealign=False, errors=False)
+    deformed = register_cells(cells, bent, transform="auto", prealign=False, errors=False)
     assert deformed.parameters["model"] not in ("rigid", "similarity")
     scores = deformed.model_selection["scores"]
     assert scores[deformed.parameters["model"]] > scores["rigid"] + 1.0
@@ -110,6 +110,6 @@ def test_large_sets_are_compared_on_subsamples(cells, monkeypatch):
 
     monkeypatch.setattr(steps, "SELECT_POINTS", 100)
     rng = np.random.default_rng(3)
-    res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), prealign=False, errors=False)
+    res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), transform="auto", prealign=False, errors=False)
     assert res.model_selection["cells"] == [100, 100]
     assert _accuracy(res, np.arange(len(cells))) > 0.95  # the chosen model is fitted to all cells
