@@ -147,7 +147,7 @@ def cpd_stages(transform: str, scale: bool) -> list[str]:
 
 def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bool,
              cpd_options: Mapping | None, deformable_options: Mapping | None, nn: float,
-             cache: dict | None = None) -> Fit:
+             cache: dict | None = None, landmarks=None) -> Fit:
     """CPD coarse to fine (:func:`cpd_stages`), every stage starting where the previous one ended.
 
     Defaults: w = 0.1, tol = 1e-6, 100 iterations in the first stage (``cpd_options`` override them)
@@ -155,6 +155,7 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
     scale of a few cells) and ``lam`` = 2 (``deformable_options`` override them). The first stage's
     iteration count is reported as "rigid". ``cache`` (a dict kept by the caller) reuses the
     stages that several fits of the same points share (the model selection of ``transform="auto"``).
+    ``landmarks`` ((k, 2) moving, fixed indices: reviewed pairs) guide every stage.
     """
     from ..registration import cpd
 
@@ -167,6 +168,8 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
         elif stage == "deformable":
             opts.update({"beta": 2.0 * nn, "lam": 2.0})
             opts.update(deformable_options or {})
+        if landmarks is not None:
+            opts["landmarks"] = landmarks
         chain = chain + ((stage, tuple(sorted((k, repr(v)) for k, v in opts.items()))),)
         res = None if cache is None else cache.get(chain)
         if res is None:
@@ -245,13 +248,19 @@ def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_optio
 # ----------------------------------------------------------------------------------- 3. match
 
 def match_step(moved: np.ndarray, fixed: np.ndarray, *, matching: str, k: int, radius: float | None,
-               unmatched_cost: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact assignment on the sparse k-NN graph of the registered points.
+               unmatched_cost: float | None, reviewed=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact assignment on the sparse k-NN graph of the registered points (keeping the accepted
+    pairs of ``reviewed`` and never proposing its rejected ones, see
+    :func:`xmodal.pipelines._reviewed.constrained_match`).
 
     Returns the matched moving and fixed row indices and the pair distances (physical units).
     """
     from ..matching import match_points
 
+    if reviewed is not None:
+        from ._reviewed import constrained_match
+
+        return constrained_match(moved, fixed, reviewed, k=k, radius=radius, unmatched_cost=unmatched_cost)
     if matching == "cover":
         m = match_points(moved, fixed, k=k, radius=radius, mode="cover")
     else:

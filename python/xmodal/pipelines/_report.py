@@ -128,6 +128,7 @@ def write_registration_outputs(result, folder: Path) -> dict:
             header.append(f"spots_{name}")
             cols.append(c)
     outputs["cells"] = write_csv(folder / "cells.csv", header, cols)
+    outputs["moving"] = write_csv(folder / "moving.csv", *_moving_table(result, axes))
     if result.warped:
         outputs.update(_write_warped(result, folder))
         for f in sorted((folder / "elastix").glob("TransformParameters.*.txt")):
@@ -145,6 +146,34 @@ def write_registration_outputs(result, folder: Path) -> dict:
                                                    "moving": result.parameters.get("moving")})
                                        | {"timings": result.timings})
     return {k: str(v) for k, v in outputs.items()}
+
+
+def _moving_table(result, axes) -> tuple[list, list]:
+    """moving.csv: every moving cell in its own frame (``moving_*``) and registered (``moved_*``),
+    its partner (-1 when unmatched), the pair's distance and confidence, and with error estimates
+    the 95 % prediction region of the affine fit: centre ``region_center_*`` and shape matrix
+    ``region_<a><b>`` (upper triangle; the region is ``(y - c)ᵀ S⁻¹ (y - c) <= 1``)."""
+    d, n = len(axes), len(result.moving_points)
+    partner = np.full(n, -1, dtype=np.int64)
+    partner[result.moving_index] = result.fixed_index
+    dist, conf = np.full(n, np.nan), np.full(n, np.nan)
+    dist[result.moving_index] = result.distances
+    if result.confidence is not None:
+        conf[result.moving_index] = result.confidence
+    header = ["moving_index"] + [f"moving_{a}" for a in axes] + [f"moved_{a}" for a in axes]
+    header += ["fixed_index", "distance", "confidence"]
+    cols = [np.arange(n)] + [result.moving_points[:, j] for j in range(d)] + [result.moved[:, j] for j in range(d)]
+    cols += [partner, dist, conf]
+    if result.errors is not None and "affine" in result.errors:
+        region = result.errors["affine"]["region"]
+        centres, shapes = np.asarray(region.centers), np.asarray(region.shape_matrices)
+        header += [f"region_center_{a}" for a in axes]
+        cols += [centres[:, j] for j in range(d)]
+        for i in range(d):
+            for j in range(i, d):
+                header.append(f"region_{axes[i]}{axes[j]}")
+                cols.append(shapes[:, i, j])
+    return header, cols
 
 
 def _write_warped(result, folder: Path) -> dict:
@@ -204,6 +233,6 @@ figure{{display:inline-block;margin:1em}}img{{max-width:28em}}</style></head>
 <table>{table}</table>
 {imgs}
 <p>Outputs: transform.json (moving &rarr; fixed, reusable on new points), matches.csv, cells.csv,
-errors.json, provenance.json.</p>
+moving.csv, errors.json, provenance.json.</p>
 </body></html>
 """

@@ -116,7 +116,7 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
                    warp_images: Mapping[str, Any] | None = None, fixed_image=None, moving_image=None,
                    image_spacing=None, warp_preset: str = "bspline-landmarks", intensity_preset: str | None = None,
                    elastix_parameters: Mapping[str, Any] | None = None, out: str | Path | None = None,
-                   seed: int = 0, allow_reflection: bool = False) -> CellRegistration:
+                   seed: int = 0, allow_reflection: bool = False, reviewed=None) -> CellRegistration:
     """Register two sets of cells (points, centroid tables or label images) and match them.
 
     Parameters
@@ -199,6 +199,12 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
         Let the pre-alignment also try mirror images of the moving cells: for data whose axis
         handedness is unknown (a flipped stack, left against right of a bilateral animal).
         ``result.prealign.reflected`` and the parameters record whether the mirror image won.
+    reviewed : path or dict, optional
+        Decisions about the pairs of an earlier run (a reviewed table as the napari review widget
+        exports it, see :mod:`xmodal.pipelines._reviewed`; or a dict of ``accepted`` / ``rejected``
+        (k, 2) (moving_index, fixed_index) arrays; indices are rows of ``moving`` and ``fixed``).
+        Accepted (and reassigned) pairs guide every CPD stage as landmarks and are kept by the
+        matching; rejected pairs are never proposed again. One-to-one matching only.
 
     Returns
     -------
@@ -217,6 +223,7 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
     with _timed(timings, "load"):
         fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
+    reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
     folder = OutputFolder(out)  # refused before any work, not after
     fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
     images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
@@ -236,9 +243,10 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
                                                            deformable_options=deformable_options, nn=nn, seed=seed)
     with _timed(timings, "cpd"):
         fit = fit_step(pre.moved, fix, transform=model, scale=scale, cpd_options=cpd_options,
-                       deformable_options=fit_deformable, nn=nn)
+                       deformable_options=fit_deformable, nn=nn, landmarks=_landmarks(reviewed))
     with _timed(timings, "matching"):
-        mi, fi, dist = match_step(fit.moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost)
+        mi, fi, dist = match_step(fit.moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost,
+                                  reviewed=reviewed)
         confidence = match_confidence(fit.moved, fix, mi, fi)
     log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
 
@@ -255,6 +263,7 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
                         prealign=rotations, scale=scale,
                         cpd_options=dict(cpd_options or {}), deformable_options=dict(deformable_options or {}),
                         k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
+                        reviewed=None if reviewed is None else {k: len(v) for k, v in vars(reviewed).items()},
                         moving=mset.source, fixed_spacing=_per_axis_list(fixed_spacing, fix.shape[1]),
                         moving_spacing=_per_axis_list(moving_spacing, fix.shape[1])))
     if errors:
@@ -312,6 +321,21 @@ def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
         if len(p) < d + 1:
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
     return fset, mset
+
+
+def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
+    """The decisions of ``reviewed`` (checked against the point sets), or None."""
+    if reviewed is None:
+        return None
+    if matching != "one-to-one":
+        raise ValueError(f"reviewed: needs matching='one-to-one', got matching={matching!r}")
+    from ._reviewed import read_reviewed_matches
+
+    return read_reviewed_matches(reviewed).check(n_moving, n_fixed)
+
+
+def _landmarks(reviewed):
+    return None if reviewed is None or not len(reviewed.accepted) else reviewed.accepted
 
 
 def _per_axis_list(spacing, d: int):

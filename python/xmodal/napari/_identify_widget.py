@@ -1,0 +1,84 @@
+"""Widget *Identify with an atlas*: an atlas file (``Atlas.save`` JSON) + a Points layer ->
+:func:`xmodal.atlas.identify` in a worker thread -> a Points layer with each cell's name as text,
+low-confidence cells outlined in red, and the top-k candidates of the selected cell shown in the
+widget."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.viewer import Viewer
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, SpinBox
+
+from ._common import layer_picker, world_points
+from ._jobs import Job, JobPanel
+
+
+class IdentifyWidget(Container):
+    """Name the cells of a Points layer with an atlas."""
+
+    def __init__(self, napari_viewer: Viewer):  # napari passes the viewer by this name
+        self.viewer = viewer = napari_viewer
+        self.atlas_file = FileEdit(label="atlas (.json)", mode="r", filter="*.json")
+        self.points_layer = layer_picker(viewer, "cells", ("points",))
+        self.top_k = SpinBox(label="candidates (top k)", value=5, min=1, max=20)
+        self.threshold = FloatSpinBox(label="low confidence below", value=0.5, min=0.0, max=1.0, step=0.05)
+        self.candidates = Label(value="")
+        self.panel = JobPanel("Identify")
+        super().__init__(widgets=[self.atlas_file, self.points_layer, self.top_k, self.threshold, self.panel,
+                                  self.candidates])
+        self.panel.run_button.changed.connect(self.run)
+        self.result = None
+        self.layer = None
+
+    def run(self, *_) -> Job | None:
+        layer = self.points_layer.value
+        path = str(self.atlas_file.value)
+        if layer is None or path in ("", "."):
+            self.panel.status.value = "choose an atlas file and a points layer"
+            return None
+        pts, top_k = world_points(layer), int(self.top_k.value)
+
+        def compute(job: Job):
+            from ..atlas import Atlas, identify
+
+            job.report(message="loading the atlas")
+            atlas = Atlas.load(path)
+            job.check()
+            job.report(message="pose search, registration, assignment")
+            return identify(pts, atlas, top_k=top_k)
+
+        job = Job(compute, name="identify")
+        self.panel.start(job, lambda res: self._show(res, layer))
+        return job
+
+    def _show(self, result, source) -> None:
+        self.result = result
+        low = result.confidence < float(self.threshold.value)
+        cands = [", ".join(f"{n or '(none)'} {p:.2f}" for n, p in zip(names, probs) if p > 0 or n)
+                 for names, probs in zip(result.top_k_names, result.top_k_probabilities)]
+        features = {"name": result.names, "confidence": result.confidence, "low_confidence": low,
+                    "candidates": np.asarray(cands, dtype=object)}
+        border = np.where(low[:, None], [[1.0, 0.1, 0.1, 1.0]], [[1.0, 1.0, 1.0, 0.6]])
+        size = float(np.median(source.size)) if np.size(source.size) else 5.0
+        self.layer = self.viewer.add_points(
+            np.asarray(source.data), scale=source.scale, translate=source.translate, name=f"{source.name}: names",
+            features=features, size=size, face_color="confidence", face_colormap="viridis",
+            face_contrast_limits=(0.0, 1.0), border_color=border, border_width=0.25,
+            text={"string": "{name}", "size": 8, "color": "white", "anchor": "upper_left"})
+        self.layer.selected_data.events.items_changed.connect(lambda *_: self._selection_changed())
+        self.panel.status.value = (f"identify: done, {result.n_named} of {len(result.names)} cells named, "
+                                   f"{int(low.sum())} low confidence")
+
+    def _selection_changed(self) -> None:
+        sel = sorted(self.layer.selected_data) if self.layer is not None else []
+        if sel:
+            self.show_candidates(sel[0])
+
+    def show_candidates(self, index: int) -> str:
+        """Show (and return) the top-k candidate names of cell ``index`` with their probabilities."""
+        r = self.result
+        text = (f"cell {index}: {r.names[index] or '(unnamed)'} (confidence {r.confidence[index]:.2f})\n"
+                + "\n".join(f"  {n or '(no atlas name)'}: {p:.3f}"
+                            for n, p in zip(r.top_k_names[index], r.top_k_probabilities[index])))
+        self.candidates.value = text
+        return text

@@ -1,0 +1,76 @@
+"""Widget *Register cells*: two Points layers (or Labels layers -> object centroids) ->
+:func:`xmodal.pipelines.register_cells` in a worker thread -> fixed, moved, match lines coloured by
+confidence, match vectors coloured by distance and 95 % error ellipses as layers."""
+
+from __future__ import annotations
+
+from napari.viewer import Viewer
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
+
+from ._common import add_layers, layer_picker, world_points
+from ._jobs import Job, JobPanel
+from ._layers import MatchTable, registration_layers
+
+TRANSFORMS = ("auto", "rigid", "similarity", "affine", "deformable")
+
+
+class RegisterWidget(Container):
+    """Register the cells of a moving layer onto those of a fixed layer and match them.
+
+    Points layers are read in world coordinates (data × scale + translate, physical units); Labels
+    layers give their object centroids. ``unmatched cost`` 0 means "auto" (3 × the median
+    nearest-neighbour distance); ``out`` (optional) writes the registration folder, which the
+    reader opens again.
+    """
+
+    def __init__(self, napari_viewer: Viewer):  # napari passes the viewer by this name
+        self.viewer = viewer = napari_viewer
+        self.fixed_layer = layer_picker(viewer, "fixed", ("points", "labels"))
+        self.moving_layer = layer_picker(viewer, "moving", ("points", "labels"))
+        self.transform = ComboBox(label="transform", choices=list(TRANSFORMS), value="deformable")
+        self.prealign = ComboBox(label="pre-alignment", choices=["all", "flips", "none"], value="all")
+        self.unmatched_cost = FloatSpinBox(label="unmatched cost (0 = auto)", value=0.0, min=0.0, max=1e9)
+        self.errors = CheckBox(label="error estimates", value=True)
+        self.out = FileEdit(label="output folder (optional)", mode="d", value="")
+        self.panel = JobPanel("Register")
+        super().__init__(widgets=[self.fixed_layer, self.moving_layer, self.transform, self.prealign,
+                                  self.unmatched_cost, self.errors, self.out, self.panel])
+        self.panel.run_button.changed.connect(self.run)
+        self.result = None
+
+    def _options(self) -> dict:
+        out = str(self.out.value) if str(self.out.value) not in ("", ".") else None
+        pre = self.prealign.value
+        return dict(transform=self.transform.value, prealign=False if pre == "none" else pre,
+                    unmatched_cost=self.unmatched_cost.value or "auto", errors=self.errors.value, out=out)
+
+    def run(self, *_) -> Job | None:
+        """Start the registration; returns the job (None when the inputs are missing)."""
+        fixed, moving = self.fixed_layer.value, self.moving_layer.value
+        if fixed is None or moving is None:
+            self.panel.status.value = "choose a fixed and a moving layer"
+            return None
+        fix, mov = world_points(fixed), world_points(moving)
+        opts = self._options()
+        name = f"{moving.name} -> {fixed.name}"
+
+        def compute(job: Job):
+            from ..pipelines import register_cells
+
+            def callback(iteration=0, **_):
+                job.check()  # cancel stops the CPD between two iterations
+                job.report(message=f"CPD iteration {iteration}")
+
+            job.report(message="pre-alignment")
+            return register_cells(fix, mov, cpd_options={"callback": callback},
+                                  deformable_options={"callback": callback}, **opts)
+
+        job = Job(compute, name="register cells")
+        self.panel.start(job, lambda res: self._show(res, name))
+        return job
+
+    def _show(self, result, name: str) -> None:
+        self.result = result
+        table = MatchTable.from_result(result, source=result.outputs.get("matches", ""))
+        add_layers(self.viewer, registration_layers(table, name=name))
+        self.panel.status.value = f"register cells: done, {result.n_matched} pairs"

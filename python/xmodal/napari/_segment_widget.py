@@ -1,0 +1,72 @@
+"""Widget *Segment*: an Image layer -> :func:`xmodal.pipelines.segment` with the shipped model (tiled
+prediction, mutex watershed; blockwise when the image is large) in a worker thread -> a Labels
+layer with the image's scale and translation."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.viewer import Viewer
+from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
+
+from ._common import layer_picker
+from ._jobs import Job, JobPanel
+
+MODELS = ("isbi2012",)
+
+
+def block_shape_for(shape: tuple, block_voxels: int) -> tuple | None:
+    """Blocks for the mutex watershed when the image has more than ``block_voxels`` voxels: 512 (2D)
+    or 64 × 256 × 256 (3D) per block, capped by the image; None (single shot) otherwise."""
+    if int(np.prod(shape)) <= block_voxels:
+        return None
+    target = (512, 512) if len(shape) == 2 else (64, 256, 256)
+    return tuple(min(int(s), t) for s, t in zip(shape, target))
+
+
+class SegmentWidget(Container):
+    """Segment an image layer into a labels layer."""
+
+    def __init__(self, napari_viewer: Viewer):  # napari passes the viewer by this name
+        self.viewer = viewer = napari_viewer
+        self.image_layer = layer_picker(viewer, "image", ("image",))
+        self.model = ComboBox(label="model", choices=list(MODELS), value=MODELS[0])
+        self.min_size = SpinBox(label="min segment size (voxels)", value=100, min=0, max=10**7)
+        self.block_voxels = SpinBox(label="blockwise above (voxels)", value=2048 * 2048, min=1, max=2**31 - 1)
+        self.out = FileEdit(label="output folder (optional)", mode="d", value="")
+        self.panel = JobPanel("Segment")
+        super().__init__(widgets=[self.image_layer, self.model, self.min_size, self.block_voxels, self.out,
+                                  self.panel])
+        self.panel.run_button.changed.connect(self.run)
+        self.result = None
+
+    def run(self, *_) -> Job | None:
+        layer = self.image_layer.value
+        if layer is None:
+            self.panel.status.value = "choose an image layer"
+            return None
+        if getattr(layer, "rgb", False) or layer.ndim not in (2, 3):
+            self.panel.status.value = f"expected a 2D image or a 3D stack, got {layer.ndim}D"
+            return None
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        out = str(self.out.value) if str(self.out.value) not in ("", ".") else None
+        opts = dict(model=self.model.value, min_size=int(self.min_size.value),
+                    block_shape=block_shape_for(tuple(data.shape), int(self.block_voxels.value)), out=out,
+                    spacing=[float(v) for v in layer.scale])
+
+        def compute(job: Job):
+            from ..pipelines import segment
+
+            job.report(message="tiled prediction and mutex watershed" + (" (blockwise)" if opts["block_shape"] else ""))
+            result = segment(data, **opts)
+            job.check()
+            return result
+
+        job = Job(compute, name="segment")
+        self.panel.start(job, lambda res: self._show(res, layer))
+        return job
+
+    def _show(self, result, source) -> None:
+        self.result = result
+        self.viewer.add_labels(np.asarray(result.labels), name=f"{source.name}: segments", scale=source.scale,
+                               translate=source.translate)
+        self.panel.status.value = f"segment: done, {result.n_segments} segments"
