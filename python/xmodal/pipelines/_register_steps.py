@@ -159,9 +159,12 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
     """
     from ..registration import cpd
 
+    from .prealign import _trial_fit
+
     fit = Fit(moved=moving)
     chain = ()
-    for i, stage in enumerate(cpd_stages(transform, scale)):
+    stages = cpd_stages(transform, scale)
+    for i, stage in enumerate(stages):
         opts = {"w": 0.1, "max_iter": 150 if i else 100, "tol": 1e-6}
         if i == 0:
             opts.update(cpd_options or {})
@@ -173,7 +176,10 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
         chain = chain + ((stage, tuple(sorted((k, repr(v)) for k, v in opts.items()))),)
         res = None if cache is None else cache.get(chain)
         if res is None:
-            res = cpd(fit.moved, fixed, transform=stage, **opts)
+            # an earlier stage's iteration cap is deliberate (the next stage goes on from there):
+            # only the last stage reports a fit that did not converge
+            run = cpd if i == len(stages) - 1 else _trial_fit(cpd)
+            res = run(fit.moved, fixed, transform=stage, **opts)
             if cache is not None:
                 cache[chain] = res
         fit.transforms.append(res.transform)
