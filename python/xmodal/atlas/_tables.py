@@ -12,23 +12,11 @@ from typing import Sequence
 import numpy as np
 
 from .._validation import as_points, as_spacing
-
-_AXES = (("z", "y", "x"), ("y", "x"))
+from ..io._points import coordinate_columns, points_of_table
 
 
 def _coordinates(table: dict, path, columns) -> np.ndarray:
-    lower = {k.lower(): k for k in table}
-    if columns is None:
-        for cand in _AXES:
-            if all(c in lower for c in cand):
-                columns = tuple(lower[c] for c in cand)
-                break
-        else:
-            raise ValueError(f"table {path}: expected coordinate columns named z, y, x (or y, x), got columns "
-                             f"{list(table)}; pass columns=(...) to name them")
-    missing = [c for c in columns if c not in table]
-    if missing:
-        raise ValueError(f"columns: {missing} not in table {path} (it has {list(table)})")
+    columns = coordinate_columns(table, path, columns)
     try:
         pts = np.stack([np.asarray(table[c], dtype=np.float64) for c in columns], axis=1)
     except ValueError as exc:
@@ -109,17 +97,8 @@ def read_cells(path, *, feature_columns: Sequence[str] | None = None, columns: S
     from ..io import read_table
 
     table = read_table(path)
-    pts = _coordinates(table, path, columns)
-    s = as_spacing(spacing, pts.shape[1])
-    if s is not None:
-        pts = pts * s
-    if id_column is not None:
-        if id_column not in table:
-            raise ValueError(f"id_column: {id_column!r} not in table {path} (it has {list(table)})")
-        ids = np.asarray(table[id_column])
-    else:
-        ids = np.arange(len(pts))
-    return pts, _features(table, path, feature_columns), ids
+    ps = points_of_table(table, path, id_column=id_column, columns=columns, spacing=spacing)
+    return ps.points, _features(table, path, feature_columns), ps.ids
 
 
 def identification_rows(result, ids=None) -> tuple[list[str], list[list]]:

@@ -41,23 +41,33 @@ def _scaled(points: np.ndarray, spacing) -> np.ndarray:
     return points if s is None else points * s
 
 
-def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str, ...] | None,
-                       spacing) -> PointSet:
-    table = read_table(path)
+def coordinate_columns(table: dict, path, columns) -> tuple[str, ...]:
+    """The coordinate columns of a table: ``columns`` checked, or the first of (z, y, x) and (y, x)
+    present (any case); ValueError naming the table otherwise."""
     lower = {k.lower(): k for k in table}
     if columns is None:
         for cand in _AXIS_COLUMNS:
             if all(c in lower for c in cand):
-                columns = tuple(lower[c] for c in cand)
-                break
-        else:
-            raise ValueError(
-                f"table {path}: expected coordinate columns named z, y, x (or y, x), got columns {list(table)}; "
-                "pass columns=(...) to name them"
-            )
+                return tuple(lower[c] for c in cand)
+        raise ValueError(
+            f"table {path}: expected coordinate columns named z, y, x (or y, x), got columns {list(table)}; "
+            "pass columns=(...) to name them"
+        )
     missing = [c for c in columns if c not in table]
     if missing:
         raise ValueError(f"columns: {missing} not in table {path} (it has {list(table)})")
+    return tuple(columns)
+
+
+def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str, ...] | None,
+                       spacing) -> PointSet:
+    return points_of_table(read_table(path), path, id_column=id_column, columns=columns, spacing=spacing)
+
+
+def points_of_table(table: dict, path, *, id_column: str | None = None, columns=None, spacing=None) -> PointSet:
+    """The points (physical units: coordinates × ``spacing``) and ids (``id_column``, else row
+    numbers) of a table read from ``path`` (named in the errors)."""
+    columns = coordinate_columns(table, path, columns)
     pts = np.stack([numeric_column(table, c, path) for c in columns], axis=1)
     pts = _scaled(as_points(pts, f"table {path}"), spacing)
     if id_column is not None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checkpoint import load_checkpoint
 from ._targets import affinity_targets, dihedral_transform
 from .em import (
     EM_N_ATTRACTIVE,
@@ -93,17 +94,7 @@ def isbi2012_weights_path():
 
 
 def _load_checkpoint(path=None) -> dict:
-    from ._optional_torch import torch_module
-
-    torch = torch_module()
-    if path is None:
-        ref = isbi2012_weights_path()
-        if not ref.is_file():
-            raise FileNotFoundError(f"the shipped weights {_WEIGHTS_FILE} are missing from the xmodal package")
-        with importlib.resources.as_file(ref) as p, open(p, "rb") as fh:
-            return torch.load(fh, map_location="cpu", weights_only=True)
-    with open(path, "rb") as fh:
-        return torch.load(fh, map_location="cpu", weights_only=True)
+    return load_checkpoint(path, isbi2012_weights_path(), _WEIGHTS_FILE)
 
 
 def isbi2012_metadata(path=None) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checkpoint import load_checkpoint
+
 __all__ = [
     "EM_OFFSETS",
     "EM_N_ATTRACTIVE",
@@ -94,17 +96,7 @@ def em_affinity_unet_metadata(path=None) -> dict[str, Any]:
 
 
 def _load_checkpoint(path=None) -> dict:
-    from ._optional_torch import torch_module
-
-    torch = torch_module()
-    if path is None:
-        ref = em_weights_path()
-        if not ref.is_file():
-            raise FileNotFoundError(f"the shipped weights {_WEIGHTS_FILE} are missing from the xmodal package")
-        with importlib.resources.as_file(ref) as p, open(p, "rb") as fh:
-            return torch.load(fh, map_location="cpu", weights_only=True)
-    with open(path, "rb") as fh:
-        return torch.load(fh, map_location="cpu", weights_only=True)
+    return load_checkpoint(path, em_weights_path(), _WEIGHTS_FILE)
 
 
 def load_em_affinity_unet(path=None, *, device: str = "cpu"):
