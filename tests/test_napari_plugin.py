@@ -140,7 +140,11 @@ def test_import_xmodal_without_napari():
     code = ("import sys\nfor m in ('napari', 'magicgui', 'qtpy', 'PyQt5'):\n    sys.modules[m] = None\n"
             "import xmodal, xmodal.napari, xmodal.napari._reader, xmodal.napari._review, xmodal.pipelines\n"
             "print(xmodal.napari.MANIFEST.is_file())")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    import xmodal
+
+    # the xmodal this test runs against (installed, or the source tree with an in-place build)
+    home = str(Path(xmodal.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
