@@ -56,3 +56,17 @@ def test_wheel_installs_and_imports_in_fresh_venv(tmp_path):
     assert info["version"] == _source_version() and isinstance(info["openmp"], bool)
     cli = subprocess.run([str(env_dir / "bin" / "xmodal"), "--version"], check=True, capture_output=True, text=True)
     assert cli.stdout.strip() == f"xmodal {_source_version()}"
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_napari_manifest_and_its_entry_point(tmp_path):
+    # napari finds the plugin through the `napari.manifest` entry point of the installed wheel,
+    # which names xmodal/napari/napari.yaml: both must be in the wheel.
+    import zipfile
+
+    with zipfile.ZipFile(_wheel(tmp_path)) as whl:
+        names = whl.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        text = whl.read(entry_points).decode()
+    assert "xmodal/napari/napari.yaml" in names
+    assert "[napari.manifest]" in text and "xmodal = xmodal.napari:napari.yaml" in text
