@@ -158,7 +158,7 @@ def test_coarse_to_fine_deformable_carries_the_field(refine_iter, gain):
     r = xmodal.cpd_coarse_to_fine(Y, X, transform="deformable", n_coarse=800, max_iter=30, refine_iter=refine_iter,
                                   beta=40.0, lam=2.0, low_rank=100, w=0.05, tol=0.0)
     c2f = r.info["coarse_to_fine"]
-    assert c2f["n_coarse_fixed"] == len(X)  # deformable: only the moving set is subsampled
+    assert c2f["n_coarse_fixed"] <= 800  # both sets subsampled (the default, deformable too)
     assert c2f["n_coarse_moving"] <= 800
     assert c2f["interp_bound"] <= 1e-3 * sp  # the field carried to all points within its bound
     # measured: 0.58 (coarse only) and 0.32 (2 iterations on all points) of the initial error;

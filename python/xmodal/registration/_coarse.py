@@ -48,7 +48,10 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         Iterations on all points (default 5; 0 for deformable, whose refinement on all points
         needs an O(M k) low-rank M-step).
     subsample : {"both", "moving"}, optional
-        Which sets are subsampled (default "both"; "moving" for deformable).
+        Which sets are subsampled (default "both", also for deformable: a moving subsample
+        against all fixed points has the wrong density ratio for the mixture, and on 20k-point
+        Platynereis problems (5k subsample, no refinement) ended at 26.3 µm mean error against
+        3.8 µm with both subsampled, from 5.7 µm before registration).
     interp_tol : float in (0, 0.5]
         Deformable: tolerance of the fast Gauss transform that carries the coarse field to all
         moving points (absolute error per point at most about ``interp_tol`` times the largest
@@ -84,8 +87,7 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
                                                                                     minimum=0)
     if refine_iter >= max_iter:
         raise ValueError(f"refine_iter: expected fewer than max_iter = {max_iter} iterations, got {refine_iter}")
-    subsample = choice("moving" if deformable and subsample is None else subsample or "both", "subsample",
-                       ("both", "moving"))
+    subsample = choice(subsample or "both", "subsample", ("both", "moving"))
     interp_tol = positive_float(interp_tol, "interp_tol")
     Y, X = as_points(moving, "moving"), as_points(fixed, "fixed")
     im, vm = voxel_subsample(Y, n_coarse) if len(Y) > n_coarse else (np.arange(len(Y)), 0.0)
