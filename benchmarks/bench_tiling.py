@@ -95,7 +95,14 @@ def test_predict_tiled_vs_monai(benchmark, device, tiles):
         ratio_vs_monai=t_monai / t_x, whole_volume_ratio_vs_monai=t_monai / t_whole,
         max_abs_diff_xmodal_vs_whole=diff_x, max_abs_diff_monai_vs_whole=diff_m,
     )
-    assert diff_x <= 1e-4  # crop mode with the automatic halo is exact
+    # Crop mode with the automatic halo computes the same function as the whole-volume pass. On the
+    # CPU the difference is rounding (<= 1e-4). On a GPU cuDNN picks its convolution algorithm per
+    # input shape and runs float32 convolutions in TF32 by default (10-bit mantissa), so a tile and the
+    # whole volume differ at that level (H200: 2.0e-4 with outputs of order 1, against 0.66 for MONAI's
+    # blended overlap): the bound is TF32's relative precision times the output's magnitude.
+    tol = 1e-4 if device == "cpu" else 2e-3 * max(1.0, float(np.abs(whole).max()))
+    benchmark.extra_info["tolerance"] = tol
+    assert diff_x <= tol
 
 
 def test_dask_localcluster_two_workers(benchmark):
