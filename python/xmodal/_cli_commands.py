@@ -282,6 +282,8 @@ def cmd_evaluate(args) -> int:
 
     out = None if not args.out else prepare_out(args.out, kind="file", command="evaluate",
                                                  inputs=(args.segmentation, args.ground_truth))
+    if args.methods:
+        return _evaluate_methods(args, out)
     seg = np.asarray(read_image(args.segmentation)[...])
     gt = np.asarray(read_image(args.ground_truth)[...])
     scores = evaluate_segmentation(seg, gt, ignore_gt=tuple(args.ignore_gt)).as_dict()
@@ -289,6 +291,20 @@ def cmd_evaluate(args) -> int:
     if out is not None:
         write_json(out, scores)
     print(text)
+    return 0
+
+
+def _evaluate_methods(args, out) -> int:
+    from .io import write_json
+    from .pipelines.compare import METHODS, compare_segmentation_methods, format_comparison
+
+    methods = METHODS if args.methods.strip() == "all" else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    res = compare_segmentation_methods(args.segmentation, args.ground_truth, model=args.model, methods=methods,
+                                       baseline_threshold=args.baseline_threshold, ignore_gt=tuple(args.ignore_gt),
+                                       device=args.device, progress=not args.quiet)
+    if out is not None:
+        write_json(out, res)
+    print(format_comparison(res))
     return 0
 
 

@@ -264,17 +264,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _common(p, device=True, scheduler=True)
 
     p = _command(sub, subs, "evaluate", commands.cmd_evaluate,
-                 help="segmentation metrics against ground truth",
+                 help="segmentation metrics against ground truth; or every method side by side",
                  description="ARand, VOI (split, merge), precision / recall / F1 at IoU thresholds, mean AP, SBD and "
-                             "centroid Chamfer distance.",
+                             "centroid Chamfer distance of a segmentation. With --methods, the first argument is "
+                             "the raw image: it is segmented by each method (from one affinity prediction, with the "
+                             "model's stored settings) and the thresholded-boundary baseline, and ARand, VOI and "
+                             "segment counts are reported per slice and side by side.",
                  epilog="examples:\n"
                         "  xmodal evaluate seg/segmentation.ome.zarr/labels/cells gt.tif\n"
-                        "  xmodal evaluate labels.npy gt.npy --out metrics.json")
-    p.add_argument("segmentation")
+                        "  xmodal evaluate labels.npy gt.npy --out metrics.json\n"
+                        "  xmodal evaluate raw.tif gt.tif --methods all --out methods.json")
+    p.add_argument("segmentation", help="labels to score (with --methods: the raw image to segment)")
     p.add_argument("ground_truth")
     p.add_argument("--ignore-gt", type=int, nargs="*", default=[0], help="ground-truth labels to ignore (default 0)")
+    p.add_argument("--methods", help="'all' or a comma list of mws, gasp, multicut, baseline: segment the raw "
+                                     "image with each and compare")
+    p.add_argument("--model", default="em", help="affinity model for --methods (as for segment; default 'em')")
+    p.add_argument("--baseline-threshold", type=float, help="boundary threshold of the baseline (default: the "
+                                                            "model's stored one)")
     p.add_argument("--out", help="also write the scores to this JSON file")
-    _common(p)
+    _common(p, device=True)
 
     p = _command(sub, subs, "demo", commands.cmd_demo,
                  help="run both pipelines on built-in real data",
