@@ -297,6 +297,26 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     assert all(tuple(layer.scale) == (4.0, 4.0) for layer in layers)
 
 
+def test_segment_cancel_stops_the_computation(make_napari_viewer, qtbot):
+    """Cancel stops segment itself (at its next tile or stage), not only the widget's wait."""
+    from xmodal.napari._segment_widget import SegmentWidget
+
+    raw, _ = isbi2012_slices()
+    viewer = make_napari_viewer()
+    viewer.add_image(np.concatenate([raw] * 4)[:, :256, :256], name="EM")  # 8 slices: many tiles
+    w = SegmentWidget(viewer)
+    w.image_layer.value = viewer.layers["EM"]
+    w.block_voxels.value = 2 ** 30
+    job = w.run()
+    qtbot.waitUntil(lambda: job.message.startswith("predict_tiled:"), timeout=TIMEOUT_MS)
+    w.panel.cancel()
+    assert not w.panel.busy and "cancelled" in w.panel.status.value
+    qtbot.waitUntil(lambda: not any(t.name == "xmodal-segment" and t.is_alive() for t in threading.enumerate()),
+                    timeout=30_000)
+    assert not job.message.startswith(("agglomerate", "size_filter"))  # stopped during the prediction
+    assert "EM: segments" not in [layer.name for layer in viewer.layers]
+
+
 def test_review_edit_exported_and_read_back(make_napari_viewer, plugin, registration, tmp_path):
     from xmodal.atlas import build_atlas, read_annotated_table
     from xmodal.napari._review_widget import ReviewWidget

@@ -70,12 +70,35 @@ class _LogBar(_Silent):
                 self._emit()  # short runs stay quiet
 
 
-def progress_bar(total: int | None, *, desc: str, unit: str = "it", enabled: bool = True,
+class _CallbackBar(_Silent):
+    """Progress handed to a caller's ``fn(done, total, stage)`` (which may raise to abort)."""
+
+    def __init__(self, total, desc, fn):
+        self.total, self.desc, self.fn, self.n = total, desc, fn, 0
+        fn(0, total, desc)
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+        self.fn(self.n, self.total, self.desc)
+
+
+def report_stage(progress, stage: str) -> None:
+    """Tell a callable ``progress`` that ``stage`` starts (``progress(0, None, stage)``); it may raise
+    to abort between stages. A bool ``progress`` does nothing here."""
+    if callable(progress):
+        progress(0, None, stage)
+
+
+def progress_bar(total: int | None, *, desc: str, unit: str = "it", enabled=True,
                  logger: logging.Logger | None = None, interval: float = 10.0):
     """A progress bar over ``total`` steps (None: unknown), see the module docstring.
 
+    ``enabled`` may be a callable ``fn(done, total, desc)`` instead of a bool: it is called at the
+    start and after every update (and may raise to abort the work).
     Returns an object with ``update(n=1)``, ``close()`` and the context-manager protocol.
     """
+    if callable(enabled):
+        return _CallbackBar(total, desc, enabled)
     if not enabled or total == 0:
         return _Silent()
     if sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty():

@@ -131,6 +131,20 @@ def as_bool(x: Any, name: str) -> bool:
     raise TypeError(f"{name}: expected True or False, got {describe(x)}")
 
 
+def as_progress(x: Any, name: str = "progress"):
+    """``x`` as a progress setting: a bool, or a callable ``progress(done, total, stage)``.
+
+    A callable is called as work advances (``done`` of ``total`` steps of ``stage``, a str;
+    ``total`` None when unknown) and may raise to abort the run (a GUI's cancel button); the
+    exception propagates to the caller.
+    """
+    if callable(x) and not isinstance(x, (bool, np.bool_)):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    raise TypeError(f"{name}: expected True, False or a callable progress(done, total, stage), got {describe(x)}")
+
+
 def int64_array(x: Any, name: str, expected: str) -> np.ndarray:
     """``x`` as an int64 array; TypeError for non-integer values, ValueError for values outside int64.
 

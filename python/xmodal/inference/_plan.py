@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import io as xio
-from .._validation import as_bool, describe, per_axis
+from .._validation import as_bool, as_progress, describe, per_axis
 from ._grid import align_up, make_tiles
 from ._model import Runner, model_token
 from ._normalize import quantile_normalizer
@@ -56,7 +56,7 @@ class Plan:
     out: Any
     out_kind: str  # "numpy" | "zarr" | "array"
     ledger: Any = None
-    progress: bool = True
+    progress: object = True  # bool or callable progress(done, total, stage)
     signature: str | None = None  # job signature (zarr outputs): parameters that change the result
     prior_status: dict | None = None  # the zarr output's completion status before this run (None: new)
     stats: dict = field(default_factory=dict)
@@ -144,7 +144,7 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
                     out, progress, resume, for_dask=False) -> Plan:
     """Validate everything and prepare the run (no tile is predicted here); see the module doc."""
     image, nd, caxis, shape, in_ch = _check_inputs(model, image, blend=blend, channel_axis=channel_axis)
-    progress, resume = as_bool(progress, "progress"), as_bool(resume, "resume")
+    progress, resume = as_progress(progress, "progress"), as_bool(resume, "resume")
     factor, halo_v = geometry(model, nd, in_ch, halo)
     runner = Runner(model, device)
     batch = _batch_size(batch_size, runner)

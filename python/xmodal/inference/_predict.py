@@ -76,8 +76,11 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
         worker. With a zarr ``out`` the workers write directly, else the crops come back to the
         caller. Identical to the local result.
-    progress : bool
-        Progress bar on a TTY (tqdm), log lines otherwise (see ``xmodal._progress``).
+    progress : bool or callable
+        Progress bar on a TTY (tqdm), log lines otherwise (see ``xmodal._progress``). A callable
+        ``progress(done, total, "predict_tiled")`` is called once at the start and after every
+        finished tile; an exception it raises stops the run (a zarr ``out`` keeps the tiles done
+        so far, resumable).
     resume : bool
         With a zarr ``out`` in a local store (crop mode), record finished tiles as marker files in
         ``<array path>.xmodal-progress`` (written after the tile's chunks, each holding the SHA-256

@@ -56,8 +56,13 @@ class SegmentWidget(Container):
         def compute(job: Job):
             from ..pipelines import segment
 
-            job.report(message="tiled prediction and mutex watershed" + (" (blockwise)" if opts["block_shape"] else ""))
-            result = segment(data, **opts)
+            def progress(done, total, stage):  # cancel stops the run at the next tile or stage
+                job.check()
+                job.report(fraction=done / total if total else None,
+                           message=f"{stage}: {done}/{total}" if total else stage)
+
+            job.report(message="tiled prediction" + (" (blockwise)" if opts["block_shape"] else ""))
+            result = segment(data, progress=progress, **opts)
             job.check()
             return result
 

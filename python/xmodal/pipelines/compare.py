@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import as_bool, describe
+from .._validation import as_progress, describe
 
 __all__ = ["compare_segmentation_methods", "format_comparison", "METHODS"]
 
@@ -60,7 +60,7 @@ def compare_segmentation_methods(raw, ground_truth, *, model="em", methods=METHO
     """
     from .segment import _normalizer, _predict, _validate
 
-    progress = as_bool(progress, "progress")
+    progress = as_progress(progress, "progress")
     methods = _check_methods(methods)
     job0 = _validate(raw, model=model, offsets=None, n_attractive=None, normalize=normalize, min_size=None,
                      spacing=None, progress=progress, bias=None, strides=None)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._progress import timed as _timed
-from .._validation import as_bool, as_spacing, describe
+from .._progress import report_stage
+from .._validation import as_progress, as_spacing, describe
 from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
 
 log = logging.getLogger("xmodal.pipelines")
@@ -86,7 +87,7 @@ class _Job:
     mws_kw: dict  # agglomeration weighting: {"n_attractive"} or {"bias"}, and "strides"
     min_size: int
     spacing: tuple | None
-    progress: bool
+    progress: object  # bool or callable progress(done, total, stage)
     method: str = "mws"  # agglomeration: a key of _agglomerate.SINGLE_SHOT / BLOCKWISE
 
     @property
@@ -99,7 +100,7 @@ def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing
     """Step 0: every argument checked (before any work), the model resolved, the image opened."""
     from ._inputs import read_image
 
-    progress = as_bool(progress, "progress")
+    progress = as_progress(progress, "progress")
     if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
                                                           and normalize in ("auto", "standardize", "quantile"))):
         raise ValueError(f"normalize: expected 'auto', 'standardize', 'quantile', None or a callable, "
@@ -207,7 +208,7 @@ def _predict(job: _Job, normalizer, root, *, tile_shape, halo, device, client):
 def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, normalize="auto",
             tile_shape=None, halo="auto", device="auto", client=None, min_size=None,
             block_shape=None, memory_voxels: int = 1 << 27, ground_truth=None, spacing=None,
-            progress: bool = False, bias=None, strides=None, method=None, graph_options=None) -> SegmentationResult:
+            progress=False, bias=None, strides=None, method=None, graph_options=None) -> SegmentationResult:
     """Segment a raw image or volume of any size into instances.
 
     The run is a chain of named steps: validate (:func:`_validate`) -> normalise (:func:`_normalizer`)
@@ -265,8 +266,12 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     spacing : float or sequence of float, optional
         Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
         stored in the OME-Zarr metadata and used for Chamfer distances.
-    progress : bool
-        Progress of the prediction (a bar on a TTY, log lines otherwise).
+    progress : bool or callable
+        Progress of the prediction (a bar on a TTY, log lines otherwise). A callable
+        ``progress(done, total, stage)`` is called per predicted tile (stage "predict_tiled") and at
+        the start of each later stage (``done`` 0, ``total`` None: "agglomerate", "size_filter",
+        "write", "evaluate"); an exception it raises aborts the run between steps (a GUI's cancel:
+        an ``out`` folder is then left staged, resumable, never half-committed).
     bias, strides : optional
         Mutex watershed options (see :func:`xmodal.mutex_watershed`): ``bias`` selects the
         signed-weight mode (merge probability + bias per channel; ``n_attractive`` is then used only
@@ -314,16 +319,19 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
 
         target = create_ome_zarr_labels(root, "cells", job.spatial, np.uint32, axes=job.axes[1:], chunks=chunks,
                                         spacing=job.spacing, writer=_WRITER)
+    report_stage(job.progress, "agglomerate")
     with _timed(timings, "agglomerate"):
         labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
                                                   block_shape=block_shape, client=client,
                                                   workdir=None if stage is None else stage / "mws-work")
+    report_stage(job.progress, "size_filter")
     with _timed(timings, "size_filter"):
         labels, n_segments = filter_small(labels, n_segments, aff_mem, job.offsets, n_attractive=job.n_attractive,
                                           min_size=0 if job.method in GRAPH_METHODS else job.min_size, block_shape=block_shape, client=client,
                                           writer=_WRITER)
     del aff_mem
     if target is not None and block_shape is None:  # single-shot labels in memory: written now
+        report_stage(job.progress, "write")
         with _timed(timings, "write"):
             from ..io import mark_complete
 
@@ -331,6 +339,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
             mark_complete(target, _WRITER)
     metrics = None
     if ground_truth is not None:
+        report_stage(job.progress, "evaluate")
         with _timed(timings, "evaluate"):
             metrics = _evaluate(labels, ground_truth, per_slice=job.stack, spacing=job.spacing)
     timings["total"] = time.perf_counter() - t_all
