@@ -73,7 +73,7 @@ def test_segment_blockwise_matches_single_shot(isbi):
         (dict(raw=np.zeros((16, 16)), spacing=0), ValueError, "spacing: expected positive"),
         (dict(raw=np.zeros((16, 16)), spacing=(1, 1, 1)), ValueError, "spacing: expected a scalar or 2 values"),
         (dict(raw=np.zeros((16, 16)), normalize="no"), ValueError, "normalize: expected 'auto', 'standardize'"),
-        (dict(raw=np.zeros((16, 16)), progress="no"), TypeError, "progress: expected True or False"),
+        (dict(raw=np.zeros((16, 16)), progress="no"), TypeError, "progress: expected True, False or a callable"),
     ],
 )
 def test_segment_bad_input(kwargs, exc, match, tmp_path):
