@@ -16,6 +16,12 @@ Platynereis EM nuclei, µm; a jittered 8 µm lattice without the data set):
   cupy in) against xmodal's CPU path, scipy cKDTree (all cores) and a blocked torch
   ``cdist`` + ``topk`` on the GPU; the GPU graph must equal the CPU graph.
 
+- ``test_cpd_estep_grid``: one E-step at sigma = 1.5 µm (the late iterations) on 200k and 1M points:
+  the GPU's cell-grid path against its dense path (``grid=False``) and the CPU's exact kernel (all
+  cores); the results must agree.
+- ``test_cpd_rigid_1m_coarse_to_fine``: ``cpd_coarse_to_fine`` rigid 1M x 920k (45 iterations on
+  20k-point subsamples, 5 on all points) with cupy arrays against the same call on the CPU.
+
 Peers that take long run fewer iterations (sized from a 2-iteration probe to ``PEER_BUDGET_S``) and
 are compared per iteration (``ratio_vs_<peer>`` = peer s/iteration / xmodal s/iteration).
 """
@@ -196,3 +202,70 @@ def test_knn(benchmark, n):
                 max_abs_diff_vs_cpu=float(diff.max()) if diff.nnz else 0.0)
     assert g.nnz == gc.nnz and gd.nnz == gc.nnz
     assert (diff.nnz == 0) or diff.max() == 0.0
+
+
+@pytest.mark.parametrize("n", [20_000, 100_000] if QUICK else [200_000, 1_000_000])
+def test_cpd_estep_grid(benchmark, n):
+    from xmodal import _core
+    from xmodal._device import native_cuda
+
+    mod = native_cuda("cpd_estep")
+    X, cloud = nucleus_cloud(n)
+    Y, _ = perturb(X, "rigid", seed=1)
+    Y = X[np.sort(np.random.default_rng(2).choice(len(X), len(Y), replace=False))] + \
+        np.random.default_rng(3).normal(scale=1.0, size=Y.shape)  # a late iteration: aligned, 1 µm off
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    Xd, Yd = cp.asarray(X32), cp.asarray(Y32)
+    sigma2, c, cutoff = 1.5 ** 2, 1e-6, 36.0
+    mod.cpd_estep(Xd[:1000], Yd[:1000], None, sigma2, c, cutoff, 0, True)  # warm-up
+    out = {}
+
+    def run():
+        out["g"] = mod.cpd_estep(Xd, Yd, None, sigma2, c, cutoff, 0, True)
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    t_grid = benchmark.stats.stats.min
+    t_dense, dense = _timed(lambda: mod.cpd_estep(Xd, Yd, None, sigma2, c, cutoff, 0, False))
+    t_cpu, cpu = _timed(lambda: _core.cpd_estep(X32, Y32, None, sigma2, c, cutoff, True))
+    g = {k: cp.asarray(out["g"][k]).get() for k in ("P1", "Pt1", "best_idx")}
+    dn = {k: cp.asarray(dense[k]).get() for k in ("P1", "Pt1", "best_idx")}
+    info = benchmark.extra_info
+    info.update(machine=machine_description(), cloud=cloud, n_fixed=len(X), n_moving=len(Y), sigma=1.5,
+                gpu=torch.cuda.get_device_name(), grid_s=t_grid, dense_s=t_dense, cpu_exact_s=t_cpu,
+                cpu_threads=xmodal.get_num_threads(), grid_pairs=int(out["g"]["pairs"]),
+                dense_pairs=int(dense["pairs"]), ratio_grid_vs_dense=t_dense / t_grid,
+                ratio_vs_cpu_exact=t_cpu / t_grid,
+                max_rel_diff_p1_vs_dense=float(np.max(np.abs(g["P1"] - dn["P1"]) / np.maximum(np.abs(dn["P1"]), 1e-30))),
+                max_abs_diff_pt1_vs_cpu=float(np.max(np.abs(g["Pt1"] - cpu["Pt1"]))),
+                best_idx_agreement_vs_dense=float(np.mean(g["best_idx"] == dn["best_idx"])),
+                best_idx_agreement_vs_cpu=float(np.mean(g["best_idx"] == cpu["best_idx"])))
+    assert info["best_idx_agreement_vs_cpu"] > 0.99 and info["max_abs_diff_pt1_vs_cpu"] < 1e-4
+
+
+def test_cpd_rigid_1m_coarse_to_fine(benchmark):
+    n = 50_000 if QUICK else 1_000_000
+    X, cloud = nucleus_cloud(n)
+    Y, keep = perturb(X, "rigid", seed=1)
+    X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+    kw = dict(transform="rigid", n_coarse=20_000, max_iter=50, refine_iter=5, tol=0.0, w=1e-5)
+    Xd, Yd = cp.asarray(X32), cp.asarray(Y32)
+    xmodal.cpd_coarse_to_fine(Yd[:5000], Xd[:5000], **dict(kw, n_coarse=1000))  # warm-up
+    out = {}
+
+    def run():
+        out["r"] = xmodal.cpd_coarse_to_fine(Yd, Xd, **kw)
+        _sync()
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    t_gpu = benchmark.stats.stats.min
+    t_cpu, rc = _timed(lambda: xmodal.cpd_coarse_to_fine(Y32, X32, **kw))
+    r = out["r"]
+    info = benchmark.extra_info
+    info.update(machine=machine_description(), cloud=cloud, n_fixed=len(X), n_moving=len(Y),
+                gpu=torch.cuda.get_device_name(), xmodal_gpu_s=t_gpu, xmodal_cpu_s=t_cpu,
+                cpu_threads=xmodal.get_num_threads(), ratio_vs_cpu=t_cpu / t_gpu,
+                gpu_stages_s=r.info["coarse_to_fine"]["seconds"], cpu_stages_s=rc.info["coarse_to_fine"]["seconds"],
+                xmodal_mean_error_um=_error(cp.asnumpy(r.moved), X, keep),
+                cpu_mean_error_um=_error(rc.moved, X, keep), mean_error_before_um=_error(Y, X, keep),
+                fine_pairs=r.info.get("pairs"))
+    assert info["xmodal_mean_error_um"] < 2.0

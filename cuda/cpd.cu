@@ -1,11 +1,18 @@
 // CPD E-step on CUDA, the twin of cpp/src/cpd.cpp (see xmodal_cuda.hpp and xmodal/cpd.hpp).
 //
-// Two passes, one thread per outer point, the inner set streamed through shared-memory tiles in
-// index order; each thread runs the per-point code of xmodal/detail/cpd_arith.hpp (FixedPoint,
-// MovingPoint, finish_column, finish_moving), which xmodal._core._testing runs on the CPU. Every
-// output is written by one thread and every sum has a fixed order: deterministic.
+// Two passes, one thread per outer point; each thread runs the per-point code of
+// xmodal/detail/cpd_arith.hpp (FixedPoint, MovingPoint, finish_column, finish_moving), which
+// xmodal._core._testing runs on the CPU. Two paths:
+//   * dense: the inner set streamed through shared-memory tiles in index order (every pair);
+//   * grid (the default whenever the support radius sqrt(2 sigma2 cutoff) is finite and small
+//     against the extent, xmodal/detail/cpd_grid.hpp): both sets sorted by cell of a uniform grid
+//     of edge >= the radius, each thread visits the 3^D cells around its point: the same terms
+//     (the others are 0), summed in cell order; O((N + M) x points per neighbourhood).
+// Every output is written by one thread and every sum has a fixed order: deterministic.
 #include <cuda_runtime.h>
 #include <math_constants.h>
+
+#include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
 #include <cstdint>
@@ -15,6 +22,7 @@
 
 #include "xmodal/common.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
+#include "xmodal/detail/cpd_grid.hpp"
 #include "xmodal_cuda.hpp"
 
 namespace xmodal::cuda::cpd {
@@ -22,6 +30,7 @@ namespace xmodal::cuda::cpd {
 namespace {
 
 namespace ca = xmodal::cpd::arith;
+namespace cg = xmodal::cpd::grid;
 using xmodal::cpd::EStepStats;
 
 constexpr int kBlock = 256;                 // threads per block = points per shared-memory tile
@@ -217,8 +226,12 @@ Scan scan(const T* P, int64_t n, int D, cudaStream_t stream) {
 
 // The CPU twin's input checks, with its messages: finite coordinates and weights, weights >= 0,
 // squared distances finite in T.
+struct Bounds {
+    double lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
+};
+
 template <class T>
-void check_inputs(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, cudaStream_t stream) {
+Bounds check_inputs(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, cudaStream_t stream) {
     const Scan sx = scan(X, N, D, stream);
     require(sx.bad == 0, "cpd: fixed has non-finite values");
     const Scan sy = scan(TY, M, D, stream);
@@ -228,20 +241,189 @@ void check_inputs(const T* X, int64_t N, const T* TY, int64_t M, int D, const T*
         require(sw.bad == 0, "cpd: weights has non-finite values");
         require(sw.lo[0] >= 0, "cpd estep: weights must be >= 0");
     }
-    double lo[3], hi[3];
+    Bounds b;
     for (int d = 0; d < D; ++d) {
-        lo[d] = std::min(sx.lo[d], sy.lo[d]);
-        hi[d] = std::max(sx.hi[d], sy.hi[d]);
+        b.lo[d] = std::min(sx.lo[d], sy.lo[d]);
+        b.hi[d] = std::max(sx.hi[d], sy.hi[d]);
     }
-    ca::check_extent<T>(lo, hi, D, "cpd estep");
+    ca::check_extent<T>(b.lo, b.hi, D, "cpd estep");
+    return b;
+}
+
+// ------------------------------------------------------------------ grid path
+// Cell key and identity permutation of every point.
+template <class T, int D>
+__global__ void cell_keys_kernel(const T* __restrict__ P, int64_t n, cg::Grid g, std::uint32_t* __restrict__ keys,
+                                 std::int32_t* __restrict__ idx) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    keys[i] = (std::uint32_t)cg::cell_of(g, &P[i * D]);
+    idx[i] = (std::int32_t)i;
+}
+
+// Per cell, the range [start, end) of its points in the sorted order (cells without points keep
+// start == end == 0 from the memset).
+__global__ void cell_bounds_kernel(const std::uint32_t* __restrict__ keys, int64_t n, std::int32_t* __restrict__ start,
+                                   std::int32_t* __restrict__ end) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const std::uint32_t k = keys[i];
+    if (i == 0 || keys[i - 1] != k) start[k] = (std::int32_t)i;
+    if (i == n - 1 || keys[i + 1] != k) end[k] = (std::int32_t)(i + 1);
+}
+
+// Coordinates (and weights: 1 without) in the sorted order.
+template <class T, int D>
+__global__ void gather_kernel(const T* __restrict__ P, const T* __restrict__ w, const std::int32_t* __restrict__ idx,
+                              int64_t n, T* __restrict__ Ps, T* __restrict__ ws) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int64_t j = idx[i];
+    for (int d = 0; d < D; ++d) Ps[i * D + d] = P[j * D + d];
+    if (ws) ws[i] = w ? w[j] : T(1);
+}
+
+// One point set sorted by cell: coordinates, weights (moving set), original indices, cell ranges.
+struct Binned {
+    DeviceBuffer pts, wts, idx, start, end;
+};
+
+unsigned key_bits(int64_t cells) {
+    unsigned b = 1;
+    while (b < 32 && (int64_t(1) << b) < cells) ++b;
+    return b;
+}
+
+template <class T, int D>
+Binned bin(const T* P, const T* w, int64_t n, bool with_weights, const cg::Grid& g, cudaStream_t stream) {
+    Binned out;
+    DeviceBuffer keys(sizeof(std::uint32_t) * n, "cpd (cuda): cell keys");
+    DeviceBuffer keys_sorted(sizeof(std::uint32_t) * n, "cpd (cuda): cell keys");
+    DeviceBuffer idx_in(sizeof(std::int32_t) * n, "cpd (cuda): cell order");
+    out.idx = DeviceBuffer(sizeof(std::int32_t) * n, "cpd (cuda): cell order");
+    cell_keys_kernel<T, D><<<blocks_for(n), kBlock, 0, stream>>>(P, n, g, keys.as<std::uint32_t>(),
+                                                                 idx_in.as<std::int32_t>());
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): cell keys launch");
+    const unsigned bits = key_bits(g.cells);
+    std::size_t bytes = 0;
+    check(static_cast<int>(cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys.as<std::uint32_t>(),
+                                                           keys_sorted.as<std::uint32_t>(), idx_in.as<std::int32_t>(),
+                                                           out.idx.as<std::int32_t>(), n, 0, bits, stream)),
+          "cpd (cuda): cell sort");
+    DeviceBuffer scratch(bytes > 0 ? bytes : 1, "cpd (cuda): cell sort scratch");
+    check(static_cast<int>(cub::DeviceRadixSort::SortPairs(scratch.get(), bytes, keys.as<std::uint32_t>(),
+                                                           keys_sorted.as<std::uint32_t>(), idx_in.as<std::int32_t>(),
+                                                           out.idx.as<std::int32_t>(), n, 0, bits, stream)),
+          "cpd (cuda): cell sort");
+    out.start = DeviceBuffer(sizeof(std::int32_t) * g.cells, "cpd (cuda): cell starts");
+    out.end = DeviceBuffer(sizeof(std::int32_t) * g.cells, "cpd (cuda): cell ends");
+    check(static_cast<int>(cudaMemsetAsync(out.start.get(), 0, sizeof(std::int32_t) * g.cells, stream)),
+          "cpd (cuda): cell starts");
+    check(static_cast<int>(cudaMemsetAsync(out.end.get(), 0, sizeof(std::int32_t) * g.cells, stream)),
+          "cpd (cuda): cell ends");
+    cell_bounds_kernel<<<blocks_for(n), kBlock, 0, stream>>>(keys_sorted.as<std::uint32_t>(), n,
+                                                             out.start.as<std::int32_t>(), out.end.as<std::int32_t>());
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): cell bounds launch");
+    out.pts = DeviceBuffer(sizeof(T) * n * D, "cpd (cuda): sorted points");
+    if (with_weights) out.wts = DeviceBuffer(sizeof(T) * n, "cpd (cuda): sorted weights");
+    gather_kernel<T, D><<<blocks_for(n), kBlock, 0, stream>>>(P, w, out.idx.as<std::int32_t>(), n, out.pts.as<T>(),
+                                                              with_weights ? out.wts.as<T>() : nullptr);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): gather launch");
+    // the temporaries are freed when this returns: the stream must be done with them
+    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): cell sort");
+    return out;
+}
+
+// Pass 1 on the grid, one thread per fixed point in cell order: FixedPoint over the moving points
+// of the 3^D cells around it (sweep 1, then sweep 2 relative to h_n where needed). Writes the
+// column at the point's own index, and g, h in the sorted order for pass 2.
+template <class T, int D>
+__global__ void pass1_grid_kernel(const T* __restrict__ Xs, const std::int32_t* __restrict__ xidx, int64_t N,
+                                  const T* __restrict__ Ys, const T* __restrict__ ws, const std::int32_t* __restrict__ ys,
+                                  const std::int32_t* __restrict__ ye, cg::Grid grid, T inv, T r2, bool may_shift,
+                                  double c, T* __restrict__ gs, T* __restrict__ hs, T* __restrict__ Pt1,
+                                  double* __restrict__ log_s, unsigned char* __restrict__ flags,
+                                  unsigned long long* __restrict__ pairs) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N) return;
+    const T* q = &Xs[i * D];
+    ca::FixedPoint<T, D> fp(q, inv, r2);
+    int cc[3] = {0, 0, 0};
+    cg::coords(grid, q, cc);
+    long long visited = cg::for_each_near(grid, cc, ys, ye, [&](std::int32_t j) { fp.visit(&Ys[j * D], ws[j]); });
+    if (fp.start_shift(may_shift))
+        visited += cg::for_each_near(grid, cc, ys, ye, [&](std::int32_t j) { fp.visit_shifted(&Ys[j * D], ws[j]); });
+    const ca::Column col = fp.finish(c);
+    const int64_t n = xidx[i];
+    gs[i] = (T)col.g;
+    hs[i] = fp.h;
+    Pt1[n] = (T)col.pt;
+    log_s[n] = col.log_s;
+    flags[n] = (unsigned char)((fp.shift ? kShifted : 0) | (col.empty ? kEmpty : 0));
+    atomicAdd(pairs, (unsigned long long)visited);
+}
+
+// Pass 2 on the grid, one thread per moving point in cell order: MovingPoint over the fixed points
+// of the 3^D cells around it (their original indices for the tie rule), then the row.
+template <class T, int D>
+__global__ void pass2_grid_kernel(const T* __restrict__ Ys, const T* __restrict__ ws, const std::int32_t* __restrict__ yidx,
+                                  int64_t M, const T* __restrict__ Xs, const std::int32_t* __restrict__ xidx,
+                                  const T* __restrict__ gs, const T* __restrict__ hs, const std::int32_t* __restrict__ xs,
+                                  const std::int32_t* __restrict__ xe, cg::Grid grid, T inv, T r2, T* __restrict__ P1,
+                                  T* __restrict__ PX, int64_t* __restrict__ best, T* __restrict__ prob,
+                                  unsigned long long* __restrict__ pairs) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= M) return;
+    const T* q = &Ys[i * D];
+    const double a = (double)ws[i];
+    ca::MovingPoint<T, D> mp(q, inv, r2);
+    long long visited = 0;
+    if (a > 0) {
+        int cc[3] = {0, 0, 0};
+        cg::coords(grid, q, cc);
+        visited = cg::for_each_near(grid, cc, xs, xe, [&](std::int32_t j) {
+            mp.visit(&Xs[j * D], gs[j], hs[j], (std::int64_t)xidx[j]);
+        });
+    }
+    const int64_t m = yidx[i];
+    ca::finish_moving<T, D>(a, mp.s0, mp.cs, mp.best_n, mp.best_v, &P1[m], &PX[m * D], best ? &best[m] : nullptr,
+                            prob ? &prob[m] : nullptr);
+    atomicAdd(pairs, (unsigned long long)visited);
+}
+
+// Both passes on the grid; returns the kernel evaluations (both passes and the shifted sweeps).
+template <class T, int D>
+std::int64_t grid_passes(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, const cg::Grid& grid,
+                         const ca::Scalars<T>& sc, double c, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob,
+                         double* log_s, unsigned char* flags, cudaStream_t stream) {
+    const Binned bx = bin<T, D>(X, nullptr, N, false, grid, stream);
+    const Binned by = bin<T, D>(TY, weights, M, true, grid, stream);
+    DeviceBuffer gs(sizeof(T) * N, "cpd (cuda): g"), hs(sizeof(T) * N, "cpd (cuda): shifts");
+    DeviceBuffer counter(sizeof(unsigned long long), "cpd (cuda): pair count");
+    unsigned long long* pairs = counter.as<unsigned long long>();
+    check(static_cast<int>(cudaMemsetAsync(pairs, 0, sizeof(unsigned long long), stream)), "cpd (cuda): pair count");
+    pass1_grid_kernel<T, D><<<blocks_for(N), kBlock, 0, stream>>>(
+        bx.pts.as<T>(), bx.idx.as<std::int32_t>(), N, by.pts.as<T>(), by.wts.as<T>(), by.start.as<std::int32_t>(),
+        by.end.as<std::int32_t>(), grid, sc.inv, sc.r2, ca::may_shift(sc.r2, sc.inv), c, gs.as<T>(), hs.as<T>(), Pt1,
+        log_s, flags, pairs);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): grid pass 1 launch");
+    pass2_grid_kernel<T, D><<<blocks_for(M), kBlock, 0, stream>>>(
+        by.pts.as<T>(), by.wts.as<T>(), by.idx.as<std::int32_t>(), M, bx.pts.as<T>(), bx.idx.as<std::int32_t>(),
+        gs.as<T>(), hs.as<T>(), bx.start.as<std::int32_t>(), bx.end.as<std::int32_t>(), grid, sc.inv, sc.r2, P1, PX,
+        best_idx, best_prob, pairs);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): grid pass 2 launch");
+    unsigned long long host_pairs = 0;
+    check(static_cast<int>(cudaMemcpyAsync(&host_pairs, pairs, sizeof host_pairs, cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): pair count");
+    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): grid E-step");
+    return (std::int64_t)host_pairs;
 }
 
 template <class T, int D>
 EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, double sigma2, double c,
                       double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out,
-                      cudaStream_t stream) {
+                      const cg::Grid& grid, cudaStream_t stream) {
     const ca::Scalars<T> sc = ca::estep_scalars<T>(sigma2, cutoff);
-    DeviceBuffer g(sizeof(T) * N, "cpd (cuda): g"), h(sizeof(T) * N, "cpd (cuda): shifts");
     DeviceBuffer flags(N, "cpd (cuda): flags");
     DeviceBuffer log_s_scratch;
     double* log_s = log_s_out;
@@ -250,13 +432,21 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* we
         log_s = log_s_scratch.as<double>();
     }
     DeviceBuffer stats(sizeof(double) + 2 * sizeof(long long), "cpd (cuda): statistics");
-    pass1_kernel<T, D><<<blocks_for(N), kBlock, 0, stream>>>(X, N, TY, M, weights, sc.inv, sc.r2,
-                                                             ca::may_shift(sc.r2, sc.inv), c, g.as<T>(), h.as<T>(),
-                                                             Pt1, log_s, flags.as<unsigned char>());
-    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): pass 1 launch");
-    pass2_kernel<T, D><<<blocks_for(M), kBlock, 0, stream>>>(X, N, TY, M, weights, g.as<T>(), h.as<T>(), sc.inv,
-                                                             sc.r2, P1, PX, best_idx, best_prob);
-    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): pass 2 launch");
+    std::int64_t grid_pairs = -1;
+    if (grid.cells > 0) {
+        grid_pairs = grid_passes<T, D>(X, N, TY, M, weights, grid, sc, c, P1, Pt1, PX, best_idx, best_prob, log_s,
+                                       flags.as<unsigned char>(), stream);
+    } else {
+        DeviceBuffer g(sizeof(T) * N, "cpd (cuda): g"), h(sizeof(T) * N, "cpd (cuda): shifts");
+        pass1_kernel<T, D><<<blocks_for(N), kBlock, 0, stream>>>(X, N, TY, M, weights, sc.inv, sc.r2,
+                                                                 ca::may_shift(sc.r2, sc.inv), c, g.as<T>(), h.as<T>(),
+                                                                 Pt1, log_s, flags.as<unsigned char>());
+        check(static_cast<int>(cudaGetLastError()), "cpd (cuda): pass 1 launch");
+        pass2_kernel<T, D><<<blocks_for(M), kBlock, 0, stream>>>(X, N, TY, M, weights, g.as<T>(), h.as<T>(), sc.inv,
+                                                                 sc.r2, P1, PX, best_idx, best_prob);
+        check(static_cast<int>(cudaGetLastError()), "cpd (cuda): pass 2 launch");
+        check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): E-step");  // before g, h are freed
+    }
     double* sum = stats.as<double>();
     long long* counts = reinterpret_cast<long long*>(sum + 1);
     stats_kernel<<<1, kStats, 0, stream>>>(log_s, flags.as<unsigned char>(), N, sum, counts);
@@ -272,19 +462,19 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* we
     st.log_s_sum = host_sum;
     st.empty_columns = host_counts[0];
     st.shifted_columns = host_counts[1];
-    st.pairs = ca::dense_pairs(N, M, st.shifted_columns);
+    st.pairs = grid_pairs >= 0 ? grid_pairs : ca::dense_pairs(N, M, st.shifted_columns);
     return st;
 }
 
 template <class T>
 EStepStats estep_dim(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2, double c,
                      double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out,
-                     cudaStream_t stream) {
+                     const cg::Grid& grid, cudaStream_t stream) {
     if (D == 2)
         return estep_impl<T, 2>(X, N, TY, M, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx, best_prob, log_s_out,
-                                stream);
+                                grid, stream);
     return estep_impl<T, 3>(X, N, TY, M, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx, best_prob, log_s_out,
-                            stream);
+                            grid, stream);
 }
 
 template <class A, class B>
@@ -297,7 +487,8 @@ void convert(const A* in, B* out, int64_t n, cudaStream_t stream) {
 // float32 calls whose 1 / (2 sigma2) does not fit a float: float64 on converted copies (as on the CPU).
 EStepStats estep_float_via_double(const float* X, int64_t N, const float* TY, int64_t M, int D, const float* weights,
                                   double sigma2, double c, double cutoff, float* P1, float* Pt1, float* PX,
-                                  int64_t* best_idx, float* best_prob, double* log_s_out, cudaStream_t stream) {
+                                  int64_t* best_idx, float* best_prob, double* log_s_out, const cg::Grid& grid,
+                                  cudaStream_t stream) {
     DeviceBuffer x(sizeof(double) * N * D, "cpd (cuda): float64 copy"), y(sizeof(double) * M * D, "cpd (cuda): float64 copy");
     DeviceBuffer wd, p1(sizeof(double) * M, "cpd (cuda): float64 P1"), pt1(sizeof(double) * N, "cpd (cuda): float64 Pt1");
     DeviceBuffer px(sizeof(double) * M * D, "cpd (cuda): float64 PX"), bp;
@@ -311,7 +502,7 @@ EStepStats estep_float_via_double(const float* X, int64_t N, const float* TY, in
     const EStepStats st =
         estep_dim<double>(x.as<double>(), N, y.as<double>(), M, D, weights ? wd.as<double>() : nullptr, sigma2, c,
                           cutoff, p1.as<double>(), pt1.as<double>(), px.as<double>(), best_idx,
-                          best_prob ? bp.as<double>() : nullptr, log_s_out, stream);
+                          best_prob ? bp.as<double>() : nullptr, log_s_out, grid, stream);
     convert(p1.as<double>(), P1, M, stream);
     convert(pt1.as<double>(), Pt1, N, stream);
     convert(px.as<double>(), PX, M * D, stream);
@@ -325,21 +516,23 @@ EStepStats estep_float_via_double(const float* X, int64_t N, const float* TY, in
 template <class T>
 EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, double sigma2, double c,
                  double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, bool allow_grid) {
     ca::check_estep_args(N, M, D, sigma2, c, cutoff);
-    check_inputs(X, N, TY, M, D, weights, stream);
+    const Bounds b = check_inputs(X, N, TY, M, D, weights, stream);
+    const cg::Grid grid =
+        allow_grid ? cg::make_grid(b.lo, b.hi, D, 2.0 * sigma2 * cutoff, N + M, cg::min_cells(D)) : cg::Grid{};
     if constexpr (std::is_same_v<T, float>) {
         if (ca::float_needs_double(sigma2, cutoff))
             return estep_float_via_double(X, N, TY, M, D, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx, best_prob,
-                                          log_s_out, stream);
+                                          log_s_out, grid, stream);
     }
     return estep_dim<T>(X, N, TY, M, D, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx, best_prob, log_s_out,
-                        stream);
+                        grid, stream);
 }
 
 template EStepStats estep<float>(const float*, int64_t, const float*, int64_t, int, const float*, double, double,
-                                 double, float*, float*, float*, int64_t*, float*, double*, cudaStream_t);
+                                 double, float*, float*, float*, int64_t*, float*, double*, cudaStream_t, bool);
 template EStepStats estep<double>(const double*, int64_t, const double*, int64_t, int, const double*, double, double,
-                                  double, double*, double*, double*, int64_t*, double*, double*, cudaStream_t);
+                                  double, double*, double*, double*, int64_t*, double*, double*, cudaStream_t, bool);
 
 }  // namespace xmodal::cuda::cpd

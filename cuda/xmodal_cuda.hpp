@@ -103,13 +103,15 @@ namespace cpd {
 
 // Twin of xmodal::cpd::estep (cpp/include/xmodal/cpd.hpp): the same arguments, outputs (device
 // buffers of T; best_idx, best_prob, log_s_out may be null) and statistics, the same support
-// (cutoff), shifts, terms, denominators and tie rule. Dense: one thread per point, every pair
-// tested against the support (EStepStats::pairs counts 2 N M plus M per shifted fixed point);
-// sums accumulated in double in index order.
+// (cutoff), shifts, terms, denominators and tie rule. One thread per point, sums accumulated in
+// double. Grid path (allow_grid and a support radius small against the extent,
+// xmodal/detail/cpd_grid.hpp): each thread visits the points of the 3^D grid cells around its own
+// (cell order); dense path: every pair, in index order. EStepStats::pairs counts the pairs visited
+// (dense: 2 N M plus M per shifted fixed point).
 template <class T>
 xmodal::cpd::EStepStats estep(const T* X, std::int64_t N, const T* TY, std::int64_t M, int D, const T* weights,
                               double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, std::int64_t* best_idx,
-                              T* best_prob, double* log_s_out, cudaStream_t stream);
+                              T* best_prob, double* log_s_out, cudaStream_t stream, bool allow_grid = true);
 
 }  // namespace cpd
 

@@ -217,6 +217,7 @@ void register_testing(py::module_& m) {
             return out;
         },
         py::arg("S"), py::arg("e"), py::arg("c"), "The E-step's denominator of one fixed point.");
+    register_testing_cpd_grid(t);
 }
 
 }  // namespace xmodal::bind

@@ -120,6 +120,7 @@ void register_cpd_fast(py::module_& m);
 void register_mws(py::module_& m);
 void register_stitch(py::module_& m);
 void register_testing(py::module_& m);
+void register_testing_cpd_grid(py::module_& t);  // bind_testing_cpd_grid.cpp
 void register_gasp(py::module_& m);
 
 }  // namespace xmodal::bind

@@ -10,7 +10,7 @@ namespace {
 
 template <class T>
 py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<DeviceArg>& w, double sigma2, double c,
-               double cutoff, std::uintptr_t stream) {
+               double cutoff, std::uintptr_t stream, bool grid) {
     require_dtype<T>(TY, "moved");
     if (w) require_dtype<T>(*w, "weights");
     if (X.shape[1] != TY.shape[1]) throw value_error("cpd_estep: fixed and moved differ in dimension");
@@ -35,7 +35,7 @@ py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<Devi
         st = xmodal::cuda::cpd::estep<T>(reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M, D,
                                          w ? reinterpret_cast<const T*>(w->ptr) : nullptr, sigma2, c, cutoff,
                                          P1.as<T>(), Pt1.as<T>(), PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(),
-                                         log_s.as<double>(), reinterpret_cast<cudaStream_t>(stream));
+                                         log_s.as<double>(), reinterpret_cast<cudaStream_t>(stream), grid);
     }
     py::dict out;
     out["P1"] = device_array<T>(std::move(P1), {M});
@@ -57,19 +57,20 @@ void register_cpd(py::module_& m) {
     m.def(
         "cpd_estep",
         [](py::object fixed, py::object moved, py::object weights, double sigma2, double c, double cutoff,
-           std::uintptr_t stream) {
+           std::uintptr_t stream, bool grid) {
             const DeviceArg X = device_arg(fixed, "fixed", 2), TY = device_arg(moved, "moved", 2);
             std::optional<DeviceArg> w;
             if (!weights.is_none()) w = device_arg(weights, "weights", 1);
             return with_float_type(X, "fixed", [&](auto t) {
-                return estep<decltype(t)>(X, TY, w, sigma2, c, cutoff, stream);
+                return estep<decltype(t)>(X, TY, w, sigma2, c, cutoff, stream, grid);
             });
         },
         py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"),
-        py::arg("stream") = 0,
+        py::arg("stream") = 0, py::arg("grid") = true,
         "CPD E-step on C-contiguous CUDA arrays (one GPU; float32 or float64 after `fixed`, moved and weights "
-        "of the same dtype), on `stream` (an address; 0: the default stream). Returns the dict of "
-        "xmodal._core.cpd_estep (want_best=True) with DeviceArrays.");
+        "of the same dtype), on `stream` (an address; 0: the default stream). `grid`: allow the cell-grid path "
+        "(False: every pair, in index order). Returns the dict of xmodal._core.cpd_estep (want_best=True) with "
+        "DeviceArrays.");
 }
 
 }  // namespace xmodal::cuda_bind

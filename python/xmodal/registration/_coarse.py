@@ -17,26 +17,32 @@ import time
 
 import numpy as np
 
+from .._device import as_cupy, cupy_module, is_cuda_array, to_host
 from .._validation import as_points, choice, float_dtype, positive_float, positive_int
 from ._cpd import cpd
 from ._cpd_cpu import EStep
+from ._cpd_cuda import finish, input_kind
 from ._em import outlier_constant
 from ._fast_estep import ESTEP_TOL, gauss_transform, voxel_subsample
 from ._result import CPDResult
 from .transforms import AffineTransform, CompositeTransform, RigidTransform, SimilarityTransform
 
 _REFUSED = ("weights", "landmarks", "device", "sigma2")
+_PURPOSE = "cpd_coarse_to_fine on CUDA arrays"
 
 
 def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int = 20000, max_iter: int = 50,
                        refine_iter: int | None = None, subsample: str | None = None, interp_tol: float = 1e-6,
                        estep: str = "auto", estep_tol: float = ESTEP_TOL, **cpd_kwargs) -> CPDResult:
-    """Register large point sets by CPD on voxel subsamples, then on all points (CPU).
+    """Register large point sets by CPD on voxel subsamples, then on all points.
 
     Parameters
     ----------
     moving, fixed : array (M, d), (N, d)
-        As :func:`xmodal.cpd` (numpy; physical units, same axis order).
+        As :func:`xmodal.cpd` (physical units, same axis order). CUDA arrays (cupy, torch on
+        cuda) run both CPD stages on the GPU (the subsampling, the field interpolation and the
+        transforms on the host) and return ``moved``, ``match`` and ``match_probability`` of the
+        input's kind.
     transform : {"rigid", "similarity", "affine", "deformable"}
     n_coarse : int >= 100
         Target size of each subsample (at most that many points, at least 0.9 of it where the
@@ -57,7 +63,8 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         moving points (absolute error per point at most about ``interp_tol`` times the largest
         coefficient norm in reach; the bound reached is ``info["interp_bound"]``, input units).
     estep, estep_tol
-        As :func:`xmodal.cpd`, for both stages.
+        As :func:`xmodal.cpd`, for both stages ("fast" is refused for CUDA arrays: the GPU E-step
+        is exact, on its cell grid once sigma is small).
     **cpd_kwargs
         Further options of :func:`xmodal.cpd` (w, beta, lam, tol, low_rank, dtype, callback,
         normalize, cutoff, scale) for both stages (a ``callback`` is called by both, its
@@ -89,16 +96,22 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         raise ValueError(f"refine_iter: expected fewer than max_iter = {max_iter} iterations, got {refine_iter}")
     subsample = choice(subsample or "both", "subsample", ("both", "moving"))
     interp_tol = positive_float(interp_tol, "interp_tol")
-    Y, X = as_points(moving, "moving"), as_points(fixed, "fixed")
+    gpu = is_cuda_array(moving) or is_cuda_array(fixed)
+    if gpu and estep == "fast":
+        raise ValueError("estep: 'fast' runs on the CPU only (the GPU E-step is exact); use estep='auto' or "
+                         "'exact' with CUDA arrays")
+    dt = float_dtype(None, moving, fixed).type  # the inputs' precision, passed on to both stages
+    kind = input_kind(moving, fixed) if gpu else "numpy"
+    Y, X = as_points(_host(moving, "moving"), "moving"), as_points(_host(fixed, "fixed"), "fixed")
+    put = _to_device if gpu else (lambda a: a)
     im, vm = voxel_subsample(Y, n_coarse) if len(Y) > n_coarse else (np.arange(len(Y)), 0.0)
     if subsample == "both" and len(X) > n_coarse:
         jf, vf = voxel_subsample(X, n_coarse)
     else:
         jf, vf = np.arange(len(X)), 0.0
-    dt = float_dtype(None, moving, fixed).type  # the inputs' precision, passed on to both stages
     kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
     t0 = time.perf_counter()
-    rc = cpd(Y[im].astype(dt), X[jf].astype(dt), max_iter=max_iter - refine_iter, **kw)
+    rc = cpd(put(Y[im].astype(dt)), put(X[jf].astype(dt)), max_iter=max_iter - refine_iter, **kw)
     stages = {"subsample": t0 - t_start, "coarse": time.perf_counter() - t0}
     info = {"n_coarse_moving": len(im), "n_coarse_fixed": len(jf), "voxel_moving": vm, "voxel_fixed": vf,
             "coarse_info": rc.info, "seconds": stages}
@@ -112,10 +125,30 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
     if refine_iter > 0:
         if deformable:
             kw.setdefault("low_rank", int(rc.info.get("rank") or 300))
-        rf = cpd(moved1.astype(dt), X.astype(dt), max_iter=refine_iter, sigma2=refine_sigma2(moved1, X, rc.sigma2),
-                 **kw)
+        rf = cpd(put(moved1.astype(dt)), put(X.astype(dt)), max_iter=refine_iter,
+                 sigma2=refine_sigma2(moved1, X, rc.sigma2), **kw)
+        if gpu:
+            for name in ("moved", "match", "match_probability"):
+                setattr(rf, name, to_host(getattr(rf, name)))
     stages["fine"] = time.perf_counter() - t0
-    return _assemble(rc, rf, tr1, moved1, X, dt, kw, info, t_start)
+    out = _assemble(rc, rf, tr1, moved1, X, dt, kw, info, t_start)
+    if gpu:
+        cp = cupy_module(_PURPOSE)
+        for name in ("moved", "match", "match_probability"):
+            setattr(out, name, cp.asarray(getattr(out, name)))
+        out = finish(out, kind)
+    return out
+
+
+def _host(x, name: str):
+    """``x`` itself, or a host copy of a CUDA array (torch tensors through DLPack)."""
+    if not is_cuda_array(x):
+        return x
+    return as_cupy(x, name, cupy_module(_PURPOSE))[0].get()
+
+
+def _to_device(a: np.ndarray):
+    return cupy_module(_PURPOSE).asarray(a)
 
 
 def _carry_field(tr, Y: np.ndarray, interp_tol: float, info: dict):
