@@ -4,6 +4,7 @@
 # pytest-benchmark JSON go to $OUT. Usage (repository root): benchmarks/run_device.sh LABEL
 # Python packages the machine lacks (cpd-pytorch, monai, zarr and its codecs) travel as wheels in
 # .whl/ (gitignored). Peers' data: XMODAL_DATA (default .devdata/, a copy of the Platynereis table).
+# XMODAL_DEVICE_TESTS (test files) and XMODAL_DEVICE_BENCH (a pytest -k expression) narrow a rerun.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/xmodal-device-out}
@@ -23,13 +24,14 @@ python3 -c "import xmodal, json; print(json.dumps(xmodal.backends()))" | tee "$O
 t0=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider --timeout 300 -rs tests/test_cuda_arith.py > "$OUT/tests-arith.log" 2>&1
 echo "tests/test_cuda_arith.py rc=$? $(tail -1 "$OUT/tests-arith.log")"
-python3 -m pytest -q -p no:cacheprovider --timeout 300 -rs -m cuda tests/test_cpd.py tests/test_knn.py \
-  tests/test_tiling_ooc.py > "$OUT/tests-cuda.log" 2>&1
+# XMODAL_DEVICE_TESTS: the test files whose `-m cuda` tests run (default: all that have some)
+TESTS=${XMODAL_DEVICE_TESTS:-$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')}
+python3 -m pytest -q -p no:cacheprovider --timeout 300 -rs -m cuda $TESTS > "$OUT/tests-cuda.log" 2>&1
 echo "CUDA tests rc=$? $(tail -1 "$OUT/tests-cuda.log") ($(( $(date +%s) - t0 )) s)"
 grep -E "FAILED|ERROR|SKIPPED" "$OUT/tests-cuda.log" "$OUT/tests-arith.log" | head -20
 t0=$(date +%s)
 XMODAL_BENCH_MACHINE="$LABEL" python3 -m pytest -q -p no:cacheprovider --timeout 240 -o python_files="bench_*.py" \
-  benchmarks/bench_gpu.py benchmarks/bench_tiling.py -k "not dask and not peak_rss" \
+  benchmarks/bench_gpu.py benchmarks/bench_tiling.py -k "${XMODAL_DEVICE_BENCH:-not dask and not peak_rss}" \
   --benchmark-json "$OUT/$LABEL.json" > "$OUT/bench.log" 2>&1
 echo "benchmarks rc=$? ($(( $(date +%s) - t0 )) s)"
 tail -25 "$OUT/bench.log"
