@@ -463,6 +463,8 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* we
     st.empty_columns = host_counts[0];
     st.shifted_columns = host_counts[1];
     st.pairs = grid_pairs >= 0 ? grid_pairs : ca::dense_pairs(N, M, st.shifted_columns);
+    st.grid_cells = grid.cells;
+    st.cell_edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
     return st;
 }
 

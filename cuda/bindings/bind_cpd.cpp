@@ -48,6 +48,8 @@ py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<Devi
     out["pairs"] = st.pairs;
     out["empty_columns"] = st.empty_columns;
     out["shifted_columns"] = st.shifted_columns;
+    out["grid_cells"] = st.grid_cells;
+    out["cell_edge"] = st.cell_edge;
     return out;
 }
 

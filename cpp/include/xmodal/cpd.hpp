@@ -42,6 +42,8 @@ struct EStepStats {
     int64_t pairs = 0;        // kernel evaluations of the two passes (work measure)
     int64_t empty_columns = 0;  // fixed points with s_n == 0 (no moving point within the cutoff, c = 0)
     int64_t shifted_columns = 0;  // fixed points summed relative to their largest term (h_n > 0)
+    int64_t grid_cells = 0;   // CUDA: cells of the grid path (0: dense path; always 0 on the CPU)
+    double cell_edge = 0.0;   // CUDA: the grid's cell edge (input units)
 };
 
 // E-step. weights may be null (all 1). best_idx/best_prob/log_s_out may be null; log_s_out (N)
