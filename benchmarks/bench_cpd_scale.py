@@ -335,7 +335,7 @@ def test_deformable_200k(benchmark):
 
     def run():
         out["r"] = run_case(dict(n=_n(200000), kind="deformable", pipeline="coarse_to_fine", n_coarse=_n(20000),
-                                 iters=100, refine=0, params=DEFORM))
+                                 iters=100, refine=10, params=DEFORM))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     _record(benchmark, "deformable_200k", out["r"])
@@ -359,7 +359,7 @@ def test_accuracy_20k(benchmark):
                                     ("coarse_to_fine", dict(pipeline="coarse_to_fine", n_coarse=n // 4, refine=5,
                                                             estep="auto"))):
                     if kind == "deformable" and label == "coarse_to_fine":
-                        spec = dict(spec, refine=0)
+                        spec = dict(spec, refine=10)
                     path = os.path.join(td, f"{kind}_{label}.npy")
                     r = run_case(dict(n=n, kind=kind, iters=iters, params=params, save_moved=path, **spec))
                     moved[label] = np.load(path)
@@ -413,7 +413,7 @@ def test_bcpd_peer(benchmark):
             out[f"rigid_{n}"] = row
         n = _n(100000)
         row = {"xmodal": run_case(dict(n=n, kind="deformable", pipeline="coarse_to_fine", n_coarse=_n(20000),
-                                       iters=100, refine=0, params=DEFORM)),
+                                       iters=100, refine=10, params=DEFORM)),
                "bcpd": _bcpd_case(dict(n=n, kind="deformable", iters=100,
                                        bcpd_args=["-Tn", "-w", "0.00001", "-b", "1.0", "-l", "2", "-A",
                                                   f"-DB,{_n(20000)},0"]))}

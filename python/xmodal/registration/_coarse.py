@@ -5,10 +5,10 @@ Rigid, similarity and affine: both sets are subsampled on a voxel grid (per occu
 point nearest its centre, ``voxel_subsample``), CPD runs ``max_iter - refine_iter`` iterations
 there, the transform is applied to all moving points and ``refine_iter`` iterations on all points
 (fast E-step) start from a sigma2 matched to the remaining residuals; the transforms are composed.
-Deformable: only the moving set is subsampled by default (the fixed set keeps its full density, the
-fast E-step keeps that O(M_c + N)); the coarse displacement field, a Gaussian RBF on the Nyström
-centres, is evaluated at all moving points with the fast Gauss transform (absolute error bound
-reported), optionally followed by deformable iterations on all points.
+Deformable: both sets are subsampled too; the coarse displacement field, a Gaussian RBF on the
+Nyström centres, is evaluated at all moving points with the fast Gauss transform (absolute error
+bound reported), then 10 deformable iterations on all points (low-rank M-step, O(M k)) fit what
+the subsample could not resolve.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         EM iterations in all: ``max_iter - refine_iter`` on the subsamples, ``refine_iter`` on all
         points.
     refine_iter : int >= 0, optional
-        Iterations on all points (default 5; 0 for deformable, whose refinement on all points
-        needs an O(M k) low-rank M-step).
+        Iterations on all points (default 5; 10 for deformable; at most ``max_iter // 2``). Chosen on a 20k-point
+        Platynereis-derived problem (5k subsamples, 100 iterations, beta 30 µm: mean error 3.35 µm
+        without refinement, 2.14 with 5, 1.67 with 10, 1.58 for CPD on all points) and checked at
+        200k (20k subsamples, beta 60: 4.34 -> 2.05 µm with 10, from 4.96 before registration).
     subsample : {"both", "moving"}, optional
         Which sets are subsampled (default "both", also for deformable: a moving subsample
         against all fixed points has the wrong density ratio for the mixture, and on 20k-point
@@ -90,8 +92,10 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
     deformable = transform == "deformable"
     n_coarse = positive_int(n_coarse, "n_coarse", minimum=100)
     max_iter = positive_int(max_iter, "max_iter")
-    refine_iter = (0 if deformable else 5) if refine_iter is None else positive_int(refine_iter, "refine_iter",
-                                                                                    minimum=0)
+    if refine_iter is None:  # at most half of the iterations (short runs stay valid)
+        refine_iter = min(10 if deformable else 5, max_iter // 2)
+    else:
+        refine_iter = positive_int(refine_iter, "refine_iter", minimum=0)
     if refine_iter >= max_iter:
         raise ValueError(f"refine_iter: expected fewer than max_iter = {max_iter} iterations, got {refine_iter}")
     subsample = choice(subsample or "both", "subsample", ("both", "moving"))
