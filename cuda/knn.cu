@@ -1,26 +1,40 @@
-// Brute-force tiled k-NN / radius graph on CUDA, the twin of cpp/src/knn.cpp (see xmodal_cuda.hpp
-// and xmodal/knn.hpp): the same pairs and bit-identical distances, because every query thread runs
+// k-NN / radius graph on CUDA, the twin of cpp/src/knn.cpp (see xmodal_cuda.hpp and
+// xmodal/knn.hpp): the same pairs and bit-identical distances, because every query thread runs
 // xmodal/detail/knn_arith.hpp (dist2 without FMA, ranking by (d2, index), top-k insertion), which
-// xmodal._core._testing runs on the CPU. Any k: lists of up to kLocalK entries live in each
-// thread's local memory, longer ones in a global scratch buffer. Scans, sorts and unique use CUB
-// with explicit scratch (DeviceBuffer): no allocation that could throw from a destructor.
+// xmodal._core._testing runs on the CPU. Two searches, chosen per direction (a -> b, b -> a):
+//   * grid (xmodal/detail/knn_grid.hpp): the reference points binned into a uniform grid (cell ids
+//     by CUB radix sort, cell starts by binary search), queries sorted by cell, one thread per
+//     query visiting rings of cells around its own until a conservative bound shows that no
+//     unvisited point can enter its k best or its radius; the same ring search runs on the CPU in
+//     xmodal._core._testing.knn_graph_grid_emulation;
+//   * brute force: one thread per query, the reference points streamed through shared memory in
+//     tiles, for small inputs and for point sets the grid does not suit (grid_pays).
+// Both give the same graph: the k best by (d2, index) and the radius pairs do not depend on the
+// order in which points are visited. Any k: lists of up to kLocalK entries live in each thread's
+// local memory, longer ones in a global scratch buffer. Scans, sorts and unique use CUB with
+// explicit scratch (DeviceBuffer): no allocation that could throw from a destructor.
 #include <cuda_runtime.h>
 
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 #include <cub/device/device_select.cuh>
 
+#include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "xmodal/common.hpp"
 #include "xmodal/detail/knn_arith.hpp"
+#include "xmodal/detail/knn_grid.hpp"
 #include "xmodal_cuda.hpp"
 
 namespace xmodal::cuda {
 namespace {
 
 namespace ka = xmodal::knn::arith;
+namespace kg = xmodal::knn::grid;
 
 constexpr int kThreads = 128;  // queries per block = tile of reference points per shared load
 constexpr int kLocalK = 32;    // longest top-k list held in a thread's local memory
@@ -170,29 +184,314 @@ std::int64_t sort_unique(DeviceBuffer& keys, std::int64_t n, DeviceBuffer& out, 
     return read_back(count.as<std::int64_t>(), stream, "knn_graph (cuda): unique");
 }
 
+// ------------------------------------------------------------------ grid search
+constexpr int kBoxBlocks = 256;  // blocks of the bounding-box reduction (partials read back)
+constexpr int kBoxThreads = 256;
+
+// Per block, the min and max of every axis over the block's points (grid-stride): part[block * 2 *
+// dim + d] = min, part[block * 2 * dim + dim + d] = max (+-inf for a block without points).
+__global__ void bbox_kernel(const double* __restrict__ p, std::int64_t np, int dim, double* __restrict__ part) {
+    __shared__ double smin[kBoxThreads], smax[kBoxThreads];
+    const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+    for (int d = 0; d < dim; ++d) {
+        double mn = DBL_MAX * 2.0, mx = -DBL_MAX * 2.0;  // +-inf
+        for (std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < np; t += stride) {
+            const double x = p[t * dim + d];
+            if (x < mn) mn = x;
+            if (x > mx) mx = x;
+        }
+        smin[threadIdx.x] = mn;
+        smax[threadIdx.x] = mx;
+        __syncthreads();
+        for (int s = kBoxThreads / 2; s > 0; s >>= 1) {
+            if (static_cast<int>(threadIdx.x) < s) {
+                if (smin[threadIdx.x + s] < smin[threadIdx.x]) smin[threadIdx.x] = smin[threadIdx.x + s];
+                if (smax[threadIdx.x + s] > smax[threadIdx.x]) smax[threadIdx.x] = smax[threadIdx.x + s];
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) {
+            part[static_cast<std::int64_t>(blockIdx.x) * 2 * dim + d] = smin[0];
+            part[static_cast<std::int64_t>(blockIdx.x) * 2 * dim + dim + d] = smax[0];
+        }
+        __syncthreads();  // before smin / smax are reused
+    }
+}
+
+// Cell id of every point (clamped into the grid) and its index: the keys and values of the sort.
+__global__ void cell_keys_kernel(kg::Grid g, const double* __restrict__ p, std::int64_t n,
+                                 std::uint32_t* __restrict__ keys, std::int32_t* __restrict__ vals) {
+    const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    keys[t] = static_cast<std::uint32_t>(kg::cell_id(g, p + t * g.dim));
+    vals[t] = static_cast<std::int32_t>(t);
+}
+
+// start[c] = the first sorted position whose cell id is >= c, for c in [0, cells] (binary search).
+__global__ void cell_start_kernel(const std::uint32_t* __restrict__ keys, std::int64_t np, std::int64_t cells,
+                                  std::int32_t* __restrict__ start) {
+    const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c > cells) return;
+    std::int64_t lo = 0, hi = np;
+    while (lo < hi) {
+        const std::int64_t mid = lo + (hi - lo) / 2;
+        if (static_cast<std::int64_t>(keys[mid]) < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    start[c] = static_cast<std::int32_t>(lo);
+}
+
+// sum over cells of (points in the cell)^2 into *out (zeroed before).
+__global__ void load_kernel(const std::int32_t* __restrict__ start, std::int64_t cells,
+                            unsigned long long* __restrict__ out) {
+    unsigned long long acc = 0;
+    const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+    for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cells; c += stride) {
+        const unsigned long long m = static_cast<unsigned long long>(start[c + 1] - start[c]);
+        acc += m * m;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);  // every lane is here
+    if ((threadIdx.x & 31) == 0 && acc > 0) atomicAdd(out, acc);
+}
+
+// The points in sorted (cell) order: pts[t] = p[ids[t]].
+__global__ void gather_kernel(const double* __restrict__ p, const std::int32_t* __restrict__ ids, std::int64_t np,
+                              int dim, double* __restrict__ pts) {
+    const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= np * dim) return;
+    const std::int64_t row = t / dim;
+    pts[t] = p[static_cast<std::int64_t>(ids[row]) * dim + (t - row * dim)];
+}
+
+// The grid over one set of reference points, when used: cell starts, points and indices in cell order.
+struct DeviceGrid {
+    kg::Grid grid;
+    bool use = false;
+    DeviceBuffer start, pts, ids;
+};
+
+int key_bits(std::int64_t cells) {
+    int bits = 1;
+    while (bits < 32 && (std::int64_t(1) << bits) < cells) ++bits;
+    return bits;
+}
+
+// Sorts (keys, vals) of n items by key into (keys_out, vals_out), radix bits [0, bits).
+void sort_pairs(const std::uint32_t* keys, std::uint32_t* keys_out, const std::int32_t* vals, std::int32_t* vals_out,
+                std::int64_t n, int bits, cudaStream_t stream) {
+    std::size_t bytes = 0;
+    check(cuda_int(cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys, keys_out, vals, vals_out, n, 0, bits, stream)),
+          "knn_graph (cuda): grid sort");
+    DeviceBuffer scratch(bytes, "knn_graph (cuda): grid sort scratch");
+    check(cuda_int(cub::DeviceRadixSort::SortPairs(scratch.get(), bytes, keys, keys_out, vals, vals_out, n, 0, bits,
+                                                   stream)),
+          "knn_graph (cuda): grid sort");
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): grid sort");  // before the scratch goes
+}
+
+// The grid over p (np > 0 points) for nq queries with k neighbours and radius^2 r2: built unless
+// `algorithm` is brute force; used when forced or when kg::grid_pays.
+DeviceGrid build_grid(const double* p, std::int64_t np, int dim, int k, double r2, std::int64_t nq,
+                      KnnAlgorithm algorithm, cudaStream_t stream) {
+    DeviceGrid out;
+    if (algorithm == KnnAlgorithm::brute || np <= 0 || nq <= 0) return out;
+    if (np >= (std::int64_t(1) << 31)) return out;
+    // bounding box
+    const int nblk = static_cast<int>(std::min<std::int64_t>(kBoxBlocks, (np + kBoxThreads - 1) / kBoxThreads));
+    DeviceBuffer part(sizeof(double) * 2 * dim * nblk, "knn_graph (cuda): bounding box");
+    bbox_kernel<<<nblk, kBoxThreads, 0, stream>>>(p, np, dim, part.as<double>());
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): bounding box");
+    std::vector<double> host(static_cast<std::size_t>(2 * dim * nblk));
+    check(cuda_int(cudaMemcpyAsync(host.data(), part.get(), sizeof(double) * host.size(), cudaMemcpyDeviceToHost,
+                                   stream)),
+          "knn_graph (cuda): bounding box");
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): bounding box");
+    double lo[kg::kMaxDim], hi[kg::kMaxDim];
+    for (int d = 0; d < dim; ++d) {
+        lo[d] = host[d];
+        hi[d] = host[dim + d];
+        for (int b = 1; b < nblk; ++b) {
+            lo[d] = std::min(lo[d], host[static_cast<std::size_t>(b) * 2 * dim + d]);
+            hi[d] = std::max(hi[d], host[static_cast<std::size_t>(b) * 2 * dim + dim + d]);
+        }
+    }
+    out.grid = kg::make_grid(lo, hi, dim, np, k, r2);
+    if (!out.grid.valid) return out;
+    const kg::Grid& g = out.grid;
+    // cell ids, sorted with the point indices
+    DeviceBuffer keys(sizeof(std::uint32_t) * np, "knn_graph (cuda): grid keys");
+    DeviceBuffer sorted_keys(sizeof(std::uint32_t) * np, "knn_graph (cuda): grid keys");
+    DeviceBuffer vals(sizeof(std::int32_t) * np, "knn_graph (cuda): grid indices");
+    out.ids = DeviceBuffer(sizeof(std::int32_t) * np, "knn_graph (cuda): grid indices");
+    cell_keys_kernel<<<blocks(np, 256), 256, 0, stream>>>(g, p, np, keys.as<std::uint32_t>(), vals.as<std::int32_t>());
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid keys");
+    sort_pairs(keys.as<std::uint32_t>(), sorted_keys.as<std::uint32_t>(), vals.as<std::int32_t>(),
+               out.ids.as<std::int32_t>(), np, key_bits(g.cells), stream);
+    out.start = DeviceBuffer(sizeof(std::int32_t) * (g.cells + 1), "knn_graph (cuda): grid cells");
+    cell_start_kernel<<<blocks(g.cells + 1, 256), 256, 0, stream>>>(sorted_keys.as<std::uint32_t>(), np, g.cells,
+                                                                     out.start.as<std::int32_t>());
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid cells");
+    bool use = algorithm == KnnAlgorithm::grid;
+    if (!use) {
+        DeviceBuffer load(sizeof(unsigned long long), "knn_graph (cuda): grid load");
+        check(cuda_int(cudaMemsetAsync(load.get(), 0, sizeof(unsigned long long), stream)), "knn_graph (cuda): grid load");
+        const unsigned lb = static_cast<unsigned>(std::min<std::int64_t>(1024, (g.cells + 255) / 256));
+        load_kernel<<<lb, 256, 0, stream>>>(out.start.as<std::int32_t>(), g.cells, load.as<unsigned long long>());
+        check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid load");
+        const unsigned long long sum_sq = read_back(load.as<unsigned long long>(), stream, "knn_graph (cuda): grid load");
+        use = kg::grid_pays(g, nq, np, static_cast<double>(sum_sq));
+    }
+    if (use) {
+        out.pts = DeviceBuffer(sizeof(double) * np * dim, "knn_graph (cuda): grid points");
+        gather_kernel<<<blocks(np * dim, 256), 256, 0, stream>>>(p, out.ids.as<std::int32_t>(), np, dim,
+                                                                 out.pts.as<double>());
+        check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid points");
+    }
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): grid");  // before the temporaries go
+    out.use = use;
+    return out;
+}
+
+// The queries in the order of their (clamped) cells: neighbouring threads search neighbouring cells.
+DeviceBuffer query_order(const kg::Grid& g, const double* q, std::int64_t nq, cudaStream_t stream) {
+    DeviceBuffer keys(sizeof(std::uint32_t) * nq, "knn_graph (cuda): query keys");
+    DeviceBuffer sorted_keys(sizeof(std::uint32_t) * nq, "knn_graph (cuda): query keys");
+    DeviceBuffer vals(sizeof(std::int32_t) * nq, "knn_graph (cuda): query order");
+    DeviceBuffer order(sizeof(std::int32_t) * nq, "knn_graph (cuda): query order");
+    cell_keys_kernel<<<blocks(nq, 256), 256, 0, stream>>>(g, q, nq, keys.as<std::uint32_t>(), vals.as<std::int32_t>());
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): query keys");
+    sort_pairs(keys.as<std::uint32_t>(), sorted_keys.as<std::uint32_t>(), vals.as<std::int32_t>(),
+               order.as<std::int32_t>(), nq, key_bits(g.cells), stream);  // synchronizes
+    return order;
+}
+
+// Per query (thread t: query order[t]): the k best by (d2, index) into knn (k per query) and, with
+// r2 >= 0, the number within the radius, by the ring search. LOCAL: the list in local memory, else
+// at scratch[s * nq + t].
+template <int DIM, bool LOCAL>
+__global__ void grid_select_kernel(kg::Grid g, const std::int32_t* __restrict__ start, const double* __restrict__ pts,
+                                   const std::int32_t* __restrict__ ids, const std::int32_t* __restrict__ order,
+                                   const double* __restrict__ q, std::int64_t nq, int k, double r2,
+                                   double* __restrict__ scratch_d, std::int32_t* __restrict__ scratch_i,
+                                   std::int32_t* __restrict__ knn, std::int64_t* __restrict__ radius_count) {
+    const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= nq) return;  // no barriers in this kernel
+    const int dim = DIM > 0 ? DIM : g.dim;
+    const std::int64_t i = order[t];
+    double qi[ka::kMaxDim];
+    for (int d = 0; d < dim; ++d) qi[d] = q[i * dim + d];
+    double local_d[LOCAL ? kLocalK : 1];
+    std::int32_t local_i[LOCAL ? kLocalK : 1];
+    double* bd = LOCAL ? local_d : scratch_d + t;
+    std::int32_t* bi = LOCAL ? local_i : scratch_i + t;
+    const std::int64_t stride = LOCAL ? 1 : nq;
+    kg::KnnVisitor<DIM> v(qi, dim, k, r2, pts, ids, bd, bi, stride);
+    kg::search<DIM>(g, start, qi, v);
+    for (int s = 0; s < v.size; ++s) knn[i * k + s] = bi[s * stride];
+    if (radius_count) radius_count[i] = v.count;
+}
+
+// Keys (row * nb + col) of the radius pairs of each query, in cell order (sorted later).
+template <int DIM>
+__global__ void grid_radius_fill_kernel(kg::Grid g, const std::int32_t* __restrict__ start,
+                                        const double* __restrict__ pts, const std::int32_t* __restrict__ ids,
+                                        const std::int32_t* __restrict__ order, const double* __restrict__ q,
+                                        std::int64_t nq, std::int64_t nb, double r2,
+                                        const std::int64_t* __restrict__ offsets, std::int64_t* __restrict__ keys) {
+    const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= nq) return;
+    const int dim = DIM > 0 ? DIM : g.dim;
+    const std::int64_t i = order[t];
+    double qi[ka::kMaxDim];
+    for (int d = 0; d < dim; ++d) qi[d] = q[i * dim + d];
+    kg::RadiusVisitor<DIM> v{qi, dim, r2, pts, ids, i * nb, keys, offsets[i], offsets[i + 1]};
+    kg::search<DIM>(g, start, qi, v);
+}
+
+template <int DIM>
+void grid_select_dim(const DeviceGrid& dg, const std::int32_t* order, const double* q, std::int64_t nq, int k,
+                     double r2, std::int32_t* knn, std::int64_t* radius_count, cudaStream_t stream) {
+    const int threads = 128;
+    const std::int32_t* st = dg.start.as<std::int32_t>();
+    const double* pts = dg.pts.as<double>();
+    const std::int32_t* ids = dg.ids.as<std::int32_t>();
+    if (k <= kLocalK) {
+        grid_select_kernel<DIM, true><<<blocks(nq, threads), threads, 0, stream>>>(
+            dg.grid, st, pts, ids, order, q, nq, k, r2, nullptr, nullptr, knn, radius_count);
+        check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid select kernel");
+        return;
+    }
+    DeviceBuffer sd(sizeof(double) * nq * k, "knn_graph (cuda): top-k scratch");
+    DeviceBuffer si(sizeof(std::int32_t) * nq * k, "knn_graph (cuda): top-k scratch");
+    grid_select_kernel<DIM, false><<<blocks(nq, threads), threads, 0, stream>>>(
+        dg.grid, st, pts, ids, order, q, nq, k, r2, sd.as<double>(), si.as<std::int32_t>(), knn, radius_count);
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid select kernel");
+    check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): grid select kernel");  // before the scratch goes
+}
+
+void grid_select(const DeviceGrid& dg, const std::int32_t* order, const double* q, std::int64_t nq, int k, double r2,
+                 std::int32_t* knn, std::int64_t* radius_count, cudaStream_t stream) {
+    if (dg.grid.dim == 3)
+        grid_select_dim<3>(dg, order, q, nq, k, r2, knn, radius_count, stream);
+    else if (dg.grid.dim == 2)
+        grid_select_dim<2>(dg, order, q, nq, k, r2, knn, radius_count, stream);
+    else
+        grid_select_dim<0>(dg, order, q, nq, k, r2, knn, radius_count, stream);
+}
+
+void grid_radius_fill(const DeviceGrid& dg, const std::int32_t* order, const double* q, std::int64_t nq,
+                      std::int64_t nb, double r2, const std::int64_t* offsets, std::int64_t* keys,
+                      cudaStream_t stream) {
+    const int threads = 128;
+    const std::int32_t* st = dg.start.as<std::int32_t>();
+    const double* pts = dg.pts.as<double>();
+    const std::int32_t* ids = dg.ids.as<std::int32_t>();
+    const unsigned nblk = blocks(nq, threads);
+    if (dg.grid.dim == 3)
+        grid_radius_fill_kernel<3><<<nblk, threads, 0, stream>>>(dg.grid, st, pts, ids, order, q, nq, nb, r2, offsets, keys);
+    else if (dg.grid.dim == 2)
+        grid_radius_fill_kernel<2><<<nblk, threads, 0, stream>>>(dg.grid, st, pts, ids, order, q, nq, nb, r2, offsets, keys);
+    else
+        grid_radius_fill_kernel<0><<<nblk, threads, 0, stream>>>(dg.grid, st, pts, ids, order, q, nq, nb, r2, offsets, keys);
+    check(cuda_int(cudaGetLastError()), "knn_graph (cuda): grid radius kernel");
+}
+
 }  // namespace
 
 DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k, double radius,
-                    bool symmetric, cudaStream_t stream) {
+                    bool symmetric, cudaStream_t stream, KnnAlgorithm algorithm, KnnInfo* info) {
     ka::check_args(na, nb, dim, k, radius);
+    require(algorithm == KnnAlgorithm::automatic || algorithm == KnnAlgorithm::brute || algorithm == KnnAlgorithm::grid,
+            "knn_graph: unknown algorithm");
     DeviceCsr out;
     out.n_rows = na;
     out.n_cols = nb;
+    KnnInfo paths;
     const double r2 = radius >= 0.0 ? radius * radius : -1.0;
     const int kb = static_cast<int>(k < nb ? k : nb);
     const int ka_ = static_cast<int>(k < na ? k : na);
     const std::size_t shmem = sizeof(double) * kThreads * dim;
 
     DeviceBuffer fwd(sizeof(std::int32_t) * na * kb, "knn_graph (cuda): neighbours");
-    DeviceBuffer rev, rcount, roffset;
+    DeviceBuffer rev, rcount, roffset, order_a;
+    DeviceGrid grid_b;  // the grid over b (a -> b search and radius pairs), when used
     std::int64_t n_radius = 0, n_keys = 0;
     if (na > 0 && nb > 0) {
         if (r2 >= 0.0) {
             rcount = DeviceBuffer(sizeof(std::int64_t) * na, "knn_graph (cuda): radius counts");
             roffset = DeviceBuffer(sizeof(std::int64_t) * (na + 1), "knn_graph (cuda): radius offsets");
         }
-        select(a, na, b, nb, dim, kb, r2, fwd.as<std::int32_t>(), r2 >= 0.0 ? rcount.as<std::int64_t>() : nullptr,
-               stream);
+        std::int64_t* rc = r2 >= 0.0 ? rcount.as<std::int64_t>() : nullptr;
+        grid_b = build_grid(b, nb, dim, kb, r2, na, algorithm, stream);
+        paths.forward = grid_b.use ? KnnPath::grid : KnnPath::brute;
+        if (grid_b.use) {
+            order_a = query_order(grid_b.grid, a, na, stream);
+            grid_select(grid_b, order_a.as<std::int32_t>(), a, na, kb, r2, fwd.as<std::int32_t>(), rc, stream);
+        } else {
+            select(a, na, b, nb, dim, kb, r2, fwd.as<std::int32_t>(), rc, stream);
+        }
         if (r2 >= 0.0) {
             std::int64_t* off = roffset.as<std::int64_t>();
             check(cuda_int(cudaMemsetAsync(off, 0, sizeof(std::int64_t), stream)), "knn_graph (cuda): radius offsets");
@@ -207,7 +506,16 @@ DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int6
         }
         if (symmetric && ka_ > 0) {
             rev = DeviceBuffer(sizeof(std::int32_t) * nb * ka_, "knn_graph (cuda): reverse neighbours");
-            select(b, nb, a, na, dim, ka_, -1.0, rev.as<std::int32_t>(), nullptr, stream);
+            DeviceGrid grid_a = build_grid(a, na, dim, ka_, -1.0, nb, algorithm, stream);
+            paths.reverse = grid_a.use ? KnnPath::grid : KnnPath::brute;
+            if (grid_a.use) {
+                DeviceBuffer order_b = query_order(grid_a.grid, b, nb, stream);
+                grid_select(grid_a, order_b.as<std::int32_t>(), b, nb, ka_, -1.0, rev.as<std::int32_t>(), nullptr,
+                            stream);
+                check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda): reverse search");  // before grid_a goes
+            } else {
+                select(b, nb, a, na, dim, ka_, -1.0, rev.as<std::int32_t>(), nullptr, stream);
+            }
         }
         n_keys = na * kb + n_radius + (symmetric ? nb * ka_ : 0);
     }
@@ -221,8 +529,12 @@ DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int6
             pos += na * kb;
         }
         if (n_radius > 0) {
-            radius_fill_kernel<<<blocks(na, kThreads), kThreads, shmem, stream>>>(a, na, b, nb, dim, r2,
-                                                                                  roffset.as<std::int64_t>(), kp + pos);
+            if (grid_b.use)
+                grid_radius_fill(grid_b, order_a.as<std::int32_t>(), a, na, nb, r2, roffset.as<std::int64_t>(), kp + pos,
+                                 stream);
+            else
+                radius_fill_kernel<<<blocks(na, kThreads), kThreads, shmem, stream>>>(a, na, b, nb, dim, r2,
+                                                                                      roffset.as<std::int64_t>(), kp + pos);
             pos += n_radius;
         }
         if (symmetric && ka_ > 0)
@@ -242,6 +554,7 @@ DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int6
                                                           out.indptr.as<std::int64_t>());
     check(cuda_int(cudaGetLastError()), "knn_graph (cuda): output kernels");
     check(cuda_int(cudaStreamSynchronize(stream)), "knn_graph (cuda)");
+    if (info) *info = paths;
     return out;
 }
 

@@ -86,8 +86,13 @@ private:
 
 // ------------------------------------------------------------------ k-NN graph
 // Twin of xmodal::knn_graph (cpp/include/xmodal/knn.hpp): the same arguments, the same graph (the
-// same pairs, bit-identical distances), any k. Brute force: one thread per query, the reference
-// points streamed through shared memory.
+// same pairs, bit-identical distances), any k. Each direction (a -> b, and b -> a when symmetric)
+// searches either a uniform grid over the reference points (xmodal/detail/knn_grid.hpp: one thread
+// per query visiting rings of cells until a conservative bound stops it) or by brute force (one
+// thread per query, the reference points streamed through shared memory). `algorithm`: automatic
+// (the grid where kg::grid_pays: enough pairs, cells not overloaded), brute or grid (the grid
+// whenever one can be built: finite box, at most 2^26 cells; tests). The graph is the same on
+// every path; `info`, when given, says which ran.
 struct DeviceCsr {
     std::int64_t n_rows = 0, n_cols = 0, nnz = 0;
     DeviceBuffer indptr;   // int64, n_rows + 1
@@ -95,8 +100,18 @@ struct DeviceCsr {
     DeviceBuffer data;     // double, nnz
 };
 
+enum class KnnAlgorithm : int { automatic = 0, brute = 1, grid = 2 };
+
+enum class KnnPath : int { none = 0, brute = 1, grid = 2 };  // how a search ran (none: not needed)
+
+struct KnnInfo {
+    KnnPath forward = KnnPath::none;  // the a -> b search (k-NN and radius pairs)
+    KnnPath reverse = KnnPath::none;  // the b -> a search (symmetric k-NN)
+};
+
 DeviceCsr knn_graph(const double* a, std::int64_t na, const double* b, std::int64_t nb, int dim, int k,
-                    double radius, bool symmetric, cudaStream_t stream);
+                    double radius, bool symmetric, cudaStream_t stream,
+                    KnnAlgorithm algorithm = KnnAlgorithm::automatic, KnnInfo* info = nullptr);
 
 // ------------------------------------------------------------------ CPD E-step
 namespace cpd {

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -16,12 +18,14 @@
 #include "bindings.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
 #include "xmodal/detail/knn_arith.hpp"
+#include "xmodal/detail/knn_grid.hpp"
 
 namespace xmodal::bind {
 namespace {
 
 namespace ca = xmodal::cpd::arith;
 namespace ka = xmodal::knn::arith;
+namespace kg = xmodal::knn::grid;
 
 // ------------------------------------------------------------------ CPD E-step, GPU algorithm
 struct EmuStats {
@@ -173,6 +177,171 @@ py::dict knn_emulation(carray<double> a, carray<double> b, int k, double radius,
     return out;
 }
 
+// ------------------------------------------------------------------ k-NN graph, GPU grid search
+// The steps of cuda/knn.cu's grid path on the CPU: per direction the grid over the reference
+// points (bounding box, knn::grid::make_grid, points sorted by cell id, cell starts, grid_pays),
+// queries in cell order, knn::grid::search with the kernels' visitors; then the keys as above.
+struct EmuGrid {
+    kg::Grid g;
+    bool use = false;
+    std::vector<int32_t> start, ids;
+    std::vector<double> pts;
+};
+
+EmuGrid emu_build_grid(const double* p, int64_t np, int dim, int k, double r2, int64_t nq, const std::string& alg,
+                       double cell_size, const double* box) {
+    EmuGrid out;
+    if (alg == "brute" || np <= 0 || nq <= 0) return out;
+    double lo[kg::kMaxDim], hi[kg::kMaxDim];
+    for (int d = 0; d < dim; ++d) {
+        lo[d] = box ? box[d] : p[d];
+        hi[d] = box ? box[dim + d] : p[d];
+        if (!box)
+            for (int64_t t = 1; t < np; ++t) {
+                lo[d] = std::min(lo[d], p[t * dim + d]);
+                hi[d] = std::max(hi[d], p[t * dim + d]);
+            }
+    }
+    out.g = kg::make_grid(lo, hi, dim, np, k, r2, cell_size);
+    if (!out.g.valid) return out;
+    std::vector<uint32_t> key(static_cast<size_t>(np));
+    for (int64_t t = 0; t < np; ++t) key[t] = static_cast<uint32_t>(kg::cell_id(out.g, p + t * dim));
+    out.ids.resize(static_cast<size_t>(np));
+    for (int64_t t = 0; t < np; ++t) out.ids[t] = static_cast<int32_t>(t);
+    std::stable_sort(out.ids.begin(), out.ids.end(), [&](int32_t x, int32_t y) { return key[x] < key[y]; });
+    out.start.resize(static_cast<size_t>(out.g.cells) + 1);
+    double sum_sq = 0;
+    int64_t pos = 0;
+    for (int64_t c = 0; c <= out.g.cells; ++c) {
+        while (pos < np && static_cast<int64_t>(key[out.ids[pos]]) < c) ++pos;
+        out.start[c] = static_cast<int32_t>(pos);
+        if (c > 0) sum_sq += static_cast<double>(out.start[c] - out.start[c - 1]) * (out.start[c] - out.start[c - 1]);
+    }
+    out.use = alg == "grid" || kg::grid_pays(out.g, nq, np, sum_sq);
+    if (out.use) {
+        out.pts.resize(static_cast<size_t>(np * dim));
+        for (int64_t t = 0; t < np; ++t)
+            for (int d = 0; d < dim; ++d) out.pts[t * dim + d] = p[static_cast<int64_t>(out.ids[t]) * dim + d];
+    }
+    return out;
+}
+
+std::vector<int32_t> emu_query_order(const kg::Grid& g, const double* q, int64_t nq) {
+    std::vector<uint32_t> key(static_cast<size_t>(nq));
+    std::vector<int32_t> order(static_cast<size_t>(nq));
+    for (int64_t t = 0; t < nq; ++t) {
+        key[t] = static_cast<uint32_t>(kg::cell_id(g, q + t * g.dim));
+        order[t] = static_cast<int32_t>(t);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return key[x] < key[y]; });
+    return order;
+}
+
+template <int DIM>
+void emu_grid_select(const EmuGrid& eg, const std::vector<int32_t>& order, const double* q, int kk, double rr,
+                     int64_t nb, bool reverse, std::vector<int64_t>& keys, kg::SearchStats& stats) {
+    const int dim = eg.g.dim;
+    std::vector<double> bd(static_cast<size_t>(std::max(kk, 1)));
+    std::vector<int32_t> bi(bd.size());
+    for (const int32_t i : order) {
+        const double* qi = q + static_cast<int64_t>(i) * dim;
+        kg::KnnVisitor<DIM> v(qi, dim, kk, rr, eg.pts.data(), eg.ids.data(), bd.data(), bi.data(), 1);
+        kg::search<DIM>(eg.g, eg.start.data(), qi, v, &stats);
+        for (int t = 0; t < v.size; ++t) keys.push_back(reverse ? int64_t(bi[t]) * nb + i : int64_t(i) * nb + bi[t]);
+        if (rr >= 0.0) {  // the second pass: the radius pairs into exactly v.count slots
+            std::vector<int64_t> slots(static_cast<size_t>(v.count) + 1, -1);
+            kg::RadiusVisitor<DIM> rv{qi, dim, rr, eg.pts.data(), eg.ids.data(), int64_t(i) * nb, slots.data(), 0,
+                                      v.count};
+            kg::search<DIM>(eg.g, eg.start.data(), qi, rv);
+            if (rv.out != v.count || slots[static_cast<size_t>(v.count)] != -1)
+                throw std::runtime_error("knn grid emulation: radius passes disagree");
+            keys.insert(keys.end(), slots.begin(), slots.end() - 1);
+        }
+    }
+}
+
+py::dict knn_grid_emulation(carray<double> a, carray<double> b, int k, double radius, bool symmetric,
+                            const std::string& algorithm, double cell_size, const std::optional<py::array>& box) {
+    check_ndim(a, 2, "a");
+    check_ndim(b, 2, "b");
+    const int64_t na = a.shape(0), nb = b.shape(0);
+    const int dim = static_cast<int>(a.shape(1));
+    if (b.shape(1) != dim) throw value_error("a, b: expected the same number of columns");
+    ka::check_args(na, nb, dim, k, radius);
+    if (algorithm != "auto" && algorithm != "brute" && algorithm != "grid")
+        throw value_error("algorithm: expected 'auto', 'brute' or 'grid', got '" + algorithm + "'");
+    carray<double> bx;
+    if (box) {
+        bx = as_carray<double>(*box, "box");
+        if (bx.ndim() != 2 || bx.shape(0) != 2 || bx.shape(1) != dim)
+            throw value_error("box: expected shape (2, d): the grid's lower and upper corners");
+    }
+    const double r2 = radius >= 0.0 ? radius * radius : -1.0;
+    const int kb = static_cast<int>(std::min<int64_t>(k, nb)), ka_ = static_cast<int>(std::min<int64_t>(k, na));
+    std::vector<int64_t> keys;
+    kg::SearchStats stats;
+    py::object path_fwd = py::none(), path_rev = py::none();
+    int64_t cells = 0;
+    double h = 0;
+    // one direction: the grid search when used, else brute force as knn_emulation
+    auto direction = [&](const double* q, int64_t nq, const double* p, int64_t np, int kk, double rr, bool reverse) {
+        EmuGrid eg = emu_build_grid(p, np, dim, kk, rr, nq, algorithm, cell_size, box ? bx.data() : nullptr);
+        if (!reverse) {
+            cells = eg.g.valid ? eg.g.cells : 0;
+            h = eg.g.h;
+        }
+        if (eg.use) {
+            const std::vector<int32_t> order = emu_query_order(eg.g, q, nq);
+            if (dim == 3)
+                emu_grid_select<3>(eg, order, q, kk, rr, nb, reverse, keys, stats);
+            else if (dim == 2)
+                emu_grid_select<2>(eg, order, q, kk, rr, nb, reverse, keys, stats);
+            else
+                emu_grid_select<0>(eg, order, q, kk, rr, nb, reverse, keys, stats);
+            return py::object(py::str("grid"));
+        }
+        std::vector<double> bd(static_cast<size_t>(std::max(kk, 1)));
+        std::vector<int32_t> bi(bd.size());
+        for (int64_t i = 0; i < nq; ++i) {
+            ka::Query qu(&q[i * dim], dim, kk, rr, bd.data(), bi.data(), 1);
+            for (int64_t j = 0; j < np; ++j) qu.visit(&p[j * dim], static_cast<int32_t>(j));
+            stats.points += np;
+            for (int t = 0; t < qu.size; ++t) keys.push_back(reverse ? int64_t(bi[t]) * nb + i : i * nb + bi[t]);
+            if (rr >= 0.0)
+                for (int64_t j = 0; j < np; ++j)
+                    if (ka::in_radius(ka::dist2(&q[i * dim], &p[j * dim], dim), rr)) keys.push_back(i * nb + j);
+        }
+        return py::object(py::str("brute"));
+    };
+    if (na > 0 && nb > 0) {
+        path_fwd = direction(a.data(), na, b.data(), nb, kb, r2, false);
+        if (symmetric && ka_ > 0) path_rev = direction(b.data(), nb, a.data(), na, ka_, -1.0, true);
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    std::vector<int64_t> indptr(static_cast<size_t>(na) + 1, 0);
+    std::vector<int32_t> indices(keys.size());
+    std::vector<double> data(keys.size());
+    for (size_t e = 0; e < keys.size(); ++e) {
+        const int64_t row = keys[e] / nb, col = keys[e] % nb;
+        ++indptr[static_cast<size_t>(row) + 1];
+        indices[e] = static_cast<int32_t>(col);
+        data[e] = std::sqrt(ka::dist2(a.data() + row * dim, b.data() + col * dim, dim));
+    }
+    for (int64_t i = 0; i < na; ++i) indptr[i + 1] += indptr[i];
+    py::dict out;
+    out["indptr"] = to_numpy(std::move(indptr));
+    out["indices"] = to_numpy(std::move(indices));
+    out["data"] = to_numpy(std::move(data));
+    out["algorithm"] = path_fwd;
+    out["algorithm_reverse"] = path_rev;
+    out["cells_visited"] = stats.cells;
+    out["points_visited"] = stats.points;
+    out["grid_cells"] = cells;
+    out["cell_size"] = h;
+    return out;
+}
+
 template <class T>
 py::array_t<T> exp_neg_array(const py::array& x) {
     auto a = as_carray<T>(x, "x");
@@ -199,6 +368,15 @@ void register_testing(py::module_& m) {
         "The CUDA E-step's per-thread arithmetic on the CPU: the dict of cpd_estep (want_best=True).");
     t.def("knn_graph_gpu_emulation", &knn_emulation, py::arg("a"), py::arg("b"), py::arg("k"), py::arg("radius"),
           py::arg("symmetric"), "The CUDA k-NN graph's arithmetic on the CPU: the dict of knn_graph.");
+    t.def("knn_graph_grid_emulation", &knn_grid_emulation, py::arg("a"), py::arg("b"), py::arg("k"),
+          py::arg("radius"), py::arg("symmetric"), py::arg("algorithm") = "grid", py::arg("cell_size") = 0.0,
+          py::arg("box") = py::none(),
+          "The CUDA k-NN graph's grid path on the CPU (knn/detail/knn_grid.hpp): the dict of knn_graph plus "
+          "algorithm / algorithm_reverse ('grid', 'brute' or None), cells_visited and points_visited (summed over "
+          "queries and directions; brute force counts every point), grid_cells and cell_size of the a -> b grid. "
+          "algorithm: 'grid' (whenever a grid can be built), 'auto' (the kernels' choice) or 'brute'; cell_size > 0 "
+          "forces the cell side; box (2, d) replaces the reference points' bounding box (points outside fall into "
+          "the unbounded border cells).");
     t.def(
         "exp_neg",
         [](const py::array& x) -> py::object {
