@@ -185,6 +185,8 @@ def test_cuda_bindings_check_arguments_before_touching_the_device(cuda_mod):
         cuda_mod.knn_graph(a, FakeCudaArray((10, 3), strides=(8, 80)), 2, -1.0, True)
     with pytest.raises(ValueError, match="a, b: expected the same number of columns"):
         cuda_mod.knn_graph(a, FakeCudaArray((10, 2)), 2, -1.0, True)
+    with pytest.raises(ValueError, match="algorithm: expected 'auto', 'brute' or 'grid'"):
+        cuda_mod.knn_graph(a, a, 2, -1.0, True, 0, "kdtree")
     with pytest.raises(TypeError, match="fixed: expected float32 or float64"):
         cuda_mod.cpd_estep(FakeCudaArray((10, 3), "<f2"), a, None, 1.0, 0.0, 36.0)
     with pytest.raises(TypeError, match="moved: expected typestr '<f4'"):
@@ -217,3 +219,160 @@ def test_public_api_without_a_gpu_raises_runtime_error():
         xmodal.knn_graph(pts, pts, k=2, device="cuda")
     with pytest.raises(RuntimeError, match="no CUDA device is usable"):
         xmodal.cpd(pts, pts, device="cuda")
+
+
+# ----------------------------------------------------------------------- k-NN grid search
+# cuda/knn.cu searches a uniform grid of cells (cpp/include/xmodal/detail/knn_grid.hpp) where it
+# pays: rings of cells around the query's cell, cells and rings skipped by a conservative bound.
+# knn_graph_grid_emulation runs that search on the CPU; its graph must equal the CPU kernel's (the
+# k-d trees) bit for bit, whatever the cell size or box, ties and rounding at the cell faces included.
+
+def grid_cases():
+    rng = np.random.default_rng(11)
+    cases = {}
+    lattice = np.stack(np.meshgrid(*[np.arange(9.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    cases["lattice_ties"] = (lattice, lattice + 0.5)  # 8 neighbours at exactly equal distance
+    cases["lattice_same"] = (lattice, lattice[::-1].copy())  # zero distances, points on cell faces
+    dup = np.repeat(rng.random((40, 3)), 12, axis=0)
+    cases["duplicates"] = (dup, dup[rng.permutation(len(dup))].copy())
+    centres = rng.random((4, 3)) * 1000.0
+    clusters = np.concatenate([rng.normal(0.0, 1e-3, (120, 3)) + c for c in centres])
+    outliers = rng.random((4, 3)) * 1e6 - 5e5
+    cases["clusters_outliers"] = (np.concatenate([clusters, outliers]), clusters[::-1] + 1e-4)
+    line = np.zeros((400, 3))
+    line[:, 1] = rng.random(400)
+    cases["line_in_3d"] = (line, line[::3] + np.array([0.0, 0.0, 1e-9]))
+    plane = np.zeros((400, 3))
+    plane[:, :2] = rng.random((400, 2))
+    cases["plane_in_3d"] = (rng.random((150, 3)), plane)
+    cases["identical"] = (np.ones((40, 2)), np.ones((60, 2)))
+    cases["huge_coordinates"] = (rng.random((300, 2)) * 1e150, rng.random((250, 2)) * 1e150)
+    cases["tiny_coordinates"] = (rng.random((150, 2)) * 1e-200, rng.random((120, 2)) * 1e-200)  # d2 underflows
+    cases["far_offset"] = (rng.random((300, 3)) + 1e9, rng.random((250, 3)) + 1e9)
+    cases["queries_outside"] = (rng.random((200, 3)) * 50.0 - 25.0, rng.random((300, 3)))
+    cases["dim1"] = (rng.random((300, 1)), rng.random((250, 1)))
+    cases["dim5"] = (rng.random((300, 5)), rng.random((250, 5)))
+    cases["tiny_sets"] = (rng.random((3, 2)), rng.random((2, 2)))
+    return cases
+
+
+GRID_CASES = grid_cases()
+GRID_OPTIONS = [(6, None, True), (1, 0.0, True), (3, 0.12, True), (None, 0.2, False), (40, None, True)]
+
+
+def compare_grid(a, b, k, radius, symmetric, **kw):
+    kk, rr = 0 if k is None else k, -1.0 if radius is None else radius
+    cpu = _core.knn_graph(a, b, kk, rr, symmetric)
+    grid = emu.knn_graph_grid_emulation(a, b, kk, rr, symmetric, **kw)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(grid[name], cpu[name], err_msg=name)
+    return grid
+
+
+@pytest.mark.parametrize("case", sorted(GRID_CASES))
+def test_gpu_grid_search_matches_the_cpu_kernel(case):
+    a, b = GRID_CASES[case]
+    for k, radius, symmetric in GRID_OPTIONS:
+        span = float(np.ptp(np.concatenate([a, b]))) or 1.0
+        lo, hi = np.quantile(b, 0.3, axis=0), np.quantile(b, 0.6, axis=0)
+        # the automatic cells, tiny forced cells (many rings), and a box smaller than the points'
+        # (points beyond it in the unbounded border cells)
+        tiny = span * {1: 1e-3, 2: 2e-3, 3: 1.5e-2}.get(a.shape[1], 0.1)  # at most 2^26 cells
+        for kw in ({}, {"cell_size": tiny}, {"box": np.array([lo, hi])}):
+            g = compare_grid(a, b, k, radius, symmetric, **kw)
+            assert g["algorithm"] == "grid", (case, kw)
+            assert g["algorithm_reverse"] == ("grid" if symmetric and k else None)
+
+
+@pytest.mark.parametrize("h", [1.0, 0.5, 2.0, 1.0 / 3.0])
+def test_gpu_grid_ties_on_cell_faces(h):
+    """Lattice points exactly on the cell faces, k-th neighbours tied across cells: the (d2, index)
+    rule needs every tied point visited."""
+    g1 = np.arange(7.0)
+    lattice = np.stack(np.meshgrid(g1, g1, g1, indexing="ij"), -1).reshape(-1, 3)
+    centres = lattice[:: 5] + 0.5
+    for k in (1, 4, 6, 7, 9, 19, 27):
+        compare_grid(centres, lattice, k, None, True, cell_size=h)
+        compare_grid(lattice, lattice, k, 1.0, True, cell_size=h)  # radius pairs at exactly d2 == r2
+
+
+def test_gpu_grid_points_one_ulp_off_the_cell_faces():
+    rng = np.random.default_rng(12)
+    h = 0.1
+    faces = np.arange(-3, 14) * h
+    pts = rng.choice(faces, size=(600, 2)) + rng.integers(-3, 4, size=(600, 2)) * np.spacing(1.0)
+    pts = np.concatenate([pts, np.nextafter(pts[:100], np.inf), np.nextafter(pts[:100], -np.inf)])
+    q = rng.choice(faces, size=(300, 2)) + rng.integers(-2, 3, size=(300, 2)) * np.spacing(1.0)
+    for k, radius in ((1, None), (5, 0.1), (12, 0.2), (None, 0.3)):
+        for kw in ({"cell_size": h}, {"cell_size": h * (1 + 1e-15)}, {"cell_size": h * (1 - 1e-15)}, {}):
+            compare_grid(q, pts, k, radius, True, **kw)
+
+
+def test_gpu_grid_random_configurations():
+    rng = np.random.default_rng(13)
+    for trial in range(25):
+        dim = int(rng.integers(1, 5))
+        na, nb = (int(x) for x in rng.integers(1, 300, 2))
+        scale = 10.0 ** rng.uniform(-5, 5)
+        a = rng.random((na, dim)) * scale
+        b = rng.random((nb, dim)) * scale
+        if trial % 3 == 0:
+            b = np.round(b / scale * 4) / 4 * scale  # ties
+        k = int(rng.integers(1, 20)) if trial % 4 else None
+        radius = float(rng.uniform(0, 0.3) * scale) if trial % 2 else None
+        if k is None and radius is None:
+            k = 3
+        kw = {"cell_size": float(rng.uniform(0.01, 0.5) * scale)} if trial % 5 else {}
+        compare_grid(a, b, k, radius, bool(trial % 2), **kw)
+
+
+def test_gpu_grid_prunes():
+    """The search visits a small neighbourhood, not every point (uniform 3D, k = 8)."""
+    rng = np.random.default_rng(14)
+    a, b = rng.random((20000, 3)), rng.random((20000, 3))
+    g = compare_grid(a, b, 8, None, True, algorithm="auto")
+    assert g["algorithm"] == g["algorithm_reverse"] == "grid"
+    per_query = g["points_visited"] / (len(a) + len(b))
+    assert 8 <= per_query < 200, per_query  # brute force: 20000
+    assert g["grid_cells"] >= 20000 // 8 // 2
+    g = compare_grid(a, b, None, 0.03, False)  # radius: about 0.11 points in the ball, 1-2 cells
+    assert g["points_visited"] / len(a) < 100
+
+
+def test_gpu_grid_automatic_choice():
+    rng = np.random.default_rng(15)
+    small = rng.random((300, 3))
+    assert compare_grid(small, small, 4, None, True, algorithm="auto")["algorithm"] == "brute"  # 9e4 pairs
+    assert compare_grid(small, small, 4, None, True, algorithm="brute")["points_visited"] == 2 * 300 * 300
+    # every reference point in one cell (three tight clusters, far apart): brute force
+    b = np.concatenate([rng.normal(0.0, 1e-6, (3000, 3)) + c for c in ((0, 0, 0), (1e3, 0, 0), (0, 1e3, 1e3))])
+    a = b[::2] + 1e-7
+    g = compare_grid(a, b, 4, None, False, algorithm="auto")
+    assert g["algorithm"] == "brute"
+    # a box that cannot be gridded (the extent overflows): brute force even when the grid is asked for
+    big = np.array([[-1.5e308, 0.0], [1.5e308, 1.0], [0.0, 0.5]])
+    g = emu.knn_graph_grid_emulation(big, big, 2, -1.0, True)
+    assert g["algorithm"] == "brute"
+    ref = emu.knn_graph_gpu_emulation(big, big, 2, -1.0, True)
+    np.testing.assert_array_equal(g["indices"], ref["indices"])
+
+
+def test_gpu_grid_overflowing_distances_match_brute_force():
+    """Squared distances that overflow to inf tie at inf: the grid must visit every cell and pick
+    the lowest indices, as the brute-force kernel does."""
+    rng = np.random.default_rng(16)
+    big = rng.random((300, 3)) * 1e300
+    for k, sym in ((1, True), (8, True), (30, False)):
+        ref = emu.knn_graph_gpu_emulation(big, -big, k, -1.0, sym)
+        g = emu.knn_graph_grid_emulation(big, -big, k, -1.0, sym)
+        assert g["algorithm"] == "grid"
+        for name in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(g[name], ref[name], err_msg=name)
+
+
+def test_gpu_grid_emulation_checks_arguments():
+    a = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="algorithm"):
+        emu.knn_graph_grid_emulation(a, a, 1, -1.0, True, algorithm="kd")
+    with pytest.raises(ValueError, match="box"):
+        emu.knn_graph_grid_emulation(a, a, 1, -1.0, True, box=np.zeros((2, 3)))
