@@ -337,6 +337,12 @@ def test_gpu_grid_prunes():
     assert g["grid_cells"] >= 20000 // 8 // 2
     g = compare_grid(a, b, None, 0.03, False)  # radius: about 0.11 points in the ball, 1-2 cells
     assert g["points_visited"] / len(a) < 100
+    # blobs at the corners of a mostly empty box: the cells are refined from the measured load
+    corners = np.stack(np.meshgrid([0.0, 10.0], [0.0, 10.0], [0.0, 10.0], indexing="ij"), -1).reshape(-1, 3)
+    blobs = np.concatenate([rng.random((2000, 3)) + c for c in corners])
+    g = compare_grid(blobs, blobs[::-1] + 1e-3, 8, None, True)
+    assert g["grid_cells"] > len(blobs) // 8  # the box alone would give len / 8 cells
+    assert g["points_visited"] / (2 * len(blobs)) < 200, g["points_visited"] / (2 * len(blobs))
 
 
 def test_gpu_grid_automatic_choice():

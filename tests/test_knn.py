@@ -211,3 +211,95 @@ def test_radius_boundary_follows_squared_distances_like_ckdtree():
         assert g.nnz == len(cKDTree(b).query_ball_point(a[0], r[i])) == 0
         g = xmodal.knn_graph(a, b, radius=float(np.nextafter(r[i], 2.0)))
         assert g.nnz == 1 and g.data[0] == r[i]
+
+
+# ----------------------------------------------------------------------- GPU uniform-grid search
+# cuda/knn.cu searches a uniform grid of cells where it pays (cpp/include/xmodal/detail/knn_grid.hpp;
+# its CPU twin is tested in tests/test_cuda_arith.py) and brute force elsewhere; xmodal._cuda's
+# knn_graph takes algorithm="auto" | "brute" | "grid" and reports the path in its dict.
+
+def _cuda_graph(cp, a, b, k, radius, symmetric, algorithm):
+    from xmodal._device import native_cuda
+
+    out = native_cuda("knn_graph").knn_graph(cp.asarray(a), cp.asarray(b), 0 if k is None else k,
+                                             -1.0 if radius is None else radius, symmetric, 0, algorithm)
+    g = sp.csr_matrix((cp.asarray(out["data"]).get(), cp.asarray(out["indices"]).get(),
+                       cp.asarray(out["indptr"]).get()), shape=(len(a), len(b)))
+    return g, out["algorithm"], out["algorithm_reverse"]
+
+
+def _assert_same_graph(h, g_cpu):
+    np.testing.assert_array_equal(h.indptr, g_cpu.indptr)
+    np.testing.assert_array_equal(h.indices, g_cpu.indices)
+    np.testing.assert_array_equal(h.data, g_cpu.data)
+
+
+def _grid_cases():
+    rng = np.random.default_rng(21)
+    lattice = np.stack(np.meshgrid(*[np.arange(14.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    centres = rng.random((4, 3)) * 1000.0
+    clusters = np.concatenate([rng.normal(0.0, 1e-3, (1500, 3)) + c for c in centres])
+    dup = np.repeat(rng.random((300, 3)), 10, axis=0)
+    line = np.zeros((5000, 3))
+    line[:, 2] = rng.random(5000)
+    return {
+        "uniform_3d": (rng.random((6000, 3)), rng.random((5000, 3))),
+        "uniform_2d": (rng.random((6000, 2)), rng.random((5000, 2))),
+        "lattice_ties": (lattice + 0.5, lattice),
+        "duplicates": (dup, dup[::-1].copy()),
+        "clusters_outliers": (np.concatenate([clusters, rng.random((20, 3)) * 1e6]), clusters[::-1] + 1e-4),
+        "line_in_3d": (line[::2] + 1e-9, line),
+        "queries_outside": (rng.random((3000, 3)) * 40.0 - 20.0, rng.random((5000, 3))),
+        "huge_coordinates": (rng.random((4000, 2)) * 1e150, rng.random((5000, 2)) * 1e150),
+        "dim1": (rng.random((4000, 1)), rng.random((5000, 1))),
+        "dim4": (rng.random((4000, 4)), rng.random((5000, 4))),
+    }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", sorted(_grid_cases()))
+def test_cuda_grid_and_brute_force_match_cpu(case):
+    cp = pytest.importorskip("cupy")
+    a, b = _grid_cases()[case]
+    for k, radius, symmetric in ((8, None, True), (1, 0.0, True), (5, 0.05, True), (None, 0.08, False),
+                                 (40, None, True)):
+        g_cpu = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
+        for algorithm in ("grid", "brute", "auto"):
+            h, fwd, rev = _cuda_graph(cp, a, b, k, radius, symmetric, algorithm)
+            _assert_same_graph(h, g_cpu)
+            if algorithm != "auto":
+                assert fwd == algorithm, (case, k, radius, algorithm)
+                assert rev == (algorithm if symmetric and k else None)
+
+
+@pytest.mark.cuda
+def test_cuda_grid_large_k_and_scratch_lists():
+    """k > 32: the grid kernel's top-k lists in the global scratch buffer."""
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(22)
+    a, b = rng.random((5000, 3)), rng.random((4000, 3))
+    for k in (33, 100):
+        g_cpu = xmodal.knn_graph(a, b, k=k)
+        h, fwd, rev = _cuda_graph(cp, a, b, k, None, True, "grid")
+        assert fwd == rev == "grid"
+        _assert_same_graph(h, g_cpu)
+    a, b = a[:300], b[:200]  # k > both sets: every cell visited, every pair kept
+    h, fwd, _ = _cuda_graph(cp, a, b, 250, None, True, "grid")
+    assert fwd == "grid" and h.nnz == 300 * 200
+    _assert_same_graph(h, xmodal.knn_graph(a, b, k=250))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dim", [2, 3])
+def test_cuda_grid_chosen_automatically_at_scale(dim):
+    """200k points (the benchmark's regime): the automatic choice is the grid, the graph the CPU's."""
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(23 + dim)
+    a = rng.random((200_000, dim)) * 1000.0
+    b = a[rng.permutation(len(a))] + rng.normal(0.0, 1.0, (len(a), dim))
+    g_cpu = xmodal.knn_graph(a, b, k=8, radius=4.0)
+    h, fwd, rev = _cuda_graph(cp, a, b, 8, 4.0, True, "auto")
+    assert fwd == rev == "grid"
+    _assert_same_graph(h, g_cpu)
+    g = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=8, radius=4.0)  # the public API: the same
+    _assert_same_graph(g.get(), g_cpu)

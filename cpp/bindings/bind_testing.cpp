@@ -204,18 +204,27 @@ EmuGrid emu_build_grid(const double* p, int64_t np, int dim, int k, double r2, i
     }
     out.g = kg::make_grid(lo, hi, dim, np, k, r2, cell_size);
     if (!out.g.valid) return out;
-    std::vector<uint32_t> key(static_cast<size_t>(np));
-    for (int64_t t = 0; t < np; ++t) key[t] = static_cast<uint32_t>(kg::cell_id(out.g, p + t * dim));
-    out.ids.resize(static_cast<size_t>(np));
-    for (int64_t t = 0; t < np; ++t) out.ids[t] = static_cast<int32_t>(t);
-    std::stable_sort(out.ids.begin(), out.ids.end(), [&](int32_t x, int32_t y) { return key[x] < key[y]; });
-    out.start.resize(static_cast<size_t>(out.g.cells) + 1);
     double sum_sq = 0;
-    int64_t pos = 0;
-    for (int64_t c = 0; c <= out.g.cells; ++c) {
-        while (pos < np && static_cast<int64_t>(key[out.ids[pos]]) < c) ++pos;
-        out.start[c] = static_cast<int32_t>(pos);
-        if (c > 0) sum_sq += static_cast<double>(out.start[c] - out.start[c - 1]) * (out.start[c] - out.start[c - 1]);
+    for (int iter = 0;; ++iter) {  // as the kernels: bin, measure the load, refine at most twice
+        std::vector<uint32_t> key(static_cast<size_t>(np));
+        for (int64_t t = 0; t < np; ++t) key[t] = static_cast<uint32_t>(kg::cell_id(out.g, p + t * dim));
+        out.ids.resize(static_cast<size_t>(np));
+        for (int64_t t = 0; t < np; ++t) out.ids[t] = static_cast<int32_t>(t);
+        std::stable_sort(out.ids.begin(), out.ids.end(), [&](int32_t x, int32_t y) { return key[x] < key[y]; });
+        out.start.assign(static_cast<size_t>(out.g.cells) + 1, 0);
+        sum_sq = 0;
+        int64_t pos = 0;
+        for (int64_t c = 0; c <= out.g.cells; ++c) {
+            while (pos < np && static_cast<int64_t>(key[out.ids[pos]]) < c) ++pos;
+            out.start[c] = static_cast<int32_t>(pos);
+            if (c > 0) sum_sq += static_cast<double>(out.start[c] - out.start[c - 1]) * (out.start[c] - out.start[c - 1]);
+        }
+        if (iter == 2 || cell_size > 0) break;
+        const double h = kg::refined_cell_size(out.g, sum_sq, np, k, r2);
+        if (!(h > 0)) break;
+        const kg::Grid finer = kg::make_grid(lo, hi, dim, np, k, r2, h);
+        if (!finer.valid) break;
+        out.g = finer;
     }
     out.use = alg == "grid" || kg::grid_pays(out.g, nq, np, sum_sq);
     if (out.use) {

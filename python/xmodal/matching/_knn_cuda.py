@@ -1,9 +1,13 @@
-"""CUDA adapter of :func:`xmodal.knn_graph`: cupy points, the brute-force kernel of xmodal._cuda
-(cuda/knn.cu), the same graph as the CPU adapter."""
+"""CUDA adapter of :func:`xmodal.knn_graph`: cupy points, the kernels of xmodal._cuda (cuda/knn.cu:
+a uniform-grid search where it pays, else brute force), the same graph as the CPU adapter."""
 
 from __future__ import annotations
 
+import logging
+
 from .._device import as_device_points, cupy_module, current_stream, native_cuda
+
+logger = logging.getLogger(__name__)
 
 _PURPOSE = "k-NN graphs on the GPU"
 
@@ -27,5 +31,7 @@ def graph(pa, pb, k: int, radius: float, symmetric: bool):
     mod = native_cuda("knn_graph")
     with pa.device:
         out = mod.knn_graph(pa, pb, k, radius, symmetric, current_stream(cp))
+        logger.debug("knn_graph (cuda): a -> b search %s, b -> a search %s", out.get("algorithm"),
+                     out.get("algorithm_reverse"))
         parts = [cp.asarray(out[name]) for name in ("data", "indices", "indptr")]  # owners kept, no copy
         return cpx_sparse.csr_matrix(tuple(parts), shape=(pa.shape[0], pb.shape[0]))

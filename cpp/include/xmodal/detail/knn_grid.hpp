@@ -329,6 +329,44 @@ inline Grid make_grid(const double* lo, const double* hi, int dim, int64_t np, i
     return g;
 }
 
+// Cells at most for np points after refinement (hollow or clustered sets leave many cells empty).
+inline double refine_cell_limit(int64_t np) {
+    const double lim = 4.0 * static_cast<double>(np) + 64.0;
+    return lim < static_cast<double>(kMaxCells) ? lim : static_cast<double>(kMaxCells);
+}
+
+// A smaller cell side for grid g whose measured load (sum_sq / np: the mean number of points in a
+// point's own cell) exceeds twice the target, as for point sets that fill little of their box
+// (clustered, hollow, tiled); 0 when the grid should stay. The side shrinks by (target / load)^(1/D')
+// over the D' axes spanning at least one cell, stays >= radius / 2 and gives at most
+// refine_cell_limit(np) cells. The kernels refine at most twice.
+inline double refined_cell_size(const Grid& g, double sum_sq, int64_t np, int k, double r2) {
+    if (!g.valid || np <= 0) return 0.0;
+    const double target = static_cast<double>(target_per_cell(k));
+    const double load = sum_sq / static_cast<double>(np);
+    if (!(load > 2.0 * target)) return 0.0;
+    int axes = 0;
+    for (int d = 0; d < g.dim; ++d)
+        if (g.ext[d] >= g.h) ++axes;
+    if (axes == 0) return 0.0;  // one cell holds every point and the box is smaller than a cell
+    double h = g.h * std::pow(target / load, 1.0 / axes);
+    if (r2 > 0 && std::isfinite(r2) && std::sqrt(r2) * 0.5 > h) h = std::sqrt(r2) * 0.5;
+    const double limit = refine_cell_limit(np);
+    if (!(cell_count(g.ext, g.dim, h) <= limit)) {  // the smallest side in [h, g.h] within the limit
+        double a = h, b = g.h;
+        for (int it = 0; it < 80; ++it) {
+            const double mid = std::sqrt(a) * std::sqrt(b);
+            if (!(mid > a && mid < b)) break;
+            if (cell_count(g.ext, g.dim, mid) <= limit)
+                b = mid;
+            else
+                a = mid;
+        }
+        h = b;
+    }
+    return h < 0.9 * g.h ? h : 0.0;
+}
+
 // Whether the grid search is expected to beat brute force: nq queries against np reference points,
 // sum_sq = sum over cells of (points in the cell)^2, so sum_sq / np is the mean number of points
 // in a point's own cell. The grid visits about 3^D' such cells per query (D' the axes with more
