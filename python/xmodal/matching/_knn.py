@@ -69,8 +69,11 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     k-th place. Distances are ``sqrt(sum((a_i - b_j)**2))`` in float64, summed in axis order; they
     agree with :class:`scipy.spatial.cKDTree` to rounding. CPU: k-d trees on both sets, queries in
     parallel over :func:`xmodal.get_num_threads` threads; the result does not depend on the thread
-    count. GPU: brute force, one thread per query, any ``k``; the same pairs and bit-identical
-    distances as the CPU (both run the arithmetic of ``cpp/include/xmodal/detail/knn_arith.hpp``).
+    count. GPU: one thread per query, any ``k``, searching a uniform grid of cells over the other
+    set (rings of cells around the query, stopped by a conservative distance bound; chosen
+    automatically for large inputs) or by brute force (small inputs, strongly clustered sets); the
+    same pairs and bit-identical distances as the CPU (both run the arithmetic of
+    ``cpp/include/xmodal/detail/knn_arith.hpp``; see docs/matching.md).
 
     Examples
     --------

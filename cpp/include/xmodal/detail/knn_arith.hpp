@@ -1,5 +1,5 @@
 // xmodal: the arithmetic of the k-NN / radius graph, shared by the CPU kernel (cpp/src/knn.cpp,
-// k-d trees), the CUDA kernel (cuda/knn.cu, brute force) and the C++ tests
+// k-d trees), the CUDA kernels (cuda/knn.cu: grid search, detail/knn_grid.hpp, or brute force) and the C++ tests
 // (xmodal._core._testing runs the CUDA kernel's per-query code on the CPU). Both devices:
 //   * compute d2 = sum_d (a_d - b_d)^2 in axis order in double, each operation rounded once
 //     (no FMA), so the same pair has the same d2 and the same distance sqrt(d2);
@@ -75,7 +75,8 @@ XM_HD int topk_insert(List& list, int size, int k, double d2, std::int32_t id) {
     return size;
 }
 
-// What one GPU thread computes for one query (brute force, reference points in index order):
+// What one GPU thread computes for one query (brute force, reference points in index order; the
+// grid search runs the same steps in knn_grid.hpp's KnnVisitor over the points it visits):
 // its k best by (d2, index) in bd/bi, and how many references lie within the radius.
 struct Query {
     const double* q;
