@@ -6,6 +6,8 @@
 // the CPU, so the tests (tests/test_cuda_arith.py) compare the GPU's arithmetic with the CPU
 // kernels on any machine. What they do not cover: the tiling and launch code of the .cu files,
 // and the device's libm (log/log1p/exp in finish_column, last-place differences).
+// knn_graph_grid_emulation runs cuda/knn.cu's other k-NN path, the uniform-grid search of
+// xmodal/detail/knn_grid.hpp (binning, load refinement, ring search, both visitors), the same way.
 #include <algorithm>
 #include <cmath>
 #include <optional>
