@@ -13,8 +13,9 @@ Platynereis EM nuclei, µm; a jittered 8 µm lattice without the data set):
   ``low_rank=True`` (its option for large sets; the dense solve needs M x M).
   Accuracy of both: mean distance of the registered points to their true positions.
 - ``test_knn``: ``xmodal.knn_graph`` (k = 8, symmetric) on 200k and 1M points, GPU (numpy in and
-  cupy in) against xmodal's CPU path, scipy cKDTree (all cores) and a blocked torch
-  ``cdist`` + ``topk`` on the GPU; the GPU graph must equal the CPU graph.
+  cupy in; the automatic choice of the uniform-grid search or brute force, and brute force alone)
+  against xmodal's CPU path, scipy cKDTree (all cores) and a blocked torch ``cdist`` + ``topk`` on
+  the GPU; the GPU graph must equal the CPU graph.
 
 - ``test_cpd_estep_grid``: one E-step at sigma = 1.5 µm (the late iterations) on 200k and 1M points:
   the GPU's cell-grid path against its dense path (``grid=False``) and the CPU's exact kernel (all
@@ -191,6 +192,12 @@ def test_knn(benchmark, n):
     t_cpu, gc = _timed(lambda: xmodal.knn_graph(X, Y, k=k, device="cpu"))
     g = out["g"]
     diff = abs(g - gc)
+    from xmodal._device import native_cuda
+
+    mod = native_cuda("knn_graph")
+    paths = {}
+    for alg in ("auto", "brute"):  # the automatic choice (grid or brute force) and brute force alone
+        paths[alg] = _timed(lambda alg=alg: mod.knn_graph(Xd, Yd, k, -1.0, True, 0, alg))
     t_kd, _ = _timed(lambda: (cKDTree(Y).query(X, k, workers=-1), cKDTree(X).query(Y, k, workers=-1)))
     t_torch, _ = _timed(lambda: (_torch_knn(X, Y, k), _torch_knn(Y, X, k)))
     info = benchmark.extra_info
@@ -198,6 +205,9 @@ def test_knn(benchmark, n):
                 xmodal_gpu_numpy_io_s=t_gpu, xmodal_gpu_cupy_io_s=t_gpu_dev, xmodal_cpu_s=t_cpu,
                 xmodal_cpu_threads=xmodal.get_num_threads(), ckdtree_all_cores_s=t_kd, torch_cdist_topk_gpu_s=t_torch,
                 ratio_vs_xmodal_cpu=t_cpu / t_gpu, ratio_vs_ckdtree=t_kd / t_gpu, ratio_vs_torch=t_torch / t_gpu,
+                algorithm=paths["auto"][1]["algorithm"], algorithm_reverse=paths["auto"][1]["algorithm_reverse"],
+                native_auto_s=paths["auto"][0], native_brute_s=paths["brute"][0],
+                ratio_grid_vs_brute=paths["brute"][0] / paths["auto"][0],
                 nnz=int(g.nnz), nnz_cpu=int(gc.nnz), nnz_cupy_io=int(gd.nnz),
                 max_abs_diff_vs_cpu=float(diff.max()) if diff.nnz else 0.0)
     assert g.nnz == gc.nnz and gd.nnz == gc.nnz
@@ -234,6 +244,7 @@ def test_cpd_estep_grid(benchmark, n):
                 gpu=torch.cuda.get_device_name(), grid_s=t_grid, dense_s=t_dense, cpu_exact_s=t_cpu,
                 cpu_threads=xmodal.get_num_threads(), grid_pairs=int(out["g"]["pairs"]),
                 dense_pairs=int(dense["pairs"]), ratio_grid_vs_dense=t_dense / t_grid,
+                grid_cells=int(out["g"]["grid_cells"]), cell_edge=float(out["g"]["cell_edge"]),
                 ratio_vs_cpu_exact=t_cpu / t_grid,
                 max_rel_diff_p1_vs_dense=float(np.max(np.abs(g["P1"] - dn["P1"]) / np.maximum(np.abs(dn["P1"]), 1e-30))),
                 max_abs_diff_pt1_vs_cpu=float(np.max(np.abs(g["Pt1"] - cpu["Pt1"]))),

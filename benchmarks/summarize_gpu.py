@@ -6,8 +6,9 @@ import sys
 KEYS = ("xmodal_seconds_per_iteration", "cpd_pytorch_seconds_per_iteration", "ratio_vs_cpd_pytorch",
         "xmodal_mean_error_um", "cpd_pytorch_mean_error_um", "mean_error_before_um", "cpd_pytorch_status",
         "xmodal_gpu_numpy_io_s", "xmodal_gpu_cupy_io_s", "xmodal_cpu_s", "ckdtree_all_cores_s",
-        "torch_cdist_topk_gpu_s", "ratio_vs_xmodal_cpu", "ratio_vs_ckdtree", "ratio_vs_torch", "max_abs_diff_vs_cpu",
-        "xmodal_s", "monai_s", "whole_volume_s", "ratio_vs_monai", "max_abs_diff_xmodal_vs_whole")
+        "torch_cdist_topk_gpu_s", "algorithm", "native_brute_s", "ratio_grid_vs_brute", "ratio_vs_xmodal_cpu", "ratio_vs_ckdtree", "ratio_vs_torch", "max_abs_diff_vs_cpu",
+        "grid_s", "dense_s", "cpu_exact_s", "ratio_grid_vs_dense", "grid_pairs", "grid_cells", "cell_edge",
+        "xmodal_gpu_s", "xmodal_cpu_s", "ratio_vs_cpu", "xmodal_s", "monai_s", "whole_volume_s", "ratio_vs_monai", "max_abs_diff_xmodal_vs_whole")
 
 
 def main(path):
