@@ -303,3 +303,27 @@ def test_cuda_grid_chosen_automatically_at_scale(dim):
     _assert_same_graph(h, g_cpu)
     g = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=8, radius=4.0)  # the public API: the same
     _assert_same_graph(g.get(), g_cpu)
+
+
+def test_cpu_tree_keeps_pairs_at_the_radius_and_ties_at_the_kth_distance():
+    """The k-d tree pruned with an incrementally updated plane distance that is a lower bound only
+    up to rounding: pairs at exactly the radius (d2 == r2) were dropped and k-th-place ties could
+    keep a higher index. Lattice points (many exact ties) against the brute-force rule."""
+    from xmodal import _core
+
+    rng = np.random.default_rng(2721)
+    a = np.round(rng.random((60, 2)) * 5) / 5
+    b = np.round(rng.random((80, 2)) * 5) / 5
+    assert xmodal.knn_graph(a, b, radius=1.0).nnz == cKDTree(a).count_neighbors(cKDTree(b), 1.0)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        d = 2 + seed % 2
+        scale = [0.1, 0.3, 1.7][seed % 3]
+        a = rng.integers(0, 6, size=(67, d)) * scale
+        b = rng.integers(0, 6, size=(175, d)) * scale
+        for k, radius in ((24, None), (5, 2 * scale), (None, 3 * scale)):
+            got = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=True, device="cpu")
+            ref = _core._testing.knn_graph_gpu_emulation(a, b, 0 if k is None else k,
+                                                          -1.0 if radius is None else radius, True)
+            ref = sp.csr_matrix((ref["data"], ref["indices"], ref["indptr"]), shape=got.shape)
+            assert (got != ref).nnz == 0, (seed, k, radius)

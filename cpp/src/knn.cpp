@@ -131,7 +131,11 @@ private:
         search(first, q, off, rd, k, r2, near, ball);
         const double old = off[nd.axis];
         const double rd2 = rd - old * old + diff * diff;
-        if (rd2 <= bound(k, r2, near)) {
+        // rd2 is a lower bound of the squared distance to the far side only up to rounding (the
+        // incremental update cancels): prune only beyond a margin of 2^-40 of the terms' size, so
+        // pairs at exactly the radius or the k-th distance (ties) are always visited.
+        const double slack = (rd + old * old + diff * diff) * 0x1p-40;
+        if (rd2 - slack <= bound(k, r2, near)) {
             off[nd.axis] = diff;
             search(second, q, off, rd2, k, r2, near, ball);
             off[nd.axis] = old;
