@@ -532,6 +532,34 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
                         grid, stream);
 }
 
+// The grid path's bins of both sets (tests and diagnostics): per set the sorted original indices
+// and the per-cell [start, end) ranges, with the grid of the call (cells 0: the dense path).
+template <class T>
+GridBins grid_bins(const T* X, int64_t N, const T* TY, int64_t M, int D, double sigma2, double cutoff,
+                   cudaStream_t stream) {
+    ca::check_estep_args(N, M, D, sigma2, 0.0, cutoff);
+    const Bounds b = check_inputs(X, N, TY, M, D, static_cast<const T*>(nullptr), stream);
+    const cg::Grid grid = cg::make_grid(b.lo, b.hi, D, 2.0 * sigma2 * cutoff, N + M, cg::min_cells(D));
+    GridBins out;
+    out.cells = grid.cells;
+    out.edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
+    for (int d = 0; d < 3; ++d) out.shape[d] = grid.nc[d];
+    if (grid.cells == 0) return out;
+    Binned bx = D == 2 ? bin<T, 2>(X, nullptr, N, false, grid, stream) : bin<T, 3>(X, nullptr, N, false, grid, stream);
+    Binned by = D == 2 ? bin<T, 2>(TY, nullptr, M, false, grid, stream) : bin<T, 3>(TY, nullptr, M, false, grid, stream);
+    out.fixed_idx = std::move(bx.idx);
+    out.fixed_start = std::move(bx.start);
+    out.fixed_end = std::move(bx.end);
+    out.moved_idx = std::move(by.idx);
+    out.moved_start = std::move(by.start);
+    out.moved_end = std::move(by.end);
+    return out;
+}
+
+template GridBins grid_bins<float>(const float*, int64_t, const float*, int64_t, int, double, double, cudaStream_t);
+template GridBins grid_bins<double>(const double*, int64_t, const double*, int64_t, int, double, double,
+                                    cudaStream_t);
+
 template EStepStats estep<float>(const float*, int64_t, const float*, int64_t, int, const float*, double, double,
                                  double, float*, float*, float*, int64_t*, float*, double*, cudaStream_t, bool);
 template EStepStats estep<double>(const double*, int64_t, const double*, int64_t, int, const double*, double, double,

@@ -128,6 +128,18 @@ xmodal::cpd::EStepStats estep(const T* X, std::int64_t N, const T* TY, std::int6
                               double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, std::int64_t* best_idx,
                               T* best_prob, double* log_s_out, cudaStream_t stream, bool allow_grid = true);
 
+// The grid path's bins (tests and diagnostics): per set the original indices in cell order and
+// int32 [start, end) per cell; cells == 0 when the call would take the dense path.
+struct GridBins {
+    std::int64_t cells = 0;
+    double edge = 0;
+    int shape[3] = {1, 1, 1};
+    DeviceBuffer fixed_idx, fixed_start, fixed_end, moved_idx, moved_start, moved_end;
+};
+template <class T>
+GridBins grid_bins(const T* X, std::int64_t N, const T* TY, std::int64_t M, int D, double sigma2, double cutoff,
+                   cudaStream_t stream);
+
 }  // namespace cpd
 
 }  // namespace xmodal::cuda

@@ -53,6 +53,36 @@ py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<Devi
     return out;
 }
 
+template <class T>
+py::dict grid_bins(const DeviceArg& X, const DeviceArg& TY, double sigma2, double cutoff, std::uintptr_t stream) {
+    require_dtype<T>(TY, "moved");
+    if (X.shape[1] != TY.shape[1] || (X.shape[1] != 2 && X.shape[1] != 3))
+        throw value_error("cpd_grid_bins: fixed and moved must both have 2 or 3 columns");
+    const std::int64_t N = X.shape[0], M = TY.shape[0];
+    const int device = common_device({{&X, "fixed"}, {&TY, "moved"}});
+    xmodal::cuda::cpd::GridBins b;
+    {
+        py::gil_scoped_release release;
+        xmodal::cuda::DeviceGuard guard(device);
+        b = xmodal::cuda::cpd::grid_bins<T>(reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M,
+                                            static_cast<int>(X.shape[1]), sigma2, cutoff,
+                                            reinterpret_cast<cudaStream_t>(stream));
+    }
+    py::dict out;
+    out["cells"] = b.cells;
+    out["edge"] = b.edge;
+    out["shape"] = py::make_tuple(b.shape[0], b.shape[1], b.shape[2]);
+    if (b.cells > 0) {
+        out["fixed_idx"] = device_array<std::int32_t>(std::move(b.fixed_idx), {N});
+        out["fixed_start"] = device_array<std::int32_t>(std::move(b.fixed_start), {b.cells});
+        out["fixed_end"] = device_array<std::int32_t>(std::move(b.fixed_end), {b.cells});
+        out["moved_idx"] = device_array<std::int32_t>(std::move(b.moved_idx), {M});
+        out["moved_start"] = device_array<std::int32_t>(std::move(b.moved_start), {b.cells});
+        out["moved_end"] = device_array<std::int32_t>(std::move(b.moved_end), {b.cells});
+    }
+    return out;
+}
+
 }  // namespace
 
 void register_cpd(py::module_& m) {
@@ -73,6 +103,15 @@ void register_cpd(py::module_& m) {
         "of the same dtype), on `stream` (an address; 0: the default stream). `grid`: allow the cell-grid path "
         "(False: every pair, in index order). Returns the dict of xmodal._core.cpd_estep (want_best=True) with "
         "DeviceArrays.");
+    m.def(
+        "cpd_grid_bins",
+        [](py::object fixed, py::object moved, double sigma2, double cutoff, std::uintptr_t stream) {
+            const DeviceArg X = device_arg(fixed, "fixed", 2), TY = device_arg(moved, "moved", 2);
+            return with_float_type(X, "fixed", [&](auto t) { return grid_bins<decltype(t)>(X, TY, sigma2, cutoff, stream); });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("sigma2"), py::arg("cutoff"), py::arg("stream") = 0,
+        "The E-step grid path's bins (tests): cells, edge, shape and per set the original indices in cell order "
+        "and the per-cell [start, end) ranges (int32 DeviceArrays).");
 }
 
 }  // namespace xmodal::cuda_bind
