@@ -5,6 +5,7 @@
                                                             # bilateral pair; keep what the confidence needs
     python scripts/eval_confidence.py fit --cache DIR       # fit the calibration map on the training pairs
     python scripts/eval_confidence.py report --cache DIR [--out FILE]   # figures before / after
+    python scripts/eval_confidence.py sizes --cache DIR [--out FILE]    # nucleus size as a feature
 
 Embryos: the 8 JIM767 embryos of :func:`xmodal.datasets.celegans_embryos`, 28 pairs. Training split:
 the 6 pairs among the first 4 embryos (sorted names, as ``eval_identity.py``); the other 22 pairs are
@@ -150,9 +151,49 @@ def report(recs, coefficients=None) -> dict:
     return out
 
 
+def size_features(cache: Path) -> dict:
+    """Embryo pairs (the default registrations of the cache): matching with the nucleus size as a
+    feature (``feature_weight="auto"``) against positions only; accuracy = share of the shared
+    lineage names matched to each other (as ``eval_identity.py``)."""
+    from xmodal.datasets import celegans_embryos
+    from xmodal.pipelines import _register_steps as steps
+    from xmodal.pipelines._confidence import match_confidence
+    from xmodal.pipelines._features import match_with_features
+    from xmodal.pipelines.prealign import median_nn_distance
+
+    emb = celegans_embryos()
+    rows = []
+    for a, b in itertools.combinations(sorted(emb), 2):
+        z = np.load(cache / f"embryo_{a}_{b}_default.npz")
+        fa, fb = emb[a], emb[b]
+        shared = len(set(fa.cells) & set(fb.cells))
+        moved, fixed = z["moved"], z["fixed"]
+        nn = median_nn_distance(fixed)
+
+        def spatial():
+            return steps.match_step(moved, fixed, matching="one-to-one", k=30, radius=None, unmatched_cost=3 * nn)
+
+        mi, fi, _ = spatial()
+        row = {"pair": f"{a}|{b}", "positions": float(np.sum(fa.cells[fi] == fb.cells[mi])) / shared}
+        feats = (np.log(fa.size)[:, None], np.log(fb.size)[:, None])
+        mi, fi, _, mc, fc, rec = match_with_features(moved, fixed, feats, "auto", nn=nn, matching="one-to-one",
+                                                     k=30, radius=None, unmatched_cost=3 * nn, seed=0,
+                                                     spatial_match=spatial)
+        ok = fa.cells[fi] == fb.cells[mi]
+        row.update(with_size=float(np.sum(ok)) / shared, feature_weight=rec["feature_weight"],
+                   heldout=rec["selection"], confidence_mean=float(np.mean(match_confidence(mc, fc, mi, fi))),
+                   matched_right=float(ok.mean()))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    pos, siz = np.array([r["positions"] for r in rows]), np.array([r["with_size"] for r in rows])
+    return {"pairs": rows, "summary": {"positions_mean": float(pos.mean()), "with_size_mean": float(siz.mean()),
+                                       "with_size_minus_positions_worst": float((siz - pos).min()),
+                                       "pairs_better": int((siz > pos).sum()), "pairs": len(rows)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["collect", "platynereis", "fit", "report"])
+    ap.add_argument("what", choices=["collect", "platynereis", "fit", "report", "sizes"])
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -160,12 +201,20 @@ def main() -> None:
         collect(args.cache, platy=False)
     elif args.what == "platynereis":
         collect_platynereis(args.cache)
+    elif args.what == "sizes":
+        text = json.dumps(size_features(args.cache), indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        else:
+            print(text)
     else:
         recs = _load(args.cache)
         fitted = fit_map(recs)
         out = {"fit": fitted}
         if args.what == "report":
-            out = {"shipped": report(recs), "refit_now": fitted}
+            from xmodal.pipelines._confidence import COEFFICIENTS
+
+            out = {"coefficients": COEFFICIENTS, "figures": report(recs), "refit_now": fitted}
         else:
             out["figures_with_fit"] = report(recs, fitted["coefficients"])
         text = json.dumps(out, indent=1)

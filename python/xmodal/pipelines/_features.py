@@ -12,25 +12,19 @@ with ``nn`` the median nearest-neighbour distance within the fixed cells and ``w
 ``feature_weight`` (0: positions only). The candidate pairs stay the spatial k-nearest neighbours,
 and the unmatched cost keeps its meaning.
 
-``feature_weight="auto"`` reads the weight off a probabilistic model of the matched pairs, chosen
-out of sample (:func:`select_feature_weight`): a fixed cell is a noisy copy of a moving cell, its
-position displaced by an isotropic Gaussian of variance sigma^2 (from the spatial matching) and its
-standardised features by one of variance tau^2, or an outlier. tau is fitted (grid) on a random 80 %
-of the fixed cells; on the other 20 % the model with features must give a higher likelihood than
-the model in which the features say nothing about the partner (drawn from the pooled distribution),
-else the weight is 0. The weight is sigma / (tau · nn): the cost above is then proportional to the
-negative log-likelihood of the pair.
+``feature_weight="auto"`` reads the weight off a probabilistic model of the pairs of the
+positions-only matching, chosen out of sample (:func:`select_feature_weight`): a right pair's
+positions differ by an isotropic Gaussian of variance sigma^2 and its standardised features by one of
+variance tau^2; a wrong pair's features are unrelated. tau is fitted on the pairs of a random 80 % of
+the fixed cells; on the other 20 % the model must give the feature differences a higher likelihood
+than "unrelated" does, else the weight is 0. The weight is sigma / (tau · nn): the cost above is then
+proportional to the negative log-likelihood of a right pair.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Candidate feature noise levels tau (standardised units) of ``feature_weight="auto"``.
-TAU_GRID = tuple(float(t) for t in 2.0 ** np.linspace(-5, 2, 15))
-
-#: Outlier share of the mixture model of ``feature_weight="auto"`` (as the CPD's w).
-OUTLIERS = 0.1
 
 
 def check_features(fixed_features, moving_features, n_fixed: int, n_moving: int):
@@ -95,37 +89,44 @@ def _gauss_logpdf(diff2: np.ndarray, var: float, dim: int) -> np.ndarray:
     return -0.5 * diff2 / var - 0.5 * dim * np.log(2 * np.pi * var)
 
 
-def select_feature_weight(moved, fixed, fg, mg, *, nn: float, sigma2: float, seed: int, k: int = 30,
-                          fraction: float = 0.2):
-    """``feature_weight="auto"``: (weight, record); see the module. ``fg``, ``mg``: standardised
-    features of the fixed and moving cells; ``sigma2``: variance of the spatial displacement of the
-    matched pairs (physical units squared)."""
-    from scipy.spatial import cKDTree
+def _fit_pairs(diff2: np.ndarray, f: int, iterations: int = 100) -> tuple[float, float]:
+    """EM for the squared feature differences of matched pairs: a share ``pi`` of right pairs,
+    difference ~ N(0, tau^2 I), and wrong ones, difference ~ N(0, 2 I) (two unrelated cells of the
+    standardised pool). Returns (pi, tau)."""
+    pi, tau2 = 0.5, 0.25
+    wrong = _gauss_logpdf(diff2, 2.0, f)
+    for _ in range(iterations):
+        right = np.log(pi) + _gauss_logpdf(diff2, tau2, f)
+        resp = np.exp(right - np.logaddexp(right, np.log1p(-pi) + wrong))
+        pi = float(np.clip(resp.mean(), 1e-3, 1 - 1e-3))
+        tau2 = float(np.clip(np.sum(resp * diff2) / max(f * resp.sum(), 1e-12), 1e-4, 2.0))
+    return pi, float(np.sqrt(tau2))
 
-    n_fixed, d, f = len(fixed), fixed.shape[1], fg.shape[1]
+
+def select_feature_weight(fg, mg, mi, fi, *, nn: float, sigma2: float, seed: int, fraction: float = 0.2):
+    """``feature_weight="auto"``: (weight, record). ``fg``, ``mg``: standardised features of the fixed
+    and moving cells; (``mi``, ``fi``): the pairs of the positions-only matching, ``sigma2`` the
+    variance of their displacement (physical units squared).
+
+    The feature differences of the pairs are a mixture of right pairs (N(0, tau^2 I)) and wrong ones
+    (N(0, 2 I)), fitted by EM on the pairs of a random 80 % of the fixed cells. The features enter
+    only when the fitted mixture gives the pairs of the other 20 % a higher likelihood than "the
+    features of a pair are unrelated" (N(0, 2 I)) does; the weight is then sigma / (tau · nn), so that
+    the squared cost is sigma^2 × (|dx|^2 / sigma^2 + |df|^2 / tau^2)."""
+    f = fg.shape[1]
+    diff2 = ((fg[fi] - mg[mi]) ** 2).sum(1)
     rng = np.random.default_rng(seed)
-    held = np.zeros(n_fixed, bool)
-    held[rng.choice(n_fixed, max(1, int(round(fraction * n_fixed))), replace=False)] = True
-    kk = min(k, len(moved))
-    dist, idx = cKDTree(moved).query(fixed, k=kk)
-    dist, idx = dist.reshape(n_fixed, kk), idx.reshape(n_fixed, kk)
-    # positions: mixture of the k nearest moving cells (the others add nothing) and a uniform outlier
-    volume = float(np.prod(np.maximum(np.ptp(fixed, 0), 1e-12)))
-    space = _gauss_logpdf(dist ** 2, sigma2, d) + np.log((1 - OUTLIERS) / len(moved))
-    fdiff2 = ((fg[:, None, :] - mg[idx]) ** 2).sum(-1)
-    # features of an outlier, or when they say nothing: the pooled distribution (standard normal)
-    pooled = _gauss_logpdf((fg ** 2).sum(1), 1.0, f)
-    outlier = np.log(OUTLIERS / volume) + pooled
-
-    def loglik(tau):
-        comp = space if tau is None else space + _gauss_logpdf(fdiff2, tau ** 2, f) - pooled[:, None]
-        return np.logaddexp(np.logaddexp.reduce(comp, axis=1) + pooled, outlier)
-
-    train = {tau: float(loglik(tau)[~held].mean()) for tau in TAU_GRID}
-    tau = max(train, key=train.get)
-    with_f, without = float(loglik(tau)[held].mean()), float(loglik(None)[held].mean())
+    held = rng.random(len(fi)) < fraction
+    if held.all() or not held.any():
+        held = np.zeros(len(fi), bool)
+        held[rng.choice(len(fi), max(1, int(round(fraction * len(fi)))), replace=False)] = True
+    pi, tau = _fit_pairs(diff2[~held], f)
+    mix = np.logaddexp(np.log(pi) + _gauss_logpdf(diff2[held], tau ** 2, f),
+                       np.log1p(-pi) + _gauss_logpdf(diff2[held], 2.0, f))
+    with_f, without = float(mix.mean()), float(_gauss_logpdf(diff2[held], 2.0, f).mean())
     weight = float(np.sqrt(sigma2) / (tau * nn)) if with_f > without else 0.0
-    record = {"feature_weight": weight, "tau": tau, "criterion": "held-out log-likelihood (nats per cell)",
+    record = {"feature_weight": weight, "tau": tau, "right_share": pi,
+              "criterion": "held-out log-likelihood of the matched pairs' feature differences (nats per pair)",
               "heldout_with_features": with_f, "heldout_without_features": without, "heldout_fraction": fraction,
               "seed": seed}
     return weight, record
@@ -172,7 +173,7 @@ def match_with_features(moved, fixed, features, feature_weight, *, nn: float, ma
         d = fixed.shape[1]
         chi2_median = {2: 1.3863, 3: 2.3660}.get(d, d * (1 - 2 / (9 * d)) ** 3)
         sigma2 = max(float(np.median(dist ** 2)) / chi2_median if len(dist) else nn ** 2, (1e-6 * nn) ** 2)
-        weight, sel = select_feature_weight(moved, fixed, fg, mg, nn=nn, sigma2=sigma2, seed=seed, k=k)
+        weight, sel = select_feature_weight(fg, mg, mi, fi, nn=nn, sigma2=sigma2, seed=seed)
         record.update(selection=sel)
     else:
         weight = float(feature_weight)
