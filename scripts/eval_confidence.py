@@ -16,6 +16,14 @@ fitting): left nuclei against the mirrored right nuclei (``eval_register_models.
 a match of a curated moving nucleus is right when its partner is the curated one (other matches have
 no ground truth and are left out). Figures: ECE (10 equal-width bins), accuracy and share of matches
 at confidence >= 0.9 (:func:`xmodal.atlas._calibration.calibration_figures`).
+
+The shipped constants (:data:`xmodal.pipelines._confidence.COEFFICIENTS`) are the ``fit`` output
+(rounded to 4 digits); ``report`` scores them (``benchmarks/results/register-confidence-2026-11-30-
+confidence.json``, also the coefficients a refit gives now), ``sizes`` the nucleus size as a feature
+(``register-features-2026-11-30-confidence.json``). When the registration defaults change, run
+``collect`` (into a new DIR) and ``fit`` again and update the constants: the map is fitted to the
+registrations the defaults produce. Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1)
+and XMODAL_DATA pointing at the folder holding platynereis_6dpf_nuclei.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
