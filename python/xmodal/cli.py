@@ -144,6 +144,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal register em_nuclei.csv lm_nuclei.csv --out reg/\n"
                         "  xmodal register em_labels.zarr lm_labels.tif --fixed-spacing 0.1,0.08,0.08 "
                         "--moving-spacing 2,0.5,0.5 --transform affine --out reg/\n"
+                        "  xmodal register em_nuclei.csv lm_nuclei.csv --features-columns volume,intensity --out reg/\n"
                         "  xmodal register --config register.toml")
     p.add_argument("fixed", help="fixed cells: table (.csv/.tsv/.parquet, physical units) or label image")
     p.add_argument("moving", help="moving cells: table or label image")
@@ -161,6 +162,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                    help="the pre-alignment also tries mirror images (axis handedness unknown)")
     _candidates(p, unmatched="auto")
     p.add_argument("--spots", nargs="+", help="smFISH spot tables (moving frame), one per replicate")
+    p.add_argument("--features-columns", nargs="+", metavar="COLUMN",
+                   help="numeric columns of both tables added to the matching cost (colour, volume, intensity), "
+                        "e.g. --features-columns volume red (or volume,red)")
+    p.add_argument("--feature-weight", default="auto",
+                   help="weight of the features: 'auto' (held-out likelihood, default) or a number >= 0")
     _common(p)
 
     _identity_commands(sub, subs)

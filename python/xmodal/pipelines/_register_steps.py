@@ -275,41 +275,14 @@ def match_step(moved: np.ndarray, fixed: np.ndarray, *, matching: str, k: int, r
     return mi, fi, np.linalg.norm(moved[mi] - fixed[fi], axis=1)
 
 
-def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray, *, k: int = 12,
-                     temperature: float = 1.0) -> np.ndarray:
-    """Posterior probability of every matched pair (moving ``mi``, fixed ``fi``).
+def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray) -> np.ndarray:
+    """Calibrated probability that each matched pair (moving ``mi``, fixed ``fi``) is right: the
+    posterior marginal of the pair, its distance, its margin to the closest rival and the spread of
+    all pairs, mapped by a logistic calibration fitted once on training embryo pairs (see
+    :mod:`xmodal.pipelines._confidence`)."""
+    from ._confidence import match_confidence as calibrated
 
-    The matching as a probabilistic model: a moving cell either has a partner, displaced from it by
-    an isotropic Gaussian whose variance is that of the matched pairs (median squared distance over
-    the median of a chi-square with d degrees of freedom, robust to wrong pairs), or is an outlier
-    spread uniformly over the fixed cells' bounding box, at the rate of unmatched moving cells (0.01
-    to 0.5); a fixed cell has a partner at the rate of matched fixed cells. The marginals of the
-    partial one-to-one assignment under that model, on the candidate graph of the ``k`` nearest
-    neighbours both ways, are computed by log-domain Sinkhorn (the entropic relaxation at
-    ``temperature``; see :func:`xmodal.atlas._sinkhorn.sinkhorn_marginals`). A pair with close
-    rivals gets a low probability even when its distance is small.
-    """
-    from ..atlas._sinkhorn import sinkhorn_marginals
-    from ..matching import knn_graph
-
-    n, m = len(moved), len(fixed)
-    d = fixed.shape[1]
-    if len(mi) == 0:
-        return np.zeros(0)
-    r2 = ((moved[mi] - fixed[fi]) ** 2).sum(1)
-    chi2_median = {2: 1.3863, 3: 2.3660}.get(d, d * (1 - 2 / (9 * d)) ** 3)
-    sigma2 = max(float(np.median(r2)) / chi2_median, 1e-12 * float(np.ptp(fixed, 0).max()) ** 2 + 1e-300)
-    q = float(np.clip(1.0 - len(mi) / n, 0.01, 0.5))
-    presence = float(np.clip(len(fi) / m, 0.01, 0.99))
-    volume = float(np.prod(np.maximum(np.ptp(fixed, 0), 1e-12)))
-    g = knn_graph(moved, fixed, k=min(k, m, n)).tocoo()
-    rows, cols = g.row.astype(np.int64), g.col.astype(np.int64)
-    dist2 = ((moved[rows] - fixed[cols]) ** 2).sum(1)
-    pair = 0.5 * dist2 / sigma2 + 0.5 * d * np.log(2 * np.pi * sigma2) - np.log(presence) - np.log1p(-q)
-    rel = pair - (-np.log(q) + np.log(volume)) - (-np.log1p(-presence))
-    p, _, _, _ = sinkhorn_marginals(rows, cols, rel, (n, m), temperature=temperature, tol=1e-5, max_iter=200)
-    key = dict(zip(zip(rows.tolist(), cols.tolist()), p.tolist()))
-    return np.array([key.get((int(a), int(b)), 0.0) for a, b in zip(mi, fi)])
+    return calibrated(moved, fixed, mi, fi)
 
 
 # ----------------------------------------------------------------------------------- 4. post-steps

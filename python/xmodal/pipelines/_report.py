@@ -96,7 +96,66 @@ def _plots(result, folder: Path) -> list[str]:
         ax.set_aspect("equal")
         ax.set_title("95 % prediction regions (affine fit), x-y projection")
         save(fig, "confidence_ellipses.png")
+    if result.confidence is not None and result.n_matched:
+        fig = _confidence_figure(plt, result.confidence, match_outcomes(result))
+        save(fig, "reliability.png" if match_outcomes(result) is not None else "confidence_histogram.png")
     return names
+
+
+def match_outcomes(result) -> np.ndarray | None:
+    """Whether each matched pair is right, when the data tell: the cells carry names (non-numeric
+    ids, e.g. ``id_column`` holding lineage or neuron names) in both sets and share at least one, and
+    a pair is right when its two cells have the same name. None otherwise (numbers such as label
+    values are not comparable across the two sets)."""
+    f, m = np.asarray(result.fixed_ids), np.asarray(result.moving_ids)
+    if f.dtype.kind not in "USO" or m.dtype.kind not in "USO" or not len(f):
+        return None
+
+    def named(a):
+        return all(isinstance(v, str) and v.strip() and not _is_number(v) for v in a.tolist())
+
+    if not (named(f) and named(m)) or not set(f.tolist()) & set(m.tolist()):
+        return None
+    return f == m
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _confidence_figure(plt, confidence, outcomes):
+    """Reliability curve (accuracy per confidence bin, counts above the bars, the diagonal of perfect
+    calibration) when the outcomes are known, else the histogram of the confidences."""
+    from ._confidence import reliability
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if outcomes is None:
+        ax.hist(confidence, bins=np.linspace(0, 1, 21), color="tab:purple")
+        ax.set_xlabel("match confidence")
+        ax.set_ylabel("pairs")
+        ax.set_title(f"confidence of {len(confidence)} pairs; {np.mean(confidence >= 0.9):.0%} at >= 0.9")
+        return fig
+    r = reliability(confidence, outcomes)
+    b = r["bins"]
+    edges, count = np.asarray(b["edges"]), np.asarray(b["count"])
+    acc = np.nan_to_num(np.asarray(b["accuracy"], float))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    ax.bar(centres, acc, width=np.diff(edges) * 0.9, color="tab:blue", alpha=0.8, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    for x, a, c in zip(centres, acc, count):
+        if c:
+            ax.text(x, a + 0.02, str(int(c)), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("match confidence")
+    ax.set_ylabel("share of pairs right (names agree)")
+    ax.set_title(f"reliability: ECE {r['ece']:.3f}, n = {r['n']}")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
 
 
 def write_registration_outputs(result, folder: Path) -> dict:
@@ -208,6 +267,24 @@ def _times(timings: dict) -> tuple[str, str]:
     return f"{total:.2f}", ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) or "n/a"
 
 
+def _confidence_rows(result) -> list[tuple[str, str]]:
+    """Report rows on the match confidence (and its calibration when the outcomes are known)."""
+    conf = result.confidence
+    if conf is None or not len(conf):
+        return []
+    sure = conf >= 0.9
+    rows = [("pairs with confidence >= 0.9", f"{int(sure.sum())} ({sure.mean():.1%})")]
+    ok = match_outcomes(result)
+    if ok is not None:
+        from ._confidence import reliability
+
+        r = reliability(conf, ok)
+        at = "n/a" if r["accuracy_at_0.9"] is None else f"{r['accuracy_at_0.9']:.3f}"
+        rows.append(("pairs right (same name); at confidence >= 0.9; calibration error (ECE)",
+                     f"{r['accuracy']:.3f}; {at}; {r['ece']:.3f}"))
+    return rows
+
+
 def _html(result, summary, plots) -> str:
     total, steps = _times(result.timings)
     rows = [
@@ -219,6 +296,7 @@ def _html(result, summary, plots) -> str:
         ("time (s)", total),
         ("time per step (s)", steps),
     ]
+    rows += _confidence_rows(result)
     if summary:
         for kind, s in summary.items():
             rows.append((f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct)",

@@ -78,6 +78,9 @@ class CellRegistration:
     model_selection : dict or None
         With ``transform="auto"``: the chosen model (``"chosen"``) and the held-out log-likelihood
         of every candidate (``"scores"``, nats per held-out cell, higher is better).
+    features : dict or None
+        With features: the weight used (``"feature_weight"``), the standardisation and, for
+        ``feature_weight="auto"``, the held-out likelihoods that chose it (``"selection"``).
     outputs : dict of output name -> path (when ``out`` was given)
     timings : dict of step -> seconds
     """
@@ -97,6 +100,7 @@ class CellRegistration:
     warped: dict | None = None
     prealign: PrealignResult | None = None
     model_selection: dict | None = None
+    features: dict | None = None
     cpd_iterations: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -116,7 +120,8 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
                    warp_images: Mapping[str, Any] | None = None, fixed_image=None, moving_image=None,
                    image_spacing=None, warp_preset: str = "bspline-landmarks", intensity_preset: str | None = None,
                    elastix_parameters: Mapping[str, Any] | None = None, out: str | Path | None = None,
-                   seed: int = 0, allow_reflection: bool = False, reviewed=None) -> CellRegistration:
+                   seed: int = 0, allow_reflection: bool = False, reviewed=None, fixed_features=None,
+                   moving_features=None, feature_weight: float | str = "auto") -> CellRegistration:
     """Register two sets of cells (points, centroid tables or label images) and match them.
 
     Parameters
@@ -205,6 +210,18 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
         (k, 2) (moving_index, fixed_index) arrays; indices are rows of ``moving`` and ``fixed``).
         Accepted (and reassigned) pairs guide every CPD stage as landmarks and are kept by the
         matching; rejected pairs are never proposed again. One-to-one matching only.
+    fixed_features, moving_features : (n_fixed, f) and (n_moving, f) arrays, optional
+        Per-cell features (colour channels, volume, intensity; a 1-D array is one feature), rows in
+        the order of the cells. Standardised robustly on both sets pooled and added to the matching
+        cost as extra coordinates: cost = sqrt(distance^2 + (feature_weight x nn)^2 x |feature
+        difference|^2), nn the median nearest-neighbour distance within ``fixed``
+        (:mod:`xmodal.pipelines._features`). The registration itself uses positions only. Not with
+        ``reviewed``.
+    feature_weight : "auto" or float >= 0
+        "auto": the weight of a Gaussian model of the matched pairs' feature differences, fitted on
+        80 % of the fixed cells and kept only when it gives the other 20 % a higher likelihood than
+        positions alone (else 0); a number fixes it (0: positions only). ``result.features`` and the
+        provenance record the weight and the criterion.
 
     Returns
     -------
@@ -224,6 +241,7 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
         fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
+    feats = _features(fixed_features, moving_features, feature_weight, len(fix), len(mov), reviewed)
     folder = OutputFolder(out)  # refused before any work, not after
     fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
     images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
@@ -245,22 +263,20 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
         fit = fit_step(pre.moved, fix, transform=model, scale=scale, cpd_options=cpd_options,
                        deformable_options=fit_deformable, nn=nn, landmarks=_landmarks(reviewed))
     with _timed(timings, "matching"):
-        mi, fi, dist = match_step(fit.moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost,
-                                  reviewed=reviewed)
-        confidence = match_confidence(fit.moved, fix, mi, fi)
+        mi, fi, dist, confidence, feature_record = _match(fit.moved, fix, feats, (matching, k, radius, unmatched_cost),
+                                                          reviewed=reviewed, nn=nn, seed=seed)
     log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
 
     chain = ([pre.transform] if pre.transform is not None else []) + fit.transforms
     result = CellRegistration(
         fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
         transform=CompositeTransform(tuple(chain)), moved=fit.moved, distances=dist, confidence=confidence,
-        fixed_points=fix,
-        moving_points=mov, prealign=pre.prealign, model_selection=selection, cpd_iterations=fit.iterations,
-        timings=timings,
+        fixed_points=fix, moving_points=mov, prealign=pre.prealign, model_selection=selection,
+        features=feature_record, cpd_iterations=fit.iterations, timings=timings,
         parameters=dict(transform=transform, model=selection["chosen"] if selection else transform,
                         model_selection=selection, allow_reflection=allow_reflection,
                         reflected=bool(getattr(pre.prealign, "reflected", False)), matching=matching,
-                        prealign=rotations, scale=scale,
+                        prealign=rotations, scale=scale, features=feature_record,
                         cpd_options=dict(cpd_options or {}), deformable_options=dict(deformable_options or {}),
                         k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
                         reviewed=None if reviewed is None else {k: len(v) for k, v in vars(reviewed).items()},
@@ -332,6 +348,39 @@ def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
     from ._reviewed import read_reviewed_matches
 
     return read_reviewed_matches(reviewed).check(n_moving, n_fixed)
+
+
+def _match(moved, fix, feats, match_options, *, reviewed, nn, seed):
+    """The match step (with the features ``feats`` = ((fixed, moving) arrays, weight option) when
+    given) and the pairs' confidence: (mi, fi, distances, confidence, feature record or None).
+    ``match_options``: (matching, k, radius, unmatched_cost)."""
+    matching, k, radius, unmatched_cost = match_options
+
+    def spatial():
+        return match_step(moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost,
+                          reviewed=reviewed)
+
+    if feats is None:
+        mi, fi, dist = spatial()
+        return mi, fi, dist, match_confidence(moved, fix, mi, fi), None
+    from ._features import match_with_features
+
+    mi, fi, dist, moved_c, fixed_c, record = match_with_features(
+        moved, fix, feats[0], feats[1], nn=nn, matching=matching, k=k, radius=radius,
+        unmatched_cost=unmatched_cost, seed=seed, spatial_match=spatial)
+    return mi, fi, dist, match_confidence(moved_c, fixed_c, mi, fi), record
+
+
+def _features(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
+    """The checked ((fixed, moving) feature arrays, weight option), or None without features;
+    checked before any work."""
+    from ._features import check_features, check_weight
+
+    feats = check_features(fixed_features, moving_features, n_fixed, n_moving)
+    feature_weight = check_weight(feature_weight)
+    if feats is not None and reviewed is not None:
+        raise ValueError("fixed_features, moving_features: not supported together with reviewed")
+    return None if feats is None else (feats, feature_weight)
 
 
 def _landmarks(reviewed):
