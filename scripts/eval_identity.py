@@ -1,5 +1,6 @@
-"""Issue 12 measurements of pairwise registration: ``register_cells`` defaults (``transform="auto"``)
-against its own rigid stage, its former default (deformable) and no registration at all.
+"""Issue 12 measurements of pairwise registration: ``register_cells`` defaults (``transform="deformable"``)
+and ``transform="auto"`` against its own rigid model and no registration at all; bounds from the
+true correspondences (``ceiling``); the pycpd + scipy peer pipeline on Platynereis.
 
     python scripts/eval_identity.py pairs [--out FILE]        # the 28 built-in embryo pairs
     python scripts/eval_identity.py rules FILE [--out FILE]   # selection rules: chosen on training
@@ -13,7 +14,8 @@ Training split: the 6 pairs among the first 4 embryos (sorted names); the other 
 out. The orientation search runs once per pair (as ``register_cells`` runs it: farthest-point
 subsamples of 500 cells, 24 rotations); every method then starts from the same pre-aligned cells
 (``register_cells(..., prealign=False)``), which is what ``register_cells`` does after its own
-pre-alignment, so "auto" here is exactly the default result. "none" matches the raw coordinates.
+pre-alignment, so each row is exactly what register_cells gives with that transform. "none"
+matches the raw coordinates.
 Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1) on a shared machine.
 """
 
