@@ -1,10 +1,12 @@
-"""Issue 12 measurements of pairwise registration: ``register_cells`` defaults (``transform="auto"``)
-against its own rigid stage, its former default (deformable) and no registration at all.
+"""Issue 12 measurements of pairwise registration: ``register_cells`` defaults (``transform="deformable"``)
+and ``transform="auto"`` against its own rigid model and no registration at all; bounds from the
+true correspondences (``ceiling``); the pycpd + scipy peer pipeline on Platynereis.
 
     python scripts/eval_identity.py pairs [--out FILE]        # the 28 built-in embryo pairs
     python scripts/eval_identity.py rules FILE [--out FILE]   # selection rules: chosen on training
                                                               # pairs, reported on held-out pairs
     python scripts/eval_identity.py platynereis [--out FILE]  # bilateral pairs (needs the data folder)
+    python scripts/eval_identity.py ceiling [--out FILE]      # what any affine / smooth map could reach
 
 Embryos: the 8 JIM767 embryos of :func:`xmodal.datasets.celegans_embryos`; accuracy of a pair =
 share of the shared lineage names whose cells are matched to each other (as ``bench_pipelines.py``).
@@ -12,7 +14,8 @@ Training split: the 6 pairs among the first 4 embryos (sorted names); the other 
 out. The orientation search runs once per pair (as ``register_cells`` runs it: farthest-point
 subsamples of 500 cells, 24 rotations); every method then starts from the same pre-aligned cells
 (``register_cells(..., prealign=False)``), which is what ``register_cells`` does after its own
-pre-alignment, so "auto" here is exactly the default result. "none" matches the raw coordinates.
+pre-alignment, so each row is exactly what register_cells gives with that transform. "none"
+matches the raw coordinates.
 Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1) on a shared machine.
 """
 
@@ -150,7 +153,70 @@ def selection_rules(path) -> dict:
             "heldout_pairs": len(held)}
 
 
-def platynereis() -> dict:
+def _swap_abp(names):
+    """ABpl <-> ABpr prefixes exchanged (the tracking swap of one embryo, see bench_atlas.py)."""
+    return np.array(["ABpr" + n[4:] if n.startswith("ABpl") else "ABpl" + n[4:] if n.startswith("ABpr") else n
+                     for n in names])
+
+
+def _smooth_field(centres, residuals, beta, lam):
+    """Gaussian radial basis field (width ``beta``, ridge ``lam``) through ``residuals`` at ``centres``."""
+    g = np.exp(-((centres[:, None] - centres[None]) ** 2).sum(-1) / (2 * beta * beta))
+    coef = np.linalg.solve(g + lam * np.eye(len(centres)), residuals)
+    return lambda y: y + np.exp(-((y[:, None] - centres[None]) ** 2).sum(-1) / (2 * beta * beta)) @ coef
+
+
+def ceiling() -> dict:
+    """Upper bounds of position-only pairwise matching on the embryo pairs, from the lineage names:
+    the least-squares affine map of the true pairs ("gt_affine") and that map plus a smooth field
+    through the true pairs (beta 4 nn, ridge 3: "gt_affine_field"), then the same partial
+    assignment as ``register_cells``; and ``register_cells`` itself started from the rigid pose
+    of the true pairs ("oracle_pose_affine", "oracle_pose_deformable": what a perfect orientation
+    search would give). Each with the names as given and with the ABpl/ABpr swap of
+    20241009_JIM767_25_L5 undone."""
+    from xmodal.atlas._fit import procrustes
+    from xmodal.datasets import celegans_embryos
+    from xmodal.matching import match_points
+    from xmodal.pipelines import register_cells
+    from xmodal.pipelines.prealign import median_nn_distance
+
+    emb = celegans_embryos()
+    split = _split(emb)
+    rows = []
+    for a, b in itertools.combinations(sorted(emb), 2):
+        fa, fb = emb[a], emb[b]
+        nn = median_nn_distance(fa.points)
+        row = {"pair": f"{a}|{b}", "split": split(a, b)}
+        for tag, ca, cb in (("", fa.cells, fb.cells),
+                            ("_swap_undone", *[_swap_abp(e.cells) if n == "20241009_JIM767_25_L5" else e.cells
+                                               for n, e in ((a, fa), (b, fb))])):
+            ia = {n: i for i, n in enumerate(ca)}
+            tr = np.array([[ia[n], j] for j, n in enumerate(cb) if n in ia])
+
+            def acc(y):
+                m = match_points(y, fa.points, k=30, unmatched_cost=3.0 * nn)
+                return float(np.sum(ca[m.cols] == cb[m.rows])) / len(tr)
+
+            h = np.c_[fb.points, np.ones(len(fb.points))]
+            lsq, *_ = np.linalg.lstsq(h[tr[:, 1]], fa.points[tr[:, 0]], rcond=None)
+            y = h @ lsq
+            row["gt_affine" + tag] = acc(y)
+            field = _smooth_field(y[tr[:, 1]], fa.points[tr[:, 0]] - y[tr[:, 1]], 4.0 * nn, 3.0)
+            row["gt_affine_field" + tag] = acc(field(y))
+            rot, t = procrustes(fb.points[tr[:, 1]], fa.points[tr[:, 0]], np.ones(len(tr)), kind="rigid",
+                                allow_reflection=False)
+            for model in ("affine", "deformable"):
+                res = register_cells(fa.points, fb.points @ rot.T + t, transform=model, prealign=False, errors=False)
+                row[f"oracle_pose_{model}" + tag] = float(np.sum(ca[res.fixed_index] == cb[res.moving_index])) / len(tr)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    keys = [k for k in rows[0] if k not in ("pair", "split")]
+    summary = {part: {k: _summary([r for r in rows if part == "all" or r["split"] == part], k) for k in keys}
+               for part in ("all", "train", "heldout")}
+    return {"pairs": rows, "summary": summary}
+
+
+def platynereis(peer: bool = True) -> dict:
     from xmodal.matching import match_points
     from xmodal.pipelines import register_cells
     from xmodal.pipelines.prealign import median_nn_distance
@@ -168,7 +234,16 @@ def platynereis() -> dict:
     out = {"fixed": len(fixed), "moving": len(moving), "curated_pairs": p["denominator"]}
     m = match_points(moving, fixed, k=30, unmatched_cost=3.0 * median_nn_distance(fixed))
     out["none"] = acc(m.rows, m.cols)
-    for method in ("rigid", "auto"):
+    h = np.c_[moving, np.ones(len(moving))]
+    lsq, *_ = np.linalg.lstsq(h[truth[:, 1]], fixed[truth[:, 0]], rcond=None)
+    m = match_points(h @ lsq, fixed, k=30, unmatched_cost=3.0 * median_nn_distance(fixed))
+    out["gt_affine_ceiling"] = acc(m.rows, m.cols)  # least-squares affine map of the curated pairs
+    if peer:
+        t0 = time.perf_counter()
+        rows, cols, steps = peer_pipeline(fixed, moving)
+        out["peer_pycpd_scipy"] = {"accuracy": acc(rows, cols), "seconds": time.perf_counter() - t0, "timings": steps}
+        print(json.dumps({"peer": out["peer_pycpd_scipy"]}), file=sys.stderr, flush=True)
+    for method in ("rigid", "deformable", "auto"):
         t0 = time.perf_counter()
         res = register_cells(fixed, moving, transform=method, errors=False)
         partner = dict(zip(res.moving_index.tolist(), zip(res.fixed_index.tolist(), res.confidence.tolist())))
@@ -182,20 +257,61 @@ def platynereis() -> dict:
     return out
 
 
+def peer_pipeline(fixed, moving, *, seed=0, deformable_iter=0):
+    """The peer pipeline: the same pre-alignment as ``register_cells`` (principal axes, 24
+    rotations, farthest-point subsamples), then pycpd rigid -> affine (w = 0.1) and, with
+    ``deformable_iter`` > 0, that many iterations of pycpd's deformable model (beta = 2 x the
+    median nearest-neighbour distance of ``fixed``, alpha = 2: the defaults of ``register_cells``;
+    pycpd solves a dense M x M system per iteration, minutes per iteration at 5.7k points on one
+    core, hence off by default), and a dense optimal assignment (scipy ``linear_sum_assignment`` on
+    all pair distances), pairs farther apart than 3 x that distance dropped (the unmatched cost of
+    ``register_cells``). Returns (moving rows, fixed rows, seconds per step)."""
+    from pycpd import AffineRegistration, DeformableRegistration, RigidRegistration
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    from xmodal.pipelines._register_steps import PREALIGN_POINTS
+    from xmodal.pipelines.prealign import fast_prealign, median_nn_distance
+
+    nn = median_nn_distance(fixed)
+    t = {}
+    t0 = time.perf_counter()
+    y = fast_prealign(moving, fixed, n_points=PREALIGN_POINTS, rotations="all", seed=seed).apply(moving)
+    t["prealign"] = time.perf_counter() - t0
+    stages = [("rigid", RigidRegistration, {"max_iterations": 100}),
+              ("affine", AffineRegistration, {"max_iterations": 150})]
+    if deformable_iter > 0:
+        stages.append(("deformable", DeformableRegistration,
+                       {"max_iterations": deformable_iter, "alpha": 2.0, "beta": 2.0 * nn}))
+    for name, cls, kw in stages:
+        t0 = time.perf_counter()
+        y, _ = cls(X=fixed, Y=y, w=0.1, tolerance=1e-6, **kw).register()
+        t[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dist = cdist(y, fixed)
+    rows, cols = linear_sum_assignment(dist)
+    keep = dist[rows, cols] <= 3.0 * nn
+    t["assignment"] = time.perf_counter() - t0
+    return rows[keep], cols[keep], t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["pairs", "rules", "platynereis"])
+    ap.add_argument("what", choices=["pairs", "rules", "platynereis", "ceiling"])
     ap.add_argument("path", nargs="?", help="rules: an eval_register_models.py embryo result")
     ap.add_argument("--pairs", type=int, help="only the first N embryo pairs")
     ap.add_argument("--repeats", type=int, default=1, help="pairs: held-out splits averaged by transform='auto'")
+    ap.add_argument("--no-peer", action="store_true", help="platynereis: skip the pycpd + scipy peer pipeline")
     ap.add_argument("--out", help="write the JSON here (default stdout)")
     args = ap.parse_args()
     if args.what == "pairs":
         out = embryo_pairs(args.pairs, args.repeats)
     elif args.what == "rules":
         out = selection_rules(args.path)
+    elif args.what == "ceiling":
+        out = ceiling()
     else:
-        out = platynereis()
+        out = platynereis(peer=not args.no_peer)
     text = json.dumps(out, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")

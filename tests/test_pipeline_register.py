@@ -265,8 +265,26 @@ def test_register_cells_steps_in_order():
     assert cpd_stages("rigid", False) == ["rigid"]
     assert cpd_stages("similarity", False) == ["rigid", "similarity"]
     assert cpd_stages("similarity", True) == ["similarity"]
-    assert cpd_stages("affine", True) == ["similarity", "affine"]
-    assert cpd_stages("deformable", False) == ["rigid", "affine", "deformable"]
+    # affine and deformable fits start with the affine stage (no rigid stage after the pre-alignment)
+    assert cpd_stages("affine", True) == ["affine"]
+    assert cpd_stages("affine", False) == ["affine"]
+    assert cpd_stages("deformable", False) == ["affine", "deformable"]
+
+
+def test_register_cells_deformable_chain_starts_affine():
+    # After the pre-alignment an affine or deformable fit runs no rigid stage of its own; the
+    # result still recovers a sheared and rotated copy.
+    rng = np.random.default_rng(11)
+    fixed = rng.uniform(0, 100, (150, 3))
+    a = np.array([[0.9, 0.1, 0.0], [-0.1, 1.1, 0.05], [0.0, 0.0, 1.0]])
+    moving = (fixed - 50) @ a.T + 50 + rng.normal(0, 0.3, fixed.shape)
+    for transform, stages in (("affine", {"affine"}), ("deformable", {"affine", "deformable"})):
+        res = register_cells(fixed, moving, transform=transform, prealign=False, errors=False)
+        assert set(res.cpd_iterations) == stages
+        right = np.mean(res.fixed_index == res.moving_index)
+        assert res.n_matched >= 140 and right > 0.95
+    res = register_cells(fixed, moving, transform="rigid", prealign=False, errors=False)
+    assert set(res.cpd_iterations) == {"rigid"}
 
 
 def test_register_cells_options_are_checked_before_the_inputs_are_read(tmp_path):

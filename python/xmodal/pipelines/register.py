@@ -2,7 +2,7 @@
 
     points or label images (two modalities, physical units)
       -> pre-alignment (principal axes + proper rotations, scored by the matching objective)
-      -> CPD (rigid first; then similarity / affine / deformable)
+      -> CPD (rigid, similarity, affine, or affine then deformable)
       -> sparse k-NN cost matrix -> exact assignment (one-to-one with an unmatched cost, or cover)
       -> registration error estimates (prediction regions, leave-one-out residuals, TRE)
       -> optional smFISH spot counts per matched cell
@@ -132,15 +132,17 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
         (z, y, x); label images give their object centroids (``*_spacing`` = voxel size).
     transform : {"auto", "rigid", "similarity", "affine", "deformable"}
         Final CPD model. The CPD stages run coarse to fine, each from where the previous ended:
-        rigid (similarity when ``scale``), then affine for "affine" and "deformable", then
-        deformable (the default). "auto" chooses among rigid, similarity, affine and deformable
+        rigid (similarity when ``scale``) for "rigid" and "similarity"; affine for "affine", then
+        deformable for "deformable" (the default). An affine or deformable fit has no rigid stage
+        of its own: the pre-alignment refines the orientation by rigid CPD, and a second rigid
+        fit can turn it away when the two specimens differ in shape. "auto" chooses among rigid, similarity, affine and deformable
         (beta 2 or 4 × the median nearest-neighbour distance of ``fixed``, lambda 2 or 8) by the
         likelihood of a random 20 % of the fixed cells held out of the fits (seed ``seed``), then
         fits the chosen model to all cells; ``result.model_selection`` (and the provenance) records
         the choice and the score of every candidate. Sets larger than 1,500 cells are compared on
         farthest-point subsamples. It costs 2-3 times a plain deformable fit (embryo pairs: 1.5 s
         against 0.55 s; 5.7k Platynereis nuclei: 120 s against 70 s). Not the default: on the 28
-        C. elegans embryo pairs it averages 0.349 of the lineage names against 0.377 for
+        C. elegans embryo pairs it averages 0.377 of the lineage names against 0.389 for
         "deformable" (``docs/identity.md``).
     matching : {"one-to-one", "cover"}
         One-to-one with an unmatched cost (partial matching), or the thesis' cover assignment (every
@@ -156,7 +158,8 @@ def register_cells(fixed, moving, *, transform: str = "deformable", matching: st
     scale : bool
         Estimate a global scale (similarity) besides the rotation.
     cpd_options : dict, optional
-        Keyword arguments for :func:`xmodal.cpd` in the first (rigid) stage. Default w = 0.1.
+        Keyword arguments for :func:`xmodal.cpd` in the first stage (rigid, similarity or affine).
+        Default w = 0.1.
     deformable_options : dict, optional
         Keyword arguments for the deformable stage. Defaults: w = 0.1, lam = 2, beta = 2 × the
         median nearest-neighbour distance within ``fixed`` (physical units): a smooth field on the
