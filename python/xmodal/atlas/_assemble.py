@@ -35,6 +35,8 @@ def assemble(pts, nms, feats, feature_names, *, transform, allow_reflection, rob
     if transform == "affine" and dof - S * PARAMS["affine"](d) / d < 10.0:
         transform = "similarity"
     X, A_s, t_s, refl_s, W, mu, iters = gpa(pts, idx, m, transform, allow_reflection, robust, max_iter, tol)
+    if deform is not None and transform != "affine":
+        deform = None  # too few shared names for an affine fit: far too few for a field
     if deform is not None:
         def mean_of(Xs):
             new = _weighted_mean(Xs, idx, W, counts, m, d)

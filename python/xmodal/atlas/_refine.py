@@ -15,7 +15,8 @@ from ._sinkhorn import sinkhorn_marginals
 
 def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     """CPD of the atlas means (moving, weighted by presence) onto the sample mapped by (A, t); the
-    result composed into a new sample -> atlas map (the inverse of the CPD transform)."""
+    result composed into a new sample -> atlas map (the inverse of the CPD transform). A result
+    that would change the handedness of the map is discarded."""
     from ..registration import cpd
 
     y = x @ A.T + t
@@ -24,6 +25,8 @@ def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     B = np.asarray(tr.matrix if hasattr(tr, "matrix") else tr.scale * tr.rotation, np.float64)
     c = np.asarray(tr.translation, np.float64)
     Bi = np.linalg.inv(B)
+    if np.linalg.det(Bi @ A) * np.linalg.det(A) <= 0:
+        return A, t  # an affine CPD may mirror the sample: the pose search decides the handedness
     return Bi @ A, Bi @ (t - c)
 
 
