@@ -7,6 +7,8 @@
       -> generalised Procrustes: mean position per name over the samples that have it <-> each
          sample re-registered to the mean (rigid / similarity / affine least squares on its names,
          Tukey-reweighted so that mislabelled cells do not pull), until the mean stops moving
+      -> deformable stage (``deform="auto"``): a smooth displacement field per sample (Gaussian
+         radial basis, regularised least squares) towards the mean, alternated with the mean
       -> frame: centroid and principal axes of the mean shape
       -> per name: mean, covariance (shrunk towards the pooled covariance for names seen in few
          samples), feature mean and covariance, presence frequency
