@@ -112,7 +112,9 @@ def test_mirrored_specimen_needs_allow_reflection():
     mirrored = identify(pts, atlas, allow_reflection=True)
     assert mirrored.reflected
     assert _accuracy(mirrored, nm) >= 0.99
-    assert np.linalg.det(mirrored.transform.matrix) < 0
+    tr = mirrored.transform  # the affine map, then the smooth field of the atlas
+    affine = tr.transforms[0] if hasattr(tr, "transforms") else tr
+    assert np.linalg.det(affine.matrix) < 0
     proper = identify(pts, atlas)  # proper rotations only: a mirror image cannot be matched
     assert not proper.reflected
     assert _accuracy(proper, nm) < 0.5
@@ -166,7 +168,8 @@ def test_relations_predict_correlated_names():
         return _sample(b, names, rng, noise=0.1)
 
     train = [animal() for _ in range(8)]
-    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], calibrate=False)
+    # without the deformable stage, which absorbs part of what the partners explain
+    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], calibrate=False, deform=None)
     rows = atlas.index(names)
     partner = np.empty(atlas.n_names, int)
     partner[rows[0::2]], partner[rows[1::2]] = rows[1::2], rows[0::2]
@@ -186,7 +189,8 @@ def test_confidence_is_calibrated_on_simulated_data():
     rng = np.random.default_rng(7)
     base, names = _base_shape(60, rng), _names(60)
     train = [_sample(base, names, rng, noise=0.3, drop=0.05) for _ in range(5)]
-    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train])
+    # affine atlas: with its smooth field the accuracy is above 0.99 and calibration has nothing to say
+    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train], deform=None)
     cal = atlas.calibration
     assert cal["temperature"] > 0 and cal["loo_n"] > 250
     conf, ok = [], []

@@ -1,11 +1,11 @@
 """Cell identity against several annotated individuals: atlases of named cells.
 
 - :func:`build_atlas`: group-wise registration of two or more annotated samples (points + names,
-  optionally features) to an evolving mean; per-name mean, covariance, feature statistics,
+  optionally features) to an evolving mean (affine, then a smooth field per sample); per-name mean, covariance, feature statistics,
   presence frequency and partner names that move together; the confidence calibrated by
   leave-one-sample-out;
 - :func:`identify`: name the cells of a new sample (pose search, registration to the atlas
-  alternating with exact sparse assignment), with a calibrated confidence and top-k candidates;
+  alternating with exact sparse assignment, a smooth field), with a calibrated confidence and top-k candidates;
 - :class:`Atlas` (``save`` / ``load``, versioned JSON);
 - tables: :func:`read_samples`, :func:`read_cells`, :func:`write_identification` (what the
   command line uses).

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._gpa import frame, gpa
+from ._deform import groupwise
+from ._gpa import _weighted_mean, frame, gpa
 from ._inputs import normalise_features
 from ._model import Atlas
 from ._statistics import relations as partner_relations, shrunk_covariances
@@ -16,7 +17,8 @@ PARAMS = {"rigid": lambda d: d * (d + 1) // 2, "similarity": lambda d: d * (d + 
 
 
 def assemble(pts, nms, feats, feature_names, *, transform, allow_reflection, robust, shrinkage,
-           feature_normalization, max_iter, tol, relations=(10, 5, False), prior=None, prior_features=None):
+           feature_normalization, max_iter, tol, relations=(10, 5, False), deform=None, prior=None,
+           prior_features=None):
     S = len(pts)
     d = pts[0].shape[1]
     universe = np.array(sorted(set().union(*[set(n.tolist()) for n in nms])), dtype=str)
@@ -33,6 +35,15 @@ def assemble(pts, nms, feats, feature_names, *, transform, allow_reflection, rob
     if transform == "affine" and dof - S * PARAMS["affine"](d) / d < 10.0:
         transform = "similarity"
     X, A_s, t_s, refl_s, W, mu, iters = gpa(pts, idx, m, transform, allow_reflection, robust, max_iter, tol)
+    if deform is not None and transform != "affine":
+        deform = None  # too few shared names for an affine fit: far too few for a field
+    if deform is not None:
+        def mean_of(Xs):
+            new = _weighted_mean(Xs, idx, W, counts, m, d)
+            return new - new.mean(0)
+        rms = float(np.sqrt(((mu - mu.mean(0)) ** 2).sum(1).mean()))
+        X, mu, _ = groupwise(X, idx, W, mean_of, m, n_centres=deform["centres"], beta=deform["beta"] * rms,
+                             lam=deform["lambda"], iterations=deform["iterations"])
     c, E = frame(mu, counts)
     mu = (mu - c) @ E
     X = [(x - c) @ E for x in X]
@@ -67,4 +78,5 @@ def assemble(pts, nms, feats, feature_names, *, transform, allow_reflection, rob
                  transform=transform, pooled_covariance=pooled, feature_names=feature_names,
                  feature_means=fmeans, feature_covariances=fcovs, pooled_feature_covariance=fpooled,
                  feature_normalization=feature_normalization, sample_transforms=transforms,
-                 relations=rel, parameters={"gpa_iterations": iters, "requested_transform": requested})
+                 relations=rel, parameters={"gpa_iterations": iters, "requested_transform": requested,
+                             "deform": None if deform is None else dict(deform)})

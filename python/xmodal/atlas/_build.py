@@ -7,6 +7,8 @@
       -> generalised Procrustes: mean position per name over the samples that have it <-> each
          sample re-registered to the mean (rigid / similarity / affine least squares on its names,
          Tukey-reweighted so that mislabelled cells do not pull), until the mean stops moving
+      -> deformable stage (``deform="auto"``): a smooth displacement field per sample (Gaussian
+         radial basis, regularised least squares) towards the mean, alternated with the mean
       -> frame: centroid and principal axes of the mean shape
       -> per name: mean, covariance (shrunk towards the pooled covariance for names seen in few
          samples), feature mean and covariance, presence frequency
@@ -23,6 +25,7 @@ import numpy as np
 from .._validation import choice, describe, positive_float, positive_int
 from ._assemble import KINDS, assemble
 from ._calibration import calibrate_atlas
+from ._deform import check_deform
 from ._inputs import check_features, check_names, check_sample_points
 from ._model import Atlas
 
@@ -68,7 +71,7 @@ def _check_inputs(samples, names, features, feature_names):
 
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
                 allow_reflection: bool = False, robust: bool = True, shrinkage: float = 4.0,
-                feature_normalization: str = "sample", relations=(10, 5, False), calibrate: bool = True,
+                feature_normalization: str = "sample", relations=(10, 5, False), deform="auto", calibrate: bool = True,
                 calibration: str = "temperature", identify_options=None,
                 max_iter: int = 100, tol: float = 1e-6) -> Atlas:
     """Build an atlas of named cells from two or more annotated samples.
@@ -103,6 +106,17 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         Pseudo-samples of the pooled covariance in each name's covariance (and feature covariance).
     feature_normalization : {"sample", "none"}
         "sample": standardise each feature within each sample (median, 1.4826 × MAD) first.
+    deform : "auto", dict or None
+        Deformable stage of the group-wise registration: after the affine fits, a smooth
+        displacement field per sample (Gaussian radial basis on ``centres`` farthest-point centres
+        of the mean, width ``beta`` × the RMS radius of the mean shape, regularisation ``lambda``:
+        a Gaussian-process prior of amplitude about 1/sqrt(lambda) residual standard deviations)
+        towards the evolving mean, ``iterations`` alternations with the mean. The per-name
+        covariances then describe the cells' own variability, not the specimens' bending, and
+        :func:`identify` fits such a field to the new sample (``identify_iterations``).
+        "auto" (the default): ``{"centres": 40, "beta": 0.8, "lambda": 0.3, "iterations": 3,
+        "identify_iterations": 3}`` (chosen once on four leave-one-embryo-out folds of the
+        C. elegans embryos, see docs/identity.md); None: affine only (the atlas of before).
     calibrate : bool
         Leave one sample out, identify it against an atlas of the others (with ``identify_options``)
         and choose the temperature of the confidence that fits those outcomes (binary log loss of
@@ -133,12 +147,14 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     if identify_options is not None and not isinstance(identify_options, dict):
         raise TypeError(f"identify_options: expected a dict or None, got {describe(identify_options)}")
     pts, nms, feats, feature_names = _check_inputs(samples, names, features, feature_names)
+    deform = check_deform(deform)
     opts = dict(transform=transform, allow_reflection=bool(allow_reflection), robust=bool(robust),
                 shrinkage=shrinkage, feature_normalization=feature_normalization, max_iter=max_iter, tol=tol,
-                relations=tuple(relations))
+                relations=tuple(relations), deform=deform)
     atlas = assemble(pts, nms, feats, feature_names, **opts)
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],
+                        "deform": atlas.parameters["deform"],
                         "calibration": calibration, "identify_options": dict(identify_options or {})}
     if atlas.transform != transform:
         atlas.parameters["transform_note"] = (f"{transform} asked for, {atlas.transform} used: too few names shared "

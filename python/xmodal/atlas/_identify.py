@@ -9,6 +9,8 @@
       -> alternate: exact sparse assignment (Mahalanobis + feature costs, per-name absence costs,
          an unmatched cost per cell) <-> generalised least-squares fit of the transform (affine,
          each pair weighted by its name's precision), optionally a smooth deformation on top
+      -> a smooth displacement field of the atlas frame (when the atlas was built with its deformable
+         stage): EM of a regularised Gaussian radial-basis field against the posterior marginals
       -> names from the final exact assignment; per-cell confidence = posterior marginal of the
          assignment (log-domain Sinkhorn on the sparse graph at the atlas's calibrated temperature)
 """
@@ -21,12 +23,13 @@ import time
 import numpy as np
 
 from .._validation import choice, describe, positive_float, positive_int
-from ..registration.transforms import AffineTransform, CompositeTransform
+from ..registration.transforms import AffineTransform, CompositeTransform, DeformableTransform
+from ._deform import DEFAULT, check_deform
 from ._inputs import check_features, check_sample_points, normalise_features
 from ._mixture import Model, assign
 from ._model import Atlas
 from ._pose import pose_search
-from ._refine import apply_map, cpd_stage, refine, relational
+from ._refine import apply_map, cpd_stage, deform_em, refine, relational
 from ._result import Identification
 from ._sinkhorn import SINKHORN, apply_platt, sinkhorn_marginals
 
@@ -38,6 +41,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
              deformable: bool = False, temperature: float | None = None, k: int = 12,
              max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
              search_points: int = 300, in_plane: int = 3, cpd_iter: int = 100, relational_iter: int = 6,
+             smooth: dict | None = None,
              feature_weight: float = 1.0,
              _debug: dict | None = None) -> Identification:
     """Name the cells of a sample by registering it to an atlas and assigning names exactly.
@@ -69,6 +73,12 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     deformable : bool
         Add a smooth displacement field (Gaussian radial basis, width 2 × the atlas's median
         nearest-neighbour distance) on top of the affine fit.
+    smooth : dict, optional
+        Options of the smooth field fitted after the affine registration (keys as
+        ``build_atlas(deform=...)``: ``centres``, ``beta``, ``lambda``, ``identify_iterations``,
+        ``anneal``, ``adaptive``). Default: the atlas's own (``atlas.parameters["deform"]``; none
+        for an atlas built with ``deform=None`` or saved before it existed). ``{}`` is not "off":
+        pass ``smooth={"identify_iterations": 0}`` to skip the field.
     temperature : float, optional
         Temperature of the posterior marginals. Default: the atlas's calibration (its temperature,
         then its Platt scaling of the confidences); a given temperature yields the plain tempered
@@ -111,9 +121,16 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     obj, A, t, field_, refl, chosen, iters = best
     timings["refine"] = time.perf_counter() - t0
 
-    # names that move together: condition each name on its partners' placements
+    # a smooth field of the atlas frame fitted to the soft assignment
     t0 = time.perf_counter()
     y = apply_map(x, A, t, field_)
+    smooth_field = _smooth(y, model, u, feats, k, atlas, smooth)
+    if smooth_field is not None:
+        y = smooth_field.apply(y)
+    timings["smooth"] = time.perf_counter() - t0
+
+    # names that move together: condition each name on its partners' placements
+    t0 = time.perf_counter()
     rel_it = relational(y, np.eye(d), np.zeros(d), model, u, feats, k, relational_iter)
     timings["relational"] = time.perf_counter() - t0
 
@@ -131,7 +148,10 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     timings["assign"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
 
-    tr = AffineTransform(A, t) if field_ is None else CompositeTransform((AffineTransform(A, t), field_))
+    chain = [AffineTransform(A, t)] + [f for f in (field_, smooth_field) if f is not None]
+    if smooth_field is not None:
+        chain[-1] = DeformableTransform(smooth_field.c, smooth_field.W, smooth_field.beta, np.zeros(d))
+    tr = chain[0] if len(chain) == 1 else CompositeTransform(tuple(chain))
     if _debug is not None:
         _debug.update({"rows": rows, "cols": cols, "rel": rel, "shape": (n, m)})
     names = np.array([atlas.names[i] if i >= 0 else "" for i in index], dtype=object).astype(str)
@@ -139,11 +159,27 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         "pose_scores": pose["scores"], "pose": chosen, "n_poses": pose["n_candidates"], "iterations": iters,
         "relational_iterations": rel_it, "unmatched_cost": u, "outlier_rate": q_out, "temperature": T,
         "sinkhorn_iterations": sk_it, "n_named": int((index >= 0).sum()), "n_unnamed": int((index < 0).sum()),
-        "timings": timings, "platt": platt, "tempered_confidence": tempered, "transform": transform,
+        "timings": timings, "platt": platt, "smooth_field": smooth_field is not None, "tempered_confidence": tempered, "transform": transform,
     }
     return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
                           top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
                           cost=float(obj), diagnostics=diag)
+
+
+def _smooth(y, model, u, feats, k, atlas, smooth):
+    """The smooth field of :func:`identify` (None when the atlas has none or it is switched off)."""
+    base = {key: v for key, v in (atlas.parameters.get("deform") or {}).items() if key in DEFAULT}
+    if smooth is None:
+        opts = check_deform(base) if base else None
+    elif not isinstance(smooth, dict):
+        raise TypeError(f"smooth: expected a dict of deform options or None, got {describe(smooth)}")
+    else:
+        opts = check_deform({**base, **smooth})
+    if not opts or opts["identify_iterations"] == 0:
+        return None
+    return deform_em(y, model, u, feats, k, beta=opts["beta"] * model.rms, lam=opts["lambda"],
+                     iterations=opts["identify_iterations"], n_centres=opts["centres"], anneal=opts["anneal"],
+                     adaptive=opts["adaptive"])
 
 
 def _check(points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,

@@ -15,7 +15,8 @@ from ._sinkhorn import sinkhorn_marginals
 
 def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     """CPD of the atlas means (moving, weighted by presence) onto the sample mapped by (A, t); the
-    result composed into a new sample -> atlas map (the inverse of the CPD transform)."""
+    result composed into a new sample -> atlas map (the inverse of the CPD transform). A result
+    that would change the handedness of the map is discarded."""
     from ..registration import cpd
 
     y = x @ A.T + t
@@ -24,6 +25,8 @@ def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     B = np.asarray(tr.matrix if hasattr(tr, "matrix") else tr.scale * tr.rotation, np.float64)
     c = np.asarray(tr.translation, np.float64)
     Bi = np.linalg.inv(B)
+    if np.linalg.det(Bi @ A) * np.linalg.det(A) <= 0:
+        return A, t  # an affine CPD may mirror the sample: the pose search decides the handedness
     return Bi @ A, Bi @ (t - c)
 
 
@@ -105,3 +108,61 @@ def deform(x, model, A, t, u, feats, k, iterations=5, beta_factor=2.0, lam=1.0):
     y = y0 if field_ is None else field_.apply(y0)
     obj = assign(y, model, u, feats, k)[-1]
     return field_, obj
+
+
+def _inflate(model, s2):
+    """The model's position covariances plus ``s2`` times the identity (the field's own
+    uncertainty, as the shrinking variance of CPD)."""
+    cov = np.linalg.inv(model.prec0) + s2 * np.eye(model.d)
+    model.prec = np.linalg.inv(cov)
+    model.logdet = np.linalg.slogdet(cov)[1]
+
+
+def deform_em(y0, model, u, feats, k, *, beta, lam, iterations, n_centres, anneal=1.0, adaptive=False):
+    """Smooth field of the atlas frame fitted to the soft assignment: posterior marginals (Sinkhorn
+    at a temperature going from ``anneal`` down to 1 over the iterations; the names' covariances
+    plus an isotropic variance s2 of the field's own error, estimated from the residuals as the
+    variance of CPD) -> expected name mean of every cell (precision-weighted by its mass) ->
+    regularised field (:class:`~xmodal.atlas._deform.SmoothField`) -> marginals again.
+    Returns the field (None when there is nothing to fit)."""
+    from ._deform import SmoothField, centres
+
+    n, m = len(y0), len(model.mu)
+    fld = SmoothField(centres(model.mu, n_centres), beta)
+    unit = float(np.median(model.iso))
+    d2, _ = _nearest(y0, model.mu)
+    s2 = max(float(np.mean(d2)) / model.d - unit, 0.0) if adaptive else 0.0
+    temps = np.geomspace(anneal, 1.0, iterations) if iterations > 1 else np.ones(iterations)
+    try:
+        for temperature in temps:
+            y = fld.apply(y0)
+            _inflate(model, s2)
+            _, _, rows, cols, rel, _ = assign(y, model, u, feats, k)
+            p, _, _, _ = sinkhorn_marginals(rows, cols, rel, (n, m), temperature=temperature, tol=1e-3,
+                                            max_iter=100)
+            var = model.iso[cols] + s2
+            wprec = p / var
+            w = np.bincount(rows, weights=wprec, minlength=n)
+            tgt = np.zeros((n, model.d))
+            for j in range(model.d):
+                tgt[:, j] = np.bincount(rows, weights=wprec * model.mu[cols, j], minlength=n)
+            ok = w > 1e-12
+            if ok.sum() < model.d + 2:
+                return None
+            tgt[ok] /= w[ok][:, None]
+            fld.fit(y0[ok], tgt[ok], w[ok] * unit, lam)
+            # the field's error: the residual variance under the marginals beyond the names' own
+            r2 = ((fld.apply(y0)[rows] - model.mu[cols]) ** 2).sum(1)
+            mass = max(float(p.sum()), 1e-300)
+            if adaptive:
+                s2 = max(float((p * r2).sum()) / (model.d * mass) - float((p * model.iso[cols]).sum()) / mass, 0.0)
+    finally:
+        model.reset()
+    return fld
+
+
+def _nearest(y, mu):
+    from scipy.spatial import cKDTree
+
+    d, j = cKDTree(mu).query(y)
+    return d ** 2, j
