@@ -149,7 +149,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("fixed", help="fixed cells: table (.csv/.tsv/.parquet, physical units) or label image")
     p.add_argument("moving", help="moving cells: table or label image")
     p.add_argument("--out", required=False, default="xmodal-register", help="output folder")
-    _transform(p, "deformable", auto=True)
+    _transform(p, "auto", auto=True)
     p.add_argument("--matching", default="one-to-one", choices=["one-to-one", "cover"])
     p.add_argument("--spacing", help="voxel size / coordinate scale for both, e.g. 0.5,0.2,0.2")
     p.add_argument("--fixed-spacing", help="voxel size of the fixed input")

@@ -27,7 +27,7 @@ class RegisterWidget(Container):
         self.viewer = viewer = napari_viewer
         self.fixed_layer = layer_picker(viewer, "fixed", ("points", "labels"))
         self.moving_layer = layer_picker(viewer, "moving", ("points", "labels"))
-        self.transform = ComboBox(label="transform", choices=list(TRANSFORMS), value="deformable")
+        self.transform = ComboBox(label="transform", choices=list(TRANSFORMS), value="auto")
         self.prealign = ComboBox(label="pre-alignment", choices=["all", "flips", "none"], value="all")
         self.unmatched_cost = FloatSpinBox(label="unmatched cost (0 = auto)", value=0.0, min=0.0, max=1e9)
         self.errors = CheckBox(label="error estimates", value=True)
