@@ -37,10 +37,10 @@ FEATURES = ("logit_posterior", "distance", "margin", "consistency", "spread")
 
 #: Intercept and one coefficient per feature of the logistic calibration map, fitted once by
 #: ``scripts/eval_confidence.py fit`` on the 6 training embryo pairs x 2 registrations by the current
-#: defaults (affine -> deformable; binary log loss + 1e-3 x squared coefficients). Held-out figures:
-#: ``docs/identity.md`` and ``benchmarks/results/register-confidence-refit-2026-11-30.json``.
-COEFFICIENTS = {"intercept": -0.6443, "logit_posterior": 0.3215, "distance": 0.4665,
-                "margin": 0.4117, "consistency": -1.1210, "spread": -0.2900}
+#: defaults (transform="auto"; binary log loss + 1e-3 x squared coefficients). Held-out figures:
+#: ``docs/identity.md`` and ``benchmarks/results/register-confidence-refit-auto-2026-11-30.json``.
+COEFFICIENTS = {"intercept": -0.6950, "logit_posterior": 0.3064, "distance": 0.5058,
+                "margin": 0.4205, "consistency": -1.1582, "spread": -0.4279}
 
 #: Matched neighbours whose displacements give the local displacement of the ``consistency`` feature.
 NEIGHBOURS = 6
