@@ -18,6 +18,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "testing_common.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
 #include "xmodal/detail/knn_arith.hpp"
 #include "xmodal/detail/knn_grid.hpp"
@@ -61,38 +62,17 @@ EmuStats emulate_estep(const T* X, int64_t N, const T* TY, int64_t M, const T* w
         ca::finish_moving<T, D>(w ? static_cast<double>(w[m]) : 1.0, mp.s0, mp.cs, mp.best_n, mp.best_v, &P1[m],
                                 &PX[m * D], &best[m], &prob[m]);
     }
-    // statistics: the GPU's one-block reduction
-    constexpr int L = ca::kStatsThreads;
-    double lane[L];
-    int64_t ne = 0, nh = 0;
-    for (int t = 0; t < L; ++t) {
-        lane[t] = 0;
-        for (int64_t n = t; n < N; n += L) lane[t] = ca::add_rn(lane[t], ca::log_s_term(log_s[n], empty[n] != 0));
-    }
-    for (int stride = L / 2; stride > 0; stride >>= 1)
-        for (int t = 0; t < stride; ++t) lane[t] = ca::add_rn(lane[t], lane[t + stride]);
-    for (int64_t n = 0; n < N; ++n) {
-        ne += empty[n];
-        nh += shifted[n];
-    }
-    return {lane[0], ne, nh, ca::dense_pairs(N, M, nh)};
+    const LaneStats ls = gpu_statistics(log_s, empty, shifted, N);  // the GPU's one-block reduction
+    return {ls.log_s_sum, ls.empty, ls.shifted, ca::dense_pairs(N, M, ls.shifted)};
 }
 
 template <class T>
 py::dict estep_emulation(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
                          double sigma2, double c, double cutoff) {
-    auto X = as_carray<T>(fixed, "fixed");
-    auto TY = as_carray<T>(moved, "moved");
-    check_ndim(X, 2, "fixed");
-    check_ndim(TY, 2, "moved");
-    const int64_t N = X.shape(0), M = TY.shape(0);
-    const int D = static_cast<int>(X.shape(1));
-    if (TY.shape(1) != D) throw value_error("fixed, moved: expected the same dimension");
-    carray<T> wa;
-    if (weights) {
-        wa = as_carray<T>(*weights, "weights");
-        if (wa.ndim() != 1 || wa.shape(0) != M) throw value_error("weights: expected one weight per moving point");
-    }
+    const EStepInputs<T> in(fixed, moved, weights, "cpd_estep_gpu_emulation");
+    const carray<T>&X = in.X, &TY = in.TY;
+    const int64_t N = in.N, M = in.M;
+    const int D = in.D;
     ca::check_estep_args(N, M, D, sigma2, c, cutoff);
     py::array_t<T> P1(M), Pt1(N), PX({M, static_cast<int64_t>(D)}), prob(M);
     py::array_t<int64_t> best(M);
@@ -107,7 +87,7 @@ py::dict estep_emulation(const py::array& fixed, const py::array& moved, const s
             st = emulate_estep<U, 3>(x, N, y, M, wp, sigma2, c, cutoff, p1, pt1, px, best.mutable_data(), pb,
                                      log_s.mutable_data());
     };
-    const T* wp = weights ? wa.data() : nullptr;
+    const T* wp = in.wp;
     bool via_double = false;
     if constexpr (sizeof(T) == sizeof(float)) via_double = ca::float_needs_double(sigma2, cutoff);
     if (via_double) {  // as both devices: float64 on converted copies, rounded back
@@ -160,22 +140,7 @@ py::dict knn_emulation(carray<double> a, carray<double> b, int k, double radius,
         select(a.data(), na, b.data(), nb, kb, r2, false);
         if (symmetric && ka_ > 0) select(b.data(), nb, a.data(), na, ka_, -1.0, true);
     }
-    std::sort(keys.begin(), keys.end());
-    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-    std::vector<int64_t> indptr(static_cast<size_t>(na) + 1, 0);
-    std::vector<int32_t> indices(keys.size());
-    std::vector<double> data(keys.size());
-    for (size_t e = 0; e < keys.size(); ++e) {
-        const int64_t row = keys[e] / nb, col = keys[e] % nb;
-        ++indptr[static_cast<size_t>(row) + 1];
-        indices[e] = static_cast<int32_t>(col);
-        data[e] = std::sqrt(ka::dist2(a.data() + row * dim, b.data() + col * dim, dim));
-    }
-    for (int64_t i = 0; i < na; ++i) indptr[i + 1] += indptr[i];
-    py::dict out;
-    out["indptr"] = to_numpy(std::move(indptr));
-    out["indices"] = to_numpy(std::move(indices));
-    out["data"] = to_numpy(std::move(data));
+    py::dict out = csr_from_keys(keys, a.data(), b.data(), na, nb, dim);
     return out;
 }
 
@@ -328,22 +293,7 @@ py::dict knn_grid_emulation(carray<double> a, carray<double> b, int k, double ra
         path_fwd = direction(a.data(), na, b.data(), nb, kb, r2, false);
         if (symmetric && ka_ > 0) path_rev = direction(b.data(), nb, a.data(), na, ka_, -1.0, true);
     }
-    std::sort(keys.begin(), keys.end());
-    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-    std::vector<int64_t> indptr(static_cast<size_t>(na) + 1, 0);
-    std::vector<int32_t> indices(keys.size());
-    std::vector<double> data(keys.size());
-    for (size_t e = 0; e < keys.size(); ++e) {
-        const int64_t row = keys[e] / nb, col = keys[e] % nb;
-        ++indptr[static_cast<size_t>(row) + 1];
-        indices[e] = static_cast<int32_t>(col);
-        data[e] = std::sqrt(ka::dist2(a.data() + row * dim, b.data() + col * dim, dim));
-    }
-    for (int64_t i = 0; i < na; ++i) indptr[i + 1] += indptr[i];
-    py::dict out;
-    out["indptr"] = to_numpy(std::move(indptr));
-    out["indices"] = to_numpy(std::move(indices));
-    out["data"] = to_numpy(std::move(data));
+    py::dict out = csr_from_keys(keys, a.data(), b.data(), na, nb, dim);
     out["algorithm"] = path_fwd;
     out["algorithm_reverse"] = path_rev;
     out["cells_visited"] = stats.cells;

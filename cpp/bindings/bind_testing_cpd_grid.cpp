@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bindings.hpp"
+#include "testing_common.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
 #include "xmodal/detail/cpd_grid.hpp"
 
@@ -108,20 +109,8 @@ py::dict emulate(const T* X, int64_t N, const T* TY, int64_t M, const T* w, doub
         ca::finish_moving<T, D>(a, mp.s0, mp.cs, mp.best_n, mp.best_v, &P1.mutable_data()[m],
                                 &PX.mutable_data()[m * D], &best.mutable_data()[m], &prob.mutable_data()[m]);
     }
-    constexpr int L = ca::kStatsThreads;  // the GPU's one-block reduction of the statistics
-    double lane[L];
-    int64_t ne = 0, nh = 0;
-    for (int t = 0; t < L; ++t) {
-        lane[t] = 0;
-        for (int64_t n = t; n < N; n += L) lane[t] = ca::add_rn(lane[t], ca::log_s_term(log_s.data()[n], empty[n] != 0));
-    }
-    for (int stride = L / 2; stride > 0; stride >>= 1)
-        for (int t = 0; t < stride; ++t) lane[t] = ca::add_rn(lane[t], lane[t + stride]);
-    for (int64_t n = 0; n < N; ++n) {
-        ne += empty[n];
-        nh += shifted[n];
-    }
-    py::dict out = estep_result(P1, Pt1, PX, best, prob, log_s, lane[0], pairs, ne, nh);
+    const LaneStats ls = gpu_statistics(log_s.data(), empty, shifted, N);  // the GPU's one-block reduction
+    py::dict out = estep_result(P1, Pt1, PX, best, prob, log_s, ls.log_s_sum, pairs, ls.empty, ls.shifted);
     out["grid_cells"] = grid.cells;
     out["grid_shape"] = py::make_tuple(grid.nc[0], grid.nc[1], D == 3 ? grid.nc[2] : 1);
     out["cell_edge"] = 1.0 / grid.inv;
@@ -131,25 +120,13 @@ py::dict emulate(const T* X, int64_t N, const T* TY, int64_t M, const T* w, doub
 template <class T>
 py::dict grid_emulation(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
                         double sigma2, double c, double cutoff) {
-    auto X = as_carray<T>(fixed, "fixed");
-    auto TY = as_carray<T>(moved, "moved");
-    check_ndim(X, 2, "fixed");
-    check_ndim(TY, 2, "moved");
-    const int64_t N = X.shape(0), M = TY.shape(0);
-    const int D = static_cast<int>(X.shape(1));
-    if (TY.shape(1) != D) throw value_error("fixed, moved: expected the same dimension");
-    carray<T> wa;
-    if (weights) {
-        wa = as_carray<T>(*weights, "weights");
-        if (wa.ndim() != 1 || wa.shape(0) != M) throw value_error("weights: expected one weight per moving point");
-    }
-    ca::check_estep_args(N, M, D, sigma2, c, cutoff);
+    const EStepInputs<T> in(fixed, moved, weights, "cpd_estep_grid_emulation");
+    ca::check_estep_args(in.N, in.M, in.D, sigma2, c, cutoff);
     if constexpr (sizeof(T) == sizeof(float))
         if (ca::float_needs_double(sigma2, cutoff))
             throw value_error("cpd grid emulation: float32 with this sigma2 runs in float64 (not emulated here)");
-    const T* wp = weights ? wa.data() : nullptr;
-    return D == 2 ? emulate<T, 2>(X.data(), N, TY.data(), M, wp, sigma2, c, cutoff)
-                  : emulate<T, 3>(X.data(), N, TY.data(), M, wp, sigma2, c, cutoff);
+    return in.D == 2 ? emulate<T, 2>(in.X.data(), in.N, in.TY.data(), in.M, in.wp, sigma2, c, cutoff)
+                     : emulate<T, 3>(in.X.data(), in.N, in.TY.data(), in.M, in.wp, sigma2, c, cutoff);
 }
 
 }  // namespace
