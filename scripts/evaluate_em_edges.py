@@ -15,7 +15,9 @@ Protocol (``docs/segmentation_graph.md``, "Learned edge weights"):
 3. The choice is the setting with the lowest *smoothed* mean ARand over the 5 slices: the mean over
    the setting and its two ``beta`` neighbours (+-0.05), which prefers a flat optimum to a sharp
    one (the hand-weighted GASP sum default sits on a sharp one: ARand 0.060 / 0.016 / 0.036 at beta
-   0.20 / 0.25 / 0.30). A nested leave-one-slice-out estimate of the whole choice is reported.
+   0.20 / 0.25 / 0.30). The default is chosen among the GASP settings (native, no optional
+   dependency); the best multicut setting (bioimage-cpp) is reported beside it. A nested
+   leave-one-slice-out estimate of each choice is reported.
 4. The final classifier is fitted on all five tuning slices with the chosen superpixel setting and
    stored (``--write-defaults``) as ``segmentation_defaults["gasp"]`` of the model's ``.json``.
 5. Held-out 25-29 and VNC are scored once with the public
@@ -250,14 +252,16 @@ def main(argv=None):
 
         meta = json.loads(args.write_defaults.read_text())
         sd = meta["segmentation_defaults"]
-        method = learned["method"]
-        sd[method] = {k: v for k, v in learned.items() if k != "method"} | (
-            {"hand_weighted": hand} if method == "gasp" else {"hand_weighted": sd.get(method, {})})
-        sd["method"] = method
+        for st in (learned, multicut):  # the learned settings, the hand-weighted ones kept beside them
+            m = st["method"]
+            old = sd.get(m, {})
+            sd[m] = {k: v for k, v in st.items() if k != "method"} | {
+                "hand_weighted": old.get("hand_weighted", {k: v for k, v in old.items() if k != "edge_model"})}
+        sd["method"] = learned["method"]
         sd["gasp_edge_model_choice"] = {
             "chosen_on": "ISBI 2012 slices 20-24: leave-one-slice-out classifiers, lowest beta-smoothed mean ARand "
                          "(scripts/evaluate_em_edges.py)",
-            "agglomeration": learned["method"], "tta": args.tta,
+            "agglomeration": learned["method"], "tta": args.tta, "multicut": list(mc_key),
             "loso_tune_mean_arand": float(np.mean(table[best])), "nested_loso_tune_mean_arand": float(np.mean(nested))}
         atomic_write_text(args.write_defaults, json.dumps(meta, indent=2) + "\n")
     if args.out is not None:
