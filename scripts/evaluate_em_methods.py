@@ -205,10 +205,20 @@ def segmentation_defaults(choices: dict) -> dict:
 
 
 def write_defaults(meta_path: Path, defaults: dict) -> None:
-    """Store ``defaults`` as ``segmentation_defaults`` in the model's ``.json`` metadata (atomic)."""
+    """Store ``defaults`` as ``segmentation_defaults`` in the model's ``.json`` metadata (atomic).
+
+    Learned edge-weight settings already stored (``scripts/evaluate_em_edges.py``) are kept as the
+    superpixel methods' settings, with the new hand-weighted choice as their ``hand_weighted``."""
     from xmodal.io import atomic_write_text
 
     meta = json.loads(meta_path.read_text())
+    previous = meta.get("segmentation_defaults") or {}
+    for m in ("gasp", "multicut"):  # learned edge weights (scripts/evaluate_em_edges.py) stay the default
+        if isinstance(previous.get(m), dict) and "edge_model" in previous[m]:
+            defaults[m] = previous[m] | {"hand_weighted": defaults[m]}
+    for k in ("gasp_edge_model_choice",):
+        if k in previous:
+            defaults[k] = previous[k]
     meta["segmentation_defaults"] = defaults
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 

@@ -11,6 +11,8 @@
   xmodal's normalisers): :func:`global_mean_std` with :class:`Standardize`, and
   :func:`quantile_normalizer` with :class:`QuantileNormalizer`, and :func:`model_normalizer` (the
   one a shipped model's metadata asks for).
+- :class:`DihedralTTA`: test-time augmentation of a 2D affinity network (mean over the 8 rotations
+  and flips, with the affinity channels remapped to the input's frame).
 """
 
 from ._mismatch import TileMismatch, tile_mismatch
@@ -18,6 +20,7 @@ from ._normalize import QuantileNormalizer, Standardize, global_mean_std, model_
 from ._predict import predict_tiled
 from ._receptive import ReceptiveField, measure_receptive_field, receptive_field
 from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
+from ._tta import DihedralTTA
 
 __all__ = [
     "predict_tiled",
@@ -33,4 +36,5 @@ __all__ = [
     "QuantileNormalizer",
     "quantile_normalizer",
     "model_normalizer",
+    "DihedralTTA",
 ]

@@ -294,6 +294,11 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
         raise ValueError(f"ndim: expected 2 or 3 spatial axes, got {ndim!r}")
     if not is_torch_module(model):
         raise TypeError(f"model: expected a torch.nn.Module for an analytic receptive field, got {describe(model)}")
+    from ._tta import DihedralTTA
+
+    if isinstance(model, DihedralTTA):  # the inner network's field, widened by the offsets' reach
+        inner = receptive_field(model.model, ndim, check=check, in_channels=in_channels)
+        return model.widen(inner)
     torch = optional_import("torch")
     if in_channels is None:
         _, in_channels = spatial_signature(model)

@@ -186,14 +186,22 @@ def normalize_em(raw, *, low: float | None = None, high: float | None = None, q=
     return x
 
 
-def predict_em_affinities(model, x) -> np.ndarray:
+def predict_em_affinities(model, x, *, tta: bool = False) -> np.ndarray:
     """Merge probabilities ``(C, H, W)`` of one normalised 2D slice by a whole-image forward.
 
     ``x`` is the output of :func:`normalize_em`; it is mirror-padded at the bottom / right to a
-    multiple of ``model.divisor`` and the padding is cropped off the output.
+    multiple of ``model.divisor`` and the padding is cropped off the output. ``tta=True`` averages
+    the 8 rotations / flips (:class:`xmodal.inference.DihedralTTA`, 8 times the cost).
     """
     import torch
 
+    if not isinstance(tta, bool):
+        raise TypeError(f"tta: expected True or False, got {tta!r}")
+    if tta:
+        from ..inference import DihedralTTA
+
+        if not isinstance(model, DihedralTTA):
+            model = DihedralTTA(model)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"x: expected a 2D slice, got shape {x.shape}")

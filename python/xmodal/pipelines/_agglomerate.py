@@ -11,12 +11,17 @@ returns ``(labels, number of segments)`` with ``labels = out`` when given. ``wei
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger("xmodal.pipelines")
 
 #: The superpixel (two-stage) methods and the options of theirs that :func:`xmodal.pipelines.segment`
 #: passes on (``graph_options`` and a model's ``segmentation_defaults``).
 GRAPH_METHODS = ("gasp", "multicut")
-GRAPH_OPTIONS = ("beta", "linkage", "threshold", "sigma_seeds", "sigma_weights", "alpha", "superpixel_min_size")
+GRAPH_OPTIONS = ("beta", "linkage", "threshold", "sigma_seeds", "sigma_weights", "alpha", "superpixel_min_size",
+                 "edge_model")
 
 
 def _mws_single(affinities, offsets, *, repulsive_bias=0.0, **kw):
@@ -60,6 +65,8 @@ def _graph_single(method):
     def run(affinities, offsets, *, n_attractive, stacked=False, min_size=0, **options):
         from ..segmentation import superpixel_agglomeration
 
+        options.pop("blockwise_options", None)
+
         return superpixel_agglomeration(affinities=affinities, offsets=offsets, n_attractive=n_attractive,
                                         method=method, stacked=stacked, min_size=min_size, **options)
 
@@ -72,6 +79,16 @@ def _graph_blockwise(method):
         from ..segmentation import blockwise_superpixel_agglomeration
 
         del client  # threads only (see blockwise_superpixel_agglomeration)
+        fallback = options.pop("blockwise_options", None)
+        if options.get("edge_model") is not None:
+            # learned edge weights need the affinities' features, which the blockwise route (on the
+            # boundary map) does not have: the model's hand-weighted settings are used instead
+            log.warning("segment: learned edge weights are single-shot only; blockwise uses the mean-boundary "
+                        "weights%s", " with the model's hand-weighted settings" if fallback else "")
+            options.pop("edge_model")
+            if fallback:
+                options.update({k: v for k, v in fallback.items() if k in GRAPH_OPTIONS and k != "edge_model"})
+                min_size = int(fallback.get("min_size", min_size))
         res = blockwise_superpixel_agglomeration(
             _BoundaryView(affinities, offsets, n_attractive), block_shape=block_shape,
             halo=[max(int(h), 8) for h in halo], out=out, method=method, stacked=stacked, min_size=min_size,
@@ -121,7 +138,11 @@ def resolve_method(model, method, min_size, graph_options):
 
     ``model.segmentation_defaults`` (the shipped EM model's, chosen on ISBI slices 20-24) may hold
     ``method`` and per method its settings: ``min_size``; for ``"mws"`` the ``repulsive_bias``; for
-    the superpixel methods :data:`GRAPH_OPTIONS`. Arguments given by the caller win.
+    the superpixel methods :data:`GRAPH_OPTIONS` (``edge_model``: learned edge weights, see
+    :mod:`xmodal.segmentation.edge_model`) and ``hand_weighted``, the settings of the same method
+    with the plain mean-boundary weights. Those are used when the caller passes
+    ``graph_options={"edge_model": None}`` and by the blockwise route, which has no learned
+    weights. Arguments given by the caller win.
     """
     from .._validation import describe, positive_int
 
@@ -129,8 +150,6 @@ def resolve_method(model, method, min_size, graph_options):
     method = defaults.get("method", "mws") if method is None else method
     if not isinstance(method, str) or method not in SINGLE_SHOT:
         raise ValueError(f"method: expected one of {sorted(SINGLE_SHOT)}, got {describe(method)}")
-    stored = dict(defaults.get(method) or {})
-    min_size = positive_int(stored.get("min_size", 0) if min_size is None else min_size, "min_size", minimum=0)
     if graph_options is None:
         graph_options = {}
     if not isinstance(graph_options, dict):
@@ -139,8 +158,18 @@ def resolve_method(model, method, min_size, graph_options):
     if unknown or (graph_options and method not in GRAPH_METHODS):
         raise ValueError(f"graph_options: expected options among {list(GRAPH_OPTIONS)} for a method in "
                          f"{list(GRAPH_METHODS)}, got {sorted(graph_options)} for method {method!r}")
+    stored = dict(defaults.get(method) or {})
+    hand = stored.get("hand_weighted") if isinstance(stored.get("hand_weighted"), dict) else None
+    plain = "edge_model" in graph_options and graph_options["edge_model"] is None
+    if plain and hand is not None:  # the caller turned the learned weights off: the hand-weighted settings
+        stored = dict(hand)
+    min_size = positive_int(stored.get("min_size", 0) if min_size is None else min_size, "min_size", minimum=0)
     if method in GRAPH_METHODS:
         extra = {k: v for k, v in stored.items() if k in GRAPH_OPTIONS} | dict(graph_options)
+        if plain:
+            extra.pop("edge_model")
+        elif hand is not None and extra.get("edge_model") is not None:
+            extra["blockwise_options"] = dict(hand)
     else:
         extra = {"repulsive_bias": float(stored["repulsive_bias"])} if stored.get("repulsive_bias") else {}
         if stored.get("strides") is not None:

@@ -23,10 +23,22 @@ from .mws import (
     seeded_mutex_watershed,
 )
 from ._size_filter import remove_small_segments
+from .edge_model import (
+    EdgeClassifier,
+    edge_feature_matrix,
+    edge_feature_names,
+    edge_labels_from_ground_truth,
+    fit_edge_classifier,
+)
 from .rag import EdgeFeatures, RegionAdjacencyGraph, edge_features, region_adjacency_graph
 from .superpixels import distance_transform_watershed, seeded_watershed
 
 __all__ = [
+    "EdgeClassifier",
+    "edge_feature_matrix",
+    "edge_feature_names",
+    "edge_labels_from_ground_truth",
+    "fit_edge_classifier",
     "mutex_watershed",
     "mutex_watershed_graph",
     "seeded_mutex_watershed",

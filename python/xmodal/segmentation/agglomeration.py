@@ -288,13 +288,29 @@ def _weighted_graph(sp, bmap, a, o, na, *, invert, channels, long_range, feature
     return rag, rag.edges[ok], be[ok], sizes[ok]
 
 
+def _learned_graph(sp, a, o, na, *, invert, edge_model):
+    """Region graph with the boundary value ``1 - p_merge`` of a learned edge classifier."""
+    from .edge_model import edge_feature_matrix, edge_feature_names
+
+    merge = 1.0 - a if invert else a
+    names = edge_feature_names(o, na)
+    if tuple(names) != tuple(edge_model.feature_names):
+        raise ValueError(f"edge_model: trained on features {list(edge_model.feature_names)}, these affinities' "
+                         f"offsets give {names}")
+    rag, X, count = edge_feature_matrix(sp, merge, o, n_attractive=na)
+    be = 1.0 - edge_model.merge_probability(X)
+    sizes = count.astype(np.float64)
+    ok = sizes > 0
+    return rag, rag.edges[ok], np.clip(be[ok], 0.0, 1.0), sizes[ok]
+
+
 def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, n_attractive=None,
                              invert=False, method="gasp", superpixels=None, mask=None, beta=0.5,
                              feature="mean", channels="attractive", long_range=False, linkage="mean",
                              cannot_link=False, solver="kernighan-lin", size_exponent=None,
                              threshold=0.5, sigma_seeds=1.0, sigma_weights=2.0, alpha=1.0,
                              superpixel_min_size=100, stacked=False, spacing=None, min_size=0,
-                             return_info=False):
+                             edge_model=None, return_info=False):
     """Segment a boundary map (or affinities) by superpixels + region-graph agglomeration.
 
     Parameters
@@ -338,6 +354,12 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         ``superpixel_min_size`` is its ``min_size``).
     min_size : int
         Graph-level size filter of the result in voxels (0: none).
+    edge_model : EdgeClassifier or its dict form, optional
+        Learned edge weights (:mod:`xmodal.segmentation.edge_model`): the edge boundary value is
+        ``1 - p_merge`` of the classifier on :func:`~xmodal.segmentation.edge_feature_matrix`
+        (face edges only), instead of ``feature``. Needs ``affinities`` whose offsets give the
+        classifier's features (a ValueError names the mismatch); ``feature``, ``channels`` and
+        ``long_range`` are then unused.
     return_info : bool
         Also return an :class:`AgglomerationInfo`.
 
@@ -360,6 +382,13 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         raise ValueError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
     _check_beta(beta, open_interval=method == "multicut")
     levels = _feature_quantiles(feature)
+    classifier = None
+    if edge_model is not None:
+        from .edge_model import EdgeClassifier
+
+        classifier = EdgeClassifier.from_dict(edge_model)
+        if affinities is None:
+            raise ValueError("edge_model: learned edge weights need affinities (their features), got boundaries")
     seconds = {}
     t0 = time.perf_counter()
     a, o, na, bmap = _boundary_map(boundaries, affinities, offsets, n_attractive, invert)
@@ -371,8 +400,11 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
     seconds["superpixels"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rag, uv, be, sizes = _weighted_graph(sp, bmap, a, o, na, invert=invert, channels=channels,
-                                         long_range=long_range, feature=feature, levels=levels)
+    if edge_model is not None:
+        rag, uv, be, sizes = _learned_graph(sp, a, o, na, invert=invert, edge_model=classifier)
+    else:
+        rag, uv, be, sizes = _weighted_graph(sp, bmap, a, o, na, invert=invert, channels=channels,
+                                             long_range=long_range, feature=feature, levels=levels)
     seconds["graph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
