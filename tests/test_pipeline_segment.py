@@ -333,3 +333,14 @@ def test_segment_defaults_use_the_em_model_and_its_stored_method(isbi):
     assert res.parameters["min_size"] == stored[stored["method"]]["min_size"]
     assert res.offsets.shape == (14, 3) and not set(np.unique(res.labels[0])) & set(np.unique(res.labels[1]))
     assert res.metrics["mean"]["arand"] < 0.1
+
+
+def test_cli_segment_tta_flag(isbi, tmp_path):
+    """`xmodal segment --tta` averages the 8 dihedral predictions and records it in the provenance."""
+    raw, _ = isbi
+    np.save(tmp_path / "raw.npy", raw[0][:96, :96])
+    r = _run("segment", str(tmp_path / "raw.npy"), "--model", "isbi2012", "--method", "mws", "--tta",
+             "--out", str(tmp_path / "seg"), "-q")
+    assert r.returncode == 0, r.stderr
+    prov = json.loads((tmp_path / "seg" / "provenance.json").read_text())
+    assert prov["parameters"]["tta"] is True

@@ -267,6 +267,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                    help="merge segments smaller than this (voxels) (default: the model's stored value, else 0)")
     p.add_argument("--ground-truth", help="instance labels to evaluate against")
     p.add_argument("--spacing", help="voxel size, e.g. 0.05,0.004,0.004")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the predictions of the 8 "
+                   "rotations / flips of the image plane (8x the prediction time; see docs/inference.md)")
     _common(p, device=True, scheduler=True)
 
     p = _command(sub, subs, "evaluate", commands.cmd_evaluate,

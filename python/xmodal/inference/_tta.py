@@ -133,6 +133,7 @@ class DihedralTTA(_torch_module_base()):
         for name in ("offsets", "n_attractive", "metadata", "segmentation_defaults", "divisor"):
             if hasattr(model, name):
                 object.__setattr__(self, name, getattr(model, name))
+        self.train(model.training)  # the wrapper is in the wrapped network's mode (eval for prediction)
 
     def widen(self, inner):
         """The :class:`~xmodal.inference.ReceptiveField` of the wrapper from the inner network's
@@ -174,6 +175,8 @@ class DihedralTTA(_torch_module_base()):
                     cnt[:, c] += 1
                     continue
                 dy, dx = (int(v) for v in self._offsets[c])
+                if abs(dy) >= h or abs(dx) >= w:  # no p + o_c inside the window (negative slice ends wrap)
+                    continue
                 # value at p = y_d[p + o_c], where p + o_c is inside the window
                 ys, yd = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
                 xs, xd = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
