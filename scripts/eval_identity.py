@@ -261,7 +261,7 @@ def peer_pipeline(fixed, moving, *, seed=0, deformable_iter=0, unmatched_factor=
     """The peer pipeline: the same pre-alignment as ``register_cells`` (principal axes, 24
     rotations, farthest-point subsamples), then pycpd rigid -> affine (w = 0.1) and, with
     ``deformable_iter`` > 0, that many iterations of pycpd's deformable model (beta = 0.4 x the
-    RMS radius of ``fixed``, alpha = 2: the defaults of ``register_cells``; pycpd solves a dense
+    RMS radius R of ``fixed``, alpha = 100 / R^2: the defaults of ``register_cells``; pycpd solves a dense
     M x M system per iteration, minutes per iteration at 5.7k points on one core, hence off by
     default), and a dense optimal assignment (scipy ``linear_sum_assignment`` on all pair
     distances), pairs farther apart than ``unmatched_factor`` x the median nearest-neighbour
@@ -279,7 +279,7 @@ def peer_pipeline(fixed, moving, *, seed=0, deformable_iter=0, unmatched_factor=
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist
 
-    from xmodal.pipelines._register_steps import DEFORMABLE_BETA, PREALIGN_POINTS
+    from xmodal.pipelines._register_steps import DEFORMABLE_BETA, DEFORMABLE_LAM, PREALIGN_POINTS
     from xmodal.pipelines.prealign import fast_prealign, median_nn_distance, rms_radius
 
     nn = median_nn_distance(fixed)
@@ -293,7 +293,7 @@ def peer_pipeline(fixed, moving, *, seed=0, deformable_iter=0, unmatched_factor=
               ("affine", AffineRegistration, {"max_iterations": 150})]
     if deformable_iter > 0:
         stages.append(("deformable", DeformableRegistration,
-                       {"max_iterations": deformable_iter, "alpha": 2.0, "beta": DEFORMABLE_BETA}))
+                       {"max_iterations": deformable_iter, "alpha": DEFORMABLE_LAM, "beta": DEFORMABLE_BETA}))
     for name, cls, kw in stages:
         t0 = time.perf_counter()
         y_n, _ = cls(X=x_n, Y=y_n, w=0.1, tolerance=1e-6, **kw).register()

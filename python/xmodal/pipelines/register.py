@@ -137,13 +137,14 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         deformable for "deformable". An affine or deformable fit has no rigid stage
         of its own: the pre-alignment refines the orientation by rigid CPD, and a second rigid
         fit can turn it away when the two specimens differ in shape. "auto" chooses among rigid,
-        similarity, affine and deformable (beta 0.4 or 0.8 × the RMS radius R of ``fixed``, lambda
-        10, 100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._register_steps.AUTO_CANDIDATES`)
+        affine and deformable (beta 0.4 or 0.8 × the RMS radius R of ``fixed``, lambda
+        100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._register_steps.AUTO_CANDIDATES`)
         by the likelihood of a random 20 % of the fixed cells held out of the fits (seed ``seed``),
         then fits the chosen model to all cells; ``result.model_selection`` (and the provenance)
         records the choice and the score of every candidate. Sets larger than 1,500 cells are
         compared on farthest-point subsamples, and the final fit then starts from the chosen
-        candidate's fit there (carried to all cells, at most 50 CPD iterations on all of them).
+        candidate's fit there (its affine stage carried to all cells; a linear model refined on
+        all cells for at most 50 iterations, a deformable stage fitted on all cells).
         The default: it is the one model that is never more than 0.02 below its own rigid fit on
         any pair of the real data sets here (the issue's rule); figures in ``docs/identity.md``.
     matching : {"one-to-one", "cover"}
