@@ -219,17 +219,12 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
 
 
 #: The models ``transform="auto"`` chooses from, simplest first: (final CPD model, deformable beta in
-#: units of the RMS radius R of the fixed cells, deformable lambda in units of 1 / R^2). Both are
-#: scale-free: :func:`xmodal.cpd` takes ``lam`` in input units (its M-step regularises by
-#: ``lam * sigma2``, sigma2 in squared input units), so a fixed ``lam`` is a stiffer field the
-#: larger the coordinates: the former grid (lambda 2 or 8 in input units) was on the embryos
-#: (pixels, R about 180) so stiff that every deformable fit stayed at the affine one. The grid was
-#: chosen on the 6 training embryo pairs (``scripts/eval_identity.py``; docs/identity.md): there
-#: lambda = 100 / R^2 and 1000 / R^2 beat the affine fit (0.41-0.45 against 0.38), 10 / R^2 is a
-#: little worse (0.43-0.45) and 1 / R^2 bends too much (0.20-0.36); 10^4 / R^2 stays affine.
-#: No similarity candidate: a global size change is an affine map too, and the similarity fits
-#: were the only choices of the rule that fell below the rigid fit (by up to 0.021 on the embryo
-#: pairs; none of the training pairs chose it).
+#: units of the RMS radius R of the fixed cells, lambda in units of 1 / R^2): scale-free, unlike
+#: :func:`xmodal.cpd`'s input-unit ``lam`` (the former grid, lambda 2 or 8, was so stiff on the
+#: embryos, in pixels, that every deformable fit stayed affine). Chosen on the 6 training embryo
+#: pairs (docs/identity.md): lambda 100 and 1000 / R^2 beat the affine fit (0.41-0.45 against
+#: 0.38), 10 / R^2 a little worse, 1 / R^2 bends too much. No similarity candidate: a size change
+#: is affine too, and its choices were the only ones below rigid (by up to 0.021, embryo pairs).
 AUTO_CANDIDATES = (("rigid", None, None), ("affine", None, None),
                    ("deformable", 0.4, 100.0), ("deformable", 0.4, 1000.0),
                    ("deformable", 0.8, 100.0), ("deformable", 0.8, 1000.0))
@@ -319,15 +314,11 @@ def refine_step(moving: np.ndarray, fixed: np.ndarray, warm: Fit, *, transform: 
                 cpd_options: Mapping | None, deformable_options: Mapping | None, landmarks=None,
                 max_iter: int | None = None) -> Fit:
     """The final fit of ``transform="auto"`` on large sets, started from the chosen candidate's fit
-    on the subsamples (``warm``) instead of from scratch.
-
-    A linear model (rigid, similarity, affine): its subsample fit carried to all moving cells,
-    then the same model fitted on all cells from there (at most ``max_iter`` iterations, default
-    :data:`REFINE_ITER`, starting at the subsample fit's variance). A deformable model: the
-    subsample's affine stage carried to all cells, then the deformable stage on all cells (its
-    usual 150 iterations from CPD's initial variance): a field fitted on 1,500 of 5,700
-    Platynereis nuclei and refined on all of them found 0.58 of the bilateral partners, the field
-    fitted on all of them 0.62 (it has to anneal from a large variance on all cells).
+    on the subsamples (``warm``). A linear model: its subsample fit carried to all moving cells,
+    then refined on all cells (at most ``max_iter``, default :data:`REFINE_ITER`, iterations from
+    the subsample fit's variance). A deformable model: the subsample's affine stage carried, then
+    the deformable stage on all cells (150 iterations from CPD's initial variance; refining the
+    carried subsample field instead found 0.58 of the Platynereis partners against 0.63).
     """
     from ..registration import cpd
 

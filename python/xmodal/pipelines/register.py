@@ -262,20 +262,8 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                             allow_reflection=allow_reflection)
     log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
              timings["prealign"])
-    model, selection, fit_deformable, warm = transform, None, deformable_options, None
-    radius = rms_radius(fix)
-    if transform == "auto":
-        with _timed(timings, "model_selection"):
-            chosen = select_step(pre.moved, fix, scale=scale, cpd_options=cpd_options,
-                                 deformable_options=deformable_options, nn=nn, seed=seed, radius=radius)
-        model, fit_deformable, selection, warm = chosen.model, chosen.deformable_options, chosen.record, chosen.warm
-    with _timed(timings, "cpd"):
-        if warm is not None:  # chosen on subsamples: go on from the chosen candidate's fit there
-            fit = refine_step(pre.moved, fix, warm, transform=model, scale=scale, cpd_options=cpd_options,
-                              deformable_options=fit_deformable, landmarks=_landmarks(reviewed))
-        else:
-            fit = fit_step(pre.moved, fix, transform=model, scale=scale, cpd_options=cpd_options,
-                           deformable_options=fit_deformable, nn=nn, landmarks=_landmarks(reviewed), radius=radius)
+    fit, selection = _fit(pre.moved, fix, transform, timings, scale=scale, cpd_options=cpd_options,
+                          deformable_options=deformable_options, nn=nn, seed=seed, landmarks=_landmarks(reviewed))
     with _timed(timings, "matching"):
         mi, fi, dist, confidence, feature_record = _match(fit.moved, fix, feats, (matching, k, radius, unmatched_cost),
                                                           reviewed=reviewed, nn=nn, seed=seed)
@@ -312,6 +300,27 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     timings["total"] = time.perf_counter() - t_all
     log.info("register_cells: %d of %d moving cells matched in %.2f s", len(mi), len(mov), timings["total"])
     return result
+
+
+def _fit(moving, fix, transform, timings, *, scale, cpd_options, deformable_options, nn, seed, landmarks):
+    """Model selection (``transform="auto"``) and the CPD fit of the chosen model: (Fit, selection
+    record or None). Chosen on subsamples: the final fit goes on from the chosen candidate's fit
+    there (``refine_step``); otherwise the chain is fitted from scratch (``fit_step``)."""
+    model, selection, fit_deformable, warm = transform, None, deformable_options, None
+    radius = rms_radius(fix)
+    if transform == "auto":
+        with _timed(timings, "model_selection"):
+            chosen = select_step(moving, fix, scale=scale, cpd_options=cpd_options,
+                                 deformable_options=deformable_options, nn=nn, seed=seed, radius=radius)
+        model, fit_deformable, selection, warm = chosen.model, chosen.deformable_options, chosen.record, chosen.warm
+    with _timed(timings, "cpd"):
+        if warm is not None:
+            fit = refine_step(moving, fix, warm, transform=model, scale=scale, cpd_options=cpd_options,
+                              deformable_options=fit_deformable, landmarks=landmarks)
+        else:
+            fit = fit_step(moving, fix, transform=model, scale=scale, cpd_options=cpd_options,
+                           deformable_options=fit_deformable, nn=nn, landmarks=landmarks, radius=radius)
+    return fit, selection
 
 
 def _check_options(*, transform, matching, prealign, unmatched_cost, intensity_preset, warp_images, fixed_image,
