@@ -10,8 +10,9 @@
      by scipy's Hungarian solver (``linear_sum_assignment`` on Euclidean distances);
    - ``pycpd_pipeline``: the same 24 starts, each refined by pycpd rigid CPD (w = 0.1, 100
      iterations; coordinates normalised first), the start with the lowest final sigma2 kept, then
-     pycpd deformable CPD (w = 0.1, alpha = 2, beta = 2 x the median nearest-neighbour distance of
-     the fixed cloud, as ``register_cells`` uses, 150 iterations), then scipy's Hungarian solver.
+     pycpd deformable CPD (w = 0.1, beta = 0.4 and alpha = 100 in coordinates normalised by the
+     fixed cloud's RMS radius, i.e. the scale-free defaults of ``register_cells``: beta = 0.4 R,
+     lambda = 100 / R^2; 150 iterations), then scipy's Hungarian solver.
 2. The shipped ISBI 2012 affinity model + xmodal's mutex watershed on the 5 slices held out from
    training (25-29 of ``isbi2012_em_membranes`` in the data folder of ``benchmarks/_data.py``),
    against thresholded-boundary connected components. ARand and VOI (bits), ground-truth membranes
@@ -89,7 +90,7 @@ def pycpd_pipeline(moving: np.ndarray, fixed: np.ndarray):
     which also estimates a scale, shrinks the moving cloud towards a point on these pairs).
     """
     from pycpd import DeformableRegistration, RigidRegistration
-    from xmodal.pipelines.prealign import median_nn_distance
+    from xmodal.pipelines._register_steps import DEFORMABLE_BETA, DEFORMABLE_LAM
 
     centre = fixed.mean(axis=0)
     radius = float(np.sqrt(((fixed - centre) ** 2).sum(axis=1).mean()))
@@ -100,8 +101,8 @@ def pycpd_pipeline(moving: np.ndarray, fixed: np.ndarray):
         moved, _ = reg.register()
         if best is None or reg.sigma2 < best[0]:
             best = (reg.sigma2, moved)
-    beta = 2.0 * median_nn_distance(X)
-    deformed, _ = DeformableRegistration(X=X, Y=best[1], w=0.1, alpha=2.0, beta=beta,
+    # the default width and stiffness of register_cells, in these normalised units (RMS radius 1)
+    deformed, _ = DeformableRegistration(X=X, Y=best[1], w=0.1, alpha=DEFORMABLE_LAM, beta=DEFORMABLE_BETA,
                                          max_iterations=150, tolerance=1e-6).register()
     rows, cols, _ = _hungarian(deformed, X)
     return rows, cols

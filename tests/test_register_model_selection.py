@@ -116,3 +116,74 @@ def test_large_sets_are_compared_on_subsamples(cells, monkeypatch):
     res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), transform="auto", prealign=False, errors=False)
     assert res.model_selection["cells"] == [100, 100]
     assert _accuracy(res, np.arange(len(cells))) > 0.95  # the chosen model is fitted to all cells
+
+
+def test_large_sets_go_on_from_the_chosen_subsample_fit(cells, monkeypatch):
+    """Chosen on subsamples: the final fit starts from the chosen candidate's subsample fit (its
+    transforms carried to all cells, then refined on all of them) and the composed transform
+    reproduces the moved cells."""
+    from xmodal.pipelines import _register_steps as steps
+
+    monkeypatch.setattr(steps, "SELECT_POINTS", 100)
+    rng = np.random.default_rng(4)
+    c = cells - cells.mean(0)
+    bent = c.copy()
+    bent[:, 0] += 30.0 * np.sin(c[:, 1] / 100.0)
+    moving = bent + rng.normal(0, 0.3, c.shape)
+    res = register_cells(cells, moving, transform="auto", prealign=False, errors=False)
+    assert res.model_selection["final_fit"] == "refined from the subsample fit"
+    assert any(k.endswith("_subsample") for k in res.cpd_iterations)
+    assert 1 <= max(v for k, v in res.cpd_iterations.items() if not k.endswith("_subsample")) <= steps.REFINE_ITER
+    assert np.allclose(res.transform.apply(moving), res.moved, atol=1e-6)
+    assert _accuracy(res, np.arange(len(cells))) > 0.95
+
+
+def test_small_sets_are_fitted_from_scratch_on_all_cells(cells):
+    rng = np.random.default_rng(5)
+    res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), transform="auto", prealign=False,
+                         errors=False)
+    assert res.model_selection["final_fit"] == "all cells"
+    assert not any(k.endswith("_subsample") for k in res.cpd_iterations)
+
+
+def test_deformable_width_is_in_units_of_the_specimen_radius(cells):
+    """The default width of the deformable field is DEFORMABLE_BETA x the RMS radius of the fixed
+    cells, whatever their density: the same specimen sampled twice as densely gets the same field
+    width (a width in cell spacings would shrink)."""
+    from xmodal.pipelines._register_steps import DEFORMABLE_BETA
+    from xmodal.pipelines.prealign import median_nn_distance, rms_radius
+    from xmodal.registration.transforms import DeformableTransform
+
+    rng = np.random.default_rng(6)
+    dense = np.vstack([cells, cells + rng.normal(0, 3.0, cells.shape)])
+    widths = []
+    for fixed in (cells, dense):
+        res = register_cells(fixed, fixed + rng.normal(0, 0.3, fixed.shape), transform="deformable", prealign=False,
+                             errors=False)
+        field = [t for t in res.transform.transforms if isinstance(t, DeformableTransform)]
+        assert len(field) == 1
+        assert field[0].beta == pytest.approx(DEFORMABLE_BETA * rms_radius(fixed))
+        widths.append(field[0].beta)
+    assert widths[1] == pytest.approx(widths[0], rel=0.05)
+    assert median_nn_distance(dense) < 0.8 * median_nn_distance(cells)
+
+
+def test_auto_is_scale_free(cells):
+    """The same cells in other units (x 10): the same model and the same matches."""
+    rng = np.random.default_rng(7)
+    c = cells - cells.mean(0)
+    moving = c.copy()
+    moving[:, 0] += 40.0 * np.sin(c[:, 1] / 120.0)
+    moving += rng.normal(0, 1.0, c.shape)
+    a = register_cells(cells, moving, transform="auto", prealign=False, errors=False)
+    b = register_cells(cells * 10.0, moving * 10.0, transform="auto", prealign=False, errors=False)
+    assert a.parameters["model"] == b.parameters["model"]
+    assert np.mean(np.isin(a.moving_index * 10000 + a.fixed_index, b.moving_index * 10000 + b.fixed_index)) > 0.98
+
+
+def test_rms_radius():
+    from xmodal.pipelines.prealign import rms_radius
+
+    pts = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 3.0, 0], [0, -3.0, 0]]) + 5.0
+    assert rms_radius(pts) == pytest.approx(np.sqrt((1 + 1 + 9 + 9) / 4))
+    assert rms_radius(pts * 2.0) == pytest.approx(2.0 * rms_radius(pts))

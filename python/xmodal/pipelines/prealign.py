@@ -41,6 +41,13 @@ def median_nn_distance(points: np.ndarray) -> float:
     return float(np.median(dist[:, 1]))
 
 
+def rms_radius(points: np.ndarray) -> float:
+    """Root-mean-square distance of the points from their centroid (the units of ``points``): the
+    size of the specimen, independent of how densely its cells are sampled."""
+    pts = np.asarray(points, dtype=np.float64)
+    return float(np.sqrt(((pts - pts.mean(axis=0)) ** 2).sum(axis=1).mean()))
+
+
 def proper_signed_permutations(d: int, *, permute: bool = True) -> list[np.ndarray]:
     """All d×d signed permutation matrices with determinant +1 (24 in 3D, 4 in 2D).
 

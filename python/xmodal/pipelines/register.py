@@ -38,9 +38,10 @@ from ._register_steps import (
     match_confidence,
     match_step,
     prealign_step,
+    refine_step,
     select_step,
 )
-from .prealign import PrealignResult, median_nn_distance
+from .prealign import PrealignResult, median_nn_distance, rms_radius
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -135,18 +136,17 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         rigid (similarity when ``scale``) for "rigid" and "similarity"; affine for "affine", then
         deformable for "deformable". An affine or deformable fit has no rigid stage
         of its own: the pre-alignment refines the orientation by rigid CPD, and a second rigid
-        fit can turn it away when the two specimens differ in shape. "auto" chooses among rigid, similarity, affine and deformable
-        (beta 2 or 4 × the median nearest-neighbour distance of ``fixed``, lambda 2 or 8) by the
-        likelihood of a random 20 % of the fixed cells held out of the fits (seed ``seed``), then
-        fits the chosen model to all cells; ``result.model_selection`` (and the provenance) records
-        the choice and the score of every candidate. Sets larger than 1,500 cells are compared on
-        farthest-point subsamples. It costs 2-3 times a plain deformable fit (embryo pairs: 1.5 s
-        against 0.55 s; 5.7k Platynereis nuclei: 120 s against 70 s). The default: it is the one
-        model that is never more than 0.02 below its own rigid fit on any pair of the real data
-        sets here (the issue's rule). On the 28 C. elegans embryo pairs it names 0.377 of the
-        lineage names (deformable 0.389, rigid 0.239); on the Platynereis bilateral pairs 0.531 of
-        the curated partners, where "deformable" falls below rigid and no registration (0.387
-        against 0.464 and 0.392) (``docs/identity.md``).
+        fit can turn it away when the two specimens differ in shape. "auto" chooses among rigid,
+        affine and deformable (beta 0.4 or 0.8 × the RMS radius R of ``fixed``, lambda
+        100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._register_steps.AUTO_CANDIDATES`)
+        by the likelihood of a random 20 % of the fixed cells held out of the fits (seed ``seed``),
+        then fits the chosen model to all cells; ``result.model_selection`` (and the provenance)
+        records the choice and the score of every candidate. Sets larger than 1,500 cells are
+        compared on farthest-point subsamples, and the final fit then starts from the chosen
+        candidate's fit there (its affine stage carried to all cells; a linear model refined on
+        all cells for at most 50 iterations, a deformable stage fitted on all cells).
+        The default: it is the one model that is never more than 0.02 below its own rigid fit on
+        any pair of the real data sets here (the issue's rule); figures in ``docs/identity.md``.
     matching : {"one-to-one", "cover"}
         One-to-one with an unmatched cost (partial matching), or the thesis' cover assignment (every
         point of the larger set matched exactly once, every point of the smaller at least once).
@@ -164,9 +164,11 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         Keyword arguments for :func:`xmodal.cpd` in the first stage (rigid, similarity or affine).
         Default w = 0.1.
     deformable_options : dict, optional
-        Keyword arguments for the deformable stage. Defaults: w = 0.1, lam = 2, beta = 2 × the
-        median nearest-neighbour distance within ``fixed`` (physical units): a smooth field on the
-        scale of a few cells.
+        Keyword arguments for the deformable stage (``beta`` and ``lam`` in the input units, as
+        :func:`xmodal.cpd` takes them). Defaults, scale-free: w = 0.1, beta = 0.4 × the RMS radius
+        R of ``fixed`` (physical units), lam = 100 / R² (``DEFORMABLE_BETA``, ``DEFORMABLE_LAM`` of
+        :mod:`xmodal.pipelines._register_steps`; chosen on training embryo pairs). With
+        ``transform="auto"`` they override every deformable candidate's.
     k, radius : candidate pairs of the matching: the k nearest neighbours both ways, and all pairs
         closer than ``radius`` (physical units).
     unmatched_cost : float, "auto" or None
@@ -260,14 +262,8 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                             allow_reflection=allow_reflection)
     log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
              timings["prealign"])
-    model, selection, fit_deformable = transform, None, deformable_options
-    if transform == "auto":
-        with _timed(timings, "model_selection"):
-            model, fit_deformable, selection = select_step(pre.moved, fix, scale=scale, cpd_options=cpd_options,
-                                                           deformable_options=deformable_options, nn=nn, seed=seed)
-    with _timed(timings, "cpd"):
-        fit = fit_step(pre.moved, fix, transform=model, scale=scale, cpd_options=cpd_options,
-                       deformable_options=fit_deformable, nn=nn, landmarks=_landmarks(reviewed))
+    fit, selection = _fit(pre.moved, fix, transform, timings, scale=scale, cpd_options=cpd_options,
+                          deformable_options=deformable_options, nn=nn, seed=seed, landmarks=_landmarks(reviewed))
     with _timed(timings, "matching"):
         mi, fi, dist, confidence, feature_record = _match(fit.moved, fix, feats, (matching, k, radius, unmatched_cost),
                                                           reviewed=reviewed, nn=nn, seed=seed)
@@ -304,6 +300,27 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     timings["total"] = time.perf_counter() - t_all
     log.info("register_cells: %d of %d moving cells matched in %.2f s", len(mi), len(mov), timings["total"])
     return result
+
+
+def _fit(moving, fix, transform, timings, *, scale, cpd_options, deformable_options, nn, seed, landmarks):
+    """Model selection (``transform="auto"``) and the CPD fit of the chosen model: (Fit, selection
+    record or None). Chosen on subsamples: the final fit goes on from the chosen candidate's fit
+    there (``refine_step``); otherwise the chain is fitted from scratch (``fit_step``)."""
+    model, selection, fit_deformable, warm = transform, None, deformable_options, None
+    radius = rms_radius(fix)
+    if transform == "auto":
+        with _timed(timings, "model_selection"):
+            chosen = select_step(moving, fix, scale=scale, cpd_options=cpd_options,
+                                 deformable_options=deformable_options, nn=nn, seed=seed, radius=radius)
+        model, fit_deformable, selection, warm = chosen.model, chosen.deformable_options, chosen.record, chosen.warm
+    with _timed(timings, "cpd"):
+        if warm is not None:
+            fit = refine_step(moving, fix, warm, transform=model, scale=scale, cpd_options=cpd_options,
+                              deformable_options=fit_deformable, landmarks=landmarks)
+        else:
+            fit = fit_step(moving, fix, transform=model, scale=scale, cpd_options=cpd_options,
+                           deformable_options=fit_deformable, nn=nn, landmarks=landmarks, radius=radius)
+    return fit, selection
 
 
 def _check_options(*, transform, matching, prealign, unmatched_cost, intensity_preset, warp_images, fixed_image,
