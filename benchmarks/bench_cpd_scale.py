@@ -15,7 +15,7 @@ Cases (each in a fresh subprocess, so that its peak memory is its own; results i
 - ``test_scaling``: seconds per CPD iteration at full resolution, 10k -> 1M points, E-step
   ``"exact"`` (the issue's quadratic baseline, up to 40k) and ``"auto"``; and the coarse-to-fine
   rigid pipeline (50 iterations) at every size.
-- ``test_rigid_1m``: rigid 1M x 1M, 50 iterations (45 on 20k-point voxel subsamples, 5 on all
+- ``test_rigid_1m``: rigid 1M x 1M, 50 iterations (45 on 20k-point voxel subsamples, up to 5 on all
   points), time and peak memory (targets: <= 5 min, <= 4 GiB on 2 cores).
 - ``test_deformable_200k``: deformable 200k x 200k, 100 iterations on 20k-point subsamples, the field
   interpolated to all points (target <= 10 min).
