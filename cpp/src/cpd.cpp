@@ -17,6 +17,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "xmodal/common.hpp"
@@ -53,6 +54,16 @@ namespace {
 // ISHIFT rows are only run for moving points of positive weight); shifted rows also clamp the
 // difference at 0 (zero-weight points, whose terms are 0 anyway; and a safety net).
 // Lane accumulators in a fixed order: deterministic.
+// Every array of an Inner holds kPad finite elements (zeros) past its last point: the masked tail
+// chunk of a row reads up to 64 bytes (16 floats) past the end of a range.
+constexpr int64_t kPad = 16;
+
+// At most this many grid cells per inner point (int64 offsets: 32 bytes per point). A sparse set
+// in a large bounding box (a ball of 1M points) otherwise gets cells far wider than the support
+// radius (2 cells per point: 1.5 radii wide at the end of a 1M-point rigid fit) and every query
+// visits ~20x the support's points; 8 per point was slower again (more, shorter rows).
+constexpr double kCellsPerPoint = 4.0;
+
 template <class T>
 struct Inner {
     const T* coord[3];
@@ -93,50 +104,53 @@ XM_INLINE void row_impl(const T* q, const int64_t* ranges, int nranges, const In
     }
     const T q0 = q[0], q1 = q[1], q2 = D == 3 ? q[2] : T(0);
     const T inv = ra.inv, r2 = ra.r2, qsh = ra.qshift;
+    // One chunk of L inner points i0 .. i0 + L - 1 in lane order; MASKED: only the first `rem` are
+    // in the range (the others are read from the padding or the next cells, always in bounds, and
+    // contribute exactly nothing: a zero term, no best, no minimum). Lane j always takes point
+    // b + (multiple of L) + j, so the sums are the same as a scalar loop over the range's tail.
+    // NL: lanes processed (L, or L / 2 for a tail of at most L / 2 points: lanes L / 2 .. L - 1
+    // then see nothing, exactly as if they were masked).
+    auto chunk = [&](int64_t i0, int64_t rem, auto masked, auto lanes) {
+        constexpr bool MASKED = decltype(masked)::value;
+        constexpr int NL = decltype(lanes)::value;
+        T k[NL];
+        T dd[NL];
+        for (int j = 0; j < NL; ++j) {
+            const T d2 = dist2<T, D>(q0, q1, q2, in, i0 + j);
+            const T e = ISHIFT ? arith::shifted(d2, in.shift[i0 + j]) : (QSHIFT ? arith::shifted(d2, qsh) : d2);
+            const T kk = arith::pair_term(d2, e, inv, in.w[i0 + j], r2);
+            k[j] = (!MASKED || j < rem) ? kk : T(0);
+            if (MIN) dd[j] = d2;
+        }
+        for (int j = 0; j < NL; ++j) a0[j] += k[j];
+        for (int c = 0; c < NC; ++c)
+            for (int j = 0; j < NL; ++j) ac[c][j] += k[j] * in.col[c][i0 + j];
+        if (BEST) {
+            for (int j = 0; j < NL; ++j) {
+                const int32_t id = in.id[i0 + j];
+                const bool g = (!MASKED || j < rem) && arith::better(k[j], id, bv[j], bi[j]);
+                bv[j] = g ? k[j] : bv[j];
+                bi[j] = g ? id : bi[j];
+            }
+        }
+        if (MIN) {
+            for (int j = 0; j < NL; ++j) {
+                const T v = ((!MASKED || j < rem) && arith::in_support(dd[j], r2) && in.w[i0 + j] > 0) ? dd[j] : kInf;
+                dm[j] = v < dm[j] ? v : dm[j];
+            }
+        }
+    };
     for (int r = 0; r < nranges; ++r) {
         const int64_t b = ranges[2 * r], e = ranges[2 * r + 1];
         int64_t i = b;
-        for (; i + L <= e; i += L) {
-            T k[L];
-            T dd[L];
-            for (int j = 0; j < L; ++j) {
-                const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-                const T e = ISHIFT ? arith::shifted(d2, in.shift[i + j]) : (QSHIFT ? arith::shifted(d2, qsh) : d2);
-                k[j] = arith::pair_term(d2, e, inv, in.w[i + j], r2);
-                if (MIN) dd[j] = d2;
-            }
-            for (int j = 0; j < L; ++j) a0[j] += k[j];
-            for (int c = 0; c < NC; ++c)
-                for (int j = 0; j < L; ++j) ac[c][j] += k[j] * in.col[c][i + j];
-            if (BEST) {
-                for (int j = 0; j < L; ++j) {
-                    const int32_t id = in.id[i + j];
-                    const bool g = arith::better(k[j], id, bv[j], bi[j]);
-                    bv[j] = g ? k[j] : bv[j];
-                    bi[j] = g ? id : bi[j];
-                }
-            }
-            if (MIN) {
-                for (int j = 0; j < L; ++j) {
-                    const T v = (arith::in_support(dd[j], r2) && in.w[i + j] > 0) ? dd[j] : kInf;
-                    dm[j] = v < dm[j] ? v : dm[j];
-                }
-            }
-        }
-        for (int j = 0; i + j < e; ++j) {  // tail, same lanes
-            const T d2 = dist2<T, D>(q0, q1, q2, in, i + j);
-            const T e = ISHIFT ? arith::shifted(d2, in.shift[i + j]) : (QSHIFT ? arith::shifted(d2, qsh) : d2);
-            const T kk = arith::pair_term(d2, e, inv, in.w[i + j], r2);
-            a0[j] += kk;
-            for (int c = 0; c < NC; ++c) ac[c][j] += kk * in.col[c][i + j];
-            // (kk >= bv first: the index is read only when it can matter; this keeps GCC from
-            // if-converting the tail into code that slows the whole row function by a third)
-            if (BEST && kk >= bv[j] && arith::better(kk, in.id[i + j], bv[j], bi[j])) {
-                bv[j] = kk;
-                bi[j] = in.id[i + j];
-            }
-            if (MIN && arith::in_support(d2, r2) && in.w[i + j] > 0 && d2 < dm[j]) dm[j] = d2;
-        }
+        using Full = std::integral_constant<int, L>;
+        using Half = std::integral_constant<int, L / 2>;
+        for (; i + L <= e; i += L) chunk(i, (int64_t)L, std::false_type{}, Full{});
+        // the tail: one masked chunk (inputs are padded by kPad >= L elements)
+        if (e - i > L / 2)
+            chunk(i, e - i, std::true_type{}, Full{});
+        else if (i < e)
+            chunk(i, e - i, std::true_type{}, Half{});
     }
     double s = 0;
     for (int j = 0; j < L; ++j) s += (double)a0[j];
@@ -262,8 +276,8 @@ struct Grid {
         double ext_max = 0;
         for (int d = 0; d < D; ++d) ext_max = std::max(ext_max, hi[d] - lo[d]);
         // Cells of half the radius (a query visits ~(2r + h)^d instead of ~(3r)^d of volume),
-        // enlarged so that there are at most ~2n + 64 cells.
-        const double cap = 2.0 * (double)n + 64.0;
+        // enlarged so that there are at most ~kCellsPerPoint n + 64 cells.
+        const double cap = kCellsPerPoint * (double)n + 64.0;
         auto cells = [&](double hh) {
             double c = 1;
             for (int d = 0; d < D; ++d) c *= std::floor((hi[d] - lo[d]) / hh) + 1.0;
@@ -294,8 +308,9 @@ struct Grid {
         perm.resize(n);
         for (int64_t i = 0; i < n; ++i) perm[fill[cell[i]]++] = i;
         id.assign(perm.begin(), perm.end());
+        id.resize(n + kPad, 0);
         for (int d = 0; d < D; ++d) {
-            coord[d].resize(n);
+            coord[d].assign(n + kPad, T(0));
             for (int64_t s = 0; s < n; ++s) coord[d][s] = P[perm[s] * D + d];
         }
     }
@@ -321,22 +336,78 @@ struct Grid {
             a[d] = l < 0 ? 0 : (int64_t)l;
             b[d] = u > (double)(nc[d] - 1) ? nc[d] - 1 : (int64_t)u;
         }
-        if (D == 2) {
-            for (int64_t i0 = a[0]; i0 <= b[0]; ++i0) {
-                const int64_t base = i0 * nc[1];
-                const int64_t s = start[base + a[1]], e = start[base + b[1] + 1];
-                if (e > s) { out.push_back(s); out.push_back(e); }
+        // Rows along the last axis, each clipped to the ball: the row's cells in the other axes lie
+        // at a distance >= dperp from q, so only |x_last - q_last| <= sqrt(radius^2 - dperp^2) can
+        // be within the radius (rows with dperp > radius are skipped). dperp is shrunk by 1e-6 h,
+        // far more than the rounding of the cell arithmetic, so the ranges stay a superset of the
+        // ball (at cells of ~radius / 1.3, half of the box's points).
+        const int L = D - 1;
+        const bool clip = std::isfinite(radius) && nc[L] > 1;
+        const double r2 = radius * radius, slack = 1e-6 * h;
+        double g2[2][8];  // squared gap from q to the slab of each visited cell, axes 0 .. D - 2
+        const bool small = b[0] - a[0] < 8 && (D == 2 || b[1] - a[1] < 8);
+        for (int d = 0; d < L && small; ++d)
+            for (int64_t i = a[d]; i <= b[d]; ++i) {
+                const double c0 = lo[d] + (double)i * h, c1 = c0 + h, v = (double)q[d];
+                const double g = nc[d] > 1 && std::isfinite(radius)
+                                     ? std::max((v < c0 ? c0 - v : (v > c1 ? v - c1 : 0.0)) - slack, 0.0)
+                                     : 0.0;
+                g2[d][i - a[d]] = g * g;
             }
+        const double qL = (double)q[L] - lo[L];
+        auto emit = [&](int64_t base, double dperp2) {
+            int64_t za = a[L], zb = b[L];
+            if (clip && small) {
+                const double rest = r2 - dperp2;
+                if (rest < 0) return;
+                const double rp = std::sqrt(rest);
+                const double l = std::floor((qL - rp) / h);
+                const double u = std::floor((qL + rp) / h);
+                if (u < 0 || l > (double)(nc[L] - 1)) return;
+                za = std::max(za, l < 0 ? (int64_t)0 : (int64_t)l);
+                zb = std::min(zb, u > (double)(nc[L] - 1) ? nc[L] - 1 : (int64_t)u);
+                if (zb < za) return;
+            }
+            const int64_t s = start[base + za], e = start[base + zb + 1];
+            if (e > s) {
+                out.push_back(s);
+                out.push_back(e);
+            }
+        };
+        if (D == 2) {
+            for (int64_t i0 = a[0]; i0 <= b[0]; ++i0) emit(i0 * nc[1], small ? g2[0][i0 - a[0]] : 0.0);
         } else {
-            for (int64_t i0 = a[0]; i0 <= b[0]; ++i0)
-                for (int64_t i1 = a[1]; i1 <= b[1]; ++i1) {
-                    const int64_t base = (i0 * nc[1] + i1) * nc[2];
-                    const int64_t s = start[base + a[2]], e = start[base + b[2] + 1];
-                    if (e > s) { out.push_back(s); out.push_back(e); }
-                }
+            for (int64_t i0 = a[0]; i0 <= b[0]; ++i0) {
+                const double g0 = small ? g2[0][i0 - a[0]] : 0.0;
+                if (small && clip && g0 > r2) continue;
+                for (int64_t i1 = a[1]; i1 <= b[1]; ++i1)
+                    emit((i0 * nc[1] + i1) * nc[2], small ? g0 + g2[1][i1 - a[1]] : 0.0);
+            }
         }
     }
 };
+
+// Query points in the order of the grid's cells (stable counting sort): consecutive queries then
+// visit the same inner cells, which stay in cache (in input order, e.g. points sorted by radius,
+// every query fetched ~25 scattered rows of a grid far larger than the cache: 2-3x slower at 1M
+// points). Each query's sums do not depend on the order, so the results are unchanged.
+template <class T>
+std::vector<int64_t> cell_order(const Grid<T>& g, const T* Q, int64_t n, std::vector<T>& sorted) {
+    int64_t total = (int64_t)g.start.size() - 1;
+    std::vector<int64_t> cell(n), first(total + 1, 0), order(n);
+    for (int64_t i = 0; i < n; ++i) {
+        cell[i] = g.cell_of(&Q[i * g.D]);
+        ++first[cell[i] + 1];
+    }
+    for (int64_t c = 0; c < total; ++c) first[c + 1] += first[c];
+    for (int64_t i = 0; i < n; ++i) order[first[cell[i]]++] = i;
+    // the queries' coordinates in that order (read in input order, they would miss the cache)
+    const int D = g.D;
+    sorted.resize(n * D);
+    for (int64_t k = 0; k < n; ++k)
+        for (int d = 0; d < D; ++d) sorted[k * D + d] = Q[order[k] * D + d];
+    return order;
+}
 
 template <class T>
 void check_finite(const T* p, int64_t n, const char* name) {
@@ -402,30 +473,34 @@ void pass1(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weight
            double c, double radius, bool parallel, T* Pt1, Columns<T>& out) {
     Grid<T> gy;
     gy.build(TY, M, D, radius);
-    std::vector<T> wy(M);
+    std::vector<T> wy(M + kPad, T(0));
     for (int64_t s = 0; s < M; ++s) wy[s] = weights ? weights[gy.perm[s]] : T(1);
     const Inner<T> iny{{gy.coord[0].data(), gy.coord[1].data(), D == 3 ? gy.coord[2].data() : nullptr},
                        wy.data(), nullptr, {nullptr, nullptr, nullptr}, nullptr};
     const bool may_shift = arith::may_shift(sc.r2, sc.inv);
     const RowFn<T> row1 = pick_row<T>(D, may_shift ? Row::pass1_min : Row::pass1);
     const RowFn<T> row1s = pick_row<T>(D, Row::pass1_shift);
+    std::vector<T> Xs;
+    const std::vector<int64_t> order = cell_order(gy, X, N, Xs);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
+        rg.reserve(256);
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t n = 0; n < N; ++n) {
-            gy.ranges(&X[n * D], radius, rg);
+        for (int64_t k = 0; k < N; ++k) {
+            const int64_t n = order[k];
+            gy.ranges(&Xs[k * D], radius, rg);
             double S = 0, dummy[3];
             int32_t bp;
             T bvv, dmin = std::numeric_limits<T>::infinity();
             RowArgs<T> ra{sc.inv, sc.r2, T(0)};
-            row1(&X[n * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, &dmin);
+            row1(&Xs[k * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, &dmin);
             int64_t cnt = range_count(rg);
             T h = 0;
             if (may_shift && arith::needs_shift(dmin, sc.inv)) {
                 h = dmin;
                 ra.qshift = h;
-                row1s(&X[n * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, nullptr);
+                row1s(&Xs[k * D], rg.data(), (int)(rg.size() / 2), iny, ra, &S, dummy, &bp, &bvv, nullptr);
                 cnt *= 2;
                 out.shifted[n] = 1;
             }
@@ -448,7 +523,7 @@ int64_t pass2(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* wei
               T* P1, T* PX, int64_t* best_idx, T* best_prob) {
     Grid<T> gx;
     gx.build(X, N, D, radius);
-    std::vector<T> wx(N), sx(N);
+    std::vector<T> wx(N + kPad, T(0)), sx(N + kPad, T(0));
     for (int64_t s = 0; s < N; ++s) {
         wx[s] = col.g[gx.perm[s]];
         sx[s] = col.shift[gx.perm[s]];
@@ -460,19 +535,23 @@ int64_t pass2(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* wei
                        gx.id.data()};
     std::vector<int64_t> work(M, 0);
     const RowFn<T> row2 = pick_row<T>(D, any_shift ? Row::pass2_shift : Row::pass2);
+    std::vector<T> Ys;
+    const std::vector<int64_t> order = cell_order(gx, TY, M, Ys);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (parallel)
     {
         std::vector<int64_t> rg;
+        rg.reserve(256);
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t m = 0; m < M; ++m) {
+        for (int64_t k = 0; k < M; ++k) {
+            const int64_t m = order[k];
             const double a = weights ? (double)weights[m] : 1.0;
             double s0 = 0, cs[3] = {0, 0, 0};
             int32_t bp = -1;
             T bvv = 0;
             if (a > 0) {  // a zero weight makes the row of P zero: nothing to sum
-                gx.ranges(&TY[m * D], radius, rg);
+                gx.ranges(&Ys[k * D], radius, rg);
                 const RowArgs<T> ra{sc.inv, sc.r2, T(0)};
-                row2(&TY[m * D], rg.data(), (int)(rg.size() / 2), inx, ra, &s0, cs, &bp, &bvv, nullptr);
+                row2(&Ys[k * D], rg.data(), (int)(rg.size() / 2), inx, ra, &s0, cs, &bp, &bvv, nullptr);
                 work[m] = range_count(rg);
             }
             if (D == 2)
@@ -572,10 +651,11 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
     const double radius = search_radius((double)r2, amax);
     Grid<T> g;
     g.build(centers, K, D, radius);
-    std::vector<T> ones(K, T(1));
+    std::vector<T> ones(K + kPad, T(0));
+    std::fill(ones.begin(), ones.begin() + K, T(1));
     std::vector<T> cols[3];
     for (int d = 0; d < D; ++d) {
-        cols[d].resize(K);
+        cols[d].assign(K + kPad, T(0));
         for (int64_t s = 0; s < K; ++s) cols[d][s] = coef[g.perm[s] * D + d];
     }
     Inner<T> in{{g.coord[0].data(), g.coord[1].data(), D == 3 ? g.coord[2].data() : nullptr},
@@ -584,17 +664,21 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
                 {cols[0].data(), cols[1].data(), D == 3 ? cols[2].data() : nullptr},
                 nullptr};
     const RowFn<T> row = pick_row<T>(D, Row::gauss);
+    std::vector<T> Ps;
+    const std::vector<int64_t> order = cell_order(g, points, Q, Ps);
 #pragma omp parallel num_threads(xmodal::num_threads()) if ((double)K * (double)Q >= kParallelMinPairs)
     {
         std::vector<int64_t> rg;
+        rg.reserve(256);
 #pragma omp for schedule(dynamic, 64)
-        for (int64_t q = 0; q < Q; ++q) {
-            g.ranges(&points[q * D], radius, rg);
+        for (int64_t k = 0; k < Q; ++k) {
+            const int64_t q = order[k];
+            g.ranges(&Ps[k * D], radius, rg);
             double s0 = 0, cs[3] = {0, 0, 0};
             int32_t bp;
             T bvv;
             const RowArgs<T> ra{inv, r2, T(0)};
-            row(&points[q * D], rg.data(), (int)(rg.size() / 2), in, ra, &s0, cs, &bp, &bvv, nullptr);
+            row(&Ps[k * D], rg.data(), (int)(rg.size() / 2), in, ra, &s0, cs, &bp, &bvv, nullptr);
             for (int d = 0; d < D; ++d) out[q * D + d] = (T)cs[d];
         }
     }

@@ -1696,7 +1696,34 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
             key[i] = k;
         }
     };
+    // The number of occupied voxels at edge v. Where the voxel grid over the bounding box has at
+    // most 64 n cells, one bit per cell (O(n + cells)); else the packed keys sorted. Both exact.
+    std::vector<uint64_t> bits;
     auto count = [&](double v) {
+        double cells = 1;
+        int64_t nc[3] = {1, 1, 1};
+        for (int d = 0; d < D; ++d) {
+            const double c = std::min(std::floor((b.hi[d] - b.lo[d]) / v), 2097151.0) + 1.0;
+            nc[d] = (int64_t)c;
+            cells *= c;
+        }
+        if (cells <= 64.0 * (double)n + 4096.0) {
+            bits.assign(((size_t)cells + 63) / 64, 0);
+            int64_t occupied = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                int64_t c = 0;
+                for (int d = 0; d < D; ++d) {
+                    double cidx = std::floor(((double)P[i * D + d] - b.lo[d]) / v);
+                    cidx = std::min(std::max(cidx, 0.0), (double)(nc[d] - 1));
+                    c = c * nc[d] + (int64_t)cidx;
+                }
+                const uint64_t m = uint64_t(1) << (c & 63);
+                uint64_t& w = bits[(size_t)(c >> 6)];
+                occupied += (w & m) ? 0 : 1;
+                w |= m;
+            }
+            return occupied;
+        }
         make_keys(v);
         std::vector<uint64_t> k2(key);
         std::sort(k2.begin(), k2.end());

@@ -28,12 +28,16 @@ from ._result import CPDResult
 from .transforms import AffineTransform, CompositeTransform, RigidTransform, SimilarityTransform
 
 _REFUSED = ("weights", "landmarks", "device", "sigma2")
+#: Default stopping rule of the refinement on all points: stop after an iteration in which no moving
+#: point moved by more than this fraction of sigma (``cpd(..., xtol=...)``).
+REFINE_XTOL = 0.05
 _PURPOSE = "cpd_coarse_to_fine on CUDA arrays"
 
 
 def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int = 20000, max_iter: int = 50,
                        refine_iter: int | None = None, subsample: str | None = None, interp_tol: float = 1e-6,
-                       estep: str = "auto", estep_tol: float = ESTEP_TOL, **cpd_kwargs) -> CPDResult:
+                       estep: str = "auto", estep_tol: float = ESTEP_TOL, refine_xtol: float = REFINE_XTOL,
+                       **cpd_kwargs) -> CPDResult:
     """Register large point sets by CPD on voxel subsamples, then on all points.
 
     Parameters
@@ -64,6 +68,12 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         Deformable: tolerance of the fast Gauss transform that carries the coarse field to all
         moving points (absolute error per point at most about ``interp_tol`` times the largest
         coefficient norm in reach; the bound reached is ``info["interp_bound"]``, input units).
+    refine_xtol : float >= 0
+        Stopping rule of the refinement (``xtol`` of :func:`xmodal.cpd` for that stage only): it
+        stops after an iteration in which no moving point moved by more than ``refine_xtol *
+        sigma`` (default 0.05: the coarse fit already holds on all points), else after
+        ``refine_iter`` iterations; at least one iteration on all points always runs. 0 runs all
+        ``refine_iter``. The ``tol`` rule (objective change) applies to both stages as in ``cpd``.
     estep, estep_tol
         As :func:`xmodal.cpd`, for both stages ("fast" is refused for CUDA arrays: the GPU E-step
         is exact, on its cell grid once sigma is small).
@@ -100,6 +110,7 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         raise ValueError(f"refine_iter: expected fewer than max_iter = {max_iter} iterations, got {refine_iter}")
     subsample = choice(subsample or "both", "subsample", ("both", "moving"))
     interp_tol = positive_float(interp_tol, "interp_tol")
+    refine_xtol = positive_float(refine_xtol, "refine_xtol", allow_zero=True)
     gpu = is_cuda_array(moving) or is_cuda_array(fixed)
     if gpu and estep == "fast":
         raise ValueError("estep: 'fast' runs on the CPU only (the GPU E-step is exact); use estep='auto' or "
@@ -130,7 +141,9 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         if deformable:
             kw.setdefault("low_rank", int(rc.info.get("rank") or 300))
         rf = cpd(put(moved1.astype(dt)), put(X.astype(dt)), max_iter=refine_iter,
-                 sigma2=refine_sigma2(moved1, X, rc.sigma2), **kw)
+                 sigma2=refine_sigma2(moved1, X, rc.sigma2), **dict(kw, xtol=refine_xtol))
+        info["refine_iterations"] = rf.iterations
+        info["refine_stop"] = rf.info.get("stop_rule", rf.info.get("stop"))
         if gpu:
             for name in ("moved", "match", "match_probability"):
                 setattr(rf, name, to_host(getattr(rf, name)))

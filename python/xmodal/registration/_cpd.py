@@ -33,7 +33,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         landmark_weight: float = 10.0, device: str = "auto", dtype=None, low_rank: int | bool | None = None,
         callback: Callable | None = None, scale: float | None = None, weights=None,
         normalize: bool = True, cutoff: float = 36.0, estep: str = "auto",
-        estep_tol: float = ESTEP_TOL) -> CPDResult:
+        estep_tol: float = ESTEP_TOL, xtol: float = 0.0) -> CPDResult:
     """Register ``moving`` onto ``fixed`` by Coherent Point Drift.
 
     The moving points are the centroids of a Gaussian mixture (equal variance ``sigma2``) plus a
@@ -62,6 +62,11 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         Maximum EM iterations.
     tol : float >= 0
         Stop when the relative change of the objective (negative log-likelihood) is below ``tol``.
+    xtol : float >= 0
+        Also stop (``converged``, ``info["stop"] == "converged"``, ``info["stop_rule"] == "xtol"``)
+        after an iteration in which no moving point moved by more than ``xtol * sigma`` (sigma =
+        sqrt(sigma2) of that iteration's E-step): the transform has stopped changing on the scale
+        of the posterior's width. 0 (default) disables the rule.
     sigma2 : float, optional
         Initial variance (squared input units); default the mean squared distance between all
         pairs (computed in O(M + N)). Values below the floor (1e-10 of the fixed set's squared
@@ -123,6 +128,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     opt = _options(transform=transform, w=w, beta=beta, lam=lam, max_iter=max_iter, tol=tol, sigma2=sigma2,
                    landmark_weight=landmark_weight, low_rank=low_rank, callback=callback, scale=scale,
                    normalize=normalize, cutoff=cutoff, estep=estep, estep_tol=estep_tol)
+    opt.xtol = positive_float(xtol, "xtol", allow_zero=True)
     on_gpu = resolve_device(device, moving, fixed) == "cuda"
     if on_gpu and opt.estep == "fast":
         raise ValueError("estep: 'fast' runs on the CPU only (the GPU E-step is exact); use estep='auto' or "

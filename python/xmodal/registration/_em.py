@@ -65,6 +65,7 @@ class Options:
     device: str
     estep: str = "exact"  # "auto", "exact" or "fast" (CPU adapter)
     estep_tol: float = 1e-2
+    xtol: float = 0.0  # stop when no point moved more than xtol * sigma in an iteration (0: off)
 
 
 @dataclass
@@ -292,6 +293,7 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
             prog.stop = stop.reason
             return
         reg_prev = reg
+        moved_little = opt.xtol > 0 and _max_step2(model.TY, snap[3]) <= opt.xtol * opt.xtol * prog.s2
         prog.s2 = new_s2
         prog.hist_s2.append(new_s2 * frame.s0 * frame.s0)
         if opt.callback is not None:
@@ -300,7 +302,17 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
         if L_prev is not None and abs(L - L_prev) <= opt.tol * max(abs(L), 1.0):
             prog.converged, prog.stop = True, "converged"
             return
+        if moved_little:
+            prog.converged, prog.stop = True, "converged"
+            prog.info["stop_rule"] = "xtol"
+            return
         L_prev = L
+
+
+def _max_step2(TY, TY_prev) -> float:
+    """The largest squared displacement of a moving point between two iterates (normalised units)."""
+    xp = array_namespace(TY)
+    return float(xp.max(((TY - TY_prev) ** 2).sum(1)))
 
 
 def _no_support_message(it: int, Np: float, s2: float, s0: float, cutoff: float) -> str:
