@@ -130,7 +130,8 @@ def _screenshot(viewer, dock, name: str, layers=(), frame=None, zoom: float = 1.
     img = np.asarray(viewer.screenshot(canvas_only=False, flash=False))
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     _assert_not_blank(img, "screenshot")
-    Image.fromarray(img[..., :3]).save(IMAGES / name)
+    # a 256-colour palette keeps the docs' PNGs about 3 times smaller, with no visible change
+    Image.fromarray(img[..., :3]).quantize(256).save(IMAGES / name, optimize=True)
     return img
 
 
