@@ -106,7 +106,8 @@ def _screenshot(viewer, dock, name: str, layers=(), frame=None, zoom: float = 1.
     With an OpenGL context the canvas is checked as well (``viewer.screenshot(canvas_only=True)``):
     not blank, many colours, and every layer of ``layers`` -- ``(layer, min_pixels)`` or
     ``(layer, min_pixels, "text")`` for its text only -- visibly drawn: hiding it changes at least
-    ``min_pixels`` pixels of the canvas. Without a context the canvas is empty; that fails only
+    ``min_pixels`` pixels of the canvas (the thresholds are 3 to 10 times below what a 1440 x 860
+    window under Xvfb + Mesa gives; an empty canvas gives 0). Without a context the canvas is empty; that fails only
     with XMODAL_NAPARI_REQUIRE_GL=1. ``frame``: (n, 3) world points to show in 3D, seen from above
     (z towards the viewer) and filling the canvas, magnified by ``zoom``.
     """
@@ -299,8 +300,8 @@ def test_register_widget_end_to_end(make_napari_viewer, qtbot):
     res = "moving cells -> fixed cells: "
     viewer.layers[res + "95% error ellipses"].visible = False  # one toggle away; they hide the lines
     _screenshot(viewer, dock, "napari_register.png",
-                [(viewer.layers[res + "fixed"], 2000), (viewer.layers[res + "moved"], 2000),
-                 (viewer.layers[res + "matches"], 300)], frame=fixed)
+                [(viewer.layers[res + "fixed"], 5000), (viewer.layers[res + "moved"], 5000),
+                 (viewer.layers[res + "matches"], 2000)], frame=fixed)
 
 
 def test_cancel_leaves_the_viewer_usable(make_napari_viewer, qtbot):
@@ -361,12 +362,12 @@ def test_identify_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     assert w.result.top_k_names[5][0] in w.candidates.value
     viewer.layers["new embryo"].visible = False  # the input, under the named cells
     w.layer.selected_data = set()
-    _screenshot(viewer, dock, "napari_identify.png", [(w.layer, 5000), (w.layer, 2000, "text")],
+    _screenshot(viewer, dock, "napari_identify.png", [(w.layer, 20000), (w.layer, 10000, "text")],
                 frame=sample.points, zoom=2.2)
     if GL["ok"]:  # the low-confidence cells' red outlines are drawn
         canvas = _canvas(viewer)
         red = (canvas[..., 0] > 200) & (canvas[..., 1] < 80) & (canvas[..., 2] < 80)
-        assert low.any() and red.sum() >= 20, f"{int(red.sum())} red pixels for {int(low.sum())} low-confidence cells"
+        assert low.any() and red.sum() >= 500, f"{int(red.sum())} red pixels for {int(low.sum())} low-confidence cells"
 
 
 def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path, plugin):
@@ -386,7 +387,7 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     labels = viewer.layers["EM: segments"]
     assert labels.data.shape == (128, 128) and tuple(labels.scale) == (4.0, 4.0)
     assert 5 < w.result.n_segments == len(np.unique(labels.data[labels.data > 0]))
-    _screenshot(viewer, dock, "napari_segment.png", [(viewer.layers["EM"], 5000), (labels, 20000)])
+    _screenshot(viewer, dock, "napari_segment.png", [(viewer.layers["EM"], 20000), (labels, 50000)])
     if GL["ok"]:  # the segments are told apart by colour
         canvas = _canvas(viewer)
         assert len(np.unique(canvas.reshape(-1, 3) // 32, axis=0)) >= 8
@@ -449,7 +450,7 @@ def test_review_edit_exported_and_read_back(make_napari_viewer, plugin, registra
     viewer.layers["reg: 95% error ellipses"].visible = False
     layer.selected_data = {2}  # the reassigned pair, framed with its neighbourhood
     near = fixed[np.linalg.norm(fixed - layer.data[2].mean(axis=0), axis=1) < 150]
-    _screenshot(viewer, dock, "napari_review.png", [(viewer.layers["reg: fixed"], 2000), (layer, 300)],
+    _screenshot(viewer, dock, "napari_review.png", [(viewer.layers["reg: fixed"], 5000), (layer, 2000)],
                 frame=near)
     path = w.export(tmp_path / "reviewed.csv")
 
