@@ -2,7 +2,11 @@
 review round trip through register_cells and build_atlas, cancel, screenshots for docs/napari.md.
 
 Runs under ``QT_QPA_PLATFORM=offscreen`` with napari's ``make_napari_viewer`` fixture (pytest-qt)
-and npe2's ``npe2pm`` (a plugin manager holding only this plugin's manifest).
+and npe2's ``npe2pm`` (a plugin manager holding only this plugin's manifest). There is no OpenGL
+there: the screenshots show the widgets and an empty canvas. Under an X server with OpenGL (CI's
+second step: ``QT_QPA_PLATFORM=xcb xvfb-run ...`` with Mesa's software renderer, see docs/napari.md)
+the canvas of every screenshot is checked too: not blank, and each layer that matters visibly drawn.
+``XMODAL_NAPARI_REQUIRE_GL=1`` makes a missing OpenGL context a failure instead of an empty canvas.
 """
 
 from __future__ import annotations
@@ -30,10 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = (ROOT / "docs" / "images" if os.environ.get("XMODAL_UPDATE_SCREENSHOTS") == "1"
           else Path(tempfile.mkdtemp(prefix="xmodal-napari-screenshots-")))
 TIMEOUT_MS = 120_000
+#: With XMODAL_NAPARI_REQUIRE_GL=1 the tests fail when no OpenGL context can be made (the
+#: screenshots' canvas would be empty); without it they check the canvas only when there is one.
+REQUIRE_GL = os.environ.get("XMODAL_NAPARI_REQUIRE_GL") == "1"
+#: Whether this run has an OpenGL context (set by the ``_without_opengl`` fixture).
+GL = {"ok": False, "error": "not probed"}
 
 
-def _cells(n_fixed=150, drop=12, seed=0):
-    """Fixed cells (a C. elegans embryo, pixels) and a rotated, shifted, noisy copy with cells
+def _cells(n_fixed=150, drop=12, seed=0, noise=0.3):
+    """Fixed cells (a C. elegans embryo, pixels; nearest neighbours about 36 apart) and a rotated,
+    shifted copy with Gaussian noise of standard deviation ``noise`` (pixels, per axis) and cells
     missing: the moving cells, and the true partner (fixed row) of every moving cell."""
     rng = np.random.default_rng(seed)
     emb = celegans_embryos()
@@ -41,7 +51,7 @@ def _cells(n_fixed=150, drop=12, seed=0):
     keep = np.sort(rng.choice(n_fixed, n_fixed - drop, replace=False))
     t = np.deg2rad(20)
     rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    moving = (a[keep] - a.mean(0)) @ rot.T + [3.0, -5.0, 8.0] + rng.normal(0, 0.3, (len(keep), 3))
+    moving = (a[keep] - a.mean(0)) @ rot.T + [3.0, -5.0, 8.0] + rng.normal(0, noise, (len(keep), 3))
     return a, moving, keep
 
 
@@ -49,7 +59,7 @@ def _cells(n_fixed=150, drop=12, seed=0):
 def registration(tmp_path_factory):
     from xmodal.pipelines import register_cells
 
-    fixed, moving, truth = _cells()
+    fixed, moving, truth = _cells(noise=8.0)  # residuals of a few pixels: the match lines show
     out = tmp_path_factory.mktemp("napari") / "reg"
     res = register_cells(fixed, moving, transform="affine", prealign="flips", out=out)
     return fixed, moving, truth, res, out
@@ -67,8 +77,10 @@ def _without_opengl():
 
     try:
         ok = isinstance(gl.get_gl_extensions(), str)
-    except Exception:
+        GL.update(ok=ok, error=None if ok else "no GL extensions string")
+    except Exception as exc:  # no platform GL: vispy cannot make a context
         ok = False
+        GL.update(ok=False, error=f"{type(exc).__name__}: {exc}")
     if ok:
         yield
         return
@@ -88,25 +100,84 @@ def plugin(npe2pm):
         yield p
 
 
-def _screenshot(viewer, dock, name: str) -> np.ndarray:
-    """Save the window (canvas and the docked widget) to docs/images/<name>; check it is not blank."""
+def _screenshot(viewer, dock, name: str, layers=(), frame=None, zoom: float = 1.0) -> np.ndarray:
+    """Save the window (canvas and the docked widget) to docs/images/<name>; check it is not blank.
+
+    With an OpenGL context the canvas is checked as well (``viewer.screenshot(canvas_only=True)``):
+    not blank, many colours, and every layer of ``layers`` -- ``(layer, min_pixels)`` or
+    ``(layer, min_pixels, "text")`` for its text only -- visibly drawn: hiding it changes at least
+    ``min_pixels`` pixels of the canvas (the thresholds are 3 to 10 times below what a 1440 x 860
+    window under Xvfb + Mesa gives; an empty canvas gives 0). Without a context the canvas is empty; that fails only
+    with XMODAL_NAPARI_REQUIRE_GL=1. ``frame``: (n, 3) world points to show in 3D, seen from above
+    (z towards the viewer) and filling the canvas, magnified by ``zoom``.
+    """
     from PIL import Image
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     IMAGES.mkdir(parents=True, exist_ok=True)
-    viewer.window.resize(1280, 800)
+    viewer.window.resize(1440, 860)
     QApplication.processEvents()
-    viewer.window._qt_window.resizeDocks([dock], [460], Qt.Horizontal)
+    viewer.window._qt_window.resizeDocks([dock], [400], Qt.Horizontal)
     QApplication.processEvents()
     assert dock.isVisible() and dock.width() >= 300
+    if REQUIRE_GL and not GL["ok"]:
+        pytest.fail(f"XMODAL_NAPARI_REQUIRE_GL=1 but there is no OpenGL context ({GL['error']}): "
+                    "the screenshot's canvas would be empty")
+    if frame is not None:
+        _frame_3d(viewer, np.asarray(frame, dtype=float), zoom)
+    if GL["ok"]:
+        _check_canvas(viewer, layers)
     img = np.asarray(viewer.screenshot(canvas_only=False, flash=False))
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    rgb = img[..., :3].reshape(-1, 3)
-    assert rgb.std(axis=0).max() > 10, "screenshot is blank"
-    assert len(np.unique(rgb[:: max(1, len(rgb) // 20000)], axis=0)) > 20, "screenshot has too few colours"
-    Image.fromarray(img[..., :3]).save(IMAGES / name)
+    _assert_not_blank(img, "screenshot")
+    # a 256-colour palette keeps the docs' PNGs about 3 times smaller, with no visible change
+    Image.fromarray(img[..., :3]).quantize(256).save(IMAGES / name, optimize=True)
     return img
+
+
+def _assert_not_blank(img: np.ndarray, what: str, min_colours: int = 20) -> None:
+    rgb = img[..., :3].reshape(-1, 3)
+    assert rgb.std(axis=0).max() > 10, f"{what} is blank"
+    n = len(np.unique(rgb[:: max(1, len(rgb) // 20000)], axis=0))
+    assert n > min_colours, f"{what} has too few colours ({n})"
+
+
+def _canvas(viewer) -> np.ndarray:
+    return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(np.int16)
+
+
+def _check_canvas(viewer, layers) -> np.ndarray:
+    """The rendered canvas is not blank and each of ``layers`` is visibly drawn on it."""
+    canvas = _canvas(viewer)
+    assert canvas.shape[0] > 200 and canvas.shape[1] > 200, canvas.shape
+    _assert_not_blank(canvas, "canvas (OpenGL rendering)")
+    for layer, min_pixels, *part in layers:
+        switch = layer.text if part == ["text"] else layer
+        switch.visible = False
+        try:
+            without = _canvas(viewer)
+        finally:
+            switch.visible = True
+        changed = int((np.abs(canvas - without).max(axis=-1) > 30).sum())
+        assert changed >= min_pixels, (f"layer {layer.name!r}{' (text)' if part else ''} is not visible on the "
+                                       f"canvas: {changed} pixels change when it is hidden, expected >= {min_pixels}")
+    np.testing.assert_array_equal(_canvas(viewer), canvas)  # everything shown again
+    return canvas
+
+
+def _frame_3d(viewer, points: np.ndarray, zoom: float = 1.0) -> None:
+    """3D view looking down z onto the y-x plane, centred on ``points``, their y-x extent filling
+    90 % of the canvas (times ``zoom``). Hidden layers count in napari's own ``reset_view``; this
+    frames only the cells that matter."""
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.camera.angles = (0.0, 0.0, 0.0)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    viewer.camera.center = tuple((lo + hi) / 2)
+    h, w = viewer.window._qt_viewer.canvas.size  # (height, width), screen pixels
+    ext = np.maximum(hi - lo, 1e-9)[-2:]
+    viewer.camera.zoom = 0.9 * zoom * min(h / ext[0], w / ext[1])
 
 
 def _wait(qtbot, panel, timeout=TIMEOUT_MS):
@@ -150,6 +221,26 @@ def test_import_xmodal_without_napari():
     assert out.stdout.strip() == "True"
 
 
+def test_opengl_context_renders(make_napari_viewer):
+    """With OpenGL (or when it is required) the canvas really draws: an image layer's pixels come
+    back from the screenshot. Without OpenGL and not required: skipped, reported as such."""
+    if not GL["ok"]:
+        if REQUIRE_GL:
+            pytest.fail(f"XMODAL_NAPARI_REQUIRE_GL=1 but there is no OpenGL context ({GL['error']})")
+        pytest.skip(f"no OpenGL context here ({GL['error']}); the screenshots' canvas stays empty")
+    from vispy.gloo import gl
+
+    viewer = make_napari_viewer(show=True)
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    viewer.add_image(ramp, colormap="gray", contrast_limits=(0, 1))
+    assert gl.glGetParameter(gl.GL_RENDERER)  # e.g. "llvmpipe (LLVM ...)" under Xvfb + Mesa
+    img = _canvas(viewer)
+    row = img[img.shape[0] // 2]
+    lit = row[row.max(axis=-1) > 0]
+    assert len(lit) > 50 and lit[-1, 0] - lit[0, 0] > 200  # dark to bright, left to right
+    assert np.all(np.diff(lit[:, 0]) >= -2)
+
+
 # ----------------------------------------------------------------------------------- reader
 
 def test_reader_registration_round_trip(make_napari_viewer, plugin, registration):
@@ -189,7 +280,7 @@ def test_reader_declines_other_paths(tmp_path):
 def test_register_widget_end_to_end(make_napari_viewer, qtbot):
     from xmodal.napari._register_widget import RegisterWidget
 
-    fixed, moving, truth = _cells(seed=1)
+    fixed, moving, truth = _cells(seed=1, noise=8.0)  # residuals of ~10 px, confidences 0.6-1
     viewer = make_napari_viewer(show=True)
     viewer.add_points(fixed, name="fixed cells", size=2)
     viewer.add_points(moving / 2.0, name="moving cells", size=2, scale=(2.0, 2.0, 2.0))  # world = data x scale
@@ -205,8 +296,12 @@ def test_register_widget_end_to_end(make_napari_viewer, qtbot):
     assert np.mean([pairs.get(i, -1) == truth[i] for i in range(len(truth))]) > 0.9
     names = [layer.name for layer in viewer.layers]
     assert "moving cells -> fixed cells: matches" in names and "moving cells -> fixed cells: moved" in names
-    viewer.dims.ndisplay = 3
-    _screenshot(viewer, dock, "napari_register.png")
+    viewer.layers["fixed cells"].visible = viewer.layers["moving cells"].visible = False  # the inputs
+    res = "moving cells -> fixed cells: "
+    viewer.layers[res + "95% error ellipses"].visible = False  # one toggle away; they hide the lines
+    _screenshot(viewer, dock, "napari_register.png",
+                [(viewer.layers[res + "fixed"], 5000), (viewer.layers[res + "moved"], 5000),
+                 (viewer.layers[res + "matches"], 2000)], frame=fixed)
 
 
 def test_cancel_leaves_the_viewer_usable(make_napari_viewer, qtbot):
@@ -248,7 +343,7 @@ def test_identify_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     atlas.save(tmp_path / "atlas.json")
     sample = emb[3]
     viewer = make_napari_viewer(show=True)
-    viewer.add_points(sample.points, name="new embryo", size=3)
+    viewer.add_points(sample.points, name="new embryo", size=12)
     w = IdentifyWidget(viewer)
     dock = viewer.window.add_dock_widget(w, name="Identify with an atlas")
     w.atlas_file.value = tmp_path / "atlas.json"
@@ -265,8 +360,14 @@ def test_identify_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     w.layer.selected_data = {5}  # selecting a cell shows its candidates
     assert w.candidates.value.startswith("cell 5:")
     assert w.result.top_k_names[5][0] in w.candidates.value
-    viewer.dims.ndisplay = 3
-    _screenshot(viewer, dock, "napari_identify.png")
+    viewer.layers["new embryo"].visible = False  # the input, under the named cells
+    w.layer.selected_data = set()
+    _screenshot(viewer, dock, "napari_identify.png", [(w.layer, 20000), (w.layer, 10000, "text")],
+                frame=sample.points, zoom=2.2)
+    if GL["ok"]:  # the low-confidence cells' red outlines are drawn
+        canvas = _canvas(viewer)
+        red = (canvas[..., 0] > 200) & (canvas[..., 1] < 80) & (canvas[..., 2] < 80)
+        assert low.any() and red.sum() >= 500, f"{int(red.sum())} red pixels for {int(low.sum())} low-confidence cells"
 
 
 def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path, plugin):
@@ -286,7 +387,10 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     labels = viewer.layers["EM: segments"]
     assert labels.data.shape == (128, 128) and tuple(labels.scale) == (4.0, 4.0)
     assert 5 < w.result.n_segments == len(np.unique(labels.data[labels.data > 0]))
-    _screenshot(viewer, dock, "napari_segment.png")
+    _screenshot(viewer, dock, "napari_segment.png", [(viewer.layers["EM"], 20000), (labels, 50000)])
+    if GL["ok"]:  # the segments are told apart by colour
+        canvas = _canvas(viewer)
+        assert len(np.unique(canvas.reshape(-1, 3) // 32, axis=0)) >= 8
     # the output folder opens again: affinities as images (one per channel), labels with their scale
     layers = viewer.open(str(tmp_path / "seg"), plugin="xmodal")
     kinds = [type(layer).__name__ for layer in layers]
@@ -343,7 +447,11 @@ def test_review_edit_exported_and_read_back(make_napari_viewer, plugin, registra
     assert list(t.status[:4]) == ["accepted", "rejected", "reassigned", "rejected"]
     np.testing.assert_allclose(layer.data[2], [t.fixed[f3], t.moved[t.moving_index[2]]])  # redrawn
     assert layer.features["status"][1] == "rejected"
-    _screenshot(viewer, dock, "napari_review.png")
+    viewer.layers["reg: 95% error ellipses"].visible = False
+    layer.selected_data = {2}  # the reassigned pair, framed with its neighbourhood
+    near = fixed[np.linalg.norm(fixed - layer.data[2].mean(axis=0), axis=1) < 150]
+    _screenshot(viewer, dock, "napari_review.png", [(viewer.layers["reg: fixed"], 5000), (layer, 2000)],
+                frame=near)
     path = w.export(tmp_path / "reviewed.csv")
 
     rev = read_reviewed_matches(path)
