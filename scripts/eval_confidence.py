@@ -18,8 +18,9 @@ no ground truth and are left out). Figures: ECE (10 equal-width bins), accuracy 
 at confidence >= 0.9 (:func:`xmodal.atlas._calibration.calibration_figures`).
 
 The shipped constants (:data:`xmodal.pipelines._confidence.COEFFICIENTS`) are the ``fit`` output
-(rounded to 4 digits); ``report`` scores them (``benchmarks/results/register-confidence-2026-11-30-
-confidence.json``, also the coefficients a refit gives now), ``sizes`` the nucleus size as a feature
+(rounded to 4 digits); ``report`` scores them (first fit: ``benchmarks/results/register-confidence-
+2026-11-30-confidence.json``; the current one, to the scale-free ``auto`` registrations:
+``register-confidence-refit-scalefree-2026-11-30.json``), ``sizes`` the nucleus size as a feature
 (``register-features-2026-11-30-confidence.json``). When the registration defaults change, run
 ``collect`` (into a new DIR) and ``fit`` again and update the constants: the map is fitted to the
 registrations the defaults produce. Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1)

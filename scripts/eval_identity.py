@@ -7,6 +7,8 @@ true correspondences (``ceiling``); the pycpd + scipy peer pipeline on Platynere
                                                               # pairs, reported on held-out pairs
     python scripts/eval_identity.py platynereis [--out FILE]  # bilateral pairs (needs the data folder)
     python scripts/eval_identity.py ceiling [--out FILE]      # what any affine / smooth map could reach
+    python scripts/eval_identity.py grid [--split train] [--out FILE]   # transform="auto" restricted
+                                                              # to subsets of its candidate grid
 
 Embryos: the 8 JIM767 embryos of :func:`xmodal.datasets.celegans_embryos`; accuracy of a pair =
 share of the shared lineage names whose cells are matched to each other (as ``bench_pipelines.py``).
@@ -307,13 +309,73 @@ def peer_pipeline(fixed, moving, *, seed=0, deformable_iter=0, unmatched_factor=
     return rows[keep], cols[keep], t
 
 
+def auto_grid(split_name="train", variants=None) -> dict:
+    """``transform="auto"`` with its candidate grid restricted: on every embryo pair of ``split_name``
+    ("train", "heldout" or "all") one ``register_cells(transform="auto")`` run gives the held-out
+    likelihood of every candidate of :data:`AUTO_CANDIDATES` (the split does not depend on the
+    candidates) and each candidate's own fit gives its accuracy; a variant (rigid, affine and a subset
+    of the deformable candidates) then chooses the best-scoring candidate it contains, exactly as
+    ``auto`` with that grid would (no subsampling below 1,500 cells: the final fit is the candidate's
+    fit on all cells). ``variants``: labels of deformable subsets to report (default all 16)."""
+    from xmodal.datasets import celegans_embryos
+    from xmodal.pipelines import register_cells
+    from xmodal.pipelines._register_steps import AUTO_CANDIDATES, PREALIGN_POINTS, candidate_label
+    from xmodal.pipelines.prealign import fast_prealign, rms_radius
+
+    emb = celegans_embryos()
+    split = _split(emb)
+    labels = [candidate_label(c) for c in AUTO_CANDIDATES]
+    rows = []
+    for a, b in itertools.combinations(sorted(emb), 2):
+        if split_name != "all" and split(a, b) != split_name:
+            continue
+        fa, fb = emb[a], emb[b]
+        shared = len(set(fa.cells) & set(fb.cells))
+        start = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all",
+                              seed=0).apply(fb.points)
+
+        def acc(res):
+            return float(np.sum(fa.cells[res.fixed_index] == fb.cells[res.moving_index])) / shared
+
+        res = register_cells(fa.points, start, prealign=False, errors=False)
+        row = {"pair": f"{a}|{b}", "split": split(a, b), "auto": acc(res), "auto_chosen": res.parameters["model"],
+               "scores": res.model_selection["scores"], "accuracy": {}}
+        radius = rms_radius(fa.points)
+        for cand, label in zip(AUTO_CANDIDATES, labels):
+            kind, bf, lam = cand
+            opts = None if kind != "deformable" else {"beta": bf * radius, "lam": lam / radius ** 2}
+            r = register_cells(fa.points, start, transform=kind, deformable_options=opts, prealign=False,
+                               errors=False)
+            row["accuracy"][label] = acc(r)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    deform = [lab for lab in labels if lab.startswith("deformable")]
+    subsets = [s for n in range(len(deform) + 1) for s in itertools.combinations(deform, n)]
+    table = {}
+    for sub in subsets:
+        grid = [lab for lab in labels if not lab.startswith("deformable") or lab in sub]
+        name = "rigid,affine" + "".join("," + lab for lab in sub)
+        if variants is not None and name not in variants:
+            continue
+        picks = [max(grid, key=lambda lab: (r["scores"][lab], -grid.index(lab))) for r in rows]
+        accs = np.array([r["accuracy"][p] for r, p in zip(rows, picks)])
+        rig = np.array([r["accuracy"]["rigid"] for r in rows])
+        table[name] = {"mean": float(accs.mean()), "worst": float(accs.min()),
+                       "max_loss_vs_rigid": float(np.max(rig - accs)),
+                       "pairs_below_rigid_by_0.02": int(np.sum(accs < rig - 0.02)),
+                       "chosen": {c: picks.count(c) for c in sorted(set(picks))}}
+    single = {lab: float(np.mean([r["accuracy"][lab] for r in rows])) for lab in labels}
+    return {"split": split_name, "pairs": rows, "variants": table, "single_models_mean": single}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["pairs", "rules", "platynereis", "ceiling"])
+    ap.add_argument("what", choices=["pairs", "rules", "platynereis", "ceiling", "grid"])
     ap.add_argument("path", nargs="?", help="rules: an eval_register_models.py embryo result")
     ap.add_argument("--pairs", type=int, help="only the first N embryo pairs")
     ap.add_argument("--repeats", type=int, default=1, help="pairs: held-out splits averaged by transform='auto'")
     ap.add_argument("--no-peer", action="store_true", help="platynereis: skip the pycpd + scipy peer pipeline")
+    ap.add_argument("--split", default="train", choices=["train", "heldout", "all"], help="grid: the embryo pairs")
     ap.add_argument("--out", help="write the JSON here (default stdout)")
     args = ap.parse_args()
     if args.what == "pairs":
@@ -322,6 +384,8 @@ def main() -> None:
         out = selection_rules(args.path)
     elif args.what == "ceiling":
         out = ceiling()
+    elif args.what == "grid":
+        out = auto_grid(args.split)
     else:
         out = platynereis(peer=not args.no_peer)
     text = json.dumps(out, indent=1)

@@ -36,11 +36,14 @@ import numpy as np
 FEATURES = ("logit_posterior", "distance", "margin", "consistency", "spread")
 
 #: Intercept and one coefficient per feature of the logistic calibration map, fitted once by
-#: ``scripts/eval_confidence.py fit`` on the 6 training embryo pairs x 2 registrations by the current
-#: defaults (transform="auto"; binary log loss + 1e-3 x squared coefficients). Held-out figures:
-#: ``docs/identity.md`` and ``benchmarks/results/register-confidence-refit-auto-2026-11-30.json``.
-COEFFICIENTS = {"intercept": -0.6950, "logit_posterior": 0.3064, "distance": 0.5058,
-                "margin": 0.4205, "consistency": -1.1582, "spread": -0.4279}
+#: ``scripts/eval_confidence.py fit`` on the 6 training embryo pairs x 2 registrations (the current
+#: defaults, transform="auto" with the scale-free grid of main abaf50d, and the rigid model; binary
+#: log loss + 1e-3 x squared coefficients; 4,203 matches). Held-out figures: ``docs/identity.md`` and
+#: ``benchmarks/results/register-confidence-refit-scalefree-2026-11-30.json`` (the previous fits, to
+#: the registrations of earlier defaults: ``register-confidence-refit-auto-2026-11-30.json``,
+#: ``register-confidence-refit-2026-11-30.json``).
+COEFFICIENTS = {"intercept": -0.8496, "logit_posterior": 0.2287, "distance": 0.4518,
+                "margin": 0.4279, "consistency": -1.1814, "spread": -0.8368}
 
 #: Matched neighbours whose displacements give the local displacement of the ``consistency`` feature.
 NEIGHBOURS = 6
