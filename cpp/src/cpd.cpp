@@ -64,6 +64,11 @@ constexpr int64_t kPad = 16;
 // visits ~20x the support's points; 8 per point was slower again (more, shorter rows).
 constexpr double kCellsPerPoint = 4.0;
 
+// From this many points the per-point loops of the grid's counting sort (cell of each point, the
+// gather of the sorted coordinates) run on the OpenMP threads (at 1M points they were a quarter of
+// an E-step on one thread); each element is written by one thread, so the grid is the same.
+constexpr int64_t kParallelSortMin = 100000;
+
 template <class T>
 struct Inner {
     const T* coord[3];
@@ -300,6 +305,9 @@ struct Grid {
         }
         for (int d = D; d < 3; ++d) nc[d] = 1;
         std::vector<int64_t> cell(n);
+        // the cells (each written by one thread) and the sorted coordinates in parallel; the
+        // counting sort itself stays serial (stable, so the order does not depend on threads)
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= kParallelSortMin)
         for (int64_t i = 0; i < n; ++i) cell[i] = cell_of(&P[i * D]);
         start.assign(total + 1, 0);
         for (int64_t i = 0; i < n; ++i) ++start[cell[i] + 1];
@@ -309,10 +317,10 @@ struct Grid {
         for (int64_t i = 0; i < n; ++i) perm[fill[cell[i]]++] = i;
         id.assign(perm.begin(), perm.end());
         id.resize(n + kPad, 0);
-        for (int d = 0; d < D; ++d) {
-            coord[d].assign(n + kPad, T(0));
-            for (int64_t s = 0; s < n; ++s) coord[d][s] = P[perm[s] * D + d];
-        }
+        for (int d = 0; d < D; ++d) coord[d].assign(n + kPad, T(0));
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= kParallelSortMin)
+        for (int64_t s = 0; s < n; ++s)
+            for (int d = 0; d < D; ++d) coord[d][s] = P[perm[s] * D + d];
     }
     int64_t axis_cell(int d, double v) const { return detail::clamped_cell(v, lo[d], h, nc[d]); }
     int64_t cell_of(const T* p) const {
@@ -395,15 +403,15 @@ template <class T>
 std::vector<int64_t> cell_order(const Grid<T>& g, const T* Q, int64_t n, std::vector<T>& sorted) {
     int64_t total = (int64_t)g.start.size() - 1;
     std::vector<int64_t> cell(n), first(total + 1, 0), order(n);
-    for (int64_t i = 0; i < n; ++i) {
-        cell[i] = g.cell_of(&Q[i * g.D]);
-        ++first[cell[i] + 1];
-    }
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= kParallelSortMin)
+    for (int64_t i = 0; i < n; ++i) cell[i] = g.cell_of(&Q[i * g.D]);
+    for (int64_t i = 0; i < n; ++i) ++first[cell[i] + 1];
     for (int64_t c = 0; c < total; ++c) first[c + 1] += first[c];
     for (int64_t i = 0; i < n; ++i) order[first[cell[i]]++] = i;
     // the queries' coordinates in that order (read in input order, they would miss the cache)
     const int D = g.D;
     sorted.resize(n * D);
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= kParallelSortMin)
     for (int64_t k = 0; k < n; ++k)
         for (int d = 0; d < D; ++d) sorted[k * D + d] = Q[order[k] * D + d];
     return order;

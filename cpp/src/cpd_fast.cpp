@@ -1566,8 +1566,17 @@ FastEStepStats estep_fast(const T* X, int64_t N, const T* TY, int64_t M, int D, 
         for (int d = 0; d < D; ++d) ext2 += (box.hi[d] - box.lo[d]) * (box.hi[d] - box.lo[d]);
         require(std::isfinite(ext2), "cpd estep_fast: the points' spread overflows; scale the coordinates");
         const double r = std::isfinite(cutoff) ? std::sqrt(2.0 * sigma2 * cutoff) : kInf;
-        st.est_cost_exact = exact_pairs_estimate(X, N, TY, M, D, r) * kPairCost;
-        gc = choose_grid(box, D, sigma, tol, cap, N + M, channels, method == EStepMethod::fast, st.est_cost_exact);
+        // No grid with q = sigma / h >= 0.75 fits in the cap (the cubic grid, the smallest, at the
+        // coarsest admissible spacing is already too large; cells only grow as h shrinks): the
+        // exact kernel runs whatever its cost, so its (serial, O(N + M + cells)) estimate is
+        // skipped and reported as NaN.
+        if (grid_cells(box, D, 4, sigma / kQLevels[0]) > cap) {
+            st.est_cost_exact = std::numeric_limits<double>::quiet_NaN();
+        } else {
+            st.est_cost_exact = exact_pairs_estimate(X, N, TY, M, D, r) * kPairCost;
+            gc = choose_grid(box, D, sigma, tol, cap, N + M, channels, method == EStepMethod::fast,
+                             st.est_cost_exact);
+        }
         st.est_cost_grid = gc.ok ? gc.cost : kInf;
     }
     bool use_grid = false;
@@ -1686,6 +1695,7 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
     std::vector<int64_t> idx(n);
     // keys: cell index per axis packed in 21 bits (the edge is enlarged so that every axis fits)
     auto make_keys = [&](double v) {
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
         for (int64_t i = 0; i < n; ++i) {
             uint64_t k = 0;
             for (int d = 0; d < D; ++d) {
@@ -1763,6 +1773,7 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
     make_keys(v);
     // per occupied voxel: the point nearest its centre (ties: lower index)
     std::vector<double> dc(n);
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
     for (int64_t i = 0; i < n; ++i) {
         double s = 0;
         for (int d = 0; d < D; ++d) {

@@ -236,7 +236,10 @@ def refine_sigma2(moved: np.ndarray, fixed: np.ndarray, coarse_sigma2: float, *,
     f = np.asarray(fixed, np.float64)
     if len(f) > sample:
         f = f[:: int(np.ceil(len(f) / sample))]
-    d, _ = cKDTree(np.asarray(moved, np.float64)).query(f)
+    # an unbalanced, non-compacted tree builds ~2x faster (0.3 -> 0.14 s at 920k points) and gives
+    # the same nearest-neighbour distances
+    tree = cKDTree(np.asarray(moved, np.float64), balanced_tree=False, compact_nodes=False)
+    d, _ = tree.query(f)
     chi2_median = 2.0 * float(gammaincinv(f.shape[1] / 2.0, 0.5))
     d2 = float(np.median(d * d)) / chi2_median
     return min(float(coarse_sigma2), 2.0 * max(d2, 1e-12 * float(coarse_sigma2)))

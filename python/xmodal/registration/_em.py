@@ -161,6 +161,7 @@ class Model:
         self.s = 1.0 if opt.scale is None else float(opt.scale)
         self.TY = Yn.copy() if opt.scale is None else Yn * self.s
         self.deform = DeformableSolver(Yn, beta_n, lam_n, opt.low_rank) if self.kind == "deformable" else None
+        self._xx = None  # |x_n|^2 of the fixed points (deformable sigma2 update), computed once
 
     def snapshot(self):
         return (self.B.copy(), self.t.copy(), self.s, self.TY.copy(),
@@ -177,7 +178,9 @@ class Model:
         if self.kind == "deformable":
             self.TY, reg = self.deform.step(e.P1, e.PX, s2)
             TY = self.TY
-            new_s2 = float(e.Pt1 @ (Xn * Xn).sum(1) - 2.0 * (e.PX * TY).sum() + e.P1 @ (TY * TY).sum(1))
+            if self._xx is None:
+                self._xx = (Xn * Xn).sum(1)
+            new_s2 = float(e.Pt1 @ self._xx - 2.0 * (e.PX * TY).sum() + e.P1 @ (TY * TY).sum(1))
             return new_s2 / (Np * Xn.shape[1]), reg
         if self.kind == "affine":
             st = affine_step(Xn, self.Yn, e.P1, e.Pt1, e.PX, Np)
