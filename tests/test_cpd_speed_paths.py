@@ -115,3 +115,27 @@ def test_auto_without_feasible_grid_is_the_exact_kernel(big_pair):
     # a wide sigma still estimates both costs
     wide = fast_estep(X[:3000], Y[:3000], 50.0, method="auto")
     assert math.isfinite(wide.info["est_cost_exact"])
+
+
+def _voxel_reference(P, v):
+    """Per occupied voxel the point nearest its centre (ties: lower index), in numpy."""
+    P = np.asarray(P, np.float64)
+    lo = P.min(0)
+    cidx = np.clip(np.floor((P - lo) / v), 0, 2097151)
+    dc = (((P - (lo + (cidx + 0.5) * v)) ** 2).sum(1))
+    keys = [tuple(k) for k in cidx.astype(np.int64)]
+    best = {}
+    for i, k in enumerate(keys):
+        if k not in best or dc[i] < dc[best[k]]:
+            best[k] = i
+    return np.sort(np.fromiter(best.values(), np.int64))
+
+
+@pytest.mark.parametrize("voxel", [0.05, 0.9, 3.0])  # 0.05: far more cells than 4 n (the sorted path)
+def test_voxel_subsample_both_paths_match_reference(voxel):
+    rng = np.random.default_rng(8)
+    P = rng.uniform(0, 20, size=(3000, 3))
+    P[100:110] = P[100]  # exact ties: the lower index wins
+    idx, used = voxel_subsample(P, voxel=voxel)
+    assert used == voxel
+    np.testing.assert_array_equal(idx, _voxel_reference(P, voxel))

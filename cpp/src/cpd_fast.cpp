@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -1672,6 +1673,43 @@ GaussFastStats gauss_transform_fast(const T* centers, int64_t K, const T* coef, 
     return st;
 }
 
+// The voxel subsample's choice through a dense array of cells when the voxel grid over the box
+// has at most 4 n + 4096 cells (typical: the target count is far below n): per cell the point of
+// smallest dc, the lower index on ties (points visited in index order), O(n + cells) instead of a
+// sort of all n points (0.16 of 0.21 s at 1M). The same cells as the packed keys (per-axis index
+// floor((p - lo) / v), clamped to the grid), so the same points. Returns false when too many cells.
+template <class T>
+bool pick_per_cell(const T* P, int64_t n, int D, const BBox& b, double v, const std::vector<double>& dc,
+                   std::vector<int64_t>& out) {
+    double cells = 1;
+    int64_t nc[3] = {1, 1, 1};
+    for (int d = 0; d < D; ++d) {
+        nc[d] = (int64_t)(std::min(std::floor((b.hi[d] - b.lo[d]) / v), 2097151.0) + 1.0);
+        cells *= (double)nc[d];
+    }
+    if (!(cells <= 4.0 * (double)n + 4096.0)) return false;
+    std::vector<int64_t> cell(n), best((size_t)cells, -1);
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t c = 0;
+        for (int d = 0; d < D; ++d) {
+            double cidx = std::floor(((double)P[i * D + d] - b.lo[d]) / v);
+            cidx = std::min(std::max(cidx, 0.0), (double)(nc[d] - 1));
+            c = c * nc[d] + (int64_t)cidx;
+        }
+        cell[i] = c;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t& k = best[(size_t)cell[i]];
+        if (k < 0 || dc[i] < dc[k]) k = i;
+    }
+    out.clear();
+    for (const int64_t k : best)
+        if (k >= 0) out.push_back(k);
+    std::sort(out.begin(), out.end());
+    return true;
+}
+
 template <class T>
 std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t target, double voxel, double* voxel_used) {
     require(D == 2 || D == 3, "voxel_subsample: d must be 2 or 3, got " + std::to_string(D));
@@ -1719,7 +1757,10 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
         }
         if (cells <= 64.0 * (double)n + 4096.0) {
             bits.assign(((size_t)cells + 63) / 64, 0);
-            int64_t occupied = 0;
+            uint64_t* bw = bits.data();
+            // the bits are set by atomic ORs (threads may share a word); the count of set bits,
+            // and so the result, does not depend on the order
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
             for (int64_t i = 0; i < n; ++i) {
                 int64_t c = 0;
                 for (int d = 0; d < D; ++d) {
@@ -1728,10 +1769,12 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
                     c = c * nc[d] + (int64_t)cidx;
                 }
                 const uint64_t m = uint64_t(1) << (c & 63);
-                uint64_t& w = bits[(size_t)(c >> 6)];
-                occupied += (w & m) ? 0 : 1;
+                uint64_t& w = bw[(size_t)(c >> 6)];
+#pragma omp atomic
                 w |= m;
             }
+            int64_t occupied = 0;
+            for (const uint64_t w : bits) occupied += (int64_t)std::bitset<64>(w).count();
             return occupied;
         }
         make_keys(v);
@@ -1770,7 +1813,6 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
     }
     v = std::max(v, vmin);
     if (voxel_used) *voxel_used = v;
-    make_keys(v);
     // per occupied voxel: the point nearest its centre (ties: lower index)
     std::vector<double> dc(n);
 #pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
@@ -1784,13 +1826,15 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
         }
         dc[i] = s;
     }
+    std::vector<int64_t> out;
+    if (pick_per_cell(P, n, D, b, v, dc, out)) return out;
+    make_keys(v);
     std::iota(idx.begin(), idx.end(), int64_t(0));
     std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t c2) {
         if (key[a] != key[c2]) return key[a] < key[c2];
         if (dc[a] != dc[c2]) return dc[a] < dc[c2];
         return a < c2;
     });
-    std::vector<int64_t> out;
     for (int64_t i = 0; i < n; ++i)
         if (i == 0 || key[idx[i]] != key[idx[i - 1]]) out.push_back(idx[i]);
     std::sort(out.begin(), out.end());
