@@ -139,3 +139,26 @@ def test_voxel_subsample_both_paths_match_reference(voxel):
     idx, used = voxel_subsample(P, voxel=voxel)
     assert used == voxel
     np.testing.assert_array_equal(idx, _voxel_reference(P, voxel))
+
+
+def _fps_reference(P, k=None, radius=None):
+    """Farthest-point sampling written plainly (the former implementation)."""
+    chosen = [int(np.argmin(((P - P.mean(0)) ** 2).sum(1)))]
+    d2 = ((P - P[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < (k if k is not None else 1500):
+        nxt = int(np.argmax(d2))
+        if radius is not None and d2[nxt] <= radius * radius:
+            break
+        chosen.append(nxt)
+        d2 = np.minimum(d2, ((P - P[nxt]) ** 2).sum(1))
+    return np.asarray(chosen)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_farthest_point_centers_match_plain_version(d):
+    from xmodal.registration._mstep import farthest_point_centers
+
+    rng = np.random.default_rng(d)
+    P = np.round(rng.normal(size=(4000, d)), 1)  # rounded: many equal distances (ties)
+    np.testing.assert_array_equal(farthest_point_centers(P, 120), _fps_reference(P, 120))
+    np.testing.assert_array_equal(farthest_point_centers(P, radius=0.4), _fps_reference(P, radius=0.4))

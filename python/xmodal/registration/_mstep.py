@@ -113,15 +113,29 @@ def farthest_point_centers(points: np.ndarray, k: int | None = None, *, radius: 
     limit = min(limit, max_k) if k is None else limit
     first = int(xp.argmin(((points - points.mean(0)) ** 2).sum(1)))
     chosen = [first]
-    d2 = ((points - points[first]) ** 2).sum(1)
+    # coordinates as contiguous columns: |p - q|^2 summed axis by axis, (dx^2 + dy^2) + dz^2, the
+    # same rounding as ((points - q) ** 2).sum(1) (so the same centres), ~7x faster per centre
+    cols = [xp.ascontiguousarray(points[:, j]) for j in range(points.shape[1])]
+    d2 = _dist2_cols(cols, points[first])
     r2 = None if radius is None else radius * radius
     while len(chosen) < limit:
         nxt = int(xp.argmax(d2))
         if r2 is not None and float(d2[nxt]) <= r2:
             break
         chosen.append(nxt)
-        d2 = xp.minimum(d2, ((points - points[nxt]) ** 2).sum(1))
+        xp.minimum(d2, _dist2_cols(cols, points[nxt]), out=d2)
     return np.asarray(chosen, dtype=np.int64)
+
+
+def _dist2_cols(cols, q):
+    """Squared distances of the points (given as coordinate columns) to q."""
+    s = cols[0] - q[0]
+    s *= s
+    for j in range(1, len(cols)):
+        t = cols[j] - q[j]
+        t *= t
+        s += t
+    return s
 
 
 #: Rows per block of :func:`_weighted_gram` (a 2048 x 300 float64 block is 4.9 MB: cache-sized).
