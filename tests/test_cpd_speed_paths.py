@@ -162,3 +162,29 @@ def test_farthest_point_centers_match_plain_version(d):
     P = np.round(rng.normal(size=(4000, d)), 1)  # rounded: many equal distances (ties)
     np.testing.assert_array_equal(farthest_point_centers(P, 120), _fps_reference(P, 120))
     np.testing.assert_array_equal(farthest_point_centers(P, radius=0.4), _fps_reference(P, radius=0.4))
+
+
+@pytest.mark.parametrize("estep", ["exact", "fast"])
+def test_cpd_without_matches_same_fit(estep):
+    """``_want_match=False`` (the coarse stage of cpd_coarse_to_fine) changes nothing but the matches."""
+    X = _blue_noise(3000, 9).astype(np.float64)
+    rng = np.random.default_rng(10)
+    th = 0.2
+    R = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
+    Y = (X - X.mean(0)) @ R.T + X.mean(0) + 0.5 + rng.normal(scale=0.1, size=X.shape)
+    kw = dict(w=0.01, max_iter=30, tol=0.0, estep=estep)
+    a = xmodal.cpd(Y, X, **kw)
+    b = xmodal.cpd(Y, X, _want_match=False, **kw)
+    np.testing.assert_array_equal(a.moved, b.moved)
+    assert a.sigma2 == b.sigma2 and a.iterations == b.iterations
+    assert (b.match == -1).all() and (b.match_probability == 0).all()
+    assert (a.match >= 0).mean() > 0.9
+
+
+def test_coarse_to_fine_matches_still_reported():
+    X = _blue_noise(6000, 11).astype(np.float64)
+    Y = X + np.random.default_rng(12).normal(scale=0.1, size=X.shape) + 0.3
+    r = xmodal.cpd_coarse_to_fine(Y, X, n_coarse=1500, max_iter=20, refine_iter=2, w=0.01)
+    assert r.match.shape == (6000,) and (r.match >= 0).mean() > 0.9
+    r0 = xmodal.cpd_coarse_to_fine(Y, X, n_coarse=1500, max_iter=20, refine_iter=0, w=0.01)
+    assert (r0.match >= 0).mean() > 0.9

@@ -126,7 +126,9 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
         jf, vf = np.arange(len(X)), 0.0
     kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
     t0 = time.perf_counter()
-    rc = cpd(put(Y[im].astype(dt)), put(X[jf].astype(dt)), max_iter=max_iter - refine_iter, **kw)
+    # the subsample stage's matches are never used (the refinement's, or _final_match's, are
+    # returned): its E-steps skip the best-match search (CPU)
+    rc = cpd(put(Y[im].astype(dt)), put(X[jf].astype(dt)), max_iter=max_iter - refine_iter, _want_match=False, **kw)
     stages = {"subsample": t0 - t_start, "coarse": time.perf_counter() - t0}
     info = {"n_coarse_moving": len(im), "n_coarse_fixed": len(jf), "voxel_moving": vm, "voxel_fixed": vf,
             "coarse_info": rc.info, "seconds": stages}

@@ -33,7 +33,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         landmark_weight: float = 10.0, device: str = "auto", dtype=None, low_rank: int | bool | None = None,
         callback: Callable | None = None, scale: float | None = None, weights=None,
         normalize: bool = True, cutoff: float = 36.0, estep: str = "auto",
-        estep_tol: float = ESTEP_TOL, xtol: float = 0.0) -> CPDResult:
+        estep_tol: float = ESTEP_TOL, xtol: float = 0.0, _want_match: bool = True) -> CPDResult:
     """Register ``moving`` onto ``fixed`` by Coherent Point Drift.
 
     The moving points are the centroids of a Gaussian mixture (equal variance ``sigma2``) plus a
@@ -67,6 +67,10 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         after an iteration in which no moving point moved by more than ``xtol * sigma`` (sigma =
         sqrt(sigma2) of that iteration's E-step): the transform has stopped changing on the scale
         of the posterior's width. 0 (default) disables the rule.
+    _want_match : bool
+        Internal (``cpd_coarse_to_fine``'s subsample stage, whose matches are discarded): False
+        skips the best-match search of every CPU E-step; ``match`` is then -1 and
+        ``match_probability`` 0 everywhere. The fit itself is unchanged.
     sigma2 : float, optional
         Initial variance (squared input units); default the mean squared distance between all
         pairs (computed in O(M + N)). Values below the floor (1e-10 of the fixed set's squared
@@ -129,6 +133,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
                    landmark_weight=landmark_weight, low_rank=low_rank, callback=callback, scale=scale,
                    normalize=normalize, cutoff=cutoff, estep=estep, estep_tol=estep_tol)
     opt.xtol = positive_float(xtol, "xtol", allow_zero=True)
+    want_match = as_bool(_want_match, "_want_match")
     on_gpu = resolve_device(device, moving, fixed) == "cuda"
     if on_gpu and opt.estep == "fast":
         raise ValueError("estep: 'fast' runs on the CPU only (the GPU E-step is exact); use estep='auto' or "
@@ -150,7 +155,7 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff)  # noqa: E731
     else:
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method=estep_method(  # noqa: E731
-            opt.estep, M, N), tol=opt.estep_tol)
+            opt.estep, M, N), tol=opt.estep_tol, want_best=want_match)
     res = run(Y, X, opt, factory, t_start)
     return backend.finish(res, kind)
 

@@ -27,7 +27,8 @@ class EStep:
     method and the error tolerance ``tol``; see :func:`xmodal.cpd`). :meth:`report` sums up what ran.
     """
 
-    def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float, method: str = "exact", tol: float = 1e-2):
+    def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float, method: str = "exact", tol: float = 1e-2,
+                 want_best: bool = True):
         self.dtype = np.dtype(dtype)
         self.X = np.ascontiguousarray(Xn, dtype=self.dtype)
         self.w = None if weights is None else np.ascontiguousarray(weights, dtype=self.dtype)
@@ -36,12 +37,13 @@ class EStep:
         self.method, self.tol = method, tol
         self.ran: list[dict] = []  # per call of the fast kernel: what ran and its bounds
         self.calls = 0
+        self.want_best = want_best  # False: no best-match search (EStepOut.best / prob are None)
 
     def _fast(self, TY: np.ndarray, sigma2: float, c: float) -> dict:
         from .. import _core
 
         out = _core.cpd_estep_fast(self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c,
-                                   self.cutoff, self.method, self.tol, 0, True, False)
+                                   self.cutoff, self.method, self.tol, 0, self.want_best, False)
         st = out["stats"]
         self.ran.append({k: st[k] for k in _KEPT})
         return out
@@ -68,11 +70,12 @@ class EStep:
 
     def __call__(self, TY: np.ndarray, sigma2: float, c: float) -> EStepOut:
         self.calls += 1
-        out = self.native(TY, sigma2, c) if self.method == "exact" else self._fast(TY, sigma2, c)
+        out = self.native(TY, sigma2, c, self.want_best) if self.method == "exact" else self._fast(TY, sigma2, c)
         self.pairs += int(out["pairs"])
         f64 = np.float64
-        return EStepOut(out["P1"].astype(f64), out["Pt1"].astype(f64), out["PX"].astype(f64), out["best_idx"],
-                        out["best_prob"].astype(f64), float(out["log_s_sum"]), int(out["empty_columns"]))
+        best, prob = (out["best_idx"], out["best_prob"].astype(f64)) if self.want_best else (None, None)
+        return EStepOut(out["P1"].astype(f64), out["Pt1"].astype(f64), out["PX"].astype(f64), best, prob,
+                        float(out["log_s_sum"]), int(out["empty_columns"]))
 
     def posterior(self, Xn, TY, s2: float, c: float, weights) -> "TopKPosterior":
         return TopKPosterior(self, Xn, TY, s2, c, weights)

@@ -272,7 +272,8 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
         t0 = time.perf_counter()
         e = estep(model.TY, prog.s2, c)
         prog.t_e += time.perf_counter() - t0
-        prog.best, prog.prob = e.best, e.prob
+        if e.best is not None:  # None: the caller asked for no matches (kept at -1 / 0)
+            prog.best, prog.prob = e.best, e.prob
         lm.add(e.P1, e.Pt1, e.PX)
         Np = float(e.P1.sum())
         if Np <= 1e-12:
@@ -374,7 +375,8 @@ def _accept_collapse(frame: Frame, model: Model, estep, lm: Landmarks, k: _Colla
                     f"previous sigma2 ({L_old:.6g} -> {L_new:.6g}); reverted to the previous transform and stopped "
                     "(not converged)")
     unit = frame.s0 * frame.s0
-    prog.best, prog.prob = chk.best, chk.prob
+    if chk.best is not None:
+        prog.best, prog.prob = chk.best, chk.prob
     prog.s2 = frame.floor
     prog.hist_s2.append(frame.floor * unit)
     warnings.append(f"iteration {prog.it}: sigma2 collapsed to the floor {frame.floor * unit:.3g} (squared input "
