@@ -57,7 +57,8 @@ class EStepResult:
         ``max_rel_p1``, ``max_px`` (largest a posteriori bounds: relative for s_n and P1_m, the
         posterior mean's displacement in units of sigma for PX), ``exact_columns``,
         ``exact_rows``, ``unresolved_rows``, ``fell_back``, ``sampled_rel_s`` (measured relative
-        error of 8 exactly summed s_n; with ``want_bounds``), ``est_cost_exact``,
+        error of 8 exactly summed s_n; with ``want_bounds``), ``est_cost_exact`` (NaN where no
+        grid fits the cell cap: the exact kernel runs unestimated),
         ``est_cost_grid``, ``pairs``, ``empty_columns``, ``seconds`` (per phase).
     """
 
