@@ -106,7 +106,7 @@ struct FastEStepStats {
     double sampled_rel_s = 0;       // max |ds_n| / s_n measured on 8 grid columns summed exactly (a check)
     // wall seconds of the grid path: splat, blur, slice, bound look-ups, exact parts, best match
     double seconds[6] = {0, 0, 0, 0, 0, 0};
-    double est_cost_exact = 0;      // cost model (arbitrary units, comparable)
+    double est_cost_exact = 0;      // cost model (arbitrary units, comparable; NaN: not estimated, no grid fits)
     double est_cost_grid = 0;
     double log_s_sum = 0;           // sum_n log s_n (as cpd.hpp)
     int64_t pairs = 0;              // kernel evaluations of the exact parts
