@@ -188,3 +188,23 @@ def test_coarse_to_fine_matches_still_reported():
     assert r.match.shape == (6000,) and (r.match >= 0).mean() > 0.9
     r0 = xmodal.cpd_coarse_to_fine(Y, X, n_coarse=1500, max_iter=20, refine_iter=0, w=0.01)
     assert (r0.match >= 0).mean() > 0.9
+
+
+@pytest.mark.parametrize("kind", ["rigid", "similarity", "affine"])
+def test_linear_steps_with_precomputed_squares_identical(kind):
+    from xmodal.registration._mstep import affine_step, rigid_step
+
+    rng = np.random.default_rng(13)
+    X, Y = rng.normal(size=(500, 3)), rng.normal(size=(400, 3))
+    P1, Pt1 = rng.uniform(0.1, 1, 400), rng.uniform(0.1, 1, 500)
+    PX = rng.normal(size=(400, 3))
+    Np = float(P1.sum())
+    xx, yy = (X * X).sum(1), (Y * Y).sum(1)
+    if kind == "affine":
+        a, b = affine_step(X, Y, P1, Pt1, PX, Np), affine_step(X, Y, P1, Pt1, PX, Np, xx)
+    else:
+        kw = dict(scale=None, estimate_scale=kind == "similarity")
+        a, b = rigid_step(X, Y, P1, Pt1, PX, Np, **kw), rigid_step(X, Y, P1, Pt1, PX, Np, sq=(xx, yy), **kw)
+    np.testing.assert_array_equal(a.B, b.B)
+    np.testing.assert_array_equal(a.TY, b.TY)
+    assert a.sigma2 == b.sigma2 and a.scale == b.scale

@@ -161,7 +161,8 @@ class Model:
         self.s = 1.0 if opt.scale is None else float(opt.scale)
         self.TY = Yn.copy() if opt.scale is None else Yn * self.s
         self.deform = DeformableSolver(Yn, beta_n, lam_n, opt.low_rank) if self.kind == "deformable" else None
-        self._xx = None  # |x_n|^2 of the fixed points (deformable sigma2 update), computed once
+        self._xx = None  # |x_n|^2 of the fixed points, computed once (the M-steps' sums)
+        self._yy = None  # |y_m|^2 of the moving points (rigid / similarity)
 
     def snapshot(self):
         return (self.B.copy(), self.t.copy(), self.s, self.TY.copy(),
@@ -175,18 +176,20 @@ class Model:
     def step(self, Xn, e: EStepOut, Np: float, s2: float) -> tuple[float, float]:
         """One M-step from the E-step's output: updates the transform; returns (new sigma2,
         regulariser). Raises LinAlgError or ScaleDegenerate."""
+        if self._xx is None:
+            self._xx = (Xn * Xn).sum(1)
         if self.kind == "deformable":
             self.TY, reg = self.deform.step(e.P1, e.PX, s2)
             TY = self.TY
-            if self._xx is None:
-                self._xx = (Xn * Xn).sum(1)
             new_s2 = float(e.Pt1 @ self._xx - 2.0 * (e.PX * TY).sum() + e.P1 @ (TY * TY).sum(1))
             return new_s2 / (Np * Xn.shape[1]), reg
         if self.kind == "affine":
-            st = affine_step(Xn, self.Yn, e.P1, e.Pt1, e.PX, Np)
+            st = affine_step(Xn, self.Yn, e.P1, e.Pt1, e.PX, Np, self._xx)
         else:
             free = self.kind == "similarity" and self.fixed_scale is None
-            st = rigid_step(Xn, self.Yn, e.P1, e.Pt1, e.PX, Np, estimate_scale=free,
+            if self._yy is None:
+                self._yy = (self.Yn * self.Yn).sum(1)
+            st = rigid_step(Xn, self.Yn, e.P1, e.Pt1, e.PX, Np, estimate_scale=free, sq=(self._xx, self._yy),
                             scale=self.fixed_scale if self.kind == "similarity" else None)
         self.B, self.t, self.s, self.TY = st.B, st.t, st.scale, st.TY
         return st.sigma2, 0.0

@@ -40,25 +40,31 @@ class LinearStep:
     TY: object
 
 
-def _weighted_means(Xn, Yn, P1, Pt1, PX, Np):
+def _weighted_means(Xn, Yn, P1, Pt1, PX, Np, xx=None):
     mu_x = to_host(Xn.T @ Pt1) / Np
     mu_y = to_host(Yn.T @ P1) / Np
     A = to_host(PX.T @ Yn) - Np * np.outer(mu_x, mu_y)
-    xPx = float(Pt1 @ (Xn * Xn).sum(1)) - Np * float(mu_x @ mu_x)
+    xx = (Xn * Xn).sum(1) if xx is None else xx
+    xPx = float(Pt1 @ xx) - Np * float(mu_x @ mu_x)
     return mu_x, mu_y, A, xPx
 
 
-def rigid_step(Xn, Yn, P1, Pt1, PX, Np: float, *, scale: float | None, estimate_scale: bool) -> LinearStep:
+def rigid_step(Xn, Yn, P1, Pt1, PX, Np: float, *, scale: float | None, estimate_scale: bool,
+               sq: tuple | None = None) -> LinearStep:
     """Rigid (``estimate_scale=False, scale=None``: s = 1), similarity with a free scale
-    (``estimate_scale=True``) or a fixed one (``scale``). Raises :class:`ScaleDegenerate`."""
+    (``estimate_scale=True``) or a fixed one (``scale``). Raises :class:`ScaleDegenerate`.
+    ``sq``: optional ``(|x_n|^2, |y_m|^2)`` row sums of squares, precomputed by the caller (the
+    points do not change between iterations)."""
     xp = array_namespace(Yn)
     D = Yn.shape[1]
-    mu_x, mu_y, A, xPx = _weighted_means(Xn, Yn, P1, Pt1, PX, Np)
+    xx, yy = sq if sq is not None else (None, None)
+    mu_x, mu_y, A, xPx = _weighted_means(Xn, Yn, P1, Pt1, PX, Np, xx)
     U, _, Vt = np.linalg.svd(A)
     C = np.eye(D)
     C[-1, -1] = np.sign(np.linalg.det(U @ Vt)) or 1.0
     R = U @ C @ Vt
-    yPy = float(P1 @ (Yn * Yn).sum(1)) - Np * float(mu_y @ mu_y)
+    yy = (Yn * Yn).sum(1) if yy is None else yy
+    yPy = float(P1 @ yy) - Np * float(mu_y @ mu_y)
     trAR = float(np.trace(A.T @ R))
     if estimate_scale:
         s = trAR / yPy if yPy > 0 else 0.0
@@ -72,11 +78,12 @@ def rigid_step(Xn, Yn, P1, Pt1, PX, Np: float, *, scale: float | None, estimate_
     return LinearStep(B, t, s, float(new_s2), Yn @ xp.asarray(B.T) + xp.asarray(t))
 
 
-def affine_step(Xn, Yn, P1, Pt1, PX, Np: float) -> LinearStep:
-    """Affine least squares; a singular weighted covariance falls back to the pseudo-inverse."""
+def affine_step(Xn, Yn, P1, Pt1, PX, Np: float, xx=None) -> LinearStep:
+    """Affine least squares; a singular weighted covariance falls back to the pseudo-inverse.
+    ``xx``: optional precomputed ``|x_n|^2``."""
     xp = array_namespace(Yn)
     D = Yn.shape[1]
-    mu_x, mu_y, A, xPx = _weighted_means(Xn, Yn, P1, Pt1, PX, Np)
+    mu_x, mu_y, A, xPx = _weighted_means(Xn, Yn, P1, Pt1, PX, Np, xx)
     YPY = to_host((Yn * P1[:, None]).T @ Yn) - Np * np.outer(mu_y, mu_y)
     try:
         B = np.linalg.solve(YPY.T, A.T).T
