@@ -38,6 +38,10 @@ def test_weighted_gram_matches_dense(rows):
     ref = F.T @ (F * lw[:, None])
     iu = np.triu_indices(37)
     np.testing.assert_allclose(K[iu], ref[iu], rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    b = rng.normal(size=(rows, 3))
+    K2, Ftb = _weighted_gram(F, lw, b)
+    np.testing.assert_array_equal(K2, K)
+    np.testing.assert_allclose(Ftb, F.T @ b, rtol=1e-12, atol=1e-12 * np.abs(F).max() * np.abs(b).max() * rows)
 
 
 def test_deformable_step_matches_dense_woodbury():
