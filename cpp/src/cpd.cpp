@@ -482,6 +482,7 @@ void pass1(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weight
     Grid<T> gy;
     gy.build(TY, M, D, radius);
     std::vector<T> wy(M + kPad, T(0));
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (M >= kParallelSortMin)
     for (int64_t s = 0; s < M; ++s) wy[s] = weights ? weights[gy.perm[s]] : T(1);
     const Inner<T> iny{{gy.coord[0].data(), gy.coord[1].data(), D == 3 ? gy.coord[2].data() : nullptr},
                        wy.data(), nullptr, {nullptr, nullptr, nullptr}, nullptr};
@@ -532,6 +533,7 @@ int64_t pass2(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* wei
     Grid<T> gx;
     gx.build(X, N, D, radius);
     std::vector<T> wx(N + kPad, T(0)), sx(N + kPad, T(0));
+#pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (N >= kParallelSortMin)
     for (int64_t s = 0; s < N; ++s) {
         wx[s] = col.g[gx.perm[s]];
         sx[s] = col.shift[gx.perm[s]];
