@@ -23,7 +23,8 @@ that embryo's figure with the swap undone, for information only.
 
 Model choice (v2): the deformable stage of the atlas (``build_atlas(deform="auto")``) and its
 settings were chosen on the folds holding out embryos 0-3 (sorted order) only; ``mean_folds_4_7``
-is the figure on folds no setting was chosen on. ``loo7_affine`` is the atlas without it.
+is the figure on folds no setting was chosen on. ``loo7_affine`` is the atlas without it. v3
+(shrinkage 12, 6 field rounds in identify) was chosen the same way (docs/identity.md).
 
 ``XMODAL_BENCH_QUICK=1``: 2 held-out embryos, no baseline.
 """

@@ -70,7 +70,7 @@ def _check_inputs(samples, names, features, feature_names):
 
 
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
-                allow_reflection: bool = False, robust: bool = True, shrinkage: float = 4.0,
+                allow_reflection: bool = False, robust: bool = True, shrinkage: float = 12.0,
                 feature_normalization: str = "sample", relations=(10, 5, False), deform="auto", calibrate: bool = True,
                 calibration: str = "temperature", identify_options=None,
                 max_iter: int = 100, tol: float = 1e-6) -> Atlas:
@@ -115,7 +115,7 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         covariances then describe the cells' own variability, not the specimens' bending, and
         :func:`identify` fits such a field to the new sample (``identify_iterations``).
         "auto" (the default): ``{"centres": 40, "beta": 0.8, "lambda": 0.3, "iterations": 3,
-        "identify_iterations": 3}`` (chosen once on four leave-one-embryo-out folds of the
+        "identify_iterations": 6}`` (chosen once on four leave-one-embryo-out folds of the
         C. elegans embryos, see docs/identity.md); None: affine only (the atlas of before).
     calibrate : bool
         Leave one sample out, identify it against an atlas of the others (with ``identify_options``)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._validation import describe
 
-DEFAULT = {"centres": 40, "beta": 0.8, "lambda": 0.3, "iterations": 3, "identify_iterations": 3, "anneal": 1.0, "adaptive": True}
+DEFAULT = {"centres": 40, "beta": 0.8, "lambda": 0.3, "iterations": 3, "identify_iterations": 6, "anneal": 1.0, "adaptive": True}
 
 
 def check_deform(deform):
