@@ -24,10 +24,13 @@ from .mws import (
 )
 from ._size_filter import remove_small_segments
 from .edge_model import (
+    BoostedEdgeClassifier,
     EdgeClassifier,
+    edge_classifier_from_dict,
     edge_feature_matrix,
     edge_feature_names,
     edge_labels_from_ground_truth,
+    fit_boosted_edge_classifier,
     fit_edge_classifier,
 )
 from .rag import EdgeFeatures, RegionAdjacencyGraph, edge_features, region_adjacency_graph
@@ -35,6 +38,9 @@ from .superpixels import distance_transform_watershed, seeded_watershed
 
 __all__ = [
     "EdgeClassifier",
+    "BoostedEdgeClassifier",
+    "edge_classifier_from_dict",
+    "fit_boosted_edge_classifier",
     "edge_feature_matrix",
     "edge_feature_names",
     "edge_labels_from_ground_truth",

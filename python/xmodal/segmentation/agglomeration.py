@@ -293,12 +293,14 @@ def _learned_graph(sp, a, o, na, *, invert, edge_model):
     from .edge_model import edge_feature_matrix, edge_feature_names
 
     merge = 1.0 - a if invert else a
-    names = edge_feature_names(o, na)
-    if tuple(names) != tuple(edge_model.feature_names):
+    ranks = any(str(n).startswith("rank_") for n in edge_model.feature_names)
+    names = edge_feature_names(o, na, ranks=ranks)
+    missing = [n for n in edge_model.feature_names if n not in names]
+    if missing:
         raise ValueError(f"edge_model: trained on features {list(edge_model.feature_names)}, these affinities' "
-                         f"offsets give {names}")
-    rag, X, count = edge_feature_matrix(sp, merge, o, n_attractive=na)
-    be = 1.0 - edge_model.merge_probability(X)
+                         f"offsets give {names} (missing {missing})")
+    rag, X, count = edge_feature_matrix(sp, merge, o, n_attractive=na, ranks=ranks)
+    be = 1.0 - edge_model.merge_probability(X, names)
     sizes = count.astype(np.float64)
     ok = sizes > 0
     return rag, rag.edges[ok], np.clip(be[ok], 0.0, 1.0), sizes[ok]
@@ -354,7 +356,7 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
         ``superpixel_min_size`` is its ``min_size``).
     min_size : int
         Graph-level size filter of the result in voxels (0: none).
-    edge_model : EdgeClassifier or its dict form, optional
+    edge_model : EdgeClassifier, BoostedEdgeClassifier or their dict form, optional
         Learned edge weights (:mod:`xmodal.segmentation.edge_model`): the edge boundary value is
         ``1 - p_merge`` of the classifier on :func:`~xmodal.segmentation.edge_feature_matrix`
         (face edges only), instead of ``feature``. Needs ``affinities`` whose offsets give the
@@ -384,9 +386,9 @@ def superpixel_agglomeration(boundaries=None, *, affinities=None, offsets=None, 
     levels = _feature_quantiles(feature)
     classifier = None
     if edge_model is not None:
-        from .edge_model import EdgeClassifier
+        from .edge_model import edge_classifier_from_dict
 
-        classifier = EdgeClassifier.from_dict(edge_model)
+        classifier = edge_classifier_from_dict(edge_model)
         if affinities is None:
             raise ValueError("edge_model: learned edge weights need affinities (their features), got boundaries")
     seconds = {}

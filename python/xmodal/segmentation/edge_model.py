@@ -9,14 +9,19 @@ and dependency-free:
   ``1 - a`` over the attractive links across each face (mean, min, max, quantiles 10/25/50/75/90
   %), the mean and median over the long-range links across the edge per offset length (the face
   mean where an edge has none), ``log(1 + face samples)`` and ``log(1 + size)`` of the smaller and
-  the larger region.
+  the larger region; with ``ranks=True`` also each boundary statistic's rank among the image's
+  edges (invariant to a change of contrast of the network output; measured, not used by default).
 - :func:`edge_labels_from_ground_truth`: training labels, 1 where the two superpixels' majority
   ground-truth segments are the same (ground-truth label 0 ignored), with a validity mask.
 - :func:`fit_edge_classifier`: L2-regularised logistic regression (Newton's method, numpy) on
   standardised features, weighted samples.
 - :class:`EdgeClassifier`: the fitted model, a few numbers that round-trip through JSON
   (:meth:`EdgeClassifier.to_dict`, :meth:`EdgeClassifier.from_dict`); stored with the shipped EM
-  model as ``segmentation_defaults["gasp"]["edge_model"]``.
+  model as ``segmentation_defaults["gasp"]["edge_model"]`` (fitted with ``l2=1``).
+- :func:`fit_boosted_edge_classifier` / :class:`BoostedEdgeClassifier`: gradient-boosted decision
+  trees (numpy, :mod:`xmodal.segmentation._edge_trees`), the classic classifier of multicut
+  pipelines, as JSON too; on the ISBI tuning slices it was not better than the logistic regression
+  (``docs/segmentation_graph.md``). :func:`edge_classifier_from_dict` reads either by ``kind``.
 
 :func:`xmodal.segmentation.superpixel_agglomeration` takes ``edge_model=`` and then agglomerates
 with the edge boundary ``1 - p_merge``.
@@ -32,10 +37,28 @@ import numpy as np
 from .._validation import describe
 from .rag import edge_features, region_adjacency_graph
 
-__all__ = ["EdgeClassifier", "edge_feature_matrix", "edge_feature_names", "edge_labels_from_ground_truth",
-           "fit_edge_classifier"]
+__all__ = ["EdgeClassifier", "BoostedEdgeClassifier", "edge_classifier_from_dict", "edge_feature_matrix",
+           "edge_feature_names", "edge_labels_from_ground_truth", "fit_edge_classifier",
+           "fit_boosted_edge_classifier"]
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+_N_SIZE = 3  # the last columns of the plain features: log_face, log_size_min, log_size_max
+
+
+def _image_ranks(X, count):
+    """Per column, the mid-rank of every edge among the image's edges with samples, in [0, 1]
+    (ties share their average rank; edges without samples get 0.5)."""
+    R = np.full(X.shape, 0.5)
+    ok = count > 0
+    n = int(ok.sum())
+    if n < 2:
+        return R
+    for j in range(X.shape[1]):
+        v = X[ok, j]
+        s = np.sort(v)
+        mid = (np.searchsorted(s, v, side="left") + np.searchsorted(s, v, side="right") - 1) / 2.0
+        R[ok, j] = mid / (n - 1)
+    return R
 
 
 def _long_range_groups(offsets, n_attractive):
@@ -45,15 +68,17 @@ def _long_range_groups(offsets, n_attractive):
     return [(int(L), (np.flatnonzero(lengths == L) + n_attractive).tolist()) for L in np.unique(lengths)]
 
 
-def edge_feature_names(offsets, n_attractive) -> list[str]:
-    """Names of the columns of :func:`edge_feature_matrix` for these affinity channels."""
+def edge_feature_names(offsets, n_attractive, *, ranks=False) -> list[str]:
+    """Names of the columns of :func:`edge_feature_matrix` for these affinity channels (with
+    ``ranks=True``, followed by ``rank_<name>`` for every boundary statistic)."""
     names = ["mean", "min", "max"] + [f"q{round(100 * q):d}" for q in _QUANTILES]
     for length, _ in _long_range_groups(offsets, n_attractive):
         names += [f"long{length}_mean", f"long{length}_median"]
-    return names + ["log_face", "log_size_min", "log_size_max"]
+    ranked = [f"rank_{n}" for n in names] if ranks else []
+    return names + ["log_face", "log_size_min", "log_size_max"] + ranked
 
 
-def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=None):
+def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=None, ranks=False):
     """Features of every edge of the superpixels' region adjacency graph (background 0 ignored).
 
     Parameters
@@ -67,6 +92,10 @@ def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=N
         The first ``n_attractive`` channels are the short-range (face) links.
     rag : RegionAdjacencyGraph, optional
         The graph of ``superpixels`` (built here when not given; face edges only).
+    ranks : bool
+        Append, for every boundary statistic, its rank among this image's edges (mid-rank of the
+        edges with samples, scaled to [0, 1]): features that a global shift or stretch of the
+        network's output (another microscope, another contrast) leaves unchanged.
 
     Returns
     -------
@@ -99,7 +128,10 @@ def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=N
     s1, s2 = sizes[uv[:, 0]], sizes[uv[:, 1]]
     cols += [np.log1p(f.count.astype(np.float64)), np.log1p(np.minimum(s1, s2)), np.log1p(np.maximum(s1, s2))]
     X = np.nan_to_num(np.stack(cols, axis=1).astype(np.float64), nan=1.0)
-    return rag, X, f.count.astype(np.int64)
+    count = f.count.astype(np.int64)
+    if ranks:
+        X = np.hstack([X, _image_ranks(X[:, :-_N_SIZE], count)])
+    return rag, X, count
 
 
 def edge_labels_from_ground_truth(superpixels, ground_truth, edges):
@@ -145,11 +177,10 @@ class EdgeClassifier:
     coef: np.ndarray
     intercept: float
 
-    def merge_probability(self, X) -> np.ndarray:
-        """Merge probability of every row of ``X`` (shape (E, n_features))."""
-        x = np.asarray(X, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-            raise ValueError(f"X: expected shape (E, {len(self.feature_names)}), got {x.shape}")
+    def merge_probability(self, X, names=None) -> np.ndarray:
+        """Merge probability of every row of ``X`` (shape (E, n_features); with ``names``, the
+        names of ``X``'s columns, of which the classifier's are picked)."""
+        x = _select(names, X, self.feature_names)
         z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
 
@@ -183,20 +214,8 @@ class EdgeClassifier:
         return cls(names, *arrays, float(d["intercept"]))
 
 
-def fit_edge_classifier(X, y, *, feature_names, weights=None, l2: float = 1e-2, iterations: int = 50):
-    """Fit an :class:`EdgeClassifier` (L2-regularised logistic regression, Newton's method).
-
-    Parameters
-    ----------
-    X : (E, F) float features (:func:`edge_feature_matrix`)
-    y : (E,) labels in {0, 1} (1 = merge)
-    feature_names : sequence of F str
-    weights : (E,) non-negative sample weights, optional (default 1)
-    l2 : float >= 0
-        Penalty on the coefficients of the standardised features (not the intercept).
-    iterations : int >= 1
-        Newton steps (it converges in ~10 on well-posed data).
-    """
+def _check_training_data(X, y, feature_names, weights):
+    """Validated ``(x, t, w, names)`` of a classifier fit (ValueError naming the bad argument)."""
     x = np.asarray(X, dtype=np.float64)
     t = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -211,6 +230,24 @@ def fit_edge_classifier(X, y, *, feature_names, weights=None, l2: float = 1e-2, 
     w = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != t.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights: expected {x.shape[0]} non-negative finite weights with a positive sum")
+    return x, t, w, names
+
+
+def fit_edge_classifier(X, y, *, feature_names, weights=None, l2: float = 1e-2, iterations: int = 50):
+    """Fit an :class:`EdgeClassifier` (L2-regularised logistic regression, Newton's method).
+
+    Parameters
+    ----------
+    X : (E, F) float features (:func:`edge_feature_matrix`)
+    y : (E,) labels in {0, 1} (1 = merge)
+    feature_names : sequence of F str
+    weights : (E,) non-negative sample weights, optional (default 1)
+    l2 : float >= 0
+        Penalty on the coefficients of the standardised features (not the intercept).
+    iterations : int >= 1
+        Newton steps (it converges in ~10 on well-posed data).
+    """
+    x, t, w, names = _check_training_data(X, y, feature_names, weights)
     if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not l2 >= 0:
         raise ValueError(f"l2: expected a non-negative number, got {describe(l2)}")
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
@@ -231,3 +268,119 @@ def fit_edge_classifier(X, y, *, feature_names, weights=None, l2: float = 1e-2, 
         if np.abs(step).max() < 1e-10:
             break
     return EdgeClassifier(names, mean, scale, beta[:-1].copy(), float(beta[-1]))
+
+
+def _select(names, x, own):
+    """The columns ``own`` of ``x`` whose columns are ``names`` (or ``x`` itself when they agree)."""
+    x = np.asarray(x, dtype=np.float64)
+    if names is None or tuple(names) == tuple(own):
+        if x.ndim != 2 or x.shape[1] != len(own):
+            raise ValueError(f"X: expected shape (E, {len(own)}), got {x.shape}")
+        return x
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in own if n not in index]
+    if missing:
+        raise ValueError(f"edge_model: trained on features {list(own)}, these features lack {missing}")
+    return x[:, [index[n] for n in own]]
+
+
+@dataclass
+class BoostedEdgeClassifier:
+    """Gradient-boosted decision trees on edge features (:mod:`xmodal.segmentation._edge_trees`):
+    ``p_merge = sigmoid(base + sum of the trees' leaf values)``.
+
+    Attributes
+    ----------
+    feature_names : tuple of str
+        Columns it was trained on (selected by name at prediction).
+    base : float
+        Log-odds offset.
+    feature, threshold, value : ndarray, shape (n_trees, 2^(depth+1)-1)
+        Complete binary trees: split feature (-1: leaf), threshold (go left when ``x <= t``) and
+        node value (log-odds contribution where the sample stops).
+    """
+
+    feature_names: tuple
+    base: float
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+
+    def merge_probability(self, X, names=None) -> np.ndarray:
+        """Merge probability of every row of ``X`` (columns ``names``, default ``feature_names``)."""
+        from ._edge_trees import predict_trees
+
+        x = _select(names, X, self.feature_names)
+        z = predict_trees(x, self.base, self.feature, self.threshold, self.value)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (lists of numbers)."""
+        return {"kind": "boosted_trees", "feature_names": list(self.feature_names), "base": float(self.base),
+                "feature": self.feature.tolist(), "threshold": self.threshold.tolist(), "value": self.value.tolist()}
+
+    @classmethod
+    def from_dict(cls, d) -> BoostedEdgeClassifier:
+        """The classifier from :meth:`to_dict`'s form; ValueError for a malformed one."""
+        if isinstance(d, BoostedEdgeClassifier):
+            return d
+        if not isinstance(d, dict) or d.get("kind") != "boosted_trees":
+            raise ValueError(f"edge_model: expected a dict of kind 'boosted_trees', got {describe(d)}")
+        missing = [k for k in ("feature_names", "base", "feature", "threshold", "value") if k not in d]
+        if missing:
+            raise ValueError(f"edge_model: missing {missing}")
+        names = tuple(str(v) for v in d["feature_names"])
+        feat = np.asarray(d["feature"], dtype=np.int64)
+        thr, val = np.asarray(d["threshold"], dtype=np.float64), np.asarray(d["value"], dtype=np.float64)
+        n_nodes = feat.shape[1] if feat.ndim == 2 else 0
+        complete = n_nodes >= 1 and not (n_nodes + 1) & n_nodes
+        if feat.ndim != 2 or not complete or thr.shape != feat.shape or val.shape != feat.shape:
+            raise ValueError("edge_model: feature / threshold / value must be equal (n_trees, 2^k - 1) arrays")
+        if (feat < -1).any() or (feat >= len(names)).any() or not (np.isfinite(thr).all() and np.isfinite(val).all()):
+            raise ValueError("edge_model: tree features must index feature_names and values be finite")
+        base = float(d["base"])
+        if not np.isfinite(base):
+            raise ValueError("edge_model: base must be finite")
+        return cls(names, base, feat, thr, val)
+
+
+def edge_classifier_from_dict(d):
+    """An :class:`EdgeClassifier` or :class:`BoostedEdgeClassifier` from its dict form (by ``kind``)."""
+    if isinstance(d, (EdgeClassifier, BoostedEdgeClassifier)):
+        return d
+    if isinstance(d, dict) and d.get("kind") == "boosted_trees":
+        return BoostedEdgeClassifier.from_dict(d)
+    return EdgeClassifier.from_dict(d)
+
+
+def fit_boosted_edge_classifier(X, y, *, feature_names, weights=None, n_trees: int = 100, depth: int = 3,
+                                learning_rate: float = 0.1, l2: float = 1.0, min_child_weight: float = 1.0):
+    """Fit a :class:`BoostedEdgeClassifier` (second-order gradient boosting of the weighted log-loss,
+    histogram splits on at most 32 quantile bins per feature; deterministic).
+
+    Parameters
+    ----------
+    X, y, feature_names, weights : as :func:`fit_edge_classifier`
+    n_trees : int >= 1
+    depth : int in [1, 8]
+        Levels of splits per tree.
+    learning_rate : float in (0, 1]
+        Shrinkage of every tree's leaf values.
+    l2 : float >= 0
+        Penalty on the leaf values.
+    min_child_weight : float >= 0
+        Least hessian mass (sum of ``w p (1 - p)``) of a child for a split.
+    """
+    from ._edge_trees import fit_trees
+
+    x, t, w, names = _check_training_data(X, y, feature_names, weights)
+    for name, v, lo, hi in (("n_trees", n_trees, 1, 10_000), ("depth", depth, 1, 8)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+            raise ValueError(f"{name}: expected an integer in [{lo}, {hi}], got {describe(v)}")
+    for name, v, ok in (("learning_rate", learning_rate, lambda u: 0 < u <= 1), ("l2", l2, lambda u: u >= 0),
+                        ("min_child_weight", min_child_weight, lambda u: u >= 0)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not ok(v):
+            raise ValueError(f"{name}: expected a number in its range, got {describe(v)}")
+    m = fit_trees(x, t, w, n_trees=int(n_trees), depth=int(depth), learning_rate=float(learning_rate), l2=float(l2),
+                  min_child_weight=float(min_child_weight))
+    return BoostedEdgeClassifier(names, m["base"], m["feature"], m["threshold"], m["value"])
