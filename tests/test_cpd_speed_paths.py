@@ -16,7 +16,7 @@ import pytest
 import xmodal
 from xmodal import _core
 from xmodal.registration._fast_estep import fast_estep, voxel_subsample
-from xmodal.registration._mstep import _GRAM_ROWS, DeformableSolver, _weighted_gram, gauss_kernel
+from xmodal.registration._mstep import _GRAM_PARTS, _GRAM_ROWS, DeformableSolver, _weighted_gram, gauss_kernel
 
 
 def _blue_noise(n, seed, spacing=1.0):
@@ -42,6 +42,26 @@ def test_weighted_gram_matches_dense(rows):
     K2, Ftb = _weighted_gram(F, lw, b)
     np.testing.assert_array_equal(K2, K)
     np.testing.assert_allclose(Ftb, F.T @ b, rtol=1e-12, atol=1e-12 * np.abs(F).max() * np.abs(b).max() * rows)
+
+
+def test_weighted_gram_parts_independent_of_threads():
+    """Rows spread over all parts (uneven part sizes): the same bits on 1 and 2 threads, and the
+    dense product's values."""
+    rows = (_GRAM_PARTS + 3) * _GRAM_ROWS + 211
+    rng = np.random.default_rng(11)
+    F = rng.normal(size=(rows, 23))
+    lw = rng.uniform(0.0, 3.0, size=rows)
+    b = rng.normal(size=(rows, 3))
+    outs = []
+    for n in (1, 2):
+        with xmodal.num_threads(n):
+            outs.append(_weighted_gram(F, lw, b))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    ref = F.T @ (F * lw[:, None])
+    iu = np.triu_indices(23)
+    np.testing.assert_allclose(outs[0][0][iu], ref[iu], rtol=1e-11, atol=1e-11 * np.abs(ref).max())
+    np.testing.assert_allclose(outs[0][1], F.T @ b, rtol=1e-11, atol=1e-11 * np.abs(F.T @ b).max())
 
 
 def test_deformable_step_matches_dense_woodbury():

@@ -149,6 +149,28 @@ def _dist2_cols(cols, q):
 #: cache from the syrk to the F^T b product; 512 and 2048 were a few % slower at 20k and 100k rows).
 _GRAM_ROWS = 1024
 
+#: The rows of :func:`_weighted_gram` are cut into at most this many parts of whole blocks (a
+#: function of the row count only), summed separately and added in part order: the parts run on up
+#: to ``xmodal.get_num_threads()`` Python threads (BLAS releases the GIL and runs single-threaded
+#: in each), and the result is the same for any thread count.
+_GRAM_PARTS = 8
+
+
+def _gram_part(F: np.ndarray, sq: np.ndarray, b: np.ndarray | None, lo: int, hi: int):
+    """``F[lo:hi]^T diag(sq^2) F[lo:hi]`` (upper triangle) and ``F[lo:hi]^T b[lo:hi]``, by blocks."""
+    from scipy.linalg.blas import dsyrk
+
+    r = F.shape[1]
+    K = np.zeros((r, r), order="F")
+    Fb = None if b is None else np.zeros((r, b.shape[1]))
+    for i in range(lo, hi, _GRAM_ROWS):
+        j = min(i + _GRAM_ROWS, hi)
+        blk = F[i:j]
+        K = dsyrk(1.0, (blk * sq[i:j, None]).T, beta=1.0, c=K, trans=0, lower=0, overwrite_c=1)
+        if Fb is not None:
+            Fb += blk.T @ b[i:j]
+    return K, Fb
+
 
 def _weighted_gram(F: np.ndarray, lw: np.ndarray, b: np.ndarray | None = None):
     """``F^T diag(lw) F`` for ``lw >= 0`` (upper triangle filled; half the flops of a matmul);
@@ -158,22 +180,33 @@ def _weighted_gram(F: np.ndarray, lw: np.ndarray, b: np.ndarray | None = None):
     the whole scaled matrix (that copy alone cost as much as the product: 4-8x slower at 20k-100k
     rows, rank 300). Each block ``F[i:j] * sqrt(lw[i:j])`` is C-ordered, so its transpose is the
     Fortran-ordered ``r x rows`` operand of ``syrk(trans=0)``; ``F^T b`` is summed from the same
-    blocks while they are in cache (F is read once instead of twice; the sum is in block order,
-    so it may differ from one product in the last bits).
+    blocks while they are in cache (F is read once instead of twice). The blocks are grouped in
+    up to ``_GRAM_PARTS`` parts (fixed by the row count) that run in parallel on xmodal's threads
+    and are added in part order: the sums are in block / part order, so they may differ from one
+    product in the last bits, but not between thread counts.
     """
-    from scipy.linalg.blas import dsyrk
+    from .._config import get_num_threads
 
     F = np.ascontiguousarray(F, dtype=np.float64)
-    r = F.shape[1]
-    K = np.zeros((r, r), order="F")
-    Fb = None if b is None else np.zeros((r, b.shape[1]))
+    M = F.shape[0]
     sq = np.sqrt(lw)
-    for i in range(0, F.shape[0], _GRAM_ROWS):
-        j = min(i + _GRAM_ROWS, F.shape[0])
-        blk = F[i:j]
-        K = dsyrk(1.0, (blk * sq[i:j, None]).T, beta=1.0, c=K, trans=0, lower=0, overwrite_c=1)
+    nblk = max(1, -(-M // _GRAM_ROWS))
+    parts = min(_GRAM_PARTS, nblk)
+    cuts = [min(M, (nblk * p // parts) * _GRAM_ROWS) for p in range(parts)] + [M]
+    spans = [(cuts[p], cuts[p + 1]) for p in range(parts)]
+    workers = min(get_num_threads(), parts)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            res = list(ex.map(lambda s: _gram_part(F, sq, b, *s), spans))
+    else:
+        res = [_gram_part(F, sq, b, *s) for s in spans]
+    K, Fb = res[0]
+    for Kp, Fp in res[1:]:
+        K += Kp
         if Fb is not None:
-            Fb += blk.T @ b[i:j]
+            Fb += Fp
     return K if b is None else (K, Fb)
 
 
