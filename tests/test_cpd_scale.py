@@ -112,3 +112,46 @@ def test_coarse_to_fine_refinement_rule():
     assert err_r <= err_e + 0.01 * 0.3, (err_r, err_e)
     with pytest.raises(ValueError, match="refine_xtol"):
         xmodal.cpd_coarse_to_fine(Y, X, refine_xtol=-0.1)
+
+
+def _known_fit_distance(moved, Y, X):
+    """Mean distance of ``moved`` to the least-squares rigid fit of Y onto X (point i <-> i)."""
+    a, b = Y - Y.mean(0), X - X.mean(0)
+    U, _, Vt = np.linalg.svd(a.T @ b)
+    S = np.eye(3)
+    S[2, 2] = np.sign(np.linalg.det(U @ Vt))
+    ideal = a @ (U @ S @ Vt) + X.mean(0)
+    return float(np.linalg.norm(moved - ideal, axis=1).mean())
+
+
+def test_coarse_to_fine_paired_stage():
+    """The paired stage (nearest fixed point of each subsampled moved point) runs between the
+    subsample stage and the refinement for linear transforms when the fixed set exceeds n_paired,
+    takes its iteration from the subsample stage's budget, and ends no farther from the
+    known-correspondence fit than the run without it; its sizes and stop are reported."""
+    X, Y = rigid_problem(9000, seed=4)
+    kw = dict(transform="rigid", n_coarse=1000, max_iter=30, refine_iter=5, tol=0.0)
+    with_p = xmodal.cpd_coarse_to_fine(Y, X, **kw)
+    without = xmodal.cpd_coarse_to_fine(Y, X, paired_iter=0, **kw)
+    cp, c0 = with_p.info["coarse_to_fine"], without.info["coarse_to_fine"]
+    assert cp["paired_iterations"] == 1 and "paired" in cp["seconds"]
+    assert 0.9 * 2500 <= cp["n_paired_moving"] <= 2500 and 0 < cp["n_paired_fixed"] <= cp["n_paired_moving"]
+    assert "paired_iterations" not in c0 and "paired" not in c0["seconds"]
+    assert with_p.iterations == 30 - 5 - 1 + 1 + cp["refine_iterations"]
+    assert len(with_p.history["sigma2"]) == with_p.iterations
+    d_with, d_without = _known_fit_distance(with_p.moved, Y, X), _known_fit_distance(without.moved, Y, X)
+    assert d_with <= d_without + 0.01 * 0.3, (d_with, d_without)  # 0.3: the noise sd
+    np.testing.assert_allclose(with_p.transform.apply(Y), with_p.moved, atol=1e-9)
+    assert (with_p.match == np.arange(len(X))).mean() > 0.95
+    # explicit sizes; a fixed set not above n_paired skips the stage; deformable skips it by default
+    big = xmodal.cpd_coarse_to_fine(Y, X, n_paired=4000, paired_iter=2, **kw)
+    assert big.info["coarse_to_fine"]["paired_iterations"] <= 2
+    assert big.info["coarse_to_fine"]["n_paired_moving"] <= 4000
+    skip = xmodal.cpd_coarse_to_fine(Y, X, n_paired=9000, **kw)
+    assert "paired_iterations" not in skip.info["coarse_to_fine"] and skip.iterations <= 30
+    with pytest.raises(ValueError, match="paired_iter"):
+        xmodal.cpd_coarse_to_fine(Y, X, paired_iter=25, **kw)
+    with pytest.raises(ValueError, match="paired_iter"):
+        xmodal.cpd_coarse_to_fine(Y, X, paired_iter=-1, **kw)
+    with pytest.raises(ValueError, match="n_paired"):
+        xmodal.cpd_coarse_to_fine(Y, X, n_paired=10, **kw)
