@@ -232,3 +232,29 @@ def test_linear_steps_with_precomputed_squares_identical(kind):
     np.testing.assert_array_equal(a.B, b.B)
     np.testing.assert_array_equal(a.TY, b.TY)
     assert a.sigma2 == b.sigma2 and a.scale == b.scale
+
+
+@pytest.mark.parametrize("transform", ["rigid", "affine", "deformable"])
+def test_blas_single_threaded_during_cpu_em(transform):
+    """During CPU EM (linear transforms: the whole run; deformable: its low-rank steps) and every
+    stage of cpd_coarse_to_fine, BLAS runs on one thread (a threaded BLAS's idle workers spin beside
+    the OpenMP E-step); the caller's setting is restored afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    def cb(**_):
+        seen.append(blas_threads())
+
+    X = _blue_noise(3000, 21).astype(np.float64)
+    Y = X + 0.2
+    before = blas_threads()
+    extra = {"low_rank": 50} if transform == "deformable" else {}
+    if transform != "deformable":
+        xmodal.cpd(Y, X, transform=transform, max_iter=3, callback=cb)
+    xmodal.cpd_coarse_to_fine(Y, X, transform=transform, n_coarse=800, max_iter=8, refine_iter=2, callback=cb,
+                              **extra)
+    assert seen and all(all(n == 1 for n in s) for s in seen), seen
+    assert blas_threads() == before

@@ -18,6 +18,7 @@ the subsample could not resolve.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ from ._cpd_cpu import EStep
 from ._cpd_cuda import finish, input_kind
 from ._em import outlier_constant
 from ._fast_estep import ESTEP_TOL, gauss_transform, voxel_subsample
+from ._mstep import _blas_single
 from ._result import CPDResult
 from .transforms import AffineTransform, CompositeTransform, RigidTransform, SimilarityTransform
 
@@ -123,52 +125,56 @@ def cpd_coarse_to_fine(moving, fixed, *, transform: str = "rigid", n_coarse: int
     kind = input_kind(moving, fixed) if gpu else "numpy"
     Y, X = as_points(_host(moving, "moving"), "moving"), as_points(_host(fixed, "fixed"), "fixed")
     put = _to_device if gpu else (lambda a: a)
-    im, vm = voxel_subsample(Y, n_coarse) if len(Y) > n_coarse else (np.arange(len(Y)), 0.0)
-    if subsample == "both" and len(X) > n_coarse:
-        jf, vf = voxel_subsample(X, n_coarse)
-    else:
-        jf, vf = np.arange(len(X)), 0.0
-    if paired_iter > 0 and len(X) <= n_paired:
-        paired_iter = 0  # all points are about as cheap as the pairs: the refinement does its work
-    kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
-    t0 = time.perf_counter()
-    # the subsample stage's matches are never used (the refinement's, or _final_match's, are
-    # returned): its E-steps skip the best-match search (CPU)
-    rc = cpd(put(Y[im].astype(dt)), put(X[jf].astype(dt)), max_iter=max_iter - refine_iter - paired_iter,
-             _want_match=False, **kw)
-    stages = {"subsample": t0 - t_start, "coarse": time.perf_counter() - t0}
-    info = {"n_coarse_moving": len(im), "n_coarse_fixed": len(jf), "voxel_moving": vm, "voxel_fixed": vf,
-            "coarse_info": rc.info, "seconds": stages}
-    t0 = time.perf_counter()
-    tree = None
-    if deformable:
-        moved1, tr1 = _carry_field(rc.transform, Y, interp_tol, info)
-    else:
-        tr1 = rc.transform
-        moved1 = tr1.apply(Y)
-    stages_done = [rc]
-    if paired_iter > 0:
-        tree = _fixed_tree(X)
-        rp, tr1, moved1 = _paired_stage(moved1, X, tree, tr1, rc.sigma2, n_paired, paired_iter, dt, put,
-                                        dict(kw, xtol=refine_xtol), info)
-        stages_done.append(rp)
-        stages["paired"] = time.perf_counter() - t0
+    # on the CPU, BLAS runs single-threaded throughout: its products here are tiny (d x d from
+    # n x d) or already split over threads (the Nystrom Gram), and a threaded BLAS's idle workers
+    # spin beside the OpenMP E-step's threads (see cpd)
+    with contextlib.nullcontext() if gpu else _blas_single():
+        im, vm = voxel_subsample(Y, n_coarse) if len(Y) > n_coarse else (np.arange(len(Y)), 0.0)
+        if subsample == "both" and len(X) > n_coarse:
+            jf, vf = voxel_subsample(X, n_coarse)
+        else:
+            jf, vf = np.arange(len(X)), 0.0
+        if paired_iter > 0 and len(X) <= n_paired:
+            paired_iter = 0  # all points are about as cheap as the pairs: the refinement does its work
+        kw = dict(cpd_kwargs, transform=transform, estep=estep, estep_tol=estep_tol)
         t0 = time.perf_counter()
-    rf = None
-    if refine_iter > 0:
+        # the subsample stage's matches are never used (the refinement's, or _final_match's, are
+        # returned): its E-steps skip the best-match search (CPU)
+        rc = cpd(put(Y[im].astype(dt)), put(X[jf].astype(dt)), max_iter=max_iter - refine_iter - paired_iter,
+                 _want_match=False, **kw)
+        stages = {"subsample": t0 - t_start, "coarse": time.perf_counter() - t0}
+        info = {"n_coarse_moving": len(im), "n_coarse_fixed": len(jf), "voxel_moving": vm, "voxel_fixed": vf,
+                "coarse_info": rc.info, "seconds": stages}
+        t0 = time.perf_counter()
+        tree = None
         if deformable:
-            kw.setdefault("low_rank", int(rc.info.get("rank") or 300))
-        tree = tree if tree is not None else _fixed_tree(X)
-        rf = cpd(put(moved1.astype(dt)), put(X.astype(dt)), max_iter=refine_iter,
-                 sigma2=refine_sigma2(moved1, X, stages_done[-1].sigma2, fixed_tree=tree),
-                 **dict(kw, xtol=refine_xtol))
-        info["refine_iterations"] = rf.iterations
-        info["refine_stop"] = rf.info.get("stop_rule", rf.info.get("stop"))
-        if gpu:
-            for name in ("moved", "match", "match_probability"):
-                setattr(rf, name, to_host(getattr(rf, name)))
-    stages["fine"] = time.perf_counter() - t0
-    out = _assemble(stages_done, rf, tr1, moved1, X, dt, kw, info, t_start, tree)
+            moved1, tr1 = _carry_field(rc.transform, Y, interp_tol, info)
+        else:
+            tr1 = rc.transform
+            moved1 = tr1.apply(Y)
+        stages_done = [rc]
+        if paired_iter > 0:
+            tree = _fixed_tree(X)
+            rp, tr1, moved1 = _paired_stage(moved1, X, tree, tr1, rc.sigma2, n_paired, paired_iter, dt, put,
+                                            dict(kw, xtol=refine_xtol), info)
+            stages_done.append(rp)
+            stages["paired"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        rf = None
+        if refine_iter > 0:
+            if deformable:
+                kw.setdefault("low_rank", int(rc.info.get("rank") or 300))
+            tree = tree if tree is not None else _fixed_tree(X)
+            rf = cpd(put(moved1.astype(dt)), put(X.astype(dt)), max_iter=refine_iter,
+                     sigma2=refine_sigma2(moved1, X, stages_done[-1].sigma2, fixed_tree=tree),
+                     **dict(kw, xtol=refine_xtol))
+            info["refine_iterations"] = rf.iterations
+            info["refine_stop"] = rf.info.get("stop_rule", rf.info.get("stop"))
+            if gpu:
+                for name in ("moved", "match", "match_probability"):
+                    setattr(rf, name, to_host(getattr(rf, name)))
+        stages["fine"] = time.perf_counter() - t0
+        out = _assemble(stages_done, rf, tr1, moved1, X, dt, kw, info, t_start, tree)
     if gpu:
         cp = cupy_module(_PURPOSE)
         for name in ("moved", "match", "match_probability"):
