@@ -258,22 +258,42 @@ class Selection:
     warm: Fit | None = None
 
 
+#: The criterion of ``transform="auto"`` (:func:`xmodal.registration.selection.select_model`),
+#: chosen on the 6 training embryo pairs (``scripts/eval_selection_criteria.py``): the mean
+#: one-to-one matching cost of the held-out cells, averaged over 3 random splits.
+SELECT_CRITERION = "matching"
+
+_CRITERION_TEXT = {
+    "matching": "held-out matching cost (mean distance of the held-out fixed cells to their partner in the "
+                "one-to-one matching of all fixed cells, the unmatched cost if unmatched; input units, "
+                "lower is better)",
+    "likelihood": "held-out log-likelihood (nats per point, higher is better)",
+}
+
+
 def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_options: Mapping | None,
                 deformable_options: Mapping | None, nn: float, seed: int, fraction: float = 0.2,
-                repeats: int = 1, radius: float | None = None) -> Selection:
-    """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fit to 80 % of the fixed cells
-    gives the highest likelihood of the other 20 % (:func:`xmodal.registration.selection.select_model`:
-    the CPD mixture of the fitted model, outlier weight 0.1). A model that bends to fit noise gets a
-    small variance and pays for it on cells it has not seen. ``repeats`` > 1 averages the scores
-    over that many random splits. ``radius``: the RMS radius of all fixed cells (the unit of the
-    deformable widths; default that of ``fixed``).
+                repeats: int | None = None, radius: float | None = None, criterion: str = SELECT_CRITERION,
+                k: int = 30) -> Selection:
+    """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fits to 80 % of the fixed
+    cells best predict the other 20 % (:func:`xmodal.registration.selection.select_model`).
+
+    ``criterion="matching"`` (default, :data:`SELECT_CRITERION`): the moved cells of each fit are
+    matched one-to-one to all fixed cells (``k`` nearest neighbours, unmatched cost 3 × the median
+    nearest-neighbour distance of the fixed cells compared: ``register_cells``' matching), and the
+    mean cost of the held-out cells (distance to their partner, the unmatched cost if unmatched;
+    lower is better) is averaged over ``repeats`` random splits (default 3).
+    ``criterion="likelihood"``: the likelihood of the held-out cells under the fitted CPD mixture
+    (outlier weight 0.1; default 1 split). Both criteria are computed from the same fits and
+    recorded; only ``criterion`` chooses. ``radius``: the RMS radius of all fixed cells (the unit of
+    the deformable widths; default that of ``fixed``).
 
     Sets larger than :data:`SELECT_POINTS` are compared on farthest-point subsamples of that many
     cells (the shape of the whole clouds at a fixed cost; the widths stay in physical units);
-    the chosen candidate's fit on the subsample is returned as ``warm``.
+    the chosen candidate's fit on the subsample (first split) is returned as ``warm``.
     """
     from ..registration.selection import select_model
-    from .prealign import rms_radius
+    from .prealign import median_nn_distance, rms_radius
 
     radius = rms_radius(fixed) if radius is None else float(radius)
     caches: dict = {}
@@ -300,13 +320,23 @@ def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_optio
 
         moving = moving[np.sort(farthest_point_centers(moving, min(SELECT_POINTS, len(moving))))]
         fixed = fixed[np.sort(farthest_point_centers(fixed, min(SELECT_POINTS, len(fixed))))]
-    sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1, repeats=repeats)
-    record = {"chosen": candidate_label(sel.best), "criterion": "held-out log-likelihood (nats per point)",
-              "cells": [len(moving), len(fixed)],
-              "scores": {candidate_label(c): float(v) for c, v in sel.scores.items()},
-              "heldout_fraction": fraction, "seed": seed, "repeats": repeats,
+    # the unmatched cost of register_cells' matching, on the cells compared (a subsample is sparser)
+    unmatched = 3.0 * (nn if not subsampled else median_nn_distance(fixed))
+    sel = select_model(fixed, fit, AUTO_CANDIDATES, criterion=criterion, fraction=fraction, seed=seed, w=0.1,
+                       repeats=repeats, unmatched_cost=unmatched, k=k)
+
+    def labelled(scores):
+        return {candidate_label(c): float(v) for c, v in scores.items()}
+
+    record = {"chosen": candidate_label(sel.best), "criterion": _CRITERION_TEXT[sel.criterion],
+              "criterion_name": sel.criterion, "cells": [len(moving), len(fixed)],
+              "scores": labelled(sel.scores),
+              "all_scores": {name: labelled(v) for name, v in sel.all_scores.items()},
+              "split_scores": [labelled(v) for v in sel.split_scores],
+              "unmatched_cost": sel.unmatched_cost, "k": k,
+              "heldout_fraction": fraction, "seed": seed, "repeats": sel.repeats,
               "radius": radius, "final_fit": "refined from the subsample fit" if subsampled else "all cells"}
-    log.info("register_cells: transform='auto' chose %s", record["chosen"])
+    log.info("register_cells: transform='auto' chose %s (%s)", record["chosen"], sel.criterion)
     return Selection(sel.best[0], options(sel.best), record, fits.get(sel.best) if subsampled else None)
 
 
