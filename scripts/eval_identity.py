@@ -111,7 +111,7 @@ class _repeats:
     def __enter__(self):
         import functools
 
-        from xmodal.pipelines import _register_steps as steps
+        from xmodal.pipelines import _auto_steps as steps
         from xmodal.pipelines import register
 
         self.saved = register.select_step
@@ -324,7 +324,8 @@ def auto_grid(split_name="train", variants=None) -> dict:
     fit on all cells). ``variants``: labels of deformable subsets to report (default all 16)."""
     from xmodal.datasets import celegans_embryos
     from xmodal.pipelines import register_cells
-    from xmodal.pipelines._register_steps import AUTO_CANDIDATES, PREALIGN_POINTS, candidate_label
+    from xmodal.pipelines._auto_steps import AUTO_CANDIDATES, candidate_label
+    from xmodal.pipelines._register_steps import PREALIGN_POINTS
     from xmodal.pipelines.prealign import fast_prealign, rms_radius
 
     emb = celegans_embryos()

@@ -9,7 +9,8 @@
       -> outputs in one folder (transform JSON, match and cell tables, QC report, provenance)
 
 :func:`register_cells` checks its options, then runs the steps of
-:mod:`xmodal.pipelines._register_steps` in this order: ``prealign_step`` -> ``fit_step`` ->
+:mod:`xmodal.pipelines._register_steps` in this order: ``prealign_step`` -> (``transform="auto"``:
+``select_step`` of :mod:`xmodal.pipelines._auto_steps`) -> ``fit_step`` (or ``refine_step``) ->
 ``match_step`` -> post-steps that take the result (``add_error_estimates``, ``add_spot_counts``,
 ``add_warped_images``) -> the output folder.
 """
@@ -28,6 +29,7 @@ from .._progress import timed as _timed
 from .._validation import as_bool, choice, positive_float, positive_int
 from ..io import load_points
 from ..registration.transforms import CompositeTransform
+from ._auto_steps import refine_step, select_step
 from ._register_steps import (
     Images,
     OutputFolder,
@@ -38,8 +40,6 @@ from ._register_steps import (
     match_confidence,
     match_step,
     prealign_step,
-    refine_step,
-    select_step,
 )
 from .prealign import PrealignResult, median_nn_distance, rms_radius
 
@@ -142,7 +142,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         of its own: the pre-alignment refines the orientation by rigid CPD, and a second rigid
         fit can turn it away when the two specimens differ in shape. "auto" chooses among rigid,
         affine and deformable (beta 0.4 or 0.8 × the RMS radius R of ``fixed``, lambda
-        100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._register_steps.AUTO_CANDIDATES`)
+        100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._auto_steps.AUTO_CANDIDATES`)
         by how well each candidate, fitted to 80 % of the fixed cells, places the 20 % held out
         (``selection_criterion``; random splits, seeds from ``seed``), then fits the chosen model
         to all cells; ``result.model_selection`` (and the provenance) records the choice, the
