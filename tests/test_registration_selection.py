@@ -165,6 +165,12 @@ def test_select_model_bad_input_is_named():
         select_model(fixed, lambda c, f: fixed, ["rigid"])  # not (moved, sigma2)
     with pytest.raises(ValueError, match="fit"):
         select_model(fixed, lambda c, f: (fixed[:, :2], 1.0), ["rigid"])  # 2-D moved points
+    # a fit without a variance: fine for the matching cost (the likelihood diagnostic is NaN) ...
+    sel = select_model(fixed, lambda c, f: (fixed[:40], None), ["rigid"])
+    assert np.isfinite(sel.scores["rigid"]) and np.isnan(sel.all_scores["likelihood"]["rigid"])
+    # ... but the likelihood criterion needs it
+    with pytest.raises(TypeError, match="sigma2"):
+        select_model(fixed, lambda c, f: (fixed[:40], None), ["rigid"], criterion="likelihood")
     with pytest.raises(ValueError, match="heldout"):
         heldout_matching_cost(fixed, fixed, np.ones(49, bool), unmatched_cost=1.0)
     with pytest.raises(ValueError, match="heldout"):

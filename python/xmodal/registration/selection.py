@@ -9,6 +9,7 @@ embryo pairs (``scripts/eval_register_models.py`` the earlier likelihood rules).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -177,7 +178,8 @@ def select_model(fixed, fit: Callable, candidates: Sequence, *, criterion: str =
 
     The scores are averaged over the splits, and the first candidate in the order given (list them
     simplest first) within ``margin`` of the best wins. Both criteria are computed from the same
-    fits (``all_scores``); only ``criterion`` chooses.
+    fits (``all_scores``; the likelihood is NaN for a fit that returns no positive ``sigma2``, which
+    only ``criterion="likelihood"`` requires); only ``criterion`` chooses.
 
     Parameters
     ----------
@@ -240,7 +242,11 @@ def select_model(fixed, fit: Callable, candidates: Sequence, *, criterion: str =
             moved = as_points(out[0], f"fit({c!r}) moved points")
             if moved.shape[1] != fix.shape[1]:
                 raise ValueError(f"fit: expected {fix.shape[1]}D moved points for {c!r}, got {moved.shape[1]}D")
-            split["likelihood"][c] = heldout_log_likelihood(moved, fix[mask], out[1], w=w, volume=volume)
+            # the likelihood needs the fit's variance; as a mere diagnostic it is NaN without one
+            s2 = out[1]
+            usable = isinstance(s2, numbers.Real) and not isinstance(s2, bool) and math.isfinite(s2) and s2 > 0
+            split["likelihood"][c] = (heldout_log_likelihood(moved, fix[mask], s2, w=w, volume=volume)
+                                      if usable or criterion == "likelihood" else float("nan"))
             split["matching"][c] = heldout_matching_cost(moved, fix, mask, unmatched_cost=u, k=k)
         splits.append(split)
     all_scores = {name: {c: float(np.mean([s[name][c] for s in splits])) for c in candidates} for name in CRITERIA}
