@@ -31,7 +31,7 @@ from ``$XMODAL_DATA/platynereis_6dpf_nuclei`` (default ``../shared/data``); deve
 Note: the candidates here are the former ones of register_cells (beta in units of the median
 nearest-neighbour distance, lambda in input units, a rigid stage first). register_cells now uses
 scale-free settings (beta x the RMS radius R of the fixed cells, lambda / R^2, no similarity
-candidate; ``xmodal.pipelines._register_steps.AUTO_CANDIDATES``); the study of that grid is
+candidate; ``xmodal.pipelines._auto_steps.AUTO_CANDIDATES``); the study of that grid is
 ``benchmarks/results/identity-pairs-scalefree-grid-2026-11-30.json`` (docs/identity.md).
 
 Usage:

@@ -67,7 +67,8 @@ def _criteria(mv, s2, fix, mask, vol, nn, uc) -> dict:
 
 
 def pair_record(fa, fb, start) -> dict:
-    from xmodal.pipelines._register_steps import AUTO_CANDIDATES, candidate_label, fit_step, match_step
+    from xmodal.pipelines._auto_steps import AUTO_CANDIDATES, candidate_label
+    from xmodal.pipelines._register_steps import fit_step, match_step
     from xmodal.pipelines.prealign import median_nn_distance, rms_radius
     from xmodal.registration.selection import heldout_split
 

@@ -1,5 +1,6 @@
-"""register_cells(transform="auto") and allow_reflection (issue 12): the model is chosen by held-out
-likelihood and recorded; mirror images are found only when allowed."""
+"""register_cells(transform="auto") and allow_reflection (issue 12): the model is chosen by the
+held-out matching cost (or, on request, the held-out likelihood) and recorded; mirror images are
+found only when allowed."""
 
 import json
 
@@ -8,7 +9,8 @@ import pytest
 
 from xmodal.datasets import celegans_embryos
 from xmodal.pipelines import prealign, register_cells
-from xmodal.pipelines._register_steps import AUTO_CANDIDATES, candidate_label
+from xmodal.pipelines.prealign import median_nn_distance
+from xmodal.pipelines._auto_steps import AUTO_CANDIDATES, candidate_label
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +35,22 @@ def test_auto_records_the_chosen_model_and_every_score(cells, tmp_path):
     sel = res.model_selection
     labels = [candidate_label(c) for c in AUTO_CANDIDATES]
     assert sel["chosen"] in labels and set(sel["scores"]) == set(labels)
-    assert sel["scores"][sel["chosen"]] == max(sel["scores"].values())
+    assert sel["criterion_name"] == "matching" and "matching cost" in sel["criterion"]
+    assert sel["scores"][sel["chosen"]] == min(sel["scores"].values())  # a cost: lower is better
+    assert set(sel["all_scores"]) == {"matching", "likelihood"} and sel["all_scores"]["matching"] == sel["scores"]
+    assert sel["repeats"] == 3 and len(sel["split_scores"]) == 3
+    assert all(set(s) == set(labels) for s in sel["split_scores"])
+    assert sel["unmatched_cost"] == pytest.approx(3.0 * median_nn_distance(cells))
     assert res.parameters["transform"] == "auto" and res.parameters["model"] == sel["chosen"]
+    assert res.parameters["selection_criterion"] == "matching"
     assert "model_selection" in res.timings
     assert _accuracy(res, np.arange(len(cells))) > 0.95
     prov = json.loads((tmp_path / "reg" / "provenance.json").read_text())
     assert prov["parameters"]["model"] == sel["chosen"]
     assert prov["parameters"]["model_selection"]["scores"] == pytest.approx(sel["scores"])
+    assert prov["parameters"]["model_selection"]["criterion_name"] == "matching"
+    assert prov["parameters"]["model_selection"]["all_scores"]["likelihood"] == \
+        pytest.approx(sel["all_scores"]["likelihood"])
     header = (tmp_path / "reg" / "matches.csv").read_text().splitlines()[0].split(",")
     assert header[-1] == "confidence" and len(res.confidence) == res.n_matched
     assert np.median(res.confidence) > 0.9  # a near-exact copy: the matches are sure
@@ -55,9 +66,42 @@ def test_auto_prefers_a_rigid_model_for_a_rigid_motion_and_a_richer_one_for_a_be
     bent[:, 0] += 60.0 * np.sin(c[:, 1] / 100.0)
     deformed = register_cells(cells, bent, transform="auto", prealign=False, errors=False)
     assert deformed.parameters["model"] not in ("rigid", "similarity")
-    scores = deformed.model_selection["scores"]
-    assert scores[deformed.parameters["model"]] > scores["rigid"] + 1.0
+    scores = deformed.model_selection["scores"]  # held-out matching cost, µm
+    assert scores[deformed.parameters["model"]] < 0.5 * scores["rigid"]
     assert _accuracy(deformed, np.arange(len(cells))) > 0.95
+
+
+def test_auto_with_the_likelihood_criterion(cells):
+    """selection_criterion="likelihood": the former criterion (one split, higher is better), the
+    same fits; the matching criterion is still recorded beside it."""
+    rng = np.random.default_rng(8)
+    c = cells - cells.mean(0)
+    bent = c.copy()
+    bent[:, 0] += 60.0 * np.sin(c[:, 1] / 100.0)
+    res = register_cells(cells, bent + rng.normal(0, 0.3, c.shape), transform="auto", prealign=False,
+                         errors=False, selection_criterion="likelihood")
+    sel = res.model_selection
+    assert sel["criterion_name"] == "likelihood" and sel["repeats"] == 1 and len(sel["split_scores"]) == 1
+    assert sel["scores"][sel["chosen"]] == max(sel["scores"].values())
+    assert sel["all_scores"]["likelihood"] == sel["scores"]
+    assert set(sel["all_scores"]["matching"]) == set(sel["scores"])
+    assert sel["chosen"] not in ("rigid", "affine")
+    assert res.parameters["selection_criterion"] == "likelihood"
+    assert _accuracy(res, np.arange(len(cells))) > 0.95
+
+
+def test_auto_is_deterministic_for_a_seed(cells):
+    rng = np.random.default_rng(9)
+    c = cells - cells.mean(0)
+    moving = c @ _rot(15).T
+    moving[:, 0] += 30.0 * np.sin(c[:, 1] / 100.0)
+    moving += rng.normal(0, 0.5, c.shape)
+    a = register_cells(cells, moving, transform="auto", prealign=False, errors=False, seed=3)
+    b = register_cells(cells, moving, transform="auto", prealign=False, errors=False, seed=3)
+    assert a.model_selection["scores"] == b.model_selection["scores"]
+    assert np.array_equal(a.moving_index, b.moving_index) and np.array_equal(a.fixed_index, b.fixed_index)
+    other = register_cells(cells, moving, transform="auto", prealign=False, errors=False, seed=4)
+    assert other.model_selection["scores"] != a.model_selection["scores"]  # other held-out cells
 
 
 def test_mirror_image_needs_allow_reflection(cells):
@@ -78,6 +122,8 @@ def test_bad_options_are_named():
         register_cells(np.zeros((10, 3)), np.zeros((10, 3)), transform="best")
     with pytest.raises(TypeError, match="allow_reflection"):
         register_cells(np.random.rand(10, 3), np.random.rand(10, 3), allow_reflection="yes")
+    with pytest.raises(ValueError, match="selection_criterion"):
+        register_cells(np.random.rand(10, 3), np.random.rand(10, 3), selection_criterion="aic")
 
 
 def test_match_confidence_is_trustworthy_on_simulated_cells():
@@ -109,12 +155,14 @@ def test_match_confidence_is_trustworthy_on_simulated_cells():
 
 
 def test_large_sets_are_compared_on_subsamples(cells, monkeypatch):
-    from xmodal.pipelines import _register_steps as steps
+    from xmodal.pipelines import _auto_steps as steps
 
     monkeypatch.setattr(steps, "SELECT_POINTS", 100)
     rng = np.random.default_rng(3)
     res = register_cells(cells, cells + rng.normal(0, 0.3, cells.shape), transform="auto", prealign=False, errors=False)
     assert res.model_selection["cells"] == [100, 100]
+    # the criterion's unmatched cost follows the sparser subsample (3 of its nearest-neighbour distances)
+    assert res.model_selection["unmatched_cost"] > 1.2 * 3.0 * median_nn_distance(cells)
     assert _accuracy(res, np.arange(len(cells))) > 0.95  # the chosen model is fitted to all cells
 
 
@@ -122,7 +170,7 @@ def test_large_sets_go_on_from_the_chosen_subsample_fit(cells, monkeypatch):
     """Chosen on subsamples: the final fit starts from the chosen candidate's subsample fit (its
     transforms carried to all cells, then refined on all of them) and the composed transform
     reproduces the moved cells."""
-    from xmodal.pipelines import _register_steps as steps
+    from xmodal.pipelines import _auto_steps as steps
 
     monkeypatch.setattr(steps, "SELECT_POINTS", 100)
     rng = np.random.default_rng(4)

@@ -56,7 +56,7 @@ def _overwrite(p: argparse.ArgumentParser, what: str) -> None:
 def _transform(p: argparse.ArgumentParser, default: str, auto: bool = False) -> None:
     choices = (["auto"] if auto else []) + ["rigid", "similarity", "affine", "deformable"]
     p.add_argument("--transform", default=default, choices=choices,
-                   help=f"CPD model (default {default}" + ("; auto: chosen by held-out likelihood)" if auto else ")"))
+                   help=f"CPD model (default {default}" + ("; auto: chosen by held-out matching cost)" if auto else ")"))
 
 
 def _candidates(p: argparse.ArgumentParser, *, unmatched: str) -> None:

@@ -1,6 +1,7 @@
 """The steps of :func:`xmodal.pipelines.register_cells`, in the order it runs them.
 
     pre-align (principal axes or an elastix intensity registration)
+      -> [transform="auto": model selection, :mod:`xmodal.pipelines._auto_steps`]
       -> fit (CPD, coarse to fine)
       -> match (sparse k-NN graph, exact assignment)
       -> post-steps on the result (error estimates, smFISH spot counts, image warp)
@@ -12,7 +13,6 @@ validated by :func:`register_cells` before the first step runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,138 +215,6 @@ def fit_step(moving: np.ndarray, fixed: np.ndarray, *, transform: str, scale: bo
         fit.sigma2 = float(res.sigma2)
         fit.iterations["rigid" if i == 0 and stage in ("rigid", "similarity") else stage] = int(res.iterations)
         log.info("register_cells: %s CPD, %d iterations", stage, int(res.iterations))
-    return fit
-
-
-#: The models ``transform="auto"`` chooses from, simplest first: (final CPD model, deformable beta in
-#: units of the RMS radius R of the fixed cells, lambda in units of 1 / R^2): scale-free, unlike
-#: :func:`xmodal.cpd`'s input-unit ``lam`` (the former grid, lambda 2 or 8, was so stiff on the
-#: embryos, in pixels, that every deformable fit stayed affine). Chosen on the 6 training embryo
-#: pairs (docs/identity.md): lambda 100 and 1000 / R^2 beat the affine fit (0.41-0.45 against
-#: 0.38), 10 / R^2 a little worse, 1 / R^2 bends too much. No similarity candidate: a size change
-#: is affine too, and its choices were the only ones below rigid (by up to 0.021, embryo pairs).
-AUTO_CANDIDATES = (("rigid", None, None), ("affine", None, None),
-                   ("deformable", 0.4, 100.0), ("deformable", 0.4, 1000.0),
-                   ("deformable", 0.8, 100.0), ("deformable", 0.8, 1000.0))
-
-
-#: Most cells of each set the model selection of ``transform="auto"`` fits its candidates to
-#: (farthest-point subsamples of larger sets).
-SELECT_POINTS = 1500
-
-#: Iterations of the final fit on all cells when the model was chosen on subsamples: it starts
-#: from the chosen candidate's fit, carried to all cells (:func:`refine_step`).
-REFINE_ITER = 50
-
-
-def candidate_label(candidate) -> str:
-    """"rigid", "affine", ..., "deformable(beta=0.4R,lam=100/R^2)" for an :data:`AUTO_CANDIDATES`
-    entry (R: the RMS radius of the fixed cells)."""
-    kind, bf, lam = candidate
-    return kind if kind != "deformable" else f"deformable(beta={bf:g}R,lam={lam:g}/R^2)"
-
-
-@dataclass
-class Selection:
-    """Outcome of :func:`select_step`: the chosen final model, its deformable options (None unless
-    deformable), the record for the result, and, when the candidates were compared on
-    subsamples, the chosen candidate's fit there (``warm``, the start of :func:`refine_step`)."""
-
-    model: str
-    deformable_options: dict | None
-    record: dict
-    warm: Fit | None = None
-
-
-def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_options: Mapping | None,
-                deformable_options: Mapping | None, nn: float, seed: int, fraction: float = 0.2,
-                repeats: int = 1, radius: float | None = None) -> Selection:
-    """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fit to 80 % of the fixed cells
-    gives the highest likelihood of the other 20 % (:func:`xmodal.registration.selection.select_model`:
-    the CPD mixture of the fitted model, outlier weight 0.1). A model that bends to fit noise gets a
-    small variance and pays for it on cells it has not seen. ``repeats`` > 1 averages the scores
-    over that many random splits. ``radius``: the RMS radius of all fixed cells (the unit of the
-    deformable widths; default that of ``fixed``).
-
-    Sets larger than :data:`SELECT_POINTS` are compared on farthest-point subsamples of that many
-    cells (the shape of the whole clouds at a fixed cost; the widths stay in physical units);
-    the chosen candidate's fit on the subsample is returned as ``warm``.
-    """
-    from ..registration.selection import select_model
-    from .prealign import rms_radius
-
-    radius = rms_radius(fixed) if radius is None else float(radius)
-    caches: dict = {}
-    fits: dict = {}
-
-    def options(cand):
-        kind, bf, lam = cand
-        return None if kind != "deformable" else {"beta": bf * radius, "lam": lam / radius ** 2,
-                                                  **(deformable_options or {})}
-
-    def fit(cand, fixed_train):
-        # the stages shared by the candidates are fitted once per training split
-        key = hashlib.sha1(np.ascontiguousarray(fixed_train).tobytes()).hexdigest()
-        cache = caches.setdefault(key, {})
-        f = fit_step(moving, fixed_train, transform=cand[0], scale=scale, cpd_options=cpd_options,
-                     deformable_options=options(cand), nn=nn, cache=cache, radius=radius)
-        if len(caches) == 1:  # the first split's fits: the warm start of the final fit
-            fits[cand] = f
-        return f.moved, f.sigma2
-
-    subsampled = max(len(moving), len(fixed)) > SELECT_POINTS
-    if subsampled:
-        from ..registration import farthest_point_centers
-
-        moving = moving[np.sort(farthest_point_centers(moving, min(SELECT_POINTS, len(moving))))]
-        fixed = fixed[np.sort(farthest_point_centers(fixed, min(SELECT_POINTS, len(fixed))))]
-    sel = select_model(fixed, fit, AUTO_CANDIDATES, fraction=fraction, seed=seed, w=0.1, repeats=repeats)
-    record = {"chosen": candidate_label(sel.best), "criterion": "held-out log-likelihood (nats per point)",
-              "cells": [len(moving), len(fixed)],
-              "scores": {candidate_label(c): float(v) for c, v in sel.scores.items()},
-              "heldout_fraction": fraction, "seed": seed, "repeats": repeats,
-              "radius": radius, "final_fit": "refined from the subsample fit" if subsampled else "all cells"}
-    log.info("register_cells: transform='auto' chose %s", record["chosen"])
-    return Selection(sel.best[0], options(sel.best), record, fits.get(sel.best) if subsampled else None)
-
-
-def refine_step(moving: np.ndarray, fixed: np.ndarray, warm: Fit, *, transform: str, scale: bool,
-                cpd_options: Mapping | None, deformable_options: Mapping | None, landmarks=None,
-                max_iter: int | None = None) -> Fit:
-    """The final fit of ``transform="auto"`` on large sets, started from the chosen candidate's fit
-    on the subsamples (``warm``). A linear model: its subsample fit carried to all moving cells,
-    then refined on all cells (at most ``max_iter``, default :data:`REFINE_ITER`, iterations from
-    the subsample fit's variance). A deformable model: the subsample's affine stage carried, then
-    the deformable stage on all cells (150 iterations from CPD's initial variance; refining the
-    carried subsample field instead found 0.58 of the Platynereis partners against 0.63).
-    """
-    from ..registration import cpd
-
-    stages = cpd_stages(transform, scale)
-    stage = stages[-1]
-    carried = warm.transforms[:1] if stage == "deformable" else warm.transforms
-    moved = np.asarray(moving, dtype=np.float64)
-    for t in carried:
-        moved = t.apply(moved)
-    opts = {"w": 0.1, "tol": 1e-6}
-    if stage == "deformable":
-        opts.update(max_iter=150, **(deformable_options or {}))
-    else:
-        if len(stages) == 1:
-            opts.update(cpd_options or {})
-        opts["max_iter"] = REFINE_ITER if max_iter is None else max_iter
-        if np.isfinite(warm.sigma2) and warm.sigma2 > 0:
-            opts["sigma2"] = warm.sigma2
-    if landmarks is not None:
-        opts["landmarks"] = landmarks
-    res = cpd(moved, fixed, transform=stage, **opts)
-    sub = {f"{k}_subsample": v for k, v in warm.iterations.items()}
-    if stage == "deformable":
-        sub = {k: v for k, v in sub.items() if not k.startswith("deformable")}
-    fit = Fit(moved=np.asarray(res.moved, dtype=np.float64), transforms=list(carried) + [res.transform],
-              iterations={**sub, stage: int(res.iterations)}, sigma2=float(res.sigma2))
-    log.info("register_cells: %s CPD on all cells from the subsample fit, %d iterations", stage,
-             int(res.iterations))
     return fit
 
 
