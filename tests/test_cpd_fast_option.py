@@ -126,7 +126,7 @@ def test_coarse_to_fine_rigid_reaches_the_noise_floor():
     r = xmodal.cpd_coarse_to_fine(Y, X, transform="rigid", n_coarse=800, max_iter=30, w=0.05, tol=0.0)
     c2f = r.info["coarse_to_fine"]
     assert 0.9 * 800 <= c2f["n_coarse_moving"] <= 800 and 0.9 * 800 <= c2f["n_coarse_fixed"] <= 800
-    assert r.iterations == 30 and r.moved.shape == Y.shape
+    assert r.iterations <= 30 and r.moved.shape == Y.shape  # the paired rounds may stop early
     err = np.linalg.norm(r.moved - truth, axis=1).mean()
     assert err <= _procrustes_error(Y, truth) + 0.05 * sp, (err, _procrustes_error(Y, truth), sp)
     # one transform for all points, and a match for every moving point (its true partner mostly)
