@@ -28,7 +28,9 @@ Options for comparing networks: ``--model`` (``em``, the shipped network, or a c
 ``.json`` sidecar holds its ``baseline_threshold``; use one ``--cache`` folder per network) and
 ``--tune-only`` (steps 1-4 and the slices 20-24 table only; slices 25-29 and the VNC stack are not
 read), so that a new network can be chosen or rejected before any held-out score exists.
-``--classifiers`` restricts the candidates (default: all of ``CLASSIFIERS``).
+``--classifiers`` restricts the candidates (default: all of ``CLASSIFIERS``); ``--superpixels T S M``
+replaces the superpixel setting (``threshold``, ``sigma_seeds``, ``superpixel_min_size``; default
+the one above), for comparing settings under the same protocol on slices 20-24.
 
 Example::
 
@@ -157,7 +159,10 @@ def _write_defaults(path, chosen, multicut, record):
     sd = meta["segmentation_defaults"]
     for st in (chosen, multicut):
         old = sd.get(st["method"], {})
-        sd[st["method"]] = {k: v for k, v in st.items() if k != "method"} | {"hand_weighted": old.get("hand_weighted")}
+        # the hand-weighted choice: kept from a learned setting, or the stored setting itself when it
+        # has no edge model yet (written by evaluate_em_methods.py --write-defaults)
+        hand = old.get("hand_weighted") if "edge_model" in old else (dict(old) or None)
+        sd[st["method"]] = {k: v for k, v in st.items() if k != "method"} | {"hand_weighted": hand}
     sd["method"] = chosen["method"]
     sd["gasp_edge_model_choice"] = record
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
@@ -176,10 +181,16 @@ def main(argv=None):
                     help="choose on slices 20-24 only; do not read slices 25-29 or the VNC stack")
     ap.add_argument("--classifiers", nargs="+", default=None, choices=list(CLASSIFIERS),
                     help="candidate classifiers (default all)")
+    ap.add_argument("--superpixels", nargs=3, type=float, default=None, metavar=("THRESHOLD", "SIGMA", "MIN_SIZE"),
+                    help="superpixel setting (default 0.4 1.0 25)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from xmodal.models.isbi2012 import read_isbi2012
     from xmodal.segmentation import edge_feature_names
+
+    if args.superpixels is not None:
+        t, sg, mn = args.superpixels
+        SUPERPIXELS.update({"threshold": float(t), "sigma_seeds": float(sg), "superpixel_min_size": int(mn)})
 
     t0 = time.perf_counter()
     model = ev.load_model(args.model)
@@ -206,6 +217,7 @@ def main(argv=None):
     multicut = _settings(mc, fit(mc[0], data["clean"], names))
     rows = {"new_default": chosen, "previous_default": previous, "new_multicut": multicut}
     result = {"protocol": __doc__.split("Example::")[0].strip(), "model": args.model,
+              "superpixels": dict(SUPERPIXELS),
               "model_name": model.metadata.get("name"), "classifiers": list(args.classifiers or CLASSIFIERS),
               "chosen": chosen, "multicut": multicut,
               "previous": previous, "baseline_threshold": threshold,
