@@ -32,10 +32,13 @@ order comes from ``--seed``. The checkpoint's file name, SHA-256 and its own tra
 stored under ``training.init`` (and ``training.chain`` lists every run, oldest first), so the
 shipped weights can be rebuilt by rerunning the chain.
 
-Example (the shipped model)::
+Example (the shipped model, v3: two runs, ``training.chain`` of its metadata)::
 
-    nice -n 10 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
-        --out python/xmodal/models/em_affinity_unet.pt --threads 2
+    OMP_NUM_THREADS=1 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
+        --out runs/final/em_affinity_unet.pt --steps 3000 --threads 1 --val-every 500 --augment full --seed 0
+    OMP_NUM_THREADS=1 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
+        --out runs/v3/em_affinity_unet.pt --steps 4000 --threads 1 --val-every 500 --augment full --seed 1 \\
+        --lr 3e-4 --warmup 200 --init runs/final/em_affinity_unet.pt
 """
 
 from __future__ import annotations
