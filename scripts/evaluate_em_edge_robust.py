@@ -24,6 +24,14 @@ Protocol (``docs/segmentation_graph.md``, "Robust choice of the learned edge wei
    ``chosen`` settings of ``--previous``, the result file of the last choice) and the
    thresholded-boundary baseline (the model's stored ``baseline_threshold``, chosen on 20-24).
 
+Options for comparing networks: ``--model`` (``em``, the shipped network, or a checkpoint path whose
+``.json`` sidecar holds its ``baseline_threshold``; use one ``--cache`` folder per network) and
+``--tune-only`` (steps 1-4 and the slices 20-24 table only; slices 25-29 and the VNC stack are not
+read), so that a new network can be chosen or rejected before any held-out score exists.
+``--classifiers`` restricts the candidates (default: all of ``CLASSIFIERS``); ``--superpixels T S M``
+replaces the superpixel setting (``threshold``, ``sigma_seeds``, ``superpixel_min_size``; default
+the one above), for comparing settings under the same protocol on slices 20-24.
+
 Example::
 
     OMP_NUM_THREADS=1 python scripts/evaluate_em_edge_robust.py --data /work/shared/data/isbi2012_em_membranes \\
@@ -73,8 +81,9 @@ def perturbed(raw, gt, domain):
     return np.clip(x * 255.0, 0, 255), gt
 
 
-def _affinities(cache, domain, model, raw):
-    path = cache / f"aff_tune_{'new' if domain == 'clean' else domain}.npy"
+def _affinities(cache, domain, model, raw, split="tune"):
+    """Affinities of ``raw`` (``split``/``domain`` name the cache file), predicted once."""
+    path = cache / f"aff_{split}_{'new' if domain == 'clean' else domain}.npy"
     if path.is_file():
         return np.load(path)
     aff = ev.predict_stack(model, raw)
@@ -96,11 +105,11 @@ def fit(name, items, names):
     return f(X, y, feature_names=names, weights=w, **kw)
 
 
-def tune(data, names):
+def tune(data, names, classifiers=None):
     """{(classifier, method, linkage, beta): {domain: [ARand per slice]}} by leave-one-slice-out."""
     table = {}
     n = len(data["clean"])
-    for name in CLASSIFIERS:
+    for name in (CLASSIFIERS if classifiers is None else classifiers):
         for i in range(n):
             clf = fit(name, [data["clean"][j] for j in range(n) if j != i], names)
             for dom in DOMAINS:
@@ -150,7 +159,10 @@ def _write_defaults(path, chosen, multicut, record):
     sd = meta["segmentation_defaults"]
     for st in (chosen, multicut):
         old = sd.get(st["method"], {})
-        sd[st["method"]] = {k: v for k, v in st.items() if k != "method"} | {"hand_weighted": old.get("hand_weighted")}
+        # the hand-weighted choice: kept from a learned setting, or the stored setting itself when it
+        # has no edge model yet (written by evaluate_em_methods.py --write-defaults)
+        hand = old.get("hand_weighted") if "edge_model" in old else (dict(old) or None)
+        sd[st["method"]] = {k: v for k, v in st.items() if k != "method"} | {"hand_weighted": hand}
     sd["method"] = chosen["method"]
     sd["gasp_edge_model_choice"] = record
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
@@ -164,13 +176,24 @@ def main(argv=None):
     ap.add_argument("--previous", type=Path, default=PREVIOUS, help="result file whose 'chosen' is the old default")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write-defaults", type=Path, default=None)
+    ap.add_argument("--model", default="em", help="'em' (shipped) or a checkpoint path (default em)")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="choose on slices 20-24 only; do not read slices 25-29 or the VNC stack")
+    ap.add_argument("--classifiers", nargs="+", default=None, choices=list(CLASSIFIERS),
+                    help="candidate classifiers (default all)")
+    ap.add_argument("--superpixels", nargs=3, type=float, default=None, metavar=("THRESHOLD", "SIGMA", "MIN_SIZE"),
+                    help="superpixel setting (default 0.4 1.0 25)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from xmodal.models.isbi2012 import read_isbi2012
     from xmodal.segmentation import edge_feature_names
 
+    if args.superpixels is not None:
+        t, sg, mn = args.superpixels
+        SUPERPIXELS.update({"threshold": float(t), "sigma_seeds": float(sg), "superpixel_min_size": int(mn)})
+
     t0 = time.perf_counter()
-    model = ev.load_model("em")
+    model = ev.load_model(args.model)
     offsets, na = np.asarray(model.offsets), int(model.n_attractive)
     names = edge_feature_names(offsets, na)
     threshold = float(model.segmentation_defaults["baseline_threshold"])
@@ -180,17 +203,23 @@ def main(argv=None):
     for dom in DOMAINS:
         r, g = perturbed(raw_t, gt_t, dom)
         data[dom] = ee._graph_data(_affinities(args.cache, dom, model, r), g, offsets, na, SUPERPIXELS)
-    table = tune(data, names)
+    table = tune(data, names, args.classifiers)
     best, sm, means = choose(table, (("gasp", "mean"), ("gasp", "sum")))
     mc, mc_sm, _ = choose(table, (("multicut", "mean"),))
-    old_key = ("logistic_l2_0.01", "gasp", previous.get("linkage", "mean"), float(previous["beta"]))
+    old_key = (next(iter(args.classifiers or CLASSIFIERS)), "gasp", previous.get("linkage", "mean"),
+               float(previous["beta"]))
+    if old_key not in table:  # the previous beta off the grid: nearest grid beta
+        old_key = old_key[:3] + (min(BETAS, key=lambda b: abs(b - old_key[3])),)
     for label, k in (("chosen", best), ("multicut", mc), ("previous", old_key)):
         logger.info("%-9s %s: all-domain LOSO %.4f, per domain %s", label, k, means[k],
                     {d: round(float(np.mean(table[k][d])), 4) for d in DOMAINS})
     chosen = _settings(best, fit(best[0], data["clean"], names))
     multicut = _settings(mc, fit(mc[0], data["clean"], names))
     rows = {"new_default": chosen, "previous_default": previous, "new_multicut": multicut}
-    result = {"protocol": __doc__.split("Example::")[0].strip(), "chosen": chosen, "multicut": multicut,
+    result = {"protocol": __doc__.split("Example::")[0].strip(), "model": args.model,
+              "superpixels": dict(SUPERPIXELS),
+              "model_name": model.metadata.get("name"), "classifiers": list(args.classifiers or CLASSIFIERS),
+              "chosen": chosen, "multicut": multicut,
               "previous": previous, "baseline_threshold": threshold,
               "choice": {"key": list(best), "smoothed_loso_all_domains": sm, "multicut_key": list(mc),
                          "multicut_smoothed": mc_sm},
@@ -200,13 +229,14 @@ def main(argv=None):
               "tuning_table": [[list(k), v] for k, v in table.items()]}
     result["tune_20_24"] = score_split(np.load(args.cache / "aff_tune_new.npy"), gt_t, ev.TUNE_SLICES, model, rows,
                                        threshold)
-    _, gt_h = read_isbi2012(args.data, ev.HELDOUT_SLICES)
-    result["isbi_heldout_25_29"] = score_split(np.load(args.cache / "aff_heldout_new.npy"), gt_h, ev.HELDOUT_SLICES,
-                                               model, rows, threshold)
-    if args.vnc is not None:
-        _, gt_v = ev.read_vnc(args.vnc)
-        result["vnc_unseen"] = score_split(np.load(args.cache / "aff_vnc_new.npy"), gt_v, tuple(range(20)), model,
-                                           rows, threshold)
+    if not args.tune_only:
+        raw_h, gt_h = read_isbi2012(args.data, ev.HELDOUT_SLICES)
+        result["isbi_heldout_25_29"] = score_split(_affinities(args.cache, "clean", model, raw_h, "heldout"), gt_h,
+                                                   ev.HELDOUT_SLICES, model, rows, threshold)
+    if args.vnc is not None and not args.tune_only:
+        raw_v, gt_v = ev.read_vnc(args.vnc)
+        result["vnc_unseen"] = score_split(_affinities(args.cache, "clean", model, raw_v, "vnc"), gt_v,
+                                           tuple(range(20)), model, rows, threshold)
     for split in ("tune_20_24", "isbi_heldout_25_29", "vnc_unseen"):
         for k, d in result.get(split, {}).items():
             logger.info("  %-20s %-16s ARand %.4f (worst %.4f, slice %d) VOI split %.3f merge %.3f", split, k,

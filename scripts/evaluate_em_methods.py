@@ -21,6 +21,10 @@ recomputed with the public functions (and the tuning path is checked against the
 
 Affinities are predicted once per model and stack and cached as ``.npy`` in ``--cache``.
 
+``--tune-only`` stops after the choice on slices 20-24 (slices 25-29 and the VNC stack are not read):
+the first step when a new network is compared with the shipped one before either is scored on
+held-out data. ``--models`` takes ``em`` / ``isbi2012`` (shipped) or checkpoint paths.
+
 Example::
 
     OMP_NUM_THREADS=1 python scripts/evaluate_em_methods.py --data /work/shared/data/isbi2012_em_membranes \\
@@ -231,6 +235,8 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=Path("runs/cache"), help="folder of cached affinities")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tune-only", action="store_true",
+                    help="choose on slices 20-24 only; do not read slices 25-29 or the VNC stack")
     ap.add_argument("--write-defaults", type=Path, default=None,
                     help="store the first model's chosen settings in this .json metadata (the shipped one: "
                          "python/xmodal/models/em_affinity_unet.json)")
@@ -242,8 +248,10 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    stacks = {"tune": read_isbi2012(args.data, ev.TUNE_SLICES), "heldout": read_isbi2012(args.data, ev.HELDOUT_SLICES)}
-    if args.vnc is not None:
+    stacks = {"tune": read_isbi2012(args.data, ev.TUNE_SLICES)}
+    if not args.tune_only:
+        stacks["heldout"] = read_isbi2012(args.data, ev.HELDOUT_SLICES)
+    if args.vnc is not None and not args.tune_only:
         stacks["vnc"] = ev.read_vnc(args.vnc)
     result = {"protocol": {"tuning": "ISBI 2012 slices 20-24, lowest mean ARand per method",
                            "grids": {"pixel": {k: [None if v is None else (list(v) if isinstance(v, tuple) else float(v))

@@ -25,10 +25,20 @@ a fixed number of torch threads (``--threads``); two runs with the same argument
 give bit-identical weights. The wall-time cap only protects the machine (a capped run says so in
 its metadata and is not the reproducible run).
 
-Example (the shipped model)::
+Warm start (``--init CHECKPOINT``): the network is built from the checkpoint's ``features`` and its
+weights and BatchNorm statistics are loaded before the first step (offsets and architecture must
+match); the optimiser state is fresh (new warm-up and cosine schedule from ``--lr``) and the data
+order comes from ``--seed``. The checkpoint's file name, SHA-256 and its own training metadata are
+stored under ``training.init`` (and ``training.chain`` lists every run, oldest first), so the
+shipped weights can be rebuilt by rerunning the chain.
 
-    nice -n 10 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
-        --out python/xmodal/models/em_affinity_unet.pt --threads 2
+Example (the shipped model, v3: two runs, ``training.chain`` of its metadata)::
+
+    OMP_NUM_THREADS=1 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
+        --out runs/final/em_affinity_unet.pt --steps 3000 --threads 1 --val-every 500 --augment full --seed 0
+    OMP_NUM_THREADS=1 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
+        --out runs/v3/em_affinity_unet.pt --steps 4000 --threads 1 --val-every 500 --augment full --seed 1 \\
+        --lr 3e-4 --warmup 200 --init runs/final/em_affinity_unet.pt
 """
 
 from __future__ import annotations
@@ -133,7 +143,7 @@ def validate(model, images, instances, offsets):
 def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_instances=None,
           features=DEFAULT_FEATURES, steps=4000, batch=8, crop=128, lr=1e-3, weight_decay=0.0,
           warmup=100, seed=0, threads=1, aug=None, quantiles=(0.01, 0.99), val_every=500,
-          log_every=50, max_minutes=None, name="em_affinity_unet"):
+          log_every=50, max_minutes=None, name="em_affinity_unet", init_state=None, init_info=None):
     """Train a :class:`xmodal.models.unet2d.UNet2D` affinity model; returns ``(model, metadata)``.
 
     Parameters
@@ -150,6 +160,10 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
     seed, threads : reproducibility (bit-identical weights for the same seed and threads).
     aug : :class:`xmodal.models._augment.EMAugmentation` (default: its defaults).
     max_minutes : optional wall-time cap.
+    init_state : optional ``state_dict`` of a :class:`UNet2D` with the same ``features`` and
+        ``len(offsets)`` output channels, loaded before training (warm start; the optimiser and
+        schedule start fresh). ``init_info``: a dict recorded as ``training.init`` (e.g.
+        :func:`load_init`'s second value).
     """
     import torch
 
@@ -178,6 +192,14 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
     history = []
     with _torch_state(threads, seed):
         model = UNet2D(1, len(offsets), features=features)
+        if init_state is not None:
+            own = model.state_dict()
+            bad = sorted(set(own) ^ set(init_state))
+            bad += [k for k in own if k in init_state and tuple(own[k].shape) != tuple(init_state[k].shape)]
+            if bad:
+                raise ValueError(f"init_state: expected the parameters of UNet2D(1, {len(offsets)}, "
+                                 f"features={features}), got mismatching entries {bad[:5]}")
+            model.load_state_dict(init_state, strict=True)
         if crop % model.divisor:
             raise ValueError(f"crop: expected a multiple of {model.divisor}, got {crop}")
         n_params = int(sum(p.numel() for p in model.parameters()))
@@ -257,10 +279,49 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
             "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "data_seconds": round(t_data, 1),
             "stopped_by_time_cap": stopped, "n_parameters": n_params,
             "val_loss": val_loss, "val_loss_per_channel": val_pc, "history": history,
+            "init": init_info if init_state is not None else None,
         },
         "data": CITATION,
     }
     return model, metadata
+
+
+def load_init(path: Path, *, offsets=None):
+    """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint` for a warm start.
+
+    ``info`` records the file name, its SHA-256, the checkpoint's ``features`` and training metadata
+    (without its own ``chain``). ``offsets`` (optional): raise ValueError when the checkpoint was
+    trained for other offsets.
+    """
+    import hashlib
+
+    from xmodal.models._checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"init: expected an existing checkpoint file, got {str(path)!r}")
+    ckpt = load_checkpoint(path, None, path.name)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"init: expected a checkpoint with 'state_dict' and 'metadata', got keys "
+                         f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+    meta = ckpt.get("metadata") or {}
+    if offsets is not None and meta.get("offsets") is not None:
+        if np.asarray(meta["offsets"]).tolist() != np.asarray(offsets).tolist():
+            raise ValueError(f"init: the checkpoint's offsets {meta['offsets']} differ from the training "
+                             f"offsets {np.asarray(offsets).tolist()}")
+    training = {k: v for k, v in dict(meta.get("training") or {}).items() if k != "chain"}
+    info = {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "features": meta.get("features"),
+        "training": training,
+    }
+    chain = list(dict(meta.get("training") or {}).get("chain") or [])
+    if not chain and training:
+        chain = [{k: training.get(k) for k in ("command", "seed", "steps", "lr", "warmup", "val_loss",
+                                                 "wall_seconds")}]
+    info["chain"] = chain
+    return ckpt["state_dict"], info
 
 
 def save_checkpoint(model, metadata, out: Path) -> None:
@@ -310,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-time cap (safety stop)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="warm start from this checkpoint (its features are used; fresh optimiser)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
@@ -329,17 +392,29 @@ def main(argv=None):
         from xmodal.models import ISBI2012_N_ATTRACTIVE, ISBI2012_OFFSETS
 
         offsets, n_att = ISBI2012_OFFSETS, ISBI2012_N_ATTRACTIVE
+    init_state = init_info = None
+    features = args.features
+    if args.init is not None:
+        init_state, init_info = load_init(args.init, offsets=offsets)
+        if init_info["features"]:
+            features = init_info["features"]
     images, instances = read_isbi2012(args.data, train_idx)
     val_images, val_instances = (read_isbi2012(args.data, val_idx) if val_idx else (None, None))
     model, meta = train(images, instances, offsets=offsets, n_attractive=n_att, val_images=val_images,
-                        val_instances=val_instances, features=args.features, steps=args.steps,
+                        val_instances=val_instances, features=features, steps=args.steps,
                         batch=args.batch, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay,
                         warmup=args.warmup, seed=args.seed, threads=args.threads, aug=aug,
-                        val_every=args.val_every, max_minutes=args.max_minutes)
+                        val_every=args.val_every, max_minutes=args.max_minutes,
+                        init_state=init_state, init_info=init_info)
     meta["training"]["train_slices"] = _range_text(train_idx)
     meta["training"]["val_slices"] = _range_text(val_idx) if val_idx else None
     meta["training"]["augment_preset"] = args.augment
     meta["training"]["command"] = " ".join(["scripts/train_em_affinities.py"] + list(sys.argv[1:] if argv is None else argv))
+    this = {k: meta["training"].get(k) for k in ("command", "seed", "steps", "lr", "warmup", "val_loss",
+                                                  "wall_seconds")}
+    meta["training"]["chain"] = (list(init_info["chain"]) if init_info else []) + [this]
+    if init_info:
+        init_info.pop("chain", None)
     save_checkpoint(model, meta, args.out)
     logger.info("saved %s (%.2f MB); validation loss %s; %.0f s", args.out, args.out.stat().st_size / 1e6,
                 meta["training"]["val_loss"], meta["training"]["wall_seconds"])
