@@ -47,7 +47,7 @@ def test_weighted_gram_matches_dense(rows):
 def test_weighted_gram_parts_independent_of_threads():
     """Rows spread over all parts (uneven part sizes): the same bits on 1 and 2 threads, and the
     dense product's values."""
-    rows = (_GRAM_PARTS + 3) * _GRAM_ROWS + 211
+    rows = (8 * _GRAM_PARTS + 3) * _GRAM_ROWS + 211  # enough blocks for the threaded path
     rng = np.random.default_rng(11)
     F = rng.normal(size=(rows, 23))
     lw = rng.uniform(0.0, 3.0, size=rows)
@@ -232,6 +232,25 @@ def test_linear_steps_with_precomputed_squares_identical(kind):
     np.testing.assert_array_equal(a.B, b.B)
     np.testing.assert_array_equal(a.TY, b.TY)
     assert a.sigma2 == b.sigma2 and a.scale == b.scale
+
+
+def test_blas_single_nested_is_free_and_restores():
+    """Nested _blas_single contexts do not rescan the libraries (a flag per context) and the
+    outermost one restores the caller's setting."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from xmodal.registration._mstep import _BLAS_ONE, _blas_single
+
+    def blas():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    assert not _BLAS_ONE.get()
+    with _blas_single():
+        assert _BLAS_ONE.get() and all(n == 1 for n in blas())
+        with _blas_single():
+            assert all(n == 1 for n in blas())
+        assert _BLAS_ONE.get() and all(n == 1 for n in blas())
+    assert not _BLAS_ONE.get() and blas() == before
 
 
 @pytest.mark.parametrize("transform", ["rigid", "affine", "deformable"])

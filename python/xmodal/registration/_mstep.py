@@ -9,6 +9,8 @@ direct dense solve, or Nystrom low rank with a Woodbury solve). Each takes the E
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 from dataclasses import dataclass
 
@@ -149,10 +151,10 @@ def _dist2_cols(cols, q):
 #: cache from the syrk to the F^T b product; 512 and 2048 were a few % slower at 20k and 100k rows).
 _GRAM_ROWS = 1024
 
-#: The rows of :func:`_weighted_gram` are cut into at most this many parts of whole blocks (a
-#: function of the row count only), summed separately and added in part order: the parts run on up
-#: to ``xmodal.get_num_threads()`` Python threads (BLAS releases the GIL and runs single-threaded
-#: in each), and the result is the same for any thread count.
+#: From 8 blocks per part on, the rows of :func:`_weighted_gram` are cut into this many parts of
+#: whole blocks (a function of the row count only), summed separately and added in part order: the
+#: parts run on up to ``xmodal.get_num_threads()`` Python threads (single-threaded BLAS in each),
+#: and the result is the same for any thread count.
 _GRAM_PARTS = 8
 
 
@@ -191,7 +193,9 @@ def _weighted_gram(F: np.ndarray, lw: np.ndarray, b: np.ndarray | None = None):
     M = F.shape[0]
     sq = np.sqrt(lw)
     nblk = max(1, -(-M // _GRAM_ROWS))
-    parts = min(_GRAM_PARTS, nblk)
+    # parts (and threads) only where they are large (8+ blocks each): scipy's syrk holds the GIL,
+    # so only the scaling and F^T b products overlap, and a pool per call costs ~0.2 ms
+    parts = min(_GRAM_PARTS, nblk) if nblk >= 8 * _GRAM_PARTS else 1
     cuts = [min(M, (nblk * p // parts) * _GRAM_ROWS) for p in range(parts)] + [M]
     spans = [(cuts[p], cuts[p + 1]) for p in range(parts)]
     workers = min(get_num_threads(), parts)
@@ -217,20 +221,34 @@ def _spd_solve(K: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cho_solve(cho_factor(K, lower=False, check_finite=False), b, check_finite=False)
 
 
+#: True inside :func:`_blas_single` (per context: nested calls, e.g. each Nyström step inside a CPD
+#: run that already limits BLAS, then cost nothing; threadpoolctl's library scan is ~1 ms a call).
+_BLAS_ONE: contextvars.ContextVar[bool] = contextvars.ContextVar("xmodal_blas_single", default=False)
+
+
+@contextlib.contextmanager
 def _blas_single():
     """Context limiting BLAS to one thread (threadpoolctl, optional).
 
     The deformable M-step's BLAS calls are small (rank x rank factorisations, an M x rank syrk)
     and follow the OpenMP E-step: a threaded BLAS pays a thread hand-over far larger than the
-    work (measured on a busy 2-core machine: Cholesky of 228 x 228 0.37 s threaded, 2 ms single).
+    work (measured on a busy 2-core machine: Cholesky of 228 x 228 0.37 s threaded, 2 ms single),
+    and its idle workers spin beside the E-step's threads. Nested uses are free.
     """
-    import contextlib
-
+    if _BLAS_ONE.get():
+        yield
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - optional
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        yield
+        return
+    token = _BLAS_ONE.set(True)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        _BLAS_ONE.reset(token)
 
 
 class DeformableSolver:
