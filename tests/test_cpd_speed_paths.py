@@ -255,8 +255,8 @@ def test_blas_single_nested_is_free_and_restores():
 
 @pytest.mark.parametrize("transform", ["rigid", "affine", "deformable"])
 def test_blas_single_threaded_during_cpu_em(transform):
-    """During CPU EM (linear transforms: the whole run; deformable: its low-rank steps) and every
-    stage of cpd_coarse_to_fine, BLAS runs on one thread (a threaded BLAS's idle workers spin beside
+    """During CPU EM (every transform, the deformable direct solve included) and every stage of
+    cpd_coarse_to_fine, BLAS runs on one thread (a threaded BLAS's idle workers spin beside
     the OpenMP E-step); the caller's setting is restored afterwards."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     seen = []
@@ -271,8 +271,7 @@ def test_blas_single_threaded_during_cpu_em(transform):
     Y = X + 0.2
     before = blas_threads()
     extra = {"low_rank": 50} if transform == "deformable" else {}
-    if transform != "deformable":
-        xmodal.cpd(Y, X, transform=transform, max_iter=3, callback=cb)
+    xmodal.cpd(Y, X, transform=transform, max_iter=3, callback=cb)  # deformable: the direct solve
     xmodal.cpd_coarse_to_fine(Y, X, transform=transform, n_coarse=800, max_iter=8, refine_iter=2, callback=cb,
                               **extra)
     assert seen and all(all(n == 1 for n in s) for s in seen), seen

@@ -20,7 +20,7 @@ from .._validation import as_bool, choice, describe, float_dtype, positive_float
 from ._em import Options, run
 from ._fast_estep import ESTEP_TOL, check_estep_tol, estep_method
 from ._fast_estep import METHODS as ESTEP_METHODS
-from ._mstep import DIRECT_MAX_POINTS, _blas_single, farthest_point_centers
+from ._mstep import _blas_single, farthest_point_centers
 from ._result import CPDResult
 
 __all__ = ["cpd", "CPDResult", "farthest_point_centers"]
@@ -156,26 +156,18 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     else:
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method=estep_method(  # noqa: E731
             opt.estep, M, N), tol=opt.estep_tol, want_best=want_match)
-    if on_gpu or _direct_deformable(opt, M):  # the direct dense solve gains from BLAS's threads
+    if on_gpu:
         res = run(Y, X, opt, factory, t_start)
     else:
-        # the linear M-steps' BLAS products are tiny (d x d from M x d), the low-rank deformable
-        # step's are split over xmodal's threads: a threaded BLAS only wakes its workers, which
-        # then spin beside the OpenMP E-step's threads (a quarter of the CPU time of a 20k-point
-        # rigid fit on 2 cores went to OpenBLAS's idle loop)
+        # BLAS on one thread for the whole CPU run: the M-steps' products are small (d x d from
+        # M x d; rank x rank factorisations; direct solves of at most 1,000 points, ~20 % slower
+        # alone on one thread) or split over xmodal's threads (the Nystrom Gram), and a threaded
+        # BLAS's idle workers spin beside the OpenMP E-step's threads: a quarter of the CPU time
+        # of a 20k-point rigid fit on 2 cores went to OpenBLAS's idle loop, and register_cells'
+        # model selection on 400-cell embryos took 10.7 s a pair instead of 3.0
         with _blas_single():
             res = run(Y, X, opt, factory, t_start)
     return backend.finish(res, kind)
-
-
-def _direct_deformable(opt: Options, M: int) -> bool:
-    """Whether the deformable M-step will be the direct dense solve (``DeformableSolver``'s rule)."""
-    if opt.transform != "deformable":
-        return False
-    low_rank = opt.low_rank
-    if isinstance(low_rank, numbers.Integral) and not isinstance(low_rank, bool):
-        return False
-    return low_rank is False or (low_rank in (None, True) and M <= DIRECT_MAX_POINTS)
 
 
 def _options(*, transform, w, beta, lam, max_iter, tol, sigma2, landmark_weight, low_rank, callback, scale, normalize,
