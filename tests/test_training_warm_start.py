@@ -5,8 +5,6 @@ records the chain of runs. Quick: tiny synthetic crops, no real data."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,14 +14,8 @@ from xmodal.models.em import EM_OFFSETS
 
 torch = pytest.importorskip("torch", reason="torch not installed (xmodal[torch])")
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_training import _script  # noqa: E402  (tests/ is on sys.path under pytest)
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_em_affinities", ROOT / "scripts" / "train_em_affinities.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _data():
