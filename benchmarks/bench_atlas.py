@@ -59,11 +59,23 @@ def _swap_abp(names):
     return np.array(out)
 
 
-def identify_loo(*, n_train: int | None = None, features: bool = False, held_out=None, build_options=None,
+#: Per-cell features of the embryos: nucleus diameter, and diameter + reporter intensity (the
+#: pair chosen on the folds holding out embryos 0-3, docs/identity.md).
+FEATURES = {"size": ("size",), "size+expression": ("size", "expression")}
+
+
+def _features(embryo, features):
+    if not features:
+        return None
+    cols = FEATURES["size" if features is True else features]
+    return np.column_stack([getattr(embryo, c) for c in cols])
+
+
+def identify_loo(*, n_train: int | None = None, features=None, held_out=None, build_options=None,
                  identify_options=None) -> dict:
     """Hold out each embryo, build an atlas of ``n_train`` others (default all 7: the n_train
-    embryos following it in sorted order), identify it. Returns per-embryo accuracy, pooled
-    calibration figures and timings."""
+    embryos following it in sorted order), identify it. ``features``: None (positions only) or a
+    key of :data:`FEATURES`. Returns per-embryo accuracy, pooled calibration figures and timings."""
     from xmodal.atlas import build_atlas, identify
     from xmodal.atlas._calibration import calibration_figures
 
@@ -76,11 +88,11 @@ def identify_loo(*, n_train: int | None = None, features: bool = False, held_out
         e = emb[keys[s]]
         t0 = time.perf_counter()
         atlas = build_atlas([emb[k].points for k in train], names=[emb[k].cells for k in train],
-                            features=[emb[k].size for k in train] if features else None,
+                            features=[_features(emb[k], features) for k in train] if features else None,
                             identify_options=identify_options, **(build_options or {}))
         t_build.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        res = identify(e.points, atlas, features=e.size if features else None, **(identify_options or {}))
+        res = identify(e.points, atlas, features=_features(e, features), **(identify_options or {}))
         t_id.append(time.perf_counter() - t0)
         right = res.index == atlas.index(e.cells)
         per[keys[s]] = float(right.mean())
@@ -189,15 +201,18 @@ def test_identify_embryos_atlas_of_7(benchmark):
     assert out["mean"] > 0.47  # the naive atlas of the issue
 
 
-def test_identify_embryos_atlas_of_7_with_size(benchmark):
-    out = benchmark.pedantic(identify_loo, kwargs={"held_out": HELD, "features": True}, rounds=1, iterations=1)
+@pytest.mark.parametrize("features", list(FEATURES))
+def test_identify_embryos_atlas_of_7_with_features(benchmark, features):
+    out = benchmark.pedantic(identify_loo, kwargs={"held_out": HELD, "features": features}, rounds=1, iterations=1)
     benchmark.extra_info.update(out)
     assert out["mean"] > 0.47
 
 
+@pytest.mark.parametrize("features", [None, "size+expression"])
 @pytest.mark.parametrize("n_train", [3, 5])
-def test_identify_embryos_small_atlases(benchmark, n_train):
-    out = benchmark.pedantic(identify_loo, kwargs={"held_out": HELD, "n_train": n_train}, rounds=1, iterations=1)
+def test_identify_embryos_small_atlases(benchmark, n_train, features):
+    out = benchmark.pedantic(identify_loo, kwargs={"held_out": HELD, "n_train": n_train, "features": features},
+                             rounds=1, iterations=1)
     benchmark.extra_info.update(out)
     assert out["mean"] > 0.3
 
@@ -225,7 +240,10 @@ if __name__ == "__main__":  # python benchmarks/bench_atlas.py [what...] -> JSON
     import json
     import sys
 
-    runs = {"loo7": lambda: identify_loo(), "loo7_size": lambda: identify_loo(features=True),
+    runs = {"loo7": lambda: identify_loo(), "loo7_size": lambda: identify_loo(features="size"),
+            "loo7_size_expression": lambda: identify_loo(features="size+expression"),
+            "loo5_size_expression": lambda: identify_loo(n_train=5, features="size+expression"),
+            "loo3_size_expression": lambda: identify_loo(n_train=3, features="size+expression"),
             "loo7_affine": lambda: identify_loo(build_options={"deform": None}),
             "loo5": lambda: identify_loo(n_train=5), "loo3": lambda: identify_loo(n_train=3),
             "speed_identify": identify_speed, "speed_build": build_speed, "baseline": naive_atlas_baseline}

@@ -19,7 +19,8 @@ out. The orientation search runs once per pair (as ``register_cells`` runs it: f
 subsamples of 500 cells, 24 rotations); every method then starts from the same pre-aligned cells
 (``register_cells(..., prealign=False)``), which is what ``register_cells`` does after its own
 pre-alignment, so each row is exactly what register_cells gives with that transform. "none"
-matches the raw coordinates.
+matches the raw coordinates; "auto_features" is the default with the embryos' nucleus diameter and
+reporter intensity as per-cell features (``feature_weight="auto"``).
 Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1) on a shared machine.
 """
 
@@ -37,7 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 TRAIN_EMBRYOS = 4
-METHODS = ("none", "rigid", "deformable", "auto")
+METHODS = ("none", "rigid", "deformable", "auto", "auto_features")
+#: Per-cell features of the "auto_features" row: nucleus diameter and reporter intensity
+FEATURES = ("size", "expression")
 
 
 def _split(names):
@@ -73,7 +76,12 @@ def embryo_pairs(limit=None, repeats=None) -> dict:
         row["none"] = float(np.sum(fa.cells[m.cols] == fb.cells[m.rows])) / shared
         for method in METHODS[1:]:
             t0 = time.perf_counter()
-            if method == "auto" and repeats is not None:
+            if method == "auto_features":
+                res = register_cells(fa.points, start, prealign=False, errors=False,
+                                     fixed_features=np.column_stack([getattr(fa, c) for c in FEATURES]),
+                                     moving_features=np.column_stack([getattr(fb, c) for c in FEATURES]))
+                row["feature_weight"] = res.features["feature_weight"]
+            elif method == "auto" and repeats is not None:
                 with _repeats(repeats):
                     res = register_cells(fa.points, start, transform=method, prealign=False, errors=False)
             else:

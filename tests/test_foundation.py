@@ -236,8 +236,16 @@ def test_builtin_celegans_embryos():
         assert e.points.shape == (len(e.cells), 3) and len(e.cells) >= 350
         assert len(set(e.cells)) == len(e.cells)
         assert np.isfinite(e.points).all()
+        assert e.size.shape == e.expression.shape == (len(e.cells),)
+        assert np.isfinite(e.size).all() and np.isfinite(e.expression).all() and (e.size > 0).all()
     a, b = list(embryos.values())[:2]
     assert len(set(a.cells) & set(b.cells)) >= 300
+    # the reporter intensity is a property of the cell's lineage: same name, similar rank in both
+    common = sorted(set(a.cells) & set(b.cells))
+    ra = a.expression[np.argsort(a.cells)][np.searchsorted(np.sort(a.cells), common)]
+    rb = b.expression[np.argsort(b.cells)][np.searchsorted(np.sort(b.cells), common)]
+    rank = lambda v: np.argsort(np.argsort(v))
+    assert np.corrcoef(rank(ra), rank(rb))[0, 1] > 0.3
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "3abc", "1.5", ""])

@@ -110,6 +110,24 @@ def test_features_identify_cells_whose_positions_are_ambiguous(tmp_path):
     np.testing.assert_array_equal(zero.fixed_index, plain.fixed_index)
 
 
+def test_features_of_another_gain_and_heavy_tails_still_help():
+    # the moving set's channel is measured with another gain and offset, and is heavy-tailed (a few
+    # very bright cells): normal scores within each set make the two comparable
+    fixed, moving, truth, perm = _cloud(n=250, noise=12.0, seed=3)
+    rng = np.random.default_rng(7)
+    f = np.exp(rng.normal(0, 1.5, (len(fixed), 2)))  # log-normal intensities
+    ff = f * np.exp(rng.normal(0, 0.02, f.shape))
+    mf = (40.0 * f * np.exp(rng.normal(0, 0.02, f.shape)) + 300.0)[perm]
+    kw = dict(transform="rigid", prealign=False, errors=False, k=80)
+    res = register_cells(fixed, moving, fixed_features=ff, moving_features=mf, **kw)
+    assert res.features["normalisation"] == "normal scores within each set"
+    assert res.features["feature_weight"] > 0
+    assert np.sum(_right(res, truth)) / len(fixed) > 0.9
+    # the features' units do not matter at all
+    again = register_cells(fixed, moving, fixed_features=np.log(ff), moving_features=mf / 1000.0, **kw)
+    np.testing.assert_array_equal(again.fixed_index, res.fixed_index)
+
+
 def test_uninformative_features_get_no_weight():
     fixed, moving, truth, _ = _cloud(n=250, noise=2.0, seed=5)
     rng = np.random.default_rng(6)

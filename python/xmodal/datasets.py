@@ -30,6 +30,10 @@ class Embryo:
         z step divided by the xy pixel size.
     size : numpy.ndarray of float64, shape (n,)
         Nucleus diameters in pixels.
+    expression : numpy.ndarray of float64, shape (n,)
+        Reporter (GFP channel) intensity of each nucleus with local background correction
+        (AceTree's ``local`` column; arbitrary units, can be negative). A per-cell feature like
+        the colour channels of NeuroPAL; it is lineage-specific, so it helps naming cells.
     """
 
     name: str
@@ -38,6 +42,7 @@ class Embryo:
     points: np.ndarray
     zpixres: float
     size: np.ndarray
+    expression: np.ndarray
 
 
 def celegans_embryos() -> dict[str, Embryo]:
@@ -66,6 +71,7 @@ def celegans_embryos() -> dict[str, Embryo]:
             points=pts,
             zpixres=zpix,
             size=np.array([float(r["size_px"]) for r in rs]),
+            expression=np.array([float(r["expression_local"]) for r in rs]),
         )
     return out
 

@@ -64,15 +64,42 @@ def calibration_figures(conf, correct, bins=10):
             "share_at_0.9": float(hi.mean()) if len(conf) else 0.0, "reliability": table, "n": int(len(conf))}
 
 
-def fit_temperature(records, grid=None):
+#: Label-noise rates tried per sample (share of its names given wrongly in its own annotation).
+NOISE_GRID = np.linspace(0.0, 0.5, 51)
+
+
+def _noise_loss(conf, correct, noise_grid=NOISE_GRID):
+    """Per sample: the binary log loss (summed) of "the given name is right" when a share ``eps``
+    of the sample's reference names is itself wrong, ``P(right) = (1 - eps) * conf``; the best
+    ``eps`` on the grid, which must beat ``eps = 0`` by ``log(n) / 2`` nats (one parameter's BIC)."""
+    c = np.clip(conf, 1e-6, 1 - 1e-6)
+    q = np.clip((1.0 - noise_grid)[:, None] * c[None, :], 1e-6, 1 - 1e-6)
+    loss = -(correct * np.log(q) + (1 - correct) * np.log(1 - q)).sum(1)
+    best = int(np.argmin(loss))
+    if loss[0] - loss[best] <= 0.5 * np.log(max(len(c), 2)):
+        best = 0
+    return float(loss[best]), float(noise_grid[best])
+
+
+def fit_temperature(records, grid=None, robust=True):
     """Temperature minimising the binary log loss of "the given name is right" over ``records``:
-    a log-spaced grid from 0.25 to 16, then a finer one around the best."""
-    correct = np.concatenate([r["index"] == r["truth"] for r in records]).astype(float)
+    a log-spaced grid from 0.25 to 16, then a finer one around the best.
+
+    ``robust``: the reference names of a training sample can themselves be wrong (a tracking swap
+    renames a whole sub-lineage); its right names then look like confident mistakes and would push
+    the temperature up for everyone. Each sample gets its own label-noise rate (see
+    :func:`_noise_loss`), fitted with the temperature; returns them too."""
+    correct = [(r["index"] == r["truth"]).astype(float) for r in records]
 
     def loss_at(T):
-        conf = np.concatenate([confidence_at(r, T) for r in records])
-        c = np.clip(conf, 1e-6, 1 - 1e-6)
-        return -float(np.mean(correct * np.log(c) + (1 - correct) * np.log(1 - c))), conf
+        conf = [confidence_at(r, T) for r in records]
+        if robust:
+            per = [_noise_loss(cf, ok) for cf, ok in zip(conf, correct)]
+            total = sum(v for v, _ in per) / sum(len(ok) for ok in correct)
+            return total, np.concatenate(conf), [e for _, e in per]
+        cc, ok = np.clip(np.concatenate(conf), 1e-6, 1 - 1e-6), np.concatenate(correct)
+        return -float(np.mean(ok * np.log(cc) + (1 - ok) * np.log(1 - cc))), np.concatenate(conf), \
+            [0.0] * len(records)
 
     grid = np.exp(np.linspace(np.log(0.25), np.log(16.0), 13)) if grid is None else np.asarray(grid, float)
     results = {float(T): loss_at(T) for T in grid}
@@ -83,7 +110,7 @@ def fit_temperature(records, grid=None):
             T = float(best * np.exp(f * step))
             results[T] = loss_at(T)
     T = min(results, key=lambda T: results[T][0])
-    return T, results[T][0], results[T][1], correct
+    return T, results[T][0], results[T][1], np.concatenate(correct), results[T][2]
 
 
 def fit_platt(conf, correct, prior=1.0):
@@ -106,13 +133,14 @@ def fit_platt(conf, correct, prior=1.0):
     return float(res.x[0]), float(res.x[1])
 
 
-def calibrate_atlas(pts, nms, feats, feature_names, atlas, opts, identify_options, platt=False):
+def calibrate_atlas(pts, nms, feats, feature_names, atlas, opts, identify_options, platt=False, robust=True):
     t0 = time.perf_counter()
     recs = leave_one_out(pts, nms, feats, feature_names, opts, identify_options, prior=atlas.pooled_covariance,
                          prior_features=atlas.pooled_feature_covariance)
-    T, loss, conf, correct = fit_temperature(recs)
-    out = {"temperature": T, "log_loss": loss,
-           "method": "leave-one-sample-out: temperature of the marginals (binary log loss)"}
+    T, loss, conf, correct, noise = fit_temperature(recs, robust=robust)
+    out = {"temperature": T, "log_loss": loss, "loo_label_noise_per_sample": noise,
+           "method": "leave-one-sample-out: temperature of the marginals (binary log loss"
+                     + (", a label-noise rate per sample)" if robust else ")")}
     if platt:
         ab = fit_platt(conf, correct)
         conf = apply_platt(conf, ab)

@@ -1,10 +1,14 @@
 """Per-cell features (colour channels, volume, intensity) in the matching of
 :func:`xmodal.pipelines.register_cells`.
 
-The features of both sets are standardised together, robustly (per column: the median and 1.4826 ×
-the median absolute deviation of the pooled values; the standard deviation when the MAD is 0; a
-constant column drops out). The cost of a candidate pair is then an effective distance in physical
-units,
+Each feature column is put on a common scale **within each set** by its normal scores: the
+value of rank r (1 = smallest, ties averaged) among n becomes ``Phi^-1((r - 0.5) / n)``, so every
+column of both sets is standard normal whatever its units, gain, offset or tails (a nucleus far
+brighter than the rest is "the brightest", not 20 MADs away). Two individuals or two microscopes
+rarely share a gain, and reporter intensities are heavy-tailed: with a pooled median / MAD scale the
+Gaussian model below over-weighted the features and lost 0.034 in accuracy on the embryo pairs,
+with normal scores it gains 0.013 (docs/identity.md). A constant column drops out. The cost of a
+candidate pair is then an effective distance in physical units,
 
     c_ij = sqrt(|x_i - y_j|^2 + (w · nn)^2 · |f_i - g_j|^2),
 
@@ -24,7 +28,6 @@ proportional to the negative log-likelihood of a right pair.
 from __future__ import annotations
 
 import numpy as np
-
 
 
 def check_features(fixed_features, moving_features, n_fixed: int, n_moving: int):
@@ -73,16 +76,26 @@ def check_weight(feature_weight):
     return w
 
 
+def normal_scores(values: np.ndarray) -> np.ndarray:
+    """Per column, the normal scores of the values (see the module); a constant column becomes 0."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    n = values.shape[0]
+    out = np.zeros_like(values, dtype=np.float64)
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        if n > 1 and np.ptp(col) > 0:
+            out[:, j] = ndtri((rankdata(col) - 0.5) / n)
+    return out
+
+
 def standardise(fixed_features: np.ndarray, moving_features: np.ndarray):
-    """Robust standardisation on both sets pooled (see the module); returns both and the
-    per-column (centre, scale)."""
-    pooled = np.vstack([fixed_features, moving_features])
-    centre = np.median(pooled, axis=0)
-    scale = 1.4826 * np.median(np.abs(pooled - centre), axis=0)
-    sd = pooled.std(axis=0)
-    scale = np.where(scale > 0, scale, sd)
-    scale = np.where(scale > 0, scale, np.inf)  # a constant column: every difference is 0
-    return (fixed_features - centre) / scale, (moving_features - centre) / scale, centre, scale
+    """Normal scores of each set's features (see the module); returns both and a record."""
+    f, m = normal_scores(fixed_features), normal_scores(moving_features)
+    informative = [bool(np.ptp(fixed_features[:, j]) > 0 or np.ptp(moving_features[:, j]) > 0)
+                   for j in range(fixed_features.shape[1])]
+    return f, m, {"normalisation": "normal scores within each set", "informative_columns": informative}
 
 
 def _gauss_logpdf(diff2: np.ndarray, var: float, dim: int) -> np.ndarray:
@@ -91,8 +104,8 @@ def _gauss_logpdf(diff2: np.ndarray, var: float, dim: int) -> np.ndarray:
 
 def _fit_pairs(diff2: np.ndarray, f: int, iterations: int = 100) -> tuple[float, float]:
     """EM for the squared feature differences of matched pairs: a share ``pi`` of right pairs,
-    difference ~ N(0, tau^2 I), and wrong ones, difference ~ N(0, 2 I) (two unrelated cells of the
-    standardised pool). Returns (pi, tau)."""
+    difference ~ N(0, tau^2 I), and wrong ones, difference ~ N(0, 2 I) (two unrelated cells, each
+    feature standard normal). Returns (pi, tau)."""
     pi, tau2 = 0.5, 0.25
     wrong = _gauss_logpdf(diff2, 2.0, f)
     for _ in range(iterations):
@@ -165,9 +178,8 @@ def match_with_features(moved, fixed, features, feature_weight, *, nn: float, ma
     (``"auto"``: from the spatial matching ``spatial_match()`` -> (mi, fi, dist), see
     :func:`select_feature_weight`), match. Returns (mi, fi, distances, moved and fixed points
     augmented with the weighted features, a record for the result and the provenance)."""
-    fg, mg, centre, scale = standardise(*features)
-    record = {"columns": int(fg.shape[1]), "centre": centre.tolist(),
-              "scale": [float(s) if np.isfinite(s) else None for s in scale]}
+    fg, mg, norm = standardise(*features)
+    record = {"columns": int(fg.shape[1]), **norm}
     if feature_weight == "auto":
         mi, fi, dist = spatial_match()
         d = fixed.shape[1]
