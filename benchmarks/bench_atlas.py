@@ -119,6 +119,7 @@ def identify_loo(*, n_train: int | None = None, features=None, held_out=None, bu
             "ece": figs["ece"], "accuracy_at_0.9": figs["accuracy_at_0.9"], "share_at_0.9": figs["share_at_0.9"],
             "reliability": figs["reliability"], "temperatures": temps, "atlas_loo_ece": loo_cal,
             "ece_corrected": figs_corr["ece"], "accuracy_at_0.9_corrected": figs_corr["accuracy_at_0.9"],
+            "reliability_corrected": figs_corr["reliability"],
             "seconds_build": float(np.mean(t_build)), "seconds_identify": float(np.mean(t_id))}
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
+
 TRAIN_EMBRYOS = 4
 METHODS = ("default", "rigid")
 
@@ -210,11 +212,7 @@ def main() -> None:
     elif args.what == "platynereis":
         collect_platynereis(args.cache)
     elif args.what == "sizes":
-        text = json.dumps(size_features(args.cache), indent=1)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        else:
-            print(text)
+        write_json(size_features(args.cache), args.out)
     else:
         recs = _load(args.cache)
         fitted = fit_map(recs)

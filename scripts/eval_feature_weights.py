@@ -24,9 +24,10 @@ import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+
+from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
 
 TRAIN_EMBRYOS = 4
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -117,11 +118,7 @@ def main() -> None:
     ap.add_argument("--out", help="write the JSON here (default stdout)")
     args = ap.parse_args()
     out = evaluate(args.features.split(","))
-    text = json.dumps(out, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":

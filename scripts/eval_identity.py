@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 TRAIN_EMBRYOS = 4
@@ -437,11 +439,7 @@ def main() -> None:
         out = rematch()
     else:
         out = platynereis(peer=not args.no_peer)
-    text = json.dumps(out, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(out, args.out)
 
 
 if __name__ == "__main__":

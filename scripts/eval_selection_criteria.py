@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
+
 SIGN = {"hll": 1, "hll_prof": 1, "hll_w0": 1, "cvnn": -1, "cvm": -1, "cvm_n": 1, "cvmfull": -1,
         "cvmfull_n": 1, "cvmfull_close": 1}
 
@@ -146,11 +148,7 @@ def main() -> None:
             collect(args.split, out)
         return
     rows = [json.loads(line) for line in Path(args.path).read_text().splitlines() if line.strip()]
-    text = json.dumps(summary(rows), indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(summary(rows), args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "reg" / "report.html").is_file()
     assert (tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells").is_dir()
     assert namespace["reg"].n_matched > 300 and namespace["seg"].metrics["mean"]["arand"] < 0.1
+    assert np.mean(namespace["named"].names == namespace["held"].cells) > 0.6
     assert namespace["labels"].max() >= 1 and namespace["big"].n_labels >= namespace["labels"].max()
 
 
