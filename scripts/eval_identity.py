@@ -257,10 +257,13 @@ def platynereis(peer: bool = True) -> dict:
         rows, cols, steps = peer_pipeline(fixed, moving)
         out["peer_pycpd_scipy"] = {"accuracy": acc(rows, cols), "seconds": time.perf_counter() - t0, "timings": steps}
         print(json.dumps({"peer": out["peer_pycpd_scipy"]}), file=sys.stderr, flush=True)
-    for method in ("rigid", "deformable", "auto", "auto_likelihood"):
+    for method in ("rigid", "deformable", "auto", "auto_likelihood", "auto_volume"):
         t0 = time.perf_counter()
         if method == "auto_likelihood":  # the former criterion of transform="auto", for comparison
             res = register_cells(fixed, moving, transform="auto", errors=False, selection_criterion="likelihood")
+        elif method == "auto_volume":  # the defaults with the nucleus volume as a per-cell feature
+            res = register_cells(fixed, moving, errors=False, fixed_features=p["fixed_volume"],
+                                 moving_features=p["moving_volume"])
         else:
             res = register_cells(fixed, moving, transform=method, errors=False)
         partner = dict(zip(res.moving_index.tolist(), zip(res.fixed_index.tolist(), res.confidence.tolist())))

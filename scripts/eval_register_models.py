@@ -93,6 +93,7 @@ def platynereis_pair():
     ids = t["label_id"][keep].astype(np.int64)
     pts = np.stack([t["anchor_z"][keep], t["anchor_y"][keep], t["anchor_x"][keep]], 1)
     dist = t["distances"][keep]
+    volume = t["n_pixels"][keep].astype(np.float64)  # nucleus volume (voxels), a per-cell feature
     # least-squares plane: distances ~ n . p + c
     X = np.c_[pts, np.ones(len(pts))]
     coef, *_ = np.linalg.lstsq(X, dist, rcond=None)
@@ -116,7 +117,7 @@ def platynereis_pair():
             truth.append((li[kb], ri[ka]))
     truth = np.array(truth)
     return {"name": "platynereis_bilateral", "fixed": pts[left], "moving": mirrored[right], "truth": truth,
-            "denominator": len(truth)}
+            "denominator": len(truth), "fixed_volume": volume[left], "moving_volume": volume[right]}
 
 
 # ------------------------------------------------------------------------------------ pipeline
