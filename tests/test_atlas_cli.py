@@ -68,6 +68,8 @@ def test_build_then_identify(tables, capsys):
     assert "3 samples" in out and "40 names" in out
     atlas = json.loads((d / "atlas.json").read_text())
     assert atlas["n_samples"] == 3
+    report = (d / "atlas.report.html").read_text()
+    assert "Not calibrated" in report and "40 names" in report
     code, out, err = run(capsys, "identify", d / "new.csv", "--atlas", d / "atlas.json", "--top-k", "3",
                          "--out", d / "names.csv")
     assert code == 0, err
@@ -100,3 +102,15 @@ def test_atlas_and_identify_errors(tables, capsys):
     assert_user_error(*run(capsys, "identify", d / "new.csv", "--atlas", d / "notatlas.json", "--out",
                            d / "n.csv")[::2], "atlas")
     assert not (d / "bad.json").exists() and not (d / "n.csv").exists()
+
+
+def test_calibrated_atlas_report(tables, capsys):
+    d, paths, _ = tables
+    code, out, err = run(capsys, "atlas", "build", *paths[:4], "--names-column", "cell", "--out", d / "cal.json")
+    assert code == 0, err
+    assert "cal.report.html" in out
+    report = (d / "cal.report.html").read_text()
+    assert "leave one sample out" in report and report.count("<tr") >= 2 + 4  # figures, one row per sample
+    assert "data:image/png;base64," in report  # the reliability curve, embedded
+    for p in paths[:4]:
+        assert str(p) in report

@@ -82,9 +82,10 @@ def _columns(text):
 
 
 def cmd_atlas(args) -> int:
-    from .atlas import build_atlas, read_samples
+    from .atlas import build_atlas, read_samples, write_atlas_report
 
     out = prepare_out(args.out, kind="file", command="atlas", inputs=args.samples)
+    report = prepare_out(out.with_name(out.stem + ".report.html"), kind="file", command="atlas", inputs=args.samples)
     if len(args.samples) < 2:
         raise UsageError(f"samples: an atlas needs at least 2 annotated tables, got {len(args.samples)}")
     samples, names, feats = read_samples(args.samples, names_column=args.names_column,
@@ -100,7 +101,8 @@ def cmd_atlas(args) -> int:
     cal = atlas.calibration
     extra = (f"; leave-one-out accuracy {cal['loo_mean_accuracy']:.3f}, ECE {cal['loo_ece']:.3f}"
              if cal.get("loo_mean_accuracy") is not None else "")
-    print(f"atlas of {atlas.n_samples} samples, {len(atlas.names)} names{extra}; written to {out}")
+    write_atlas_report(atlas, report)
+    print(f"atlas of {atlas.n_samples} samples, {len(atlas.names)} names{extra}; written to {out} (report: {report})")
     return 0
 
 

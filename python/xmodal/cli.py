@@ -90,7 +90,7 @@ def _identity_commands(sub, subs: dict) -> None:
                  help="build an atlas of named cells from annotated samples",
                  description="Group-wise registration of two or more annotated samples to an evolving mean; per-name "
                              "mean, covariance, features and presence; the confidence calibrated by leave-one-"
-                             "sample-out. Writes a versioned JSON atlas.",
+                             "sample-out. Writes a versioned JSON atlas and an HTML report beside it (NAME.report.html).",
                  epilog="examples:\n"
                         "  xmodal atlas build worm1.csv worm2.csv worm3.csv --names-column cell --out atlas.json\n"
                         "  xmodal atlas build e*.csv --names-column cell --features-columns volume --out atlas.json")
