@@ -13,3 +13,35 @@ def write_json(out, path=None) -> None:
         Path(path).write_text(text + "\n")
     else:
         print(text)
+
+
+def feature_script_args(doc: str):
+    """Command line of the embryo feature scripts: ``--features`` (Embryo attributes) and ``--out``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", default="size,expression", help="Embryo attributes, comma-separated")
+    ap.add_argument("--out", help="write the JSON here (default stdout)")
+    args = ap.parse_args()
+    args.features = args.features.split(",")
+    return args
+
+
+def prealigned_embryo_pairs(train_embryos: int = 4):
+    """The 28 built-in embryo pairs as ``scripts/eval_identity.py pairs`` walks them: yields
+    ``(a, b, split, start)`` with the two ``Embryo`` records, "train" (both among the first
+    ``train_embryos`` in sorted order) or "heldout", and b's points after one orientation search
+    onto a (what ``register_cells`` does before its fit; pass them with ``prealign=False``)."""
+    import itertools
+
+    from xmodal.datasets import celegans_embryos
+    from xmodal.pipelines._register_steps import PREALIGN_POINTS
+    from xmodal.pipelines.prealign import fast_prealign
+
+    emb = celegans_embryos()
+    keys = sorted(emb)
+    train = set(keys[:train_embryos])
+    for a, b in itertools.combinations(keys, 2):
+        fa, fb = emb[a], emb[b]
+        pre = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all", seed=0)
+        yield fa, fb, ("train" if a in train and b in train else "heldout"), pre.apply(fb.points)

@@ -20,14 +20,12 @@ Accuracy of a pair = share of the shared lineage names whose cells are matched t
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 import sys
 
 import numpy as np
 
-from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
+from _jsonout import feature_script_args, prealigned_embryo_pairs, write_json  # noqa: E402 (scripts/ is on sys.path when run)
 
 TRAIN_EMBRYOS = 4
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -62,22 +60,16 @@ def _discounted_weight(fg, mg, moved, fixed, mi, fi, sigma2, nn):
 
 
 def evaluate(columns) -> dict:
-    from xmodal.datasets import celegans_embryos
     from xmodal.matching import match_points
     from xmodal.pipelines import register_cells
     from xmodal.pipelines._features import feature_match, normal_scores, select_feature_weight
-    from xmodal.pipelines._register_steps import PREALIGN_POINTS
-    from xmodal.pipelines.prealign import fast_prealign, median_nn_distance
+    from xmodal.pipelines.prealign import median_nn_distance
 
-    emb = celegans_embryos()
-    keys = sorted(emb)
-    train = set(keys[:TRAIN_EMBRYOS])
     rows = []
-    for a, b in itertools.combinations(keys, 2):
-        fa, fb = emb[a], emb[b]
+    for fa, fb, split, start in prealigned_embryo_pairs(TRAIN_EMBRYOS):
+        a, b = fa.name, fb.name
         shared = len(set(fa.cells) & set(fb.cells))
-        pre = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all", seed=0)
-        moved = register_cells(fa.points, pre.apply(fb.points), prealign=False, errors=False).moved
+        moved = register_cells(fa.points, start, prealign=False, errors=False).moved
         fixed = fa.points
         nn = median_nn_distance(fixed)
         u = 3.0 * nn
@@ -86,7 +78,7 @@ def evaluate(columns) -> dict:
         sigma2 = float(np.median(np.linalg.norm(moved[mi] - fixed[fi], axis=1) ** 2)) / 2.3660
         F = [np.column_stack([getattr(e, c) for c in columns]) for e in (fa, fb)]
         scaled = {"mad": _mad_scale(*F), "scores": (normal_scores(F[0]), normal_scores(F[1]))}
-        row = {"pair": f"{a}|{b}", "split": "train" if a in train and b in train else "heldout"}
+        row = {"pair": f"{a}|{b}", "split": split}
 
         def acc(fg, mg, w):
             r_m, r_f, _ = feature_match(moved, fixed, fg, mg, weight=w, nn=nn, matching="one-to-one", k=30,
@@ -113,12 +105,8 @@ def evaluate(columns) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="size,expression", help="Embryo attributes, comma-separated")
-    ap.add_argument("--out", help="write the JSON here (default stdout)")
-    args = ap.parse_args()
-    out = evaluate(args.features.split(","))
-    write_json(out, args.out)
+    args = feature_script_args(__doc__)
+    write_json(evaluate(args.features), args.out)
 
 
 if __name__ == "__main__":

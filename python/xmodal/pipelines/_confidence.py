@@ -45,6 +45,15 @@ FEATURES = ("logit_posterior", "distance", "margin", "consistency", "spread")
 COEFFICIENTS = {"intercept": -0.8496, "logit_posterior": 0.2287, "distance": 0.4518,
                 "margin": 0.4279, "consistency": -1.1814, "spread": -0.8368}
 
+#: The map used when the matching used per-cell features (``register_cells(fixed_features=...)``
+#: with a weight > 0; the pair features are then taken in the feature-augmented space the matching
+#: uses). Fitted once by ``scripts/eval_feature_confidence.py`` on the 6 training embryo pairs
+#: registered by the defaults with nucleus diameter and reporter intensity (the ABpl/ABpr name swap
+#: of embryo 20241009_L5 undone for the fit; binary log loss + 1e-3 x squared coefficients).
+#: Held-out figures: ``docs/identity.md``, ``benchmarks/results/register-confidence-features-2026-12-01-map.json``.
+COEFFICIENTS_FEATURES = {"intercept": 1.0735, "logit_posterior": 0.4227, "distance": -1.0868,
+                         "margin": -0.1171, "consistency": -1.2441, "spread": -0.6320}
+
 #: Matched neighbours whose displacements give the local displacement of the ``consistency`` feature.
 NEIGHBOURS = 6
 
@@ -159,12 +168,12 @@ def calibrate(features: np.ndarray, coefficients: dict | None = None) -> np.ndar
 
 
 def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray, *,
-                     k: int = CANDIDATES) -> np.ndarray:
+                     k: int = CANDIDATES, coefficients: dict | None = None) -> np.ndarray:
     """Calibrated probability that each matched pair (moving ``mi``, fixed ``fi``) is right, in [0, 1]:
-    :func:`calibrate` of :func:`match_features`."""
+    :func:`calibrate` of :func:`match_features` (``coefficients``: default :data:`COEFFICIENTS`)."""
     if len(mi) == 0:
         return np.zeros(0)
-    return calibrate(match_features(moved, fixed, mi, fi, k=k))
+    return calibrate(match_features(moved, fixed, mi, fi, k=k), coefficients)
 
 
 def reliability(confidence, correct, bins: int = 10) -> dict:

@@ -242,14 +242,17 @@ def match_step(moved: np.ndarray, fixed: np.ndarray, *, matching: str, k: int, r
     return mi, fi, np.linalg.norm(moved[mi] - fixed[fi], axis=1)
 
 
-def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray) -> np.ndarray:
+def match_confidence(moved: np.ndarray, fixed: np.ndarray, mi: np.ndarray, fi: np.ndarray,
+                     with_features: bool = False) -> np.ndarray:
     """Calibrated probability that each matched pair (moving ``mi``, fixed ``fi``) is right: the
     posterior marginal of the pair, its distance, its margin to the closest rival and the spread of
     all pairs, mapped by a logistic calibration fitted once on training embryo pairs (see
-    :mod:`xmodal.pipelines._confidence`)."""
+    :mod:`xmodal.pipelines._confidence`; ``with_features``: the points carry weighted per-cell
+    features, the map fitted to such matchings is used)."""
+    from ._confidence import COEFFICIENTS_FEATURES
     from ._confidence import match_confidence as calibrated
 
-    return calibrated(moved, fixed, mi, fi)
+    return calibrated(moved, fixed, mi, fi, coefficients=COEFFICIENTS_FEATURES if with_features else None)
 
 
 # ----------------------------------------------------------------------------------- 4. post-steps

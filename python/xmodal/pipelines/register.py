@@ -412,7 +412,8 @@ def _match(moved, fix, feats, match_options, *, reviewed, nn, seed):
     mi, fi, dist, moved_c, fixed_c, record = match_with_features(
         moved, fix, feats[0], feats[1], nn=nn, matching=matching, k=k, radius=radius,
         unmatched_cost=unmatched_cost, seed=seed, spatial_match=spatial)
-    return mi, fi, dist, match_confidence(moved_c, fixed_c, mi, fi), record
+    conf = match_confidence(moved_c, fixed_c, mi, fi, with_features=record["feature_weight"] > 0)
+    return mi, fi, dist, conf, record
 
 
 def _features(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
