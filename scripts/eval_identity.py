@@ -20,7 +20,8 @@ subsamples of 500 cells, 24 rotations); every method then starts from the same p
 (``register_cells(..., prealign=False)``), which is what ``register_cells`` does after its own
 pre-alignment, so each row is exactly what register_cells gives with that transform. "none"
 matches the raw coordinates; "auto_features" is the default with the embryos' nucleus diameter and
-reporter intensity as per-cell features (``feature_weight="auto"``).
+reporter intensity as per-cell features (``feature_weight="auto"``, with its CPD stage with features;
+"auto_features_matching_only": ``feature_cpd=False``, the features in the matching only).
 Run with one thread (OMP_NUM_THREADS=1 XMODAL_NUM_THREADS=1) on a shared machine.
 """
 
@@ -40,7 +41,7 @@ from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 TRAIN_EMBRYOS = 4
-METHODS = ("none", "rigid", "deformable", "auto", "auto_features")
+METHODS = ("none", "rigid", "deformable", "auto", "auto_features", "auto_features_matching_only")
 #: Per-cell features of the "auto_features" row: nucleus diameter and reporter intensity
 FEATURES = ("size", "expression")
 
@@ -78,10 +79,11 @@ def embryo_pairs(limit=None, repeats=None) -> dict:
         row["none"] = float(np.sum(fa.cells[m.cols] == fb.cells[m.rows])) / shared
         for method in METHODS[1:]:
             t0 = time.perf_counter()
-            if method == "auto_features":
+            if method.startswith("auto_features"):
                 res = register_cells(fa.points, start, prealign=False, errors=False,
                                      fixed_features=np.column_stack([getattr(fa, c) for c in FEATURES]),
-                                     moving_features=np.column_stack([getattr(fb, c) for c in FEATURES]))
+                                     moving_features=np.column_stack([getattr(fb, c) for c in FEATURES]),
+                                     feature_cpd=method == "auto_features")
                 row["feature_weight"] = res.features["feature_weight"]
             elif method == "auto" and repeats is not None:
                 with _repeats(repeats):
@@ -257,13 +259,13 @@ def platynereis(peer: bool = True) -> dict:
         rows, cols, steps = peer_pipeline(fixed, moving)
         out["peer_pycpd_scipy"] = {"accuracy": acc(rows, cols), "seconds": time.perf_counter() - t0, "timings": steps}
         print(json.dumps({"peer": out["peer_pycpd_scipy"]}), file=sys.stderr, flush=True)
-    for method in ("rigid", "deformable", "auto", "auto_likelihood", "auto_volume"):
+    for method in ("rigid", "deformable", "auto", "auto_likelihood", "auto_volume", "auto_volume_matching_only"):
         t0 = time.perf_counter()
         if method == "auto_likelihood":  # the former criterion of transform="auto", for comparison
             res = register_cells(fixed, moving, transform="auto", errors=False, selection_criterion="likelihood")
-        elif method == "auto_volume":  # the defaults with the nucleus volume as a per-cell feature
+        elif method.startswith("auto_volume"):  # the defaults with the nucleus volume as a per-cell feature
             res = register_cells(fixed, moving, errors=False, fixed_features=p["fixed_volume"],
-                                 moving_features=p["moving_volume"])
+                                 moving_features=p["moving_volume"], feature_cpd=method == "auto_volume")
         else:
             res = register_cells(fixed, moving, transform=method, errors=False)
         partner = dict(zip(res.moving_index.tolist(), zip(res.fixed_index.tolist(), res.confidence.tolist())))

@@ -51,6 +51,40 @@ py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::o
 }
 
 template <class T>
+py::dict estep_features_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+                             const py::array& fixed_features, const py::array& moved_features, double feature_inv,
+                             double sigma2, double c, double cutoff, bool want_best) {
+    const EStepInputs<T> in(fixed, moved, weights, "cpd_estep_features");
+    const int64_t N = in.N, M = in.M;
+    const int D = in.D;
+    const auto FX = as_carray<T>(fixed_features, "fixed_features");
+    const auto FY = as_carray<T>(moved_features, "moved_features");
+    check_ndim(FX, 2, "fixed_features");
+    check_ndim(FY, 2, "moved_features");
+    if (FX.shape(0) != N) throw value_error("fixed_features: expected one row per fixed point");
+    if (FY.shape(0) != M) throw value_error("moved_features: expected one row per moving point");
+    if (FX.shape(1) != FY.shape(1) || FX.shape(1) < 1)
+        throw value_error("fixed_features, moved_features: expected the same number (>= 1) of columns");
+    const int F = (int)FX.shape(1);
+    py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
+    py::array_t<int64_t> best_idx(want_best ? M : 0);
+    py::array_t<T> best_prob(want_best ? M : 0);
+    py::array_t<double> log_s(N);
+    double* sp = log_s.mutable_data();
+    T *p1 = P1.mutable_data(), *pt1 = Pt1.mutable_data(), *px = PX.mutable_data();
+    int64_t* bi = want_best ? best_idx.mutable_data() : nullptr;
+    T* bp = want_best ? best_prob.mutable_data() : nullptr;
+    cpd::EStepStats st;
+    {
+        py::gil_scoped_release release;
+        st = cpd::estep_features<T>(in.X.data(), N, in.TY.data(), M, D, in.wp, FX.data(), FY.data(), F, feature_inv,
+                                    sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
+    }
+    return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
+                        st.shifted_columns);
+}
+
+template <class T>
 py::dict gauss_impl(const py::array& centers_in, const py::array& coef_in, const py::array& points_in, double beta,
                     double cutoff) {
     const auto centers = as_carray<T>(centers_in, "centers");
@@ -92,6 +126,20 @@ void register_cpd(py::module_& m) {
         "best_prob (M or 0), log_s (N, float64: log s_n, -inf where s_n = 0), log_s_sum, pairs, "
         "empty_columns, shifted_columns (fixed points summed relative to their largest term). See "
         "xmodal/cpd.hpp.");
+    m.def(
+        "cpd_estep_features",
+        [](const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
+           const py::array& fixed_features, const py::array& moved_features, double feature_inv, double sigma2,
+           double c, double cutoff, bool want_best) {
+            return with_float_type(fixed, "fixed", [&](auto t) {
+                return estep_features_impl<decltype(t)>(fixed, moved, weights, fixed_features, moved_features,
+                                                        feature_inv, sigma2, c, cutoff, want_best);
+            });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("fixed_features"), py::arg("moved_features"),
+        py::arg("feature_inv"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("want_best"),
+        "CPD E-step with per-point features: the kernel of cpd_estep times exp(-|f_n - g_m|^2 feature_inv) "
+        "(feature_inv = 1 / (2 feature_sigma^2)); the same outputs. See xmodal/cpd.hpp.");
     m.def(
         "cpd_gauss_transform",
         [](const py::array& centers, const py::array& coefficients, const py::array& points, double beta,

@@ -694,6 +694,174 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
     }
 }
 
+// ------------------------------------------------------------------ E-step with per-point features
+// k_mn = exp(-d2_mn inv - |f_n - g_m|^2 finv) on the spatial support d2_mn <= r2 (the feature term
+// only lowers a term, so the support stays a superset of what matters). Exponents in double, every
+// column summed relative to its largest term (online log-sum-exp), so nothing that matters
+// underflows at any sigma2; the same d2 test in both passes. A plain scalar loop over the grid's
+// candidates: features are meant for thousands of cells, not millions of points.
+namespace {
+
+template <class T>
+double feature_d2(const T* a, const T* b, int F) {
+    double s = 0;
+    for (int j = 0; j < F; ++j) {
+        const double d = (double)a[j] - (double)b[j];
+        s += d * d;
+    }
+    return s;
+}
+
+template <class T>
+double point_d2(const Grid<T>& g, int64_t s, const T* q, int D) {
+    double d2 = 0;
+    for (int d = 0; d < D; ++d) {
+        const double v = (double)g.coord[d][s] - (double)q[d];
+        d2 += v * v;
+    }
+    return d2;
+}
+
+struct FeatureArgs {
+    double inv, finv, r2, radius, c;
+    int D, F;
+    bool parallel;
+};
+
+// Pass 1 (over fixed points): log s_n and Pt1_n; returns the pairs visited.
+template <class T>
+int64_t feature_pass1(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, const T* FX, const T* FY,
+                      const FeatureArgs& a, T* Pt1, double* log_s, char* empty) {
+    Grid<T> gy;
+    gy.build(TY, M, a.D, a.radius);
+    std::vector<int64_t> work(N, 0);
+#pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
+    {
+        std::vector<int64_t> rg;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t n = 0; n < N; ++n) {
+            gy.ranges(&X[n * a.D], a.radius, rg);
+            double emin = std::numeric_limits<double>::infinity(), S = 0;
+            for (size_t r = 0; r < rg.size(); r += 2)
+                for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
+                    const int64_t m = gy.perm[s];
+                    const double w = weights ? (double)weights[m] : 1.0;
+                    const double d2 = point_d2(gy, s, &X[n * a.D], a.D);
+                    if (!(w > 0) || d2 > a.r2) continue;
+                    const double e = d2 * a.inv + feature_d2(&FX[n * a.F], &FY[m * a.F], a.F) * a.finv;
+                    if (e < emin) {
+                        S = std::isfinite(emin) ? S * std::exp(e - emin) : 0.0;
+                        emin = e;
+                    }
+                    S += w * std::exp(emin - e);
+                }
+            work[n] = range_count(rg);
+            const double lc = a.c > 0 ? std::log(a.c) : -std::numeric_limits<double>::infinity();
+            if (S > 0) {
+                const double ls = std::log(S) - emin;
+                log_s[n] = std::max(ls, lc) + std::log1p(std::exp(-std::fabs(ls - lc)));
+                Pt1[n] = (T)std::exp(ls - log_s[n]);
+            } else {
+                log_s[n] = lc;
+                Pt1[n] = T(0);
+            }
+            empty[n] = (S > 0 || a.c > 0) ? 0 : 1;
+        }
+    }
+    int64_t pairs = 0;
+    for (int64_t n = 0; n < N; ++n) pairs += work[n];
+    return pairs;
+}
+
+// Pass 2 (over moving points): P1, PX and the best match from the terms of pass 1 and log s_n.
+template <class T>
+int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, const T* FX, const T* FY,
+                      const FeatureArgs& a, const double* log_s, T* P1, T* PX, int64_t* best_idx, T* best_prob) {
+    Grid<T> gx;
+    gx.build(X, N, a.D, a.radius);
+    std::vector<int64_t> work(M, 0);
+#pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
+    {
+        std::vector<int64_t> rg;
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t m = 0; m < M; ++m) {
+            const double w = weights ? (double)weights[m] : 1.0;
+            double s0 = 0, cs[3] = {0, 0, 0}, bv = 0;
+            int64_t bn = -1;
+            if (w > 0) {
+                gx.ranges(&TY[m * a.D], a.radius, rg);
+                for (size_t r = 0; r < rg.size(); r += 2)
+                    for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
+                        const int64_t n = gx.perm[s];
+                        const double d2 = point_d2(gx, s, &TY[m * a.D], a.D);
+                        if (d2 > a.r2 || !std::isfinite(log_s[n])) continue;
+                        const double e = d2 * a.inv + feature_d2(&FX[n * a.F], &FY[m * a.F], a.F) * a.finv;
+                        const double p = std::exp(-e - log_s[n]);
+                        s0 += p;
+                        for (int d = 0; d < a.D; ++d) cs[d] += p * (double)gx.coord[d][s];
+                        if (p > bv || (p == bv && p > 0 && n < bn)) {
+                            bv = p;
+                            bn = n;
+                        }
+                    }
+                work[m] = range_count(rg);
+            }
+            P1[m] = (T)(w * s0);
+            for (int d = 0; d < a.D; ++d) PX[m * a.D + d] = (T)(w * cs[d]);
+            if (best_idx) best_idx[m] = bn >= 0 && w > 0 ? bn : -1;
+            if (best_prob) best_prob[m] = bn >= 0 && w > 0 ? (T)(w * bv) : T(0);
+        }
+    }
+    int64_t pairs = 0;
+    for (int64_t m = 0; m < M; ++m) pairs += work[m];
+    return pairs;
+}
+
+}  // namespace
+
+template <class T>
+EStepStats estep_features(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, const T* FX,
+                          const T* FY, int F, double feature_inv, double sigma2, double c, double cutoff, T* P1,
+                          T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out) {
+    arith::check_estep_args(N, M, D, sigma2, c, cutoff);
+    require(F >= 1, "cpd estep_features: expected at least one feature column, got " + std::to_string(F));
+    require(std::isfinite(feature_inv) && feature_inv >= 0,
+            "cpd estep_features: feature_inv = 1 / (2 feature_sigma^2) must be finite and >= 0");
+    check_finite(X, N * D, "fixed");
+    check_finite(TY, M * D, "moved");
+    check_finite(FX, N * F, "fixed_features");
+    check_finite(FY, M * F, "moved_features");
+    if (weights) {
+        check_finite(weights, M, "weights");
+        for (int64_t m = 0; m < M; ++m)
+            require(weights[m] >= 0, "cpd estep: weights must be >= 0");
+    }
+    const double amax = check_extent(X, N, TY, M, D, "cpd estep_features");
+    const double inv = 1.0 / (2.0 * sigma2);
+    require(std::isfinite(inv), "cpd estep_features: sigma2 = " + arith::fmt_g(sigma2) + " is too small");
+    const double r2 = std::isfinite(cutoff) ? 2.0 * sigma2 * cutoff : std::numeric_limits<double>::infinity();
+    const FeatureArgs a{inv, feature_inv, r2, search_radius(r2, amax), c, D, F,
+                        (double)N * (double)M >= kParallelMinPairs};
+    std::vector<double> log_s(N);
+    std::vector<char> empty(N);
+    EStepStats st;
+    st.pairs = feature_pass1(X, N, TY, M, weights, FX, FY, a, Pt1, log_s.data(), empty.data());
+    for (int64_t n = 0; n < N; ++n) {
+        if (log_s_out) log_s_out[n] = log_s[n];
+        st.log_s_sum += arith::log_s_term(log_s[n], empty[n] != 0);
+        st.empty_columns += empty[n];
+    }
+    st.pairs += feature_pass2(X, N, TY, M, weights, FX, FY, a, log_s.data(), P1, PX, best_idx, best_prob);
+    return st;
+}
+
+template EStepStats estep_features<float>(const float*, int64_t, const float*, int64_t, int, const float*,
+                                          const float*, const float*, int, double, double, double, double, float*,
+                                          float*, float*, int64_t*, float*, double*);
+template EStepStats estep_features<double>(const double*, int64_t, const double*, int64_t, int, const double*,
+                                           const double*, const double*, int, double, double, double, double,
+                                           double*, double*, double*, int64_t*, double*, double*);
+
 template EStepStats estep<float>(const float*, int64_t, const float*, int64_t, int, const float*, double,
                                  double, double, float*, float*, float*, int64_t*, float*, double*);
 template EStepStats estep<double>(const double*, int64_t, const double*, int64_t, int, const double*,

@@ -65,7 +65,7 @@ def _register_features(args) -> dict:
     from .io import read_table
     from .io._files import TABLE_SUFFIXES
 
-    out = {"feature_weight": weight}
+    out = {"feature_weight": weight, "feature_cpd": bool(getattr(args, "feature_cpd", True))}
     for side in ("fixed", "moving"):
         path = Path(getattr(args, side))
         if path.suffix.lower() not in TABLE_SUFFIXES:

@@ -55,6 +55,17 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
                  double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx,
                  T* best_prob, double* log_s_out = nullptr);
 
+// E-step with per-point features ("colour" CPD): k_mn = exp(-|x_n - ty_m|^2 / (2 sigma2)
+// - |f_n - g_m|^2 feature_inv), with FX (N x F) the fixed points' and FY (M x F) the moving points'
+// features (row-major) and feature_inv = 1 / (2 feature_sigma^2) >= 0 (0: estep's posterior, up to
+// rounding). Same outputs, support (spatial: d2 <= 2 sigma2 cutoff) and guarantees as estep; every
+// column is summed relative to its largest term (shifted_columns stays 0). A scalar loop: meant for
+// thousands of cells, not millions of points.
+template <class T>
+EStepStats estep_features(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, const T* FX,
+                          const T* FY, int F, double feature_inv, double sigma2, double c, double cutoff, T* P1,
+                          T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out = nullptr);
+
 // Gaussian transform: out[q, :] = sum_k exp(-|p_q - c_k|^2 / (2 beta^2)) coef[k, :]
 // (points Q x D, centers K x D, coef K x D, out Q x D), truncated at |p - c|^2 > 2 beta^2 cutoff.
 template <class T>

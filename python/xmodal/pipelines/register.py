@@ -37,10 +37,9 @@ from ._register_steps import (
     add_spot_counts,
     add_warped_images,
     fit_step,
-    match_confidence,
-    match_step,
     prealign_step,
 )
+from ._match_step import add_feature_stage, check_feature_options, match_cells
 from .prealign import PrealignResult, median_nn_distance, rms_radius
 
 log = logging.getLogger("xmodal.pipelines")
@@ -125,7 +124,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                    image_spacing=None, warp_preset: str = "bspline-landmarks", intensity_preset: str | None = None,
                    elastix_parameters: Mapping[str, Any] | None = None, out: str | Path | None = None,
                    seed: int = 0, allow_reflection: bool = False, reviewed=None, fixed_features=None,
-                   moving_features=None, feature_weight: float | str = "auto",
+                   moving_features=None, feature_weight: float | str = "auto", feature_cpd: bool = True,
                    selection_criterion: str = "matching") -> CellRegistration:
     """Register two sets of cells (points, centroid tables or label images) and match them.
 
@@ -225,16 +224,20 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         matching; rejected pairs are never proposed again. One-to-one matching only.
     fixed_features, moving_features : (n_fixed, f) and (n_moving, f) arrays, optional
         Per-cell features (colour channels, volume, intensity; a 1-D array is one feature), rows in
-        the order of the cells. Standardised robustly on both sets pooled and added to the matching
+        the order of the cells. Put on a common scale (normal scores within each set) and added to the matching
         cost as extra coordinates: cost = sqrt(distance^2 + (feature_weight x nn)^2 x |feature
         difference|^2), nn the median nearest-neighbour distance within ``fixed``
-        (:mod:`xmodal.pipelines._features`). The registration itself uses positions only. Not with
-        ``reviewed``.
+        (:mod:`xmodal.pipelines._features`). Not with ``reviewed``.
     feature_weight : "auto" or float >= 0
         "auto": the weight of a Gaussian model of the matched pairs' feature differences, fitted on
         80 % of the fixed cells and kept only when it gives the other 20 % a higher likelihood than
         positions alone (else 0); a number fixes it (0: positions only). ``result.features`` and the
         provenance record the weight and the criterion.
+    feature_cpd : bool
+        With features and a positive weight: one more deformable CPD stage after the fit, whose
+        mixture pairs cells that are near *and* look alike (CPD with features,
+        :mod:`xmodal.pipelines._match_step`), then the matching again (``result.features["cpd"]``;
+        its transform ends ``result.transform``). False: the features enter the matching only.
 
     selection_criterion : {"matching", "likelihood"}
         How ``transform="auto"`` scores a candidate fitted to 80 % of the fixed cells
@@ -257,7 +260,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         transform=transform, matching=matching, prealign=prealign, unmatched_cost=unmatched_cost,
         intensity_preset=intensity_preset, warp_images=warp_images, fixed_image=fixed_image, moving_image=moving_image)
     scale, errors = as_bool(scale, "scale"), as_bool(errors, "errors")
-    allow_reflection = as_bool(allow_reflection, "allow_reflection")
+    allow_reflection, feature_cpd = as_bool(allow_reflection, "allow_reflection"), as_bool(feature_cpd, "feature_cpd")
     choice(selection_criterion, "selection_criterion", ("matching", "likelihood"))
     k, radius = positive_int(k, "k"), positive_float(radius, "radius", allow_none=True)
     fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
@@ -266,7 +269,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
-    feats = _features(fixed_features, moving_features, feature_weight, len(fix), len(mov), reviewed)
+    feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov), reviewed)
     folder = OutputFolder(out)  # refused before any work, not after
     fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
     images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
@@ -283,8 +286,10 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                           deformable_options=deformable_options, nn=nn, seed=seed, landmarks=_landmarks(reviewed),
                           criterion=selection_criterion, k=k)
     with _timed(timings, "matching"):
-        mi, fi, dist, confidence, feature_record = _match(fit.moved, fix, feats, (matching, k, radius, unmatched_cost),
-                                                          reviewed=reviewed, nn=nn, seed=seed)
+        m = match_cells(fit.moved, fix, feats, (matching, k, radius, unmatched_cost), reviewed=reviewed, nn=nn,
+                        seed=seed, feature_cpd=feature_cpd, radius=rms_radius(fix))
+    mi, fi, dist, confidence, feature_record = m.mi, m.fi, m.dist, m.confidence, m.features
+    add_feature_stage(fit, m.refit)
     log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
 
     chain = ([pre.transform] if pre.transform is not None else []) + fit.transforms
@@ -297,7 +302,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                         model_selection=selection, selection_criterion=selection_criterion,
                         allow_reflection=allow_reflection,
                         reflected=bool(getattr(pre.prealign, "reflected", False)), matching=matching,
-                        prealign=rotations, scale=scale, features=feature_record,
+                        prealign=rotations, scale=scale, features=feature_record, feature_cpd=feature_cpd,
                         cpd_options=dict(cpd_options or {}), deformable_options=dict(deformable_options or {}),
                         k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
                         reviewed=None if reviewed is None else {k: len(v) for k, v in vars(reviewed).items()},
@@ -392,40 +397,6 @@ def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
     from ._reviewed import read_reviewed_matches
 
     return read_reviewed_matches(reviewed).check(n_moving, n_fixed)
-
-
-def _match(moved, fix, feats, match_options, *, reviewed, nn, seed):
-    """The match step (with the features ``feats`` = ((fixed, moving) arrays, weight option) when
-    given) and the pairs' confidence: (mi, fi, distances, confidence, feature record or None).
-    ``match_options``: (matching, k, radius, unmatched_cost)."""
-    matching, k, radius, unmatched_cost = match_options
-
-    def spatial():
-        return match_step(moved, fix, matching=matching, k=k, radius=radius, unmatched_cost=unmatched_cost,
-                          reviewed=reviewed)
-
-    if feats is None:
-        mi, fi, dist = spatial()
-        return mi, fi, dist, match_confidence(moved, fix, mi, fi), None
-    from ._features import match_with_features
-
-    mi, fi, dist, moved_c, fixed_c, record = match_with_features(
-        moved, fix, feats[0], feats[1], nn=nn, matching=matching, k=k, radius=radius,
-        unmatched_cost=unmatched_cost, seed=seed, spatial_match=spatial)
-    conf = match_confidence(moved_c, fixed_c, mi, fi, with_features=record["feature_weight"] > 0)
-    return mi, fi, dist, conf, record
-
-
-def _features(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
-    """The checked ((fixed, moving) feature arrays, weight option), or None without features;
-    checked before any work."""
-    from ._features import check_features, check_weight
-
-    feats = check_features(fixed_features, moving_features, n_fixed, n_moving)
-    feature_weight = check_weight(feature_weight)
-    if feats is not None and reviewed is not None:
-        raise ValueError("fixed_features, moving_features: not supported together with reviewed")
-    return None if feats is None else (feats, feature_weight)
 
 
 def _landmarks(reviewed):

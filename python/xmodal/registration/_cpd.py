@@ -33,7 +33,8 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         landmark_weight: float = 10.0, device: str = "auto", dtype=None, low_rank: int | bool | None = None,
         callback: Callable | None = None, scale: float | None = None, weights=None,
         normalize: bool = True, cutoff: float = 36.0, estep: str = "auto",
-        estep_tol: float = ESTEP_TOL, xtol: float = 0.0, _want_match: bool = True) -> CPDResult:
+        estep_tol: float = ESTEP_TOL, xtol: float = 0.0, moving_features=None, fixed_features=None,
+        feature_sigma: float = 1.0, _want_match: bool = True) -> CPDResult:
     """Register ``moving`` onto ``fixed`` by Coherent Point Drift.
 
     The moving points are the centroids of a Gaussian mixture (equal variance ``sigma2``) plus a
@@ -67,6 +68,19 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         after an iteration in which no moving point moved by more than ``xtol * sigma`` (sigma =
         sqrt(sigma2) of that iteration's E-step): the transform has stopped changing on the scale
         of the posterior's width. 0 (default) disables the rule.
+    moving_features, fixed_features : array (M, f) and (N, f), optional
+        Per-point features (colour channels, size, intensity; both or neither) that make CPD a
+        "colour" CPD: each mixture component is the product of the spatial Gaussian and a feature
+        Gaussian, so the E-step's kernel becomes
+        ``exp(-|x_n - T(y_m)|^2 / (2 sigma2) - |f_n - g_m|^2 / (2 feature_sigma^2))`` (the outlier
+        component unchanged). The features are not transformed and steer only which points are
+        paired; put them on a common scale first (e.g. normal scores within each set, as
+        :func:`xmodal.pipelines.register_cells` does). CPU only, exact E-step (``estep="fast"`` is
+        refused); ``info["estep"]["features"]`` records the columns and ``feature_sigma``.
+    feature_sigma : float > 0
+        Standard deviation of the feature difference of a right pair, per feature column, in the
+        features' units (1 by default: standardised features that differ by about one standard
+        deviation). Large values make the features irrelevant.
     _want_match : bool
         Internal (``cpd_coarse_to_fine``'s subsample stage, whose matches are discarded): False
         skips the best-match search of every CPU E-step; ``match`` is then -1 and
@@ -151,7 +165,14 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     M, N = Y.shape[0], X.shape[0]
     opt.landmarks = _check_landmarks(landmarks, M, N)
     opt.weights = _check_weights(weights, M)
-    if on_gpu:
+    feats = _check_features(moving_features, fixed_features, M, N, feature_sigma)
+    if feats is not None and (on_gpu or opt.estep == "fast"):
+        raise ValueError("moving_features: CPD with features runs on the CPU with the exact E-step; got "
+                         + ("CUDA arrays (pass device='cpu' with numpy arrays)" if on_gpu else "estep='fast'"))
+    if feats is not None:
+        factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method="exact",  # noqa: E731
+                                                want_best=want_match, features=feats)
+    elif on_gpu:
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff)  # noqa: E731
     else:
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method=estep_method(  # noqa: E731
@@ -234,6 +255,33 @@ def _check_weights(weights, M: int):
         raise ValueError(f"weights: expected values within 1e15 of their mean, got a smallest of {wts.min():.3g} "
                          "times the mean")
     return wts
+
+
+def _check_features(moving_features, fixed_features, M: int, N: int, feature_sigma):
+    """None without features, else (fixed (N, f), moving (M, f), 1 / (2 feature_sigma^2)) as float64
+    numpy; clear errors for one set missing, wrong shapes, non-finite values or a bad sigma."""
+    if moving_features is None and fixed_features is None:
+        return None
+    if moving_features is None or fixed_features is None:
+        missing = "moving_features" if moving_features is None else "fixed_features"
+        raise ValueError(f"{missing}: features are needed for both sets (or neither), got only the other set's")
+    sigma = positive_float(feature_sigma, "feature_sigma")
+    out = []
+    for name, f, n in (("fixed_features", fixed_features, N), ("moving_features", moving_features, M)):
+        a = np.asarray(to_host(f) if hasattr(f, "get") else f)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected a numeric (n, f) array, got {describe(f)}")
+        a = a.astype(np.float64).reshape(len(a), -1) if a.ndim == 1 else a.astype(np.float64)
+        if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0:
+            raise ValueError(f"{name}: expected shape ({n}, f) with f >= 1 (one row per point), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name}: expected finite values, got NaN or inf in row "
+                             f"{int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])}")
+        out.append(np.ascontiguousarray(a))
+    if out[0].shape[1] != out[1].shape[1]:
+        raise ValueError(f"moving_features: expected {out[0].shape[1]} columns (as fixed_features), got "
+                         f"{out[1].shape[1]}")
+    return out[0], out[1], 1.0 / (2.0 * sigma * sigma)
 
 
 def _validate_sets(Y, X):

@@ -28,7 +28,7 @@ class EStep:
     """
 
     def __init__(self, Xn: np.ndarray, dtype, weights, cutoff: float, method: str = "exact", tol: float = 1e-2,
-                 want_best: bool = True):
+                 want_best: bool = True, features=None):
         self.dtype = np.dtype(dtype)
         self.X = np.ascontiguousarray(Xn, dtype=self.dtype)
         self.w = None if weights is None else np.ascontiguousarray(weights, dtype=self.dtype)
@@ -38,6 +38,10 @@ class EStep:
         self.ran: list[dict] = []  # per call of the fast kernel: what ran and its bounds
         self.calls = 0
         self.want_best = want_best  # False: no best-match search (EStepOut.best / prob are None)
+        # (fixed (N, f), moving (M, f), 1 / (2 feature_sigma^2)): the kernel of cpd_estep_features
+        self.features = None if features is None else (np.ascontiguousarray(features[0], dtype=self.dtype),
+                                                       np.ascontiguousarray(features[1], dtype=self.dtype),
+                                                       float(features[2]))
 
     def _fast(self, TY: np.ndarray, sigma2: float, c: float) -> dict:
         from .. import _core
@@ -55,7 +59,10 @@ class EStep:
         ``unresolved_rows`` (summed) and ``calls`` (per call of the fast kernel: method, q, order,
         cells, bounds, exact columns and rows, fell_back)."""
         fast = [r for r in self.ran if r["method"] == "fast"]
-        return {"requested": self.method, "tol": self.tol, "fast_calls": len(fast),
+        feats = None if self.features is None else {"columns": int(self.features[0].shape[1]),
+                                                    "feature_sigma": float((2.0 * self.features[2]) ** -0.5)
+                                                    if self.features[2] > 0 else float("inf")}
+        return {"features": feats, "requested": self.method, "tol": self.tol, "fast_calls": len(fast),
                 "exact_calls": self.calls - len(fast),
                 "max_rel_s": max((r["max_rel_s"] for r in fast), default=0.0),
                 "max_rel_p1": max((r["max_rel_p1"] for r in fast), default=0.0),
@@ -65,6 +72,10 @@ class EStep:
     def native(self, TY: np.ndarray, sigma2: float, c: float, want_best: bool = True) -> dict:
         from .. import _core
 
+        if self.features is not None:
+            fx, fy, inv = self.features
+            return _core.cpd_estep_features(self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, fx, fy, inv,
+                                            sigma2, c, self.cutoff, want_best)
         return _core.cpd_estep(self.X, np.ascontiguousarray(TY, dtype=self.dtype), self.w, sigma2, c, self.cutoff,
                                want_best)
 
@@ -106,6 +117,9 @@ class TopKPosterior:
         logk = -(d * d) / (2.0 * self.s2)
         if self.wts is not None:
             logk = logk + np.log(self.wts)[:, None]
+        if e.features is not None:  # the feature factor of the kernel (CPD with features)
+            fx, fy, inv = e.features
+            logk = logk - inv * ((fy[:, None, :].astype(np.float64) - fx[idx].astype(np.float64)) ** 2).sum(-1)
         ls = log_s[idx]
         inside = np.isfinite(ls) & (d * d <= 2.0 * self.s2 * e.cutoff)
         p = np.where(inside, np.exp(np.minimum(np.where(inside, logk - ls, -np.inf), 0.0)), 0.0)

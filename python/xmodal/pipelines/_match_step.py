@@ -1,0 +1,113 @@
+"""The matching step of :func:`xmodal.pipelines.register_cells`: positions only, or with per-cell
+features, where a CPD with features (:func:`feature_cpd_step`) refines the registration before the
+final matching.
+
+CPD with features ("colour" CPD): once the feature weight is known (``feature_weight="auto"``
+gives the spread ``tau`` of a right pair's standardised feature differences), one more deformable
+CPD stage runs from the positions-only fit with a mixture whose components are the product of the
+spatial Gaussian and a feature Gaussian of standard deviation ``tau`` (:func:`xmodal.cpd` with
+``moving_features`` / ``fixed_features``): a moving cell is pulled towards fixed cells that are
+near *and* look alike. Then the cells are matched again with the same feature cost. On the 28
+built-in embryo pairs (nucleus diameter and reporter intensity; the 6 training pairs chose it among
+a narrower and a wider feature Gaussian, the chosen model's field and a second round,
+docs/identity.md) it lifts the feature matching from 0.440 to 0.481 on the training pairs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._register_steps import DEFORMABLE_BETA, DEFORMABLE_LAM, match_confidence, match_step
+
+#: The CPD stage with features: deformable, the default field of ``register_cells``
+#: (beta = DEFORMABLE_BETA x RMS radius, lam = DEFORMABLE_LAM / radius^2), outlier weight 0.1, from
+#: CPD's own initial variance (the mean squared distance of all pairs, so the features can move a
+#: cell past a nearer look-alike-less neighbour while the field is still smooth).
+FEATURE_CPD_OPTIONS = {"w": 0.1, "max_iter": 150, "tol": 1e-6}
+
+
+class Matched(NamedTuple):
+    """Outcome of :func:`match_cells`."""
+
+    mi: np.ndarray  # matched moving rows
+    fi: np.ndarray  # matched fixed rows
+    dist: np.ndarray  # spatial distances of the pairs (physical units)
+    confidence: np.ndarray
+    features: dict | None  # the feature record (None without features)
+    refit: object | None  # the CPDResult of the CPD stage with features, or None
+
+
+def check_feature_options(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
+    """The checked ((fixed, moving) feature arrays, weight option), or None without features;
+    checked before any work."""
+    from ._features import check_features, check_weight
+
+    feats = check_features(fixed_features, moving_features, n_fixed, n_moving)
+    feature_weight = check_weight(feature_weight)
+    if feats is not None and reviewed is not None:
+        raise ValueError("fixed_features, moving_features: not supported together with reviewed")
+    return None if feats is None else (feats, feature_weight)
+
+
+def feature_sigma(record: dict, dist: np.ndarray, nn: float, d: int) -> float:
+    """The feature Gaussian's standard deviation (standardised units): the fitted ``tau`` of
+    ``feature_weight="auto"``; for a given weight w, the tau it implies, sigma / (w nn), with sigma
+    the spread of the matched pairs' displacements (as :func:`select_feature_weight` defines w)."""
+    tau = record.get("selection", {}).get("tau")
+    if tau is not None:
+        return float(tau)
+    chi2_median = {2: 1.3863, 3: 2.3660}.get(d, d * (1 - 2 / (9 * d)) ** 3)
+    sigma = np.sqrt(max(float(np.median(dist ** 2)) / chi2_median if len(dist) else nn ** 2, (1e-6 * nn) ** 2))
+    return float(sigma / (record["feature_weight"] * nn))
+
+
+def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float):
+    """Deformable CPD with features (see the module) from ``moved``: the CPDResult."""
+    from ..registration import cpd
+
+    return cpd(moved, fixed, transform="deformable", beta=DEFORMABLE_BETA * radius, lam=DEFORMABLE_LAM / radius ** 2,
+               moving_features=mg, fixed_features=fg, feature_sigma=tau, **FEATURE_CPD_OPTIONS)
+
+
+def add_feature_stage(fit, refit) -> None:
+    """Append the CPD stage with features (``refit``, a CPDResult or None) to ``fit`` (a
+    ``_register_steps.Fit``): its transform, moved points and iterations (as "features")."""
+    if refit is not None:
+        fit.transforms.append(refit.transform)
+        fit.moved, fit.iterations["features"] = np.asarray(refit.moved, np.float64), int(refit.iterations)
+
+
+def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature_cpd: bool = True,
+                radius: float | None = None) -> Matched:
+    """The match step (with the features ``feats`` = ((fixed, moving) arrays, weight option) when
+    given; with ``feature_cpd`` and a positive weight, refined by :func:`feature_cpd_step` first)
+    and the pairs' confidence. ``match_options``: (matching, k, radius, unmatched_cost)."""
+    matching, k, kradius, unmatched_cost = match_options
+
+    def spatial():
+        return match_step(moved, fix, matching=matching, k=k, radius=kradius, unmatched_cost=unmatched_cost,
+                          reviewed=reviewed)
+
+    if feats is None:
+        mi, fi, dist = spatial()
+        return Matched(mi, fi, dist, match_confidence(moved, fix, mi, fi), None, None)
+    from ._features import match_with_features, standardise
+
+    opts = dict(nn=nn, matching=matching, k=k, radius=kradius, unmatched_cost=unmatched_cost, seed=seed)
+    mi, fi, dist, moved_c, fixed_c, record = match_with_features(moved, fix, feats[0], feats[1],
+                                                                 spatial_match=spatial, **opts)
+    refit, weight = None, record["feature_weight"]
+    if feature_cpd and weight > 0:
+        fg, mg, _ = standardise(*feats[0])
+        tau = feature_sigma(record, dist, nn, fix.shape[1])
+        refit = feature_cpd_step(moved, fix, fg, mg, tau=tau, radius=radius if radius is not None else 5.0 * nn)
+        mi, fi, dist, moved_c, fixed_c, _ = match_with_features(np.asarray(refit.moved, np.float64), fix, feats[0],
+                                                                weight, spatial_match=None, **opts)
+        record["cpd"] = {"stage": "deformable with features", "feature_sigma": tau,
+                         "iterations": int(refit.iterations), "converged": bool(refit.converged)}
+    else:
+        record["cpd"] = None
+    conf = match_confidence(moved_c, fixed_c, mi, fi, with_features=weight > 0)
+    return Matched(mi, fi, dist, conf, record, refit)
