@@ -27,27 +27,44 @@ py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_
 
 namespace {
 
+// The output arrays of an E-step (allocated with the GIL held) and their raw pointers.
+template <class T>
+struct EStepBuffers {
+    py::array_t<T> P1, Pt1, PX;
+    py::array_t<int64_t> best_idx;
+    py::array_t<T> best_prob;
+    py::array_t<double> log_s;
+    T *p1, *pt1, *px, *bp;
+    int64_t* bi;
+    double* sp;
+
+    EStepBuffers(int64_t N, int64_t M, int D, bool want_best)
+        : P1(M), Pt1(N), PX({M, (int64_t)D}), best_idx(want_best ? M : 0), best_prob(want_best ? M : 0), log_s(N) {
+        p1 = P1.mutable_data();
+        pt1 = Pt1.mutable_data();
+        px = PX.mutable_data();
+        bi = want_best ? best_idx.mutable_data() : nullptr;
+        bp = want_best ? best_prob.mutable_data() : nullptr;
+        sp = log_s.mutable_data();
+    }
+    py::dict result(const cpd::EStepStats& st) {
+        return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
+                            st.shifted_columns);
+    }
+};
+
 template <class T>
 py::dict estep_impl(const py::array& fixed, const py::array& moved, const std::optional<py::array>& weights,
                     double sigma2, double c, double cutoff, bool want_best) {
     const EStepInputs<T> in(fixed, moved, weights, "cpd_estep");
-    const int64_t N = in.N, M = in.M;
-    const int D = in.D;
-    py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
-    py::array_t<int64_t> best_idx(want_best ? M : 0);
-    py::array_t<T> best_prob(want_best ? M : 0);
-    py::array_t<double> log_s(N);
-    double* sp = log_s.mutable_data();
-    T *p1 = P1.mutable_data(), *pt1 = Pt1.mutable_data(), *px = PX.mutable_data();
-    int64_t* bi = want_best ? best_idx.mutable_data() : nullptr;
-    T* bp = want_best ? best_prob.mutable_data() : nullptr;
+    EStepBuffers<T> b(in.N, in.M, in.D, want_best);
     cpd::EStepStats st;
     {
         py::gil_scoped_release release;
-        st = cpd::estep<T>(in.X.data(), N, in.TY.data(), M, D, in.wp, sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
+        st = cpd::estep<T>(in.X.data(), in.N, in.TY.data(), in.M, in.D, in.wp, sigma2, c, cutoff, b.p1, b.pt1, b.px,
+                           b.bi, b.bp, b.sp);
     }
-    return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
-                        st.shifted_columns);
+    return b.result(st);
 }
 
 template <class T>
@@ -55,33 +72,23 @@ py::dict estep_features_impl(const py::array& fixed, const py::array& moved, con
                              const py::array& fixed_features, const py::array& moved_features, double feature_inv,
                              double sigma2, double c, double cutoff, bool want_best) {
     const EStepInputs<T> in(fixed, moved, weights, "cpd_estep_features");
-    const int64_t N = in.N, M = in.M;
-    const int D = in.D;
     const auto FX = as_carray<T>(fixed_features, "fixed_features");
     const auto FY = as_carray<T>(moved_features, "moved_features");
     check_ndim(FX, 2, "fixed_features");
     check_ndim(FY, 2, "moved_features");
-    if (FX.shape(0) != N) throw value_error("fixed_features: expected one row per fixed point");
-    if (FY.shape(0) != M) throw value_error("moved_features: expected one row per moving point");
+    if (FX.shape(0) != in.N) throw value_error("fixed_features: expected one row per fixed point");
+    if (FY.shape(0) != in.M) throw value_error("moved_features: expected one row per moving point");
     if (FX.shape(1) != FY.shape(1) || FX.shape(1) < 1)
         throw value_error("fixed_features, moved_features: expected the same number (>= 1) of columns");
-    const int F = (int)FX.shape(1);
-    py::array_t<T> P1(M), Pt1(N), PX({M, (int64_t)D});
-    py::array_t<int64_t> best_idx(want_best ? M : 0);
-    py::array_t<T> best_prob(want_best ? M : 0);
-    py::array_t<double> log_s(N);
-    double* sp = log_s.mutable_data();
-    T *p1 = P1.mutable_data(), *pt1 = Pt1.mutable_data(), *px = PX.mutable_data();
-    int64_t* bi = want_best ? best_idx.mutable_data() : nullptr;
-    T* bp = want_best ? best_prob.mutable_data() : nullptr;
+    EStepBuffers<T> b(in.N, in.M, in.D, want_best);
     cpd::EStepStats st;
     {
         py::gil_scoped_release release;
-        st = cpd::estep_features<T>(in.X.data(), N, in.TY.data(), M, D, in.wp, FX.data(), FY.data(), F, feature_inv,
-                                    sigma2, c, cutoff, p1, pt1, px, bi, bp, sp);
+        st = cpd::estep_features<T>(in.X.data(), in.N, in.TY.data(), in.M, in.D, in.wp, FX.data(), FY.data(),
+                                    (int)FX.shape(1), feature_inv, sigma2, c, cutoff, b.p1, b.pt1, b.px, b.bi, b.bp,
+                                    b.sp);
     }
-    return estep_result(P1, Pt1, PX, best_idx, best_prob, log_s, st.log_s_sum, st.pairs, st.empty_columns,
-                        st.shifted_columns);
+    return b.result(st);
 }
 
 template <class T>
