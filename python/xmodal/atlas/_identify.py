@@ -35,9 +35,6 @@ from ._sinkhorn import SINKHORN, apply_platt, sinkhorn_marginals
 
 __all__ = ["Identification", "identify"]
 
-#: Whether the CPD stage of the refinement uses the features (CPD with features; experiment).
-FEATURE_CPD = False
-
 
 def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_k: int = 5,
              allow_reflection: bool = False, transform: str | None = None, orientations: str = "all",
@@ -117,8 +114,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     t0 = time.perf_counter()
     best = None
     for _, j, A, t, refl in pose["best"][:max(1, refine_poses)]:
-        A, t = cpd_stage(x, model, A, t, transform, q_out, max_iter=cpd_iter,
-                         feats=feats if FEATURE_CPD else None)
+        A, t = cpd_stage(x, model, A, t, transform, q_out, max_iter=cpd_iter)
         A, t, field_, it, obj = refine(x, model, A, t, u, feats, k, transform, max_iter, deformable)
         if best is None or obj < best[0]:
             best = (obj, A, t, field_, refl, int(j), it)

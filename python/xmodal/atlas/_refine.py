@@ -13,21 +13,14 @@ from ._mixture import assign
 from ._sinkhorn import sinkhorn_marginals
 
 
-def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100, feats=None):
+def cpd_stage(x, model, A, t, kind, q_out, w=0.1, max_iter=100):
     """CPD of the atlas means (moving, weighted by presence) onto the sample mapped by (A, t); the
     result composed into a new sample -> atlas map (the inverse of the CPD transform). A result
-    that would change the handedness of the map is discarded. With ``feats`` (the sample's
-    normalised features) and an atlas with features: CPD with features, both sides whitened by the
-    atlas's pooled within-name feature covariance (feature_sigma 1 in those units)."""
+    that would change the handedness of the map is discarded."""
     from ..registration import cpd
 
     y = x @ A.T + t
-    extra = {}
-    pooled = getattr(model.atlas, "pooled_feature_covariance", None)
-    if feats is not None and model.fmu is not None and pooled is not None:
-        white = np.linalg.inv(np.linalg.cholesky(np.asarray(pooled, np.float64)))
-        extra = dict(moving_features=model.fmu @ white.T, fixed_features=feats @ white.T, feature_sigma=1.0)
-    res = cpd(model.mu, y, transform=kind, w=w, weights=np.exp(model.log_pi), max_iter=max_iter, **extra)
+    res = cpd(model.mu, y, transform=kind, w=w, weights=np.exp(model.log_pi), max_iter=max_iter)
     tr = res.transform
     B = np.asarray(tr.matrix if hasattr(tr, "matrix") else tr.scale * tr.rotation, np.float64)
     c = np.asarray(tr.translation, np.float64)
