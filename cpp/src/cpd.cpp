@@ -703,16 +703,6 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
 namespace {
 
 template <class T>
-double feature_d2(const T* a, const T* b, int F) {
-    double s = 0;
-    for (int j = 0; j < F; ++j) {
-        const double d = (double)a[j] - (double)b[j];
-        s += d * d;
-    }
-    return s;
-}
-
-template <class T>
 double point_d2(const Grid<T>& g, int64_t s, const T* q, int D) {
     double d2 = 0;
     for (int d = 0; d < D; ++d) {
@@ -720,6 +710,30 @@ double point_d2(const Grid<T>& g, int64_t s, const T* q, int D) {
         d2 += v * v;
     }
     return d2;
+}
+
+// The inner set's features (and weights, 1 when absent) in the grid's sorted order, so the inner
+// loops read them contiguously like the sorted coordinates.
+template <class T>
+void sorted_rows(const Grid<T>& g, const T* F, int nf, const T* weights, std::vector<double>& fs,
+                 std::vector<double>& ws) {
+    const int64_t n = g.n;
+    fs.resize(n * nf);
+    ws.resize(n);
+    for (int64_t s = 0; s < n; ++s) {
+        const int64_t i = g.perm[s];
+        for (int j = 0; j < nf; ++j) fs[s * nf + j] = (double)F[i * nf + j];
+        ws[s] = weights ? (double)weights[i] : 1.0;
+    }
+}
+
+inline double feature_d2s(const double* a, const double* b, int F) {
+    double s = 0;
+    for (int j = 0; j < F; ++j) {
+        const double d = a[j] - b[j];
+        s += d * d;
+    }
+    return s;
 }
 
 struct FeatureArgs {
@@ -734,21 +748,24 @@ int64_t feature_pass1(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                       const FeatureArgs& a, T* Pt1, double* log_s, char* empty) {
     Grid<T> gy;
     gy.build(TY, M, a.D, a.radius);
+    std::vector<double> fy, wy;
+    sorted_rows(gy, FY, a.F, weights, fy, wy);
     std::vector<int64_t> work(N, 0);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
     {
         std::vector<int64_t> rg;
+        std::vector<double> fq(a.F);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t n = 0; n < N; ++n) {
             gy.ranges(&X[n * a.D], a.radius, rg);
+            for (int j = 0; j < a.F; ++j) fq[j] = (double)FX[n * a.F + j];
             double emin = std::numeric_limits<double>::infinity(), S = 0;
             for (size_t r = 0; r < rg.size(); r += 2)
                 for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
-                    const int64_t m = gy.perm[s];
-                    const double w = weights ? (double)weights[m] : 1.0;
+                    const double w = wy[s];
                     const double d2 = point_d2(gy, s, &X[n * a.D], a.D);
                     if (!(w > 0) || d2 > a.r2) continue;
-                    const double e = d2 * a.inv + feature_d2(&FX[n * a.F], &FY[m * a.F], a.F) * a.finv;
+                    const double e = d2 * a.inv + feature_d2s(fq.data(), &fy[s * a.F], a.F) * a.finv;
                     if (e < emin) {
                         S = std::isfinite(emin) ? S * std::exp(e - emin) : 0.0;
                         emin = e;
@@ -779,12 +796,17 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                       const FeatureArgs& a, const double* log_s, T* P1, T* PX, int64_t* best_idx, T* best_prob) {
     Grid<T> gx;
     gx.build(X, N, a.D, a.radius);
+    std::vector<double> fx, unused, ls(N);
+    sorted_rows(gx, FX, a.F, static_cast<const T*>(nullptr), fx, unused);
+    for (int64_t s = 0; s < N; ++s) ls[s] = log_s[gx.perm[s]];
     std::vector<int64_t> work(M, 0);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
     {
         std::vector<int64_t> rg;
+        std::vector<double> fq(a.F);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t m = 0; m < M; ++m) {
+            for (int j = 0; j < a.F; ++j) fq[j] = (double)FY[m * a.F + j];
             const double w = weights ? (double)weights[m] : 1.0;
             double s0 = 0, cs[3] = {0, 0, 0}, bv = 0;
             int64_t bn = -1;
@@ -792,11 +814,11 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                 gx.ranges(&TY[m * a.D], a.radius, rg);
                 for (size_t r = 0; r < rg.size(); r += 2)
                     for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
-                        const int64_t n = gx.perm[s];
                         const double d2 = point_d2(gx, s, &TY[m * a.D], a.D);
-                        if (d2 > a.r2 || !std::isfinite(log_s[n])) continue;
-                        const double e = d2 * a.inv + feature_d2(&FX[n * a.F], &FY[m * a.F], a.F) * a.finv;
-                        const double p = std::exp(-e - log_s[n]);
+                        if (d2 > a.r2 || !std::isfinite(ls[s])) continue;
+                        const double e = d2 * a.inv + feature_d2s(fq.data(), &fx[s * a.F], a.F) * a.finv;
+                        const double p = std::exp(-e - ls[s]);
+                        const int64_t n = gx.perm[s];
                         s0 += p;
                         for (int d = 0; d < a.D; ++d) cs[d] += p * (double)gx.coord[d][s];
                         if (p > bv || (p == bv && p > 0 && n < bn)) {
