@@ -125,12 +125,13 @@ def test_register_cells_adds_a_feature_cpd_stage():
     kw = dict(transform="rigid", prealign=False, errors=False, fixed_features=ff, moving_features=mf)
     res = register_cells(fixed, moving, **kw)
     off = register_cells(fixed, moving, feature_cpd=False, **kw)
-    assert off.features["cpd"] is None and "features" not in off.cpd_iterations
+    assert off.features["cpd"] is None and "features_affine" not in off.cpd_iterations
     rec = res.features["cpd"]
-    assert rec["stage"] == "deformable with features" and rec["feature_sigma"] == pytest.approx(
-        res.features["selection"]["tau"])
-    assert res.cpd_iterations["features"] == rec["iterations"] > 0
-    assert len(res.transform.transforms) == len(off.transform.transforms) + 1
+    assert rec["stages"] == ["affine with features", "deformable with features"]
+    assert rec["feature_sigma"] == pytest.approx(res.features["selection"]["tau"])
+    assert [res.cpd_iterations["features_affine"], res.cpd_iterations["features_deformable"]] == rec["iterations"]
+    assert min(rec["iterations"]) > 0
+    assert len(res.transform.transforms) == len(off.transform.transforms) + 2
     np.testing.assert_allclose(res.transform.apply(moving), res.moved, atol=1e-6)
     right = np.mean(truth[res.fixed_index] == res.moving_index)
     assert right > 0.97 and right >= np.mean(truth[off.fixed_index] == off.moving_index)

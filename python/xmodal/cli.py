@@ -163,13 +163,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _candidates(p, unmatched="auto")
     p.add_argument("--spots", nargs="+", help="smFISH spot tables (moving frame), one per replicate")
     p.add_argument("--features-columns", nargs="+", metavar="COLUMN",
-                   help="numeric columns of both tables used in the matching and a last CPD stage (colour, volume, "
+                   help="numeric columns of both tables used in the matching and in CPD stages (colour, volume, "
                         "intensity), "
                         "e.g. --features-columns volume red (or volume,red)")
     p.add_argument("--feature-weight", default="auto",
                    help="weight of the features: 'auto' (held-out likelihood, default) or a number >= 0")
     p.add_argument("--no-feature-cpd", dest="feature_cpd", action="store_false",
-                   help="features in the matching only (default: also a last deformable CPD stage with features)")
+                   help="features in the matching only (default: also affine + deformable CPD stages with features)")
     _common(p)
 
     _identity_commands(sub, subs)

@@ -48,13 +48,14 @@ COEFFICIENTS = {"intercept": -0.8496, "logit_posterior": 0.2287, "distance": 0.4
 #: The map used when the matching used per-cell features (``register_cells(fixed_features=...)``
 #: with a weight > 0; the pair features are then taken in the feature-augmented space the matching
 #: uses). Fitted once by ``scripts/eval_feature_confidence.py`` on the 6 training embryo pairs
-#: registered by the defaults with nucleus diameter and reporter intensity, the CPD stage with
-#: features included (the ABpl/ABpr name swap of embryo 20241009_L5 undone for the fit; binary log
-#: loss + 1e-3 x squared coefficients). Held-out figures: ``docs/identity.md``,
-#: ``benchmarks/results/register-confidence-features-2026-12-01-feature-cpd.json`` (the map before
-#: the CPD stage with features: ``register-confidence-features-2026-12-01-map.json``).
-COEFFICIENTS_FEATURES = {"intercept": 0.8731, "logit_posterior": 0.3417, "distance": -1.0635,
-                         "margin": -0.5595, "consistency": -1.0150, "spread": -0.4490}
+#: registered by the defaults with nucleus diameter and reporter intensity, the CPD stages with
+#: features (affine, deformable) included (the ABpl/ABpr name swap of embryo 20241009_L5 undone for
+#: the fit; binary log loss + 1e-3 x squared coefficients). Held-out figures: ``docs/identity.md``,
+#: ``benchmarks/results/register-confidence-features-2026-12-01-feature-cpd-v2.json`` (the maps
+#: before: ``register-confidence-features-2026-12-01-feature-cpd.json``, a deformable stage only;
+#: ``register-confidence-features-2026-12-01-map.json``, no CPD stage with features).
+COEFFICIENTS_FEATURES = {"intercept": 0.8983, "logit_posterior": 0.3529, "distance": -0.8653,
+                         "margin": -0.3791, "consistency": -1.1453, "spread": -0.3056}
 
 #: Matched neighbours whose displacements give the local displacement of the ``consistency`` feature.
 NEIGHBOURS = 6

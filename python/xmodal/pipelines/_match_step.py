@@ -3,14 +3,16 @@ features, where a CPD with features (:func:`feature_cpd_step`) refines the regis
 final matching.
 
 CPD with features ("colour" CPD): once the feature weight is known (``feature_weight="auto"``
-gives the spread ``tau`` of a right pair's standardised feature differences), one more deformable
-CPD stage runs from the positions-only fit with a mixture whose components are the product of the
-spatial Gaussian and a feature Gaussian of standard deviation ``tau`` (:func:`xmodal.cpd` with
-``moving_features`` / ``fixed_features``): a moving cell is pulled towards fixed cells that are
-near *and* look alike. Then the cells are matched again with the same feature cost. On the 28
-built-in embryo pairs (nucleus diameter and reporter intensity; the 6 training pairs chose it among
-a narrower and a wider feature Gaussian, the chosen model's field and a second round,
-docs/identity.md) it lifts the feature matching from 0.440 to 0.481 on the training pairs.
+gives the spread ``tau`` of a right pair's standardised feature differences), two more CPD stages
+run from the positions-only fit, an affine one and then a deformable one (the default field of
+``register_cells``), with a mixture whose components are the product of the spatial Gaussian and
+a feature Gaussian of standard deviation ``tau`` (:func:`xmodal.cpd` with ``moving_features`` /
+``fixed_features``): a moving cell is pulled towards fixed cells that are near *and* look alike.
+Then the cells are matched again with the same feature cost. Chosen on the 6 training embryo
+pairs (nucleus diameter and reporter intensity) among 9 variants (``scripts/eval_feature_cpd.py``:
+a deformable stage alone, narrower and wider feature Gaussians, the chosen model's field, a second
+round, other starts): the feature matching goes from 0.440 to 0.494 on the training pairs and from
+0.445 to 0.507 on the 22 held-out pairs (docs/identity.md).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import numpy as np
 
 from ._register_steps import DEFORMABLE_BETA, DEFORMABLE_LAM, match_confidence, match_step
 
-#: The CPD stage with features: deformable, the default field of ``register_cells``
-#: (beta = DEFORMABLE_BETA x RMS radius, lam = DEFORMABLE_LAM / radius^2), outlier weight 0.1, from
-#: CPD's own initial variance (the mean squared distance of all pairs, so the features can move a
-#: cell past a nearer look-alike-less neighbour while the field is still smooth).
+#: Options of both CPD stages with features (affine, then deformable with the default field of
+#: ``register_cells``: beta = DEFORMABLE_BETA x RMS radius, lam = DEFORMABLE_LAM / radius^2):
+#: outlier weight 0.1, each from CPD's own initial variance (the mean squared distance of all
+#: pairs, so the features can move a cell past a nearer neighbour that looks different).
 FEATURE_CPD_OPTIONS = {"w": 0.1, "max_iter": 150, "tol": 1e-6}
 
 
@@ -36,7 +38,7 @@ class Matched(NamedTuple):
     dist: np.ndarray  # spatial distances of the pairs (physical units)
     confidence: np.ndarray
     features: dict | None  # the feature record (None without features)
-    refit: object | None  # the CPDResult of the CPD stage with features, or None
+    refit: list | None  # the CPDResults of the CPD stages with features (affine, deformable), or None
 
 
 def check_feature_options(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
@@ -63,20 +65,26 @@ def feature_sigma(record: dict, dist: np.ndarray, nn: float, d: int) -> float:
     return float(sigma / (record["feature_weight"] * nn))
 
 
-def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float):
-    """Deformable CPD with features (see the module) from ``moved``: the CPDResult."""
+def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float) -> list:
+    """CPD with features (see the module) from ``moved``: an affine stage, then a deformable stage
+    from its end. Returns both CPDResults, in order."""
     from ..registration import cpd
 
-    return cpd(moved, fixed, transform="deformable", beta=DEFORMABLE_BETA * radius, lam=DEFORMABLE_LAM / radius ** 2,
-               moving_features=mg, fixed_features=fg, feature_sigma=tau, **FEATURE_CPD_OPTIONS)
+    feats = dict(moving_features=mg, fixed_features=fg, feature_sigma=tau, **FEATURE_CPD_OPTIONS)
+    affine = cpd(moved, fixed, transform="affine", **feats)
+    deformable = cpd(np.asarray(affine.moved, np.float64), fixed, transform="deformable",
+                     beta=DEFORMABLE_BETA * radius, lam=DEFORMABLE_LAM / radius ** 2, **feats)
+    return [affine, deformable]
 
 
 def add_feature_stage(fit, refit) -> None:
-    """Append the CPD stage with features (``refit``, a CPDResult or None) to ``fit`` (a
-    ``_register_steps.Fit``): its transform, moved points and iterations (as "features")."""
-    if refit is not None:
-        fit.transforms.append(refit.transform)
-        fit.moved, fit.iterations["features"] = np.asarray(refit.moved, np.float64), int(refit.iterations)
+    """Append the CPD stages with features (``refit``: their CPDResults, or None) to ``fit`` (a
+    ``_register_steps.Fit``): their transforms, the moved points after the last one and the
+    iterations (as "features_affine", "features_deformable")."""
+    for res in refit or ():
+        fit.transforms.append(res.transform)
+        fit.moved = np.asarray(res.moved, np.float64)
+        fit.iterations[f"features_{res.info.get('transform', type(res.transform).__name__)}"] = int(res.iterations)
 
 
 def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature_cpd: bool = True,
@@ -103,10 +111,11 @@ def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature
         fg, mg, _ = standardise(*feats[0])
         tau = feature_sigma(record, dist, nn, fix.shape[1])
         refit = feature_cpd_step(moved, fix, fg, mg, tau=tau, radius=radius if radius is not None else 5.0 * nn)
-        mi, fi, dist, moved_c, fixed_c, _ = match_with_features(np.asarray(refit.moved, np.float64), fix, feats[0],
-                                                                weight, spatial_match=None, **opts)
-        record["cpd"] = {"stage": "deformable with features", "feature_sigma": tau,
-                         "iterations": int(refit.iterations), "converged": bool(refit.converged)}
+        mi, fi, dist, moved_c, fixed_c, _ = match_with_features(np.asarray(refit[-1].moved, np.float64), fix,
+                                                                feats[0], weight, spatial_match=None, **opts)
+        record["cpd"] = {"stages": ["affine with features", "deformable with features"], "feature_sigma": tau,
+                         "iterations": [int(r.iterations) for r in refit],
+                         "converged": [bool(r.converged) for r in refit]}
     else:
         record["cpd"] = None
     conf = match_confidence(moved_c, fixed_c, mi, fi, with_features=weight > 0)

@@ -234,10 +234,10 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         positions alone (else 0); a number fixes it (0: positions only). ``result.features`` and the
         provenance record the weight and the criterion.
     feature_cpd : bool
-        With features and a positive weight: one more deformable CPD stage after the fit, whose
-        mixture pairs cells that are near *and* look alike (CPD with features,
+        With features and a positive weight: an affine and a deformable CPD stage after the fit,
+        whose mixture pairs cells that are near *and* look alike (CPD with features,
         :mod:`xmodal.pipelines._match_step`), then the matching again (``result.features["cpd"]``;
-        its transform ends ``result.transform``). False: the features enter the matching only.
+        their transforms end ``result.transform``). False: the features enter the matching only.
 
     selection_criterion : {"matching", "likelihood"}
         How ``transform="auto"`` scores a candidate fitted to 80 % of the fixed cells
