@@ -3,7 +3,7 @@
     python scripts/eval_confidence.py collect --cache DIR   # register the 28 embryo pairs (default and
                                                             # rigid transform) and the Platynereis
                                                             # bilateral pair; keep what the confidence needs
-    python scripts/eval_confidence.py fit --cache DIR       # fit the calibration map on the training pairs
+    python scripts/eval_confidence.py fit --cache DIR [--labels swap_undone]   # fit the map on the training pairs
     python scripts/eval_confidence.py report --cache DIR [--out FILE]   # figures before / after
     python scripts/eval_confidence.py sizes --cache DIR [--out FILE]    # nucleus size as a feature
 
@@ -40,6 +40,9 @@ import numpy as np
 
 from _jsonout import write_json  # noqa: E402 (scripts/ is on sys.path when run)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_atlas import SWAPPED, _swap_abp  # noqa: E402
+
 TRAIN_EMBRYOS = 4
 METHODS = ("default", "rigid")
 
@@ -69,8 +72,10 @@ def collect(cache: Path, platy: bool = True) -> None:
             kw = {} if method == "default" else {"transform": method}
             res = register_cells(fa.points, start, errors=False, prealign=False, **kw)
             correct = fa.cells[res.fixed_index] == fb.cells[res.moving_index]
+            ca, cb = (_swap_abp(e.cells) if e.name == SWAPPED else e.cells for e in (fa, fb))
             np.savez(f, moved=res.moved, fixed=res.fixed_points, mi=res.moving_index, fi=res.fixed_index,
-                     correct=correct, confidence=res.confidence, fixed_size=fa.size, moving_size=fb.size,
+                     correct=correct, correct_swap_undone=ca[res.fixed_index] == cb[res.moving_index],
+                     confidence=res.confidence, fixed_size=fa.size, moving_size=fb.size,
                      split="train" if a in train and b in train else "heldout",
                      seconds=time.perf_counter() - t0)
             print(a, b, method, f"{correct.mean():.3f}", f"{time.perf_counter() - t0:.1f}s", file=sys.stderr,
@@ -109,10 +114,19 @@ def _load(cache: Path):
         z = np.load(f)
         keep = z["evaluated"] if "evaluated" in z.files else np.ones(len(z["mi"]), bool)
         feats = match_features(z["moved"], z["fixed"], z["mi"], z["fi"])
+        undone = z["correct_swap_undone"] if "correct_swap_undone" in z.files else z["correct"]
         recs.append({"name": f.stem, "split": str(z["split"]), "method": f.stem.rsplit("_", 1)[1],
                      "features": feats[keep], "correct": z["correct"][keep].astype(float),
-                     "before": z["confidence"][keep]})
+                     "correct_swap_undone": undone[keep].astype(float), "before": z["confidence"][keep]})
     return recs
+
+
+def relabel(recs, labels: str):
+    """The records with ``correct`` against the names as given ("as_given") or with the ABpl/ABpr
+    swap of embryo 20241009_L5 undone ("swap_undone"; a cache collected since 2026-12-01)."""
+    if labels == "as_given":
+        return recs
+    return [{**r, "correct": r["correct_swap_undone"]} for r in recs]
 
 
 def fit_map(recs, ridge: float = 1e-3) -> dict:
@@ -206,6 +220,8 @@ def main() -> None:
     ap.add_argument("what", choices=["collect", "platynereis", "fit", "report", "sizes"])
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--out")
+    ap.add_argument("--labels", default="as_given", choices=["as_given", "swap_undone"],
+                    help="fit / report: the names the map is fitted to (figures are given for both)")
     args = ap.parse_args()
     if args.what == "collect":
         collect(args.cache, platy=False)
@@ -215,14 +231,16 @@ def main() -> None:
         write_json(size_features(args.cache), args.out)
     else:
         recs = _load(args.cache)
-        fitted = fit_map(recs)
-        out = {"fit": fitted}
+        fitted = fit_map(relabel(recs, args.labels))
+        out = {"fit": fitted, "fitted_to": args.labels}
         if args.what == "report":
             from xmodal.pipelines._confidence import COEFFICIENTS
 
-            out = {"coefficients": COEFFICIENTS, "figures": report(recs), "refit_now": fitted}
+            out.update(coefficients=COEFFICIENTS, refit_now=fitted,
+                       figures={lab: report(relabel(recs, lab)) for lab in ("as_given", "swap_undone")})
         else:
-            out["figures_with_fit"] = report(recs, fitted["coefficients"])
+            out["figures_with_fit"] = {lab: report(relabel(recs, lab), fitted["coefficients"])
+                                       for lab in ("as_given", "swap_undone")}
         text = json.dumps(out, indent=1)
         if args.out:
             Path(args.out).write_text(text + "\n")
