@@ -22,6 +22,7 @@
 
 #include "xmodal/common.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
+#include "xmodal/detail/cpd_feature_arith.hpp"
 #include "xmodal/detail/cpd_grid.hpp"
 #include "xmodal_cuda.hpp"
 
@@ -31,6 +32,7 @@ namespace {
 
 namespace ca = xmodal::cpd::arith;
 namespace cg = xmodal::cpd::grid;
+namespace fa = xmodal::cpd::farith;
 using xmodal::cpd::EStepStats;
 
 constexpr int kBlock = 256;                 // threads per block = points per shared-memory tile
@@ -513,6 +515,152 @@ EStepStats estep_float_via_double(const float* X, int64_t N, const float* TY, in
     return st;
 }
 
+
+// ------------------------------------------------------------------ E-step with per-point features
+// Twin of estep_features in cpp/src/cpd.cpp: every per-pair number is a function of
+// xmodal/detail/cpd_feature_arith.hpp (exponents in double, online log-sum-exp per fixed point,
+// the same support test d2 <= r2 in both passes, the same tie rule). One thread per point; on the
+// grid path each thread visits the points of the 3^D cells around its own (cell order), else every
+// point of the other set in index order. Features travel as double rows in the order of their points.
+
+// One point set as the feature kernels read it: coordinates, weights (null: 1), feature rows and
+// original indices (null: the identity), all in one order (sorted by cell, or index order).
+template <class T>
+struct FeatureSet {
+    const T* pts;
+    const T* wts;
+    const double* feats;
+    const std::int32_t* idx;
+    int64_t n;
+};
+
+template <class T, class Fn>
+__device__ long long for_each_candidate(const cg::Grid& grid, const T* q, const std::int32_t* start,
+                                        const std::int32_t* end, int64_t n_other, Fn&& fn) {
+    if (grid.cells > 0) {
+        int cc[3] = {0, 0, 0};
+        cg::coords(grid, q, cc);
+        return cg::for_each_near(grid, cc, start, end, fn);
+    }
+    for (int64_t j = 0; j < n_other; ++j) fn((std::int32_t)j);
+    return n_other;
+}
+
+// Feature rows in double, row i from row idx[i] of F (null idx: the identity).
+template <class T>
+__global__ void gather_features_kernel(const T* __restrict__ F, const std::int32_t* __restrict__ idx, int64_t n,
+                                       int nf, double* __restrict__ out) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int64_t j = idx ? idx[i] : i;
+    for (int k = 0; k < nf; ++k) out[i * nf + k] = (double)F[j * nf + k];
+}
+
+// log s_n in the fixed set's order of pass 2.
+__global__ void gather_log_s_kernel(const double* __restrict__ log_s, const std::int32_t* __restrict__ idx, int64_t n,
+                                    double* __restrict__ out) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = log_s[idx ? idx[i] : i];
+}
+
+// Pass 1, one thread per fixed point: the column sum relative to its smallest exponent, then
+// log s_n, Pt1_n and the empty flag at the point's original index.
+template <class T>
+__global__ void feature_pass1_kernel(FeatureSet<T> xs, FeatureSet<T> ys, int D, int F, cg::Grid grid,
+                                     const std::int32_t* __restrict__ ys_start, const std::int32_t* __restrict__ ys_end,
+                                     double inv, double finv, double r2, double c, T* __restrict__ Pt1,
+                                     double* __restrict__ log_s, unsigned char* __restrict__ flags,
+                                     unsigned long long* __restrict__ pairs) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= xs.n) return;
+    const T* q = &xs.pts[i * D];
+    const double* fq = &xs.feats[i * F];
+    fa::FeatureColumn col;
+    const long long visited = for_each_candidate(grid, q, ys_start, ys_end, ys.n, [&](std::int32_t j) {
+        const double w = ys.wts ? (double)ys.wts[j] : 1.0;
+        const double d2 = fa::point_d2(q, &ys.pts[j * D], D);
+        if (!(w > 0) || d2 > r2) return;
+        col.add(fa::exponent(d2, fa::feature_d2(fq, &ys.feats[j * F], F), inv, finv), w);
+    });
+    const fa::FeatureColumnOut out = fa::finish_feature_column(col, c);
+    const int64_t n = xs.idx ? xs.idx[i] : i;
+    Pt1[n] = (T)out.pt;
+    log_s[n] = out.log_s;
+    flags[n] = (unsigned char)(out.empty ? kEmpty : 0);
+    atomicAdd(pairs, (unsigned long long)visited);
+}
+
+// Pass 2, one thread per moving point: P1, PX and the best match from log s_n (ls: in xs order).
+template <class T>
+__global__ void feature_pass2_kernel(FeatureSet<T> ys, FeatureSet<T> xs, const double* __restrict__ ls, int D, int F,
+                                     cg::Grid grid, const std::int32_t* __restrict__ xs_start,
+                                     const std::int32_t* __restrict__ xs_end, double inv, double finv, double r2,
+                                     T* __restrict__ P1, T* __restrict__ PX, int64_t* __restrict__ best,
+                                     T* __restrict__ prob, unsigned long long* __restrict__ pairs) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= ys.n) return;
+    const T* q = &ys.pts[i * D];
+    const double* fq = &ys.feats[i * F];
+    const double w = ys.wts ? (double)ys.wts[i] : 1.0;
+    fa::FeatureRow row;
+    long long visited = 0;
+    if (w > 0)
+        visited = for_each_candidate(grid, q, xs_start, xs_end, xs.n, [&](std::int32_t j) {
+            const double d2 = fa::point_d2(q, &xs.pts[j * D], D);
+            if (d2 > r2 || !fa::finite_d(ls[j])) return;
+            row.add(fa::exponent(d2, fa::feature_d2(fq, &xs.feats[j * F], F), inv, finv), ls[j], &xs.pts[j * D], D,
+                    (std::int64_t)(xs.idx ? xs.idx[j] : j));
+        });
+    const int64_t m = ys.idx ? ys.idx[i] : i;
+    fa::finish_feature_row(row, w, D, &P1[m], &PX[m * D], best ? &best[m] : nullptr, prob ? &prob[m] : nullptr);
+    atomicAdd(pairs, (unsigned long long)visited);
+}
+
+// Both passes with features (sets binned on the grid when grid.cells > 0); returns the pairs visited.
+template <class T, int D>
+std::int64_t feature_passes(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, const T* FX,
+                            const T* FY, int F, const cg::Grid& grid, double inv, double finv, double r2, double c,
+                            T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s,
+                            unsigned char* flags, cudaStream_t stream) {
+    Binned bx, by;
+    FeatureSet<T> xs{X, nullptr, nullptr, nullptr, N}, ys{TY, weights, nullptr, nullptr, M};
+    const std::int32_t *xst = nullptr, *xen = nullptr, *yst = nullptr, *yen = nullptr;
+    if (grid.cells > 0) {
+        bx = bin<T, D>(X, nullptr, N, false, grid, stream);
+        by = bin<T, D>(TY, weights, M, true, grid, stream);
+        xs = {bx.pts.as<T>(), nullptr, nullptr, bx.idx.as<std::int32_t>(), N};
+        ys = {by.pts.as<T>(), by.wts.as<T>(), nullptr, by.idx.as<std::int32_t>(), M};
+        xst = bx.start.as<std::int32_t>();
+        xen = bx.end.as<std::int32_t>();
+        yst = by.start.as<std::int32_t>();
+        yen = by.end.as<std::int32_t>();
+    }
+    DeviceBuffer fx(sizeof(double) * N * F, "cpd (cuda): fixed features"), fy(sizeof(double) * M * F,
+                                                                              "cpd (cuda): moving features");
+    DeviceBuffer ls(sizeof(double) * N, "cpd (cuda): log_s in pass-2 order");
+    DeviceBuffer counter(sizeof(unsigned long long), "cpd (cuda): pair count");
+    gather_features_kernel<T><<<blocks_for(N), kBlock, 0, stream>>>(FX, xs.idx, N, F, fx.as<double>());
+    gather_features_kernel<T><<<blocks_for(M), kBlock, 0, stream>>>(FY, ys.idx, M, F, fy.as<double>());
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): feature gather launch");
+    xs.feats = fx.as<double>();
+    ys.feats = fy.as<double>();
+    unsigned long long* pairs = counter.as<unsigned long long>();
+    check(static_cast<int>(cudaMemsetAsync(pairs, 0, sizeof(unsigned long long), stream)), "cpd (cuda): pair count");
+    feature_pass1_kernel<T><<<blocks_for(N), kBlock, 0, stream>>>(xs, ys, D, F, grid, yst, yen, inv, finv, r2, c, Pt1,
+                                                                  log_s, flags, pairs);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): feature pass 1 launch");
+    gather_log_s_kernel<<<blocks_for(N), kBlock, 0, stream>>>(log_s, xs.idx, N, ls.as<double>());
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): log_s gather launch");
+    feature_pass2_kernel<T><<<blocks_for(M), kBlock, 0, stream>>>(ys, xs, ls.as<double>(), D, F, grid, xst, xen, inv,
+                                                                  finv, r2, P1, PX, best_idx, best_prob, pairs);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): feature pass 2 launch");
+    unsigned long long host_pairs = 0;
+    check(static_cast<int>(cudaMemcpyAsync(&host_pairs, pairs, sizeof host_pairs, cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): pair count");
+    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): feature E-step");  // before buffers are freed
+    return (std::int64_t)host_pairs;
+}
+
 }  // namespace
 
 template <class T>
@@ -531,6 +679,64 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
     return estep_dim<T>(X, N, TY, M, D, weights, sigma2, c, cutoff, P1, Pt1, PX, best_idx, best_prob, log_s_out,
                         grid, stream);
 }
+
+template <class T>
+EStepStats estep_features(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, const T* FX,
+                          const T* FY, int F, double feature_inv, double sigma2, double c, double cutoff, T* P1,
+                          T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out, cudaStream_t stream,
+                          bool allow_grid) {
+    ca::check_estep_args(N, M, D, sigma2, c, cutoff);
+    require(F >= 1, "cpd estep_features: expected at least one feature column, got " + std::to_string(F));
+    require(std::isfinite(feature_inv) && feature_inv >= 0,
+            "cpd estep_features: feature_inv = 1 / (2 feature_sigma^2) must be finite and >= 0");
+    const Bounds b = check_inputs(X, N, TY, M, D, weights, stream);
+    require(scan(FX, N * F, 1, stream).bad == 0, "cpd: fixed_features has non-finite values");
+    require(scan(FY, M * F, 1, stream).bad == 0, "cpd: moved_features has non-finite values");
+    const double inv = 1.0 / (2.0 * sigma2);
+    require(std::isfinite(inv), "cpd estep_features: sigma2 = " + ca::fmt_g(sigma2) + " is too small");
+    const double r2 = std::isfinite(cutoff) ? 2.0 * sigma2 * cutoff : std::numeric_limits<double>::infinity();
+    const cg::Grid grid = allow_grid ? cg::make_grid(b.lo, b.hi, D, r2, N + M, cg::min_cells(D)) : cg::Grid{};
+    DeviceBuffer flags(N, "cpd (cuda): flags");
+    DeviceBuffer log_s_scratch;
+    double* log_s = log_s_out;
+    if (!log_s) {
+        log_s_scratch = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
+        log_s = log_s_scratch.as<double>();
+    }
+    const std::int64_t pairs =
+        D == 2 ? feature_passes<T, 2>(X, N, TY, M, weights, FX, FY, F, grid, inv, feature_inv, r2, c, P1, Pt1, PX,
+                                      best_idx, best_prob, log_s, flags.as<unsigned char>(), stream)
+               : feature_passes<T, 3>(X, N, TY, M, weights, FX, FY, F, grid, inv, feature_inv, r2, c, P1, Pt1, PX,
+                                      best_idx, best_prob, log_s, flags.as<unsigned char>(), stream);
+    DeviceBuffer stats(sizeof(double) + 2 * sizeof(long long), "cpd (cuda): statistics");
+    double* sum = stats.as<double>();
+    long long* counts = reinterpret_cast<long long*>(sum + 1);
+    stats_kernel<<<1, kStats, 0, stream>>>(log_s, flags.as<unsigned char>(), N, sum, counts);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): statistics launch");
+    double host_sum = 0;
+    long long host_counts[2] = {0, 0};
+    check(static_cast<int>(cudaMemcpyAsync(&host_sum, sum, sizeof(double), cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): statistics");
+    check(static_cast<int>(cudaMemcpyAsync(host_counts, counts, 2 * sizeof(long long), cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): statistics");
+    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): feature E-step");
+    EStepStats st;
+    st.log_s_sum = host_sum;
+    st.empty_columns = host_counts[0];
+    st.shifted_columns = 0;
+    st.pairs = pairs;
+    st.grid_cells = grid.cells;
+    st.cell_edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
+    return st;
+}
+
+template EStepStats estep_features<float>(const float*, int64_t, const float*, int64_t, int, const float*,
+                                          const float*, const float*, int, double, double, double, double, float*,
+                                          float*, float*, int64_t*, float*, double*, cudaStream_t, bool);
+template EStepStats estep_features<double>(const double*, int64_t, const double*, int64_t, int, const double*,
+                                           const double*, const double*, int, double, double, double, double,
+                                           double*, double*, double*, int64_t*, double*, double*, cudaStream_t, bool);
+
 
 // The grid path's bins of both sets (tests and diagnostics): per set the sorted original indices
 // and the per-cell [start, end) ranges, with the grid of the call (cells 0: the dense path).

@@ -128,6 +128,17 @@ xmodal::cpd::EStepStats estep(const T* X, std::int64_t N, const T* TY, std::int6
                               double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX, std::int64_t* best_idx,
                               T* best_prob, double* log_s_out, cudaStream_t stream, bool allow_grid = true);
 
+// Twin of xmodal::cpd::estep_features (cpp/include/xmodal/cpd.hpp): the kernel of estep times
+// exp(-|f_n - g_m|^2 feature_inv), feature rows FX (N x F) and FY (M x F) of type T; the same
+// outputs and statistics as the CPU twin (exponents in double, online log-sum-exp per fixed point;
+// no shifted columns). Grid path as estep's (allow_grid), else every pair in index order.
+template <class T>
+xmodal::cpd::EStepStats estep_features(const T* X, std::int64_t N, const T* TY, std::int64_t M, int D,
+                                       const T* weights, const T* FX, const T* FY, int F, double feature_inv,
+                                       double sigma2, double c, double cutoff, T* P1, T* Pt1, T* PX,
+                                       std::int64_t* best_idx, T* best_prob, double* log_s_out, cudaStream_t stream,
+                                       bool allow_grid = true);
+
 // The grid path's bins (tests and diagnostics): per set the original indices in cell order and
 // int32 [start, end) per cell; cells == 0 when the call would take the dense path.
 struct GridBins {

@@ -32,7 +32,8 @@ order comes from ``--seed``. The checkpoint's file name, SHA-256 and its own tra
 stored under ``training.init`` (and ``training.chain`` lists every run, oldest first), so the
 shipped weights can be rebuilt by rerunning the chain.
 
-Example (the shipped model, v3: two runs, ``training.chain`` of its metadata)::
+Example (the first command trained the shipped network, seed 0; the second is the warm-started "v3"
+run, evaluated and not shipped, ``docs/segmentation_graph.md``)::
 
     OMP_NUM_THREADS=1 python scripts/train_em_affinities.py --data /work/shared/data/isbi2012_em_membranes \\
         --out runs/final/em_affinity_unet.pt --steps 3000 --threads 1 --val-every 500 --augment full --seed 0

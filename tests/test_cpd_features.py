@@ -138,3 +138,65 @@ def test_register_cells_adds_a_feature_cpd_stage():
     assert res.parameters["feature_cpd"] is True
     with pytest.raises(TypeError, match="feature_cpd"):
         register_cells(fixed, moving, feature_cpd="yes", **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cutoff", [36.0, np.inf])
+def test_gpu_feature_estep_matches_the_cpu(dtype, cutoff):
+    """The CUDA twin (cuda/cpd.cu, estep_features): grid path (finite cutoff) and every pair in
+    index order (grid=False, or an infinite cutoff) against the CPU kernel: the same terms
+    (cpd_feature_arith.hpp), summed in another order."""
+    import cupy as cp
+
+    from xmodal._device import native_cuda
+
+    mod = native_cuda("cpd_estep")
+    rng = np.random.default_rng(11)
+    X = rng.uniform(0, 40, (6000, 3)).astype(dtype)
+    Y = (X[rng.permutation(len(X))[:5000]] + rng.normal(size=(5000, 3))).astype(dtype)
+    FX, FY = rng.normal(size=(len(X), 2)).astype(dtype), rng.normal(size=(len(Y), 2)).astype(dtype)
+    w = rng.uniform(0.5, 2.0, len(Y)).astype(dtype)
+    w[::13] = 0
+    tol = 1e-11 if dtype == np.float64 else 5e-6
+    for weights, c, sigma2 in ((None, 0.0, 2.0), (w, 1e-3, 0.5)):
+        cpu = _core.cpd_estep_features(X, Y, weights, FX, FY, 0.8, sigma2, c, cutoff, True)
+        wd = None if weights is None else cp.asarray(weights)
+        for grid in (True, False):
+            out = mod.cpd_estep_features(cp.asarray(X), cp.asarray(Y), wd, cp.asarray(FX), cp.asarray(FY), 0.8,
+                                         sigma2, c, cutoff, 0, grid)
+            host = {k: (cp.asarray(v).get() if not isinstance(v, (int, float)) else v) for k, v in out.items()}
+            for k in ("P1", "Pt1", "PX", "best_prob"):
+                assert host[k].dtype == dtype, k
+                np.testing.assert_allclose(host[k], cpu[k], rtol=tol, atol=tol, err_msg=k)
+                np.testing.assert_array_equal(host[k] == 0, cpu[k] == 0, err_msg=k)
+            np.testing.assert_allclose(host["log_s"], cpu["log_s"], rtol=tol, atol=tol)
+            assert host["log_s_sum"] == pytest.approx(cpu["log_s_sum"], rel=tol, abs=tol * len(X))
+            assert host["empty_columns"] == cpu["empty_columns"]
+            assert (host["best_idx"] != cpu["best_idx"]).mean() <= (0 if dtype == np.float64 else 0.005)
+            assert (host["grid_cells"] > 0) == (grid and np.isfinite(cutoff))
+    with pytest.raises(ValueError, match="fixed_features: expected one row per fixed point"):
+        mod.cpd_estep_features(cp.asarray(X), cp.asarray(Y), None, cp.asarray(FX[:10]), cp.asarray(FY), 0.8, 1.0,
+                               0.0, 36.0, 0, True)
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = FX.copy()
+        bad[3, 1] = np.nan
+        mod.cpd_estep_features(cp.asarray(X), cp.asarray(Y), None, cp.asarray(bad), cp.asarray(FY), 0.8, 1.0, 0.0,
+                               36.0, 0, True)
+
+
+@pytest.mark.cuda
+def test_gpu_cpd_with_features_matches_the_cpu():
+    """xmodal.cpd with cupy points and features (host or device arrays): the CPU's result."""
+    import cupy as cp
+
+    fixed, moving, ff, mf = _swapped_pairs()
+    kw = dict(transform="deformable", beta=20.0, lam=0.01, w=0.1, max_iter=150, feature_sigma=0.2)
+    cpu = cpd(moving, fixed, moving_features=mf, fixed_features=ff, **kw)
+    gpu = cpd(cp.asarray(moving), cp.asarray(fixed), moving_features=cp.asarray(mf), fixed_features=ff, **kw)
+    assert isinstance(gpu.moved, cp.ndarray)
+    np.testing.assert_allclose(gpu.moved.get(), cpu.moved, atol=1e-6)
+    assert np.mean(gpu.match.get() == cpu.match) > 0.999
+    assert gpu.info["estep"]["features"] == cpu.info["estep"]["features"]
+    with pytest.raises(ValueError, match="estep='fast'"):
+        cpd(cp.asarray(moving), cp.asarray(fixed), moving_features=mf, fixed_features=ff, estep="fast")

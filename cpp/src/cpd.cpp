@@ -23,6 +23,7 @@
 #include "xmodal/common.hpp"
 #include "xmodal/detail/cell_grid.hpp"
 #include "xmodal/detail/cpd_arith.hpp"
+#include "xmodal/detail/cpd_feature_arith.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 // One AVX2 clone of the hot row functions, picked at load time; the default clone is SSE2.
@@ -695,20 +696,18 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
 }
 
 // ------------------------------------------------------------------ E-step with per-point features
-// k_mn = exp(-d2_mn inv - |f_n - g_m|^2 finv) on the spatial support d2_mn <= r2 (the feature term
-// only lowers a term, so the support stays a superset of what matters). Exponents in double, every
-// column summed relative to its largest term (online log-sum-exp), so nothing that matters
-// underflows at any sigma2; the same d2 test in both passes. A plain scalar loop over the grid's
-// candidates: features are meant for thousands of cells, not millions of points.
+// The kernel, the support test and every per-pair number are those of
+// xmodal/detail/cpd_feature_arith.hpp (shared with the CUDA twin in cuda/cpd.cu). A plain scalar
+// loop over the grid's candidates: features are meant for thousands of cells, not millions of
+// points.
 namespace {
+
+namespace fa = xmodal::cpd::farith;
 
 template <class T>
 double point_d2(const Grid<T>& g, int64_t s, const T* q, int D) {
     double d2 = 0;
-    for (int d = 0; d < D; ++d) {
-        const double v = (double)g.coord[d][s] - (double)q[d];
-        d2 += v * v;
-    }
+    for (int d = 0; d < D; ++d) d2 = fa::d2_add(d2, (double)g.coord[d][s], (double)q[d]);
     return d2;
 }
 
@@ -725,15 +724,6 @@ void sorted_rows(const Grid<T>& g, const T* F, int nf, const T* weights, std::ve
         for (int j = 0; j < nf; ++j) fs[s * nf + j] = (double)F[i * nf + j];
         ws[s] = weights ? (double)weights[i] : 1.0;
     }
-}
-
-inline double feature_d2s(const double* a, const double* b, int F) {
-    double s = 0;
-    for (int j = 0; j < F; ++j) {
-        const double d = a[j] - b[j];
-        s += d * d;
-    }
-    return s;
 }
 
 struct FeatureArgs {
@@ -759,30 +749,19 @@ int64_t feature_pass1(const T* X, int64_t N, const T* TY, int64_t M, const T* we
         for (int64_t n = 0; n < N; ++n) {
             gy.ranges(&X[n * a.D], a.radius, rg);
             for (int j = 0; j < a.F; ++j) fq[j] = (double)FX[n * a.F + j];
-            double emin = std::numeric_limits<double>::infinity(), S = 0;
+            fa::FeatureColumn col;
             for (size_t r = 0; r < rg.size(); r += 2)
                 for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
                     const double w = wy[s];
                     const double d2 = point_d2(gy, s, &X[n * a.D], a.D);
                     if (!(w > 0) || d2 > a.r2) continue;
-                    const double e = d2 * a.inv + feature_d2s(fq.data(), &fy[s * a.F], a.F) * a.finv;
-                    if (e < emin) {
-                        S = std::isfinite(emin) ? S * std::exp(e - emin) : 0.0;
-                        emin = e;
-                    }
-                    S += w * std::exp(emin - e);
+                    col.add(fa::exponent(d2, fa::feature_d2(fq.data(), &fy[s * a.F], a.F), a.inv, a.finv), w);
                 }
             work[n] = range_count(rg);
-            const double lc = a.c > 0 ? std::log(a.c) : -std::numeric_limits<double>::infinity();
-            if (S > 0) {
-                const double ls = std::log(S) - emin;
-                log_s[n] = std::max(ls, lc) + std::log1p(std::exp(-std::fabs(ls - lc)));
-                Pt1[n] = (T)std::exp(ls - log_s[n]);
-            } else {
-                log_s[n] = lc;
-                Pt1[n] = T(0);
-            }
-            empty[n] = (S > 0 || a.c > 0) ? 0 : 1;
+            const fa::FeatureColumnOut out = fa::finish_feature_column(col, a.c);
+            log_s[n] = out.log_s;
+            Pt1[n] = (T)out.pt;
+            empty[n] = out.empty ? 1 : 0;
         }
     }
     int64_t pairs = 0;
@@ -808,30 +787,21 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
         for (int64_t m = 0; m < M; ++m) {
             for (int j = 0; j < a.F; ++j) fq[j] = (double)FY[m * a.F + j];
             const double w = weights ? (double)weights[m] : 1.0;
-            double s0 = 0, cs[3] = {0, 0, 0}, bv = 0;
-            int64_t bn = -1;
+            fa::FeatureRow row;
             if (w > 0) {
                 gx.ranges(&TY[m * a.D], a.radius, rg);
                 for (size_t r = 0; r < rg.size(); r += 2)
                     for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
                         const double d2 = point_d2(gx, s, &TY[m * a.D], a.D);
                         if (d2 > a.r2 || !std::isfinite(ls[s])) continue;
-                        const double e = d2 * a.inv + feature_d2s(fq.data(), &fx[s * a.F], a.F) * a.finv;
-                        const double p = std::exp(-e - ls[s]);
-                        const int64_t n = gx.perm[s];
-                        s0 += p;
-                        for (int d = 0; d < a.D; ++d) cs[d] += p * (double)gx.coord[d][s];
-                        if (p > bv || (p == bv && p > 0 && n < bn)) {
-                            bv = p;
-                            bn = n;
-                        }
+                        const T xs[3] = {gx.coord[0][s], gx.coord[1][s], a.D == 3 ? gx.coord[2][s] : T(0)};
+                        row.add(fa::exponent(d2, fa::feature_d2(fq.data(), &fx[s * a.F], a.F), a.inv, a.finv),
+                                ls[s], xs, a.D, gx.perm[s]);
                     }
                 work[m] = range_count(rg);
             }
-            P1[m] = (T)(w * s0);
-            for (int d = 0; d < a.D; ++d) PX[m * a.D + d] = (T)(w * cs[d]);
-            if (best_idx) best_idx[m] = bn >= 0 && w > 0 ? bn : -1;
-            if (best_prob) best_prob[m] = bn >= 0 && w > 0 ? (T)(w * bv) : T(0);
+            fa::finish_feature_row(row, w, a.D, &P1[m], &PX[m * a.D], best_idx ? &best_idx[m] : nullptr,
+                                   best_prob ? &best_prob[m] : nullptr);
         }
     }
     int64_t pairs = 0;

@@ -8,6 +8,27 @@
 namespace xmodal::cuda_bind {
 namespace {
 
+// The result dict of both E-steps (the keys of xmodal._core.cpd_estep with want_best=True).
+template <class T>
+py::dict result(xmodal::cuda::DeviceBuffer P1, xmodal::cuda::DeviceBuffer Pt1, xmodal::cuda::DeviceBuffer PX,
+                xmodal::cuda::DeviceBuffer best, xmodal::cuda::DeviceBuffer prob, xmodal::cuda::DeviceBuffer log_s,
+                const xmodal::cpd::EStepStats& st, std::int64_t N, std::int64_t M, int D) {
+    py::dict out;
+    out["P1"] = device_array<T>(std::move(P1), {M});
+    out["Pt1"] = device_array<T>(std::move(Pt1), {N});
+    out["PX"] = device_array<T>(std::move(PX), {M, D});
+    out["best_idx"] = device_array<std::int64_t>(std::move(best), {M});
+    out["best_prob"] = device_array<T>(std::move(prob), {M});
+    out["log_s"] = device_array<double>(std::move(log_s), {N});
+    out["log_s_sum"] = st.log_s_sum;
+    out["pairs"] = st.pairs;
+    out["empty_columns"] = st.empty_columns;
+    out["shifted_columns"] = st.shifted_columns;
+    out["grid_cells"] = st.grid_cells;
+    out["cell_edge"] = st.cell_edge;
+    return out;
+}
+
 template <class T>
 py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<DeviceArg>& w, double sigma2, double c,
                double cutoff, std::uintptr_t stream, bool grid) {
@@ -37,20 +58,52 @@ py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<Devi
                                          P1.as<T>(), Pt1.as<T>(), PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(),
                                          log_s.as<double>(), reinterpret_cast<cudaStream_t>(stream), grid);
     }
-    py::dict out;
-    out["P1"] = device_array<T>(std::move(P1), {M});
-    out["Pt1"] = device_array<T>(std::move(Pt1), {N});
-    out["PX"] = device_array<T>(std::move(PX), {M, D});
-    out["best_idx"] = device_array<std::int64_t>(std::move(best), {M});
-    out["best_prob"] = device_array<T>(std::move(prob), {M});
-    out["log_s"] = device_array<double>(std::move(log_s), {N});
-    out["log_s_sum"] = st.log_s_sum;
-    out["pairs"] = st.pairs;
-    out["empty_columns"] = st.empty_columns;
-    out["shifted_columns"] = st.shifted_columns;
-    out["grid_cells"] = st.grid_cells;
-    out["cell_edge"] = st.cell_edge;
-    return out;
+    return result<T>(std::move(P1), std::move(Pt1), std::move(PX), std::move(best), std::move(prob), std::move(log_s),
+                     st, N, M, D);
+}
+
+template <class T>
+py::dict estep_features(const DeviceArg& X, const DeviceArg& TY, const std::optional<DeviceArg>& w,
+                        const DeviceArg& FX, const DeviceArg& FY, double feature_inv, double sigma2, double c,
+                        double cutoff, std::uintptr_t stream, bool grid) {
+    require_dtype<T>(TY, "moved");
+    if (w) require_dtype<T>(*w, "weights");
+    require_dtype<T>(FX, "fixed_features");
+    require_dtype<T>(FY, "moved_features");
+    if (X.shape[1] != TY.shape[1]) throw value_error("cpd_estep_features: fixed and moved differ in dimension");
+    if (X.shape[1] != 2 && X.shape[1] != 3)
+        throw value_error("fixed: expected 2 or 3 columns, got " + std::to_string(X.shape[1]));
+    const std::int64_t N = X.shape[0], M = TY.shape[0];
+    const int D = static_cast<int>(X.shape[1]);
+    if (w && w->shape[0] != M) throw value_error("weights: expected one weight per moving point");
+    if (FX.shape[0] != N) throw value_error("fixed_features: expected one row per fixed point");
+    if (FY.shape[0] != M) throw value_error("moved_features: expected one row per moving point");
+    if (FX.shape[1] != FY.shape[1] || FX.shape[1] < 1)
+        throw value_error("fixed_features, moved_features: expected the same number (>= 1) of columns");
+    const int F = static_cast<int>(FX.shape[1]);
+    const int device = common_device({{&X, "fixed"}, {&TY, "moved"}, {w ? &*w : nullptr, "weights"},
+                                      {&FX, "fixed_features"}, {&FY, "moved_features"}});
+    using xmodal::cuda::DeviceBuffer;
+    DeviceBuffer P1, Pt1, PX, best, prob, log_s;
+    xmodal::cpd::EStepStats st;
+    {
+        py::gil_scoped_release release;
+        xmodal::cuda::DeviceGuard guard(device);
+        P1 = DeviceBuffer(sizeof(T) * M, "cpd (cuda): P1");
+        Pt1 = DeviceBuffer(sizeof(T) * N, "cpd (cuda): Pt1");
+        PX = DeviceBuffer(sizeof(T) * M * D, "cpd (cuda): PX");
+        best = DeviceBuffer(sizeof(std::int64_t) * M, "cpd (cuda): best_idx");
+        prob = DeviceBuffer(sizeof(T) * M, "cpd (cuda): best_prob");
+        log_s = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
+        st = xmodal::cuda::cpd::estep_features<T>(
+            reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M, D,
+            w ? reinterpret_cast<const T*>(w->ptr) : nullptr, reinterpret_cast<const T*>(FX.ptr),
+            reinterpret_cast<const T*>(FY.ptr), F, feature_inv, sigma2, c, cutoff, P1.as<T>(), Pt1.as<T>(),
+            PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(), log_s.as<double>(),
+            reinterpret_cast<cudaStream_t>(stream), grid);
+    }
+    return result<T>(std::move(P1), std::move(Pt1), std::move(PX), std::move(best), std::move(prob), std::move(log_s),
+                     st, N, M, D);
 }
 
 template <class T>
@@ -103,6 +156,25 @@ void register_cpd(py::module_& m) {
         "of the same dtype), on `stream` (an address; 0: the default stream). `grid`: allow the cell-grid path "
         "(False: every pair, in index order). Returns the dict of xmodal._core.cpd_estep (want_best=True) with "
         "DeviceArrays.");
+    m.def(
+        "cpd_estep_features",
+        [](py::object fixed, py::object moved, py::object weights, py::object fixed_features, py::object moved_features,
+           double feature_inv, double sigma2, double c, double cutoff, std::uintptr_t stream, bool grid) {
+            const DeviceArg X = device_arg(fixed, "fixed", 2), TY = device_arg(moved, "moved", 2);
+            const DeviceArg FX = device_arg(fixed_features, "fixed_features", 2);
+            const DeviceArg FY = device_arg(moved_features, "moved_features", 2);
+            std::optional<DeviceArg> w;
+            if (!weights.is_none()) w = device_arg(weights, "weights", 1);
+            return with_float_type(X, "fixed", [&](auto t) {
+                return estep_features<decltype(t)>(X, TY, w, FX, FY, feature_inv, sigma2, c, cutoff, stream, grid);
+            });
+        },
+        py::arg("fixed"), py::arg("moved"), py::arg("weights"), py::arg("fixed_features"), py::arg("moved_features"),
+        py::arg("feature_inv"), py::arg("sigma2"), py::arg("c"), py::arg("cutoff"), py::arg("stream") = 0,
+        py::arg("grid") = true,
+        "CPD E-step with per-point features on C-contiguous CUDA arrays (all of the dtype of `fixed`): the kernel "
+        "of cpd_estep times exp(-|f_n - g_m|^2 feature_inv); the dict of cpd_estep. Twin of "
+        "xmodal._core.cpd_estep_features.");
     m.def(
         "cpd_grid_bins",
         [](py::object fixed, py::object moved, double sigma2, double cutoff, std::uintptr_t stream) {

@@ -118,20 +118,29 @@ def load_em_affinity_unet(path=None, *, device: str = "cpu"):
     Returns
     -------
     torch.nn.Module
-        With attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive``, ``metadata`` and
+        A :class:`~xmodal.models.unet2d.UNet2D`, or, when the metadata has an ``ensemble`` entry,
+        an :class:`~xmodal.models.unet2d.AffinityEnsemble` of ``n_members`` of them (output: the mean
+        of their merge probabilities). With attributes ``offsets`` (numpy ``(C, 2)``), ``n_attractive``, ``metadata`` and
         ``segmentation_defaults`` (the settings of :func:`xmodal.pipelines.segment` chosen on ISBI
         slices 20-24, from the ``.json`` next to the weights; empty when there are none).
     """
     ckpt = _load_checkpoint(path)
-    from .unet2d import UNet2D
+    from .unet2d import AffinityEnsemble, UNet2D
 
     meta = dict(ckpt["metadata"])
     side = _sidecar(path)
     if side is not None and "segmentation_defaults" in side:  # chosen after training, stored in the .json
         meta["segmentation_defaults"] = side["segmentation_defaults"]
     offsets = np.asarray(meta["offsets"], dtype=np.int64)
-    model = UNet2D(int(meta.get("in_channels", 1)), len(offsets), features=tuple(meta["features"]),
-                   final_activation="sigmoid")
+    def member():
+        return UNet2D(int(meta.get("in_channels", 1)), len(offsets), features=tuple(meta["features"]),
+                      final_activation="sigmoid")
+
+    ensemble = meta.get("ensemble")
+    if ensemble:  # several networks of one recipe (seeds), written by scripts/make_em_ensemble.py
+        model = AffinityEnsemble([member() for _ in range(int(ensemble["n_members"]))])
+    else:
+        model = member()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     model.eval()
     model.to(device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UNet2D"]
+__all__ = ["UNet2D", "AffinityEnsemble"]
 
 
 class _DoubleConv(nn.Sequential):
@@ -100,3 +100,41 @@ class UNet2D(nn.Module):
         if pad_h or pad_w:
             x = x[..., :height, :width]
         return x
+
+
+class AffinityEnsemble(nn.Module):
+    """The mean of the outputs of several networks with the same input and output channels.
+
+    Used for an ensemble of affinity U-Nets trained with the same recipe and different seeds: each
+    member ends in a sigmoid, so the output is the mean of the members' merge probabilities. Every
+    member is exact under tiling (:class:`UNet2D`), so the ensemble is too; ``divisor`` is the largest
+    of the members' divisors (all powers of two).
+
+    Parameters
+    ----------
+    members : sequence of torch.nn.Module
+        At least one network; each must have ``in_channels``, ``out_channels`` and ``divisor``, the
+        channel counts equal across members.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("members: expected at least one network, got none")
+        shapes = {(int(m.in_channels), int(m.out_channels)) for m in members}
+        if len(shapes) != 1:
+            raise ValueError(f"members: expected equal (in_channels, out_channels), got {sorted(shapes)}")
+        self.members = nn.ModuleList(members)
+        self.in_channels, self.out_channels = shapes.pop()
+
+    @property
+    def divisor(self) -> int:
+        """The largest down-sampling factor of the members."""
+        return max(int(m.divisor) for m in self.members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x)
+        for m in self.members[1:]:
+            out = out + m(x)
+        return out / len(self.members)

@@ -75,8 +75,10 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         ``exp(-|x_n - T(y_m)|^2 / (2 sigma2) - |f_n - g_m|^2 / (2 feature_sigma^2))`` (the outlier
         component unchanged). The features are not transformed and steer only which points are
         paired; put them on a common scale first (e.g. normal scores within each set, as
-        :func:`xmodal.pipelines.register_cells` does). CPU only, exact E-step (``estep="fast"`` is
-        refused); ``info["estep"]["features"]`` records the columns and ``feature_sigma``.
+        :func:`xmodal.pipelines.register_cells` does). Exact E-step only (``estep="fast"`` is
+        refused): on the CPU ``cpd_estep_features``, with CUDA arrays its twin in ``cuda/cpd.cu``
+        (features may be host or device arrays); ``info["estep"]["features"]`` records the columns
+        and ``feature_sigma``.
     feature_sigma : float > 0
         Standard deviation of the feature difference of a right pair, per feature column, in the
         features' units (1 by default: standardised features that differ by about one standard
@@ -166,10 +168,12 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
     opt.landmarks = _check_landmarks(landmarks, M, N)
     opt.weights = _check_weights(weights, M)
     feats = _check_features(moving_features, fixed_features, M, N, feature_sigma)
-    if feats is not None and (on_gpu or opt.estep == "fast"):
-        raise ValueError("moving_features: CPD with features runs on the CPU with the exact E-step; got "
-                         + ("CUDA arrays (pass device='cpu' with numpy arrays)" if on_gpu else "estep='fast'"))
-    if feats is not None:
+    if feats is not None and opt.estep == "fast":
+        raise ValueError("moving_features: CPD with features runs with the exact E-step; got estep='fast' "
+                         "(use estep='auto' or 'exact')")
+    if feats is not None and on_gpu:
+        factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, features=feats)  # noqa: E731
+    elif feats is not None:
         factory = lambda Xn, wts: backend.EStep(Xn, opt.dtype, wts, opt.cutoff, method="exact",  # noqa: E731
                                                 want_best=want_match, features=feats)
     elif on_gpu:

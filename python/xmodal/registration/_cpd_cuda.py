@@ -33,9 +33,12 @@ def finish(result, kind: str):
 
 
 class EStep:
-    """E-step on the CUDA kernel (float32 or float64 inside, float64 out), on cupy's current stream."""
+    """E-step on the CUDA kernel (float32 or float64 inside, float64 out), on cupy's current stream.
 
-    def __init__(self, Xn, dtype, weights, cutoff: float):
+    ``features``: None, or (fixed (N, f), moving (M, f), 1 / (2 feature_sigma^2)) (host or device
+    arrays), for the kernel of ``cpd_estep_features`` (CPD with features)."""
+
+    def __init__(self, Xn, dtype, weights, cutoff: float, features=None):
         self.cp = cp = cupy_module(_PURPOSE)
         self.mod = native_cuda("cpd_estep")
         self.dtype = np.dtype(dtype)
@@ -44,16 +47,34 @@ class EStep:
                                                                     dtype=self.dtype)
         self.cutoff = cutoff
         self.pairs = 0
+        self.features = None
+        if features is not None:
+            with self.X.device:
+                self.features = (cp.ascontiguousarray(cp.asarray(features[0]), dtype=self.dtype),
+                                 cp.ascontiguousarray(cp.asarray(features[1]), dtype=self.dtype), float(features[2]))
 
     def __call__(self, TY, sigma2: float, c: float) -> EStepOut:
         cp = self.cp
         with self.X.device:
-            out = self.mod.cpd_estep(self.X, cp.ascontiguousarray(TY, dtype=self.dtype), self.w, float(sigma2),
-                                     float(c), float(self.cutoff), current_stream(cp))
+            TYc = cp.ascontiguousarray(TY, dtype=self.dtype)
+            if self.features is not None:
+                fx, fy, inv = self.features
+                out = self.mod.cpd_estep_features(self.X, TYc, self.w, fx, fy, inv, float(sigma2), float(c),
+                                                  float(self.cutoff), current_stream(cp))
+            else:
+                out = self.mod.cpd_estep(self.X, TYc, self.w, float(sigma2), float(c), float(self.cutoff),
+                                         current_stream(cp))
             self.pairs += int(out["pairs"])
             f64 = [cp.asarray(out[k]).astype(cp.float64) for k in ("P1", "Pt1", "PX", "best_prob")]
             return EStepOut(f64[0], f64[1], f64[2], cp.asarray(out["best_idx"]), f64[3], float(out["log_s_sum"]),
                             int(out["empty_columns"]))
+
+    def report(self) -> dict:
+        """What ran (the keys of the CPU E-step's report that apply: every call is exact)."""
+        feats = None if self.features is None else {"columns": int(self.features[0].shape[1]),
+                                                    "feature_sigma": float((2.0 * self.features[2]) ** -0.5)
+                                                    if self.features[2] > 0 else float("inf")}
+        return {"features": feats, "requested": "exact", "device": "cuda"}
 
     def posterior(self, Xn, TY, s2: float, c: float, weights):
         return None  # correspondence_matrix: CPU runs only
