@@ -421,6 +421,31 @@ std::int64_t grid_passes(const T* X, int64_t N, const T* TY, int64_t M, const T*
     return (std::int64_t)host_pairs;
 }
 
+// The statistics of a call from log s_n and the flags (one block, stats_kernel), with the grid's
+// cells and edge; pairs are the caller's.
+EStepStats call_stats(const double* log_s, const unsigned char* flags, int64_t N, const cg::Grid& grid,
+                      cudaStream_t stream) {
+    DeviceBuffer stats(sizeof(double) + 2 * sizeof(long long), "cpd (cuda): statistics");
+    double* sum = stats.as<double>();
+    long long* counts = reinterpret_cast<long long*>(sum + 1);
+    stats_kernel<<<1, kStats, 0, stream>>>(log_s, flags, N, sum, counts);
+    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): statistics launch");
+    double host_sum = 0;
+    long long host_counts[2] = {0, 0};
+    check(static_cast<int>(cudaMemcpyAsync(&host_sum, sum, sizeof(double), cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): statistics");
+    check(static_cast<int>(cudaMemcpyAsync(host_counts, counts, 2 * sizeof(long long), cudaMemcpyDeviceToHost, stream)),
+          "cpd (cuda): statistics");
+    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): E-step");
+    EStepStats st;
+    st.log_s_sum = host_sum;
+    st.empty_columns = host_counts[0];
+    st.shifted_columns = host_counts[1];
+    st.grid_cells = grid.cells;
+    st.cell_edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
+    return st;
+}
+
 template <class T, int D>
 EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* weights, double sigma2, double c,
                       double cutoff, T* P1, T* Pt1, T* PX, int64_t* best_idx, T* best_prob, double* log_s_out,
@@ -433,7 +458,6 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* we
         log_s_scratch = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
         log_s = log_s_scratch.as<double>();
     }
-    DeviceBuffer stats(sizeof(double) + 2 * sizeof(long long), "cpd (cuda): statistics");
     std::int64_t grid_pairs = -1;
     if (grid.cells > 0) {
         grid_pairs = grid_passes<T, D>(X, N, TY, M, weights, grid, sc, c, P1, Pt1, PX, best_idx, best_prob, log_s,
@@ -449,24 +473,8 @@ EStepStats estep_impl(const T* X, int64_t N, const T* TY, int64_t M, const T* we
         check(static_cast<int>(cudaGetLastError()), "cpd (cuda): pass 2 launch");
         check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): E-step");  // before g, h are freed
     }
-    double* sum = stats.as<double>();
-    long long* counts = reinterpret_cast<long long*>(sum + 1);
-    stats_kernel<<<1, kStats, 0, stream>>>(log_s, flags.as<unsigned char>(), N, sum, counts);
-    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): statistics launch");
-    double host_sum = 0;
-    long long host_counts[2] = {0, 0};
-    check(static_cast<int>(cudaMemcpyAsync(&host_sum, sum, sizeof(double), cudaMemcpyDeviceToHost, stream)),
-          "cpd (cuda): statistics");
-    check(static_cast<int>(cudaMemcpyAsync(host_counts, counts, 2 * sizeof(long long), cudaMemcpyDeviceToHost, stream)),
-          "cpd (cuda): statistics");
-    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): E-step");
-    EStepStats st;
-    st.log_s_sum = host_sum;
-    st.empty_columns = host_counts[0];
-    st.shifted_columns = host_counts[1];
+    EStepStats st = call_stats(log_s, flags.as<unsigned char>(), N, grid, stream);
     st.pairs = grid_pairs >= 0 ? grid_pairs : ca::dense_pairs(N, M, st.shifted_columns);
-    st.grid_cells = grid.cells;
-    st.cell_edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
     return st;
 }
 
@@ -708,25 +716,8 @@ EStepStats estep_features(const T* X, int64_t N, const T* TY, int64_t M, int D, 
                                       best_idx, best_prob, log_s, flags.as<unsigned char>(), stream)
                : feature_passes<T, 3>(X, N, TY, M, weights, FX, FY, F, grid, inv, feature_inv, r2, c, P1, Pt1, PX,
                                       best_idx, best_prob, log_s, flags.as<unsigned char>(), stream);
-    DeviceBuffer stats(sizeof(double) + 2 * sizeof(long long), "cpd (cuda): statistics");
-    double* sum = stats.as<double>();
-    long long* counts = reinterpret_cast<long long*>(sum + 1);
-    stats_kernel<<<1, kStats, 0, stream>>>(log_s, flags.as<unsigned char>(), N, sum, counts);
-    check(static_cast<int>(cudaGetLastError()), "cpd (cuda): statistics launch");
-    double host_sum = 0;
-    long long host_counts[2] = {0, 0};
-    check(static_cast<int>(cudaMemcpyAsync(&host_sum, sum, sizeof(double), cudaMemcpyDeviceToHost, stream)),
-          "cpd (cuda): statistics");
-    check(static_cast<int>(cudaMemcpyAsync(host_counts, counts, 2 * sizeof(long long), cudaMemcpyDeviceToHost, stream)),
-          "cpd (cuda): statistics");
-    check(static_cast<int>(cudaStreamSynchronize(stream)), "cpd (cuda): feature E-step");
-    EStepStats st;
-    st.log_s_sum = host_sum;
-    st.empty_columns = host_counts[0];
-    st.shifted_columns = 0;
+    EStepStats st = call_stats(log_s, flags.as<unsigned char>(), N, grid, stream);  // no shifted columns here
     st.pairs = pairs;
-    st.grid_cells = grid.cells;
-    st.cell_edge = grid.cells > 0 ? 1.0 / grid.inv : 0.0;
     return st;
 }
 

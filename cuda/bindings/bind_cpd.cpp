@@ -8,26 +8,44 @@
 namespace xmodal::cuda_bind {
 namespace {
 
-// The result dict of both E-steps (the keys of xmodal._core.cpd_estep with want_best=True).
+// The output buffers of both E-steps (allocated on the current device) and their result dict (the
+// keys of xmodal._core.cpd_estep with want_best=True).
 template <class T>
-py::dict result(xmodal::cuda::DeviceBuffer P1, xmodal::cuda::DeviceBuffer Pt1, xmodal::cuda::DeviceBuffer PX,
-                xmodal::cuda::DeviceBuffer best, xmodal::cuda::DeviceBuffer prob, xmodal::cuda::DeviceBuffer log_s,
-                const xmodal::cpd::EStepStats& st, std::int64_t N, std::int64_t M, int D) {
-    py::dict out;
-    out["P1"] = device_array<T>(std::move(P1), {M});
-    out["Pt1"] = device_array<T>(std::move(Pt1), {N});
-    out["PX"] = device_array<T>(std::move(PX), {M, D});
-    out["best_idx"] = device_array<std::int64_t>(std::move(best), {M});
-    out["best_prob"] = device_array<T>(std::move(prob), {M});
-    out["log_s"] = device_array<double>(std::move(log_s), {N});
-    out["log_s_sum"] = st.log_s_sum;
-    out["pairs"] = st.pairs;
-    out["empty_columns"] = st.empty_columns;
-    out["shifted_columns"] = st.shifted_columns;
-    out["grid_cells"] = st.grid_cells;
-    out["cell_edge"] = st.cell_edge;
-    return out;
-}
+struct Outputs {
+    xmodal::cuda::DeviceBuffer P1, Pt1, PX, best, prob, log_s;
+    std::int64_t N, M;
+    int D;
+
+    Outputs(std::int64_t N_, std::int64_t M_, int D_)
+        : P1(sizeof(T) * M_, "cpd (cuda): P1"), Pt1(sizeof(T) * N_, "cpd (cuda): Pt1"),
+          PX(sizeof(T) * M_ * D_, "cpd (cuda): PX"), best(sizeof(std::int64_t) * M_, "cpd (cuda): best_idx"),
+          prob(sizeof(T) * M_, "cpd (cuda): best_prob"), log_s(sizeof(double) * N_, "cpd (cuda): log_s"), N(N_),
+          M(M_), D(D_) {}
+
+    T* p1() { return P1.as<T>(); }
+    T* pt1() { return Pt1.as<T>(); }
+    T* px() { return PX.as<T>(); }
+    std::int64_t* best_idx() { return best.as<std::int64_t>(); }
+    T* best_prob() { return prob.as<T>(); }
+    double* log_s_ptr() { return log_s.as<double>(); }
+
+    py::dict result(const xmodal::cpd::EStepStats& st) {
+        py::dict out;
+        out["P1"] = device_array<T>(std::move(P1), {M});
+        out["Pt1"] = device_array<T>(std::move(Pt1), {N});
+        out["PX"] = device_array<T>(std::move(PX), {M, D});
+        out["best_idx"] = device_array<std::int64_t>(std::move(best), {M});
+        out["best_prob"] = device_array<T>(std::move(prob), {M});
+        out["log_s"] = device_array<double>(std::move(log_s), {N});
+        out["log_s_sum"] = st.log_s_sum;
+        out["pairs"] = st.pairs;
+        out["empty_columns"] = st.empty_columns;
+        out["shifted_columns"] = st.shifted_columns;
+        out["grid_cells"] = st.grid_cells;
+        out["cell_edge"] = st.cell_edge;
+        return out;
+    }
+};
 
 template <class T>
 py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<DeviceArg>& w, double sigma2, double c,
@@ -41,25 +59,18 @@ py::dict estep(const DeviceArg& X, const DeviceArg& TY, const std::optional<Devi
     const int D = static_cast<int>(X.shape[1]);
     if (w && w->shape[0] != M) throw value_error("weights: expected one weight per moving point");
     const int device = common_device({{&X, "fixed"}, {&TY, "moved"}, {w ? &*w : nullptr, "weights"}});
-    using xmodal::cuda::DeviceBuffer;
-    DeviceBuffer P1, Pt1, PX, best, prob, log_s;
+    std::optional<Outputs<T>> o;
     xmodal::cpd::EStepStats st;
     {
         py::gil_scoped_release release;
         xmodal::cuda::DeviceGuard guard(device);
-        P1 = DeviceBuffer(sizeof(T) * M, "cpd (cuda): P1");
-        Pt1 = DeviceBuffer(sizeof(T) * N, "cpd (cuda): Pt1");
-        PX = DeviceBuffer(sizeof(T) * M * D, "cpd (cuda): PX");
-        best = DeviceBuffer(sizeof(std::int64_t) * M, "cpd (cuda): best_idx");
-        prob = DeviceBuffer(sizeof(T) * M, "cpd (cuda): best_prob");
-        log_s = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
+        o.emplace(N, M, D);
         st = xmodal::cuda::cpd::estep<T>(reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M, D,
                                          w ? reinterpret_cast<const T*>(w->ptr) : nullptr, sigma2, c, cutoff,
-                                         P1.as<T>(), Pt1.as<T>(), PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(),
-                                         log_s.as<double>(), reinterpret_cast<cudaStream_t>(stream), grid);
+                                         o->p1(), o->pt1(), o->px(), o->best_idx(), o->best_prob(),
+                                         o->log_s_ptr(), reinterpret_cast<cudaStream_t>(stream), grid);
     }
-    return result<T>(std::move(P1), std::move(Pt1), std::move(PX), std::move(best), std::move(prob), std::move(log_s),
-                     st, N, M, D);
+    return o->result(st);
 }
 
 template <class T>
@@ -83,27 +94,20 @@ py::dict estep_features(const DeviceArg& X, const DeviceArg& TY, const std::opti
     const int F = static_cast<int>(FX.shape[1]);
     const int device = common_device({{&X, "fixed"}, {&TY, "moved"}, {w ? &*w : nullptr, "weights"},
                                       {&FX, "fixed_features"}, {&FY, "moved_features"}});
-    using xmodal::cuda::DeviceBuffer;
-    DeviceBuffer P1, Pt1, PX, best, prob, log_s;
+    std::optional<Outputs<T>> o;
     xmodal::cpd::EStepStats st;
     {
         py::gil_scoped_release release;
         xmodal::cuda::DeviceGuard guard(device);
-        P1 = DeviceBuffer(sizeof(T) * M, "cpd (cuda): P1");
-        Pt1 = DeviceBuffer(sizeof(T) * N, "cpd (cuda): Pt1");
-        PX = DeviceBuffer(sizeof(T) * M * D, "cpd (cuda): PX");
-        best = DeviceBuffer(sizeof(std::int64_t) * M, "cpd (cuda): best_idx");
-        prob = DeviceBuffer(sizeof(T) * M, "cpd (cuda): best_prob");
-        log_s = DeviceBuffer(sizeof(double) * N, "cpd (cuda): log_s");
+        o.emplace(N, M, D);
         st = xmodal::cuda::cpd::estep_features<T>(
             reinterpret_cast<const T*>(X.ptr), N, reinterpret_cast<const T*>(TY.ptr), M, D,
             w ? reinterpret_cast<const T*>(w->ptr) : nullptr, reinterpret_cast<const T*>(FX.ptr),
-            reinterpret_cast<const T*>(FY.ptr), F, feature_inv, sigma2, c, cutoff, P1.as<T>(), Pt1.as<T>(),
-            PX.as<T>(), best.as<std::int64_t>(), prob.as<T>(), log_s.as<double>(),
+            reinterpret_cast<const T*>(FY.ptr), F, feature_inv, sigma2, c, cutoff, o->p1(),
+            o->pt1(), o->px(), o->best_idx(), o->best_prob(), o->log_s_ptr(),
             reinterpret_cast<cudaStream_t>(stream), grid);
     }
-    return result<T>(std::move(P1), std::move(Pt1), std::move(PX), std::move(best), std::move(prob), std::move(log_s),
-                     st, N, M, D);
+    return o->result(st);
 }
 
 template <class T>
