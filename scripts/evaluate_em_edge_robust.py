@@ -183,6 +183,8 @@ def main(argv=None):
                     help="candidate classifiers (default all)")
     ap.add_argument("--superpixels", nargs=3, type=float, default=None, metavar=("THRESHOLD", "SIGMA", "MIN_SIZE"),
                     help="superpixel setting (default 0.4 1.0 25)")
+    ap.add_argument("--shape-features", action="store_true",
+                    help="add the shared-face fractions (edge_feature_matrix(shape=True)) to the edge features")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     from xmodal.models.isbi2012 import read_isbi2012
@@ -195,14 +197,15 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = ev.load_model(args.model)
     offsets, na = np.asarray(model.offsets), int(model.n_attractive)
-    names = edge_feature_names(offsets, na)
+    names = edge_feature_names(offsets, na, shape=args.shape_features)
     threshold = float(model.segmentation_defaults["baseline_threshold"])
     previous = json.loads(args.previous.read_text())["chosen"]
     raw_t, gt_t = read_isbi2012(args.data, ev.TUNE_SLICES)
     data = {}
     for dom in DOMAINS:
         r, g = perturbed(raw_t, gt_t, dom)
-        data[dom] = ee._graph_data(_affinities(args.cache, dom, model, r), g, offsets, na, SUPERPIXELS)
+        data[dom] = ee._graph_data(_affinities(args.cache, dom, model, r), g, offsets, na, SUPERPIXELS,
+                                   shape=args.shape_features)
     table = tune(data, names, args.classifiers)
     best, sm, means = choose(table, (("gasp", "mean"), ("gasp", "sum")))
     mc, mc_sm, _ = choose(table, (("multicut", "mean"),))
@@ -217,7 +220,7 @@ def main(argv=None):
     multicut = _settings(mc, fit(mc[0], data["clean"], names))
     rows = {"new_default": chosen, "previous_default": previous, "new_multicut": multicut}
     result = {"protocol": __doc__.split("Example::")[0].strip(), "model": args.model,
-              "superpixels": dict(SUPERPIXELS),
+              "superpixels": dict(SUPERPIXELS), "shape_features": bool(args.shape_features),
               "model_name": model.metadata.get("name"), "classifiers": list(args.classifiers or CLASSIFIERS),
               "chosen": chosen, "multicut": multicut,
               "previous": previous, "baseline_threshold": threshold,

@@ -57,7 +57,7 @@ FAMILIES = (("gasp", "mean"), ("gasp", "sum"), ("multicut", "mean"))
 MIN_SIZES = (0, 100)
 
 
-def _graph_data(aff, gt, offsets, na, sp_setting):
+def _graph_data(aff, gt, offsets, na, sp_setting, shape=False):
     from xmodal.segmentation import (distance_transform_watershed, edge_feature_matrix,
                                      edge_labels_from_ground_truth)
     from xmodal.segmentation.agglomeration import boundaries_from_affinities
@@ -67,7 +67,7 @@ def _graph_data(aff, gt, offsets, na, sp_setting):
         b = boundaries_from_affinities(a, offsets, n_attractive=na)
         sp = distance_transform_watershed(b, threshold=sp_setting["threshold"], sigma_seeds=sp_setting["sigma_seeds"],
                                           min_size=sp_setting["superpixel_min_size"])
-        rag, X, count = edge_feature_matrix(sp, a, offsets, n_attractive=na)
+        rag, X, count = edge_feature_matrix(sp, a, offsets, n_attractive=na, shape=shape)
         lab, valid = edge_labels_from_ground_truth(sp, y, rag.edges)
         out.append({"sp": sp, "rag": rag, "X": X, "count": count, "y": lab, "valid": valid, "gt": y})
     return out

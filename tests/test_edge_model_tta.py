@@ -54,6 +54,34 @@ def test_edge_features_have_the_named_columns_and_separate_the_classes():
     assert mean_col[valid & (y == 1)].mean() < mean_col[valid & (y == 0)].mean()  # boundary: low inside objects
 
 
+def test_shape_features_are_the_shared_face_fractions():
+    # region 2 (a 4 x 4 island) lies inside region 1; regions 1 and 3 share the column 8 / 9 face
+    sp = np.ones((12, 16), np.int32)
+    sp[:, 9:] = 3
+    sp[4:8, 2:6] = 2
+    aff = np.full((len(EM_OFFSETS), *sp.shape), 0.5, np.float32)
+    rag, X, count = edge_feature_matrix(sp, aff, EM_OFFSETS, n_attractive=2, shape=True)
+    names = edge_feature_names(EM_OFFSETS, 2, shape=True)
+    assert names[-2:] == ["shared_min", "shared_max"] and X.shape[1] == len(names)
+    edges = [tuple(e) for e in rag.edges.tolist()]
+    e12, e13 = edges.index((1, 2)), edges.index((1, 3))
+    c = {e: count[i] for i, e in enumerate(edges)}
+    total1 = c[(1, 2)] + c[(1, 3)]
+    np.testing.assert_allclose(X[e12, -2:], [c[(1, 2)] / total1, 1.0])  # the island: all its faces
+    np.testing.assert_allclose(X[e13, -2:], [c[(1, 3)] / total1, 1.0])
+    plain = edge_feature_matrix(sp, aff, EM_OFFSETS, n_attractive=2)[1]
+    np.testing.assert_array_equal(X[:, :-2], plain)
+    # a classifier trained with them is used with them by superpixel_agglomeration
+    tr = [_training_graph(s) for s in (0, 1)]
+    Xs = [edge_feature_matrix(t[2], t[0], EM_OFFSETS, n_attractive=2, shape=True)[1] for t in tr]
+    clf = fit_edge_classifier(np.vstack([x[t[7]] for x, t in zip(Xs, tr)]), np.concatenate([t[6][t[7]] for t in tr]),
+                              feature_names=names)
+    aff2, lab = _affinities((96, 96), seed=4)
+    seg = superpixel_agglomeration(affinities=aff2, offsets=EM_OFFSETS, n_attractive=2, threshold=0.5,
+                                   sigma_seeds=0.5, superpixel_min_size=5, edge_model=clf)
+    assert adapted_rand_error(seg, lab).error < 0.1
+
+
 def test_fitted_classifier_predicts_held_out_edges_and_round_trips_json():
     tr = [_training_graph(s) for s in (0, 1)]
     X = np.vstack([t[4][t[7]] for t in tr])

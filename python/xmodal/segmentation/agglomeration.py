@@ -294,12 +294,13 @@ def _learned_graph(sp, a, o, na, *, invert, edge_model):
 
     merge = 1.0 - a if invert else a
     ranks = any(str(n).startswith("rank_") for n in edge_model.feature_names)
-    names = edge_feature_names(o, na, ranks=ranks)
+    shape = any(str(n).startswith("shared_") for n in edge_model.feature_names)
+    names = edge_feature_names(o, na, ranks=ranks, shape=shape)
     missing = [n for n in edge_model.feature_names if n not in names]
     if missing:
         raise ValueError(f"edge_model: trained on features {list(edge_model.feature_names)}, these affinities' "
                          f"offsets give {names} (missing {missing})")
-    rag, X, count = edge_feature_matrix(sp, merge, o, n_attractive=na, ranks=ranks)
+    rag, X, count = edge_feature_matrix(sp, merge, o, n_attractive=na, ranks=ranks, shape=shape)
     be = 1.0 - edge_model.merge_probability(X, names)
     sizes = count.astype(np.float64)
     ok = sizes > 0

@@ -43,6 +43,7 @@ __all__ = ["EdgeClassifier", "BoostedEdgeClassifier", "edge_classifier_from_dict
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 _N_SIZE = 3  # the last columns of the plain features: log_face, log_size_min, log_size_max
+_SHAPE = ("shared_min", "shared_max")  # the columns of shape=True
 
 
 def _image_ranks(X, count):
@@ -68,17 +69,18 @@ def _long_range_groups(offsets, n_attractive):
     return [(int(L), (np.flatnonzero(lengths == L) + n_attractive).tolist()) for L in np.unique(lengths)]
 
 
-def edge_feature_names(offsets, n_attractive, *, ranks=False) -> list[str]:
+def edge_feature_names(offsets, n_attractive, *, ranks=False, shape=False) -> list[str]:
     """Names of the columns of :func:`edge_feature_matrix` for these affinity channels (with
-    ``ranks=True``, followed by ``rank_<name>`` for every boundary statistic)."""
+    ``ranks=True``, followed by ``rank_<name>`` for every boundary statistic; with ``shape=True``,
+    then by ``shared_min`` and ``shared_max``)."""
     names = ["mean", "min", "max"] + [f"q{round(100 * q):d}" for q in _QUANTILES]
     for length, _ in _long_range_groups(offsets, n_attractive):
         names += [f"long{length}_mean", f"long{length}_median"]
     ranked = [f"rank_{n}" for n in names] if ranks else []
-    return names + ["log_face", "log_size_min", "log_size_max"] + ranked
+    return names + ["log_face", "log_size_min", "log_size_max"] + ranked + (list(_SHAPE) if shape else [])
 
 
-def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=None, ranks=False):
+def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=None, ranks=False, shape=False):
     """Features of every edge of the superpixels' region adjacency graph (background 0 ignored).
 
     Parameters
@@ -96,6 +98,11 @@ def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=N
         Append, for every boundary statistic, its rank among this image's edges (mid-rank of the
         edges with samples, scaled to [0, 1]): features that a global shift or stretch of the
         network's output (another microscope, another contrast) leaves unchanged.
+    shape : bool
+        Append ``shared_min`` / ``shared_max``: the smaller and the larger of the two fractions of
+        each region's face samples (with all its neighbours) that lie on this edge. 1 for a region
+        enclosed by the other (an organelle inside a cell, in 2D), small for a region with many
+        neighbours; measured on the tuning slices (``docs/segmentation_graph.md``).
 
     Returns
     -------
@@ -131,6 +138,11 @@ def edge_feature_matrix(superpixels, affinities, offsets, *, n_attractive, rag=N
     count = f.count.astype(np.int64)
     if ranks:
         X = np.hstack([X, _image_ranks(X[:, :-_N_SIZE], count)])
+    if shape:
+        total = np.bincount(uv.ravel(), weights=np.repeat(count.astype(np.float64), 2), minlength=rag.n_nodes)
+        cf = count.astype(np.float64)
+        fu, fv = cf / np.maximum(total[uv[:, 0]], 1.0), cf / np.maximum(total[uv[:, 1]], 1.0)
+        X = np.hstack([X, np.minimum(fu, fv)[:, None], np.maximum(fu, fv)[:, None]])
     return rag, X, count
 
 
