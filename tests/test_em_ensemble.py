@@ -58,6 +58,24 @@ def test_ensemble_is_the_mean_of_its_members():
         AffinityEnsemble([members[0], UNet2D(1, 4, features=(4, 8))])
 
 
+def test_ensemble_receptive_field_and_tiling_are_the_members():
+    from xmodal.inference import predict_tiled
+    from xmodal.inference._receptive import receptive_field
+
+    torch.manual_seed(1)
+    members = [UNet2D(1, 3, features=(4, 8, 16), final_activation="sigmoid").eval() for _ in range(2)]
+    ens = AffinityEnsemble(members).eval()
+    one, both = receptive_field(members[0], 2), receptive_field(ens, 2)
+    assert (both.size, both.factor, both.halo) == (one.size, one.factor, one.halo)
+    x = np.random.default_rng(2).random((150, 131), dtype=np.float32)
+    whole = predict_tiled(ens, x, tile_shape=(152, 132), progress=False)
+    with torch.no_grad():
+        direct = ens(torch.from_numpy(x)[None, None])[0].numpy()
+    assert np.abs(direct - whole).max() <= 1e-6
+    tiled = predict_tiled(ens, x, tile_shape=(60, 60), progress=False)
+    assert np.abs(whole - tiled).max() <= 1e-6
+
+
 @pytest.mark.parametrize("half", [False, True])
 def test_make_em_ensemble_checkpoint(tmp_path, half):
     from PIL import Image

@@ -299,6 +299,9 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     if isinstance(model, DihedralTTA):  # the inner network's field, widened by the offsets' reach
         inner = receptive_field(model.model, ndim, check=check, in_channels=in_channels)
         return model.widen(inner)
+    members = getattr(model, "parallel_members", None)
+    if members is not None:  # outputs combined voxel by voxel (an ensemble): the widest member's field
+        return _widest([receptive_field(m, ndim, check=check, in_channels=in_channels) for m in members])
     torch = optional_import("torch")
     if in_channels is None:
         _, in_channels = spatial_signature(model)
@@ -335,3 +338,20 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
             notes.append("measured field exceeds the analytic one")
     return ReceptiveField(size=size, factor=factor, halo=halo, plantseg_halo=plantseg, measured=measured,
                           method=method, layers=int(n), notes=notes)
+
+
+def _widest(fields: list) -> ReceptiveField:
+    """The field of networks whose outputs are combined voxel by voxel: per axis the largest size,
+    the least common multiple of the factors and the halo of that size on that factor."""
+    if not fields:
+        raise ValueError("model: an ensemble without members has no receptive field")
+    size = tuple(max(f.size[a] for f in fields) for a in range(len(fields[0].size)))
+    factor = tuple(math.lcm(*(f.factor[a] for f in fields)) for a in range(len(size)))
+    halo = tuple(int(math.ceil(math.ceil(s / 2) / f) * f) for s, f in zip(size, factor))
+    plantseg = tuple(max(f.plantseg_halo[a] for f in fields) for a in range(len(size)))
+    measured = (tuple(max(f.measured[a] for f in fields) for a in range(len(size)))
+                if all(f.measured is not None for f in fields) else None)
+    notes = [f"{len(fields)} parallel members (outputs combined voxel by voxel): the widest member's field"]
+    return ReceptiveField(size=size, factor=factor, halo=halo, plantseg_halo=plantseg, measured=measured,
+                          method=fields[0].method, layers=max(f.layers for f in fields),
+                          notes=notes + [n for f in fields for n in f.notes])

@@ -129,6 +129,12 @@ class AffinityEnsemble(nn.Module):
         self.in_channels, self.out_channels = shapes.pop()
 
     @property
+    def parallel_members(self) -> list:
+        """The members, whose outputs are combined voxel by voxel (so the ensemble's receptive
+        field is the widest member's: :func:`xmodal.inference.receptive_field`)."""
+        return list(self.members)
+
+    @property
     def divisor(self) -> int:
         """The largest down-sampling factor of the members."""
         return max(int(m.divisor) for m in self.members)
