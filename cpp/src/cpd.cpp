@@ -794,9 +794,10 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                     for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
                         const double d2 = point_d2(gx, s, &TY[m * a.D], a.D);
                         if (d2 > a.r2 || !std::isfinite(ls[s])) continue;
-                        const T xs[3] = {gx.coord[0][s], gx.coord[1][s], a.D == 3 ? gx.coord[2][s] : T(0)};
-                        row.add(fa::exponent(d2, fa::feature_d2(fq.data(), &fx[s * a.F], a.F), a.inv, a.finv),
-                                ls[s], xs, a.D, gx.perm[s]);
+                        const double p = fa::FeatureRow::term(
+                            fa::exponent(d2, fa::feature_d2(fq.data(), &fx[s * a.F], a.F), a.inv, a.finv), ls[s]);
+                        for (int d = 0; d < a.D; ++d) row.add_coord(d, p, (double)gx.coord[d][s]);
+                        row.add_term(p, gx.perm[s]);
                     }
                 work[m] = range_count(rg);
             }

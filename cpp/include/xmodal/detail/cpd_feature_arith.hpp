@@ -97,16 +97,23 @@ struct FeatureRow {
     double s0 = 0, cs[3] = {0, 0, 0}, best_v = 0;
     std::int64_t best_n = -1;
 
-    // x: the fixed point's D coordinates (D <= 3)
-    template <class T>
-    XM_HD void add(double e, double log_s, const T* x, int D, std::int64_t n) {
-        const double p = exp_d(sub_rn(-e, log_s));
+    // The pair's P[m, n] / w_m from its exponent and log s_n.
+    XM_HD static double term(double e, double log_s) { return exp_d(sub_rn(-e, log_s)); }
+    // Adds a term p of fixed point n to the sum and the best match (coordinates: add_coord).
+    XM_HD void add_term(double p, std::int64_t n) {
         s0 = add_rn(s0, p);
-        for (int d = 0; d < D; ++d) cs[d] = add_rn(cs[d], mul_rn(p, static_cast<double>(x[d])));
         if (p > best_v || (p == best_v && p > 0 && n < best_n)) {
             best_v = p;
             best_n = n;
         }
+    }
+    XM_HD void add_coord(int d, double p, double x) { cs[d] = add_rn(cs[d], mul_rn(p, x)); }
+    // All of it for a fixed point with D coordinates x (D <= 3).
+    template <class T>
+    XM_HD void add(double e, double log_s, const T* x, int D, std::int64_t n) {
+        const double p = term(e, log_s);
+        for (int d = 0; d < D; ++d) add_coord(d, p, static_cast<double>(x[d]));
+        add_term(p, n);
     }
 };
 
