@@ -20,6 +20,8 @@ Platynereis EM nuclei, µm; a jittered 8 µm lattice without the data set):
 - ``test_cpd_estep_grid``: one E-step at sigma = 1.5 µm (the late iterations) on 200k and 1M points:
   the GPU's cell-grid path against its dense path (``grid=False``) and the CPU's exact kernel (all
   cores); the results must agree.
+- ``test_cpd_estep_features``: one E-step with two feature columns (CPD with features) at sigma =
+  1.5 µm on 100k points, float64: the GPU kernel against the CPU kernel (all cores).
 - ``test_cpd_rigid_1m_coarse_to_fine``: ``cpd_coarse_to_fine`` rigid 1M x 920k (45 iterations on
   20k-point subsamples, 5 on all points) with cupy arrays against the same call on the CPU.
 
@@ -251,6 +253,41 @@ def test_cpd_estep_grid(benchmark, n):
                 best_idx_agreement_vs_dense=float(np.mean(g["best_idx"] == dn["best_idx"])),
                 best_idx_agreement_vs_cpu=float(np.mean(g["best_idx"] == cpu["best_idx"])))
     assert info["best_idx_agreement_vs_cpu"] > 0.99 and info["max_abs_diff_pt1_vs_cpu"] < 1e-4
+
+
+@pytest.mark.parametrize("n", [20_000] if QUICK else [100_000])
+def test_cpd_estep_features(benchmark, n):
+    """One E-step with two feature columns (CPD with features) at sigma = 1.5 µm: the GPU's grid path
+    against the CPU kernel (all cores) on the same input; the results must agree."""
+    from xmodal import _core
+    from xmodal._device import native_cuda
+
+    mod = native_cuda("cpd_estep")
+    X, cloud = nucleus_cloud(n)
+    rng = np.random.default_rng(4)
+    Y = X[np.sort(rng.choice(len(X), int(0.9 * len(X)), replace=False))] + rng.normal(scale=1.0, size=(int(0.9 * len(X)), 3))
+    FX = rng.normal(size=(len(X), 2))
+    FY = rng.normal(size=(len(Y), 2))
+    sigma2, c, cutoff, finv = 1.5 ** 2, 1e-6, 36.0, 1.0
+    d = [cp.asarray(a) for a in (X, Y, FX, FY)]
+    mod.cpd_estep_features(d[0][:1000], d[1][:1000], None, d[2][:1000], d[3][:1000], finv, sigma2, c, cutoff, 0, True)
+    out = {}
+
+    def run():
+        out["g"] = mod.cpd_estep_features(d[0], d[1], None, d[2], d[3], finv, sigma2, c, cutoff, 0, True)
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    t_gpu = benchmark.stats.stats.min
+    t_cpu, cpu = _timed(lambda: _core.cpd_estep_features(X, Y, None, FX, FY, finv, sigma2, c, cutoff, True))
+    g = {k: cp.asarray(out["g"][k]).get() for k in ("P1", "Pt1", "best_idx")}
+    info = benchmark.extra_info
+    info.update(machine=machine_description(), cloud=cloud, n_fixed=len(X), n_moving=len(Y), sigma=1.5,
+                feature_columns=2, gpu=torch.cuda.get_device_name(), gpu_s=t_gpu, cpu_s=t_cpu,
+                cpu_threads=xmodal.get_num_threads(), ratio_vs_cpu=t_cpu / t_gpu,
+                pairs_gpu=int(out["g"]["pairs"]), pairs_cpu=int(cpu["pairs"]),
+                max_abs_diff_pt1_vs_cpu=float(np.max(np.abs(g["Pt1"] - cpu["Pt1"]))),
+                best_idx_agreement_vs_cpu=float(np.mean(g["best_idx"] == cpu["best_idx"])))
+    assert info["best_idx_agreement_vs_cpu"] > 0.999 and info["max_abs_diff_pt1_vs_cpu"] < 1e-9
 
 
 def test_cpd_rigid_1m_coarse_to_fine(benchmark):
