@@ -99,3 +99,40 @@ def test_registration_layers_without_regions():
     assert len(lines) == len(t.fixed_index)
     colors = layers[3][1]["edge_color"]
     assert colors[0, 0] > colors[-1, 0] and colors[-1, 1] > colors[0, 1]  # red (low) to green (high)
+
+
+def test_constrained_match_with_feature_costs():
+    """cost_points: the pairs are chosen by the augmented (feature) distances, on the spatial graph."""
+    fixed = _grid()
+    rng = np.random.default_rng(1)
+    moved = fixed + rng.normal(0, 6.0, fixed.shape)  # neighbours mixed up in space
+    f = rng.normal(size=(len(fixed), 3))
+    rev = ReviewedMatches(np.array([[0, 1]]), np.array([[5, 5]]))
+    plain = constrained_match(moved, fixed, rev, k=16, radius=None, unmatched_cost=40.0)
+    mi, fi, dist = constrained_match(moved, fixed, rev, k=16, radius=None, unmatched_cost=40.0,
+                                     cost_points=(np.hstack([moved, 100 * f]), np.hstack([fixed, 100 * f])))
+    pairs = dict(zip(mi.tolist(), fi.tolist()))
+    assert pairs[0] == 1 and pairs.get(5, -1) != 5
+    free = [i for i in range(len(fixed)) if i not in (0, 1, 5)]
+    right = np.mean([pairs.get(i, -1) == i for i in free])
+    plain_right = np.mean([dict(zip(plain[0].tolist(), plain[1].tolist())).get(i, -1) == i for i in free])
+    assert right > 0.9 and right > plain_right + 0.1, (right, plain_right)
+    np.testing.assert_allclose(dist, np.linalg.norm(moved[mi] - fixed[fi], axis=1))  # spatial distances
+
+
+def test_register_cells_with_features_honours_the_review():
+    from xmodal.pipelines import register_cells
+
+    rng = np.random.default_rng(3)
+    fixed = rng.uniform(0, 60, (150, 3))
+    moving = fixed + rng.normal(0, 4.0, fixed.shape) + np.array([3.0, -2.0, 1.0])
+    f = rng.normal(size=(150, 2))
+    ff, mf = f + rng.normal(0, 0.05, f.shape), f + rng.normal(0, 0.05, f.shape)
+    rev = {"accepted": [[0, 1]], "rejected": [[5, 5]]}
+    kw = dict(transform="rigid", prealign=False, errors=False, fixed_features=ff, moving_features=mf)
+    res = register_cells(fixed, moving, reviewed=rev, **kw)
+    pairs = dict(zip(res.moving_index.tolist(), res.fixed_index.tolist()))
+    assert pairs[0] == 1 and pairs.get(5, -1) != 5
+    free = [i for i in range(150) if i not in (0, 1, 5)]
+    assert np.mean([pairs.get(i, -1) == i for i in free]) > 0.9
+    assert res.features["feature_weight"] > 0 and res.features["cpd"] is not None

@@ -146,12 +146,19 @@ def select_feature_weight(fg, mg, mi, fi, *, nn: float, sigma2: float, seed: int
 
 
 def feature_match(moved, fixed, fg, mg, *, weight: float, nn: float, matching: str, k: int, radius,
-                  unmatched_cost):
+                  unmatched_cost, reviewed=None):
     """Exact assignment on the spatial k-NN candidate graph with the effective-distance costs of the
-    module. Returns the matched moving and fixed row indices and the pairs' spatial distances."""
+    module (with ``reviewed``: its accepted pairs kept, its rejected ones never proposed). Returns
+    the matched moving and fixed row indices and the pairs' spatial distances."""
     import scipy.sparse as sp
 
     from ..matching import cover_assignment, knn_graph, linear_assignment
+
+    if reviewed is not None:
+        from ._reviewed import constrained_match
+
+        return constrained_match(moved, fixed, reviewed, k=k, radius=radius, unmatched_cost=unmatched_cost,
+                                 cost_points=(augmented(moved, mg, weight, nn), augmented(fixed, fg, weight, nn)))
 
     g = knn_graph(moved, fixed, k=min(k, len(moved), len(fixed)), radius=radius).tocoo()
     rows, cols = g.row.astype(np.int64), g.col.astype(np.int64)
@@ -173,7 +180,7 @@ def augmented(points: np.ndarray, features: np.ndarray, weight: float, nn: float
 
 
 def match_with_features(moved, fixed, features, feature_weight, *, nn: float, matching: str, k: int, radius,
-                        unmatched_cost, seed: int, spatial_match):
+                        unmatched_cost, seed: int, spatial_match, reviewed=None):
     """The matching step of ``register_cells`` with features: standardise, choose the weight
     (``"auto"``: from the spatial matching ``spatial_match()`` -> (mi, fi, dist), see
     :func:`select_feature_weight`), match. Returns (mi, fi, distances, moved and fixed points
@@ -191,5 +198,5 @@ def match_with_features(moved, fixed, features, feature_weight, *, nn: float, ma
         weight = float(feature_weight)
     record["feature_weight"] = weight
     mi, fi, dist = feature_match(moved, fixed, fg, mg, weight=weight, nn=nn, matching=matching, k=k, radius=radius,
-                                 unmatched_cost=unmatched_cost)
+                                 unmatched_cost=unmatched_cost, reviewed=reviewed)
     return mi, fi, dist, augmented(moved, mg, weight, nn), augmented(fixed, fg, weight, nn), record

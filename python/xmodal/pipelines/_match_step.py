@@ -41,15 +41,13 @@ class Matched(NamedTuple):
     refit: list | None  # the CPDResults of the CPD stages with features (affine, deformable), or None
 
 
-def check_feature_options(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int, reviewed):
+def check_feature_options(fixed_features, moving_features, feature_weight, n_fixed: int, n_moving: int):
     """The checked ((fixed, moving) feature arrays, weight option), or None without features;
     checked before any work."""
     from ._features import check_features, check_weight
 
     feats = check_features(fixed_features, moving_features, n_fixed, n_moving)
     feature_weight = check_weight(feature_weight)
-    if feats is not None and reviewed is not None:
-        raise ValueError("fixed_features, moving_features: not supported together with reviewed")
     return None if feats is None else (feats, feature_weight)
 
 
@@ -65,12 +63,14 @@ def feature_sigma(record: dict, dist: np.ndarray, nn: float, d: int) -> float:
     return float(sigma / (record["feature_weight"] * nn))
 
 
-def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float) -> list:
+def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float, landmarks=None) -> list:
     """CPD with features (see the module) from ``moved``: an affine stage, then a deformable stage
-    from its end. Returns both CPDResults, in order."""
+    from its end (``landmarks``: the accepted pairs of a review, as in the positions-only stages).
+    Returns both CPDResults, in order."""
     from ..registration import cpd
 
-    feats = dict(moving_features=mg, fixed_features=fg, feature_sigma=tau, **FEATURE_CPD_OPTIONS)
+    feats = dict(moving_features=mg, fixed_features=fg, feature_sigma=tau, landmarks=landmarks,
+                 **FEATURE_CPD_OPTIONS)
     affine = cpd(moved, fixed, transform="affine", **feats)
     deformable = cpd(np.asarray(affine.moved, np.float64), fixed, transform="deformable",
                      beta=DEFORMABLE_BETA * radius, lam=DEFORMABLE_LAM / radius ** 2, **feats)
@@ -105,14 +105,17 @@ def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature
 
     opts = dict(nn=nn, matching=matching, k=k, radius=kradius, unmatched_cost=unmatched_cost, seed=seed)
     mi, fi, dist, moved_c, fixed_c, record = match_with_features(moved, fix, feats[0], feats[1],
-                                                                 spatial_match=spatial, **opts)
+                                                                 spatial_match=spatial, reviewed=reviewed, **opts)
     refit, weight = None, record["feature_weight"]
     if feature_cpd and weight > 0:
         fg, mg, _ = standardise(*feats[0])
         tau = feature_sigma(record, dist, nn, fix.shape[1])
-        refit = feature_cpd_step(moved, fix, fg, mg, tau=tau, radius=radius if radius is not None else 5.0 * nn)
+        landmarks = None if reviewed is None or not len(reviewed.accepted) else reviewed.accepted
+        refit = feature_cpd_step(moved, fix, fg, mg, tau=tau, radius=radius if radius is not None else 5.0 * nn,
+                                 landmarks=landmarks)
         mi, fi, dist, moved_c, fixed_c, _ = match_with_features(np.asarray(refit[-1].moved, np.float64), fix,
-                                                                feats[0], weight, spatial_match=None, **opts)
+                                                                feats[0], weight, spatial_match=None,
+                                                                reviewed=reviewed, **opts)
         record["cpd"] = {"stages": ["affine with features", "deformable with features"], "feature_sigma": tau,
                          "iterations": [int(r.iterations) for r in refit],
                          "converged": [bool(r.converged) for r in refit]}

@@ -95,11 +95,14 @@ def read_reviewed_matches(source) -> ReviewedMatches:
     return ReviewedMatches(pairs[keep], pairs[status == "rejected"])
 
 
-def constrained_match(moved, fixed, reviewed: ReviewedMatches, *, k: int, radius, unmatched_cost):
+def constrained_match(moved, fixed, reviewed: ReviewedMatches, *, k: int, radius, unmatched_cost,
+                      cost_points=None):
     """One-to-one matching that keeps the accepted pairs and never proposes a rejected one: the
     accepted cells are set aside, the others matched exactly on their k-NN graph without the
-    rejected pairs (unmatched cost as in :func:`register_cells`). Returns moving, fixed indices
-    and distances like the plain match step."""
+    rejected pairs (unmatched cost as in :func:`register_cells`). ``cost_points``: (moving, fixed)
+    points whose distances are the pair costs instead (the points augmented with weighted
+    features; the candidates stay the spatial k-NN graph). Returns moving, fixed indices and the
+    spatial distances like the plain match step."""
     from ..matching import knn_graph, linear_assignment
 
     n, m = len(moved), len(fixed)
@@ -114,7 +117,11 @@ def constrained_match(moved, fixed, reviewed: ReviewedMatches, *, k: int, radius
         keep = np.array([(int(a), int(b)) not in forbidden for a, b in zip(r, c)], dtype=bool)
         import scipy.sparse as sp
 
-        cost = sp.csr_matrix((g.data[keep], (g.row[keep], g.col[keep])), shape=(len(rows), len(cols)))
+        data = g.data
+        if cost_points is not None:  # a zero cost would be dropped by the sparse matrix: keep it positive
+            ma, fa = cost_points
+            data = np.linalg.norm(ma[r] - fa[c], axis=1) + 1e-12 * max(float(np.max(data, initial=0.0)), 1.0)
+        cost = sp.csr_matrix((data[keep], (g.row[keep], g.col[keep])), shape=(len(rows), len(cols)))
         res = linear_assignment(cost, unmatched_cost=unmatched_cost)
         mi.append(rows[res.rows])
         fi.append(cols[res.cols])

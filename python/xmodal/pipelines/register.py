@@ -227,7 +227,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         the order of the cells. Put on a common scale (normal scores within each set) and added to the matching
         cost as extra coordinates: cost = sqrt(distance^2 + (feature_weight x nn)^2 x |feature
         difference|^2), nn the median nearest-neighbour distance within ``fixed``
-        (:mod:`xmodal.pipelines._features`). Not with ``reviewed``.
+        (:mod:`xmodal.pipelines._features`). With ``reviewed``, its decisions hold here too.
     feature_weight : "auto" or float >= 0
         "auto": the weight of a Gaussian model of the matched pairs' feature differences, fitted on
         80 % of the fixed cells and kept only when it gives the other 20 % a higher likelihood than
@@ -269,7 +269,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
-    feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov), reviewed)
+    feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov))
     folder = OutputFolder(out)  # refused before any work, not after
     fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
     images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
