@@ -45,3 +45,17 @@ def prealigned_embryo_pairs(train_embryos: int = 4):
         fa, fb = emb[a], emb[b]
         pre = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all", seed=0)
         yield fa, fb, ("train" if a in train and b in train else "heldout"), pre.apply(fb.points)
+
+
+def split_summary(rows, keys, value=None) -> dict:
+    """Mean and worst of each key over the "train", "heldout" and "all" rows (``row["split"]``):
+    ``{part: {key: {"mean", "worst"}}}``; ``value(row, key)`` reads a value (default ``row[key]``)."""
+    import numpy as np
+
+    value = value or (lambda row, key: row[key])
+    out = {}
+    for part in ("train", "heldout", "all"):
+        sel = [r for r in rows if part == "all" or r["split"] == part]
+        out[part] = {k: {"mean": float(np.mean([value(r, k) for r in sel])),
+                         "worst": float(np.min([value(r, k) for r in sel]))} for k in keys}
+    return out

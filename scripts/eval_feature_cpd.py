@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _jsonout import feature_script_args, prealigned_embryo_pairs, write_json  # noqa: E402
+from _jsonout import feature_script_args, prealigned_embryo_pairs, split_summary, write_json  # noqa: E402
 
 VARIANTS = ("base", "A", "B_tau0.7", "C_tau1.5", "D_reselect", "E_round2", "F_chosen", "G_sigma_nn", "H_affine_first",
             "I_from_prealign")
@@ -104,11 +104,7 @@ def main() -> None:
     for fa, fb, split, start in prealigned_embryo_pairs(4):
         rows.append(pair_row(fa, fb, split, start, args.features))
         print(rows[-1]["pair"], {k: round(rows[-1][k], 3) for k in VARIANTS}, file=sys.stderr, flush=True)
-    summary = {}
-    for part in ("train", "heldout", "all"):
-        sel = [r for r in rows if part == "all" or r["split"] == part]
-        summary[part] = {v: {"mean": float(np.mean([r[v] for r in sel])), "worst": float(np.min([r[v] for r in sel]))}
-                         for v in VARIANTS}
+    summary = split_summary(rows, VARIANTS)
     chosen = max(VARIANTS[1:], key=lambda v: (round(summary["train"][v]["mean"], 4), v == "A"))
     write_json({"features": args.features, "pairs": rows, "summary": summary,
                 "best_on_training_pairs": chosen, "shipped": "H_affine_first"}, args.out)

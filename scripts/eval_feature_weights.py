@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from _jsonout import feature_script_args, prealigned_embryo_pairs, write_json  # noqa: E402 (scripts/ is on sys.path when run)
+from _jsonout import feature_script_args, prealigned_embryo_pairs, split_summary, write_json  # noqa: E402 (scripts/ is on sys.path when run)
 
 TRAIN_EMBRYOS = 4
 GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -96,11 +96,7 @@ def evaluate(columns) -> dict:
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     keys_ = [k for k in rows[0] if k not in ("pair", "split") and not k.endswith("_weight")]
-    summary = {}
-    for part in ("train", "heldout", "all"):
-        sel = [r for r in rows if part == "all" or r["split"] == part]
-        summary[part] = {k: {"mean": float(np.mean([r[k] for r in sel])), "worst": float(np.min([r[k] for r in sel]))}
-                         for k in keys_}
+    summary = split_summary(rows, keys_)
     return {"features": list(columns), "pairs": rows, "summary": summary}
 
 
