@@ -235,3 +235,41 @@ def test_rms_radius():
     pts = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 3.0, 0], [0, -3.0, 0]]) + 5.0
     assert rms_radius(pts) == pytest.approx(np.sqrt((1 + 1 + 9 + 9) / 4))
     assert rms_radius(pts * 2.0) == pytest.approx(2.0 * rms_radius(pts))
+
+
+def test_auto_holds_out_moving_cells_when_the_moving_set_is_smaller(cells):
+    rng = np.random.default_rng(3)
+    moving = (cells - cells.mean(0)) @ _rot(15).T + rng.normal(0, 0.5, cells.shape)
+    keep = np.sort(rng.choice(len(cells), int(0.7 * len(cells)), replace=False))
+    res = register_cells(cells, moving[keep], errors=False)
+    sel = res.model_selection
+    assert sel["heldout_side"] == "moving" and sel["repeats"] == 3 and len(sel["split_scores"]) == 3
+    assert sel["scores"][sel["chosen"]] == min(sel["scores"].values())
+    assert _accuracy(res, keep) > 0.95
+    # sets of (nearly) equal size, or more moving cells: the fixed cells are held out, as before
+    assert register_cells(cells, moving, errors=False).model_selection["heldout_side"] == "fixed"
+    assert register_cells(cells[keep], moving, errors=False).model_selection["heldout_side"] == "fixed"
+    # the likelihood criterion has no moving-side form: it holds out fixed cells
+    lik = register_cells(cells, moving[keep], errors=False, selection_criterion="likelihood")
+    assert lik.model_selection["heldout_side"] == "fixed"
+
+
+def test_moving_side_selection_names_more_cells_when_moving_cells_are_missing(monkeypatch):
+    # embryo L1 against L2 with a random 20 % of L2's cells removed (scripts/eval_missing_cells.py's
+    # draw): holding out fixed cells chose an affine fit that names fewer cells than rigid
+    from xmodal.pipelines import _auto_steps
+
+    emb = celegans_embryos()
+    fa, fb = emb["20241009_JIM767_25_L1"], emb["20241010_JIM767_25_L2"]
+    keep = np.sort(np.random.default_rng(1).choice(len(fb.points), int(round(0.8 * len(fb.points))), replace=False))
+    shared = len(set(fa.cells) & set(fb.cells[keep]))
+
+    def acc(res):
+        return np.sum(fa.cells[res.fixed_index] == fb.cells[keep][res.moving_index]) / shared
+
+    moving_side = register_cells(fa.points, fb.points[keep], errors=False)
+    monkeypatch.setattr(_auto_steps, "MOVING_HOLDOUT_SHARE", 0.0)
+    fixed_side = register_cells(fa.points, fb.points[keep], errors=False)
+    assert moving_side.model_selection["heldout_side"] == "moving"
+    assert fixed_side.model_selection["heldout_side"] == "fixed"
+    assert acc(moving_side) > acc(fixed_side) + 0.03

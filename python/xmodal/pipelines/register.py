@@ -143,7 +143,9 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         affine and deformable (beta 0.4 or 0.8 × the RMS radius R of ``fixed``, lambda
         100 or 1000 / R²: scale-free, see :data:`~xmodal.pipelines._auto_steps.AUTO_CANDIDATES`)
         by how well each candidate, fitted to 80 % of the fixed cells, places the 20 % held out
-        (``selection_criterion``; random splits, seeds from ``seed``), then fits the chosen model
+        (``selection_criterion``; random splits, seeds from ``seed``; when the moving set has fewer
+        than 90 % of the fixed set's cells, 80 % of the *moving* cells are fitted and the other 20 %
+        scored, as many fixed cells then have no partner), then fits the chosen model
         to all cells; ``result.model_selection`` (and the provenance) records the choice, the
         criterion and the score of every candidate. Sets larger than 1,500 cells are
         compared on farthest-point subsamples, and the final fit then starts from the chosen
