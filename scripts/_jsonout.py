@@ -27,11 +27,12 @@ def feature_script_args(doc: str):
     return args
 
 
-def prealigned_embryo_pairs(train_embryos: int = 4):
+def prealigned_embryo_pairs(train_embryos: int = 4, split: str = "all"):
     """The 28 built-in embryo pairs as ``scripts/eval_identity.py pairs`` walks them: yields
     ``(a, b, split, start)`` with the two ``Embryo`` records, "train" (both among the first
     ``train_embryos`` in sorted order) or "heldout", and b's points after one orientation search
-    onto a (what ``register_cells`` does before its fit; pass them with ``prealign=False``)."""
+    onto a (what ``register_cells`` does before its fit; pass them with ``prealign=False``).
+    ``split``: "all", or only the "train" or the "heldout" pairs."""
     import itertools
 
     from xmodal.datasets import celegans_embryos
@@ -42,9 +43,12 @@ def prealigned_embryo_pairs(train_embryos: int = 4):
     keys = sorted(emb)
     train = set(keys[:train_embryos])
     for a, b in itertools.combinations(keys, 2):
+        part = "train" if a in train and b in train else "heldout"
+        if split not in ("all", part):
+            continue
         fa, fb = emb[a], emb[b]
         pre = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all", seed=0)
-        yield fa, fb, ("train" if a in train and b in train else "heldout"), pre.apply(fb.points)
+        yield fa, fb, part, pre.apply(fb.points)
 
 
 def split_summary(rows, keys, value=None) -> dict:
@@ -56,6 +60,8 @@ def split_summary(rows, keys, value=None) -> dict:
     out = {}
     for part in ("train", "heldout", "all"):
         sel = [r for r in rows if part == "all" or r["split"] == part]
+        if not sel:
+            continue
         out[part] = {k: {"mean": float(np.mean([value(r, k) for r in sel])),
                          "worst": float(np.min([value(r, k) for r in sel]))} for k in keys}
     return out
