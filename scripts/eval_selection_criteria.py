@@ -1,14 +1,14 @@
 """Out-of-sample criteria for ``register_cells(transform="auto")``, compared on the C. elegans
 embryo pairs (issue 12, pairwise part).
 
-    python scripts/eval_selection_criteria.py collect [--split train] [--out FILE.jsonl]
+    python scripts/eval_selection_criteria.py collect [--split train] [--repeats 3] [--out FILE.jsonl]
     python scripts/eval_selection_criteria.py summary FILE.jsonl [--out FILE.json]
 
 ``collect``: per embryo pair of the split (training split: the 6 pairs among the first 4 embryos,
 as ``eval_identity.py``), one orientation search (as ``register_cells``), then every candidate of
 ``AUTO_CANDIDATES`` fitted to all fixed cells (its accuracy, the same one-to-one matching as
-``register_cells``) and to 80 % of them for 3 random splits (seeds 0, 1, 2), with these criteria
-on the 20 % held out (u = the unmatched cost, 3 median nearest-neighbour distances):
+``register_cells``) and to 80 % of them for ``--repeats`` random splits (default 3; seeds 0 .. n-1), with these
+criteria on the 20 % held out (u = the unmatched cost, 3 median nearest-neighbour distances):
 
     hll            held-out log-likelihood, fitted sigma2, outlier weight 0.1 (the shipped criterion)
     hll_prof       the same, sigma2 profiled (best of 0.1-10 x the fitted one)
@@ -21,7 +21,7 @@ on the 20 % held out (u = the unmatched cost, 3 median nearest-neighbour distanc
     cvmfull_n      share of held-out cells matched there
     cvmfull_close  share of held-out cells matched there within one nearest-neighbour distance
 
-``summary``: every criterion with 1 and 3 splits: mean / worst accuracy of its choices and the
+``summary``: every criterion with 1, 3, 5 and 8 splits (those collected): mean / worst accuracy of its choices and the
 largest loss against the rigid model. Run with one thread on a shared machine.
 """
 
@@ -68,7 +68,7 @@ def _criteria(mv, s2, fix, mask, vol, nn, uc) -> dict:
     return cr
 
 
-def pair_record(fa, fb, start) -> dict:
+def pair_record(fa, fb, start, repeats: int = 3) -> dict:
     from xmodal.pipelines._auto_steps import AUTO_CANDIDATES, candidate_label
     from xmodal.pipelines._register_steps import fit_step, match_step
     from xmodal.pipelines.prealign import median_nn_distance, rms_radius
@@ -90,7 +90,7 @@ def pair_record(fa, fb, start) -> dict:
         ft = fit(c, fix, cache)
         mi, fi, _ = match_step(ft.moved, fix, matching="one-to-one", k=30, radius=None, unmatched_cost=uc)
         row["acc"][candidate_label(c)] = float(np.sum(fa.cells[fi] == fb.cells[mi])) / shared
-    for seed in range(3):
+    for seed in range(repeats):
         mask, cache = heldout_split(len(fix), 0.2, seed), {}
         for c in AUTO_CANDIDATES:
             ft = fit(c, fix[~mask], cache)
@@ -99,7 +99,7 @@ def pair_record(fa, fb, start) -> dict:
     return row
 
 
-def collect(split_name: str, out) -> None:
+def collect(split_name: str, out, repeats: int = 3) -> None:
     from xmodal.datasets import celegans_embryos
     from xmodal.pipelines._register_steps import PREALIGN_POINTS
     from xmodal.pipelines.prealign import fast_prealign
@@ -113,7 +113,7 @@ def collect(split_name: str, out) -> None:
         fa, fb = emb[a], emb[b]
         start = fast_prealign(fb.points, fa.points, n_points=PREALIGN_POINTS, rotations="all",
                               seed=0).apply(fb.points)
-        row = {"pair": f"{a}|{b}", "split": sp, **pair_record(fa, fb, start)}
+        row = {"pair": f"{a}|{b}", "split": sp, **pair_record(fa, fb, start, repeats)}
         out.write(json.dumps(row) + "\n")
         out.flush()
 
@@ -122,7 +122,8 @@ def summary(rows) -> dict:
     labels = list(rows[0]["acc"])  # simplest first
     table = {}
     for crit in SIGN:
-        for nrep in (1, 3):
+        available = min(len(r["crit"][labels[0]][crit]) for r in rows)
+        for nrep in sorted({1, 3, 5, 8, available} & set(range(1, available + 1))):
             accs, loss = [], []
             for r in rows:
                 sc = {lab: SIGN[crit] * np.mean(r["crit"][lab][crit][:nrep]) for lab in labels}
@@ -141,11 +142,12 @@ def main() -> None:
     ap.add_argument("what", choices=["collect", "summary"])
     ap.add_argument("path", nargs="?", help="summary: a collect result (JSON lines)")
     ap.add_argument("--split", default="train", choices=["train", "heldout", "all"])
+    ap.add_argument("--repeats", type=int, default=3, help="collect: held-out splits per candidate (seeds 0..n-1)")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.what == "collect":
         with (open(args.out, "a") if args.out else sys.stdout) as out:
-            collect(args.split, out)
+            collect(args.split, out, args.repeats)
         return
     rows = [json.loads(line) for line in Path(args.path).read_text().splitlines() if line.strip()]
     write_json(summary(rows), args.out)
