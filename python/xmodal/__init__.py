@@ -50,6 +50,7 @@ _LAZY = {
     "gasp": "xmodal.segmentation",
     "superpixel_agglomeration": "xmodal.segmentation",
     "blockwise_superpixel_agglomeration": "xmodal.segmentation",
+    "slicewise_superpixel_agglomeration": "xmodal.segmentation",
     # inference
     "predict_tiled": "xmodal.inference",
     "receptive_field": "xmodal.inference",

@@ -75,11 +75,17 @@ def _graph_single(method):
 
 def _graph_blockwise(method):
     def run(affinities, offsets, *, block_shape, halo, out, client, workdir, n_attractive, stacked=False,
-            min_size=0, writer="xmodal.segment", **options):
+            min_size=0, writer="xmodal.segment", plane_limit=None, **options):
         from ..segmentation import blockwise_superpixel_agglomeration
 
-        del client  # threads only (see blockwise_superpixel_agglomeration)
         fallback = options.pop("blockwise_options", None)
+        plane = int(np.prod(affinities.shape[-2:]))
+        if stacked and (plane_limit is None or plane <= plane_limit):
+            # a 2D model's stack: slices in groups, each exactly as in memory (learned weights included)
+            return _graph_slicewise(method, affinities, offsets, block_shape=block_shape, out=out, client=client,
+                                    workdir=workdir, n_attractive=n_attractive, min_size=min_size, writer=writer,
+                                    **options)
+        del client  # threads only (see blockwise_superpixel_agglomeration)
         if options.get("edge_model") is not None:
             # learned edge weights need the affinities' features, which the blockwise route (on the
             # boundary map) does not have: the model's hand-weighted settings are used instead
@@ -100,6 +106,25 @@ def _graph_blockwise(method):
         return res.labels, int(res.n_segments)
 
     return run
+
+
+def _graph_slicewise(method, affinities, offsets, *, block_shape, out, client, workdir, n_attractive, min_size, writer,
+                     **options):
+    """The superpixel route on a 2D model's stack, ``prod(block_shape)`` voxels of slices per task."""
+    from ..segmentation import slicewise_superpixel_agglomeration
+
+    per_task = max(1, int(np.prod(block_shape)) // int(np.prod(affinities.shape[-2:])))
+    if out is not None and getattr(out, "chunks", None) is not None:
+        cz = int(out.chunks[0])  # groups write whole chunks along z
+        per_task = max(cz, per_task // cz * cz)
+    res = slicewise_superpixel_agglomeration(
+        affinities, np.asarray(offsets)[:, -2:], n_attractive=n_attractive, slices_per_task=per_task, out=out,
+        client=client, workdir=None if workdir is None else str(workdir), method=method, min_size=min_size, **options)
+    from ..io import is_zarr_array, mark_complete
+
+    if out is not None and is_zarr_array(out):
+        mark_complete(out, writer)
+    return res.labels, int(res.n_segments)
 
 
 class _BoundaryView:
@@ -178,11 +203,14 @@ def resolve_method(model, method, min_size, graph_options):
 
 
 def agglomerate(affinities, offsets, weighting: dict, *, method: str = "mws", target=None, block_shape=None,
-                workdir=None, client=None):
+                workdir=None, client=None, memory_voxels=None):
     """Labels from affinities, single-shot (``block_shape`` None) or block by block into ``target``.
 
-    Returns ``(labels, number of segments, affinities for the size filter)``: the affinities are
-    read into memory once when single-shot and passed on, else the array itself.
+    Blockwise, the superpixel methods on a 2D model's stack (``weighting["stacked"]``) whose slices
+    have at most ``memory_voxels`` voxels run slice group by slice group, exactly as in memory
+    (:func:`xmodal.segmentation.slicewise_superpixel_agglomeration`); otherwise on the boundary map
+    block by block. Returns ``(labels, number of segments, affinities for the size filter)``: the
+    affinities are read into memory once when single-shot and passed on, else the array itself.
     """
     if method not in SINGLE_SHOT:
         raise ValueError(f"method: expected one of {sorted(SINGLE_SHOT)}, got {method!r}")
@@ -195,8 +223,9 @@ def agglomerate(affinities, offsets, weighting: dict, *, method: str = "mws", ta
     # at least 1: a face between blocks is stitched from the voxel pairs across it (a 2D model's
     # stack has no offset along z, but its blocks may still split z)
     halo = np.maximum(np.abs(offsets).max(axis=0), 1).tolist()
+    extra = {"plane_limit": memory_voxels} if method in GRAPH_METHODS else {}
     return (*BLOCKWISE[method](affinities, offsets, block_shape=block_shape, halo=halo, out=target, client=client,
-                               workdir=workdir, **weighting), affinities)
+                               workdir=workdir, **weighting, **extra), affinities)
 
 
 def filter_small(labels, n_segments: int, affinities, offsets, *, n_attractive: int | None, min_size: int,

@@ -260,8 +260,11 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         filter of :func:`xmodal.segmentation.superpixel_agglomeration` (lowest mean boundary). Ids
         are then consecutive from 1 in raster order of first occurrence.
     block_shape : sequence of int, optional
-        Blockwise mutex watershed with these blocks; default single-shot when the volume has at
-        most ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D).
+        Work block by block with these blocks; default single-shot when the volume has at most
+        ``memory_voxels`` voxels, else blocks of 64 × 512 × 512 (3D) / 2048 × 2048 (2D). A 2D
+        model's stack with the superpixel methods is then segmented in groups of whole slices of
+        about ``prod(block_shape)`` voxels, with the same labels as in memory (slices of at most
+        ``memory_voxels`` voxels; larger slices go block by block on the boundary map).
     ground_truth : label array or path, optional
         Instance labels to evaluate against (0 = ignored background / boundary).
     spacing : float or sequence of float, optional
@@ -329,7 +332,9 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         block_shape = (64, 512, 512) if len(job.spatial) == 3 else (2048, 2048)
     target = None
     if root is not None:
-        chunks = (64, 256, 256)[-len(job.spatial):] if block_shape is None else block_shape
+        chunks = (64, 256, 256)[-len(job.spatial):] if block_shape is None else tuple(block_shape)
+        if block_shape is not None and job.stack and job.method in GRAPH_METHODS:
+            chunks = (1,) + chunks[1:]  # written in groups of whole slices (slicewise route)
         from ..io import create_ome_zarr_labels
 
         target = create_ome_zarr_labels(root, "cells", job.spatial, np.uint32, axes=job.axes[1:], chunks=chunks,
@@ -337,7 +342,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     report_stage(job.progress, "agglomerate")
     with _timed(timings, "agglomerate"):
         labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
-                                                  block_shape=block_shape, client=client,
+                                                  block_shape=block_shape, client=client, memory_voxels=memory_voxels,
                                                   workdir=None if stage is None else stage / "mws-work")
     report_stage(job.progress, "size_filter")
     with _timed(timings, "size_filter"):

@@ -14,6 +14,7 @@ from .agglomeration import (
 )
 from .blockwise import BlockwiseResult, blockwise_mutex_watershed
 from .blockwise_graph import BlockwiseAgglomerationResult, blockwise_superpixel_agglomeration
+from .slicewise_graph import SlicewiseAgglomerationResult, slicewise_superpixel_agglomeration
 from ._gasp import GaspInfo, boundary_to_signed_weights, gasp
 from ._multicut import multicut, probabilities_to_costs
 from .mws import (
@@ -70,4 +71,6 @@ __all__ = [
     "AgglomerationInfo",
     "blockwise_superpixel_agglomeration",
     "BlockwiseAgglomerationResult",
+    "slicewise_superpixel_agglomeration",
+    "SlicewiseAgglomerationResult",
 ]
