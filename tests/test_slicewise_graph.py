@@ -13,6 +13,7 @@ from xmodal.segmentation import (fit_edge_classifier, edge_feature_matrix, edge_
                                  edge_labels_from_ground_truth, distance_transform_watershed,
                                  boundaries_from_affinities, slicewise_superpixel_agglomeration,
                                  superpixel_agglomeration)
+from xmodal.segmentation.slicewise_graph import segment_slices_in_memory
 
 OFFS3 = np.hstack([np.zeros((len(EM_OFFSETS), 1), np.int64), np.asarray(EM_OFFSETS)])
 
@@ -53,6 +54,9 @@ def test_equals_the_in_memory_stacked_route(stack, edge_model, learned, per_task
         res = slicewise_superpixel_agglomeration(aff, EM_OFFSETS, n_attractive=2, slices_per_task=per_task, **o)
         np.testing.assert_array_equal(res.labels, whole)
         assert res.labels.dtype == whole.dtype and res.n_segments == int(whole.max())
+        threaded = segment_slices_in_memory(aff, EM_OFFSETS, n_attractive=2, n_workers=per_task, **o)
+        np.testing.assert_array_equal(threaded, whole)
+        assert threaded.dtype == whole.dtype
         assert res.n_tasks == -(-5 // per_task) and res.n_tasks_resumed == 0
     # the partition is a good one (the test would pass for a trivial labelling otherwise)
     from xmodal.metrics import adapted_rand_error
@@ -163,7 +167,10 @@ def test_segment_stack_too_large_for_memory_equals_in_memory(monkeypatch, stack,
     model = _Model({"method": "gasp", "gasp": learned})
     monkeypatch.setattr(_SEGMENT_MODULE, "_predict", lambda job, *a, **k: aff)
     raw = np.zeros(aff.shape[1:], np.float32)
-    single = segment(raw, model=model, normalize=None).labels
+    single = segment(raw, model=model, normalize=None).labels  # in memory: the slices on threads
+    np.testing.assert_array_equal(single, superpixel_agglomeration(
+        affinities=aff, offsets=OFFS3, n_attractive=2, stacked=True,
+        **{k: v for k, v in learned.items() if k != "hand_weighted"}))
     with caplog.at_level(logging.WARNING, logger="xmodal"):
         small = segment(raw, model=model, normalize=None, memory_voxels=2 * 80 * 80).labels
         blocks = segment(raw, model=model, normalize=None, block_shape=(2, 64, 64)).labels

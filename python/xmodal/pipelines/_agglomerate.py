@@ -66,7 +66,13 @@ def _graph_single(method):
         from ..segmentation import superpixel_agglomeration
 
         options.pop("blockwise_options", None)
+        if stacked and affinities.shape[1] > 1:  # a 2D model's stack: slices on threads, the same labels
+            from .. import get_num_threads
+            from ..segmentation.slicewise_graph import segment_slices_in_memory
 
+            return segment_slices_in_memory(affinities, offsets, n_attractive=n_attractive,
+                                            n_workers=min(get_num_threads(), affinities.shape[1]), method=method,
+                                            min_size=min_size, **options)
         return superpixel_agglomeration(affinities=affinities, offsets=offsets, n_attractive=n_attractive,
                                         method=method, stacked=stacked, min_size=min_size, **options)
 

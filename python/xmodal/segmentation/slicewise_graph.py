@@ -133,6 +133,27 @@ def _write_group(plan: _Plan, k: int, offset: int, out):
     return None
 
 
+def segment_slices_in_memory(affinities: np.ndarray, offsets, *, n_attractive: int, n_workers: int, **options):
+    """The labels of ``superpixel_agglomeration(affinities=..., stacked=True, **options)`` for an
+    in-memory ``(C, z, y, x)`` stack, its slices segmented on ``n_workers`` threads (same labels)."""
+    from .agglomeration import superpixel_agglomeration
+
+    o = np.asarray(offsets)
+    o = o if o.shape[1] == 3 else np.hstack([np.zeros((len(o), 1), o.dtype), o])
+
+    def one(z):
+        return superpixel_agglomeration(affinities=affinities[:, z:z + 1], offsets=o, n_attractive=n_attractive,
+                                        stacked=True, **options)
+
+    with ThreadPoolExecutor(max(1, int(n_workers))) as pool:
+        parts = list(pool.map(one, range(affinities.shape[1])))
+    counts = np.array([int(p.max(initial=0)) for p in parts], np.int64)
+    total = int(counts.sum())
+    dtype = np.uint32 if total < (1 << 32) - 1 else np.uint64
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.concatenate([np.where(p > 0, p.astype(dtype) + dtype(s), dtype(0)) for p, s in zip(parts, starts)])
+
+
 def _check(affinities, offsets, n_attractive, slices_per_task, out, mask, options, n_workers):
     from .agglomeration import superpixel_agglomeration
 
