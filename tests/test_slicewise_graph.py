@@ -183,29 +183,49 @@ def test_segment_stack_too_large_for_memory_equals_in_memory(monkeypatch, stack,
     assert [r for r in caplog.records if "single-shot only" in r.getMessage()]
 
 
-def test_segment_stack_blockwise_into_an_output_folder(monkeypatch, stack, tmp_path):
-    pytest.importorskip("zarr")
-    from xmodal.pipelines import segment
-
+def _writing_predict(aff):
+    """A stand-in for segment()'s prediction step that writes ``aff`` where segment() keeps them."""
     import zarr
     from xmodal.io import ome_image_metadata
 
-    aff, _ = stack
-    model = _Model({"method": "gasp", "gasp": dict(OPTIONS[0])})
-
-    def predict(job, normalizer, root, **kw):  # the affinities written where segment() keeps them
+    def predict(job, normalizer, root, **kw):
         if root is None:
             return aff
         group = zarr.open_group(str(root), mode="a")
-        group.create_array("0", shape=aff.shape, dtype=aff.dtype, chunks=(len(aff), 1, 80, 80))[...] = aff
+        group.create_array("0", shape=aff.shape, dtype=aff.dtype, chunks=aff.shape)[...] = aff
         group.attrs.update({"ome": ome_image_metadata(job.axes, spacing=job.spacing, name="affinities")})
         return group["0"]
 
-    monkeypatch.setattr(_SEGMENT_MODULE, "_predict", predict)
+    return predict
+
+
+def test_segment_stack_blockwise_into_an_output_folder(monkeypatch, stack, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from xmodal.pipelines import segment
+
+    aff, _ = stack
+    model = _Model({"method": "gasp", "gasp": dict(OPTIONS[0])})
+    monkeypatch.setattr(_SEGMENT_MODULE, "_predict", _writing_predict(aff))
     raw = np.zeros(aff.shape[1:], np.float32)
     single = segment(raw, model=model, normalize=None).labels
     res = segment(raw, model=model, normalize=None, block_shape=(2, 64, 64), out=tmp_path / "seg")
     np.testing.assert_array_equal(np.asarray(res.labels[...]), single)
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["provenance.json", "segmentation.ome.zarr"]
     written = zarr.open_array(str(tmp_path / "seg" / "segmentation.ome.zarr" / "labels" / "cells" / "0"), mode="r")
     assert written.chunks[0] == 1
     np.testing.assert_array_equal(written[...], single)
+
+
+def test_segment_blockwise_boundary_route_leaves_no_work_folder(monkeypatch, tmp_path):
+    """An image over memory_voxels goes block by block on the boundary map; its work folder (the
+    block superpixels) is removed when the run completes."""
+    pytest.importorskip("zarr")
+    from xmodal.pipelines import segment
+
+    aff, _ = _affinities((96, 96), seed=3)
+    model = _Model({"method": "gasp", "gasp": {"beta": 0.5, "superpixel_min_size": 10}})
+    monkeypatch.setattr(_SEGMENT_MODULE, "_predict", _writing_predict(aff))
+    res = segment(np.zeros((96, 96), np.float32), model=model, normalize=None, block_shape=(48, 48),
+                  out=tmp_path / "seg")
+    assert int(np.asarray(res.labels[...]).max()) == res.n_segments > 1
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["provenance.json", "segmentation.ome.zarr"]

@@ -230,6 +230,52 @@ def test_blockwise_route_single_block_equals_in_memory_and_is_worker_independent
         blockwise_superpixel_agglomeration(b, block_shape=8, halo=2, out=np.zeros((2, 2, 2)))
 
 
+class _FailingBoundaries:
+    """The boundary map, with reading around z index ``fail_at`` raising (a crash in mid-run)."""
+
+    def __init__(self, b, fail_at):
+        self.b, self.fail_at, self.shape, self.dtype, self.ndim = b, fail_at, b.shape, b.dtype, b.ndim
+
+    def __getitem__(self, sl):
+        if sl[0].start <= self.fail_at < sl[0].stop:
+            raise RuntimeError("simulated crash")
+        return self.b[sl]
+
+
+def test_blockwise_route_resumes_and_runs_on_dask(tmp_path):
+    pytest.importorskip("zarr")
+    from xmodal.segmentation import blockwise_superpixel_agglomeration
+
+    gt = voronoi_labels((24, 64, 64), 16, seed=3)
+    b = boundary_map(gt, seed=4)
+    kw = dict(block_shape=(8, 32, 32), halo=(3, 8, 8))
+    ref = blockwise_superpixel_agglomeration(b, **kw)
+    assert ref.n_blocks == 12 and ref.n_blocks_resumed == 0
+    work = tmp_path / "work"
+    with pytest.raises(RuntimeError, match="simulated crash"):  # blocks of z 16-23 (and their halos) fail
+        blockwise_superpixel_agglomeration(_FailingBoundaries(b, 20), workdir=work, n_workers=1, **kw)
+    done = {p.name for p in (work / "done").iterdir() if p.name != "signature"}
+    assert 0 < len(done) < 12
+    res = blockwise_superpixel_agglomeration(b, workdir=work, **kw)
+    assert res.n_blocks_resumed == len(done)
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    assert not work.exists()  # a completed run leaves nothing behind
+    # another agglomeration on the same superpixels reuses them; other superpixels do not
+    with pytest.raises(RuntimeError):
+        blockwise_superpixel_agglomeration(_FailingBoundaries(b, 20), workdir=work, n_workers=1, **kw)
+    res = blockwise_superpixel_agglomeration(b, workdir=work, beta=0.4, **kw)
+    assert res.n_blocks_resumed == len(done)
+    np.testing.assert_array_equal(res.labels, blockwise_superpixel_agglomeration(b, beta=0.4, **kw).labels)
+    with pytest.raises(RuntimeError):
+        blockwise_superpixel_agglomeration(_FailingBoundaries(b, 20), workdir=work, n_workers=1, **kw)
+    assert blockwise_superpixel_agglomeration(b, workdir=work, threshold=0.4, **kw).n_blocks_resumed == 0
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        res = blockwise_superpixel_agglomeration(b, client=client, **kw)
+    np.testing.assert_array_equal(res.labels, ref.labels)
+
+
 def test_superpixel_route_equals_its_pieces(cells2d):
     from xmodal.segmentation import boundary_to_signed_weights, edge_features, gasp, region_adjacency_graph
 

@@ -325,6 +325,21 @@ class BlockLedger:
             self.signature = f.read().strip()
         return self
 
+    @classmethod
+    def lookup(cls, directory, index, path, *arrays):
+        """For a block task: ``(ledger, digest, record)``, the ledger in ``directory`` (attached), the
+        :func:`data_digest` of the block's input ``arrays``, and the block's record when it is done
+        from that input and its result file ``path`` exists (else None). ``(None, None, None)`` when
+        ``directory`` is None (a run that cannot resume)."""
+        if directory is None:
+            return None, None, None
+        from ._resume import data_digest
+
+        ledger, digest = cls.attach(directory), data_digest(*arrays)
+        rec = ledger.record(index)
+        done = rec is not None and rec.get("input") == digest and os.path.exists(path)
+        return ledger, digest, rec if done else None
+
     @staticmethod
     def key(index: Sequence[int] | int) -> str:
         if isinstance(index, (int, np.integer)):

@@ -91,7 +91,6 @@ def _graph_blockwise(method):
             return _graph_slicewise(method, affinities, offsets, block_shape=block_shape, out=out, client=client,
                                     workdir=workdir, n_attractive=n_attractive, min_size=min_size, writer=writer,
                                     **options)
-        del client  # threads only (see blockwise_superpixel_agglomeration)
         if options.get("edge_model") is not None:
             # learned edge weights need the affinities' features, which the blockwise route (on the
             # boundary map) does not have: the model's hand-weighted settings are used instead
@@ -104,7 +103,7 @@ def _graph_blockwise(method):
         res = blockwise_superpixel_agglomeration(
             _BoundaryView(affinities, offsets, n_attractive), block_shape=block_shape,
             halo=[max(int(h), 8) for h in halo], out=out, method=method, stacked=stacked, min_size=min_size,
-            workdir=None if workdir is None else str(workdir), **options)
+            workdir=None if workdir is None else str(workdir), client=client, **options)
         from ..io import is_zarr_array, mark_complete
 
         if out is not None and is_zarr_array(out):  # born flagged incomplete (create_ome_zarr_labels)

@@ -126,13 +126,10 @@ def _run_block(plan: _Plan, bid: int):
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
-    ledger = digest = None
-    if plan.ledger_dir is not None:  # resumable: the block's input bytes decide whether it is done
-        digest = xio.data_digest(affs, mask)
-        ledger = xio.BlockLedger.attach(plan.ledger_dir)
-        rec = ledger.record(bid)
-        if rec is not None and rec.get("input") == digest and os.path.exists(plan.path("blocks", bid) + ".npz"):
-            return int(rec["n_labels"]), digest, True
+    # resumable (a ledger): the block's input bytes decide whether it is done
+    ledger, digest, rec = xio.BlockLedger.lookup(plan.ledger_dir, bid, plan.path("blocks", bid) + ".npz", affs, mask)
+    if rec is not None:
+        return int(rec["n_labels"]), digest, True
     _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
     ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))

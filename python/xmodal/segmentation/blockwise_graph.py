@@ -23,7 +23,13 @@ Passes (one block of the boundary map, with halo, in memory per worker):
 5. **Relabel.** Every block's superpixels are mapped to their segment and written to ``out``.
 
 Labels are consecutive from 1 in the order of the superpixels' global ids (block order, then raster
-order inside a block); the result does not depend on the number of workers.
+order inside a block); the result does not depend on the number of workers or on the scheduler.
+
+The block tasks (passes 1, 3 and 5; :mod:`xmodal.segmentation._blockwise_tasks`) run on threads or
+on a ``dask.distributed`` client. Pass 1, the costly one, is resumable with a ``workdir``: a block is
+done when its marker exists (:class:`xmodal.io.BlockLedger`, written after its superpixels and face
+evidence), and a rerun reuses it when the block's boundaries (and mask), read again with the halo,
+have the same SHA-256 and the superpixel options, blocks and halo are unchanged.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import io as xio
 from .._validation import describe, per_axis
 from .agglomeration import METHODS, _check_beta, _merge_small_segments, agglomerate_graph
-from .rag import edge_features, region_adjacency_graph
-from .superpixels import _relabel_first_occurrence, distance_transform_watershed
+from ._blockwise_tasks import _block_edges, _block_superpixels, _Plan, _relabel_block
+from .superpixels import _relabel_first_occurrence
 
 __all__ = ["BlockwiseAgglomerationResult", "blockwise_superpixel_agglomeration"]
 
@@ -58,6 +65,8 @@ class BlockwiseAgglomerationResult:
     n_superpixels, n_edges, n_segments, n_blocks : int
     n_stitched : int
         Pairs of superpixels cut by a block face and joined again (see the module docstring).
+    n_blocks_resumed : int
+        Blocks whose superpixels a resumed run took from the work folder.
     seconds : dict
         Wall-clock seconds of the passes ``superpixels``, ``graph``, ``agglomeration``, ``relabel``.
     """
@@ -68,27 +77,9 @@ class BlockwiseAgglomerationResult:
     n_segments: int
     n_blocks: int
     n_stitched: int = 0
+    n_blocks_resumed: int = 0
     seconds: dict = field(default_factory=dict)
 
-
-def _face_stats(a, b, va, vb):
-    """Edges between label slices a and b (faces a[i] - b[i]) with face count and sample stats."""
-    keep = (a != b) & (a > 0) & (b > 0)
-    if not keep.any():
-        return None
-    a, b = a[keep].astype(np.uint64), b[keep].astype(np.uint64)
-    va, vb = va[keep].astype(np.float64), vb[keep].astype(np.float64)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    key = lo << np.uint64(32) | hi
-    uk, inv = np.unique(key, return_inverse=True)
-    faces = np.bincount(inv, minlength=uk.size)
-    ssum = np.bincount(inv, weights=va, minlength=uk.size) + np.bincount(inv, weights=vb, minlength=uk.size)
-    smin = np.full(uk.size, np.inf)
-    smax = np.full(uk.size, -np.inf)
-    for v in (va, vb):
-        np.minimum.at(smin, inv, v)
-        np.maximum.at(smax, inv, v)
-    return uk, faces.astype(np.float64), 2.0 * faces, ssum, smin, smax
 
 
 def _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta, min_size, n_workers):
@@ -133,83 +124,6 @@ class _BlockGrid:
         return tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(self.inner[i], self.hl, self.shape))
 
 
-def _global_ids(local, offset):
-    return np.where(local > 0, local.astype(np.int64) + offset, 0)
-
-
-def _block_superpixels(grid, boundaries, mask, sp_store, options, i):
-    """Pass 1 on block i: superpixels with halo, stored cropped with local ids from 1.
-
-    Returns (count, sizes of the superpixels, joined): ``joined[(side, d)]`` says, for each pair of
-    voxels across the block face on axis d, whether this run (whose halo holds the neighbour's voxel)
-    put both into one superpixel: the evidence for stitching.
-    """
-    sl, outer, shape = grid.inner[i], grid.outer(i), grid.shape
-    b = np.asarray(boundaries[outer])
-    m = None if mask is None else np.asarray(mask[outer]).astype(bool)
-    sp = distance_transform_watershed(b, mask=m, **options)
-    crop = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, outer))
-    local, k = _relabel_first_occurrence(sp[crop])
-    sp_store[sl] = local.astype(np.uint32)
-    joined = {}
-    for d in range(grid.ndim):
-        for side, (a, c) in (("up", (sl[d].stop - 1, sl[d].stop)), ("low", (sl[d].start - 1, sl[d].start))):
-            if a < outer[d].start or c >= outer[d].stop or a < 0 or c >= shape[d]:
-                continue
-            la = np.take(sp, a - outer[d].start, axis=d)
-            lb = np.take(sp, c - outer[d].start, axis=d)
-            other = tuple(c_ for k_, c_ in enumerate(crop) if k_ != d)
-            la, lb = la[other], lb[other]
-            joined[(side, d)] = (la == lb) & (la > 0)
-    return k, np.bincount(local.ravel(), minlength=k + 1)[1:].astype(np.float64), joined
-
-
-def _block_edges(grid, boundaries, sp_store, offsets, joined, i):
-    """Pass 2 on block i: its inner edges and the edges across its upper faces (global ids), and the
-    superpixel pairs cut by an upper face that both blocks' runs saw as one (keys ``u << 32 | v``)."""
-    sl, ndim, shape = grid.inner[i], grid.ndim, grid.shape
-    local = np.asarray(sp_store[sl])
-    lab = _global_ids(local, offsets[i])
-    b = np.asarray(boundaries[sl], dtype=np.float64)
-    parts, stitch = [], []
-    rag = region_adjacency_graph(local, ignore_label=0)  # local ids: a small graph
-    if rag.n_edges:
-        f = edge_features(rag, local, b, quantiles=())
-        g = rag.edges + np.uint64(offsets[i])
-        key = g[:, 0] << np.uint64(32) | g[:, 1]
-        parts.append((key, rag.n_faces.astype(np.float64), f.count.astype(np.float64), f.mean * f.count, f.min, f.max))
-    for d in range(ndim):
-        if sl[d].stop >= shape[d]:
-            continue
-        nb = list(grid.blocks[i])
-        nb[d] += grid.bs[d]
-        j = grid.index[tuple(nb)]
-        last, first = list(sl), list(sl)
-        last[d] = slice(sl[d].stop - 1, sl[d].stop)
-        first[d] = slice(sl[d].stop, sl[d].stop + 1)
-        la = lab[tuple(slice(None) if k != d else slice(-1, None) for k in range(ndim))]
-        lb = _global_ids(np.asarray(sp_store[tuple(first)]), offsets[j])
-        fs = _face_stats(la, lb, np.asarray(boundaries[tuple(last)], dtype=np.float64),
-                         np.asarray(boundaries[tuple(first)], dtype=np.float64))
-        if fs is not None:
-            parts.append(fs)
-        ja, jb = joined[i].get(("up", d)), joined[j].get(("low", d))
-        if ja is not None and jb is not None:
-            stitch.extend(_stitch_votes(np.squeeze(la, axis=d), np.squeeze(lb, axis=d), ja & jb))
-    return parts, stitch
-
-
-def _stitch_votes(la, lb, both):
-    """Pairs (keys) of superpixels across a face that most of their shared face pairs join in both runs."""
-    keep = (la != lb) & (la > 0) & (lb > 0)
-    if not keep.any():
-        return []
-    k2 = np.minimum(la, lb)[keep].astype(np.uint64) << np.uint64(32) | np.maximum(la, lb)[keep].astype(np.uint64)
-    uk, inv = np.unique(k2, return_inverse=True)
-    votes = np.bincount(inv, weights=both[keep], minlength=uk.size)
-    total = np.bincount(inv, minlength=uk.size)
-    return [uk[votes > 0.5 * total]]
-
 
 def _stitch_groups(pairs, n_nodes):
     """Each superpixel -> the smallest id of its stitched group, and the number of stitched pairs."""
@@ -253,12 +167,74 @@ def _merge_edge_parts(parts, rep, n_stitched, feature):
     return uv[~inside], cnt[~inside], stat[~inside]
 
 
+def _run(client, n_workers, fn, args):
+    """``[fn(*a) for a in args]`` on the dask client, else on ``n_workers`` threads."""
+    if client is not None:
+        return client.gather(client.map(fn, *zip(*args), pure=False))
+    with ThreadPoolExecutor(n_workers) as pool:
+        return list(pool.map(lambda a: fn(*a), args))
+
+
+def _open_work(workdir, shape, bs, hl, sp_options, mask, boundaries):
+    """(work folder, ledger folder or None, superpixel store path, own temporary folder?)."""
+    import zarr
+
+    own = workdir is None
+    work = tempfile.mkdtemp(prefix="xmodal-sp-") if own else os.path.abspath(os.fspath(workdir))
+    os.makedirs(os.path.join(work, "blocks"), exist_ok=True)
+    signature = xio.job_signature({"function": "xmodal.blockwise_superpixel_agglomeration", "shape": shape,
+                                   "dtype": str(boundaries.dtype), "block_shape": bs, "halo": hl,
+                                   "superpixels": sp_options, "mask": mask is not None})
+    sp_name = f"superpixels-{signature[:16]}.zarr"
+    ledger_dir = None
+    if not own:  # resumable: the markers (and the superpixel store) of another job are cleared
+        ledger_dir = os.path.join(work, "done")
+        xio.BlockLedger(ledger_dir, signature)
+        for name in os.listdir(work):
+            if name.startswith("superpixels") and name != sp_name:
+                shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+    sp_path = os.path.join(work, sp_name)
+    if not os.path.exists(sp_path):
+        zarr.create_array(store=sp_path, shape=shape, chunks=tuple(bs), dtype=np.uint32)
+    return work, ledger_dir, sp_path, own
+
+
+def _clean_work(work):
+    """Remove what a completed run wrote into the caller's work folder (and the folder when empty)."""
+    for name in os.listdir(work):
+        if name in ("blocks", "done", "final.npy") or name.startswith("superpixels") or name.startswith(".tmp-"):
+            path = os.path.join(work, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    try:
+        os.rmdir(work)
+    except OSError:
+        pass
+
+
+def _agglomerate_blocks(plan, offsets, res, n_nodes, method, feature, agg, min_size, run):
+    """Passes 2-4: the global graph from the blocks, one agglomeration, size filter, final ids."""
+    joined = [r[2] for r in res]
+    per_block = run(_block_edges, [(plan, offsets, joined, i) for i in range(plan.grid.n_blocks)])
+    rep, n_stitched = _stitch_groups([k for _, st in per_block for k in st], n_nodes)
+    uv, cnt, stat = _merge_edge_parts([p for ps, _ in per_block for p in ps], rep, n_stitched, feature)
+    be = np.clip(stat, 0.0, 1.0)
+    node_labels = agglomerate_graph(n_nodes, uv, be, cnt, method=method, **agg).astype(np.int64)
+    node_labels = node_labels[rep]  # stitched superpixels follow their group's representative
+    node_labels[0] = 0
+    if min_size > 0:
+        node_size = np.concatenate([[0.0]] + [r[1] for r in res])
+        node_labels = _merge_small_segments(node_labels, node_size, uv.astype(np.int64), be, cnt, int(min_size))
+    final, n_seg = _relabel_first_occurrence(node_labels)
+    dtype = np.uint32 if n_seg < (1 << 32) - 1 else np.uint64
+    return final.astype(dtype), n_seg, int(uv.shape[0]), n_stitched
+
+
 def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=None, mask=None, method="gasp",
                                        beta=0.5, feature="mean", linkage="mean", cannot_link=False,
                                        solver="kernighan-lin", size_exponent=None, threshold=0.5,
                                        sigma_seeds=1.0, sigma_weights=2.0, alpha=1.0,
                                        superpixel_min_size=100, stacked=False, spacing=None, min_size=0,
-                                       n_workers=1, workdir=None):
+                                       n_workers=None, workdir=None, client=None):
     """Superpixels per block, one global region graph, one agglomeration, relabel per block.
 
     Parameters
@@ -271,8 +247,8 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         Context read around each block for the superpixels (e.g. 2 * sigma_weights + a few voxels;
         with ``stacked=True`` the z halo is not needed).
     out : array-like, optional
-        Where to write the labels (e.g. a zarr array of the spatial shape, integer dtype); default a
-        new numpy array.
+        Where to write the labels (e.g. a zarr array of the spatial shape, integer dtype; chunks that
+        divide ``block_shape``); default a new numpy array.
     mask : array-like of bool, optional
         Voxels outside are 0.
     method, beta, linkage, cannot_link, solver, size_exponent, min_size
@@ -281,77 +257,67 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         Edge statistic of the boundary samples.
     threshold, sigma_seeds, sigma_weights, alpha, superpixel_min_size, stacked, spacing
         Superpixel options (:func:`~xmodal.segmentation.distance_transform_watershed`).
-    n_workers : int
-        Threads over blocks (the native kernels and scipy release the GIL).
+    n_workers : int, optional
+        Threads over blocks when there is no ``client`` (default ``xmodal.get_num_threads()``; the
+        native kernels and scipy release the GIL). The result does not depend on it.
     workdir : path, optional
-        Folder for the block superpixels (a zarr array); default a temporary folder removed at the end.
+        Folder for the block superpixels (a zarr array) and done-markers. Give one to make the run
+        resumable: calling again with the same folder skips the superpixels of a block whose
+        boundaries (and mask) read the same bytes and whose superpixel options, blocks and halo are
+        the same (the agglomeration options may change). What the run wrote there is removed when
+        it completes. Default: a temporary folder removed at the end.
+    client : dask.distributed.Client, optional
+        Run the block tasks on this client (the inputs and ``workdir`` must be reachable from its
+        workers); default: threads in this process.
 
     Returns
     -------
     BlockwiseAgglomerationResult
     """
+    if n_workers is None:
+        from .. import _core
+        n_workers = max(1, _core.num_threads())
     shape, bs, hl = _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta,
                                           min_size, n_workers)
-    import zarr
-
     grid = _BlockGrid(shape, bs, hl)
     sp_options = dict(threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights, alpha=alpha,
                       min_size=superpixel_min_size, stacked=stacked, spacing=spacing)
-    own_tmp = workdir is None
-    work = tempfile.mkdtemp(prefix="xmodal-sp-") if own_tmp else os.fspath(workdir)
-    os.makedirs(work, exist_ok=True)
+    work, ledger_dir, sp_path, own = _open_work(workdir, shape, bs, hl, sp_options, mask, boundaries)
+    plan = _Plan(grid, boundaries, mask, sp_options, work, ledger_dir, sp_path)
+
+    def run(fn, args):
+        return _run(client, n_workers, fn, args)
+
     seconds = {}
     try:
-        sp_store = zarr.create_array(store=os.path.join(work, "superpixels.zarr"), shape=shape,
-                                     chunks=tuple(bs), dtype=np.uint32, overwrite=True)
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(n_workers) as ex:
-            res = list(ex.map(lambda i: _block_superpixels(grid, boundaries, mask, sp_store, sp_options, i),
-                              range(grid.n_blocks)))
+        res = run(_block_superpixels, [(plan, i) for i in range(grid.n_blocks)])
         counts = np.array([r[0] for r in res], np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         n_nodes = int(offsets[-1]) + 1
         if n_nodes >= (1 << 32) - 2:
             raise ValueError(f"too many superpixels for one graph ({n_nodes - 1}); use larger superpixels")
-        node_size = np.concatenate([[0.0]] + [r[1] for r in res])
-        joined = [r[2] for r in res]
         seconds["superpixels"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(n_workers) as ex:
-            per_block = list(ex.map(lambda i: _block_edges(grid, boundaries, sp_store, offsets, joined, i),
-                                    range(grid.n_blocks)))
-        rep, n_stitched = _stitch_groups([k for _, st in per_block for k in st], n_nodes)
-        uv, cnt, stat = _merge_edge_parts([p for ps, _ in per_block for p in ps], rep, n_stitched, feature)
-        seconds["graph"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        be = np.clip(stat, 0.0, 1.0)
-        node_labels = agglomerate_graph(n_nodes, uv, be, cnt, method=method, beta=beta, linkage=linkage,
-                                        cannot_link=cannot_link, solver=solver,
-                                        size_exponent=size_exponent).astype(np.int64)
-        node_labels = node_labels[rep]  # stitched superpixels follow their group's representative
-        node_labels[0] = 0
-        if min_size > 0:
-            node_labels = _merge_small_segments(node_labels, node_size, uv.astype(np.int64), be, cnt, int(min_size))
-        final, n_seg = _relabel_first_occurrence(node_labels)
-        dtype = np.uint32 if n_seg < (1 << 32) - 1 else np.uint64
-        final = final.astype(dtype)
+        agg = dict(beta=beta, linkage=linkage, cannot_link=cannot_link, solver=solver, size_exponent=size_exponent)
+        final, n_seg, n_edges, n_stitched = _agglomerate_blocks(plan, offsets, res, n_nodes, method, feature, agg,
+                                                                min_size, run)
         seconds["agglomeration"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        target = np.zeros(shape, dtype) if out is None else out
-
-        def relabel(i):
-            sl = grid.inner[i]
-            target[sl] = final[_global_ids(np.asarray(sp_store[sl]), offsets[i])]
-
-        with ThreadPoolExecutor(n_workers) as ex:
-            list(ex.map(relabel, range(grid.n_blocks)))
+        final_path = os.path.join(work, "final.npy")
+        np.save(final_path, final)  # always this run's (it depends on every block)
+        parts = run(_relabel_block, [(plan, offsets, final_path, out, i) for i in range(grid.n_blocks)])
+        target = out
+        if out is None:
+            target = np.zeros(shape, final.dtype)
+            for i, part in enumerate(parts):
+                target[grid.inner[i]] = part
         seconds["relabel"] = time.perf_counter() - t0
     finally:
-        if own_tmp:
+        if own:
             shutil.rmtree(work, ignore_errors=True)
-    return BlockwiseAgglomerationResult(labels=target, n_superpixels=n_nodes - 1, n_edges=int(uv.shape[0]),
+    if not own:
+        _clean_work(work)  # complete: the resume state must not outlive the run
+    return BlockwiseAgglomerationResult(labels=target, n_superpixels=n_nodes - 1, n_edges=n_edges,
                                         n_segments=n_seg, n_blocks=grid.n_blocks, n_stitched=n_stitched,
-                                        seconds=seconds)
+                                        n_blocks_resumed=sum(bool(r[4]) for r in res), seconds=seconds)

@@ -103,13 +103,9 @@ def _run_group(plan: _Plan, k: int):
     z = plan.slices(k)
     a = np.asarray(plan.affinities[:, z], dtype=np.float32)
     m = None if plan.mask is None else np.asarray(plan.mask[z]).astype(bool)
-    ledger = digest = None
-    if plan.ledger_dir is not None:
-        digest = xio.data_digest(a, m)
-        ledger = xio.BlockLedger.attach(plan.ledger_dir)
-        rec = ledger.record(k)
-        if rec is not None and rec.get("input") == digest and os.path.exists(plan.path(k)):
-            return int(rec["n_labels"]), digest, True
+    ledger, digest, rec = xio.BlockLedger.lookup(plan.ledger_dir, k, plan.path(k), a, m)
+    if rec is not None:
+        return int(rec["n_labels"]), digest, True
     labels = superpixel_agglomeration(affinities=a, offsets=plan.offsets, n_attractive=plan.n_attractive,
                                       stacked=True, mask=m, **plan.options)
     n = int(labels.max(initial=0))
