@@ -74,6 +74,10 @@ def test_segment_blockwise_matches_single_shot(isbi):
         (dict(raw=np.zeros((16, 16)), spacing=(1, 1, 1)), ValueError, "spacing: expected a scalar or 2 values"),
         (dict(raw=np.zeros((16, 16)), normalize="no"), ValueError, "normalize: expected 'auto', 'standardize'"),
         (dict(raw=np.zeros((16, 16)), progress="no"), TypeError, "progress: expected True, False or a callable"),
+        (dict(raw=np.zeros((16, 16)), block_shape=(0, 8)), ValueError, "block_shape"),
+        (dict(raw=np.zeros((16, 16)), block_shape=(8, 8, 8)), ValueError, "block_shape"),
+        (dict(raw=np.zeros((16, 16)), memory_voxels=0), ValueError, "memory_voxels: expected an integer >= 1"),
+        (dict(raw=np.zeros((16, 16)), memory_voxels=1.5), TypeError, "memory_voxels"),
     ],
 )
 def test_segment_bad_input(kwargs, exc, match, tmp_path):
@@ -195,6 +199,26 @@ def test_cli_segment_evaluate_mws_predict(isbi, tmp_path):
     assert ids[0] == 1 and counts.min() >= 40 and f"{len(ids)} segments" in r.stdout
     bad = _run("evaluate", str(tmp_path / "missing.npy"), str(tmp_path / "gt.npy"))
     assert bad.returncode == 2 and "not found" in bad.stderr and "missing.npy" in bad.stderr
+
+
+def test_cli_segment_stack_over_memory_voxels_gives_the_in_memory_labels(isbi, tmp_path):
+    """The shipped EM model on a 2-slice stack: in memory, and over --memory-voxels in groups of
+    whole slices (--block-shape 1,256,256): the same labels, and no work folder left behind."""
+    import zarr
+
+    raw, _ = isbi
+    np.save(tmp_path / "raw.npy", raw)
+    labels = {}
+    for name, extra in (("whole", []), ("groups", ["--memory-voxels", str(256 * 256), "--block-shape", "1,256,256"])):
+        r = _run("segment", str(tmp_path / "raw.npy"), "--out", str(tmp_path / name), "-q", *extra)
+        assert r.returncode == 0, r.stderr
+        labels[name] = zarr.open_array(str(tmp_path / name / "segmentation.ome.zarr" / "labels" / "cells" / "0"),
+                                       mode="r")[...]
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["provenance.json", "segmentation.ome.zarr"]
+    np.testing.assert_array_equal(labels["groups"], labels["whole"])
+    assert labels["whole"].max() > 20
+    bad = _run("segment", str(tmp_path / "raw.npy"), "--out", str(tmp_path / "bad"), "--block-shape", "0,256,256")
+    assert bad.returncode == 2 and "block_shape" in bad.stderr
 
 
 @pytest.mark.slow

@@ -296,7 +296,8 @@ def cmd_segment(args) -> int:
     res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size, method=args.method,
                   tile_shape=ints_option(args.tile_shape), device=args.device, client=dask_client(args),
                   ground_truth=args.ground_truth, spacing=spacing_option(args.spacing), progress=not args.quiet,
-                  tta=args.tta)
+                  tta=args.tta, memory_voxels=args.memory_voxels,
+                  block_shape=ints_option(args.block_shape, "--block-shape"))
     line = f"{res.n_segments} segments in {res.timings['total']:.1f} s; outputs in {args.out}"
     if res.metrics is not None:
         m = res.metrics.get("mean", res.metrics)

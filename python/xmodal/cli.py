@@ -272,6 +272,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--spacing", help="voxel size, e.g. 0.05,0.004,0.004")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the predictions of the 8 "
                    "rotations / flips of the image plane (8x the prediction time; see docs/inference.md)")
+    p.add_argument("--memory-voxels", type=int, default=1 << 27,
+                   help="largest volume segmented in memory, in voxels (default 134217728); larger ones go block "
+                        "by block (a 2D model's stack: in groups of whole slices, the same labels)")
+    p.add_argument("--block-shape", help="blocks of the blockwise route, e.g. 64,512,512 (default: 64,512,512 / "
+                                         "2048,2048 when the volume exceeds --memory-voxels)")
     _common(p, device=True, scheduler=True)
 
     p = _command(sub, subs, "evaluate", commands.cmd_evaluate,

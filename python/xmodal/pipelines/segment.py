@@ -20,7 +20,7 @@ import numpy as np
 
 from .._progress import timed as _timed
 from .._progress import report_stage
-from .._validation import as_progress, as_spacing, describe
+from .._validation import as_progress, as_spacing, describe, per_axis, positive_int
 from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
 
 log = logging.getLogger("xmodal.pipelines")
@@ -314,6 +314,9 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
                     method=method, graph_options=graph_options)
     if not isinstance(tta, bool):
         raise TypeError(f"tta: expected True or False, got {describe(tta)}")
+    memory_voxels = positive_int(memory_voxels, "memory_voxels")
+    if block_shape is not None:  # checked before the prediction, not after it
+        block_shape = per_axis(block_shape, len(job.spatial), "block_shape", minimum=1)
     if tta:
         job.model = _with_tta(job)
     out_dir = stage = root = None
