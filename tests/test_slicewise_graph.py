@@ -114,6 +114,9 @@ def test_resumes_finished_groups_into_zarr(stack, tmp_path):
     with pytest.raises(RuntimeError):
         slicewise_superpixel_agglomeration(_FailingAffinities(aff, 4), EM_OFFSETS, n_attractive=2, workdir=work,
                                            n_workers=1, **o)
+    with pytest.raises(ValueError, match="out: its chunks of 2 slices must divide slices_per_task"):
+        slicewise_superpixel_agglomeration(aff, EM_OFFSETS, n_attractive=2, slices_per_task=3, **o, out=zarr.create_array(
+            store=str(tmp_path / "l2.zarr"), shape=aff.shape[1:], chunks=(2, 80, 80), dtype=np.uint32))
     res = slicewise_superpixel_agglomeration(aff, EM_OFFSETS, n_attractive=2, workdir=work, beta=0.45,
                                              superpixel_min_size=10, min_size=30)
     assert res.n_tasks_resumed == 0

@@ -183,6 +183,11 @@ def _check(affinities, offsets, n_attractive, slices_per_task, out, mask, option
                              f"{tuple(arr.shape)}")
     if out is not None and not np.issubdtype(np.dtype(out.dtype), np.integer):
         raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
+    cz = getattr(out, "chunks", None)
+    if out is not None and cz is not None and xio.is_zarr_array(out) and slices_per_task % int(cz[0]) \
+            and slices_per_task < shape[1]:
+        raise ValueError(f"out: its chunks of {int(cz[0])} slices must divide slices_per_task ({slices_per_task}) so "
+                         f"that groups write disjoint chunks")
     known = set(inspect.signature(superpixel_agglomeration).parameters) - set(_OWN)
     bad = sorted(set(options) - known)
     if bad:
