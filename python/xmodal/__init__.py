@@ -51,6 +51,7 @@ _LAZY = {
     "superpixel_agglomeration": "xmodal.segmentation",
     "blockwise_superpixel_agglomeration": "xmodal.segmentation",
     "slicewise_superpixel_agglomeration": "xmodal.segmentation",
+    "stitched_superpixel_agglomeration": "xmodal.segmentation",
     # inference
     "predict_tiled": "xmodal.inference",
     "receptive_field": "xmodal.inference",

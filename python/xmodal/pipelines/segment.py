@@ -288,9 +288,11 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         Agglomeration of the affinities: the pixel mutex watershed, or the superpixel route
         (distance-transform watershed superpixels -> region graph with the mean boundary of the
         attractive links across each face -> GASP or multicut,
-        :func:`xmodal.segmentation.superpixel_agglomeration`; blockwise: the same on the boundary
-        map, :func:`xmodal.segmentation.blockwise_superpixel_agglomeration`, whose face statistics
-        are taken from the boundary map, so it is close to but not identical with single-shot).
+        :func:`xmodal.segmentation.superpixel_agglomeration`; over ``memory_voxels``: a 2D model's
+        stack in groups of whole slices, the same labels; larger slices or volumes with learned
+        weights in stitched blocks, :func:`xmodal.segmentation.stitched_superpixel_agglomeration`;
+        without them on the boundary map,
+        :func:`xmodal.segmentation.blockwise_superpixel_agglomeration`).
         Default: the model's stored method, else "mws".
     graph_options : dict, optional
         For "gasp" / "multicut": ``beta``, ``linkage``, ``threshold``, ``sigma_seeds``,
@@ -298,8 +300,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         :func:`~xmodal.segmentation.superpixel_agglomeration`), over the model's stored ones.
         ``edge_model``: learned edge weights (an :class:`~xmodal.segmentation.EdgeClassifier` or its
         dict form); the EM model stores one for its default method, and ``{"edge_model": None}``
-        turns it off (the model's hand-weighted settings are then used). Learned weights are
-        single-shot only: the blockwise route logs a warning and uses the hand-weighted settings.
+        turns it off (the model's hand-weighted settings are then used).
     tta : bool
         Test-time augmentation: the network's affinities averaged over the 8 rotations / flips of
         each tile (:class:`xmodal.inference.DihedralTTA`; 2D torch models whose offsets are closed

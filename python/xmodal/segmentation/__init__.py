@@ -15,6 +15,7 @@ from .agglomeration import (
 from .blockwise import BlockwiseResult, blockwise_mutex_watershed
 from .blockwise_graph import BlockwiseAgglomerationResult, blockwise_superpixel_agglomeration
 from .slicewise_graph import SlicewiseAgglomerationResult, slicewise_superpixel_agglomeration
+from .stitched_graph import stitched_superpixel_agglomeration
 from ._gasp import GaspInfo, boundary_to_signed_weights, gasp
 from ._multicut import multicut, probabilities_to_costs
 from .mws import (
@@ -73,4 +74,5 @@ __all__ = [
     "BlockwiseAgglomerationResult",
     "slicewise_superpixel_agglomeration",
     "SlicewiseAgglomerationResult",
+    "stitched_superpixel_agglomeration",
 ]

@@ -82,10 +82,13 @@ class BlockwiseResult:
 class _Plan:
     """Everything a block task needs (picklable, for dask.distributed workers)."""
 
-    def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir, ledger_dir):
+    def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir, ledger_dir,
+                 segmenter=None):
         self.affinities, self.offsets, self.shape, self.block_shape = affinities, offsets, shape, block_shape
         self.halo, self.mws_kwargs, self.mask = halo, mws_kwargs, mask
         self.workdir, self.ledger_dir = workdir, ledger_dir
+        # segmenter(affinities, mask) -> labels from 1 (0 = masked) of one block with halo; default the MWS
+        self.segmenter = segmenter
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
 
     @property
@@ -131,7 +134,10 @@ def _run_block(plan: _Plan, bid: int):
     if rec is not None:
         return int(rec["n_labels"]), digest, True
     _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
-    ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
+    if plan.segmenter is None:
+        ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
+    else:
+        ext = np.asarray(plan.segmenter(affs, mask)).astype(np.int64, copy=False)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
     inner_ext = ext[rel]
@@ -349,13 +355,23 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         diagnostics. A zarr ``out`` is flagged incomplete (attribute ``xmodal_output``) while the
         run writes it and complete, with the job signature and input digest, when done.
     """
-    from .._optional import optional_import
-
-    dask = optional_import("dask", purpose="blockwise_mutex_watershed")
     shape, o, bshape, hal, mws_kwargs = _check_arguments(
         affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
         n_attractive=n_attractive, strides=strides, randomize_strides=randomize_strides, invert=invert, seed=seed,
         bias=bias)
+    return _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, mask=mask, out=out, client=client,
+                          workdir=workdir, n_workers=n_workers, merge_threshold=merge_threshold)
+
+
+def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, client, workdir, n_workers,
+                   merge_threshold, segmenter=None, writer=None):
+    """The three passes (module docstring) with checked arguments; ``segmenter`` (picklable,
+    ``segmenter(affinities, mask) -> labels``) replaces the mutex watershed of each block, and then
+    ``mws_kwargs`` describes it for the job signature."""
+    from .._optional import optional_import
+
+    dask = optional_import("dask", purpose="blockwise segmentation")
+    writer = _WRITER if writer is None else writer
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
@@ -368,16 +384,16 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
         # A temporary work directory cannot be resumed: no ledger, no hashing.
         plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir,
-                     None if own_workdir else os.path.join(workdir, "done"))
+                     None if own_workdir else os.path.join(workdir, "done"), segmenter)
         signature = _signature(plan, affinities, float(merge_threshold))
         bids = plan.block_ids()
         if plan.ledger_dir is not None:
             xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
-        log.info("blockwise mutex watershed: %d blocks of %s (%d marked done before)", len(bids), bshape,
+        log.info("%s: %d blocks of %s (%d marked done before)", writer, len(bids), bshape,
                  0 if plan.ledger_dir is None else sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
         prior = xio.output_status(out) if zarr_out else None
         if zarr_out:
-            xio.mark_incomplete(out, _WRITER)
+            xio.mark_incomplete(out, writer)
 
         def run(tasks):
             if client is not None:
@@ -414,7 +430,7 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
             for b, part in zip(bids, parts):
                 labels[plan.inner(b)] = part
         elif zarr_out:
-            xio.mark_complete(out, _WRITER, signature=signature, input_digest=input_digest)
+            xio.mark_complete(out, writer, signature=signature, input_digest=input_digest)
             if prior is not None and not prior.get("complete"):
                 xio.remove_temporaries(xio.local_store_path(out))  # left by a killed run
         t3 = time.perf_counter()
