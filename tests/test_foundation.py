@@ -79,6 +79,33 @@ def test_set_num_threads_controls_parallel_regions():
     assert xmodal.get_num_threads() == default
 
 
+def test_capped_threads_is_thread_local():
+    """Workers that call the kernels from several threads cap their own threads only."""
+    from xmodal import _core
+    from xmodal._config import capped_threads, thread_share
+
+    if not (_core.have_openmp() and _core.hardware_threads() >= 2):
+        pytest.skip("needs OpenMP and 2 cores")
+    with xmodal.num_threads(2):
+        assert thread_share(2) == 1 and thread_share(1) == 2 and thread_share(8) == 1
+        seen = {}
+
+        def worker():
+            with capped_threads(1):
+                seen["capped"] = (xmodal.get_num_threads(), _core._parallel_region_threads())
+                with capped_threads(None):  # no cap given: the enclosing one stays
+                    seen["inner"] = _core._parallel_region_threads()
+            seen["after"] = _core._parallel_region_threads()
+
+        with capped_threads(2):
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            assert _core._parallel_region_threads() == 2  # this thread: its own cap, not the worker's
+        assert seen == {"capped": (1, 1), "inner": 1, "after": 2}
+        assert _core.thread_cap() == 0
+
+
 @pytest.mark.parametrize("bad", [0, -3, 1.5, "2", True])
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises((ValueError, TypeError), match="n: expected a positive integer"):

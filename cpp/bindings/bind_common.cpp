@@ -12,6 +12,9 @@ void register_common(py::module_& m) {
     m.def("num_threads", &xmodal::num_threads, "Threads the native kernels use.");
     m.def("set_num_threads", &xmodal::set_num_threads, py::arg("n"),
           "Set the threads of the native kernels (n <= 0: default).");
+    m.def("set_thread_cap", &xmodal::set_thread_cap, py::arg("n"),
+          "Cap the kernels' threads for the calling thread only (n <= 0: no cap).");
+    m.def("thread_cap", &xmodal::thread_cap, "The calling thread's cap (0: none).");
     m.def("hardware_threads", &xmodal::hardware_threads, "Cores reported by the runtime.");
     m.def("have_openmp", &xmodal::have_openmp, "Whether the kernels were built with OpenMP.");
     m.def("compiler", &xmodal::compiler, "Compiler that built the kernels.");

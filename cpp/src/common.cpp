@@ -38,7 +38,18 @@ int hardware_threads() {
     return n > 0 ? n : 1;
 }
 
-int num_threads() { return thread_setting().load(std::memory_order_relaxed); }
+namespace {
+thread_local int tl_cap = 0;  // this thread's cap on num_threads() (0: none)
+}  // namespace
+
+int num_threads() {
+    const int n = thread_setting().load(std::memory_order_relaxed);
+    return tl_cap > 0 && tl_cap < n ? tl_cap : n;
+}
+
+void set_thread_cap(int n) { tl_cap = n > 0 ? n : 0; }
+
+int thread_cap() { return tl_cap; }
 
 void set_num_threads(int n) {
     thread_setting().store(n > 0 ? n : default_threads(), std::memory_order_relaxed);

@@ -87,6 +87,28 @@ def num_threads(n: int | None) -> Iterator[None]:
         set_num_threads(old)
 
 
+def thread_share(n_workers: int) -> int:
+    """The native threads each of ``n_workers`` concurrent workers should use: an equal share of
+    :func:`get_num_threads` (at least 1), so that workers x kernel threads stay within the setting."""
+    return max(1, get_num_threads() // max(1, int(n_workers)))
+
+
+@contextlib.contextmanager
+def capped_threads(n: int | None) -> Iterator[None]:
+    """Context manager: the native kernels called from *this thread* use at most ``n`` threads
+    (None: no cap), then the previous cap. Thread-local: other threads are not affected (used by
+    the block and slice workers, which call the kernels from several threads at once)."""
+    if n is None:
+        yield
+        return
+    old = int(_core.thread_cap())
+    _core.set_thread_cap(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _core.set_thread_cap(old)
+
+
 def _cuda_report() -> dict[str, Any]:
     try:
         from . import _cuda  # type: ignore[attr-defined]

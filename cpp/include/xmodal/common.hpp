@@ -28,6 +28,10 @@ struct type_error : std::runtime_error {
 int num_threads();
 // Set it; n <= 0 restores the default (XMODAL_NUM_THREADS or all cores).
 void set_num_threads(int n);
+// A cap on num_threads() for the calling thread only (n <= 0: none), for kernels called from
+// several threads at once (each keeps to its share of the cores instead of starting a full team).
+void set_thread_cap(int n);
+int thread_cap();
 // All cores the OpenMP runtime (or the hardware) reports.
 int hardware_threads();
 // Whether the kernels were built with OpenMP.

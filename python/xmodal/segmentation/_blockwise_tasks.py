@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from .. import io as xio
+from .._config import capped_threads
 from .rag import edge_features, region_adjacency_graph
 from .superpixels import _relabel_first_occurrence, distance_transform_watershed
 
@@ -44,6 +45,7 @@ class _Plan:
     def __init__(self, grid, boundaries, mask, options, work, ledger_dir, sp_path):
         self.grid, self.boundaries, self.mask, self.options = grid, boundaries, mask, options
         self.work, self.ledger_dir, self.sp_path = work, ledger_dir, sp_path
+        self.thread_cap = None  # native threads per task (set for the thread pool)
 
     def store(self):
         import zarr
@@ -72,7 +74,8 @@ def _block_superpixels(plan, i):
             joined = {tuple(int(v) if v.isdigit() else v for v in k.split("_")): f[k] for k in f.files
                       if k != "sizes"}
             return int(rec["count"]), f["sizes"], joined, digest, True
-    sp = distance_transform_watershed(b, mask=m, **plan.options)
+    with capped_threads(plan.thread_cap):
+        sp = distance_transform_watershed(b, mask=m, **plan.options)
     crop = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(sl, outer))
     local, k = _relabel_first_occurrence(sp[crop])
     plan.store()[sl] = local.astype(np.uint32)
@@ -104,9 +107,10 @@ def _block_edges(plan, offsets, joined, i):
     lab = _global_ids(local, offsets[i])
     b = np.asarray(boundaries[sl], dtype=np.float64)
     parts, stitch = [], []
-    rag = region_adjacency_graph(local, ignore_label=0)  # local ids: a small graph
+    with capped_threads(plan.thread_cap):
+        rag = region_adjacency_graph(local, ignore_label=0)  # local ids: a small graph
+        f = edge_features(rag, local, b, quantiles=()) if rag.n_edges else None
     if rag.n_edges:
-        f = edge_features(rag, local, b, quantiles=())
         g = rag.edges + np.uint64(offsets[i])
         key = g[:, 0] << np.uint64(32) | g[:, 1]
         parts.append((key, rag.n_faces.astype(np.float64), f.count.astype(np.float64), f.mean * f.count, f.min, f.max))

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
+from .._config import capped_threads, thread_share
 from .._validation import as_bool, describe, per_axis
 from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
 
@@ -89,6 +90,7 @@ class _Plan:
         self.workdir, self.ledger_dir = workdir, ledger_dir
         # segmenter(affinities, mask) -> labels from 1 (0 = masked) of one block with halo; default the MWS
         self.segmenter = segmenter
+        self.thread_cap = None  # native threads per block task (set for the thread pool)
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
 
     @property
@@ -134,10 +136,11 @@ def _run_block(plan: _Plan, bid: int):
     if rec is not None:
         return int(rec["n_labels"]), digest, True
     _check_finite(affs, origin=[sl.start for sl in outer])  # report the voxel in volume coordinates
-    if plan.segmenter is None:
-        ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
-    else:
-        ext = np.asarray(plan.segmenter(affs, mask)).astype(np.int64, copy=False)
+    with capped_threads(plan.thread_cap):
+        if plan.segmenter is None:
+            ext = mutex_watershed(affs, plan.offsets, mask=mask, **plan.mws_kwargs)
+        else:
+            ext = np.asarray(plan.segmenter(affs, mask)).astype(np.int64, copy=False)
     rel = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
     # ext labels are consecutive from 1; keep those present in the inner block, in ascending order
     inner_ext = ext[rel]
@@ -387,6 +390,8 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
                      None if own_workdir else os.path.join(workdir, "done"), segmenter)
         signature = _signature(plan, affinities, float(merge_threshold))
         bids = plan.block_ids()
+        if client is None:
+            plan.thread_cap = thread_share(min(n_workers, len(bids)))
         if plan.ledger_dir is not None:
             xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
         log.info("%s: %d blocks of %s (%d marked done before)", writer, len(bids), bshape,

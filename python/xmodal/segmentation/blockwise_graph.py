@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
+from .._config import thread_share
 from .._validation import describe, per_axis
 from .agglomeration import METHODS, _check_beta, _merge_small_segments, agglomerate_graph
 from ._blockwise_tasks import _block_edges, _block_superpixels, _Plan, _relabel_block
@@ -284,6 +285,8 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
                       min_size=superpixel_min_size, stacked=stacked, spacing=spacing)
     work, ledger_dir, sp_path, own = _open_work(workdir, shape, bs, hl, sp_options, mask, boundaries)
     plan = _Plan(grid, boundaries, mask, sp_options, work, ledger_dir, sp_path)
+    if client is None:
+        plan.thread_cap = thread_share(min(n_workers, grid.n_blocks))
 
     def run(fn, args):
         return _run(client, n_workers, fn, args)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import io as xio
+from .._config import capped_threads, thread_share
 from .._validation import describe
 
 __all__ = ["SlicewiseAgglomerationResult", "slicewise_superpixel_agglomeration"]
@@ -84,6 +85,7 @@ class _Plan:
         self.affinities, self.offsets, self.n_attractive, self.mask = affinities, offsets, n_attractive, mask
         self.options, self.slices_per_task, self.n_slices = options, slices_per_task, n_slices
         self.workdir, self.ledger_dir = workdir, ledger_dir
+        self.thread_cap = None  # native threads per task (set for the thread pool)
 
     @property
     def n_tasks(self) -> int:
@@ -106,8 +108,9 @@ def _run_group(plan: _Plan, k: int):
     ledger, digest, rec = xio.BlockLedger.lookup(plan.ledger_dir, k, plan.path(k), a, m)
     if rec is not None:
         return int(rec["n_labels"]), digest, True
-    labels = superpixel_agglomeration(affinities=a, offsets=plan.offsets, n_attractive=plan.n_attractive,
-                                      stacked=True, mask=m, **plan.options)
+    with capped_threads(plan.thread_cap):
+        labels = superpixel_agglomeration(affinities=a, offsets=plan.offsets, n_attractive=plan.n_attractive,
+                                          stacked=True, mask=m, **plan.options)
     n = int(labels.max(initial=0))
     buf = io.BytesIO()
     np.savez_compressed(buf, labels=labels)
@@ -137,9 +140,12 @@ def segment_slices_in_memory(affinities: np.ndarray, offsets, *, n_attractive: i
     o = np.asarray(offsets)
     o = o if o.shape[1] == 3 else np.hstack([np.zeros((len(o), 1), o.dtype), o])
 
+    share = thread_share(n_workers)
+
     def one(z):
-        return superpixel_agglomeration(affinities=affinities[:, z:z + 1], offsets=o, n_attractive=n_attractive,
-                                        stacked=True, **options)
+        with capped_threads(share):  # workers x kernel threads within the thread setting
+            return superpixel_agglomeration(affinities=affinities[:, z:z + 1], offsets=o, n_attractive=n_attractive,
+                                            stacked=True, **options)
 
     with ThreadPoolExecutor(max(1, int(n_workers))) as pool:
         parts = list(pool.map(one, range(affinities.shape[1])))
@@ -260,6 +266,8 @@ def slicewise_superpixel_agglomeration(affinities, offsets, *, n_attractive, sli
         plan = _Plan(affinities, o, int(n_attractive), mask, dict(options), int(slices_per_task), shape[1], work,
                      None if own else os.path.join(work, "done"))
         signature = _signature(plan, shape, affinities.dtype)
+        if client is None:
+            plan.thread_cap = thread_share(min(n_workers, plan.n_tasks))
         if plan.ledger_dir is not None:
             xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
         if zarr_out:
