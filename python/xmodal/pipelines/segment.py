@@ -234,9 +234,11 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         labels group ``labels/cells``), ``metrics.json``, ``provenance.json``. Written into the
         sibling ``<out>.xmodal-partial`` and renamed to ``out`` when complete (replacing a previous
         output there in one step), so a killed run leaves the previous complete folder or none. A
-        rerun after a kill resumes from the partial folder: prediction tiles and mutex watershed
-        blocks are reused only when their input bytes and the parameters are unchanged. An
-        existing ``out`` must be empty or a previous xmodal output (with a provenance.json).
+        rerun after a kill resumes from the partial folder: prediction tiles and the blocks or
+        slice groups of the agglomeration are reused only when their input bytes and the parameters
+        are unchanged. An existing ``out`` must be empty or a previous xmodal output (with a
+        provenance.json). Give ``out`` for data larger than memory: without it the affinities of
+        the whole input are held in memory.
     offsets, n_attractive : the affinity channels (default: the model's ``offsets`` /
         ``n_attractive`` attributes). Offsets follow :func:`xmodal.mutex_watershed`.
     normalize : "auto", "standardize", "quantile", None or callable
