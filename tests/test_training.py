@@ -111,6 +111,34 @@ def test_training_rejects_bad_input():
         mod.train(raw[None], lab[None, :40], offsets=EM_OFFSETS, steps=1)
     with pytest.raises(ValueError, match="crop"):
         mod.train(raw[None], lab[None], offsets=EM_OFFSETS, steps=1, crop=64)
+    with pytest.raises(ValueError, match="loss"):
+        mod.train(raw[None], lab[None], offsets=EM_OFFSETS, steps=1, loss="dice")
+
+
+@needs_torch
+def test_boundary_dice_loss():
+    mod = _script()
+    t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # 0 = boundary (different objects)
+    m = torch.ones_like(t)
+    right = torch.where(t > 0, torch.tensor(20.0), torch.tensor(-20.0))  # logits of merge probability
+    wrong = -right
+    assert float(mod.masked_boundary_dice(right, t, m, eps=1e-6)) < 1e-6
+    assert float(mod.masked_boundary_dice(wrong, t, m, eps=1e-6)) > 0.99
+    # a masked-out wrong pixel does not count
+    half = right.clone()
+    half[0, 0, 0, 1] = 20.0  # boundary pixel predicted as merge
+    m2 = m.clone()
+    m2[0, 0, 0, 1] = 0.0
+    assert float(mod.masked_boundary_dice(half, t, m2, eps=1e-6)) < 1e-6
+    assert float(mod.masked_boundary_dice(half, t, m, eps=1e-6)) > 0.3
+    # the training loss option: deterministic and recorded
+    raws, labs = zip(*[_cells((48, 48), 12, s) for s in (1, 2)])
+    kw = dict(offsets=EM_OFFSETS[:6], n_attractive=2, features=(4, 8), steps=2, batch=2, crop=16,
+              warmup=1, threads=1, log_every=0, seed=3, loss="bce+dice")
+    m1, meta = mod.train(np.stack(raws), np.stack(labs), **kw)
+    m2, _ = mod.train(np.stack(raws), np.stack(labs), **kw)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert "Dice" in meta["training"]["loss"]
 
 
 # ---------------------------------------------------------------------------------- augmentation
