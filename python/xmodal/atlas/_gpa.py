@@ -163,4 +163,17 @@ def gpa(pts, idx, m, kind, allow_reflection, robust, max_iter, tol):
                 X[s] = pts[s] @ A_s[s].T + t
                 W[s] = np.ones(len(idx[s]))
                 W[s][use] = w
+            if robust and S == 2:
+                W = _pair_weights(W, idx, m)
     return X, A_s, t_s, refl_s, W, mu, it_total
+
+
+def _pair_weights(W, idx, m):
+    """Two samples: a name's two positions are right or wrong together (no third sample says which
+    one is off), so both get the smaller of their two weights. Otherwise the weighted mean drifts
+    towards the sample fitted with higher weights, the other's weights fall, and the residual scale
+    collapses to zero."""
+    low = np.ones(m)
+    for w, ix in zip(W, idx):
+        np.minimum.at(low, ix, w)
+    return [low[ix] for ix in idx]

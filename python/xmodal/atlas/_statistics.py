@@ -21,7 +21,8 @@ def shrunk_covariances(res, idx, W, m, dim, nu, prior=None, fitted=0.0):
     elif prior is not None:
         pooled = np.asarray(prior, np.float64)
     else:
-        raise ValueError("samples: cannot estimate the spread of the names: no name occurs in two samples")
+        raise ValueError("samples: cannot estimate the spread of the names: no name occurs in two samples "
+                         "with weight (robust down-weighting removed every repeated name; try robust=False)")
     pooled = 0.5 * (pooled + pooled.T)
     # with few residuals, the shape of the pooled covariance is noise: shrink it towards its
     # isotropic part with 10 pseudo-degrees of freedom
