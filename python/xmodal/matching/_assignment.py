@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from .._validation import choice, describe, positive_int
 from ._cost import _as_csr, _first, _overflow_scale
+from ._highs import import_highspy
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     """
     t0 = time.perf_counter()
     choice(solver, "solver", ("native", "highs"))
+    if solver == "highs":
+        import_highspy()  # ImportError naming the option and the package, before any work
     if not isinstance(maximize, (bool, np.bool_)):
         raise TypeError(f"maximize: expected True or False, got {describe(maximize)}")
     maximize = bool(maximize)
@@ -310,6 +313,8 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     """
     t0 = time.perf_counter()
     choice(solver, "solver", ("native", "highs"))
+    if solver == "highs":
+        import_highspy()
     cap = positive_int(max_per_target, "max_per_target", allow_none=True)
     c = _as_csr(cost)
     n, m = c.shape

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import real_array
+from .._validation import describe, real_array
 
 _SHOW = 8  # indices named in error messages
 
@@ -31,6 +31,82 @@ def _drop_entries(c: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
     return out
 
 
+def _index_array(x: Any, name: str, what: str, fmt: str) -> np.ndarray:
+    """An index array of a sparse matrix, checked to be a 1-D numpy integer array."""
+    if not isinstance(x, np.ndarray) or x.ndim != 1 or not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{name}: invalid {fmt.upper()} matrix: expected {what} to be a 1-D integer array, "
+                         f"got {describe(x)}")
+    return x
+
+
+def _check_index_range(idx: np.ndarray, bound: int, name: str, what: str, fmt: str) -> None:
+    bad = (idx < 0) | (idx >= bound)
+    if bad.any():
+        e = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: invalid {fmt.upper()} matrix: {what} index out of range: entry {e} has {what} "
+                         f"index {int(idx[e])}, expected 0 <= index < {bound} (the number of {what}s)")
+
+
+def _check_sparse_structure(cost: Any, name: str) -> None:
+    """ValueError naming the first defect of the index arrays of a CSR / CSC / BSR / COO matrix.
+
+    scipy trusts these arrays in its compiled routines (sorting, conversion), where a bad ``indptr``
+    or an out-of-range index reads and writes out of bounds: checked here before any of them runs.
+    ``indptr[-1]`` (the number of stored entries) may be below the length of ``indices`` and ``data``
+    (scipy ignores the tail).
+    """
+    fmt = cost.format
+    if fmt not in ("csr", "csc", "bsr", "coo"):
+        return  # dok, lil, dia: Python-level structures, converted through COO (checked after)
+    n, m = (int(s) for s in cost.shape)
+    data = cost.data
+    if not isinstance(data, np.ndarray):
+        raise ValueError(f"{name}: invalid {fmt.upper()} matrix: expected data to be a numpy array, "
+                         f"got {describe(data)}")
+    if fmt == "coo":
+        row = _index_array(cost.row, name, "row", fmt)
+        col = _index_array(cost.col, name, "col", fmt)
+        if data.ndim != 1 or not (row.size == col.size == data.size):
+            raise ValueError(f"{name}: invalid COO matrix: expected row, col and data of one length, got "
+                             f"{row.size}, {col.size} and {describe(data)}")
+        _check_index_range(row, n, name, "row", fmt)
+        _check_index_range(col, m, name, "column", fmt)
+        return
+    if fmt == "bsr":
+        if data.ndim != 3:
+            raise ValueError(f"{name}: invalid BSR matrix: expected data of shape (blocks, R, C), "
+                             f"got {describe(data)}")
+        br, bc = (int(s) for s in data.shape[1:])
+        if br < 1 or bc < 1 or n % br or m % bc:
+            raise ValueError(f"{name}: invalid BSR matrix: blocks of shape ({br}, {bc}) do not tile the "
+                             f"shape {(n, m)}")
+        major, minor, what, unit = n // br, m // bc, "block column", "block rows"
+    elif data.ndim != 1:
+        raise ValueError(f"{name}: invalid {fmt.upper()} matrix: expected 1-D data, got {describe(data)}")
+    elif fmt == "csr":
+        major, minor, what, unit = n, m, "column", "rows"
+    else:
+        major, minor, what, unit = m, n, "row", "columns"
+    indptr = _index_array(cost.indptr, name, "indptr", fmt)
+    indices = _index_array(cost.indices, name, "indices", fmt)
+    F = fmt.upper()
+    if indptr.size != major + 1:
+        raise ValueError(f"{name}: invalid {F} matrix: expected indptr of length {major + 1} (number of {unit} "
+                         f"+ 1), got length {indptr.size}")
+    if indptr[0] != 0:
+        raise ValueError(f"{name}: invalid {F} matrix: expected indptr to start at 0, got {int(indptr[0])}")
+    dec = np.diff(indptr) < 0
+    if dec.any():
+        i = int(np.flatnonzero(dec)[0])
+        raise ValueError(f"{name}: invalid {F} matrix: expected a non-decreasing indptr, got indptr[{i}] = "
+                         f"{int(indptr[i])} > indptr[{i + 1}] = {int(indptr[i + 1])}")
+    nnz = int(indptr[-1])
+    if nnz > indices.size or nnz > data.shape[0]:
+        raise ValueError(f"{name}: invalid {F} matrix: indptr ends at {nnz} stored entries, expected at most the "
+                         f"length of indices ({indices.size}) and data ({data.shape[0]})")
+    _check_index_range(indices[:nnz], minor, name, what, fmt)
+
+
 def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_matrix:
     """A canonical float64 CSR copy of a dense or sparse cost matrix: stored entries = allowed pairs.
 
@@ -44,10 +120,15 @@ def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_
         if not (np.issubdtype(cost.dtype, np.number) or cost.dtype == bool) or np.issubdtype(
                 cost.dtype, np.complexfloating):
             raise TypeError(f"{name}: expected a real numeric matrix, got dtype {cost.dtype}")
+        _check_sparse_structure(cost, name)  # before any scipy routine trusts the index arrays
         if cost.format == "csr":
-            c = sp.csr_matrix(cost, dtype=np.float64, copy=True)
+            nnz = int(cost.indptr[-1])  # a fresh copy of the stored entries only (checked above)
+            c = sp.csr_matrix((np.array(cost.data[:nnz], dtype=np.float64), np.array(cost.indices[:nnz]),
+                               np.array(cost.indptr)), shape=cost.shape)
         else:
             coo = sp.coo_matrix(cost)
+            if cost.format not in ("coo", "csc", "bsr"):
+                _check_sparse_structure(coo, name)
             key = coo.row.astype(np.int64) * coo.shape[1] + coo.col
             if np.unique(key).size != key.size:
                 raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")

@@ -13,6 +13,16 @@ _TOL = 1e-6
 _DUAL_TOL = 1e-10  # HiGHS' smallest; its default 1e-7 left optima 1 in 4e4 off on workload P
 
 
+def import_highspy():
+    """highspy, or ImportError naming the solver option and the package to install."""
+    try:
+        import highspy
+    except ImportError as exc:
+        raise ImportError("solver: 'highs' needs the package 'highspy' (a dependency of xmodal), which cannot be "
+                          "imported here; install it with: pip install highspy, or use solver='native'") from exc
+    return highspy
+
+
 def _quiet_highs(highspy):
     """A HiGHS instance that writes nothing to stdout. ``highspy.Highs()`` prints a banner while it
     sets up its Python callbacks (which xmodal does not use); the core class underneath does not."""
@@ -23,7 +33,7 @@ def _quiet_highs(highspy):
 
 
 def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, offset: float = 0.0):
-    import highspy
+    highspy = import_highspy()
 
     n, m = c.shape
     nnz = c.nnz

@@ -99,6 +99,9 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     s = as_spacing(spacing, pa.shape[1])
     if s is not None:
         pa, pb = backend.scaled(pa, s), backend.scaled(pb, s)
+    if k is not None:
+        # "larger than the other set: all its points"; clamped so that any integer fits the native int
+        k = min(k, max(int(pa.shape[0]), int(pb.shape[0])))
     g = backend.graph(pa, pb, 0 if k is None else k, -1.0 if radius is None else radius, symmetric)
     logger.debug("knn_graph (%s): %d x %d points, %d pairs", "cuda" if on_gpu else "cpu", pa.shape[0],
                  pb.shape[0], g.nnz)

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Any
 
-from .._validation import choice
+import numpy as np
+
+from .._validation import choice, describe
 from ._assignment import AssignmentResult, cover_assignment, linear_assignment
 from ._knn import knn_graph
 
 __all__ = ["match_points"]
+
+
+def _check_unmatched_cost(u: Any) -> None:
+    """The costs of :func:`match_points` are distances (>= 0): a negative unmatched cost would leave
+    every point unmatched, so it is refused, like NaN; ``np.inf`` means the same as None."""
+    if u is None:
+        return
+    if isinstance(u, bool) or not isinstance(u, numbers.Real):
+        raise TypeError(f"unmatched_cost: expected a number >= 0 or None, got {describe(u)}")
+    v = float(u)
+    if np.isnan(v) or v < 0:
+        raise ValueError(f"unmatched_cost: expected a finite number >= 0 (a distance), np.inf (same as None) "
+                         f"or None, got {v}")
 
 
 def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = None,
@@ -32,8 +48,8 @@ def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = N
     radius : float, optional
         Also allow every pair within this distance.
     unmatched_cost : float, optional
-        One-to-one only: a point may stay unmatched at this cost (pairs farther apart than
-        ``2 * unmatched_cost`` are then never matched). Without it (or with ``np.inf``) every
+        One-to-one only, >= 0 (a distance): a point may stay unmatched at this cost (pairs farther
+        apart than ``2 * unmatched_cost`` are then never matched). Without it (or with ``np.inf``) every
         point of the smaller set must be matched on the candidate graph. Exact for any finite
         value (see :func:`linear_assignment`).
     mode : {"one-to-one", "cover"}
@@ -71,6 +87,7 @@ def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = N
         raise ValueError("unmatched_cost: not used by mode='cover' (every point is matched); expected None")
     if mode == "one-to-one" and max_per_target is not None:
         raise ValueError("max_per_target: only used by mode='cover'; expected None")
+    _check_unmatched_cost(unmatched_cost)
     t0 = time.perf_counter()
     g = knn_graph(a, b, k=k, radius=radius, symmetric=symmetric, spacing=spacing, device=device)
     if type(g).__module__.startswith("cupyx"):
