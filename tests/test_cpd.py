@@ -253,6 +253,8 @@ def test_json_round_trip_and_inverse():
         r = xmodal.cpd(Y, X, transform=kind, beta=3.0, lam=1.0, max_iter=30)
         text = json.dumps(r.transform.to_dict())
         back = transform_from_dict(json.loads(text))
+        with pytest.raises(ValueError, match=f"d: a '{kind}' transform needs the key"):
+            transform_from_dict({"type": kind, "R": [[1.0]]})
         assert type(back) is type(r.transform)
         Z = cloud(40, 3, 9, 12.0)
         np.testing.assert_allclose(back.apply(Z), r.transform.apply(Z), atol=1e-12)

@@ -297,6 +297,9 @@ def test_multicut_matches_bioimage_cpp_solvers():
         multicut(n, uv, costs, solver="ilp")
     with pytest.raises(ValueError, match="repeated"):
         multicut(3, [[0, 1], [1, 0]], [1.0, 1.0])
+    for bad, err in ((0, ValueError), (-1, ValueError), ("abc", TypeError)):
+        with pytest.raises(err, match="n_threads"):
+            multicut(3, [[0, 1]], [1.0], n_threads=bad)
 
 
 def test_multicut_without_bioimage_cpp_names_the_extra(monkeypatch):

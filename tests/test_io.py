@@ -64,6 +64,18 @@ def test_block_ledger(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
+def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path):
+    old = os.umask(0o027)
+    try:
+        xio.atomic_write_text(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a.txt") == mode(tmp_path / "b.txt") == 0o640
+
+
 def test_block_ledger_reuses_a_block_only_for_the_same_input(tmp_path):
     led = xio.BlockLedger(tmp_path / "p", "job")
     a = np.arange(12, dtype=np.float32).reshape(3, 4)

@@ -93,6 +93,9 @@ def test_spacing_scales_coordinates():
     g2 = xmodal.knn_graph(a * s, b * s, k=4, radius=0.3)
     assert pair_set(g1) == pair_set(g2)
     np.testing.assert_array_equal(g1.data, g2.data)
+    for bad in ("abc", [1.0, "x", 2.0], {"a": 1}):
+        with pytest.raises(TypeError, match="spacing: expected a positive number or 3"):
+            xmodal.knn_graph(a, b, k=4, spacing=bad)
 
 
 def test_result_independent_of_thread_count():

@@ -167,3 +167,5 @@ def test_blockwise_bad_inputs(volume):
         blockwise_mutex_watershed(affs, OFFS3, block_shape=12, halo=1, mask=np.ones((2, 2, 2), bool))
     with pytest.raises(TypeError, match="affinities"):
         blockwise_mutex_watershed([[1.0]], OFFS3, block_shape=12, halo=1)
+    with pytest.raises(ValueError, match="n_workers: expected an integer >= 1, got 0"):
+        blockwise_mutex_watershed(affs, OFFS3, block_shape=12, halo=1, n_workers=0)

@@ -110,6 +110,8 @@ def test_bad_arguments():
         remove_small_segments(labels, 2, affinities=aff[:, :5], offsets=[(-1, 0), (0, -1)], block_shape=3)
     with pytest.raises(ValueError, match="labels: expected non-negative"):
         remove_small_segments(-labels, 2, block_shape=3)
+    with pytest.raises(ValueError, match="n_workers: expected an integer >= 1"):
+        remove_small_segments(labels, 2, block_shape=3, n_workers=0)
     bad = aff.copy()
     bad[1, 4, 5] = np.nan
     with pytest.raises(ValueError, match=r"channel 1 at \(4, 5\)"):

@@ -61,7 +61,11 @@ def as_spacing(spacing: Any, ndim: int, name: str = "spacing") -> np.ndarray | N
     """``None``, a positive scalar or a positive sequence of length ``ndim`` -> float64 array or None."""
     if spacing is None:
         return None
-    s = np.asarray(spacing, dtype=np.float64)
+    try:
+        s = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a positive number or {ndim} positive numbers (one per axis), "
+                        f"got {describe(spacing)}") from None
     if s.ndim == 0:
         s = np.full(ndim, float(s))
     if s.shape != (ndim,):

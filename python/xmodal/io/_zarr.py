@@ -262,6 +262,20 @@ def write_region(array, region: Sequence[slice], data: np.ndarray, *, check_alig
     array[region] = data
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux, else by setting and restoring it (os has no getter)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same directory, flushed to
     disk, then renamed over ``path``, so a reader never sees a half-written file. Returns ``path``
@@ -272,6 +286,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

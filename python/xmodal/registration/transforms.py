@@ -225,7 +225,11 @@ def transform_from_dict(d: dict):
     if not isinstance(d, dict) or d.get("type") not in _KINDS:
         raise ValueError(f"d: expected a dict with 'type' in {sorted(_KINDS)}, got {type(d).__name__}"
                          + (f" with type {d.get('type')!r}" if isinstance(d, dict) else ""))
-    return _KINDS[d["type"]].from_dict(d)
+    try:
+        return _KINDS[d["type"]].from_dict(d)
+    except KeyError as e:
+        raise ValueError(f"d: a {d['type']!r} transform needs the key {e.args[0]!r}; got the keys "
+                         f"{sorted(map(str, d))}") from None
 
 
 @dataclass(frozen=True)

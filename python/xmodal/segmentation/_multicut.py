@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 
 from .._optional import optional_import
-from .._validation import describe
+from .._validation import describe, positive_int
 from ._gasp import _as_edge_values, _as_edges, _as_n_nodes
 
 __all__ = ["multicut", "probabilities_to_costs", "MULTICUT_SOLVERS"]
@@ -116,6 +116,7 @@ def multicut(n_nodes, edges, costs, *, solver="kernighan-lin", seed=0, n_threads
     c = _as_edge_values(costs, "costs", uv.shape[0])
     if solver not in MULTICUT_SOLVERS:
         raise ValueError(f"solver: expected one of {', '.join(map(repr, MULTICUT_SOLVERS))}, got {solver!r}")
+    n_threads = positive_int(n_threads, "n_threads")
     if n == 0:
         return np.zeros(0, np.uint32)
     if uv.shape[0]:
@@ -136,6 +137,6 @@ def multicut(n_nodes, edges, costs, *, solver="kernighan-lin", seed=0, n_threads
     else:
         mc.GreedyAdditiveMulticut().optimize(objective)
         s = mc.FusionMoveMulticut(proposal_generator=mc.WatershedProposalGenerator(seed=int(seed)),
-                                  number_of_threads=max(1, int(n_threads)))
+                                  number_of_threads=n_threads)
     labels = np.asarray(s.optimize(objective))
     return _relabel_nodes(labels)

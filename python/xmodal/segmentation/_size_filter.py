@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import as_bool, describe
+from .._validation import as_bool, describe, positive_int
 from .mws import _check_affinities, _check_finite, _check_n_attractive, _check_offsets
 
 __all__ = ["remove_small_segments"]
@@ -322,6 +322,7 @@ def _remove_small_blockwise(labels, aff, o, na, invert, shape, *, min_size, bloc
         _check_out(out, shape, bshape)
     if client is not None and not hasattr(client, "compute"):
         raise TypeError(f"client: expected a dask.distributed.Client, got {describe(client)}")
+    n_workers = positive_int(n_workers, "n_workers", allow_none=True)
     if n_workers is None:
         from .. import _core
 

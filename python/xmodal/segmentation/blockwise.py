@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import io as xio
 from .._config import capped_threads, thread_share
-from .._validation import as_bool, describe, per_axis
+from .._validation import as_bool, describe, per_axis, positive_int
 from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
@@ -375,6 +375,7 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
 
     dask = optional_import("dask", purpose="blockwise segmentation")
     writer = _WRITER if writer is None else writer
+    n_workers = positive_int(n_workers, "n_workers", allow_none=True)
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
