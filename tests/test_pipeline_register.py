@@ -237,6 +237,20 @@ def test_failed_run_writes_nothing(embryo_points, tmp_path):
         register_cells(fixed, fixed, transform="rigid", prealign=False, spots={"bad": np.zeros((5, 2))},
                        out=tmp_path / "reg")
     assert not (tmp_path / "reg").exists()
+    # a missing spot table fails before the registration runs (it used to fail after it)
+    import xmodal.pipelines.register as reg
+
+    def no_prealign(*a, **k):
+        raise AssertionError("the registration ran before the spot tables were read")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(reg, "prealign_step", no_prealign)
+    try:
+        with pytest.raises((FileNotFoundError, ValueError), match="missing-spots.csv"):
+            register_cells(fixed, fixed, spots={"a": tmp_path / "missing-spots.csv"}, out=tmp_path / "reg")
+    finally:
+        mp.undo()
+    assert not (tmp_path / "reg").exists()
     with pytest.raises(ValueError, match="spacing"):
         register_cells(fixed, fixed, spacing=[1.0, -1.0, 1.0], out=tmp_path / "reg2")
     assert not (tmp_path / "reg2").exists()

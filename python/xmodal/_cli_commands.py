@@ -183,10 +183,25 @@ def cmd_cpd(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """``xmodal predict``: :func:`xmodal.predict_tiled` into an OME-Zarr image. A 2-D model on a 3-D
+    image without ``--channel-axis`` predicts the (z, y, x) stack slice by slice, as ``segment`` does
+    (one tiled prediction over the whole stack, tiles one slice deep, normalised over the whole stack)."""
+    from ._cli_support import same_path
     from .inference import Standardize, global_mean_std, model_normalizer, predict_tiled
+    from .inference._receptive import is_torch_module, spatial_signature
     from .io import read_image
     from .models import load_model
 
+    where = Path(args.out)
+    if where.exists():  # checked before anything is read or created
+        if same_path(where, args.image):
+            raise UsageError(f"--out: {where} is also the input image; choose another output path")
+        if not where.is_dir():
+            raise UsageError(f"--out: expected the path of an OME-Zarr image (a folder), got {where}, which is an "
+                             f"existing file; choose another path")
+        if any(where.iterdir()) and not any((where / n).is_file() for n in ("zarr.json", ".zgroup", ".zarray")):
+            raise UsageError(f"--out: expected a new path or an earlier prediction to resume, got {where}, a "
+                             f"folder that is not a zarr store")
     model = load_model(args.model)
     image = read_image(args.image)
     normalize = {"none": None, "quantile": "quantile"}.get(args.normalize)
@@ -195,9 +210,20 @@ def cmd_predict(args) -> int:
         normalize = model_normalizer(image, spec)
     elif args.normalize in ("auto", "standardize"):
         normalize = Standardize(*global_mean_std(image, name="image"))
-    halo = args.halo if args.halo == "auto" else ints_option(args.halo)
-    out = predict_tiled(model, image, tile_shape=ints_option(args.tile_shape), halo=halo, blend=args.blend,
-                        device=args.device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
+    # one value: the same on every axis (as the Python API takes it)
+    halo = args.halo if args.halo == "auto" else ints_option(args.halo, "--halo")
+    halo = halo[0] if isinstance(halo, (tuple, list)) and len(halo) == 1 else halo
+    tile_shape = ints_option(args.tile_shape)
+    tile_shape = tile_shape[0] if isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 1 else tile_shape
+    device = args.device
+    if (is_torch_module(model) and image.ndim == 3 and args.channel_axis is None
+            and spatial_signature(model)[0] == 2):  # a 2-D model's (z, y, x) stack: slice by slice
+        from .pipelines._slicewise import slicewise
+
+        model, tile_shape, halo = slicewise(model, tuple(image.shape[1:]), tile_shape, halo, device)
+        device = "auto"  # the wrapper runs the model on the device itself
+    out = predict_tiled(model, image, tile_shape=tile_shape, halo=halo, blend=args.blend,
+                        device=device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
                         client=dask_client(args), progress=not args.quiet)
     print(f"prediction of shape {tuple(out.shape)} written to {args.out}")
     return 0

@@ -214,7 +214,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p = _command(sub, subs, "predict", commands.cmd_predict,
                  help="halo tiled network prediction over an image of any size",
                  description="Predict a network over a 2D/3D image tile by tile with a halo of real context "
-                             "(seam-free); writes an OME-Zarr image.",
+                             "(seam-free); writes an OME-Zarr image. A 2D model on a 3D image without "
+                             "--channel-axis predicts the (z, y, x) stack slice by slice (as 'xmodal segment'; "
+                             "--tile-shape and --halo then give the (y, x) plane).",
                  epilog="examples:\n"
                         "  xmodal predict raw.zarr --model isbi2012 --out affinities.ome.zarr\n"
                         "  xmodal predict raw.tif --model unet.pt --tile-shape 64,256,256 --device cuda --out "
@@ -222,13 +224,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal predict raw.zarr --model unet.pt --scheduler tcp://10.0.0.1:8786 --out "
                         "pred.ome.zarr")
     p.add_argument("image", help="raw image: .zarr / OME-Zarr, .tif or .npy")
-    p.add_argument("--out", required=False, default="prediction.ome.zarr", help="output OME-Zarr path")
+    p.add_argument("--out", required=False, default="prediction.ome.zarr",
+                   help="output OME-Zarr path (new, or an earlier prediction, resumed or replaced)")
     _model(p)
-    p.add_argument("--halo", default="auto", help="context per side in voxels, or 'auto' (half the receptive field)")
+    p.add_argument("--halo", default="auto", help="context per side in voxels: one value (every axis) or one per "
+                                                  "axis, e.g. 8,32,32; or 'auto' (half the receptive field)")
     p.add_argument("--blend", default="crop", choices=["crop", "linear", "gaussian"])
     p.add_argument("--normalize", default="auto", choices=["auto", "standardize", "quantile", "none"],
                    help="auto (default): the built-in model's own normalisation, else standardize")
-    p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image, if any")
+    p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image, if any (without it "
+                   "a 2D model takes a 3D image as a (z, y, x) stack)")
     _common(p, device=True, scheduler=True)
 
     p = _command(sub, subs, "mws", commands.cmd_mws,

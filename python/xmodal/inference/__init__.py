@@ -13,14 +13,19 @@
   one a shipped model's metadata asks for).
 - :class:`DihedralTTA`: test-time augmentation of a 2D affinity network (mean over the 8 rotations
   and flips, with the affinity channels remapped to the input's frame).
+
+Torch is optional (extra ``xmodal[torch]``): this package imports without it and
+:func:`predict_tiled` and :func:`tile_mismatch` run any callable on numpy arrays. What needs torch
+(:class:`DihedralTTA`, a ``torch.nn.Module`` imported on first use of the name;
+:func:`receptive_field`, :func:`find_tile_shape`) raises ImportError naming the extra when used.
 """
 
+from .._optional import have_module
 from ._mismatch import TileMismatch, tile_mismatch
 from ._normalize import QuantileNormalizer, Standardize, global_mean_std, model_normalizer, quantile_normalizer
 from ._predict import predict_tiled
 from ._receptive import ReceptiveField, measure_receptive_field, receptive_field
 from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
-from ._tta import DihedralTTA
 
 __all__ = [
     "predict_tiled",
@@ -38,3 +43,18 @@ __all__ = [
     "model_normalizer",
     "DihedralTTA",
 ]
+if not have_module("torch"):  # ``from xmodal.inference import *`` works without torch
+    __all__.remove("DihedralTTA")
+
+
+def __getattr__(name: str):
+    if name == "DihedralTTA":  # a torch.nn.Module: defined on first use (ImportError naming the extra)
+        from ._tta_torch import DihedralTTA
+
+        globals()[name] = DihedralTTA
+        return DihedralTTA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"DihedralTTA"})

@@ -90,12 +90,17 @@ def layout(model, image, channel_axis):
     nd_img = image.ndim
     if channel_axis is not None and not (isinstance(channel_axis, numbers.Integral) and not isinstance(channel_axis, bool)):
         raise TypeError(f"channel_axis: expected an integer or None, got {channel_axis!r}")
+    if channel_axis is not None and nd_img > 0 and not -nd_img <= channel_axis < nd_img:
+        raise ValueError(f"channel_axis: expected None or an axis of the {nd_img}-D image (-{nd_img} to "
+                         f"{nd_img - 1}), got {channel_axis}")
     if nd_model is not None:
         if nd_img == nd_model:
             return nd_model, None, in_ch
         if nd_img == nd_model + 1:
             if channel_axis is None:
-                raise ValueError(f"image: has {nd_img} axes for a {nd_model}-D model but channel_axis is None")
+                raise ValueError(f"image: has {nd_img} axes for a {nd_model}-D model but channel_axis is None; give "
+                                 f"the channel axis of a channel image (a 2-D model's (z, y, x) stack is "
+                                 f"predicted slice by slice by `xmodal predict` and xmodal.segment)")
             return nd_model, int(channel_axis) % nd_img, in_ch
         raise ValueError(f"image: expected {nd_model} spatial axes (the model is {nd_model}-D), with or without "
                          f"a channel axis; got shape {tuple(image.shape)}")
@@ -109,7 +114,9 @@ def layout(model, image, channel_axis):
 
 
 def read_raw(image, caxis, window):
-    """The image's values in ``window`` (all channels), as stored (numpy)."""
+    """The image's values in ``window`` (all channels), as stored (numpy); ValueError for NaN or infinity.
+
+    Every window is checked as it is read (no extra pass over a zarr or dask image)."""
     if caxis is None:
         idx = window
     else:
@@ -117,7 +124,29 @@ def read_raw(image, caxis, window):
     x = image[idx]
     if hasattr(x, "compute"):
         x = x.compute(scheduler="sync")
-    return np.asarray(x)
+    x = np.asarray(x)
+    check_finite(x, tuple(sl.start or 0 for sl in idx))
+    return x
+
+
+def check_finite(x: np.ndarray, origin) -> None:
+    """ValueError naming ``image`` and the first non-finite voxel of ``x`` (placed at ``origin``)."""
+    if x.dtype.kind not in "fc" or np.isfinite(x).all():
+        return
+    pos = np.unravel_index(int(np.flatnonzero(~np.isfinite(x))[0]), x.shape)
+    at = tuple(int(o + p) for o, p in zip(origin, pos))
+    raise ValueError(f"image: expected finite values (a NaN or infinity spreads through the network's "
+                     f"receptive field), got {x[pos]} at index {at}")
+
+
+def _check_finite_in_memory(image, slab_voxels: int = 1 << 24) -> None:
+    """The whole-image check before any tile runs, for an in-memory numpy image (slab by slab along
+    axis 0); memory-mapped, zarr and dask images are checked window by window as they are read."""
+    if type(image) is not np.ndarray or image.dtype.kind not in "fc" or image.ndim == 0:
+        return
+    step = max(1, slab_voxels // max(1, int(np.prod(image.shape[1:]))))
+    for start in range(0, image.shape[0], step):
+        check_finite(image[start:start + step], (start,) + (0,) * (image.ndim - 1))
 
 
 def prepare(x, caxis, normalizer):
@@ -182,6 +211,7 @@ def _check_inputs(model, image, *, blend, channel_axis):
         raise TypeError(f"image: expected a real numeric dtype, got {image.dtype}")
     if any(s < 1 for s in shape):
         raise ValueError(f"image: empty spatial shape {shape}")
+    _check_finite_in_memory(image)
     return image, nd, caxis, shape, in_ch
 
 
@@ -210,6 +240,14 @@ def _check_out(out, nd, shape):
     """Check what can be checked of ``out`` before the probe; the spatial chunks of a zarr ``out``."""
     if out is not None and not (isinstance(out, (str, os.PathLike, np.ndarray)) or xio.is_zarr_array(out)):
         raise TypeError(f"out: expected None, a numpy array, a zarr array or a path, got {describe(out)}")
+    if isinstance(out, (str, os.PathLike)) and os.path.exists(out):
+        where = os.fspath(out)
+        if not os.path.isdir(where):
+            raise ValueError(f"out: expected the path of an OME-Zarr image (a folder), got {where!r}, which is an "
+                             f"existing file")
+        if os.listdir(where) and not any(os.path.exists(os.path.join(where, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
+            raise ValueError(f"out: expected a new path or an OME-Zarr image, got {where!r}, a folder that is not "
+                             f"a zarr store")
     if not xio.is_zarr_array(out):
         return None
     if out.ndim != nd + 1:
@@ -260,6 +298,10 @@ def _choose_tile(model, tile_shape, *, shape, factor, halo, in_ch, out_chunks, d
     nd = len(shape)
     if tile_shape is None:
         from ._tile_shape import find_tile_shape
+
+        if not is_torch_module(model):
+            raise ValueError(f"tile_shape: the largest tile that fits memory is measured on a torch module; give "
+                             f"the tile in voxels for {describe(model)}, got None")
 
         multiple = tuple(math.lcm(f, c) if out_chunks else f for f, c in zip(factor, out_chunks or factor))
         tile = find_tile_shape(model, image_shape=shape, in_channels=in_ch, halo=halo, multiple_of=multiple,

@@ -41,11 +41,15 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     image : numpy array, zarr array, dask array or path to a zarr array / OME-Zarr image
         2-D or 3-D, with or without a channel axis. For a torch module the number of spatial axes
         comes from its first convolution; for other callables 2 or 3 axes are spatial and a 4-D
-        image has a channel axis.
+        image has a channel axis. A 2-D torch module takes a 3-D image as a channel image (a
+        ``(z, y, x)`` stack is predicted slice by slice by ``xmodal predict`` and
+        :func:`xmodal.segment`). Values must be finite: NaN or infinity raise ValueError (an
+        in-memory numpy image is checked before any tile runs; a memory-mapped, zarr or dask image
+        window by window as it is read, without an extra pass).
     tile_shape : sequence of int, optional
         Output tile in voxels per spatial axis, a multiple of the down-sampling factor (axes longer
         than the image are clipped). ``None``: the largest tile that fits memory
-        (:func:`find_tile_shape`).
+        (:func:`find_tile_shape`; torch modules only, give it for other callables).
     halo : "auto", int or sequence of int
         Context read around every tile (voxels). ``"auto"``: half the analytic receptive field,
         rounded up to the down-sampling factor (:func:`receptive_field`).
@@ -65,13 +69,15 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         (histogram, within ``(max - min) / 65536``) and scale to [0, 1]. A callable is applied to
         every float32 window ``(C, *window)``; it must be point-wise for the result to stitch.
     channel_axis : int or None
-        The image's channel axis when it has one.
+        The image's channel axis when it has one: an axis of the image (``-image.ndim`` to
+        ``image.ndim - 1``, checked also when the image has none; ValueError otherwise).
     out : None, numpy array, zarr array or path
         Where to write ``(C_out, *spatial)``. ``None``: a new float32 numpy array. A path: a new
         OME-Zarr (NGFF 0.5) image with provenance attributes, chunks dividing the tile (reopened
         when it exists with the same layout, so an interrupted run resumes). A zarr array's chunks
         must divide the tile (chunk-aligned writes: parallel writers never share a chunk). A given
-        array must have a floating dtype (an integer one would truncate the prediction).
+        array must have a floating dtype (an integer one would truncate the prediction). A path
+        that is an existing file, or a non-empty folder that is not a zarr store, is refused.
     client : dask.distributed.Client or str, optional
         Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
         worker. With a zarr ``out`` the workers write directly, else the crops come back to the

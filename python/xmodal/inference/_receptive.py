@@ -292,9 +292,10 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     check = as_bool(check, "check")
     if ndim not in (2, 3):
         raise ValueError(f"ndim: expected 2 or 3 spatial axes, got {ndim!r}")
+    optional_import("torch", purpose="receptive_field")  # without torch: ImportError naming the extra
     if not is_torch_module(model):
         raise TypeError(f"model: expected a torch.nn.Module for an analytic receptive field, got {describe(model)}")
-    from ._tta import DihedralTTA
+    from ._tta_torch import DihedralTTA
 
     if isinstance(model, DihedralTTA):  # the inner network's field, widened by the offsets' reach
         inner = receptive_field(model.model, ndim, check=check, in_channels=in_channels)

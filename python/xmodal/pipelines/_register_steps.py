@@ -282,26 +282,35 @@ def add_error_estimates(result) -> None:
     result.errors = out
 
 
-def add_spot_counts(result, spots, max_distance: float, *, spacing) -> None:
-    """smFISH spots (moving frame) counted per fixed cell, per replicate and their mean
-    (``result.spot_counts``): each spot goes to the nearest fixed cell in the registered frame
-    within ``max_distance``."""
-    from scipy.spatial import cKDTree
-
-    fixed = result.fixed_points
+def load_spots(spots, *, spacing, ndim: int) -> dict:
+    """The smFISH spot replicates as ``{name: (m, ndim) points}``, read and checked before any work
+    (a missing table fails at once, not after the registration)."""
     items = spots.items() if isinstance(spots, Mapping) else ((f"replicate_{i}", s) for i, s in enumerate(spots))
-    tree = cKDTree(fixed)
-    counts = {}
+    out = {}
     for name, s in items:
         label = f"spots[{name!r}]"
         pts = as_points(s, label) if isinstance(s, np.ndarray) else load_points(s, spacing=spacing, name=label).points
-        if pts.shape[1] != fixed.shape[1]:
-            raise ValueError(f"{label}: expected {fixed.shape[1]}D points, got {pts.shape[1]}D")
+        if pts.shape[1] != ndim:
+            raise ValueError(f"{label}: expected {ndim}D points, got {pts.shape[1]}D")
+        out[str(name)] = pts
+    if not out:
+        raise ValueError("spots: expected at least one replicate, got none")
+    return out
+
+
+def add_spot_counts(result, spots: dict, max_distance: float) -> None:
+    """smFISH spots (moving frame; :func:`load_spots`) counted per fixed cell, per replicate and
+    their mean (``result.spot_counts``): each spot goes to the nearest fixed cell in the registered
+    frame within ``max_distance``."""
+    from scipy.spatial import cKDTree
+
+    fixed = result.fixed_points
+    tree = cKDTree(fixed)
+    counts = {}
+    for name, pts in spots.items():
         dist, idx = tree.query(result.transform.apply(pts), distance_upper_bound=max_distance)
         ok = np.isfinite(dist)
-        counts[str(name)] = np.bincount(idx[ok], minlength=len(fixed))
-    if not counts:
-        raise ValueError("spots: expected at least one replicate, got none")
+        counts[name] = np.bincount(idx[ok], minlength=len(fixed))
     counts["mean"] = np.mean(np.stack(list(counts.values())), axis=0)
     result.spot_counts = counts
 

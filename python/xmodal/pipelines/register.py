@@ -37,6 +37,7 @@ from ._register_steps import (
     add_spot_counts,
     add_warped_images,
     fit_step,
+    load_spots,
     prealign_step,
 )
 from ._match_step import add_feature_stage, check_feature_options, match_cells
@@ -112,6 +113,10 @@ class CellRegistration:
     @property
     def n_matched(self) -> int:
         return int(len(self.fixed_index))
+
+
+def _pair(given, default):
+    return default if given is None else tuple(given)
 
 
 def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "one-to-one", spacing=None,
@@ -272,9 +277,9 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
     feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov))
+    spots = None if spots is None else load_spots(spots, spacing=moving_spacing, ndim=mov.shape[1])
     folder = OutputFolder(out)  # refused before any work, not after
-    fsp, msp = image_spacing if image_spacing is not None else (fixed_spacing, moving_spacing)
-    images = Images(fixed_image, moving_image, fsp, msp, elastix_parameters)
+    images = Images(fixed_image, moving_image, *_pair(image_spacing, (fixed_spacing, moving_spacing)), elastix_parameters)
     nn = median_nn_distance(fix)
     unmatched_cost = 3.0 * nn if unmatched_cost_option == "auto" else unmatched_cost_option
 
@@ -315,7 +320,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
             add_error_estimates(result)
     if spots is not None:
         with _timed(timings, "spots"):
-            add_spot_counts(result, spots, spot_max_distance or unmatched_cost or 3.0 * nn, spacing=moving_spacing)
+            add_spot_counts(result, spots, spot_max_distance or unmatched_cost or 3.0 * nn)
     if warp_images is not None:
         with _timed(timings, "warp"):
             add_warped_images(result, warp_images, images, preset=warp_preset, folder=folder)

@@ -308,7 +308,7 @@ def slicewise_superpixel_agglomeration(affinities, offsets, *, n_attractive, sli
         except OSError:
             pass
     resumed = sum(bool(r) for _, _, r in done)
-    log.info("slicewise superpixel agglomeration: %d groups of %d slices (%d resumed), %d segments", plan.n_tasks,
-             plan.slices_per_task, resumed, n_segments)
+    log.info("slicewise superpixel agglomeration: %d slices in %d groups of at most %d (%d resumed), %d segments",
+             plan.n_slices, plan.n_tasks, min(plan.slices_per_task, plan.n_slices), resumed, n_segments)
     return SlicewiseAgglomerationResult(labels=labels, n_segments=n_segments, n_tasks=plan.n_tasks,
                                         n_tasks_resumed=resumed, seconds=seconds)
