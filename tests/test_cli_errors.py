@@ -21,7 +21,10 @@ OFFSETS = [[-1, 0], [0, -1], [-3, 0], [0, -3]]
 
 
 def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own errors (a bad option value): status 2, one line
+        code = e.code
     cap = capsys.readouterr()
     return code, cap.out, cap.err
 
@@ -104,6 +107,15 @@ def test_offsets_option(files, capsys):
     assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", "[[1,2],[3,4],[5,6]]", "--out", "l.zarr")[::2],
                       "offsets", "aff.npy")
     assert not (files / "l.zarr").exists()
+
+
+def test_counts_are_checked_by_the_parser(files, capsys):
+    for argv, needle in ((("mws", "aff.npy", "--offsets", "offs.json", "--min-size", "-4", "--out", "l.zarr"),
+                          "--min-size: expected an integer >= 0, got -4"),
+                         (("match", "a.csv", "b.csv", "--k", "0", "--out", "m.csv"), "--k: expected an integer >= 1"),
+                         (("match", "a.csv", "b.csv", "--k", "x", "--out", "m.csv"), "--k: expected an integer >= 0, got 'x'")):
+        assert_user_error(*run(capsys, *argv)[::2], needle)
+    assert not (files / "l.zarr").exists() and not (files / "m.csv").exists()
 
 
 def test_bad_input_files_are_named(files, capsys):

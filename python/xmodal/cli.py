@@ -37,6 +37,25 @@ from ._cli_support import (
 )
 from ._version import __version__
 
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0 (argparse names the option in its message)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    v = _count(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
 __all__ = ["EXIT_USAGE", "UsageError", "build_parser", "main"]
 
 
@@ -61,7 +80,7 @@ def _transform(p: argparse.ArgumentParser, default: str, auto: bool = False) -> 
 
 def _candidates(p: argparse.ArgumentParser, *, unmatched: str) -> None:
     """The candidate pairs of the matching and the cost of leaving a point unmatched."""
-    p.add_argument("--k", type=int, default=30, help="nearest-neighbour candidates per point (default 30)")
+    p.add_argument("--k", type=_positive, default=30, help="nearest-neighbour candidates per point (default 30)")
     p.add_argument("--radius", type=float, help="also all pairs closer than this (physical units)")
     p.add_argument("--unmatched-cost", type=float, help=f"cost of an unmatched point (default: {unmatched})")
 
@@ -75,7 +94,7 @@ def _model(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser, *, device: bool = False, scheduler: bool = False) -> None:
     g = p.add_argument_group("run options")
     g.add_argument("--config", metavar="TOML", help="read options from a TOML file (command line wins)")
-    g.add_argument("--threads", type=int, metavar="N", help="native threads (default: XMODAL_NUM_THREADS or all)")
+    g.add_argument("--threads", type=_positive, metavar="N", help="native threads (default: XMODAL_NUM_THREADS or all)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     if device:
         g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
@@ -120,7 +139,7 @@ def _identity_commands(sub, subs: dict) -> None:
     p.add_argument("--columns", help="coordinate columns, comma-separated (default z,y,x or y,x)")
     p.add_argument("--spacing", help="coordinate scale, e.g. 0.5,0.2,0.2")
     p.add_argument("--id-column", help="table column with cell ids (default: row numbers)")
-    p.add_argument("--top-k", type=int, default=5, help="candidate names per cell (default 5)")
+    p.add_argument("--top-k", type=_positive, default=5, help="candidate names per cell (default 5)")
     p.add_argument("--allow-reflection", action="store_true", help="the sample may be a mirror image")
     _common(p)
 
@@ -252,7 +271,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                                   "comma-separated); replaces --n-attractive (see docs/mws.md)")
     p.add_argument("--out", default="labels.zarr", help="output zarr array")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
-    p.add_argument("--min-size", type=int, default=0, help="merge segments smaller than this (voxels) into their most attractive neighbour (also blockwise)")
+    p.add_argument("--min-size", type=_count, default=0, help="merge segments smaller than this (voxels) into their most attractive neighbour (also blockwise)")
     _overwrite(p, "not a zarr array written by 'xmodal mws'")
     _common(p, scheduler=True)
 
@@ -271,13 +290,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--method", choices=["mws", "gasp", "multicut"],
                    help="agglomeration: pixel mutex watershed or superpixels + GASP / multicut (default: the "
                         "model's stored choice, else mws)")
-    p.add_argument("--min-size", type=int, default=None,
+    p.add_argument("--min-size", type=_count, default=None,
                    help="merge segments smaller than this (voxels) (default: the model's stored value, else 0)")
     p.add_argument("--ground-truth", help="instance labels to evaluate against")
     p.add_argument("--spacing", help="voxel size, e.g. 0.05,0.004,0.004")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the predictions of the 8 "
                    "rotations / flips of the image plane (8x the prediction time; see docs/inference.md)")
-    p.add_argument("--memory-voxels", type=int, default=1 << 27,
+    p.add_argument("--memory-voxels", type=_positive, default=1 << 27,
                    help="largest volume segmented in memory, in voxels (default 134217728); larger ones go block "
                         "by block (a 2D model's stack: in groups of whole slices, the same labels)")
     p.add_argument("--block-shape", help="blocks of the blockwise route, e.g. 64,512,512 (default: 64,512,512 / "
