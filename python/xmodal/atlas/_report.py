@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def _reliability_png(table: list[dict]) -> bytes | None:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
+        logging.getLogger("xmodal.atlas").warning(
+            "atlas report: matplotlib is not installed, so the report has no reliability plot (pip install matplotlib)")
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
     for b in table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ def _plots(result, folder: Path) -> list[str]:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
+        logging.getLogger("xmodal.pipelines").warning(
+            "report: matplotlib is not installed, so the report has no figures (pip install matplotlib)")
         return []
     import io
 
