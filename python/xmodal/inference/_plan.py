@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -28,7 +29,7 @@ from .._validation import as_bool, as_progress, describe, per_axis
 from ._grid import align_up, make_tiles
 from ._model import Runner, model_token
 from ._normalize import quantile_normalizer
-from ._receptive import is_torch_module, receptive_field, spatial_signature
+from ._receptive import ReceptiveFieldError, is_torch_module, receptive_field, spatial_signature
 
 _BLENDS = ("crop", "linear", "gaussian")
 WRITER = "xmodal.predict_tiled"
@@ -217,7 +218,13 @@ def _check_inputs(model, image, *, blend, channel_axis):
 
 def geometry(model, nd, in_ch, halo):
     """(down-sampling factor, halo in voxels): from the analytic receptive field of a torch module."""
-    rf = receptive_field(model, nd, in_channels=in_ch) if is_torch_module(model) else None
+    try:
+        rf = receptive_field(model, nd, in_channels=in_ch) if is_torch_module(model) else None
+    except ReceptiveFieldError as exc:  # neither walked nor measured: a given halo is used with factor 1
+        if isinstance(halo, str):
+            raise
+        logging.getLogger("xmodal.inference").warning("%s; using the given halo, tiles aligned to 1 voxel", exc)
+        rf = None
     factor = rf.factor if rf is not None else (1,) * nd
     if not isinstance(halo, str):
         return factor, per_axis(halo, nd, "halo")

@@ -10,6 +10,14 @@ import numpy as np
 
 from .._optional import optional_import
 from .._validation import as_bool, describe
+from ._layers import State as _State
+from ._layers import apply_layer, eager_kind
+from ._layers import as_tuple as _tuple
+from ._layers import upsample as _upsample
+from ._measure import eval_mode, extent, gradient_support, measure_factor
+from ._measure import param_device as _param_device
+from ._measure import param_dtype as _param_dtype
+from ._receptive_jit import NotAnalysable, ScriptWalk, is_script_module, script_signature
 
 log = logging.getLogger("xmodal.inference")
 
@@ -38,8 +46,12 @@ class ReceptiveField:
     method : str
         How the layers were walked: ``"fx"`` (torch.fx graph, branches merged by maximum),
         ``"hooks"`` (execution order of the leaf modules, treated as one chain: an upper bound for
-        branched networks), or ``"gradient"`` (no known layer found, e.g. functional convolutions:
-        the measured extent is used, with factor 1).
+        branched networks), ``"torchscript"`` (the graph of a ``torch.jit.script`` / ``torch.jit.trace``
+        module, branches merged by maximum) or ``"gradient"`` (no known layer found, e.g. functional
+        convolutions: the measured extent is used, with factor 1; or layers that could not be walked,
+        e.g. a TorchScript convolution whose weight is computed at run time: the extent of the union
+        of the gradient supports of three random inputs plus ``factor - 1``, with the factor measured
+        by shift equivariance).
     layers : int
         Number of layers with a spatial extent that were walked.
     """
@@ -54,72 +66,35 @@ class ReceptiveField:
     notes: list = field(default_factory=list)
 
 
-def _tuple(v, nd):
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            return tuple(int(v[0]) for _ in range(nd))
-        return tuple(int(x) for x in v)
-    return tuple(int(v) for _ in range(nd))
-
-
-class _State:
-    __slots__ = ("r", "j", "p")
-
-    def __init__(self, r, j, p):
-        self.r, self.j, self.p = r, j, p
-
-    @staticmethod
-    def merge(states, nd):
-        states = [s for s in states if s is not None]
-        if not states:
-            return None
-        r = np.max([s.r for s in states], axis=0)
-        j = np.max([s.j for s in states], axis=0)
-        p = np.max([s.p for s in states], axis=0)
-        return _State(r, j, p)
+class ReceptiveFieldError(ValueError):
+    """A network whose receptive field can neither be walked nor measured (give the halo in voxels)."""
 
 
 def _apply_module(mod, st: _State, nd: int, torch) -> tuple[_State, bool]:
     """Update the state through ``mod``; return (new state, whether it had a spatial extent)."""
-    nn = torch.nn
-    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    convt = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    pools = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-    adaptive = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-    if isinstance(mod, conv):
-        k = np.array(_tuple(mod.kernel_size, nd), float)
-        s = np.array(_tuple(mod.stride, nd), float)
-        d = np.array(_tuple(mod.dilation, nd), float)
-        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p + np.floor(k / 2) * d * st.j), True
-    if isinstance(mod, convt):
-        k = np.array(_tuple(mod.kernel_size, nd), float)
-        s = np.array(_tuple(mod.stride, nd), float)
-        d = np.array(_tuple(mod.dilation, nd), float)
-        return _State(st.r + np.ceil((k - 1) * d / s) * st.j, st.j / s, st.p + np.floor(k / 2) * d * st.j / s), True
-    if isinstance(mod, pools):
-        k = np.array(_tuple(mod.kernel_size, nd), float)
-        s = np.array(_tuple(mod.stride if mod.stride is not None else mod.kernel_size, nd), float)
-        d = np.array(_tuple(getattr(mod, "dilation", 1), nd), float)
-        return _State(st.r + (k - 1) * d * st.j, st.j * s, st.p), True
-    if isinstance(mod, adaptive):
-        return _State(np.full(nd, np.inf), st.j, st.p), True
-    if isinstance(mod, nn.Upsample):
-        return _upsample(st, mod.scale_factor, mod.mode, nd), True
-    return st, False
+    kind = eager_kind(mod, torch)
+    if kind is None:
+        return st, False
+    return apply_layer(kind, mod, st, nd), True
 
 
-def _upsample(st, scale, mode, nd):
-    if scale is None:
-        raise ValueError("receptive_field: up-sampling to a fixed size has no fixed receptive field")
-    s = np.array(_tuple(scale, nd) if not isinstance(scale, float) else [scale] * nd, float)
-    extra = 0.0 if mode == "nearest" else 1.0  # linear modes read two neighbours
-    return _State(st.r + extra * st.j, st.j / s, st.p)
+def _symbolic_trace(model, torch):
+    """torch.fx graph of ``model``, with its TorchScript submodules as leaves (fx cannot trace into them)."""
+    fx = torch.fx
+    if not any(is_script_module(m, torch) for m in model.modules()):
+        return fx.symbolic_trace(model)
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return is_script_module(m, torch) or super().is_leaf_module(m, qualname)
+
+    tracer = Tracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph)
 
 
 def _walk_fx(model, nd, torch):
-    fx = torch.fx
-    gm = fx.symbolic_trace(model)
+    gm = _symbolic_trace(model, torch)
     modules = dict(gm.named_modules())
     F = torch.nn.functional
     states: dict = {}
@@ -132,8 +107,13 @@ def _walk_fx(model, nd, torch):
             st = start if not states else None
         elif node.op == "call_module":
             st = _State.merge(ins, nd)
-            if st is not None:
-                st, spatial = _apply_module(modules[node.target], st, nd, torch)
+            mod = modules[node.target]
+            if st is not None and is_script_module(mod, torch):  # compiled: walk its TorchScript graph
+                st, inner, k = ScriptWalk(nd).run(mod, st)
+                best = _State.merge([best, inner], nd)
+                n_layers += k
+            elif st is not None:
+                st, spatial = _apply_module(mod, st, nd, torch)
                 n_layers += spatial
         elif node.op == "call_function" and node.target in (F.interpolate, getattr(F, "upsample", None)):
             st = _State.merge(ins, nd)
@@ -167,6 +147,8 @@ def _walk_fx(model, nd, torch):
 
 
 def _walk_hooks(model, nd, in_channels, torch):
+    if any(is_script_module(m, torch) for m in model.modules()):
+        raise NotAnalysable("forward hooks cannot record the layers of a TorchScript submodule")
     order = []
     hooks = []
     for m in model.modules():
@@ -190,25 +172,16 @@ def _walk_hooks(model, nd, in_channels, torch):
     return st, best, n
 
 
-def _param_dtype(model, torch):
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
-def _param_device(model, torch):
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def spatial_signature(model) -> tuple[int | None, int | None]:
     """(spatial ndim, input channels) from the first convolution of a torch module, else (None, None)."""
     torch = optional_import("torch", purpose="tiled inference with torch models")
     nn = torch.nn
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if is_script_module(m, torch):  # scripted or traced: by the eager class it was compiled from
+            nd, c = script_signature(m)
+            if nd is not None:
+                return nd, c
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             return 2, int(m.in_channels)
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
             return 3, int(m.in_channels)
@@ -239,28 +212,68 @@ def measure_receptive_field(model, ndim: int, *, in_channels: int | None = None,
     if size is None:
         size = 64 if ndim == 2 else 40
     shape = tuple(int(math.ceil(size / f) * f) for f in factor)
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+    with eval_mode(model):
+        g = gradient_support(model, in_channels, shape, 0, torch)
+    return extent(g)
+
+
+def _measured_field(model, ndim, in_channels, reason, notes) -> ReceptiveField:
+    """Size (union of the gradient supports of 3 random inputs) and factor (shift equivariance) of a
+    network whose layers cannot be walked, on the smallest window (64 * k in 2-D, 32 * k in 3-D
+    voxels per axis, k <= 4) the network runs on and that holds its field."""
+    torch = optional_import("torch")
+    base = 64 if ndim == 2 else 32
+    errors = []
+    for size in (base, 2 * base, 3 * base, 4 * base):
+        try:
+            with eval_mode(model):
+                g = np.logical_or.reduce([gradient_support(model, in_channels, (size,) * ndim, seed, torch)
+                                          for seed in range(3)])
+                measured = extent(g)
+                if any(m >= size // 2 for m in measured):
+                    raise ValueError(f"the input gradient reaches across half the {size}-voxel window (a "
+                                     f"normalisation over the whole input?)")
+                factor = measure_factor(model, ndim, in_channels, size, measured, torch)
+        except Exception as exc:  # noqa: BLE001 - the model's own error at this size: try a larger one
+            msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            if errors and errors[-1][1] == msg:  # the same error whatever the size: stop
+                break
+            errors.append((size, msg))
+            continue
+        # max pooling passes the gradient to one input of each window: up to factor - 1 voxels unseen
+        size = tuple(m + f - 1 for m, f in zip(measured, factor))
+        halo = tuple(int(math.ceil(math.ceil(s / 2) / f) * f) for s, f in zip(size, factor))
+        notes = notes + [f"the layers could not be walked ({reason}); the size is the measured gradient "
+                         f"extent plus factor - 1, the factor is measured"]
+        log.info("receptive_field: %s: size %s, factor %s", notes[-1], size, factor)
+        return ReceptiveField(size=size, factor=factor, halo=halo, plantseg_halo=halo, measured=measured,
+                              method="gradient", layers=0, notes=notes)
+    tried = "; ".join(f"{size} voxels: {msg}" for size, msg in errors)
+    raise ReceptiveFieldError(f"model: expected a network whose receptive field can be walked or measured, got "
+                              f"{_what(model)}: its layers could not be walked ({reason}) and measuring the "
+                              f"input gradient failed ({tried}). Give halo= explicitly (voxels of context on "
+                              f"each side of a tile)")
+
+
+def _what(model) -> str:
+    name = getattr(model, "original_name", None)
+    return f"a TorchScript module compiled from {name}" if isinstance(name, str) else describe(model)
+
+
+def _walk(model, ndim, in_channels, torch, notes):
+    """(final state, widest state, layers, method) of the walk that suits ``model``."""
+    if is_script_module(model, torch):  # scripted or traced: its TorchScript graph
+        try:
+            return (*ScriptWalk(ndim).run(model), "torchscript")
+        except NotAnalysable:
+            raise
+        except Exception as exc:  # a graph the walk does not know
+            raise NotAnalysable(f"{type(exc).__name__}: {exc}") from exc
     try:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn((1, in_channels) + shape, generator=gen, dtype=torch.float32)
-        x = x.to(device=_param_device(model, torch), dtype=_param_dtype(model, torch)).requires_grad_(True)
-        with torch.enable_grad():
-            y = model(x)
-            if isinstance(y, (tuple, list)):
-                y = y[0]
-            centre = tuple(s // 2 for s in y.shape[2:])
-            y[(0, slice(None)) + centre].sum().backward()
-        g = (x.grad.detach().abs().sum(dim=(0, 1)) > 0).cpu().numpy()
-    finally:
-        for m, t in flags.items():
-            m.training = t
-    extent = []
-    for ax in range(ndim):
-        other = tuple(a for a in range(ndim) if a != ax)
-        nz = np.flatnonzero(g.any(axis=other))
-        extent.append(int(nz[-1] - nz[0] + 1) if nz.size else 0)
-    return tuple(extent)
+        return (*_walk_fx(model, ndim, torch), "fx")
+    except Exception as exc:  # not traceable: fall back to the execution order
+        notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
+        return (*_walk_hooks(model, ndim, in_channels, torch), "hooks")
 
 
 def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int | None = None) -> ReceptiveField:
@@ -270,6 +283,9 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     up-sampling; kernel, stride, dilation) along the longest path of the network: through its
     torch.fx graph when it can be traced (branches merge by maximum), else through the execution
     order of its leaf modules recorded by forward hooks (treated as one chain, an upper bound).
+    TorchScript modules (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``) are walked
+    through their graphs (submodules by ``original_name``, traced layers by their operators'
+    constants); what no walk can read is measured (``method="gradient"``).
     Padding does not change the field. For every layer ``r += (k - 1) * dilation * jump`` and
     ``jump *= stride`` (``/= stride`` for transposed convolutions and up-sampling).
 
@@ -309,12 +325,9 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
         in_channels = in_channels or 1
     notes = []
     try:
-        final, best, n = _walk_fx(model, ndim, torch)
-        method = "fx"
-    except Exception as exc:  # not traceable: fall back to the execution order
-        notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
-        final, best, n = _walk_hooks(model, ndim, in_channels, torch)
-        method = "hooks"
+        final, best, n, method = _walk(model, ndim, in_channels, torch, notes)
+    except NotAnalysable as exc:  # e.g. a TorchScript layer with parameters known only at run time
+        return _measured_field(model, ndim, in_channels, str(exc), notes)
     if n == 0:  # no layer the walk knows (e.g. functional convolutions): measure from gradients
         notes.append("no known layer found; the size is the measured gradient extent, factor 1")
         factor = (1,) * ndim

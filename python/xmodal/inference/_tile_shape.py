@@ -27,12 +27,14 @@ def _available_ram() -> int:
 
 
 class ActivationCounter:
-    """Context manager summing the bytes of every leaf module's output during forward passes."""
+    """Context manager summing the bytes of every leaf module's output during forward passes (of
+    every operator's output when the model holds TorchScript modules, which take no hooks)."""
 
     def __init__(self, model):
         self.model = model
         self.bytes = 0
         self._hooks = []
+        self._mode = None
 
     def _hook(self, mod, inp, out):
         for o in out if isinstance(out, (tuple, list)) else (out,):
@@ -40,6 +42,13 @@ class ActivationCounter:
                 self.bytes += o.numel() * o.element_size()
 
     def __enter__(self):
+        import torch
+
+        if any(isinstance(m, torch.jit.ScriptModule) for m in self.model.modules()):
+            # TorchScript modules take no hooks: count every operator's new output instead (an upper bound)
+            self._mode = _op_output_counter(self)
+            self._mode.__enter__()
+            return self
         self._hooks = [m.register_forward_hook(self._hook) for m in self.model.modules()
                        if len(list(m.children())) == 0]
         return self
@@ -48,7 +57,27 @@ class ActivationCounter:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(*exc)
         return False
+
+
+def _op_output_counter(counter):
+    """A torch dispatch mode adding the bytes of every operator output that is not a view of its
+    inputs to ``counter.bytes`` (it sees the operators a TorchScript module runs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpOutputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if hasattr(a, "untyped_storage")}
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if hasattr(o, "untyped_storage") and o.untyped_storage().data_ptr() not in inputs:
+                    counter.bytes += o.numel() * o.element_size()
+            return out
+
+    return OpOutputs()
 
 
 def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor, *, shape=None) -> float:
