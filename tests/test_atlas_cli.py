@@ -70,6 +70,7 @@ def test_build_then_identify(tables, capsys):
     assert atlas["n_samples"] == 3
     report = (d / "atlas.report.html").read_text()
     assert "Not calibrated" in report and "40 names" in report
+    assert not [p for p in d.iterdir() if p.name.endswith(".xmodal-partial")]  # the staged report is moved
     code, out, err = run(capsys, "identify", d / "new.csv", "--atlas", d / "atlas.json", "--top-k", "3",
                          "--out", d / "names.csv")
     assert code == 0, err

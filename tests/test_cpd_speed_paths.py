@@ -186,6 +186,9 @@ def test_farthest_point_centers_match_plain_version(d):
     P = np.round(rng.normal(size=(4000, d)), 1)  # rounded: many equal distances (ties)
     np.testing.assert_array_equal(farthest_point_centers(P, 120), _fps_reference(P, 120))
     np.testing.assert_array_equal(farthest_point_centers(P, radius=0.4), _fps_reference(P, radius=0.4))
+    # integer coordinates are taken as numbers (uint8 used to wrap on subtraction)
+    Q = rng.integers(0, 150, size=(500, d)).astype(np.uint8)
+    np.testing.assert_array_equal(farthest_point_centers(Q, 20), _fps_reference(Q.astype(np.float64), 20))
 
 
 @pytest.mark.parametrize("estep", ["exact", "fast"])

@@ -669,3 +669,27 @@ def test_byte_swapped_and_equal_dtypes_are_accepted():
     ref = xmodal.mutex_watershed(aff, offsets)
     swapped = aff.astype(aff.dtype.newbyteorder(">"))
     np.testing.assert_array_equal(xmodal.mutex_watershed(swapped, offsets), ref)
+
+
+def test_affinities_must_be_probabilities():
+    rng = np.random.default_rng(0)
+    aff = rng.random((2, 8, 9))
+    offs = [[-1, 0], [0, -1]]
+    with pytest.raises(TypeError, match=r"affinities: expected probabilities in \[0, 1\] as floats, got dtype uint8"):
+        mutex_watershed((aff * 255).astype(np.uint8), offs)
+    bad = aff.copy()
+    bad[1, 3, 4] = 1.5
+    with pytest.raises(ValueError, match=r"expected probabilities in \[0, 1\], found 1.5 in channel 1 at \(3, 4\)"):
+        mutex_watershed(bad, offs)
+    from xmodal.segmentation import boundaries_from_affinities
+
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        boundaries_from_affinities(aff - 0.5, offs)
+    # big-endian affinities: the same labels single-shot and blockwise
+    from xmodal.segmentation import blockwise_mutex_watershed
+
+    big = aff.astype(">f8")
+    ref = mutex_watershed(aff, offs)
+    np.testing.assert_array_equal(mutex_watershed(big, offs), ref)
+    blk = blockwise_mutex_watershed(big, offs, block_shape=(4, 5), halo=1)
+    assert blk.labels.shape == ref.shape and blk.n_labels > 0

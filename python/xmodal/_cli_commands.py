@@ -5,6 +5,7 @@ contract)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -97,11 +98,15 @@ def cmd_atlas(args) -> int:
     atlas = build_atlas(samples, names=names, features=feats, feature_names=args.features_columns,
                         allow_reflection=args.allow_reflection, calibrate=not args.no_calibration)
     atlas.parameters["inputs"] = [str(p) for p in args.samples]
+    # the slow report is written aside first, then the atlas and the report replace the old pair
+    # back to back: a killed run leaves both old files or both new ones
+    staged = report.with_name(f".{report.name}.xmodal-partial")
+    write_atlas_report(atlas, staged)
     atlas.save(out)
+    os.replace(staged, report)
     cal = atlas.calibration
     extra = (f"; leave-one-out accuracy {cal['loo_mean_accuracy']:.3f}, ECE {cal['loo_ece']:.3f}"
              if cal.get("loo_mean_accuracy") is not None else "")
-    write_atlas_report(atlas, report)
     print(f"atlas of {atlas.n_samples} samples, {len(atlas.names)} names{extra}; written to {out} (report: {report})")
     return 0
 

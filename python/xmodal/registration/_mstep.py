@@ -117,6 +117,8 @@ def farthest_point_centers(points: np.ndarray, k: int | None = None, *, radius: 
     once every point lies within ``radius`` of a centre, or at ``max_k``.
     """
     xp = array_namespace(points)
+    if points.dtype.kind != "f":  # integer coordinates: subtraction would wrap or overflow
+        points = points.astype(xp.float64)
     n = points.shape[0]
     limit = n if k is None else min(int(k), n)
     limit = min(limit, max_k) if k is None else limit

@@ -80,7 +80,7 @@ def boundaries_from_affinities(affinities, offsets, *, n_attractive=None, invert
     ``affinities`` (C, *spatial) are merge probabilities (``invert=True``: boundary probabilities);
     the first ``n_attractive`` channels (default ndim) are used.
     """
-    from .mws import _check_affinities, _check_n_attractive, _check_offsets
+    from .mws import _check_affinities, _check_finite, _check_n_attractive, _check_offsets
 
     a = _check_affinities(affinities)
     spatial = a.shape[1:]
@@ -88,6 +88,7 @@ def boundaries_from_affinities(affinities, offsets, *, n_attractive=None, invert
     na = _check_n_attractive(n_attractive, a.shape[0], len(spatial))
     if na == 0:
         raise ValueError("n_attractive: expected at least one attractive channel, got 0")
+    _check_finite(a[:na])
     acc = np.zeros(spatial, np.float64)
     cnt = np.zeros(spatial, np.float64)
     for c in range(na):

@@ -127,7 +127,7 @@ def _run_block(plan: _Plan, bid: int):
     The work is skipped when the ledger records the block as done from the same input bytes.
     """
     inner, outer = plan.inner(bid), plan.outer(bid)
-    affs = np.asarray(plan.affinities[(slice(None),) + outer])
+    affs = np.asarray(plan.affinities[(slice(None),) + outer], dtype=plan.affinities.dtype.newbyteorder("="))
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
@@ -284,8 +284,8 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     ashape = tuple(int(s) for s in affinities.shape)
     if len(ashape) not in (3, 4):
         raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
-    if np.dtype(affinities.dtype) not in (np.float32, np.float64):
-        raise TypeError(f"affinities: expected float32 or float64 values, got dtype {affinities.dtype}")
+    if np.dtype(affinities.dtype).kind != "f" or np.dtype(affinities.dtype).itemsize not in (4, 8):
+        raise TypeError(f"affinities: expected float32 or float64 probabilities, got dtype {affinities.dtype}")
     C, shape = ashape[0], ashape[1:]
     ndim = len(shape)
     o = _check_offsets(offsets, C, ndim)

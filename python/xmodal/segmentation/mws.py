@@ -107,7 +107,10 @@ def _check_affinities(affinities) -> np.ndarray:
     if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))  # byte-swapped input (some files, zarr stores)
     if a.dtype not in (np.float32, np.float64):
-        if a.dtype == np.float16 or (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        if np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"affinities: expected probabilities in [0, 1] as floats, got dtype {a.dtype} (for "
+                            f"8-bit affinities stored as 0-255, pass affinities / 255)")
+        if a.dtype == np.float16 or a.dtype == bool:
             a = a.astype(np.float32)
         else:
             raise TypeError(f"affinities: expected float32 or float64 values, got dtype {a.dtype}")
@@ -199,8 +202,9 @@ def _check_spatial(x, name: str, shape, *, kind: str):
 
 
 def _check_finite(a: np.ndarray, name: str = "affinities", origin=None) -> None:
-    """ValueError naming the channel and voxel of the first non-finite value (voxel + ``origin``,
-    the position of ``a`` in a larger volume, when given)."""
+    """ValueError naming the channel and voxel of the first non-finite value, or of the first value
+    outside [0, 1] (affinities are probabilities), at voxel + ``origin`` (the position of ``a`` in a
+    larger volume, when given)."""
     # chunked so that huge inputs need no full-size temporary
     flat = a.reshape(a.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[0]))
@@ -212,6 +216,13 @@ def _check_finite(a: np.ndarray, name: str = "affinities", origin=None) -> None:
             if origin is not None:
                 idx = tuple(int(v) + int(o) for v, o in zip(idx, origin))
             raise ValueError(f"{name}: expected finite values, found {block[c, j]} in channel {c} at {tuple(int(v) for v in idx)}")
+        if block.size and (block.min() < 0 or block.max() > 1):
+            c, j = np.argwhere((block < 0) | (block > 1))[0]
+            idx = np.unravel_index(i + j, a.shape[1:])
+            if origin is not None:
+                idx = tuple(int(v) + int(o) for v, o in zip(idx, origin))
+            raise ValueError(f"{name}: expected probabilities in [0, 1], found {block[c, j]} in channel {c} at "
+                             f"{tuple(int(v) for v in idx)} (apply a sigmoid to logits first)")
 
 
 def _check_seed(seed):
