@@ -17,25 +17,13 @@ import pytest
 
 from xmodal import cli
 
+from _cli_helpers import assert_user_error, run
+
 OFFSETS = [[-1, 0], [0, -1], [-3, 0], [0, -3]]
 
 
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors (a bad option value): status 2, one line
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
-def assert_user_error(code, err, *needles):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and ": error: " in ln]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import xmodal
-from xmodal import cli
+from _cli_helpers import assert_user_error, run as run_cli
 from xmodal.inference import predict_tiled
 
 
@@ -26,18 +26,8 @@ def double(batch):
     return batch * 2.0
 
 
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
-def assert_user_error(code, err, *needles):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
 
 
 @pytest.fixture
