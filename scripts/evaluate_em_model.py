@@ -94,7 +94,8 @@ def load_model(spec):
 
 def predict_stack(model, raw):
     """Affinities ``(n, C, H, W)`` of a slice stack, normalised as the model's metadata says with the
-    global statistics of the whole stack."""
+    global statistics of the whole stack (a model with ``metadata["context"]`` also reads each
+    section's neighbours in this stack, mirrored at its ends)."""
     from xmodal.models.em import normalize_em, predict_em_affinities
 
     norm = model.metadata["normalization"]
@@ -103,6 +104,11 @@ def predict_stack(model, raw):
     else:
         r = raw.astype(np.float64)
         x = ((raw.astype(np.float32) - np.float32(r.mean())) / np.float32(r.std())).astype(np.float32)
+    context = int(model.metadata.get("context", 0))
+    if context:  # a model that also reads the neighbouring sections of this stack
+        from xmodal.models.em import em_context_stack
+
+        x = em_context_stack(x, context)
     return np.stack([predict_em_affinities(model, s) for s in x])
 
 

@@ -121,7 +121,7 @@ LOSSES = {
 
 
 def sample_batch(rng, images, instances, *, batch, crop, offsets, aug):
-    """``batch`` augmented crops: x ``(B, 1, crop, crop)``, targets and mask ``(B, C, crop, crop)``."""
+    """``batch`` augmented crops: x ``(B, 1 or K, crop, crop)``, targets and mask ``(B, C, crop, crop)``."""
     from xmodal.models._augment import augmented_sample
 
     xs, ts, ms = [], [], []
@@ -131,7 +131,9 @@ def sample_batch(rng, images, instances, *, batch, crop, offsets, aug):
         xs.append(x)
         ts.append(t)
         ms.append(m)
-    return (np.stack(xs)[:, None].astype(np.float32), np.stack(ts).astype(np.float32),
+    x = np.stack(xs)
+    x = x[:, None] if x.ndim == 3 else x
+    return (x.astype(np.float32), np.stack(ts).astype(np.float32),
             np.stack(ms).astype(np.float32))
 
 
@@ -149,9 +151,10 @@ def validate(model, images, instances, offsets):
     cnt = np.zeros(len(offsets))
     with torch.no_grad():
         for img, inst in zip(images, instances):
-            h, w = img.shape
-            xp = np.pad(img, ((0, (-h) % div), (0, (-w) % div)), mode="reflect")
-            logits = model(torch.from_numpy(np.ascontiguousarray(xp))[None, None])[:, :, :h, :w]
+            h, w = img.shape[-2:]
+            pad = [(0, 0)] * (img.ndim - 2) + [(0, (-h) % div), (0, (-w) % div)]
+            xp = torch.from_numpy(np.ascontiguousarray(np.pad(img, pad, mode="reflect")))
+            logits = model(xp[None, None] if img.ndim == 2 else xp[None])[:, :, :h, :w]
             t, m = affinity_targets_ignore(inst, offsets)
             t = torch.from_numpy(t[None].astype(np.float32))
             m = torch.from_numpy(m[None].astype(np.float32))
@@ -165,7 +168,8 @@ def validate(model, images, instances, offsets):
 def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_instances=None,
           features=DEFAULT_FEATURES, steps=4000, batch=8, crop=128, lr=1e-3, weight_decay=0.0, loss="bce",
           warmup=100, seed=0, threads=1, aug=None, quantiles=(0.01, 0.99), val_every=500,
-          log_every=50, max_minutes=None, name="em_affinity_unet", init_state=None, init_info=None):
+          log_every=50, max_minutes=None, name="em_affinity_unet", init_state=None, init_info=None,
+          context=0):
     """Train a :class:`xmodal.models.unet2d.UNet2D` affinity model; returns ``(model, metadata)``.
 
     Parameters
@@ -184,6 +188,10 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
         :func:`masked_boundary_dice`); the validation loss is the masked BCE either way.
     aug : :class:`xmodal.models._augment.EMAugmentation` (default: its defaults).
     max_minutes : optional wall-time cap.
+    context : sections on each side given to the network as extra input channels (0: a 2D model
+        of single sections). ``images`` must then be consecutive sections of one stack (mirrored
+        at its ends, :func:`xmodal.models.em.em_context_stack`; the validation slices form a
+        stack of their own).
     init_state : optional ``state_dict`` of a :class:`UNet2D` with the same ``features`` and
         ``len(offsets)`` output channels, loaded before training (warm start; the optimiser and
         schedule start fresh). ``init_info``: a dict recorded as ``training.init`` (e.g.
@@ -192,7 +200,7 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
     import torch
 
     from xmodal.models._augment import EMAugmentation
-    from xmodal.models.em import em_quantile_range, normalize_em
+    from xmodal.models.em import em_context_stack, em_quantile_range, normalize_em
     from xmodal.models.unet2d import UNet2D
 
     aug = EMAugmentation() if aug is None else aug
@@ -215,16 +223,22 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
     if have_val:
         val_x = normalize_em(np.asarray(val_images), low=low, high=high)
         val_y = np.asarray(val_instances).astype(np.int32)
+    context = int(context)
+    if context > 0:
+        train_x = em_context_stack(train_x, context)
+        if have_val:
+            val_x = em_context_stack(val_x, context)
+    in_channels = 2 * context + 1
     rng = np.random.default_rng(seed)
     history = []
     with _torch_state(threads, seed):
-        model = UNet2D(1, len(offsets), features=features)
+        model = UNet2D(in_channels, len(offsets), features=features)
         if init_state is not None:
             own = model.state_dict()
             bad = sorted(set(own) ^ set(init_state))
             bad += [k for k in own if k in init_state and tuple(own[k].shape) != tuple(init_state[k].shape)]
             if bad:
-                raise ValueError(f"init_state: expected the parameters of UNet2D(1, {len(offsets)}, "
+                raise ValueError(f"init_state: expected the parameters of UNet2D({in_channels}, {len(offsets)}, "
                                  f"features={features}), got mismatching entries {bad[:5]}")
             model.load_state_dict(init_state, strict=True)
         if crop % model.divisor:
@@ -287,7 +301,11 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
         "architecture": "UNet2D (xmodal.models.unet2d): 3x3 conv-BatchNorm-ReLU x2 per level, max pooling, "
                         "transposed-conv upsampling, sigmoid output",
         "features": list(features),
-        "in_channels": 1,
+        "in_channels": int(in_channels),
+        "context": int(context),
+        "context_text": ("input channel j is section z + j - context of the stack (mirrored at its ends; "
+                         "xmodal.models.em.em_context_stack); the output is for section z")
+                        if context else "single sections",
         "divisor": int(model.divisor),
         "normalization": {
             "kind": "quantile", "quantiles": list(quantiles), "clip": [0.0, 1.0],
@@ -401,6 +419,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-time cap (safety stop)")
+    ap.add_argument("--context", type=int, default=0,
+                    help="neighbouring sections on each side as extra input channels (default 0)")
     ap.add_argument("--init", type=Path, default=None,
                     help="warm start from this checkpoint (its features are used; fresh optimiser)")
     args = ap.parse_args(argv)
@@ -414,6 +434,9 @@ def main(argv=None):
     val_idx = _parse_slices(args.val_slices)
     if set(train_idx) & set(range(25, 30)) or set(val_idx) & set(range(25, 30)):
         raise SystemExit("slices 25-29 are the held-out test slices: not used for training or validation")
+    for name, idx in (("train", train_idx), ("val", val_idx)):
+        if args.context and idx and idx != list(range(idx[0], idx[-1] + 1)):
+            raise SystemExit(f"--context needs consecutive --{name}-slices, got {_range_text(idx)}")
     aug = {"full": EMAugmentation(), "geometry": EMAugmentation.geometry_only(), "none": EMAugmentation.none(),
            "no-artefacts": EMAugmentation(defect_line_prob=0.0, missing_patch_prob=0.0)}[args.augment]
     if args.offsets == "em":
@@ -435,7 +458,7 @@ def main(argv=None):
                         batch=args.batch, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay,
                         loss=args.loss, warmup=args.warmup, seed=args.seed, threads=args.threads, aug=aug,
                         val_every=args.val_every, max_minutes=args.max_minutes,
-                        init_state=init_state, init_info=init_info)
+                        init_state=init_state, init_info=init_info, context=args.context)
     meta["training"]["train_slices"] = _range_text(train_idx)
     meta["training"]["val_slices"] = _range_text(val_idx) if val_idx else None
     meta["training"]["augment_preset"] = args.augment

@@ -44,6 +44,13 @@ class EMAugmentation:
     line across the crop like a fold or knife mark (``defect_line_prob``; labels unchanged, the
     network should look through it) and a missing / damaged patch (``missing_patch_prob``): a
     rectangle replaced by flat grey plus noise whose pixels leave the loss.
+
+    Context sections (models that see the neighbouring sections of a stack as extra input
+    channels, :func:`augmented_sample` with a ``(K, H, W)`` raw): each neighbour is read through
+    the same geometry shifted by N(0, ``section_shift``²) px per axis (residual misalignment),
+    gets its own intensity changes and artefacts (sections differ), and with probability
+    ``missing_section_prob`` is replaced by flat grey plus noise (a lost section). Only the
+    central section's missing patch leaves the loss.
     """
 
     dihedral: bool = True
@@ -63,6 +70,8 @@ class EMAugmentation:
     noise_std: tuple = (0.0, 0.08)
     defect_line_prob: float = 0.1
     missing_patch_prob: float = 0.05
+    section_shift: float = 1.5
+    missing_section_prob: float = 0.05
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-serialisable) for the model metadata."""
@@ -74,14 +83,15 @@ class EMAugmentation:
         return cls(dihedral=False, rotate_prob=0.0, scale_range=(1.0, 1.0), elastic_prob=0.0,
                    local_contrast_prob=0.0, contrast_range=(1.0, 1.0), brightness_range=(0.0, 0.0),
                    gamma_range=(1.0, 1.0), blur_prob=0.0, noise_prob=0.0, defect_line_prob=0.0,
-                   missing_patch_prob=0.0)
+                   missing_patch_prob=0.0, section_shift=0.0, missing_section_prob=0.0)
 
     @classmethod
     def geometry_only(cls) -> "EMAugmentation":
-        """Geometry of the defaults, no intensity change and no artefacts."""
+        """Geometry of the defaults (section misalignment included), no intensity change and no
+        artefacts."""
         return cls(local_contrast_prob=0.0, contrast_range=(1.0, 1.0), brightness_range=(0.0, 0.0),
                    gamma_range=(1.0, 1.0), blur_prob=0.0, noise_prob=0.0, defect_line_prob=0.0,
-                   missing_patch_prob=0.0)
+                   missing_patch_prob=0.0, missing_section_prob=0.0)
 
 
 def _log_uniform(rng, lo: float, hi: float) -> float:
@@ -265,28 +275,59 @@ def affinity_targets_ignore(labels, offsets, *, background: int = 0, ignore: int
     return t, m
 
 
+def _context_sections(rng, raw, labels, coords, crop: int, aug: EMAugmentation):
+    """Warp a ``(K, H, W)`` raw stack (centre ``K // 2``) and the centre's labels; see
+    :class:`EMAugmentation` for what the neighbouring sections get."""
+    from scipy.ndimage import map_coordinates
+
+    k = raw.shape[0]
+    c = k // 2
+    h, w = coords.shape[1:]
+    m0, m1 = (h - crop) // 2, (w - crop) // 2
+    rc = coords[:, m0:m0 + crop, m1:m1 + crop]
+    xc, lab = warp_pair(raw[c], labels, coords, crop=crop)
+    xc, missing = augment_intensity(rng, xc, aug)
+    out = np.empty((k, crop, crop), dtype=np.float32)
+    out[c] = xc
+    for j in range(k):
+        if j == c:
+            continue
+        shift = rng.normal(0.0, float(aug.section_shift), size=2) if aug.section_shift > 0 else np.zeros(2)
+        xj = map_coordinates(np.asarray(raw[j], dtype=np.float32), rc + shift[:, None, None], order=1,
+                             mode="mirror", output=np.float32)
+        out[j] = augment_intensity(rng, xj, aug)[0]
+        if aug.missing_section_prob > 0 and rng.random() < aug.missing_section_prob:
+            out[j] = float(rng.uniform(0.2, 0.8)) + rng.normal(0.0, 0.03, size=(crop, crop)).astype(np.float32)
+    return out, lab, missing
+
+
 def augmented_sample(rng, raw, labels, *, crop: int, offsets, aug: EMAugmentation, center=None):
     """One training sample: raw crop, targets and mask after joint augmentation.
 
     Parameters
     ----------
-    raw : (H, W) float32, normalised to about [0, 1]
-    labels : (H, W) int instances (0 = boundary)
+    raw : (H, W) float32, normalised to about [0, 1]; or (K, H, W), the section to label at
+        ``K // 2`` with its neighbours (context input, see :class:`EMAugmentation`)
+    labels : (H, W) int instances (0 = boundary) of the (central) section
     crop : int
         Side of the network input.
     offsets : (C, 2) int
 
     Returns
     -------
-    x : (crop, crop) float32
+    x : (crop, crop) float32, or (K, crop, crop) for a context stack
     targets, mask : (C, crop, crop) uint8
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     margin = int(np.abs(offsets).max()) if offsets.size else 0
     window = crop + 2 * margin
-    coords = sample_geometry(rng, window, np.shape(raw), aug, center=center)
-    x, lab = warp_pair(raw, labels, coords, crop=crop)
-    x, missing = augment_intensity(rng, x, aug)
+    raw = np.asarray(raw)
+    coords = sample_geometry(rng, window, raw.shape[-2:], aug, center=center)
+    if raw.ndim == 3:
+        x, lab, missing = _context_sections(rng, raw, labels, coords, crop, aug)
+    else:
+        x, lab = warp_pair(raw, labels, coords, crop=crop)
+        x, missing = augment_intensity(rng, x, aug)
     if missing.any():
         lab[margin:margin + crop, margin:margin + crop][missing] = IGNORE
     t, m = affinity_targets_ignore(lab, offsets)

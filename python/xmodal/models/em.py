@@ -37,6 +37,7 @@ __all__ = [
     "load_em_affinity_unet",
     "em_quantile_range",
     "normalize_em",
+    "em_context_stack",
     "predict_em_affinities",
     "bias_affinities",
     "mws_segmentation",
@@ -195,10 +196,35 @@ def normalize_em(raw, *, low: float | None = None, high: float | None = None, q=
     return x
 
 
+def em_context_stack(x, context: int) -> np.ndarray:
+    """``(n, 2 * context + 1, H, W)``: each section of a normalised ``(n, H, W)`` stack with its
+    ``context`` neighbours on each side (the input of a model with ``metadata["context"] > 0``).
+
+    Beyond the ends of the stack the sections are mirrored about the end section (section ``-1``
+    is section ``1``; a single section repeats itself).
+    """
+    x = np.asarray(x)
+    context = int(context)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected a (sections, H, W) stack, got shape {x.shape}")
+    if context < 0:
+        raise ValueError(f"context: expected a count >= 0, got {context}")
+    n = x.shape[0]
+    idx = np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :]
+    if n > 1:
+        period = 2 * (n - 1)
+        idx = np.abs(np.mod(idx, period))
+        idx = np.where(idx > n - 1, period - idx, idx)
+    else:
+        idx = np.zeros_like(idx)
+    return x[idx]
+
+
 def predict_em_affinities(model, x, *, tta: bool = False) -> np.ndarray:
     """Merge probabilities ``(C, H, W)`` of one normalised 2D slice by a whole-image forward.
 
-    ``x`` is the output of :func:`normalize_em`; it is mirror-padded at the bottom / right to a
+    ``x`` is the output of :func:`normalize_em`, ``(H, W)``; or ``(K, H, W)`` for a model that
+    also reads neighbouring sections (one row of :func:`em_context_stack`). It is mirror-padded at the bottom / right to a
     multiple of ``model.divisor`` and the padding is cropped off the output. ``tta=True`` averages
     the 8 rotations / flips (:class:`xmodal.inference.DihedralTTA`, 8 times the cost).
     """
@@ -212,14 +238,16 @@ def predict_em_affinities(model, x, *, tta: bool = False) -> np.ndarray:
         if not isinstance(model, DihedralTTA):
             model = DihedralTTA(model)
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x: expected a 2D slice, got shape {x.shape}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x: expected a 2D slice (H, W) or its sections (K, H, W), got shape {x.shape}")
     div = int(getattr(model, "divisor", 1))
-    h, w = x.shape
+    h, w = x.shape[-2:]
     ph, pw = (-h) % div, (-w) % div
-    xp = np.pad(x, ((0, ph), (0, pw)), mode="reflect") if (ph or pw) else x
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
+    xp = np.pad(x, pad, mode="reflect") if (ph or pw) else x
+    t = torch.from_numpy(np.ascontiguousarray(xp))
     with torch.no_grad():
-        out = model(torch.from_numpy(np.ascontiguousarray(xp))[None, None])[0].numpy()
+        out = model(t[None, None] if x.ndim == 2 else t[None])[0].numpy()
     return np.ascontiguousarray(out[:, :h, :w])
 
 
