@@ -200,3 +200,40 @@ def test_mws_bias_option(files, capsys):
     assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", "offs.json", "--bias=-0.5,x", "--out", "c.zarr")[::2],
                       "--bias")
     assert not (files / "c.zarr").exists()
+
+
+def test_mws_blockwise_stack_of_2d_affinities(files, capsys):
+    """2D offsets on a stack split along z: no offset crosses z, the halo there is still one section
+    (the library needs one to stitch on) and each section is segmented as single-shot does."""
+    import zarr
+
+    from xmodal.segmentation import mutex_watershed
+
+    rng = np.random.default_rng(3)
+    aff = rng.random((3, 4, 24, 24)).astype(np.float32)
+    np.save("stack.npy", aff)
+    offs = [[0, -1, 0], [0, 0, -1], [0, -3, 0]]
+    assert run(capsys, "mws", "stack.npy", "--offsets", json.dumps(offs), "--n-attractive", "2",
+               "--block-shape", "2,24,24", "--out", "z.zarr", "-q")[0] == 0
+    got = np.asarray(zarr.open_array(str(files / "z.zarr"), mode="r")[...])
+    want = mutex_watershed(aff, offs, n_attractive=2)
+    for z in range(4):  # the same partition of every section
+        pairs = np.unique(np.stack([got[z].ravel(), want[z].ravel()]), axis=1)
+        assert pairs.shape[1] == len(np.unique(got[z])) == len(np.unique(want[z]))
+
+
+def test_ctrl_c_stops_with_status_130_and_one_line(files, capsys, monkeypatch):
+    from xmodal import _cli_commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli_commands, "cmd_match", interrupted, raising=False)
+    parser, subs = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: (parser, subs))
+    subs["match"].set_defaults(func=interrupted)
+    code, out, err = run(capsys, "match", "a.csv", "b.csv", "--out", "m.csv")
+    assert code == 130 and err.strip() == "xmodal match: interrupted" and "Traceback" not in err
+    monkeypatch.setenv("XMODAL_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["match", "a.csv", "b.csv", "--out", "m.csv"])

@@ -413,4 +413,8 @@ def test_cli_refuses_an_incomplete_input(tmp_path, blockwise_case):
                         "--out", str(tmp_path / "labels.zarr"), "-q"], capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "incomplete output of xmodal.predict_tiled" in r.stderr
     assert str(partial) in r.stderr and "Traceback" not in r.stderr
+    assert "allow_incomplete" not in r.stderr  # a Python argument means nothing on the command line
+    assert "Rerun the same command to resume it" in r.stderr
     assert not (tmp_path / "labels.zarr").exists()
+    with pytest.raises(xio.IncompleteOutputError, match="allow_incomplete=True"):  # Python callers get it
+        xio.open_array(partial)

@@ -1,3 +1,4 @@
+#include <chrono>
 #include <new>
 
 #ifdef XMODAL_HAVE_OPENMP
@@ -31,6 +32,22 @@ void register_common(py::module_& m) {
                                       kind + "'");
         },
         py::arg("kind"), py::arg("message") = "");
+
+    // A kernel that only waits, polling for Ctrl-C as the long kernels do (tests of the interrupt
+    // hook): returns the seconds it ran, or raises KeyboardInterrupt.
+    m.def(
+        "_poll_for",
+        [](double seconds) {
+            py::gil_scoped_release release;
+            const auto t0 = std::chrono::steady_clock::now();
+            double elapsed = 0.0;
+            while (elapsed < seconds) {
+                xmodal::poll_interrupt();
+                elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            }
+            return elapsed;
+        },
+        py::arg("seconds"));
 
     // Counts the threads an OpenMP parallel region really starts (tests of set_num_threads).
     m.def("_parallel_region_threads", []() {

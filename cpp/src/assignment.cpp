@@ -163,6 +163,7 @@ private:
 
     // Dijkstra from free row `start` to the nearest free column, then augment and update v.
     bool augment(std::int32_t start, AssignmentOutput& out) {
+        xmodal::poll_interrupt();
         heap_.clear();
         touched_.clear();
         scanned_.clear();
@@ -510,6 +511,7 @@ AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per
     std::vector<std::int32_t> touched, scanned;
     std::vector<HeapItem> heap;
     for (std::int32_t start = 0; start < nl; ++start) {
+        xmodal::poll_interrupt();
         ++out.searches;
         heap.clear();
         touched.clear();

@@ -1,6 +1,7 @@
 #include "xmodal/common.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <thread>
 
@@ -64,5 +65,24 @@ bool have_openmp() {
 }
 
 const char* compiler() { return XMODAL_COMPILER_ID; }
+
+namespace {
+std::atomic<interrupt_hook> g_interrupt_hook{nullptr};
+thread_local std::chrono::steady_clock::time_point tl_last_poll{};
+}  // namespace
+
+void set_interrupt_hook(interrupt_hook hook) noexcept { g_interrupt_hook.store(hook); }
+
+void poll_interrupt() {
+#ifdef XMODAL_HAVE_OPENMP
+    if (omp_in_parallel()) return;  // only the thread that called the kernel may unwind it
+#endif
+    const interrupt_hook hook = g_interrupt_hook.load(std::memory_order_relaxed);
+    if (hook == nullptr) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - tl_last_poll < std::chrono::milliseconds(20)) return;
+    tl_last_poll = now;
+    if (hook()) throw interrupted();
+}
 
 }  // namespace xmodal

@@ -421,7 +421,9 @@ Stats Agglomerator::run(const uint64_t* uv, const double* weights, const double*
 
     const uint64_t stop = std::max<uint64_t>(opt_.n_clusters_stop, 1);
     Entry top;
+    uint64_t n_popped = 0;
     while (alive_ > stop && pop(top)) {
+        if ((++n_popped & 0xFFFF) == 0) xmodal::poll_interrupt();
         const uint32_t e = top.edge;
         if (flags_[e] & (kDead | kConstraint)) continue;
         const double key = key_of(w_[e]);

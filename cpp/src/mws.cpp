@@ -77,6 +77,7 @@ void radix_sort(std::vector<Item>& a, int key_bits, KeyFn key) {
     Item* src = a.data();
     Item* dst = b.data();
     for (int shift = 0; shift < key_bits; shift += kBits) {
+        xmodal::poll_interrupt();
         std::fill(hist.begin(), hist.end(), size_t(0));
         const uint64_t dmask = kBuckets - 1;
 #pragma omp parallel num_threads(nt)
@@ -509,6 +510,7 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         const uint32_t idmask = Signed ? 0x7FFFFFFFu : 0xFFFFFFFFu;
         constexpr uint64_t kAhead = 16;  // prefetch the union-find entries of a later edge
         for (uint64_t i = 0; i < m; ++i) {
+            if ((i & 0xFFFF) == 0) xmodal::poll_interrupt();
             if (i + kAhead < m) {
                 const uint32_t nid = uint32_t(items[i + kAhead]) & idmask;
                 const int64_t np_ = int64_t(nid & pmask);
@@ -556,7 +558,9 @@ Stats grid_impl(const T* affs, const GridSpec& s, uint32_t* labels) {
         MutexClustering mc{uint32_t(n)};
         if (s.seeds) mc.set_seeds(s.seeds, uint32_t(n));
         constexpr uint64_t kSign = uint64_t(1) << 63;
-        for (const Item& v : items) {
+        for (uint64_t i = 0; i < m; ++i) {
+            if ((i & 0xFFFF) == 0) xmodal::poll_interrupt();
+            const Item& v = items[i];
             const uint64_t id = v.id & ~kSign;
             const int64_t c = int64_t(id / uint64_t(n));
             cluster_order(mc, c, int64_t(id % uint64_t(n)), Signed ? (v.id & kSign) != 0 : bool(attractive_of[c]));
@@ -623,7 +627,9 @@ Stats graph_mutex_watershed(uint64_t n_nodes, const uint64_t* uv, const double* 
     t0 = clock_type::now();
     MutexClustering mc{uint32_t(n_nodes)};
     if (seeds) mc.set_seeds(seeds, uint32_t(n_nodes));
-    for (const Item& v : items) {
+    for (uint64_t i = 0; i < m; ++i) {
+        if ((i & 0xFFFF) == 0) xmodal::poll_interrupt();
+        const Item& v = items[i];
         if (v.id < n_edges) {
             if (mc.attract(uint32_t(uv[2 * v.id]), uint32_t(uv[2 * v.id + 1]))) ++st.n_merges;
         } else {

@@ -57,7 +57,9 @@ uint64_t flood(const T* h, const Shape& s, const uint8_t* mask, uint32_t* labels
         heap.push_back({h[q], age++, uint32_t(q)});
         std::push_heap(heap.begin(), heap.end(), ItemLess<T>{});
     };
+    uint64_t n_popped = 0;
     while (!heap.empty()) {
+        if ((++n_popped & 0xFFFF) == 0) xmodal::poll_interrupt();
         std::pop_heap(heap.begin(), heap.end(), ItemLess<T>{});
         const Item<T> it = heap.back();
         heap.pop_back();

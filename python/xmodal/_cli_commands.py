@@ -286,6 +286,14 @@ def cmd_mws(args) -> int:
     return 0
 
 
+def _mws_halo(offsets) -> list:
+    """The blockwise halo of ``xmodal mws``: the longest offset per axis, at least one voxel (an
+    axis no offset crosses, such as z of a stack of 2D affinities, still gets one to stitch on)."""
+    import numpy as np
+
+    return np.maximum(np.abs(np.asarray(offsets)).max(axis=0), 1).tolist()
+
+
 def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workdir, args) -> int:
     """Segment into the staging folder (blockwise when ``block_shape``); the number of segments."""
     import numpy as np
@@ -300,7 +308,7 @@ def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workd
                               attributes=attrs, writer="xmodal mws")
         client = dask_client(args)
         res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
-                                        halo=np.abs(np.asarray(offsets)).max(axis=0).tolist(), out=target,
+                                        halo=_mws_halo(offsets), out=target,
                                         invert=args.invert, client=client, **weighting,
                                         workdir=workdir)
         # the same size filter as single-shot (identical result), block by block, in place

@@ -9,7 +9,10 @@ Errors: a mistake in the command line or its inputs (a missing or unreadable fil
 that is not numeric, a pickled .npy file, a bad TOML file, an invalid option value, an output path
 of the wrong kind) is reported as one line ``xmodal COMMAND: error: ...`` naming the file (and
 column) and the command exits with status 2. Anything else is a bug and shows its traceback
-(``XMODAL_TRACEBACK=1`` shows the traceback of user errors too).
+(``XMODAL_TRACEBACK=1`` shows the traceback of user errors too). Ctrl-C stops a command with the
+line ``xmodal COMMAND: interrupted`` and exit status 130; its output is left as after a kill: the
+previous complete output or none, never half-written (tiled and blockwise runs reuse their finished
+blocks when the same command is run again).
 
 Outputs (``--out``): a file output (``match``, ``evaluate``) replaces an existing file; a folder
 output (``cpd``) or zarr output (``mws``) replaces an existing one only when an earlier run of the
@@ -36,6 +39,9 @@ from ._cli_support import (
     setup,
 )
 from ._version import __version__
+from .io._resume import IncompleteOutputError
+
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT (128 + 2)
 
 
 def _count(text: str) -> int:
@@ -364,11 +370,27 @@ def main(argv: list[str] | None = None) -> int:
         inputs = [p for v in inputs for p in (v if isinstance(v, list) else [v])]
         with inputs_named(*inputs, getattr(args, "ground_truth", None)):
             return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if os.environ.get("XMODAL_TRACEBACK"):
+            raise
+        print(f"xmodal {command or ''}: interrupted".replace("xmodal : ", "xmodal: "), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("XMODAL_TRACEBACK") or not is_user_error(exc):
             raise
-        print(f"xmodal {command or ''}: error: {one_line(exc)}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
+        print(f"xmodal {command or ''}: error: {cli_text(exc)}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
         return EXIT_USAGE
+
+
+def cli_text(exc: BaseException) -> str:
+    """One line for a user error, without hints that only apply to Python callers."""
+    text = one_line(exc)
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, IncompleteOutputError):
+            text = text.replace(IncompleteOutputError.python_hint, "")
+        cause = cause.__cause__ or cause.__context__
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@
 //   xmodal::value_error  (std::invalid_argument) -> ValueError
 //   xmodal::type_error                            -> TypeError
 //   std::bad_alloc                                -> MemoryError
+//   xmodal::interrupted                           -> KeyboardInterrupt (Ctrl-C, see poll_interrupt)
 //   anything else derived from std::exception     -> RuntimeError
 #pragma once
 
@@ -38,6 +39,18 @@ int hardware_threads();
 bool have_openmp();
 // The compiler that built the kernels ("GNU 12.2.0").
 const char* compiler();
+
+// Ctrl-C inside a long kernel. Kernels call poll_interrupt() at safe points (outside OpenMP
+// parallel regions; RAII owns every buffer, so unwinding from there leaks nothing). It asks the
+// host's hook (the Python bindings install one that runs Python's signal handlers) at most every
+// 20 ms per thread, and throws `interrupted` when the hook reports a pending interrupt. Without a
+// hook (kernels used from C++) it does nothing.
+struct interrupted : std::exception {
+    const char* what() const noexcept override { return "interrupted"; }
+};
+using interrupt_hook = bool (*)();
+void set_interrupt_hook(interrupt_hook hook) noexcept;
+void poll_interrupt();
 
 // Throw value_error(msg) unless cond.
 inline void require(bool cond, const std::string& msg) {

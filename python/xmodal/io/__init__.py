@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from ._resume import (
     STATUS_KEY,
+    IncompleteOutputError,
     begin_folder,
     check_complete,
     check_output_folder,
@@ -72,6 +73,7 @@ from ._points import PointSet, load_points
 
 __all__ = [
     "STATUS_KEY",
+    "IncompleteOutputError",
     "BlockLedger",
     "PointSet",
     "atomic_write_bytes",

@@ -167,8 +167,19 @@ def is_complete(array) -> bool:
     return status is None or bool(status.get("complete", False))
 
 
+class IncompleteOutputError(ValueError):
+    """An unfinished xmodal output was given as input (see :func:`check_complete`).
+
+    ``python_hint`` is the part of the message that applies to Python callers only (the
+    ``allow_incomplete=True`` argument); the command line leaves it out.
+    """
+
+    python_hint = ", or pass allow_incomplete=True to read the partial data"
+
+
 def check_complete(array, where: str, *, name: str = "source", allow_incomplete: bool = False) -> None:
-    """Raise ValueError (or warn with ``allow_incomplete``) when ``array`` is an unfinished output."""
+    """Raise :class:`IncompleteOutputError` (a ValueError), or warn with ``allow_incomplete``, when
+    ``array`` is an unfinished output."""
     if is_complete(array):
         return
     status = output_status(array) or {}
@@ -177,7 +188,7 @@ def check_complete(array, where: str, *, name: str = "source", allow_incomplete:
             f"running; attribute {STATUS_KEY!r} has complete=false): its unwritten chunks read as the "
             f"fill value. Rerun the same command to resume it")
     if not allow_incomplete:
-        raise ValueError(text + ", or pass allow_incomplete=True to read the partial data")
+        raise IncompleteOutputError(text + IncompleteOutputError.python_hint)
     warnings.warn(text + "; reading the partial data as requested", RuntimeWarning, stacklevel=3)
 
 
