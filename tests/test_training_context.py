@@ -4,29 +4,12 @@ Quick: synthetic data only."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from test_training import _script, needs_torch, torch  # the training script's loader
 
 from xmodal.models._augment import EMAugmentation, augmented_sample
 from xmodal.models.em import EM_OFFSETS, em_context_stack, predict_em_affinities
-
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is an optional extra
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed (xmodal[torch])")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_em_affinities", ROOT / "scripts" / "train_em_affinities.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _stack(n, shape=(48, 48), seed=0):
