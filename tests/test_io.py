@@ -240,3 +240,14 @@ def test_per_axis_expands_and_names_the_argument():
     assert per_axis((0, 1, 1), 3, "halo") == (0, 1, 1)
     with pytest.raises(ValueError, match="tile_shape: expected integers >= 1"):
         per_axis((0, 1, 1), 3, "tile_shape", minimum=1)
+
+
+def test_integer_id_column_stays_integer(tmp_path):
+    """Ids of whole numbers come back as int64 (and so are written back as given, not as 100.0)."""
+    path = tmp_path / "cells.csv"
+    path.write_text("label_id,name,z,y,x\n100,a,1,2,3\n7,b,4,5,6\n")
+    ps = xio.load_points(path, id_column="label_id")
+    assert ps.ids.dtype == np.int64 and ps.ids.tolist() == [100, 7]
+    assert xio.load_points(path, id_column="name").ids.tolist() == ["a", "b"]
+    path.write_text("label_id,z,y,x\n1.5,1,2,3\n7,4,5,6\n")
+    assert xio.load_points(path, id_column="label_id").ids.tolist() == [1.5, 7.0]  # not whole: unchanged

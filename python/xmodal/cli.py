@@ -274,7 +274,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--n-attractive", type=int, help="attractive channels (default: ndim)")
     p.add_argument("--invert", action="store_true", help="affinities are boundary probabilities")
     p.add_argument("--bias", help="signed weights: merge probability + bias (one value, or one per channel, "
-                                  "comma-separated); replaces --n-attractive (see docs/mws.md)")
+                                  "comma-separated, written with =: --bias=-0.5,-0.5,-0.8); replaces --n-attractive "
+                                  "(see docs/mws.md)")
     p.add_argument("--out", default="labels.zarr", help="output zarr array")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
     p.add_argument("--min-size", type=_count, default=0, help="merge segments smaller than this (voxels) into their most attractive neighbour (also blockwise)")

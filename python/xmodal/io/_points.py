@@ -66,7 +66,8 @@ def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str,
 
 def points_of_table(table: dict, path, *, id_column: str | None = None, columns=None, spacing=None) -> PointSet:
     """The points (physical units: coordinates × ``spacing``) and ids (``id_column``, else row
-    numbers) of a table read from ``path`` (named in the errors)."""
+    numbers) of a table read from ``path`` (named in the errors). An id column of whole numbers
+    gives int64 ids, so that they are written back as given."""
     columns = coordinate_columns(table, path, columns)
     pts = np.stack([numeric_column(table, c, path) for c in columns], axis=1)
     pts = _scaled(as_points(pts, f"table {path}"), spacing)
@@ -74,6 +75,9 @@ def points_of_table(table: dict, path, *, id_column: str | None = None, columns=
         if id_column not in table:
             raise ValueError(f"id_column: {id_column!r} not in table {path} (it has {list(table)})")
         ids = np.asarray(table[id_column])
+        if ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)) \
+                and np.abs(ids).max() < 2.0 ** 53:
+            ids = ids.astype(np.int64)  # integer ids stay integers (numeric columns are read as float64)
     else:
         ids = np.arange(len(pts))
     return PointSet(pts, ids, str(path))
