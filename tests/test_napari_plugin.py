@@ -375,7 +375,7 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
 
     raw, _ = isbi2012_slices()
     viewer = make_napari_viewer(show=True)
-    viewer.add_image(raw[0, :128, :128], name="EM", scale=(4.0, 4.0))
+    viewer.add_image(raw[0, :128, :128], name="EM", scale=(4.0, 4.0), translate=(40.0, -8.0))
     w = SegmentWidget(viewer)
     dock = viewer.window.add_dock_widget(w, name="Segment")
     w.image_layer.value = viewer.layers["EM"]
@@ -386,12 +386,14 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     _wait(qtbot, w.panel)
     labels = viewer.layers["EM: segments"]
     assert labels.data.shape == (128, 128) and tuple(labels.scale) == (4.0, 4.0)
+    assert tuple(labels.translate) == (40.0, -8.0)
     assert 5 < w.result.n_segments == len(np.unique(labels.data[labels.data > 0]))
     _screenshot(viewer, dock, "napari_segment.png", [(viewer.layers["EM"], 20000), (labels, 50000)])
     if GL["ok"]:  # the segments are told apart by colour
         canvas = _canvas(viewer)
         assert len(np.unique(canvas.reshape(-1, 3) // 32, axis=0)) >= 8
     # the output folder opens again: affinities as images (one per channel), labels with their scale
+    # and the image's translation (NGFF translation after the scale)
     layers = viewer.open(str(tmp_path / "seg"), plugin="xmodal")
     kinds = [type(layer).__name__ for layer in layers]
     assert kinds.count("Image") == 10 and kinds.count("Labels") == 1
@@ -399,6 +401,7 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     np.testing.assert_array_equal(np.asarray(lab.data), np.asarray(labels.data))
     assert tuple(lab.scale) == (4.0, 4.0)
     assert all(tuple(layer.scale) == (4.0, 4.0) for layer in layers)
+    assert all(tuple(layer.translate) == (40.0, -8.0) for layer in layers)
 
 
 def test_segment_cancel_stops_the_computation(make_napari_viewer, qtbot):
@@ -485,3 +488,152 @@ def test_labels_layers_give_their_centroids_in_world_coordinates():
     np.testing.assert_allclose(world_points(Points(np.array([[1.0, 2.0]]), scale=(3.0, 4.0))), [[3.0, 8.0]])
     with pytest.raises(TypeError, match="Points or Labels"):
         world_points(napari.layers.Image(np.zeros((4, 4))))
+
+
+# ----------------------------------------------------------------------------------- audit fixes
+
+def test_job_error_does_not_abort_a_plain_qt_app():
+    """A job's error is shown in the panel's status line and not re-raised on the GUI thread: with
+    no excepthook (widgets in a plain Qt app) a re-raised error aborts PyQt5 (run in a subprocess)."""
+    code = (
+        "import sys, time\n"
+        "import napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "from xmodal.napari._jobs import Job, JobPanel\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "panel = JobPanel()\n"
+        "panel.start(Job(lambda job: 1 / 0, name='divide'), lambda value: None)\n"
+        "t0 = time.time()\n"
+        "while time.time() - t0 < 3:\n"
+        "    QApplication.processEvents()\n"
+        "    time.sleep(0.01)\n"
+        "sys.stdout.write('STATUS=' + panel.status.value + '\\n')\n"
+        "sys.stdout.write('BUSY=' + str(panel.busy) + '\\n')\n"
+    )
+    import xmodal
+
+    home = str(Path(xmodal.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               QT_QPA_PLATFORM="offscreen")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "STATUS=divide: error: division by zero" in out.stdout and "BUSY=False" in out.stdout, out.stdout
+
+
+def _blob_labels(centres, values, shape=(220, 220), half=2):
+    lab = np.zeros(shape, np.uint32)
+    for (y, x), v in zip(np.round(centres).astype(int), values):
+        lab[y - half:y + half + 1, x - half:x + half + 1] = v
+    return lab
+
+
+def test_register_widget_labels_layers_keep_label_ids(make_napari_viewer, qtbot, tmp_path):
+    """Labels layers name their cells by label value in the result, the layers' features and the
+    exported review table (not by row number)."""
+    from xmodal.io import read_table
+    from xmodal.napari._register_widget import RegisterWidget
+    from xmodal.napari._review_widget import ReviewWidget
+
+    rng = np.random.default_rng(3)
+    centres = []
+    while len(centres) < 25:  # well separated cells: an unambiguous registration
+        c = rng.uniform(20, 200, 2)
+        if all(np.linalg.norm(c - p) > 25 for p in centres):
+            centres.append(c)
+    centres = np.array(centres)
+    fixed_values = 100 + 7 * rng.permutation(25)  # label values unrelated to the row order
+    keep = np.sort(rng.choice(25, 22, replace=False))
+    moving_values = 1000 + 3 * rng.permutation(22)
+    viewer = make_napari_viewer()
+    viewer.add_labels(_blob_labels(centres, fixed_values), name="fixed seg")
+    viewer.add_labels(_blob_labels(centres[keep] + [3.0, -2.0], moving_values), name="moving seg",
+                      translate=(5.0, 5.0))
+    w = RegisterWidget(viewer)
+    w.fixed_layer.value, w.moving_layer.value = viewer.layers["fixed seg"], viewer.layers["moving seg"]
+    w.transform.value, w.prealign.value, w.errors.value = "rigid", "none", False
+    assert w.run() is not None
+    _wait(qtbot, w.panel)
+    truth = dict(zip(moving_values.tolist(), fixed_values[keep].tolist()))
+    got = dict(zip(np.asarray(w.result.moving_ids).tolist(), np.asarray(w.result.fixed_ids).tolist()))
+    assert len(got) >= 20 and all(truth[m] == f for m, f in got.items())
+    name = "moving seg -> fixed seg: "
+    assert sorted(viewer.layers[name + "fixed"].features["id"]) == sorted(fixed_values.tolist())
+    assert sorted(viewer.layers[name + "moved"].features["id"]) == sorted(moving_values.tolist())
+    matches = viewer.layers[name + "matches"]
+    assert set(matches.features["fixed_id"]) <= set(fixed_values.tolist())
+    assert set(matches.features["moving_id"]) <= set(moving_values.tolist())
+    review = ReviewWidget(viewer)
+    review.matches_layer.value = matches
+    table = read_table(review.export(tmp_path / "reviewed.csv"))
+    pairs = dict(zip(table["moving_id"].astype(int).tolist(), table["fixed_id"].astype(int).tolist()))
+    assert pairs == got
+
+
+def test_reader_opens_a_registration_without_pairs(make_napari_viewer, plugin, tmp_path):
+    """register_cells writes a header-only matches.csv when nothing matches; the folder still opens."""
+    from xmodal.pipelines import register_cells
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 100, (30, 3))
+    b = a + 50.0 + rng.normal(0, 1, a.shape)  # no pair within the tiny unmatched cost
+    out = tmp_path / "reg"
+    res = register_cells(a, b, transform="rigid", prealign=False, unmatched_cost=1e-3, errors=False, out=out)
+    assert res.n_matched == 0 and len((out / "matches.csv").read_text().strip().splitlines()) == 1
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(out), plugin="xmodal")
+    by = {layer.name.split(": ", 1)[1]: layer for layer in layers}
+    assert set(by) == {"fixed", "moving (own frame)", "moved"}
+    np.testing.assert_allclose(by["fixed"].data, res.fixed_points)
+    np.testing.assert_allclose(by["moved"].data, res.moved)
+
+
+def test_ome_translation_written_and_read(tmp_path):
+    """The NGFF translation (after the scale, physical units) of an image and its labels is written
+    by the segment widget's helper and applied by the reader as the layers' translate."""
+    from xmodal.io import create_ome_zarr_image, create_ome_zarr_labels
+    from xmodal.napari._reader import read_ome_zarr
+    from xmodal.napari._segment_widget import write_ome_translation
+
+    root = tmp_path / "seg.ome.zarr"
+    img = create_ome_zarr_image(root, (2, 3, 4, 5), np.float32, axes=("c", "z", "y", "x"), spacing=(2.0, 0.5, 0.5))
+    img[...] = 1.0
+    lab = create_ome_zarr_labels(root, "cells", (3, 4, 5), axes=("z", "y", "x"), spacing=(2.0, 0.5, 0.5))
+    lab[...] = 1
+    write_ome_translation(root, [10.0, -1.5, 3.0])
+    write_ome_translation(root, [10.0, -2.5, 3.0])  # replaces, does not add up
+    layers = read_ome_zarr(root)
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    image_kw, label_kw = layers[0][1], layers[1][1]
+    assert image_kw["channel_axis"] == 0
+    assert image_kw["scale"] == [2.0, 0.5, 0.5] and image_kw["translate"] == [10.0, -2.5, 3.0]
+    assert label_kw["scale"] == [2.0, 0.5, 0.5] and label_kw["translate"] == [10.0, -2.5, 3.0]
+    with pytest.raises(ValueError, match="translate"):
+        write_ome_translation(root, [1.0, 2.0])
+
+
+def test_register_widget_reports_unusable_layers(make_napari_viewer, monkeypatch):
+    """An all-zero, non-integer or 4-D Labels layer is refused in the status line; nothing raises
+    out of the Run button's callback and no job starts."""
+    from types import SimpleNamespace
+
+    from xmodal.napari._register_widget import RegisterWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_points(np.random.default_rng(0).uniform(0, 50, (10, 2)), name="cells")
+    viewer.add_labels(np.zeros((20, 20), np.uint32), name="empty")
+    viewer.add_labels(np.ones((2, 2, 8, 8), np.uint32), name="four d")
+    w = RegisterWidget(viewer)
+    w.fixed_layer.value = viewer.layers["cells"]
+    for bad, expected in (("empty", "no objects"), ("four d", "2D or 3D")):
+        w.moving_layer.value = viewer.layers[bad]
+        w.panel.run_button.changed.emit(True)  # the button's callback
+        assert w.run() is None and not w.panel.busy and w.panel.run_button.enabled
+        assert "error" in w.panel.status.value and repr(bad) in w.panel.status.value
+        assert expected in w.panel.status.value
+    # napari refuses float Labels data itself; a layer whose data became non-integer is refused here
+    Labels = type("Labels", (), {})  # noqa: N806 - stands in for napari's class (matched by name)
+    floats = Labels()
+    floats.data, floats.scale, floats.translate, floats.name = np.full((8, 8), 0.5), (1.0, 1.0), (0.0, 0.0), "floats"
+    monkeypatch.setattr(w, "moving_layer", SimpleNamespace(value=floats))
+    assert w.run() is None and not w.panel.busy
+    assert "'floats'" in w.panel.status.value and "integer" in w.panel.status.value

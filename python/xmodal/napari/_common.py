@@ -20,24 +20,44 @@ def layer_picker(viewer, label: str, kinds: tuple[str, ...]):
     return box
 
 
-def world_points(layer) -> np.ndarray:
-    """The layer's points (Points) or object centroids (Labels) in world coordinates (physical
-    units: data coordinates times the layer scale plus its translation), (n, d), d = 2 or 3."""
+def world_cells(layer):
+    """The cells of a layer in world coordinates (physical units: data coordinates times the layer
+    scale plus its translation), as an :class:`xmodal.io.PointSet` ((n, d) points, d = 2 or 3, in
+    image axis order (z, y, x) or (y, x)).
+
+    A Points layer gives its points (ids: row numbers 0..n-1); a Labels layer gives the centroid of
+    every non-zero label, with the label values as ids (so that the registration results, the
+    layers' features and the exported tables name cells by label). TypeError for another layer kind
+    or a non-integer label image, ValueError for a label image that is not 2D/3D or has no objects,
+    or points of fewer than 2 dimensions; the messages name the layer.
+    """
+    from ..io import PointSet
+
     kind = type(layer).__name__
     scale = np.asarray(layer.scale, dtype=np.float64)
     translate = np.asarray(layer.translate, dtype=np.float64)
     if kind == "Points":
         pts = np.asarray(layer.data, dtype=np.float64) * scale + translate
+        ids = np.arange(len(pts))
     elif kind == "Labels":
         from ..io._points import label_centroids
 
-        pts = label_centroids(np.asarray(layer.data), scale.tolist()).points + translate
+        try:
+            cells = label_centroids(np.asarray(layer.data), scale.tolist())
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"layer {layer.name!r}: {exc}") from None
+        pts, ids = cells.points + translate, np.asarray(cells.ids)
     else:
         raise TypeError(f"layer: expected a Points or Labels layer, got {kind} {layer.name!r}")
     d = min(pts.shape[1], 3)
     if d < 2:
         raise ValueError(f"layer {layer.name!r}: expected 2D or 3D cells, got {pts.shape[1]}D")
-    return pts[:, -d:]
+    return PointSet(pts[:, -d:], ids, f"napari layer {layer.name!r}")
+
+
+def world_points(layer) -> np.ndarray:
+    """The (n, d) points of :func:`world_cells` alone (physical units, world coordinates)."""
+    return world_cells(layer).points
 
 
 def add_layers(viewer, layer_data: list[tuple]) -> list:

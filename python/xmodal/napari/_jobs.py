@@ -106,7 +106,9 @@ def _panel_class():
             self.run_button.enabled, self.cancel_button.enabled = False, True
             self.progress.visible, self.progress.value = True, 0
             self.status.value = f"{job.name}: running"
-            worker = create_worker(job.poll, _start_thread=False)
+            # _ignore_errors: the panel shows the error (``_failed``); without it superqt re-raises it on
+            # the GUI thread, which aborts a Qt application that has no excepthook (PyQt5)
+            worker = create_worker(job.poll, _start_thread=False, _ignore_errors=True)
             worker.yielded.connect(lambda p, j=job: self._progress(j, p))
             worker.returned.connect(lambda v, j=job: self._done(j, v, on_done))
             worker.errored.connect(lambda e, j=job: self._failed(j, e))

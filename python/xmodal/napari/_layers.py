@@ -70,18 +70,32 @@ class MatchTable:
         return np.linalg.norm(self.fixed[self.fixed_index] - self.moved[self.moving_index], axis=1)
 
     @classmethod
-    def from_result(cls, result, source: str = "") -> "MatchTable":
-        """From a :class:`~xmodal.pipelines.CellRegistration`."""
+    def from_result(cls, result, source: str = "", fixed_ids=None, moving_ids=None) -> "MatchTable":
+        """From a :class:`~xmodal.pipelines.CellRegistration`. ``fixed_ids`` / ``moving_ids``: the
+        ids of every cell (e.g. the label values of a Labels layer's objects) when the caller knows
+        them; otherwise matched cells get the result's (per-pair) ids and unmatched ones their row
+        numbers."""
         regions = None
         if result.errors is not None and "affine" in result.errors:
             r = result.errors["affine"]["region"]
             regions = (np.asarray(r.centers), np.asarray(r.shape_matrices))
-        fixed_ids = np.arange(len(result.fixed_points)).astype(object)  # ids of unmatched cells: row numbers
-        moving_ids = np.arange(len(result.moving_points)).astype(object)
-        fixed_ids[result.fixed_index] = np.asarray(result.fixed_ids)  # result ids are per pair
-        moving_ids[result.moving_index] = np.asarray(result.moving_ids)
+        fixed_ids = _all_ids(fixed_ids, len(result.fixed_points), result.fixed_index, result.fixed_ids, "fixed_ids")
+        moving_ids = _all_ids(moving_ids, len(result.moving_points), result.moving_index, result.moving_ids,
+                              "moving_ids")
         return cls(result.fixed_points, result.moving_points, result.moved, result.fixed_index,
                    result.moving_index, result.confidence, fixed_ids, moving_ids, regions=regions, source=source)
+
+
+def _all_ids(ids, n: int, index, pair_ids, name: str) -> np.ndarray:
+    """Ids of all ``n`` cells: ``ids`` checked, or row numbers with ``pair_ids`` at rows ``index``."""
+    if ids is not None:
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise ValueError(f"{name}: expected {n} ids (one per cell), got shape {ids.shape}")
+        return ids
+    out = np.arange(n).astype(object)  # ids of unmatched cells: row numbers
+    out[np.asarray(index, dtype=np.int64)] = np.asarray(pair_ids)  # result ids are per pair
+    return out
 
 
 def confidence_colors(confidence: np.ndarray, status: np.ndarray | None = None) -> np.ndarray:

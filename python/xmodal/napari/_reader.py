@@ -7,8 +7,9 @@
 - an OME-Zarr image written by xmodal (``segmentation.ome.zarr`` of :func:`xmodal.pipelines.segment`,
   ``*.ome.zarr`` of ``predict_tiled``), or a segmentation output folder holding one: the image as an
   image layer (a channel axis such as the affinities' becomes napari's channel axis) and every
-  label image of its ``labels`` group as a labels layer, with the voxel size of the NGFF
-  ``coordinateTransformations`` as the layer scale. Arrays are opened lazily (zarr), not loaded.
+  label image of its ``labels`` group as a labels layer, with the voxel size and the offset of the
+  NGFF ``coordinateTransformations`` (``scale``, then ``translation`` when present; physical
+  units) as the layer scale and translate. Arrays are opened lazily (zarr), not loaded.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def read_registration_folder(path) -> MatchTable:
     if not (path / "moving.csv").is_file():
         raise ValueError(f"path: {path} has no moving.csv (written by register_cells of this xmodal version); "
                          "run the registration again to view it")
-    cells, moving, matches = (read_table(path / f) for f in ("cells.csv", "moving.csv", "matches.csv"))
+    cells, moving = (read_table(path / f) for f in ("cells.csv", "moving.csv"))
+    matches = _read_matches(path / "matches.csv")
     fixed = np.stack([cells[c] for c in _axes_columns(cells, "fixed")], axis=1)
     mov = np.stack([moving[c] for c in _axes_columns(moving, "moving")], axis=1)
     moved = np.stack([moving[c] for c in _axes_columns(moving, "moved")], axis=1)
@@ -78,7 +80,7 @@ def read_registration_folder(path) -> MatchTable:
     fi = np.asarray(matches["fixed_index"], dtype=np.int64)
     mi = np.asarray(matches["moving_index"], dtype=np.int64)
     conf = matches.get("confidence")
-    fixed_ids, moving_ids = np.arange(len(fixed)).astype(object), np.arange(len(mov)).astype(object)
+    fixed_ids, moving_ids = _cell_ids(cells, "fixed_id", len(fixed)), _cell_ids(moving, "moving_id", len(mov))
     if "fixed_id" in matches and len(fi):
         fixed_ids[fi] = _ids(matches["fixed_id"])
     if "moving_id" in matches and len(mi):
@@ -87,6 +89,27 @@ def read_registration_folder(path) -> MatchTable:
     return MatchTable(fixed, mov, moved, fi, mi, conf, fixed_ids, moving_ids,
                       status=None if status is None else np.asarray(status, dtype=object), regions=regions,
                       source=str(path))
+
+
+def _read_matches(path: Path) -> dict:
+    """The columns of matches.csv; a header-only table (a registration without pairs, as
+    register_cells writes it) gives empty columns instead of read_table's error."""
+    from ..io import read_table
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = fh.readline()
+        if any(line.strip() for line in fh):
+            return read_table(path)
+    names = [n.strip() for n in header.strip().split(",")]
+    if not all(names):
+        raise ValueError(f"table {path}: expected a header line of column names, got {header!r}")
+    return {n: np.zeros(0) for n in names}
+
+
+def _cell_ids(table: dict, column: str, n: int) -> np.ndarray:
+    """Ids of every cell: the table's id column when it has one, else row numbers (the matched
+    cells get matches.csv's ids afterwards)."""
+    return (_ids(table[column]) if column in table else np.arange(n)).astype(object)
 
 
 def _ids(column: np.ndarray) -> np.ndarray:
@@ -138,31 +161,37 @@ def _ome_zarr_root(path: Path) -> Path | None:
 
 
 def _multiscale(path: Path, ome: dict):
-    """(array of the full resolution, axis names, scale per axis) of one NGFF image group."""
+    """(array of the full resolution, axis names, scale per axis, translation per axis) of one NGFF
+    image group: the dataset's ``coordinateTransformations`` then the multiscale's, composed
+    (physical = index × scale + translation, the units of the axes; napari's scale and translate)."""
     from ..io import open_array
 
     ms = ome["multiscales"][0]
     axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
     ds = ms["datasets"][0]
-    scale = [1.0] * len(axes)
+    scale, translate = np.ones(len(axes)), np.zeros(len(axes))
     for t in ds.get("coordinateTransformations", []) + ms.get("coordinateTransformations", []):
         if t.get("type") == "scale":
-            scale = [a * b for a, b in zip(scale, t["scale"])]
-    return open_array(str(path / ds["path"])), axes, scale
+            s = np.asarray(t["scale"], dtype=np.float64)
+            scale, translate = scale * s, translate * s
+        elif t.get("type") == "translation":
+            translate = translate + np.asarray(t["translation"], dtype=np.float64)
+    return open_array(str(path / ds["path"])), axes, scale.tolist(), translate.tolist()
 
 
 def read_ome_zarr(path) -> list[tuple]:
     """The image of an xmodal OME-Zarr group and its label images as napari layer data."""
     path = Path(path)
-    arr, axes, scale = _multiscale(path, _ome(path))
+    arr, axes, scale, translate = _multiscale(path, _ome(path))
     name = path.name.removesuffix(".ome.zarr") or path.name
     kwargs: dict = {"name": name}
-    spatial_scale = [s for a, s in zip(axes, scale) if a != "c"]
     if "c" in axes:
+        spatial_scale = [s for a, s in zip(axes, scale) if a != "c"]
+        spatial_translate = [t for a, t in zip(axes, translate) if a != "c"]
         kwargs.update(channel_axis=axes.index("c"), name=[f"{name}[{i}]" for i in range(arr.shape[axes.index("c")])],
-                      scale=spatial_scale, visible=False)
+                      scale=spatial_scale, translate=spatial_translate, visible=False)
     else:
-        kwargs["scale"] = scale
+        kwargs.update(scale=scale, translate=translate)
     layers = [(arr, kwargs, "image")]
     labels_group = path / "labels"
     for label_name in ((_ome(labels_group) or {}).get("labels", []) if labels_group.is_dir() else []):
@@ -170,6 +199,6 @@ def read_ome_zarr(path) -> list[tuple]:
         meta = _ome(lp)
         if not meta:
             continue
-        larr, _, lscale = _multiscale(lp, meta)
-        layers.append((larr, {"name": label_name, "scale": lscale}, "labels"))
+        larr, _, lscale, ltranslate = _multiscale(lp, meta)
+        layers.append((larr, {"name": label_name, "scale": lscale, "translate": ltranslate}, "labels"))
     return layers

@@ -7,7 +7,7 @@ from __future__ import annotations
 from napari.viewer import Viewer
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
 
-from ._common import add_layers, layer_picker, world_points
+from ._common import add_layers, layer_picker, world_cells
 from ._jobs import Job, JobPanel
 from ._layers import MatchTable, registration_layers
 
@@ -18,7 +18,8 @@ class RegisterWidget(Container):
     """Register the cells of a moving layer onto those of a fixed layer and match them.
 
     Points layers are read in world coordinates (data × scale + translate, physical units); Labels
-    layers give their object centroids. ``unmatched cost`` 0 means "auto" (3 × the median
+    layers give their object centroids (same coordinates), named by their label values in the
+    results, the layers' features and the exported tables. ``unmatched cost`` 0 means "auto" (3 × the median
     nearest-neighbour distance); ``out`` (optional) writes the registration folder, which the
     reader opens again.
     """
@@ -45,12 +46,18 @@ class RegisterWidget(Container):
                     unmatched_cost=self.unmatched_cost.value or "auto", errors=self.errors.value, out=out)
 
     def run(self, *_) -> Job | None:
-        """Start the registration; returns the job (None when the inputs are missing)."""
+        """Start the registration; returns the job (None when the inputs are missing or unusable:
+        the status line says why, e.g. a Labels layer without objects, and no job starts)."""
         fixed, moving = self.fixed_layer.value, self.moving_layer.value
         if fixed is None or moving is None:
             self.panel.status.value = "choose a fixed and a moving layer"
             return None
-        fix, mov = world_points(fixed), world_points(moving)
+        try:
+            fix, mov = world_cells(fixed), world_cells(moving)
+        except (TypeError, ValueError) as exc:  # shown like a job's error, never raised into Qt
+            self.panel.last_error = exc
+            self.panel.status.value = f"register cells: error: {exc}"
+            return None
         opts = self._options()
         name = f"{moving.name} -> {fixed.name}"
 
@@ -66,11 +73,12 @@ class RegisterWidget(Container):
                                   deformable_options={"callback": callback}, **opts)
 
         job = Job(compute, name="register cells")
-        self.panel.start(job, lambda res: self._show(res, name))
+        self.panel.start(job, lambda res: self._show(res, name, fix.ids, mov.ids))
         return job
 
-    def _show(self, result, name: str) -> None:
+    def _show(self, result, name: str, fixed_ids=None, moving_ids=None) -> None:
         self.result = result
-        table = MatchTable.from_result(result, source=result.outputs.get("matches", ""))
+        table = MatchTable.from_result(result, source=result.outputs.get("matches", ""), fixed_ids=fixed_ids,
+                                       moving_ids=moving_ids)
         add_layers(self.viewer, registration_layers(table, name=name))
         self.panel.status.value = f"register cells: done, {result.n_matched} pairs"
