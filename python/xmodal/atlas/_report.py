@@ -29,15 +29,16 @@ def _reliability_png(table: list[dict]) -> bytes | None:
     if not table:
         return None
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        # neither pyplot nor matplotlib.use: the host's backend and pyplot state stay as they are
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         logging.getLogger("xmodal.atlas").warning(
             "atlas report: matplotlib is not installed, so the report has no reliability plot (pip install matplotlib)")
         return None
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for b in table:
         width = 0.9 * (b["high"] - b["low"])
         centre = 0.5 * (b["low"] + b["high"])
@@ -52,7 +53,6 @@ def _reliability_png(table: list[dict]) -> bytes | None:
     ax.set_title("leave-one-sample-out reliability")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 

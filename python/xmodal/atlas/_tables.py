@@ -93,7 +93,20 @@ def read_samples(paths: Sequence, *, names_column: str, feature_columns: Sequenc
 def read_cells(path, *, feature_columns: Sequence[str] | None = None, columns: Sequence[str] | None = None,
                spacing=None, id_column: str | None = None):
     """Cells of a new sample from a table: ``(points, features or None, ids)`` (ids: the
-    ``id_column`` values, else row numbers)."""
+    ``id_column`` values, else row numbers).
+
+    Parameters
+    ----------
+    path : table file (CSV / TSV / Parquet); coordinate columns ``z, y, x`` (or ``y, x``), or those
+        named by ``columns``
+    feature_columns : numeric columns used as features (those the atlas was built with)
+    columns : the coordinate columns, in axis order
+    spacing : scalar or per-axis factor (axis order of the coordinate columns), optional
+        The points are the table's coordinates times ``spacing``, so it sets their unit: give the
+        voxel size (e.g. µm per voxel) when the table holds voxel indices; default 1 (the table's
+        own units). Use the units the atlas's training samples had (``read_samples``' ``spacing``).
+    id_column : column holding the cell ids, optional
+    """
     from ..io import read_table
 
     table = read_table(path)

@@ -192,7 +192,24 @@ def label_centroids(labels, *, spacing=None, background=0, return_sizes: bool = 
 
 
 def centroid_chamfer_distance(segmentation, ground_truth, *, spacing=None, background=0) -> ChamferResult:
-    """:func:`chamfer_distance` between the object centroids of two label images (physical units)."""
+    """:func:`chamfer_distance` between the object centroids of two label images.
+
+    Parameters
+    ----------
+    segmentation, ground_truth : integer arrays of one shape (2D or 3D)
+        Label images; the labels in ``background`` are not objects.
+    spacing : float or sequence of float, optional
+        Voxel size per axis, in image axis order ((z,) y, x), in the physical unit the distances
+        should have (e.g. µm): centroids are voxel indices times ``spacing``, so the distances are
+        in that unit. Default: 1 per axis, distances in voxels (wrong for anisotropic voxels).
+    background : int or sequence of int
+        Labels that are not objects.
+
+    Returns
+    -------
+    ChamferResult
+        Distances in the units of ``spacing``.
+    """
     seg, gt = check_label_pair(segmentation, ground_truth)
     _, a = label_centroids(seg, spacing=spacing, background=background)
     _, b = label_centroids(gt, spacing=spacing, background=background)
@@ -240,6 +257,27 @@ def evaluate_segmentation(segmentation, ground_truth, *, ignore_gt=(0,), ignore_
     One contingency table serves all table-based metrics. See :func:`adapted_rand_error`,
     :func:`variation_of_information`, :func:`instance_matching`, :func:`mean_average_precision`,
     :func:`symmetric_best_dice` and :func:`centroid_chamfer_distance` for the definitions.
+
+    Parameters
+    ----------
+    segmentation, ground_truth : integer arrays of one shape (2D or 3D)
+        The label images compared.
+    ignore_gt, ignore_seg : sequence of int
+        Labels whose voxels the ARand and VOI leave out (ground truth: default 0; segmentation).
+    background : int or sequence of int
+        Labels that are no object in the object metrics (matching, AP, SBD, Chamfer).
+    thresholds : sequence of float
+        IoU thresholds of ``precision``, ``recall`` and ``f1``.
+    spacing : float or sequence of float, optional
+        Voxel size per axis, in image axis order ((z,) y, x), in the physical unit wanted (e.g.
+        µm). It only sets the unit of ``chamfer`` (centroids are voxel indices times ``spacing``);
+        the overlap metrics count voxels. Default: 1 per axis, ``chamfer`` in voxels.
+    voi_base : float
+        Logarithm base of the VOI (2: bits).
+
+    Returns
+    -------
+    SegmentationScores
     """
     seg, gt = check_label_pair(segmentation, ground_truth)
     table = contingency_table(seg, gt)

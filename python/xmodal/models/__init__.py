@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checkpoint import load_checkpoint
+from ._checkpoint import build_with_weights, load_checkpoint
 from ._targets import affinity_targets, dihedral_transform
 from .em import (
     EM_N_ATTRACTIVE,
@@ -140,8 +140,9 @@ def load_isbi2012_affinity_unet(path=None, *, device: str = "cpu"):
 
     meta = ckpt["metadata"]
     offsets = np.asarray(meta["offsets"], dtype=np.int64)
-    model = UNet2D(1, len(offsets), features=tuple(meta["features"]), final_activation="sigmoid")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    # built without random initialisation: loading leaves torch's global random stream alone
+    model = build_with_weights(lambda: UNet2D(1, len(offsets), features=tuple(meta["features"]),
+                                              final_activation="sigmoid"), ckpt["state_dict"])
     model.eval()
     model.to(device)
     model.offsets = offsets

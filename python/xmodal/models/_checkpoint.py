@@ -19,3 +19,27 @@ def load_checkpoint(path, shipped, name: str) -> dict:
             return torch.load(fh, map_location="cpu", weights_only=True)
     with open(path, "rb") as fh:
         return torch.load(fh, map_location="cpu", weights_only=True)
+
+
+def build_with_weights(factory, state_dict: dict):
+    """``factory()`` (a torch module) holding the tensors of ``state_dict``, never randomly initialised.
+
+    The module is constructed on torch's ``"meta"`` device (shapes only: no memory, no initial
+    values), so torch's global random stream is neither advanced nor saved and restored: a host's
+    seeded torch stream gives the same numbers with or without the load, also for draws another
+    thread makes meanwhile. Its parameters and buffers are then the checkpoint's tensors (floating
+    point ones as float32, on the CPU; ``strict`` loading: every key must match).
+    """
+    import itertools
+
+    from ._optional_torch import torch_module
+
+    torch = torch_module()
+    with torch.device("meta"):  # thread-local: other threads' tensors are unaffected
+        model = factory()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
+                          assign=True)
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"the checkpoint does not set {left} of {type(model).__name__}")
+    return model

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checkpoint import load_checkpoint
+from ._checkpoint import build_with_weights, load_checkpoint
 
 __all__ = [
     "EM_OFFSETS",
@@ -137,12 +137,14 @@ def load_em_affinity_unet(path=None, *, device: str = "cpu"):
         return UNet2D(int(meta.get("in_channels", 1)), len(offsets), features=tuple(meta["features"]),
                       final_activation="sigmoid")
 
-    ensemble = meta.get("ensemble")
-    if ensemble:  # several networks of one recipe (seeds), written by scripts/make_em_ensemble.py
-        model = AffinityEnsemble([member() for _ in range(int(ensemble["n_members"]))])
-    else:
-        model = member()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    def network():
+        ensemble = meta.get("ensemble")
+        if ensemble:  # several networks of one recipe (seeds), written by scripts/make_em_ensemble.py
+            return AffinityEnsemble([member() for _ in range(int(ensemble["n_members"]))])
+        return member()
+
+    # built without random initialisation: loading leaves torch's global random stream alone
+    model = build_with_weights(network, ckpt["state_dict"])
     model.eval()
     model.to(device)
     model.offsets = offsets

@@ -101,10 +101,12 @@ class Prealigned:
 
 def prealign_step(moving: np.ndarray, fixed: np.ndarray, *, rotations, scale: bool, seed: int,
                   intensity_preset: str | None, images: Images, folder: OutputFolder,
-                  allow_reflection: bool = False) -> Prealigned:
+                  allow_reflection: bool = False, callback=None) -> Prealigned:
     """Principal-axes pre-alignment (``rotations`` "all" / "flips"; mirror images too with
     ``allow_reflection``), an elastix intensity registration (``intensity_preset``), or none
-    (``rotations`` False)."""
+    (``rotations`` False). ``callback``: called after every iteration of the search's CPD fits
+    (:func:`xmodal.cpd`'s ``callback``; an exception it raises stops the search); the elastix
+    intensity registration does not call it."""
     from ..registration import AffineTransform
 
     if intensity_preset is not None:
@@ -115,7 +117,7 @@ def prealign_step(moving: np.ndarray, fixed: np.ndarray, *, rotations, scale: bo
         from .prealign import fast_prealign
 
         pre = fast_prealign(moving, fixed, n_points=PREALIGN_POINTS, rotations=rotations, scale=scale, seed=seed,
-                            allow_reflection=allow_reflection)
+                            allow_reflection=allow_reflection, callback=callback)
         return Prealigned(pre.apply(moving), AffineTransform(pre.matrix, pre.offset), pre)
     return Prealigned(moving)
 

@@ -35,13 +35,24 @@ def _error_summary(errors: dict | None) -> dict | None:
     return out
 
 
+def _figure(figsize: tuple[float, float]):
+    """A new matplotlib figure with one axes, drawn by Agg: ``(figure, axes)``; ``figsize`` in inches.
+
+    Neither pyplot nor ``matplotlib.use``: the host application's backend and pyplot's figure list
+    stay as they are, and worker threads can draw reports.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def _plots(result, folder: Path) -> list[str]:
     """PNG plots (needs matplotlib; returns [] without it)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401 - presence check; figures come from _figure
     except ImportError:
         logging.getLogger("xmodal.pipelines").warning(
             "report: matplotlib is not installed, so the report has no figures (pip install matplotlib)")
@@ -55,11 +66,10 @@ def _plots(result, folder: Path) -> list[str]:
     def save(fig, name):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
         atomic_write_bytes(folder / name, buf.getvalue())
         names.append(name)
 
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = _figure(figsize=(6, 5))
     ax.scatter(fix[:, ax_a], fix[:, ax_b], s=6, c="tab:blue", label="fixed")
     ax.scatter(moved[:, ax_a], moved[:, ax_b], s=6, c="tab:orange", label="moving (registered)")
     fi, mi = result.fixed_index, result.moving_index
@@ -74,7 +84,7 @@ def _plots(result, folder: Path) -> list[str]:
     ax.set_title(f"{result.n_matched} matched pairs")
     save(fig, "match_overlay.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _figure(figsize=(5, 3.5))
     ax.hist(result.distances, bins=40, color="tab:green")
     ax.set_xlabel("distance of matched pairs after registration")
     ax.set_ylabel("pairs")
@@ -84,7 +94,7 @@ def _plots(result, folder: Path) -> list[str]:
         region = result.errors["affine"]["region"]
         shapes = np.asarray(region.shape_matrices)
         centres = np.asarray(region.centers)
-        fig, ax = plt.subplots(figsize=(6, 5))
+        fig, ax = _figure(figsize=(6, 5))
         ax.scatter(fix[:, ax_a], fix[:, ax_b], s=4, c="0.7")
         from matplotlib.patches import Ellipse
 
@@ -100,7 +110,7 @@ def _plots(result, folder: Path) -> list[str]:
         ax.set_title("95 % prediction regions (affine fit), x-y projection")
         save(fig, "confidence_ellipses.png")
     if result.confidence is not None and result.n_matched:
-        fig = _confidence_figure(plt, result.confidence, match_outcomes(result))
+        fig = _confidence_figure(result.confidence, match_outcomes(result))
         save(fig, "reliability.png" if match_outcomes(result) is not None else "confidence_histogram.png")
     return names
 
@@ -130,12 +140,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _confidence_figure(plt, confidence, outcomes):
+def _confidence_figure(confidence, outcomes):
     """Reliability curve (accuracy per confidence bin, counts above the bars, the diagonal of perfect
     calibration) when the outcomes are known, else the histogram of the confidences."""
     from ._confidence import reliability
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = _figure(figsize=(5, 4))
     if outcomes is None:
         ax.hist(confidence, bins=np.linspace(0, 1, 21), color="tab:purple")
         ax.set_xlabel("match confidence")

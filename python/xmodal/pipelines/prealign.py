@@ -139,7 +139,7 @@ def _trial_fit(cpd):
 
 def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refine_iter: int = 100,
              score_affine: bool = True, unmatched_cost: float | None = None, max_points: int = 3000,
-             seed: int = 0, allow_reflection: bool = False) -> PrealignResult:
+             seed: int = 0, allow_reflection: bool = False, callback=None) -> PrealignResult:
     """Coarse rigid (or similarity) alignment of ``moving`` onto ``fixed`` by principal axes.
 
     Parameters
@@ -168,6 +168,10 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
         right of a bilateral animal). Off by default: a mirror image of a specimen is a different
         specimen, and the extra candidates can only add wrong orientations when the handedness is
         known. ``result.reflected`` says which was chosen.
+    callback : callable, optional
+        Passed to every CPD refinement of the search as :func:`xmodal.cpd`'s ``callback`` (called
+        after each iteration; ``moved`` are the candidate's subsampled moving points): an exception
+        it raises (a cancel) stops the search within one CPD iteration.
     """
     scale, score_affine = as_bool(scale, "scale"), as_bool(score_affine, "score_affine")
     allow_reflection = as_bool(allow_reflection, "allow_reflection")
@@ -207,14 +211,15 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
         start = mov_s @ mat.T + off
         if refine_iter > 0:
             res = cpd(start, fix_s, transform="similarity" if scale else "rigid", w=0.1, max_iter=refine_iter,
-                      tol=1e-6)
+                      tol=1e-6, callback=callback)
             t = res.transform
             r2, t2, s2 = np.asarray(t.rotation), np.asarray(t.translation), float(getattr(t, "scale", 1.0))
             mat = s2 * r2 @ mat
             off = s2 * r2 @ off + t2
             moved = mov_s @ mat.T + off
             if score_affine:
-                moved = np.asarray(cpd(moved, fix_s, transform="affine", w=0.1, max_iter=refine_iter).moved)
+                moved = np.asarray(cpd(moved, fix_s, transform="affine", w=0.1, max_iter=refine_iter,
+                                       callback=callback).moved)
         else:
             moved = start
         score, n_matched = matching_objective(moved, fix_s, unmatched_cost)
@@ -246,7 +251,7 @@ def fast_prealign(moving, fixed, *, n_points: int = 500, seed: int = 0, **option
         Passed on (sets are no longer subsampled at random inside).
     **options
         Further keyword arguments of ``prealign`` (``rotations``, ``scale``, ``refine_iter``,
-        ``score_affine``, ``unmatched_cost``).
+        ``score_affine``, ``unmatched_cost``, ``allow_reflection``, ``callback``).
     """
     from ..registration import farthest_point_centers
 

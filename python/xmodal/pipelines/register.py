@@ -173,7 +173,10 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         Estimate a global scale (similarity) besides the rotation.
     cpd_options : dict, optional
         Keyword arguments for :func:`xmodal.cpd` in the first stage (rigid, similarity or affine).
-        Default w = 0.1.
+        Default w = 0.1. Its ``callback`` (else the one of ``deformable_options``) is also called
+        after every iteration of the pre-alignment's trial fits (their ``moved`` are subsamples of
+        the cells): an exception it raises (a cancel) stops the run within one CPD iteration. The
+        parameters record a callable as ``"<callable>"``.
     deformable_options : dict, optional
         Keyword arguments for the deformable stage (``beta`` and ``lam`` in the input units, as
         :func:`xmodal.cpd` takes them). Defaults, scale-free: w = 0.1, beta = 0.4 × the RMS radius
@@ -286,7 +289,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     with _timed(timings, "prealign"):
         pre = prealign_step(mov, fix, rotations=rotations, scale=scale, seed=seed,
                             intensity_preset=intensity_preset, images=images, folder=folder,
-                            allow_reflection=allow_reflection)
+                            allow_reflection=allow_reflection, callback=_callback(cpd_options, deformable_options))
     log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
              timings["prealign"])
     fit, selection = _fit(pre.moved, fix, transform, timings, scale=scale, cpd_options=cpd_options,
@@ -310,7 +313,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                         allow_reflection=allow_reflection,
                         reflected=bool(getattr(pre.prealign, "reflected", False)), matching=matching,
                         prealign=rotations, scale=scale, features=feature_record, feature_cpd=feature_cpd,
-                        cpd_options=dict(cpd_options or {}), deformable_options=dict(deformable_options or {}),
+                        cpd_options=_recorded(cpd_options), deformable_options=_recorded(deformable_options),
                         k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
                         reviewed=None if reviewed is None else {k: len(v) for k, v in vars(reviewed).items()},
                         moving=mset.source, fixed_spacing=_per_axis_list(fixed_spacing, fix.shape[1]),
@@ -404,6 +407,21 @@ def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
     from ._reviewed import read_reviewed_matches
 
     return read_reviewed_matches(reviewed).check(n_moving, n_fixed)
+
+
+def _callback(cpd_options, deformable_options):
+    """The CPD callback of the run (``cpd_options``' ``callback``, else ``deformable_options``'), or
+    None: the pre-alignment's trial fits call it too, so that a cancel raised there stops them."""
+    for options in (cpd_options, deformable_options):
+        if options and options.get("callback") is not None:
+            return options["callback"]
+    return None
+
+
+def _recorded(options) -> dict:
+    """CPD options as the parameters record them: a callable (a ``callback``) as ``"<callable>"``,
+    not its repr (a memory address, different in every run)."""
+    return {k: "<callable>" if callable(v) else v for k, v in dict(options or {}).items()}
 
 
 def _landmarks(reviewed):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import numbers
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +228,29 @@ def _spd_solve(K: np.ndarray, b: np.ndarray) -> np.ndarray:
 #: run that already limits BLAS, then cost nothing; threadpoolctl's library scan is ~1 ms a call).
 _BLAS_ONE: contextvars.ContextVar[bool] = contextvars.ContextVar("xmodal_blas_single", default=False)
 
+#: Guards the process-wide BLAS limit shared by concurrent :func:`_blas_single` users (threads):
+#: ``users`` counts the open contexts, ``limiter`` is the threadpoolctl limiter the first one made
+#: (it holds the thread counts from before the limit, restored by the last one out).
+_BLAS_LOCK = threading.Lock()
+_BLAS_SHARED: dict = {"users": 0, "limiter": None}
+
+
+def _blas_acquire(threadpool_limits) -> None:
+    """Enter the shared BLAS limit: the first user (process-wide) saves the counts and limits to 1."""
+    with _BLAS_LOCK:
+        if _BLAS_SHARED["users"] == 0:
+            _BLAS_SHARED["limiter"] = threadpool_limits(limits=1, user_api="blas")
+        _BLAS_SHARED["users"] += 1
+
+
+def _blas_release() -> None:
+    """Leave the shared BLAS limit: the last user restores the counts the first one saved."""
+    with _BLAS_LOCK:
+        _BLAS_SHARED["users"] -= 1
+        if _BLAS_SHARED["users"] == 0:
+            limiter, _BLAS_SHARED["limiter"] = _BLAS_SHARED["limiter"], None
+            limiter.restore_original_limits()
+
 
 @contextlib.contextmanager
 def _blas_single():
@@ -236,6 +260,12 @@ def _blas_single():
     and follow the OpenMP E-step: a threaded BLAS pays a thread hand-over far larger than the
     work (measured on a busy 2-core machine: Cholesky of 228 x 228 0.37 s threaded, 2 ms single),
     and its idle workers spin beside the E-step's threads. Nested uses are free.
+
+    The BLAS thread count is process-wide, so overlapping uses from several threads share one
+    limit (reference counted under a lock): the first to enter saves the counts and limits BLAS to
+    one thread, the last to leave restores the saved counts. Each caller saving and restoring on
+    its own would let an inner restore re-impose another caller's limit forever. A host changing
+    the BLAS thread count while an xmodal CPU fit runs sees its change undone when the fit ends.
     """
     if _BLAS_ONE.get():
         yield
@@ -247,10 +277,17 @@ def _blas_single():
         return
     token = _BLAS_ONE.set(True)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
+        _blas_acquire(threadpool_limits)
+    except BaseException:
         _BLAS_ONE.reset(token)
+        raise
+    try:
+        yield
+    finally:
+        try:
+            _blas_release()
+        finally:
+            _BLAS_ONE.reset(token)
 
 
 class DeformableSolver:

@@ -351,6 +351,11 @@ def seeded_mutex_watershed(affinities, offsets, seeds, **kwargs):
     start as one segment, segments with different seeds never merge, unseeded voxels join the seeds
     or form new segments. Labels of the result are consecutive from 1 (not the seed values); see
     ``docs/mws.md`` for mapping them back.
+
+    ``offsets`` (C, ndim) ints: voxel offsets in array axis order (z, y, x), in voxels whatever the
+    voxel size; channel ``c`` of ``affinities`` joins voxel ``p`` and ``p + offsets[c]`` (the first
+    ``n_attractive`` attractive, as in :func:`mutex_watershed`). ``seeds``: integer labels of the
+    spatial shape, 0 = unseeded; ``kwargs``: the other options of :func:`mutex_watershed`.
     """
     if seeds is None:
         raise ValueError("seeds: expected an integer label array, got None")
