@@ -328,3 +328,21 @@ def test_register_cells_prealigned_by_intensity_registration():
     assert np.abs(first - centres).max() < 0.5  # the intensity registration alone
     assert np.array_equal(res.moving_index, res.fixed_index)
     assert res.prealign is None
+
+
+def test_cell_tables_carry_every_cells_id(tmp_path):
+    """cells.csv / moving.csv name every cell by its id (matched or not), so they join back to the input."""
+    from xmodal.io import PointSet, read_table
+
+    rng = np.random.default_rng(4)
+    fixed = rng.random((40, 3)) * 50
+    moving = fixed[5:] + 0.2  # 5 fixed cells have no partner
+    res = register_cells(PointSet(fixed, np.arange(1000, 1040), "fixed"), PointSet(moving, np.arange(35) * 3 + 7, "moving"),
+                         transform="rigid", out=tmp_path / "r")
+    assert res.fixed_cell_ids.tolist() == list(range(1000, 1040))
+    np.testing.assert_array_equal(res.fixed_ids, res.fixed_cell_ids[res.fixed_index])
+    cells, mov = read_table(tmp_path / "r" / "cells.csv"), read_table(tmp_path / "r" / "moving.csv")
+    assert cells["fixed_id"].tolist() == list(range(1000, 1040))
+    assert mov["moving_id"].tolist() == [i * 3 + 7 for i in range(35)]
+    unmatched = cells["moving_index"] < 0
+    assert unmatched.sum() >= 5 and set(cells["fixed_id"][unmatched].astype(int)) >= set(range(1000, 1005))

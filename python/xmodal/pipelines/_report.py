@@ -195,6 +195,9 @@ def write_registration_outputs(result, folder: Path) -> dict:
     pdist[result.fixed_index] = result.distances
     header = ["fixed_index"] + [f"fixed_{a}" for a in axes] + ["moving_index", "distance"]
     cols = [np.arange(n_fix)] + [result.fixed_points[:, j] for j in range(d)] + [partner, pdist]
+    if result.fixed_cell_ids is not None:  # every cell's id, so unmatched cells can be joined back too
+        header.insert(1, "fixed_id")
+        cols.insert(1, result.fixed_cell_ids)
     if result.spot_counts is not None:
         for name, c in result.spot_counts.items():
             header.append(f"spots_{name}")
@@ -236,6 +239,9 @@ def _moving_table(result, axes) -> tuple[list, list]:
     header += ["fixed_index", "distance", "confidence"]
     cols = [np.arange(n)] + [result.moving_points[:, j] for j in range(d)] + [result.moved[:, j] for j in range(d)]
     cols += [partner, dist, conf]
+    if result.moving_cell_ids is not None:
+        header.insert(1, "moving_id")
+        cols.insert(1, result.moving_cell_ids)
     if result.errors is not None and "affine" in result.errors:
         region = result.errors["affine"]["region"]
         centres, shapes = np.asarray(region.centers), np.asarray(region.shape_matrices)

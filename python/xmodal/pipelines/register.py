@@ -58,6 +58,8 @@ class CellRegistration:
         Matched pairs as row indices into the fixed and moving point sets.
     fixed_ids, moving_ids : (k,) arrays
         The ids of the matched points (table id column, label values, or row numbers).
+    fixed_cell_ids, moving_cell_ids : (n_fixed,), (n_moving,) arrays
+        The ids of every point, in input order (``fixed_ids == fixed_cell_ids[fixed_index]``).
     transform : CompositeTransform
         Maps moving points (physical units) into the fixed frame; ``transform.apply(new_points)``.
     moved : (n_moving, d) array
@@ -99,6 +101,8 @@ class CellRegistration:
     fixed_points: np.ndarray
     moving_points: np.ndarray
     confidence: np.ndarray | None = None
+    fixed_cell_ids: np.ndarray | None = None
+    moving_cell_ids: np.ndarray | None = None
     errors: dict | None = None
     spot_counts: dict | None = None
     warped: dict | None = None
@@ -306,8 +310,8 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     result = CellRegistration(
         fixed_index=fi, moving_index=mi, fixed_ids=fset.ids[fi], moving_ids=mset.ids[mi],
         transform=CompositeTransform(tuple(chain)), moved=fit.moved, distances=dist, confidence=confidence,
-        fixed_points=fix, moving_points=mov, prealign=pre.prealign, model_selection=selection,
-        features=feature_record, cpd_iterations=fit.iterations, timings=timings,
+        fixed_points=fix, moving_points=mov, fixed_cell_ids=fset.ids, moving_cell_ids=mset.ids, prealign=pre.prealign,
+        model_selection=selection, features=feature_record, cpd_iterations=fit.iterations, timings=timings,
         parameters=dict(transform=transform, model=selection["chosen"] if selection else transform,
                         model_selection=selection, selection_criterion=selection_criterion,
                         allow_reflection=allow_reflection,
