@@ -182,3 +182,20 @@ def test_a_cancel_from_the_cpd_callback_stops_the_pre_alignment():
     # raised by the third iteration of the pre-alignment's first trial fit, nothing ran after it
     assert len(calls) == 3
     assert "prealign" in [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+
+
+def test_the_cpd_stages_with_features_call_the_callback():
+    """A cancel check given in cpd_options reaches the CPD stages with features too."""
+    from xmodal.pipelines import register_cells
+
+    fixed, moving = _cells()
+    rng = np.random.default_rng(2)
+    ff = rng.random((len(fixed), 2))
+    counts = {}
+    for feature_cpd in (False, True):
+        calls = []
+        register_cells(fixed, moving, transform="rigid", prealign=False, errors=False, fixed_features=ff,
+                       moving_features=ff[: len(moving)], feature_weight=1.0, feature_cpd=feature_cpd,
+                       cpd_options={"callback": lambda **kw: calls.append(kw.get("iteration"))})
+        counts[feature_cpd] = len(calls)
+    assert counts[True] > counts[False] > 0

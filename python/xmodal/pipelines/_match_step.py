@@ -63,14 +63,15 @@ def feature_sigma(record: dict, dist: np.ndarray, nn: float, d: int) -> float:
     return float(sigma / (record["feature_weight"] * nn))
 
 
-def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float, landmarks=None) -> list:
+def feature_cpd_step(moved, fixed, fg, mg, *, tau: float, radius: float, landmarks=None, callback=None) -> list:
     """CPD with features (see the module) from ``moved``: an affine stage, then a deformable stage
-    from its end (``landmarks``: the accepted pairs of a review, as in the positions-only stages).
+    from its end (``landmarks``: the accepted pairs of a review, as in the positions-only stages;
+    ``callback``: :func:`xmodal.cpd`'s per-iteration callback, e.g. a cancel check).
     Returns both CPDResults, in order."""
     from ..registration import cpd
 
     feats = dict(moving_features=mg, fixed_features=fg, feature_sigma=tau, landmarks=landmarks,
-                 **FEATURE_CPD_OPTIONS)
+                 callback=callback, **FEATURE_CPD_OPTIONS)
     affine = cpd(moved, fixed, transform="affine", **feats)
     deformable = cpd(np.asarray(affine.moved, np.float64), fixed, transform="deformable",
                      beta=DEFORMABLE_BETA * radius, lam=DEFORMABLE_LAM / radius ** 2, **feats)
@@ -88,10 +89,11 @@ def add_feature_stage(fit, refit) -> None:
 
 
 def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature_cpd: bool = True,
-                radius: float | None = None) -> Matched:
+                radius: float | None = None, callback=None) -> Matched:
     """The match step (with the features ``feats`` = ((fixed, moving) arrays, weight option) when
     given; with ``feature_cpd`` and a positive weight, refined by :func:`feature_cpd_step` first)
-    and the pairs' confidence. ``match_options``: (matching, k, radius, unmatched_cost)."""
+    and the pairs' confidence. ``match_options``: (matching, k, radius, unmatched_cost); ``callback``
+    goes to the CPD stages with features."""
     matching, k, kradius, unmatched_cost = match_options
 
     def spatial():
@@ -112,7 +114,7 @@ def match_cells(moved, fix, feats, match_options, *, reviewed, nn, seed, feature
         tau = feature_sigma(record, dist, nn, fix.shape[1])
         landmarks = None if reviewed is None or not len(reviewed.accepted) else reviewed.accepted
         refit = feature_cpd_step(moved, fix, fg, mg, tau=tau, radius=radius if radius is not None else 5.0 * nn,
-                                 landmarks=landmarks)
+                                 landmarks=landmarks, callback=callback)
         mi, fi, dist, moved_c, fixed_c, _ = match_with_features(np.asarray(refit[-1].moved, np.float64), fix,
                                                                 feats[0], weight, spatial_match=None,
                                                                 reviewed=reviewed, **opts)

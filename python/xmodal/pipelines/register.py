@@ -290,18 +290,18 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     nn = median_nn_distance(fix)
     unmatched_cost = 3.0 * nn if unmatched_cost_option == "auto" else unmatched_cost_option
 
+    callback = _callback(cpd_options, deformable_options)  # the pre-alignment and feature stages call it too
     with _timed(timings, "prealign"):
         pre = prealign_step(mov, fix, rotations=rotations, scale=scale, seed=seed,
                             intensity_preset=intensity_preset, images=images, folder=folder,
-                            allow_reflection=allow_reflection, callback=_callback(cpd_options, deformable_options))
-    log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov),
-             timings["prealign"])
+                            allow_reflection=allow_reflection, callback=callback)
+    log.info("register_cells: %d fixed, %d moving cells; pre-alignment %.2f s", len(fix), len(mov), timings["prealign"])
     fit, selection = _fit(pre.moved, fix, transform, timings, scale=scale, cpd_options=cpd_options,
                           deformable_options=deformable_options, nn=nn, seed=seed, landmarks=_landmarks(reviewed),
                           criterion=selection_criterion, k=k)
     with _timed(timings, "matching"):
         m = match_cells(fit.moved, fix, feats, (matching, k, radius, unmatched_cost), reviewed=reviewed, nn=nn,
-                        seed=seed, feature_cpd=feature_cpd, radius=rms_radius(fix))
+                        seed=seed, feature_cpd=feature_cpd, radius=rms_radius(fix), callback=callback)
     mi, fi, dist, confidence, feature_record = m.mi, m.fi, m.dist, m.confidence, m.features
     add_feature_stage(fit, m.refit)
     log.info("register_cells: %s matching, %d pairs, %.2f s", matching, len(mi), timings["matching"])
@@ -415,7 +415,8 @@ def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
 
 def _callback(cpd_options, deformable_options):
     """The CPD callback of the run (``cpd_options``' ``callback``, else ``deformable_options``'), or
-    None: the pre-alignment's trial fits call it too, so that a cancel raised there stops them."""
+    None: the pre-alignment's trial fits and the CPD stages with features call it too, so that a
+    cancel raised there stops them."""
     for options in (cpd_options, deformable_options):
         if options and options.get("callback") is not None:
             return options["callback"]
