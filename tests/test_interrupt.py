@@ -22,6 +22,10 @@ CHILD = textwrap.dedent("""
     import numpy as np
     from xmodal import _core
 
+    # Python leaves SIGINT ignored when it starts with SIGINT ignored (a background job of a
+    # non-interactive shell, as in some CI runners); a user's interpreter has this handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def interrupt_after(delay):
         threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 
