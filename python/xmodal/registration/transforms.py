@@ -157,8 +157,9 @@ class DeformableTransform:
     ``y -> y + offset + sum_k exp(-|y - centers[k]|^2 / (2 beta^2)) coefficients[k]``
 
     ``centers`` are the moving points (direct solve) or the low-rank centres (a subset of them),
-    ``beta`` the kernel width in the units of the points. The field is evaluated natively with the
-    same truncation as the E-step (terms below ``exp(-cutoff)`` dropped). No closed-form inverse.
+    ``beta`` the kernel width in the units of the points. The field is evaluated natively, terms
+    below ``exp(-cutoff)`` dropped (:func:`xmodal.cpd` returns it with ``cutoff`` = its own
+    ``cutoff``, at least 36, so that it reproduces ``moved``). No closed-form inverse.
     """
 
     centers: np.ndarray
