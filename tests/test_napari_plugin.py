@@ -379,8 +379,8 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     w = SegmentWidget(viewer)
     dock = viewer.window.add_dock_widget(w, name="Segment")
     w.image_layer.value = viewer.layers["EM"]
-    w.min_size.value = 50
-    w.block_voxels.value = 64 * 64  # blockwise on this small image
+    assert (w.model.value, w.method.value, w.min_size.value) == ("em", "model default", -1)  # segment's defaults
+    w.memory_voxels.value = 64 * 64  # block by block on this small image
     w.out.value = tmp_path / "seg"
     w.run()
     _wait(qtbot, w.panel)
@@ -388,6 +388,8 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     assert labels.data.shape == (128, 128) and tuple(labels.scale) == (4.0, 4.0)
     assert tuple(labels.translate) == (40.0, -8.0)
     assert 5 < w.result.n_segments == len(np.unique(labels.data[labels.data > 0]))
+    from xmodal.models import em_affinity_unet_metadata
+    assert w.result.parameters["method"] == em_affinity_unet_metadata()["segmentation_defaults"]["method"]
     _screenshot(viewer, dock, "napari_segment.png", [(viewer.layers["EM"], 20000), (labels, 50000)])
     if GL["ok"]:  # the segments are told apart by colour
         canvas = _canvas(viewer)
@@ -396,12 +398,22 @@ def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path,
     # and the image's translation (NGFF translation after the scale)
     layers = viewer.open(str(tmp_path / "seg"), plugin="xmodal")
     kinds = [type(layer).__name__ for layer in layers]
-    assert kinds.count("Image") == 10 and kinds.count("Labels") == 1
+    assert kinds.count("Image") == len(w.result.offsets) and kinds.count("Labels") == 1
     lab = layers[kinds.index("Labels")]
     np.testing.assert_array_equal(np.asarray(lab.data), np.asarray(labels.data))
     assert tuple(lab.scale) == (4.0, 4.0)
     assert all(tuple(layer.scale) == (4.0, 4.0) for layer in layers)
     assert all(tuple(layer.translate) == (40.0, -8.0) for layer in layers)
+
+
+def test_segment_widget_fields_map_to_segment_options():
+    """"model default" / -1 leave the model's stored method and size filter to segment; others pass."""
+    from xmodal.napari._segment_widget import METHODS, MODELS, segment_options
+
+    assert MODELS[0] == "em" and METHODS[0] == "model default"
+    assert segment_options("em", "model default", -1, 4096) == {"model": "em", "memory_voxels": 4096}
+    assert segment_options("isbi2012", "mws", 0, 10) == {"model": "isbi2012", "memory_voxels": 10, "method": "mws",
+                                                         "min_size": 0}
 
 
 def test_segment_cancel_stops_the_computation(make_napari_viewer, qtbot):
@@ -413,7 +425,7 @@ def test_segment_cancel_stops_the_computation(make_napari_viewer, qtbot):
     viewer.add_image(np.concatenate([raw] * 4)[:, :256, :256], name="EM")  # 8 slices: many tiles
     w = SegmentWidget(viewer)
     w.image_layer.value = viewer.layers["EM"]
-    w.block_voxels.value = 2 ** 30
+    w.memory_voxels.value = 2 ** 30
     job = w.run()
     qtbot.waitUntil(lambda: job.message.startswith("predict_tiled:"), timeout=TIMEOUT_MS)
     w.panel.cancel()

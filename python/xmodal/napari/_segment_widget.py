@@ -1,11 +1,13 @@
-"""Widget *Segment*: an Image layer -> :func:`xmodal.pipelines.segment` with the shipped model (tiled
-prediction, mutex watershed; blockwise when the image is large) in a worker thread -> a Labels
-layer with the image's scale and translation.
+"""Widget *Segment*: an Image layer -> :func:`xmodal.pipelines.segment` with a shipped model (the EM
+model by default, with the segmentation settings stored with it) in a worker thread -> a Labels layer
+with the image's scale and translation.
 
-With an output folder, the image layer's scale (the voxel size) and translation (the position of
-voxel 0, same physical units) are written to the OME-NGFF ``coordinateTransformations`` of the
-affinities and the labels (``scale``, then ``translation``), so the reader opens them where the
-image was."""
+The widget's defaults are those of :func:`~xmodal.pipelines.segment`: the model's stored method
+(superpixels + GASP with learned edge weights for "em") and size filter, in memory up to
+``memory_voxels`` voxels and block by block above. With an output folder, the image layer's scale
+(the voxel size) and translation (the position of voxel 0, same physical units) are written to the
+OME-NGFF ``coordinateTransformations`` of the affinities and the labels (``scale``, then
+``translation``), so the reader opens them where the image was."""
 
 from __future__ import annotations
 
@@ -19,16 +21,23 @@ from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from ._common import layer_picker
 from ._jobs import Job, JobPanel
 
-MODELS = ("isbi2012",)
+#: Shipped models (``segment(model=...)``); the first is the default.
+MODELS = ("em", "isbi2012")
+#: Agglomeration methods; "model default" is the method stored with the model.
+METHODS = ("model default", "gasp", "multicut", "mws")
+#: ``segment``'s default ``memory_voxels``: larger inputs are segmented block by block.
+MEMORY_VOXELS = 1 << 27
 
 
-def block_shape_for(shape: tuple, block_voxels: int) -> tuple | None:
-    """Blocks for the mutex watershed when the image has more than ``block_voxels`` voxels: 512 (2D)
-    or 64 × 256 × 256 (3D) per block, capped by the image; None (single shot) otherwise."""
-    if int(np.prod(shape)) <= block_voxels:
-        return None
-    target = (512, 512) if len(shape) == 2 else (64, 256, 256)
-    return tuple(min(int(s), t) for s, t in zip(shape, target))
+def segment_options(model: str, method: str, min_size: int, memory_voxels: int) -> dict:
+    """The :func:`~xmodal.pipelines.segment` arguments of the widget's fields: ``method`` "model
+    default" and ``min_size`` -1 leave the model's stored settings in place."""
+    opts = {"model": model, "memory_voxels": int(memory_voxels)}
+    if method != METHODS[0]:
+        opts["method"] = method
+    if int(min_size) >= 0:
+        opts["min_size"] = int(min_size)
+    return opts
 
 
 class SegmentWidget(Container):
@@ -38,12 +47,14 @@ class SegmentWidget(Container):
         self.viewer = viewer = napari_viewer
         self.image_layer = layer_picker(viewer, "image", ("image",))
         self.model = ComboBox(label="model", choices=list(MODELS), value=MODELS[0])
-        self.min_size = SpinBox(label="min segment size (voxels)", value=100, min=0, max=10**7)
-        self.block_voxels = SpinBox(label="blockwise above (voxels)", value=2048 * 2048, min=1, max=2**31 - 1)
+        self.method = ComboBox(label="method", choices=list(METHODS), value=METHODS[0])
+        self.min_size = SpinBox(label="min segment size (voxels; -1: model's)", value=-1, min=-1, max=10**7)
+        self.memory_voxels = SpinBox(label="in memory up to (voxels)", value=MEMORY_VOXELS, min=1,
+                                     max=2**31 - 1)
         self.out = FileEdit(label="output folder (optional)", mode="d", value="")
         self.panel = JobPanel("Segment")
-        super().__init__(widgets=[self.image_layer, self.model, self.min_size, self.block_voxels, self.out,
-                                  self.panel])
+        super().__init__(widgets=[self.image_layer, self.model, self.method, self.min_size, self.memory_voxels,
+                                  self.out, self.panel])
         self.panel.run_button.changed.connect(self.run)
         self.result = None
 
@@ -58,9 +69,10 @@ class SegmentWidget(Container):
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         out = str(self.out.value) if str(self.out.value) not in ("", ".") else None
         translate = [float(v) for v in layer.translate]
-        opts = dict(model=self.model.value, min_size=int(self.min_size.value),
-                    block_shape=block_shape_for(tuple(data.shape), int(self.block_voxels.value)), out=out,
-                    spacing=[float(v) for v in layer.scale])
+        opts = segment_options(self.model.value, self.method.value, self.min_size.value,
+                               self.memory_voxels.value)
+        opts.update(out=out, spacing=[float(v) for v in layer.scale])
+        blockwise = int(np.prod(data.shape)) > opts["memory_voxels"]
 
         def compute(job: Job):
             from ..pipelines import segment
@@ -70,7 +82,7 @@ class SegmentWidget(Container):
                 job.report(fraction=done / total if total else None,
                            message=f"{stage}: {done}/{total}" if total else stage)
 
-            job.report(message="tiled prediction" + (" (blockwise)" if opts["block_shape"] else ""))
+            job.report(message="tiled prediction" + (" (blockwise)" if blockwise else ""))
             result = segment(data, progress=progress, **opts)
             if out is not None and any(translate):  # the output folder is complete: where the image was
                 write_ome_translation(Path(out) / "segmentation.ome.zarr", translate)
