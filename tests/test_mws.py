@@ -675,7 +675,9 @@ def test_affinities_must_be_probabilities():
     rng = np.random.default_rng(0)
     aff = rng.random((2, 8, 9))
     offs = [[-1, 0], [0, -1]]
-    with pytest.raises(TypeError, match=r"affinities: expected probabilities in \[0, 1\] as floats, got dtype uint8"):
+    with pytest.raises(ValueError, match=r"affinities: expected probabilities in \[0, 1\] \(integer values must be 0 "
+                       r"or 1\), got dtype uint8 with values in \[\d+, \d+\] \(for 8-bit probabilities stored as "
+                       r"0-255, pass affinities / 255\)"):
         mutex_watershed((aff * 255).astype(np.uint8), offs)
     bad = aff.copy()
     bad[1, 3, 4] = 1.5

@@ -37,9 +37,12 @@ def check_points_shape(shape: tuple, name: str, dims=(2, 3), min_points: int = 1
     """ValueError naming ``name`` unless ``shape`` is ``(n, d)`` with d in ``dims`` and n >= ``min_points``
     (one check for host and device point arrays)."""
     if len(shape) != 2:
-        raise ValueError(f"{name}: expected an (n, d) array, got shape {tuple(shape)}")
+        hint = " (an empty set of points has shape (0, d))" if tuple(shape) == (0,) else ""
+        raise ValueError(f"{name}: expected an (n, d) array, got shape {tuple(shape)}{hint}")
     if shape[1] not in dims:
-        want = " or ".join(map(str, dims))
+        dims = sorted(dims)
+        want = (f"{dims[0]} to {dims[-1]}" if len(dims) > 2 and dims == list(range(dims[0], dims[-1] + 1))
+                else " or ".join(map(str, dims)))
         raise ValueError(f"{name}: expected {want} columns (coordinates), got {shape[1]}")
     if shape[0] < min_points:
         raise ValueError(f"{name}: expected at least {min_points} points, got {shape[0]}")

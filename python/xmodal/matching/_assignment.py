@@ -152,7 +152,8 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
         forbidden pairs, as in :func:`scipy.optimize.linear_sum_assignment`. Sparse: the stored
         entries (explicit zeros included) are the allowed pairs; missing entries and stored
         ``+inf`` (``-inf`` with ``maximize``) are forbidden. NaN and the opposite infinity are
-        errors. Rectangular shapes are allowed.
+        errors. Rectangular shapes are allowed, and so are empty ones (no rows or no columns, e.g.
+        the :func:`knn_graph` of an empty point set): no pairs, every row and column unmatched.
     unmatched_cost : float, optional
         Without it (or with ``+inf``; ``-inf`` with ``maximize``), every row of the smaller side
         is matched (all rows and columns when square), like
@@ -283,7 +284,8 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
         Cost of pairing row i with column j. Dense: every pair allowed except ``+inf`` entries
         (forbidden); sparse: stored entries (explicit zeros included) are the allowed pairs, stored
         ``+inf`` entries are forbidden. NaN and ``-inf`` are errors. The larger side is the rows
-        when n >= m.
+        when n >= m. A (0, 0) matrix gives an empty cover; (0, m) or (n, 0) with n, m > 0 is an
+        error (the points of the larger side have nothing to be matched to).
     max_per_target : int, optional
         Most points of the larger side a point of the smaller side may take (>= 1). Default:
         unlimited.

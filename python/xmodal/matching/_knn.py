@@ -39,10 +39,11 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     Parameters
     ----------
     a : (n, d) array
-        Points (rows of the result), d = 2 or 3, columns in image axis order (z, y, x). Physical
-        units, or voxel indices together with ``spacing``.
+        Points (rows of the result), any real dtype (converted to float64), finite. d = 1 to 8
+        (the kernels' limit); for image coordinates d = 2 or 3, columns in image axis order
+        (z, y, x). Physical units, or voxel indices together with ``spacing``. n = 0 is allowed.
     b : (m, d) array
-        Points (columns of the result), same ``d`` and units as ``a``.
+        Points (columns of the result), same ``d`` and units as ``a``; m = 0 is allowed.
     k : int, optional
         Number of nearest neighbours (>= 1). When larger than the other set, all its points.
     radius : float, optional
@@ -60,8 +61,10 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
     -------
     scipy.sparse.csr_matrix of shape (n, m), float64
         Distances. Column indices are sorted within each row and unique; zero distances (identical
-        points) are stored explicitly, so a stored entry always means "candidate pair". For cupy
-        input on the GPU, a ``cupyx.scipy.sparse.csr_matrix`` with the same content.
+        points) are stored explicitly, so a stored entry always means "candidate pair". An empty
+        set (n = 0 or m = 0) gives an empty matrix of shape (n, m) (no stored entries), as
+        :class:`scipy.spatial.cKDTree` does: a tile without cells is not an error. For cupy input
+        on the GPU, a ``cupyx.scipy.sparse.csr_matrix`` with the same content.
 
     Notes
     -----
@@ -101,7 +104,8 @@ def knn_graph(a: Any, b: Any, *, k: int | None = None, radius: float | None = No
         pa, pb = backend.scaled(pa, s), backend.scaled(pb, s)
     if k is not None:
         # "larger than the other set: all its points"; clamped so that any integer fits the native int
-        k = min(k, max(int(pa.shape[0]), int(pb.shape[0])))
+        # (and kept >= 1: with two empty sets the kernels still need a k-NN or a radius part)
+        k = min(k, max(int(pa.shape[0]), int(pb.shape[0]), 1))
     g = backend.graph(pa, pb, 0 if k is None else k, -1.0 if radius is None else radius, symmetric)
     logger.debug("knn_graph (%s): %d x %d points, %d pairs", "cuda" if on_gpu else "cpu", pa.shape[0],
                  pb.shape[0], g.nnz)

@@ -7,10 +7,14 @@ import scipy.sparse as sp
 
 from .._validation import as_points
 
+#: Point dimensions the k-NN kernels take, on both devices (``kMaxDim`` of
+#: cpp/include/xmodal/detail/knn_arith.hpp).
+POINT_DIMS = tuple(range(1, 9))
+
 
 def points(x, name: str) -> np.ndarray:
-    """``x`` as validated float64 ``(n, d)`` numpy coordinates."""
-    return as_points(x, name)
+    """``x`` as validated float64 ``(n, d)`` numpy coordinates (n >= 0, d in ``POINT_DIMS``)."""
+    return as_points(x, name, dims=POINT_DIMS, min_points=0)
 
 
 def scaled(p: np.ndarray, spacing: np.ndarray) -> np.ndarray:

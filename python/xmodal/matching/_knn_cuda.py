@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from .._device import as_device_points, cupy_module, current_stream, native_cuda
+from ._knn_cpu import POINT_DIMS
 
 logger = logging.getLogger(__name__)
 
@@ -13,8 +14,9 @@ _PURPOSE = "k-NN graphs on the GPU"
 
 
 def points(x, name: str):
-    """``x`` as validated float64 ``(n, d)`` cupy coordinates (no copy for float64 CUDA input)."""
-    return as_device_points(x, name, cupy_module(_PURPOSE))
+    """``x`` as validated float64 ``(n, d)`` cupy coordinates (no copy for float64 CUDA input; n >= 0,
+    d in ``POINT_DIMS``)."""
+    return as_device_points(x, name, cupy_module(_PURPOSE), dims=POINT_DIMS, min_points=0)
 
 
 def scaled(p, spacing):
@@ -28,6 +30,10 @@ def graph(pa, pb, k: int, radius: float, symmetric: bool):
     from .._optional import optional_import
 
     cpx_sparse = optional_import("cupyx.scipy.sparse", purpose=_PURPOSE)
+    if pa.shape[0] == 0 or pb.shape[0] == 0:  # no pairs: the empty matrix, without a kernel launch
+        with pa.device:
+            parts = (cp.zeros(0, cp.float64), cp.zeros(0, cp.int32), cp.zeros(pa.shape[0] + 1, cp.int64))
+            return cpx_sparse.csr_matrix(parts, shape=(pa.shape[0], pb.shape[0]))
     mod = native_cuda("knn_graph")
     with pa.device:
         out = mod.knn_graph(pa, pb, k, radius, symmetric, current_stream(cp))

@@ -41,8 +41,12 @@ def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = N
     Parameters
     ----------
     a, b : (n, d) and (m, d) arrays
-        Points, d = 2 or 3, image axis order (z, y, x), physical units (or voxels with ``spacing``).
-        Rows of the problem are ``a``, columns ``b``.
+        Points, d = 2 or 3 for image coordinates in axis order (z, y, x) (any d from 1 to 8 is
+        accepted, see :func:`knn_graph`), physical units (or voxels with ``spacing``). Rows of the
+        problem are ``a``, columns ``b``. Either set may be empty (n = 0 or m = 0): one-to-one
+        mode then returns no pairs and every point of the other set unmatched (``cost`` counts
+        them at ``unmatched_cost`` when given); cover mode needs points in both sets
+        (ValueError naming ``a, b``) unless both are empty.
     k : int or None
         Nearest neighbours per point (default 30); None for a radius-only graph.
     radius : float, optional
@@ -93,10 +97,19 @@ def match_points(a: Any, b: Any, *, k: int | None = 30, radius: float | None = N
     if type(g).__module__.startswith("cupyx"):
         g = g.get()  # GPU graph -> scipy CSR for the CPU solver
     t_graph = time.perf_counter() - t0
-    if mode == "cover":
-        res = cover_assignment(g, max_per_target=max_per_target, solver=solver)
-    else:
-        res = linear_assignment(g, unmatched_cost=unmatched_cost, solver=solver)
+    if mode == "cover" and (g.shape[0] == 0) != (g.shape[1] == 0):
+        raise ValueError(f"a, b: mode='cover' matches every point, so it needs points in both sets (or in "
+                         f"neither), got {g.shape[0]} and {g.shape[1]} points")
+    try:
+        if mode == "cover":
+            res = cover_assignment(g, max_per_target=max_per_target, solver=solver)
+        else:
+            res = linear_assignment(g, unmatched_cost=unmatched_cost, solver=solver)
+    except ValueError as exc:  # "cost: ..." names an argument of the solvers, not of this function
+        if not str(exc).startswith("cost: "):
+            raise
+        raise ValueError(f"k, radius: on the candidate graph (rows: points of a, columns: points of b): "
+                         f"{str(exc)[len('cost: '):]}") from None
     res.info["graph_time_s"] = t_graph
     res.info["graph_pairs"] = int(g.nnz)
     res.time_s = time.perf_counter() - t0

@@ -388,10 +388,33 @@ def _accept_collapse(frame: Frame, model: Model, estep, lm: Landmarks, k: _Colla
         prog.best, prog.prob = chk.best, chk.prob
     prog.s2 = frame.floor
     prog.hist_s2.append(frame.floor * unit)
-    warnings.append(f"iteration {prog.it}: sigma2 collapsed to the floor {frame.floor * unit:.3g} (squared input "
-                    "units); the sets match (almost) exactly (step checked: it does not raise the objective at the "
-                    "previous sigma2). Stopped.")
+    warnings.append(_collapse_message(frame, model.TY, chk, prog))
     prog.converged, prog.stop = True, "sigma2_collapse"
+
+
+def _collapse_message(frame: Frame, TY, e: EStepOut, prog: Progress) -> str:
+    """What a sigma2 collapse means, from the check's E-step ``e``: the matched points coincide; fixed
+    points explained by the outlier term (posterior mass Pt1 < 0.5) and moving points matched to no
+    fixed point (P1 < 0.5) are counted, since the fit says nothing about them."""
+    xp = array_namespace(TY)
+    N, M = int(e.Pt1.shape[0]), int(e.P1.shape[0])
+    n_out, matched = int((e.Pt1 < 0.5).sum()), e.P1 >= 0.5
+    n_free = M - int(matched.sum())
+    r = 0.0
+    if n_free < M:  # distance of each matched moving point to the mean of its fixed partners
+        d2 = ((TY[matched] - e.PX[matched] / e.P1[matched][:, None]) ** 2).sum(1)
+        r = math.sqrt(float(xp.max(d2))) * frame.s0
+    parts = [f"iteration {prog.it}: sigma2 collapsed to the floor {frame.floor * frame.s0 ** 2:.3g} (squared "
+             f"input units): the matched points coincide (largest residual {r:.3g} input units)"]
+    if n_out:
+        parts.append(f"{n_out} of {N} fixed points ({100.0 * n_out / N:.1f}%) are treated as outliers (left to "
+                     f"the uniform term, w={prog.info.get('w', 0.0):g}, or beyond the truncation radius) and "
+                     "are not fitted")
+    if n_free:
+        parts.append(f"{n_free} of {M} moving points match no fixed point")
+    if not (n_out or n_free):
+        parts.append("the sets match (almost) exactly")
+    return "; ".join(parts) + " (step checked: it does not raise the objective at the previous sigma2). Stopped."
 
 
 def result(frame: Frame, model: Model, estep, opt: Options, prog: Progress, warnings: list,

@@ -28,8 +28,9 @@ class CPDResult:
         EM iterations run.
     converged : bool
         Whether the relative change of the objective fell below ``tol``, or sigma2 reached its
-        floor because the sets match exactly (a step checked before it is accepted; see
-        ``info["stop"]``).
+        floor because the matched points coincide (a step checked before it is accepted; see
+        ``info["stop"]``; the warning counts the fixed points left to the outlier term and the
+        moving points matched to none, which the fit says nothing about).
     match : ndarray of int64 (M,)
         For each moving point, the fixed point with the largest posterior ``P[m, n]`` in the last
         E-step (-1 when it has none within the truncation radius).

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import describe
+from ._values import as_float_values
 
 __all__ = ["GaspInfo", "gasp", "boundary_to_signed_weights", "LINKAGES"]
 
@@ -206,7 +207,7 @@ def boundary_to_signed_weights(boundary, *, beta=0.5):
     ``beta`` is the bias: an edge attracts when its boundary probability is below ``1 - beta``.
     Larger ``beta`` gives more, smaller segments (the ``beta_bias`` of elf's / PlantSeg's GASP).
     """
-    b = np.asarray(boundary, dtype=np.float64)
+    b = as_float_values(boundary, "boundary", "boundary probabilities", dtype=np.float64)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta: expected a number in [0, 1], got {describe(beta)}")
     return (1.0 - b) - float(beta)

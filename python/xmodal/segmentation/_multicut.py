@@ -22,6 +22,7 @@ import numpy as np
 from .._optional import optional_import
 from .._validation import describe, positive_int
 from ._gasp import _as_edge_values, _as_edges, _as_n_nodes
+from ._values import as_float_values
 
 __all__ = ["multicut", "probabilities_to_costs", "MULTICUT_SOLVERS"]
 
@@ -52,7 +53,7 @@ def probabilities_to_costs(probabilities, *, beta=0.5, edge_sizes=None, size_exp
     ndarray of float64, shape (E,)
         Positive = attractive.
     """
-    p = np.asarray(probabilities, dtype=np.float64)
+    p = as_float_values(probabilities, "probabilities", "boundary probabilities", dtype=np.float64)
     if p.ndim != 1:
         raise ValueError(f"probabilities: expected a 1-D array, got shape {p.shape}")
     if not np.isfinite(p).all() or (p.size and (p.min() < 0 or p.max() > 1)):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import describe
+from ._values import as_float_values
 from ._gasp import LINKAGES, gasp
 from .rag import edge_features, region_adjacency_graph
 from .superpixels import _as_mask, _relabel_first_occurrence, distance_transform_watershed
@@ -158,7 +159,7 @@ def agglomerate_graph(n_nodes, edges, edge_boundary, edge_sizes, *, method="gasp
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    b = np.asarray(edge_boundary, dtype=np.float64)
+    b = as_float_values(edge_boundary, "edge_boundary", "boundary values in [0, 1]", dtype=np.float64)
     if method == "multicut":
         from ._multicut import multicut, probabilities_to_costs
 

@@ -45,6 +45,7 @@ from .. import io as xio
 from .._config import capped_threads, thread_share
 from .._validation import as_bool, describe, per_axis, positive_int
 from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
+from ._values import as_float_values, check_real_dtype
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -127,7 +128,7 @@ def _run_block(plan: _Plan, bid: int):
     The work is skipped when the ledger records the block as done from the same input bytes.
     """
     inner, outer = plan.inner(bid), plan.outer(bid)
-    affs = np.asarray(plan.affinities[(slice(None),) + outer], dtype=plan.affinities.dtype.newbyteorder("="))
+    affs = as_float_values(plan.affinities[(slice(None),) + outer], "affinities", "merge probabilities", probabilities=True)
     mask = None
     if plan.mask is not None:
         mask = np.asarray(plan.mask[outer]).astype(bool)
@@ -284,8 +285,7 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     ashape = tuple(int(s) for s in affinities.shape)
     if len(ashape) not in (3, 4):
         raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
-    if np.dtype(affinities.dtype).kind != "f" or np.dtype(affinities.dtype).itemsize not in (4, 8):
-        raise TypeError(f"affinities: expected float32 or float64 probabilities, got dtype {affinities.dtype}")
+    check_real_dtype(affinities.dtype, "affinities", "merge probabilities")  # blocks converted as mutex_watershed does
     C, shape = ashape[0], ashape[1:]
     ndim = len(shape)
     o = _check_offsets(offsets, C, ndim)

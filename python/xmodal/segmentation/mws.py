@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import as_bool, describe, int64_array, real_array
+from ._values import as_float_values
 
 __all__ = [
     "MutexWatershedInfo",
@@ -99,21 +100,13 @@ def _check_mode(bias, n_attractive, strides, C: int, ndim: int):
 
 
 def _check_affinities(affinities) -> np.ndarray:
-    if isinstance(affinities, (list, tuple)):
-        affinities = np.asarray(affinities, dtype=np.float64)
-    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
+    """Affinities as a float32 / float64 array (other real dtypes converted to float32, lists to
+    float64; integers must be 0 or 1: see ``_values.py``), shape checked."""
+    listed = isinstance(affinities, (list, tuple))
+    if not listed and not (hasattr(affinities, "shape") and hasattr(affinities, "dtype")):
         raise TypeError(f"affinities: expected an array of shape (C, *spatial), got {describe(affinities)}")
-    a = np.asarray(affinities)
-    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
-        a = a.astype(a.dtype.newbyteorder("="))  # byte-swapped input (some files, zarr stores)
-    if a.dtype not in (np.float32, np.float64):
-        if np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"affinities: expected probabilities in [0, 1] as floats, got dtype {a.dtype} (for "
-                            f"8-bit affinities stored as 0-255, pass affinities / 255)")
-        if a.dtype == np.float16 or a.dtype == bool:
-            a = a.astype(np.float32)
-        else:
-            raise TypeError(f"affinities: expected float32 or float64 values, got dtype {a.dtype}")
+    a = as_float_values(affinities, "affinities", "merge probabilities", dtype=np.float64 if listed else None,
+                        probabilities=True)
     if a.ndim not in (3, 4):
         raise ValueError(
             f"affinities: expected shape (C, y, x) or (C, z, y, x), got shape {a.shape}")
@@ -244,11 +237,13 @@ def mutex_watershed(affinities, offsets, *, n_attractive=None, strides=None,
 
     Parameters
     ----------
-    affinities : ndarray, shape (C, y, x) or (C, z, y, x), float32 or float64
+    affinities : ndarray, shape (C, y, x) or (C, z, y, x), any real dtype
         Every channel is a merge probability in [0, 1] (1 = same object) unless ``invert``.
         Channel ``c`` joins voxel ``p`` and voxel ``p + offsets[c]``. Must be finite (a ValueError
-        names the channel and voxel of a NaN or infinity). A C-contiguous float array is used
-        without a copy.
+        names the channel and voxel of a NaN or infinity, or of a value outside [0, 1]). A
+        C-contiguous float32 or float64 array is used without a copy; bool, integer (0 and 1
+        only: divide 8-bit maps stored as 0-255 by 255) and float16 values are converted to
+        float32.
     offsets : array_like of int, shape (C, ndim)
         Voxel offsets in array axis order (z, y, x), usually negative (``[-1, 0, 0]`` joins a voxel
         with the one before it along z). Edges that leave the volume are dropped; an offset longer
@@ -379,8 +374,7 @@ def _as_weights(x, name: str, n: int) -> np.ndarray:
     a = np.asarray(x)
     if a.size == 0 and n == 0:
         return np.zeros(0, np.float64)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name}: expected real weights, got {describe(x)}")
+    a = as_float_values(a, name, "real weights", dtype=np.float64)  # any real dtype, bool included
     if a.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},) (one weight per edge), got {a.shape}")
     a = np.ascontiguousarray(a, dtype=np.float64)
@@ -401,6 +395,7 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
         Attractive edges (u, v).
     weights : array_like of float, shape (E,)
         Attraction strength of each edge (higher = merged earlier), e.g. a mean merge probability.
+        Any real dtype (bool and integers included), compared as float64.
     mutex_edges : array_like of int, shape (M, 2)
         Repulsive (mutex) edges (u, v).
     mutex_weights : array_like of float, shape (M,)

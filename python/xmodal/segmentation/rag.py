@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import describe
+from ._values import as_float_values
 
 __all__ = ["RegionAdjacencyGraph", "EdgeFeatures", "region_adjacency_graph", "edge_features"]
 
@@ -192,11 +193,7 @@ def _as_quantiles(quantiles) -> np.ndarray:
 def _as_float_image(x, name: str, shape=None) -> np.ndarray:
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         x = np.asarray(x)
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"{name}: expected real values, got {describe(x)}")
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float32)
+    a = as_float_values(x, name, "real values")  # any real dtype, bool included; float32 / float64 kept
     if shape is not None and a.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
     if not np.isfinite(a).all():
@@ -214,10 +211,12 @@ def edge_features(rag: RegionAdjacencyGraph, labels, boundaries=None, *, affinit
         From :func:`region_adjacency_graph` of the same ``labels``.
     labels : ndarray of int
         The label image the graph was built from.
-    boundaries : ndarray of float, shape of labels, optional
+    boundaries : ndarray, shape of labels, optional
         Boundary map (e.g. boundary probabilities); each face contributes its two voxels' values.
-    affinities : ndarray of float, shape (C, *labels.shape), optional
-        Affinities (used as given); channel ``c`` joins voxel ``p`` and ``p + offsets[c]``. Give
+        Any real dtype: float32 and float64 are used as given, others (bool, integers, float16)
+        converted to float32.
+    affinities : ndarray, shape (C, *labels.shape), optional
+        Affinities (used as given, any real dtype as ``boundaries``); channel ``c`` joins voxel ``p`` and ``p + offsets[c]``. Give
         either ``boundaries`` or ``affinities`` (with ``offsets``).
     offsets : array_like of int, shape (C, ndim)
         Offsets of the affinity channels.

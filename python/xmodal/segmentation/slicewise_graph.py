@@ -44,6 +44,7 @@ import numpy as np
 from .. import io as xio
 from .._config import capped_threads, thread_share
 from .._validation import describe
+from ._values import as_float_values, check_real_dtype
 
 __all__ = ["SlicewiseAgglomerationResult", "slicewise_superpixel_agglomeration"]
 
@@ -103,7 +104,7 @@ def _run_group(plan: _Plan, k: int):
     from .agglomeration import superpixel_agglomeration
 
     z = plan.slices(k)
-    a = np.asarray(plan.affinities[:, z], dtype=np.float32)
+    a = as_float_values(plan.affinities[:, z], "affinities", "merge probabilities", dtype=np.float32, probabilities=True)
     m = None if plan.mask is None else np.asarray(plan.mask[z]).astype(bool)
     ledger, digest, rec = xio.BlockLedger.lookup(plan.ledger_dir, k, plan.path(k), a, m)
     if rec is not None:
@@ -165,8 +166,7 @@ def _check(affinities, offsets, n_attractive, slices_per_task, out, mask, option
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"affinities: expected a non-empty array of shape (C, z, y, x) (a 2D model's affinities "
                          f"on a stack), got shape {shape}")
-    if not np.issubdtype(np.dtype(affinities.dtype), np.number):
-        raise TypeError(f"affinities: expected a numeric array, got dtype {affinities.dtype}")
+    check_real_dtype(affinities.dtype, "affinities", "merge probabilities")
     o = np.asarray(offsets)
     if o.ndim != 2 or o.shape[0] != shape[0] or o.shape[1] not in (2, 3) or not np.issubdtype(o.dtype, np.integer):
         raise ValueError(f"offsets: expected integers of shape ({shape[0]}, 2) or ({shape[0]}, 3) for {shape[0]} "
@@ -221,6 +221,7 @@ def slicewise_superpixel_agglomeration(affinities, offsets, *, n_attractive, sli
     affinities : array-like, shape (C, z, y, x)
         Merge probabilities of a 2D model on each slice (numpy, zarr, or anything with ``shape``,
         ``dtype`` and slicing to numpy); channel ``c`` joins ``p`` and ``p + offsets[c]`` in a slice.
+        Any real dtype, read as float32 (integers must be 0 or 1, as in :func:`mutex_watershed`).
     offsets : array_like of int, shape (C, 2) or (C, 3)
         In-slice offsets (y, x), or (z, y, x) with z = 0.
     n_attractive : int

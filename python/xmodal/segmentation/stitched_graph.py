@@ -70,8 +70,9 @@ def stitched_superpixel_agglomeration(affinities, offsets, *, n_attractive, bloc
     Parameters
     ----------
     affinities : array-like, shape (C, *spatial)
-        Merge probabilities (numpy, zarr, dask...: anything with ``shape``, ``dtype`` float32 or
-        float64 and slicing to numpy); channel ``c`` joins ``p`` and ``p + offsets[c]``.
+        Merge probabilities (numpy, zarr, dask...: anything with ``shape``, a real ``dtype`` and
+        slicing to numpy; blocks are read as :func:`mutex_watershed` reads its input: integers
+        must be 0 or 1); channel ``c`` joins ``p`` and ``p + offsets[c]``.
     offsets : array_like of int, shape (C, ndim)
     n_attractive : int
         The first ``n_attractive`` channels are the short-range (attractive) ones.

@@ -23,6 +23,7 @@ import numbers
 import numpy as np
 
 from .._validation import as_spacing, describe
+from ._values import as_float_values
 
 __all__ = ["seeded_watershed", "distance_transform_watershed"]
 
@@ -36,16 +37,11 @@ def _core():
 def _as_height(x, name: str) -> np.ndarray:
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         x = np.asarray(x)
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
-                                 or a.dtype == bool):
-        raise TypeError(f"{name}: expected a real-valued image, got {describe(x)}")
+    a = as_float_values(x, name, "an image")  # any real dtype; float32 / float64 kept, others float32
     if a.ndim not in (2, 3):
         raise ValueError(f"{name}: expected a 2D or 3D image, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name}: expected a non-empty image, got shape {a.shape}")
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float32)
     if not np.isfinite(a).all():
         raise ValueError(f"{name}: expected finite values")
     return a
