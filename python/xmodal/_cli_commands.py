@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from ._cli_support import (
@@ -35,8 +36,9 @@ def cmd_register(args) -> int:
     spots = None
     if args.spots:
         spots = {Path(s).stem: s for s in args.spots}
+    fixed, moving = _register_inputs(args)
     res = register_cells(
-        args.fixed, args.moving, transform=args.transform, matching=args.matching,
+        fixed, moving, transform=args.transform, matching=args.matching,
         fixed_spacing=spacing_option(args.fixed_spacing or args.spacing),
         moving_spacing=spacing_option(args.moving_spacing or args.spacing), id_column=args.id_column,
         prealign=False if args.no_prealign else args.prealign, scale=args.scale, k=args.k, radius=args.radius,
@@ -48,6 +50,25 @@ def cmd_register(args) -> int:
     print(f"matched {res.n_matched} of {len(res.moving_points)} moving and {len(res.fixed_points)} fixed cells "
           f"in {res.timings['total']:.2f} s{chosen}; outputs in {args.out}")
     return 0
+
+
+def _register_inputs(args):
+    """The two inputs of ``xmodal register``: the paths, or with ``--columns`` the tables read with
+    those coordinate columns (and the spacing and ids as register_cells reads them)."""
+    columns = _columns(getattr(args, "columns", None))
+    if not columns:
+        return args.fixed, args.moving
+    from .io import load_points
+    from .io._files import TABLE_SUFFIXES
+
+    out = []
+    for side, spacing in (("fixed", args.fixed_spacing or args.spacing), ("moving", args.moving_spacing or args.spacing)):
+        path = Path(getattr(args, side))
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise UsageError(f"--columns: needs tables (.csv, .tsv, .parquet) for both inputs, got {side} {path}")
+        out.append(load_points(path, columns=columns, spacing=spacing_option(spacing), id_column=args.id_column,
+                               name=side))
+    return out
 
 
 def _register_features(args) -> dict:
@@ -98,6 +119,9 @@ def cmd_atlas(args) -> int:
     atlas = build_atlas(samples, names=names, features=feats, feature_names=args.features_columns,
                         allow_reflection=args.allow_reflection, calibrate=not args.no_calibration)
     atlas.parameters["inputs"] = [str(p) for p in args.samples]
+    # how the tables were read, so that 'identify' can read a sample the same way (units!)
+    atlas.parameters["tables"] = {"names_column": args.names_column, "columns": _columns(args.columns),
+                                  "spacing": spacing_option(args.spacing), "features_columns": args.features_columns}
     # the slow report is written aside first, then the atlas and the report replace the old pair
     # back to back: a killed run leaves both old files or both new ones
     staged = report.with_name(f".{report.name}.xmodal-partial")
@@ -114,7 +138,13 @@ def cmd_atlas(args) -> int:
 def cmd_identify(args) -> int:
     from .atlas import Atlas, identify, read_cells, write_identification
 
+    import numpy as np
+
+    from .io import provenance_record, write_json
+
     out = prepare_out(args.out, kind="file", command="identify", inputs=(args.cells, args.atlas))
+    provenance = prepare_out(out.with_suffix(".provenance.json"), kind="file", command="identify",
+                             inputs=(args.cells, args.atlas))
     if not Path(args.atlas).is_file():
         raise UsageError(f"--atlas: file not found: {args.atlas}")
     atlas = Atlas.load(args.atlas)
@@ -125,8 +155,21 @@ def cmd_identify(args) -> int:
                                  spacing=spacing_option(args.spacing), id_column=args.id_column)
     if args.top_k < 1:
         raise UsageError(f"--top-k: expected a positive integer, got {args.top_k}")
+    built = atlas.parameters.get("tables") or {}
+    if "spacing" in built and built["spacing"] != spacing_option(args.spacing):
+        given = [built["spacing"], spacing_option(args.spacing)]
+        given = [",".join(f"{v:g}" for v in np.atleast_1d(g)) if g is not None else "(none)" for g in given]
+        print(f"xmodal identify: warning: the atlas was built with --spacing {given[0]}, the cells are read with "
+              f"--spacing {given[1]}: their coordinates must be in the atlas's units", file=sys.stderr)
     res = identify(pts, atlas, features=feats, top_k=args.top_k, allow_reflection=args.allow_reflection)
     write_identification(res, out, ids=ids)
+    summary = {"n_cells": len(res.names), "n_named": res.n_named, "reflected": bool(res.reflected),
+               "mean_confidence": float(res.confidence.mean()) if len(res.names) else None,
+               "n_confidence_0.9": int((res.confidence >= 0.9).sum()), "transform": res.transform.to_dict(),
+               "atlas": {"samples": atlas.n_samples, "names": len(atlas.names), "tables": built,
+                         "loo_mean_accuracy": atlas.calibration.get("loo_mean_accuracy")}}
+    write_json(provenance, provenance_record("identify", options_of(args), {"cells": args.cells, "atlas": args.atlas})
+               | {"result": summary})
     sure = int((res.confidence >= 0.9).sum())
     print(f"named {res.n_named} of {len(res.names)} cells ({sure} with confidence >= 0.9); written to {out}")
     return 0
@@ -230,8 +273,19 @@ def cmd_predict(args) -> int:
     out = predict_tiled(model, image, tile_shape=tile_shape, halo=halo, blend=args.blend,
                         device=device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
                         client=dask_client(args), progress=not args.quiet)
+    _declare_scale(args.out, args.image, image.ndim - (args.channel_axis is not None))
     print(f"prediction of shape {tuple(out.shape)} written to {args.out}")
     return 0
+
+
+def _declare_scale(out, image_path, ndim: int) -> None:
+    """The voxel size (and unit) an OME-Zarr input declares, copied into the OME-Zarr prediction
+    ``out`` so that the two overlay in physical units (nothing when the input declares none)."""
+    from .io._ome import ome_zarr_scale, set_ome_zarr_scale
+
+    if Path(image_path).is_dir():
+        spacing, units = ome_zarr_scale(image_path, ndim)
+        set_ome_zarr_scale(out, spacing, units)
 
 
 def cmd_mws(args) -> int:

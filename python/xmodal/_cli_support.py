@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -177,6 +178,11 @@ def options_of(args) -> dict:
 
 def setup(args) -> None:
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    command = getattr(args, "command", None) or "xmodal"
+    # a library warning (e.g. an image unlike the model's training data) as one line, not a source line
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"xmodal {command}: warning: {message}\n" if issubclass(category, UserWarning)
+        else f"{category.__name__}: {message}\n")
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     threads = getattr(args, "threads", None)
     if threads is not None:

@@ -180,6 +180,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--fixed-spacing", help="voxel size of the fixed input")
     p.add_argument("--moving-spacing", help="voxel size of the moving input")
     p.add_argument("--id-column", help="table column with cell ids")
+    p.add_argument("--columns", help="coordinate columns of both tables, comma-separated, in the order of the "
+                   "spacing (default z,y,x or y,x), e.g. anchor_z,anchor_y,anchor_x")
     p.add_argument("--prealign", default="all", choices=["all", "flips"], help="rotations searched")
     p.add_argument("--no-prealign", action="store_true", help="inputs are already roughly aligned")
     p.add_argument("--scale", action="store_true", help="also estimate a global scale")

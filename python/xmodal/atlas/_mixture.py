@@ -107,7 +107,7 @@ class Model:
 def _graph(y, model: Model, k):
     from ..matching import knn_graph
 
-    g = knn_graph(y, model.mu, k=min(k, len(model.mu), len(y)))
+    g = knn_graph(y, model.mu, k=max(1, min(k, len(model.mu), len(y))))
     g = g.tocoo()
     return g.row.astype(np.int64), g.col.astype(np.int64)
 

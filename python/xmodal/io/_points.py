@@ -14,6 +14,7 @@ import numpy as np
 
 from .._validation import as_points, as_spacing, describe
 from ._files import IMAGE_SUFFIXES, TABLE_SUFFIXES, numeric_column, read_image, read_table
+from ._ome import ome_zarr_scale
 
 _AXIS_COLUMNS = (("z", "y", "x"), ("y", "x"))
 
@@ -28,12 +29,15 @@ class PointSet:
     ids : (n,) array of the point ids (table id column, label values, or 0..n-1)
     source : str, where the points came from (for provenance)
     sizes : (n,) voxel counts for points taken from label images, else None
+    spacing : per-axis scale applied to the coordinates (the ``spacing`` given, or the voxel size an
+        OME-Zarr label image declares), else None
     """
 
     points: np.ndarray
     ids: np.ndarray
     source: str
     sizes: np.ndarray | None = None
+    spacing: tuple | None = None
 
 
 def _scaled(points: np.ndarray, spacing) -> np.ndarray:
@@ -80,7 +84,8 @@ def points_of_table(table: dict, path, *, id_column: str | None = None, columns=
             ids = ids.astype(np.int64)  # integer ids stay integers (numeric columns are read as float64)
     else:
         ids = np.arange(len(pts))
-    return PointSet(pts, ids, str(path))
+    s = as_spacing(spacing, pts.shape[1])
+    return PointSet(pts, ids, str(path), spacing=None if s is None else tuple(s.tolist()))
 
 
 def label_centroids(labels: Any, spacing=None) -> PointSet:
@@ -104,10 +109,11 @@ def label_centroids(labels: Any, spacing=None) -> PointSet:
         raise ValueError(f"labels: expected a 2D or 3D label image, got {lab.ndim}D with shape {lab.shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise TypeError(f"labels: expected an integer label image, got dtype {lab.dtype}")
-    ids, pts, counts = centroids_of(lab, spacing=as_spacing(spacing, lab.ndim), return_sizes=True)
+    s = as_spacing(spacing, lab.ndim)
+    ids, pts, counts = centroids_of(lab, spacing=s, return_sizes=True)
     if len(ids) == 0:
         raise ValueError("labels: the label image has no objects (all voxels are 0)")
-    return PointSet(pts, ids, "labels", counts)
+    return PointSet(pts, ids, "labels", counts, None if s is None else tuple(s.tolist()))
 
 
 def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=None, name: str = "points") -> PointSet:
@@ -115,7 +121,8 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
 
     A path with suffix .csv/.tsv/.txt/.parquet is a table of physical coordinates (``spacing``
     multiplies them when given); .npy/.tif/.zarr is a label image whose object centroids are taken
-    (``spacing`` = voxel size). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
+    (``spacing`` = voxel size; without it, the voxel size an OME-Zarr image declares in its
+    ``multiscales`` metadata, else 1: ``PointSet.spacing`` says which). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
     label image; any other 2-D array is a point array.
     """
     if isinstance(x, PointSet):
@@ -126,7 +133,10 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
         if suffix in TABLE_SUFFIXES:
             return _points_from_table(path, id_column=id_column, columns=columns, spacing=spacing)
         if suffix in IMAGE_SUFFIXES or path.is_dir():
-            ps = label_centroids(read_image(path), spacing)
+            image = read_image(path)
+            if spacing is None and path.is_dir():
+                spacing = ome_zarr_scale(path, len(image.shape))[0]
+            ps = label_centroids(image, spacing)
             ps.source = str(path)
             return ps
         raise ValueError(f"{name}: cannot tell the kind of {path}: expected a table (.csv, .tsv, .parquet) "
@@ -135,5 +145,7 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
     if getattr(arr, "ndim", 0) == 3 or (getattr(arr, "ndim", 0) == 2 and np.issubdtype(arr.dtype, np.integer)
                                          and arr.shape[1] not in (2, 3)):
         return label_centroids(arr, spacing)
-    pts = _scaled(as_points(arr, name), spacing)
-    return PointSet(pts, np.arange(len(pts)), f"array {describe(arr)}")
+    pts = as_points(arr, name)
+    s = as_spacing(spacing, pts.shape[1])
+    return PointSet(_scaled(pts, s), np.arange(len(pts)), f"array {describe(arr)}",
+                    spacing=None if s is None else tuple(s.tolist()))

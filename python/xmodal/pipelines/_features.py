@@ -160,7 +160,7 @@ def feature_match(moved, fixed, fg, mg, *, weight: float, nn: float, matching: s
         return constrained_match(moved, fixed, reviewed, k=k, radius=radius, unmatched_cost=unmatched_cost,
                                  cost_points=(augmented(moved, mg, weight, nn), augmented(fixed, fg, weight, nn)))
 
-    g = knn_graph(moved, fixed, k=min(k, len(moved), len(fixed)), radius=radius).tocoo()
+    g = knn_graph(moved, fixed, k=max(1, min(k, len(moved), len(fixed))), radius=radius).tocoo()
     rows, cols = g.row.astype(np.int64), g.col.astype(np.int64)
     d2 = ((moved[rows] - fixed[cols]) ** 2).sum(1) + (weight * nn) ** 2 * ((mg[rows] - fg[cols]) ** 2).sum(1)
     # a zero cost would be dropped by the sparse matrix: keep every candidate strictly positive

@@ -111,7 +111,7 @@ def constrained_match(moved, fixed, reviewed: ReviewedMatches, *, k: int, radius
     cols = np.setdiff1d(np.arange(m), acc[:, 1])
     mi, fi = [acc[:, 0]], [acc[:, 1]]
     if len(rows) and len(cols):
-        g = knn_graph(moved[rows], fixed[cols], k=min(k, len(rows), len(cols)), radius=radius).tocoo()
+        g = knn_graph(moved[rows], fixed[cols], k=max(1, min(k, len(rows), len(cols))), radius=radius).tocoo()
         r, c = rows[g.row], cols[g.col]
         forbidden = {(int(a), int(b)) for a, b in reviewed.rejected}
         keep = np.array([(int(a), int(b)) not in forbidden for a, b in zip(r, c)], dtype=bool)

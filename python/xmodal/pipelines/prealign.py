@@ -105,7 +105,7 @@ def matching_objective(moved: np.ndarray, fixed: np.ndarray, unmatched_cost: flo
     per unmatched point of either set) and the number of matched pairs."""
     from ..matching import linear_assignment, knn_graph
 
-    graph = knn_graph(moved, fixed, k=min(k, len(fixed), len(moved)), radius=unmatched_cost)
+    graph = knn_graph(moved, fixed, k=max(1, min(k, len(fixed), len(moved))), radius=unmatched_cost)
     res = linear_assignment(graph, unmatched_cost=unmatched_cost)
     return float(res.cost), len(res.rows)
 

@@ -142,7 +142,8 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     fixed, moving : (n, d) array, table path (.csv, .tsv, .parquet) or label image (array or
         .npy/.tif/.zarr path)
         Cells of the two modalities. Points and tables are in physical units (µm, say), columns
-        (z, y, x); label images give their object centroids (``*_spacing`` = voxel size).
+        (z, y, x); label images give their object centroids (``*_spacing`` = voxel size, by
+        default the one an OME-Zarr declares, else 1).
     transform : {"auto", "rigid", "similarity", "affine", "deformable"}
         Final CPD model. The CPD stages run coarse to fine, each from where the previous ended:
         rigid (similarity when ``scale``) for "rigid" and "similarity"; affine for "affine", then
@@ -280,7 +281,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
     moving_spacing = spacing if moving_spacing is None else moving_spacing
     with _timed(timings, "load"):
-        fset, mset = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
+        fset, mset, fixed_spacing, moving_spacing = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
     feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov))
@@ -388,7 +389,8 @@ def _check_options(*, transform, matching, prealign, unmatched_cost, intensity_p
 
 def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
     """Both cell sets as :class:`~xmodal.io.PointSet` (physical units), of one dimension, with enough
-    cells for a registration in that dimension."""
+    cells for a registration in that dimension, and the two spacings (a spacing None: the voxel size
+    an OME-Zarr label image declares, if any)."""
     fset = load_points(fixed, spacing=fixed_spacing, id_column=id_column, name="fixed")
     mset = load_points(moving, spacing=moving_spacing, id_column=id_column, name="moving")
     fix, mov = fset.points, mset.points
@@ -399,7 +401,8 @@ def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
     for name, p in (("fixed", fix), ("moving", mov)):
         if len(p) < d + 1:
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
-    return fset, mset
+    return (fset, mset, fset.spacing if fixed_spacing is None else fixed_spacing,
+            mset.spacing if moving_spacing is None else moving_spacing)
 
 
 def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):

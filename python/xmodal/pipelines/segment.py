@@ -20,8 +20,9 @@ import numpy as np
 
 from .._progress import timed as _timed
 from .._progress import report_stage
-from .._validation import as_progress, as_spacing, describe, per_axis, positive_int
+from .._validation import as_progress, describe, per_axis, positive_int
 from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
+from ._domain import check_em_input
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -89,6 +90,7 @@ class _Job:
     spacing: tuple | None
     progress: object  # bool or callable progress(done, total, stage)
     method: str = "mws"  # agglomeration: a key of _agglomerate.SINGLE_SHOT / BLOCKWISE
+    units: str | None = None  # of the spacing, when an OME-Zarr raw names them
 
     @property
     def axes(self) -> tuple:
@@ -98,24 +100,20 @@ class _Job:
 def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing, progress, bias, strides,
               method=None, graph_options=None) -> _Job:
     """Step 0: every argument checked (before any work), the model resolved, the image opened."""
-    from ._inputs import read_image
+    from ._inputs import read_raw
 
     progress = as_progress(progress, "progress")
     if not (normalize is None or callable(normalize) or (isinstance(normalize, str)
                                                           and normalize in ("auto", "standardize", "quantile"))):
         raise ValueError(f"normalize: expected 'auto', 'standardize', 'quantile', None or a callable, "
                          f"got {describe(normalize)}")
-    image = read_image(raw) if isinstance(raw, (str, Path)) else raw
-    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        image = np.asarray(image)
+    image, spacing, units = read_raw(raw, spacing)  # spacing None: an OME-Zarr's declared voxel size
     if len(image.shape) not in (2, 3):
         raise ValueError(f"raw: expected a 2D image or a 3D volume (z, y, x), got shape {tuple(image.shape)}")
     if not np.issubdtype(np.dtype(image.dtype), np.number) or np.issubdtype(np.dtype(image.dtype), np.complexfloating):
         raise TypeError(f"raw: expected a real numeric image, got {describe(image)}")
     if any(int(n) < 1 for n in image.shape):
         raise ValueError(f"raw: expected a non-empty image, got shape {tuple(image.shape)}")
-    if spacing is not None:
-        spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     model, offsets, n_attractive = _resolve_model(model, offsets, n_attractive)
     method, min_size, extra = resolve_method(model, method, min_size, graph_options)
     spatial = tuple(int(s) for s in image.shape)
@@ -129,10 +127,11 @@ def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing
         kw = {"n_attractive": n_attractive, "stacked": stack, "min_size": min_size} | extra
         return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=_on_stack(offsets, stack),
                     n_attractive=n_attractive, mws_kw=kw, min_size=min_size, spacing=spacing, progress=progress,
-                    method=method)
+                    method=method, units=units)
     mws_kw = _mws_weighting(model, offsets, n_attractive, stack, bias, strides, extra)
     return _Job(image=image, spatial=spatial, stack=stack, model=model, offsets=_on_stack(offsets, stack),
-                n_attractive=n_attractive, mws_kw=mws_kw, min_size=min_size, spacing=spacing, progress=progress)
+                n_attractive=n_attractive, mws_kw=mws_kw, min_size=min_size, spacing=spacing, progress=progress,
+                units=units)
 
 
 def _on_stack(offsets, stack: bool) -> np.ndarray:
@@ -201,7 +200,7 @@ def _predict(job: _Job, normalizer, root, *, tile_shape, halo, device, client):
         from ..io import ome_image_metadata
 
         zarr.open_group(str(root), mode="r+").attrs.update(
-            {"ome": ome_image_metadata(job.axes, spacing=job.spacing, name="affinities")})
+            {"ome": ome_image_metadata(job.axes, spacing=job.spacing, units=job.units, name="affinities")})
     return aff
 
 
@@ -271,7 +270,8 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         Instance labels to evaluate against (0 = ignored background / boundary).
     spacing : float or sequence of float, optional
         Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
-        stored in the OME-Zarr metadata and used for Chamfer distances.
+        stored in the OME-Zarr metadata and used for Chamfer distances. Default: the voxel size (and
+        unit) an OME-Zarr ``raw`` declares, else none (1 per axis).
     progress : bool or callable
         Progress of the prediction (a bar on a TTY, log lines otherwise). A callable
         ``progress(done, total, stage)`` is called per predicted tile (stage "predict_tiled") and at
@@ -332,6 +332,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         root = stage / "segmentation.ome.zarr"
     with _timed(timings, "normalize"):
         normalizer = _normalizer(job.image, normalize, job.model)
+        looks = check_em_input(job.image, model)  # a built-in EM model on an image unlike EM: a warning
     with _timed(timings, "predict"):
         aff = _predict(job, normalizer, root, tile_shape=tile_shape, halo=halo, device=device, client=client)
     if block_shape is None and int(np.prod(job.spatial)) > memory_voxels:
@@ -344,7 +345,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
         from ..io import create_ome_zarr_labels
 
         target = create_ome_zarr_labels(root, "cells", job.spatial, np.uint32, axes=job.axes[1:], chunks=chunks,
-                                        spacing=job.spacing, writer=_WRITER)
+                                        spacing=job.spacing, units=job.units, writer=_WRITER)
     report_stage(job.progress, "agglomerate")
     with _timed(timings, "agglomerate"):
         labels, n_segments, aff_mem = agglomerate(aff, job.offsets, job.mws_kw, method=job.method, target=target,
@@ -371,7 +372,8 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     timings["total"] = time.perf_counter() - t_all
     result = SegmentationResult(labels=labels, affinities=aff, offsets=job.offsets, n_attractive=job.n_attractive,
                                 n_segments=n_segments, metrics=metrics, timings=timings,
-                                parameters=_parameters(job, raw, normalize, tile_shape, halo, block_shape))
+                                parameters=_parameters(job, raw, normalize, tile_shape, halo, block_shape)
+                                | {"input_check": looks})
     if out_dir is not None:
         _commit(result, stage, out_dir, resumed=resumed)
     return result
@@ -437,6 +439,7 @@ def _evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
         raise ValueError(f"ground_truth: expected the shape of the image {labels.shape}, got {gt.shape}")
     if not per_slice:
         return evaluate_segmentation(labels, gt, spacing=spacing).as_dict()
-    slices = [evaluate_segmentation(labels[z], gt[z]).as_dict() for z in range(labels.shape[0])]
+    plane = None if spacing is None else tuple(spacing)[1:]  # Chamfer distances in the units of the (y, x) spacing
+    slices = [evaluate_segmentation(labels[z], gt[z], spacing=plane).as_dict() for z in range(labels.shape[0])]
     keys = [k for k, v in slices[0].items() if isinstance(v, (int, float))]
     return {"per_slice": slices, "mean": {k: float(np.mean([s[k] for s in slices])) for k in keys}}

@@ -1,0 +1,93 @@
+"""The voxel size an OME-Zarr image declares (NGFF 0.4 and 0.5 ``multiscales``), so that a path
+given without ``spacing`` is still measured in its own physical units."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_SPATIAL = ("z", "y", "x")
+
+
+def _multiscale(path) -> dict | None:
+    """The first ``multiscales`` entry of the zarr group at ``path`` (NGFF 0.5 under ``"ome"``,
+    0.4 at the top level), or None when ``path`` is no OME-Zarr image group."""
+    import zarr
+
+    try:
+        node = zarr.open(os.fspath(path), mode="r")
+    except Exception:  # noqa: BLE001 - not a zarr store: no declared voxel size
+        return None
+    if isinstance(node, zarr.Array):
+        return None
+    attrs = dict(node.attrs)
+    ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    return ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
+
+
+def _scale_of(transforms: Any, n: int):
+    """The product of the ``scale`` entries of a list of NGFF coordinate transformations (length n)."""
+    out = [1.0] * n
+    for t in transforms or []:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale") or []) == n:
+            out = [a * float(b) for a, b in zip(out, t["scale"])]
+    return out
+
+
+def ome_zarr_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size and unit of the spatial axes of the OME-Zarr image at ``path`` (first resolution
+    level: its dataset's ``scale`` times the multiscale's), when it has exactly ``ndim`` spatial
+    axes: ``((dz, dy, dx), "micrometer")``; the unit is None when the axes name none or different
+    ones. ``(None, None)`` for anything else (a plain zarr array, a TIFF, metadata without a
+    scale, or a scale that is not positive and finite)."""
+    ms = _multiscale(path)
+    if ms is None or not ms.get("datasets"):
+        return None, None
+    axes = [{"name": a} if isinstance(a, str) else dict(a) for a in ms.get("axes") or []]
+    n = len(axes)
+    spatial = [i for i, a in enumerate(axes) if a.get("type") == "space" or
+               (a.get("type") is None and a.get("name") in _SPATIAL)]
+    if n == 0 or len(spatial) != ndim:
+        return None, None
+    ds_scale = _scale_of(ms["datasets"][0].get("coordinateTransformations"), n)
+    ms_scale = _scale_of(ms.get("coordinateTransformations"), n)
+    scale = tuple(ds_scale[i] * ms_scale[i] for i in spatial)
+    if not all(s > 0 and s != float("inf") for s in scale):
+        return None, None
+    units = {axes[i].get("unit") for i in spatial}
+    unit = units.pop() if len(units) == 1 else None
+    if all(s == 1.0 for s in scale) and unit is None:
+        return None, None  # nothing declared beyond the default
+    return scale, unit
+
+
+def set_ome_zarr_scale(path, spacing, units: str | None = None) -> bool:
+    """Write ``spacing`` (one value per spatial axis, in ``units``) into the ``scale`` of the first
+    dataset of the OME-Zarr (NGFF 0.5) image group at ``path``; non-spatial axes keep theirs.
+    Returns False, changing nothing, when the group has no such metadata or another number of
+    spatial axes."""
+    import zarr
+
+    if spacing is None or _multiscale(path) is None:
+        return False
+    group = zarr.open_group(os.fspath(path), mode="r+")
+    ome = dict(group.attrs.get("ome") or {})
+    if not ome.get("multiscales"):
+        return False
+    ms = dict(ome["multiscales"][0])
+    axes = [dict(a) for a in ms.get("axes") or []]
+    spatial = [i for i, a in enumerate(axes) if a.get("type") == "space"]
+    if len(spatial) != len(spacing):
+        return False
+    ds = dict(ms["datasets"][0])
+    scale = [1.0] * len(axes)
+    for i, s in zip(spatial, spacing):
+        scale[i] = float(s)
+        if units:
+            axes[i]["unit"] = units
+    others = [t for t in ds.get("coordinateTransformations", []) if t.get("type") != "scale"]
+    ds["coordinateTransformations"] = [{"type": "scale", "scale": scale}] + others
+    ms["axes"], ms["datasets"] = axes, [ds] + list(ms["datasets"][1:])
+    ome["multiscales"] = [ms] + list(ome["multiscales"][1:])
+    group.attrs["ome"] = ome
+    return True
