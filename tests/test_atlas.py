@@ -445,3 +445,32 @@ def test_two_real_samples_build_with_the_defaults():
     # a pair whose names disagree widely (embryo L5 of 2024-10-09) still builds
     a, b = emb[keys[0]], emb[keys[1]]
     build_atlas([a.points, b.points], names=[a.cells, b.cells], calibrate=False)
+
+
+def test_fit_check_flags_a_sample_in_the_wrong_units():
+    """A sample whose registration fails (here: one axis in other units, as a forgotten spacing)
+    fits the atlas far worse than its leave-one-out samples: a warning and fit["ok"] False; a sample
+    drawn like the training samples passes; an uncalibrated atlas has no reference (ok None)."""
+    import warnings
+
+    rng = np.random.default_rng(7)
+    base, names = _base_shape(60, rng), _names(60)
+    train = [_sample(base, names, rng, noise=0.15, drop=0.05) for _ in range(5)]
+    atlas = build_atlas([t[0] for t in train], names=[t[1] for t in train])
+    ref = atlas.calibration["loo_fit_median_d2"]
+    assert len(ref) == 5 and all(0.3 < v < 6 for v in ref)
+    pts, nm, _ = _sample(base, names, rng, noise=0.15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a good sample
+        good = identify(pts, atlas)
+    assert good.diagnostics["fit"]["ok"] is True and _accuracy(good, nm) >= 0.9
+    squashed = pts * np.array([1.0, 0.35, 0.35])  # two axes in other units
+    with pytest.warns(UserWarning, match=r"points: the sample fits the atlas much worse .*\(spacing\)"):
+        bad = identify(squashed, atlas)
+    fit = bad.diagnostics["fit"]
+    assert fit["ok"] is False and fit["median_d2"] > fit["factor"] * max(ref)
+    assert _accuracy(bad, nm) < 0.5  # and indeed the names are wrong
+    plain = build_atlas([t[0] for t in train], names=[t[1] for t in train], calibrate=False)
+    assert identify(pts, plain).diagnostics["fit"]["ok"] is None
+    # the reference survives save / load
+    assert Atlas.from_dict(json.loads(json.dumps(atlas.to_dict()))).calibration["loo_fit_median_d2"] == ref

@@ -360,6 +360,7 @@ def test_identify_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
     w.layer.selected_data = {5}  # selecting a cell shows its candidates
     assert w.candidates.value.startswith("cell 5:")
     assert w.result.top_k_names[5][0] in w.candidates.value
+    assert "WARNING" not in w.panel.status.value  # uncalibrated atlas: no fit reference
     viewer.layers["new embryo"].visible = False  # the input, under the named cells
     w.layer.selected_data = set()
     _screenshot(viewer, dock, "napari_identify.png", [(w.layer, 20000), (w.layer, 10000, "text")],
@@ -368,6 +369,11 @@ def test_identify_widget_end_to_end(make_napari_viewer, qtbot, tmp_path):
         canvas = _canvas(viewer)
         red = (canvas[..., 0] > 200) & (canvas[..., 1] < 80) & (canvas[..., 2] < 80)
         assert low.any() and red.sum() >= 500, f"{int(red.sum())} red pixels for {int(low.sum())} low-confidence cells"
+    import dataclasses
+    failed = dataclasses.replace(w.result, diagnostics={**w.result.diagnostics,
+                                                        "fit": {"ok": False, "median_d2": 6.1}})
+    w._show(failed, viewer.layers["new embryo"])  # identify's fit warning reaches the status line
+    assert "WARNING: the sample fits the atlas much worse" in w.panel.status.value
 
 
 def test_segment_widget_and_ome_zarr_reader(make_napari_viewer, qtbot, tmp_path, plugin):

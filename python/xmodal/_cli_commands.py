@@ -166,6 +166,7 @@ def cmd_identify(args) -> int:
     summary = {"n_cells": len(res.names), "n_named": res.n_named, "reflected": bool(res.reflected),
                "mean_confidence": float(res.confidence.mean()) if len(res.names) else None,
                "n_confidence_0.9": int((res.confidence >= 0.9).sum()), "transform": res.transform.to_dict(),
+               "fit": res.diagnostics["fit"],
                "atlas": {"samples": atlas.n_samples, "names": len(atlas.names), "tables": built,
                          "loo_mean_accuracy": atlas.calibration.get("loo_mean_accuracy")}}
     write_json(provenance, provenance_record("identify", options_of(args), {"cells": args.cells, "atlas": args.atlas})

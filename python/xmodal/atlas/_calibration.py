@@ -28,7 +28,7 @@ def leave_one_out(pts, nms, feats, feature_names, opts, identify_options, prior=
                      **io)
         truth = sub.index(nms[s])
         out.append({"sample": s, "index": r.index, "truth": truth, **dbg,
-                    "seconds": r.diagnostics["timings"]["total"]})
+                    "seconds": r.diagnostics["timings"]["total"], "fit": r.diagnostics["fit"]["median_d2"]})
     return out
 
 
@@ -152,6 +152,8 @@ def calibrate_atlas(pts, nms, feats, feature_names, atlas, opts, identify_option
         n = len(r["index"])
         per.append(float(correct[start:start + n].mean()))
         start += n
+    fits = [r["fit"] for r in recs if r["fit"] is not None]
     return {**out, "loo_accuracy_per_sample": per, "loo_mean_accuracy": float(np.mean(per)),
+            "loo_fit_median_d2": fits,
             "loo_worst_accuracy": float(np.min(per)), **{"loo_" + k: v for k, v in figs.items()},
             "seconds": time.perf_counter() - t0}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -155,7 +156,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     if _debug is not None:
         _debug.update({"rows": rows, "cols": cols, "rel": rel, "shape": (n, m)})
     names = np.array([atlas.names[i] if i >= 0 else "" for i in index], dtype=object).astype(str)
-    diag = {
+    fit = fit_check(y, index, atlas)
+    diag = {"fit": fit,
         "pose_scores": pose["scores"], "pose": chosen, "n_poses": pose["n_candidates"], "iterations": iters,
         "relational_iterations": rel_it, "unmatched_cost": u, "outlier_rate": q_out, "temperature": T,
         "sinkhorn_iterations": sk_it, "n_named": int((index >= 0).sum()), "n_unnamed": int((index < 0).sum()),
@@ -164,6 +166,44 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
                           top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
                           cost=float(obj), diagnostics=diag)
+
+
+#: A sample fits badly when its median squared Mahalanobis distance exceeds this factor times the
+#: largest one of the atlas's leave-one-out samples (chosen on the embryo folds holding out embryos
+#: 0-3: correct fits 1.6-2.3, their own training samples up to ~2.8; wrong units 5.2-6.5).
+FIT_FACTOR = 1.5
+
+
+def fit_statistic(y, index, atlas: Atlas) -> float | None:
+    """Median over the named cells of the squared Mahalanobis distance of each cell (``y``, atlas
+    frame) to its name's atlas mean under the name's covariance (about ``d`` - 2/3 for a sample
+    drawn from the atlas; large when the registration failed). None without named cells."""
+    sel = np.asarray(index) >= 0
+    if not sel.any():
+        return None
+    r = y[sel] - atlas.means[index[sel]]
+    prec = np.linalg.inv(atlas.covariances[index[sel]])
+    return float(np.median(np.einsum("ni,nij,nj->n", r, prec, r)))
+
+
+def fit_check(y, index, atlas: Atlas) -> dict:
+    """The fit statistic of a sample beside those of the atlas's leave-one-out samples
+    (``atlas.calibration["loo_fit_median_d2"]``); ``ok`` False (and a UserWarning) when it exceeds
+    :data:`FIT_FACTOR` times their largest, None for an atlas without them."""
+    value = fit_statistic(y, index, atlas)
+    ref = atlas.calibration.get("loo_fit_median_d2")
+    out = {"median_d2": value, "loo_median_d2": ref, "factor": FIT_FACTOR, "ok": None}
+    if ref and value is not None:
+        limit = FIT_FACTOR * max(ref)
+        out["ok"] = bool(value <= limit)
+        if not out["ok"]:
+            warnings.warn(
+                f"points: the sample fits the atlas much worse than its training samples did (median squared "
+                f"Mahalanobis distance {value:.2f}, theirs {min(ref):.2f}-{max(ref):.2f}, limit {limit:.2f}): the "
+                "registration has probably failed, and the names and confidences are not reliable. Check that "
+                "the coordinates are in the atlas's units (spacing) and axis order, and the handedness "
+                "(allow_reflection).", UserWarning, stacklevel=3)
+    return out
 
 
 def _smooth(y, model, u, feats, k, atlas, smooth):

@@ -36,7 +36,10 @@ class Identification:
     cost : float
         Objective of the final assignment (negative log-likelihood, nats, up to a constant).
     diagnostics : dict
-        Pose search scores, iterations, unmatched cost, temperature, counts, timings (seconds).
+        Pose search scores, iterations, unmatched cost, temperature, counts, timings (seconds), and
+        ``"fit"``: the goodness of fit (median squared Mahalanobis distance of the named cells to
+        their names, beside the atlas's leave-one-out samples; ``ok`` False, with a warning, when
+        the registration has probably failed: then the names and confidences are not reliable).
     """
 
     names: np.ndarray

@@ -68,6 +68,11 @@ class IdentifyWidget(Container):
         self.layer.selected_data.events.items_changed.connect(lambda *_: self._selection_changed())
         self.panel.status.value = (f"identify: done, {result.n_named} of {len(result.names)} cells named, "
                                    f"{int(low.sum())} low confidence")
+        fit = result.diagnostics.get("fit") or {}
+        if fit.get("ok") is False:  # the warning of identify, where the user looks
+            self.panel.status.value += (f"; WARNING: the sample fits the atlas much worse than its training samples "
+                                        f"(median squared Mahalanobis distance {fit['median_d2']:.2f}): the "
+                                        "registration has probably failed (units? axis order? handedness?)")
 
     def _selection_changed(self) -> None:
         sel = sorted(self.layer.selected_data) if self.layer is not None else []
