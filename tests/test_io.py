@@ -251,3 +251,17 @@ def test_integer_id_column_stays_integer(tmp_path):
     assert xio.load_points(path, id_column="name").ids.tolist() == ["a", "b"]
     path.write_text("label_id,z,y,x\n1.5,1,2,3\n7,4,5,6\n")
     assert xio.load_points(path, id_column="label_id").ids.tolist() == [1.5, 7.0]  # not whole: unchanged
+
+
+def test_id_column_must_name_every_row_once(tmp_path):
+    """Repeated or empty ids would make the output tables impossible to join back: refused."""
+    path = tmp_path / "cells.csv"
+    path.write_text("cell,z,y,x\nABa,1,2,3\nABp,4,5,6\nABa,7,8,9\n")
+    with pytest.raises(ValueError, match=r"id_column: 'cell' of .*cells.csv repeats 1 id\(s\) \(e.g. 'ABa', 2 times\)"):
+        xio.load_points(path, id_column="cell")
+    path.write_text("cell,z,y,x\nABa,1,2,3\n,4,5,6\n")
+    with pytest.raises(ValueError, match=r"id_column: 'cell' of .*cells.csv is empty on 1 row\(s\) \(first: data row 2\)"):
+        xio.load_points(path, id_column="cell")
+    path.write_text("label_id,z,y,x\n3,1,2,3\n3.0,4,5,6\n")  # the same number written twice
+    with pytest.raises(ValueError, match="repeats 1 id"):
+        xio.load_points(path, id_column="label_id")

@@ -82,10 +82,25 @@ def points_of_table(table: dict, path, *, id_column: str | None = None, columns=
         if ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)) \
                 and np.abs(ids).max() < 2.0 ** 53:
             ids = ids.astype(np.int64)  # integer ids stay integers (numeric columns are read as float64)
+        _check_ids(ids, id_column, path)
     else:
         ids = np.arange(len(pts))
     s = as_spacing(spacing, pts.shape[1])
     return PointSet(pts, ids, str(path), spacing=None if s is None else tuple(s.tolist()))
+
+
+def _check_ids(ids: np.ndarray, id_column: str, path) -> None:
+    """Ids name the rows of every output table, so they must be present and unique."""
+    text = np.array([str(v).strip() for v in ids.tolist()], dtype=object)
+    empty = np.flatnonzero((text == "") | (text == "nan"))
+    if empty.size:
+        raise ValueError(f"id_column: {id_column!r} of {path} is empty on {empty.size} row(s) (first: data row "
+                         f"{int(empty[0]) + 1}); every row needs an id")
+    uniq, first, counts = np.unique(text.astype(str), return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        raise ValueError(f"id_column: {id_column!r} of {path} repeats {dup.size} id(s) (e.g. {str(dup[0])!r}, "
+                         f"{int(counts[counts > 1][0])} times); ids must be unique to join the outputs back")
 
 
 def label_centroids(labels: Any, spacing=None) -> PointSet:
