@@ -266,19 +266,29 @@ def test_cuda_grid_and_brute_force_match_cpu(case):
     a, b = _grid_cases()[case]
     for k, radius, symmetric in ((8, None, True), (1, 0.0, True), (5, 0.05, True), (None, 0.08, False),
                                  (40, None, True)):
-        if a.shape[1] in (2, 3):
-            g_cpu = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)
-        else:  # the public function takes 2D / 3D points; the kernels any d: the brute-force rule's twin
-            from xmodal import _core
-
-            ref = _core._testing.knn_graph_gpu_emulation(a, b, k or 0, -1.0 if radius is None else radius, symmetric)
-            g_cpu = sp.csr_matrix((ref["data"], ref["indices"], ref["indptr"]), shape=(len(a), len(b)))
+        g_cpu = xmodal.knn_graph(a, b, k=k, radius=radius, symmetric=symmetric)  # any d in 1..8
         for algorithm in ("grid", "brute", "auto"):
             h, fwd, rev = _cuda_graph(cp, a, b, k, radius, symmetric, algorithm)
             _assert_same_graph(h, g_cpu)
             if algorithm != "auto":
                 assert fwd == algorithm, (case, k, radius, algorithm)
                 assert rev == (algorithm if symmetric and k else None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dim", [1, 4, 8])
+def test_cuda_public_knn_graph_any_dimension_and_empty_sets(dim):
+    """The public function on cupy input: 1-8 columns as on the CPU, and an empty set gives an empty
+    cupyx CSR matrix of the right shape (no kernel launch)."""
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(40 + dim)
+    a, b = rng.random((700, dim)), rng.random((900, dim))
+    g = xmodal.knn_graph(cp.asarray(a), cp.asarray(b), k=6, radius=0.1)
+    _assert_same_graph(g.get(), xmodal.knn_graph(a, b, k=6, radius=0.1))
+    for n, m in ((0, 900), (700, 0), (0, 0)):
+        e = xmodal.knn_graph(cp.asarray(a[:n]), cp.asarray(b[:m]), k=6)
+        assert e.shape == (n, m) and e.nnz == 0
+        assert e.get().shape == xmodal.knn_graph(a[:n], b[:m], k=6).shape
 
 
 @pytest.mark.cuda
