@@ -289,7 +289,6 @@ def _carry_field(tr, Y: np.ndarray, interp_tol: float, info: dict):
 def _assemble(done: list, rf: CPDResult | None, tr1, moved1: np.ndarray, X: np.ndarray, dt, kw: dict, info: dict,
               t_start: float, tree=None) -> CPDResult:
     """The CPDResult over all moving points from the subsample stages ``done`` (and the refinement)."""
-    rc = done[0]
     stages = done + ([rf] if rf is not None else [])
     last = stages[-1]
     if rf is None:
