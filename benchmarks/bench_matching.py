@@ -16,7 +16,9 @@ Every benchmark times xmodal with pytest-benchmark and its peers in the same pro
 input (OR-tools in a subprocess, because it clashes with highspy in one process; timed inside),
 checks that the optimal costs agree, and stores ``ratio_vs_<peer>`` = peer time / xmodal time in
 ``extra_info`` (> 1: xmodal is faster). ``XMODAL_BENCH_QUICK=1`` shrinks the workloads for a smoke
-test. Slow peers are timed once (or on a subset, said in ``extra_info``).
+test. Slow peers are timed once (or on a subset, said in ``extra_info``). A peer that is not installed
+is recorded as ``<peer>_status`` and listed at the end of the run (``conftest.py``); the partial
+matching on P, whose only peer is lap, is skipped without lap.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import scipy.sparse as sp
 
 import xmodal
 from _data import data_path, missing
+from conftest import min_seconds, peer_available, peer_not_measured, require_peer
 
 QUICK = os.environ.get("XMODAL_BENCH_QUICK", "") not in ("", "0")
 PLATY = str(data_path("platynereis_6dpf_nuclei", "nuclei_1_0_1_em_and_prospr_space.tsv"))
@@ -50,7 +53,7 @@ def best_time(fn, repeat=3):
 
 
 def xmodal_time(benchmark):
-    return benchmark.stats.stats.min
+    return min_seconds(benchmark)
 
 
 # ----------------------------------------------------------------------------------- workloads
@@ -187,14 +190,11 @@ print(json.dumps(out))
 
 
 def run_ortools(mode, g: sp.csr_matrix, icost: np.ndarray, timeout=300):
-    """Run OR-tools in a subprocess (it clashes with highspy in one process); time inside it."""
-    try:
-        import importlib.util
-
-        if importlib.util.find_spec("ortools") is None:
-            return None
-    except ImportError:
-        return None
+    """Run OR-tools in a subprocess (it clashes with highspy in one process); time inside it.
+    Returns its result dict, ``{"error": ...}`` when it failed, or ``{"error": "... not installed"}``."""
+    why = peer_available("ortools", import_it=False)
+    if why is not None:
+        return {"error": why}
     coo = g.tocoo()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "problem.npz")
@@ -224,11 +224,12 @@ def test_graph_p(benchmark, workload_p):
         "n_a": len(a), "n_b": len(b), "pairs": int(g.nnz), "same_graph_as_ckdtree": same_pairs,
         "ckdtree_s": t_ck, "ratio_vs_ckdtree": t_ck / t_x,
     })
-    try:
+    why = peer_available("pykdtree")
+    if why is None:
         t_pk, _ = best_time(lambda: pykdtree_knn(a, b, 30))
         benchmark.extra_info.update({"pykdtree_knn_only_s": t_pk, "ratio_vs_pykdtree_knn_only": t_pk / t_x})
-    except ImportError:
-        pass
+    else:
+        peer_not_measured(benchmark, "pykdtree", why)
     assert same_pairs
 
 
@@ -250,26 +251,23 @@ def test_one_to_one_p(benchmark, graph_p):
 
 def test_partial_p(benchmark, graph_p):
     """One-to-one with unmatched cost 5 µm on P; peer: lap.lapmod on the augmented square problem."""
+    require_peer("lap")
+    import lap
+
     g = graph_p
     u = 5.0
     res = benchmark.pedantic(xmodal.linear_assignment, args=(g,), kwargs=dict(unmatched_cost=u), rounds=5,
                              warmup_rounds=1)
     t_x = xmodal_time(benchmark)
     info = {"cost": res.cost, "matched": len(res)}
-    try:
-        import lap
-
-        aug = augmented_square(g, u)
-        aug.sort_indices()
-        t_lap, out = best_time(lambda: lap.lapmod(aug.shape[0], aug.data, aug.indptr, aug.indices), repeat=1)
-        lap_cost = float(out[0])
-        info.update({"lap_lapmod_s": t_lap, "ratio_vs_lap": t_lap / t_x, "lap_cost": lap_cost,
-                     "equal_cost_lap": abs(lap_cost - res.cost) <= 1e-9 * abs(res.cost)})
-    except ImportError:
-        pass
+    aug = augmented_square(g, u)
+    aug.sort_indices()
+    t_lap, out = best_time(lambda: lap.lapmod(aug.shape[0], aug.data, aug.indptr, aug.indices), repeat=1)
+    lap_cost = float(out[0])
+    info.update({"lap_lapmod_s": t_lap, "ratio_vs_lap": t_lap / t_x, "lap_cost": lap_cost,
+                 "equal_cost_lap": abs(lap_cost - res.cost) <= 1e-9 * abs(res.cost)})
     benchmark.extra_info.update(info)
-    if "lap_cost" in info:
-        assert info["equal_cost_lap"]
+    assert info["equal_cost_lap"]
 
 
 def test_cover_p(benchmark, graph_p):
@@ -292,8 +290,8 @@ def test_cover_p(benchmark, graph_p):
         info.update({"ortools_mincostflow_s": ort["time_s"], "ratio_vs_ortools": ort["time_s"] / t_x,
                      "ortools_cost_int": ort["cost"], "xmodal_cost_int": ri.cost,
                      "equal_cost_ortools": ort["cost"] == int(round(ri.cost))})
-    elif ort:
-        info["ortools_error"] = ort.get("error")
+    else:
+        peer_not_measured(benchmark, "ortools", ort.get("error"))
     benchmark.extra_info.update(info)
     assert info["equal_cost_highs"]
     if "equal_cost_ortools" in info:
@@ -323,8 +321,8 @@ def test_100k_graph_and_partial(benchmark):
         info.update({"ortools_lsa_s": ort["time_s"], "ratio_vs_ortools": ort["time_s"] / t_x,
                      "ortools_cost_int": ort["cost"], "xmodal_cost_int": ri.cost,
                      "equal_cost_ortools": ort["cost"] == int(round(ri.cost))})
-    elif ort:
-        info["ortools_error"] = ort.get("error")
+    else:
+        peer_not_measured(benchmark, "ortools", ort.get("error"))
     # scipy LAPJVsp and lap.lapmod take minutes at 100k: time them on a 20k subset workload and
     # compare with xmodal on the same subset
     ns = min(n, 20_000)
@@ -339,7 +337,8 @@ def test_100k_graph_and_partial(benchmark):
     sc_cost = float(augs[r, c].sum()) - augs.shape[0] * 1.0
     info.update({"scipy_lapjvsp_subset_s": t_sc, "ratio_vs_scipy_subset": t_sc / t_xs, "scipy_cost": sc_cost,
                  "equal_cost_scipy": abs(sc_cost - rs.cost) <= 1e-9 * abs(rs.cost)})
-    try:
+    why = peer_available("lap")
+    if why is None:
         import lap
 
         augl = augmented_square(gs, u)
@@ -347,9 +346,11 @@ def test_100k_graph_and_partial(benchmark):
         t_lap, out = best_time(lambda: lap.lapmod(augl.shape[0], augl.data, augl.indptr, augl.indices), repeat=1)
         info.update({"lap_lapmod_subset_s": t_lap, "ratio_vs_lap_subset": t_lap / t_xs,
                      "equal_cost_lap": abs(float(out[0]) - rs.cost) <= 1e-9 * abs(rs.cost)})
-    except ImportError:
-        pass
+    else:
+        peer_not_measured(benchmark, "lap", why)
     benchmark.extra_info.update(info)
     assert info["equal_cost_scipy"]
     if "equal_cost_ortools" in info:
         assert info["equal_cost_ortools"]
+    if "equal_cost_lap" in info:
+        assert info["equal_cost_lap"]

@@ -1,0 +1,35 @@
+"""The benchmark suites collect, and a benchmark run never overwrites an existing result file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pytest(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_benchmarks_collect():
+    r = _pytest("benchmarks", "--collect-only")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "bench_matching.py::test_graph_p" in r.stdout
+
+
+def test_existing_result_file_is_refused(tmp_path):
+    old = tmp_path / "results.json"
+    old.write_text('{"kept": true}\n')
+    r = _pytest("benchmarks/bench_matching.py", "--collect-only", f"--benchmark-json={old}")
+    assert r.returncode != 0
+    assert "never overwritten" in r.stdout + r.stderr
+    assert old.read_text() == '{"kept": true}\n'
