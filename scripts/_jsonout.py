@@ -6,13 +6,65 @@ import json
 from pathlib import Path
 
 
+def run_record() -> dict:
+    """When, where and with what a result was made: UTC date, xmodal commit (and whether the tree
+    had local changes), Python / numpy / scipy / torch versions, machine (platform, CPU model,
+    cores available), command line."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    import numpy as np
+    import scipy
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    return {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "HEAD") or None, "local_changes": bool(git("status", "--porcelain")),
+            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "torch": torch_version, "platform": platform.platform(), "cpu": cpu,
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "command": " ".join(sys.argv)}
+
+
 def write_json(out, path=None) -> None:
-    """``out`` as indented JSON into ``path`` (written whole), or printed when ``path`` is None."""
+    """``out`` as indented JSON into ``path``, or printed when ``path`` is None. A dict gets a
+    ``"run"`` record (:func:`run_record`) unless it has one. An existing ``path`` is refused (a
+    committed result is never overwritten in place; set XMODAL_OVERWRITE_RESULTS=1 to replace a
+    scratch file); the file is written to a temporary name and renamed, so it is whole or absent."""
+    import os
+
+    if isinstance(out, dict) and "run" not in out:
+        out = {**out, "run": run_record()}
     text = json.dumps(out, indent=1)
-    if path:
-        Path(path).write_text(text + "\n")
-    else:
+    if not path:
         print(text)
+        return
+    path = Path(path)
+    if path.exists() and os.environ.get("XMODAL_OVERWRITE_RESULTS") != "1":
+        raise SystemExit(f"{path} exists: results are not overwritten; choose another name "
+                         "(or set XMODAL_OVERWRITE_RESULTS=1 for a scratch file)")
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
 
 
 def feature_script_args(doc: str):
