@@ -160,7 +160,7 @@ def test_atlas_records_its_tables_and_identify_writes_provenance(samples, capsys
     code, _, err = run(capsys, "identify", paths[3], "--atlas", atlas, "--id-column", "cell", "--out", out, "-q")
     assert code == 0 and "built with --spacing 5,1,1" in err and "(none)" in err, err
     prov = json.loads(out.with_suffix(".provenance.json").read_text())
-    assert prov["step"] == "identify" and prov["inputs"]["atlas"] == str(atlas)
+    assert prov["step"] == "identify" and prov["inputs"]["atlas"]["path"] == str(atlas)
     assert prov["result"]["n_cells"] == 30 and 0 <= prov["result"]["mean_confidence"] <= 1
     code, _, err = run(capsys, "identify", paths[3], "--atlas", atlas, "--spacing", "5,1,1", "--out", out, "-q")
     assert code == 0 and "warning" not in err, err

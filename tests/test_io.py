@@ -225,7 +225,8 @@ def test_readers_and_writers_name_their_files(tmp_path):
     doc = xio.write_json(tmp_path / "d.json", {"a": np.arange(2), "b": np.float32(0.5)})
     assert json.loads(doc.read_text()) == {"a": [0, 1], "b": 0.5}
     rec = xio.provenance_record("step", {"k": np.int64(3)}, {"x": tmp_path})
-    assert rec["step"] == "step" and rec["parameters"] == {"k": 3} and rec["inputs"] == {"x": str(tmp_path)}
+    assert rec["step"] == "step" and rec["parameters"] == {"k": 3}
+    assert rec["inputs"] == {"x": {"path": str(tmp_path), "absolute": str(tmp_path), "kind": "folder"}}
 
 
 def test_per_axis_expands_and_names_the_argument():

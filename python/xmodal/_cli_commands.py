@@ -280,13 +280,12 @@ def cmd_predict(args) -> int:
 
 
 def _declare_scale(out, image_path, ndim: int) -> None:
-    """The voxel size (and unit) an OME-Zarr input declares, copied into the OME-Zarr prediction
-    ``out`` so that the two overlay in physical units (nothing when the input declares none)."""
-    from .io._ome import ome_zarr_scale, set_ome_zarr_scale
+    """The voxel size (and unit) an OME-Zarr or TIFF input declares, copied into the OME-Zarr
+    prediction ``out`` so that the two overlay in physical units (nothing when the input declares none)."""
+    from .io._ome import declared_scale, set_ome_zarr_scale
 
-    if Path(image_path).is_dir():
-        spacing, units = ome_zarr_scale(image_path, ndim)
-        set_ome_zarr_scale(out, spacing, units)
+    spacing, units = declared_scale(image_path, ndim)
+    set_ome_zarr_scale(out, spacing, units)
 
 
 def cmd_mws(args) -> int:

@@ -64,7 +64,8 @@ def read_annotated_table(path, *, names_column: str, feature_columns: Sequence[s
     s = as_spacing(spacing, pts.shape[1])
     if s is not None:
         pts = pts * s
-    raw = np.asarray(table[names_column])
+    raw = getattr(table, "text", {}).get(names_column)  # names written as numbers with zeros: as written
+    raw = np.asarray(table[names_column]) if raw is None else np.asarray(raw, dtype=object)
     names = np.array([("" if (isinstance(v, float) and np.isnan(v)) else
                        (str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)))
                       for v in raw.tolist()], dtype=str)

@@ -5,7 +5,7 @@ These helpers are shared by the out-of-core capabilities (tiled inference, block
 segmentation), the pipelines and the command line; each has one home here:
 
 - reading: :func:`read_image` (.npy, TIFF, zarr / OME-Zarr), :func:`read_table` (CSV / TSV /
-  Parquet), :func:`load_points` (points from arrays, centroid tables or label images, as a
+  Parquet, as a :class:`Table`), :func:`load_points` (points from arrays, centroid tables or label images, as a
   :class:`PointSet` in physical units);
 - writing: :func:`atomic_write_bytes` / :func:`atomic_write_text`, :func:`write_json`,
   :func:`write_csv`, :func:`provenance_record` (an output folder's provenance.json),
@@ -68,7 +68,7 @@ from ._zarr import (
     provenance_attributes,
     write_region,
 )
-from ._files import jsonable, numeric_column, provenance_record, read_image, read_table, write_csv, write_json
+from ._files import Table, jsonable, numeric_column, provenance_record, read_image, read_table, write_csv, write_json
 from ._points import PointSet, load_points
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "IncompleteOutputError",
     "BlockLedger",
     "PointSet",
+    "Table",
     "atomic_write_bytes",
     "atomic_write_text",
     "begin_folder",

@@ -27,11 +27,36 @@ IMAGE_SUFFIXES = frozenset({".npy", ".tif", ".tiff", ".zarr"})
 
 # ----------------------------------------------------------------------------------- readers
 
-def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
+class Table(dict):
+    """The columns of a table read by :func:`read_table` (a dict of column name -> array), with
+    ``text``: for the CSV / TSV columns of whole numbers written without a decimal point whose
+    text the numbers would not give back (``00123``, ``1e3``, ``+5``), that text (stripped), so
+    that ids are kept as written (:func:`xmodal.io._points.points_of_table`)."""
+
+    def __init__(self, columns=(), text: dict | None = None):
+        super().__init__(columns)
+        self.text: dict[str, np.ndarray] = dict(text or {})
+
+
+def _altered_text(col: list[str], values: np.ndarray) -> np.ndarray | None:
+    """The stripped text of a column of whole numbers when an entry written without a decimal point
+    is not ``str(int(value))`` (leading zeros, an exponent, a sign, beyond 2**53), else None.
+    Decimals (``7.0``, ``3.5000``) are numbers: their text is not kept."""
+    if not values.size or not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        return None
+    text = [v.strip() for v in col]
+    if all("." in t or t == str(int(v)) for t, v in zip(text, values.tolist())):
+        return None
+    return np.array(text)
+
+
+def read_table(path: str | os.PathLike) -> Table:
     """Read a CSV / TSV / Parquet table into a dict of column arrays (numeric where possible).
 
     A column whose every entry parses as a number is float64; any other column keeps its strings
-    (see :func:`numeric_column` for a clear error naming the file, column and line).
+    (see :func:`numeric_column` for a clear error naming the file, column and line). The result is
+    a :class:`Table`: its ``text`` keeps the text of whole-number columns that the numbers would
+    change (e.g. zero-padded ids ``00123``).
     """
     path = Path(path)
     if not path.exists():
@@ -44,7 +69,7 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
         pq = optional_import("pyarrow.parquet", purpose="reading Parquet tables")
         table = pq.read_table(path)
-        return {name: np.asarray(table.column(name).to_numpy()) for name in table.column_names}
+        return Table({name: np.asarray(table.column(name).to_numpy()) for name in table.column_names})
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             sample = fh.read(4096)
@@ -60,13 +85,17 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     header, body = rows[0], [r for r in rows[1:] if r]
     if not body:
         raise ValueError(f"table {path}: no rows below the header {header}")
-    out = {}
+    out = Table()
     for j, name in enumerate(header):
         col = [r[j] if j < len(r) else "" for r in body]
         try:
             out[name.strip()] = np.array([float(v) for v in col])
         except ValueError:
             out[name.strip()] = np.array(col)
+            continue
+        text = _altered_text(col, out[name.strip()])
+        if text is not None:
+            out.text[name.strip()] = text
     return out
 
 
@@ -178,7 +207,8 @@ def write_csv(path, header: Sequence[str], columns: Iterable[Sequence[Any]]) -> 
 def provenance_record(step: str, parameters: dict, inputs: dict | None = None) -> dict:
     """What produced an output folder (its ``provenance.json``): the record of
     :func:`provenance_attributes` (xmodal version, function, parameters, inputs, time) plus the
-    step name, Python and platform."""
-    record = provenance_attributes(step, jsonable(parameters), jsonable(inputs or {}))["xmodal"]
+    step name, Python and platform. ``inputs`` maps names to paths or arrays (see
+    :func:`xmodal.io._provenance.input_record`: paths absolute too, files with size and SHA-256)."""
+    record = jsonable(provenance_attributes(step, jsonable(parameters), inputs)["xmodal"])
     return {"xmodal": record.pop("version"), "step": step, **record,
             "python": sys.version.split()[0], "platform": platform.platform()}

@@ -1,5 +1,6 @@
-"""The voxel size an OME-Zarr image declares (NGFF 0.4 and 0.5 ``multiscales``), so that a path
-given without ``spacing`` is still measured in its own physical units."""
+"""The voxel size an OME-Zarr image declares (NGFF 0.4 and 0.5 ``multiscales``) or a TIFF file does
+(OME-TIFF or ImageJ metadata, :func:`xmodal.io._tiff.tiff_scale`), so that a path given without
+``spacing`` is still measured in its own physical units (:func:`declared_scale`)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ def ome_zarr_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | Non
     if all(s == 1.0 for s in scale) and unit is None:
         return None, None  # nothing declared beyond the default
     return scale, unit
+
+
+def declared_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """Voxel size and unit an image path declares for its ``ndim`` spatial axes: an OME-Zarr
+    folder's (:func:`ome_zarr_scale`), a .tif / .tiff file's (:func:`xmodal.io._tiff.tiff_scale`);
+    ``(None, None)`` for anything else (a .npy file, a plain zarr array, no metadata)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        return ome_zarr_scale(p, ndim)
+    if p.suffix.lower() in (".tif", ".tiff") and p.is_file():
+        from ._tiff import tiff_scale
+
+        return tiff_scale(p, ndim)
+    return None, None
 
 
 def set_ome_zarr_scale(path, spacing, units: str | None = None) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._validation import as_points, as_spacing, describe
 from ._files import IMAGE_SUFFIXES, TABLE_SUFFIXES, numeric_column, read_image, read_table
-from ._ome import ome_zarr_scale
+from ._ome import declared_scale
 
 _AXIS_COLUMNS = (("z", "y", "x"), ("y", "x"))
 
@@ -30,7 +30,7 @@ class PointSet:
     source : str, where the points came from (for provenance)
     sizes : (n,) voxel counts for points taken from label images, else None
     spacing : per-axis scale applied to the coordinates (the ``spacing`` given, or the voxel size an
-        OME-Zarr label image declares), else None
+        OME-Zarr or TIFF label image declares), else None
     """
 
     points: np.ndarray
@@ -70,8 +70,10 @@ def _points_from_table(path: Path, *, id_column: str | None, columns: tuple[str,
 
 def points_of_table(table: dict, path, *, id_column: str | None = None, columns=None, spacing=None) -> PointSet:
     """The points (physical units: coordinates × ``spacing``) and ids (``id_column``, else row
-    numbers) of a table read from ``path`` (named in the errors). An id column of whole numbers
-    gives int64 ids, so that they are written back as given."""
+    numbers) of a table read from ``path`` (named in the errors). Ids are written back as given: an
+    id column of whole numbers gives int64 ids, unless their text is not the numbers' own (e.g.
+    zero-padded ``00123`` or ``1e3``: the table's ``text``, see :class:`xmodal.io.Table`), which
+    is kept as strings."""
     columns = coordinate_columns(table, path, columns)
     pts = np.stack([numeric_column(table, c, path) for c in columns], axis=1)
     pts = _scaled(as_points(pts, f"table {path}"), spacing)
@@ -79,7 +81,10 @@ def points_of_table(table: dict, path, *, id_column: str | None = None, columns=
         if id_column not in table:
             raise ValueError(f"id_column: {id_column!r} not in table {path} (it has {list(table)})")
         ids = np.asarray(table[id_column])
-        if ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)) \
+        text = getattr(table, "text", {}).get(id_column)
+        if text is not None and len(text) == len(ids):
+            ids = np.asarray(text)  # e.g. zero-padded ids: the numbers would not give the text back
+        elif ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)) \
                 and np.abs(ids).max() < 2.0 ** 53:
             ids = ids.astype(np.int64)  # integer ids stay integers (numeric columns are read as float64)
         _check_ids(ids, id_column, path)
@@ -137,7 +142,8 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
     A path with suffix .csv/.tsv/.txt/.parquet is a table of physical coordinates (``spacing``
     multiplies them when given); .npy/.tif/.zarr is a label image whose object centroids are taken
     (``spacing`` = voxel size; without it, the voxel size an OME-Zarr image declares in its
-    ``multiscales`` metadata, else 1: ``PointSet.spacing`` says which). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
+    ``multiscales`` metadata or a TIFF in its OME-TIFF / ImageJ metadata, else 1:
+    ``PointSet.spacing`` says which). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
     label image; any other 2-D array is a point array.
     """
     if isinstance(x, PointSet):
@@ -149,8 +155,8 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
             return _points_from_table(path, id_column=id_column, columns=columns, spacing=spacing)
         if suffix in IMAGE_SUFFIXES or path.is_dir():
             image = read_image(path)
-            if spacing is None and path.is_dir():
-                spacing = ome_zarr_scale(path, len(image.shape))[0]
+            if spacing is None:
+                spacing = declared_scale(path, len(image.shape))[0]
             ps = label_centroids(image, spacing)
             ps.source = str(path)
             return ps
@@ -159,7 +165,9 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
     arr = np.asarray(x) if not hasattr(x, "shape") else x
     if getattr(arr, "ndim", 0) == 3 or (getattr(arr, "ndim", 0) == 2 and np.issubdtype(arr.dtype, np.integer)
                                          and arr.shape[1] not in (2, 3)):
-        return label_centroids(arr, spacing)
+        ps = label_centroids(arr, spacing)
+        ps.source = f"label image {describe(arr)}"
+        return ps
     pts = as_points(arr, name)
     s = as_spacing(spacing, pts.shape[1])
     return PointSet(_scaled(pts, s), np.arange(len(pts)), f"array {describe(arr)}",

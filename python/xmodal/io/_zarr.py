@@ -127,9 +127,13 @@ def provenance_attributes(function: str, parameters: Mapping[str, Any] | None = 
                           inputs: Mapping[str, Any] | None = None) -> dict:
     """Provenance record stored under the attribute ``"xmodal"``: version, function, parameters, inputs, time.
 
-    Values that are not JSON serialisable are stored as their ``repr``.
+    Each input is recorded by :func:`xmodal.io._provenance.input_record`: a path as given and
+    absolute (a file with its size and, up to 1 GiB, its SHA-256; a folder such as a zarr store
+    marked as a folder), an array by its type, shape and dtype. Values that are not JSON
+    serialisable are stored as their ``repr``.
     """
     from .._version import __version__
+    from ._provenance import input_records
 
     def clean(v):
         try:
@@ -144,7 +148,7 @@ def provenance_attributes(function: str, parameters: Mapping[str, Any] | None = 
         "version": __version__,
         "function": function,
         "parameters": {k: clean(v) for k, v in (parameters or {}).items()},
-        "inputs": {k: clean(v) for k, v in (inputs or {}).items()},
+        "inputs": {k: clean(v) for k, v in input_records(inputs).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }}
 
@@ -216,7 +220,7 @@ def create_ome_zarr_labels(image, name: str, shape: Sequence[int], dtype=np.uint
     arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0, overwrite=True,
                              attributes=incomplete_status(writer) if writer is not None else None)
     meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)
-    meta["image-label"] = {"version": "0.5", "source": {"image": "../../"}}
+    meta["image-label"] = {"source": {"image": "../../"}}  # NGFF 0.5: the version is the "ome" object's only
     group.attrs.update({"ome": meta})
     return arr
 

@@ -82,9 +82,9 @@ def read_registration_folder(path) -> MatchTable:
     conf = matches.get("confidence")
     fixed_ids, moving_ids = _cell_ids(cells, "fixed_id", len(fixed)), _cell_ids(moving, "moving_id", len(mov))
     if "fixed_id" in matches and len(fi):
-        fixed_ids[fi] = _ids(matches["fixed_id"])
+        fixed_ids[fi] = _ids(matches["fixed_id"], getattr(matches, "text", {}).get("fixed_id"))
     if "moving_id" in matches and len(mi):
-        moving_ids[mi] = _ids(matches["moving_id"])
+        moving_ids[mi] = _ids(matches["moving_id"], getattr(matches, "text", {}).get("moving_id"))
     status = matches.get("status")
     return MatchTable(fixed, mov, moved, fi, mi, conf, fixed_ids, moving_ids,
                       status=None if status is None else np.asarray(status, dtype=object), regions=regions,
@@ -109,11 +109,16 @@ def _read_matches(path: Path) -> dict:
 def _cell_ids(table: dict, column: str, n: int) -> np.ndarray:
     """Ids of every cell: the table's id column when it has one, else row numbers (the matched
     cells get matches.csv's ids afterwards)."""
-    return (_ids(table[column]) if column in table else np.arange(n)).astype(object)
+    if column not in table:
+        return np.arange(n).astype(object)
+    return _ids(table[column], getattr(table, "text", {}).get(column)).astype(object)
 
 
-def _ids(column: np.ndarray) -> np.ndarray:
-    """An id column as read from CSV: whole numbers as ints (the table reader gives floats)."""
+def _ids(column: np.ndarray, text=None) -> np.ndarray:
+    """An id column as read from CSV: as written when numbers would change it (``text``, e.g.
+    ``00123``, from :class:`xmodal.io.Table`), else whole numbers as ints (the reader gives floats)."""
+    if text is not None:
+        return np.asarray(text, dtype=object)
     col = np.asarray(column)
     if col.dtype.kind == "f" and np.all(np.isfinite(col)) and np.array_equal(col, np.round(col)):
         return col.astype(np.int64)

@@ -304,6 +304,19 @@ def _confidence_rows(result) -> list[tuple[str, str]]:
     return rows
 
 
+def _model_rows(result) -> list[tuple[str, str]]:
+    """Report rows on the transform model: the one given, or the one ``transform="auto"`` chose with
+    every candidate's held-out score (``result.model_selection``)."""
+    sel = result.model_selection
+    if not sel:
+        return [("transform model", str(result.parameters.get("transform", "n/a")))]
+    lower = sel.get("criterion_name") != "likelihood"
+    ranked = sorted(sel.get("scores", {}).items(), key=lambda kv: kv[1] if lower else -kv[1])
+    scores = "; ".join(f"{name}{' (chosen)' if name == sel['chosen'] else ''}: {v:.4g}" for name, v in ranked)
+    return [("transform model (auto)", f"{sel['chosen']}, chosen by the {sel.get('criterion', 'held-out score')}"),
+            ("held-out score per candidate", scores or "n/a")]
+
+
 def _html(result, summary, plots) -> str:
     total, steps = _times(result.timings)
     rows = [
@@ -311,6 +324,7 @@ def _html(result, summary, plots) -> str:
         ("moving cells", len(result.moving_points)),
         ("matched pairs", result.n_matched),
         ("median pair distance", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
+        *_model_rows(result),
         ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items())),
         ("time (s)", total),
         ("time per step (s)", steps),

@@ -271,7 +271,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     spacing : float or sequence of float, optional
         Voxel size (physical units, positive), one value per axis of ``raw`` or one for all axes;
         stored in the OME-Zarr metadata and used for Chamfer distances. Default: the voxel size (and
-        unit) an OME-Zarr ``raw`` declares, else none (1 per axis).
+        unit) an OME-Zarr or TIFF ``raw`` declares (OME-TIFF or ImageJ metadata), else none (1 per axis).
     progress : bool or callable
         Progress of the prediction (a bar on a TTY, log lines otherwise). A callable
         ``progress(done, total, stage)`` is called per predicted tile (stage "predict_tiled") and at
@@ -375,7 +375,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
                                 parameters=_parameters(job, raw, normalize, tile_shape, halo, block_shape)
                                 | {"input_check": looks})
     if out_dir is not None:
-        _commit(result, stage, out_dir, resumed=resumed)
+        _commit(result, stage, out_dir, resumed=resumed, inputs={"raw": raw, "ground_truth": ground_truth})
     return result
 
 
@@ -407,8 +407,9 @@ def _parameters(job: _Job, raw, normalize, tile_shape, halo, block_shape) -> dic
             "spacing": job.spacing, "raw": str(raw) if isinstance(raw, (str, Path)) else describe(raw)}
 
 
-def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: bool) -> None:
-    """Step 6: metrics.json and provenance.json, then the staging folder renamed into ``out_dir``."""
+def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: bool, inputs: dict) -> None:
+    """Step 6: metrics.json and provenance.json (``inputs``: paths or arrays; None values left out),
+    then the staging folder renamed into ``out_dir``."""
     from ..io import commit_folder, open_array, remove_temporaries
     from ._output import provenance, write_json
 
@@ -418,7 +419,8 @@ def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: 
     if result.metrics is not None:
         write_json(stage / "metrics.json", result.metrics)
         outputs["metrics"] = str(out_dir / "metrics.json")
-    write_json(stage / "provenance.json", provenance("segment", result.parameters) | {"timings": result.timings})
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    write_json(stage / "provenance.json", provenance("segment", result.parameters, inputs) | {"timings": result.timings})
     outputs["provenance"] = str(out_dir / "provenance.json")
     if resumed:
         remove_temporaries(stage)  # files of writes the killed run never finished
