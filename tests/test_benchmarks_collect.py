@@ -15,7 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pytest(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    # the xmodal this test session imports (installed, or an in-place build on PYTHONPATH), not the
+    # source tree's python/ (which has no compiled extension in an installed checkout)
+    import xmodal
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(xmodal.__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=timeout)
 
