@@ -172,6 +172,10 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
 #: largest one of the atlas's leave-one-out samples (chosen on the embryo folds holding out embryos
 #: 0-3: correct fits 1.6-2.3, their own training samples up to ~2.8; wrong units 5.2-6.5).
 FIT_FACTOR = 1.5
+#: The check needs a reference of at least this many leave-one-out samples and a sample of at least
+#: this many cells (a median of a handful of distances, or a reference of two samples, is too noisy:
+#: a 6-cell sample against a 2-sample atlas was flagged although every name was right).
+FIT_MIN_SAMPLES, FIT_MIN_CELLS = 3, 20
 
 
 def fit_statistic(y, index, atlas: Atlas) -> float | None:
@@ -189,11 +193,12 @@ def fit_statistic(y, index, atlas: Atlas) -> float | None:
 def fit_check(y, index, atlas: Atlas) -> dict:
     """The fit statistic of a sample beside those of the atlas's leave-one-out samples
     (``atlas.calibration["loo_fit_median_d2"]``); ``ok`` False (and a UserWarning) when it exceeds
-    :data:`FIT_FACTOR` times their largest, None for an atlas without them."""
+    :data:`FIT_FACTOR` times their largest; None for an atlas without them, with fewer than
+    :data:`FIT_MIN_SAMPLES` of them, or for a sample of fewer than :data:`FIT_MIN_CELLS` cells."""
     value = fit_statistic(y, index, atlas)
     ref = atlas.calibration.get("loo_fit_median_d2")
     out = {"median_d2": value, "loo_median_d2": ref, "factor": FIT_FACTOR, "ok": None}
-    if ref and value is not None:
+    if ref and len(ref) >= FIT_MIN_SAMPLES and value is not None and len(index) >= FIT_MIN_CELLS:
         limit = FIT_FACTOR * max(ref)
         out["ok"] = bool(value <= limit)
         if not out["ok"]:
