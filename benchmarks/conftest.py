@@ -217,12 +217,25 @@ def _free_name(path: Path) -> Path:
     return path.with_name(f"{path.stem}-new{path.suffix}")
 
 
+def _plugin_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("pytest-benchmark")
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown version"
+
+
 def pytest_configure(config):
     path = config.getoption("benchmark_json", default=None)
     if path is None:
         return
-    if hasattr(path, "write"):  # pytest-benchmark < 4 passed a file it had opened (and emptied)
-        path = path.name
+    if hasattr(path, "write"):
+        # pytest-benchmark < 5.3 opens the file for writing while parsing the command line, before any
+        # conftest runs: an existing file is already emptied here, and no check can keep it
+        raise pytest.UsageError(
+            f"--benchmark-json {path.name}: this pytest-benchmark ({_plugin_version()}) empties the file as it "
+            "parses the command line, so an existing result file cannot be protected; install "
+            "pytest-benchmark>=5.3 (the version the test and bench extras require).")
     path = Path(path)
     if path.exists() and path.stat().st_size > 0:
         raise pytest.UsageError(
