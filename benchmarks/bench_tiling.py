@@ -158,7 +158,7 @@ _RSS_SCRIPT = textwrap.dedent("""
 
 
 def test_peak_rss_out_of_core(benchmark, tmp_path):
-    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("zarr")
     src = os.fspath(tmp_path / "big.zarr")
     arr = xmodal.io.create_array(src, BIG, np.float32, chunks=BIG_CHUNKS)
     # fill band by band (smooth structure plus noise, so compression is realistic but the fill quick)

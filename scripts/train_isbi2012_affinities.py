@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -262,11 +263,9 @@ def evaluate(args):
     torch.set_num_threads(args.threads)
     model = load_isbi2012_affinity_unet(args.out)
     segmenters = {}
-    try:
-        import mwatershed  # noqa: F401
-
+    if importlib.util.find_spec("mwatershed") is not None:
         segmenters["mws_mwatershed_min100"] = mws_peer
-    except ImportError:
+    else:
         logger.info("mwatershed not installed: baseline only")
     result = evaluate_isbi2012(args.data, model=model, segmenters=segmenters)
     path = args.out.with_suffix(".eval.json")

@@ -39,7 +39,7 @@ def to_bioimage(affs, n_attractive):
 
 def reference_mws(affs, offsets, n_attractive, *, seeds=None, mask=None):
     """Plain-Python mutex watershed (sorted edges, union-find, mutex sets of edge ids)."""
-    C, shape = affs.shape[0], affs.shape[1:]
+    shape = affs.shape[1:]
     n = int(np.prod(shape))
     idx = np.arange(n).reshape(shape)
     edges = []

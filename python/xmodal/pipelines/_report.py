@@ -51,9 +51,9 @@ def _figure(figsize: tuple[float, float]):
 
 def _plots(result, folder: Path) -> list[str]:
     """PNG plots (needs matplotlib; returns [] without it)."""
-    try:
-        import matplotlib  # noqa: F401 - presence check; figures come from _figure
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # presence check; figures come from _figure
         logging.getLogger("xmodal.pipelines").warning(
             "report: matplotlib is not installed, so the report has no figures (pip install matplotlib)")
         return []

@@ -23,6 +23,7 @@ from .._progress import report_stage
 from .._validation import as_progress, describe, per_axis, positive_int
 from ._agglomerate import GRAPH_METHODS, agglomerate, filter_small, resolve_method
 from ._domain import check_em_input
+from ._evaluate_step import check_ground_truth, evaluate
 
 log = logging.getLogger("xmodal.pipelines")
 
@@ -213,7 +214,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
 
     The run is a chain of named steps: validate (:func:`_validate`) -> normalise (:func:`_normalizer`)
     -> predict (:func:`_predict`) -> agglomerate and size filter (``pipelines/_agglomerate.py``)
-    -> write (:func:`_commit`) -> evaluate (:func:`_evaluate`).
+    -> write (:func:`_commit`) -> evaluate (``pipelines/_evaluate_step.py``).
 
     Parameters
     ----------
@@ -315,6 +316,7 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     job = _validate(raw, model=model, offsets=offsets, n_attractive=n_attractive, normalize=normalize,
                     min_size=min_size, spacing=spacing, progress=progress, bias=bias, strides=strides,
                     method=method, graph_options=graph_options)
+    truth = check_ground_truth(ground_truth, job.spatial)  # before the prediction, not after it
     if not isinstance(tta, bool):
         raise TypeError(f"tta: expected True or False, got {describe(tta)}")
     memory_voxels = positive_int(memory_voxels, "memory_voxels")
@@ -365,10 +367,10 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
             target[...] = labels.astype(np.uint32, copy=False)
             mark_complete(target, _WRITER)
     metrics = None
-    if ground_truth is not None:
+    if truth is not None:
         report_stage(job.progress, "evaluate")
         with _timed(timings, "evaluate"):
-            metrics = _evaluate(labels, ground_truth, per_slice=job.stack, spacing=job.spacing)
+            metrics = evaluate(labels, truth, per_slice=job.stack, spacing=job.spacing)
     timings["total"] = time.perf_counter() - t_all
     result = SegmentationResult(labels=labels, affinities=aff, offsets=job.offsets, n_attractive=job.n_attractive,
                                 n_segments=n_segments, metrics=metrics, timings=timings,
@@ -428,20 +430,3 @@ def _commit(result: SegmentationResult, stage: Path, out_dir: Path, *, resumed: 
     result.affinities = open_array(outputs["affinities"])  # the handles into the staging folder moved with it
     if not isinstance(result.labels, np.ndarray):
         result.labels = open_array(outputs["labels"])
-
-
-def _evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
-    """Step 7: metrics against the ground truth (per slice and their mean for a 2D model on a stack)."""
-    from ..metrics import evaluate_segmentation
-    from ._inputs import read_image
-
-    labels = np.asarray(labels)
-    gt = np.asarray(read_image(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth)
-    if labels.shape != gt.shape:
-        raise ValueError(f"ground_truth: expected the shape of the image {labels.shape}, got {gt.shape}")
-    if not per_slice:
-        return evaluate_segmentation(labels, gt, spacing=spacing).as_dict()
-    plane = None if spacing is None else tuple(spacing)[1:]  # Chamfer distances in the units of the (y, x) spacing
-    slices = [evaluate_segmentation(labels[z], gt[z], spacing=plane).as_dict() for z in range(labels.shape[0])]
-    keys = [k for k, v in slices[0].items() if isinstance(v, (int, float))]
-    return {"per_slice": slices, "mean": {k: float(np.mean([s[k] for s in slices])) for k in keys}}

@@ -170,7 +170,7 @@ def gasp(n_nodes, edges, weights, *, linkage="mean", cannot_link=False, edge_siz
     tied priorities; ties are broken by edge id here, by heap position there).
     """
     n = _as_n_nodes(n_nodes)
-    if linkage not in LINKAGES:
+    if not isinstance(linkage, str) or linkage not in LINKAGES:
         raise ValueError(f"linkage: expected one of {', '.join(map(repr, LINKAGES))}, got {linkage!r}")
     # ids, self-loops, finite weights and positive sizes are checked by the kernel (same messages)
     uv = _as_edges(edges, n, check_ids=False)
@@ -205,9 +205,14 @@ def boundary_to_signed_weights(boundary, *, beta=0.5):
     """Signed GASP weights ``(1 - boundary) - beta`` from boundary probabilities in [0, 1].
 
     ``beta`` is the bias: an edge attracts when its boundary probability is below ``1 - beta``.
+    ``boundary``: any real dtype (integers 0 or 1 only), finite, in [0, 1] (a ValueError otherwise).
     Larger ``beta`` gives more, smaller segments (the ``beta_bias`` of elf's / PlantSeg's GASP).
     """
-    b = as_float_values(boundary, "boundary", "boundary probabilities", dtype=np.float64)
+    b = as_float_values(boundary, "boundary", "boundary probabilities", dtype=np.float64, probabilities=True)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta: expected a number in [0, 1], got {describe(beta)}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"boundary: expected finite values, found {b[~np.isfinite(b)].ravel()[0]}")
+    if b.size and (b.min() < 0.0 or b.max() > 1.0):
+        raise ValueError(f"boundary: expected probabilities in [0, 1], got values in [{b.min()}, {b.max()}]")
     return (1.0 - b) - float(beta)

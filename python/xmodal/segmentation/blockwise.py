@@ -22,6 +22,14 @@ Method (three passes, each resumable):
    (idempotent: a resumed run simply rewrites every block). A zarr ``out`` is flagged incomplete
    before the first write and complete after the last (see :mod:`xmodal.io`).
 
+How it differs from single-shot: within a halo the blocks see the same data, so with the classic
+method (nearest-neighbour attractive channels) and a halo reaching across the whole volume the
+partition equals the single-shot one; smaller halos change labels near faces (ARand in
+``docs/mws.md``), and strides are anchored per block. Stitching only sees voxel pairs *across a
+face*: a segment whose pieces are joined only by long-range attractive edges (``bias`` mode, or
+long-range channels among the first ``n_attractive``: segments need not be connected) is stitched
+only where its pieces touch across a face, so it may come out as several labels whatever the halo.
+
 Only one block (with halo) of affinities is in memory per worker; the stitching pass holds the face
 slices and one integer per provisional label. The result does not depend on the scheduler or on the
 number of workers.
@@ -31,7 +39,6 @@ from __future__ import annotations
 
 import io
 import logging
-import numbers
 import os
 import shutil
 import tempfile
@@ -43,9 +50,10 @@ import numpy as np
 
 from .. import io as xio
 from .._config import capped_threads, thread_share
-from .._validation import as_bool, describe, per_axis, positive_int
-from .mws import _check_finite, _check_mode, _check_offsets, mutex_watershed
-from ._values import as_float_values, check_real_dtype
+from .._validation import positive_int
+from ._blockwise_checks import _check_arguments, _check_out, check_out_capacity  # noqa: F401 (their old home)
+from .mws import _check_finite, mutex_watershed
+from ._values import as_float_values
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
 
@@ -215,17 +223,16 @@ def _stitch(plan: _Plan, counts, merge_threshold: float):
             valid = (la > 0) & (lb > 0)
             if not valid.any():
                 continue
-            ga = la[valid].astype(np.int64) + offsets[bid]
-            gb = lb[valid].astype(np.int64) + offsets[nbid]
+            la, lb = la[valid].astype(np.int64), lb[valid].astype(np.int64)
             agree = (ca & cb)[valid]
-            base = np.int64(total + 1)
-            uniq, inv = np.unique(ga * base + gb, return_inverse=True)
+            base = np.int64(lb.max() + 1)  # keys of block-local labels: no int64 overflow for any total
+            uniq, inv = np.unique(la * base + lb, return_inverse=True)
             inv = inv.ravel()
             n_total = np.bincount(inv, minlength=len(uniq))
             n_agree = np.bincount(inv, weights=agree, minlength=len(uniq))
             keep = n_agree > merge_threshold * n_total
-            us.append(uniq[keep] // base)
-            vs.append(uniq[keep] % base)
+            us.append(uniq[keep] // base + offsets[bid])
+            vs.append(uniq[keep] % base + offsets[nbid])
     u = np.concatenate(us) if us else np.zeros(0, np.int64)
     v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(total + 1, total + 1))
@@ -265,50 +272,6 @@ def _clean_workdir(workdir: str) -> None:
         pass
 
 
-def _check_out(out, shape: tuple, bshape: tuple) -> None:
-    """``out`` of the spatial ``shape``, integer, and (zarr) chunks dividing the blocks ``bshape``."""
-    if tuple(out.shape) != shape:
-        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-    if not np.issubdtype(np.dtype(out.dtype), np.integer):
-        raise TypeError(f"out: expected an integer array, got dtype {out.dtype}")
-    chunks = getattr(out, "chunks", None)
-    if isinstance(chunks, tuple) and all(isinstance(c, numbers.Integral) for c in chunks):
-        if any(b % c and b < s for b, c, s in zip(bshape, chunks, shape)):
-            raise ValueError(f"block_shape: expected multiples of the chunks of out {tuple(chunks)}, got {bshape}")
-
-
-def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge_threshold, n_attractive, strides,
-                     randomize_strides, invert, seed, bias):
-    """Every argument of :func:`blockwise_mutex_watershed` checked: (shape, offsets, blocks, halo, mws kwargs)."""
-    if not (hasattr(affinities, "shape") and hasattr(affinities, "dtype") and hasattr(affinities, "__getitem__")):
-        raise TypeError(f"affinities: expected an array-like of shape (C, *spatial), got {describe(affinities)}")
-    ashape = tuple(int(s) for s in affinities.shape)
-    if len(ashape) not in (3, 4):
-        raise ValueError(f"affinities: expected shape (C, y, x) or (C, z, y, x), got {ashape}")
-    check_real_dtype(affinities.dtype, "affinities", "merge probabilities")  # blocks converted as mutex_watershed does
-    C, shape = ashape[0], ashape[1:]
-    ndim = len(shape)
-    o = _check_offsets(offsets, C, ndim)
-    bias_arr, na, st = _check_mode(bias, n_attractive, strides, C, ndim)
-    bshape = per_axis(block_shape, ndim, "block_shape", minimum=1)
-    hal = per_axis(halo, ndim, "halo")
-    bshape = tuple(min(b, s) for b, s in zip(bshape, shape))
-    for d in range(ndim):
-        if bshape[d] < shape[d] and hal[d] < 1:
-            raise ValueError(f"halo: expected >= 1 along axis {d}, which is split into blocks, got {hal[d]}")
-    if not (isinstance(merge_threshold, numbers.Real) and 0.0 <= float(merge_threshold) < 1.0):
-        raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"mask: expected shape {shape} (the spatial shape of affinities), got {tuple(mask.shape)}")
-    if out is not None:
-        _check_out(out, shape, bshape)
-    if randomize_strides and st is None:
-        raise ValueError("randomize_strides: requires strides")
-    mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
-                  "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
-    return shape, o, bshape, hal, mws_kwargs
-
-
 def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
                               n_attractive=None, strides=None, randomize_strides=False, mask=None,
                               invert=False, seed=None, workdir=None, n_workers=None,
@@ -337,8 +300,10 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     n_attractive, strides, randomize_strides, invert, seed, bias
         As in :func:`mutex_watershed` (``strides`` of shape ``(C, ndim)`` are per offset;
         ``bias`` selects the signed-weight mode); strides are anchored at each block's (halo) origin.
-    mask : array-like of bool, shape spatial, optional
-        False voxels are background 0.
+        Pieces of a segment joined only by long-range attractive edges are stitched only where they
+        touch across a block face (module docstring).
+    mask : array-like of bool or int, shape spatial, optional
+        False (0) voxels are background 0; other dtypes are a TypeError, as in :func:`mutex_watershed`.
     workdir : str or path, optional
         Directory for the per-block results and done-markers. Give one to make the run resumable:
         calling again with the same directory skips a finished block when the parameters are the
@@ -358,7 +323,7 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         diagnostics. A zarr ``out`` is flagged incomplete (attribute ``xmodal_output``) while the
         run writes it and complete, with the job signature and input digest, when done.
     """
-    shape, o, bshape, hal, mws_kwargs = _check_arguments(
+    shape, o, bshape, hal, mws_kwargs, mask = _check_arguments(
         affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
         n_attractive=n_attractive, strides=strides, randomize_strides=randomize_strides, invert=invert, seed=seed,
         bias=bias)
@@ -397,9 +362,6 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
             xio.BlockLedger(plan.ledger_dir, signature)  # clears the markers of a job with other parameters
         log.info("%s: %d blocks of %s (%d marked done before)", writer, len(bids), bshape,
                  0 if plan.ledger_dir is None else sum(os.path.exists(os.path.join(plan.ledger_dir, str(b))) for b in bids))
-        prior = xio.output_status(out) if zarr_out else None
-        if zarr_out:
-            xio.mark_incomplete(out, writer)
 
         def run(tasks):
             if client is not None:
@@ -426,8 +388,10 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
         xio.atomic_write_bytes(mapping_path, buf.getvalue())
         del mapping, buf
         t2 = time.perf_counter()
-        if out is not None and n_labels > np.iinfo(np.dtype(out.dtype)).max:
-            raise ValueError(f"out: dtype {out.dtype} cannot hold {n_labels} labels")
+        check_out_capacity(out, n_labels)
+        prior = xio.output_status(out) if zarr_out else None
+        if zarr_out:  # flagged just before the first write: a run that fails earlier leaves out as it was
+            xio.mark_incomplete(out, writer)
         parts = run([dask.delayed(_relabel_block, pure=False)(plan, b, int(offsets_[b]), mapping_path, out)
                      for b in bids])
         labels = out

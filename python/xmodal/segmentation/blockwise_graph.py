@@ -49,10 +49,13 @@ from .. import io as xio
 from .._config import thread_share
 from .._validation import describe, per_axis
 from .agglomeration import METHODS, _check_beta, _merge_small_segments, agglomerate_graph
+from ._blockwise_checks import _check_out, check_block_mask, check_out_capacity
 from ._blockwise_tasks import _block_edges, _block_superpixels, _Plan, _relabel_block
 from .superpixels import _relabel_first_occurrence
 
 __all__ = ["BlockwiseAgglomerationResult", "blockwise_superpixel_agglomeration"]
+
+_WRITER = "xmodal.blockwise_superpixel_agglomeration"
 
 
 @dataclass
@@ -84,7 +87,7 @@ class BlockwiseAgglomerationResult:
 
 
 def _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta, min_size, n_workers):
-    """(shape, block_shape, halo) of valid arguments of :func:`blockwise_superpixel_agglomeration`."""
+    """(shape, block_shape, halo, mask) of valid arguments of :func:`blockwise_superpixel_agglomeration`."""
     if not (hasattr(boundaries, "shape") and hasattr(boundaries, "__getitem__")):
         raise TypeError(f"boundaries: expected an array (numpy, zarr, ...), got {describe(boundaries)}")
     shape = tuple(int(s) for s in boundaries.shape)
@@ -103,11 +106,10 @@ def _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feat
         raise ValueError(f"min_size: expected a non-negative integer, got {describe(min_size)}")
     if isinstance(n_workers, bool) or not isinstance(n_workers, numbers.Integral) or n_workers < 1:
         raise ValueError(f"n_workers: expected a positive integer, got {describe(n_workers)}")
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"mask: expected shape {shape}, got {tuple(mask.shape)}")
-    if out is not None and tuple(out.shape) != shape:
-        raise ValueError(f"out: expected shape {shape}, got {tuple(out.shape)}")
-    return shape, bs, hl
+    mask = check_block_mask(mask, shape)
+    if out is not None:  # integer, and chunks inside blocks: two threads never write one chunk
+        _check_out(out, shape, bs)
+    return shape, bs, hl, mask
 
 
 class _BlockGrid:
@@ -248,10 +250,13 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         Context read around each block for the superpixels (e.g. 2 * sigma_weights + a few voxels;
         with ``stacked=True`` the z halo is not needed).
     out : array-like, optional
-        Where to write the labels (e.g. a zarr array of the spatial shape, integer dtype; chunks that
-        divide ``block_shape``); default a new numpy array.
-    mask : array-like of bool, optional
-        Voxels outside are 0.
+        Where to write the labels: an integer array of the spatial shape whose dtype holds the
+        segment count (a ValueError before the first write otherwise), e.g. a zarr array, whose
+        chunks must divide ``block_shape`` (a ValueError otherwise: blocks write disjoint chunks).
+        A zarr ``out`` is flagged incomplete while written and complete at the end (attribute
+        ``xmodal_output``, see :mod:`xmodal.io`). Default: a new numpy array.
+    mask : array-like of bool or int, optional
+        Voxels outside (False / 0) are 0; other dtypes are a TypeError.
     method, beta, linkage, cannot_link, solver, size_exponent, min_size
         As in :func:`~xmodal.segmentation.superpixel_agglomeration`.
     feature : {"mean", "min", "max"}
@@ -278,7 +283,7 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
     if n_workers is None:
         from .. import _core
         n_workers = max(1, _core.num_threads())
-    shape, bs, hl = _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta,
+    shape, bs, hl, mask = _check_blockwise_args(boundaries, block_shape, halo, out, mask, method, feature, beta,
                                           min_size, n_workers)
     grid = _BlockGrid(shape, bs, hl)
     sp_options = dict(threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights, alpha=alpha,
@@ -309,12 +314,18 @@ def blockwise_superpixel_agglomeration(boundaries, *, block_shape, halo, out=Non
         t0 = time.perf_counter()
         final_path = os.path.join(work, "final.npy")
         np.save(final_path, final)  # always this run's (it depends on every block)
+        check_out_capacity(out, n_seg)
+        zarr_out = out is not None and xio.is_zarr_array(out)
+        if zarr_out:  # flagged just before the first write, complete after the last (see xmodal.io)
+            xio.mark_incomplete(out, _WRITER)
         parts = run(_relabel_block, [(plan, offsets, final_path, out, i) for i in range(grid.n_blocks)])
         target = out
         if out is None:
             target = np.zeros(shape, final.dtype)
             for i, part in enumerate(parts):
                 target[grid.inner[i]] = part
+        elif zarr_out:
+            xio.mark_complete(out, _WRITER)
         seconds["relabel"] = time.perf_counter() - t0
     finally:
         if own:

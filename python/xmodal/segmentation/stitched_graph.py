@@ -102,7 +102,7 @@ def stitched_superpixel_agglomeration(affinities, offsets, *, n_attractive, bloc
     """
     from .blockwise import _check_arguments, _run_blockwise
 
-    shape, o, bshape, hal, _ = _check_arguments(
+    shape, o, bshape, hal, _, mask = _check_arguments(
         affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
         n_attractive=n_attractive, strides=None, randomize_strides=False, invert=False, seed=None, bias=None)
     opts = _options(options, stacked, o, len(shape))
