@@ -27,7 +27,7 @@ def real_array(x: Any, name: str, expected: str) -> np.ndarray:
     except Exception as exc:  # pragma: no cover - numpy raises many kinds here
         raise TypeError(f"{name}: expected {expected}, got {describe(x)}") from exc
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise TypeError(f"{name}: expected numeric {expected}, got {describe(x)}")
+        raise TypeError(f"{name}: expected {expected} (numeric), got {describe(x)}")
     if np.issubdtype(a.dtype, np.complexfloating):
         raise TypeError(f"{name}: expected real values in {expected}, got {describe(x)}")
     return a

@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
 import time
 
 import numpy as np
@@ -26,7 +28,7 @@ from .._validation import choice, describe, positive_float, positive_int
 from ._assemble import KINDS, assemble
 from ._calibration import calibrate_atlas
 from ._deform import check_deform
-from ._inputs import check_features, check_names, check_sample_points
+from ._inputs import check_features, check_informative, check_names, check_sample_points
 from ._model import Atlas
 
 
@@ -61,12 +63,48 @@ def _check_inputs(samples, names, features, feature_names):
             feats.append(a)
         if feature_names is None:
             feature_names = [f"feature_{j}" for j in range(nf)]
+        if isinstance(feature_names, (str, bytes)) or not isinstance(feature_names, (list, tuple, np.ndarray)):
+            raise TypeError(f"feature_names: expected a list of {nf} str (one per feature column), "
+                            f"got {describe(feature_names)}")
         feature_names = [str(x) for x in feature_names]
         if len(feature_names) != nf:
             raise ValueError(f"feature_names: expected {nf} names, got {len(feature_names)}")
     elif feature_names is not None:
         raise ValueError("feature_names: given without features")
     return pts, nms, feats, feature_names
+
+
+def _check_relations(relations):
+    """``(neighbours, partners, per_axis)``: integers with 1 <= neighbours, 0 <= partners <= neighbours,
+    and a bool."""
+    def count(v, low):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+    ok = isinstance(relations, (tuple, list)) and len(relations) == 3 and count(relations[0], 1) \
+        and count(relations[1], 0) and relations[1] <= relations[0] and isinstance(relations[2], (bool, np.bool_))
+    if not ok:
+        raise ValueError(f"relations: expected (neighbours >= 1, partners in 0..neighbours, per_axis True/False), "
+                         f"got {describe(relations)}")
+    return (int(relations[0]), int(relations[1]), bool(relations[2]))
+
+
+#: Arguments of :func:`identify` that the calibration sets itself.
+_RESERVED = ("points", "atlas", "features", "_debug")
+
+
+def _check_identify_options(identify_options):
+    """Keyword arguments of :func:`identify` for the calibration, checked before the build."""
+    if identify_options is None:
+        return
+    if not isinstance(identify_options, dict):
+        raise TypeError(f"identify_options: expected a dict or None, got {describe(identify_options)}")
+    from ._identify import identify
+
+    known = set(inspect.signature(identify).parameters) - set(_RESERVED)
+    bad = sorted(set(map(str, identify_options)) - known)
+    if bad:
+        raise ValueError(f"identify_options: unknown options {bad}; expected some of {sorted(known)} "
+                         f"({', '.join(_RESERVED[:3])} are set by the calibration)")
 
 
 def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
@@ -106,6 +144,11 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         Pseudo-samples of the pooled covariance in each name's covariance (and feature covariance).
     feature_normalization : {"sample", "none"}
         "sample": standardise each feature within each sample (median, 1.4826 × MAD) first.
+    relations : (neighbours, partners, per_axis)
+        Names that move together (``atlas.relations``): for every name, the ``partners`` among its
+        ``neighbours`` nearest names whose residuals correlate most with its own (correlation of the
+        whole residual vectors, or per axis with ``per_axis``); ``partners`` 0: none. Default
+        ``(10, 5, False)``.
     deform : "auto", dict or None
         Deformable stage of the group-wise registration: after the affine fits, a smooth
         displacement field per sample (Gaussian radial basis on ``centres`` farthest-point centres
@@ -144,13 +187,14 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     for flag, label in ((allow_reflection, "allow_reflection"), (robust, "robust"), (calibrate, "calibrate")):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{label}: expected True or False, got {describe(flag)}")
-    if identify_options is not None and not isinstance(identify_options, dict):
-        raise TypeError(f"identify_options: expected a dict or None, got {describe(identify_options)}")
+    _check_identify_options(identify_options)
+    relations = _check_relations(relations)
     pts, nms, feats, feature_names = _check_inputs(samples, names, features, feature_names)
+    check_informative(feats, feature_names, feature_normalization)
     deform = check_deform(deform)
     opts = dict(transform=transform, allow_reflection=bool(allow_reflection), robust=bool(robust),
                 shrinkage=shrinkage, feature_normalization=feature_normalization, max_iter=max_iter, tol=tol,
-                relations=tuple(relations), deform=deform)
+                relations=relations, deform=deform)
     atlas = assemble(pts, nms, feats, feature_names, **opts)
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 
@@ -86,8 +87,13 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         marginals.
     k : int
         Candidate names per cell (and cells per name) in the sparse cost graph.
-    max_iter, search_iter, keep_poses : iterations of the assignment/fit alternation, of the EM
-        per candidate pose, and poses refined after the first scoring.
+    max_iter, search_iter, keep_poses : iterations of the assignment/fit alternation (>= 1), of the
+        EM per candidate pose (>= 0), and poses refined after the first scoring (>= 1).
+    refine_poses, search_points, in_plane : poses registered in full after the pose search, cells
+        (and names) of the farthest-point subsamples its EM runs on, and in-plane rotations about the
+        longest axis tried per orientation (all >= 1).
+    cpd_iter, relational_iter : iterations of the CPD stage per refined pose (>= 1) and rounds of
+        conditioning each name on its partners (``atlas.relations``; >= 0, 0: off).
     feature_weight : float
         Weight of the feature log-likelihood relative to the position log-likelihood.
 
@@ -99,9 +105,13 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     x, feats, transform, T, u, model, q_out = _check(
         points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
         temperature)
-    top_k = positive_int(top_k, "top_k")
-    k = positive_int(k, "k")
-    max_iter = positive_int(max_iter, "max_iter")
+    top_k, k, max_iter, search_iter, keep_poses, refine_poses, search_points, in_plane, cpd_iter, relational_iter = (
+        positive_int(v, label, minimum=low) for v, label, low in (
+            (top_k, "top_k", 1), (k, "k", 1), (max_iter, "max_iter", 1), (search_iter, "search_iter", 0),
+            (keep_poses, "keep_poses", 1), (refine_poses, "refine_poses", 1), (search_points, "search_points", 1),
+            (in_plane, "in_plane", 1), (cpd_iter, "cpd_iter", 1), (relational_iter, "relational_iter", 0)))
+    if not isinstance(deformable, (bool, np.bool_)):
+        raise TypeError(f"deformable: expected True or False, got {describe(deformable)}")
     d = x.shape[1]
     timings = {}
 
@@ -114,7 +124,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     # refinement of the best poses: CPD of the atlas onto the sample, then assignment <-> fit
     t0 = time.perf_counter()
     best = None
-    for _, j, A, t, refl in pose["best"][:max(1, refine_poses)]:
+    for _, j, A, t, refl in pose["best"][:refine_poses]:
         A, t = cpd_stage(x, model, A, t, transform, q_out, max_iter=cpd_iter)
         A, t, field_, it, obj = refine(x, model, A, t, u, feats, k, transform, max_iter, deformable)
         if best is None or obj < best[0]:
@@ -193,12 +203,21 @@ def fit_statistic(y, index, atlas: Atlas) -> float | None:
 def fit_check(y, index, atlas: Atlas) -> dict:
     """The fit statistic of a sample beside those of the atlas's leave-one-out samples
     (``atlas.calibration["loo_fit_median_d2"]``); ``ok`` False (and a UserWarning) when it exceeds
-    :data:`FIT_FACTOR` times their largest; None for an atlas without them, with fewer than
-    :data:`FIT_MIN_SAMPLES` of them, or for a sample of fewer than :data:`FIT_MIN_CELLS` cells."""
+    :data:`FIT_FACTOR` times their largest, or when no cell is named at all; None for an atlas
+    without them, with fewer than :data:`FIT_MIN_SAMPLES` of them, or for a sample of fewer than
+    :data:`FIT_MIN_CELLS` cells (a sample of which no cell is named still gets the warning)."""
     value = fit_statistic(y, index, atlas)
     ref = atlas.calibration.get("loo_fit_median_d2")
     out = {"median_d2": value, "loo_median_d2": ref, "factor": FIT_FACTOR, "ok": None}
-    if ref and len(ref) >= FIT_MIN_SAMPLES and value is not None and len(index) >= FIT_MIN_CELLS:
+    applies = bool(ref) and len(ref) >= FIT_MIN_SAMPLES and len(index) >= FIT_MIN_CELLS
+    if value is None and len(index):
+        out["ok"] = False if applies else None
+        warnings.warn(
+            f"points: no cell of the sample was named (all {len(index)} left unnamed): the registration has "
+            "probably failed, or the unmatched cost is below every name's cost. Check that the coordinates are "
+            "in the atlas's units (spacing) and axis order, and the handedness (allow_reflection).",
+            UserWarning, stacklevel=3)
+    elif applies and value is not None:
         limit = FIT_FACTOR * max(ref)
         out["ok"] = bool(value <= limit)
         if not out["ok"]:
@@ -261,7 +280,7 @@ def _check(points, atlas, features, unmatched_cost, transform, orientations, all
         choice(unmatched_cost, "unmatched_cost", ("auto",))
         u = -math.log(q_out) + model.log_volume
     else:
-        if isinstance(unmatched_cost, bool) or not isinstance(unmatched_cost, (int, float, np.floating)) \
+        if isinstance(unmatched_cost, (bool, np.bool_)) or not isinstance(unmatched_cost, numbers.Real) \
                 or not np.isfinite(unmatched_cost):
             raise TypeError(f"unmatched_cost: expected 'auto' or a finite number, got {describe(unmatched_cost)}")
         u = float(unmatched_cost)

@@ -7,8 +7,22 @@ import numpy as np
 from .._validation import as_points, describe, real_array
 
 
+def _as_name(v, row: int, label: str) -> str:
+    """One name as str: str as it is, bytes decoded as UTF-8; anything else (None, a number, NaN
+    from a missing value in a table) is refused with its row."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{label}: row {row}: names given as bytes must be UTF-8, got {v!r}") from None
+    raise TypeError(f"{label}: expected names as strings; row {row} is {v!r} ({type(v).__name__})")
+
+
 def check_names(names, n: int, label: str) -> np.ndarray:
-    """``names`` as a (n,) str array of unique non-empty names."""
+    """``names`` as a (n,) str array of unique non-empty names (str, numpy str, or bytes decoded
+    as UTF-8; an object array must hold only those)."""
     try:
         arr = np.asarray(names)
     except Exception as exc:  # pragma: no cover
@@ -19,9 +33,8 @@ def check_names(names, n: int, label: str) -> np.ndarray:
         raise ValueError(f"{label}: expected {n} names (one per point), got {arr.shape[0]}")
     if arr.dtype.kind not in "USO":
         raise TypeError(f"{label}: expected names as strings, got dtype {arr.dtype}")
-    out = np.array([str(x) for x in arr.tolist()], dtype=str) if n else np.zeros(0, dtype=str)
-    if arr.dtype.kind == "O" and any(x is None for x in arr.tolist()):
-        raise ValueError(f"{label}: names must not be None")
+    vals = [_as_name(v, i, label) for i, v in enumerate(arr.tolist())]
+    out = np.array(vals, dtype=str) if n else np.zeros(0, dtype=str)
     empty = np.flatnonzero(np.char.str_len(out) == 0) if n else np.zeros(0, int)
     if empty.size:
         raise ValueError(f"{label}: names must be non-empty strings; rows {empty[:8].tolist()} are empty")
@@ -60,6 +73,21 @@ def normalise_features(f: np.ndarray, how: str) -> np.ndarray:
     sd = f.std(axis=0)
     scale = np.where(mad > 0, mad, np.where(sd > 0, sd, 1.0))
     return (f - med) / scale
+
+
+def check_informative(feats, feature_names, how: str) -> None:
+    """ValueError for a feature column without any spread over all training samples (after the
+    normalisation ``how``): its per-name variances would be 0 and its costs meaningless."""
+    if feats is None:
+        return
+    F = np.vstack([normalise_features(f, how) for f in feats])
+    flat = np.flatnonzero(np.ptp(F, axis=0) == 0) if len(F) else np.zeros(0, int)
+    if flat.size:
+        j = int(flat[0])
+        where = "within every sample (the per-sample standardisation makes it 0)" if how == "sample" else \
+            "over all samples"
+        raise ValueError(f"features: column {j} ({feature_names[j]!r}) is constant {where}: it says nothing "
+                         "about the names; leave it out")
 
 
 def check_sample_points(points, label: str, d: int | None = None) -> np.ndarray:

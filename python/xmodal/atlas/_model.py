@@ -109,9 +109,14 @@ class Atlas:
         return float(self.calibration.get("temperature", 1.0))
 
     def index(self, names) -> np.ndarray:
-        """Row of each name in the atlas (-1 for names it does not have)."""
+        """Row of each name in the atlas (-1 for names it does not have; bytes are read as UTF-8, as
+        :func:`build_atlas` reads them)."""
         lookup = {n: i for i, n in enumerate(self.names.tolist())}
-        return np.array([lookup.get(str(n), -1) for n in np.asarray(names).ravel()], dtype=np.int64)
+
+        def key(n):
+            return n.decode("utf-8", "replace") if isinstance(n, bytes) else n if isinstance(n, str) else None
+
+        return np.array([lookup.get(key(n), -1) for n in np.asarray(names).ravel().tolist()], dtype=np.int64)
 
     def __repr__(self) -> str:
         feats = f", features={self.feature_names}" if self.feature_names else ""
@@ -160,7 +165,9 @@ class Atlas:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"atlas: expected a dict with format {FORMAT!r}, got {got!r}")
         version = d.get("version")
-        if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"atlas: version: expected an integer schema version, got {version!r}")
+        if version < 1 or version > SCHEMA_VERSION:
             raise ValueError(f"atlas: schema version {version!r} is not supported by this xmodal "
                              f"(it reads versions 1 to {SCHEMA_VERSION}); upgrade xmodal")
 
@@ -197,18 +204,24 @@ class Atlas:
         return atlas
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the atlas as JSON (schema ``xmodal-atlas`` version 1), atomically."""
+        """Write the atlas as one JSON file (schema ``xmodal-atlas`` version 1), atomically: an
+        existing file is replaced only once the new one is complete. A path ending in ``.zarr`` is
+        refused (the atlas is not a zarr store; name it ``.json``)."""
         from ..io import atomic_write_text
 
+        if os.fsdecode(path).rstrip("/\\").lower().endswith(".zarr"):
+            raise ValueError(f"path: Atlas.save writes one JSON file, not a zarr store; got {os.fspath(path)!r} "
+                             "(use a .json name)")
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Atlas":
-        """Read an atlas written by :meth:`save`."""
+        """Read an atlas written by :meth:`save` (ValueError for a file that is not one, or one of a
+        newer schema version than this xmodal reads)."""
         with open(path, encoding="utf-8") as fh:
             try:
                 d = json.load(fh)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"atlas file {os.fspath(path)!r} is not valid JSON ({exc})") from exc
         return cls.from_dict(d)
 
