@@ -225,7 +225,7 @@ def test_tta_of_an_equivariant_network_is_the_network():
     # windows narrower than the longest offsets: those channels average over fewer transforms
     small = x[..., :12, :20]
     np.testing.assert_allclose(DihedralTTA(net)(small).numpy(), net(small).numpy(), atol=1e-6)
-    # the wrapper takes the wrapped network's mode (prediction refuses a network in training mode)
+    # the wrapper takes the wrapped network's mode (prediction warns about a network in training mode)
     assert DihedralTTA(net.eval()).training is False and DihedralTTA(net.train()).training is True
 
 

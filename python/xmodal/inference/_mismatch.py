@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validation import per_axis
 from ._grid import align_down, align_up
-from ._model import Runner
+from ._model import Runner, kept_state
 from ._normalize import quantile_normalizer
 from ._plan import geometry, as_image, layout, read_window
 
@@ -99,9 +99,10 @@ def tile_mismatch(model, image, *, tile_shape, overlap=None, halo="auto", thresh
     normalizer = quantile_normalizer(image, channel_axis=caxis) if normalize == "quantile" else normalize
     runner = Runner(model, device)
     preds = {}
-    for idx, start in _window_starts(shape, tile, stride, factor):
-        window = tuple(slice(s, s + t) for s, t in zip(start, tile))
-        preds[idx] = (start, runner(read_window(image, caxis, window, normalizer)[None])[0])
+    with kept_state(model):  # a model in training mode gets its buffers (BatchNorm statistics) back
+        for idx, start in _window_starts(shape, tile, stride, factor):
+            window = tuple(slice(s, s + t) for s, t in zip(start, tile))
+            preds[idx] = (start, runner(read_window(image, caxis, window, normalizer)[None])[0])
     pair_diff, pair_dice, pairs = [], [], []
     for idx, (s1, p1) in preds.items():
         for ax in range(nd):

@@ -27,7 +27,7 @@ import numpy as np
 from .. import io as xio
 from .._validation import as_bool, as_progress, describe, per_axis
 from ._grid import align_up, make_tiles
-from ._model import Runner, model_token
+from ._model import Runner, model_token, per_window_statistics
 from ._normalize import quantile_normalizer
 from ._receptive import ReceptiveFieldError, is_torch_module, receptive_field, spatial_signature
 
@@ -159,6 +159,9 @@ def prepare(x, caxis, normalizer):
         y = np.asarray(y, dtype=np.float32)
         if y.shape != x.shape:
             raise ValueError(f"normalize: the callable changed the window shape {x.shape} to {y.shape}")
+        if not np.isfinite(y).all():  # e.g. a per-window z-score of a constant window: 0 / 0
+            raise ValueError(f"normalize: expected finite values from the callable, got NaN or infinity for a "
+                             f"window of shape {x.shape} (min {float(x.min())}, max {float(x.max())})")
         x = np.ascontiguousarray(y)
     return x
 
@@ -175,10 +178,12 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     """Validate everything and prepare the run (no tile is predicted here); see the module doc."""
     image, nd, caxis, shape, in_ch = _check_inputs(model, image, blend=blend, channel_axis=channel_axis)
     progress, resume = as_progress(progress, "progress"), as_bool(resume, "resume")
-    factor, halo_v = geometry(model, nd, in_ch, halo)
+    factor, halo_v = geometry(model, nd, in_ch, halo, warn_small=True)
     runner = Runner(model, device)
     batch = _batch_size(batch_size, runner)
     out_chunks = _check_out(out, nd, shape)
+    _check_not_aliased(out, image)
+    _warn_per_window_statistics(model)
     normalizer = _normalizer_option(normalize)
     out_ch, cost = _probe(runner, model, factor, shape, in_ch, measure_cost=tile_shape is None)
     tile = _choose_tile(model, tile_shape, shape=shape, factor=factor, halo=halo_v, in_ch=in_ch,
@@ -216,8 +221,9 @@ def _check_inputs(model, image, *, blend, channel_axis):
     return image, nd, caxis, shape, in_ch
 
 
-def geometry(model, nd, in_ch, halo):
-    """(down-sampling factor, halo in voxels): from the analytic receptive field of a torch module."""
+def geometry(model, nd, in_ch, halo, *, warn_small=False):
+    """(down-sampling factor, halo in voxels): from the analytic receptive field of a torch module.
+    ``warn_small``: log a warning when a given halo is less than half the analytic receptive field."""
     try:
         rf = receptive_field(model, nd, in_channels=in_ch) if is_torch_module(model) else None
     except ReceptiveFieldError as exc:  # neither walked nor measured: a given halo is used with factor 1
@@ -227,7 +233,12 @@ def geometry(model, nd, in_ch, halo):
         rf = None
     factor = rf.factor if rf is not None else (1,) * nd
     if not isinstance(halo, str):
-        return factor, per_axis(halo, nd, "halo")
+        given = per_axis(halo, nd, "halo")
+        if warn_small and rf is not None and any(g < math.ceil(r / 2) for g, r in zip(given, rf.size)):
+            logging.getLogger("xmodal.inference").warning(
+                "halo: %s is less than half the network's analytic receptive field %s (halo='auto' gives %s): "
+                "the tiles may differ from the whole-image prediction near their edges", given, rf.size, rf.halo)
+        return factor, given
     if halo != "auto":
         raise ValueError(f"halo: expected 'auto' or voxel counts, got {halo!r}")
     if rf is None:
@@ -262,6 +273,40 @@ def _check_out(out, nd, shape):
     if np.dtype(out.dtype).kind != "f":  # an integer array would truncate the prediction silently
         raise TypeError(f"out: expected a floating dtype (the prediction is float32), got {out.dtype}")
     return tuple(out.chunks[1:])
+
+
+def _check_not_aliased(out, image) -> None:
+    """ValueError when ``out`` would overwrite ``image`` (shared memory, the same zarr array, or an
+    OME-Zarr path holding it): later windows would read predictions instead of the input."""
+    if out is None:
+        return
+    shared = False
+    if isinstance(out, np.ndarray) and isinstance(image, np.ndarray) and np.may_share_memory(out, image):
+        try:
+            shared = bool(np.shares_memory(out, image, max_work=1 << 20))
+        except getattr(np, "exceptions", np).TooHardError:  # numpy < 1.25: np.TooHardError
+            shared = True
+    elif xio.is_zarr_array(out) and xio.is_zarr_array(image):
+        a, b = xio.local_store_path(out), xio.local_store_path(image)
+        shared = (os.path.realpath(a) == os.path.realpath(b) if a is not None and b is not None
+                  else out.store is image.store and str(out.path) == str(image.path))
+    elif isinstance(out, (str, os.PathLike)) and xio.is_zarr_array(image):
+        where, held = os.path.realpath(os.fspath(out)), xio.local_store_path(image)
+        shared = held is not None and (os.path.realpath(held) + os.sep).startswith(where + os.sep)
+    if shared:
+        raise ValueError(f"out: expected an array or path apart from the image (predictions written there "
+                         f"would be read back as input by later windows), got {describe(out)}, which holds "
+                         f"the image")
+
+
+def _warn_per_window_statistics(model) -> None:
+    """Log a warning when the model normalises by statistics of the window it sees (no stitching
+    reproduces the whole-volume prediction then)."""
+    found = per_window_statistics(model) if is_torch_module(model) else []
+    if found:
+        logging.getLogger("xmodal.inference").warning(
+            "model: %s normalise(s) by statistics of each window: the tiles will not equal the whole-volume "
+            "prediction (tile_mismatch measures by how much); larger tiles reduce the difference", ", ".join(found))
 
 
 def _normalizer_option(normalize):

@@ -8,6 +8,7 @@ import time
 
 from .. import io as xio
 from .._validation import describe
+from ._model import kept_state
 from ._plan import WRITER as _WRITER
 from ._plan import Plan, plan_prediction, read_raw
 from ._run import run_dask, run_local
@@ -35,9 +36,15 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     Parameters
     ----------
     model : torch.nn.Module or callable
-        The network, in the mode it should run (call ``model.eval()`` first). Called on float32
-        batches ``(B, C_in, *spatial)``; must return ``(B, C_out, *spatial)`` (same spatial shape).
-        A callable that is not a torch module gets and returns numpy arrays.
+        The network, in the mode it should run (call ``model.eval()`` first; BatchNorm or dropout
+        in training mode is logged as a warning, and the model's buffers, e.g. BatchNorm running
+        statistics, are restored afterwards). A torch module is called on batches
+        ``(B, C_in, *spatial)`` in the dtype of its first floating parameter (float32 without one);
+        it must return ``(B, C_out, *spatial)`` (same spatial shape), or a tuple / list whose first
+        element is that. A callable that is not a torch module gets float32 numpy arrays and returns
+        arrays. A module normalising by the statistics of each window (GroupNorm, InstanceNorm
+        without running statistics) is logged as a warning: no tiling reproduces its whole-volume
+        prediction exactly (:func:`tile_mismatch` measures by how much).
     image : numpy array, zarr array, dask array or path to a zarr array / OME-Zarr image
         2-D or 3-D, with or without a channel axis. For a torch module the number of spatial axes
         comes from its first convolution; for other callables 2 or 3 axes are spatial and a 4-D
@@ -52,7 +59,9 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         (:func:`find_tile_shape`; torch modules only, give it for other callables).
     halo : "auto", int or sequence of int
         Context read around every tile (voxels). ``"auto"``: half the analytic receptive field,
-        rounded up to the down-sampling factor (:func:`receptive_field`).
+        rounded up to the down-sampling factor (:func:`receptive_field`). A given halo below half the
+        analytic receptive field is logged as a warning (the result may then differ from the
+        whole-image prediction near tile edges).
     blend : {"crop", "linear", "gaussian"}
         ``"crop"`` keeps the tile's part of each window prediction (exact; out of core; distributed).
         The blended modes weight whole window predictions (linear ramp across the halo, or a
@@ -61,13 +70,14 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     batch_size : "auto" or int
         Windows per forward pass (windows of equal shape are batched). ``"auto"``: 1 on the CPU,
         4 on a GPU.
-    device : {"auto", "cpu", "cuda"}
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
         Where a torch module runs (``"auto"``: where its parameters are if on a GPU, else a GPU when
-        torch sees one, else the CPU). The module is moved there.
+        torch sees one, else the CPU). The module is moved there (and stays there).
     normalize : None, "quantile" or callable
         ``"quantile"``: per channel, clip to the global 1 % and 98 % quantiles computed out of core
         (histogram, within ``(max - min) / 65536``) and scale to [0, 1]. A callable is applied to
-        every float32 window ``(C, *window)``; it must be point-wise for the result to stitch.
+        every float32 window ``(C, *window)``; it must be point-wise for the result to stitch and
+        return finite values (ValueError otherwise, e.g. a per-window z-score of a constant window).
     channel_axis : int or None
         The image's channel axis when it has one: an axis of the image (``-image.ndim`` to
         ``image.ndim - 1``, checked also when the image has none; ValueError otherwise).
@@ -77,7 +87,9 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         when it exists with the same layout, so an interrupted run resumes). A zarr array's chunks
         must divide the tile (chunk-aligned writes: parallel writers never share a chunk). A given
         array must have a floating dtype (an integer one would truncate the prediction). A path
-        that is an existing file, or a non-empty folder that is not a zarr store, is refused.
+        that is an existing file, or a non-empty folder that is not a zarr store, is refused, and
+        so is an ``out`` that holds the image (shared memory, the same zarr array, or the OME-Zarr
+        path the image is read from): later windows would read predictions as input.
     client : dask.distributed.Client or str, optional
         Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
         worker. With a zarr ``out`` the workers write directly, else the crops come back to the
@@ -107,7 +119,8 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     factor grid and the last window ends at the volume's end, so the last window has the same
     remainder as the whole volume. A network that pads internally to the factor then gives the
     whole-volume result; one that does not would fail on the whole volume too (and fails here
-    with the model's error). Peak memory (crop mode): about ``3 * batch_size + 2`` windows (two batches
+    with the model's error, which gets a note naming the windows' shape and the axis off the factor
+    grid, on Python >= 3.11). Peak memory (crop mode): about ``3 * batch_size + 2`` windows (two batches
     read ahead by one reader thread, one being predicted, ``batch_size + 1`` being written by one
     writer thread) plus the network's activations on one batch, whatever the image size.
 
@@ -116,6 +129,15 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     :func:`xmodal.io.open_array` refuses to read as if it were finished. A path ``out`` is written
     in place: a previous output there is overwritten tile by tile (flagged incomplete meanwhile).
     """
+    with kept_state(model):  # a model in training mode gets its buffers (BatchNorm statistics) back
+        return _predict_tiled(model, image, tile_shape=tile_shape, halo=halo, blend=blend, batch_size=batch_size,
+                              device=device, normalize=normalize, channel_axis=channel_axis, out=out,
+                              client=client, progress=progress, resume=resume)
+
+
+def _predict_tiled(model, image, *, tile_shape, halo, blend, batch_size, device, normalize, channel_axis, out,
+                   client, progress, resume):
+    """:func:`predict_tiled` without the restoration of the model's state."""
     if client is not None and not isinstance(client, str):
         if not hasattr(client, "scatter") or not hasattr(client, "submit"):
             raise TypeError(f"client: expected a dask.distributed.Client or a scheduler address, got {describe(client)}")

@@ -89,6 +89,24 @@ def _read_batch(plan: Plan, batch):
     return np.stack([prepare(r, plan.caxis, plan.normalizer) for r in raws]), digests
 
 
+def _predict_batch(plan: Plan, x: np.ndarray) -> np.ndarray:
+    """The model's prediction of the batch ``x``, its shape checked; an exception the model raises
+    gets a note naming the windows' shape (and an axis off the down-sampling grid, the usual cause)."""
+    try:
+        y = plan.runner(x)
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            off = [f"axis {ax} ({n} voxels)" for ax, (n, f) in enumerate(zip(x.shape[2:], plan.factor)) if n % f]
+            exc.add_note(f"predict_tiled: the model failed on a batch of windows of shape {x.shape}"
+                         + (f"; {', '.join(off)} not a multiple of the network's down-sampling factor "
+                            f"{plan.factor}: the image's extent there is not either, and the whole-image "
+                            f"prediction would fail alike (pad or crop the image)" if off else ""))
+        raise
+    if y.shape[:2] != (x.shape[0], plan.out_channels) or y.shape[2:] != x.shape[2:]:
+        raise ValueError(f"model: output of shape {y.shape} for an input of shape {x.shape}")
+    return y
+
+
 def run_local(plan: Plan):
     blended = plan.blend != "crop"
     acc = wsum = None
@@ -132,10 +150,8 @@ def run_local(plan: Plan):
                     bar.update(len(b))
                 continue
             t0 = time.perf_counter()
-            y = plan.runner(x)
+            y = _predict_batch(plan, x)
             t_model += time.perf_counter() - t0
-            if y.shape[:2] != (len(b), plan.out_channels) or y.shape[2:] != x.shape[2:]:
-                raise ValueError(f"model: output of shape {y.shape} for an input of shape {x.shape}")
             for i, t in enumerate(b):
                 yi = np.ascontiguousarray(y[i])
                 if blended:

@@ -10,6 +10,7 @@ import numpy as np
 from .._optional import optional_import
 from .._validation import describe, per_axis, positive_float, positive_int
 from ._grid import align_down, align_up
+from ._model import kept_state, resolve_torch_device
 from ._receptive import _param_device, _param_dtype, is_torch_module, receptive_field, spatial_signature
 
 log = logging.getLogger("xmodal.inference")
@@ -86,12 +87,13 @@ def activation_bytes_per_voxel(model, ndim: int, in_channels: int, factor, *, sh
     A forward pass on a small input (default ``8 * factor`` voxels per axis in 2-D, ``4 * factor``
     in 3-D) records the size of every intermediate output with forward hooks. Their sum is an upper
     bound of the live memory of an inference pass (torch frees intermediates it no longer needs).
+    The model runs in its mode; a model in training mode gets its buffers back afterwards.
     """
     torch = optional_import("torch")
     mult = 8 if ndim == 2 else 4
     shape = tuple(shape) if shape is not None else tuple(mult * max(f, 4) for f in factor)
     x = torch.zeros((1, in_channels) + shape, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
-    with ActivationCounter(model) as counter, torch.inference_mode():
+    with kept_state(model), ActivationCounter(model) as counter, torch.inference_mode():
         model(x)
     return (counter.bytes + x.numel() * x.element_size()) / float(np.prod(shape))
 
@@ -122,7 +124,8 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     Parameters
     ----------
     model : torch.nn.Module
-        The network.
+        The network, in the mode it will run (a model in training mode gets its buffers, e.g.
+        BatchNorm running statistics, back afterwards).
     image_shape : sequence of int, optional
         Spatial shape of the image; tiles never exceed it (rounded up to the factor). Default: a
         cube of ``max_shape``.
@@ -132,7 +135,7 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
         The halo the tiles will be read with (voxels).
     multiple_of : sequence of int, optional
         Tiles are multiples of this (default: the down-sampling factor).
-    device : {"auto", "cpu", "cuda"}
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
         CPU: the window must fit ``memory_budget`` bytes (default: a quarter of the available RAM,
         at most 1 GiB) at the measured per-voxel activation cost
         (:func:`activation_bytes_per_voxel`). GPU: start from the free device memory and probe a
@@ -155,7 +158,7 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
         Naming the argument: ``image_shape`` and ``multiple_of`` must be positive, ``halo``
         non-negative, ``memory_budget``, ``max_shape`` and ``bytes_per_voxel`` positive and finite.
     """
-    torch = optional_import("torch", purpose="find_tile_shape")
+    optional_import("torch", purpose="find_tile_shape")  # without torch: ImportError naming the extra
     if not is_torch_module(model):
         raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
     nd_m, in_m = spatial_signature(model)
@@ -188,9 +191,17 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     if image_shape is None:
         image_shape = ((max_shape or (1024 if ndim == 2 else 256)),) * ndim
     minimum = tuple(min(align_up(2 * h + 1, m), align_up(n, m)) for h, m, n in zip(halo, multiple, image_shape))
-    from ._model import resolve_torch_device
-
     dev = resolve_torch_device(model, device)
+    with kept_state(model):  # a model in training mode gets its buffers (BatchNorm statistics) back
+        return _fit(model, dev, ndim=ndim, in_channels=in_channels, factor=factor, image_shape=image_shape,
+                    halo=halo, multiple=multiple, minimum=minimum, memory_budget=memory_budget,
+                    bytes_per_voxel=bytes_per_voxel)
+
+
+def _fit(model, dev, *, ndim, in_channels, factor, image_shape, halo, multiple, minimum, memory_budget,
+         bytes_per_voxel):
+    """The measured and (on a GPU) probed tile of :func:`find_tile_shape`."""
+    torch = optional_import("torch", purpose="find_tile_shape")
     cost = bytes_per_voxel or activation_bytes_per_voxel(model, ndim, in_channels, factor)
     if dev.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(dev))
