@@ -17,6 +17,10 @@ namespace {
 
 constexpr int kMaxDim = knn::arith::kMaxDim;
 constexpr int kLeafSize = 16;
+// Below this many rows a pass runs on the calling thread: the work is well under a millisecond, while
+// waking a team costs about as much on a quiet machine and tens of milliseconds on a loaded one
+// (a worker that is not scheduled holds up the barrier; measured 67 ms against 5 ms for 400 points).
+constexpr std::int64_t kParallelMinRows = 4096;
 
 // A k-d tree over n points of dimension dim: median split on the widest axis of each node.
 // Points are stored in tree order (pts) with their original indices (ids).
@@ -155,7 +159,7 @@ std::vector<std::vector<std::int32_t>> neighbours(const KdTree& tree, const doub
                                                   int dim, int k, double r2, const std::vector<std::int32_t>& order) {
     std::vector<std::vector<std::int32_t>> out(static_cast<std::size_t>(nq));
 #ifdef XMODAL_HAVE_OPENMP
-#pragma omp parallel num_threads(xmodal::num_threads())
+#pragma omp parallel num_threads(xmodal::num_threads()) if (nq >= kParallelMinRows)
 #endif
     {
         std::vector<std::pair<double, std::int32_t>> near;
@@ -212,7 +216,7 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
         rev.clear();
         rev.shrink_to_fit();
 #ifdef XMODAL_HAVE_OPENMP
-#pragma omp parallel num_threads(xmodal::num_threads())
+#pragma omp parallel num_threads(xmodal::num_threads()) if (na >= kParallelMinRows)
 #endif
         {
             std::vector<std::int32_t> merged;
@@ -234,7 +238,7 @@ CsrGraph knn_graph(const double* a, std::int64_t na, const double* b, std::int64
     g.indices.resize(static_cast<std::size_t>(nnz));
     g.data.resize(static_cast<std::size_t>(nnz));
 #ifdef XMODAL_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 256) num_threads(xmodal::num_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(xmodal::num_threads()) if (na >= kParallelMinRows)
 #endif
     for (std::int64_t i = 0; i < na; ++i) {
         const double* ai = a + i * dim;
