@@ -98,13 +98,15 @@ def test_spacing_scales_coordinates():
             xmodal.knn_graph(a, b, k=4, spacing=bad)
 
 
-def test_result_independent_of_thread_count():
+@pytest.mark.parametrize("sizes", [(2000, 1800), (6000, 5000)])  # below / above the kernel's parallel cut (4096 rows)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_result_independent_of_thread_count(sizes, symmetric):
     rng = np.random.default_rng(2)
-    a, b = rng.random((2000, 3)), rng.random((1800, 3))
+    a, b = rng.random((sizes[0], 3)), rng.random((sizes[1], 3))
     with xmodal.num_threads(1):
-        g1 = xmodal.knn_graph(a, b, k=6, radius=0.05)
+        g1 = xmodal.knn_graph(a, b, k=6, radius=0.05, symmetric=symmetric)
     with xmodal.num_threads(2):
-        g2 = xmodal.knn_graph(a, b, k=6, radius=0.05)
+        g2 = xmodal.knn_graph(a, b, k=6, radius=0.05, symmetric=symmetric)
     np.testing.assert_array_equal(g1.indptr, g2.indptr)
     np.testing.assert_array_equal(g1.indices, g2.indices)
     np.testing.assert_array_equal(g1.data, g2.data)
