@@ -15,9 +15,11 @@ segmentation), the pipelines and the command line; each has one home here:
 
 Conventions:
 
-- A *path* names a zarr v3 store on the local file system. ``"vol.zarr"`` may be an array or a group;
+- A *path* names a zarr store on the local file system. ``"vol.zarr"`` may be an array or a group;
   an OME-Zarr image is a group whose attribute ``"ome"`` holds NGFF 0.5 ``multiscales`` metadata and
-  whose full-resolution array is ``"vol.zarr/0"``.
+  whose full-resolution array is ``"vol.zarr/0"``. xmodal writes zarr v3 / NGFF 0.5; it reads
+  NGFF 0.4 too (zarr v2, ``multiscales`` at the top level of the attributes, as ome-zarr-py and
+  bioformats2raw write; :mod:`xmodal.io._ngff`).
 - Writes are *chunk-aligned*: a region written by one worker covers whole chunks (or reaches the
   array's end), so concurrent writers never touch the same chunk (zarr writes each chunk as one file,
   which the store replaces atomically).

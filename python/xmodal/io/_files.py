@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -50,9 +51,52 @@ def _altered_text(col: list[str], values: np.ndarray) -> np.ndarray | None:
     return np.array(text)
 
 
+def _delimiter(header_line: str, suffix: str) -> str:
+    """The delimiter of a text table: a tab for .tsv, else the most frequent of tab, comma and
+    semicolon in the header line outside quoted names (a comma when it holds none)."""
+    if suffix == ".tsv":
+        return "\t"
+    bare = re.sub(r'"[^"]*"', "", header_line)
+    counts = {d: bare.count(d) for d in (",", "\t", ";")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def _text_rows(path: Path, suffix: str) -> list[list[str]]:
+    """The rows of a CSV / TSV file (UTF-8, a byte order mark dropped; lines of blanks skipped)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text.split("\n", 1)[0], suffix)))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"table {path}: not a text table (CSV/TSV) in UTF-8: {exc.reason} at byte {exc.start}") from None
+    except csv.Error as exc:
+        raise ValueError(f"table {path}: not a valid CSV/TSV table: {exc}") from None
+    return [r for r in rows if any(v.strip() for v in r)] if rows else rows
+
+
+def _check_header(path: Path, header: list[str], body: list[list[str]]) -> list[str]:
+    """The stripped column names; ValueError naming the file for a name given twice or a row with
+    more (non-empty) values than the header has names."""
+    names = [n.strip() for n in header]
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ValueError(f"table {path}: column {sorted(seen)[0]!r} is named more than once in the header {names}; "
+                         "column names must be unique")
+    for i, r in enumerate(body):
+        if len(r) > len(names) and any(v.strip() for v in r[len(names):]):
+            raise ValueError(f"table {path}: line {i + 2} holds {len(r)} values, the header names {len(names)} "
+                             f"columns ({names}); a decimal comma or an unquoted delimiter in a value?")
+    return names
+
+
 def read_table(path: str | os.PathLike) -> Table:
     """Read a CSV / TSV / Parquet table into a dict of column arrays (numeric where possible).
 
+    Text tables are UTF-8 (a byte order mark, as Excel writes, is dropped), delimited by tabs
+    (.tsv), or by commas, tabs or semicolons as the header line shows; fields may be quoted; lines
+    of blanks are skipped. Column names are stripped and must be unique; a row may not hold more
+    values than the header names (missing trailing values read as empty).
     A column whose every entry parses as a number is float64; any other column keeps its strings
     (see :func:`numeric_column` for a clear error naming the file, column and line). The result is
     a :class:`Table`: its ``text`` keeps the text of whole-number columns that the numbers would
@@ -70,32 +114,23 @@ def read_table(path: str | os.PathLike) -> Table:
         pq = optional_import("pyarrow.parquet", purpose="reading Parquet tables")
         table = pq.read_table(path)
         return Table({name: np.asarray(table.column(name).to_numpy()) for name in table.column_names})
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            sample = fh.read(4096)
-            fh.seek(0)
-            delimiter = "\t" if (suffix == ".tsv" or sample.count("\t") > sample.count(",")) else ","
-            rows = list(csv.reader(fh, delimiter=delimiter))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"table {path}: not a text table (CSV/TSV) in UTF-8: {exc.reason} at byte {exc.start}") from None
-    except csv.Error as exc:
-        raise ValueError(f"table {path}: not a valid CSV/TSV table: {exc}") from None
+    rows = _text_rows(path, suffix)
     if not rows:
         raise ValueError(f"table {path}: the file is empty")
-    header, body = rows[0], [r for r in rows[1:] if r]
+    header, body = rows[0], rows[1:]
     if not body:
         raise ValueError(f"table {path}: no rows below the header {header}")
     out = Table()
-    for j, name in enumerate(header):
+    for j, name in enumerate(_check_header(path, header, body)):
         col = [r[j] if j < len(r) else "" for r in body]
         try:
-            out[name.strip()] = np.array([float(v) for v in col])
+            out[name] = np.array([float(v) for v in col])
         except ValueError:
-            out[name.strip()] = np.array(col)
+            out[name] = np.array(col)
             continue
-        text = _altered_text(col, out[name.strip()])
+        text = _altered_text(col, out[name])
         if text is not None:
-            out.text[name.strip()] = text
+            out.text[name] = text
     return out
 
 

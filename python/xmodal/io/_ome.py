@@ -1,6 +1,7 @@
 """The voxel size an OME-Zarr image declares (NGFF 0.4 and 0.5 ``multiscales``) or a TIFF file does
 (OME-TIFF or ImageJ metadata, :func:`xmodal.io._tiff.tiff_scale`), so that a path given without
-``spacing`` is still measured in its own physical units (:func:`declared_scale`)."""
+``spacing`` is still measured in its own physical units (:func:`declared_scale`). NGFF images and
+label images as a viewer needs them (levels, axes, units) are read by :mod:`xmodal.io._ngff`."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def _scale_of(transforms: Any, n: int):
 def ome_zarr_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:
     """Voxel size and unit of the spatial axes of the OME-Zarr image at ``path`` (first resolution
     level: its dataset's ``scale`` times the multiscale's), when it has exactly ``ndim`` spatial
-    axes: ``((dz, dy, dx), "micrometer")``; the unit is None when the axes name none or different
-    ones. ``(None, None)`` for anything else (a plain zarr array, a TIFF, metadata without a
+    axes: ``((dz, dy, dx), "micrometer")``, the unit as its NGFF name ("um" read as "micrometer");
+    the unit is None when the axes name none, different ones or one that is no length unit.
+    ``(None, None)`` for anything else (a plain zarr array, a TIFF, metadata without a
     scale, or a scale that is not positive and finite)."""
     ms = _multiscale(path)
     if ms is None or not ms.get("datasets"):
@@ -56,10 +58,20 @@ def ome_zarr_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | Non
     if not all(s > 0 and s != float("inf") for s in scale):
         return None, None
     units = {axes[i].get("unit") for i in spatial}
-    unit = units.pop() if len(units) == 1 else None
+    unit = _known_unit(units.pop()) if len(units) == 1 else None
     if all(s == 1.0 for s in scale) and unit is None:
         return None, None  # nothing declared beyond the default
     return scale, unit
+
+
+def _known_unit(unit) -> str | None:
+    """An axis unit as its NGFF length unit name ("um" -> "micrometer"), None when it is none."""
+    from ._units import ngff_unit
+
+    try:
+        return ngff_unit(unit)
+    except ValueError:
+        return None
 
 
 def declared_scale(path, ndim: int) -> tuple[tuple[float, ...] | None, str | None]:

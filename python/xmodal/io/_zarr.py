@@ -15,9 +15,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .._validation import describe
+from ._units import ngff_unit
 from ._resume import check_complete, incomplete_status, output_status
 
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+_TYPE_ORDER = {"time": 0, "channel": 1, "space": 2}  # NGFF: time, then channel, then space axes
+_OPEN_MODES = ("r", "r+", "a")
+
+
+def _check_chunks(chunks: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``chunks`` as a tuple of ints, one positive integer per axis of ``shape``; ValueError else."""
+    try:
+        out = tuple(int(c) for c in chunks)
+        ok = len(out) == len(shape) and all(c >= 1 and c == float(g) for c, g in zip(out, chunks))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"chunks: expected {len(shape)} positive integers (one per axis of shape {shape}), "
+                         f"got {describe(chunks)}")
+    return out
 
 
 def _zarr():
@@ -44,7 +60,8 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
         A path to a zarr array, or to an OME-Zarr image group (its first multiscale level, ``"0"``,
         is returned), or an open array (returned as is).
     mode : {"r", "r+", "a"}
-        zarr access mode.
+        zarr access mode (read only, read and write, or read and write creating what is missing;
+        zarr's "w" and "w-", which erase or refuse an existing store, are not taken here).
     allow_incomplete : bool
         An output that xmodal is still writing, or whose run was killed, carries the attribute
         ``xmodal_output`` with ``complete: false`` (its unwritten chunks read as zeros). Opening
@@ -56,6 +73,8 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
         return source
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source: expected a path or a zarr array, got {describe(source)}")
+    if mode not in _OPEN_MODES:
+        raise ValueError(f"mode: expected one of {_OPEN_MODES} (opening an existing array), got {mode!r}")
     where = os.fspath(source)
     node = zarr.open(where, mode=mode)
     if not isinstance(node, zarr.Array):
@@ -82,6 +101,7 @@ def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | N
     shape = tuple(int(s) for s in shape)
     if chunks is None:
         chunks = tuple(min(max(s, 1), 128) for s in shape)
+    chunks = _check_chunks(chunks, shape)
     attrs = dict(attributes or {})
     if writer is not None:
         attrs.update(incomplete_status(writer))
@@ -94,19 +114,24 @@ def ome_image_metadata(axes: Sequence[str], *, spacing: Sequence[float] | None =
                        units: str | None = None, name: str | None = None, path: str = "0") -> dict:
     """NGFF 0.5 image metadata (the value of the group attribute ``"ome"``) for one resolution level.
 
-    ``axes`` are axis names among t, c, z, y, x in array order; ``spacing`` gives the voxel size of
-    the spatial axes (in ``units``, e.g. ``"micrometer"``), default 1.
+    ``axes`` are distinct axis names among t, c, z, y, x in array order, time before channel before
+    the spatial axes (as NGFF requires); ``spacing`` gives the voxel size of the spatial axes (one
+    positive value for all, or one per spatial axis; default 1) in ``units``, an NGFF length unit
+    (``"micrometer"``, ``"nanometer"``, ...; ``"um"``, ``"µm"``, ``"nm"`` are written as those
+    names; see :func:`ngff_unit`).
     """
+    from .._validation import as_spacing
+
     axes = tuple(axes)
     for a in axes:
         if a not in _AXIS_TYPES:
             raise ValueError(f"axes: expected names among {sorted(_AXIS_TYPES)}, got {axes}")
+    ranks = [_TYPE_ORDER[_AXIS_TYPES[a]] for a in axes]
+    if len(set(axes)) != len(axes) or ranks != sorted(ranks):
+        raise ValueError(f"axes: expected distinct names in the order t, c, then spatial axes, got {axes}")
+    units = ngff_unit(units)
     spatial = [a for a in axes if _AXIS_TYPES[a] == "space"]
-    if spacing is None:
-        spacing = [1.0] * len(spatial)
-    spacing = [float(s) for s in spacing]
-    if len(spacing) != len(spatial):
-        raise ValueError(f"spacing: expected {len(spatial)} values (one per spatial axis), got {spacing}")
+    spacing = [1.0] * len(spatial) if spacing is None else as_spacing(spacing, len(spatial)).tolist()
     scale, it = [], iter(spacing)
     for a in axes:
         scale.append(next(it) if _AXIS_TYPES[a] == "space" else 1.0)
@@ -136,6 +161,12 @@ def provenance_attributes(function: str, parameters: Mapping[str, Any] | None = 
     from ._provenance import input_records
 
     def clean(v):
+        if isinstance(v, np.generic):
+            v = v.item()  # numpy numbers as numbers, not "np.int64(3)"
+        elif isinstance(v, np.ndarray) and v.size <= 4096 and v.dtype.kind in "biuf":
+            v = v.tolist()  # small numeric arrays (offsets, spacing) in full; larger ones by repr
+        elif isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
         try:
             json.dumps(v)
             return v
@@ -173,7 +204,8 @@ def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[s
         raise ValueError(f"axes: expected {len(shape)} names, got {tuple(axes)}")
     if chunks is None:
         chunks = tuple(min(max(s, 1), 128) for s in shape)
-    chunks = tuple(int(c) for c in chunks)
+    chunks = _check_chunks(chunks, shape)
+    meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)  # checked before any write
     if not overwrite and os.path.exists(os.path.join(path, "0", "zarr.json")):
         arr = zarr.open_array(os.path.join(path, "0"), mode="r+")
         if arr.shape == shape and arr.dtype == np.dtype(dtype) and tuple(arr.chunks) == chunks:
@@ -188,7 +220,7 @@ def create_ome_zarr_image(path, shape: Sequence[int], dtype, *, axes: Sequence[s
     group = zarr.open_group(path, mode="w" if overwrite or not os.path.exists(path) else "a")
     arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=fill_value,
                              overwrite=True, attributes=incomplete_status(writer) if writer is not None else None)
-    attrs = {"ome": ome_image_metadata(axes, spacing=spacing, units=units, name=name)}
+    attrs = {"ome": meta}
     if provenance:
         attrs.update(provenance)
     group.attrs.update(attrs)
@@ -210,16 +242,20 @@ def create_ome_zarr_labels(image, name: str, shape: Sequence[int], dtype=np.uint
     shape = tuple(int(s) for s in shape)
     if len(axes) != len(shape):
         raise ValueError(f"axes: expected {len(shape)} names, got {tuple(axes)}")
+    if not isinstance(name, str) or not name.strip(" .") or "/" in name or "\\" in name:
+        raise ValueError(f"name: expected a label image name (not empty, no '/'), got {describe(name)}")
+    if not np.issubdtype(np.dtype(dtype), np.integer):
+        raise TypeError(f"dtype: expected an integer dtype for a label image (NGFF labels), got {np.dtype(dtype)}")
     if chunks is None:
         chunks = shape
-    chunks = tuple(max(1, min(int(s), int(c))) for s, c in zip(shape, chunks))
+    chunks = tuple(max(1, min(int(s), c)) for s, c in zip(shape, _check_chunks(chunks, shape)))
+    meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)  # checked before any write
     labels = zarr.open_group(os.fspath(image), mode="a").require_group("labels")
     names = list(labels.attrs.get("ome", {}).get("labels", []))
     labels.attrs.update({"ome": {"version": "0.5", "labels": names + [name] * (name not in names)}})
     group = labels.require_group(name)
     arr = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0, overwrite=True,
                              attributes=incomplete_status(writer) if writer is not None else None)
-    meta = ome_image_metadata(axes, spacing=spacing, units=units, name=name)
     meta["image-label"] = {"source": {"image": "../../"}}  # NGFF 0.5: the version is the "ome" object's only
     group.attrs.update({"ome": meta})
     return arr

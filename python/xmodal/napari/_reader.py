@@ -4,16 +4,23 @@
   ``matches.csv``, ``cells.csv`` (fixed cells) and ``moving.csv`` (moving cells before and after
   registration, 95 % prediction regions when computed) -> the layers of
   :func:`xmodal.napari._layers.registration_layers`;
-- an OME-Zarr image written by xmodal (``segmentation.ome.zarr`` of :func:`xmodal.pipelines.segment`,
-  ``*.ome.zarr`` of ``predict_tiled``), or a segmentation output folder holding one: the image as an
-  image layer (a channel axis such as the affinities' becomes napari's channel axis) and every
+- an OME-Zarr image, NGFF 0.5 (zarr v3, as xmodal writes: ``segmentation.ome.zarr`` of
+  :func:`xmodal.pipelines.segment`, ``*.ome.zarr`` of ``predict_tiled``) or NGFF 0.4 (zarr v2, as
+  ome-zarr-py and bioformats2raw write), or a segmentation output folder holding one: the image as
+  an image layer (a channel axis such as the affinities' becomes napari's channel axis) and every
   label image of its ``labels`` group as a labels layer, with the voxel size and the offset of the
   NGFF ``coordinateTransformations`` (``scale``, then ``translation`` when present; physical
-  units) as the layer scale and translate. Arrays are opened lazily (zarr), not loaded.
+  units, the image's: labels in another length unit are converted) as the layer scale and
+  translate, and the axes' units as the layers' ``units`` (napari 0.6 and later). A label image
+  group opened alone gives a labels layer; a bioformats2raw layout gives each of its series.
+  Arrays are opened lazily (zarr), not loaded; an image of several resolution levels is given as
+  napari's multiscale data (full resolution first).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
@@ -96,7 +103,7 @@ def _read_matches(path: Path) -> dict:
     register_cells writes it) gives empty columns instead of read_table's error."""
     from ..io import read_table
 
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         header = fh.readline()
         if any(line.strip() for line in fh):
             return read_table(path)
@@ -140,24 +147,19 @@ def _regions(moving: dict, d: int):
 # ----------------------------------------------------------------------------------- OME-Zarr
 
 def _ome(group_path: Path) -> dict | None:
-    import json
+    """The NGFF metadata of a zarr group, 0.5 or 0.4 and older (:func:`xmodal.io._ngff.ngff_metadata`)."""
+    from ..io._ngff import ngff_metadata
 
-    meta = group_path / "zarr.json"
-    if not meta.is_file():
-        return None
-    try:
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-    return attrs.get("ome") or None
+    return ngff_metadata(group_path)
 
 
 def _ome_zarr_root(path: Path) -> Path | None:
-    """The OME-Zarr image group at ``path``, or the one inside a segmentation output folder."""
+    """The OME-Zarr image or label image group at ``path`` (NGFF 0.4 or 0.5), a bioformats2raw
+    layout's root, or the image inside a segmentation output folder."""
     if not path.is_dir():
         return None
-    ome = _ome(path)
-    if ome and "multiscales" in ome:
+    ome = _ome(path) or {}
+    if "multiscales" in ome or "bioformats2raw.layout" in ome:
         return path
     inner = path / "segmentation.ome.zarr"
     if (path / "provenance.json").is_file() and inner.is_dir() and (_ome(inner) or {}).get("multiscales"):
@@ -165,45 +167,67 @@ def _ome_zarr_root(path: Path) -> Path | None:
     return None
 
 
-def _multiscale(path: Path, ome: dict):
-    """(array of the full resolution, axis names, scale per axis, translation per axis) of one NGFF
-    image group: the dataset's ``coordinateTransformations`` then the multiscale's, composed
-    (physical = index × scale + translation, the units of the axes; napari's scale and translate)."""
-    from ..io import open_array
-
-    ms = ome["multiscales"][0]
-    axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms["axes"]]
-    ds = ms["datasets"][0]
-    scale, translate = np.ones(len(axes)), np.zeros(len(axes))
-    for t in ds.get("coordinateTransformations", []) + ms.get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            s = np.asarray(t["scale"], dtype=np.float64)
-            scale, translate = scale * s, translate * s
-        elif t.get("type") == "translation":
-            translate = translate + np.asarray(t["translation"], dtype=np.float64)
-    return open_array(str(path / ds["path"])), axes, scale.tolist(), translate.tolist()
+@functools.lru_cache(maxsize=1)
+def _napari_takes_units() -> bool:
+    """Whether this napari's layers take ``units`` (napari 0.6 and later)."""
+    try:
+        from napari.layers import Image
+    except ImportError:
+        return False
+    return "units" in inspect.signature(Image.__init__).parameters
 
 
-def read_ome_zarr(path) -> list[tuple]:
-    """The image of an xmodal OME-Zarr group and its label images as napari layer data."""
+def _layer(image, name: str, kind: str, unit: str | None) -> tuple:
+    """The napari layer data tuple of an :class:`xmodal.io._ngff.NgffImage`: every resolution
+    level (a pyramid when there are several), the scale and translate of the full resolution with
+    the spatial axes converted into ``unit`` (the image's, so that its labels overlay it), a
+    channel axis as napari's channel axis (images only; its layers hidden beyond 3 channels)."""
+    from ..io._units import LENGTH_UNITS, TIME_UNITS, convert_length
+
+    scale, translate, units = list(image.scale), list(image.translation), list(image.units)
+    for i, t in enumerate(image.types):
+        if t == "space" and unit is not None and units[i] in LENGTH_UNITS and unit in LENGTH_UNITS:
+            scale[i], translate[i] = convert_length([scale[i], translate[i]], units[i], unit)
+            units[i] = unit
+    c = image.channel_axis if kind == "image" else None
+    keep = [i for i in range(len(scale)) if i != c]
+    data = image.levels if len(image.levels) > 1 else image.levels[0]
+    kwargs: dict = {"name": name, "scale": [scale[i] for i in keep], "translate": [translate[i] for i in keep]}
+    if c is not None:
+        n = image.levels[0].shape[c]
+        labels = image.channel_names or [str(i) for i in range(n)]
+        kwargs.update(channel_axis=c, name=[f"{name}[{label}]" for label in labels], visible=n <= 3)
+    known = set(LENGTH_UNITS) | set(TIME_UNITS)
+    if _napari_takes_units() and any(units[i] for i in keep) and all(units[i] in known or units[i] is None
+                                                                     for i in keep):
+        kwargs["units"] = tuple(units[i] or "pixel" for i in keep)
+    return data, kwargs, kind
+
+
+def read_ome_zarr(path, name: str | None = None) -> list[tuple]:
+    """The layer data of an OME-Zarr group (NGFF 0.4 or 0.5): an image and every label image of
+    its ``labels`` group, or a label image alone, or the images of a bioformats2raw layout (each
+    series with its labels). ``name`` defaults to the folder's name without ``.ome.zarr``."""
+    from ..io._ngff import ngff_series, read_ngff_image
+
     path = Path(path)
-    arr, axes, scale, translate = _multiscale(path, _ome(path))
-    name = path.name.removesuffix(".ome.zarr") or path.name
-    kwargs: dict = {"name": name}
-    if "c" in axes:
-        spatial_scale = [s for a, s in zip(axes, scale) if a != "c"]
-        spatial_translate = [t for a, t in zip(axes, translate) if a != "c"]
-        kwargs.update(channel_axis=axes.index("c"), name=[f"{name}[{i}]" for i in range(arr.shape[axes.index("c")])],
-                      scale=spatial_scale, translate=spatial_translate, visible=False)
-    else:
-        kwargs.update(scale=scale, translate=translate)
-    layers = [(arr, kwargs, "image")]
+    meta = _ome(path) or {}
+    name = name or path.name.removesuffix(".ome.zarr").removesuffix(".zarr") or path.name
+    if "multiscales" not in meta and "bioformats2raw.layout" in meta:
+        series = ngff_series(path)
+        if not series:
+            raise ValueError(f"path: the bioformats2raw layout {path} holds no NGFF image")
+        return [layer for s in series for layer in read_ome_zarr(s, name=f"{name}/{s.name}")]
+    image = read_ngff_image(path, meta)
+    unit = image.spatial_unit
+    if image.is_label:
+        return [_layer(image, name, "labels", unit)]
+    layers = [_layer(image, name, "image", unit)]
     labels_group = path / "labels"
     for label_name in ((_ome(labels_group) or {}).get("labels", []) if labels_group.is_dir() else []):
-        lp = labels_group / label_name
+        lp = labels_group / str(label_name)
         meta = _ome(lp)
-        if not meta:
+        if not meta or "multiscales" not in meta:
             continue
-        larr, _, lscale, ltranslate = _multiscale(lp, meta)
-        layers.append((larr, {"name": label_name, "scale": lscale, "translate": ltranslate}, "labels"))
+        layers.append(_layer(read_ngff_image(lp, meta), str(label_name), "labels", unit))
     return layers
