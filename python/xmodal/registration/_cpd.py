@@ -108,8 +108,14 @@ def cpd(moving, fixed, *, transform: str = "rigid", w: float = 0.0, beta: float 
         a Gaussian RBF on those centres. True or None (auto): direct up to 1000 moving points, else
         low rank with centres covering the moving points to within 0.6 beta (at most 1500).
     callback : callable, optional
-        Called after every iteration as ``callback(iteration=i, sigma2=s2, objective=L, moved=TY)``
-        (TY in input units, numpy).
+        Called after every accepted iteration, the last one included, as
+        ``callback(iteration=i, sigma2=s2, objective=L, moved=TY)``: ``s2`` and ``L`` are the
+        values ``history`` records, ``TY`` the moving points at that iterate in input units (a new
+        array each call: numpy, or cupy for CUDA inputs), so the last call's ``TY`` is ``moved`` (in
+        float64).
+        A step that is reverted (see ``info["stop"]``) is not reported. An exception raised by the
+        callback (e.g. KeyboardInterrupt to cancel) propagates out of :func:`cpd` and leaves no state
+        behind.
     scale : float, optional
         Similarity: fix the scale to this value instead of estimating it.
     weights : array (M,), optional

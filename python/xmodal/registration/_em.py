@@ -298,6 +298,7 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
             if new_s2 <= frame.floor:
                 checked = _CollapseCheck(e, snap, c, reg, reg_prev, lam_n)
                 _accept_collapse(frame, model, estep, lm, checked, prog, warnings)
+                _report(opt, frame, model, it, prog.s2, L)  # the accepted step changed the transform
                 return
         except _Stop as stop:
             if stop.revert:
@@ -309,9 +310,7 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
         moved_little = opt.xtol > 0 and _max_step2(model.TY, snap[3]) <= opt.xtol * opt.xtol * prog.s2
         prog.s2 = new_s2
         prog.hist_s2.append(new_s2 * frame.s0 * frame.s0)
-        if opt.callback is not None:
-            opt.callback(iteration=it, sigma2=new_s2 * frame.s0 * frame.s0, objective=L,
-                         moved=frame.to_input(model.TY))
+        _report(opt, frame, model, it, new_s2, L)
         if L_prev is not None and abs(L - L_prev) <= opt.tol * max(abs(L), 1.0):
             prog.converged, prog.stop = True, "converged"
             return
@@ -320,6 +319,13 @@ def iterate(frame: Frame, model: Model, estep, lm: Landmarks, opt: Options, lam_
             prog.info["stop_rule"] = "xtol"
             return
         L_prev = L
+
+
+def _report(opt: Options, frame: Frame, model: Model, it: int, s2: float, L: float) -> None:
+    """The user's callback after an accepted iteration (sigma2 in squared input units, as in
+    ``history``; ``moved`` a fresh array in input units, of the points' namespace)."""
+    if opt.callback is not None:
+        opt.callback(iteration=it, sigma2=s2 * frame.s0 * frame.s0, objective=L, moved=frame.to_input(model.TY))
 
 
 def _max_step2(TY, TY_prev) -> float:

@@ -39,7 +39,7 @@ class CPDResult:
     objective : float
         Final negative log-likelihood (up to constants; plus the deformable regulariser).
     history : dict
-        Per iteration ``sigma2`` (input units) and ``objective``.
+        Per iteration ``sigma2`` (squared input units) and ``objective``.
     warnings : list of str
         Degenerate situations met (initial sigma2 below the floor, sigma2 collapse, non-finite or
         failed M-step reverted, no support, ...).

@@ -22,6 +22,27 @@ __all__ = [
 ]
 
 
+#: Largest deviation of ``R^T R`` from the identity accepted for a rotation (rounding of composed
+#: or JSON-stored rotations is ~1e-15; a rotation written with 5-6 decimals is within this).
+ROTATION_TOL = 1e-5
+
+
+def _finite(a: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` unless every entry of ``a`` is finite."""
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: expected finite values, got {a.tolist() if a.size <= 9 else 'NaN or inf entries'}")
+
+
+def _check_rotation(r: np.ndarray) -> None:
+    """ValueError naming ``rotation`` unless ``r`` is a proper rotation (orthonormal, det = +1)."""
+    err = float(np.abs(r.T @ r - np.eye(r.shape[0])).max())
+    det = float(np.linalg.det(r))
+    if err > ROTATION_TOL or det <= 0:
+        what = "a reflection (det < 0)" if err <= ROTATION_TOL else f"not orthonormal (max |R^T R - I| = {err:.3g})"
+        raise ValueError(f"rotation: expected a proper rotation (R^T R = I within {ROTATION_TOL:g}, det = +1), got a "
+                         f"matrix that is {what}; use AffineTransform for a general matrix")
+
+
 def _points(points, d: int) -> tuple[np.ndarray, np.dtype]:
     a = np.asarray(points)
     dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.dtype(np.float64)
@@ -43,6 +64,8 @@ class AffineTransform:
         t = np.array(self.translation, dtype=np.float64).reshape(-1)
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] not in (2, 3) or t.shape != (m.shape[0],):
             raise ValueError(f"matrix/translation: expected (d, d) and (d,) with d in (2, 3), got {m.shape} and {t.shape}")
+        _finite(m, "matrix")
+        _finite(t, "translation")
         object.__setattr__(self, "matrix", m)
         object.__setattr__(self, "translation", t)
 
@@ -66,7 +89,11 @@ class AffineTransform:
         return h
 
     def inverse(self) -> "AffineTransform":
-        inv = np.linalg.inv(self.matrix)
+        """The inverse map; ValueError naming ``matrix`` when it is singular."""
+        try:
+            inv = np.linalg.inv(self.matrix)
+        except np.linalg.LinAlgError:
+            raise ValueError(f"matrix: a singular matrix has no inverse, got {self.matrix.tolist()}") from None
         return AffineTransform(inv, -inv @ self.translation)
 
     def to_dict(self) -> dict:
@@ -94,6 +121,9 @@ class SimilarityTransform:
             raise ValueError(f"rotation/translation: expected (d, d) and (d,) with d in (2, 3), got {r.shape} and {t.shape}")
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale: expected a positive finite number, got {self.scale}")
+        _finite(r, "rotation")
+        _finite(t, "translation")
+        _check_rotation(r)
         object.__setattr__(self, "rotation", r)
         object.__setattr__(self, "translation", t)
         object.__setattr__(self, "scale", float(self.scale))
@@ -147,6 +177,8 @@ class RigidTransform(SimilarityTransform):
 
     @classmethod
     def from_dict(cls, d: dict):
+        if float(d.get("scale", 1.0)) != 1.0:  # to_dict writes scale 1; another value is not rigid
+            raise ValueError(f"scale: a rigid transform has scale 1, got {d['scale']!r} (load it as 'similarity')")
         return cls(np.asarray(d["rotation"], float), np.asarray(d["translation"], float))
 
 
@@ -178,6 +210,10 @@ class DeformableTransform:
             raise ValueError(f"centers/coefficients/offset: expected (k, d), (k, d), (d,), got {c.shape}, {w.shape}, {o.shape}")
         if not (np.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta: expected a positive finite number, got {self.beta}")
+        if not float(self.cutoff) > 0:  # inf: no truncation
+            raise ValueError(f"cutoff: expected a positive number (or inf), got {self.cutoff}")
+        for a, name in ((c, "centers"), (w, "coefficients"), (o, "offset")):
+            _finite(a, name)
         object.__setattr__(self, "centers", c)
         object.__setattr__(self, "coefficients", w)
         object.__setattr__(self, "offset", o)
@@ -250,10 +286,12 @@ class CompositeTransform:
         return self.transforms[0].ndim
 
     def apply(self, points) -> np.ndarray:
-        out = np.asarray(points, dtype=np.float64)
+        """Transform ``(n, d)`` points; float64 inside, returned as float32 for float32 input (as
+        every element does)."""
+        out, dtype = _points(points, self.ndim)
         for t in self.transforms:
             out = t.apply(out)
-        return out
+        return out.astype(dtype, copy=False)
 
     __call__ = apply
 
