@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
+from ._cli_mws import cmd_mws, record_offsets  # noqa: F401  (cmd_mws: the mws command)
 from ._cli_support import (
     UsageError,
     dask_client,
     ints_option,
-    numbers_option,
-    offsets_option,
     options_of,
     prepare_out,
     spacing_option,
@@ -264,17 +262,18 @@ def cmd_predict(args) -> int:
     halo = halo[0] if isinstance(halo, (tuple, list)) and len(halo) == 1 else halo
     tile_shape = ints_option(args.tile_shape)
     tile_shape = tile_shape[0] if isinstance(tile_shape, (tuple, list)) and len(tile_shape) == 1 else tile_shape
-    device = args.device
+    device, base, stack = args.device, model, False
     if (is_torch_module(model) and image.ndim == 3 and args.channel_axis is None
             and spatial_signature(model)[0] == 2):  # a 2-D model's (z, y, x) stack: slice by slice
         from .pipelines._slicewise import slicewise
 
         model, tile_shape, halo = slicewise(model, tuple(image.shape[1:]), tile_shape, halo, device)
-        device = "auto"  # the wrapper runs the model on the device itself
+        device, stack = "auto", True  # the wrapper runs the model on the device itself
     out = predict_tiled(model, image, tile_shape=tile_shape, halo=halo, blend=args.blend,
                         device=device, normalize=normalize, channel_axis=args.channel_axis, out=args.out,
                         client=dask_client(args), progress=not args.quiet)
     _declare_scale(args.out, args.image, image.ndim - (args.channel_axis is not None))
+    record_offsets(args.out, base, stack)  # for 'xmodal mws' without --offsets
     print(f"prediction of shape {tuple(out.shape)} written to {args.out}")
     return 0
 
@@ -286,101 +285,6 @@ def _declare_scale(out, image_path, ndim: int) -> None:
 
     spacing, units = declared_scale(image_path, ndim)
     set_ome_zarr_scale(out, spacing, units)
-
-
-def cmd_mws(args) -> int:
-    from .io import begin_folder, commit_folder, provenance_attributes, read_image
-    from .segmentation.mws import _check_bias, _check_n_attractive, _check_offsets
-
-    out = prepare_out(args.out, kind="zarr", command="mws", inputs=(args.affinities,), overwrite=args.overwrite)
-    aff = read_image(args.affinities)
-    offsets = offsets_option(args.offsets)
-    if offsets is None:
-        offsets = aff.attrs.get("xmodal", {}).get("offsets") if hasattr(aff, "attrs") else None
-        if offsets is None:
-            raise UsageError("--offsets: expected a JSON list of offsets (or a file), got none")
-    if len(aff.shape) not in (3, 4):
-        raise UsageError(f"affinities {args.affinities}: expected shape (C, y, x) or (C, z, y, x), "
-                         f"got {tuple(aff.shape)}")
-    spatial = tuple(aff.shape[1:])
-    # everything that can be checked is checked before the output is created
-    offsets = _check_offsets(offsets, int(aff.shape[0]), len(spatial)).tolist()
-    _check_n_attractive(args.n_attractive, int(aff.shape[0]), len(spatial))
-    bias = None
-    if args.bias is not None:
-        bias = (numbers_option(args.bias, "--bias", x_separates=False) if not isinstance(args.bias, (int, float, list))
-                else args.bias)
-        bias = bias[0] if isinstance(bias, list) and len(bias) == 1 else bias
-        if args.n_attractive is not None:
-            raise UsageError("--bias: not used with --n-attractive (the sign of affinity + bias decides); give one")
-        _check_bias(bias, int(aff.shape[0]))
-    weighting = {"n_attractive": args.n_attractive} if bias is None else {"bias": bias}
-    block_shape = None
-    if args.block_shape:
-        block_shape = ints_option(args.block_shape, "--block-shape")
-        if len(block_shape) != len(spatial) or min(block_shape) < 1:
-            raise UsageError(f"--block-shape: expected {len(spatial)} positive integers (one per spatial axis of "
-                             f"{tuple(spatial)}), got {args.block_shape!r}")
-    attrs = provenance_attributes("mws", options_of(args), {"affinities": args.affinities})
-    # The array is written next to --out and renamed into place when complete (a killed run leaves the
-    # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
-    # only when its affinities and the parameters are unchanged; the folder is removed on success.
-    stage = begin_folder(out, name="--out")
-    workdir = out.parent / (out.name + ".xmodal-work")
-    try:
-        n = _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workdir, args)
-    except (ValueError, TypeError):
-        # Bad input (e.g. a NaN found in some block) fails the same way on every rerun: nothing
-        # worth resuming, so leave no staging or work folder behind.
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    commit_folder(stage, out)
-    print(f"{n} segments written to {out}")
-    return 0
-
-
-def _mws_halo(offsets) -> list:
-    """The blockwise halo of ``xmodal mws``: the longest offset per axis, at least one voxel (an
-    axis no offset crosses, such as z of a stack of 2D affinities, still gets one to stitch on)."""
-    import numpy as np
-
-    return np.maximum(np.abs(np.asarray(offsets)).max(axis=0), 1).tolist()
-
-
-def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workdir, args) -> int:
-    """Segment into the staging folder (blockwise when ``block_shape``); the number of segments."""
-    import numpy as np
-
-    from .io import create_array, mark_complete
-    from .segmentation import blockwise_mutex_watershed, mutex_watershed, remove_small_segments
-
-    if block_shape:
-        from .pipelines._agglomerate import filter_small
-
-        target = create_array(stage, spatial, np.uint64, chunks=block_shape, overwrite=True,
-                              attributes=attrs, writer="xmodal mws")
-        client = dask_client(args)
-        res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
-                                        halo=_mws_halo(offsets), out=target,
-                                        invert=args.invert, client=client, **weighting,
-                                        workdir=workdir)
-        # the same size filter as single-shot (identical result), block by block, in place
-        _, n = filter_small(target, int(res.n_labels), aff, offsets, n_attractive=args.n_attractive,
-                            min_size=args.min_size, block_shape=block_shape, client=client, invert=args.invert,
-                            writer="xmodal mws")
-    else:
-        a = np.asarray(aff[...])
-        labels = mutex_watershed(a, offsets, invert=args.invert, **weighting)
-        if args.min_size > 1:
-            labels = remove_small_segments(labels, args.min_size, affinities=a, offsets=offsets,
-                                           n_attractive=args.n_attractive, invert=args.invert)
-        target = create_array(stage, labels.shape, labels.dtype, overwrite=True, attributes=attrs,
-                              writer="xmodal mws")
-        target[...] = labels
-        mark_complete(target, "xmodal mws")
-        n = int(labels.max())
-    return n
 
 
 def cmd_segment(args) -> int:

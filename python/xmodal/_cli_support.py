@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -51,9 +52,40 @@ def inputs_named(*paths):
     except (ValueError, TypeError, RuntimeError) as exc:
         names = list(dict.fromkeys(str(p) for p in paths if p is not None))
         msg = one_line(exc)
-        if not is_user_error(exc) or not names or any(n in msg for n in names):
-            raise
+        if not is_user_error(exc) or not names or any(n in msg for n in names) or msg.startswith("out:"):
+            raise  # (an error about --out is not about the inputs)
         raise UsageError(f"{msg} ({'input' if len(names) == 1 else 'inputs'}: {', '.join(names)})") from exc
+
+
+#: Python argument names of the library that differ from the dest of the command-line option
+_ALIASES = {"feature_columns": "features_columns", "n_coarse": "coarse"}
+
+
+def option_names(text: str, sub: argparse.ArgumentParser | None) -> str:
+    """A user error in the words of the command line: the Python argument names of the library
+    (``unmatched_cost: ...``, ``k, radius: ...``) replaced by the options of ``sub`` (``--unmatched-cost``);
+    names inside quotes or paths are left alone."""
+    if sub is None:
+        return text
+    names = {}
+    for a in sub._actions:
+        longs = [s for s in a.option_strings if s.startswith("--")]
+        if longs and not isinstance(a, argparse._HelpAction):
+            names[a.dest] = longs[0]
+    names.update({py: names[dest] for py, dest in _ALIASES.items() if dest in names and py not in names})
+    m = re.match(r"([A-Za-z_]\w*(?:, [A-Za-z_]\w*)*): ", text)
+    if m and all(n in names for n in m.group(1).split(", ")):
+        lead = m.group(1).split(", ")
+        head = ", ".join(names[n] for n in lead)
+        if len(lead) == 1 and names[lead[0]] != "--" + lead[0]:
+            head += f" ({lead[0]})"  # the Python name too, for API users
+        return head + _rename(text[m.end(1):], names)
+    return _rename(text, names)
+
+
+def _rename(text: str, names: dict) -> str:
+    return re.sub(r"(?<![\w./\\'\"-])[a-z]\w*_\w+(?![\w/\\'\"-])(?!\.\w)",
+                  lambda w: names.get(w.group(0), w.group(0)), text)
 
 
 def load_toml(path: str) -> dict:
@@ -133,25 +165,98 @@ def config_path(argv: list[str]) -> str | None:
     return None
 
 
-def apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str) -> None:
-    """Make the options of the TOML file the defaults of ``sub`` (the command line still wins)."""
+def apply_config(sub: argparse.ArgumentParser, command: str, cfg_path: str, commands=()) -> None:
+    """Make the options of the TOML file the defaults of ``sub`` (the command line still wins).
+
+    Top-level keys apply to every command, the keys of the table named after the command override
+    them; tables named after other ``commands`` are skipped. Keys are option names (dashes or
+    underscores, ``no-feature-cpd = true`` as well as ``feature_cpd = false``); each value is
+    checked as on the command line (type, choices, booleans for flags), a list of numbers or names
+    stands for a comma-separated value.
+    """
     cfg = load_toml(cfg_path)
-    table = cfg[command] if isinstance(cfg.get(command), dict) else cfg
-    known = {a.dest for a in sub._actions}
+    where = f"--config {cfg_path}"
+    table = {}
+    for key, value in cfg.items():
+        if not isinstance(value, dict):
+            table[key] = value
+        elif key not in commands:
+            raise UsageError(f"{where}: table [{key}] is not a command (expected one of {', '.join(commands)})")
+    table.update(cfg.get(command) if isinstance(cfg.get(command), dict) else {})
+    actions = _config_actions(sub)
     values = {}
     for key, value in table.items():
-        if isinstance(value, dict):
-            continue
-        dest = key.replace("-", "_")
-        if dest not in known:
-            raise UsageError(f"--config {cfg_path}: unknown option {key!r} for 'xmodal {command}'")
-        values[dest] = value
+        name = key.replace("-", "_")
+        if name not in actions:
+            raise UsageError(f"{where}: unknown option {key!r} for 'xmodal {command}'")
+        action, inverted = actions[name]
+        values[action.dest] = _config_value(action, inverted, value, f"{where}: {key}")
     # Positional arguments given in the file need not be repeated on the command line.
     for action in sub._actions:
         if not action.option_strings and action.dest in values:
-            action.nargs = "?"
+            action.nargs = "?" if action.nargs in (None, "?") else "*"
             action.required = False
     sub.set_defaults(**values)
+
+
+def _config_actions(sub: argparse.ArgumentParser) -> dict:
+    """Config keys of a subcommand: dest and long option names -> (action, value inverted)."""
+    out = {}
+    for a in sub._actions:
+        if isinstance(a, argparse._HelpAction) or a.dest == "config":
+            continue
+        out.setdefault(a.dest, (a, False))
+        for s in a.option_strings:
+            if s.startswith("--"):
+                name = s[2:].replace("-", "_")
+                out[name] = (a, name != a.dest and isinstance(a, argparse._StoreFalseAction))
+    return out
+
+
+def _config_value(action, inverted: bool, value, where: str):
+    """A TOML value as the parsed command-line value of ``action``; UsageError naming ``where``."""
+    if isinstance(value, dict):
+        raise UsageError(f"{where}: expected a value, got a table")
+    if action.nargs == 0:  # a flag
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false, got {value!r}")
+        return (not value) if inverted else value
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        if not items and action.nargs == "+":
+            raise UsageError(f"{where}: expected at least one value, got []")
+        return [_config_scalar(action, v, where) for v in items]
+    if isinstance(value, list):
+        if any(isinstance(v, (list, dict)) for v in value):
+            value = json.dumps(value)  # e.g. offsets = [[-1, 0], [0, -1]]
+        elif action.type is None and value and not any(isinstance(v, bool) for v in value):
+            value = ",".join(str(v) for v in value)  # e.g. spacing = [0.5, 0.2, 0.2]
+        else:
+            raise UsageError(f"{where}: expected one value, got {json.dumps(value)}")
+    return _config_scalar(action, value, where)
+
+
+def _config_scalar(action, value, where: str):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        text = json.dumps(value) if isinstance(value, bool) else repr(value)
+        raise UsageError(f"{where}: expected {_expected(action)}, got {text}")
+    text = value if isinstance(value, str) else str(value)
+    if action.type is not None:
+        try:
+            value = action.type(text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: expected {_expected(action)}, got {value!r}") from None
+    else:
+        value = text
+    if action.choices is not None and value not in action.choices:
+        raise UsageError(f"{where}: expected one of {', '.join(map(repr, action.choices))}, got {value!r}")
+    return value
+
+
+def _expected(action) -> str:
+    return {int: "an integer", float: "a number"}.get(action.type, "a string or a number")
 
 
 def numbers_option(text, option: str, kind=float, *, x_separates: bool = True):

@@ -1,8 +1,12 @@
 """The ``xmodal`` command line.
 
-Every subcommand takes ``--config FILE.toml``: a TOML file whose top-level keys (or the keys of a
-table named after the subcommand) are the long option names (dashes or underscores), so a run can
-be repeated exactly; options given on the command line override the file. Outputs carry their
+Every subcommand takes ``--config FILE.toml``: a TOML file whose top-level keys, and the keys of a
+table named after the subcommand (which override them), are the long option names (dashes or
+underscores; ``no-prealign = true``), so a run can be repeated exactly; options given on the
+command line override the file. Values are checked as on the command line (types, choices, true /
+false for flags; a list stands for a comma-separated value); an unknown key or a table that is not
+a command is an error. Errors name the command-line option (``--unmatched-cost``), followed by the
+Python argument name in parentheses where it differs. Outputs carry their
 provenance (xmodal version, parameters, inputs).
 
 Errors: a mistake in the command line or its inputs (a missing or unreadable file, a table column
@@ -36,6 +40,7 @@ from ._cli_support import (
     inputs_named,
     is_user_error,
     one_line,
+    option_names,
     setup,
 )
 from ._version import __version__
@@ -103,7 +108,8 @@ def _common(p: argparse.ArgumentParser, *, device: bool = False, scheduler: bool
     g.add_argument("--threads", type=_positive, metavar="N", help="native threads (default: XMODAL_NUM_THREADS or all)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     if device:
-        g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
+        g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where to compute (default auto)")
     if scheduler:
         g.add_argument("--scheduler", metavar="ADDRESS",
                        help="dask.distributed scheduler address for blockwise work (default: local threads)")
@@ -127,7 +133,7 @@ def _identity_commands(sub, subs: dict) -> None:
     p.add_argument("--spacing", help="coordinate scale, e.g. 0.5,0.2,0.2")
     p.add_argument("--allow-reflection", action="store_true", help="samples may be mirror images of each other")
     p.add_argument("--no-calibration", action="store_true", help="skip the leave-one-out calibration")
-    p.add_argument("--out", default="atlas.json", help="output atlas (JSON)")
+    p.add_argument("--out", default="atlas.json", help="output atlas (JSON; default atlas.json)")
     _common(p)
 
     p = _command(sub, subs, "identify", commands.cmd_identify,
@@ -140,7 +146,8 @@ def _identity_commands(sub, subs: dict) -> None:
                         "--out names.csv")
     p.add_argument("cells", help="cell table (.csv/.tsv/.parquet) with z, y, x")
     p.add_argument("--atlas", required=True, help="atlas JSON from 'xmodal atlas build'")
-    p.add_argument("--out", default="names.csv", help="output CSV: id, name, confidence, top-k candidates")
+    p.add_argument("--out", default="names.csv", help="output CSV: id, name, confidence, top-k candidates "
+                   "(default names.csv)")
     p.add_argument("--features-columns", nargs="+", help="the atlas's feature columns, same order")
     p.add_argument("--columns", help="coordinate columns, comma-separated (default z,y,x or y,x)")
     p.add_argument("--spacing", help="coordinate scale, e.g. 0.5,0.2,0.2")
@@ -173,7 +180,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal register --config register.toml")
     p.add_argument("fixed", help="fixed cells: table (.csv/.tsv/.parquet, physical units) or label image")
     p.add_argument("moving", help="moving cells: table or label image")
-    p.add_argument("--out", required=False, default="xmodal-register", help="output folder")
+    p.add_argument("--out", default="xmodal-register", help="output folder (default xmodal-register)")
     _transform(p, "auto", auto=True)
     p.add_argument("--matching", default="one-to-one", choices=["one-to-one", "cover"])
     p.add_argument("--spacing", help="voxel size / coordinate scale for both, e.g. 0.5,0.2,0.2")
@@ -209,7 +216,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal match a.csv b.csv --mode cover --out pairs.csv")
     p.add_argument("a", help="first point table (.csv/.tsv/.parquet) or label image")
     p.add_argument("b", help="second point table or label image")
-    p.add_argument("--out", default="matches.csv", help="output CSV of pairs")
+    p.add_argument("--out", default="matches.csv", help="output CSV of pairs (default matches.csv)")
     _candidates(p, unmatched="every point of the smaller set is matched")
     p.add_argument("--mode", default="one-to-one", choices=["one-to-one", "cover"])
     p.add_argument("--spacing", help="coordinate scale (tables) or voxel size (label images), e.g. 0.5,0.2,0.2")
@@ -223,9 +230,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal cpd moving.csv fixed.csv --transform rigid --out cpd/\n"
                         "  xmodal cpd moving.csv fixed.csv --transform deformable --beta 30 --lam 0.1 --w 1e-5 "
                         "--device cuda --out cpd/")
-    p.add_argument("moving")
-    p.add_argument("fixed")
-    p.add_argument("--out", default="xmodal-cpd", help="output folder")
+    p.add_argument("moving", help="moving points: table (.csv/.tsv/.parquet) or label image")
+    p.add_argument("fixed", help="fixed points: table or label image")
+    p.add_argument("--out", default="xmodal-cpd", help="output folder (default xmodal-cpd)")
     _transform(p, "rigid")
     for name, kind in (("--w", float), ("--beta", float), ("--lam", float), ("--max-iter", int), ("--tol", float),
                        ("--estep-tol", float)):
@@ -252,7 +259,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "pred.ome.zarr")
     p.add_argument("image", help="raw image: .zarr / OME-Zarr, .tif or .npy")
     p.add_argument("--out", required=False, default="prediction.ome.zarr",
-                   help="output OME-Zarr path (new, or an earlier prediction, resumed or replaced)")
+                   help="output OME-Zarr path (new, or an earlier prediction, resumed or replaced; default "
+                        "prediction.ome.zarr)")
     _model(p)
     p.add_argument("--halo", default="auto", help="context per side in voxels: one value (every axis) or one per "
                                                   "axis, e.g. 8,32,32; or 'auto' (half the receptive field)")
@@ -272,13 +280,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal mws aff.zarr --offsets offsets.json --n-attractive 3 --block-shape 64,512,512 "
                         "--out labels.zarr --scheduler tcp://10.0.0.1:8786")
     p.add_argument("affinities", help="affinities (.zarr, .npy, .tif) of shape (C, *spatial)")
-    p.add_argument("--offsets", help="JSON list of offsets or a JSON file")
+    p.add_argument("--offsets", help="JSON list of offsets or a JSON file (default: those an 'xmodal predict' "
+                                     "output records, with its --n-attractive)")
     p.add_argument("--n-attractive", type=int, help="attractive channels (default: ndim)")
     p.add_argument("--invert", action="store_true", help="affinities are boundary probabilities")
     p.add_argument("--bias", help="signed weights: merge probability + bias (one value, or one per channel, "
                                   "comma-separated, written with =: --bias=-0.5,-0.5,-0.8); replaces --n-attractive "
                                   "(see docs/mws.md)")
-    p.add_argument("--out", default="labels.zarr", help="output zarr array")
+    p.add_argument("--out", default="labels.zarr", help="output zarr array (default labels.zarr)")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
     p.add_argument("--min-size", type=_count, default=0, help="merge segments smaller than this (voxels) into their most attractive neighbour (also blockwise)")
     _overwrite(p, "not a zarr array written by 'xmodal mws'")
@@ -294,7 +303,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "  xmodal segment em.tif --ground-truth gt.tif --out seg/\n"
                         "  xmodal segment --config segment.toml")
     p.add_argument("raw", help="raw image or volume (.zarr / OME-Zarr, .tif, .npy)")
-    p.add_argument("--out", default="xmodal-segment", help="output folder")
+    p.add_argument("--out", default="xmodal-segment", help="output folder (default xmodal-segment)")
     _model(p)
     p.add_argument("--method", choices=["mws", "gasp", "multicut"],
                    help="agglomeration: pixel mutex watershed or superpixels + GASP / multicut (default: the "
@@ -341,7 +350,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                  epilog="examples:\n"
                         "  xmodal demo\n"
                         "  xmodal demo --out demo-out/")
-    p.add_argument("--out", default="xmodal-demo", help="output folder")
+    p.add_argument("--out", default="xmodal-demo", help="output folder (default xmodal-demo)")
     _common(p)
 
     p = _command(sub, subs, "info", commands.cmd_info,
@@ -362,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg_path = config_path(argv)
         if command in subs and cfg_path:
-            apply_config(subs[command], command, cfg_path)
+            apply_config(subs[command], command, cfg_path, commands=tuple(subs))
         args = parser.parse_args(argv)  # argparse reports its own errors with exit status 2
         if not getattr(args, "func", None):
             parser.print_help()
@@ -381,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("XMODAL_TRACEBACK") or not is_user_error(exc):
             raise
-        print(f"xmodal {command or ''}: error: {cli_text(exc)}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
+        text = option_names(cli_text(exc), subs.get(command))
+        print(f"xmodal {command or ''}: error: {text}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
         return EXIT_USAGE
 
 
