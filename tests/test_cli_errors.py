@@ -101,7 +101,7 @@ def test_counts_are_checked_by_the_parser(files, capsys):
     for argv, needle in ((("mws", "aff.npy", "--offsets", "offs.json", "--min-size", "-4", "--out", "l.zarr"),
                           "--min-size: expected an integer >= 0, got -4"),
                          (("match", "a.csv", "b.csv", "--k", "0", "--out", "m.csv"), "--k: expected an integer >= 1"),
-                         (("match", "a.csv", "b.csv", "--k", "x", "--out", "m.csv"), "--k: expected an integer >= 0, got 'x'")):
+                         (("match", "a.csv", "b.csv", "--k", "x", "--out", "m.csv"), "--k: expected an integer >= 1, got 'x'")):
         assert_user_error(*run(capsys, *argv)[::2], needle)
     assert not (files / "l.zarr").exists() and not (files / "m.csv").exists()
 

@@ -49,23 +49,24 @@ from .io._resume import IncompleteOutputError
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT (128 + 2)
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer >= 0 (argparse names the option in its message)."""
+def _at_least(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {v}")
     return v
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0 (argparse names the option in its message)."""
+    return _at_least(text, 0)
 
 
 def _positive(text: str) -> int:
     """argparse type: an integer >= 1."""
-    v = _count(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+    return _at_least(text, 1)
 
 __all__ = ["EXIT_USAGE", "UsageError", "build_parser", "main"]
 
