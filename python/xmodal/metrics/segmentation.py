@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .._validation import as_bool
-from ._contingency import ContingencyTable, check_label_pair, contingency_table, labels_tuple, table_of
+from .._validation import as_bool, as_spacing
+from ._contingency import (ContingencyTable, _check_labels, _factorize, check_label_pair, contingency_table,
+                           isin_labels, labels_tuple, table_of)
 from .instances import AP_THRESHOLDS, instance_matching, symmetric_best_dice
 from .points import ChamferResult, chamfer_distance
 
@@ -57,6 +58,10 @@ def adapted_rand_error(segmentation=None, ground_truth=None, *, table=None, igno
     together (it drops with false splits). 0 is perfect, 1 the worst. The error equals scikit-image's
     ``adapted_rand_error`` (whose ``precision`` and ``recall`` are these two swapped). When no pair
     is together in one segmentation, its ratio is defined as 1 (nothing claimed, nothing wrong).
+    The SNEMI3D / CREMI reference scripts differ slightly: they sum ``n_ij**2`` without ``- n`` and
+    treat segmentation label 0 as single-voxel segments (here: ``ignore_seg=(0,)`` drops those
+    voxels, the default keeps them as one segment); the difference shrinks with object size.
+    Pair counts are exact integers, so identical partitions give exactly 0.
 
     Parameters
     ----------
@@ -76,17 +81,25 @@ def adapted_rand_error(segmentation=None, ground_truth=None, *, table=None, igno
     AdaptedRandResult
     """
     t = _table(segmentation, ground_truth, table, ignore_seg, ignore_gt)
-    n = float(t.n_voxels)
-    c = t.counts.astype(np.float64)
-    s = t.seg_sizes.astype(np.float64)
-    g = t.gt_sizes.astype(np.float64)
-    both = float(c @ c) - n
-    seg_pairs = float(s @ s) - n
-    gt_pairs = float(g @ g) - n
+    n = int(t.n_voxels)
+    # exact integer pair counts (so identical partitions give exactly 0, on any BLAS thread count)
+    both = _sum_squares(t.counts, n) - n
+    seg_pairs = _sum_squares(t.seg_sizes, n) - n
+    gt_pairs = _sum_squares(t.gt_sizes, n) - n
     precision = both / seg_pairs if seg_pairs > 0 else 1.0
     recall = both / gt_pairs if gt_pairs > 0 else 1.0
-    f = 2.0 * both / (seg_pairs + gt_pairs) if seg_pairs + gt_pairs > 0 else 1.0
-    return AdaptedRandResult(error=1.0 - f, precision=precision, recall=recall, n_voxels=t.n_voxels)
+    error = (seg_pairs + gt_pairs - 2 * both) / (seg_pairs + gt_pairs) if seg_pairs + gt_pairs > 0 else 0.0
+    return AdaptedRandResult(error=float(error), precision=float(precision), recall=float(recall), n_voxels=t.n_voxels)
+
+
+def _sum_squares(x: np.ndarray, total: int) -> int:
+    """Exact ``sum(x**2)`` of non-negative integers summing to ``total`` (as a Python int)."""
+    x = np.asarray(x, dtype=np.int64)
+    if x.size == 0:
+        return 0
+    if int(x.max()) * total < 2**63:  # sum(x**2) <= max(x) * sum(x): int64 cannot overflow
+        return int(np.sum(x * x))
+    return int(np.sum(x.astype(object) ** 2))
 
 
 # ----------------------------------------------------------------------------- VOI
@@ -133,13 +146,12 @@ def variation_of_information(segmentation=None, ground_truth=None, *, table=None
     if not (np.isfinite(base) and base > 1):
         raise ValueError(f"base: expected a logarithm base > 1, got {base}")
     t = _table(segmentation, ground_truth, table, ignore_seg, ignore_gt)
-    n = float(t.n_voxels)
-    p = t.counts / n
-    p_seg = t.seg_sizes[t.rows] / n
-    p_gt = t.gt_sizes[t.cols] / n
+    p = t.counts / float(t.n_voxels)
     log_b = np.log(base)
-    split = float(-(p @ np.log(p / p_gt)) / log_b)
-    merge = float(-(p @ np.log(p / p_seg)) / log_b)
+    # p_ij / q_j = n_ij / g_j; np.sum (pairwise, single-threaded), not a BLAS dot: the result must
+    # not depend on the BLAS thread count
+    split = float(-np.sum(p * np.log(t.counts / t.gt_sizes[t.cols])) / log_b)
+    merge = float(-np.sum(p * np.log(t.counts / t.seg_sizes[t.rows])) / log_b)
     return VariationOfInformationResult(split=max(split, 0.0) + 0.0, merge=max(merge, 0.0) + 0.0, base=base, n_voxels=t.n_voxels)
 
 
@@ -160,35 +172,41 @@ def label_centroids(labels, *, spacing=None, background=0, return_sizes: bool = 
     Returns
     -------
     ids : (m,) int64
-        Object labels, sorted.
+        Object labels, sorted (uint64 when uint64 labels go beyond 2**63 - 1).
     centroids : (m, ndim) float64
         Mean voxel coordinate of each object times ``spacing``.
     sizes : (m,) int64
         Voxels per object (only with ``return_sizes=True``).
     """
     return_sizes = as_bool(return_sizes, "return_sizes")
-    from .._validation import as_spacing
-    from ._contingency import _check_labels, _factorize
 
     lab = _check_labels(labels, "labels")
     sp = as_spacing(spacing, lab.ndim)
     ids, inv = _factorize(lab.reshape(-1))
-    inv = inv.reshape(lab.shape)
-    sizes = np.bincount(inv.reshape(-1), minlength=len(ids)).astype(np.float64)
-    cents = np.zeros((len(ids), lab.ndim))
-    for axis in range(lab.ndim):
-        # sum of coordinates per label, one hyperplane at a time (no coordinate grid in memory)
-        acc = np.zeros(len(ids))
-        for i in range(lab.shape[axis]):
-            plane = np.take(inv, i, axis=axis).reshape(-1)
-            acc += i * np.bincount(plane, minlength=len(ids))
-        cents[:, axis] = acc / sizes
+    sizes = np.bincount(inv, minlength=len(ids)).astype(np.float64)
+    cents = _coordinate_sums(inv, lab.shape, len(ids)) / sizes[:, None]
     if sp is not None:
         cents *= sp
-    keep = ~np.isin(ids, labels_tuple(background, "background"))
+    keep = ~isin_labels(ids, labels_tuple(background, "background"))
     if return_sizes:
         return ids[keep], cents[keep], sizes[keep].astype(np.int64)
     return ids[keep], cents[keep]
+
+
+def _coordinate_sums(inv: np.ndarray, shape: tuple, n_ids: int) -> np.ndarray:
+    """``(n_ids, ndim)`` sums of the voxel coordinates per label index, O(n_voxels + n_ids) time.
+
+    The flat label indices ``inv`` are read in chunks, each with its coordinates from
+    ``np.unravel_index``; sums of integers in float64 are exact below 2**53.
+    """
+    acc = np.zeros((n_ids, len(shape)))
+    chunk = max(1 << 20, n_ids // 4)  # a chunk costs O(chunk + n_ids)
+    for start in range(0, inv.size, chunk):
+        stop = min(start + chunk, inv.size)
+        part = inv[start:stop]
+        for axis, coord in enumerate(np.unravel_index(np.arange(start, stop), shape)):
+            acc[:, axis] += np.bincount(part, weights=coord, minlength=n_ids)
+    return acc
 
 
 def centroid_chamfer_distance(segmentation, ground_truth, *, spacing=None, background=0) -> ChamferResult:
@@ -213,6 +231,10 @@ def centroid_chamfer_distance(segmentation, ground_truth, *, spacing=None, backg
     seg, gt = check_label_pair(segmentation, ground_truth)
     _, a = label_centroids(seg, spacing=spacing, background=background)
     _, b = label_centroids(gt, spacing=spacing, background=background)
+    for pts, name in ((a, "segmentation"), (b, "ground_truth")):
+        if len(pts) == 0:
+            raise ValueError(f"{name}: expected at least one object (a label not in background="
+                             f"{labels_tuple(background, 'background')}), got none")
     return chamfer_distance(a, b)
 
 
@@ -225,7 +247,8 @@ class SegmentationScores:
 
     ``arand*`` and ``voi_*`` count voxels whose ground truth is not in ``ignore_gt``; the object
     metrics treat ``background`` as no object. VOI unit: bits (log base 2) unless ``voi_base`` says
-    otherwise. Chamfer distances in the units of ``spacing``.
+    otherwise. ``chamfer`` in the units of ``spacing``; NaN when either image has no object.
+    ``n_seg`` / ``n_gt``: objects (labels not in ``background``) in each image.
     """
 
     arand: float
@@ -271,7 +294,8 @@ def evaluate_segmentation(segmentation, ground_truth, *, ignore_gt=(0,), ignore_
     spacing : float or sequence of float, optional
         Voxel size per axis, in image axis order ((z,) y, x), in the physical unit wanted (e.g.
         µm). It only sets the unit of ``chamfer`` (centroids are voxel indices times ``spacing``);
-        the overlap metrics count voxels. Default: 1 per axis, ``chamfer`` in voxels.
+        the overlap metrics count voxels. Default: 1 per axis, ``chamfer`` in voxels. ``chamfer``
+        is NaN when either image has no object.
     voi_base : float
         Logarithm base of the VOI (2: bits).
 
@@ -280,6 +304,7 @@ def evaluate_segmentation(segmentation, ground_truth, *, ignore_gt=(0,), ignore_
     SegmentationScores
     """
     seg, gt = check_label_pair(segmentation, ground_truth)
+    as_spacing(spacing, seg.ndim)  # checked even when no centroid is needed
     table = contingency_table(seg, gt)
     ar = adapted_rand_error(table=table, ignore_gt=ignore_gt, ignore_seg=ignore_seg)
     voi = variation_of_information(table=table, ignore_gt=ignore_gt, ignore_seg=ignore_seg, base=voi_base)
