@@ -116,3 +116,18 @@ def test_cli_evaluate_methods_on_the_shipped_slices(tmp_path, capsys):
     assert set(res["methods"]) == {"gasp", "baseline"}
     for m in res["methods"].values():
         assert 0.0 <= m["mean"]["arand"] < 0.5 and m["per_slice"]["n_segments"][0] > 5
+
+
+def test_scores_leave_out_slices_without_annotation():
+    from xmodal.pipelines.compare import _scores
+
+    gt = np.zeros((3, 12, 12), np.uint32)
+    gt[0, :6], gt[0, 6:] = 1, 2
+    gt[2, :, :6], gt[2, :, 6:] = 3, 4  # slice 1: nothing annotated
+    labels = gt.copy()
+    labels[1] = 7
+    s = _scores(labels, gt, stack=True, ignore_gt=(0,))
+    assert s["scored_slices"] == [0, 2] and len(s["per_slice"]["arand"]) == 2
+    assert s["mean"]["arand"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="ground_truth: no slice"):
+        _scores(labels, np.zeros_like(gt), stack=True, ignore_gt=(0,))

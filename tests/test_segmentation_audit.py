@@ -143,3 +143,22 @@ def test_segment_checks_the_ground_truth_shape_before_any_work(monkeypatch):
     raw = np.random.default_rng(0).random((32, 32)).astype(np.float32)
     with pytest.raises(ValueError, match=r"ground_truth: expected the shape of the image \(32, 32\), got \(32, 31\)"):
         seg.segment(raw, model="isbi2012", ground_truth=np.zeros((32, 31), np.uint32))
+
+
+def test_per_slice_evaluation_skips_unannotated_slices_and_nan_values():
+    from xmodal.pipelines._evaluate_step import evaluate
+
+    gt = np.zeros((3, 16, 16), np.uint32)
+    gt[0, :8], gt[0, 8:] = 1, 2
+    gt[2, :, :8], gt[2, :, 8:] = 3, 4  # slice 1 holds no annotation
+    labels = np.zeros_like(gt)
+    labels[0, :8], labels[0, 8:] = 5, 6
+    labels[1] = 1
+    labels[2] = 0  # no segment at all here: its Chamfer distance is NaN
+    m = evaluate(labels, gt, per_slice=True, spacing=None)
+    assert m["scored_slices"] == 2 and "skipped" in m["per_slice"][1]
+    assert m["per_slice"][0]["arand"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isfinite(m["mean"]["arand"]) and np.isfinite(m["mean"]["chamfer"])
+    assert m["mean"]["chamfer"] == pytest.approx(m["per_slice"][0]["chamfer"])
+    with pytest.raises(ValueError, match="ground_truth: no slice holds an object"):
+        evaluate(labels, np.zeros_like(gt), per_slice=True, spacing=None)

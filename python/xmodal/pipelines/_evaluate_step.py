@@ -29,7 +29,9 @@ def check_ground_truth(ground_truth, spatial: tuple):
 
 def evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
     """Step 7 of :func:`xmodal.pipelines.segment`: metrics against the ground truth (per slice and
-    their mean for a 2D model on a stack)."""
+    their mean for a 2D model on a stack). A slice whose ground truth is all 0 (no object) is listed
+    as skipped and left out of the mean (``scored_slices`` counts the others); a metric that is NaN
+    on a slice (the Chamfer distance without segments) is averaged over the slices that have it."""
     from ..metrics import evaluate_segmentation
     from ._inputs import read_image
 
@@ -40,6 +42,20 @@ def evaluate(labels, ground_truth, *, per_slice: bool, spacing) -> dict:
     if not per_slice:
         return evaluate_segmentation(labels, gt, spacing=spacing).as_dict()
     plane = None if spacing is None else tuple(spacing)[1:]  # Chamfer distances in the units of the (y, x) spacing
-    slices = [evaluate_segmentation(labels[z], gt[z], spacing=plane).as_dict() for z in range(labels.shape[0])]
-    keys = [k for k, v in slices[0].items() if isinstance(v, (int, float))]
-    return {"per_slice": slices, "mean": {k: float(np.mean([s[k] for s in slices])) for k in keys}}
+    slices, scored = [], []
+    for z in range(labels.shape[0]):
+        if not np.any(gt[z]):  # nothing annotated (0 is background): no score, left out of the mean
+            slices.append({"slice": z, "skipped": "no ground-truth object (all 0)"})
+            continue
+        slices.append(evaluate_segmentation(labels[z], gt[z], spacing=plane).as_dict())
+        scored.append(slices[-1])
+    if not scored:
+        raise ValueError("ground_truth: no slice holds an object (every voxel is 0, the background)")
+    keys = [k for k, v in scored[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    # mean over the scored slices; a value a slice cannot have (the Chamfer distance of a slice
+    # without segments is NaN) is left out of that key's mean
+    mean = {}
+    for k in keys:
+        v = np.array([s[k] for s in scored], dtype=float)
+        mean[k] = float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan")
+    return {"per_slice": slices, "mean": mean, "scored_slices": len(scored)}

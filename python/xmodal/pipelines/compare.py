@@ -56,7 +56,8 @@ def compare_segmentation_methods(raw, ground_truth, *, model="em", methods=METHO
         {score: [...]}, "mean": {...}, "worst": {...}, "seconds": s}}, "predict_seconds": s}``;
         scores per slice of a stack (one "slice" for a 2D image or a 3D model): ``arand``
         (adapted Rand error), ``voi_split``, ``voi_merge`` (bits), ``n_segments``. "worst" is the
-        largest value over slices.
+        largest value over slices. Slices whose ground truth holds only ``ignore_gt`` labels are not
+        scored: ``"scored_slices"`` lists the indices of those that are (``per_slice`` follows them).
     """
     from .segment import _normalizer, _predict, _validate
 
@@ -141,15 +142,19 @@ def _scores(labels, gt, *, stack: bool, ignore_gt) -> dict:
     from ..metrics import adapted_rand_error, contingency_table, variation_of_information
 
     pairs = [(labels[z], gt[z]) for z in range(gt.shape[0])] if stack else [(labels, gt)]
+    # a slice with nothing annotated (every label in ignore_gt) has no score and is left out
+    scored = [i for i, (_, g) in enumerate(pairs) if not np.isin(g, np.asarray(ignore_gt)).all()]
+    if not scored:
+        raise ValueError(f"ground_truth: no slice holds a label outside ignore_gt={tuple(ignore_gt)}")
     per = {k: [] for k in _SCORES}
-    for seg, g in pairs:
+    for seg, g in (pairs[i] for i in scored):
         table = contingency_table(seg, g)
         voi = variation_of_information(table=table, ignore_gt=ignore_gt)
         per["arand"].append(float(adapted_rand_error(table=table, ignore_gt=ignore_gt).error))
         per["voi_split"].append(float(voi.split))
         per["voi_merge"].append(float(voi.merge))
         per["n_segments"].append(int(len(np.unique(seg[seg != 0]))))
-    return {"per_slice": per, "mean": {k: float(np.mean(v)) for k, v in per.items()},
+    return {"per_slice": per, "scored_slices": scored, "mean": {k: float(np.mean(v)) for k, v in per.items()},
             "worst": {k: float(np.max(v)) for k, v in per.items()}}
 
 
