@@ -27,8 +27,9 @@ class DihedralTTA(torch.nn.Module):
         given; averaging suits probabilities). A 90-degree rotation swaps H and W, so the network
         must accept both orders (a fully convolutional network with H, W multiples of its
         down-sampling factor does).
-    offsets : array_like of int, shape (C, 2)
+    offsets : array_like of int, shape (C, 2), optional
         The output channels' offsets ``(dy, dx)``; closed under the dihedral group up to sign.
+        Default: the model's ``offsets`` attribute (a ValueError when it has none).
     transforms : int
         1 (identity only, the plain network), 2 (identity and the flip of x), 4 (the flips of y,
         x and both) or 8 (all, default).
