@@ -6,6 +6,7 @@ import contextlib
 import numbers
 import os
 import platform
+import re
 import sys
 import warnings
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ from ._version import __version__
 
 ENV_THREADS = "XMODAL_NUM_THREADS"
 _MAX_THREADS = 1 << 16
+_ENV_NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n]*")
 
 
 def _check_thread_environment() -> str | None:
@@ -24,8 +26,10 @@ def _check_thread_environment() -> str | None:
     value = os.environ.get(ENV_THREADS)
     if value is None:
         return None
-    text = value.strip()
-    if text.isdigit() and 1 <= int(text) < _MAX_THREADS:
+    # the native kernels' own rule (cpp/src/common.cpp, strtol): leading C white space, an optional
+    # sign, ASCII digits, then only spaces, tabs or newlines; any other value gives all cores
+    match = _ENV_NUMBER.fullmatch(value)
+    if match is not None and 1 <= int(match.group(1)) < _MAX_THREADS:
         return None
     return (f"{ENV_THREADS}={value!r} is not a positive integer (below {_MAX_THREADS}); "
             f"the native kernels use all {int(_core.hardware_threads())} cores instead")
@@ -35,8 +39,9 @@ def get_num_threads() -> int:
     """Number of threads the native kernels use.
 
     Defaults to the ``XMODAL_NUM_THREADS`` environment variable (read at import; a value that is not
-    a positive integer, e.g. ``abc``, ``0`` or ``-1``, gives a ``RuntimeWarning`` naming it and
-    all cores are used), else all cores.
+    a positive integer in ASCII digits, e.g. ``abc``, ``0``, ``-1`` or ``²``, gives a
+    ``RuntimeWarning`` naming it and all cores are used), else all cores. The setting is
+    process-wide: every Python thread sees and changes the same value (see :func:`num_threads`).
     """
     return int(_core.num_threads())
 
@@ -76,15 +81,27 @@ del _problem
 def num_threads(n: int | None) -> Iterator[None]:
     """Context manager: run the enclosed block with ``n`` native threads, then restore.
 
-    The setting is process-wide, so do not use it concurrently from several Python threads with
-    different values.
+    The setting is process-wide (not per Python thread): while the block runs, kernels called from
+    every thread use ``n``, and it is restored on leaving the block, also when the block raises.
+    Blocks nest. Do not use it concurrently from several Python threads with different values (the
+    last one to leave restores its own previous value): set the number once, outside the threads.
     """
-    old = get_num_threads()
+    old = _process_setting()
     set_num_threads(n)
     try:
         yield
     finally:
         set_num_threads(old)
+
+
+def _process_setting() -> int:
+    """The process-wide setting, without this thread's cap (:func:`capped_threads`)."""
+    cap = int(_core.thread_cap())
+    _core.set_thread_cap(0)
+    try:
+        return int(_core.num_threads())
+    finally:
+        _core.set_thread_cap(cap)
 
 
 def thread_share(n_workers: int) -> int:

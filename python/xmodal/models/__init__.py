@@ -178,7 +178,7 @@ SHIPPED_MODELS = {"em": "load_em_affinity_unet", "isbi2012": "load_isbi2012_affi
 
 
 def load_model(model):
-    """A network from its name, a TorchScript file or itself (what ``xmodal predict --model`` and
+    """A network from its name, a file or itself (what ``xmodal predict --model`` and
     :func:`xmodal.pipelines.segment` accept).
 
     Parameters
@@ -186,12 +186,23 @@ def load_model(model):
     model : str, path or callable
         The name of a shipped model (:data:`SHIPPED_MODELS`; ``"em"``: :func:`load_em_affinity_unet`,
         the default of :func:`xmodal.pipelines.segment`; ``"isbi2012"``: the previous
-        :func:`load_isbi2012_affinity_unet`), the path of a TorchScript file (loaded on the CPU, in
-        eval mode; needs torch), or a torch module / callable (returned as it is).
+        :func:`load_isbi2012_affinity_unet`); the path of a TorchScript file (loaded on the CPU, in
+        eval mode; needs torch) or of an xmodal checkpoint (a ``state_dict`` with ``metadata``, as
+        written by ``scripts/train_em_affinities.py`` / ``scripts/train_isbi2012_affinities.py``;
+        loaded by :func:`load_isbi2012_affinity_unet` when its metadata names that model, else by
+        :func:`load_em_affinity_unet`); or a torch module / callable (returned as it is).
 
     Returns
     -------
-    The model; shipped models carry ``offsets``, ``n_attractive`` and ``metadata`` attributes.
+    The model; shipped models and checkpoints carry ``offsets``, ``n_attractive`` and ``metadata``
+    attributes.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the shipped ones), a path that is no file, or a file
+        that is damaged (its stored checksums do not match), unreadable, a bare state dict or a
+        pickled module (which is not unpickled: it could run code).
     """
     import os
 
@@ -199,15 +210,32 @@ def load_model(model):
         name = os.fspath(model)
         if name in SHIPPED_MODELS:
             return globals()[SHIPPED_MODELS[name]]()
-        if not os.path.exists(name):
-            raise ValueError(f"model: expected one of {sorted(SHIPPED_MODELS)}, a TorchScript file or a torch module, "
-                             f"got {name!r}")
-        from .._optional import optional_import
-
-        torch = optional_import("torch", purpose="loading a TorchScript model")
-        return torch.jit.load(name, map_location="cpu").eval()
+        if not os.path.isfile(name):
+            what = "a folder" if os.path.isdir(name) else "no such file"
+            raise ValueError(f"model: expected one of {sorted(SHIPPED_MODELS)}, the path of a TorchScript file or "
+                             f"an xmodal checkpoint, or a torch module, got {name!r} ({what})")
+        return _load_model_file(name)
     if not callable(model):
         from .._validation import describe
 
         raise TypeError(f"model: expected a model name, a TorchScript file or a torch module, got {describe(model)}")
     return model
+
+
+def _load_model_file(name: str):
+    """A TorchScript file or an xmodal checkpoint at ``name`` (an existing file)."""
+    from ._checkpoint import check_integrity, is_torchscript, read_checkpoint
+    from ._optional_torch import torch_module
+
+    torch = torch_module()
+    where = f"model: {name}"
+    if not is_torchscript(name):
+        meta = read_checkpoint(name, where)["metadata"]
+        if str(meta.get("name", "")).startswith("isbi2012"):
+            return load_isbi2012_affinity_unet(name)
+        return load_em_affinity_unet(name)
+    check_integrity(name, where)
+    try:
+        return torch.jit.load(name, map_location="cpu").eval()
+    except RuntimeError as exc:
+        raise ValueError(f"{where} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from exc
