@@ -4,6 +4,8 @@ import io
 import logging
 import sys
 
+import pytest
+
 from xmodal._progress import progress_bar
 
 
@@ -103,3 +105,14 @@ def test_segment_reports_its_stages_and_stops_between_them(monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         segment(np.zeros(aff.shape[1:], np.float32), model=model, normalize=None, progress=cancel_at_size_filter)
+
+
+def test_a_progress_callable_of_the_wrong_arity_is_refused_up_front():
+    from xmodal._validation import as_progress
+
+    with pytest.raises(TypeError, match=r"^progress: expected a callable progress\(done, total, stage\)"):
+        as_progress(lambda done: None)
+    with pytest.raises(TypeError, match=r"^on_step: expected"):
+        as_progress(lambda a, b, c, d: None, "on_step")
+    for ok in (lambda *a: None, lambda done, total, stage, extra=1: None, print):
+        assert as_progress(ok) is ok

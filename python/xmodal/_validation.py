@@ -146,10 +146,27 @@ def as_progress(x: Any, name: str = "progress"):
     exception propagates to the caller.
     """
     if callable(x) and not isinstance(x, (bool, np.bool_)):
+        _check_progress_signature(x, name)
         return x
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     raise TypeError(f"{name}: expected True, False or a callable progress(done, total, stage), got {describe(x)}")
+
+
+def _check_progress_signature(fn, name: str) -> None:
+    """TypeError naming ``name`` when ``fn`` cannot be called with three positional arguments (a
+    callable whose signature Python cannot read is accepted as it is)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(0, 1, "stage")
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a callable progress(done, total, stage) taking three positional "
+                        f"arguments, got {getattr(fn, '__name__', type(fn).__name__)}{sig} ({exc})") from None
 
 
 def int64_array(x: Any, name: str, expected: str) -> np.ndarray:
