@@ -59,7 +59,7 @@ _LAZY = {
     "tile_mismatch": "xmodal.inference",
 }
 _SUBMODULES = {"matching", "registration", "segmentation", "inference", "pipelines", "metrics", "io", "cli", "atlas",
-               "models", "datasets"}
+               "models", "datasets", "demo"}
 
 __all__ = [
     "__version__",
