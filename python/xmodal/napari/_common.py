@@ -25,11 +25,14 @@ def world_cells(layer):
     scale plus its translation), as an :class:`xmodal.io.PointSet` ((n, d) points, d = 2 or 3, in
     image axis order (z, y, x) or (y, x)).
 
-    A Points layer gives its points (ids: row numbers 0..n-1); a Labels layer gives the centroid of
-    every non-zero label, with the label values as ids (so that the registration results, the
-    layers' features and the exported tables name cells by label). TypeError for another layer kind
-    or a non-integer label image, ValueError for a label image that is not 2D/3D or has no objects,
-    or points of fewer than 2 dimensions; the messages name the layer.
+    A Points layer gives its points (ids: row numbers 0..n-1); points with leading axes beyond
+    (z, y, x), such as time or channel, are read when they all lie on one value of those axes (one
+    time point), else refused. A Labels layer gives the centroid of every non-zero label of its full
+    resolution (the first level of a multiscale layer), with the label values as ids (so that the
+    registration results, the layers' features and the exported tables name cells by label).
+    TypeError for another layer kind or a non-integer label image, ValueError for a label image
+    that is not 2D/3D or has no objects, points of fewer than 2 dimensions or on several time
+    points; the messages name the layer.
     """
     from ..io import PointSet
 
@@ -43,7 +46,8 @@ def world_cells(layer):
         from ..io._points import label_centroids
 
         try:
-            cells = label_centroids(np.asarray(layer.data), scale.tolist())
+            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # full resolution
+            cells = label_centroids(np.asarray(data), scale.tolist())
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"layer {layer.name!r}: {exc}") from None
         pts, ids = cells.points + translate, np.asarray(cells.ids)
@@ -52,7 +56,27 @@ def world_cells(layer):
     d = min(pts.shape[1], 3)
     if d < 2:
         raise ValueError(f"layer {layer.name!r}: expected 2D or 3D cells, got {pts.shape[1]}D")
+    lead = pts[:, :-d]
+    if lead.size and np.ptp(lead, axis=0).max() > 0:
+        raise ValueError(f"layer {layer.name!r}: its points lie on several values of the axes before "
+                         "(z, y, x) (time points or channels); expected the cells of one, e.g. a layer per "
+                         "time point")
     return PointSet(pts[:, -d:], ids, f"napari layer {layer.name!r}")
+
+
+def unit_factors(layer, reference, d: int) -> np.ndarray | None:
+    """Per-axis factors converting the last ``d`` world axes of ``layer`` into the length units of
+    ``reference`` (napari 0.6+ ``layer.units``, which napari itself does not convert when drawing),
+    or None when there is nothing to convert: no units, units that are equal, or an axis that is
+    not a length in both (napari's default "pixel" stands for the viewer's world units)."""
+    units, ref = getattr(layer, "units", None), getattr(reference, "units", None)
+    if units is None or ref is None or len(units) < d or len(ref) < d:
+        return None
+    pairs = list(zip(list(units)[-d:], list(ref)[-d:]))
+    if any(str(u.dimensionality) != "[length]" or str(r.dimensionality) != "[length]" for u, r in pairs):
+        return None
+    factors = np.array([(1.0 * u).to(r).magnitude for u, r in pairs], dtype=np.float64)
+    return None if np.all(factors == 1.0) else factors
 
 
 def world_points(layer) -> np.ndarray:

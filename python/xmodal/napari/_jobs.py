@@ -138,7 +138,8 @@ def _panel_class():
             if job is not self.job:
                 return
             self.last_error = exc
-            self.status.value = f"{job.name}: {'cancelled' if isinstance(exc, JobCancelled) else f'error: {exc}'}"
+            message = str(exc) or type(exc).__name__  # MemoryError() has no message
+            self.status.value = f"{job.name}: {'cancelled' if isinstance(exc, JobCancelled) else f'error: {message}'}"
             self._idle()
 
         def cancel(self, *_) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from napari.viewer import Viewer
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
 
-from ._common import add_layers, layer_picker, world_cells
+from ..io import PointSet
+from ._common import add_layers, layer_picker, unit_factors, world_cells
 from ._jobs import Job, JobPanel
 from ._layers import MatchTable, registration_layers
 
@@ -19,7 +20,8 @@ class RegisterWidget(Container):
 
     Points layers are read in world coordinates (data × scale + translate, physical units); Labels
     layers give their object centroids (same coordinates), named by their label values in the
-    results, the layers' features and the exported tables. ``unmatched cost`` 0 means "auto" (3 × the median
+    results, the layers' features and the exported tables. Layers in different length units
+    (``layer.units``, e.g. nm and µm) are registered in the fixed layer's unit. ``unmatched cost`` 0 means "auto" (3 × the median
     nearest-neighbour distance); ``out`` (optional) writes the registration folder, which the
     reader opens again.
     """
@@ -58,6 +60,12 @@ class RegisterWidget(Container):
             self.panel.last_error = exc
             self.panel.status.value = f"register cells: error: {exc}"
             return None
+        factors = unit_factors(moving, fixed, mov.points.shape[1])
+        note = ""
+        if factors is not None:  # e.g. moving in nm, fixed in µm: register in the fixed layer's unit
+            mov = PointSet(mov.points * factors, mov.ids, mov.source)
+            note = (f" (moving cells converted from {', '.join(sorted({str(u) for u in moving.units}))} "
+                    f"to {', '.join(sorted({str(u) for u in fixed.units}))})")
         opts = self._options()
         name = f"{moving.name} -> {fixed.name}"
 
@@ -73,12 +81,12 @@ class RegisterWidget(Container):
                                   deformable_options={"callback": callback}, **opts)
 
         job = Job(compute, name="register cells")
-        self.panel.start(job, lambda res: self._show(res, name, fix.ids, mov.ids))
+        self.panel.start(job, lambda res: self._show(res, name, fix.ids, mov.ids, note))
         return job
 
-    def _show(self, result, name: str, fixed_ids=None, moving_ids=None) -> None:
+    def _show(self, result, name: str, fixed_ids=None, moving_ids=None, note: str = "") -> None:
         self.result = result
         table = MatchTable.from_result(result, source=result.outputs.get("matches", ""), fixed_ids=fixed_ids,
                                        moving_ids=moving_ids)
         add_layers(self.viewer, registration_layers(table, name=name))
-        self.panel.status.value = f"register cells: done, {result.n_matched} pairs"
+        self.panel.status.value = f"register cells: done, {result.n_matched} pairs{note}"

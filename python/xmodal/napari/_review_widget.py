@@ -36,6 +36,7 @@ class ReviewWidget(Container):
         self.export_button.changed.connect(lambda *_: self.export())
         self.pair.changed.connect(lambda *_: self._describe())
         self.matches_layer.changed.connect(lambda *_: self._watch())
+        viewer.layers.events.removed.connect(lambda *_: self._watch())  # the picker may be left empty
         self._watched = None
         self._watch()
 
@@ -47,9 +48,8 @@ class ReviewWidget(Container):
     def _watch(self) -> None:
         """Follow the selection of the chosen matches layer: a selected line becomes the pair."""
         layer = self.matches_layer.value
-        if layer is self._watched or layer is None:
-            return
-        layer.events.highlight.connect(lambda *_: self._selected(layer))
+        if layer is not self._watched and layer is not None:
+            layer.events.highlight.connect(lambda *_: self._selected(layer))
         self._watched = layer
         self._describe()
 
@@ -95,11 +95,18 @@ class ReviewWidget(Container):
         self._describe()
 
     def export(self, path=None):
-        """Write the reviewed table to ``path`` (default: the widget's) and return its path."""
+        """Write the reviewed table to ``path`` (default: the widget's) atomically and return its
+        path; None when it cannot be written (the status line says why; a file already there is
+        left as it was)."""
         t = self.table
         if t is None:
             self.status.value = "no match table on this layer"
             return None
-        written = export_csv(t, path or self.path.value)
+        path = path or self.path.value
+        try:
+            written = export_csv(t, path)
+        except (OSError, ValueError) as exc:  # e.g. a folder, no permission: shown, never raised into Qt
+            self.status.value = f"export: error: cannot write {path}: {exc}"
+            return None
         self.status.value = f"exported {len(t.fixed_index)} pairs to {written}"
         return written

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from napari.viewer import Viewer
@@ -64,7 +65,9 @@ class SegmentWidget(Container):
             self.panel.status.value = "choose an image layer"
             return None
         if getattr(layer, "rgb", False) or layer.ndim not in (2, 3):
-            self.panel.status.value = f"expected a 2D image or a 3D stack, got {layer.ndim}D"
+            got = "an RGB(A) colour image" if getattr(layer, "rgb", False) else f"{layer.ndim}D"
+            self.panel.status.value = (f"segment: error: layer {layer.name!r}: expected a grey-value 2D image or "
+                                       f"3D stack, got {got}")
             return None
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         out = str(self.out.value) if str(self.out.value) not in ("", ".") else None
@@ -90,7 +93,9 @@ class SegmentWidget(Container):
             return result
 
         job = Job(compute, name="segment")
-        self.panel.start(job, lambda res: self._show(res, layer))
+        # where the image was when Run was pressed (the layer may be moved or deleted meanwhile)
+        source = SimpleNamespace(name=layer.name, scale=tuple(layer.scale), translate=tuple(translate))
+        self.panel.start(job, lambda res: self._show(res, source))
         return job
 
     def _show(self, result, source) -> None:
