@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import choice, describe, positive_int
-from ._cost import _as_csr, _first, _overflow_scale
+from ._cost import _as_csr, _first, _overflow_scale, cover_hint
 from ._highs import import_highspy
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,15 @@ def _finish(c: sp.csr_matrix, rows, cols, *, sign: float, unmatched_cost, proble
                             time_s=time.perf_counter() - t0, info=info or {})
 
 
+def _as_float(u: numbers.Real) -> float:
+    """``float(u)``, or ValueError naming ``unmatched_cost`` for an integer beyond the float64 range."""
+    try:
+        return float(u)
+    except OverflowError:
+        raise ValueError(f"unmatched_cost: expected a number within the float64 range (|u| < 1.8e308), or "
+                         f"np.inf, got an integer of {len(str(abs(int(u))))} digits") from None
+
+
 def _unmatched_cost(u: Any, maximize: bool):
     """``unmatched_cost`` as a float, or None for "every point of the smaller side is matched".
 
@@ -121,7 +130,7 @@ def _unmatched_cost(u: Any, maximize: bool):
         return None
     if isinstance(u, bool) or not isinstance(u, numbers.Real):
         raise TypeError(f"unmatched_cost: expected a number or None, got {describe(u)}")
-    u = float(u)
+    u = _as_float(u)
     if np.isnan(u):
         raise ValueError("unmatched_cost: expected a number or None, got nan")
     if np.isinf(u):
@@ -178,7 +187,8 @@ def linear_assignment(cost: Any, *, unmatched_cost: float | None = None, maximiz
     Raises
     ------
     ValueError
-        NaN costs or the wrong infinity ("contains invalid numeric entries"), or an infeasible
+        NaN costs or the wrong infinity ("contains invalid numeric entries"), a (row, column) stored
+        twice in a sparse matrix (named; scipy would add them up), or an infeasible
         problem ("cost matrix is infeasible": a row or column with no allowed pair, or a set of
         rows whose allowed pairs reach fewer columns than rows): the message names them.
 
@@ -306,7 +316,9 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     ValueError
         NaN or ``-inf`` costs; "cost matrix is infeasible": a larger-side point without any allowed
         pair, smaller-side points whose allowed pairs reach too few larger-side points to cover
-        them all; not enough capacity.
+        them all, or (with ``max_per_target``) larger-side points whose allowed pairs reach too few
+        smaller-side points to take them all (the message names both sets and the reason); not
+        enough capacity in all (``max_per_target``).
 
     Notes
     -----
@@ -332,10 +344,12 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     deg_big, deg_small = (deg_r, deg_c) if rows_larger else (deg_c, deg_r)
     if (deg_big == 0).any():
         raise ValueError(f"cost: cost matrix is infeasible (no cover exists): {big} "
-                         f"{_first(np.flatnonzero(deg_big == 0))} have no allowed pair and cannot be matched{_hint()}")
+                         f"{_first(np.flatnonzero(deg_big == 0))} have no allowed pair and cannot be matched"
+                         f"{cover_hint(None)}")
     if (deg_small == 0).any():
         raise ValueError(f"cost: cost matrix is infeasible (no cover exists): {small} "
-                         f"{_first(np.flatnonzero(deg_small == 0))} have no allowed pair and cannot be covered{_hint()}")
+                         f"{_first(np.flatnonzero(deg_small == 0))} have no allowed pair and cannot be covered"
+                         f"{cover_hint(None)}")
     if cap is not None and cap * n_small < n_big:
         raise ValueError(f"max_per_target: {n_small} {small} taking at most {cap} each cannot cover all "
                          f"{n_big} {big}; expected max_per_target >= {-(-n_big // n_small)}")
@@ -369,15 +383,7 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
                            t0=t0, searches=free["searches"], info=info)
     out = _core.cover_assignment(n, m, indptr, indices, data, 0 if cap is None else cap)
     if out["failed_row"] != -1:
-        hr, hc = out["hall_rows"], out["hall_cols"]
-        if cap is None:  # hall_rows: smaller-side points, hall_cols: larger-side points
-            small_set, big_set = hr, hc
-        else:
-            small_set, big_set = hc, hr
-        raise ValueError(
-            f"cost: cost matrix is infeasible (no cover exists): {small} {_first(np.sort(small_set))} and {big} {_first(np.sort(big_set))} "
-            f"form a set that cannot be assigned (too few allowed pairs to cover every {small[:-1]} while "
-            f"matching every {big[:-1]} once{'' if cap is None else f' within max_per_target={cap}'}){_hint()}")
+        raise ValueError(_cover_infeasible(out, cap, rows_larger, n_big, n_small))
     partner = out["col_of_row"].astype(np.int64)
     idx = np.arange(n_big, dtype=np.int64)
     rows, cols = (idx, partner) if rows_larger else (partner, idx)
@@ -386,3 +392,32 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
         info["capacity_binding"] = True
     return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native", t0=t0,
                    searches=out["searches"], info=info)
+
+
+def _cover_infeasible(out: dict, cap, rows_larger: bool, n_big: int, n_small: int) -> str:
+    """The message of a failed cover search: a set of points whose allowed pairs all lie within a set
+    on the other side, and why that blocks every cover.
+
+    Without a capacity the witness is a set S of smaller-side points (``hall_rows``) whose allowed
+    pairs reach only the larger-side points B (``hall_cols``), fewer than S. With ``max_per_target``
+    the flow search reports the larger-side points B it reached (``hall_rows``) and the smaller-side
+    points S (``hall_cols``): every allowed pair of B lies in S, and B outnumbers what S can take,
+    ``min(cap * |S|, |S| + n_big - n_small)`` (every other smaller-side point needs one of the
+    larger-side points outside B).
+    """
+    big, small = ("rows", "columns") if rows_larger else ("columns", "rows")
+    head = "cost: cost matrix is infeasible (no cover exists): "
+    hr, hc = np.sort(out["hall_rows"]), np.sort(out["hall_cols"])
+    if cap is None:
+        return (f"{head}{small} {_first(hr)} have allowed pairs only with {big} {_first(hc)}, too few to cover "
+                f"each of them with a {big[:-1]} of its own{cover_hint(None)}")
+    nb, ns = hr.size, hc.size
+    why = []
+    if nb > ns + n_big - n_small:
+        left, other = n_big - nb, n_small - ns
+        why.append(f"which leaves {left} other {big[:-1] if left == 1 else big} for the {other} other "
+                   f"{small[:-1] if other == 1 else small}, each of which needs one")
+    if nb > cap * ns:
+        why.append(f"which can take at most max_per_target={cap} each, {cap * ns} in all")
+    reason = "; ".join(why) or f"which cannot take them all within max_per_target={cap}"
+    return f"{head}{big} {_first(hr)} have allowed pairs only with {small} {_first(hc)}, {reason}{cover_hint(cap)}"

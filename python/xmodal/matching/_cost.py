@@ -20,6 +20,14 @@ def _first(idx, n=_SHOW) -> str:
     return f"[{head}{', ...' if idx.size > n else ''}] ({idx.size} in all)"
 
 
+def cover_hint(cap) -> str:
+    """The end of a cover's infeasibility message: what the user can change (a cover has no
+    unmatched cost, so that is pointed to the one-to-one problem)."""
+    return (f"; build the candidate graph with a larger k or radius{'' if cap is None else ' or raise max_per_target'} "
+            "(a cover matches every point; to leave points unmatched, use a one-to-one matching with an "
+            "unmatched cost)")
+
+
 def _drop_entries(c: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
     """CSR copy of ``c`` without the stored entries where ``keep`` is False (explicit zeros kept)."""
     row_of_entry = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
@@ -130,8 +138,10 @@ def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_
             if cost.format not in ("coo", "csc", "bsr"):
                 _check_sparse_structure(coo, name)
             key = coo.row.astype(np.int64) * coo.shape[1] + coo.col
-            if np.unique(key).size != key.size:
-                raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
+            uniq, counts = np.unique(key, return_counts=True)
+            if uniq.size != key.size:
+                first = int(uniq[np.argmax(counts > 1)])
+                raise ValueError(_duplicate_message(name, *divmod(first, coo.shape[1]), key.size - uniq.size))
             c = sp.csr_matrix(coo, dtype=np.float64)
         if not c.has_canonical_format:
             n0 = c.nnz
@@ -140,8 +150,11 @@ def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_
             same = np.diff(ind) == 0
             row_start = np.zeros(ind.size, dtype=bool)
             row_start[ptr[:-1][ptr[:-1] < ind.size]] = True
-            if np.any(same & ~row_start[1:]):
-                raise ValueError(f"{name}: duplicate entries for the same (row, column); a pair needs one cost")
+            dup = same & ~row_start[1:]
+            if dup.any():
+                e = int(np.flatnonzero(dup)[0]) + 1
+                r = int(np.searchsorted(ptr, e, side="right") - 1)
+                raise ValueError(_duplicate_message(name, r, int(ind[e]), int(dup.sum())))
             assert c.nnz == n0
         fin = np.isfinite(c.data)
         if not fin.all():
@@ -172,6 +185,12 @@ def _as_csr(cost: Any, name: str = "cost", *, maximize: bool = False) -> sp.csr_
     out = sp.csr_matrix((arr[r, j], j.astype(np.int32), indptr), shape=(n, m))
     out.has_sorted_indices = True
     return out
+
+
+def _duplicate_message(name: str, r: int, j: int, extra: int) -> str:
+    return (f"{name}: duplicate entries for the same (row, column): entry ({r}, {j}) is stored more than once "
+            f"({extra} extra entr{'y' if extra == 1 else 'ies'} in all); expected one cost per allowed pair (scipy "
+            f"would add them up: call sum_duplicates() first if that is what they mean)")
 
 
 def _invalid_message(name: str, r: int, j: int, value: float, maximize: bool) -> str:

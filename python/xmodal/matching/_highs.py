@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ._cost import cover_hint
+
 _TOL = 1e-6
 _DUAL_TOL = 1e-10  # HiGHS' smallest; its default 1e-7 left optima 1 in 4e4 off on workload P
 
@@ -32,15 +34,18 @@ def _quiet_highs(highspy):
     return h
 
 
-def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, offset: float = 0.0):
+_HINT = "; build the candidate graph with a larger k or radius, or allow unmatched points (unmatched_cost)"
+
+
+def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, offset: float = 0.0,
+           hint: str = _HINT):
     highspy = import_highspy()
 
     n, m = c.shape
     nnz = c.nnz
     if nnz == 0:  # HiGHS reports an empty model as such: decide here
         if (np.asarray(row_lo) > 0).any() or (np.asarray(col_lo) > 0).any():
-            raise ValueError("cost: infeasible: no allowed pair at all; build the candidate graph with a larger "
-                             "k or radius, or allow unmatched points")
+            raise ValueError(f"cost: infeasible: no allowed pair at all{hint}")
         return np.zeros(0, np.int64), np.zeros(0, np.int64), {"highs_status": "empty"}
     coo = c.tocoo()
     r = coo.row.astype(np.int32)
@@ -71,8 +76,7 @@ def _solve(c: sp.csr_matrix, obj: np.ndarray, row_lo, row_hi, col_lo, col_hi, of
     if status != highspy.HighsModelStatus.kOptimal:
         text = h.modelStatusToString(status)
         if status == highspy.HighsModelStatus.kInfeasible:
-            raise ValueError("cost: infeasible: HiGHS proves that no assignment satisfies the constraints; "
-                             "build the candidate graph with a larger k or radius, or allow unmatched points")
+            raise ValueError(f"cost: infeasible: HiGHS proves that no assignment satisfies the constraints{hint}")
         raise RuntimeError(f"HiGHS did not reach an optimum: {text}")
     x = np.asarray(h.getSolution().col_value, dtype=np.float64)
     frac = np.abs(x - np.round(x))
@@ -157,6 +161,7 @@ def solve_cover(c: sp.csr_matrix, max_per_target):
     c = c.sorted_indices()
     cap = np.inf if max_per_target is None else float(max_per_target)
     obj = _reduced(c, rows=n >= m)  # the larger side is matched exactly once
+    hint = cover_hint(max_per_target)
     if n >= m:
-        return _solve(c, obj, np.ones(n), np.ones(n), np.ones(m), np.full(m, cap))
-    return _solve(c, obj, np.ones(n), np.full(n, cap), np.ones(m), np.ones(m))
+        return _solve(c, obj, np.ones(n), np.ones(n), np.ones(m), np.full(m, cap), hint=hint)
+    return _solve(c, obj, np.ones(n), np.full(n, cap), np.ones(m), np.ones(m), hint=hint)

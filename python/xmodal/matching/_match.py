@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import choice, describe
-from ._assignment import AssignmentResult, cover_assignment, linear_assignment
+from ._assignment import AssignmentResult, _as_float, cover_assignment, linear_assignment
 from ._knn import knn_graph
 
 __all__ = ["match_points"]
@@ -22,7 +22,7 @@ def _check_unmatched_cost(u: Any) -> None:
         return
     if isinstance(u, bool) or not isinstance(u, numbers.Real):
         raise TypeError(f"unmatched_cost: expected a number >= 0 or None, got {describe(u)}")
-    v = float(u)
+    v = _as_float(u)
     if np.isnan(v) or v < 0:
         raise ValueError(f"unmatched_cost: expected a finite number >= 0 (a distance), np.inf (same as None) "
                          f"or None, got {v}")
