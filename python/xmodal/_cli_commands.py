@@ -124,8 +124,11 @@ def cmd_atlas(args) -> int:
     # back to back: a killed run leaves both old files or both new ones
     staged = report.with_name(f".{report.name}.xmodal-partial")
     write_atlas_report(atlas, staged)
-    atlas.save(out)
-    os.replace(staged, report)
+    try:
+        atlas.save(out)
+        os.replace(staged, report)
+    finally:
+        staged.unlink(missing_ok=True)  # the atlas could not be saved: no staged report left behind
     cal = atlas.calibration
     extra = (f"; leave-one-out accuracy {cal['loo_mean_accuracy']:.3f}, ECE {cal['loo_ece']:.3f}"
              if cal.get("loo_mean_accuracy") is not None else "")

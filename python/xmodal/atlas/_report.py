@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from ._model import Atlas
 
 #: A training sample whose fitted label-noise rate reaches this is flagged in the report.
 NOISE_FLAG = 0.1
+
+
+#: What the report says in place of its plot where matplotlib is missing.
+NO_MATPLOTLIB = "matplotlib is not installed, so the report has no reliability plot (pip install 'xmodal[plot]')"
 
 
 def _reliability_png(table: list[dict]) -> bytes | None:
@@ -33,8 +38,7 @@ def _reliability_png(table: list[dict]) -> bytes | None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        logging.getLogger("xmodal.atlas").warning(
-            "atlas report: matplotlib is not installed, so the report has no reliability plot (pip install matplotlib)")
+        logging.getLogger("xmodal.atlas").warning("atlas report: %s", NO_MATPLOTLIB)
         return None
     fig = Figure(figsize=(5, 4))
     FigureCanvasAgg(fig)
@@ -56,9 +60,13 @@ def _reliability_png(table: list[dict]) -> bytes | None:
     return buf.getvalue()
 
 
+#: What the report shows for a figure that is not defined (no cells to count), explained below it.
+UNDEFINED = "n/a"
+
+
 def _fmt(v, digits=3) -> str:
-    if v is None:
-        return "—"
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return UNDEFINED
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return html.escape(str(v))
@@ -90,13 +98,13 @@ def atlas_report_html(atlas: Atlas) -> str:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>xmodal atlas report</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left;overflow-wrap:anywhere}</style></head><body>",
         "<h1>Atlas</h1>",
         f"<p>{atlas.n_samples} annotated samples, {atlas.n_names} names, {atlas.ndim}D; group-wise "
         f"transform {html.escape(atlas.transform)}; smooth field per sample: {deform}; features: "
         f"{html.escape(features)}.</p>",
     ]
-    if not cal.get("loo_mean_accuracy"):
+    if cal.get("loo_mean_accuracy") is None:  # 0.0 is a (bad) calibration, not none
         parts.append("<p>Not calibrated (built with <code>calibrate=False</code>): no leave-one-out figures; "
                      "the confidence of <code>identify</code> is the plain posterior marginal.</p>")
     else:
@@ -111,14 +119,18 @@ def atlas_report_html(atlas: Atlas) -> str:
             "from its raw coordinates; its given names are the reference. A new sample of another strain, "
             "stage or microscope can be named worse.</p>",
         ]
-        png = _reliability_png(cal.get("loo_reliability") or [])
+        table = cal.get("loo_reliability") or []
+        png = _reliability_png(table)
         if png is not None:
             parts.append(f"<img alt='reliability curve' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        elif table:
+            parts.append(f"<p>No plot: {html.escape(NO_MATPLOTLIB)}.</p>")
         parts += ["<h2>Training samples</h2>",
                   "<table><tr><th>#</th><th>sample</th><th>leave-one-out accuracy</th><th>label-noise rate</th>"
                   "<th></th></tr>", *_sample_rows(atlas), "</table>",
                   f"<p>Label-noise rate: the share of a sample's reference names the calibration found to disagree "
-                  f"with the atlas where it is sure (flagged from {NOISE_FLAG}).</p>"]
+                  f"with the atlas where it is sure (flagged from {NOISE_FLAG}). {UNDEFINED}: not defined (no cells "
+                  "to count, e.g. no cell at confidence &ge; 0.9).</p>"]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -49,13 +49,37 @@ def _figure(figsize: tuple[float, float]):
     return fig, fig.add_subplot()
 
 
-def _plots(result, folder: Path) -> list[str]:
-    """PNG plots (needs matplotlib; returns [] without it)."""
+#: What the report says in place of its figures where matplotlib is missing.
+NO_MATPLOTLIB = "matplotlib is not installed, so the report has no figures (pip install 'xmodal[plot]')"
+
+#: Units of every distance and coordinate in the reports: those of the inputs (physical units).
+UNITS = "input units"
+
+#: Captions of the report's figures, by file name.
+CAPTIONS = {
+    "match_overlay.png": "Fixed and registered moving cells, matched pairs joined (x-y projection, "
+                         f"{UNITS}).",
+    "residuals.png": f"Distances of the matched pairs after registration ({UNITS}).",
+    "confidence_ellipses.png": "95 % prediction regions of the affine fit of the matched pairs "
+                               f"(x-y projection, {UNITS}).",
+    "reliability.png": "Share of pairs right (same name) per confidence bin, against the confidence.",
+    "confidence_histogram.png": "Confidence of the matched pairs.",
+}
+
+
+def _have_matplotlib() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None:  # presence check; figures come from _figure
-        logging.getLogger("xmodal.pipelines").warning(
-            "report: matplotlib is not installed, so the report has no figures (pip install matplotlib)")
+    try:
+        return importlib.util.find_spec("matplotlib") is not None  # figures come from _figure
+    except (ImportError, ValueError):
+        return False
+
+
+def _plots(result, folder: Path) -> list[str]:
+    """PNG plots, the names of the files written (needs matplotlib; returns [] without it)."""
+    if not _have_matplotlib():
+        logging.getLogger("xmodal.pipelines").warning("report: %s", NO_MATPLOTLIB)
         return []
     import io
 
@@ -78,17 +102,18 @@ def _plots(result, folder: Path) -> list[str]:
 
     ax.add_collection(LineCollection(segs, colors="k", linewidths=0.4, alpha=0.6))
     ax.set_aspect("equal")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    ax.set_xlabel(f"x ({UNITS})")
+    ax.set_ylabel(f"y ({UNITS})")
     ax.legend(loc="best", fontsize=8)
     ax.set_title(f"{result.n_matched} matched pairs")
     save(fig, "match_overlay.png")
 
-    fig, ax = _figure(figsize=(5, 3.5))
-    ax.hist(result.distances, bins=40, color="tab:green")
-    ax.set_xlabel("distance of matched pairs after registration")
-    ax.set_ylabel("pairs")
-    save(fig, "residuals.png")
+    if result.n_matched:  # no empty histogram
+        fig, ax = _figure(figsize=(5, 3.5))
+        ax.hist(result.distances, bins=40, color="tab:green")
+        ax.set_xlabel(f"distance of matched pairs after registration ({UNITS})")
+        ax.set_ylabel("pairs")
+        save(fig, "residuals.png")
 
     if result.errors is not None and "affine" in result.errors:
         region = result.errors["affine"]["region"]
@@ -107,7 +132,9 @@ def _plots(result, folder: Path) -> list[str]:
             ax.add_patch(Ellipse((c[ax_a], c[ax_b]), 2 * np.sqrt(vals[1]), 2 * np.sqrt(vals[0]), angle=angle,
                                  fill=False, color="tab:red", lw=0.8))
         ax.set_aspect("equal")
-        ax.set_title("95 % prediction regions (affine fit), x-y projection")
+        ax.set_xlabel(f"x ({UNITS})")
+        ax.set_ylabel(f"y ({UNITS})")
+        ax.set_title(f"{region.level:.0%} prediction regions (affine fit), x-y projection")
         save(fig, "confidence_ellipses.png")
     if result.confidence is not None and result.n_matched:
         fig = _confidence_figure(result.confidence, match_outcomes(result))
@@ -214,7 +241,9 @@ def write_registration_outputs(result, folder: Path) -> dict:
     plots = _plots(result, folder)
     for p in plots:
         outputs[p[:-4]] = folder / p
-    outputs["report"] = atomic_write_text(folder / "report.html", _html(result, summary, plots))
+    listed = [Path(v).relative_to(folder).as_posix() for k, v in outputs.items() if not str(v).endswith(".png")]
+    outputs["report"] = atomic_write_text(folder / "report.html",
+                                          _html(result, summary, plots, listed + ["provenance.json"]))
     outputs["provenance"] = write_json(folder / "provenance.json",
                                        provenance_record("register_cells", result.parameters,
                                                   {"fixed": result.parameters.get("fixed"),
@@ -317,33 +346,56 @@ def _model_rows(result) -> list[tuple[str, str]]:
             ("held-out score per candidate", scores or "n/a")]
 
 
-def _html(result, summary, plots) -> str:
+def _error_rows(result, summary) -> list[tuple[str, str]]:
+    """Report rows on the error estimates of the matched pairs, or why there are none."""
+    if not summary:
+        need = 2 * (result.fixed_points.shape[1] + 1)
+        why = (f"not computed: {result.n_matched} matched pairs, at least {need} needed" if result.n_matched < need
+               else "not asked for (errors=False)")
+        return [("error estimates", why)]
+    return [(f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct) ({UNITS})",
+             f"{s['rms_residual']:.4g}; {s['loo_distance_median']:.4g} / {s['loo_distance_p95']:.4g}")
+            for kind, s in summary.items()]
+
+
+def _source(value) -> str:
+    return "arrays" if value is None else str(value)
+
+
+def _html(result, summary, plots, listed) -> str:
+    """The report's text: a table of figures, the figures (PNG files beside it, linked by their
+    names) or a note why there are none, and the other outputs ``listed`` (paths in the folder)."""
     total, steps = _times(result.timings)
+    params = result.parameters
     rows = [
+        ("inputs", f"fixed: {_source(params.get('fixed'))}; moving: {_source(params.get('moving'))}"),
         ("fixed cells", len(result.fixed_points)),
         ("moving cells", len(result.moving_points)),
         ("matched pairs", result.n_matched),
-        ("median pair distance", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
+        (f"median pair distance ({UNITS})", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
         *_model_rows(result),
-        ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items())),
+        ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items()) or "n/a"),
         ("time (s)", total),
         ("time per step (s)", steps),
     ]
-    rows += _confidence_rows(result)
-    if summary:
-        for kind, s in summary.items():
-            rows.append((f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct)",
-                         f"{s['rms_residual']:.4g}; {s['loo_distance_median']:.4g} / {s['loo_distance_p95']:.4g}"))
-    table = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    imgs = "\n".join(f'<figure><img src="{p}" alt="{p}"><figcaption>{p}</figcaption></figure>' for p in plots)
+    rows += _confidence_rows(result) + _error_rows(result, summary)
+    esc = html.escape
+    table = "\n".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
+    imgs = "\n".join(f'<figure><img src="{esc(name)}" alt="{esc(CAPTIONS.get(name, name))}">'
+                     f"<figcaption>{esc(CAPTIONS.get(name, name))} ({esc(name)})</figcaption></figure>"
+                     for name in plots)
+    if not _have_matplotlib():
+        imgs = f"<p>No figures: {esc(NO_MATPLOTLIB)}.</p>"
+    files = ", ".join(esc(f) + (" (moving &rarr; fixed, reusable on new points)" if f == "transform.json" else "")
+                      for f in listed)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>xmodal cell registration</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
-figure{{display:inline-block;margin:1em}}img{{max-width:28em}}</style></head>
+td,th{{overflow-wrap:anywhere}}figure{{display:inline-block;margin:1em}}img{{max-width:28em}}</style></head>
 <body><h1>xmodal cell registration</h1>
 <table>{table}</table>
 {imgs}
-<p>Outputs: transform.json (moving &rarr; fixed, reusable on new points), matches.csv, cells.csv,
-moving.csv, errors.json, provenance.json.</p>
+<p>Distances and coordinates are in the units of the inputs (physical units after the spacing).</p>
+<p>Outputs beside this report: {files}.</p>
 </body></html>
 """
