@@ -69,7 +69,9 @@ NOT_XMODAL = {
     # mathematics in formulas
     "sqrt", "sum", "min", "max", "exp", "log", "ceil", "clip", "prod", "H", "BD", "u",
     # methods of results and transforms (``res.inverse()``, ``region.contains(y)``, ...)
-    "inverse", "contains", "mahalanobis2", "as_dict", "eliminate_zeros",
+    "inverse", "contains", "mahalanobis2", "as_dict", "eliminate_zeros", "sum_duplicates",
+    # scipy's constructors (docs/matching.md: building a cost matrix)
+    "csr_matrix",
     # a callback signature the user supplies (docs/cpd.md)
     "callback",
     # another library's function (docs/mws.md: the NIfTy / affogato peer)
