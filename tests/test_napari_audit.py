@@ -15,8 +15,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from test_napari_plugin import _without_opengl  # noqa: E402,F401 - image/labels layers without OpenGL
+import test_napari_plugin  # noqa: E402
 from xmodal.datasets import celegans_embryos  # noqa: E402
+
+_without_opengl = test_napari_plugin._without_opengl  # autouse fixture: image/labels layers without OpenGL
 
 TIMEOUT_MS = 120_000
 

@@ -1,5 +1,5 @@
-"""Helpers shared by the widgets: layer pickers, cells of a layer in physical units, adding layer
-data tuples to a viewer."""
+"""Helpers shared by the widgets: layer pickers, a layer's data-to-world transform, cells of a
+layer in world coordinates (physical units), adding layer data tuples to a viewer."""
 
 from __future__ import annotations
 
@@ -20,44 +20,117 @@ def layer_picker(viewer, label: str, kinds: tuple[str, ...]):
     return box
 
 
-def world_cells(layer):
-    """The cells of a layer in world coordinates (physical units: data coordinates times the layer
-    scale plus its translation), as an :class:`xmodal.io.PointSet` ((n, d) points, d = 2 or 3, in
-    image axis order (z, y, x) or (y, x)).
+def data_to_world_matrix(layer) -> np.ndarray:
+    """The homogeneous (ndim + 1, ndim + 1) matrix of a layer's whole data-to-world transform.
 
-    A Points layer gives its points (ids: row numbers 0..n-1); points with leading axes beyond
-    (z, y, x), such as time or channel, are read when they all lie on one value of those axes (one
-    time point), else refused. A Labels layer gives the centroid of every non-zero label of its full
-    resolution (the first level of a multiscale layer), with the label values as ids (so that the
-    registration results, the layers' features and the exported tables name cells by label).
-    TypeError for another layer kind or a non-integer label image, ValueError for a label image
-    that is not 2D/3D or has no objects, points of fewer than 2 dimensions or on several time
-    points; the messages name the layer.
+    napari maps data coordinates to world coordinates by ``affine ∘ (translate, rotate, shear,
+    scale)``: ``world = affine(rotate · shear · diag(scale) · data + translate)``, all of it affine.
+    The matrix is read through napari's public ``layer.data_to_world`` (at the origin and the unit
+    vectors of the data frame), so it is whatever napari itself draws. A stand-in object without
+    ``data_to_world`` (duck-typed layers in scripts and tests) gives its ``scale`` and
+    ``translate`` alone.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``m`` with ``world = m[:-1, :-1] @ data + m[:-1, -1]`` (last row 0 ... 0 1); columns in the
+        layer's axis order (e.g. t, z, y, x), world units (the layer's ``units``, unconverted).
+    """
+    scale = np.asarray(layer.scale, dtype=np.float64)
+    n = len(scale)
+    m = np.eye(n + 1)
+    if not callable(getattr(layer, "data_to_world", None)):
+        m[:n, :n] = np.diag(scale)
+        m[:n, n] = np.asarray(layer.translate, dtype=np.float64)
+        return m
+    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=np.float64)
+    for i, unit in enumerate(np.eye(n)):
+        m[:n, i] = np.asarray(layer.data_to_world(unit), dtype=np.float64) - origin
+    m[:n, n] = origin
+    return m
+
+
+def apply_matrix(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``points`` (n, d) mapped by the homogeneous (d + 1, d + 1) matrix ``m``."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, len(m) - 1)
+    return pts @ m[:-1, :-1].T + m[:-1, -1]
+
+
+def layer_transform(layer) -> dict:
+    """The keyword arguments (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``; ``units``
+    where napari has them) that give a new layer the whole data-to-world transform of ``layer``:
+    a layer holding data of ``layer``'s data frame (its labels, its points again) then lies
+    exactly on it. Copies, read now: later edits of ``layer`` do not change them. A stand-in
+    object without rotate, shear or affine gives only what it has."""
+    out = {"scale": tuple(float(v) for v in layer.scale), "translate": tuple(float(v) for v in layer.translate)}
+    for key in ("rotate", "shear"):
+        value = getattr(layer, key, None)
+        if value is not None:
+            out[key] = np.array(value, dtype=np.float64)
+    affine = getattr(layer, "affine", None)
+    if affine is not None:
+        out["affine"] = np.array(getattr(affine, "affine_matrix", affine), dtype=np.float64)
+    units = getattr(layer, "units", None)
+    if units is not None:
+        out["units"] = tuple(units)
+    return out
+
+
+def is_scale_translate(layer) -> bool:
+    """Whether ``layer``'s whole data-to-world transform is its ``scale`` and ``translate`` alone
+    (no rotation, shear or extra affine; what an OME-NGFF 0.5 ``scale`` + ``translation`` can hold)."""
+    n = len(layer.scale)
+    plain = np.eye(n + 1)
+    plain[:n, :n] = np.diag(np.asarray(layer.scale, dtype=np.float64))
+    plain[:n, n] = np.asarray(layer.translate, dtype=np.float64)
+    m = data_to_world_matrix(layer)
+    return bool(np.allclose(m, plain, rtol=1e-9, atol=1e-9 * max(1.0, float(np.abs(m).max()))))
+
+
+def world_cells(layer):
+    """The cells of a layer in world coordinates, as an :class:`xmodal.io.PointSet` ((n, d) points,
+    d = 2 or 3, in image axis order (z, y, x) or (y, x); physical units, the layer's ``units``).
+
+    World coordinates are the data coordinates mapped through the layer's whole data-to-world
+    transform (:func:`data_to_world_matrix`: scale, shear, rotate, translate, then the layer's
+    ``affine``), so the cells are where napari draws them. A Points layer gives its points (ids:
+    row numbers 0..n-1); points with leading axes beyond (z, y, x), such as time or channel, are
+    read when they all lie on one world value of those axes (one time point), else refused. A
+    Labels layer gives the centroid of every non-zero label of its full resolution (the first level
+    of a multiscale layer), taken in the data frame and mapped through the transform (an affine
+    map carries centroids to centroids), with the label values as ids (so that the registration
+    results, the layers' features and the exported tables name cells by label). TypeError for
+    another layer kind or a non-integer label image, ValueError for a label image that is not
+    2D/3D or has no objects, points of fewer than 2 dimensions or on several time points; the
+    messages name the layer.
     """
     from ..io import PointSet
 
     kind = type(layer).__name__
-    scale = np.asarray(layer.scale, dtype=np.float64)
-    translate = np.asarray(layer.translate, dtype=np.float64)
     if kind == "Points":
-        pts = np.asarray(layer.data, dtype=np.float64) * scale + translate
-        ids = np.arange(len(pts))
+        data = np.asarray(layer.data, dtype=np.float64)
+        ids = np.arange(len(data))
     elif kind == "Labels":
         from ..io._points import label_centroids
 
         try:
-            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # full resolution
-            cells = label_centroids(np.asarray(data), scale.tolist())
+            labels = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # full resolution
+            cells = label_centroids(np.asarray(labels))  # data frame: voxel units
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"layer {layer.name!r}: {exc}") from None
-        pts, ids = cells.points + translate, np.asarray(cells.ids)
+        data, ids = np.asarray(cells.points, dtype=np.float64), np.asarray(cells.ids)
     else:
         raise TypeError(f"layer: expected a Points or Labels layer, got {kind} {layer.name!r}")
+    m = data_to_world_matrix(layer)
+    if data.ndim != 2 or data.shape[1] != len(m) - 1:
+        raise ValueError(f"layer {layer.name!r}: expected cells of {len(m) - 1} coordinates (the layer's "
+                         f"dimensions), got data of shape {data.shape}")
+    pts = apply_matrix(m, data)
     d = min(pts.shape[1], 3)
     if d < 2:
         raise ValueError(f"layer {layer.name!r}: expected 2D or 3D cells, got {pts.shape[1]}D")
     lead = pts[:, :-d]
-    if lead.size and np.ptp(lead, axis=0).max() > 0:
+    if lead.size and np.ptp(lead, axis=0).max() > 1e-9 * max(1.0, float(np.abs(lead).max())):
         raise ValueError(f"layer {layer.name!r}: its points lie on several values of the axes before "
                          "(z, y, x) (time points or channels); expected the cells of one, e.g. a layer per "
                          "time point")
@@ -68,7 +141,14 @@ def unit_factors(layer, reference, d: int) -> np.ndarray | None:
     """Per-axis factors converting the last ``d`` world axes of ``layer`` into the length units of
     ``reference`` (napari 0.6+ ``layer.units``, which napari itself does not convert when drawing),
     or None when there is nothing to convert: no units, units that are equal, or an axis that is
-    not a length in both (napari's default "pixel" stands for the viewer's world units)."""
+    not a length in both (napari's default "pixel" stands for the viewer's world units).
+
+    The factors multiply the world coordinates of :func:`world_cells` axis by axis, i.e. after the
+    layer's whole transform (rotation, shear and affine included): napari draws a layer's world
+    coordinates in its own units. With the same unit on every spatial axis (the usual case) the
+    factor is one number and commutes with any rotation; a rotation that mixes axes of different
+    units has no meaningful conversion, and the factors are then applied to the world axes as
+    napari labels them."""
     units, ref = getattr(layer, "units", None), getattr(reference, "units", None)
     if units is None or ref is None or len(units) < d or len(ref) < d:
         return None

@@ -11,12 +11,17 @@ import numpy as np
 from napari.viewer import Viewer
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, SpinBox
 
-from ._common import layer_picker, world_points
+from ._common import layer_picker, layer_transform, world_points
 from ._jobs import Job, JobPanel
 
 
 class IdentifyWidget(Container):
-    """Name the cells of a Points layer with an atlas."""
+    """Name the cells of a Points layer with an atlas.
+
+    The cells are read in world coordinates (the layer's whole data-to-world transform; see
+    :func:`~xmodal.napari._common.world_cells`); the names layer gets the points' data and
+    transform, so it lies on them.
+    """
 
     def __init__(self, napari_viewer: Viewer):  # napari passes the viewer by this name
         self.viewer = viewer = napari_viewer
@@ -48,8 +53,9 @@ class IdentifyWidget(Container):
             self.panel.status.value = f"identify: error: {exc}"
             return None
         top_k = int(self.top_k.value)
-        source = SimpleNamespace(data=np.array(layer.data, dtype=np.float64), scale=tuple(layer.scale),
-                                 translate=tuple(layer.translate), size=np.array(layer.size), name=layer.name)
+        # the points as they are now: data, whole transform (scale, translate, rotate, shear, affine)
+        source = SimpleNamespace(data=np.array(layer.data, dtype=np.float64), size=np.array(layer.size),
+                                 name=layer.name, **layer_transform(layer))
 
         def compute(job: Job):
             from ..atlas import Atlas, identify
@@ -65,8 +71,10 @@ class IdentifyWidget(Container):
         return job
 
     def _show(self, result, source) -> None:
-        """Add the names layer: the cells of ``source`` (a Points layer, or its data, scale,
-        translate, size and name as read when Run was pressed) named by ``result``."""
+        """Add the names layer: the cells of ``source`` (a Points layer, or its data, transform,
+        size and name as read when Run was pressed) named by ``result``. The names layer holds
+        ``source``'s data with its whole data-to-world transform (scale, translate, rotate, shear,
+        affine; :func:`~xmodal.napari._common.layer_transform`), so it lies exactly on the points."""
         self.result = result
         low = result.confidence < float(self.threshold.value)
         cands = [", ".join(f"{n or '(none)'} {p:.2f}" for n, p in zip(names, probs) if p > 0 or n)
@@ -76,7 +84,7 @@ class IdentifyWidget(Container):
         border = np.where(low[:, None], [[1.0, 0.1, 0.1, 1.0]], [[1.0, 1.0, 1.0, 0.6]])
         size = float(np.median(source.size)) if np.size(source.size) else 5.0
         self.layer = self.viewer.add_points(
-            np.asarray(source.data), scale=source.scale, translate=source.translate, name=f"{source.name}: names",
+            np.asarray(source.data), **layer_transform(source), name=f"{source.name}: names",
             features=features, size=size, face_color="confidence", face_colormap="viridis",
             face_contrast_limits=(0.0, 1.0), border_color=border, border_width=0.25,
             text={"string": "{name}", "size": 8, "color": "white", "anchor": "upper_left"})

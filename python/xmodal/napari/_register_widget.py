@@ -18,10 +18,13 @@ TRANSFORMS = ("auto", "rigid", "similarity", "affine", "deformable")
 class RegisterWidget(Container):
     """Register the cells of a moving layer onto those of a fixed layer and match them.
 
-    Points layers are read in world coordinates (data × scale + translate, physical units); Labels
-    layers give their object centroids (same coordinates), named by their label values in the
-    results, the layers' features and the exported tables. Layers in different length units
-    (``layer.units``, e.g. nm and µm) are registered in the fixed layer's unit. ``unmatched cost`` 0 means "auto" (3 × the median
+    Points layers are read in world coordinates (the layer's whole data-to-world transform: scale,
+    shear, rotate, translate, then its ``affine``; physical units); Labels layers give their object
+    centroids (same coordinates), named by their label values in the results, the layers' features
+    and the exported tables. The result layers hold world coordinates of the fixed layer (identity
+    transform), so they lie on both inputs however those are transformed. Layers in different
+    length units (``layer.units``, e.g. nm and µm) are registered in the fixed layer's unit (the
+    conversion applies to the world coordinates). ``unmatched cost`` 0 means "auto" (3 × the median
     nearest-neighbour distance); ``out`` (optional) writes the registration folder, which the
     reader opens again.
     """

@@ -1,13 +1,16 @@
 """Widget *Segment*: an Image layer -> :func:`xmodal.pipelines.segment` with a shipped model (the EM
 model by default, with the segmentation settings stored with it) in a worker thread -> a Labels layer
-with the image's scale and translation.
+with the image's whole data-to-world transform (scale, translate, rotate, shear, affine), so that the
+labels lie exactly on the image.
 
 The widget's defaults are those of :func:`~xmodal.pipelines.segment`: the model's stored method
 (superpixels + GASP with learned edge weights for "em") and size filter, in memory up to
 ``memory_voxels`` voxels and block by block above. With an output folder, the image layer's scale
 (the voxel size) and translation (the position of voxel 0, same physical units) are written to the
 OME-NGFF ``coordinateTransformations`` of the affinities and the labels (``scale``, then
-``translation``), so the reader opens them where the image was."""
+``translation``), so the reader opens them where the image was. OME-NGFF 0.5 has no rotation, shear
+or general affine: an image layer with any of those gets its labels layer right in the viewer, but
+the output folder records the scale and translation only (the status line says so)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 from napari.viewer import Viewer
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 
-from ._common import layer_picker
+from ._common import is_scale_translate, layer_picker, layer_transform
 from ._jobs import Job, JobPanel
 
 #: Shipped models (``segment(model=...)``); the first is the default.
@@ -94,15 +97,20 @@ class SegmentWidget(Container):
 
         job = Job(compute, name="segment")
         # where the image was when Run was pressed (the layer may be moved or deleted meanwhile)
-        source = SimpleNamespace(name=layer.name, scale=tuple(layer.scale), translate=tuple(translate))
+        source = SimpleNamespace(name=layer.name, transform=layer_transform(layer),
+                                 partial_output=out is not None and not is_scale_translate(layer))
         self.panel.start(job, lambda res: self._show(res, source))
         return job
 
     def _show(self, result, source) -> None:
+        """Add the labels layer of ``result`` with the transform of the image as it was at Run
+        (``source.transform``: :func:`~xmodal.napari._common.layer_transform`)."""
         self.result = result
-        self.viewer.add_labels(np.asarray(result.labels), name=f"{source.name}: segments", scale=source.scale,
-                               translate=source.translate)
+        self.viewer.add_labels(np.asarray(result.labels), name=f"{source.name}: segments", **source.transform)
         self.panel.status.value = f"segment: done, {result.n_segments} segments"
+        if source.partial_output:
+            self.panel.status.value += ("; the image layer is rotated, sheared or has an affine: the output "
+                                        "folder's OME-Zarr metadata hold its scale and translation only")
 
 
 def write_ome_translation(image, translate) -> None:
