@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import connected_components
 
+from ..matching import linear_assignment
 from ._contingency import isin_labels, labels_tuple, table_of
 
 #: IoU thresholds of the mean average precision: 0.50, 0.55, ..., 0.95.
@@ -59,55 +58,75 @@ def _object_table(segmentation, ground_truth, table, background):
     return table, seg_obj, gt_obj, r, c, iou
 
 
+def _compact(idx):
+    """``idx`` renumbered 0..k-1 in increasing order of value, and k (bincount-based, O(n + max))."""
+    seen = np.zeros(int(idx.max()) + 1, dtype=bool)
+    seen[idx] = True
+    return (np.cumsum(seen) - 1)[idx], int(np.count_nonzero(seen))
+
+
 def _match(r, c, w):
     """Maximum-cardinality, then maximum-weight one-to-one matching on a sparse bipartite graph.
 
-    Solved exactly per connected component with scipy's Hungarian solver on the (small) dense
-    block; returns indices into ``r``/``c``.
+    ``r``, ``c``: row and column indices of the candidate pairs (no pair twice); ``w``: their
+    weights (IoU), each in (0, 1]. Returns the indices into ``r``/``c`` of the chosen pairs, sorted.
+    Memory and work scale with the number of pairs (no dense ``rows x columns`` array).
     """
     if len(r) == 0:
         return np.zeros(0, dtype=np.int64)
-    # every node has at most one edge -> nothing to solve (always true for IoU thresholds >= 0.5)
-    # (bincount: O(n); np.unique is hash-based and slow on millions of labels in numpy >= 2.3)
-    if np.bincount(r).max() <= 1 and np.bincount(c).max() <= 1:
+    # A pair whose segment and object have no other candidate is in every optimum (adding it to any
+    # matching without it adds a pair) and independent of the rest. When all pairs are such (always
+    # for IoU thresholds >= 0.5), nothing is left to solve. (bincount: O(n); np.unique is hash-based
+    # and slow on millions of labels in numpy >= 2.3.)
+    lone = (np.bincount(r)[r] == 1) & (np.bincount(c)[c] == 1)
+    if lone.all():
         return np.arange(len(r))
-    ur, ri = np.unique(r, return_inverse=True)
-    uc, ci = np.unique(c, return_inverse=True)
-    nr = len(ur)
-    graph = sparse.coo_array((np.ones(len(r)), (ri, nr + ci)), shape=(nr + len(uc),) * 2)
-    _, comp = connected_components(graph, directed=False)
-    edge_comp = comp[ri]
-    order = np.argsort(edge_comp, kind="stable")
-    bounds = np.flatnonzero(np.diff(edge_comp[order])) + 1
-    chosen = []
-    for edges in np.split(order, bounds):
-        if len(edges) == 1:
-            chosen.append(edges)
-            continue
-        rr, rinv = np.unique(ri[edges], return_inverse=True)
-        cc, cinv = np.unique(ci[edges], return_inverse=True)
-        k = min(len(rr), len(cc))
-        # one extra match is worth more than any difference of weight sums (weights in [0, 1])
-        score = np.zeros((len(rr), len(cc)))
-        score[rinv, cinv] = 1.0 + w[edges] / (k + 1.0)
-        lut = np.full((len(rr), len(cc)), -1, dtype=np.int64)
-        lut[rinv, cinv] = edges
-        a, b = linear_sum_assignment(score, maximize=True)
-        picked = lut[a, b]
-        chosen.append(picked[picked >= 0])
-    return np.sort(np.concatenate(chosen))
+    rest = np.flatnonzero(~lone)
+    ri, nr = _compact(r[rest])
+    ci, nc = _compact(c[rest])
+    # Exact reduction to xmodal's sparse min-cost partial assignment (linear_assignment with an
+    # unmatched cost u per unmatched row and column). A matching X costs
+    #     F(X) = -sum_{e in X} w_e + u (nr + nc - 2 |X|).
+    # Take u = nu + 1 with nu = min(nr, nc) >= |X| for every matching. If |X| < |Y|, then
+    #     F(X) - F(Y) = sum_Y w - sum_X w + 2u (|Y| - |X|) > 0 - |X| + 2 (nu + 1) >= nu + 2 > 0
+    # (0 < w <= 1), so every minimum of F has the most pairs; among matchings of one size F is a
+    # constant minus the total IoU, so the minimum is the largest total IoU: exactly the order
+    # "most pairs, then largest total IoU".
+    # Floating point: the costs are -w exactly. (A large constant per pair, -(M + w) with M above
+    # the pair count, would round away the IoU digits below ~M * 1e-16.) The pair count is enforced
+    # inside the solver: as 2u = 2 nu + 2 exceeds the largest change of matched cost along an
+    # augmenting path (< nu here: costs in [-1, 0)), it replaces 2u by that bound plus a margin of
+    # at least the spread of the costs and far above the rounding of its label sums (which is
+    # ~ p**2 * 2**-53 for p pairs; docs/matching.md, "Partial"), so no sum of IoUs can buy back a
+    # pair (tested on a path of 1e6 pairs). Ties between equal optima go to its fixed rule.
+    order = np.lexsort((ci, ri))
+    indptr = np.zeros(nr + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ri, minlength=nr), out=indptr[1:])
+    cost = sparse.csr_matrix((-w[rest[order]], ci[order].astype(np.int32), indptr), shape=(nr, nc))
+    res = linear_assignment(cost, unmatched_cost=float(min(nr, nc) + 1))
+    # back from (row, column) to the pair: position of the key row * nc + column among the sorted keys
+    keys = ri[order].astype(np.int64) * nc + ci[order]
+    picked = rest[order[np.searchsorted(keys, res.rows * nc + res.cols)]]
+    return np.sort(np.concatenate([np.flatnonzero(lone), picked]))
 
 
 def instance_matching(segmentation=None, ground_truth=None, *, thresholds=(0.5,), background=0, table=None):
     """Precision, recall, F1 and AP of object detection at IoU thresholds, with optimal matching.
 
     At each threshold ``t`` a segment and a ground-truth object may be matched only if their
-    intersection over union is **strictly greater** than ``t``; among those pairs a one-to-one
-    matching with the most pairs (ties: the largest total IoU) is found exactly (Hungarian algorithm,
-    ``scipy.optimize.linear_sum_assignment``, per connected component of the sparse candidate
-    graph). For ``t >= 0.5`` the candidates are already one-to-one. Then ``tp`` = matched pairs,
-    ``fp`` = unmatched segments, ``fn`` = unmatched ground-truth objects, ``precision = tp/(tp+fp)``,
-    ``recall = tp/(tp+fn)``, ``f1 = 2 tp/(2 tp + fp + fn)``, ``ap = tp/(tp+fp+fn)``.
+    intersection over union (computed in float64) is **strictly greater** than ``t``; among those
+    pairs a one-to-one matching with the most pairs (ties: the largest total IoU) is found exactly.
+    Pairs whose segment and object have no other candidate are matched directly (for ``t >= 0.5``
+    that is every pair: an object can then have at most one candidate). The rest is solved as one
+    sparse min-cost partial assignment (:func:`xmodal.linear_assignment`, successive shortest paths
+    in C++): cost ``-IoU`` per pair and ``min(n_seg, n_gt) + 1`` per unmatched segment or object,
+    which makes any extra pair worth more than every difference of IoU totals (proof in the code).
+    Time and memory grow with the number of candidate pairs, never with ``n_seg x n_gt``, also at
+    low thresholds where thousands of touching objects form one connected group of candidates.
+    Among equally good matchings the solver's fixed tie rule picks one (same input, same pairs).
+    Then ``tp`` = matched pairs, ``fp`` = unmatched segments, ``fn`` = unmatched ground-truth
+    objects, ``precision = tp/(tp+fp)``, ``recall = tp/(tp+fn)``, ``f1 = 2 tp/(2 tp + fp + fn)``,
+    ``ap = tp/(tp+fp+fn)``.
 
     IoU uses the whole objects (their voxels on the other image's background included).
 
