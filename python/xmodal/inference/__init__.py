@@ -24,7 +24,8 @@ from .._optional import have_module
 from ._mismatch import TileMismatch, tile_mismatch
 from ._normalize import QuantileNormalizer, Standardize, global_mean_std, model_normalizer, quantile_normalizer
 from ._predict import predict_tiled
-from ._receptive import ReceptiveField, ReceptiveFieldError, measure_receptive_field, receptive_field
+from ._receptive import (GlobalFieldError, ReceptiveField, ReceptiveFieldError, measure_receptive_field,
+                          receptive_field)
 from ._tile_shape import activation_bytes_per_voxel, find_tile_shape
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "tile_mismatch",
     "ReceptiveField",
     "ReceptiveFieldError",
+    "GlobalFieldError",
     "TileMismatch",
     "measure_receptive_field",
     "activation_bytes_per_voxel",

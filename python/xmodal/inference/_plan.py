@@ -29,7 +29,7 @@ from .._validation import as_bool, as_progress, describe, per_axis
 from ._grid import align_up, make_tiles
 from ._model import Runner, model_token, per_window_statistics
 from ._normalize import quantile_normalizer
-from ._receptive import ReceptiveFieldError, is_torch_module, receptive_field, spatial_signature
+from ._receptive import GlobalFieldError, ReceptiveFieldError, is_torch_module, receptive_field, spatial_signature
 
 _BLENDS = ("crop", "linear", "gaussian")
 WRITER = "xmodal.predict_tiled"
@@ -224,14 +224,19 @@ def _check_inputs(model, image, *, blend, channel_axis):
 def geometry(model, nd, in_ch, halo, *, warn_small=False):
     """(down-sampling factor, halo in voxels): from the analytic receptive field of a torch module.
     ``warn_small``: log a warning when a given halo is less than half the analytic receptive field."""
+    factor = (1,) * nd
     try:
         rf = receptive_field(model, nd, in_channels=in_ch) if is_torch_module(model) else None
-    except ReceptiveFieldError as exc:  # neither walked nor measured: a given halo is used with factor 1
+    except ReceptiveFieldError as exc:  # global, or neither walked nor measured: a given halo is used
         if isinstance(halo, str):
             raise
-        logging.getLogger("xmodal.inference").warning("%s; using the given halo, tiles aligned to 1 voxel", exc)
+        factor = getattr(exc, "factor", None) or factor  # a global field: tiles on the walked factor grid
+        differ = ": they differ from the whole-volume prediction unless one tile covers the image" \
+            if isinstance(exc, GlobalFieldError) else ""
+        logging.getLogger("xmodal.inference").warning("%s; using the given halo, tiles aligned to %s voxel(s)%s",
+                                                      exc, factor, differ)
         rf = None
-    factor = rf.factor if rf is not None else (1,) * nd
+    factor = rf.factor if rf is not None else factor
     if not isinstance(halo, str):
         given = per_axis(halo, nd, "halo")
         if warn_small and rf is not None and any(g < math.ceil(r / 2) for g, r in zip(given, rf.size)):

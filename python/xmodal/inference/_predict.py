@@ -61,7 +61,10 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         Context read around every tile (voxels). ``"auto"``: half the analytic receptive field,
         rounded up to the down-sampling factor (:func:`receptive_field`). A given halo below half the
         analytic receptive field is logged as a warning (the result may then differ from the
-        whole-image prediction near tile edges).
+        whole-image prediction near tile edges). A network with a global field (global pooling,
+        ``x.mean((2, 3))``, attention over all positions: :class:`GlobalFieldError`) has no
+        finite halo: ``"auto"`` raises, a given halo is used with a warning (tiles differ from
+        the whole-image prediction unless one tile covers the image).
     blend : {"crop", "linear", "gaussian"}
         ``"crop"`` keeps the tile's part of each window prediction (exact; out of core; distributed).
         The blended modes weight whole window predictions (linear ramp across the halo, or a

@@ -17,7 +17,12 @@ from ._layers import upsample as _upsample
 from ._measure import eval_mode, extent, gradient_support, measure_factor
 from ._measure import param_device as _param_device
 from ._measure import param_dtype as _param_dtype
+from ._mixing import Scan, scan_fx
+from ._probe import GlobalFieldError, ReceptiveFieldError, adaptive_modules, global_field_error, measured_only
+from ._probe import recording, settle
 from ._receptive_jit import NotAnalysable, ScriptWalk, is_script_module, script_signature
+
+__all__ = ["GlobalFieldError", "ReceptiveField", "ReceptiveFieldError", "measure_receptive_field", "receptive_field"]
 
 log = logging.getLogger("xmodal.inference")
 
@@ -41,8 +46,9 @@ class ReceptiveField:
         (transposed ones included, poolings not) of the longest path (for a U-Net: sum of ``2**level * floor(k/2)``); a cross-check
         of ``halo`` (it omits the one-sided reach of strided layers, so it is at most ``halo``).
     measured : tuple of int or None
-        Extent of the non-zero input gradient of the centre output voxel (``check=True``); it can be
-        smaller than ``size`` (e.g. transposed convolutions reach fewer inputs than their kernel).
+        Extent of the non-zero input gradient of the centre output voxel (``check=True``, or the
+        gradient probe of operations the walk could not judge); it can be smaller than ``size``
+        (e.g. transposed convolutions reach fewer inputs than their kernel).
     method : str
         How the layers were walked: ``"fx"`` (torch.fx graph, branches merged by maximum),
         ``"hooks"`` (execution order of the leaf modules, treated as one chain: an upper bound for
@@ -54,6 +60,8 @@ class ReceptiveField:
         by shift equivariance).
     layers : int
         Number of layers with a spatial extent that were walked.
+    notes : list of str
+        How the field was obtained beyond the walk (fallbacks, gradient probes and their results).
     """
 
     size: tuple
@@ -64,10 +72,6 @@ class ReceptiveField:
     method: str = "fx"
     layers: int = 0
     notes: list = field(default_factory=list)
-
-
-class ReceptiveFieldError(ValueError):
-    """A network whose receptive field can neither be walked nor measured (give the halo in voxels)."""
 
 
 def _apply_module(mod, st: _State, nd: int, torch) -> tuple[_State, bool]:
@@ -93,13 +97,14 @@ def _symbolic_trace(model, torch):
     return fx.GraphModule(tracer.root, graph)
 
 
-def _walk_fx(model, nd, torch):
+def _walk_fx(model, nd, in_channels, torch):
     gm = _symbolic_trace(model, torch)
     modules = dict(gm.named_modules())
     F = torch.nn.functional
     states: dict = {}
     n_layers = 0
     best = None
+    unseen: list = []  # of the TorchScript submodules
     start = _State(np.ones(nd), np.ones(nd), np.zeros(nd))
     for node in gm.graph.nodes:
         ins = [states.get(a) for a in node.all_input_nodes]
@@ -109,16 +114,18 @@ def _walk_fx(model, nd, torch):
             st = _State.merge(ins, nd)
             mod = modules[node.target]
             if st is not None and is_script_module(mod, torch):  # compiled: walk its TorchScript graph
-                st, inner, k = ScriptWalk(nd).run(mod, st)
+                walk = ScriptWalk(nd)
+                st, inner, k = walk.run(mod, st)
                 best = _State.merge([best, inner], nd)
                 n_layers += k
+                unseen += [f"{u} in {node.target!r}" for u in walk.unseen]
             elif st is not None:
                 st, spatial = _apply_module(mod, st, nd, torch)
                 n_layers += spatial
         elif node.op == "call_function" and node.target in (F.interpolate, getattr(F, "upsample", None)):
             st = _State.merge(ins, nd)
-            if st is not None:
-                scale = node.kwargs.get("scale_factor", node.args[2] if len(node.args) > 2 else None)
+            scale = node.kwargs.get("scale_factor", node.args[2] if len(node.args) > 2 else None)
+            if st is not None and scale is not None:  # to a size: judged by the scan (global or probed)
                 mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
                 st = _upsample(st, scale, mode, nd)
                 n_layers += 1
@@ -143,7 +150,11 @@ def _walk_fx(model, nd, torch):
     final = states.get(out[0]) if out else None
     if final is None:
         final = best
-    return final, best, n_layers
+    factor = tuple(max(1, int(round(v))) for v in best.j) if best is not None else (1,) * nd
+    scan = scan_fx(gm, model, nd, in_channels, factor, tuple(final.r) if final is not None else (np.inf,) * nd,
+                   torch)
+    scan.unseen += unseen
+    return final, best, n_layers, scan
 
 
 def _walk_hooks(model, nd, in_channels, torch):
@@ -157,7 +168,7 @@ def _walk_hooks(model, nd, in_channels, torch):
     try:
         size = 64 if nd == 2 else 32
         x = torch.zeros((1, in_channels) + (size,) * nd, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
-        with torch.inference_mode():
+        with torch.inference_mode(), recording(model, torch) as names:
             model(x)
     finally:
         for h in hooks:
@@ -169,7 +180,9 @@ def _walk_hooks(model, nd, in_channels, torch):
         st, spatial = _apply_module(mod, st, nd, torch)
         n += spatial
         best = _State.merge([best, st], nd)
-    return st, best, n
+    scan = Scan(unseen=[f"{name} (not seen by the hook walk)" for name in names] if names is not None
+                else ["tensor operations outside modules (the hook walk cannot see them)"])
+    return st, best, n, scan
 
 
 def spatial_signature(model) -> tuple[int | None, int | None]:
@@ -255,25 +268,30 @@ def _measured_field(model, ndim, in_channels, reason, notes) -> ReceptiveField:
                               f"each side of a tile)")
 
 
-def _what(model) -> str:
+def _what(model, short=False) -> str:
     name = getattr(model, "original_name", None)
-    return f"a TorchScript module compiled from {name}" if isinstance(name, str) else describe(model)
+    if isinstance(name, str):
+        return f"a TorchScript module compiled from {name}"
+    return f"a {type(model).__name__} module" if short else describe(model)
 
 
 def _walk(model, ndim, in_channels, torch, notes):
-    """(final state, widest state, layers, method) of the walk that suits ``model``."""
+    """(final state, widest state, layers, method, scan) of the walk that suits ``model``."""
     if is_script_module(model, torch):  # scripted or traced: its TorchScript graph
+        walk = ScriptWalk(ndim)
         try:
-            return (*ScriptWalk(ndim).run(model), "torchscript")
+            return (*walk.run(model), "torchscript", Scan(unseen=walk.unseen))
         except NotAnalysable:
             raise
         except Exception as exc:  # a graph the walk does not know
             raise NotAnalysable(f"{type(exc).__name__}: {exc}") from exc
     try:
-        return (*_walk_fx(model, ndim, torch), "fx")
+        final, best, n, scan = _walk_fx(model, ndim, in_channels, torch)
+        return final, best, n, "fx", scan
     except Exception as exc:  # not traceable: fall back to the execution order
         notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
-        return (*_walk_hooks(model, ndim, in_channels, torch), "hooks")
+        final, best, n, scan = _walk_hooks(model, ndim, in_channels, torch)
+        return final, best, n, "hooks", scan
 
 
 def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int | None = None) -> ReceptiveField:
@@ -288,6 +306,17 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     constants); what no walk can read is measured (``method="gradient"``).
     Padding does not change the field. For every layer ``r += (k - 1) * dilation * jump`` and
     ``jump *= stride`` (``/= stride`` for transposed convolutions and up-sampling).
+
+    Operations that combine every position of a spatial axis make the field the whole input:
+    adaptive pooling, and in the torch.fx graph functions, tensor methods and modules such as
+    ``x.mean(dim=(2, 3))``, ``x.amax(-1)``, ``(x - x.mean()) / x.std()``, a softmax along a
+    spatial axis, ``F.interpolate(size=...)`` to a fixed size, ``flatten`` then ``Linear`` or
+    attention over all positions (found by following which input axes each tensor's axes hold;
+    reductions over the channel or batch axis stay local). Operations a walk cannot judge (unknown
+    functions, axes computed at run time; for the hook walk the tensor operations outside torch's
+    modules, for TorchScript reductions, softmax and products) are checked with a gradient probe:
+    a field that grows with the probe window is global, a local one wider than the walked field
+    replaces it. Each probe is listed in ``notes``.
 
     Parameters
     ----------
@@ -304,6 +333,14 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     Returns
     -------
     ReceptiveField
+
+    Raises
+    ------
+    GlobalFieldError
+        For a global field (a :class:`ReceptiveFieldError` and ``ValueError``): the message names
+        the operations and what to do (one tile, a local operation, or ``halo=`` in voxels).
+    ReceptiveFieldError
+        When the layers can be neither walked nor measured.
     """
     check = as_bool(check, "check")
     if ndim not in (2, 3):
@@ -325,25 +362,23 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
         in_channels = in_channels or 1
     notes = []
     try:
-        final, best, n, method = _walk(model, ndim, in_channels, torch, notes)
+        final, best, n, method, scan = _walk(model, ndim, in_channels, torch, notes)
     except NotAnalysable as exc:  # e.g. a TorchScript layer with parameters known only at run time
         return _measured_field(model, ndim, in_channels, str(exc), notes)
+    factor = tuple(max(1, int(round(v))) for v in best.j) if n else (1,) * ndim
+    if scan.global_ops or (n and not np.all(np.isfinite(final.r))):  # adaptive pooling, x.mean((2, 3)), ...
+        raise global_field_error(_what(model, True), scan.global_ops or adaptive_modules(model, torch), factor)
     if n == 0:  # no layer the walk knows (e.g. functional convolutions): measure from gradients
-        notes.append("no known layer found; the size is the measured gradient extent, factor 1")
-        factor = (1,) * ndim
-        measured = measure_receptive_field(model, ndim, in_channels=in_channels,
-                                           size=64 if ndim == 2 else 40, factor=factor)
-        halo = tuple(int(math.ceil(m / 2)) for m in measured)
-        return ReceptiveField(size=measured, factor=factor, halo=halo, plantseg_halo=halo, measured=measured,
+        size, measured = measured_only(model, ndim, in_channels, notes, _what(model, True))
+        halo = tuple(int(math.ceil(m / 2)) for m in size)
+        return ReceptiveField(size=size, factor=factor, halo=halo, plantseg_halo=halo, measured=measured,
                               method="gradient", layers=0, notes=notes)
-    r = final.r
-    if not np.all(np.isfinite(r)):
-        raise ValueError("model: contains global (adaptive) pooling; its receptive field is the whole input")
-    size = tuple(int(math.ceil(v)) for v in r)
-    factor = tuple(max(1, int(round(v))) for v in best.j)
+    size = tuple(int(math.ceil(v)) for v in final.r)
+    measured = None
+    if scan.unseen:  # operations the walk cannot judge: a gradient probe decides
+        size, measured = settle(model, ndim, in_channels, size, factor, scan.unseen, notes, _what(model, True))
     halo = tuple(int(math.ceil(math.ceil(s / 2) / f) * f) for s, f in zip(size, factor))
     plantseg = tuple(int(math.ceil(v)) for v in final.p)
-    measured = None
     if check:
         msize = max(64 if ndim == 2 else 40, int(max(size)) + 2 * max(factor))
         measured = measure_receptive_field(model, ndim, in_channels=in_channels, size=msize, factor=factor)

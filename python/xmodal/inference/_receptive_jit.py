@@ -17,6 +17,7 @@ import re
 from types import SimpleNamespace
 
 from ._layers import SCRIPT_KINDS, State, apply_layer
+from ._ops import category, normalise
 
 _CONV = re.compile(r"aten::(_convolution|convolution|conv[123]d|conv_transpose[123]d)$")
 _POOL = re.compile(r"aten::(max|avg)_pool[123]d(_with_indices)?$")
@@ -27,6 +28,18 @@ _FN_POOL = re.compile(r"_?max_pool[123]d(_with_indices)?$")
 _UNHANDLED = re.compile(r"aten::(pixel_(un)?shuffle|im2col|col2im|unfold|grid_sampler\w*|fractional_max_pool\w*|"
                         r"max_unpool\w*)$")
 _FN_SPATIAL = re.compile(r"pool|fold|conv|grid|shuffle|upsample|interpolate")
+# operations that may combine positions along an axis (which one is not known in the graph): the
+# walk lists them in ``unseen`` and the caller probes the network (normalisations by statistics
+# of InstanceNorm / GroupNorm / BatchNorm modules keep the eager modules' treatment)
+_MIXING = ("reduce", "along", "contract")
+
+
+def _may_mix(name: str, node=None) -> bool:
+    name = normalise(name)
+    if name in ("max", "min") and node is not None and len(list(node.inputs())) > 1 \
+            and node.inputsAt(1).type().kind() == "TensorType":
+        return False  # element-wise maximum / minimum
+    return category(name) in _MIXING or name in ("layer_norm", "rms_norm")
 
 
 class NotAnalysable(Exception):
@@ -56,6 +69,7 @@ class ScriptWalk:
         self.nd = nd
         self.layers = 0
         self.best = None
+        self.unseen: list = []  # operations that may combine positions (see _MIXING)
 
     def run(self, model, start=None):
         outs = self.graph(model.graph, [model], [None, start if start is not None else State.start(self.nd)])
@@ -122,6 +136,8 @@ class ScriptWalk:
         if spec is not None:
             self.layers += 1
             return [apply_layer(spec.kind, spec, st, self.nd)] + [st] * (n_out - 1)
+        if kind.startswith("aten::") and _may_mix(kind[6:], node):
+            self.unseen.append(f"{kind} (TorchScript)")
         return [st] * n_out  # element-wise, cat, add, shapes: pass through, branches merged by maximum
 
     def call_method(self, node, objs, ins):
@@ -188,6 +204,8 @@ class ScriptWalk:
             return SimpleNamespace(kind="upsample", scale_factor=scale, mode=mode)
         if _FN_SPATIAL.search(name):
             raise NotAnalysable(f"F.{name} has no receptive field rule")
+        if _may_mix(name):
+            self.unseen.append(f"F.{name} (TorchScript)")
         return None
 
 

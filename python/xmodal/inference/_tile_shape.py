@@ -11,7 +11,8 @@ from .._optional import optional_import
 from .._validation import describe, per_axis, positive_float, positive_int
 from ._grid import align_down, align_up
 from ._model import kept_state, resolve_torch_device
-from ._receptive import _param_device, _param_dtype, is_torch_module, receptive_field, spatial_signature
+from ._receptive import GlobalFieldError, _param_device, _param_dtype, is_torch_module, receptive_field
+from ._receptive import spatial_signature
 
 log = logging.getLogger("xmodal.inference")
 
@@ -132,7 +133,8 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
     ndim, in_channels : int, optional
         Spatial axes and input channels (default: from the first convolution).
     halo : "auto" or int or sequence of int
-        The halo the tiles will be read with (voxels).
+        The halo the tiles will be read with (voxels). ``"auto"`` raises :class:`GlobalFieldError`
+        for a network with a global field; a given halo is used with the walked factor.
     multiple_of : sequence of int, optional
         Tiles are multiples of this (default: the down-sampling factor).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
@@ -181,10 +183,15 @@ def find_tile_shape(model, *, image_shape=None, ndim=None, in_channels=None, hal
             raise ValueError(f"halo: expected 'auto' or voxel counts, got {halo!r}")
     else:
         halo = per_axis(halo, ndim, "halo", minimum=0)
-    rf = None
+    rf, factor = None, None
     if multiple_of is None or isinstance(halo, str) or bytes_per_voxel is None:
-        rf = receptive_field(model, ndim, in_channels=in_channels)
-    factor = rf.factor if rf is not None else tuple(int(m) for m in multiple_of)
+        try:
+            rf = receptive_field(model, ndim, in_channels=in_channels)
+        except GlobalFieldError as exc:  # no finite halo: a given one is used, on the walked factor grid
+            if isinstance(halo, str):
+                raise
+            factor = exc.factor
+    factor = rf.factor if rf is not None else factor or tuple(int(m) for m in multiple_of)
     multiple = tuple(int(m) for m in (multiple_of or factor))
     if isinstance(halo, str):
         halo = tuple(int(h) for h in rf.halo)

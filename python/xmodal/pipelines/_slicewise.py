@@ -10,6 +10,8 @@ the result equals a 2D prediction of each slice with the same normalisation.
 
 from __future__ import annotations
 
+import logging
+
 import numbers
 
 import numpy as np
@@ -90,14 +92,21 @@ def slicewise(model, plane, tile_shape, halo, device):
     halo : "auto" (half the receptive field, torch modules only), an int or (hy, hx)
     device : where the model runs
     """
-    from ..inference import find_tile_shape, receptive_field
+    from ..inference import GlobalFieldError, find_tile_shape, receptive_field
 
     if isinstance(halo, str) and halo != "auto":
         raise ValueError(f"halo: expected 'auto' or voxel counts, got {halo!r}")
     torch_model = hasattr(model, "modules") and hasattr(model, "parameters")
     if torch_model:
-        rf = receptive_field(model, 2)
-        factor = rf.factor
+        try:
+            rf = receptive_field(model, 2)
+            factor = rf.factor
+        except GlobalFieldError as exc:  # no halo makes tiles exact: only a given one is used, as predict_tiled
+            if isinstance(halo, str):
+                raise
+            logging.getLogger("xmodal.inference").warning(
+                "%s; using the given halo: tiles differ from the whole-slice prediction unless one covers it", exc)
+            rf, factor = None, exc.factor or (1, 1)
         hal = rf.halo if isinstance(halo, str) else _plane(halo, "halo", 0)
     else:
         if isinstance(halo, str):
