@@ -2,7 +2,8 @@
 """The fit check of ``xmodal.atlas.identify`` on the built-in C. elegans embryos: each embryo held out
 in turn against an atlas of the other 7 (positions + nucleus diameter + reporter intensity), given
 as recorded and with deliberate mistakes (units of one or two axes, a mirror image); per case the
-accuracy, the median squared Mahalanobis distance of the fit and whether the check flagged it.
+accuracy, the median squared Mahalanobis distance of the fit, whether the check flagged it, and
+where the fit was doubtful the handedness test (objective of the sample and of its mirror image).
 
     OMP_NUM_THREADS=1 PYTHONPATH=python python scripts/eval_fit_check.py > benchmarks/results/identity-fit-check-DATE.txt
 """
@@ -38,7 +39,11 @@ def main():
                 res = identify(p, atlas, features=_features(e, "size+expression"))
             acc = float((res.index == atlas.index(e.cells)).mean())
             fit = res.diagnostics["fit"]
-            row.append(f"{tag}: accuracy {acc:.3f} median_d2 {fit['median_d2']:.2f} flagged {not fit['ok']}")
+            hand = ""
+            if "mirror_fits_better" in fit:  # the fit was doubtful: the mirror image was registered too
+                hand = (f" mirror tested: objective {fit['objective']:.1f} mirror {fit['mirror_objective']:.1f} "
+                        f"mirror_fits_better {fit['mirror_fits_better']} ({res.diagnostics['timings']['handedness']:.2f} s)")
+            row.append(f"{tag}: accuracy {acc:.3f} median_d2 {fit['median_d2']:.2f} flagged {not fit['ok']}{hand}")
         print(" | ".join(row), flush=True)
 
 

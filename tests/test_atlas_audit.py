@@ -10,7 +10,7 @@ import pytest
 
 from test_atlas import _base_shape, _names, _sample
 from xmodal.atlas import Atlas, build_atlas, identify
-from xmodal.atlas._identify import FIT_MIN_CELLS, fit_check
+from xmodal.atlas._fitcheck import FIT_MIN_CELLS, fit_check
 
 
 @pytest.fixture(scope="module")

@@ -372,7 +372,6 @@ def _check_span(s: Span) -> tuple[str, list[str]]:
     except LookupError as exc:
         return "not xmodal", [str(exc)]
     if not objs:
-        base = s.name.split(".")[-1]
         if "." in s.name or s.name in NOT_XMODAL:
             return "not xmodal", []
         return "not xmodal", [f"{s.name!r} is not an xmodal callable (add it to NOT_XMODAL if "

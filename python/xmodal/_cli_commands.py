@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._cli_mws import cmd_mws, record_offsets  # noqa: F401  (cmd_mws: the mws command)
+from ._cli_mws import record_offsets
 from ._cli_support import (
     UsageError,
     dask_client,

@@ -32,6 +32,7 @@ import os
 import sys
 
 from . import _cli_commands as commands
+from ._cli_mws import cmd_mws
 from ._cli_support import (
     EXIT_USAGE,
     UsageError,
@@ -272,7 +273,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                    "a 2D model takes a 3D image as a (z, y, x) stack)")
     _common(p, device=True, scheduler=True)
 
-    p = _command(sub, subs, "mws", commands.cmd_mws,
+    p = _command(sub, subs, "mws", cmd_mws,
                  help="mutex watershed of affinities (single-shot or blockwise)",
                  description="Mutex watershed instance segmentation of affinities (C, *spatial), merge probabilities "
                              "(1 = same object), channel c joining p and p + offsets[c].",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import numbers
 import time
-import warnings
 
 import numpy as np
 
@@ -30,6 +29,8 @@ from ._deform import DEFAULT, check_deform
 from ._inputs import check_features, check_sample_points, normalise_features
 from ._mixture import Model, assign
 from ._model import Atlas
+from ._fitcheck import fit_check
+from ._handedness import handedness_test
 from ._pose import pose_search
 from ._refine import apply_map, cpd_stage, deform_em, refine, relational
 from ._result import Identification
@@ -44,7 +45,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
              max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
              search_points: int = 300, in_plane: int = 3, cpd_iter: int = 100, relational_iter: int = 6,
              smooth: dict | None = None,
-             feature_weight: float = 1.0,
+             feature_weight: float = 1.0, check_handedness: bool = True,
              _debug: dict | None = None) -> Identification:
     """Name the cells of a sample by registering it to an atlas and assigning names exactly.
 
@@ -96,12 +97,18 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         conditioning each name on its partners (``atlas.relations``; >= 0, 0: off).
     feature_weight : float
         Weight of the feature log-likelihood relative to the position log-likelihood.
+    check_handedness : bool
+        Without ``allow_reflection``: when the fit is doubtful (its statistic above 0.825 times the
+        largest of the atlas's leave-one-out samples), also identify the sample's mirror image and,
+        when that fits better (lower assignment objective), warn and set ``fit["ok"]`` False. Costs
+        one more identification, for such samples only.
 
     Returns
     -------
     Identification
     """
     t_all = time.perf_counter()
+    options = dict(locals())  # the arguments as given, for the handedness test's run on the mirror image
     x, feats, transform, T, u, model, q_out = _check(
         points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
         temperature)
@@ -110,8 +117,9 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
             (top_k, "top_k", 1), (k, "k", 1), (max_iter, "max_iter", 1), (search_iter, "search_iter", 0),
             (keep_poses, "keep_poses", 1), (refine_poses, "refine_poses", 1), (search_points, "search_points", 1),
             (in_plane, "in_plane", 1), (cpd_iter, "cpd_iter", 1), (relational_iter, "relational_iter", 0)))
-    if not isinstance(deformable, (bool, np.bool_)):
-        raise TypeError(f"deformable: expected True or False, got {describe(deformable)}")
+    for flag, label in ((deformable, "deformable"), (check_handedness, "check_handedness")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{label}: expected True or False, got {describe(flag)}")
     d = x.shape[1]
     timings = {}
 
@@ -167,6 +175,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         _debug.update({"rows": rows, "cols": cols, "rel": rel, "shape": (n, m)})
     names = np.array([atlas.names[i] if i >= 0 else "" for i in index], dtype=object).astype(str)
     fit = fit_check(y, index, atlas)
+    if check_handedness and not allow_reflection:  # a doubtful fit: does the mirror image fit better?
+        handedness_test(identify, x, atlas, fit, float(obj), options, timings, t_all)
     diag = {"fit": fit,
         "pose_scores": pose["scores"], "pose": chosen, "n_poses": pose["n_candidates"], "iterations": iters,
         "relational_iterations": rel_it, "unmatched_cost": u, "outlier_rate": q_out, "temperature": T,
@@ -176,58 +186,6 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
                           top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
                           cost=float(obj), diagnostics=diag)
-
-
-#: A sample fits badly when its median squared Mahalanobis distance exceeds this factor times the
-#: largest one of the atlas's leave-one-out samples (chosen on the embryo folds holding out embryos
-#: 0-3: correct fits 1.6-2.3, their own training samples up to ~2.8; wrong units 5.2-6.5).
-FIT_FACTOR = 1.5
-#: The check needs a reference of at least this many leave-one-out samples and a sample of at least
-#: this many cells (a median of a handful of distances, or a reference of two samples, is too noisy:
-#: a 6-cell sample against a 2-sample atlas was flagged although every name was right).
-FIT_MIN_SAMPLES, FIT_MIN_CELLS = 3, 20
-
-
-def fit_statistic(y, index, atlas: Atlas) -> float | None:
-    """Median over the named cells of the squared Mahalanobis distance of each cell (``y``, atlas
-    frame) to its name's atlas mean under the name's covariance (about ``d`` - 2/3 for a sample
-    drawn from the atlas; large when the registration failed). None without named cells."""
-    sel = np.asarray(index) >= 0
-    if not sel.any():
-        return None
-    r = y[sel] - atlas.means[index[sel]]
-    prec = np.linalg.inv(atlas.covariances[index[sel]])
-    return float(np.median(np.einsum("ni,nij,nj->n", r, prec, r)))
-
-
-def fit_check(y, index, atlas: Atlas) -> dict:
-    """The fit statistic of a sample beside those of the atlas's leave-one-out samples
-    (``atlas.calibration["loo_fit_median_d2"]``); ``ok`` False (and a UserWarning) when it exceeds
-    :data:`FIT_FACTOR` times their largest, or when no cell is named at all; None for an atlas
-    without them, with fewer than :data:`FIT_MIN_SAMPLES` of them, or for a sample of fewer than
-    :data:`FIT_MIN_CELLS` cells (a sample of which no cell is named still gets the warning)."""
-    value = fit_statistic(y, index, atlas)
-    ref = atlas.calibration.get("loo_fit_median_d2")
-    out = {"median_d2": value, "loo_median_d2": ref, "factor": FIT_FACTOR, "ok": None}
-    applies = bool(ref) and len(ref) >= FIT_MIN_SAMPLES and len(index) >= FIT_MIN_CELLS
-    if value is None and len(index):
-        out["ok"] = False if applies else None
-        warnings.warn(
-            f"points: no cell of the sample was named (all {len(index)} left unnamed): the registration has "
-            "probably failed, or the unmatched cost is below every name's cost. Check that the coordinates are "
-            "in the atlas's units (spacing) and axis order, and the handedness (allow_reflection).",
-            UserWarning, stacklevel=3)
-    elif applies and value is not None:
-        limit = FIT_FACTOR * max(ref)
-        out["ok"] = bool(value <= limit)
-        if not out["ok"]:
-            warnings.warn(
-                f"points: the sample fits the atlas much worse than its training samples did (median squared "
-                f"Mahalanobis distance {value:.2f}, theirs {min(ref):.2f}-{max(ref):.2f}, limit {limit:.2f}): the "
-                "registration has probably failed, and the names and confidences are not reliable. Check that "
-                "the coordinates are in the atlas's units (spacing) and axis order, and the handedness "
-                "(allow_reflection).", UserWarning, stacklevel=3)
-    return out
 
 
 def _smooth(y, model, u, feats, k, atlas, smooth):

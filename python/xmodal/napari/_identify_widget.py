@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from napari.viewer import Viewer
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, SpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, Label, SpinBox
 
 from ._common import layer_picker, layer_transform, world_points
 from ._jobs import Job, JobPanel
@@ -29,9 +29,11 @@ class IdentifyWidget(Container):
         self.points_layer = layer_picker(viewer, "cells", ("points",))
         self.top_k = SpinBox(label="candidates (top k)", value=5, min=1, max=20)
         self.threshold = FloatSpinBox(label="low confidence below", value=0.5, min=0.0, max=1.0, step=0.05)
+        # identify's allow_reflection: for data whose axis handedness is unknown
+        self.reflection = CheckBox(label="allow reflection", value=False)
         self.candidates = Label(value="")
         self.panel = JobPanel("Identify")
-        super().__init__(widgets=[self.atlas_file, self.points_layer, self.top_k, self.threshold, self.panel,
+        super().__init__(widgets=[self.atlas_file, self.points_layer, self.top_k, self.threshold, self.reflection, self.panel,
                                   self.candidates])
         self.panel.run_button.changed.connect(self.run)
         self.result = None
@@ -52,7 +54,7 @@ class IdentifyWidget(Container):
             self.panel.last_error = exc
             self.panel.status.value = f"identify: error: {exc}"
             return None
-        top_k = int(self.top_k.value)
+        top_k, reflection = int(self.top_k.value), bool(self.reflection.value)
         # the points as they are now: data, whole transform (scale, translate, rotate, shear, affine)
         source = SimpleNamespace(data=np.array(layer.data, dtype=np.float64), size=np.array(layer.size),
                                  name=layer.name, **layer_transform(layer))
@@ -64,7 +66,7 @@ class IdentifyWidget(Container):
             atlas = Atlas.load(path)
             job.check()
             job.report(message="pose search, registration, assignment")
-            return identify(pts, atlas, top_k=top_k)
+            return identify(pts, atlas, top_k=top_k, allow_reflection=reflection)
 
         job = Job(compute, name="identify")
         self.panel.start(job, lambda res: self._show(res, source))
@@ -97,7 +99,10 @@ class IdentifyWidget(Container):
         self.panel.status.value = (f"identify: done, {result.n_named} of {len(result.names)} cells named, "
                                    f"{int(low.sum())} low confidence")
         fit = result.diagnostics.get("fit") or {}
-        if fit.get("ok") is False:  # the warning of identify, where the user looks
+        if fit.get("mirror_fits_better"):  # the warnings of identify, where the user looks
+            self.panel.status.value += ("; WARNING: the mirror image of the sample fits the atlas better: its "
+                                        "handedness probably differs (tick 'allow reflection' or flip an axis)")
+        elif fit.get("ok") is False:
             self.panel.status.value += (f"; WARNING: the sample fits the atlas much worse than its training samples "
                                         f"(median squared Mahalanobis distance {fit['median_d2']:.2f}): the "
                                         "registration has probably failed (units? axis order? handedness?)")
