@@ -34,6 +34,7 @@ py::dict to_dict(xmodal::AssignmentOutput&& o) {
     d["searches"] = o.searches;
     d["warm_matched"] = o.warm_matched;
     d["scanned"] = o.scanned;
+    d["over_capacity"] = o.over_capacity;
     d["failed_row"] = o.failed_row;
     d["hall_rows"] = to_numpy(std::move(o.hall_rows));
     d["hall_cols"] = to_numpy(std::move(o.hall_cols));
@@ -73,20 +74,22 @@ void register_assignment(py::module_& m) {
     m.def(
         "cover_assignment",
         [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
-           carray<double> cost, std::int64_t max_per_target) {
+           carray<double> cost, std::int64_t max_per_target, bool warm_start) {
             const xmodal::CsrRef g = csr_ref(n_rows, n_cols, indptr, indices, cost);
             xmodal::AssignmentOutput o;
             {
                 py::gil_scoped_release release;
                 o = max_per_target <= 0 ? xmodal::cover_assignment(g)
-                                        : xmodal::cover_assignment_capacity(g, max_per_target);
+                                        : xmodal::cover_assignment_capacity(g, max_per_target, warm_start);
             }
             return to_dict(std::move(o));
         },
         py::arg("n_rows"), py::arg("n_cols"), py::arg("indptr"), py::arg("indices"), py::arg("cost"),
-        py::arg("max_per_target") = 0,
+        py::arg("max_per_target") = 0, py::arg("warm_start") = true,
         "Exact cover (many-to-one) assignment; max_per_target <= 0: unlimited. col_of_row is indexed by the "
-        "larger side and holds the smaller-side partner.");
+        "larger side and holds the smaller-side partner. With max_per_target, over_capacity counts the units "
+        "above it in the uncapacitated optimum (0: not binding; -1: not measured); warm_start=False starts the "
+        "flow solver from every point on its cheapest partner instead of that optimum (a reference for tests).");
 }
 
 }  // namespace xmodal::bind

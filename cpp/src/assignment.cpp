@@ -108,6 +108,11 @@ public:
         return out;
     }
 
+    // The dual after run(): column potential v_j (<= 0; exactly 0 for columns left free) and the
+    // cost of row r's matched edge, so that u_r = matched_cost(r) - v(col(r)).
+    double v(std::int32_t j) const { return v_[j]; }
+    double matched_cost(std::int32_t r) const { return mcost_[r]; }
+
 private:
     // Jonker-Volgenant augmenting row reduction (two passes, bounded work): a free row takes its
     // cheapest column j1 (reduced c - v), lowering v[j1] by the gap to its second cheapest so that
@@ -401,9 +406,16 @@ AssignmentOutput assignment_unmatched(const CsrRef& in, double unmatched_cost) {
     return out;
 }
 
-AssignmentOutput cover_assignment(const CsrRef& g) {
-    check_csr(g, "cover_assignment");
-    if (g.n_rows == 0 || g.n_cols == 0) return {};
+namespace {
+
+// Dual of an uncapacitated cover, as potentials of the capacitated solver's network (see
+// CapacitatedCover): pot_l[l] = -(m_l + v_l), pot_s[s] = u_s.
+struct CoverDual {
+    std::vector<double> pot_l, pot_s;
+};
+
+// The uncapacitated cover (see cover_assignment in the header); fills `dual` when it succeeds.
+AssignmentOutput cover_uncapacitated(const CsrRef& g, CoverDual* dual) {
     const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
     // Orientation: L = larger side, S = smaller side. Build the S x L graph with reduced costs.
     const bool rows_larger = n_rows >= n_cols;
@@ -445,142 +457,350 @@ AssignmentOutput cover_assignment(const CsrRef& g) {
     out.col_of_row = larg;  // every L point: cheapest partner ...
     for (std::int64_t sidx = 0; sidx < ns; ++sidx)
         out.col_of_row[m.col_of_row[sidx]] = static_cast<std::int32_t>(sidx);  // ... unless matched
+    if (dual != nullptr) {
+        dual->pot_l.resize(static_cast<std::size_t>(nl));
+        dual->pot_s.resize(static_cast<std::size_t>(ns));
+        for (std::int64_t l = 0; l < nl; ++l)
+            dual->pot_l[l] = -(lmin[l] + s.v(static_cast<std::int32_t>(l)));
+        for (std::int64_t sidx = 0; sidx < ns; ++sidx) {
+            const std::int32_t r = static_cast<std::int32_t>(sidx);
+            dual->pot_s[sidx] = s.matched_cost(r) - s.v(m.col_of_row[sidx]);
+        }
+    }
     return out;
 }
 
-AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target) {
+// Capacitated cover as a b-flow (transportation) problem. Nodes: the nl larger-side points l
+// (supply 1 each), the ns smaller-side points s (demand 1 each) and a hub H (demand nl - ns). Arcs:
+// l -> s for every allowed pair (capacity 1, cost c_ls) and s -> H (capacity K - 1, cost 0). In a
+// feasible flow every l sends its unit to one s, and s keeps one unit and passes f_s in [0, K - 1]
+// on to H: it receives 1 + f_s in [1, K] units. The feasible integral flows are exactly the covers
+// with max_per_target = K, at the same cost. (No arc is doubled per unit, and H is only passed
+// through when a unit moves from a point with more than one to another one.)
+//
+// Successive shortest paths on a pseudoflow (a flow within the capacities that may leave nodes
+// with an excess or a deficit). Invariant: potentials p with reduced costs
+// rc(a -> b) = cost + p(a) - p(b) >= 0 on every residual arc. A step runs Dijkstra on the reduced
+// costs from one node with an excess, stops at the first node with a deficit that it finalises (at
+// distance len), adds d(x) - len to p(x) for every finalised x and pushes one unit along the path.
+// This keeps the invariant: for a residual arc a -> b with a finalised, d(b) <= d(a) + rc when b is
+// finalised and len <= tentative d(b) <= d(a) + rc when it is not, so the new reduced cost
+// rc + d(a) - min(d(b), len) is >= 0; when only b is finalised it grows by len - d(b) >= 0; the
+// arcs of the path get reduced cost 0, so their reverses (the new residual arcs) are fine too.
+// Each step removes one unit of excess and creates none. When no excess is left the flow is
+// feasible, and a feasible flow with such potentials is optimal (LP complementary slackness).
+//
+// A failed search proves infeasibility. Let X be what it reached (no deficit in it), B its l
+// nodes, S its s nodes. Every allowed pair of B lies in S (l -> s arcs are residual unless used),
+// and B holds every l placed on S (the reverse arcs s -> l), so |B| = sum of the loads of S. If H
+// is not in X, no s of S can pass a unit on (f_s = K - 1) and none has a deficit, so the loads are
+// >= K and the source's is > K: |B| > K |S|. If H is in X, S holds every s with f_s > 0; the
+// others have load 1 + excess, and since excesses sum to 0 over the network and X (which holds the
+// source) has only excesses, one of them has load 0: |B| > |S| + nl - ns. Either bound is what the
+// Python message states.
+//
+// Starting points (start_from): any assignment of every l to a partner, with potentials making
+// the reduced costs of its residual network non-negative; f_s = min(load_s - 1, K - 1), clipped at
+// 0. cover_assignment_capacity starts from the uncapacitated optimum (see there), so that only the
+// overloaded points need repairs. Reduced costs are clamped at 0 against rounding, as the
+// assignment solver's labels are. Searches are ordered by (distance, node index): deterministic.
+class CapacitatedCover {
+public:
+    CapacitatedCover(const Csr& ls, std::int64_t nl, std::int64_t ns, std::int64_t cap)
+        : ls_(ls), nl_(static_cast<std::int32_t>(nl)), ns_(static_cast<std::int32_t>(ns)),
+          hub_(static_cast<std::int32_t>(nl + ns)), cap_(cap), assign_(static_cast<std::size_t>(nl), -1),
+          acost_(static_cast<std::size_t>(nl), 0.0), mnext_(static_cast<std::size_t>(nl), -1),
+          mprev_(static_cast<std::size_t>(nl), -1), mhead_(static_cast<std::size_t>(ns), -1),
+          load_(static_cast<std::size_t>(ns), 0),
+          fh_(static_cast<std::size_t>(ns), 0), pot_(static_cast<std::size_t>(nl + ns + 1), 0.0),
+          dist_(pot_.size(), kInf), predc_(pot_.size(), 0.0), pred_(pot_.size(), -1), mark_(pot_.size(), 0) {}
+
+    // partner[l] in [0, ns) for every l; pot_l / pot_s: potentials of l and s (H gets 0).
+    void start_from(const std::vector<std::int32_t>& partner, const std::vector<double>& pot_l,
+                    const std::vector<double>& pot_s) {
+        for (std::int32_t l = 0; l < nl_; ++l) {
+            const std::int32_t s = partner[l];
+            double c = kInf;  // the cheapest stored entry of the pair (entries are unique from Python)
+            for (std::int64_t e = ls_.indptr[l]; e < ls_.indptr[l + 1]; ++e)
+                if (ls_.indices[e] == s) c = std::min(c, ls_.cost[e]);
+            acost_[l] = c;
+            attach(l, s);
+            pot_[l] = pot_l[l];
+        }
+        eh_ = -(static_cast<std::int64_t>(nl_) - ns_);
+        for (std::int32_t s = 0; s < ns_; ++s) {
+            fh_[s] = std::max<std::int64_t>(0, std::min<std::int64_t>(load_[s] - 1, cap_ - 1));
+            eh_ += fh_[s];
+            pot_[nl_ + s] = pot_s[s];
+        }
+        pot_[hub_] = 0.0;
+    }
+
+    // Remove every excess; false (with a witness in out) when the problem is infeasible.
+    bool run(AssignmentOutput& out) {
+        for (std::int32_t s = 0; s < ns_; ++s)
+            while (excess_s(s) > 0)
+                if (!search(nl_ + s, out)) return false;
+        while (eh_ > 0)
+            if (!search(hub_, out)) return false;
+        return true;
+    }
+
+    const std::vector<std::int32_t>& partners() const { return assign_; }
+
+private:
+    // Place l on s (l on no s before) / take l off its s, keeping the member lists and loads.
+    void attach(std::int32_t l, std::int32_t s) {
+        assign_[l] = s;
+        ++load_[s];
+        mprev_[l] = -1;
+        mnext_[l] = mhead_[s];
+        if (mhead_[s] >= 0) mprev_[mhead_[s]] = l;
+        mhead_[s] = l;
+    }
+
+    void detach(std::int32_t l) {
+        const std::int32_t s = assign_[l];
+        --load_[s];
+        if (mprev_[l] >= 0) mnext_[mprev_[l]] = mnext_[l];
+        else mhead_[s] = mnext_[l];
+        if (mnext_[l] >= 0) mprev_[mnext_[l]] = mprev_[l];
+        assign_[l] = -1;
+    }
+
+    std::int64_t excess_s(std::int32_t s) const { return load_[s] - 1 - fh_[s]; }
+
+    bool deficit(std::int32_t x) const {
+        if (x < nl_) return false;
+        if (x == hub_) return eh_ < 0;
+        return excess_s(x - nl_) < 0;
+    }
+
+    void label(std::int32_t x, double d, std::int32_t from, double c) {
+        // A label no lower than the best deficit's can never be finalised before the search ends.
+        if (mark_[x] == done_ || !(d < best_d_)) return;
+        if (mark_[x] == seen_ && !(d < dist_[x])) return;
+        mark_[x] = seen_;
+        dist_[x] = d;
+        pred_[x] = from;
+        predc_[x] = c;
+        if (deficit(x)) {  // not queued: the search ends at the best of these (see search)
+            best_d_ = d;
+            best_x_ = x;
+            return;
+        }
+        heap_.push_back({d, x});
+        std::push_heap(heap_.begin(), heap_.end(), std::greater<HeapItem>());
+    }
+
+    // Relax every residual arc out of x (finalised at distance d).
+    void relax(std::int32_t x, double d) {
+        const double px = pot_[x];
+        if (x < nl_) {  // l -> s for every pair but the one in use
+            for (std::int64_t e = ls_.indptr[x]; e < ls_.indptr[x + 1]; ++e) {
+                const std::int32_t s = ls_.indices[e];
+                if (s == assign_[x]) continue;
+                const std::int32_t y = nl_ + s;
+                label(y, d + std::max(0.0, ls_.cost[e] + px - pot_[y]), x, ls_.cost[e]);
+            }
+        } else if (x < hub_) {  // s -> l for the l placed on s; s -> H while f_s < K - 1
+            const std::int32_t s = x - nl_;
+            for (std::int32_t l = mhead_[s]; l >= 0; l = mnext_[l])
+                label(l, d + std::max(0.0, -acost_[l] + px - pot_[l]), x, 0.0);
+            if (fh_[s] < cap_ - 1) label(hub_, d + std::max(0.0, px - pot_[hub_]), x, 0.0);
+        } else {  // H -> s for every s with f_s > 0
+            for (std::int32_t s = 0; s < ns_; ++s)
+                if (fh_[s] > 0) label(nl_ + s, d + std::max(0.0, px - pot_[nl_ + s]), x, 0.0);
+        }
+    }
+
+    bool search(std::int32_t source, AssignmentOutput& out) {
+        xmodal::poll_interrupt();
+        ++out.searches;
+        seen_ += 2;
+        done_ += 2;
+        heap_.clear();
+        scanned_.clear();
+        best_d_ = kInf;
+        best_x_ = -1;
+        label(source, 0.0, -1, 0.0);
+        std::int32_t end = -1;
+        double len = 0.0;
+        while (true) {
+            // The best labelled deficit node ends the search as soon as no queued label is lower
+            // (the heap minimum bounds every label still to come): it is finalised at that
+            // distance, and plateaus of equal labels are not explored.
+            if (best_x_ >= 0 && (heap_.empty() || best_d_ <= heap_.front().first)) {
+                end = best_x_;
+                len = best_d_;
+                mark_[end] = done_;
+                scanned_.push_back(end);
+                break;
+            }
+            if (heap_.empty()) break;
+            std::pop_heap(heap_.begin(), heap_.end(), std::greater<HeapItem>());
+            const HeapItem top = heap_.back();
+            heap_.pop_back();
+            const std::int32_t x = top.second;
+            if (mark_[x] == done_ || top.first > dist_[x]) continue;
+            mark_[x] = done_;
+            scanned_.push_back(x);
+            relax(x, dist_[x]);
+        }
+        out.scanned += static_cast<std::int64_t>(scanned_.size());
+        if (end < 0) {
+            out.failed_row = source;
+            for (std::int32_t x : scanned_)
+                if (x < nl_) out.hall_rows.push_back(x);
+                else if (x < hub_) out.hall_cols.push_back(x - nl_);
+            return false;
+        }
+        for (std::int32_t x : scanned_) pot_[x] += dist_[x] - len;
+        // Push one unit along the path, walking back from its end. An arc s -> l (l leaves s) is
+        // applied with the arc l -> s' that follows it on the path.
+        for (std::int32_t y = end; y != source;) {
+            const std::int32_t x = pred_[y];
+            if (x < nl_) {
+                detach(x);
+                acost_[x] = predc_[y];
+                attach(x, y - nl_);
+            } else if (x == hub_) {
+                --fh_[y - nl_];
+                --eh_;
+            } else if (y == hub_) {
+                ++fh_[x - nl_];
+                ++eh_;
+            }
+            y = x;
+        }
+        return true;
+    }
+
+    const Csr& ls_;
+    std::int32_t nl_, ns_, hub_;
+    std::int64_t cap_;
+    std::vector<std::int32_t> assign_;  // the partner of each l, and its cost
+    std::vector<double> acost_;
+    std::vector<std::int32_t> mnext_, mprev_, mhead_;  // the l on each s: doubly linked lists
+    std::vector<std::int64_t> load_, fh_;
+    std::int64_t eh_ = 0;  // excess of H: sum f_s - (nl - ns)
+    std::vector<double> pot_, dist_, predc_;
+    std::vector<std::int32_t> pred_;
+    // Search stamps: mark_[x] == seen_ (labelled) or done_ (finalised) in the current search;
+    // older values mean unlabelled, so nothing is reset between searches.
+    std::vector<std::uint64_t> mark_;
+    std::uint64_t seen_ = 1, done_ = 2;
+    std::vector<HeapItem> heap_;
+    std::vector<std::int32_t> scanned_;
+    double best_d_ = kInf;    // the lowest label of a deficit node in the current search ...
+    std::int32_t best_x_ = -1;  // ... and that node (the first one labelled on ties)
+};
+
+}  // namespace
+
+AssignmentOutput cover_assignment(const CsrRef& g) {
+    check_csr(g, "cover_assignment");
+    if (g.n_rows == 0 || g.n_cols == 0) return {};
+    return cover_uncapacitated(g, nullptr);
+}
+
+// Warm start (see CapacitatedCover): the uncapacitated optimum, which covers every s. Flow: each l
+// on its partner there, f_s = min(load_s - 1, K - 1). Excess: load_s - K at the overloaded s;
+// deficit: their sum at H; no other imbalance. Potentials from the dual of the reduced matching
+// problem that cover_uncapacitated solves (rows S, columns L, costs c'_sl = c_sl - m_l >= 0 with
+// m_l = min_s c_sl): v_l <= 0, and v_l = 0 for l outside the matching (free columns never change),
+// u_s = c'_{s,col(s)} - v_col(s), c'_sl - u_s - v_l >= 0 on every pair, = 0 on matched pairs.
+// Take p(l) = -(m_l + v_l), p(s) = u_s, p(H) = 0. Reduced costs of the residual arcs:
+//   l -> s (pair not used):        c_sl - m_l - v_l - u_s = c'_sl - u_s - v_l >= 0;
+//   s -> l (reverse of a used pair): -(c'_sl - u_s - v_l): 0 for a matched pair; for l outside the
+//                                  matching, on its cheapest partner s, c'_sl = 0 and v_l = 0, so it
+//                                  is u_s, and u_s = 0 (see H -> s);
+//   s -> H (f_s < K - 1):           u_s >= 0, since c' >= 0 and v <= 0;
+//   H -> s (f_s > 0, so s holds some l outside the matching): -u_s = 0, since that pair gives
+//                                  u_s <= c'_sl - v_l = 0 - 0.
+// The arcs into H and out of it exist only in these two cases, so all are >= 0: the invariant holds
+// from the start, and only the overloaded points are repaired, usually by a few short paths
+// (s -> l -> s' -> H, where s' has room).
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start) {
     check_csr(g, "cover_assignment");
     require(max_per_target >= 1, "cover_assignment: max_per_target must be >= 1");
     if (g.n_rows == 0 || g.n_cols == 0) return {};
-    const std::int64_t n_rows = g.n_rows, n_cols = g.n_cols;
-    const bool rows_larger = n_rows >= n_cols;
-    const std::int64_t nl = rows_larger ? n_rows : n_cols;
-    const std::int64_t ns = rows_larger ? n_cols : n_rows;
-    Csr ls = oriented(g, rows_larger);  // L x S
+    const bool rows_larger = g.n_rows >= g.n_cols;
+    const std::int64_t nl = rows_larger ? g.n_rows : g.n_cols;
+    const std::int64_t ns = rows_larger ? g.n_cols : g.n_rows;
     AssignmentOutput out;
-    if (ns * max_per_target < nl) {
+    if (ns * std::min(max_per_target, nl) < nl) {
         out.failed_row = -3;  // not enough capacity
         return out;
     }
-    // Flow network: L points [0, nl), first-unit nodes P_s [nl, nl+ns), extra-unit nodes X_s
-    // [nl+ns, nl+2ns), hub H. Arcs L->P_s and L->X_s per edge (capacity 1, cost c), X_s->H
-    // (capacity max-1). The sink is implicit: P_s absorbs 1 unit, H absorbs nl-ns units. A flow of
-    // nl units therefore fills every P_s: every S point is covered. L points are added one at a
-    // time along a shortest path (Johnson potentials) to the nearest node that can still absorb.
-    // Absorbing nodes keep potential 0, the maximum (potentials only decrease), which plays the
-    // role of the sink potential, as free columns do in the assignment solver.
-    const std::int64_t nnodes = nl + 2 * ns + 1;
-    const std::int32_t H = static_cast<std::int32_t>(nl + 2 * ns);
-    struct Arc {
-        std::int32_t to;
-        std::int32_t rev;
-        std::int64_t cap;
-        double cost;
-    };
-    std::vector<std::vector<Arc>> adj(static_cast<std::size_t>(nnodes));
-    auto add = [&](std::int32_t u, std::int32_t w, std::int64_t cap, double c) {
-        adj[u].push_back({w, static_cast<std::int32_t>(adj[w].size()), cap, c});
-        adj[w].push_back({u, static_cast<std::int32_t>(adj[u].size() - 1), 0, -c});
-    };
-    std::vector<double> pot(static_cast<std::size_t>(nnodes), 0.0);
-    for (std::int64_t l = 0; l < nl; ++l) {
-        if (ls.indptr[l] == ls.indptr[l + 1]) {
-            out.failed_row = -2;
-            out.hall_cols.push_back(static_cast<std::int32_t>(l));
-        }
-        double rowmin = kInf;
-        for (std::int64_t e = ls.indptr[l]; e < ls.indptr[l + 1]; ++e) {
-            const std::int32_t s = ls.indices[e];
-            add(static_cast<std::int32_t>(l), static_cast<std::int32_t>(nl + s), 1, ls.cost[e]);
-            if (max_per_target > 1)
-                add(static_cast<std::int32_t>(l), static_cast<std::int32_t>(nl + ns + s), 1, ls.cost[e]);
-            rowmin = std::min(rowmin, ls.cost[e]);
-        }
-        pot[l] = std::isfinite(rowmin) ? -rowmin : 0.0;  // c + pot(l) - pot(s) >= 0 with pot(s) = 0
-    }
-    if (out.failed_row == -2) return out;
-    if (max_per_target > 1)
-        for (std::int64_t s = 0; s < ns; ++s)
-            add(static_cast<std::int32_t>(nl + ns + s), H, max_per_target - 1, 0.0);
-    std::vector<std::uint8_t> p_free(static_cast<std::size_t>(ns), 1);
-    std::int64_t hub_free = nl - ns;
-
-    std::vector<double> d(static_cast<std::size_t>(nnodes), kInf);
-    std::vector<std::int32_t> pnode(static_cast<std::size_t>(nnodes), -1), parc(static_cast<std::size_t>(nnodes), -1);
-    std::vector<std::uint8_t> done(static_cast<std::size_t>(nnodes), 0);
-    std::vector<std::int32_t> touched, scanned;
-    std::vector<HeapItem> heap;
-    for (std::int32_t start = 0; start < nl; ++start) {
-        xmodal::poll_interrupt();
-        ++out.searches;
-        heap.clear();
-        touched.clear();
-        scanned.clear();
-        d[start] = 0.0;
-        touched.push_back(start);
-        heap.push_back({0.0, start});
-        std::int32_t end = -1;
-        while (!heap.empty()) {
-            std::pop_heap(heap.begin(), heap.end(), std::greater<HeapItem>());
-            const HeapItem top = heap.back();
-            heap.pop_back();
-            const std::int32_t u = top.second;
-            if (done[u] || top.first > d[u]) continue;
-            done[u] = 1;
-            scanned.push_back(u);
-            if ((u >= nl && u < nl + ns && p_free[u - nl]) || (u == H && hub_free > 0)) {
-                end = u;
-                break;
-            }
-            for (std::size_t a = 0; a < adj[u].size(); ++a) {
-                const Arc& arc = adj[u][a];
-                if (arc.cap <= 0 || done[arc.to]) continue;
-                const double rc = std::max(0.0, arc.cost + pot[u] - pot[arc.to]);
-                const double nd = d[u] + rc;
-                if (nd < d[arc.to]) {
-                    if (d[arc.to] == kInf) touched.push_back(arc.to);
-                    d[arc.to] = nd;
-                    pnode[arc.to] = u;
-                    parc[arc.to] = static_cast<std::int32_t>(a);
-                    heap.push_back({nd, arc.to});
-                    std::push_heap(heap.begin(), heap.end(), std::greater<HeapItem>());
-                }
-            }
-        }
-        out.scanned += static_cast<std::int64_t>(scanned.size());
-        if (end < 0) {
-            out.failed_row = start;
-            for (std::int32_t u : scanned)
-                if (u < nl) out.hall_rows.push_back(u);
-                else if (u < nl + ns) out.hall_cols.push_back(static_cast<std::int32_t>(u - nl));
-            for (std::int32_t u : touched) {
-                d[u] = kInf;
-                done[u] = 0;
-            }
+    const std::int64_t cap = std::min(max_per_target, nl);  // a larger capacity never binds
+    CoverDual dual;
+    std::vector<std::int32_t> partner;
+    if (warm_start) {
+        AssignmentOutput free = cover_uncapacitated(g, &dual);
+        if (free.failed_row == -2) return free;  // a larger-side point without any pair
+        out.searches = free.searches;
+        out.warm_matched = free.warm_matched;
+        out.scanned = free.scanned;
+        if (free.failed_row >= 0) {
+            // No cover even without a capacity: smaller-side points S' whose pairs all lie in the
+            // larger-side points B', |B'| < |S'|. Reported in the capacitated form by complements:
+            // every pair of B = L \ B' lies in S = S \ S' (a pair (l, s') would put l in B'), and
+            // |B| = nl - |B'| > nl - |S'| = |S| + nl - ns.
+            const std::int64_t nb = nl - static_cast<std::int64_t>(free.hall_cols.size());
+            const std::int64_t nss = ns - static_cast<std::int64_t>(free.hall_rows.size());
+            std::vector<std::uint8_t> in_l(static_cast<std::size_t>(nl), 1), in_s(static_cast<std::size_t>(ns), 1);
+            for (const std::int32_t l : free.hall_cols) in_l[l] = 0;
+            for (const std::int32_t x : free.hall_rows) in_s[x] = 0;
+            out.hall_rows.reserve(static_cast<std::size_t>(std::max<std::int64_t>(nb, 0)));
+            out.hall_cols.reserve(static_cast<std::size_t>(std::max<std::int64_t>(nss, 0)));
+            for (std::int32_t l = 0; l < nl; ++l)
+                if (in_l[l]) out.hall_rows.push_back(l);
+            for (std::int32_t x = 0; x < ns; ++x)
+                if (in_s[x]) out.hall_cols.push_back(x);
+            out.failed_row = free.failed_row;
+            out.over_capacity = -1;
             return out;
         }
-        const double len = d[end];
-        for (std::int32_t u : scanned) pot[u] += d[u] - len;
-        for (std::int32_t w = end; w != start; w = pnode[w]) {
-            Arc& arc = adj[pnode[w]][parc[w]];
-            arc.cap -= 1;
-            adj[w][arc.rev].cap += 1;
+        // The uncapacitated optimum: optimal as it is when it respects the capacity (same objective,
+        // smaller feasible set); otherwise the warm start, with the potentials of its dual.
+        std::vector<std::int64_t> load(static_cast<std::size_t>(ns), 0);
+        for (const std::int32_t x : free.col_of_row) ++load[x];
+        for (const std::int64_t k : load) out.over_capacity += std::max<std::int64_t>(0, k - cap);
+        if (out.over_capacity == 0) {
+            out.col_of_row = std::move(free.col_of_row);
+            return out;
         }
-        if (end == H) --hub_free;
-        else p_free[end - nl] = 0;
-        for (std::int32_t u : touched) {
-            d[u] = kInf;
-            done[u] = 0;
-        }
+        partner = std::move(free.col_of_row);
     }
-    // Read the assignment: the L->P or L->X arc carrying flow.
-    out.col_of_row.assign(static_cast<std::size_t>(nl), -1);
-    for (std::int64_t l = 0; l < nl; ++l)
-        for (const Arc& arc : adj[l])
-            if (arc.to >= nl && arc.to < nl + 2 * ns && arc.cap == 0) {
-                out.col_of_row[l] = static_cast<std::int32_t>((arc.to - nl) % ns);
-                break;
+    const Csr ls = oriented(g, rows_larger);
+    if (!warm_start) {
+        // The reference start: every l on its cheapest partner (lowest index on ties), p(l) = -m_l,
+        // p(s) = p(H) = 0. Reduced costs: c_ls - m_l >= 0 on unused pairs, 0 on the used ones
+        // (reverse arcs) and 0 on the arcs between s and H.
+        partner.assign(static_cast<std::size_t>(nl), -1);
+        dual.pot_l.assign(static_cast<std::size_t>(nl), 0.0);
+        dual.pot_s.assign(static_cast<std::size_t>(ns), 0.0);
+        for (std::int64_t l = 0; l < nl; ++l) {
+            double best = kInf;
+            for (std::int64_t e = ls.indptr[l]; e < ls.indptr[l + 1]; ++e)
+                if (ls.cost[e] < best || (ls.cost[e] == best && ls.indices[e] < partner[l])) {
+                    best = ls.cost[e];
+                    partner[l] = ls.indices[e];
+                }
+            if (partner[l] < 0) {
+                out.failed_row = -2;
+                out.hall_cols.push_back(static_cast<std::int32_t>(l));
             }
+            dual.pot_l[l] = -best;
+        }
+        if (out.failed_row == -2) return out;
+        out.over_capacity = -1;  // not measured
+    }
+    CapacitatedCover flow(ls, nl, ns, cap);
+    flow.start_from(partner, dual.pot_l, dual.pot_s);
+    if (!flow.run(out)) return out;
+    out.col_of_row = flow.partners();
     return out;
 }
 

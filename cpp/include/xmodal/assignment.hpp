@@ -36,6 +36,9 @@ struct AssignmentOutput {
     std::int64_t searches = 0;     // Dijkstra searches (one per row not matched by the warm start)
     std::int64_t warm_matched = 0;  // rows matched by the warm start
     std::int64_t scanned = 0;       // columns finalised over all searches
+    // Capacitated cover: units above max_per_target in the uncapacitated optimum (0: the capacity
+    // does not bind and that optimum is returned; -1: not measured).
+    std::int64_t over_capacity = 0;
     // Infeasible problems: failed_row >= 0 and hall_rows / hall_cols hold a Hall violator:
     // |hall_rows| = |hall_cols| + 1 and every edge of hall_rows ends in hall_cols.
     std::int32_t failed_row = -1;
@@ -75,8 +78,14 @@ double partial_dummy_cost(double unmatched_cost, double cmin, double cmax, std::
 AssignmentOutput cover_assignment(const CsrRef& g);
 
 // Capacitated cover: as cover_assignment, and every point of the smaller side takes at most
-// max_per_target points. Exact successive shortest paths on the flow network
-// larger -> smaller (first unit) | smaller (extra units, capacity max_per_target - 1) -> hub.
-AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target);
+// max_per_target points. Exact successive shortest paths on the b-flow network larger -> smaller
+// (demand 1 each) -> hub (capacity max_per_target - 1 per smaller-side point; demand
+// n_large - n_small), warm-started from the uncapacitated optimum and the potentials of its dual:
+// only the overloaded points are repaired. warm_start = false starts from every larger-side point
+// on its cheapest partner instead (a reference path for tests; also used to find the witness when
+// no cover exists). A failed search leaves failed_row >= 0, hall_rows = larger-side points B,
+// hall_cols = smaller-side points S: every pair of B lies in S and
+// |B| > min(max_per_target * |S|, |S| + n_large - n_small).
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start = true);
 
 }  // namespace xmodal

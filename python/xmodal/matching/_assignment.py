@@ -302,8 +302,10 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     solver : {"native", "highs"}
         ``"native"``: without ``max_per_target``, exact reduction to a one-to-one problem
         (cost = sum of each larger-side point's cheapest pair + a matching saturating the smaller
-        side on reduced costs), solved by successive shortest paths; with it, successive shortest
-        paths on a flow network. ``"highs"``: the LP (integral for this constraint matrix).
+        side on reduced costs), solved by successive shortest paths; with it, the same cover first,
+        then exact shortest-path repairs of the points over the capacity on a flow network, with
+        potentials from that cover's dual (``info["over_capacity"]`` units; none when the capacity
+        does not bind). ``"highs"``: the LP (integral for this constraint matrix).
 
     Returns
     -------
@@ -369,19 +371,9 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     g = scaled.copy()
     g.sort_indices()
     indptr, indices, data = _native_arrays(g)
-    if cap is not None:
-        # Exact shortcut: an uncapacitated optimum that respects the capacity is also optimal
-        # for the capacitated problem (same objective, smaller feasible set).
-        free = _core.cover_assignment(n, m, indptr, indices, data, 0)
-        if free["failed_row"] == -1 and np.bincount(free["col_of_row"], minlength=n_small).max() <= cap:
-            partner = free["col_of_row"].astype(np.int64)
-            idx = np.arange(n_big, dtype=np.int64)
-            rows, cols = (idx, partner) if rows_larger else (partner, idx)
-            info = {"warm_matched": int(free["warm_matched"]), "scanned": int(free["scanned"]),
-                    "capacity_binding": False}
-            return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native",
-                           t0=t0, searches=free["searches"], info=info)
-    out = _core.cover_assignment(n, m, indptr, indices, data, 0 if cap is None else cap)
+    # With a capacity the native solver first solves the uncapacitated cover: optimal as it is when it
+    # respects the capacity, else the warm start of an exact repair (docs/matching.md).
+    out = _core.cover_assignment(n, m, indptr, indices, data, 0 if cap is None else min(cap, n_big))
     if out["failed_row"] != -1:
         raise ValueError(_cover_infeasible(out, cap, rows_larger, n_big, n_small))
     partner = out["col_of_row"].astype(np.int64)
@@ -389,7 +381,8 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     rows, cols = (idx, partner) if rows_larger else (partner, idx)
     info = {"warm_matched": int(out["warm_matched"]), "scanned": int(out["scanned"])}
     if cap is not None:
-        info["capacity_binding"] = True
+        info["capacity_binding"] = bool(out["over_capacity"] > 0)
+        info["over_capacity"] = int(out["over_capacity"])
     return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native", t0=t0,
                    searches=out["searches"], info=info)
 
