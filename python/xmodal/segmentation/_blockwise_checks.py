@@ -70,6 +70,9 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     if isinstance(merge_threshold, (bool, np.bool_)) or not (isinstance(merge_threshold, numbers.Real)
                                                             and 0.0 <= float(merge_threshold) < 1.0):
         raise ValueError(f"merge_threshold: expected a number in [0, 1), got {describe(merge_threshold)}")
+    if bias_arr is not None and float(merge_threshold) != 0.5:
+        raise ValueError("merge_threshold: not used with bias (a mutex watershed of the blocks' fragments joins "
+                         f"them); leave it at 0.5, got {merge_threshold!r}")
     mask = check_block_mask(mask, shape)
     if out is not None:
         _check_out(out, shape, bshape)

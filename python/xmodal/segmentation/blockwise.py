@@ -1,38 +1,45 @@
 """Blockwise mutex watershed for volumes larger than memory.
 
-Method (three passes, each resumable):
+1. **Blocks** (resumable). The volume is cut into blocks of ``block_shape``; each block is read with
+   ``halo`` voxels per side (clipped at the volume border), segmented with
+   :func:`~xmodal.segmentation.mutex_watershed`, and what the join needs is stored in the work
+   directory. A block is done when its marker exists (:class:`xmodal.io.BlockLedger`, written
+   after the block's file); the marker holds the SHA-256 of the affinities (and mask) the block
+   read, halo included, so a resumed run reuses a block only when the same read gives the same
+   bytes. Every file is written to a temporary name and renamed (atomic).
+2. **Join.** Classic mode (votes across faces): a block stores its inner labels 1..k and, per face
+   shared with a neighbour, the labels of its boundary slice and whether each boundary voxel and its
+   neighbour across the face (in the halo) ended in one segment of its run. Label ``l`` of block
+   ``b`` gets the provisional id ``offset[b] + l``; for every face and pair (a, b) of labels that
+   touch across it, the voxel pairs that *both* runs joined vote to merge, and a and b merge when
+   the agreeing fraction exceeds ``merge_threshold``; the merges are connected components.
+   With ``bias`` (fragment graph: the evidence single-shot uses): a block stores its run's labels
+   of its inner region and of the parts of other blocks that its halo covers. (a) *Fragments*: the
+   segments of a block that touch the zone within reach (the largest offset per axis) of a shared
+   face are cut by the labels that the other runs which saw their voxels gave them; the other
+   segments stay whole, out of the graph. (b) *Edges*: every edge of every channel between two
+   fragments in the graph, with single-shot's signed weight ``m + bias[c]`` and strides, reduced per
+   fragment pair to the attractive and the repulsive edge that single-shot processes first. (c) A
+   mutex watershed of the fragments (:func:`~xmodal.segmentation.mutex_watershed_graph`) processes
+   them in single-shot's order (weight, then edge id). Where every run agrees with single-shot (a
+   halo over the whole volume) the fragments split single-shot's segments and this replays it
+   exactly: between two fragments only the first attractive and the first repulsive edge matter.
+3. **Relabel.** Final ids are consecutive from 1, ordered by the smallest provisional id of each
+   segment (deterministic); each block's labels are mapped and written to ``out`` (idempotent: a
+   resumed run rewrites every block). A zarr ``out`` is flagged incomplete before the first write
+   and complete after the last (see :mod:`xmodal.io`).
 
-1. **Blocks.** The volume is cut into blocks of ``block_shape``. Each block is read with a halo of
-   ``halo`` voxels per side (clipped at the volume border) and segmented with
-   :func:`~xmodal.segmentation.mutex_watershed`. Its inner labels are renumbered 1..k (0 = masked)
-   and stored in the work directory with, for each face shared with a neighbouring block, the labels
-   of the block's boundary slice and whether each boundary voxel and its neighbour across the face
-   (which lies in the halo) ended in the same segment of this block's run. A block is done when its
-   marker exists (:class:`xmodal.io.BlockLedger`, written after the block's file); the marker holds
-   the SHA-256 of the affinities (and mask) the block read, halo included, so a resumed run reuses
-   a block only when the same read gives the same bytes. Every file is written to a temporary name
-   and renamed (atomic).
-2. **Stitching.** Label ``l`` of block ``b`` gets the provisional id ``offset[b] + l`` (offsets are
-   the cumulative label counts in block order). For every face and every pair (a, b) of labels that
-   touch across it, the face votes to merge a and b where *both* blocks' runs joined the voxel pair;
-   a and b are merged when the fraction of agreeing voxel pairs exceeds ``merge_threshold``
-   (default 0.5). The merges are connected components of a sparse graph; final ids are consecutive
-   from 1, ordered by the smallest provisional id of each component (deterministic).
-3. **Relabel.** Each block's stored labels are mapped to the final ids and written to ``out``
-   (idempotent: a resumed run simply rewrites every block). A zarr ``out`` is flagged incomplete
-   before the first write and complete after the last (see :mod:`xmodal.io`).
+How it differs from single-shot: smaller halos change labels near faces (ARand in ``docs/mws.md``);
+strides are anchored per block (the fragment graph keeps the edges single-shot keeps: its grid from
+voxel 0, or its random draw). The classic join sees voxel pairs across a face only: with long-range
+channels among the first ``n_attractive`` a segment whose pieces are joined by long-range edges
+alone may come out as several labels whatever the halo. With ``bias`` the block runs themselves
+can differ from single-shot (the signed method reacts to context beyond the halo).
 
-How it differs from single-shot: within a halo the blocks see the same data, so with the classic
-method (nearest-neighbour attractive channels) and a halo reaching across the whole volume the
-partition equals the single-shot one; smaller halos change labels near faces (ARand in
-``docs/mws.md``), and strides are anchored per block. Stitching only sees voxel pairs *across a
-face*: a segment whose pieces are joined only by long-range attractive edges (``bias`` mode, or
-long-range channels among the first ``n_attractive``: segments need not be connected) is stitched
-only where its pieces touch across a face, so it may come out as several labels whatever the halo.
-
-Only one block (with halo) of affinities is in memory per worker; the stitching pass holds the face
-slices and one integer per provisional label. The result does not depend on the scheduler or on the
-number of workers.
+Memory: one block (with halo) of affinities per worker; the classic join holds the face slices and
+one integer per provisional label, the fragment graph one entry (~24 bytes) per pair of fragments
+linked by an edge near the faces. The result does not depend on the scheduler or on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -51,11 +58,13 @@ import numpy as np
 from .. import io as xio
 from .._config import capped_threads, thread_share
 from .._validation import positive_int
-from ._blockwise_checks import _check_arguments, _check_out, check_out_capacity  # noqa: F401 (their old home)
+from ._blockwise_checks import _check_arguments, _check_out, check_out_capacity
+from ._blockwise_tasks import block_edges, block_fragments, fragment_members, save_npz, stitch_fragments
 from .mws import _check_finite, mutex_watershed
 from ._values import as_float_values
 
 __all__ = ["BlockwiseResult", "blockwise_mutex_watershed"]
+_OLD_HOME = (_check_out,)  # imported from here by other modules
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +85,10 @@ class BlockwiseResult:
     n_blocks_resumed : int
         Blocks found done in the work directory (not recomputed).
     n_face_merges : int
-        Label pairs merged across block faces.
+        Label pairs merged across block faces (with ``bias``: merges of the fragment graph).
     seconds : dict
-        Wall-clock seconds of the passes ``blocks``, ``stitch`` and ``relabel``.
+        Wall-clock seconds of the passes ``blocks``, ``stitch`` (the join, with ``bias`` the
+        fragments, edges and graph passes) and ``relabel``.
     """
 
     labels: object
@@ -101,6 +111,9 @@ class _Plan:
         self.segmenter = segmenter
         self.thread_cap = None  # native threads per block task (set for the thread pool)
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
+        # bias mode: blocks joined by the mutex watershed of their fragments (passes 2-4), edges of any offset
+        self.graph = segmenter is None and mws_kwargs.get("bias") is not None
+        self.reach = tuple(int(r) for r in np.abs(np.asarray(offsets)).max(axis=0))
 
     @property
     def ndim(self):
@@ -122,12 +135,6 @@ class _Plan:
 
     def path(self, kind, bid):
         return os.path.join(self.workdir, kind, f"{bid}")
-
-
-def _atomic_save_npz(path, **arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    xio.atomic_write_bytes(path + ".npz", buf.getvalue())
 
 
 def _run_block(plan: _Plan, bid: int):
@@ -159,6 +166,18 @@ def _run_block(plan: _Plan, bid: int):
     lut[~present] = 0
     local = lut[inner_ext]
     n_labels = int(present.sum())
+    if plan.graph:
+        save_npz(plan.path("blocks", bid), **fragment_members(plan, bid, ext, outer))
+    else:
+        save_npz(plan.path("blocks", bid), labels=local, **_face_members(plan, bid, rel, ext, local))
+    if ledger is not None:
+        ledger.mark_done(bid, digest, n_labels=n_labels)
+    return n_labels, digest, False
+
+
+def _face_members(plan: _Plan, bid: int, rel, ext, local) -> dict:
+    """Per face shared with a neighbour: the labels of the block's boundary slice and whether each
+    boundary voxel and its neighbour across the face (in the halo) ended in one segment of the run."""
     faces = {}
     idx = plan.index(bid)
     for d in range(plan.ndim):
@@ -178,17 +197,15 @@ def _run_block(plan: _Plan, bid: int):
             loc_sl[d] = slice(0, 1) if side == "lo" else slice(local.shape[d] - 1, local.shape[d])
             faces[f"{side}{d}_lab"] = local[tuple(loc_sl)]
             faces[f"{side}{d}_conn"] = ext[tuple(sl_in)] == ext[tuple(sl_out)]
-    _atomic_save_npz(plan.path("blocks", bid), labels=local, **faces)
-    if ledger is not None:
-        ledger.mark_done(bid, digest, n_labels=n_labels)
-    return n_labels, digest, False
+    return faces
 
 
 def _relabel_block(plan: _Plan, bid: int, offset: int, mapping_path: str, out) -> object:
     """Pass 3 for one block: map to final ids; write into ``out`` or return the array."""
     mapping = np.load(mapping_path, mmap_mode="r")
-    with np.load(plan.path("blocks", bid) + ".npz") as z:
-        local = z["labels"]
+    kind, member = ("frags", "frag") if plan.graph else ("blocks", "labels")
+    with np.load(plan.path(kind, bid) + ".npz") as z:
+        local = z[member]
     nz = local > 0
     final = np.zeros(local.shape, dtype=mapping.dtype)
     if nz.any():
@@ -253,12 +270,13 @@ def _signature(plan: _Plan, affinities, merge_threshold) -> str:
         "dtype": str(affinities.dtype), "block_shape": plan.block_shape, "halo": plan.halo,
         "offsets": np.asarray(plan.offsets).tolist(), "mws": dict(plan.mws_kwargs),
         "mask": plan.mask is not None, "merge_threshold": merge_threshold,
+        **({"stitch": "fragment graph"} if plan.graph else {}),
     })
 
 
 def _clean_workdir(workdir: str) -> None:
     """Remove what a run wrote into a caller's work directory (and the directory when then empty)."""
-    for name in ("blocks", "done"):
+    for name in ("blocks", "done", "frags", "edges"):
         shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
     names = ["mapping.npy", "params.json"] + [n for n in os.listdir(workdir) if n.startswith(".tmp-")]
     for name in names:
@@ -300,8 +318,9 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     n_attractive, strides, randomize_strides, invert, seed, bias
         As in :func:`mutex_watershed` (``strides`` of shape ``(C, ndim)`` are per offset;
         ``bias`` selects the signed-weight mode); strides are anchored at each block's (halo) origin.
-        Pieces of a segment joined only by long-range attractive edges are stitched only where they
-        touch across a block face (module docstring).
+        With ``bias`` the blocks are joined by a mutex watershed of their fragments with every
+        channel's edges near the faces (module docstring), which also reads the affinities of each
+        block once more.
     mask : array-like of bool or int, shape spatial, optional
         False (0) voxels are background 0; other dtypes are a TypeError, as in :func:`mutex_watershed`.
     workdir : str or path, optional
@@ -314,7 +333,8 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     n_workers : int, optional
         Threads of the default scheduler (default: ``xmodal.num_threads()``).
     merge_threshold : float
-        Fraction of agreeing voxel pairs across a face needed to merge two labels (default 0.5).
+        Classic mode: fraction of agreeing voxel pairs across a face needed to merge two labels
+        (default 0.5). Not used with ``bias`` (a ValueError unless 0.5).
 
     Returns
     -------
@@ -381,7 +401,15 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
         resumed = sum(bool(r) for _, _, r in done)
         input_digest = None if own_workdir else xio.combine_digests(d for _, d, _ in done)
         t1 = time.perf_counter()
-        offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
+        if plan.graph:  # passes 2-4 of the fragment graph (module docstring)
+            for kind in ("frags", "edges"):
+                os.makedirs(os.path.join(workdir, kind), exist_ok=True)
+            counts = run([dask.delayed(block_fragments, pure=False)(plan, b) for b in bids])
+            offsets_ = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            run([dask.delayed(block_edges, pure=False)(plan, b, offsets_, int(np.sum(counts)) + 1) for b in bids])
+            mapping, n_labels, n_merges = stitch_fragments(plan, int(np.sum(counts)))
+        else:
+            offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
         mapping_path = os.path.join(workdir, "mapping.npy")
         buf = io.BytesIO()
         np.save(buf, mapping)  # always this run's: it depends on every block
