@@ -162,8 +162,9 @@ def test_identify_names_layer_lies_on_its_rotated_points(make_napari_viewer, qtb
     data = np.random.default_rng(3).uniform(0, 50, (9, 3))
     seen = {}
 
-    def fake_identify(points, atlas, top_k=5):
+    def fake_identify(points, atlas, top_k=5, allow_reflection=False):
         seen["points"] = np.asarray(points)
+        seen["allow_reflection"] = allow_reflection
         n = len(points)
         return SimpleNamespace(names=np.array([f"c{i}" for i in range(n)], dtype=object),
                                confidence=np.linspace(0.2, 0.9, n), n_named=n, diagnostics={},
@@ -181,6 +182,11 @@ def test_identify_names_layer_lies_on_its_rotated_points(make_napari_viewer, qtb
     _wait(qtbot, w.panel)
     np.testing.assert_allclose(seen["points"], _to_world(layer, data), atol=1e-9)
     np.testing.assert_allclose(_to_world(w.layer, w.layer.data), _to_world(layer, data), atol=1e-9)
+    assert seen["allow_reflection"] is False
+    w.reflection.value = True  # the 'allow reflection' box reaches identify
+    assert w.run() is not None
+    _wait(qtbot, w.panel)
+    assert seen["allow_reflection"] is True
 
 
 def test_segment_labels_lie_on_their_rotated_image(make_napari_viewer, qtbot, tmp_path, monkeypatch):
