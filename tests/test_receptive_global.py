@@ -57,6 +57,11 @@ def _attention(x):
     return (att @ q).transpose(1, 2).reshape(b, c, h, w)
 
 
+def _sdpa(x):
+    t = x.flatten(2).transpose(1, 2)  # (b, h*w, c)
+    return F.scaled_dot_product_attention(t, t, t).transpose(1, 2).view_as(x)
+
+
 class _FlattenLinear(nn.Module):
     def __init__(self):
         super().__init__()
@@ -94,10 +99,13 @@ GLOBAL_2D = {
     "interpolate to a fixed size": lambda x: F.interpolate(F.interpolate(x, size=(8, 8)), size=x.shape[2:]),
     "attention over all positions": _attention,
     "einsum over positions": lambda x: torch.einsum("bchw,bdhw->bcd", x, x).sum(-1)[..., None, None] * x,
-    "F.instance_norm": lambda x: F.instance_norm(x),
     "F.layer_norm over (c, h, w)": lambda x: F.layer_norm(x, x.shape[1:]),
     "x.permute + mean over the last axis": lambda x: x + x.permute(0, 3, 1, 2).mean(-1).permute(0, 2, 1)[:, :, None],
     "x.view(b, c, -1).mean(-1)": lambda x: x * x.view(x.shape[0], x.shape[1], -1).mean(-1)[..., None, None],
+    "x[..., :1] (a fixed first column)": lambda x: x + x[..., :1],
+    "x[:, :, -1:] (the fixed last row)": lambda x: x + x[:, :, -1:],
+    "x[:, :, 2:3] (a fixed row)": lambda x: x * x[:, :, 2:3],
+    "F.scaled_dot_product_attention over positions": lambda x: _sdpa(x),
 }
 
 LOCAL_2D = {
@@ -116,6 +124,11 @@ LOCAL_2D = {
     "x.permute + softmax over channels": lambda x: torch.softmax(x.permute(0, 2, 3, 1), -1).permute(0, 3, 1, 2),
     "einsum over channels": lambda x: torch.einsum("bchw,bchw->bhw", x, x)[:, None] * x,
     "chunk over channels": lambda x: torch.cat(x.chunk(2, dim=1)[::-1], 1),
+    "x.repeat over channels (VNet input)": lambda x: x.repeat(1, 2, 1, 1)[:, 1:5],
+    "x.repeat_interleave over channels": lambda x: x.repeat_interleave(2, dim=1)[:, ::2],
+    "x.tile over channels": lambda x: x.tile((1, 2, 1, 1))[:, 2:6],
+    "crop x[:, :, 1:-1, 1:-1] padded back": lambda x: F.pad(x[:, :, 1:-1, 1:-1], [1, 1, 1, 1]),
+    "channels reordered by a list x[:, [1, 0, 3, 2]]": lambda x: x[:, [1, 0, 3, 2]],
 }
 
 
@@ -264,31 +277,45 @@ def test_unknown_local_operation_is_measured_and_tiles_stay_exact():
 class _Resize(nn.Module):
     """U-Net step whose up-sampling is F.interpolate to the skip's size (computed at run time)."""
 
-    def __init__(self, mean=False):
+    def __init__(self, mean=False, how="shape"):
         super().__init__()
         self.a = nn.Conv2d(1, 4, 3, padding=1)
         self.b = nn.Conv2d(4, 4, 3, padding=1)
         self.c = nn.Conv2d(8, 1, 3, padding=1)
-        self.mean = mean
+        self.mean, self.how = mean, how
 
     def forward(self, x):
         a = torch.relu(self.a(x))
         b = torch.relu(self.b(F.max_pool2d(a, 2)))
-        up = F.interpolate(b, size=a.shape[2:])
+        if self.how == "scale":
+            up = F.interpolate(b, scale_factor=2, mode="bilinear")
+        elif self.how == "computed":
+            up = F.interpolate(b, size=[2 * b.shape[2], 2 * b.shape[3]], mode="bilinear")
+        else:
+            size = {"shape": lambda: a.shape[2:], "a.size()[2:]": lambda: a.size()[2:],
+                    "a.shape[-2:]": lambda: a.shape[-2:], "(a.size(2), a.size(3))": lambda: (a.size(2), a.size(3))}
+            up = F.interpolate(b, size=size[self.how](), mode="bilinear")
         return self.c(torch.cat([a, up - up.mean() if self.mean else up], 1))
 
 
-def test_interpolate_to_a_run_time_size_is_probed():
+def test_interpolate_to_the_size_of_a_tensor_is_walked():
+    """``F.interpolate(b, size=a.shape[2:])`` samples ``b`` on ``a``'s grid: the walk takes the ratio of
+    their grids as the scale (no probe); a size computed otherwise is probed."""
     torch.manual_seed(0)
     rf = receptive_field(_Resize().eval(), 2)
-    assert rf.method == "fx" and rf.factor == (2, 2) and rf.measured is not None
-    assert any("interpolate" in n for n in rf.notes)
+    assert rf.method == "fx" and rf.factor == (2, 2) and rf.measured is None and not rf.notes
+    assert rf.size == receptive_field(_Resize(how="scale").eval(), 2).size  # as by scale_factor=2
+    for how in ("a.size()[2:]", "a.shape[-2:]", "(a.size(2), a.size(3))"):
+        other = receptive_field(_Resize(how=how).eval(), 2)
+        assert other.size == rf.size and not other.notes, how
     x = np.random.default_rng(3).normal(size=(48, 40)).astype(np.float32)
     m = _Resize().eval()
-    y = predict_tiled(m, x, tile_shape=(16, 16), progress=False)
+    y = predict_tiled(m, x, tile_shape=(20, 20), progress=False)
     assert np.abs(y - _whole(m, x)).max() <= 1e-5
     with pytest.raises(GlobalFieldError, match=r"mean"):
         receptive_field(_Resize(mean=True).eval(), 2)
+    rf = receptive_field(_Resize(how="computed").eval(), 2)
+    assert rf.measured is not None and any("interpolate" in n and "probe" in n for n in rf.notes)
 
 
 class _Untraceable(nn.Module):
@@ -321,14 +348,22 @@ def test_hook_walk_probes_tensor_operations_it_cannot_see():
         receptive_field(_Untraceable(True).eval(), 2)
 
 
-def test_torchscript_global_operations_are_probed():
+def test_torchscript_reductions_are_judged_by_their_axes_or_probed():
+    """In a TorchScript graph a reduction / softmax of a tensor whose axes are still (batch, channel,
+    spatial...) is judged by its constant axes; after a reshape the gradient probe decides."""
     torch.manual_seed(0)
     se = torch.jit.trace(_net("x.mean(dim=(2, 3), keepdim=True)"), torch.zeros(1, 1, 32, 32))
-    with pytest.raises(GlobalFieldError, match=r"aten::mean.*gradient probe"):
+    with pytest.raises(GlobalFieldError, match=r"aten::mean \(TorchScript\) over axes \(2, 3\)"):
         receptive_field(se, 2)
-    local = torch.jit.trace(_net("F.softmax(x, dim=1)"), torch.zeros(1, 1, 32, 32))
-    rf = receptive_field(local, 2)
-    assert rf.size == (5, 5) and any("probe" in n for n in rf.notes)
+    with pytest.raises(GlobalFieldError, match=r"over axes \(2, 3\)"):
+        receptive_field(torch.jit.script(_SoftmaxSE(flat=False).eval()), 2)
+    for name in ("F.softmax(x, dim=1)", "x.amax(1, keepdim=True)", "x.mean(dim=1) (per-pixel attention)"):
+        local = torch.jit.trace(_net(name), torch.zeros(1, 1, 32, 32))
+        rf = receptive_field(local, 2)
+        assert rf.size == (5, 5) and not rf.notes, (name, rf.notes)
+    flat = torch.jit.trace(_net("x.view(b, c, -1).mean(-1)"), torch.zeros(1, 1, 32, 32))
+    with pytest.raises(GlobalFieldError, match=r"aten::mean.*gradient probe"):
+        receptive_field(flat, 2)
 
 
 def test_functional_network_with_a_global_normalisation_is_refused():
@@ -371,3 +406,311 @@ def test_slicewise_setup_uses_a_given_halo_for_a_global_network(caplog):
         _, tile, halo = slicewise(model, (64, 64), 32, 8, "cpu")
     assert tile == (1, 32, 32) and halo == (0, 8, 8)
     assert any("using the given halo" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- per-window statistics as functions
+PER_WINDOW = {
+    "F.instance_norm": lambda x: F.instance_norm(x),
+    "F.group_norm": lambda x: F.group_norm(x, 2),
+    "torch.group_norm": lambda x: torch.group_norm(x, 2),
+}
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("name", sorted(PER_WINDOW))
+def test_functional_instance_and_group_norm_warn_like_the_modules(name, caplog):
+    """As the InstanceNorm / GroupNorm modules: statistics of each window, a warning, halo="auto" works."""
+    m = _Net(_Fn(PER_WINDOW[name])).eval()
+    with caplog.at_level(logging.WARNING, logger="xmodal"):
+        rf = receptive_field(m, 2)
+    assert rf.method == "fx" and rf.size == (5, 5) and not any("probe" in n for n in rf.notes)
+    assert any("statistics of each window" in n and name.split(".")[-1] in n for n in rf.notes)
+    assert any("statistics of each window" in w for w in _warnings(caplog))
+    x = np.random.default_rng(0).normal(size=(40, 36)).astype(np.float32)
+    y = predict_tiled(m, x, tile_shape=(16, 16), progress=False)  # no GlobalFieldError
+    assert y.shape == (1, 40, 36)
+
+
+def test_instance_norm_with_running_statistics_is_local(caplog):
+    mean, var = torch.zeros(4), torch.ones(4)
+    m = _Net(_Fn(lambda x: F.instance_norm(x, mean, var, use_input_stats=False))).eval()
+    with caplog.at_level(logging.WARNING, logger="xmodal"):
+        rf = receptive_field(m, 2)
+    assert rf.size == (5, 5) and not rf.notes and not _warnings(caplog)
+
+
+class _UntraceableNorm(nn.Module):
+    """F.group_norm behind data-dependent control flow (the hook walk)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[-1] % 2:
+            raise ValueError("even widths only")
+        return self.b(F.group_norm(torch.relu(self.a(x)), 2))
+
+
+def test_per_window_statistics_in_the_hook_and_torchscript_walks(caplog):
+    torch.manual_seed(0)
+    hooked = _UntraceableNorm().eval()
+    traced = torch.jit.trace(_net("F.softmax(x, dim=1)"), torch.zeros(1, 1, 32, 32))  # probe: softmax
+    for model, method in ((hooked, "hooks"), (torch.jit.trace(hooked, torch.zeros(1, 1, 32, 32)), "torchscript"),
+                          (torch.jit.trace(_Net(_Fn(PER_WINDOW["F.instance_norm"])).eval(),
+                                           torch.zeros(1, 1, 32, 32)), "torchscript")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xmodal"):
+            rf = receptive_field(model, 2)
+        assert rf.method == method and rf.size == (5, 5), (method, rf)
+        assert any("statistics of each window" in n for n in rf.notes), rf.notes
+        assert any("statistics of each window" in w for w in _warnings(caplog))
+    assert not any("statistics" in n for n in receptive_field(traced, 2).notes)
+
+
+class _NormUnfold(nn.Module):
+    """An InstanceNorm module and F.group_norm around F.unfold (probed): per-window statistics make
+    the input gradient reach the whole window, which is the statistics' warning, not a global field."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 2, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(2)
+        self.w = nn.Parameter(torch.randn(1, 50, 1, 1) * 0.1)
+
+    def forward(self, x):
+        y = torch.relu(self.norm(self.c(x)))
+        b, c, h, w = y.shape
+        patches = F.unfold(y, 5, padding=2).view(b, c * 25, h, w)
+        return F.group_norm((patches * self.w).sum(1, keepdim=True), 1)
+
+
+def test_the_probe_ignores_per_window_statistics():
+    torch.manual_seed(0)
+    m = _NormUnfold().eval()
+    rf = receptive_field(m, 2)
+    assert rf.size == (7, 7) and rf.measured == (7, 7)
+    assert any("unfold" in n and "probe" in n for n in rf.notes)
+    # check=True measures the gradient as it is: the statistics reach the whole window, as warned
+    checked = receptive_field(m, 2, check=True)
+    assert any(v > 7 for v in checked.measured) and "measured field exceeds the analytic one" in checked.notes
+
+
+def test_repeat_along_a_spatial_axis_is_probed():
+    m = _net("F.softmax(x, dim=1)")
+    m.mix = _Fn(lambda x: x.repeat(1, 1, 2, 1)[:, :, :x.shape[2]])
+    rf = receptive_field(m, 2)
+    assert rf.size == (5, 5) and any("repeat" in n and "probe" in n for n in rf.notes)
+
+
+class _Shuffle(nn.Module):
+    """Down-sampling by PixelUnshuffle (module) or F.pixel_unshuffle, up by PixelShuffle."""
+
+    def __init__(self, functional):
+        super().__init__()
+        self.functional = functional
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.down, self.up = nn.PixelUnshuffle(2), nn.PixelShuffle(2)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = F.pixel_unshuffle(y, 2) if self.functional else self.down(y)
+        y = torch.relu(self.b(y))
+        return self.c(F.pixel_shuffle(y, 2) if self.functional else self.up(y))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_pixel_shuffle_and_unshuffle_are_walked_as_layers(functional):
+    torch.manual_seed(0)
+    m = _Shuffle(functional).eval()
+    rf = receptive_field(m, 2, check=True)
+    assert rf.method == "fx" and rf.factor == (2, 2) and not any("probe" in n for n in rf.notes), rf.notes
+    assert all(s >= g for s, g in zip(rf.size, rf.measured))
+    x = np.random.default_rng(4).normal(size=(44, 52)).astype(np.float32)
+    y = predict_tiled(m, x, tile_shape=(16, 16), progress=False)
+    assert np.abs(y - _whole(m, x)).max() <= 1e-5
+
+
+class _Corners(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+        self.how = how
+        self.up = {"module": nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                   "bilinear2d": nn.UpsamplingBilinear2d(scale_factor=2)}.get(how, nn.Identity())
+
+    def forward(self, x):
+        y = F.max_pool2d(torch.relu(self.a(x)), 2)
+        if self.how in ("module", "bilinear2d"):
+            return self.b(self.up(y))
+        return self.b(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=self.how == "function"))
+
+
+@pytest.mark.parametrize("how", ["module", "bilinear2d", "function"])
+def test_align_corners_up_sampling_is_inexact_and_warned(how, caplog):
+    """align_corners=True places the samples by the length of the axis: tiles differ slightly from the
+    whole image whatever the halo; a warning as for per-window statistics, not an error."""
+    torch.manual_seed(0)
+    m = _Corners(how).eval()
+    with caplog.at_level(logging.WARNING, logger="xmodal"):
+        rf = receptive_field(m, 2)
+    assert rf.factor == (2, 2) and any("align_corners" in n for n in rf.notes)
+    assert any("align_corners" in w for w in _warnings(caplog))
+    x = np.random.default_rng(5).normal(size=(48, 48)).astype(np.float32)
+    y = predict_tiled(m, x, tile_shape=(16, 16), progress=False)
+    assert np.abs(y - _whole(m, x)).max() > 1e-6  # as warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xmodal"):
+        plain = receptive_field(_Corners("plain").eval(), 2)
+    assert not plain.notes and not _warnings(caplog)
+
+
+class _Divisible(nn.Module):
+    """A network that accepts only multiples of 64 voxels (SwinUNETR v2: of 32) with a global
+    operation the hook walk cannot see."""
+
+    def __init__(self, mean=True):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 1, 3, padding=1)
+        self.mean = mean
+
+    def forward(self, x):
+        if x.shape[-1] % 64 or x.shape[-2] % 64:
+            raise ValueError("spatial sizes must be multiples of 64")
+        y = torch.relu(self.a(x))
+        return self.b(y - y.mean() if self.mean else y * torch.sigmoid(y.mean(1, keepdim=True)))
+
+
+def test_the_probe_finds_a_window_the_network_accepts():
+    torch.manual_seed(0)
+    with pytest.raises(GlobalFieldError, match="gradient probe"):
+        receptive_field(_Divisible().eval(), 2)
+    rf = receptive_field(_Divisible(mean=False).eval(), 2)
+    assert rf.method == "hooks" and rf.size == (5, 5)
+    assert any("probe on (64, 64)" in n for n in rf.notes), rf.notes
+
+
+class _FourierConv(nn.Conv2d):
+    """A convolution layer whose forward takes a detour through the FFT (as MONAI's FFT convolution,
+    a Conv2d subclass): the walk applies it as the layer it is."""
+
+    def forward(self, x):
+        x = torch.fft.ifft2(torch.fft.fft2(x)).real
+        return super().forward(x)
+
+
+class _WithFourier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _FourierConv(1, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[-1] % 2:
+            raise ValueError("even widths only")
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_operations_inside_a_convolution_subclass_are_not_probed():
+    rf = receptive_field(_WithFourier().eval(), 2)
+    assert rf.method == "hooks" and rf.size == (5, 5) and not any("probe" in n for n in rf.notes), rf.notes
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+        self.att = nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x):
+        y = self.a(x)
+        t = y.flatten(2).transpose(1, 2)
+        out = self.att(t, t, t)[0].transpose(1, 2).reshape(y.shape)
+        return self.b(out)
+
+
+def test_scripted_attention_is_probed_and_refused():
+    torch.manual_seed(0)
+    with pytest.raises(GlobalFieldError):
+        receptive_field(_Attention().eval(), 2)
+    with pytest.raises(GlobalFieldError, match="gradient probe"):
+        receptive_field(torch.jit.script(_Attention().eval()), 2)
+
+
+class _SpareHead(nn.Module):
+    """A network whose first convolution (an auxiliary head) is not called in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Conv2d(1, 1, 1)
+        self.a = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def test_a_traced_network_with_an_unused_convolution_is_predicted():
+    """The traced copy of an unused convolution has no forward method: the signature comes from the
+    convolutions that have one (predict_tiled failed with "Method 'forward' is not defined")."""
+    m = torch.jit.trace(_SpareHead().eval(), torch.zeros(1, 1, 16, 16))
+    x = np.random.default_rng(6).normal(size=(20, 24)).astype(np.float32)
+    y = predict_tiled(m, x, tile_shape=(8, 8), progress=False)
+    assert np.abs(y - _whole(m, x)).max() <= 1e-5
+
+
+class _Circular(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular" if how == "module" else "zeros")
+        self.b = nn.Conv2d(2, 1, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        if self.how == "hooks" and x.shape[-1] < 1:  # control flow on a size: torch.fx cannot trace it
+            raise ValueError("empty input")
+        return self.b(F.pad(y, [1, 1, 1, 1], mode="circular" if self.how != "module" else "reflect"))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "hooks"])
+def test_circular_padding_is_inexact_and_warned(how, caplog):
+    """Circular padding wraps the opposite edge of the window, not of the image: tiles at the image
+    border differ from the whole image whatever the halo (a warning, as for per-window statistics)."""
+    torch.manual_seed(0)
+    m = _Circular(how).eval()
+    with caplog.at_level(logging.WARNING, logger="xmodal"):
+        rf = receptive_field(m, 2)
+    assert rf.size == (5, 5) and rf.method == ("hooks" if how == "hooks" else "fx")
+    assert any("circular" in n for n in rf.notes) and any("circular" in w for w in _warnings(caplog))
+    x = np.random.default_rng(7).normal(size=(40, 40)).astype(np.float32)
+    assert np.abs(predict_tiled(m, x, tile_shape=(16, 16), progress=False) - _whole(m, x)).max() > 1e-6
+
+
+class _SoftmaxSE(nn.Module):
+    """A squeeze-and-excitation block before a softmax over the output channels: the channels of the
+    output sum to 1, so the probe must not measure the gradient of their plain sum. ``flat``: the
+    squeeze is a mean of the flattened positions (the TorchScript walk leaves it to the probe)."""
+
+    def __init__(self, flat: bool = True):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+        self.flat = flat
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        if self.flat:
+            w = y.flatten(2).mean(-1)[:, :, None, None]
+        else:
+            w = y.mean((2, 3), keepdim=True)
+        return torch.softmax(self.b(y * torch.sigmoid(w)), 1)
+
+
+def test_the_probe_sees_through_a_final_softmax():
+    torch.manual_seed(0)
+    with pytest.raises(GlobalFieldError, match="gradient probe"):
+        receptive_field(torch.jit.trace(_SoftmaxSE().eval(), torch.zeros(1, 1, 32, 32)), 2)

@@ -5,7 +5,8 @@ A walk carries a :class:`State` per tensor: the receptive field ``r``, the jump 
 between neighbouring voxels of the tensor) and PlantSeg's halo ``p``, one value per spatial axis.
 A layer is described by its kind (:data:`KINDS`) and an object with the attributes of the matching
 ``torch.nn`` module (``kernel_size``, ``stride``, ``dilation``; ``scale_factor`` and ``mode`` for
-up-sampling): the module itself, a scripted module's attributes or the constants of an operator.
+up-sampling; ``upscale_factor`` / ``downscale_factor`` for pixel shuffles): the module itself, a
+scripted module's attributes or the constants of an operator.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Layer kinds with a spatial extent.
-KINDS = ("conv", "convt", "pool", "adaptive", "upsample")
+KINDS = ("conv", "convt", "pool", "adaptive", "upsample", "shuffle", "unshuffle")
 
 #: ``original_name`` of a TorchScript module (the eager class it was compiled from) -> layer kind.
 SCRIPT_KINDS = {
@@ -22,6 +23,7 @@ SCRIPT_KINDS = {
     **{f"{p}Pool{n}d": "pool" for p in ("Max", "Avg") for n in (1, 2, 3)},
     **{f"Adaptive{p}Pool{n}d": "adaptive" for p in ("Max", "Avg") for n in (1, 2, 3)},
     "Upsample": "upsample", "UpsamplingNearest2d": "upsample", "UpsamplingBilinear2d": "upsample",
+    "PixelShuffle": "shuffle", "PixelUnshuffle": "unshuffle",
 }
 
 
@@ -68,6 +70,21 @@ def eager_kind(mod, torch) -> str | None:
         return "adaptive"
     if isinstance(mod, nn.Upsample):
         return "upsample"
+    if isinstance(mod, nn.PixelShuffle):
+        return "shuffle"
+    if isinstance(mod, nn.PixelUnshuffle):
+        return "unshuffle"
+    return None
+
+
+def inexact_layer(mod, kind) -> str | None:
+    """Why tiles cannot reproduce layer ``mod`` (of ``kind``) exactly although its field is finite,
+    else None: up-sampling with ``align_corners=True`` places its samples by the length of the axis;
+    circular padding wraps the opposite edge of the window, not of the image."""
+    if kind == "upsample" and getattr(mod, "align_corners", None) is True and "nearest" not in str(mod.mode):
+        return "with align_corners=True (it places its samples by the length of the axis)"
+    if kind in ("conv", "convt") and getattr(mod, "padding_mode", "zeros") == "circular":
+        return "with circular padding (it wraps the window's opposite edge, not the image's)"
     return None
 
 
@@ -89,6 +106,11 @@ def apply_layer(kind: str, spec, st: State, nd: int) -> State:
         return State(np.full(nd, np.inf), st.j, st.p)
     if kind == "upsample":
         return upsample(st, spec.scale_factor, spec.mode, nd)
+    if kind == "shuffle":  # r x r channels to an r x r block: up-sampling, every voxel of a block alike
+        return upsample(st, spec.upscale_factor, "nearest", nd)
+    if kind == "unshuffle":  # an r x r block to r x r channels: a stride-r layer of kernel r
+        r = np.array(as_tuple(spec.downscale_factor, nd), float)
+        return State(st.r + (r - 1) * st.j, st.j * r, st.p)
     raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
 
 

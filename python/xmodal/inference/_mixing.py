@@ -10,7 +10,10 @@ summing over one (``q @ k.transpose(1, 2)`` of flattened positions, ``flatten`` 
 adaptive pooling, interpolation to a fixed size, normalisations over spatial axes. These make the
 receptive field the whole input: :class:`Scan` ``global_ops``. Operations it cannot judge (unknown
 functions, axes computed at run time, a convolution of a reshaped tensor) are ``unseen``: the
-caller checks the network with a gradient probe (:mod:`._probe`).
+caller checks the network with a gradient probe (:mod:`._probe`). Operations after which tiles
+cannot equal the whole-volume prediction exactly although the field is finite (``F.instance_norm``
+/ ``F.group_norm``: statistics of each window, as the modules; ``align_corners=True`` sampling) are
+``inexact``: the caller warns.
 
 Layout changes (``view``, ``flatten``, ``permute``, ``x[:, None]``) are followed; reshapes use the
 shapes of one small forward pass, run only when a reshape is met.
@@ -27,29 +30,31 @@ from ._ops import NEUTRAL, NEUTRAL_ATTRIBUTES
 
 class Scan:
     """What a walk saw besides its layers: ``global_ops`` (operations combining all positions of a
-    spatial axis, which reach the output: the field is the whole input) and ``unseen`` (operations
-    the walk cannot judge: to be checked by measurement), as readable descriptions."""
+    spatial axis, which reach the output: the field is the whole input), ``unseen`` (operations
+    the walk cannot judge: to be checked by measurement) and ``inexact`` (local operations that
+    tiles cannot reproduce exactly: a warning), as readable descriptions."""
 
-    def __init__(self, global_ops=(), unseen=()):
+    def __init__(self, global_ops=(), unseen=(), inexact=()):
         self.global_ops = list(dict.fromkeys(global_ops))
         self.unseen = list(dict.fromkeys(unseen))
+        self.inexact = list(dict.fromkeys(inexact))
 
     def __repr__(self):
-        return f"Scan(global_ops={self.global_ops!r}, unseen={self.unseen!r})"
+        return f"Scan(global_ops={self.global_ops!r}, unseen={self.unseen!r}, inexact={self.inexact!r})"
 
 
 def scan_fx(gm, model, nd: int, in_channels: int, factor, size, torch) -> Scan:
     """Follow the layouts through graph module ``gm`` (traced from ``model``); ``factor`` and
     ``size`` (the walked down-sampling factor and field) size the forward pass for the shapes."""
     ctx = Context(gm, nd, torch, lambda: _shapes(gm, model, nd, in_channels, factor, size, torch))
-    taint_g: dict = {}
-    taint_u: dict = {}
+    taints: dict = {"global": {}, "unseen": {}, "inexact": {}}  # per verdict: node -> what reaches it
     outputs: list = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if not ctx.lay:
                 ctx.lay[node] = (EMPTY, EMPTY) + tuple(frozenset({a}) for a in range(nd))
-                taint_g[node] = taint_u[node] = frozenset()
+                for t in taints.values():
+                    t[node] = frozenset()
             continue
         ins = [a for a in node.all_input_nodes if a in ctx.lay]
         if node.op == "output":
@@ -63,15 +68,14 @@ def scan_fx(gm, model, nd: int, in_channels: int, factor, size, torch) -> Scan:
         except Exception as exc:  # noqa: BLE001 - arguments the rules cannot read: measured instead
             out, verdict, what = None, "unseen", f"{ctx.describe(node)} (its arguments could not be read: {exc})"
         ctx.lay[node] = ctx.checked(node, out)
-        taint_g[node] = frozenset().union(*(taint_g[a] for a in ins))
-        taint_u[node] = frozenset().union(*(taint_u[a] for a in ins))
-        if verdict == "global":
-            taint_g[node] |= {(ctx.order(node), what)}
-        elif verdict == "unseen":
-            taint_u[node] |= {(ctx.order(node), what)}
-    found_g = sorted(frozenset().union(*(taint_g[a] for a in outputs)))
-    found_u = sorted(frozenset().union(*(taint_u[a] for a in outputs)))
-    return Scan([w for _, w in found_g], [w for _, w in found_u])
+        if ctx.lay[node] is None and isinstance(out, tuple) and verdict is None:  # the rule was wrong
+            verdict, what = "unseen", f"{what} (its axes could not be followed)"
+        for v, t in taints.items():
+            t[node] = frozenset().union(*(t[a] for a in ins))
+            if verdict == v:
+                t[node] |= {(ctx.order(node), what)}
+    found = {v: [w for _, w in sorted(frozenset().union(*(t[a] for a in outputs)))] for v, t in taints.items()}
+    return Scan(found["global"], found["unseen"], found["inexact"])
 
 
 def _is_neutral(node) -> bool:

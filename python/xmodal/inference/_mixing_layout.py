@@ -3,6 +3,10 @@
 A layout has one frozenset of spatial input axes per axis of a tensor. Reshapes (``view``,
 ``reshape``, ``unflatten``, ``squeeze``) keep the order of the elements, so the axes before and
 after fall into groups of equal size products; every axis after takes the union of its group.
+Repeats (``repeat``, ``tile``, ``repeat_interleave``) keep the layout; repeating an axis that holds
+spatial positions is reported (it is measured). Slices keep an axis, except a slice of a fixed
+length (``x[..., :1]``, ``x[:, :, -2:]``, constant bounds on the same side), which picks positions
+that depend on where the window lies, as an integer index does.
 """
 
 from __future__ import annotations
@@ -84,6 +88,40 @@ def _order(ctx, name, args, kw, rank) -> list:
     return [o if o is not None else next(rest) for o in order]
 
 
+def repeated(ctx, name, args, kw, x):
+    """``(layout, repeated axes that hold spatial positions)`` of ``repeat``, ``tile`` or
+    ``repeat_interleave`` of a tensor of layout ``x``."""
+    rank = len(x)
+    if name == "repeat_interleave":
+        dim = ctx.value(argument(args, kw, 2, ("dim",), None))
+        if dim is None:  # flattened first
+            out, ax = (_union(x),), tuple(range(rank))
+        else:
+            out, ax = x, axes(dim, rank)
+    else:
+        reps = args[1:] if name == "repeat" else (argument(args, kw, 1, ("dims",)),)
+        reps = reps[0] if len(reps) == 1 and isinstance(reps[0], (tuple, list)) else reps
+        reps = [ctx.value(r) for r in reps]
+        n = max(len(reps), rank)
+        out = (EMPTY,) * (n - rank) + x
+        reps = [1] * (n - len(reps)) + reps
+        ax = tuple(k for k, r in enumerate(reps) if r != 1)
+    return out, tuple(a for a in ax if out[a])
+
+
+def _fixed_length(ctx, sl) -> bool:
+    """Whether slice ``sl`` keeps a fixed number of positions whatever the axis' length (constant
+    bounds counted from the same end, or one bound from the end it is open to)."""
+    start, stop = sl.start, sl.stop
+    if any(isinstance(v, ctx.torch.fx.Node) for v in (start, stop, sl.step)):
+        return False  # bounds computed at run time (a crop to another tensor's size): kept
+    if start is None:
+        return stop is not None and stop >= 0
+    if stop is None:
+        return start < 0
+    return (start < 0) == (stop < 0)
+
+
 def _index(ctx, x, index):
     """Basic indexing (integers, slices, None, ``...``); ValueError for indexing with tensors."""
     items = list(index) if isinstance(index, tuple) else [index]
@@ -98,9 +136,14 @@ def _index(ctx, x, index):
             k += n
         elif isinstance(it, slice):
             out.append(x[k])
+            if x[k] and _fixed_length(ctx, it):
+                picked.append(k)
             k += 1
         elif ctx.is_tensor(it) or isinstance(it, (bool, list)):
-            raise ValueError("indexing with a tensor or a list")
+            if x[k] or not _channel_list(ctx, it, items):
+                raise ValueError("indexing with a tensor or a list")
+            out.append(x[k])  # channels picked by a list of indices: the same axis
+            k += 1
         else:  # one position (a constant or a size computed at run time)
             if x[k]:
                 picked.append(k)
@@ -108,6 +151,18 @@ def _index(ctx, x, index):
     if k > len(x):
         raise ValueError(f"{consumed} indices for {len(x)} axes")
     return tuple(out) + x[k:], tuple(picked)
+
+
+def _channel_list(ctx, it, items) -> bool:
+    """Whether ``it`` is the one advanced index of ``items``, a list of integers or a 1-D tensor."""
+    advanced = [v for v in items if isinstance(v, (bool, list)) or ctx.is_tensor(v)]
+    if len(advanced) != 1:
+        return False
+    if isinstance(it, list):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in it)
+    shape = ctx.shape(it) if isinstance(it, ctx.torch.fx.Node) else tuple(getattr(it, "shape", ()))
+    dtype = getattr(it, "dtype", None)
+    return shape is not None and len(shape) == 1 and dtype is not ctx.torch.bool
 
 
 def regroup(x, before, after):
@@ -132,3 +187,46 @@ def regroup(x, before, after):
         for k in gb:
             out[k] = label
     return tuple(out) if a == len(ii) and b == len(oo) else None
+
+
+def shape_source(size, nd: int):
+    """The graph node of the tensor whose last ``nd`` sizes ``size`` (an argument of
+    ``F.interpolate``) is, written ``t.shape[2:]``, ``t.size()[-2:]``, ``(t.size(2), t.size(3))`` or
+    ``(t.shape[2], t.shape[3])`` (the caller checks that ``t`` has ``nd + 2`` axes); else None."""
+    if hasattr(size, "op"):
+        if _called(size, "getitem") and isinstance(size.args[1], slice):
+            sl, t = size.args[1], _shape_of(size.args[0])
+            whole = sl.stop is None and sl.step in (None, 1) and sl.start in (2, -nd)
+            return t if whole else None
+        return None
+    if not isinstance(size, (tuple, list)) or len(size) != nd:
+        return None
+    dims = [_dim_of(v) if hasattr(v, "op") else None for v in size]
+    if any(d is None for d in dims) or len({d[0] for d in dims}) != 1:
+        return None
+    ks = [d[1] for d in dims]
+    return dims[0][0] if ks in (list(range(2, nd + 2)), list(range(-nd, 0))) else None
+
+
+def _called(n, name) -> bool:
+    return n.op == "call_function" and getattr(n.target, "__name__", "") == name
+
+
+def _shape_of(n):
+    """``t`` of a node ``t.shape`` or ``t.size()``, else None."""
+    if not hasattr(n, "op"):
+        return None
+    if _called(n, "getattr") and tuple(n.args[1:]) == ("shape",):
+        return n.args[0]
+    if n.op == "call_method" and n.target == "size" and len(n.args) == 1 and not n.kwargs:
+        return n.args[0]
+    return None
+
+
+def _dim_of(n):
+    """``(t, k)`` of a node ``t.size(k)``, ``t.shape[k]`` or ``t.size()[k]``, else None."""
+    if n.op == "call_method" and n.target == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+        return n.args[0], n.args[1]
+    if _called(n, "getitem") and isinstance(n.args[1], int) and _shape_of(n.args[0]) is not None:
+        return _shape_of(n.args[0]), n.args[1]
+    return None

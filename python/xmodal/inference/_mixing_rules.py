@@ -3,17 +3,20 @@ whether it combines positions along an axis that holds spatial positions.
 
 A rule returns ``(layout, verdict, description)``: the layout is a tuple with one frozenset of
 spatial input axes per axis of the result (a list of them for an operation returning several
-tensors; None when it cannot be followed), the verdict None, ``"global"`` or ``"unseen"``.
+tensors; None when it cannot be followed), the verdict None, ``"global"``, ``"unseen"`` or
+``"inexact"`` (local, but tiles cannot reproduce the whole-volume prediction exactly: statistics of
+each window, ``align_corners=True`` sampling; a warning).
 """
 
 from __future__ import annotations
 
 import functools
 
-from ._layers import eager_kind
-from ._mixing_layout import Pieces, reshaped
-from ._ops import (ALONG, MISSING, POINTWISE_MODULES, REDUCE, TUPLE_OUT, argument, axes, category,
-                   normalise, softmax_axis)
+from ._layers import eager_kind, inexact_layer
+from ._mixing_layout import Pieces, repeated, reshaped, shape_source
+from ._mixing_products import Call, broadcast, contract
+from ._ops import (ALONG, MISSING, PER_WINDOW, POINTWISE_MODULES, REDUCE, TUPLE_OUT, acts_pointwise, argument,
+                   axes, category, normalise, softmax_axis)
 from ._receptive_jit import is_script_module
 
 EMPTY = frozenset()
@@ -132,13 +135,18 @@ def operation_rule(ctx, node):
             return (x[::-1] if attr == "T" else x[:-2] + x[-2:][::-1]), None, what
         return (x if attr == "data" else None), (None if attr == "data" else "unseen"), what
     if cat == "pointwise":
-        return _broadcast([ctx.layout(a) for a in node.all_input_nodes]), None, what
+        out = broadcast([ctx.layout(a) for a in node.all_input_nodes])
+        if name == "pad" and ctx.value(argument(node.args, node.kwargs, 2, ("mode",), "constant")) == "circular" \
+                and (out is None or _union(out)):
+            why = "with circular padding (it wraps the window's opposite edge, not the image's)"
+            return out, "inexact", f"{what} {why}"
+        return out, None, what
     if cat == "layout":
         return _layout_rule(ctx, node, name, x, what)
     if cat == "spatial":
         return _layer(ctx, x, what)
     if cat == "contract":
-        return _contract(ctx, node, name, what)
+        return contract(ctx, node, name, what)
     if not isinstance(x, tuple):  # the operations below read axes of their input
         return None, "unseen", f"{what} on a tensor whose axes could not be followed"
     if cat == "reduce":
@@ -150,17 +158,40 @@ def operation_rule(ctx, node):
     if cat == "adaptive":
         return x, "global", what
     if cat == "resize":
-        size = argument(node.args, node.kwargs, 1, ("size",), None)
-        if size is None:  # by a scale factor: a layer of the walk
-            return _layer(ctx, x, what)
-        if isinstance(size, ctx.torch.fx.Node) or any(isinstance(s, ctx.torch.fx.Node) for s in _seq(size)):
-            return x, "unseen", f"{what} to a size computed at run time"
-        return x, "global", f"{what} to the fixed size {size}"
+        return _resize(ctx, node, name, x, what)
     return _same_shape(ctx, node, x), "unseen", what
 
 
 def _seq(v):
     return v if isinstance(v, (tuple, list)) else (v,)
+
+
+def _resize(ctx, node, name, x, what):
+    """``interpolate`` / ``upsample``: by a scale factor, or to the size of a tensor on a finer grid
+    (``size=skip.shape[2:]``), a layer the walk applies; to a fixed size global; to another size
+    computed at run time unseen. ``align_corners=True`` with a linear mode is inexact."""
+    args, kw = node.args, node.kwargs
+    size = argument(args, kw, 1, ("size",), None)
+    mode = "bilinear" if name == "upsample_bilinear" else ctx.value(argument(args, kw, 3, ("mode",), "nearest"))
+    corners = name == "upsample_bilinear" or ctx.value(argument(args, kw, 4, ("align_corners",), None)) is True
+    if size is not None:
+        src = shape_source(size, ctx.nd)
+        if src is not None and not canonical(ctx, ctx.layout(src)):
+            src = None
+        if src is None and (isinstance(size, ctx.torch.fx.Node) or any(isinstance(v, ctx.torch.fx.Node)
+                                                                         for v in _seq(size))):
+            return x, "unseen", f"{what} to a size computed at run time"
+        if src is None:
+            return x, "global", f"{what} to the fixed size {size}"
+    out, verdict, what = _layer(ctx, x, what)
+    if verdict is None and corners and "nearest" not in str(mode):
+        return out, "inexact", f"{what} with align_corners=True (it places its samples by the length of the axis)"
+    return out, verdict, what
+
+
+def canonical(ctx, lay) -> bool:
+    """Whether layout ``lay`` is the input's: (batch, channel, spatial axes in order)."""
+    return isinstance(lay, tuple) and lay == (EMPTY, EMPTY) + tuple(frozenset({a}) for a in range(ctx.nd))
 
 
 def _same_shape(ctx, node, x):
@@ -173,17 +204,13 @@ def _same_shape(ctx, node, x):
 
 
 def _layer(ctx, x, what):
-    """A convolution, pooling or up-sampling: it reads (batch, channel, spatial...) axes."""
+    """A convolution, pooling or up-sampling: it reads (batch, channel, spatial...) axes (on a tensor
+    whose axes were lost, the operation that lost them is what is reported)."""
+    if x is None:
+        return None, None, what
     if not isinstance(x, tuple) or len(x) != ctx.nd + 2 or x[0] or x[1]:
         return None, "unseen", f"{what} on a tensor whose axes are not (batch, channel, spatial)"
     return x, None, what
-
-
-def _broadcast(lays):
-    if any(not isinstance(v, tuple) for v in lays):
-        return None
-    rank = max((len(v) for v in lays), default=0)
-    return tuple(_union(v[k - rank + len(v)] for v in lays if k - rank + len(v) >= 0) for k in range(rank))
 
 
 def _verdict(x, what, ax):
@@ -198,7 +225,7 @@ def _reduce(ctx, node, name, x, what):
     pos, default = REDUCE[name]
     given = argument(node.args, node.kwargs, pos, ("dim", "axis"), MISSING)
     if name in ("max", "min") and ("other" in node.kwargs or (given is not MISSING and ctx.is_tensor(given))):
-        return _broadcast([ctx.layout(a) for a in node.all_input_nodes]), None, what  # element-wise
+        return broadcast([ctx.layout(a) for a in node.all_input_nodes]), None, what  # element-wise
     ax = axes(ctx.value(default if given is MISSING else given), len(x))
     s = ctx.summary(node, run=False)
     rank = len(s[1]) if s is not None and s[0] == "tensor" else (len(s[1][0]) if s and s[0] == "seq" else None)
@@ -240,77 +267,12 @@ def _norm(ctx, node, name, x, what):
     else:
         ax = tuple(range(1, len(x)))
     verdict, what = _verdict(x, what, ax)
+    if verdict and name in PER_WINDOW:  # as the InstanceNorm / GroupNorm modules: a warning
+        stats = ctx.value(argument(node.args, node.kwargs, 5, ("use_input_stats",), True))
+        if name == "instance_norm" and stats is False:  # running statistics
+            return x, None, what
+        return x, "inexact", f"{ctx.describe(node)} normalises by statistics of each window"
     return x, verdict, what
-
-
-def _contract(ctx, node, name, what):
-    """Products summing over axes (matmul, linear, einsum): global when a summed axis holds
-    spatial positions."""
-    args = node.args
-    if name == "einsum":
-        return _einsum(ctx, args, what)
-    if name in ("baddbmm", "addmm", "addbmm", "addmv"):
-        out, verdict, what = _contract(ctx, _Call("matmul", args[1:3]), "matmul", what)
-        return _broadcast([out, ctx.layout(args[0])]), verdict, what
-    lays = [ctx.layout(a) for a in args[:3 if name == "bilinear" else 2]]
-    if any(not isinstance(v, tuple) for v in lays) or name in ("tensordot", "chain_matmul", "linalg_multi_dot"):
-        return None, "unseen", what
-    if name in ("linear", "bilinear"):
-        summed = _union(v[-1] for v in lays[:2 if name == "bilinear" else 1])
-        out = _broadcast([v[:-1] for v in lays[:2 if name == "bilinear" else 1]]) + (EMPTY,)
-    else:
-        a, b = lays
-        if not a or not b:
-            return None, "unseen", what
-        b_sum = b[-2] if len(b) >= 2 and name not in ("inner", "dot", "vdot") else b[-1]
-        summed = a[-1] | b_sum
-        out = _broadcast([a[:-2], b[:-2]]) + (a[-2:-1] if len(a) >= 2 else ()) + (b[-1:] if len(b) >= 2 else ())
-    if summed:
-        return out, "global", f"{what} summing over an axis that holds spatial positions"
-    return out, None, what
-
-
-class _Call:
-    """The arguments of a product inside ``baddbmm`` / ``addmm``."""
-
-    def __init__(self, name, args):
-        self.args, self.kwargs, self.name = tuple(args), {}, name
-
-
-def _einsum(ctx, args, what):
-    eq, ops = args[0], list(args[1:])
-    if len(ops) == 1 and isinstance(ops[0], (tuple, list)):
-        ops = list(ops[0])
-    lays = [ctx.layout(o) for o in ops]
-    if not isinstance(eq, str) or any(not isinstance(v, tuple) for v in lays):
-        return None, "unseen", what
-    lhs, arrow, rhs = eq.replace(" ", "").partition("->")
-    labels: dict = {}
-    counts: dict = {}
-    n_ell = 0
-    for term, lay in zip(lhs.split(","), lays):
-        letters = _expand_ellipsis(term, len(lay))
-        n_ell = max(n_ell, len(letters) - len(term.replace("...", "")))
-        for ch, lab in zip(letters, lay):
-            labels[ch] = labels.get(ch, EMPTY) | lab
-            counts[ch] = counts.get(ch, 0) + 1
-    if not arrow:
-        rhs = "..." + "".join(sorted(c for c, n in counts.items() if n == 1 and c.isalpha()))
-    out_letters = _expand_ellipsis(rhs, n_ell + len(rhs.replace("...", "")))
-    summed = _union(labels[c] for c in labels if c not in out_letters)
-    out = tuple(labels.get(c, EMPTY) for c in out_letters)
-    if summed:
-        return out, "global", f"{what} ({eq!r}) summing over an axis that holds spatial positions"
-    return out, None, what
-
-
-def _expand_ellipsis(term: str, rank: int) -> list:
-    """The letters of an einsum term, ``...`` replaced by one placeholder per axis, aligned right."""
-    if "..." not in term:
-        return list(term)
-    head, _, tail = term.partition("...")
-    n = rank - len(head) - len(tail)
-    return list(head) + [f"#{n - 1 - i}" for i in range(n)] + list(tail)
 
 
 def _layout_rule(ctx, node, name, x, what):
@@ -320,8 +282,10 @@ def _layout_rule(ctx, node, name, x, what):
     if name in ("cat", "concat", "concatenate", "hstack", "vstack", "stack"):
         held = ctx.layout(args[0]) if isinstance(args[0], ctx.torch.fx.Node) else None
         parts = list(held) if isinstance(held, list) else [ctx.layout(t) for t in _seq(args[0])]
-        if any(not isinstance(v, tuple) for v in parts) or len({len(v) for v in parts}) != 1:
-            return None, None, what
+        if any(not isinstance(v, tuple) for v in parts):
+            return None, None, what  # a part whose axes were lost: the operation that lost them is reported
+        if len({len(v) for v in parts}) != 1:
+            return None, "unseen", f"{what} of tensors whose axes could not be matched"
         joined = tuple(_union(col) for col in zip(*parts))
         if name != "stack":
             return joined, None, what
@@ -329,13 +293,20 @@ def _layout_rule(ctx, node, name, x, what):
         return joined[:at] + (EMPTY,) + joined[at:], None, what
     if isinstance(x, list):  # an element of the result of max(dim=...), chunk, split, ...
         index = ctx.value(args[1]) if name == "getitem" else None
-        return (x[index] if isinstance(index, (int, slice)) else None), None, what
+        if isinstance(index, (int, slice)):
+            return x[index], None, what
+        return None, "unseen", f"{what} of several results whose axes could not be followed"
     if not isinstance(x, tuple):
         return None, None, what
+    if name in ("repeat", "tile", "repeat_interleave"):
+        out, spatial = repeated(ctx, name, args, kw, x)
+        if spatial:
+            return out, "unseen", f"{what} repeating axes {spatial}, which hold spatial positions"
+        return out, None, what
     out, picked = reshaped(ctx, node, name, x)
     if picked:
         return out, "global", f"{what} selecting or splitting positions of axes {picked}, which hold spatial positions"
-    return out, None, what
+    return (out, None, what) if out is not None else (None, "unseen", f"{what} whose shapes could not be read")
 
 
 def module_rule(ctx, node, mod):
@@ -347,12 +318,16 @@ def module_rule(ctx, node, mod):
     if kind == "adaptive":
         return x, "global", what
     if kind is not None:
-        return _layer(ctx, x, what)
+        out, verdict, what = _layer(ctx, x, what)
+        why = inexact_layer(mod, kind)
+        return (out, "inexact", f"{what} {why}") if verdict is None and why else (out, verdict, what)
     if is_script_module(mod, torch):  # walked through its TorchScript graph by the walk
         return _same_shape(ctx, node, x), None, what
     if isinstance(mod, (nn.Linear, nn.LazyLinear, nn.Bilinear)):
         name = "bilinear" if isinstance(mod, nn.Bilinear) else "linear"
-        return _contract(ctx, _Call(name, node.args), name, what)
+        return contract(ctx, Call(name, node.args), name, what)
+    if acts_pointwise(mod, nn) and not isinstance(x, tuple):
+        return None, None, what  # value by value: the operation that lost the axes is reported
     if not isinstance(x, tuple):
         return None, "unseen", f"{what} on a tensor whose axes could not be followed"
     if isinstance(mod, (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU)):
@@ -369,7 +344,7 @@ def module_rule(ctx, node, mod):
         return ([x, None] if isinstance(mod, (nn.MultiheadAttention, nn.RNNBase)) else x), verdict, what
     if isinstance(mod, (nn.Flatten, nn.Unflatten)):
         out, _ = reshaped(ctx, node, "flatten" if isinstance(mod, nn.Flatten) else "unflatten", x, mod)
-        return out, None, what
+        return (out, None, what) if out is not None else (None, "unseen", f"{what} whose shapes could not be read")
     if type(mod).__module__ in POINTWISE_MODULES or isinstance(mod, nn.Identity):
         return x, None, what  # activations, normalisations of the existing policy, dropout, padding
     return _same_shape(ctx, node, x), "unseen", what

@@ -12,13 +12,15 @@ This module names them by one normalised name (``x.__matmul__`` and ``operator.m
 ``reduce``     a reduction over the axes of a ``dim`` argument (all axes without one);
 ``along``      an operation along one axis (or a list of axes) that combines all of its positions
                (softmax, cumulative sums, sorting, flips);
-``contract``   products that sum over an axis (``matmul``, ``bmm``, ``einsum``, ``linear``);
+``contract``   products that sum over an axis (``matmul``, ``bmm``, ``einsum``, ``linear``,
+               attention);
 ``norm``       normalisations by statistics (``layer_norm``, ``group_norm``, ``instance_norm``,
-               ``batch_norm`` in training mode);
+               ``batch_norm`` in training mode; :data:`PER_WINDOW` of them normalise by statistics
+               of each window, the treatment of the InstanceNorm / GroupNorm modules);
 ``adaptive``   adaptive pooling (its window is a fraction of the input: a global field);
 ``resize``     ``interpolate`` / ``upsample`` (a fixed output ``size`` is a global field);
-``spatial``    the max / average poolings the torch.fx walk applies (functional convolutions are
-               walked by hooks; other spatial functions are ``unknown``);
+``spatial``    the max / average poolings and pixel (un)shuffles the torch.fx walk applies
+               (functional convolutions are walked by hooks; other spatial functions are ``unknown``);
 ``unknown``    anything else.
 """
 
@@ -55,7 +57,8 @@ NEUTRAL_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "
 
 LAYOUT = frozenset("view reshape flatten unflatten squeeze unsqueeze view_as reshape_as permute "
                    "transpose swapaxes swapdims movedim moveaxis t expand expand_as broadcast_to getitem "
-                   "cat concat concatenate stack hstack vstack chunk split tensor_split unbind narrow".split())
+                   "cat concat concatenate stack hstack vstack chunk split tensor_split unbind narrow "
+                   "repeat tile repeat_interleave".split())
 
 #: reductions: name -> (position of the axes argument, counting the input; default axes, None: all)
 REDUCE = {
@@ -78,13 +81,18 @@ ALONG = {
 }
 
 CONTRACT = frozenset("matmul mm bmm mv dot vdot inner einsum linear bilinear baddbmm addmm addbmm addmv "
-                     "tensordot chain_matmul linalg_multi_dot".split())
+                     "tensordot chain_matmul linalg_multi_dot scaled_dot_product_attention "
+                     "multi_head_attention_forward _native_multi_head_attention".split())
 
 NORM = frozenset({"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"})
 
+#: normalisations by statistics of the window the network sees (unless ``instance_norm`` uses
+#: running statistics): like the InstanceNorm / GroupNorm modules, a warning, not a global field
+PER_WINDOW = frozenset({"group_norm", "instance_norm"})
+
 RESIZE = frozenset({"interpolate", "upsample", "upsample_nearest", "upsample_bilinear"})
 
-SPATIAL = re.compile(r"(max|avg)_pool[123]d$")
+SPATIAL = re.compile(r"(max|avg)_pool[123]d$|pixel_(un)?shuffle$")
 _ADAPTIVE = re.compile(r"adaptive_(avg|max)_pool[123]d(_with_indices)?$")
 
 #: operations returning several tensors (when given an axis)
@@ -132,6 +140,15 @@ def may_mix(name: str) -> bool:
 #: batch / instance / group normalisation, dropout, padding)
 POINTWISE_MODULES = frozenset(f"torch.nn.modules.{m}" for m in ("activation", "batchnorm", "instancenorm",
                                                                  "normalization", "dropout", "padding"))
+
+
+
+def acts_pointwise(m, nn) -> bool:
+    """Whether a torch.nn module acts value by value (or by the existing policy of normalisations)."""
+    mixing = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU, nn.MultiheadAttention, nn.LayerNorm,
+              getattr(nn, "RMSNorm", nn.LayerNorm))
+    return isinstance(m, nn.Identity) or (type(m).__module__ in POINTWISE_MODULES and not isinstance(m, mixing))
+
 
 MISSING = object()
 

@@ -16,13 +16,14 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
 from .._optional import optional_import
 from ._layers import eager_kind
 from ._measure import eval_mode, extent, gradient_support
-from ._ops import POINTWISE_MODULES, category, may_mix, normalise
+from ._ops import PER_WINDOW, acts_pointwise, category, may_mix, normalise
 
 log = logging.getLogger("xmodal.inference")
 
@@ -91,30 +92,66 @@ class Probe:
 
 
 def probe_field(model, nd: int, in_channels: int, size, factor) -> Probe:
-    """Probe ``model`` against the walked field ``size`` (voxels per axis) on the ``factor`` grid."""
+    """Probe ``model`` against the walked field ``size`` (voxels per axis) on the ``factor`` grid.
+
+    The windows hold the field and lie on the factor grid; where the network fails on them (e.g.
+    it accepts only multiples of 32 voxels) they are tried on coarser grids (multiples of
+    ``lcm(factor, 2**k)``, k up to 6) before the probe is given up."""
     torch = optional_import("torch", purpose="receptive field measurement")
+    errors: list = []
+    for grid in _grids(factor):
+        w1, w2 = _windows(nd, size, factor, grid)
+        if math.prod(w2) > _CAP[nd]:
+            detail = f"the probe windows {w1} and {w2} exceed {_CAP[nd]} voxels"
+            return Probe("skipped", None, (w1, w2), "; ".join(errors + [detail]))
+        try:
+            with eval_mode(model), _frozen(model):
+                return _probe_on(model, in_channels, size, w1, w2, torch)
+        except Exception as exc:  # noqa: BLE001 - the network's own error on the probe window
+            errors.append(f"{w1} and {w2} voxels: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    return Probe("skipped", None, (w1, w2), "; ".join(errors[:1] + errors[-1:]))
+
+
+def _grids(factor):
+    """The factor grid, then coarser grids ``lcm(factor, 2**k)`` (k = 1..6), each once."""
+    out = []
+    for k in range(7):
+        g = tuple(math.lcm(f, 2 ** k) for f in factor)
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def _windows(nd, size, factor, grid):
+    """Two probe windows on ``grid``: the first holds the field with a margin, the second is larger."""
     base = 64 if nd == 2 else 32
-    w1 = tuple(f * math.ceil(max(base, int(s) + 2 * f + 2) / f) for s, f in zip(size, factor))
-    w2 = tuple(f * math.ceil((w + max(2 * f, w // 2)) / f) for w, f in zip(w1, factor))
-    if math.prod(w2) > _CAP[nd]:
-        return Probe("skipped", None, (w1, w2), f"the probe windows {w1} and {w2} exceed {_CAP[nd]} voxels")
-    try:
-        with eval_mode(model), _frozen(model):
-            m1 = _extent(model, in_channels, w1, torch)
-            if all(m <= s for m, s in zip(m1, size)):
-                return Probe("local", m1, (w1,))
-            m2 = _extent(model, in_channels, w2, torch)
-    except Exception as exc:  # noqa: BLE001 - the network's own error on the probe window
-        return Probe("skipped", None, (w1, w2), f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    w1 = tuple(g * math.ceil(max(base, int(s) + 2 * f + 2) / g) for s, f, g in zip(size, factor, grid))
+    w2 = tuple(g * math.ceil((w + max(2 * g, w // 2)) / g) for w, g in zip(w1, grid))
+    return w1, w2
+
+
+def _probe_on(model, in_channels, size, w1, w2, torch) -> Probe:
+    """Local when the gradient supports of two random inputs on ``w1`` stay within ``size``; global
+    when beyond it they grow on ``w2``. One input is tried first: a support that grows by a quarter
+    of the window with it is global after 3 passes instead of 4."""
+    def support(shape, seed):
+        return gradient_support(model, in_channels, shape, seed, torch, fixed=True)
+
+    first = [support(w1, 0)]
+    if all(m <= s for m, s in zip(extent(first[0]), size)):
+        first.append(support(w1, 1))
+        m1 = extent(np.logical_or(*first))
+        if all(m <= s for m, s in zip(m1, size)):
+            return Probe("local", m1, (w1,))
+    second = [support(w2, 0)]
+    if any(a > s and b >= a + w // 4 for a, b, s, w in zip(extent(first[0]), extent(second[0]), size, w1)):
+        return Probe("global", extent(second[0]), (w1, w2))
+    first += [support(w1, 1)] if len(first) == 1 else []
+    second.append(support(w2, 1))
+    m1, m2 = extent(np.logical_or(*first)), extent(np.logical_or(*second))
     if any(a > s and b > a for a, b, s in zip(m1, m2, size)):
         return Probe("global", m2, (w1, w2))
     return Probe("wider", m1, (w1, w2))
-
-
-def _extent(model, in_channels, shape, torch) -> tuple:
-    """Extent of the union of the input gradient supports of two random inputs."""
-    return extent(np.logical_or.reduce([gradient_support(model, in_channels, shape, seed, torch)
-                                        for seed in (0, 1)]))
 
 
 @contextlib.contextmanager
@@ -173,46 +210,59 @@ def measured_only(model, nd, in_channels, notes, what):
 @contextlib.contextmanager
 def recording(model, torch):
     """Record (normalised names of) the torch functions and tensor methods a forward pass calls
-    outside torch's own modules, and torch's modules the walk does not apply; yields the list of
-    those that may combine positions, or None where torch cannot record them."""
+    outside torch's own modules and the layers the walk applies, and torch's modules the walk does
+    not apply; yields ``unseen`` (those that may combine positions) and ``inexact``
+    (``instance_norm`` / ``group_norm``: statistics of each window, as the modules; up-sampling with
+    ``align_corners=True``), or None where torch cannot record them."""
     mode = getattr(getattr(torch, "overrides", None), "TorchFunctionMode", None)
     if mode is None:
         yield None
         return
-    names: list = []
+    seen = SimpleNamespace(unseen=[], inexact=[])
     depth = [0]
 
     class Recorder(mode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if depth[0] == 0:
-                name = normalise(getattr(func, "__name__", ""))
-                if name in ("max", "min") and ("other" in kwargs or (len(args) > 1 and torch.is_tensor(args[1]))):
-                    name = "maximum"
-                if may_mix(name) or category(name) == "spatial":  # the hook walk applies modules only
-                    names.append(f"{name}()")
+                _record(seen, normalise(getattr(func, "__name__", "")), args, kwargs, torch)
             return func(*args, **kwargs)
 
     def enter(m, inputs):
         depth[0] += 1
-        if depth[0] == 1 and eager_kind(m, torch) is None and not _acts_pointwise(m, torch.nn):
-            names.append(f"{type(m).__name__} module")
+        if depth[0] == 1 and eager_kind(m, torch) is None and not acts_pointwise(m, torch.nn):
+            seen.unseen.append(f"{type(m).__name__} module")
 
     def leave(m, inputs, output):
         depth[0] -= 1
 
-    own = [m for m in model.modules() if type(m).__module__.startswith("torch.nn.modules") and not list(m.children())]
+    own = [m for m in model.modules() if not list(m.children())
+           and (type(m).__module__.startswith("torch.nn.modules") or eager_kind(m, torch) is not None)]
     hooks = [m.register_forward_pre_hook(enter) for m in own] + [m.register_forward_hook(leave) for m in own]
     try:
         with Recorder():
-            yield names
+            yield seen
     finally:
         for h in hooks:
             h.remove()
 
 
-def _acts_pointwise(m, nn) -> bool:
-    """Whether a torch.nn module acts value by value (or by the existing policy of normalisations)."""
-    mixing = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU, nn.MultiheadAttention, nn.LayerNorm,
-              getattr(nn, "RMSNorm", nn.LayerNorm))
-    return isinstance(m, nn.Identity) or (type(m).__module__ in POINTWISE_MODULES and not isinstance(m, mixing))
+def _record(seen, name, args, kwargs, torch):
+    """Sort one call of the forward pass into ``seen.unseen`` / ``seen.inexact`` (or neither)."""
+    if name in ("max", "min") and ("other" in kwargs or (len(args) > 1 and torch.is_tensor(args[1]))):
+        return  # element-wise maximum / minimum
+    if name in PER_WINDOW:
+        stats = kwargs.get("use_input_stats", args[5] if len(args) > 5 else True)
+        if name == "group_norm" or stats is not False:
+            seen.inexact.append(f"{name}() normalises by statistics of each window")
+        return
+    if name in ("interpolate", "upsample", "upsample_bilinear"):
+        linear = name == "upsample_bilinear" or "nearest" not in str(kwargs.get("mode", args[3] if len(args) > 3
+                                                                               else "nearest"))
+        corners = name == "upsample_bilinear" or kwargs.get("align_corners", args[4] if len(args) > 4 else None)
+        if linear and corners is True:
+            seen.inexact.append(f"{name}() with align_corners=True (it places its samples by the length of the axis)")
+    if name == "pad" and kwargs.get("mode", args[2] if len(args) > 2 else "constant") == "circular":
+        seen.inexact.append("pad() with circular padding (it wraps the window's opposite edge, not the image's)")
+    if may_mix(name) or category(name) == "spatial":  # the hook walk applies modules only
+        seen.unseen.append(f"{name}()")

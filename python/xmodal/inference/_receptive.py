@@ -10,17 +10,12 @@ import numpy as np
 
 from .._optional import optional_import
 from .._validation import as_bool, describe
-from ._layers import State as _State
-from ._layers import apply_layer, eager_kind
-from ._layers import as_tuple as _tuple
-from ._layers import upsample as _upsample
 from ._measure import eval_mode, extent, gradient_support, measure_factor
-from ._measure import param_device as _param_device
-from ._measure import param_dtype as _param_dtype
-from ._mixing import Scan, scan_fx
+from ._mixing import Scan
 from ._probe import GlobalFieldError, ReceptiveFieldError, adaptive_modules, global_field_error, measured_only
-from ._probe import recording, settle
+from ._probe import settle
 from ._receptive_jit import NotAnalysable, ScriptWalk, is_script_module, script_signature
+from ._walks import walk_fx, walk_hooks
 
 __all__ = ["GlobalFieldError", "ReceptiveField", "ReceptiveFieldError", "measure_receptive_field", "receptive_field"]
 
@@ -61,7 +56,10 @@ class ReceptiveField:
     layers : int
         Number of layers with a spatial extent that were walked.
     notes : list of str
-        How the field was obtained beyond the walk (fallbacks, gradient probes and their results).
+        How the field was obtained beyond the walk (fallbacks, gradient probes and their results),
+        and what keeps tiles from equalling the whole-volume prediction exactly although the field
+        is finite (``F.instance_norm`` / ``F.group_norm``: statistics of each window;
+        ``align_corners=True`` up-sampling; circular padding), each also logged as a warning.
     """
 
     size: tuple
@@ -72,117 +70,6 @@ class ReceptiveField:
     method: str = "fx"
     layers: int = 0
     notes: list = field(default_factory=list)
-
-
-def _apply_module(mod, st: _State, nd: int, torch) -> tuple[_State, bool]:
-    """Update the state through ``mod``; return (new state, whether it had a spatial extent)."""
-    kind = eager_kind(mod, torch)
-    if kind is None:
-        return st, False
-    return apply_layer(kind, mod, st, nd), True
-
-
-def _symbolic_trace(model, torch):
-    """torch.fx graph of ``model``, with its TorchScript submodules as leaves (fx cannot trace into them)."""
-    fx = torch.fx
-    if not any(is_script_module(m, torch) for m in model.modules()):
-        return fx.symbolic_trace(model)
-
-    class Tracer(fx.Tracer):
-        def is_leaf_module(self, m, qualname):
-            return is_script_module(m, torch) or super().is_leaf_module(m, qualname)
-
-    tracer = Tracer()
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph)
-
-
-def _walk_fx(model, nd, in_channels, torch):
-    gm = _symbolic_trace(model, torch)
-    modules = dict(gm.named_modules())
-    F = torch.nn.functional
-    states: dict = {}
-    n_layers = 0
-    best = None
-    unseen: list = []  # of the TorchScript submodules
-    start = _State(np.ones(nd), np.ones(nd), np.zeros(nd))
-    for node in gm.graph.nodes:
-        ins = [states.get(a) for a in node.all_input_nodes]
-        if node.op == "placeholder":
-            st = start if not states else None
-        elif node.op == "call_module":
-            st = _State.merge(ins, nd)
-            mod = modules[node.target]
-            if st is not None and is_script_module(mod, torch):  # compiled: walk its TorchScript graph
-                walk = ScriptWalk(nd)
-                st, inner, k = walk.run(mod, st)
-                best = _State.merge([best, inner], nd)
-                n_layers += k
-                unseen += [f"{u} in {node.target!r}" for u in walk.unseen]
-            elif st is not None:
-                st, spatial = _apply_module(mod, st, nd, torch)
-                n_layers += spatial
-        elif node.op == "call_function" and node.target in (F.interpolate, getattr(F, "upsample", None)):
-            st = _State.merge(ins, nd)
-            scale = node.kwargs.get("scale_factor", node.args[2] if len(node.args) > 2 else None)
-            if st is not None and scale is not None:  # to a size: judged by the scan (global or probed)
-                mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
-                st = _upsample(st, scale, mode, nd)
-                n_layers += 1
-        elif node.op == "call_function" and node.target in (F.max_pool1d, F.max_pool2d, F.max_pool3d,
-                                                            F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
-            st = _State.merge(ins, nd)
-            if st is not None:
-                k = node.kwargs.get("kernel_size", node.args[1] if len(node.args) > 1 else None)
-                s = node.kwargs.get("stride", node.args[2] if len(node.args) > 2 else None) or k
-                k = np.array(_tuple(k, nd), float)
-                s = np.array(_tuple(s, nd), float)
-                st = _State(st.r + (k - 1) * st.j, st.j * s, st.p)
-                n_layers += 1
-        elif node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d):
-            raise NotImplementedError("functional convolutions are walked by hooks")
-        else:  # element-wise ops, cat, add, attribute access: pass through, merging branches by maximum
-            st = _State.merge(ins, nd)
-        states[node] = st
-        if st is not None:
-            best = st if best is None else _State.merge([best, st], nd)
-    out = [n for n in gm.graph.nodes if n.op == "output"]
-    final = states.get(out[0]) if out else None
-    if final is None:
-        final = best
-    factor = tuple(max(1, int(round(v))) for v in best.j) if best is not None else (1,) * nd
-    scan = scan_fx(gm, model, nd, in_channels, factor, tuple(final.r) if final is not None else (np.inf,) * nd,
-                   torch)
-    scan.unseen += unseen
-    return final, best, n_layers, scan
-
-
-def _walk_hooks(model, nd, in_channels, torch):
-    if any(is_script_module(m, torch) for m in model.modules()):
-        raise NotAnalysable("forward hooks cannot record the layers of a TorchScript submodule")
-    order = []
-    hooks = []
-    for m in model.modules():
-        if len(list(m.children())) == 0:
-            hooks.append(m.register_forward_hook(lambda mod, i, o: order.append(mod)))
-    try:
-        size = 64 if nd == 2 else 32
-        x = torch.zeros((1, in_channels) + (size,) * nd, dtype=_param_dtype(model, torch), device=_param_device(model, torch))
-        with torch.inference_mode(), recording(model, torch) as names:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    st = _State(np.ones(nd), np.ones(nd), np.zeros(nd))
-    best = st
-    n = 0
-    for mod in order:
-        st, spatial = _apply_module(mod, st, nd, torch)
-        n += spatial
-        best = _State.merge([best, st], nd)
-    scan = Scan(unseen=[f"{name} (not seen by the hook walk)" for name in names] if names is not None
-                else ["tensor operations outside modules (the hook walk cannot see them)"])
-    return st, best, n, scan
 
 
 def spatial_signature(model) -> tuple[int | None, int | None]:
@@ -240,8 +127,8 @@ def _measured_field(model, ndim, in_channels, reason, notes) -> ReceptiveField:
     for size in (base, 2 * base, 3 * base, 4 * base):
         try:
             with eval_mode(model):
-                g = np.logical_or.reduce([gradient_support(model, in_channels, (size,) * ndim, seed, torch)
-                                          for seed in range(3)])
+                g = np.logical_or.reduce([gradient_support(model, in_channels, (size,) * ndim, seed, torch,
+                                                           fixed=True) for seed in range(3)])
                 measured = extent(g)
                 if any(m >= size // 2 for m in measured):
                     raise ValueError(f"the input gradient reaches across half the {size}-voxel window (a "
@@ -280,17 +167,17 @@ def _walk(model, ndim, in_channels, torch, notes):
     if is_script_module(model, torch):  # scripted or traced: its TorchScript graph
         walk = ScriptWalk(ndim)
         try:
-            return (*walk.run(model), "torchscript", Scan(unseen=walk.unseen))
+            return (*walk.run(model), "torchscript", Scan(walk.global_ops, walk.unseen, walk.inexact))
         except NotAnalysable:
             raise
         except Exception as exc:  # a graph the walk does not know
             raise NotAnalysable(f"{type(exc).__name__}: {exc}") from exc
     try:
-        final, best, n, scan = _walk_fx(model, ndim, in_channels, torch)
+        final, best, n, scan = walk_fx(model, ndim, in_channels, torch)
         return final, best, n, "fx", scan
     except Exception as exc:  # not traceable: fall back to the execution order
         notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
-        final, best, n, scan = _walk_hooks(model, ndim, in_channels, torch)
+        final, best, n, scan = walk_hooks(model, ndim, in_channels, torch)
         return final, best, n, "hooks", scan
 
 
@@ -314,9 +201,12 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     attention over all positions (found by following which input axes each tensor's axes hold;
     reductions over the channel or batch axis stay local). Operations a walk cannot judge (unknown
     functions, axes computed at run time; for the hook walk the tensor operations outside torch's
-    modules, for TorchScript reductions, softmax and products) are checked with a gradient probe:
+    modules, for TorchScript products and reductions / softmax whose axes it cannot tell) are
+    checked with a gradient probe (the statistics of ``instance_norm`` / ``group_norm`` held fixed):
     a field that grows with the probe window is global, a local one wider than the walked field
-    replaces it. Each probe is listed in ``notes``.
+    replaces it. Each probe is listed in ``notes``. Normalisations by statistics of each window
+    written as functions are treated as the InstanceNorm / GroupNorm modules: a warning and a note,
+    not an error.
 
     Parameters
     ----------
@@ -368,6 +258,11 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     factor = tuple(max(1, int(round(v))) for v in best.j) if n else (1,) * ndim
     if scan.global_ops or (n and not np.all(np.isfinite(final.r))):  # adaptive pooling, x.mean((2, 3)), ...
         raise global_field_error(_what(model, True), scan.global_ops or adaptive_modules(model, torch), factor)
+    if scan.inexact:  # per-window statistics written as functions, align_corners=True: a warning
+        listed = "; ".join(scan.inexact[:4]) + (f"; and {len(scan.inexact) - 4} more" if len(scan.inexact) > 4 else "")
+        notes.append(f"{listed}: the tiles will not equal the whole-volume prediction exactly (tile_mismatch "
+                     f"measures by how much)")
+        log.warning("model: %s; larger tiles reduce the difference", notes[-1])
     if n == 0:  # no layer the walk knows (e.g. functional convolutions): measure from gradients
         size, measured = measured_only(model, ndim, in_channels, notes, _what(model, True))
         halo = tuple(int(math.ceil(m / 2)) for m in size)

@@ -11,7 +11,9 @@ from .._optional import optional_import
 from .._validation import describe, per_axis, positive_float, positive_int
 from ._grid import align_down, align_up
 from ._model import kept_state, resolve_torch_device
-from ._receptive import GlobalFieldError, _param_device, _param_dtype, is_torch_module, receptive_field
+from ._measure import param_device as _param_device
+from ._measure import param_dtype as _param_dtype
+from ._receptive import GlobalFieldError, is_torch_module, receptive_field
 from ._receptive import spatial_signature
 
 log = logging.getLogger("xmodal.inference")
