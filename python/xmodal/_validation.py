@@ -64,6 +64,10 @@ def as_spacing(spacing: Any, ndim: int, name: str = "spacing") -> np.ndarray | N
     """``None``, a positive scalar or a positive sequence of length ``ndim`` -> float64 array or None."""
     if spacing is None:
         return None
+    if isinstance(spacing, (str, bytes)) or (isinstance(spacing, (list, tuple))
+                                             and any(isinstance(v, (str, bytes)) for v in spacing)):
+        raise TypeError(f"{name}: expected a positive number or {ndim} positive numbers (one per axis), "
+                        f"got {describe(spacing)}")
     try:
         s = np.asarray(spacing, dtype=np.float64)
     except (TypeError, ValueError):

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .._validation import choice, describe, positive_float, positive_int
+from .._validation import as_spacing, choice, describe, positive_float, positive_int
 from ._assemble import KINDS, assemble
 from ._calibration import calibrate_atlas
 from ._deform import check_deform
@@ -74,6 +74,28 @@ def _check_inputs(samples, names, features, feature_names):
     return pts, nms, feats, feature_names
 
 
+def _scale_samples(pts, spacing):
+    """The samples times their spacing (:func:`build_atlas`), and the spacings as recorded: None, one
+    per-axis list for all samples, or a list of per-sample entries (None or per-axis lists)."""
+    if spacing is None:
+        return pts, None
+    d = pts[0].shape[1]
+    flat = isinstance(spacing, (numbers.Real, str)) or (isinstance(spacing, np.ndarray) and spacing.ndim <= 1) or (
+        isinstance(spacing, (list, tuple)) and all(isinstance(v, numbers.Real) for v in spacing))
+    if flat:
+        s = as_spacing(spacing, d, "spacing")
+        return [p * s for p in pts], s.tolist()
+    if not isinstance(spacing, (list, tuple)) or len(spacing) != len(pts):
+        raise ValueError(f"spacing: expected a scale for every sample (a scalar or {d} values) or a list of "
+                         f"{len(pts)} per-sample entries (None or {d} values each), got {describe(spacing)}")
+    out, rec = [], []
+    for i, (p, v) in enumerate(zip(pts, spacing)):
+        s = as_spacing(v, d, f"spacing[{i}]")
+        out.append(p if s is None else p * s)
+        rec.append(None if s is None else s.tolist())
+    return out, rec
+
+
 def _check_relations(relations):
     """``(neighbours, partners, per_axis)``: integers with 1 <= neighbours, 0 <= partners <= neighbours,
     and a bool."""
@@ -107,7 +129,7 @@ def _check_identify_options(identify_options):
                          f"({', '.join(_RESERVED[:3])} are set by the calibration)")
 
 
-def build_atlas(samples, *, names, features=None, feature_names=None, transform: str = "affine",
+def build_atlas(samples, *, names, features=None, feature_names=None, spacing=None, transform: str = "affine",
                 allow_reflection: bool = False, robust: bool = True, shrinkage: float = 12.0,
                 feature_normalization: str = "sample", relations=(10, 5, False), deform="auto", calibrate: bool = True,
                 calibration: str = "temperature", identify_options=None,
@@ -127,6 +149,12 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
         Per-cell features (colour channels, volume, intensity, ...), same columns in every sample.
     feature_names : list of str, optional
         Names of the feature columns (default ``feature_0``, ...).
+    spacing : scalar, (d,) sequence, or a list with one such entry (or None) per sample, optional
+        Coordinate scale (e.g. the voxel size, for centroids in voxels): sample ``i`` is at
+        ``samples[i] * spacing`` (or ``* spacing[i]``). A flat list of numbers is one per-axis scale
+        for every sample; per-sample scalars are given per axis (``[(s0, s0, s0), (s1, s1, s1)]``).
+        The atlas is in the scaled units (recorded in ``atlas.parameters["spacing"]``): give new
+        samples to :func:`identify` in the same units.
     transform : {"rigid", "similarity", "affine"}
         Transform class of the group-wise registration (each sample onto the mean). "affine" (the
         default) also absorbs differences in overall shape (e.g. a specimen compressed under the
@@ -190,6 +218,7 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     _check_identify_options(identify_options)
     relations = _check_relations(relations)
     pts, nms, feats, feature_names = _check_inputs(samples, names, features, feature_names)
+    pts, spacings = _scale_samples(pts, spacing)
     check_informative(feats, feature_names, feature_normalization)
     deform = check_deform(deform)
     opts = dict(transform=transform, allow_reflection=bool(allow_reflection), robust=bool(robust),
@@ -199,7 +228,8 @@ def build_atlas(samples, *, names, features=None, feature_names=None, transform:
     t_build = time.perf_counter() - t_all
     atlas.parameters = {**{k: v for k, v in opts.items()}, "gpa_iterations": atlas.parameters["gpa_iterations"],
                         "deform": atlas.parameters["deform"],
-                        "calibration": calibration, "identify_options": dict(identify_options or {})}
+                        "calibration": calibration, "identify_options": dict(identify_options or {}),
+                        "spacing": spacings}
     if atlas.transform != transform:
         atlas.parameters["transform_note"] = (f"{transform} asked for, {atlas.transform} used: too few names shared "
                                               "between the samples for the per-sample fits")

@@ -53,7 +53,7 @@ def handedness_test(identify, x, atlas, fit: dict, objective: float, options: di
     xm = np.array(x, dtype=np.float64)
     xm[:, -1] *= -1.0
     opts = {key: v for key, v in options.items() if key not in ("points", "atlas", "t_all")}
-    opts.update(check_handedness=False, allow_reflection=False, _debug=None)
+    opts.update(check_handedness=False, allow_reflection=False, _debug=None, spacing=None)  # x is scaled
     with warnings.catch_warnings():  # the mirror image's own fit warnings are not the user's concern
         warnings.simplefilter("ignore")
         mirror = identify(xm, atlas, **opts)

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .._validation import choice, describe, positive_float, positive_int
+from .._validation import as_spacing, choice, describe, positive_float, positive_int
 from ..registration.transforms import AffineTransform, CompositeTransform, DeformableTransform
 from ._deform import DEFAULT, check_deform
 from ._inputs import check_features, check_sample_points, normalise_features
@@ -39,7 +39,7 @@ from ._sinkhorn import SINKHORN, apply_platt, sinkhorn_marginals
 __all__ = ["Identification", "identify"]
 
 
-def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_k: int = 5,
+def identify(points, atlas: Atlas, *, features=None, spacing=None, unmatched_cost="auto", top_k: int = 5,
              allow_reflection: bool = False, transform: str | None = None, orientations: str = "all",
              deformable: bool = False, temperature: float | None = None, k: int = 12,
              max_iter: int = 30, search_iter: int = 30, keep_poses: int = 6, refine_poses: int = 2,
@@ -59,6 +59,11 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     features : (n, f) array, optional
         The same features as the atlas was built with (same columns, same order), e.g. colour
         channels, volume, intensity. Normalised per sample as in the atlas.
+    spacing : scalar or (d,) sequence, optional
+        Coordinate scale (e.g. the voxel size, for centroids in voxels): the cells are at
+        ``points * spacing``, which must be in the atlas's units (``atlas.parameters["spacing"]``
+        records the scale its samples were given with). ``transform`` and the
+        ``diagnostics["spacing"]`` then include it: ``res.transform.apply(points)`` is ``res.moved``.
     unmatched_cost : "auto" or float
         Cost (nats) of leaving a cell unnamed. "auto": ``-log(q / V)``, the density of a uniform
         outlier over the atlas volume V with rate q = the atlas's Good-Turing estimate of cells
@@ -109,8 +114,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     """
     t_all = time.perf_counter()
     options = dict(locals())  # the arguments as given, for the handedness test's run on the mirror image
-    x, feats, transform, T, u, model, q_out = _check(
-        points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
+    x, s, feats, transform, T, u, model, q_out = _check(
+        points, atlas, features, spacing, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
         temperature)
     top_k, k, max_iter, search_iter, keep_poses, refine_poses, search_points, in_plane, cpd_iter, relational_iter = (
         positive_int(v, label, minimum=low) for v, label, low in (
@@ -167,7 +172,8 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
     timings["assign"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
 
-    chain = [AffineTransform(A, t)] + [f for f in (field_, smooth_field) if f is not None]
+    # the map of the points as given: their scale (spacing) first
+    chain = [AffineTransform(A if s is None else A @ np.diag(s), t)] + [f for f in (field_, smooth_field) if f is not None]
     if smooth_field is not None:
         chain[-1] = DeformableTransform(smooth_field.c, smooth_field.W, smooth_field.beta, np.zeros(d))
     tr = chain[0] if len(chain) == 1 else CompositeTransform(tuple(chain))
@@ -182,6 +188,7 @@ def identify(points, atlas: Atlas, *, features=None, unmatched_cost="auto", top_
         "relational_iterations": rel_it, "unmatched_cost": u, "outlier_rate": q_out, "temperature": T,
         "sinkhorn_iterations": sk_it, "n_named": int((index >= 0).sum()), "n_unnamed": int((index < 0).sum()),
         "timings": timings, "platt": platt, "smooth_field": smooth_field is not None, "tempered_confidence": tempered, "transform": transform,
+        "spacing": None if s is None else s.tolist(),
     }
     return Identification(names=names, confidence=conf, top_k_names=top_names.astype(str),
                           top_k_probabilities=top_p, index=index, transform=tr, moved=y, reflected=refl,
@@ -204,10 +211,10 @@ def _smooth(y, model, u, feats, k, atlas, smooth):
                      adaptive=opts["adaptive"])
 
 
-def _check(points, atlas, features, unmatched_cost, transform, orientations, allow_reflection, feature_weight,
-           temperature):
-    """Validated inputs of :func:`identify`: points, normalised features, transform, temperature,
-    unmatched cost, the atlas's mixture model and its outlier rate."""
+def _check(points, atlas, features, spacing, unmatched_cost, transform, orientations, allow_reflection,
+           feature_weight, temperature):
+    """Validated inputs of :func:`identify`: points (times the spacing), the spacing, normalised
+    features, transform, temperature, unmatched cost, the atlas's mixture model and its outlier rate."""
     if not isinstance(atlas, Atlas):
         raise TypeError(f"atlas: expected an xmodal.atlas.Atlas, got {describe(atlas)}")
     x = check_sample_points(points, "points")
@@ -242,7 +249,8 @@ def _check(points, atlas, features, unmatched_cost, transform, orientations, all
                 or not np.isfinite(unmatched_cost):
             raise TypeError(f"unmatched_cost: expected 'auto' or a finite number, got {describe(unmatched_cost)}")
         u = float(unmatched_cost)
-    return x, feats, transform, T, u, model, q_out
+    s = as_spacing(spacing, d, "spacing")
+    return (x if s is None else x * s), s, feats, transform, T, u, model, q_out
 
 
 def _marginals(rows, cols, rel, shape, index, atlas_names, T, top_k):
