@@ -209,7 +209,7 @@ def test_panel_while_running_and_errors_without_a_message(make_napari_viewer, qt
 # ----------------------------------------------------------------------------------- register: units
 
 def test_register_widget_converts_length_units(make_napari_viewer, qtbot):
-    """Layers in different length units (napari 0.6+ ``layer.units``; napari draws them unconverted)
+    """Layers in different length units (napari 0.6+ ``layer.units``; older napari versions draw them unconverted)
     are registered in the fixed layer's unit: the moving cells in nm meet the fixed ones in µm."""
     from xmodal.napari._register_widget import RegisterWidget
 

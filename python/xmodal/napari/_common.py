@@ -137,11 +137,28 @@ def world_cells(layer):
     return PointSet(pts[:, -d:], ids, f"napari layer {layer.name!r}")
 
 
+def layer_units(layer, d: int) -> tuple | None:
+    """The units (napari 0.6+ ``layer.units``) of the last ``d`` axes of ``layer``: those of the
+    cells of :func:`world_cells` (axes before z, y, x, such as time, dropped), for the layers made
+    of them. None for a layer without units (napari before 0.6, duck-typed stand-ins).
+
+    Returns
+    -------
+    tuple or None
+        ``d`` units as the layer holds them (pint units in napari), or None.
+    """
+    units = getattr(layer, "units", None)
+    if units is None or len(units) < d:
+        return None
+    return tuple(units)[len(units) - d:]
+
+
 def unit_factors(layer, reference, d: int) -> np.ndarray | None:
     """Per-axis factors converting the last ``d`` world axes of ``layer`` into the length units of
-    ``reference`` (napari 0.6+ ``layer.units``, which napari itself does not convert when drawing),
-    or None when there is nothing to convert: no units, units that are equal, or an axis that is
-    not a length in both (napari's default "pixel" stands for the viewer's world units).
+    ``reference`` (napari 0.6+ ``layer.units``; the cells of both must be in one unit to be
+    registered, whether or not the napari version draws layers of different units converted), or
+    None when there is nothing to convert: no units, units that are equal, or an axis that is not a
+    length in both (napari's default "pixel" stands for the viewer's world units).
 
     The factors multiply the world coordinates of :func:`world_cells` axis by axis, i.e. after the
     layer's whole transform (rotation, shear and affine included): napari draws a layer's world

@@ -4,7 +4,9 @@ Pure numpy: nothing here imports napari, so the reader and the widgets share one
 a registration looks like in the viewer, and it can be checked without a display.
 
 Coordinates are physical units (the units of the registration), columns in image axis order
-(z, y, x) or (y, x); the layers have scale 1, so images opened with their physical scale line up.
+(z, y, x) or (y, x); the layers have the identity transform (scale 1, no translation, rotation,
+shear or affine), so images opened with their physical scale line up, and carry the units of the
+registration (napari 0.6+ ``units``) when the caller knows them: the fixed layer's.
 """
 
 from __future__ import annotations
@@ -136,13 +138,28 @@ def ellipse_corners(center: np.ndarray, shape_matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def registration_layers(table: MatchTable, *, name: str = "registration") -> list[tuple]:
+def registration_layers(table: MatchTable, *, name: str = "registration", units=None) -> list[tuple]:
     """Layers of a registration: fixed cells, moving cells (own frame, hidden), registered moving
     cells, the matches as lines coloured by confidence (shapes, selectable for review), the match
     displacements as vectors coloured by distance (hidden), the 95 % error ellipses (when computed).
 
     The matches layer carries the whole :class:`MatchTable` in ``metadata["xmodal_matches"]``; the
     review widget works on it.
+
+    Parameters
+    ----------
+    table : MatchTable
+        The registration (physical units: those of the fixed cells, the moving cells converted).
+    name : str
+        Prefix of the layer names.
+    units : sequence, optional
+        The units of the coordinates, one per axis (z, y, x) or (y, x): every layer's napari
+        ``units`` (napari 0.6 and later; give None for an older napari). None: napari's default.
+
+    Returns
+    -------
+    list of tuple
+        ``(data, kwargs, layer_type)`` per layer, identity transform.
     """
     size = _point_size(table.fixed)
     layers = [
@@ -169,6 +186,12 @@ def registration_layers(table: MatchTable, *, name: str = "registration") -> lis
         layers.append((ellipses, {"name": f"{name}: 95% error ellipses", "shape_type": "ellipse",
                                   "edge_color": "#ff4040", "face_color": "transparent",
                                   "edge_width": size / 8, "opacity": 0.7}, "shapes"))
+    if units is not None:
+        units = tuple(units)
+        if table.fixed.ndim == 2 and len(units) != table.fixed.shape[1]:
+            raise ValueError(f"units: expected {table.fixed.shape[1]} (one per axis), got {units}")
+        for _, kwargs, _ in layers:
+            kwargs["units"] = units
     return layers
 
 

@@ -3,7 +3,9 @@
 - a registration folder written by :func:`xmodal.pipelines.register_cells` (``out=``): it holds
   ``matches.csv``, ``cells.csv`` (fixed cells) and ``moving.csv`` (moving cells before and after
   registration, 95 % prediction regions when computed) -> the layers of
-  :func:`xmodal.napari._layers.registration_layers`;
+  :func:`xmodal.napari._layers.registration_layers`, in the units its ``provenance.json``
+  records (:func:`registration_units`; the *Register cells* widget records the fixed layer's),
+  napari's default where none are recorded;
 - an OME-Zarr image, NGFF 0.5 (zarr v3, as xmodal writes: ``segmentation.ome.zarr`` of
   :func:`xmodal.pipelines.segment`, ``*.ome.zarr`` of ``predict_tiled``) or NGFF 0.4 (zarr v2, as
   ome-zarr-py and bioformats2raw write), or a segmentation output folder holding one: the image as
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -47,7 +50,8 @@ def read_xmodal(path) -> list[tuple]:
         path = path[0]
     p = Path(os.fspath(path))
     if is_registration_folder(p):
-        return registration_layers(read_registration_folder(p), name=p.name)
+        table = read_registration_folder(p)
+        return registration_layers(table, name=p.name, units=registration_units(p, table.fixed.shape[1]))
     root = _ome_zarr_root(p)
     if root is None:
         raise ValueError(f"path: expected an xmodal registration folder or OME-Zarr output, got {p}")
@@ -96,6 +100,61 @@ def read_registration_folder(path) -> MatchTable:
     return MatchTable(fixed, mov, moved, fi, mi, conf, fixed_ids, moving_ids,
                       status=None if status is None else np.asarray(status, dtype=object), regions=regions,
                       source=str(path))
+
+
+def registration_units(path, d: int) -> tuple[str, ...] | None:
+    """The units of a registration folder's coordinates, as its ``provenance.json`` records them:
+    ``units`` (written by :func:`write_registration_units`), else ``parameters.units``; one NGFF
+    length unit for every axis or a list of ``d`` (common spellings such as "um" accepted).
+
+    Returns
+    -------
+    tuple of str or None
+        ``d`` NGFF unit names (e.g. "micrometer"); None where none are recorded, what is recorded
+        is not ``d`` length units, or this napari's layers take no units (before 0.6).
+    """
+    if not _napari_takes_units():
+        return None
+    try:
+        prov = json.loads((Path(path) / "provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(prov, dict):
+        return None
+    params = prov.get("parameters") if isinstance(prov.get("parameters"), dict) else {}
+    return _length_units(prov.get("units", params.get("units")), d)
+
+
+def write_registration_units(folder, units) -> bool:
+    """Record ``units`` (one per axis: napari's ``layer.units`` or NGFF names) as the ``units`` of
+    the registration folder's ``provenance.json`` (rewritten atomically), for
+    :func:`registration_units`. Returns False, writing nothing, when they are not all length units
+    (napari's default "pixel", a time) or the folder has no provenance.json."""
+    from ..io import write_json
+
+    units = [str(u) for u in units]
+    names = _length_units(units, len(units))
+    path = Path(folder) / "provenance.json"
+    if names is None or not path.is_file():
+        return False
+    prov = json.loads(path.read_text(encoding="utf-8"))
+    prov["units"] = list(names)
+    write_json(path, prov)
+    return True
+
+
+def _length_units(units, d: int) -> tuple[str, ...] | None:
+    """``units`` (one for all ``d`` axes or a list of ``d``) as NGFF length unit names, else None."""
+    from ..io._units import ngff_unit
+
+    if isinstance(units, str):
+        units = [units] * d
+    if not isinstance(units, (list, tuple)) or len(units) != d or not all(isinstance(u, str) for u in units):
+        return None
+    try:
+        return tuple(ngff_unit(u) for u in units)
+    except ValueError:
+        return None
 
 
 def _read_matches(path: Path) -> dict:

@@ -8,9 +8,10 @@ from napari.viewer import Viewer
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
 
 from ..io import PointSet
-from ._common import add_layers, layer_picker, unit_factors, world_cells
+from ._common import add_layers, layer_picker, layer_units, unit_factors, world_cells
 from ._jobs import Job, JobPanel
 from ._layers import MatchTable, registration_layers
+from ._reader import write_registration_units
 
 TRANSFORMS = ("auto", "rigid", "similarity", "affine", "deformable")
 
@@ -24,9 +25,12 @@ class RegisterWidget(Container):
     and the exported tables. The result layers hold world coordinates of the fixed layer (identity
     transform), so they lie on both inputs however those are transformed. Layers in different
     length units (``layer.units``, e.g. nm and µm) are registered in the fixed layer's unit (the
-    conversion applies to the world coordinates). ``unmatched cost`` 0 means "auto" (3 × the median
-    nearest-neighbour distance); ``out`` (optional) writes the registration folder, which the
-    reader opens again.
+    conversion applies to the world coordinates); every result layer (the moving cells of their own
+    frame too, converted) carries the fixed layer's units of z, y, x (napari 0.6+), so it lies on the
+    fixed layer and napari keeps converting between the viewer's units. ``unmatched cost`` 0 means
+    "auto" (3 × the median nearest-neighbour distance); ``out`` (optional) writes the registration
+    folder, which the reader opens again (in those units: they are recorded in its provenance.json
+    when they are length units).
     """
 
     def __init__(self, napari_viewer: Viewer):  # napari passes the viewer by this name
@@ -71,6 +75,7 @@ class RegisterWidget(Container):
                     f"to {', '.join(sorted({str(u) for u in fixed.units}))})")
         opts = self._options()
         name = f"{moving.name} -> {fixed.name}"
+        units = layer_units(fixed, fix.points.shape[1])  # the results are in the fixed layer's units
 
         def compute(job: Job):
             from ..pipelines import register_cells
@@ -80,16 +85,21 @@ class RegisterWidget(Container):
                 job.report(message=f"CPD iteration {iteration}")
 
             job.report(message="pre-alignment")
-            return register_cells(fix, mov, cpd_options={"callback": callback},
-                                  deformable_options={"callback": callback}, **opts)
+            result = register_cells(fix, mov, cpd_options={"callback": callback},
+                                    deformable_options={"callback": callback}, **opts)
+            if opts["out"] is not None and units is not None:  # the reader opens the folder in them
+                write_registration_units(opts["out"], units)
+            return result
 
         job = Job(compute, name="register cells")
-        self.panel.start(job, lambda res: self._show(res, name, fix.ids, mov.ids, note))
+        self.panel.start(job, lambda res: self._show(res, name, fix.ids, mov.ids, note, units))
         return job
 
-    def _show(self, result, name: str, fixed_ids=None, moving_ids=None, note: str = "") -> None:
+    def _show(self, result, name: str, fixed_ids=None, moving_ids=None, note: str = "", units=None) -> None:
+        """Add the result layers of ``result`` (identity transform; ``units``: the fixed layer's,
+        as read when Run was pressed, None without)."""
         self.result = result
         table = MatchTable.from_result(result, source=result.outputs.get("matches", ""), fixed_ids=fixed_ids,
                                        moving_ids=moving_ids)
-        add_layers(self.viewer, registration_layers(table, name=name))
+        add_layers(self.viewer, registration_layers(table, name=name, units=units))
         self.panel.status.value = f"register cells: done, {result.n_matched} pairs{note}"

@@ -8,7 +8,9 @@ The widget's defaults are those of :func:`~xmodal.pipelines.segment`: the model'
 ``memory_voxels`` voxels and block by block above. With an output folder, the image layer's scale
 (the voxel size) and translation (the position of voxel 0, same physical units) are written to the
 OME-NGFF ``coordinateTransformations`` of the affinities and the labels (``scale``, then
-``translation``), so the reader opens them where the image was. OME-NGFF 0.5 has no rotation, shear
+``translation``), and the image layer's length units (napari 0.6+ ``units``, e.g. nanometer) to
+their axes' ``unit``, so the reader opens them where the image was, in its units. The labels layer
+gets the image layer's units with its transform. OME-NGFF 0.5 has no rotation, shear
 or general affine: an image layer with any of those gets its labels layer right in the viewer, but
 the output folder records the scale and translation only (the status line says so)."""
 
@@ -75,6 +77,7 @@ class SegmentWidget(Container):
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         out = str(self.out.value) if str(self.out.value) not in ("", ".") else None
         translate = [float(v) for v in layer.translate]
+        units = ngff_units(layer)
         opts = segment_options(self.model.value, self.method.value, self.min_size.value,
                                self.memory_voxels.value)
         opts.update(out=out, spacing=[float(v) for v in layer.scale])
@@ -90,8 +93,8 @@ class SegmentWidget(Container):
 
             job.report(message="tiled prediction" + (" (blockwise)" if blockwise else ""))
             result = segment(data, progress=progress, **opts)
-            if out is not None and any(translate):  # the output folder is complete: where the image was
-                write_ome_translation(Path(out) / "segmentation.ome.zarr", translate)
+            if out is not None and (any(translate) or units):  # the output is complete: where the image was
+                write_ome_translation(Path(out) / "segmentation.ome.zarr", translate, units)
             job.check()
             return result
 
@@ -113,24 +116,40 @@ class SegmentWidget(Container):
                                         "folder's OME-Zarr metadata hold its scale and translation only")
 
 
-def write_ome_translation(image, translate) -> None:
+def ngff_units(layer) -> list[str] | None:
+    """The NGFF names of a layer's units (napari 0.6+ ``layer.units``, e.g. "nanometer"), one per
+    axis; None when it has none or any is no length unit (napari's default "pixel")."""
+    from ..io._units import ngff_unit
+
+    units = getattr(layer, "units", None)
+    if not units:
+        return None
+    try:
+        return [ngff_unit(str(u)) for u in units]
+    except ValueError:
+        return None
+
+
+def write_ome_translation(image, translate, units=None) -> None:
     """Set the NGFF ``translation`` (physical units, one value per spatial axis in array order) of
     the OME-Zarr image group ``image`` and of every label image of its ``labels`` group: a
     ``translation`` after the ``scale`` of each dataset's ``coordinateTransformations`` (replacing
-    a previous one; 0 on non-spatial axes). Each group's zarr.json is rewritten atomically."""
+    a previous one; 0 on non-spatial axes). ``units`` (optional; NGFF length unit names, one per
+    spatial axis, see :func:`ngff_units`) become the spatial axes' ``unit``. Each group's zarr.json
+    is rewritten atomically."""
     image = Path(image)
     groups = [image]
     labels = _read_zarr_json(image / "labels") if (image / "labels" / "zarr.json").is_file() else {}
     groups += [image / "labels" / n for n in labels.get("attributes", {}).get("ome", {}).get("labels", [])]
     for group in groups:
-        _set_translation(group, [float(t) for t in translate])
+        _set_translation(group, [float(t) for t in translate], units)
 
 
 def _read_zarr_json(group: Path) -> dict:
     return json.loads((group / "zarr.json").read_text(encoding="utf-8"))
 
 
-def _set_translation(group: Path, translate: list) -> None:
+def _set_translation(group: Path, translate: list, units=None) -> None:
     from ..io import atomic_write_text
 
     meta = _read_zarr_json(group)
@@ -142,6 +161,11 @@ def _set_translation(group: Path, translate: list) -> None:
     if len(spatial) != len(translate):
         raise ValueError(f"translate: expected {len(spatial)} values (one per spatial axis of {group}), "
                          f"got {translate}")
+    if units is not None and len(units) != len(spatial):
+        raise ValueError(f"units: expected {len(spatial)} (one per spatial axis of {group}), got {units}")
+    for i, unit in zip(spatial, units or []):
+        if isinstance(axes[i], dict):
+            axes[i]["unit"] = unit
     full = [0.0] * len(axes)
     for i, t in zip(spatial, translate):
         full[i] = t
