@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import io as xio
 from .._validation import as_bool, as_progress, describe, per_axis
-from ._grid import align_up, make_tiles
+from ._grid import align_up, blend_blocks, make_tiles
 from ._model import Runner, model_token, per_window_statistics
 from ._normalize import quantile_normalizer
 from ._receptive import GlobalFieldError, ReceptiveFieldError, is_torch_module, receptive_field, spatial_signature
@@ -61,6 +61,7 @@ class Plan:
     signature: str | None = None  # job signature (zarr outputs): parameters that change the result
     prior_status: dict | None = None  # the zarr output's completion status before this run (None: new)
     stats: dict = field(default_factory=dict)
+    blocks: tuple | None = None  # blended modes: the accumulator block (a multiple of a zarr out's chunks)
 
     @property
     def hash_inputs(self) -> bool:
@@ -177,6 +178,9 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
                     out, progress, resume, for_dask=False) -> Plan:
     """Validate everything and prepare the run (no tile is predicted here); see the module doc."""
     image, nd, caxis, shape, in_ch = _check_inputs(model, image, blend=blend, channel_axis=channel_axis)
+    if for_dask and blend != "crop":  # before any output is created or flagged
+        raise ValueError(f"blend: a dask client runs blend='crop' only (blended modes accumulate overlapping "
+                         f"windows in one process), got {blend!r}")
     progress, resume = as_progress(progress, "progress"), as_bool(resume, "resume")
     factor, halo_v = geometry(model, nd, in_ch, halo, warn_small=True)
     runner = Runner(model, device)
@@ -195,6 +199,8 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     plan = Plan(runner=runner, image=image, caxis=caxis, ndim=nd, shape=shape, in_channels=in_ch,
                 out_channels=out_ch, tile=tile, halo=halo_v, factor=factor, tiles=make_tiles(shape, tile, halo_v, factor),
                 blend=blend, batch_size=batch, normalizer=normalizer, out=target, out_kind=out_kind, progress=progress)
+    if blend != "crop":
+        plan.blocks = blend_blocks(shape, tile, tuple(target.chunks[1:]) if out_kind == "zarr" else None)
     if out_kind == "zarr":
         _resume_state(plan, normalize=normalize, existed=existed, resume=resume)
     return plan
@@ -410,13 +416,14 @@ def _make_target(out, out_shape, tile, *, image, model, halo, factor, blend, nor
 
 
 def _resume_state(plan: Plan, *, normalize, existed: bool, resume: bool) -> None:
-    """A zarr output's job signature, prior completion status and (crop mode, local store, ``resume``)
-    the ledger of finished tiles."""
+    """A zarr output's job signature, prior completion status and (local store, ``resume``) the ledger
+    of finished tiles (crop mode) or finished output blocks (blended modes)."""
     image = plan.image
     # Everything besides the input's values that changes the written result. The input's values
     # enter per tile: every tile's marker holds the digest of the window it was computed from.
+    blocks = {} if plan.blocks is None else {"blocks": plan.blocks}  # blended: the ledger records blocks
     plan.signature = xio.job_signature({
-        "function": WRITER, "tile": plan.tile, "halo": plan.halo, "factor": plan.factor, "shape": plan.shape,
+        **blocks, "function": WRITER, "tile": plan.tile, "halo": plan.halo, "factor": plan.factor, "shape": plan.shape,
         "image_shape": tuple(int(s) for s in image.shape), "dtype": str(image.dtype), "caxis": plan.caxis,
         "model": model_token(plan.runner.model), "out_channels": plan.out_channels, "blend": plan.blend,
         "batch_size": plan.batch_size, "device": plan.runner.device.split(":")[0],
@@ -425,5 +432,5 @@ def _resume_state(plan: Plan, *, normalize, existed: bool, resume: bool) -> None
     })
     plan.prior_status = xio.output_status(plan.out) if existed else None  # None: created by this run
     where = xio.local_store_path(plan.out)
-    if resume and plan.blend == "crop" and where is not None:
+    if resume and where is not None:
         plan.ledger = xio.BlockLedger(where.rstrip("/") + ".xmodal-progress", plan.signature)

@@ -69,7 +69,10 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         ``"crop"`` keeps the tile's part of each window prediction (exact; out of core; distributed).
         The blended modes weight whole window predictions (linear ramp across the halo, or a
         Gaussian centred on the tile) with the native accumulation kernel and normalise by the sum
-        of weights; they keep one float32 accumulator of the output's size in memory.
+        of weights, out of core: float32 accumulators only for the output blocks that windows
+        still to come overlap (a slab about a window plus two blocks thick along the axis with the
+        most tiles), each block written whole to ``out`` as soon as its last window is added
+        (local runs only).
     batch_size : "auto" or int
         Windows per forward pass (windows of equal shape are batched). ``"auto"``: 1 on the CPU,
         4 on a GPU.
@@ -103,11 +106,12 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         finished tile; an exception it raises stops the run (a zarr ``out`` keeps the tiles done
         so far, resumable).
     resume : bool
-        With a zarr ``out`` in a local store (crop mode), record finished tiles as marker files in
-        ``<array path>.xmodal-progress`` (written after the tile's chunks, each holding the SHA-256
-        of the input window the tile was computed from) and, on a rerun with the same model and
-        parameters, skip a tile only when its window, read again, has the same digest (so a rerun
-        on other data recomputes). The markers are removed once the run completes. A zarr ``out``
+        With a zarr ``out`` in a local store, record finished tiles (crop mode; blended modes:
+        finished output blocks) as marker files in ``<array path>.xmodal-progress`` (written after
+        the tile's or block's chunks, each holding the SHA-256 of the input windows it was computed
+        from) and, on a rerun with the same model and parameters, reuse a tile or block only when
+        its windows, read again, have the same digests (so a rerun on other data recomputes; a
+        blended rerun predicts every window overlapping a block not reused). The markers are removed once the run completes. A zarr ``out``
         that is already complete for the same parameters and the same input (digest of all
         windows, recorded in its completion status) is returned without writing.
 
@@ -125,7 +129,9 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     with the model's error, which gets a note naming the windows' shape and the axis off the factor
     grid, on Python >= 3.11). Peak memory (crop mode): about ``3 * batch_size + 2`` windows (two batches
     read ahead by one reader thread, one being predicted, ``batch_size + 1`` being written by one
-    writer thread) plus the network's activations on one batch, whatever the image size.
+    writer thread) plus the network's activations on one batch, whatever the image size. Blended
+    modes add the open blocks' accumulators: at most ``4 * (C_out + 1)`` bytes per voxel of a slab
+    ``min(extent, window + 2 blocks)`` thick along the sweep axis, across the other axes.
 
     A zarr output is flagged incomplete (attribute ``xmodal_output``) before its first chunk
     changes and complete after its last one, so a killed run leaves an array that

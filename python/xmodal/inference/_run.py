@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import io as xio
-from ._grid import Tile, blend_weights
+from .._config import capped_threads
+from ._grid import BlockSweep, Tile, blend_order, blend_weights, slab_voxels
 from ._model import Runner, model_token
 from ._plan import Plan, prepare, read_raw
 
@@ -75,8 +76,9 @@ def _trim_heap():
 _LIBC = None
 
 
-def _read_batch(plan: Plan, batch):
-    """Read a batch's windows: (network input or None when every tile is done from this input, digests).
+def _read_batch(plan: Plan, batch, skip):
+    """Read a batch's windows: (network input, or None when ``skip(tile, digest)`` holds for every tile
+    (done from this very input), digests).
 
     Batches are formed over all tiles, as in an uninterrupted run, and a batch is reused only as a
     whole, so a resumed run predicts every tile in the same batch as a fresh run would (bitwise
@@ -84,7 +86,7 @@ def _read_batch(plan: Plan, batch):
     """
     raws = [read_raw(plan.image, plan.caxis, t.window) for t in batch]
     digests = [xio.data_digest(r) if plan.hash_inputs else None for r in raws]
-    if plan.ledger is not None and all(plan.ledger.is_done(t.index, d) for t, d in zip(batch, digests)):
+    if skip is not None and all(skip(t, d) for t, d in zip(batch, digests)):
         return None, digests
     return np.stack([prepare(r, plan.caxis, plan.normalizer) for r in raws]), digests
 
@@ -108,31 +110,32 @@ def _predict_batch(plan: Plan, x: np.ndarray) -> np.ndarray:
 
 
 def run_local(plan: Plan):
-    blended = plan.blend != "crop"
-    acc = wsum = None
-    if blended:
-        acc = np.zeros((plan.out_channels,) + plan.shape, np.float32)
-        wsum = np.zeros(plan.shape, np.float32)
-    batches = iter(_batches(plan.tiles, plan.batch_size))
+    """Predict every tile of ``plan`` in this process and write (crop) or blend them into ``plan.out``."""
+    if plan.blend != "crop":
+        return run_blended(plan)
+    ledger = plan.ledger
+    skip = (lambda t, d: ledger.is_done(t.index, d)) if ledger is not None else None
+    _pipeline(plan, plan.tiles, skip, lambda t, y, d: _write_crop(plan, t, y, d))
+    return plan.out
+
+
+def _pipeline(plan: Plan, tiles, skip, consume):
+    """Read ahead (one thread), predict, and hand every tile's window prediction to
+    ``consume(tile, prediction, digest)`` in ``tiles`` order on one writer thread."""
+    batches = iter(_batches(tiles, plan.batch_size))
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-write")
     reads: collections.deque = collections.deque()
     writes: collections.deque = collections.deque()
-    bar = _progress_bar(len(plan.tiles), plan.progress)
-    t_model = 0.0
-    t_wait = 0.0
+    bar = _progress_bar(len(tiles), plan.progress)
+    t_model = t_wait = 0.0
     skipped = 0
     digests: dict = {}
 
     def submit_next():
         b = next(batches, None)
         if b is not None:
-            reads.append((b, reader.submit(_read_batch, plan, b)))
-
-    def accumulate(t, y, digest):
-        from .. import _core
-
-        _core.stitch_accumulate(acc, wsum, y, list(t.wstart), blend_weights(t, plan.blend))
+            reads.append((b, reader.submit(_read_batch, plan, b, skip)))
 
     try:
         for _ in range(2):
@@ -153,11 +156,7 @@ def run_local(plan: Plan):
             y = _predict_batch(plan, x)
             t_model += time.perf_counter() - t0
             for i, t in enumerate(b):
-                yi = np.ascontiguousarray(y[i])
-                if blended:
-                    writes.append(writer.submit(accumulate, t, yi, ds[i]))
-                else:
-                    writes.append(writer.submit(_write_crop, plan, t, yi, ds[i]))
+                writes.append(writer.submit(consume, t, np.ascontiguousarray(y[i]), ds[i]))
             del x, y
             while len(writes) > plan.batch_size + 1:
                 writes.popleft().result()
@@ -172,23 +171,124 @@ def run_local(plan: Plan):
         writer.shutdown(wait=True)
         if bar is not None:
             bar.close()
-    if blended:
+    plan.stats.update(tiles=len(tiles), skipped=skipped, model_s=t_model, read_wait_s=t_wait, digests=digests)
+
+
+# ----------------------------------------------------------------------------------- blending
+
+
+class _Block:
+    """An open output block: accumulators of ``w * prediction`` and ``w``, the windows still to add,
+    the input digests of those added (in sweep order)."""
+
+    __slots__ = ("acc", "wsum", "start", "left", "digests")
+
+    def __init__(self, channels, grid: BlockSweep, k):
+        region = grid.region(k)
+        shape = tuple(s.stop - s.start for s in region)
+        self.acc = np.zeros((channels,) + shape, np.float32)
+        self.wsum = np.zeros(shape, np.float32)
+        self.start, self.left, self.digests = grid.start(k), grid.count(k), []
+
+    @property
+    def nbytes(self) -> int:
+        return self.acc.nbytes + self.wsum.nbytes
+
+
+class BlendStream:
+    """Blending out of core: a block of the output is opened when the first window overlapping it
+    arrives, and normalised and written to ``plan.out`` (whole chunks, once; its ledger marker after
+    it) as soon as the last one is added. Every voxel receives the same weighted sum, in the same
+    order, as one output-sized accumulator would: the result is bitwise that of in-core blending
+    with the same tile order. ``done``: blocks already in ``out`` (resume), left untouched.
+
+    The kernels run on the writer thread alone (``capped_threads(1)``): the reader, the model and
+    the zarr codecs run meanwhile, and an OpenMP team per block call cost more than it saved (on 2
+    cores, 4x slower). One thread or many, each element gets the same operations: same result."""
+
+    def __init__(self, plan: Plan, grid: BlockSweep, done=frozenset()):
+        self.plan, self.grid, self.done = plan, grid, done
+        self.open: dict = {}
+        self.bytes = self.peak = self.written = 0
+
+    def add(self, t: Tile, y: np.ndarray, digest) -> None:
         from .. import _core
 
-        _core.stitch_normalize(acc, wsum)
-        if plan.out_kind == "numpy" and plan.out is not None:
-            plan.out[...] = acc
-        else:
-            _write_blocks(plan.out, acc)
-    plan.stats.update(tiles=len(plan.tiles), skipped=skipped, model_s=t_model, read_wait_s=t_wait, digests=digests)
+        weights = blend_weights(t, self.plan.blend)
+        for k in self.grid.blocks_of(t):
+            if k in self.done:
+                continue
+            block = self.open.get(k)
+            if block is None:
+                block = self.open[k] = _Block(self.plan.out_channels, self.grid, k)
+                self.bytes += block.nbytes
+                self.peak = max(self.peak, self.bytes)
+            with capped_threads(1):
+                _core.stitch_accumulate(block.acc, block.wsum, y, [w - s for w, s in zip(t.wstart, block.start)],
+                                        weights)
+            block.digests.append(digest)
+            block.left -= 1
+            if block.left == 0:
+                self._write(k, self.open.pop(k))
+
+    def _write(self, k, block: _Block) -> None:
+        from .. import _core
+
+        plan = self.plan
+        with capped_threads(1):
+            _core.stitch_normalize(block.acc, block.wsum)
+        xio.write_region(plan.out, (slice(None),) + self.grid.region(k), block.acc,
+                         check_alignment=plan.out_kind == "zarr")
+        if plan.ledger is not None:
+            plan.ledger.mark_done(k, xio.combine_digests(block.digests))
+        self.bytes -= block.nbytes
+        self.written += 1
+
+    def close(self) -> None:
+        if self.open:  # every block is closed by its last window: a sweep that missed one is a bug
+            raise RuntimeError(f"predict_tiled: {len(self.open)} output block(s) left open after the last tile")
+
+
+def _blocks_done(plan: Plan, grid: BlockSweep, tiles) -> set:
+    """Blocks a previous run of this job wrote (ledger markers) from the same inputs: the marker's
+    digest equals the digest of the windows overlapping the block, read again now."""
+    marked = []
+    for name in plan.ledger.done_blocks():
+        try:
+            k = tuple(int(p) for p in name.split("_"))
+        except ValueError:
+            continue
+        if grid.contains(k):
+            marked.append(k)
+    by_index = {t.index: t for t in tiles}
+    digests: dict = {}
+    done = set()
+    for k in marked:
+        for i in grid.tiles_of(k):
+            if i not in digests:  # each window read once
+                digests[i] = xio.data_digest(read_raw(plan.image, plan.caxis, by_index[i].window))
+        rec = plan.ledger.record(k)
+        if rec is not None and rec.get("input") == xio.combine_digests(digests[i] for i in grid.tiles_of(k)):
+            done.add(k)
+    return done
+
+
+def run_blended(plan: Plan):
+    """Blend the window predictions into ``plan.out`` block by block (see :class:`BlendStream`)."""
+    tiles, axes = blend_order(plan.shape, plan.tiles)
+    grid = BlockSweep(plan.shape, plan.blocks, tiles, axes)
+    done = _blocks_done(plan, grid, tiles) if plan.ledger is not None else set()
+    skip = None
+    if done:  # a batch is skipped when every block its windows overlap is already written
+        needed = {t.index for t in tiles if any(k not in done for k in grid.blocks_of(t))}
+        skip = lambda t, d: t.index not in needed  # noqa: E731
+    stream = BlendStream(plan, grid, done)
+    _pipeline(plan, tiles, skip, stream.add)
+    stream.close()
+    plan.stats.update(blend_peak_bytes=stream.peak, blocks_written=stream.written, blocks_reused=len(done),
+                      blend_axes=axes, blend_bound_bytes=4 * (plan.out_channels + 1) * slab_voxels(
+                          plan.shape, plan.tiles, plan.blocks, axes[0]))
     return plan.out
-
-
-def _write_blocks(out, acc):
-    """Write the accumulated volume into ``out`` in chunk-aligned slabs (one chunk deep along axis 1)."""
-    step = [out.shape[0], out.chunks[1]] + list(out.shape[2:])
-    for sl in xio.iter_blocks(out.shape, step):
-        xio.write_region(out, sl, acc[sl])
 
 
 # ----------------------------------------------------------------------------------- dask run
