@@ -11,6 +11,8 @@ scripted module's attributes or the constants of an operator.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 #: Layer kinds with a spatial extent.
@@ -112,6 +114,37 @@ def apply_layer(kind: str, spec, st: State, nd: int) -> State:
         r = np.array(as_tuple(spec.downscale_factor, nd), float)
         return State(st.r + (r - 1) * st.j, st.j * r, st.p)
     raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+
+
+def slice_steps(index, rank) -> dict:
+    """``{axis: (step, start)}`` of the slices with a step in the basic index ``index`` of a tensor
+    of ``rank`` axes (``x[..., ::2, 1::2]``)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    out, k = {}, 0
+    for it in items:
+        if it is Ellipsis:
+            k += rank - consumed
+        elif it is not None:
+            if isinstance(it, slice) and it.step is not None and not (isinstance(it.step, int) and it.step == 1):
+                out[k] = (it.step, it.start)
+            k += 1
+    return out
+
+
+def strided_slice(steps: dict, nd: int):
+    """The layer of slices with a step on spatial axes (``x[..., ::2, ::2]``, YOLO's "Focus"
+    space-to-depth), ``steps`` ``{spatial axis: (step, start)}``: a stride-``step`` pooling whose
+    kernel holds the voxels of one step (the slices of a space-to-depth start at 0 .. step - 1 and are
+    concatenated) and the start, ``max(step, start + 1)``; None without a step above 1."""
+    steps = {a: (int(s), st) for a, (s, st) in steps.items() if s is not None and int(s) > 1}
+    if not steps:
+        return None
+    kernel, stride = [1] * nd, [1] * nd
+    for a, (s, start) in steps.items():
+        stride[a] = s
+        kernel[a] = max(s, int(start) + 1) if isinstance(start, int) and 0 <= start < 1 << 30 else s
+    return SimpleNamespace(kind="pool", kernel_size=tuple(kernel), stride=tuple(stride), dilation=1)
 
 
 def upsample(st, scale, mode, nd):

@@ -10,11 +10,12 @@ import numpy as np
 
 from .._optional import optional_import
 from .._validation import as_bool, describe
-from ._measure import eval_mode, extent, gradient_support, measure_factor
+from ._measure import eval_mode, extent, gradient_support, measure_factor, param_device, param_dtype
 from ._mixing import Scan
 from ._probe import GlobalFieldError, ReceptiveFieldError, adaptive_modules, global_field_error, measured_only
-from ._probe import settle
-from ._receptive_jit import NotAnalysable, ScriptWalk, is_script_module, script_signature
+from ._probe import settle, statistics_fixed
+from ._receptive_jit import NotAnalysable, ScriptWalk, is_script_module
+from ._script_axes import script_signature
 from ._walks import walk_fx, walk_hooks
 
 __all__ = ["GlobalFieldError", "ReceptiveField", "ReceptiveFieldError", "measure_receptive_field", "receptive_field"]
@@ -73,19 +74,86 @@ class ReceptiveField:
 
 
 def spatial_signature(model) -> tuple[int | None, int | None]:
-    """(spatial ndim, input channels) from the first convolution of a torch module, else (None, None)."""
+    """(spatial ndim, input channels) from the first convolution of a torch module, else (None, None).
+
+    The channels are the image's: where the first convolution has a multiple of ``2**ndim`` input
+    channels, the first convolution the forward pass reaches may be fed by a space-to-depth (YOLO's
+    Focus, PixelUnshuffle) or by channels the network adds (coordinates): two forward passes stopped
+    at that convolution tell how many image channels feed it (:func:`_image_channels`). A traced
+    network gives them by the input it was traced with."""
     torch = optional_import("torch", purpose="tiled inference with torch models")
     nn = torch.nn
+    if is_script_module(model, torch):
+        traced = _traced_channels(model)
+        if traced is not None:
+            return traced
     for m in model.modules():
         if is_script_module(m, torch):  # scripted or traced: by the eager class it was compiled from
             nd, c = script_signature(m)
             if nd is not None:
                 return nd, c
-        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            return 2, int(m.in_channels)
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-            return 3, int(m.in_channels)
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)):
+            nd = 2 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) else 3
+            return nd, _image_channels(model, nd, torch)
     return None, None
+
+
+class _Reached(Exception):
+    """Raised by a forward pre-hook when the first convolution is reached (the pass stops there)."""
+
+
+def _image_channels(model, nd, torch) -> int:
+    """The image channels that give the first convolution the forward pass reaches its ``in_channels``
+    (``a * channels + b`` channels reach it: from two passes on 64² / 16³ voxels, stopped there); the
+    first convolution's ``in_channels`` where the passes cannot tell. Only where that is a multiple of
+    ``2**nd`` (a space-to-depth by 2 multiplies the channels by it): other networks are not run."""
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+                                                           if nd == 2 else (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    first = convs[0]
+    lazy = getattr(torch.nn.parameter, "is_lazy", lambda p: False)
+    if first.in_channels % 2 ** nd or any(lazy(p) for p in model.parameters()):  # lazy: a pass would set them
+        return int(first.in_channels)
+
+    def reach(channels):
+        seen = []
+
+        def hook(mod, inputs):
+            seen.append((mod, inputs[0].shape[1] if inputs and torch.is_tensor(inputs[0]) else None))
+            raise _Reached
+
+        hooks = [m.register_forward_pre_hook(hook) for m in convs]
+        x = torch.zeros((1, channels) + (64 if nd == 2 else 16,) * nd, dtype=param_dtype(model, torch),
+                        device=param_device(model, torch))
+        try:
+            with eval_mode(model), torch.no_grad():
+                model(x)
+        except Exception:  # noqa: BLE001 - _Reached, or the network's own error before any convolution
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen[0] if seen else (None, None)
+
+    conv, got = reach(first.in_channels)
+    if conv is None or got is None or got == conv.in_channels:
+        return int(first.in_channels if conv is None else conv.in_channels)
+    conv2, got2 = reach(first.in_channels + 1)
+    a = (got2 - got) if conv2 is conv and got2 is not None else 0
+    if a <= 0 or (conv.in_channels - got) % a:
+        return int(first.in_channels)
+    c = first.in_channels + (conv.in_channels - got) // a
+    return int(c) if c >= 1 else int(first.in_channels)
+
+
+def _traced_channels(model):
+    """(ndim, channels) of the input a traced network was traced with (None when unknown)."""
+    try:
+        sizes = list(model.graph.inputs())[1].type().sizes()
+    except Exception:  # noqa: BLE001 - a scripted network: its inputs have no sizes
+        return None
+    if sizes is None or len(sizes) not in (4, 5) or not isinstance(sizes[1], int):
+        return None
+    return len(sizes) - 2, int(sizes[1])
 
 
 def is_torch_module(model) -> bool:
@@ -126,8 +194,8 @@ def _measured_field(model, ndim, in_channels, reason, notes) -> ReceptiveField:
     errors = []
     for size in (base, 2 * base, 3 * base, 4 * base):
         try:
-            with eval_mode(model):
-                g = np.logical_or.reduce([gradient_support(model, in_channels, (size,) * ndim, seed, torch,
+            with eval_mode(model), statistics_fixed(model, torch) as probed:
+                g = np.logical_or.reduce([gradient_support(probed, in_channels, (size,) * ndim, seed, torch,
                                                            fixed=True) for seed in range(3)])
                 measured = extent(g)
                 if any(m >= size // 2 for m in measured):
@@ -175,6 +243,8 @@ def _walk(model, ndim, in_channels, torch, notes):
     try:
         final, best, n, scan = walk_fx(model, ndim, in_channels, torch)
         return final, best, n, "fx", scan
+    except NotAnalysable:  # a slice with a step of a permuted tensor, a TorchScript part: measured
+        raise
     except Exception as exc:  # not traceable: fall back to the execution order
         notes.append(f"torch.fx tracing failed ({type(exc).__name__}); walked the execution order")
         final, best, n, scan = walk_hooks(model, ndim, in_channels, torch)
@@ -192,7 +262,8 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     through their graphs (submodules by ``original_name``, traced layers by their operators'
     constants); what no walk can read is measured (``method="gradient"``).
     Padding does not change the field. For every layer ``r += (k - 1) * dilation * jump`` and
-    ``jump *= stride`` (``/= stride`` for transposed convolutions and up-sampling).
+    ``jump *= stride`` (``/= stride`` for transposed convolutions and up-sampling); a slice with a
+    step on a spatial axis (``x[..., ::2, ::2]``, a space-to-depth) is a layer of stride ``step``.
 
     Operations that combine every position of a spatial axis make the field the whole input:
     adaptive pooling, and in the torch.fx graph functions, tensor methods and modules such as
@@ -202,9 +273,11 @@ def receptive_field(model, ndim: int, *, check: bool = False, in_channels: int |
     reductions over the channel or batch axis stay local). Operations a walk cannot judge (unknown
     functions, axes computed at run time; for the hook walk the tensor operations outside torch's
     modules, for TorchScript products and reductions / softmax whose axes it cannot tell) are
-    checked with a gradient probe (the statistics of ``instance_norm`` / ``group_norm`` held fixed):
-    a field that grows with the probe window is global, a local one wider than the walked field
-    replaces it. Each probe is listed in ``notes``. Normalisations by statistics of each window
+    checked with a gradient probe (the statistics of ``instance_norm`` / ``group_norm`` held fixed,
+    inside TorchScript too): a field that grows with the probe window is global (confirmed in float64
+    when the gradient beyond the field is at the level of float32 rounding, as an FFT leaves it), a
+    local one wider than the walked field replaces it, and one whose window corners read the opposite
+    edge (a circular convolution) gets a warning. Each probe is listed in ``notes``. Normalisations by statistics of each window
     written as functions are treated as the InstanceNorm / GroupNorm modules: a warning and a note,
     not an error.
 

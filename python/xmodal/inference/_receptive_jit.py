@@ -18,13 +18,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ._layers import SCRIPT_KINDS, State, apply_layer, upsample
+from ._layers import State, apply_layer, inexact_layer, strided_slice, upsample
 from ._ops import category, normalise
 from ._script_axes import (CONV, FN_SPATIAL, MUTATE, POOL, SHUFFLE, UNKNOWN, UPSAMPLE, canon,
-                           canonical_result, function_names, judge, keeps_module, schema_names, size_source,
-                           value)
+                           canonical_result, fixed_length, function_names, judge, keeps_module, schema_names,
+                           script_kind, size_source, unknown_operator, value)
 
 _ADAPTIVE = re.compile(r"aten::adaptive_(max|avg)_pool[123]d$")
+_CIRCULAR = re.compile(r"aten::(_pad_circular|circular_pad[123]d)$")
 _FN_POOL = re.compile(r"_?max_pool[123]d(_with_indices)?$")
 # spatial operators and functions the walk has no rule for: their networks are measured instead
 _UNHANDLED = re.compile(r"aten::(im2col|col2im|unfold|grid_sampler\w*|fractional_max_pool\w*|max_unpool\w*)$")
@@ -52,11 +53,6 @@ class NotAnalysable(Exception):
 def is_script_module(model, torch) -> bool:
     """Whether ``model`` is compiled TorchScript (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``)."""
     return isinstance(model, torch.jit.ScriptModule)
-
-
-def script_kind(mod):
-    """(layer kind or None) of a TorchScript module, from the eager class it was compiled from."""
-    return SCRIPT_KINDS.get(getattr(mod, "original_name", None))
 
 
 def _has_attributes(mod, kind) -> bool:
@@ -176,6 +172,10 @@ class ScriptWalk:
         elif kind.startswith("aten::") and _may_mix(kind[6:], node):
             args = {n: value(objs, node.inputsAt(i)) for i, n in enumerate(schema_names(node))}
             self._mixing(kind, normalise(kind[6:]), args, canon(objs, node.inputsAt(0)))
+        elif kind == "aten::select" and node.inputsAt(0).type().kind() == "TensorType":
+            self._select(node, objs)
+        elif kind.startswith("aten::") and unknown_operator(kind[6:], node):
+            self.unseen.append(f"{kind} (TorchScript)")
         return [st] * n_out  # element-wise, cat, add, shapes: pass through, branches merged by maximum
 
     def call_method(self, node, objs, ins):
@@ -193,6 +193,9 @@ class ScriptWalk:
                 return [None]
             self.layers += 1
             self._corners(getattr(mod, "align_corners", None), getattr(mod, "mode", ""), mod.original_name)
+            why = inexact_layer(mod, kind)
+            if why and "circular" in why:
+                self.inexact.append(f"{mod.original_name} module (TorchScript) {why}")
             return [apply_layer(kind, mod, st, self.nd)]
         method = mod.graph if name == "forward" else getattr(mod, name).graph
         norm = bool(_PER_WINDOW_MODULE.match(str(getattr(mod, "original_name", ""))))
@@ -275,6 +278,17 @@ class ScriptWalk:
         elif verdict == "unseen":
             self.unseen.append(f"{what} (TorchScript)")
 
+    def _select(self, node, objs):
+        """``x[:, :, 0]``: one position of a spatial axis of a tensor with the input's axes is global
+        (a position fixed in the window, as a slice of a fixed length); of its batch or channel axis
+        local; of another tensor left to the probe."""
+        dim = value(objs, node.inputsAt(1))
+        if not canon(objs, node.inputsAt(0)) or not isinstance(dim, int) or isinstance(dim, bool):
+            self.unseen.append("aten::select (TorchScript)")
+        elif dim % (self.nd + 2) >= 2:
+            self.global_ops.append(f"aten::select (TorchScript) of axis {dim}, which holds spatial positions: one "
+                                   f"position fixed in the window")
+
     def _per_window(self, what, running):
         """Record a normalisation by statistics of each window (not one of a module of that kind, nor
         one with running statistics)."""
@@ -316,11 +330,37 @@ class ScriptWalk:
             if "unshuffle" in kind:
                 return SimpleNamespace(kind="unshuffle", downscale_factor=factor)
             return SimpleNamespace(kind="shuffle", upscale_factor=factor)
+        if kind == "aten::slice" and node.inputsAt(0).type().kind() == "TensorType":
+            return self._slice(node, objs)
+        if _CIRCULAR.match(kind) or (kind == "aten::pad" and const(2) == "circular"):
+            self.inexact.append(f"{kind} (TorchScript) with circular padding (it wraps the window's opposite edge, "
+                                f"not the image's)")
         if kind == "prim::CallFunction":
             return self.function(node, const, objs)
         if _UNHANDLED.match(kind):
             raise NotAnalysable(f"{kind} has no receptive field rule")
         return None
+
+    def _slice(self, node, objs):
+        """``aten::slice(x, dim, start, end, step)`` of a tensor with the input's axes: a fixed length of
+        a spatial axis (``x[..., :1]``, ``x[:, :, -2:]``) is global, as in the torch.fx walk; a step on
+        one a strided layer (:func:`._layers.strided_slice`). A step the walk cannot place (a tensor
+        whose axes may have moved, a run-time axis, step or start) raises NotAnalysable."""
+        dim, start, end, step = (value(objs, node.inputsAt(i)) for i in (1, 2, 3, 4))
+        rank = self.nd + 2
+        axes = canon(objs, node.inputsAt(0)) and isinstance(dim, int) and not isinstance(dim, bool)
+        if axes and dim % rank >= 2 and fixed_length(start, end):
+            bounds = f"{'' if start is None else start}:{'' if end is None or end >= 1 << 62 else end}"
+            self.global_ops.append(f"aten::slice (TorchScript) [{bounds}] of axis {dim}, which holds spatial "
+                                   f"positions: a fixed length, positions fixed in the window")
+        if step is not UNKNOWN and (step is None or step == 1):
+            return None
+        if axes and dim % rank < 2:
+            return None  # the batch or channel axis
+        if not axes or step is UNKNOWN or start is UNKNOWN:
+            raise NotAnalysable("a slice with a step (aten::slice) of a tensor whose axes the walk cannot follow, "
+                                "or with a step computed at run time")
+        return strided_slice({dim % rank - 2: (step, start)}, self.nd)
 
     def function(self, node, const, objs):
         """Scripted calls of ``torch.nn.functional`` (``F.max_pool2d``, ``F.interpolate``; activations,
@@ -344,12 +384,17 @@ class ScriptWalk:
             return SimpleNamespace(kind="upsample", scale_factor=scale, mode=mode)
         if FN_SPATIAL.search(name):
             raise NotAnalysable(f"F.{name} has no receptive field rule")
+        if name == "pad" and const(3) == "circular":
+            self.inexact.append("F.pad (TorchScript) with circular padding (it wraps the window's opposite edge, "
+                                "not the image's)")
         if name in ("instance_norm", "group_norm"):
             self._per_window(f"F.{name}", name == "instance_norm" and const(6) is False)
         elif _may_mix(name):
             inputs = list(node.inputs())[1:]
             args = {n: value(objs, v) for n, v in zip(function_names(name), inputs)}
             self._mixing(f"F.{name}", name, args, bool(inputs) and canon(objs, inputs[0]))
+        elif unknown_operator(name, node):
+            self.unseen.append(f"F.{name} (TorchScript)")
         return None
 
 
@@ -379,38 +424,3 @@ def _upsample_spec(mode, rest):
         raise NotAnalysable("up-sampling to a fixed size has no fixed receptive field")
     return SimpleNamespace(kind="upsample", scale_factor=[float(s) for s in scale],
                            mode="nearest" if mode == "nearest" else "linear")
-
-
-def script_signature(mod) -> tuple[int | None, int | None]:
-    """(spatial ndim, input channels) of a TorchScript module compiled from a 2-D or 3-D
-    convolution (by ``original_name``; traced ones from their weight), else (None, None)."""
-    kind = script_kind(mod)
-    name = getattr(mod, "original_name", "")
-    if kind not in ("conv", "convt") or name[-2:] not in ("2d", "3d"):
-        return None, None
-    nd = int(name[-2])
-    if hasattr(mod, "in_channels"):
-        return nd, int(mod.in_channels)
-    weight = getattr(mod, "weight", None)
-    if weight is None:
-        return None, None
-    if kind == "convt":
-        return nd, int(weight.shape[0])
-    return nd, int(weight.shape[1]) * _traced_groups(mod)
-
-
-def _traced_groups(mod) -> int:
-    """``groups`` of a traced convolution (the constant argument of its operator), 1 if not found
-    (also for a traced layer without a forward method: one the trace never called)."""
-    try:
-        graph = mod.graph
-    except RuntimeError:
-        return 1
-    for node in graph.nodes():
-        m = CONV.match(node.kind())
-        if m:
-            i = 8 if m.group(1) in ("_convolution", "convolution") else 6
-            v = node.inputsAt(i)
-            if v.node().kind() == "prim::Constant":
-                return int(v.toIValue())
-    return 1

@@ -7,7 +7,11 @@ slicing (an allow-list: any other operation may have moved the axes). A reductio
 along axes (``aten::mean``, ``aten::softmax``, ``F.softmax``; :data:`._ops.REDUCE` and
 :data:`._ops.ALONG`) of a canonical tensor whose axes are constants is judged here: over the batch
 or channel axis it is local (a final softmax over the classes, a CBAM channel mean), over a spatial
-axis global. Everything else that may combine positions stays for the gradient probe.
+axis global. Everything else that may combine positions stays for the gradient probe, and so do
+operators the walk does not know (:func:`unknown_operator`: an FFT, a gather). Slices of a fixed
+length of a spatial axis are global (:func:`fixed_length`), as in the torch.fx walk.
+
+Also here: the (spatial ndim, input channels) of a compiled convolution (:func:`script_signature`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 
+from ._layers import SCRIPT_KINDS
 from ._ops import ALONG, NORM, POINTWISE, REDUCE, category, normalise
 
 #: TorchScript operators and functions of the layers the walk applies
@@ -41,7 +46,7 @@ _KEEP = frozenset("cat concat concatenate slice narrow pad constant_pad_nd refle
                   "where masked_fill clamp clamp_min clamp_max hardtanh maximum minimum".split())
 
 
-def _keeps_axes(name: str) -> bool:
+def keeps_axes(name: str) -> bool:
     base = name[:-1] if name.endswith("_") else name
     return base in POINTWISE or base in _KEEP or base in NORM or name in POINTWISE
 
@@ -105,12 +110,32 @@ def judge(name: str, args: dict, canonical: bool, nd: int):
     return ("global" if any(a >= 2 for a in axes) else None), axes
 
 
+def unknown_operator(name: str, node) -> bool:
+    """Whether an operator or function returning a tensor is none the walk knows (an FFT, a gather):
+    it may combine positions, the probe decides."""
+    base = normalise(name[:-1] if name.endswith("_") and not name.endswith("__") else name)
+    return category(base) == "unknown" and not keeps_axes(base) and base != "select" \
+        and any(v.type().kind() == "TensorType" for v in node.outputs())
+
+
+def fixed_length(start, end) -> bool:
+    """Whether constant slice bounds keep a fixed number of positions whatever the axis' length (both
+    counted from the same end; an open end, None or a traced graph's 2**63 - 1, is not counted)."""
+    if start is UNKNOWN or end is UNKNOWN or not isinstance(start, (int, type(None))) \
+            or not isinstance(end, (int, type(None))):
+        return False
+    start = start or 0
+    if end is None or end >= 1 << 62:
+        return start < 0
+    return (start < 0) == (end < 0)
+
+
 def keeps_canonical(name: str, keepdim) -> bool:
     """Whether the result of operation ``name`` of a canonical tensor is canonical."""
     name = normalise(name)
     if category(name) == "reduce":
         return keepdim is True
-    return category(name) == "along" or _keeps_axes(name)
+    return category(name) == "along" or keeps_axes(name)
 
 
 def canon(objs, v) -> bool:
@@ -200,3 +225,43 @@ def _constant_of(v):
         return v.toIValue()
     except Exception:  # noqa: BLE001 - a constant of a type without a python value
         return None
+
+
+def script_kind(mod):
+    """(layer kind or None) of a TorchScript module, from the eager class it was compiled from."""
+    return SCRIPT_KINDS.get(getattr(mod, "original_name", None))
+
+
+def script_signature(mod) -> tuple[int | None, int | None]:
+    """(spatial ndim, input channels) of a TorchScript module compiled from a 2-D or 3-D
+    convolution (by ``original_name``; traced ones from their weight), else (None, None)."""
+    kind = script_kind(mod)
+    name = getattr(mod, "original_name", "")
+    if kind not in ("conv", "convt") or name[-2:] not in ("2d", "3d"):
+        return None, None
+    nd = int(name[-2])
+    if hasattr(mod, "in_channels"):
+        return nd, int(mod.in_channels)
+    weight = getattr(mod, "weight", None)
+    if weight is None:
+        return None, None
+    if kind == "convt":
+        return nd, int(weight.shape[0])
+    return nd, int(weight.shape[1]) * _traced_groups(mod)
+
+
+def _traced_groups(mod) -> int:
+    """``groups`` of a traced convolution (the constant argument of its operator), 1 if not found
+    (also for a traced layer without a forward method: one the trace never called)."""
+    try:
+        graph = mod.graph
+    except RuntimeError:
+        return 1
+    for node in graph.nodes():
+        m = CONV.match(node.kind())
+        if m:
+            i = 8 if m.group(1) in ("_convolution", "convolution") else 6
+            v = node.inputsAt(i)
+            if v.node().kind() == "prim::Constant":
+                return int(v.toIValue())
+    return 1
