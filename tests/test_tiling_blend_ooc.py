@@ -16,6 +16,7 @@ from xmodal.inference import predict_tiled  # noqa: E402
 from xmodal.inference._grid import BlockSweep, blend_order, blend_weights, make_tiles  # noqa: E402
 from xmodal.inference._plan import plan_prediction, read_window  # noqa: E402
 from xmodal.inference._run import run_local  # noqa: E402
+from test_tiling_ooc import Crashing  # noqa: E402  (the same injected failure as crop mode)
 
 nn = torch.nn
 
@@ -31,20 +32,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.c2(torch.tanh(self.c1(x)))
-
-
-class Crashing(nn.Module):
-    """Wraps a network and raises on its n-th forward pass (counting every call)."""
-
-    def __init__(self, inner, fail_at=None):
-        super().__init__()
-        self.inner, self.fail_at, self.calls = inner, fail_at, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_at is not None and self.calls == self.fail_at:
-            raise RuntimeError("injected failure")
-        return self.inner(x)
 
 
 @pytest.fixture(scope="module")
