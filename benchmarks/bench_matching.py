@@ -8,6 +8,9 @@ P
     Gaussian localisation noise per axis, 8 % of the nuclei removed; seed 2024. Candidate graph:
     radius 8 µm ∪ 30 nearest neighbours both ways. Solved one-to-one, partial, as a cover, and as a
     cover with ``max_per_target`` = 2 and 3 (the capacitated cover; plus a dense 200 x 180 case).
+Exact fill
+    The capacitated cover's hard case: 2n points crowded around n random targets, 20-NN graph,
+    ``max_per_target`` = 2 (every target takes exactly 2), n = 10,000 and 20,000.
 100k
     100,000 random 2D points (uniform in a 1000 x 1000 square) against 90,000 of them moved by
     N(0, 1) per axis plus 10,000 uniform outliers; seed 7; k = 8 both ways; unmatched cost 5
@@ -357,6 +360,61 @@ def test_cover_capacity_small(benchmark):
             "equal_cost_highs": abs(hi.cost - res.cost) <= 1e-9 * abs(res.cost)}
     benchmark.extra_info.update(info)
     assert res.info["capacity_binding"] and info["equal_cost_highs"]
+
+
+def exact_fill_graph(n_small: int, seed: int = 1) -> sp.csr_matrix:
+    """The adversarial exact fill (as ``_slow_cover_graph`` in tests/test_matching_audit.py): 2 n_small
+    points around targets drawn at random (some get none, some several; N(0, 10) offsets, targets
+    uniform at a spacing of about 14), 20-NN graph. With max_per_target = 2 every target takes
+    exactly 2: about half of the points leave their nearest target, some of them far."""
+    rng = np.random.default_rng(seed)
+    b = rng.uniform(0, 1000 * np.sqrt(n_small / 5000), (n_small, 2))
+    a = b[rng.integers(0, n_small, 2 * n_small)] + rng.normal(0, 10, (2 * n_small, 2))
+    return xmodal.knn_graph(a, b, k=20)
+
+
+@pytest.mark.parametrize("n_small", [10_000, 20_000])
+def test_cover_capacity_exact_fill(benchmark, n_small):
+    """Capacitated cover far from the uncapacitated optimum (exact fill, K = 2): the warm-started
+    repairs run long, so the solver takes its cost-scaling route (docs/matching.md). The plain
+    route (repairs only, ``_core.cover_assignment(..., scaling=0)``) is timed once beside it; peers:
+    OR-tools min-cost flow (integer costs in 1/1000), HiGHS LP (10,000 only, once: 1-2 minutes)."""
+    from xmodal import _core
+
+    n = n_small // 10 if QUICK else n_small
+    g = exact_fill_graph(n)
+
+    def solve():
+        return xmodal.cover_assignment(g, max_per_target=2)
+
+    res = benchmark.pedantic(solve, rounds=3, warmup_rounds=1)
+    t_x = xmodal_time(benchmark)
+    gs = g.copy()
+    gs.sort_indices()
+    args = (gs.shape[0], gs.shape[1], gs.indptr.astype(np.int64), gs.indices.astype(np.int32), gs.data)
+    t_p, plain = best_time(lambda: _core.cover_assignment(*args, 2, scaling=0), repeat=1)
+    cost_p = float(np.asarray(gs[np.arange(gs.shape[0]), np.array(plain["col_of_row"], np.int64)]).ravel().sum())
+    info = {"n_small": n, "max_per_target": 2, "cost": res.cost, "pairs": int(g.nnz), "cpu_s": cpu_seconds(solve),
+            "over_capacity": res.info["over_capacity"], "scaling_phases": res.info["scaling_phases"],
+            "searches": res.searches, "plain_route_s": t_p, "ratio_vs_plain_route": t_p / t_x,
+            "equal_cost_plain_route": abs(cost_p - res.cost) <= 1e-12 * abs(res.cost)}
+    icost = np.rint(g.tocoo().data * 1000.0).astype(np.int64)
+    ri = xmodal.cover_assignment(sp.csr_matrix((icost.astype(float), g.indices, g.indptr), shape=g.shape),
+                                 max_per_target=2)
+    ort = run_ortools("cover", g, icost, cap=2, timeout=900)
+    if ort and "time_s" in ort:
+        info.update({"ortools_mincostflow_s": ort["time_s"], "ratio_vs_ortools": ort["time_s"] / t_x,
+                     "ortools_cost_int": ort["cost"], "xmodal_cost_int": ri.cost,
+                     "equal_cost_ortools": ort["cost"] == int(round(ri.cost))})
+    else:
+        peer_not_measured(benchmark, "ortools", ort.get("error"))
+    if n <= 10_000:
+        t_h, hi = best_time(lambda: xmodal.cover_assignment(g, max_per_target=2, solver="highs"), repeat=1)
+        info.update({"highs_lp_s": t_h, "ratio_vs_highs": t_h / t_x, "highs_cost": hi.cost,
+                     "equal_cost_highs": abs(hi.cost - res.cost) <= 1e-9 * abs(res.cost)})
+    benchmark.extra_info.update(info)
+    assert res.info["scaling_phases"] > 0 and info["equal_cost_plain_route"]
+    assert info.get("equal_cost_highs", True) and info.get("equal_cost_ortools", True)
 
 
 def test_100k_graph_and_partial(benchmark):

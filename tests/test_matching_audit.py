@@ -106,8 +106,8 @@ def test_unmatched_cost_beyond_float_range_is_named(call):
 def _slow_cover_graph(n_small=4000, seed=1):
     """A capacitated cover far from the uncapacitated optimum: twice as many points as targets, each
     target taking exactly 2 with max_per_target=2, while the points crowd around a random half of
-    the targets. Thousands of repairs with long paths: the slowest path of the flow solver (about
-    0.3 s here; the same code builds the Ctrl-C case below)."""
+    the targets. The repairs' searches exceed their budget and the cost-scaling route takes over
+    (about 0.1 s here at n_small 4000; the same code builds the Ctrl-C case below, 40000)."""
     rng = np.random.default_rng(seed)
     b = rng.uniform(0, 1000 * np.sqrt(n_small / 5000), (n_small, 2))
     a = b[rng.integers(0, n_small, 2 * n_small)] + rng.normal(0, 10, (2 * n_small, 2))
@@ -146,11 +146,11 @@ def test_ctrl_c_stops_a_long_cover_and_leaves_the_solver_usable():
         import numpy as np, xmodal
         signal.signal(signal.SIGINT, signal.default_int_handler)
         rng = np.random.default_rng(1)
-        n = 20000   # as _slow_cover_graph(20000): the repairs take about 10 s uninterrupted
+        n = 40000   # as _slow_cover_graph(40000): about 4 s uninterrupted (cost scaling, then repairs)
         b = rng.uniform(0, 1000 * np.sqrt(n / 5000), (n, 2))
         a = b[rng.integers(0, n, 2 * n)] + rng.normal(0, 10, (2 * n, 2))
         g = xmodal.knn_graph(a, b, k=20)
-        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         t0 = time.perf_counter()
         try:
             xmodal.cover_assignment(g, max_per_target=2)   # several seconds uninterrupted

@@ -35,6 +35,7 @@ py::dict to_dict(xmodal::AssignmentOutput&& o) {
     d["warm_matched"] = o.warm_matched;
     d["scanned"] = o.scanned;
     d["over_capacity"] = o.over_capacity;
+    d["scaling_phases"] = o.scaling_phases;
     d["failed_row"] = o.failed_row;
     d["hall_rows"] = to_numpy(std::move(o.hall_rows));
     d["hall_cols"] = to_numpy(std::move(o.hall_cols));
@@ -74,22 +75,24 @@ void register_assignment(py::module_& m) {
     m.def(
         "cover_assignment",
         [](std::int64_t n_rows, std::int64_t n_cols, carray<std::int64_t> indptr, carray<std::int32_t> indices,
-           carray<double> cost, std::int64_t max_per_target, bool warm_start) {
+           carray<double> cost, std::int64_t max_per_target, bool warm_start, int scaling) {
             const xmodal::CsrRef g = csr_ref(n_rows, n_cols, indptr, indices, cost);
             xmodal::AssignmentOutput o;
             {
                 py::gil_scoped_release release;
                 o = max_per_target <= 0 ? xmodal::cover_assignment(g)
-                                        : xmodal::cover_assignment_capacity(g, max_per_target, warm_start);
+                                        : xmodal::cover_assignment_capacity(g, max_per_target, warm_start, scaling);
             }
             return to_dict(std::move(o));
         },
         py::arg("n_rows"), py::arg("n_cols"), py::arg("indptr"), py::arg("indices"), py::arg("cost"),
-        py::arg("max_per_target") = 0, py::arg("warm_start") = true,
+        py::arg("max_per_target") = 0, py::arg("warm_start") = true, py::arg("scaling") = -1,
         "Exact cover (many-to-one) assignment; max_per_target <= 0: unlimited. col_of_row is indexed by the "
         "larger side and holds the smaller-side partner. With max_per_target, over_capacity counts the units "
         "above it in the uncapacitated optimum (0: not binding; -1: not measured); warm_start=False starts the "
-        "flow solver from every point on its cheapest partner instead of that optimum (a reference for tests).");
+        "flow solver from every point on its cheapest partner instead of that optimum (a reference for tests). "
+        "scaling: -1 (default) takes the cost-scaling route when the repairs run long, 0 never, 1 at once (tests); "
+        "scaling_phases: its phases when it gave the result (negative: given up).");
 }
 
 }  // namespace xmodal::bind

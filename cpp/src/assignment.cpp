@@ -8,12 +8,19 @@
 #include <string>
 #include <utility>
 
+#include "cover_scaling.hpp"
 #include "xmodal/common.hpp"
 
 namespace xmodal {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// The cost-scaling route of the capacitated cover (priced_cover): rounded costs in [0, 2^kScalingBits],
+// at most kScalingWork * (pairs + points) arc scans; taken when the repairs have finalised more than
+// kRepairScans * (points) nodes.
+constexpr int kScalingBits = 20;
+constexpr std::int64_t kScalingWork = 512;
+constexpr std::int64_t kRepairScans = 4;
 using HeapItem = std::pair<double, std::int32_t>;  // (distance, node); min-heap on (d, index)
 
 }  // namespace
@@ -515,9 +522,12 @@ public:
           fh_(static_cast<std::size_t>(ns), 0), pot_(static_cast<std::size_t>(nl + ns + 1), 0.0),
           dist_(pot_.size(), kInf), predc_(pot_.size(), 0.0), pred_(pot_.size(), -1), mark_(pot_.size(), 0) {}
 
-    // partner[l] in [0, ns) for every l; pot_l / pot_s: potentials of l and s (H gets 0).
+    // partner[l] in [0, ns) for every l; pot_l / pot_s / pot_h: potentials of l, s and H. The s -> H
+    // flows: f_s = min(load_s - 1, K - 1) clipped at 0, or, with by_price, K - 1 where
+    // pot_s < pot_h and 0 where pot_s > pot_h (the clipped load on ties), so that the arcs between
+    // s and H are non-negative for any potentials (s may then have a deficit and H an excess).
     void start_from(const std::vector<std::int32_t>& partner, const std::vector<double>& pot_l,
-                    const std::vector<double>& pot_s) {
+                    const std::vector<double>& pot_s, double pot_h = 0.0, bool by_price = false) {
         for (std::int32_t l = 0; l < nl_; ++l) {
             const std::int32_t s = partner[l];
             double c = kInf;  // the cheapest stored entry of the pair (entries are unique from Python)
@@ -530,20 +540,29 @@ public:
         eh_ = -(static_cast<std::int64_t>(nl_) - ns_);
         for (std::int32_t s = 0; s < ns_; ++s) {
             fh_[s] = std::max<std::int64_t>(0, std::min<std::int64_t>(load_[s] - 1, cap_ - 1));
+            if (by_price && pot_s[s] < pot_h) fh_[s] = cap_ - 1;
+            if (by_price && pot_s[s] > pot_h) fh_[s] = 0;
             eh_ += fh_[s];
             pot_[nl_ + s] = pot_s[s];
         }
-        pot_[hub_] = 0.0;
+        pot_[hub_] = pot_h;
     }
 
-    // Remove every excess; false (with a witness in out) when the problem is infeasible.
-    bool run(AssignmentOutput& out) {
+    // Remove every excess: 1; 0 when the problem is infeasible (a witness in out); -1 as soon as the
+    // searches have finalised more than max_scanned nodes in all (max_scanned < 0: no limit).
+    int run(AssignmentOutput& out, std::int64_t max_scanned = -1) {
+        const std::int64_t stop =
+            max_scanned < 0 ? std::numeric_limits<std::int64_t>::max() : out.scanned + max_scanned;
         for (std::int32_t s = 0; s < ns_; ++s)
-            while (excess_s(s) > 0)
-                if (!search(nl_ + s, out)) return false;
-        while (eh_ > 0)
-            if (!search(hub_, out)) return false;
-        return true;
+            while (excess_s(s) > 0) {
+                if (!search(nl_ + s, out)) return 0;
+                if (out.scanned > stop) return -1;
+            }
+        while (eh_ > 0) {
+            if (!search(hub_, out)) return 0;
+            if (out.scanned > stop) return -1;
+        }
+        return 1;
     }
 
     const std::vector<std::int32_t>& partners() const { return assign_; }
@@ -704,6 +723,62 @@ AssignmentOutput cover_assignment(const CsrRef& g) {
     return cover_uncapacitated(g, nullptr);
 }
 
+namespace {
+
+// The cost-scaling route (cover_scaling.cpp): prices of s and H from push-relabel on the rounded
+// costs, then the exact solver started from every l on its best s under those prices (largest
+// p_s - c_ls, lowest index on ties) with p(l) = that value, which makes every arc out of l
+// non-negative and the one in use zero, and the s -> H flows set by price (start_from): only the
+// points that the rounding left unbalanced need repairs. false (out's counters updated, nothing
+// else) when the prices are unusable or a search fails: the caller then takes the warm-started
+// route, which also names the witness of an infeasible problem.
+bool priced_cover(const Csr& ls, std::int64_t nl, std::int64_t ns, std::int64_t cap, AssignmentOutput& out) {
+    const std::int64_t nnz = ls.indptr[static_cast<std::size_t>(nl)];
+    detail::CoverPrices pr;
+    const bool ok = detail::cover_scaling_prices(nl, ns, ls.indptr.data(), ls.indices.data(), ls.cost.data(), cap,
+                                                 kScalingBits, kScalingWork * (nnz + nl + ns) + (1 << 20), pr);
+    out.scaling_phases = -pr.phases;  // made positive when the route succeeds
+    if (!ok) return false;
+    std::vector<std::int32_t> partner(static_cast<std::size_t>(nl), -1);
+    std::vector<double> pot_l(static_cast<std::size_t>(nl), 0.0);
+    for (std::int64_t l = 0; l < nl; ++l) {
+        double best = -kInf;
+        for (std::int64_t e = ls.indptr[l]; e < ls.indptr[l + 1]; ++e) {
+            const std::int32_t x = ls.indices[e];
+            const double v = pr.pot_s[x] - ls.cost[e];
+            if (v > best || (v == best && x < partner[l])) {
+                best = v;
+                partner[l] = x;
+            }
+        }
+        pot_l[l] = best;
+    }
+    CapacitatedCover flow(ls, nl, ns, cap);
+    flow.start_from(partner, pot_l, pr.pot_s, pr.pot_h, true);
+    if (flow.run(out) != 1) {
+        out.failed_row = -1;
+        out.hall_rows.clear();
+        out.hall_cols.clear();
+        return false;
+    }
+    out.col_of_row = flow.partners();
+    out.scaling_phases = pr.phases;
+    return true;
+}
+
+// Successive shortest paths from `partner` with the potentials `dual` (CapacitatedCover::run's
+// result: 1 solved, partners in out; 0 infeasible, witness in out; -1 over max_scanned).
+int repair(const Csr& ls, std::int64_t nl, std::int64_t ns, std::int64_t cap, const std::vector<std::int32_t>& partner,
+           const CoverDual& dual, AssignmentOutput& out, std::int64_t max_scanned) {
+    CapacitatedCover flow(ls, nl, ns, cap);
+    flow.start_from(partner, dual.pot_l, dual.pot_s);
+    const int r = flow.run(out, max_scanned);
+    if (r == 1) out.col_of_row = flow.partners();
+    return r;
+}
+
+}  // namespace
+
 // Warm start (see CapacitatedCover): the uncapacitated optimum, which covers every s. Flow: each l
 // on its partner there, f_s = min(load_s - 1, K - 1). Excess: load_s - K at the overloaded s;
 // deficit: their sum at H; no other imbalance. Potentials from the dual of the reduced matching
@@ -721,7 +796,8 @@ AssignmentOutput cover_assignment(const CsrRef& g) {
 // The arcs into H and out of it exist only in these two cases, so all are >= 0: the invariant holds
 // from the start, and only the overloaded points are repaired, usually by a few short paths
 // (s -> l -> s' -> H, where s' has room).
-AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start) {
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start,
+                                           int scaling) {
     check_csr(g, "cover_assignment");
     require(max_per_target >= 1, "cover_assignment: max_per_target must be >= 1");
     if (g.n_rows == 0 || g.n_cols == 0) return {};
@@ -774,6 +850,7 @@ AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per
         partner = std::move(free.col_of_row);
     }
     const Csr ls = oriented(g, rows_larger);
+    if (warm_start && scaling > 0 && priced_cover(ls, nl, ns, cap, out)) return out;
     if (!warm_start) {
         // The reference start: every l on its cheapest partner (lowest index on ties), p(l) = -m_l,
         // p(s) = p(H) = 0. Reduced costs: c_ls - m_l >= 0 on unused pairs, 0 on the used ones
@@ -797,10 +874,13 @@ AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per
         if (out.failed_row == -2) return out;
         out.over_capacity = -1;  // not measured
     }
-    CapacitatedCover flow(ls, nl, ns, cap);
-    flow.start_from(partner, dual.pot_l, dual.pot_s);
-    if (!flow.run(out)) return out;
-    out.col_of_row = flow.partners();
+    // The repairs; by default (scaling < 0) within a budget, past which the paths are long (the
+    // uncapacitated optimum is far from the capacity): then the cost-scaling route, and if that
+    // fails, the repairs again without a budget.
+    const bool budget = warm_start && scaling < 0;
+    const int done = repair(ls, nl, ns, cap, partner, dual, out, budget ? kRepairScans * (nl + ns) : -1);
+    if (done >= 0 || priced_cover(ls, nl, ns, cap, out)) return out;
+    repair(ls, nl, ns, cap, partner, dual, out, -1);
     return out;
 }
 

@@ -39,6 +39,9 @@ struct AssignmentOutput {
     // Capacitated cover: units above max_per_target in the uncapacitated optimum (0: the capacity
     // does not bind and that optimum is returned; -1: not measured).
     std::int64_t over_capacity = 0;
+    // Capacitated cover: phases of the cost-scaling route when it gave the result (0: not taken;
+    // negative: taken and given up, the result comes from the repairs).
+    std::int64_t scaling_phases = 0;
     // Infeasible problems: failed_row >= 0 and hall_rows / hall_cols hold a Hall violator:
     // |hall_rows| = |hall_cols| + 1 and every edge of hall_rows ends in hall_cols.
     std::int32_t failed_row = -1;
@@ -83,9 +86,15 @@ AssignmentOutput cover_assignment(const CsrRef& g);
 // n_large - n_small), warm-started from the uncapacitated optimum and the potentials of its dual:
 // only the overloaded points are repaired. warm_start = false starts from every larger-side point
 // on its cheapest partner instead (a reference path for tests; also used to find the witness when
-// no cover exists). A failed search leaves failed_row >= 0, hall_rows = larger-side points B,
+// no cover exists). When the repairs run long (more than 4 (n_large + n_small) nodes finalised: the
+// uncapacitated optimum is far from the capacity, e.g. an exact fill K * n_small = n_large with
+// the points crowded on some targets), they stop, and an epsilon-scaling push-relabel on the costs
+// rounded to 20 bits gives prices from which the same exact repairs start (cover_scaling.cpp);
+// scaling = 0 never takes that route, 1 takes it at once (tests), -1 (default) as described. A
+// failed search leaves failed_row >= 0, hall_rows = larger-side points B,
 // hall_cols = smaller-side points S: every pair of B lies in S and
 // |B| > min(max_per_target * |S|, |S| + n_large - n_small).
-AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start = true);
+AssignmentOutput cover_assignment_capacity(const CsrRef& g, std::int64_t max_per_target, bool warm_start = true,
+                                           int scaling = -1);
 
 }  // namespace xmodal

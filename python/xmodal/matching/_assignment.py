@@ -305,7 +305,9 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
         side on reduced costs), solved by successive shortest paths; with it, the same cover first,
         then exact shortest-path repairs of the points over the capacity on a flow network, with
         potentials from that cover's dual (``info["over_capacity"]`` units; none when the capacity
-        does not bind). ``"highs"``: the LP (integral for this constraint matrix).
+        does not bind); when those repairs run long, the same exact repairs restart from the prices
+        of a cost-scaling pass (``info["scaling_phases"]`` > 0). ``"highs"``: the LP (integral for
+        this constraint matrix).
 
     Returns
     -------
@@ -383,6 +385,7 @@ def cover_assignment(cost: Any, *, max_per_target: int | None = None, solver: st
     if cap is not None:
         info["capacity_binding"] = bool(out["over_capacity"] > 0)
         info["over_capacity"] = int(out["over_capacity"])
+        info["scaling_phases"] = max(int(out["scaling_phases"]), 0)
     return _finish(c, rows, cols, sign=1.0, unmatched_cost=None, problem="cover", solver="native", t0=t0,
                    searches=out["searches"], info=info)
 
