@@ -79,6 +79,18 @@ def test_blocks_equal_in_core_blending(tmp_path, net, image, blend):
     assert not (tmp_path / "p.zarr" / "0.xmodal-progress").exists()  # block markers removed when complete
 
 
+def test_blended_zarr_chunks_need_not_divide_the_tile(tmp_path, net, image):
+    """Crop mode writes whole tiles, so its tiles must be multiples of out's chunks; blended mode
+    writes blocks made of whole chunks, so any chunks do (here 7 x 11 against tiles of 48)."""
+    ref = in_core(net, image, (48, 48), 6, "linear")
+    out = xio.create_array(tmp_path / "o.zarr", (2, 100, 150), np.float32, chunks=(1, 7, 11))
+    z = predict_tiled(net, image, tile_shape=(48, 48), halo=6, blend="linear", out=out, progress=False)
+    assert np.array_equal(z[:], ref) and xio.output_status(out)["complete"]
+    crop = xio.create_array(tmp_path / "c.zarr", (2, 100, 150), np.float32, chunks=(1, 7, 11))
+    with pytest.raises(ValueError, match=r"tile_shape: tiles must be whole multiples of out's chunks"):
+        predict_tiled(net, image, tile_shape=(48, 48), halo=6, blend="crop", out=crop, progress=False)
+
+
 def test_sweep_along_the_longest_axis_3d(tmp_path):
     """More tiles along x: the sweep runs along x (other sums order than raster: float32 rounding)."""
     torch.manual_seed(1)

@@ -190,8 +190,8 @@ def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device
     _warn_per_window_statistics(model)
     normalizer = _normalizer_option(normalize)
     out_ch, cost = _probe(runner, model, factor, shape, in_ch, measure_cost=tile_shape is None)
-    tile = _choose_tile(model, tile_shape, shape=shape, factor=factor, halo=halo_v, in_ch=in_ch,
-                        out_chunks=out_chunks, device=runner.device, cost=cost)
+    tile = _choose_tile(model, tile_shape, shape=shape, factor=factor, halo=halo_v, in_ch=in_ch,  # blended: any chunks
+                        out_chunks=out_chunks if blend == "crop" else None, device=runner.device, cost=cost)
     if normalize == "quantile":  # the expensive pass over the image, after every cheap check
         normalizer = quantile_normalizer(image, channel_axis=caxis)
     target, out_kind, existed = _make_target(out, (out_ch,) + shape, tile, image=image, model=model, halo=halo_v,

@@ -90,8 +90,9 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
     out : None, numpy array, zarr array or path
         Where to write ``(C_out, *spatial)``. ``None``: a new float32 numpy array. A path: a new
         OME-Zarr (NGFF 0.5) image with provenance attributes, chunks dividing the tile (reopened
-        when it exists with the same layout, so an interrupted run resumes). A zarr array's chunks
-        must divide the tile (chunk-aligned writes: parallel writers never share a chunk). A given
+        when it exists with the same layout, so an interrupted run resumes). With ``blend="crop"`` a
+        zarr array's chunks must divide the tile (chunk-aligned writes: parallel writers never share
+        a chunk); blended modes take any chunks (they write blocks of whole chunks). A given
         array must have a floating dtype (an integer one would truncate the prediction). A path
         that is an existing file, or a non-empty folder that is not a zarr store, is refused, and
         so is an ``out`` that holds the image (shared memory, the same zarr array, or the OME-Zarr
