@@ -31,6 +31,8 @@ class PointSet:
     sizes : (n,) voxel counts for points taken from label images, else None
     spacing : per-axis scale applied to the coordinates (the ``spacing`` given, or the voxel size an
         OME-Zarr or TIFF label image declares), else None
+    units : NGFF name of the length unit of ``points`` (e.g. "micrometer") when a label image's
+        metadata declares it (no ``spacing`` given), else None (unknown: the caller's units)
     """
 
     points: np.ndarray
@@ -38,6 +40,7 @@ class PointSet:
     source: str
     sizes: np.ndarray | None = None
     spacing: tuple | None = None
+    units: str | None = None
 
 
 def _scaled(points: np.ndarray, spacing) -> np.ndarray:
@@ -143,7 +146,7 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
     multiplies them when given); .npy/.tif/.zarr is a label image whose object centroids are taken
     (``spacing`` = voxel size; without it, the voxel size an OME-Zarr image declares in its
     ``multiscales`` metadata or a TIFF in its OME-TIFF / ImageJ metadata, else 1:
-    ``PointSet.spacing`` says which). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
+    ``PointSet.spacing`` says which, and ``PointSet.units`` the unit the metadata names). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
     label image; any other 2-D array is a point array.
     """
     if isinstance(x, PointSet):
@@ -155,10 +158,11 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
             return _points_from_table(path, id_column=id_column, columns=columns, spacing=spacing)
         if suffix in IMAGE_SUFFIXES or path.is_dir():
             image = read_image(path)
+            units = None
             if spacing is None:
-                spacing = declared_scale(path, len(image.shape))[0]
+                spacing, units = declared_scale(path, len(image.shape))
             ps = label_centroids(image, spacing)
-            ps.source = str(path)
+            ps.source, ps.units = str(path), units
             return ps
         raise ValueError(f"{name}: cannot tell the kind of {path}: expected a table (.csv, .tsv, .parquet) "
                          "or a label image (.npy, .tif, .zarr)")

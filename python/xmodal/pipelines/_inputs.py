@@ -1,13 +1,19 @@
 """The readers of the pipelines' inputs live in :mod:`xmodal.io` (``read_image``, ``read_table``,
 ``load_points``, ``PointSet``); this module keeps their old import path working, and reads a raw
-image with the voxel size it declares (:func:`read_raw`: OME-Zarr or TIFF metadata)."""
+image with the voxel size it declares (:func:`read_raw`: OME-Zarr or TIFF metadata), and puts two
+cell sets into one length unit (:func:`in_fixed_units`)."""
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 from .._validation import as_spacing
 from ..io._files import numeric_column, read_image, read_table
 from ..io._ome import declared_scale
 from ..io._points import PointSet, label_centroids, load_points
+from ..io._units import convert_length
+
+log = logging.getLogger("xmodal.pipelines")
 
 __all__ = ["PointSet", "label_centroids", "load_points", "numeric_column", "read_image", "read_raw", "read_table"]
 
@@ -28,3 +34,18 @@ def read_raw(raw, spacing):
     if spacing is not None and len(image.shape) in (2, 3):
         spacing = tuple(float(v) for v in as_spacing(spacing, len(image.shape)))
     return image, spacing, units
+
+
+def in_fixed_units(fset, mset):
+    """``(moving cells, units)``: when both cell sets declare a length unit (label images whose
+    metadata names one, :attr:`xmodal.io.PointSet.units`) and the units differ, the moving cells
+    (points and spacing) converted into the fixed cells' unit, e.g. EM centroids in nanometres onto
+    light-microscopy ones in micrometres; ``units``: the fixed cells' unit (the unit of every
+    output), None when they declare none."""
+    fu, mu = fset.units, mset.units
+    if fu is None or mu is None or fu == mu:
+        return mset, fu
+    factor = convert_length([1.0], mu, fu)[0]
+    log.info("register_cells: moving cells converted from %s to the fixed cells' %s (x %g)", mu, fu, factor)
+    spacing = None if mset.spacing is None else tuple(float(v) * factor for v in mset.spacing)
+    return replace(mset, points=mset.points * factor, spacing=spacing, units=fu), fu

@@ -30,6 +30,7 @@ from .._validation import as_bool, choice, positive_float, positive_int
 from ..io import load_points
 from ..registration.transforms import CompositeTransform
 from ._auto_steps import refine_step, select_step
+from ._inputs import in_fixed_units
 from ._register_steps import (
     Images,
     OutputFolder,
@@ -167,7 +168,10 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
         One-to-one with an unmatched cost (partial matching), or the thesis' cover assignment (every
         point of the larger set matched exactly once, every point of the smaller at least once).
     spacing, fixed_spacing, moving_spacing : scalar or sequence, optional
-        Voxel size (label images) or coordinate scale (tables, arrays); ``spacing`` sets both.
+        Voxel size (label images) or coordinate scale (tables, arrays); ``spacing`` sets both. Without
+        them a label image's declared voxel size is used, and when both declare length units that
+        differ (EM in nm, LM in µm) the moving cells are converted into the fixed cells' unit, the
+        unit of every output (``parameters["units"]``, None when undeclared).
     id_column : str, optional
         Column of the tables holding the cell ids.
     prealign : bool or {"all", "flips"}
@@ -281,7 +285,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
     moving_spacing = spacing if moving_spacing is None else moving_spacing
     with _timed(timings, "load"):
-        fset, mset, fixed_spacing, moving_spacing = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
+        fset, mset, fixed_spacing, moving_spacing, units = _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column)
     fix, mov = fset.points, mset.points
     reviewed = _reviewed(reviewed, matching, len(mov), len(fix))
     feats = check_feature_options(fixed_features, moving_features, feature_weight, len(fix), len(mov))
@@ -322,7 +326,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
                         k=k, radius=radius, unmatched_cost=unmatched_cost, seed=seed, fixed=fset.source,
                         reviewed=None if reviewed is None else {k: len(v) for k, v in vars(reviewed).items()},
                         moving=mset.source, fixed_spacing=_per_axis_list(fixed_spacing, fix.shape[1]),
-                        moving_spacing=_per_axis_list(moving_spacing, fix.shape[1])))
+                        moving_spacing=_per_axis_list(moving_spacing, fix.shape[1]), units=units))
     if errors:
         with _timed(timings, "errors"):
             add_error_estimates(result)
@@ -388,11 +392,12 @@ def _check_options(*, transform, matching, prealign, unmatched_cost, intensity_p
 
 
 def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
-    """Both cell sets as :class:`~xmodal.io.PointSet` (physical units), of one dimension, with enough
-    cells for a registration in that dimension, and the two spacings (a spacing None: the voxel size
-    an OME-Zarr label image declares, if any)."""
+    """Both cell sets as :class:`~xmodal.io.PointSet` (physical units; the moving cells in the fixed
+    cells' length unit when both declare one), of one dimension, with enough cells for a registration
+    in that dimension, the two spacings (a spacing None: the voxel size an OME-Zarr label image
+    declares, if any) and the unit of the outputs (:func:`._inputs.in_fixed_units`)."""
     fset = load_points(fixed, spacing=fixed_spacing, id_column=id_column, name="fixed")
-    mset = load_points(moving, spacing=moving_spacing, id_column=id_column, name="moving")
+    mset, units = in_fixed_units(fset, load_points(moving, spacing=moving_spacing, id_column=id_column, name="moving"))
     fix, mov = fset.points, mset.points
     if fix.shape[1] != mov.shape[1]:
         raise ValueError(f"fixed, moving: expected points of the same dimension, got {fix.shape[1]}D and "
@@ -402,7 +407,7 @@ def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
         if len(p) < d + 1:
             raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
     return (fset, mset, fset.spacing if fixed_spacing is None else fixed_spacing,
-            mset.spacing if moving_spacing is None else moving_spacing)
+            mset.spacing if moving_spacing is None else moving_spacing, units)
 
 
 def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
