@@ -42,6 +42,8 @@ def test_moving_cells_in_nanometres_are_converted_to_micrometres(tmp_path):
     assert len(res.fixed_index) == 40 and np.array_equal(res.fixed_ids, res.moving_ids)
     assert res.distances.max() < 1e-3  # micrometres
     assert np.allclose(res.parameters["moving_spacing"], [0.5, 0.2, 0.2])
+    report = (tmp_path / "reg" / "report.html").read_text()
+    assert "median pair distance (micrometer)" in report and "input units" not in report
     napari_reader = pytest.importorskip("xmodal.napari._reader")
     if napari_reader._napari_takes_units():
         assert napari_reader.registration_units(tmp_path / "reg", 3) == ("micrometer",) * 3
@@ -58,3 +60,11 @@ def test_same_or_undeclared_units_are_left_as_they_are(tmp_path):
     # an explicit spacing wins and has no unit: nothing converted
     res = register_cells(a, a, moving_spacing=(0.5, 0.2, 0.2), transform="rigid", errors=False)
     assert res.parameters["units"] == "micrometer" and res.distances.max() < 1e-3
+
+
+def test_report_names_the_unit_only_when_declared(tmp_path):
+    lab = _labels(seed=5)
+    pts = load_points(_write(tmp_path / "a.ome.zarr", lab, (0.5, 0.2, 0.2), "micrometer")).points
+    register_cells(pts, pts + 1.0, transform="rigid", errors=False, out=tmp_path / "arrays")
+    report = (tmp_path / "arrays" / "report.html").read_text()
+    assert "median pair distance (input units)" in report and "micrometer" not in report

@@ -52,19 +52,27 @@ def _figure(figsize: tuple[float, float]):
 #: What the report says in place of its figures where matplotlib is missing.
 NO_MATPLOTLIB = "matplotlib is not installed, so the report has no figures (pip install 'xmodal[plot]')"
 
-#: Units of every distance and coordinate in the reports: those of the inputs (physical units).
-UNITS = "input units"
+#: What the report calls the unit of distances and coordinates when the inputs declare none.
+UNKNOWN_UNITS = "input units"
 
-#: Captions of the report's figures, by file name.
-CAPTIONS = {
-    "match_overlay.png": "Fixed and registered moving cells, matched pairs joined (x-y projection, "
-                         f"{UNITS}).",
-    "residuals.png": f"Distances of the matched pairs after registration ({UNITS}).",
-    "confidence_ellipses.png": "95 % prediction regions of the affine fit of the matched pairs "
-                               f"(x-y projection, {UNITS}).",
-    "reliability.png": "Share of pairs right (same name) per confidence bin, against the confidence.",
-    "confidence_histogram.png": "Confidence of the matched pairs.",
-}
+
+def report_units(result) -> str:
+    """The unit of every distance and coordinate in ``result``'s report: the length unit that the
+    cells declare (``result.parameters["units"]``, e.g. ``"micrometer"``), else ``"input units"``."""
+    units = (result.parameters or {}).get("units")
+    return str(units) if units else UNKNOWN_UNITS
+
+
+def captions(units: str = UNKNOWN_UNITS) -> dict[str, str]:
+    """Captions of the report's figures, by file name, distances in ``units``."""
+    return {
+        "match_overlay.png": f"Fixed and registered moving cells, matched pairs joined (x-y projection, {units}).",
+        "residuals.png": f"Distances of the matched pairs after registration ({units}).",
+        "confidence_ellipses.png": f"95 % prediction regions of the affine fit of the matched pairs "
+                                   f"(x-y projection, {units}).",
+        "reliability.png": "Share of pairs right (same name) per confidence bin, against the confidence.",
+        "confidence_histogram.png": "Confidence of the matched pairs.",
+    }
 
 
 def _have_matplotlib() -> bool:
@@ -84,6 +92,7 @@ def _plots(result, folder: Path) -> list[str]:
     import io
 
     names = []
+    units = report_units(result)
     fix, moved = result.fixed_points, result.moved
     ax_a, ax_b = (fix.shape[1] - 1, fix.shape[1] - 2)  # x against y
 
@@ -102,8 +111,8 @@ def _plots(result, folder: Path) -> list[str]:
 
     ax.add_collection(LineCollection(segs, colors="k", linewidths=0.4, alpha=0.6))
     ax.set_aspect("equal")
-    ax.set_xlabel(f"x ({UNITS})")
-    ax.set_ylabel(f"y ({UNITS})")
+    ax.set_xlabel(f"x ({units})")
+    ax.set_ylabel(f"y ({units})")
     ax.legend(loc="best", fontsize=8)
     ax.set_title(f"{result.n_matched} matched pairs")
     save(fig, "match_overlay.png")
@@ -111,7 +120,7 @@ def _plots(result, folder: Path) -> list[str]:
     if result.n_matched:  # no empty histogram
         fig, ax = _figure(figsize=(5, 3.5))
         ax.hist(result.distances, bins=40, color="tab:green")
-        ax.set_xlabel(f"distance of matched pairs after registration ({UNITS})")
+        ax.set_xlabel(f"distance of matched pairs after registration ({units})")
         ax.set_ylabel("pairs")
         save(fig, "residuals.png")
 
@@ -132,8 +141,8 @@ def _plots(result, folder: Path) -> list[str]:
             ax.add_patch(Ellipse((c[ax_a], c[ax_b]), 2 * np.sqrt(vals[1]), 2 * np.sqrt(vals[0]), angle=angle,
                                  fill=False, color="tab:red", lw=0.8))
         ax.set_aspect("equal")
-        ax.set_xlabel(f"x ({UNITS})")
-        ax.set_ylabel(f"y ({UNITS})")
+        ax.set_xlabel(f"x ({units})")
+        ax.set_ylabel(f"y ({units})")
         ax.set_title(f"{region.level:.0%} prediction regions (affine fit), x-y projection")
         save(fig, "confidence_ellipses.png")
     if result.confidence is not None and result.n_matched:
@@ -353,7 +362,8 @@ def _error_rows(result, summary) -> list[tuple[str, str]]:
         why = (f"not computed: {result.n_matched} matched pairs, at least {need} needed" if result.n_matched < need
                else "not asked for (errors=False)")
         return [("error estimates", why)]
-    return [(f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct) ({UNITS})",
+    units = report_units(result)
+    return [(f"{kind} fit: residual RMS; leave-one-out distance (median / 95th pct) ({units})",
              f"{s['rms_residual']:.4g}; {s['loo_distance_median']:.4g} / {s['loo_distance_p95']:.4g}")
             for kind, s in summary.items()]
 
@@ -367,12 +377,13 @@ def _html(result, summary, plots, listed) -> str:
     names) or a note why there are none, and the other outputs ``listed`` (paths in the folder)."""
     total, steps = _times(result.timings)
     params = result.parameters
+    units, caption = report_units(result), captions(report_units(result))
     rows = [
         ("inputs", f"fixed: {_source(params.get('fixed'))}; moving: {_source(params.get('moving'))}"),
         ("fixed cells", len(result.fixed_points)),
         ("moving cells", len(result.moving_points)),
         ("matched pairs", result.n_matched),
-        (f"median pair distance ({UNITS})", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
+        (f"median pair distance ({units})", f"{np.median(result.distances):.4g}" if result.n_matched else "n/a"),
         *_model_rows(result),
         ("CPD iterations", ", ".join(f"{k}: {v}" for k, v in result.cpd_iterations.items()) or "n/a"),
         ("time (s)", total),
@@ -381,8 +392,8 @@ def _html(result, summary, plots, listed) -> str:
     rows += _confidence_rows(result) + _error_rows(result, summary)
     esc = html.escape
     table = "\n".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
-    imgs = "\n".join(f'<figure><img src="{esc(name)}" alt="{esc(CAPTIONS.get(name, name))}">'
-                     f"<figcaption>{esc(CAPTIONS.get(name, name))} ({esc(name)})</figcaption></figure>"
+    imgs = "\n".join(f'<figure><img src="{esc(name)}" alt="{esc(caption.get(name, name))}">'
+                     f"<figcaption>{esc(caption.get(name, name))} ({esc(name)})</figcaption></figure>"
                      for name in plots)
     if not _have_matplotlib():
         imgs = f"<p>No figures: {esc(NO_MATPLOTLIB)}.</p>"
@@ -395,7 +406,14 @@ td,th{{overflow-wrap:anywhere}}figure{{display:inline-block;margin:1em}}img{{max
 <body><h1>xmodal cell registration</h1>
 <table>{table}</table>
 {imgs}
-<p>Distances and coordinates are in the units of the inputs (physical units after the spacing).</p>
+<p>{_units_sentence(units)}</p>
 <p>Outputs beside this report: {files}.</p>
 </body></html>
 """
+
+
+def _units_sentence(units: str) -> str:
+    if units == UNKNOWN_UNITS:
+        return "Distances and coordinates are in the units of the inputs (physical units after the spacing)."
+    return (f"Distances and coordinates are in {html.escape(units)}, the length unit that the cells declare "
+            "(the moving cells converted into the fixed cells' unit).")
