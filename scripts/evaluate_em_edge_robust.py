@@ -83,15 +83,7 @@ def perturbed(raw, gt, domain):
 
 def _affinities(cache, domain, model, raw, split="tune"):
     """Affinities of ``raw`` (``split``/``domain`` name the cache file), predicted once."""
-    path = cache / f"aff_{split}_{'new' if domain == 'clean' else domain}.npy"
-    if path.is_file():
-        return np.load(path)
-    aff = ev.predict_stack(model, raw)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, aff)
-    tmp.replace(path)
-    return aff
+    return ev.cached_stack(cache / f"aff_{split}_{'new' if domain == 'clean' else domain}.npy", model, raw)
 
 
 def fit(name, items, names):

@@ -60,15 +60,7 @@ TAGS = {"em": "new", "isbi2012": "old"}
 
 def cached(cache: Path, spec: str, split: str, model, raw):
     """Affinities of ``raw`` by ``model`` (global normalisation of the stack), predicted once."""
-    path = cache / f"aff_{split}_{TAGS.get(spec, Path(spec).stem)}.npy"
-    if path.is_file():
-        return np.load(path)
-    aff = ev.predict_stack(model, raw)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, aff)
-    tmp.replace(path)
-    return aff
+    return ev.cached_stack(cache / f"aff_{split}_{TAGS.get(spec, Path(spec).stem)}.npy", model, raw)
 
 
 def _graph(a, offsets, na, sp):

@@ -112,6 +112,20 @@ def predict_stack(model, raw):
     return np.stack([predict_em_affinities(model, s) for s in x])
 
 
+def cached_stack(path, model, raw):
+    """:func:`predict_stack` of ``raw``, kept in the ``.npy`` file ``path``: read from it when it
+    exists, else predicted and written (atomically: a temporary file renamed)."""
+    path = Path(path)
+    if path.is_file():
+        return np.load(path)
+    aff = predict_stack(model, raw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, aff)
+    tmp.replace(path)
+    return aff
+
+
 def scores(seg, gt) -> dict:
     from xmodal.metrics import adapted_rand_error, contingency_table, variation_of_information
 
