@@ -189,11 +189,13 @@ def test_blended_resume_on_other_data_recomputes(tmp_path, net, image):
     assert rerun.calls < counter.calls  # blocks whose windows did not change were reused
 
 
-def test_blended_with_a_client_is_refused_before_any_output(tmp_path, net, image):
-    class Client:  # what predict_tiled checks of a dask client
-        scatter = submit = None
-
-    with pytest.raises(ValueError, match="crop"):
-        predict_tiled(net, image, tile_shape=(32, 32), blend="linear", client=Client(), out=tmp_path / "x.zarr",
-                      progress=False)
-    assert not (tmp_path / "x.zarr").exists()
+def test_blended_with_a_client(tmp_path, net, image):
+    """Blended modes run on a dask client (formerly refused): one task per group of output blocks,
+    bitwise the local result (more in tests/test_tiling_blend_client.py)."""
+    distributed = pytest.importorskip("distributed")
+    local = predict_tiled(net, image, tile_shape=(32, 32), halo=6, blend="linear", progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        z = predict_tiled(net, image, tile_shape=(32, 32), halo=6, blend="linear", client=client,
+                          out=tmp_path / "x.zarr", progress=False)
+    assert np.array_equal(z[:], local) and xio.output_status(z)["complete"]

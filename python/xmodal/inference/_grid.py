@@ -179,6 +179,16 @@ class BlockSweep:
                 index[a] = i
             yield tuple(index)
 
+    @property
+    def nblocks(self) -> tuple:
+        """Blocks per axis."""
+        return tuple(len(r) for r in self._ranges)
+
+    def axis_tiles(self, a, lo, hi) -> range:
+        """Tile indices along axis ``a`` whose windows overlap blocks ``lo`` to ``hi - 1`` of that axis
+        (contiguous: a window overlapping the span overlaps one of its blocks)."""
+        return range(self._ranges[a][lo].start, self._ranges[a][hi - 1].stop)
+
     def start(self, k) -> tuple:
         return tuple(i * b for i, b in zip(k, self.blocks))
 

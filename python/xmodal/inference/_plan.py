@@ -175,12 +175,9 @@ def read_window(image, caxis, window, normalizer):
 # ----------------------------------------------------------------------------------- the plan
 
 def plan_prediction(model, image, *, tile_shape, halo, blend, batch_size, device, normalize, channel_axis,
-                    out, progress, resume, for_dask=False) -> Plan:
+                    out, progress, resume) -> Plan:
     """Validate everything and prepare the run (no tile is predicted here); see the module doc."""
     image, nd, caxis, shape, in_ch = _check_inputs(model, image, blend=blend, channel_axis=channel_axis)
-    if for_dask and blend != "crop":  # before any output is created or flagged
-        raise ValueError(f"blend: a dask client runs blend='crop' only (blended modes accumulate overlapping "
-                         f"windows in one process), got {blend!r}")
     progress, resume = as_progress(progress, "progress"), as_bool(resume, "resume")
     factor, halo_v = geometry(model, nd, in_ch, halo, warn_small=True)
     runner = Runner(model, device)

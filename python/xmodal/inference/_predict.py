@@ -12,6 +12,7 @@ from ._model import kept_state
 from ._plan import WRITER as _WRITER
 from ._plan import Plan, plan_prediction, read_raw
 from ._run import run_dask, run_local
+from ._run_blend_dask import run_dask_blended
 
 log = logging.getLogger("xmodal.inference")
 
@@ -72,7 +73,7 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         of weights, out of core: float32 accumulators only for the output blocks that windows
         still to come overlap (a slab about a window plus two blocks thick along the axis with the
         most tiles), each block written whole to ``out`` as soon as its last window is added
-        (local runs only).
+        (locally or on a dask ``client``).
     batch_size : "auto" or int
         Windows per forward pass (windows of equal shape are batched). ``"auto"``: 1 on the CPU,
         4 on a GPU.
@@ -98,9 +99,12 @@ def predict_tiled(model, image, *, tile_shape=None, halo="auto", blend="crop", b
         so is an ``out`` that holds the image (shared memory, the same zarr array, or the OME-Zarr
         path the image is read from): later windows would read predictions as input.
     client : dask.distributed.Client or str, optional
-        Run the tiles on its workers (``blend="crop"`` only); the model is scattered once to every
-        worker. With a zarr ``out`` the workers write directly, else the crops come back to the
-        caller. Identical to the local result.
+        Run the tiles on its workers; the model is scattered once to every worker. With a zarr
+        ``out`` the workers write directly, else the crops (blended: the output blocks) come back
+        to the caller. Crop mode: one task per batch. Blended modes: one task per box of whole
+        output blocks, which predicts every window overlapping its box (windows on a box's edge are
+        predicted by both boxes: the boxes are chosen for the shortest run on the cluster's
+        threads, see docs/inference.md). Bitwise identical to the local result.
     progress : bool or callable
         Progress bar on a TTY (tqdm), log lines otherwise (see ``xmodal._progress``). A callable
         ``progress(done, total, "predict_tiled")`` is called once at the start and after every
@@ -153,7 +157,7 @@ def _predict_tiled(model, image, *, tile_shape, halo, blend, batch_size, device,
             raise TypeError(f"client: expected a dask.distributed.Client or a scheduler address, got {describe(client)}")
     plan = plan_prediction(model, image, tile_shape=tile_shape, halo=halo, blend=blend, batch_size=batch_size,
                            device=device, normalize=normalize, channel_axis=channel_axis, out=out,
-                           progress=progress, resume=resume, for_dask=client is not None)
+                           progress=progress, resume=resume)
     t0 = time.perf_counter()
     if plan.out_kind == "zarr":
         prior = plan.prior_status or {}
@@ -168,7 +172,7 @@ def _predict_tiled(model, image, *, tile_shape, halo, blend, batch_size, device,
             return plan.out
         xio.mark_incomplete(plan.out, _WRITER)  # before the first chunk changes
     if client is not None:
-        result = run_dask(plan, client, device)
+        result = (run_dask if plan.blend == "crop" else run_dask_blended)(plan, client, device)
     else:
         result = run_local(plan)
     if plan.out_kind == "zarr":

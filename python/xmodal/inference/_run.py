@@ -119,10 +119,12 @@ def run_local(plan: Plan):
     return plan.out
 
 
-def _pipeline(plan: Plan, tiles, skip, consume):
+def _pipeline(plan: Plan, tiles, skip, consume, batches=None):
     """Read ahead (one thread), predict, and hand every tile's window prediction to
-    ``consume(tile, prediction, digest)`` in ``tiles`` order on one writer thread."""
-    batches = iter(_batches(tiles, plan.batch_size))
+    ``consume(tile, prediction, digest)`` in ``tiles`` order on one writer thread. ``batches``: the
+    batches of ``tiles`` when given (a dask task runs some batches of the whole run), else formed
+    from ``tiles`` (:func:`_batches`)."""
+    batches = iter(_batches(tiles, plan.batch_size) if batches is None else batches)
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-write")
     reads: collections.deque = collections.deque()
@@ -234,31 +236,37 @@ class BlendStream:
     def _write(self, k, block: _Block) -> None:
         from .. import _core
 
-        plan = self.plan
         with capped_threads(1):
             _core.stitch_normalize(block.acc, block.wsum)
-        xio.write_region(plan.out, (slice(None),) + self.grid.region(k), block.acc,
-                         check_alignment=plan.out_kind == "zarr")
-        if plan.ledger is not None:
-            plan.ledger.mark_done(k, xio.combine_digests(block.digests))
+        self._store(k, block.acc, xio.combine_digests(block.digests))
         self.bytes -= block.nbytes
         self.written += 1
+
+    def _store(self, k, values: np.ndarray, digest: str) -> None:
+        """Write block ``k``'s normalised ``values`` (C_out, *block) to ``plan.out``, then its marker."""
+        plan = self.plan
+        xio.write_region(plan.out, (slice(None),) + self.grid.region(k), values,
+                         check_alignment=plan.out_kind == "zarr")
+        if plan.ledger is not None:
+            plan.ledger.mark_done(k, digest)
 
     def close(self) -> None:
         if self.open:  # every block is closed by its last window: a sweep that missed one is a bug
             raise RuntimeError(f"predict_tiled: {len(self.open)} output block(s) left open after the last tile")
 
 
-def _blocks_done(plan: Plan, grid: BlockSweep, tiles) -> set:
+def _blocks_done(plan: Plan, grid: BlockSweep, tiles, mine=None) -> set:
     """Blocks a previous run of this job wrote (ledger markers) from the same inputs: the marker's
-    digest equals the digest of the windows overlapping the block, read again now."""
+    digest equals the digest of the windows overlapping the block, read again now. ``mine``: a
+    predicate on block indices, the blocks to consider (default all; ``tiles`` must hold every
+    tile overlapping them)."""
     marked = []
     for name in plan.ledger.done_blocks():
         try:
             k = tuple(int(p) for p in name.split("_"))
         except ValueError:
             continue
-        if grid.contains(k):
+        if grid.contains(k) and (mine is None or mine(k)):
             marked.append(k)
     by_index = {t.index: t for t in tiles}
     digests: dict = {}
@@ -296,6 +304,16 @@ def run_blended(plan: Plan):
 _WORKER_RUNNERS: dict = {}
 
 
+def worker_runner(model, device, token) -> Runner:
+    """The :class:`Runner` of ``model`` in this worker process, created once per model (``token``)."""
+    runner = _WORKER_RUNNERS.get(token)
+    if runner is None or runner.model is not model:
+        runner = Runner(model, device)
+        _WORKER_RUNNERS.clear()
+        _WORKER_RUNNERS[token] = runner
+    return runner
+
+
 def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, token, hash_inputs):
     """Run on a dask worker: predict ``tiles`` and write them to ``out`` (zarr) or return the crops.
 
@@ -307,11 +325,7 @@ def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, 
     digests = [xio.data_digest(r) if hash_inputs else None for r in raws]
     if ledger is not None and all(ledger.is_done(t.index, d) for t, d in zip(tiles, digests)):
         return [(t.index, None, d, True) for t, d in zip(tiles, digests)]
-    runner = _WORKER_RUNNERS.get(token)
-    if runner is None or runner.model is not model:
-        runner = Runner(model, device)
-        _WORKER_RUNNERS.clear()
-        _WORKER_RUNNERS[token] = runner
+    runner = worker_runner(model, device, token)
     x = np.stack([prepare(r, caxis, normalizer) for r in raws])
     del raws
     y = runner(x)
@@ -329,9 +343,9 @@ def _dask_task(tiles, model, image, caxis, normalizer, out, ledger_dir, device, 
 
 
 def run_dask(plan: Plan, client, device):
+    """Crop mode on dask: one task per batch of tiles (blended modes: :mod:`._run_blend_dask`)."""
     if plan.blend != "crop":
-        raise ValueError(f"blend: a dask client runs blend='crop' only (blended modes accumulate across tiles), "
-                         f"got {plan.blend!r}")
+        raise ValueError(f"blend: run_dask runs blend='crop'; blended modes run in _run_blend_dask, got {plan.blend!r}")
     from .._optional import optional_import
 
     distributed = optional_import("distributed", purpose="predict_tiled(client=...)")
