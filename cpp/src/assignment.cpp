@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "cover_members.hpp"
 #include "cover_scaling.hpp"
 #include "xmodal/common.hpp"
 
@@ -515,11 +516,9 @@ class CapacitatedCover {
 public:
     CapacitatedCover(const Csr& ls, std::int64_t nl, std::int64_t ns, std::int64_t cap)
         : ls_(ls), nl_(static_cast<std::int32_t>(nl)), ns_(static_cast<std::int32_t>(ns)),
-          hub_(static_cast<std::int32_t>(nl + ns)), cap_(cap), assign_(static_cast<std::size_t>(nl), -1),
-          acost_(static_cast<std::size_t>(nl), 0.0), mnext_(static_cast<std::size_t>(nl), -1),
-          mprev_(static_cast<std::size_t>(nl), -1), mhead_(static_cast<std::size_t>(ns), -1),
-          load_(static_cast<std::size_t>(ns), 0),
-          fh_(static_cast<std::size_t>(ns), 0), pot_(static_cast<std::size_t>(nl + ns + 1), 0.0),
+          hub_(static_cast<std::int32_t>(nl + ns)), cap_(cap), mem_(nl, ns),
+          acost_(static_cast<std::size_t>(nl), 0.0), fh_(static_cast<std::size_t>(ns), 0),
+          pot_(static_cast<std::size_t>(nl + ns + 1), 0.0),
           dist_(pot_.size(), kInf), predc_(pot_.size(), 0.0), pred_(pot_.size(), -1), mark_(pot_.size(), 0) {}
 
     // partner[l] in [0, ns) for every l; pot_l / pot_s / pot_h: potentials of l, s and H. The s -> H
@@ -534,12 +533,12 @@ public:
             for (std::int64_t e = ls_.indptr[l]; e < ls_.indptr[l + 1]; ++e)
                 if (ls_.indices[e] == s) c = std::min(c, ls_.cost[e]);
             acost_[l] = c;
-            attach(l, s);
+            mem_.attach(l, s);
             pot_[l] = pot_l[l];
         }
         eh_ = -(static_cast<std::int64_t>(nl_) - ns_);
         for (std::int32_t s = 0; s < ns_; ++s) {
-            fh_[s] = std::max<std::int64_t>(0, std::min<std::int64_t>(load_[s] - 1, cap_ - 1));
+            fh_[s] = std::max<std::int64_t>(0, std::min<std::int64_t>(mem_.load[s] - 1, cap_ - 1));
             if (by_price && pot_s[s] < pot_h) fh_[s] = cap_ - 1;
             if (by_price && pot_s[s] > pot_h) fh_[s] = 0;
             eh_ += fh_[s];
@@ -565,29 +564,10 @@ public:
         return 1;
     }
 
-    const std::vector<std::int32_t>& partners() const { return assign_; }
+    const std::vector<std::int32_t>& partners() const { return mem_.assign; }
 
 private:
-    // Place l on s (l on no s before) / take l off its s, keeping the member lists and loads.
-    void attach(std::int32_t l, std::int32_t s) {
-        assign_[l] = s;
-        ++load_[s];
-        mprev_[l] = -1;
-        mnext_[l] = mhead_[s];
-        if (mhead_[s] >= 0) mprev_[mhead_[s]] = l;
-        mhead_[s] = l;
-    }
-
-    void detach(std::int32_t l) {
-        const std::int32_t s = assign_[l];
-        --load_[s];
-        if (mprev_[l] >= 0) mnext_[mprev_[l]] = mnext_[l];
-        else mhead_[s] = mnext_[l];
-        if (mnext_[l] >= 0) mprev_[mnext_[l]] = mprev_[l];
-        assign_[l] = -1;
-    }
-
-    std::int64_t excess_s(std::int32_t s) const { return load_[s] - 1 - fh_[s]; }
+    std::int64_t excess_s(std::int32_t s) const { return mem_.load[s] - 1 - fh_[s]; }
 
     bool deficit(std::int32_t x) const {
         if (x < nl_) return false;
@@ -618,13 +598,13 @@ private:
         if (x < nl_) {  // l -> s for every pair but the one in use
             for (std::int64_t e = ls_.indptr[x]; e < ls_.indptr[x + 1]; ++e) {
                 const std::int32_t s = ls_.indices[e];
-                if (s == assign_[x]) continue;
+                if (s == mem_.assign[x]) continue;
                 const std::int32_t y = nl_ + s;
                 label(y, d + std::max(0.0, ls_.cost[e] + px - pot_[y]), x, ls_.cost[e]);
             }
         } else if (x < hub_) {  // s -> l for the l placed on s; s -> H while f_s < K - 1
             const std::int32_t s = x - nl_;
-            for (std::int32_t l = mhead_[s]; l >= 0; l = mnext_[l])
+            for (std::int32_t l = mem_.head[s]; l >= 0; l = mem_.next[l])
                 label(l, d + std::max(0.0, -acost_[l] + px - pot_[l]), x, 0.0);
             if (fh_[s] < cap_ - 1) label(hub_, d + std::max(0.0, px - pot_[hub_]), x, 0.0);
         } else {  // H -> s for every s with f_s > 0
@@ -680,9 +660,9 @@ private:
         for (std::int32_t y = end; y != source;) {
             const std::int32_t x = pred_[y];
             if (x < nl_) {
-                detach(x);
+                mem_.detach(x);
                 acost_[x] = predc_[y];
-                attach(x, y - nl_);
+                mem_.attach(x, y - nl_);
             } else if (x == hub_) {
                 --fh_[y - nl_];
                 --eh_;
@@ -698,10 +678,9 @@ private:
     const Csr& ls_;
     std::int32_t nl_, ns_, hub_;
     std::int64_t cap_;
-    std::vector<std::int32_t> assign_;  // the partner of each l, and its cost
-    std::vector<double> acost_;
-    std::vector<std::int32_t> mnext_, mprev_, mhead_;  // the l on each s: doubly linked lists
-    std::vector<std::int64_t> load_, fh_;
+    detail::CoverMembers mem_;  // the partner of each l, the loads and the l on each s
+    std::vector<double> acost_;  // the cost of each l's pair in use
+    std::vector<std::int64_t> fh_;
     std::int64_t eh_ = 0;  // excess of H: sum f_s - (nl - ns)
     std::vector<double> pot_, dist_, predc_;
     std::vector<std::int32_t> pred_;

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cover_members.hpp"
 #include "xmodal/common.hpp"
 
 namespace xmodal::detail {
@@ -47,10 +48,7 @@ public:
         : nl_(static_cast<std::int32_t>(nl)), ns_(static_cast<std::int32_t>(ns)), indptr_(indptr),
           indices_(indices), cc_(std::move(cc)), cap_(cap), max_work_(max_work),
           ps_(static_cast<std::size_t>(ns), 0), ps0_(static_cast<std::size_t>(ns), 0),
-          fs_(static_cast<std::size_t>(ns), 0), load_(static_cast<std::size_t>(ns), 0),
-          mhead_(static_cast<std::size_t>(ns), -1), assign_(static_cast<std::size_t>(nl), -1),
-          mnext_(static_cast<std::size_t>(nl), -1), mprev_(static_cast<std::size_t>(nl), -1),
-          bid_(static_cast<std::size_t>(nl), 0) {
+          fs_(static_cast<std::size_t>(ns), 0), mem_(nl, ns), bid_(static_cast<std::size_t>(nl), 0) {
         stack_.reserve(static_cast<std::size_t>(nl));
     }
 
@@ -70,12 +68,12 @@ public:
         hcur_ = 0;
         stack_.clear();
         for (std::int32_t l = nl_ - 1; l >= 0; --l) {
-            if (assign_[l] >= 0 && !keep(l)) detach(l);
-            if (assign_[l] < 0) stack_.push_back(l);
+            if (mem_.assign[l] >= 0 && !keep(l)) mem_.detach(l);
+            if (mem_.assign[l] < 0) stack_.push_back(l);
         }
         if (!spend(indptr_[nl_])) return false;
         for (std::int32_t s = 0; s < ns_; ++s)
-            while (load_[s] - 1 - fs_[s] > 0)
+            while (mem_.load[s] - 1 - fs_[s] > 0)
                 if (!settle(s)) return false;
         while (eh_ > 0)
             if (!settle(-1)) return false;
@@ -106,7 +104,7 @@ private:
         std::int64_t other = kNone, vcur = kNone, ccur = 0;
         for (std::int64_t e = indptr_[l]; e < indptr_[l + 1]; ++e) {
             const std::int64_t v = ps_[indices_[e]] - cc_[e];
-            if (indices_[e] == assign_[l]) {
+            if (indices_[e] == mem_.assign[l]) {
                 vcur = v;
                 ccur = cc_[e];
             } else {
@@ -134,9 +132,9 @@ private:
             }
         }
         bid_[l] = (b2 == kNone ? b1 : b2) - eps_ + c1;
-        attach(l, s1);
+        mem_.attach(l, s1);
         if (!spend(indptr_[l + 1] - indptr_[l] + 1)) return false;
-        return load_[s1] - 1 - fs_[s1] > 0 ? settle(s1) : true;
+        return mem_.load[s1] - 1 - fs_[s1] > 0 ? settle(s1) : true;
     }
 
     // Moves one unit of excess out of s (s >= 0) or H (s = -1), following it through H and the s
@@ -149,11 +147,11 @@ private:
                 if (s < 0) return false;
                 --fs_[s];
                 --eh_;
-                if (load_[s] - 1 - fs_[s] <= 0) return true;
+                if (mem_.load[s] - 1 - fs_[s] <= 0) return true;
             }
             std::int64_t best = kNone, w = 1;
             std::int32_t who = -1;
-            for (std::int32_t l = mhead_[s]; l >= 0; l = mnext_[l], ++w)
+            for (std::int32_t l = mem_.head[s]; l >= 0; l = mem_.next[l], ++w)
                 if (bid_[l] > best) {
                     best = bid_[l];
                     who = l;
@@ -166,7 +164,7 @@ private:
             }
             if (!spend(w)) return false;
             if (!to_hub) {
-                detach(who);
+                mem_.detach(who);
                 stack_.push_back(who);
                 return true;
             }
@@ -198,31 +196,13 @@ private:
         return who;
     }
 
-    void attach(std::int32_t l, std::int32_t s) {
-        assign_[l] = s;
-        ++load_[s];
-        mprev_[l] = -1;
-        mnext_[l] = mhead_[s];
-        if (mhead_[s] >= 0) mprev_[mhead_[s]] = l;
-        mhead_[s] = l;
-    }
-
-    void detach(std::int32_t l) {
-        const std::int32_t s = assign_[l];
-        --load_[s];
-        if (mprev_[l] >= 0) mnext_[mprev_[l]] = mnext_[l];
-        else mhead_[s] = mnext_[l];
-        if (mnext_[l] >= 0) mprev_[mnext_[l]] = mprev_[l];
-        assign_[l] = -1;
-    }
-
     std::int32_t nl_, ns_;
     const std::int64_t* indptr_;
     const std::int32_t* indices_;
     std::vector<std::int64_t> cc_;  // rounded costs, per pair
     std::int64_t cap_, max_work_;
-    std::vector<std::int64_t> ps_, ps0_, fs_, load_;  // per s: price (and at the phase start), f_s, load
-    std::vector<std::int32_t> mhead_, assign_, mnext_, mprev_;  // the l on each s: linked lists
+    std::vector<std::int64_t> ps_, ps0_, fs_;  // per s: price (and at the phase start), f_s
+    CoverMembers mem_;  // the s of each l, the loads and the l on each s
     std::vector<std::int64_t> bid_;  // per l: p(l) + c of the pair it is on
     std::vector<std::int32_t> stack_;  // the unassigned l
     std::int32_t hcur_ = 0;  // H's current arc

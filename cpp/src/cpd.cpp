@@ -188,6 +188,8 @@ template <class T>
 using RowFn = void (*)(const T*, const int64_t*, int, const Inner<T>&, const RowArgs<T>&, double*, double*, int32_t*,
                        T*, T*);
 
+// The row functions: non-template, so that each has its AVX2 clone. The float and double ones of a
+// kind and dimension are overloads of one name, which pick_row resolves by RowFn<T>.
 #define XM_ROW(NAME, T, D, NC, BEST, MIN, ISHIFT, QSHIFT)                                                      \
     XM_CLONES void NAME(const T* q, const int64_t* ranges, int nranges, const Inner<T>& in, const RowArgs<T>& ra, \
                         double* sum0, double* colsum, int32_t* best_pos, T* best_val, T* dmin) {                 \
@@ -196,56 +198,36 @@ using RowFn = void (*)(const T*, const int64_t*, int, const Inner<T>&, const Row
     }
 // pass 1 (sum, optionally with the support minimum), pass 2 (sums, best; per-inner shift or not),
 // Gaussian transform (sums of columns).
-XM_ROW(p1_f2, float, 2, 0, false, false, false, false)
-XM_ROW(p1_f3, float, 3, 0, false, false, false, false)
-XM_ROW(p1m_f2, float, 2, 0, false, true, false, false)
-XM_ROW(p1m_f3, float, 3, 0, false, true, false, false)
-XM_ROW(p1s_f2, float, 2, 0, false, false, false, true)
-XM_ROW(p1s_f3, float, 3, 0, false, false, false, true)
-XM_ROW(p2_f2, float, 2, 2, true, false, false, false)
-XM_ROW(p2_f3, float, 3, 3, true, false, false, false)
-XM_ROW(p2s_f2, float, 2, 2, true, false, true, false)
-XM_ROW(p2s_f3, float, 3, 3, true, false, true, false)
-XM_ROW(gt_f2, float, 2, 2, false, false, false, false)
-XM_ROW(gt_f3, float, 3, 3, false, false, false, false)
-XM_ROW(p1_d2, double, 2, 0, false, false, false, false)
-XM_ROW(p1_d3, double, 3, 0, false, false, false, false)
-XM_ROW(p1m_d2, double, 2, 0, false, true, false, false)
-XM_ROW(p1m_d3, double, 3, 0, false, true, false, false)
-XM_ROW(p1s_d2, double, 2, 0, false, false, false, true)
-XM_ROW(p1s_d3, double, 3, 0, false, false, false, true)
-XM_ROW(p2_d2, double, 2, 2, true, false, false, false)
-XM_ROW(p2_d3, double, 3, 3, true, false, false, false)
-XM_ROW(p2s_d2, double, 2, 2, true, false, true, false)
-XM_ROW(p2s_d3, double, 3, 3, true, false, true, false)
-XM_ROW(gt_d2, double, 2, 2, false, false, false, false)
-XM_ROW(gt_d3, double, 3, 3, false, false, false, false)
+#define XM_ROWS(T)                                      \
+    XM_ROW(p1_2, T, 2, 0, false, false, false, false)   \
+    XM_ROW(p1_3, T, 3, 0, false, false, false, false)   \
+    XM_ROW(p1m_2, T, 2, 0, false, true, false, false)   \
+    XM_ROW(p1m_3, T, 3, 0, false, true, false, false)   \
+    XM_ROW(p1s_2, T, 2, 0, false, false, false, true)   \
+    XM_ROW(p1s_3, T, 3, 0, false, false, false, true)   \
+    XM_ROW(p2_2, T, 2, 2, true, false, false, false)    \
+    XM_ROW(p2_3, T, 3, 3, true, false, false, false)    \
+    XM_ROW(p2s_2, T, 2, 2, true, false, true, false)    \
+    XM_ROW(p2s_3, T, 3, 3, true, false, true, false)    \
+    XM_ROW(gt_2, T, 2, 2, false, false, false, false)   \
+    XM_ROW(gt_3, T, 3, 3, false, false, false, false)
+XM_ROWS(float)
+XM_ROWS(double)
+#undef XM_ROWS
 #undef XM_ROW
 
 enum class Row { pass1, pass1_min, pass1_shift, pass2, pass2_shift, gauss };
 
 template <class T>
-RowFn<T> pick_row(int D, Row kind);
-template <>
-RowFn<float> pick_row<float>(int D, Row kind) {
+RowFn<T> pick_row(int D, Row kind) {
+    using F = RowFn<T>;  // picks the overload of precision T
     switch (kind) {
-        case Row::pass1: return D == 2 ? p1_f2 : p1_f3;
-        case Row::pass1_min: return D == 2 ? p1m_f2 : p1m_f3;
-        case Row::pass1_shift: return D == 2 ? p1s_f2 : p1s_f3;
-        case Row::pass2: return D == 2 ? p2_f2 : p2_f3;
-        case Row::pass2_shift: return D == 2 ? p2s_f2 : p2s_f3;
-        default: return D == 2 ? gt_f2 : gt_f3;
-    }
-}
-template <>
-RowFn<double> pick_row<double>(int D, Row kind) {
-    switch (kind) {
-        case Row::pass1: return D == 2 ? p1_d2 : p1_d3;
-        case Row::pass1_min: return D == 2 ? p1m_d2 : p1m_d3;
-        case Row::pass1_shift: return D == 2 ? p1s_d2 : p1s_d3;
-        case Row::pass2: return D == 2 ? p2_d2 : p2_d3;
-        case Row::pass2_shift: return D == 2 ? p2s_d2 : p2s_d3;
-        default: return D == 2 ? gt_d2 : gt_d3;
+        case Row::pass1: return D == 2 ? F(p1_2) : F(p1_3);
+        case Row::pass1_min: return D == 2 ? F(p1m_2) : F(p1m_3);
+        case Row::pass1_shift: return D == 2 ? F(p1s_2) : F(p1s_3);
+        case Row::pass2: return D == 2 ? F(p2_2) : F(p2_3);
+        case Row::pass2_shift: return D == 2 ? F(p2s_2) : F(p2s_3);
+        default: return D == 2 ? F(gt_2) : F(gt_3);
     }
 }
 

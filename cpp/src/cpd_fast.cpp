@@ -535,7 +535,8 @@ void blur(const Geom& g, const std::vector<double>& taps, double* grid, int C, b
 }
 
 // Non-template entry points with an AVX2 clone (picked at load time; without FMA contraction the
-// clones give bit-identical results).
+// clones give bit-identical results). The float and double ones of a kind, D, S and C are overloads
+// of one name, which pick_splat / pick_slice resolve by the function pointer type of T.
 #define XM_SPLAT(NAME, T, D, S, C)                                                                             \
     XM_FAST_CLONES void NAME(const Geom& g, const T* P, const int64_t* st, const int64_t* ord, const double* v, \
                              double* grid, bool par) {                                                          \
@@ -548,14 +549,10 @@ void blur(const Geom& g, const std::vector<double>& taps, double* grid, int C, b
 #define XM_KERNELS(SUF, T, D, S) \
     XM_SPLAT(splat1_##SUF, T, D, S, 1) XM_SPLAT(splat2_##SUF, T, D, S, D) XM_SPLAT(splat3_##SUF, T, D, S, D + 1) \
     XM_SLICE(slice1_##SUF, T, D, S, 1) XM_SLICE(slice2_##SUF, T, D, S, D) XM_SLICE(slice3_##SUF, T, D, S, D + 1)
-XM_KERNELS(f24, float, 2, 4)
-XM_KERNELS(f26, float, 2, 6)
-XM_KERNELS(f34, float, 3, 4)
-XM_KERNELS(f36, float, 3, 6)
-XM_KERNELS(d24, double, 2, 4)
-XM_KERNELS(d26, double, 2, 6)
-XM_KERNELS(d34, double, 3, 4)
-XM_KERNELS(d36, double, 3, 6)
+#define XM_KERNELS_ALL(T) XM_KERNELS(24, T, 2, 4) XM_KERNELS(26, T, 2, 6) XM_KERNELS(34, T, 3, 4) XM_KERNELS(36, T, 3, 6)
+XM_KERNELS_ALL(float)
+XM_KERNELS_ALL(double)
+#undef XM_KERNELS_ALL
 #undef XM_KERNELS
 #undef XM_SLICE
 #undef XM_SPLAT
@@ -565,32 +562,20 @@ using SplatFn = void (*)(const Geom&, const T*, const int64_t*, const int64_t*, 
 template <class T>
 using SliceFn = void (*)(const Geom&, const T*, int64_t, const double*, double*, bool);
 
-// Channel counts supported: 1, D, D + 1.
-#define XM_PICK(KIND, SUF, C, D) \
-    (C == 1 ? KIND##1_##SUF : (C == D ? KIND##2_##SUF : KIND##3_##SUF))
+// Channel counts supported: 1, D, D + 1. F: the function pointer type, which picks the overload.
+#define XM_PICK(F, KIND, SUF, C, D) \
+    (C == 1 ? F(KIND##1_##SUF) : (C == D ? F(KIND##2_##SUF) : F(KIND##3_##SUF)))
 template <class T>
-SplatFn<T> pick_splat(int D, int S, int C);
-template <>
-SplatFn<float> pick_splat<float>(int D, int S, int C) {
-    if (D == 2) return S == 4 ? XM_PICK(splat, f24, C, 2) : XM_PICK(splat, f26, C, 2);
-    return S == 4 ? XM_PICK(splat, f34, C, 3) : XM_PICK(splat, f36, C, 3);
-}
-template <>
-SplatFn<double> pick_splat<double>(int D, int S, int C) {
-    if (D == 2) return S == 4 ? XM_PICK(splat, d24, C, 2) : XM_PICK(splat, d26, C, 2);
-    return S == 4 ? XM_PICK(splat, d34, C, 3) : XM_PICK(splat, d36, C, 3);
+SplatFn<T> pick_splat(int D, int S, int C) {
+    using F = SplatFn<T>;
+    if (D == 2) return S == 4 ? XM_PICK(F, splat, 24, C, 2) : XM_PICK(F, splat, 26, C, 2);
+    return S == 4 ? XM_PICK(F, splat, 34, C, 3) : XM_PICK(F, splat, 36, C, 3);
 }
 template <class T>
-SliceFn<T> pick_slice(int D, int S, int C);
-template <>
-SliceFn<float> pick_slice<float>(int D, int S, int C) {
-    if (D == 2) return S == 4 ? XM_PICK(slice, f24, C, 2) : XM_PICK(slice, f26, C, 2);
-    return S == 4 ? XM_PICK(slice, f34, C, 3) : XM_PICK(slice, f36, C, 3);
-}
-template <>
-SliceFn<double> pick_slice<double>(int D, int S, int C) {
-    if (D == 2) return S == 4 ? XM_PICK(slice, d24, C, 2) : XM_PICK(slice, d26, C, 2);
-    return S == 4 ? XM_PICK(slice, d34, C, 3) : XM_PICK(slice, d36, C, 3);
+SliceFn<T> pick_slice(int D, int S, int C) {
+    using F = SliceFn<T>;
+    if (D == 2) return S == 4 ? XM_PICK(F, slice, 24, C, 2) : XM_PICK(F, slice, 26, C, 2);
+    return S == 4 ? XM_PICK(F, slice, 34, C, 3) : XM_PICK(F, slice, 36, C, 3);
 }
 #undef XM_PICK
 
@@ -906,6 +891,30 @@ inline double d2_of(const double* a, const double* b, int D) {
         s += t * t;
     }
     return s;
+}
+
+// The exact sums of pass 2 at a moving point y over the fixed points of `in` within the cutoff
+// (rcut, r2cut): s0 = sum k, sx_d = sum k x_d with k = exp(-(d2 - h_n)^+ inv) g_n (columns with
+// g_n = 0 skipped), and the points visited.
+struct ExactRow {
+    double s0 = 0, sx[3] = {0, 0, 0};
+    int64_t visited = 0;
+};
+inline ExactRow exact_row(const CellIndex& in, const double* y, int D, double rcut, double r2cut, double inv,
+                          const double* gw, const double* hsh) {
+    ExactRow r;
+    in.ranges(y, rcut, [&](int64_t s, int64_t e) {
+        r.visited += e - s;
+        for (int64_t i = s; i < e; ++i) {
+            const int64_t n = in.ids[i];
+            const double d2 = d2_of(&in.coord[i * D], y, D);
+            if (!(d2 <= r2cut) || !(gw[n] > 0)) continue;
+            const double k = std::exp(-std::max(d2 - hsh[n], 0.0) * inv) * gw[n];
+            r.s0 += k;
+            for (int d = 0; d < D; ++d) r.sx[d] += k * in.coord[i * D + d];
+        }
+    });
+    return r;
 }
 
 // log s_n etc. of one column from its shifted sum Sp = sum a exp(-(d2 - h) inv), e = h inv:
@@ -1368,22 +1377,10 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
             if (!(aw[m] > 0)) continue;
             double y[3];
             for (int d = 0; d < D; ++d) y[d] = (double)TY[m * D + d];
-            double s0 = 0, sx[3] = {0, 0, 0};
-            int64_t cnt = 0;
-            ix.ranges(y, rcut, [&](int64_t s, int64_t e) {
-                cnt += e - s;
-                for (int64_t i = s; i < e; ++i) {
-                    const int64_t n = ix.ids[i];
-                    const double d2 = d2_of(&ix.coord[i * D], y, D);
-                    if (!(d2 <= r2cut) || !(gw[n] > 0)) continue;
-                    const double k = std::exp(-std::max(d2 - hsh[n], 0.0) * inv) * gw[n];
-                    s0 += k;
-                    for (int d = 0; d < D; ++d) sx[d] += k * ix.coord[i * D + d];
-                }
-            });
-            p1[m] += s0;
-            for (int d = 0; d < D; ++d) px[m * D + d] += sx[d];
-            work[m] = cnt;
+            const ExactRow r = exact_row(ix, y, D, rcut, r2cut, inv, gw.data(), hsh.data());
+            p1[m] += r.s0;
+            for (int d = 0; d < D; ++d) px[m * D + d] += r.sx[d];
+            work[m] = r.visited;
         }
         for (int64_t w : work) pairs += w;
     }
@@ -1411,19 +1408,9 @@ FastEStepStats estep_grid(const T* X, int64_t N, const T* TY, int64_t M, int D, 
             const int64_t m = frows[k];
             double y[3];
             for (int d = 0; d < D; ++d) y[d] = (double)TY[m * D + d];
-            double s0 = 0, sx[3] = {0, 0, 0};
-            ia.ranges(y, rcut, [&](int64_t s, int64_t e) {
-                for (int64_t i = s; i < e; ++i) {
-                    const int64_t n = ia.ids[i];
-                    const double d2 = d2_of(&ia.coord[i * D], y, D);
-                    if (!(d2 <= r2cut) || !(gw[n] > 0)) continue;
-                    const double k2 = std::exp(-std::max(d2 - hsh[n], 0.0) * inv) * gw[n];
-                    s0 += k2;
-                    for (int d = 0; d < D; ++d) sx[d] += k2 * ia.coord[i * D + d];
-                }
-            });
-            p1[m] = s0;
-            for (int d = 0; d < D; ++d) px[m * D + d] = sx[d];
+            const ExactRow r = exact_row(ia, y, D, rcut, r2cut, inv, gw.data(), hsh.data());
+            p1[m] = r.s0;
+            for (int d = 0; d < D; ++d) px[m * D + d] = r.sx[d];
             b2[m] = 0;
             b2x[m] = 0;
             work[k] = cand[k];
@@ -1673,6 +1660,35 @@ GaussFastStats gauss_transform_fast(const T* centers, int64_t K, const T* coef, 
     return st;
 }
 
+// The voxel grid of edge v over the box b: per axis floor(extent / v) + 1 cells (at most 2^21), and
+// their number (a double: it may not fit an int64). cell_of: the row-major index of the voxel holding
+// p, from the per-axis index floor((p - lo) / v) clamped to the grid.
+struct VoxelGrid {
+    int64_t nc[3] = {1, 1, 1};
+    double cells = 1;
+
+    template <class T>
+    int64_t cell_of(const T* p, int D, const BBox& b, double v) const {
+        int64_t c = 0;
+        for (int d = 0; d < D; ++d) {
+            double cidx = std::floor(((double)p[d] - b.lo[d]) / v);
+            cidx = std::min(std::max(cidx, 0.0), (double)(nc[d] - 1));
+            c = c * nc[d] + (int64_t)cidx;
+        }
+        return c;
+    }
+};
+
+inline VoxelGrid voxel_grid(const BBox& b, int D, double v) {
+    VoxelGrid g;
+    for (int d = 0; d < D; ++d) {
+        const double c = std::min(std::floor((b.hi[d] - b.lo[d]) / v), 2097151.0) + 1.0;
+        g.nc[d] = (int64_t)c;
+        g.cells *= c;
+    }
+    return g;
+}
+
 // The voxel subsample's choice through a dense array of cells when the voxel grid over the box
 // has at most 4 n + 4096 cells (typical: the target count is far below n): per cell the point of
 // smallest dc, the lower index on ties (points visited in index order), O(n + cells) instead of a
@@ -1681,24 +1697,11 @@ GaussFastStats gauss_transform_fast(const T* centers, int64_t K, const T* coef, 
 template <class T>
 bool pick_per_cell(const T* P, int64_t n, int D, const BBox& b, double v, const std::vector<double>& dc,
                    std::vector<int64_t>& out) {
-    double cells = 1;
-    int64_t nc[3] = {1, 1, 1};
-    for (int d = 0; d < D; ++d) {
-        nc[d] = (int64_t)(std::min(std::floor((b.hi[d] - b.lo[d]) / v), 2097151.0) + 1.0);
-        cells *= (double)nc[d];
-    }
-    if (!(cells <= 4.0 * (double)n + 4096.0)) return false;
-    std::vector<int64_t> cell(n), best((size_t)cells, -1);
+    const VoxelGrid vg = voxel_grid(b, D, v);
+    if (!(vg.cells <= 4.0 * (double)n + 4096.0)) return false;
+    std::vector<int64_t> cell(n), best((size_t)vg.cells, -1);
 #pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
-    for (int64_t i = 0; i < n; ++i) {
-        int64_t c = 0;
-        for (int d = 0; d < D; ++d) {
-            double cidx = std::floor(((double)P[i * D + d] - b.lo[d]) / v);
-            cidx = std::min(std::max(cidx, 0.0), (double)(nc[d] - 1));
-            c = c * nc[d] + (int64_t)cidx;
-        }
-        cell[i] = c;
-    }
+    for (int64_t i = 0; i < n; ++i) cell[i] = vg.cell_of(&P[i * D], D, b, v);
     for (int64_t i = 0; i < n; ++i) {
         int64_t& k = best[(size_t)cell[i]];
         if (k < 0 || dc[i] < dc[k]) k = i;
@@ -1748,26 +1751,15 @@ std::vector<int64_t> voxel_subsample(const T* P, int64_t n, int D, int64_t targe
     // most 64 n cells, one bit per cell (O(n + cells)); else the packed keys sorted. Both exact.
     std::vector<uint64_t> bits;
     auto count = [&](double v) {
-        double cells = 1;
-        int64_t nc[3] = {1, 1, 1};
-        for (int d = 0; d < D; ++d) {
-            const double c = std::min(std::floor((b.hi[d] - b.lo[d]) / v), 2097151.0) + 1.0;
-            nc[d] = (int64_t)c;
-            cells *= c;
-        }
-        if (cells <= 64.0 * (double)n + 4096.0) {
-            bits.assign(((size_t)cells + 63) / 64, 0);
+        const VoxelGrid vg = voxel_grid(b, D, v);
+        if (vg.cells <= 64.0 * (double)n + 4096.0) {
+            bits.assign(((size_t)vg.cells + 63) / 64, 0);
             uint64_t* bw = bits.data();
             // the bits are set by atomic ORs (threads may share a word); the count of set bits,
             // and so the result, does not depend on the order
 #pragma omp parallel for num_threads(xmodal::num_threads()) schedule(static) if (n >= 100000)
             for (int64_t i = 0; i < n; ++i) {
-                int64_t c = 0;
-                for (int d = 0; d < D; ++d) {
-                    double cidx = std::floor(((double)P[i * D + d] - b.lo[d]) / v);
-                    cidx = std::min(std::max(cidx, 0.0), (double)(nc[d] - 1));
-                    c = c * nc[d] + (int64_t)cidx;
-                }
+                const int64_t c = vg.cell_of(&P[i * D], D, b, v);
                 const uint64_t m = uint64_t(1) << (c & 63);
                 uint64_t& w = bw[(size_t)(c >> 6)];
 #pragma omp atomic
