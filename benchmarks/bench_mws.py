@@ -10,6 +10,10 @@ Input: noisy affinities of a random Voronoi partition (noise sigma = 0.25, clipp
   ``$XMODAL_BENCH_CACHE`` (default: the system temp dir) from a Voronoi partition drawn on a 4x
   coarser grid), blockwise on 2 dask threads in a subprocess: Mvox/s and peak RSS.
 - ``test_blockwise_vs_single_shot``: ARand between blockwise and single-shot on 64 x 384 x 384.
+- ``test_blockwise_bias_join``: ``bias`` mode on 64 x 384 x 384 (Voronoi cells drawn on a 4x coarser
+  grid, ``[-0.4]*3 + [-0.6]*9``), 2 dask threads: seconds of the block pass and of the join's
+  passes (fragments, edges, graph; ``BlockwiseResult.seconds``), against the classic join (votes)
+  of the same volume without bias, and ARand of both to their single-shot result.
 
 The two blockwise cases have no peer (neither peer has a blockwise mode): they record throughput,
 memory and the agreement with xmodal's own single-shot result. ``test_single_shot`` is skipped when
@@ -274,6 +278,45 @@ def test_blockwise_vs_single_shot(benchmark):
                                 arand_vs_single_shot=arand, n_labels_single=int(single.max()),
                                 n_labels_blockwise=res.n_labels)
     assert arand <= 0.01
+
+
+def _coarse_affinities(shape, seed):
+    """Noisy affinities (sigma 0.25) of Voronoi cells drawn on a 4x coarser grid, and those cells."""
+    from xmodal.segmentation._synthetic import noisy_affinities, voronoi_labels
+
+    coarse = voronoi_labels(tuple(-(-s // 4) for s in shape), max(2, int(np.prod(shape)) // VOXELS_PER_CELL),
+                            seed=seed)
+    for d in range(len(shape)):
+        coarse = np.repeat(coarse, 4, axis=d)
+    gt = np.ascontiguousarray(coarse[tuple(slice(0, s) for s in shape)])
+    return gt, noisy_affinities(gt, _offsets(), sigma=0.25, seed=seed + 1)
+
+
+def test_blockwise_bias_join(benchmark):
+    import xmodal
+    from xmodal.metrics import adapted_rand_error
+
+    _, affs = _coarse_affinities(FIT_SHAPE, seed=3)
+    offs = _offsets()
+    bias = [-0.4] * 3 + [-0.6] * 9
+    old = xmodal.get_num_threads()
+    xmodal.set_num_threads(1)
+    try:
+        kw = {"block_shape": FIT_BLOCK, "halo": HALO, "n_workers": 2}
+        res = benchmark.pedantic(xmodal.blockwise_mutex_watershed, args=(affs, offs), kwargs=dict(kw, bias=bias),
+                                 rounds=1, iterations=1)
+        classic = xmodal.blockwise_mutex_watershed(affs, offs, **kw)
+        single = {"bias": xmodal.mutex_watershed(affs, offs, bias=bias), "classic": xmodal.mutex_watershed(affs, offs)}
+    finally:
+        xmodal.set_num_threads(old)
+    extra = benchmark.extra_info
+    extra.update(shape=list(FIT_SHAPE), block_shape=list(FIT_BLOCK), halo=list(HALO), bias=bias, workers=2,
+                 passes_s=res.seconds, classic_passes_s=classic.seconds, load_average=list(os.getloadavg()))
+    for name, r in (("bias", res), ("classic", classic)):
+        extra[f"{name}_arand_vs_single_shot"] = adapted_rand_error(r.labels, single[name], ignore_gt=()).error
+        extra[f"{name}_n_labels"] = r.n_labels
+        extra[f"{name}_n_labels_single_shot"] = int(single[name].max())
+    assert extra["bias_arand_vs_single_shot"] <= 0.01
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":

@@ -84,6 +84,25 @@ def test_whole_halo_with_strides_keeps_the_edges_single_shot_keeps(randomize):
     assert _same_partition(res.labels, single)
 
 
+def test_the_reductions_of_the_edge_pass_agree(monkeypatch):
+    # float32 weights: weight and edge order packed in one integer per edge, reduced per fragment
+    # pair through one hash table; float64: the pairs of each channel hashed, then sorted; both
+    # give the same labels (and the ranking of pairs of labels through a table or a sort too)
+    import xmodal.segmentation._fragment_graph as fragment_graph
+
+    gt = voronoi_labels((12, 40, 40), 8, seed=4)
+    a = noisy_affinities(gt, OFF3, sigma=0.3, seed=5)  # clipped: many tied weights
+    kw = dict(bias=BIAS3, block_shape=(6, 20, 20), halo=(3, 9, 9), n_workers=1)
+    packed = blockwise_mutex_watershed(a, OFF3, **kw)
+    monkeypatch.setattr(fragment_graph, "_reduce_packed", lambda channels: fragment_graph._reduce_hashed(
+        [(pair, rep, *fragment_graph._unpack(p)) for pair, rep, p in channels]))
+    monkeypatch.setattr(fragment_graph, "_DENSE_PAIRS", 0)
+    np.testing.assert_array_equal(blockwise_mutex_watershed(a, OFF3, **kw).labels, packed.labels)
+    a64 = a.astype(np.float64)  # not packed, with the whole volume in the halo: single-shot's partition
+    res = blockwise_mutex_watershed(a64, OFF3, bias=BIAS3, block_shape=(6, 20, 20), halo=(12, 40, 40), n_workers=1)
+    assert _same_partition(res.labels, mutex_watershed(a64, OFF3, bias=BIAS3))
+
+
 def test_one_block_gives_the_single_shot_labels():
     a = _random(4)
     res = blockwise_mutex_watershed(a, OFF2, bias=BIAS2, block_shape=(64, 64), halo=0, n_workers=1)

@@ -59,7 +59,8 @@ from .. import io as xio
 from .._config import capped_threads, thread_share
 from .._validation import positive_int
 from ._blockwise_checks import _check_arguments, _check_out, check_out_capacity
-from ._blockwise_tasks import block_edges, block_fragments, fragment_members, save_npz, stitch_fragments
+from ._blockwise_tasks import fragment_members, save_npz
+from ._fragment_graph import block_edges, block_fragments, stitch_fragments
 from .mws import _check_finite, mutex_watershed
 from ._values import as_float_values
 
@@ -88,7 +89,8 @@ class BlockwiseResult:
         Label pairs merged across block faces (with ``bias``: merges of the fragment graph).
     seconds : dict
         Wall-clock seconds of the passes ``blocks``, ``stitch`` (the join, with ``bias`` the
-        fragments, edges and graph passes) and ``relabel``.
+        fragments, edges and graph passes, also given as ``stitch_fragments``, ``stitch_edges`` and
+        ``stitch_graph``) and ``relabel``.
     """
 
     labels: object
@@ -400,13 +402,13 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
         counts = [n for n, _, _ in done]
         resumed = sum(bool(r) for _, _, r in done)
         input_digest = None if own_workdir else xio.combine_digests(d for _, d, _ in done)
-        t1 = time.perf_counter()
-        if plan.graph:  # passes 2-4 of the fragment graph (module docstring)
-            for kind in ("frags", "edges"):
-                os.makedirs(os.path.join(workdir, kind), exist_ok=True)
+        t1 = [time.perf_counter()]  # start of the join, then (bias) of its edges and graph passes
+        if plan.graph:  # passes 2-4 of the fragment graph (module docstring; save_npz makes their folders)
             counts = run([dask.delayed(block_fragments, pure=False)(plan, b) for b in bids])
             offsets_ = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            t1.append(time.perf_counter())
             run([dask.delayed(block_edges, pure=False)(plan, b, offsets_, int(np.sum(counts)) + 1) for b in bids])
+            t1.append(time.perf_counter())
             mapping, n_labels, n_merges = stitch_fragments(plan, int(np.sum(counts)))
         else:
             offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
@@ -439,4 +441,6 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
         _clean_workdir(workdir)  # the run is complete: its resume state must not outlive it
     return BlockwiseResult(labels=labels, n_labels=n_labels, n_blocks=len(bids), n_blocks_resumed=resumed,
                            n_face_merges=n_merges,
-                           seconds={"blocks": t1 - t0, "stitch": t2 - t1, "relabel": t3 - t2})
+                           seconds={"blocks": t1[0] - t0, "stitch": t2 - t1[0], "relabel": t3 - t2,
+                                    **(dict(zip(("stitch_fragments", "stitch_edges", "stitch_graph"),
+                                                np.diff(t1 + [t2]).tolist())) if plan.graph else {})})
