@@ -35,8 +35,10 @@
 
 #if defined(__GNUC__)
 #define XM_INLINE inline __attribute__((always_inline))
+#define XM_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define XM_INLINE inline
+#define XM_LAMBDA_INLINE
 #endif
 
 namespace xmodal::cpd {
@@ -678,34 +680,284 @@ void gauss_transform(const T* centers, int64_t K, const T* coef, const T* points
 }
 
 // ------------------------------------------------------------------ E-step with per-point features
-// The kernel, the support test and every per-pair number are those of
-// xmodal/detail/cpd_feature_arith.hpp (shared with the CUDA twin in cuda/cpd.cu). A plain scalar
-// loop over the grid's candidates: features are meant for thousands of cells, not millions of
-// points.
+// The kernel, the support test and the per-pair numbers (squared distances, the exponent, the
+// column's log s_n, the best match) are those of xmodal/detail/cpd_feature_arith.hpp (shared with
+// the CUDA twin in cuda/cpd.cu), in double for both precisions. The rows run like those of estep:
+// structure-of-arrays inner points (coordinates, feature columns, weights or log s_n, in the cell
+// grid's sorted order, padded by kPad), lanes of 16 pairs with a masked tail (16 rather than
+// estep's 8 double lanes: the rows are bound by the latency of the exp polynomial, and more
+// independent lanes hide it; 4, 8 and 32 were slower), templated on D and on F = 1, 2, 3 (other F: a
+// runtime loop), and the polynomial exp (arith::exp_neg, relative error < 1e-15 against exp()).
+// Pass 1 sums S_n = sum_m w_m exp(-e_mn) and the smallest exponent e_min together; a column whose
+// e_min exceeds kSafe (or whose sum is below 1e-150: tiny weights) is summed again relative to
+// e_min (log-sum-exp), so as in the scalar version nothing that matters underflows. Pass 2 forms
+// P[m, n] / w_m = exp(-(e_mn + log s_n)); a row with an exponent above 700 (a weight below
+// ~1e-300) falls back to the scalar loop with exp(), whose range it needs. Within each grid cell
+// the inner points are ordered by their last coordinate, so each range is trimmed to the slab
+// |z - q_z| <= radius by binary search (EStepStats::pairs counts the trimmed candidates) and a
+// chunk of lanes with no pair in the support skips the exp. Compared with the former scalar loop
+// (exp() per pair, sums in grid order): the same support and tie rule, sums in another order and
+// exp to < 1e-15, so results agree to ~1e-14 (float64); best matches differ only among P values
+// equal up to rounding.
 namespace {
 
 namespace fa = xmodal::cpd::farith;
 
-template <class T>
-double point_d2(const Grid<T>& g, int64_t s, const T* q, int D) {
-    double d2 = 0;
-    for (int d = 0; d < D; ++d) d2 = fa::d2_add(d2, (double)g.coord[d][s], (double)q[d]);
-    return d2;
+// exp(x) for x <= 709 through the polynomial: below -700 as exp(x + 700) e^-700, so results in the
+// subnormal range are kept (as exp() keeps them) instead of flushed to 0; exp(-inf) = 0.
+XM_INLINE double fexp(double x) {
+    const bool lo = x < -700.0;
+    const double v = arith::exp_neg(lo ? x + 700.0 : x);
+    return lo ? v * 9.85967654375977e-305 : v;
 }
 
-// The inner set's features (and weights, 1 when absent) in the grid's sorted order, so the inner
-// loops read them contiguously like the sorted coordinates.
-template <class T>
-void sorted_rows(const Grid<T>& g, const T* F, int nf, const T* weights, std::vector<double>& fs,
-                 std::vector<double>& ws) {
-    const int64_t n = g.n;
-    fs.resize(n * nf);
-    ws.resize(n);
-    for (int64_t s = 0; s < n; ++s) {
-        const int64_t i = g.perm[s];
-        for (int j = 0; j < nf; ++j) fs[s * nf + j] = (double)F[i * nf + j];
-        ws[s] = weights ? (double)weights[i] : 1.0;
+struct FInner {
+    const double* x[3];  // sorted coordinates
+    const double* f;     // feature column j at f + j * fstride
+    int64_t fstride;
+    const double* v;     // pass 1: weights; pass 2: log s_n (+inf where not finite: no term)
+    const int32_t* id;   // pass 2: original index of each fixed point
+};
+
+struct FRowArgs {
+    double inv, finv, r2, h;  // h: the shift of a KIND 1 row
+    int F;
+};
+
+// KIND 0: pass 1, out = {sum_i w_i exp(-e_i), -, -, -, min e_i} over the support's points of
+//         positive weight; KIND 1: pass 1 relative to ra.h, out[0] = sum_i w_i exp(h - e_i);
+// KIND 2: pass 2, out = {sum p_i, sum p_i x_i (D), max exponent}, p_i = exp(-(e_i + log s_i)),
+//         and the best match (largest p_i > 0, the smaller original index among equal values).
+// FT > 0: F = FT columns; FT = 0: ra.F columns.
+template <int D, int FT, int KIND>
+XM_INLINE void frow_impl(const double* q, const double* fq, const int64_t* ranges, int nranges, const FInner& in,
+                         const FRowArgs& ra, double* out, int32_t* best_pos, double* best_val) {
+    constexpr int L = 16;
+    static_assert(L <= kPad, "the masked tail chunk reads up to L - 1 elements past a range");
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    constexpr int NF = FT > 0 ? FT : 1;
+    double a0[L], ac[3][L], bv[L], em[L];
+    int32_t bi[L];
+    for (int j = 0; j < L; ++j) {
+        a0[j] = 0;
+        ac[0][j] = ac[1][j] = ac[2][j] = 0;
+        bv[j] = 0;
+        bi[j] = -1;
+        em[j] = KIND == 2 ? -kInf : kInf;
     }
+    const double q0 = q[0], q1 = q[1], q2 = D == 3 ? q[2] : 0.0;
+    double fqs[NF];
+    for (int j = 0; j < NF; ++j) fqs[j] = fq[j];
+    const double* fcol[NF];
+    for (int c = 0; c < NF; ++c) fcol[c] = in.f + c * in.fstride;
+    const int nf = FT > 0 ? FT : ra.F;
+    const double inv = ra.inv, finv = ra.finv, r2 = ra.r2, h = ra.h;
+    // always_inline: an out-of-line lambda would be compiled once for both clones of the row
+    // function, i.e. without AVX2 (it happened for F > 1)
+    auto chunk = [&](int64_t i0, int64_t rem, auto masked, auto lanes) XM_LAMBDA_INLINE {
+        constexpr bool MASKED = decltype(masked)::value;
+        constexpr int NL = decltype(lanes)::value;
+        double d2v[NL], fdv[NL];
+        for (int j = 0; j < NL; ++j) {
+            const double t0 = in.x[0][i0 + j] - q0;
+            const double t1 = in.x[1][i0 + j] - q1;
+            double d2 = t0 * t0 + t1 * t1;
+            if (D == 3) {
+                const double t2 = in.x[2][i0 + j] - q2;
+                d2 = d2 + t2 * t2;
+            }
+            d2v[j] = d2;
+        }
+        // chunks with no pair in the support (the ends of the trimmed ranges) cost no exp
+        bool any = false;
+        for (int j = 0; j < NL; ++j) any |= (!MASKED || j < rem) & (d2v[j] <= r2);
+        if (!any) return;
+        if (FT > 0) {
+            for (int j = 0; j < NL; ++j) {
+                double s = 0;
+                for (int c = 0; c < NF; ++c) {
+                    const double u = fqs[c] - fcol[c][i0 + j];
+                    s = s + u * u;
+                }
+                fdv[j] = s;
+            }
+        } else {
+            for (int j = 0; j < NL; ++j) fdv[j] = 0;
+            for (int c = 0; c < nf; ++c) {
+                const double fc = fq[c];
+                const double* col = in.f + c * in.fstride + i0;
+                for (int j = 0; j < NL; ++j) {
+                    const double u = fc - col[j];
+                    fdv[j] = fdv[j] + u * u;
+                }
+            }
+        }
+        double t[NL], xv[NL];
+        for (int j = 0; j < NL; ++j) {
+            const double d2 = d2v[j];
+            const double e = d2 * inv + fdv[j] * finv;
+            const bool in_range = !MASKED || j < rem;
+            if (KIND == 2) {
+                const double x = -(e + in.v[i0 + j]);
+                const bool ok = in_range & (d2 <= r2);
+                const double p = fexp(x);
+                t[j] = ok ? p : 0.0;
+                xv[j] = ok ? x : -kInf;
+            } else {
+                const double w = in.v[i0 + j];
+                const bool ok = in_range & (w > 0) & (d2 <= r2);
+                const double k = w * arith::exp_neg(KIND == 1 ? h - e : -e);
+                t[j] = ok ? k : 0.0;
+                xv[j] = ok ? e : kInf;
+            }
+        }
+        for (int j = 0; j < NL; ++j) a0[j] += t[j];
+        if (KIND == 2) {
+            for (int d = 0; d < D; ++d)
+                for (int j = 0; j < NL; ++j) ac[d][j] += t[j] * in.x[d][i0 + j];
+            for (int j = 0; j < NL; ++j) {
+                const int32_t id = in.id[i0 + j];
+                const bool g = arith::better(t[j], id, bv[j], bi[j]);  // t = 0 never wins (bv >= 0, bi = -1)
+                bv[j] = g ? t[j] : bv[j];
+                bi[j] = g ? id : bi[j];
+            }
+            for (int j = 0; j < NL; ++j) em[j] = xv[j] > em[j] ? xv[j] : em[j];
+        } else if (KIND == 0) {
+            for (int j = 0; j < NL; ++j) em[j] = xv[j] < em[j] ? xv[j] : em[j];
+        }
+    };
+    for (int r = 0; r < nranges; ++r) {
+        const int64_t b = ranges[2 * r], e = ranges[2 * r + 1];
+        int64_t i = b;
+        using Full = std::integral_constant<int, L>;
+        using Half = std::integral_constant<int, L / 2>;
+        for (; i + L <= e; i += L) chunk(i, (int64_t)L, std::false_type{}, Full{});
+        if (e - i > L / 2)
+            chunk(i, e - i, std::true_type{}, Full{});
+        else if (i < e)
+            chunk(i, e - i, std::true_type{}, Half{});
+    }
+    double s = 0;
+    for (int j = 0; j < L; ++j) s += a0[j];
+    out[0] = s;
+    double m = KIND == 2 ? -kInf : kInf;
+    for (int j = 0; j < L; ++j) m = KIND == 2 ? (em[j] > m ? em[j] : m) : (em[j] < m ? em[j] : m);
+    out[4] = m;
+    if (KIND == 2) {
+        for (int d = 0; d < D; ++d) {
+            double sc = 0;
+            for (int j = 0; j < L; ++j) sc += ac[d][j];
+            out[1 + d] = sc;
+        }
+        double v = 0;
+        int32_t p = -1;
+        for (int j = 0; j < L; ++j)
+            if (arith::better(bv[j], bi[j], v, p)) {
+                v = bv[j];
+                p = bi[j];
+            }
+        *best_pos = p;
+        *best_val = v;
+    }
+}
+
+using FRowFn = void (*)(const double*, const double*, const int64_t*, int, const FInner&, const FRowArgs&, double*,
+                        int32_t*, double*);
+
+#define XM_FROW(NAME, D, FT, KIND)                                                                              \
+    XM_CLONES void NAME(const double* q, const double* fq, const int64_t* ranges, int nranges, const FInner& in, \
+                        const FRowArgs& ra, double* out, int32_t* bp, double* bv) {                              \
+        frow_impl<D, FT, KIND>(q, fq, ranges, nranges, in, ra, out, bp, bv);                                     \
+    }
+#define XM_FROWS(D, FT) XM_FROW(fr##D##_##FT##_0, D, FT, 0) XM_FROW(fr##D##_##FT##_1, D, FT, 1) \
+    XM_FROW(fr##D##_##FT##_2, D, FT, 2)
+XM_FROWS(2, 0)
+XM_FROWS(2, 1)
+XM_FROWS(2, 2)
+XM_FROWS(2, 3)
+XM_FROWS(3, 0)
+XM_FROWS(3, 1)
+XM_FROWS(3, 2)
+XM_FROWS(3, 3)
+#undef XM_FROWS
+#undef XM_FROW
+
+FRowFn pick_frow(int D, int F, int kind) {
+#define XM_ONE(NAME) return NAME
+#define XM_PICK(D_, FT)                                    \
+    if (D == D_ && fsel == FT) {                           \
+        if (kind == 0) XM_ONE(fr##D_##_##FT##_0);          \
+        if (kind == 1) XM_ONE(fr##D_##_##FT##_1);          \
+        XM_ONE(fr##D_##_##FT##_2);                         \
+    }
+    const int fsel = F >= 1 && F <= 3 ? F : 0;
+    XM_PICK(2, 0)
+    XM_PICK(2, 1)
+    XM_PICK(2, 2)
+    XM_PICK(2, 3)
+    XM_PICK(3, 0)
+    XM_PICK(3, 1)
+    XM_PICK(3, 2)
+    XM_PICK(3, 3)
+#undef XM_PICK
+#undef XM_ONE
+    throw value_error("cpd estep_features: no row function");
+}
+
+// The inner set in the grid's sorted order, in double: coordinates, feature columns (structure of
+// arrays) and one value per point (weights, or log s_n), each padded by kPad zeros (the value
+// array by `pad`).
+struct FSorted {
+    std::vector<double> x[3], f, v;
+    std::vector<int64_t> ord;  // position -> grid position
+    std::vector<int32_t> id;   // position -> original index
+    int64_t stride = 0;
+};
+
+// Within each grid cell the points are put in the order of their last coordinate (then of their
+// grid position), so each range of cells (a row along the last axis) is sorted by it: trim()
+// narrows a range to the slab |z - q_z| <= radius by binary search, and the points out of the
+// support gather at the ends of the ranges. The sums do not depend on this order (up to rounding).
+template <class T>
+void sort_features(const Grid<T>& g, int D, const T* F, int nf, FSorted& s) {
+    const int64_t n = g.n;
+    s.stride = n + kPad;
+    s.ord.resize(n);
+    for (int64_t i = 0; i < n; ++i) s.ord[i] = i;
+    const std::vector<T>& z = g.coord[D - 1];
+    for (size_t c = 0; c + 1 < g.start.size(); ++c)
+        if (g.start[c + 1] - g.start[c] > 1)
+            std::sort(s.ord.begin() + g.start[c], s.ord.begin() + g.start[c + 1],
+                      [&](int64_t a, int64_t b) { return z[a] < z[b] || (z[a] == z[b] && a < b); });
+    for (int d = 0; d < D; ++d) {
+        s.x[d].assign(n + kPad, 0.0);
+        for (int64_t i = 0; i < n; ++i) s.x[d][i] = (double)g.coord[d][s.ord[i]];
+    }
+    s.f.assign((size_t)nf * s.stride, 0.0);
+    s.id.assign(n + kPad, 0);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t o = g.perm[s.ord[i]];
+        s.id[i] = (int32_t)o;
+        for (int j = 0; j < nf; ++j) s.f[j * s.stride + i] = (double)F[o * nf + j];
+    }
+}
+
+// Narrows the grid's ranges to the points with |z - qz| <= radius (z the last coordinate, sorted
+// within each range): a superset of the support d2 <= r2 < radius^2. Empty ranges are dropped.
+void trim(const FSorted& s, int D, double qz, double radius, std::vector<int64_t>& rg) {
+    if (!std::isfinite(radius)) return;
+    const double* z = s.x[D - 1].data();
+    const double lo = qz - radius, hi = qz + radius;
+    size_t k = 0;
+    for (size_t r = 0; r < rg.size(); r += 2) {
+        const int64_t b = std::lower_bound(z + rg[r], z + rg[r + 1], lo) - z;
+        const int64_t e = std::upper_bound(z + b, z + rg[r + 1], hi) - z;
+        if (e > b) {
+            rg[k++] = b;
+            rg[k++] = e;
+        }
+    }
+    rg.resize(k);
 }
 
 struct FeatureArgs {
@@ -720,30 +972,47 @@ int64_t feature_pass1(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                       const FeatureArgs& a, T* Pt1, double* log_s, char* empty) {
     Grid<T> gy;
     gy.build(TY, M, a.D, a.radius);
-    std::vector<double> fy, wy;
-    sorted_rows(gy, FY, a.F, weights, fy, wy);
+    FSorted sy;
+    sort_features(gy, a.D, FY, a.F, sy);
+    sy.v.assign(M + kPad, 0.0);
+    for (int64_t s = 0; s < M; ++s) sy.v[s] = weights ? (double)weights[sy.id[s]] : 1.0;
+    const FInner in{{sy.x[0].data(), sy.x[1].data(), a.D == 3 ? sy.x[2].data() : nullptr},
+                    sy.f.data(), sy.stride, sy.v.data(), nullptr};
+    const FRowFn row0 = pick_frow(a.D, a.F, 0), row1 = pick_frow(a.D, a.F, 1);
     std::vector<int64_t> work(N, 0);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
     {
         std::vector<int64_t> rg;
+        rg.reserve(256);
         std::vector<double> fq(a.F);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t n = 0; n < N; ++n) {
             gy.ranges(&X[n * a.D], a.radius, rg);
+            double q[3] = {0, 0, 0}, out[5];
+            for (int d = 0; d < a.D; ++d) q[d] = (double)X[n * a.D + d];
+            trim(sy, a.D, q[a.D - 1], a.radius, rg);
             for (int j = 0; j < a.F; ++j) fq[j] = (double)FX[n * a.F + j];
-            fa::FeatureColumn col;
-            for (size_t r = 0; r < rg.size(); r += 2)
-                for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
-                    const double w = wy[s];
-                    const double d2 = point_d2(gy, s, &X[n * a.D], a.D);
-                    if (!(w > 0) || d2 > a.r2) continue;
-                    col.add(fa::exponent(d2, fa::feature_d2(fq.data(), &fy[s * a.F], a.F), a.inv, a.finv), w);
-                }
+            int32_t bp;
+            double bv;
+            FRowArgs ra{a.inv, a.finv, a.r2, 0.0, a.F};
+            const int nr = (int)(rg.size() / 2);
+            row0(q, fq.data(), rg.data(), nr, in, ra, out, &bp, &bv);
+            fa::FeatureColumn col;  // S = 0, emin = +inf: no term
+            const double emin = out[4];
+            if (emin <= arith::Limits<double>::kSafe && out[0] >= 1e-150) {
+                col.S = out[0];
+                col.emin = 0;
+            } else if (emin < std::numeric_limits<double>::infinity()) {
+                ra.h = emin;
+                row1(q, fq.data(), rg.data(), nr, in, ra, out, &bp, &bv);
+                col.S = out[0];
+                col.emin = emin;
+            }
             work[n] = range_count(rg);
-            const fa::FeatureColumnOut out = fa::finish_feature_column(col, a.c);
-            log_s[n] = out.log_s;
-            Pt1[n] = (T)out.pt;
-            empty[n] = out.empty ? 1 : 0;
+            const fa::FeatureColumnOut o = fa::finish_feature_column(col, a.c);
+            log_s[n] = o.log_s;
+            Pt1[n] = (T)o.pt;
+            empty[n] = o.empty ? 1 : 0;
         }
     }
     int64_t pairs = 0;
@@ -757,13 +1026,21 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
                       const FeatureArgs& a, const double* log_s, T* P1, T* PX, int64_t* best_idx, T* best_prob) {
     Grid<T> gx;
     gx.build(X, N, a.D, a.radius);
-    std::vector<double> fx, unused, ls(N);
-    sorted_rows(gx, FX, a.F, static_cast<const T*>(nullptr), fx, unused);
-    for (int64_t s = 0; s < N; ++s) ls[s] = log_s[gx.perm[s]];
+    FSorted sx;
+    sort_features(gx, a.D, FX, a.F, sx);
+    sx.v.assign(N + kPad, 0.0);
+    for (int64_t s = 0; s < N; ++s) {
+        const double l = log_s[sx.id[s]];
+        sx.v[s] = std::isfinite(l) ? l : std::numeric_limits<double>::infinity();
+    }
+    const FInner in{{sx.x[0].data(), sx.x[1].data(), a.D == 3 ? sx.x[2].data() : nullptr},
+                    sx.f.data(), sx.stride, sx.v.data(), sx.id.data()};
+    const FRowFn row2 = pick_frow(a.D, a.F, 2);
     std::vector<int64_t> work(M, 0);
 #pragma omp parallel num_threads(xmodal::num_threads()) if (a.parallel)
     {
         std::vector<int64_t> rg;
+        rg.reserve(256);
         std::vector<double> fq(a.F);
 #pragma omp for schedule(dynamic, 64)
         for (int64_t m = 0; m < M; ++m) {
@@ -772,15 +1049,31 @@ int64_t feature_pass2(const T* X, int64_t N, const T* TY, int64_t M, const T* we
             fa::FeatureRow row;
             if (w > 0) {
                 gx.ranges(&TY[m * a.D], a.radius, rg);
-                for (size_t r = 0; r < rg.size(); r += 2)
-                    for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
-                        const double d2 = point_d2(gx, s, &TY[m * a.D], a.D);
-                        if (d2 > a.r2 || !std::isfinite(ls[s])) continue;
-                        const double p = fa::FeatureRow::term(
-                            fa::exponent(d2, fa::feature_d2(fq.data(), &fx[s * a.F], a.F), a.inv, a.finv), ls[s]);
-                        for (int d = 0; d < a.D; ++d) row.add_coord(d, p, (double)gx.coord[d][s]);
-                        row.add_term(p, gx.perm[s]);
-                    }
+                double q[3] = {0, 0, 0}, out[5] = {0, 0, 0, 0, 0};
+                for (int d = 0; d < a.D; ++d) q[d] = (double)TY[m * a.D + d];
+                trim(sx, a.D, q[a.D - 1], a.radius, rg);
+                int32_t bp = -1;
+                double bv = 0;
+                const FRowArgs ra{a.inv, a.finv, a.r2, 0.0, a.F};
+                row2(q, fq.data(), rg.data(), (int)(rg.size() / 2), in, ra, out, &bp, &bv);
+                if (out[4] <= 700.0) {
+                    row.s0 = out[0];
+                    for (int d = 0; d < a.D; ++d) row.cs[d] = out[1 + d];
+                    row.best_v = bv;
+                    row.best_n = bp;
+                } else {  // some P[m, n] / w_m beyond the polynomial's range (w_m < ~1e-300): exp()
+                    for (size_t r = 0; r < rg.size(); r += 2)
+                        for (int64_t s = rg[r]; s < rg[r + 1]; ++s) {
+                            double d2 = 0;
+                            for (int d = 0; d < a.D; ++d) d2 = fa::d2_add(d2, sx.x[d][s], q[d]);
+                            if (d2 > a.r2 || !std::isfinite(sx.v[s])) continue;
+                            double fd2 = 0;
+                            for (int j = 0; j < a.F; ++j) fd2 = fa::d2_add(fd2, fq[j], sx.f[j * sx.stride + s]);
+                            const double p = fa::FeatureRow::term(fa::exponent(d2, fd2, a.inv, a.finv), sx.v[s]);
+                            for (int d = 0; d < a.D; ++d) row.add_coord(d, p, sx.x[d][s]);
+                            row.add_term(p, sx.id[s]);
+                        }
+                }
                 work[m] = range_count(rg);
             }
             fa::finish_feature_row(row, w, a.D, &P1[m], &PX[m * a.D], best_idx ? &best_idx[m] : nullptr,

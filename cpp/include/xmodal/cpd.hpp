@@ -58,9 +58,11 @@ EStepStats estep(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* 
 // E-step with per-point features ("colour" CPD): k_mn = exp(-|x_n - ty_m|^2 / (2 sigma2)
 // - |f_n - g_m|^2 feature_inv), with FX (N x F) the fixed points' and FY (M x F) the moving points'
 // features (row-major) and feature_inv = 1 / (2 feature_sigma^2) >= 0 (0: estep's posterior, up to
-// rounding). Same outputs, support (spatial: d2 <= 2 sigma2 cutoff) and guarantees as estep; every
-// column is summed relative to its largest term (shifted_columns stays 0). A scalar loop: meant for
-// thousands of cells, not millions of points.
+// rounding). Same outputs, support (spatial: d2 <= 2 sigma2 cutoff) and guarantees as estep; each
+// column is kept in range (summed relative to its largest term where that is below exp(-600);
+// shifted_columns stays 0). Exponents in double for both precisions; vector lanes like estep's
+// rows, but meant for thousands of cells rather than millions of points. pairs counts the
+// candidates of the cell grid after trimming each range to the support's slab along the last axis.
 template <class T>
 EStepStats estep_features(const T* X, int64_t N, const T* TY, int64_t M, int D, const T* weights, const T* FX,
                           const T* FY, int F, double feature_inv, double sigma2, double c, double cutoff, T* P1,

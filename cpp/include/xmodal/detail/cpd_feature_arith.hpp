@@ -4,9 +4,10 @@
 // The kernel of a pair is k_mn = exp(-e_mn) with the exponent, in double,
 //     e_mn = |x_n - T(y_m)|^2 inv + |f_n - g_m|^2 finv      (inv = 1 / 2 sigma2, finv = 1 / 2 feature_sigma^2)
 // on the spatial support d2 <= r2 (the same test in both passes; the feature term only lowers a
-// term, so the support stays a superset of what matters). Each fixed point's column is summed
-// relative to its largest term (online log-sum-exp: nothing that matters underflows at any
-// sigma2), then the outlier constant c enters through log s_n = log(sum_m w_m k_mn + c). Pass 2
+// term, so the support stays a superset of what matters). Each fixed point's column is kept in
+// range (GPU: summed relative to its largest term, an online log-sum-exp; CPU: the plain sum with
+// the exact E-step's polynomial exp, summed again relative to its largest term when that is below
+// exp(-600); nothing that matters underflows at any sigma2), then the outlier constant c enters through log s_n = log(sum_m w_m k_mn + c). Pass 2
 // forms P[m, n] = w_m exp(-e_mn - log s_n), its sums and the best match (largest value, smaller
 // fixed index among equal values). Each device visits the pairs in its own order (CPU: the cell
 // grid's sorted order; GPU: the cells around the point, or index order), so the sums agree to
