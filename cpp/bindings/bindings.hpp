@@ -15,6 +15,9 @@
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+// In every translation unit of the module: std::optional / std::vector arguments then have one
+// type_caster everywhere (a unit without it would instantiate the generic one: an ODR violation).
+#include <pybind11/stl.h>
 
 #include <optional>
 #include <string>
