@@ -81,3 +81,23 @@ def _check_arguments(affinities, offsets, *, block_shape, halo, out, mask, merge
     mws_kwargs = {"n_attractive": na, "strides": st, "randomize_strides": as_bool(randomize_strides, "randomize_strides"),
                   "invert": as_bool(invert, "invert"), "seed": seed, "bias": None if bias_arr is None else bias_arr.tolist()}
     return shape, o, bshape, hal, mws_kwargs, mask
+
+
+def check_join(join, mws_kwargs: dict, offsets, merge_threshold) -> str:
+    """``join`` of :func:`~xmodal.segmentation.blockwise_mutex_watershed` resolved: ``"votes"`` or
+    ``"fragments"``. Default (None): the fragment graph with ``bias`` (the only join there) or when a
+    channel among the first ``n_attractive`` joins voxels that do not share a face (long-range or
+    diagonal offsets: the votes see face-adjacent voxel pairs only), else the votes."""
+    if join is not None and join not in ("votes", "fragments"):
+        raise ValueError(f"join: expected 'votes', 'fragments' or None (chosen from the offsets), got {describe(join)}")
+    bias = mws_kwargs.get("bias") is not None
+    if join is None:
+        attractive = np.abs(np.asarray(offsets))[:0 if bias else mws_kwargs["n_attractive"]]
+        join = "fragments" if bias or bool((attractive.sum(axis=1) > 1).any()) else "votes"
+    if join == "votes" and bias:
+        raise ValueError("join: 'votes' is not available with bias (any channel may attract, so pieces joined only "
+                         "by long-range edges would stay apart); use 'fragments' or None")
+    if join == "fragments" and float(merge_threshold) != 0.5:
+        raise ValueError("merge_threshold: used by join='votes' only (a mutex watershed of the blocks' fragments "
+                         f"joins them here); leave it at 0.5 or give join='votes', got {merge_threshold!r}")
+    return join

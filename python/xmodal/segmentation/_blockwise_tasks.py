@@ -2,7 +2,7 @@
 that they run on threads or on dask.distributed workers): those of
 :func:`xmodal.segmentation.blockwise_superpixel_agglomeration`, then what pass 1 of
 :func:`xmodal.segmentation.blockwise_mutex_watershed` keeps for the fragment graph with which it
-joins its blocks in ``bias`` mode (the passes of that graph: :mod:`._fragment_graph`)."""
+joins its blocks with ``join="fragments"`` (the passes of that graph: :mod:`._fragment_graph`)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def _stitch_votes(la, lb, both):
 
 
 # ------------------------------------------------------------------------------------------------
-# blockwise mutex watershed with bias: the boxes of the fragment graph (passes 2-4: _fragment_graph)
+# blockwise mutex watershed, join="fragments": the boxes of the fragment graph (passes 2-4: _fragment_graph)
 
 def _meet(a, b):
     """The intersection of two boxes (tuples of slices), or None when it is empty."""

@@ -1,5 +1,5 @@
 """The fragment-graph passes with which :func:`xmodal.segmentation.blockwise_mutex_watershed` joins
-its blocks in ``bias`` mode (module docstring of :mod:`xmodal.segmentation.blockwise`): module-level
+its blocks with ``join="fragments"`` (module docstring of :mod:`xmodal.segmentation.blockwise`): module-level
 functions of picklable arguments, so that they run on threads or on dask.distributed workers.
 
 Every step is linear in the voxels of a block (no sort of per-voxel arrays): labels are ranked
@@ -160,9 +160,15 @@ def _strongest_hashed(key, w, first, tables):
 
 
 def _signed(values, c, kw):
-    """(weight, attractive, present) of channel c's edges as single-shot weighs them with a bias:
+    """(weight, attractive, present) of channel c's edges as single-shot weighs them. With a bias:
     ``s = m + bias[c]`` in the precision of the affinities, m the merge probability; attractive
-    with weight s where s > 0, repulsive with weight -s where s < 0, absent where s = 0."""
+    with weight s where s > 0, repulsive with weight -s where s < 0, absent where s = 0. Classic
+    mode: the first ``n_attractive`` channels attract with weight m, the others repel with weight
+    ``1 - m`` (computed as single-shot does: the stored value or ``1 - value``), every edge present."""
+    if kw["bias"] is None:
+        attractive = c < kw["n_attractive"]
+        w = values if attractive != kw["invert"] else 1 - values
+        return w, np.full(values.shape, attractive), np.ones(values.shape, bool)
     s = (1 - values if kw["invert"] else values) + values.dtype.type(kw["bias"][c])
     return np.abs(s), s > 0, s != 0
 
@@ -178,7 +184,9 @@ def _splitmix64(x):
 
 def _stride_row(kw, c):
     """Channel c's strides as single-shot keeps its edges, or None when it keeps them all."""
-    st = kw["strides"]  # with a bias: None or one row per offset
+    st = kw["strides"]  # None, one row per offset, or (classic mode) one stride per axis for the repulsive channels
+    if st is not None and not isinstance(st[0], (list, tuple)):
+        st = None if c < kw["n_attractive"] else [st] * (c + 1)
     row = None if st is None else [int(k) for k in st[c]]
     return None if row is None or all(k == 1 for k in row) else row
 

@@ -7,19 +7,21 @@
    after the block's file); the marker holds the SHA-256 of the affinities (and mask) the block
    read, halo included, so a resumed run reuses a block only when the same read gives the same
    bytes. Every file is written to a temporary name and renamed (atomic).
-2. **Join.** Classic mode (votes across faces): a block stores its inner labels 1..k and, per face
+2. **Join** (``join``). Votes across faces (classic mode): a block stores its inner labels 1..k and, per face
    shared with a neighbour, the labels of its boundary slice and whether each boundary voxel and its
    neighbour across the face (in the halo) ended in one segment of its run. Label ``l`` of block
    ``b`` gets the provisional id ``offset[b] + l``; for every face and pair (a, b) of labels that
    touch across it, the voxel pairs that *both* runs joined vote to merge, and a and b merge when
    the agreeing fraction exceeds ``merge_threshold``; the merges are connected components.
-   With ``bias`` (fragment graph: the evidence single-shot uses): a block stores its run's labels
+   Fragment graph (the evidence single-shot uses; the only join with ``bias``, the default in
+   classic mode when attractive channels join voxels that share no face): a block stores its run's labels
    of its inner region and of the parts of other blocks that its halo covers. (a) *Fragments*: the
    segments of a block that touch the zone within reach (the largest offset per axis) of a shared
    face are cut by the labels that the other runs which saw their voxels gave them; the other
    segments stay whole, out of the graph. (b) *Edges*: every edge of every channel between two
-   fragments in the graph, with single-shot's signed weight ``m + bias[c]`` and strides, reduced per
-   fragment pair to the attractive and the repulsive edge that single-shot processes first. (c) A
+   fragments in the graph, with single-shot's weight (``m + bias[c]``; classic: ``m`` or ``1 - m``)
+   and strides, reduced per fragment pair to the attractive and the repulsive edge that
+   single-shot processes first. (c) A
    mutex watershed of the fragments (:func:`~xmodal.segmentation.mutex_watershed_graph`) processes
    them in single-shot's order (weight, then edge id). Where every run agrees with single-shot (a
    halo over the whole volume) the fragments split single-shot's segments and this replays it
@@ -31,12 +33,12 @@
 
 How it differs from single-shot: smaller halos change labels near faces (ARand in ``docs/mws.md``);
 strides are anchored per block (the fragment graph keeps the edges single-shot keeps: its grid from
-voxel 0, or its random draw). The classic join sees voxel pairs across a face only: with long-range
-channels among the first ``n_attractive`` a segment whose pieces are joined by long-range edges
-alone may come out as several labels whatever the halo. With ``bias`` the block runs themselves
-can differ from single-shot (the signed method reacts to context beyond the halo).
+voxel 0, or its random draw). The votes see voxel pairs across a face only: with long-range or
+diagonal channels among the first ``n_attractive`` a segment whose pieces are joined by such edges
+alone may come out as several labels whatever the halo (hence the fragment graph there). The block
+runs themselves can differ from single-shot near faces (mutexes propagate beyond the halo).
 
-Memory: one block (with halo) of affinities per worker; the classic join holds the face slices and
+Memory: one block (with halo) of affinities per worker; the votes hold the face slices and
 one integer per provisional label, the fragment graph one entry (~24 bytes) per pair of fragments
 linked by an edge near the faces. The result does not depend on the scheduler or on the number of
 workers.
@@ -58,8 +60,9 @@ import numpy as np
 from .. import io as xio
 from .._config import capped_threads, thread_share
 from .._validation import positive_int
-from ._blockwise_checks import _check_arguments, _check_out, check_out_capacity
+from ._blockwise_checks import _check_arguments, _check_out, check_join, check_out_capacity
 from ._blockwise_tasks import fragment_members, save_npz
+from ._face_votes import face_members, stitch_votes
 from ._fragment_graph import block_edges, block_fragments, stitch_fragments
 from .mws import _check_finite, mutex_watershed
 from ._values import as_float_values
@@ -86,9 +89,9 @@ class BlockwiseResult:
     n_blocks_resumed : int
         Blocks found done in the work directory (not recomputed).
     n_face_merges : int
-        Label pairs merged across block faces (with ``bias``: merges of the fragment graph).
+        Label pairs merged across block faces (fragment graph: its merges).
     seconds : dict
-        Wall-clock seconds of the passes ``blocks``, ``stitch`` (the join, with ``bias`` the
+        Wall-clock seconds of the passes ``blocks``, ``stitch`` (the join; the fragment graph's
         fragments, edges and graph passes, also given as ``stitch_fragments``, ``stitch_edges`` and
         ``stitch_graph``) and ``relabel``.
     """
@@ -105,7 +108,7 @@ class _Plan:
     """Everything a block task needs (picklable, for dask.distributed workers)."""
 
     def __init__(self, affinities, offsets, shape, block_shape, halo, mws_kwargs, mask, workdir, ledger_dir,
-                 segmenter=None):
+                 segmenter=None, join="votes"):
         self.affinities, self.offsets, self.shape, self.block_shape = affinities, offsets, shape, block_shape
         self.halo, self.mws_kwargs, self.mask = halo, mws_kwargs, mask
         self.workdir, self.ledger_dir = workdir, ledger_dir
@@ -113,8 +116,8 @@ class _Plan:
         self.segmenter = segmenter
         self.thread_cap = None  # native threads per block task (set for the thread pool)
         self.grid = tuple(-(-s // b) for s, b in zip(shape, block_shape))
-        # bias mode: blocks joined by the mutex watershed of their fragments (passes 2-4), edges of any offset
-        self.graph = segmenter is None and mws_kwargs.get("bias") is not None
+        # join="fragments": blocks joined by the mutex watershed of their fragments (passes 2-4), edges of any offset
+        self.graph = segmenter is None and join == "fragments"
         self.reach = tuple(int(r) for r in np.abs(np.asarray(offsets)).max(axis=0))
 
     @property
@@ -171,35 +174,10 @@ def _run_block(plan: _Plan, bid: int):
     if plan.graph:
         save_npz(plan.path("blocks", bid), **fragment_members(plan, bid, ext, outer))
     else:
-        save_npz(plan.path("blocks", bid), labels=local, **_face_members(plan, bid, rel, ext, local))
+        save_npz(plan.path("blocks", bid), labels=local, **face_members(plan, bid, rel, ext, local))
     if ledger is not None:
         ledger.mark_done(bid, digest, n_labels=n_labels)
     return n_labels, digest, False
-
-
-def _face_members(plan: _Plan, bid: int, rel, ext, local) -> dict:
-    """Per face shared with a neighbour: the labels of the block's boundary slice and whether each
-    boundary voxel and its neighbour across the face (in the halo) ended in one segment of the run."""
-    faces = {}
-    idx = plan.index(bid)
-    for d in range(plan.ndim):
-        for side in ("lo", "hi"):
-            if side == "lo" and idx[d] == 0:
-                continue
-            if side == "hi" and idx[d] == plan.grid[d] - 1:
-                continue
-            # boundary slice of the inner block (in ext coordinates) and the slice across the face
-            b_in = rel[d].start if side == "lo" else rel[d].stop - 1
-            b_out = b_in - 1 if side == "lo" else b_in + 1
-            sl_in = list(rel)
-            sl_out = list(rel)
-            sl_in[d] = slice(b_in, b_in + 1)
-            sl_out[d] = slice(b_out, b_out + 1)
-            loc_sl = [slice(None)] * plan.ndim
-            loc_sl[d] = slice(0, 1) if side == "lo" else slice(local.shape[d] - 1, local.shape[d])
-            faces[f"{side}{d}_lab"] = local[tuple(loc_sl)]
-            faces[f"{side}{d}_conn"] = ext[tuple(sl_in)] == ext[tuple(sl_out)]
-    return faces
 
 
 def _relabel_block(plan: _Plan, bid: int, offset: int, mapping_path: str, out) -> object:
@@ -218,48 +196,6 @@ def _relabel_block(plan: _Plan, bid: int, offset: int, mapping_path: str, out) -
         return final
     out[plan.inner(bid)] = final.astype(out.dtype, copy=False)
     return None
-
-
-def _stitch(plan: _Plan, counts, merge_threshold: float):
-    """Pass 2: provisional ids, face votes, connected components -> mapping (final id per id)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    total = int(np.sum(counts))
-    us, vs = [], []
-    for bid in plan.block_ids():
-        idx = plan.index(bid)
-        for d in range(plan.ndim):
-            if idx[d] == plan.grid[d] - 1:
-                continue
-            nidx = list(idx)
-            nidx[d] += 1
-            nbid = int(np.ravel_multi_index(nidx, plan.grid))
-            with np.load(plan.path("blocks", bid) + ".npz") as za, np.load(plan.path("blocks", nbid) + ".npz") as zb:
-                la, ca = za[f"hi{d}_lab"].ravel(), za[f"hi{d}_conn"].ravel()
-                lb, cb = zb[f"lo{d}_lab"].ravel(), zb[f"lo{d}_conn"].ravel()
-            valid = (la > 0) & (lb > 0)
-            if not valid.any():
-                continue
-            la, lb = la[valid].astype(np.int64), lb[valid].astype(np.int64)
-            agree = (ca & cb)[valid]
-            base = np.int64(lb.max() + 1)  # keys of block-local labels: no int64 overflow for any total
-            uniq, inv = np.unique(la * base + lb, return_inverse=True)
-            inv = inv.ravel()
-            n_total = np.bincount(inv, minlength=len(uniq))
-            n_agree = np.bincount(inv, weights=agree, minlength=len(uniq))
-            keep = n_agree > merge_threshold * n_total
-            us.append(uniq[keep] // base + offsets[bid])
-            vs.append(uniq[keep] % base + offsets[nbid])
-    u = np.concatenate(us) if us else np.zeros(0, np.int64)
-    v = np.concatenate(vs) if vs else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(u), np.int8), (u, v)), shape=(total + 1, total + 1))
-    _, comp = connected_components(graph, directed=False)
-    # Components are numbered in order of their smallest node: node 0 (background) is component 0.
-    n_labels = int(comp.max()) if comp.size else 0
-    dtype = np.uint32 if n_labels < 2**32 else np.uint64
-    return offsets, comp.astype(dtype), n_labels, int(len(u))
 
 
 _WRITER = "xmodal.blockwise_mutex_watershed"
@@ -295,7 +231,7 @@ def _clean_workdir(workdir: str) -> None:
 def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=None, client=None,
                               n_attractive=None, strides=None, randomize_strides=False, mask=None,
                               invert=False, seed=None, workdir=None, n_workers=None,
-                              merge_threshold=0.5, bias=None):
+                              merge_threshold=0.5, bias=None, join=None):
     """Mutex watershed of a volume larger than memory, block by block, stitched across faces.
 
     Parameters
@@ -320,9 +256,6 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     n_attractive, strides, randomize_strides, invert, seed, bias
         As in :func:`mutex_watershed` (``strides`` of shape ``(C, ndim)`` are per offset;
         ``bias`` selects the signed-weight mode); strides are anchored at each block's (halo) origin.
-        With ``bias`` the blocks are joined by a mutex watershed of their fragments with every
-        channel's edges near the faces (module docstring), which also reads the affinities of each
-        block once more.
     mask : array-like of bool or int, shape spatial, optional
         False (0) voxels are background 0; other dtypes are a TypeError, as in :func:`mutex_watershed`.
     workdir : str or path, optional
@@ -335,8 +268,17 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
     n_workers : int, optional
         Threads of the default scheduler (default: ``xmodal.num_threads()``).
     merge_threshold : float
-        Classic mode: fraction of agreeing voxel pairs across a face needed to merge two labels
-        (default 0.5). Not used with ``bias`` (a ValueError unless 0.5).
+        ``join="votes"``: fraction of agreeing voxel pairs across a face needed to merge two labels
+        (default 0.5). Not used by the fragment graph (a ValueError unless 0.5).
+    join : {None, "votes", "fragments"}
+        How the blocks are joined (module docstring, pass 2). ``"votes"``: votes of the voxel pairs
+        across each face (fast, classic mode only). ``"fragments"``: a mutex watershed of the
+        blocks' fragments with every channel's edges near the faces, which also reads the
+        affinities of each block once more; with a halo over the whole volume it gives the
+        single-shot partition. Default (None): ``"fragments"`` with ``bias`` (the only join there)
+        or when a channel among the first ``n_attractive`` has an offset to a voxel that does not
+        share a face (long-range or diagonal: pieces of a segment joined only by such edges touch
+        at no face, and the votes would leave them apart whatever the halo), else ``"votes"``.
 
     Returns
     -------
@@ -349,15 +291,16 @@ def blockwise_mutex_watershed(affinities, offsets, *, block_shape, halo, out=Non
         affinities, offsets, block_shape=block_shape, halo=halo, out=out, mask=mask, merge_threshold=merge_threshold,
         n_attractive=n_attractive, strides=strides, randomize_strides=randomize_strides, invert=invert, seed=seed,
         bias=bias)
+    join = check_join(join, mws_kwargs, o, merge_threshold)
     return _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, mask=mask, out=out, client=client,
-                          workdir=workdir, n_workers=n_workers, merge_threshold=merge_threshold)
+                          workdir=workdir, n_workers=n_workers, merge_threshold=merge_threshold, join=join)
 
 
 def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, client, workdir, n_workers,
-                   merge_threshold, segmenter=None, writer=None):
+                   merge_threshold, segmenter=None, writer=None, join="votes"):
     """The three passes (module docstring) with checked arguments; ``segmenter`` (picklable,
     ``segmenter(affinities, mask) -> labels``) replaces the mutex watershed of each block, and then
-    ``mws_kwargs`` describes it for the job signature."""
+    ``mws_kwargs`` describes it for the job signature (and the join is the votes)."""
     from .._optional import optional_import
 
     dask = optional_import("dask", purpose="blockwise segmentation")
@@ -375,7 +318,7 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
         os.makedirs(os.path.join(workdir, "blocks"), exist_ok=True)
         # A temporary work directory cannot be resumed: no ledger, no hashing.
         plan = _Plan(affinities, o, shape, bshape, hal, mws_kwargs, mask, workdir,
-                     None if own_workdir else os.path.join(workdir, "done"), segmenter)
+                     None if own_workdir else os.path.join(workdir, "done"), segmenter, join)
         signature = _signature(plan, affinities, float(merge_threshold))
         bids = plan.block_ids()
         if client is None:
@@ -411,7 +354,7 @@ def _run_blockwise(affinities, o, shape, bshape, hal, mws_kwargs, *, mask, out, 
             t1.append(time.perf_counter())
             mapping, n_labels, n_merges = stitch_fragments(plan, int(np.sum(counts)))
         else:
-            offsets_, mapping, n_labels, n_merges = _stitch(plan, counts, float(merge_threshold))
+            offsets_, mapping, n_labels, n_merges = stitch_votes(plan, counts, float(merge_threshold))
         mapping_path = os.path.join(workdir, "mapping.npy")
         buf = io.BytesIO()
         np.save(buf, mapping)  # always this run's: it depends on every block
