@@ -9,6 +9,8 @@ single-shot where every block's run agrees with it (a halo over the whole volume
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,28 @@ def test_bad_join_arguments_are_refused():
         blockwise_mutex_watershed(a, OFF2L, n_attractive=4, merge_threshold=0.3, **kw)
     # the votes take any threshold in [0, 1)
     blockwise_mutex_watershed(a, OFF2L, n_attractive=4, merge_threshold=0.3, join="votes", n_workers=1, **kw)
+
+
+def test_command_line_join(tmp_path, monkeypatch, capsys):
+    zarr = pytest.importorskip("zarr")
+    from _cli_helpers import assert_user_error, run
+
+    monkeypatch.chdir(tmp_path)
+    a = _random(0)
+    np.save("aff.npy", a)
+    offs = json.dumps(OFF2L)
+    base = ("mws", "aff.npy", "--offsets", offs, "--n-attractive", "4", "--block-shape", "10,15", "-q")
+    single = mutex_watershed(a, OFF2L, n_attractive=4)
+    labels = {}
+    for join in (None, "votes", "fragments"):
+        out = f"{join}.zarr"
+        assert run(capsys, *base, "--out", out, *(("--join", join) if join else ()))[0] == 0
+        labels[join] = zarr.open_array(out, mode="r")[:]
+    api = blockwise_mutex_watershed(a, OFF2L, n_attractive=4, block_shape=(10, 15), halo=9, n_workers=1)
+    np.testing.assert_array_equal(labels[None], labels["fragments"])
+    assert _same_partition(labels[None], api.labels)
+    assert _arand(labels[None], single) <= _arand(labels["votes"], single)
+    assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", offs, "--join", "votes", "--out", "x.zarr")[::2],
+                      "--join", "--block-shape")
+    assert_user_error(*run(capsys, "mws", "aff.npy", "--offsets", offs, "--bias=-0.5", "--block-shape", "10,15",
+                           "--join", "votes", "--out", "y.zarr")[::2], "--join", "--bias")

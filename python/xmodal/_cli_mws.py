@@ -48,6 +48,10 @@ def cmd_mws(args) -> int:
         if len(block_shape) != len(spatial) or min(block_shape) < 1:
             raise UsageError(f"--block-shape: expected {len(spatial)} positive integers (one per spatial axis of "
                              f"{tuple(spatial)}), got {args.block_shape!r}")
+    if getattr(args, "join", None) and not block_shape:
+        raise UsageError(f"--join: joins the blocks of a blockwise run; give --block-shape too, got --join {args.join}")
+    if getattr(args, "join", None) == "votes" and bias is not None:
+        raise UsageError("--join: 'votes' is not available with --bias (any channel may attract); use fragments")
     attrs = provenance_attributes("mws", options_of(args), {"affinities": args.affinities})
     # The array is written next to --out and renamed into place when complete (a killed run leaves the
     # previous output or none). Blockwise work is resumable from <out>.xmodal-work: a block is reused
@@ -91,7 +95,7 @@ def _mws_into(stage, aff, offsets, spatial, block_shape, attrs, weighting, workd
         res = blockwise_mutex_watershed(aff, offsets, block_shape=block_shape,
                                         halo=_mws_halo(offsets), out=target,
                                         invert=args.invert, client=client, **weighting,
-                                        workdir=workdir)
+                                        workdir=workdir, join=getattr(args, "join", None))
         # the same size filter as single-shot (identical result), block by block, in place
         _, n = filter_small(target, int(res.n_labels), aff, offsets, n_attractive=args.n_attractive,
                             min_size=args.min_size, block_shape=block_shape, client=client, invert=args.invert,

@@ -291,6 +291,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                                   "(see docs/mws.md)")
     p.add_argument("--out", default="labels.zarr", help="output zarr array (default labels.zarr)")
     p.add_argument("--block-shape", help="blockwise with these blocks (chunks of the output)")
+    p.add_argument("--join", choices=("votes", "fragments"),
+                   help="blockwise: how the blocks are joined (default: the fragment graph with --bias or with "
+                        "long-range or diagonal attractive channels, else the votes across faces; docs/mws.md)")
     p.add_argument("--min-size", type=_count, default=0, help="merge segments smaller than this (voxels) into their most attractive neighbour (also blockwise)")
     _overwrite(p, "not a zarr array written by 'xmodal mws'")
     _common(p, scheduler=True)
