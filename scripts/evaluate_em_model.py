@@ -60,8 +60,17 @@ MIN_SIZES = (0, 10, 25, 50, 100, 200, 400)
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2))
 
 
-def read_vnc(root):
-    """Raw ``(20, 1024, 1024)`` uint8 and instances (4-connected components of label >= 159)."""
+def read_vnc(root, *, synapses: str = "merge"):
+    """Raw ``(20, 1024, 1024)`` uint8 and instances (4-connected components of label >= 159).
+
+    ``synapses="merge"`` (default, issue 13's definition): the synapse label (223) counts as
+    foreground like the rest. The synapse annotations are drawn over the membrane between the pre-
+    and the postsynaptic cell, so this joins the partners of every synapse into one instance.
+    ``synapses="ignore"``: synapse pixels are left out before the components are taken (label 0,
+    ignored by the metrics like the membranes), so each cell is its own instance
+    (``scripts/evaluate_vnc_ground_truth.py``)."""
+    if synapses not in ("merge", "ignore"):
+        raise ValueError(f"synapses: expected 'merge' or 'ignore', got {synapses!r}")
     from PIL import Image
     from skimage.measure import label as cc_label
 
@@ -70,7 +79,8 @@ def read_vnc(root):
     for i in range(20):
         raws.append(np.asarray(Image.open(root / "raw" / f"{i:02d}.tif")))
         lab = np.asarray(Image.open(root / "labels" / f"labels{i:08d}.png").convert("L"))
-        gts.append(cc_label(lab >= 159, connectivity=1).astype(np.int32))
+        fg = (lab >= 159) & (lab != 223) if synapses == "ignore" else lab >= 159
+        gts.append(cc_label(fg, connectivity=1).astype(np.int32))
     raw = np.stack(raws)
     if raw.ndim != 3:
         raise ValueError(f"VNC raw: expected 2D grey slices, got stack shape {raw.shape}")
