@@ -290,6 +290,21 @@ def test_graph_seeds_and_info():
         mutex_watershed_graph(3, [[0, 1]], [np.nan], np.zeros((0, 2), int), [])
 
 
+def test_graph_self_loops_have_no_effect():
+    """A self-loop (u, u), attractive or mutex, neither merges nor forbids anything (documented);
+    gasp refuses them instead (its linkage would need a weight for a cluster with itself)."""
+    rng = np.random.default_rng(21)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        e, m = rng.integers(0, n, (int(rng.integers(1, 60)), 2)), rng.integers(0, n, (int(rng.integers(0, 60)), 2))
+        w, mw = rng.random(len(e)), rng.random(len(m))
+        ke, km = e[:, 0] != e[:, 1], m[:, 0] != m[:, 1]
+        np.testing.assert_array_equal(mutex_watershed_graph(n, e, w, m, mw),
+                                      mutex_watershed_graph(n, e[ke], w[ke], m[km], mw[km]))
+    # a mutex self-loop on a node does not keep it from merging
+    assert mutex_watershed_graph(2, [[0, 1]], [0.5], [[0, 0], [1, 1]], [0.9, 0.9]).tolist() == [1, 1]
+
+
 # ------------------------------------------------------------------------------------------------
 # edge cases and determinism
 # ------------------------------------------------------------------------------------------------

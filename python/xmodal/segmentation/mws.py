@@ -397,7 +397,8 @@ def mutex_watershed_graph(n_nodes, edges, weights, mutex_edges, mutex_weights, *
         Attraction strength of each edge (higher = merged earlier), e.g. a mean merge probability.
         Any real dtype (bool and integers included), compared as float64.
     mutex_edges : array_like of int, shape (M, 2)
-        Repulsive (mutex) edges (u, v).
+        Repulsive (mutex) edges (u, v). Self-loops ``(u, u)``, in either list, are allowed and have
+        no effect (they neither merge nor forbid anything).
     mutex_weights : array_like of float, shape (M,)
         Repulsion strength of each mutex edge (higher = earlier), e.g. 1 - merge probability.
     seeds : array_like of int, shape (n_nodes,), optional
