@@ -209,6 +209,10 @@ def test_blockwise_route_single_block_equals_in_memory_and_is_worker_independent
     single = superpixel_agglomeration(b)
     one = blockwise_superpixel_agglomeration(b, block_shape=b.shape, halo=0)
     assert np.array_equal(one.labels, single)  # one block: same superpixels, graph and result
+    # a block far larger than the volume is one block too (its work array's chunks are capped at the
+    # volume: zarr allocates whole chunks, so uncapped ones ran out of memory)
+    huge = blockwise_superpixel_agglomeration(b, block_shape=(2**40, 2**40, 2**40), halo=0)
+    assert huge.n_blocks == 1 and np.array_equal(huge.labels, single)
     za = zarr.create_array(store=zarr.storage.MemoryStore(), shape=b.shape, chunks=(6, 32, 32), dtype=np.float32)
     za[:] = b
     out = zarr.create_array(store=zarr.storage.MemoryStore(), shape=b.shape, chunks=(6, 32, 32), dtype=np.uint32)

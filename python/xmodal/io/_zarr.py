@@ -91,7 +91,8 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
 def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | None = None,
                  fill_value=0, overwrite: bool = False, attributes: Mapping | None = None,
                  writer: str | None = None):
-    """Create a zarr v3 array at ``path`` (chunks default to the whole array, capped at 128 per axis).
+    """Create a zarr v3 array at ``path`` (chunks default to the whole array, capped at 128 per axis;
+    chunks given larger than the array are capped at its shape, since zarr allocates whole chunks).
 
     ``writer`` (e.g. ``"xmodal mws"``): the array is born flagged incomplete by that writer (see
     :func:`mark_complete`), in its first metadata document, so a kill at any later point leaves
@@ -101,7 +102,7 @@ def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | N
     shape = tuple(int(s) for s in shape)
     if chunks is None:
         chunks = tuple(min(max(s, 1), 128) for s in shape)
-    chunks = _check_chunks(chunks, shape)
+    chunks = tuple(max(1, min(s, c)) for s, c in zip(shape, _check_chunks(chunks, shape)))
     attrs = dict(attributes or {})
     if writer is not None:
         attrs.update(incomplete_status(writer))

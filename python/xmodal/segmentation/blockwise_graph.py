@@ -198,7 +198,8 @@ def _open_work(workdir, shape, bs, hl, sp_options, mask, boundaries):
                 shutil.rmtree(os.path.join(work, name), ignore_errors=True)
     sp_path = os.path.join(work, sp_name)
     if not os.path.exists(sp_path):
-        zarr.create_array(store=sp_path, shape=shape, chunks=tuple(bs), dtype=np.uint32)
+        zarr.create_array(store=sp_path, shape=shape, chunks=tuple(max(1, min(b, s)) for b, s in zip(bs, shape)),
+                          dtype=np.uint32)  # a block larger than the volume: chunks capped (zarr allocates whole ones)
     return work, ledger_dir, sp_path, own
 
 
