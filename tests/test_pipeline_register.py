@@ -152,6 +152,15 @@ def test_inputs_tables_and_label_images(tmp_path):
         (dict(fixed=np.ones((2, 3)), moving=np.ones((10, 3))), ValueError, "fixed: expected at least 4 cells"),
         (dict(fixed="missing.csv", moving=np.zeros((10, 3))), FileNotFoundError, "missing.csv"),
         (dict(fixed=np.zeros((10, 3)), moving=np.zeros((10, 3)), transform="bspline"), ValueError, "transform"),
+        # all cells at one point: named, not the unmatched cost derived from them (the message before)
+        (dict(fixed=np.zeros((10, 3)), moving=np.arange(30.0).reshape(10, 3) ** 1.5), ValueError,
+         r"fixed: expected spread-out cells, got 10 of which most share their position"),
+        (dict(fixed=np.arange(30.0).reshape(10, 3) ** 1.5, moving=np.repeat(np.eye(3), 4, axis=0)), ValueError,
+         r"moving: expected spread-out cells"),
+        (dict(fixed=np.arange(30.0).reshape(10, 3) ** 1.5, moving=np.arange(30.0).reshape(10, 3), seed=-1),
+         ValueError, r"seed: expected an integer >= 0, got -1"),
+        (dict(fixed=np.arange(30.0).reshape(10, 3) ** 1.5, moving=np.arange(30.0).reshape(10, 3),
+              spot_max_distance=-1.0), ValueError, r"spot_max_distance: expected a positive finite number, got -1.0"),
     ],
 )
 def test_register_cells_bad_input(kwargs, exc, match):

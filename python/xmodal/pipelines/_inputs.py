@@ -49,3 +49,21 @@ def in_fixed_units(fset, mset):
     log.info("register_cells: moving cells converted from %s to the fixed cells' %s (x %g)", mu, fu, factor)
     spacing = None if mset.spacing is None else tuple(float(v) * factor for v in mset.spacing)
     return replace(mset, points=mset.points * factor, spacing=spacing, units=fu), fu
+
+
+def check_cell_sets(fix, mov):
+    """ValueError, naming the set, unless ``fix`` and ``mov`` (n, d) are cells of one dimension, at
+    least d + 1 of each, and spread out: a set in which most cells share a position with another
+    (median nearest-neighbour distance 0, e.g. every cell at one point) has no scale to register by."""
+    from .prealign import median_nn_distance
+
+    if fix.shape[1] != mov.shape[1]:
+        raise ValueError(f"fixed, moving: expected points of the same dimension, got {fix.shape[1]}D and "
+                         f"{mov.shape[1]}D")
+    d = fix.shape[1]
+    for name, p in (("fixed", fix), ("moving", mov)):
+        if len(p) < d + 1:
+            raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
+        if not median_nn_distance(p) > 0:
+            raise ValueError(f"{name}: expected spread-out cells, got {len(p)} of which most share their position "
+                             f"with another cell (median nearest-neighbour distance 0); remove the duplicates")

@@ -30,7 +30,7 @@ from .._validation import as_bool, choice, positive_float, positive_int
 from ..io import load_points
 from ..registration.transforms import CompositeTransform
 from ._auto_steps import refine_step, select_step
-from ._inputs import in_fixed_units
+from ._inputs import check_cell_sets, in_fixed_units
 from ._register_steps import (
     Images,
     OutputFolder,
@@ -282,6 +282,8 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     allow_reflection, feature_cpd = as_bool(allow_reflection, "allow_reflection"), as_bool(feature_cpd, "feature_cpd")
     choice(selection_criterion, "selection_criterion", ("matching", "likelihood"))
     k, radius = positive_int(k, "k"), positive_float(radius, "radius", allow_none=True)
+    seed = positive_int(seed, "seed", minimum=0)
+    spot_max_distance = positive_float(spot_max_distance, "spot_max_distance", allow_none=True)
     fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
     moving_spacing = spacing if moving_spacing is None else moving_spacing
     with _timed(timings, "load"):
@@ -398,14 +400,7 @@ def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
     declares, if any) and the unit of the outputs (:func:`._inputs.in_fixed_units`)."""
     fset = load_points(fixed, spacing=fixed_spacing, id_column=id_column, name="fixed")
     mset, units = in_fixed_units(fset, load_points(moving, spacing=moving_spacing, id_column=id_column, name="moving"))
-    fix, mov = fset.points, mset.points
-    if fix.shape[1] != mov.shape[1]:
-        raise ValueError(f"fixed, moving: expected points of the same dimension, got {fix.shape[1]}D and "
-                         f"{mov.shape[1]}D")
-    d = fix.shape[1]
-    for name, p in (("fixed", fix), ("moving", mov)):
-        if len(p) < d + 1:
-            raise ValueError(f"{name}: expected at least {d + 1} cells for a {d}D registration, got {len(p)}")
+    check_cell_sets(fset.points, mset.points)
     return (fset, mset, fset.spacing if fixed_spacing is None else fixed_spacing,
             mset.spacing if moving_spacing is None else moving_spacing, units)
 
