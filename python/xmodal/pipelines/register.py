@@ -281,9 +281,7 @@ def register_cells(fixed, moving, *, transform: str = "auto", matching: str = "o
     scale, errors = as_bool(scale, "scale"), as_bool(errors, "errors")
     allow_reflection, feature_cpd = as_bool(allow_reflection, "allow_reflection"), as_bool(feature_cpd, "feature_cpd")
     choice(selection_criterion, "selection_criterion", ("matching", "likelihood"))
-    k, radius = positive_int(k, "k"), positive_float(radius, "radius", allow_none=True)
-    seed = positive_int(seed, "seed", minimum=0)
-    spot_max_distance = positive_float(spot_max_distance, "spot_max_distance", allow_none=True)
+    k, radius, seed, spot_max_distance = _check_numbers(k, radius, seed, spot_max_distance)
     fixed_spacing = spacing if fixed_spacing is None else fixed_spacing
     moving_spacing = spacing if moving_spacing is None else moving_spacing
     with _timed(timings, "load"):
@@ -403,6 +401,13 @@ def _load_cells(fixed, moving, fixed_spacing, moving_spacing, id_column):
     check_cell_sets(fset.points, mset.points)
     return (fset, mset, fset.spacing if fixed_spacing is None else fixed_spacing,
             mset.spacing if moving_spacing is None else moving_spacing, units)
+
+
+def _check_numbers(k, radius, seed, spot_max_distance):
+    """``(k, radius, seed, spot_max_distance)`` of :func:`register_cells`, checked."""
+    return (positive_int(k, "k"), positive_float(radius, "radius", allow_none=True),
+            positive_int(seed, "seed", minimum=0),
+            positive_float(spot_max_distance, "spot_max_distance", allow_none=True))
 
 
 def _reviewed(reviewed, matching: str, n_moving: int, n_fixed: int):
