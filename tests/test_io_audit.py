@@ -117,6 +117,19 @@ def test_open_array_refuses_a_mode_that_would_erase_the_store(tmp_path):
     np.testing.assert_array_equal(xio.open_array(tmp_path / "a.zarr")[...], 7)
 
 
+def test_unreadable_images_and_missing_arrays_are_named(tmp_path):
+    """A damaged TIFF (tifffile only logs it and returns an empty array) and a path that holds no
+    zarr array get errors naming the path, not an empty image or zarr's own error."""
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\xff" * 12)
+    with pytest.raises(ValueError, match=r"bad.tif: not a readable TIFF image \(no image data"):
+        xio.read_image(bad)
+    np.save(tmp_path / "a.npy", np.ones(3))
+    for where in (tmp_path / "a.npy", tmp_path / "none.zarr"):
+        with pytest.raises(FileNotFoundError, match=r"source: expected a zarr array or OME-Zarr image at .*found none"):
+            xio.open_array(where)
+
+
 # ----------------------------------------------------------------------------------- provenance
 
 def test_provenance_keeps_numpy_values_as_numbers():

@@ -194,6 +194,24 @@ def test_small_sets_are_fitted_from_scratch_on_all_cells(cells):
     assert not any(k.endswith("_subsample") for k in res.cpd_iterations)
 
 
+def test_auto_with_too_few_cells_uses_rigid_and_says_why():
+    """Fewer than AUTO_MIN_CELLS cells: no held-out comparison (4 cells used to fail inside CPD,
+    which got 3 training cells), the rigid model, and the reason recorded."""
+    from xmodal.pipelines._auto_steps import AUTO_MIN_CELLS
+
+    rng = np.random.default_rng(8)
+    for n in (4, AUTO_MIN_CELLS - 1):
+        fixed = rng.uniform(0, 50, (n, 3))
+        res = register_cells(fixed, fixed + [1.0, -2.0, 0.5], transform="auto")
+        sel = res.model_selection
+        assert sel["chosen"] == "rigid" and sel["scores"] == {} and sel["cells"] == [n, n]
+        assert f"at least {AUTO_MIN_CELLS} of each" in sel["criterion"]
+        assert res.n_matched == n
+    fixed = rng.uniform(0, 50, (AUTO_MIN_CELLS, 3))
+    sel = register_cells(fixed, fixed + 1.0, transform="auto").model_selection
+    assert set(sel["scores"]) == {candidate_label(c) for c in AUTO_CANDIDATES}  # compared from there on
+
+
 def test_deformable_width_is_in_units_of_the_specimen_radius(cells):
     """The default width of the deformable field is DEFORMABLE_BETA x the RMS radius of the fixed
     cells, whatever their density: the same specimen sampled twice as densely gets the same field

@@ -192,9 +192,12 @@ def read_image(path: str | os.PathLike):
 
         tifffile = optional_import("tifffile", purpose="reading TIFF images")
         try:
-            return tifffile.imread(path)
+            image = tifffile.imread(path)
         except (ValueError, tifffile.TiffFileError) as exc:
             raise ValueError(f"image {path}: not a readable TIFF image ({exc})") from None
+        if image.size == 0:  # tifffile logs a damaged first page and returns an empty array
+            raise ValueError(f"image {path}: not a readable TIFF image (no image data: a damaged or truncated file)")
+        return image
     if not path.is_dir():
         raise ValueError(f"image {path}: expected a .npy, .tif/.tiff file or a zarr / OME-Zarr folder")
     try:

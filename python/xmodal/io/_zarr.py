@@ -76,7 +76,11 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
     if mode not in _OPEN_MODES:
         raise ValueError(f"mode: expected one of {_OPEN_MODES} (opening an existing array), got {mode!r}")
     where = os.fspath(source)
-    node = zarr.open(where, mode=mode)
+    try:
+        node = zarr.open(where, mode=mode)
+    except FileNotFoundError as exc:  # zarr's "node not found" errors
+        raise FileNotFoundError(f"source: expected a zarr array or OME-Zarr image at {where!r}, found none "
+                                f"({' '.join(str(exc).split())})") from None
     if not isinstance(node, zarr.Array):
         ome = node.attrs.get("ome", {})
         multiscales = ome.get("multiscales") or node.attrs.get("multiscales")

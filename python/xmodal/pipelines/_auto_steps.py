@@ -42,6 +42,11 @@ SELECT_POINTS = 1500
 #: docs/identity.md); complete pairs (sizes within a few cells) keep the fixed side.
 MOVING_HOLDOUT_SHARE = 0.9
 
+#: Fewest cells of each set for which ``transform="auto"`` compares its candidates on held-out
+#: cells: below, 20 % held out leaves too few to fit an affine or deformable model (3D affine: 12
+#: parameters) or to score it, and the rigid model, with the fewest parameters, is used.
+AUTO_MIN_CELLS = 20
+
 #: Iterations of the final fit on all cells when the model was chosen on subsamples: it starts
 #: from the chosen candidate's fit, carried to all cells (:func:`refine_step`).
 REFINE_ITER = 50
@@ -84,7 +89,8 @@ def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_optio
                 repeats: int | None = None, radius: float | None = None, criterion: str = SELECT_CRITERION,
                 k: int = 30) -> Selection:
     """``transform="auto"``: the model of :data:`AUTO_CANDIDATES` whose fits to 80 % of the fixed
-    cells best predict the other 20 % (:func:`xmodal.registration.selection.select_model`).
+    cells best predict the other 20 % (:func:`xmodal.registration.selection.select_model`); rigid,
+    without a comparison, when either set has fewer than :data:`AUTO_MIN_CELLS` cells.
 
     ``criterion="matching"`` (default, :data:`SELECT_CRITERION`): the moved cells of each fit are
     matched one-to-one to all fixed cells (``k`` nearest neighbours, unmatched cost 3 × the median
@@ -104,6 +110,13 @@ def select_step(moving: np.ndarray, fixed: np.ndarray, *, scale: bool, cpd_optio
     from .prealign import median_nn_distance, rms_radius
 
     radius = rms_radius(fixed) if radius is None else float(radius)
+    if min(len(moving), len(fixed)) < AUTO_MIN_CELLS:
+        why = (f"too few cells to compare models on held-out cells ({len(moving)} moving, {len(fixed)} fixed; "
+               f"at least {AUTO_MIN_CELLS} of each): the rigid model, which has the fewest parameters")
+        log.info("register_cells: transform='auto' chose rigid (%s)", why)
+        return Selection("rigid", None, {"chosen": "rigid", "criterion": why, "criterion_name": None,
+                                         "cells": [len(moving), len(fixed)], "scores": {}, "all_scores": {},
+                                         "split_scores": [], "radius": radius})
     caches: dict = {}
     fits: dict = {}
 
