@@ -137,6 +137,25 @@ def test_block_shape_checked_before_anything_is_created(files, capsys):
     assert_user_error(*run(capsys, "match", "a.csv", "b.csv", "--threads", "0", "--out", "m.csv")[::2], "--threads")
 
 
+def test_out_that_cannot_be_created_is_refused_before_any_work(files, capsys):
+    """A file in the way of --out's parent folder, or a place where no folder can be made, is one
+    usage error before the work (it was an OSError after the registration had run); a run refused
+    for its arguments leaves no staging folder behind."""
+    assert_user_error(*run(capsys, "match", "a.csv", "b.csv", "--out", "file/m.csv")[::2],
+                      "--out", "file is a file, not a folder")
+    assert_user_error(*run(capsys, "register", "a.csv", "b.csv", "--out", "file/sub/out")[::2], "--out", "file")
+    import os
+
+    if os.path.isdir("/proc/self"):  # Linux: nothing can be created in /proc, even by root
+        code, out, err = run(capsys, "register", "a.csv", "b.csv", "--out", "/proc/xmodal-out")
+        assert_user_error(code, err, "--out", "no folder can be made in /proc")
+        assert "matched" not in out + err  # refused before the registration
+    assert_user_error(*run(capsys, "cpd", "a.csv", "labels.npy", "--out", "c")[::2], "dimension")
+    np.save("raw.npy", np.zeros((16, 16), np.uint8))
+    assert_user_error(*run(capsys, "segment", "raw.npy", "--tile-shape", "0,0", "--out", "s")[::2], "--tile-shape")
+    assert sorted(p.name for p in files.iterdir() if "xmodal" in p.name or p.name in ("c", "s")) == []
+
+
 def test_nan_affinities_are_an_error(files, capsys):
     code, _, err = run(capsys, "mws", "nan.npy", "--offsets", "offs.json", "--out", "l.zarr")
     assert_user_error(code, err, "nan.npy", "finite", "channel 2 at (12, 13)")

@@ -211,7 +211,6 @@ def cmd_cpd(args) -> int:
     fix = load_points(args.fixed, spacing=spacing_option(args.spacing), name="fixed")
     opts = {k: getattr(args, k) for k in ("w", "beta", "lam", "max_iter", "tol", "estep", "estep_tol")
             if getattr(args, k) is not None}
-    stage = begin_folder(out, name="--out")  # renamed to --out when complete
     total = opts.get("max_iter", 50 if args.coarse else 150)
     with progress_bar(total, desc="cpd", unit="iteration", enabled=not args.quiet) as bar:
         opts["callback"] = lambda **_: bar.update(1)
@@ -219,6 +218,7 @@ def cmd_cpd(args) -> int:
             res = cpd_coarse_to_fine(mov.points, fix.points, transform=args.transform, n_coarse=args.coarse, **opts)
         else:
             res = cpd(mov.points, fix.points, transform=args.transform, device=args.device, **opts)
+    stage = begin_folder(out, name="--out")  # after the fit: a refused run leaves no folder; renamed when complete
     write_json(stage / "transform.json", res.transform.to_dict())
     moved = np.asarray(res.moved)
     axes = ["z", "y", "x"][-moved.shape[1]:]

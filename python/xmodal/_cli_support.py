@@ -139,6 +139,12 @@ def prepare_out(out, *, kind: str, command: str, inputs=(), overwrite: bool = Fa
         if i is not None and Path(i).exists() and same_path(path, i):
             raise UsageError(f"--out: {path} is also an input of this command; choose another output path")
     if not path.exists():
+        from .io._resume import _check_can_create_beside
+
+        try:  # a file in the way of a parent folder, or a place where nothing can be created
+            _check_can_create_beside(path, "--out")
+        except (ValueError, PermissionError) as exc:
+            raise UsageError(str(exc)) from None
         return path
     if kind == "file":
         if path.is_dir():

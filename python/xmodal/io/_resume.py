@@ -243,7 +243,26 @@ def check_output_folder(path, *, name: str = "out") -> Path:
     if path.is_dir() and not _is_replaceable(path):
         raise ValueError(f"{name}: {path} exists and is not an xmodal output (no provenance.json or zarr.json); "
                          "it is replaced as a whole when the run completes, so pass a new or empty folder")
+    _check_can_create_beside(path, name)
     return path
+
+
+def _check_can_create_beside(path: Path, name: str) -> None:
+    """Refuse, before any work, an output whose staging sibling could not be created: a file in
+    the way of a parent folder, or a place where no folder can be made (permissions, a read-only
+    or virtual file system), probed by creating and removing a temporary folder there."""
+    import tempfile
+
+    anc = path.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ValueError(f"{name}: cannot create {path}: {anc} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".xmodal-probe-", dir=anc))
+    except OSError as exc:
+        raise PermissionError(f"{name}: cannot create {path}: no folder can be made in {anc} "
+                              f"({exc.strerror or exc})") from None
 
 
 def begin_folder(path, *, name: str = "out", keep: Iterable[str] | None = None) -> Path:

@@ -322,6 +322,8 @@ def segment(raw, *, model="em", out=None, offsets=None, n_attractive=None, norma
     memory_voxels = positive_int(memory_voxels, "memory_voxels")
     if block_shape is not None:  # checked before the prediction, not after it
         block_shape = per_axis(block_shape, len(job.spatial), "block_shape", minimum=1)
+    if tile_shape is not None:  # its form checked before the output folder is staged (predict_tiled: the rest)
+        per_axis(tile_shape, len(job.spatial) - int(job.stack), "tile_shape", minimum=1)
     if tta:
         job.model = _with_tta(job)
     out_dir = stage = root = None
