@@ -65,6 +65,22 @@ def test_config_top_level_keys_apply_beside_the_command_table(files, capsys):
     assert params["threads"] == 1 and params["unmatched_cost"] == 50 and params["k"] == 5  # command line wins
 
 
+def test_threads_option_does_not_outlive_the_command(files, capsys):
+    """``--threads`` (or ``threads`` in a config) sets the kernels' threads for the command only: an
+    in-process ``cli.main`` (a workflow engine, a test) leaves the caller's setting as it found it."""
+    import warnings
+
+    import xmodal
+
+    fmt = warnings.formatwarning
+    with xmodal.num_threads(2):
+        for argv in (("match", "a.csv", "b.csv", "--threads", "1", "--out", "t.csv", "-q"),
+                     ("match", "a.csv", "b.csv", "--threads", "1", "--radius", "-3")):  # also after an error
+            run(capsys, *argv)
+            assert xmodal.get_num_threads() == 2
+            assert warnings.formatwarning is fmt  # the one-line format too
+
+
 @pytest.mark.parametrize("argv, option", [
     (("match", "a.csv", "b.csv", "--radius", "-3"), "--radius"),
     (("match", "a.csv", "b.csv", "--unmatched-cost", "-3"), "--unmatched-cost"),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from . import _cli_commands as commands
 from ._cli_mws import cmd_mws
@@ -44,6 +45,7 @@ from ._cli_support import (
     option_names,
     setup,
 )
+from ._config import _process_setting, set_num_threads
 from ._version import __version__
 from .io._resume import IncompleteOutputError
 
@@ -373,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subs = build_parser()
     command = next((tok for tok in argv if not tok.startswith("-")), None)
+    # --threads and the one-line warning format apply to this command only (main() may run in-process)
+    threads_before, formatwarning = _process_setting(), warnings.formatwarning
     try:
         cfg_path = config_path(argv)
         if command in subs and cfg_path:
@@ -398,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         text = option_names(cli_text(exc), subs.get(command))
         print(f"xmodal {command or ''}: error: {text}".replace("xmodal : ", "xmodal: "), file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.formatwarning = formatwarning
+        if _process_setting() != threads_before:
+            set_num_threads(threads_before)
 
 
 def cli_text(exc: BaseException) -> str:
