@@ -268,7 +268,10 @@ def test_save_load_round_trip(tmp_path):
 def test_load_rejects_other_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ValueError, match="expected a dict with format 'xmodal-atlas', got 'something-else'"):
+        Atlas.load(bad)
+    bad.write_text("{}")  # another JSON document: said so, not "got None"
+    with pytest.raises(ValueError, match="got a dict without a 'format' key"):
         Atlas.load(bad)
     newer = tmp_path / "newer.json"
     newer.write_text(json.dumps({"format": "xmodal-atlas", "version": 99}))

@@ -368,3 +368,13 @@ def test_cli_segment_tta_flag(isbi, tmp_path):
     assert r.returncode == 0, r.stderr
     prov = json.loads((tmp_path / "seg" / "provenance.json").read_text())
     assert prov["parameters"]["tta"] is True
+
+
+def test_demo_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    from xmodal.demo import run_demo
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="out: expected a folder for the demo's outputs, got the existing file"):
+        run_demo(f, progress=False)
+    assert f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -28,6 +28,8 @@ def run_demo(out: str | Path = "xmodal-demo", *, progress: bool = True) -> str:
     from .pipelines._output import write_json
 
     out = Path(out)
+    if out.exists() and not out.is_dir():  # before any work; the pipelines check their own subfolders
+        raise ValueError(f"out: expected a folder for the demo's outputs, got the existing file {out}")
     t0 = time.perf_counter()
     embryos = celegans_embryos()
     fixed, moving = embryos[FIXED_EMBRYO], embryos[MOVING_EMBRYO]

@@ -162,8 +162,9 @@ class Atlas:
     def from_dict(cls, d: dict) -> "Atlas":
         """Rebuild an atlas from :meth:`to_dict` output; checks the format and the version."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"atlas: expected a dict with format {FORMAT!r}, got {got!r}")
+            got = (repr(d["format"]) if "format" in d else "a dict without a 'format' key") if isinstance(d, dict) \
+                else type(d).__name__
+            raise ValueError(f"atlas: expected a dict with format {FORMAT!r}, got {got}")
         version = d.get("version")
         if isinstance(version, bool) or not isinstance(version, int):
             raise ValueError(f"atlas: version: expected an integer schema version, got {version!r}")
