@@ -13,8 +13,11 @@ _SPATIAL = ("z", "y", "x")
 
 def _multiscale(path) -> dict | None:
     """The first ``multiscales`` entry of the zarr group at ``path`` (NGFF 0.5 under ``"ome"``,
-    0.4 at the top level), or None when ``path`` is no OME-Zarr image group."""
+    0.4 at the top level), or None when ``path`` is no OME-Zarr image group; ValueError naming the
+    path and the field when its metadata is damaged (:func:`xmodal.io._ngff.first_multiscale`)."""
     import zarr
+
+    from ._ngff import first_multiscale
 
     try:
         node = zarr.open(os.fspath(path), mode="r")
@@ -23,8 +26,8 @@ def _multiscale(path) -> dict | None:
     if isinstance(node, zarr.Array):
         return None
     attrs = dict(node.attrs)
-    ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
-    return ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"] else attrs
+    return first_multiscale(ome, f"path: {os.fspath(path)!r}")
 
 
 def _scale_of(transforms: Any, n: int):

@@ -82,11 +82,22 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
         raise FileNotFoundError(f"source: expected a zarr array or OME-Zarr image at {where!r}, found none "
                                 f"({' '.join(str(exc).split())})") from None
     if not isinstance(node, zarr.Array):
-        ome = node.attrs.get("ome", {})
-        multiscales = ome.get("multiscales") or node.attrs.get("multiscales")
-        if not multiscales:
+        from ._ngff import first_multiscale
+
+        attrs = dict(node.attrs)
+        ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"] else attrs
+        ms = first_multiscale(ome, f"source: {where!r}")
+        if ms is None:
             raise ValueError(f"source: {where!r} is a zarr group without OME-Zarr multiscales metadata")
-        node = node[multiscales[0]["datasets"][0]["path"]]
+        level = ms["datasets"][0]["path"]
+        try:
+            node = node[level]
+        except KeyError:
+            raise FileNotFoundError(f"source: the OME-Zarr image {where!r} names {level!r} as its full resolution "
+                                    f"level, which it lacks") from None
+        if not isinstance(node, zarr.Array):
+            raise ValueError(f"source: the full resolution level {level!r} of the OME-Zarr image {where!r} is a "
+                             f"group, not an array")
     if mode == "r":
         check_complete(node, repr(where), allow_incomplete=allow_incomplete)
     return node
