@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluate_em_edge_robust as rb  # noqa: E402
 import evaluate_em_edges as ee  # noqa: E402
 import evaluate_em_model as ev  # noqa: E402
+from _jsonout import write_json  # noqa: E402
 
 logger = logging.getLogger("evaluate_em_crossfit")
 
@@ -252,9 +253,7 @@ def main(argv=None):
                 "multicut": [str(x) for x in mc], "crossfit_mean_arand_all_domains": means[best]})
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if args.out is not None:
-        from xmodal.io import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        write_json(result, args.out)
     return 0
 
 

@@ -77,7 +77,7 @@ def test_every_method_equals_segment_and_is_scored_per_slice(stack):
 def test_selection_threshold_and_bad_inputs(stack):
     from xmodal.pipelines import compare_segmentation_methods
 
-    aff, gt, _ = stack
+    aff, gt, calls = stack
     raw = np.zeros(gt.shape, np.float32)
     model = _Model(DEFAULTS)
     res = compare_segmentation_methods(raw, gt, model=model, normalize=None, methods="baseline",
@@ -93,8 +93,21 @@ def test_selection_threshold_and_bad_inputs(stack):
         compare_segmentation_methods(raw, gt[:1], model=model, normalize=None)
     with pytest.raises(TypeError, match="ground_truth: expected integer"):
         compare_segmentation_methods(raw, gt.astype(float), model=model, normalize=None)
-    with pytest.raises(ValueError, match="baseline_threshold"):
-        compare_segmentation_methods(raw, gt, model=model, normalize=None, methods="baseline", baseline_threshold=1.5)
+    n_before = len(calls)
+    for bad in (1.5, float("nan"), True, "0.3"):  # refused before the prediction, not after it
+        with pytest.raises(ValueError, match="baseline_threshold: expected a number in"):
+            compare_segmentation_methods(raw, gt, model=model, normalize=None, methods="baseline",
+                                         baseline_threshold=bad)
+    assert len(calls) == n_before
+
+
+def test_cli_baseline_threshold_needs_methods(tmp_path, capsys):
+    from xmodal.cli import main
+
+    seg = np.arange(64, dtype=np.int32).reshape(8, 8) // 16
+    np.save(tmp_path / "seg.npy", seg)
+    assert main(["evaluate", str(tmp_path / "seg.npy"), str(tmp_path / "seg.npy"), "--baseline-threshold", "0.3"]) == 2
+    assert "--baseline-threshold: applies only with --methods" in capsys.readouterr().err
 
 
 def test_cli_evaluate_methods_on_the_shipped_slices(tmp_path, capsys):

@@ -312,6 +312,9 @@ def cmd_evaluate(args) -> int:
     from .io import read_image, write_json
     from .metrics import evaluate_segmentation
 
+    if not args.methods and args.baseline_threshold is not None:
+        raise UsageError("--baseline-threshold: applies only with --methods (segmenting a raw image); "
+                         "without it the first argument is scored as it is")
     out = None if not args.out else prepare_out(args.out, kind="file", command="evaluate",
                                                  inputs=(args.segmentation, args.ground_truth))
     if args.methods:

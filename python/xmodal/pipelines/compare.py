@@ -63,6 +63,8 @@ def compare_segmentation_methods(raw, ground_truth, *, model="em", methods=METHO
 
     progress = as_progress(progress, "progress")
     methods = _check_methods(methods)
+    if baseline_threshold is not None:  # checked before the prediction, not after it
+        _check_threshold(baseline_threshold)
     job0 = _validate(raw, model=model, offsets=None, n_attractive=None, normalize=normalize, min_size=None,
                      spacing=None, progress=progress, bias=None, strides=None)
     gt = _ground_truth(ground_truth, job0.spatial)
@@ -123,13 +125,17 @@ def _agglomerated(aff, job0, method: str) -> np.ndarray:
     return np.asarray(labels)
 
 
+def _check_threshold(threshold) -> None:
+    if isinstance(threshold, bool) or not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
+        raise ValueError(f"baseline_threshold: expected a number in (0, 1), got {describe(threshold)}")
+
+
 def _baseline(aff, job0, threshold) -> np.ndarray:
     from ..models.isbi2012 import boundary_baseline_segmentation
 
     if threshold is None:
         threshold = float(_stored(job0.model).get("baseline_threshold", 0.5))
-    if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
-        raise ValueError(f"baseline_threshold: expected a number in (0, 1), got {describe(threshold)}")
+    _check_threshold(threshold)
     if aff.ndim == 3:  # one 2D image: (C, y, x)
         return boundary_baseline_segmentation(aff, n_attractive=job0.n_attractive, threshold=float(threshold))
     if job0.stack:  # a 2D model on a stack: (C, z, y, x), the baseline slice by slice
