@@ -148,6 +148,33 @@ def test_load_errors_name_the_file(tmp_path):
         Atlas.load(text_version)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("relations", [1, 2], "relations: expected a JSON object, got list"),
+    ("calibration", [1], "calibration: expected a JSON object"),
+    ("parameters", "abc", "parameters: expected a JSON object, got str"),
+    ("transform", {"a": 1}, "transform: expected one of"),
+    ("transform", "projective", "transform: expected one of"),
+    ("feature_normalization", [1], "feature_normalization: expected one of"),
+    ("counts", -1, "counts: expected integers in \\[0, n_samples"),
+    ("counts", 99, "counts: expected integers in \\[0, n_samples"),
+    ("presence", None, "presence: expected fractions in \\[0, 1\\]"),
+    ("presence", 2.0, "presence: expected fractions in \\[0, 1\\]"),
+])
+def test_damaged_record_refused_naming_the_field(small, key, value, message):
+    """A hand-edited or damaged atlas record: every field of the wrong kind or out of range is a
+    ValueError naming it (a list for an object was an AttributeError; a transform that is no kind
+    of build_atlas, negative counts and presence outside [0, 1] were accepted)."""
+    from xmodal.atlas._assemble import KINDS
+    from xmodal.atlas._model import _TRANSFORMS
+
+    assert _TRANSFORMS == KINDS
+    _, atlas = small
+    d = atlas.to_dict()
+    d[key] = [value] * len(d["names"]) if key in ("counts", "presence") else value
+    with pytest.raises(ValueError, match=message):
+        Atlas.from_dict(d)
+
+
 def test_atlas_index_reads_names_as_build_atlas_does(small):
     _, atlas = small
     names = atlas.names[:3]

@@ -193,11 +193,11 @@ class Atlas:
                 feature_means=fm, feature_covariances=fc,
                 pooled_feature_covariance=opt("pooled_feature_covariance"),
                 feature_normalization=str(d.get("feature_normalization", "sample")),
-                calibration=dict(d.get("calibration") or {}),
+                calibration=dict(_mapping(d.get("calibration"), "calibration")),
                 relations={k: np.asarray(v, dtype=np.int64 if k == "partners" else np.float64)
-                           for k, v in (d.get("relations") or {}).items()},
+                           for k, v in _mapping(d.get("relations"), "relations").items()},
                 sample_transforms=list(d.get("sample_transforms") or []),
-                parameters=dict(d.get("parameters") or {}),
+                parameters=dict(_mapping(d.get("parameters"), "parameters")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"atlas: malformed atlas record ({exc})") from exc
@@ -239,6 +239,16 @@ class Atlas:
                 raise ValueError(f"atlas: {key}: expected ({m},), got {getattr(self, key).shape}")
         if len(set(self.names.tolist())) != m:
             raise ValueError("atlas: names must be unique")
+        if self.transform not in _TRANSFORMS:
+            raise ValueError(f"atlas: transform: expected one of {_TRANSFORMS}, got {self.transform!r}")
+        if self.feature_normalization not in _FEATURE_NORMALIZATIONS:
+            raise ValueError(f"atlas: feature_normalization: expected one of {_FEATURE_NORMALIZATIONS}, "
+                             f"got {self.feature_normalization!r}")
+        if (self.counts < 0).any() or (self.counts > self.n_samples).any():
+            raise ValueError(f"atlas: counts: expected integers in [0, n_samples = {self.n_samples}] (samples in "
+                             f"which each name occurs), got values from {self.counts.min()} to {self.counts.max()}")
+        if not (np.isfinite(self.presence) & (self.presence >= 0) & (self.presence <= 1)).all():
+            raise ValueError("atlas: presence: expected fractions in [0, 1] (the share of samples with each name)")
         if not (np.isfinite(self.means).all() and np.isfinite(self.covariances).all()):
             raise ValueError("atlas: means and covariances must be finite")
         if self.feature_means is not None:
@@ -248,6 +258,19 @@ class Atlas:
                 raise ValueError("atlas: feature_means / feature_covariances: inconsistent shapes")
             if self.feature_names is None or len(self.feature_names) != f:
                 raise ValueError(f"atlas: feature_names: expected {f} names")
+
+
+_TRANSFORMS = ("rigid", "similarity", "affine")  # the kinds of build_atlas (atlas._assemble.KINDS)
+_FEATURE_NORMALIZATIONS = ("sample", "none")
+
+
+def _mapping(value, key: str) -> dict:
+    """An optional JSON object of an atlas record (None -> {}); ValueError naming ``key`` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _jsonable(v: Any):
