@@ -226,3 +226,34 @@ def test_predict_tiled_out_naming_an_existing_file(tmp_path):
         predict_tiled(double, np.ones((16, 16), np.float32), tile_shape=8, halo=0, out=str(tmp_path / "a.csv"),
                       progress=False)
     assert (tmp_path / "a.csv").read_text() == "1\n"
+
+
+def test_torch_model_returning_numpy_is_predicted_exactly():
+    """A torch module whose forward returns a numpy array (the output of ``.numpy()``): the
+    wrapper's float32 cast called torch's ``.to`` on it (AttributeError, reported as a failed probe);
+    now the array is taken as it is, and the tiles equal the whole-volume prediction."""
+    torch = pytest.importorskip("torch")
+
+    class ReturnsNumpy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x).detach().numpy()
+
+    model = ReturnsNumpy().eval()
+    x = np.random.default_rng(0).random((1, 24, 40, 40)).astype(np.float32)
+    got = predict_tiled(model, x, tile_shape=(8, 16, 16), halo=(2, 2, 2), progress=False)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(x[None]))[0]
+    assert got.dtype == np.float32 and np.array_equal(got, whole)
+
+
+def test_probe_notes_summarise_repeated_failures():
+    from xmodal.inference._probe import _distinct
+
+    errs = [f"w{i}: TypeError: same" for i in range(6)]
+    assert _distinct(errs) == ["w0: TypeError: same", "... 4 more windows failed ...", "w5: TypeError: same"]
+    assert _distinct(errs[:2]) == errs[:2]

@@ -67,6 +67,8 @@ class Runner:
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype, non_blocking=True)
             with torch.inference_mode():
                 y = _first_output(self.model(x))
+                if not isinstance(y, torch.Tensor):  # a torch model that returns a numpy array
+                    return np.asarray(y, dtype=np.float32)
                 y = y.to(torch.float32)
             return y.cpu().numpy()
         y = _first_output(self.model(batch))

@@ -113,7 +113,7 @@ def probe_field(model, nd: int, in_channels: int, size, factor) -> Probe:
         w1, w2 = _windows(nd, size, factor, grid)
         if math.prod(w2) > _CAP[nd]:
             detail = f"the probe windows {w1} and {w2} exceed {_CAP[nd]} voxels"
-            return Probe("skipped", None, (w1, w2), "; ".join(errors + [detail]))
+            return Probe("skipped", None, (w1, w2), "; ".join(_distinct(errors) + [detail]))
         try:
             with eval_mode(model), _frozen(model):
                 with statistics_fixed(model, torch) as probed:
@@ -126,7 +126,15 @@ def probe_field(model, nd: int, in_channels: int, size, factor) -> Probe:
                 return p
         except Exception as exc:  # noqa: BLE001 - the network's own error on the probe window
             errors.append(f"{w1} and {w2} voxels: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
-    return Probe("skipped", None, (w1, w2), "; ".join(errors[:1] + errors[-1:]))
+    return Probe("skipped", None, (w1, w2), "; ".join(_distinct(errors)))
+
+
+def _distinct(errors: list) -> list:
+    """The first and the last of the network's errors on the probe windows, and how many windows failed
+    (one window's error repeated on every grid would make the note unreadable)."""
+    if len(errors) <= 2:
+        return list(errors)
+    return [errors[0], f"... {len(errors) - 2} more windows failed ...", errors[-1]]
 
 
 def _in_float64(model, in_channels, size, factor, windows, torch):
