@@ -192,6 +192,17 @@ def _settings(key, clf):
     return rb._settings((name, method, linkage, beta), clf)
 
 
+def _read_table(path):
+    """The tuning table of a result file, keys back to (floats / int for the superpixels, classifier, shape flag,
+    method, linkage, beta)."""
+    def key(parts):
+        *sp, name, shape, method, linkage, beta = parts
+        sp = (float(sp[0]), float(sp[1]), int(sp[2])) if sp else ()
+        return sp + (name, shape == "True", method, linkage, float(beta))
+
+    return {key(k): v for k, v in json.loads(Path(path).read_text())["tuning_table"]}
+
+
 def superpixel_stage(args, specs, offsets, na, names, n_plain):
     """Stage 2 (``--superpixel-grid``): the same leave-one-block-out protocol over :data:`SP_GRID` x
     :data:`SP_CANDIDATES` x :data:`SP_BETAS`; returns the table (keys start with the superpixel
@@ -215,6 +226,8 @@ def main(argv=None):
     ap.add_argument("--write-defaults", type=Path, default=None,
                     help="model .json to store the choice in (only when the decision rule says so)")
     ap.add_argument("--tune-only", action="store_true", help="do not read slices 25-29 or the VNC stack")
+    ap.add_argument("--tuning", type=Path, default=None,
+                    help="reuse the tuning table of an earlier --tune-only run with the same options (JSON)")
     ap.add_argument("--superpixel-grid", action="store_true",
                     help="stage 2: choose the superpixel setting too (SP_GRID x SP_CANDIDATES x SP_BETAS)")
     args = ap.parse_args(argv)
@@ -237,7 +250,9 @@ def main(argv=None):
             graphs[sp] = graph_data(args, specs, offsets, na)
         return graphs[sp]
 
-    if args.superpixel_grid:
+    if args.tuning is not None:  # the table of an earlier --tune-only run with the same options
+        table = _read_table(args.tuning)
+    elif args.superpixel_grid:
         table = superpixel_stage(args, specs, offsets, na, names, n_plain)
     else:
         table = tune(graphs_of(default_sp), names, n_plain)
@@ -255,10 +270,12 @@ def main(argv=None):
         nm = names if key[-4] else names[:n_plain]
         clf = rb.fit(key[-5], _columns(graphs_of(sp)["clean"], key[-4], n_plain), nm)
         fits[key] = _settings(key, clf)  # rb.SUPERPIXELS is the setting of sp here
-    stored = dict(model.segmentation_defaults["gasp"], method="gasp")
+    stored = {k: v for k, v in model.segmentation_defaults["gasp"].items() if k != "hand_weighted"}
+    stored["method"] = "gasp"
     rows = {"crossfit_default": fits[best], "stored_default": stored, "crossfit_multicut": fits[mc]}
     result = {"protocol": __doc__.split("Example::")[0].strip(), "blocks": [list(b) for b in BLOCKS],
-              "networks": specs, "superpixel_grid": [list(x) for x in (SP_GRID if args.superpixel_grid else [default_sp])],
+              "networks": specs,
+              "superpixel_grid": [list(x) for x in (SP_GRID if args.superpixel_grid else [default_sp])],
               "margin": MARGIN,
               "choice": {"key": [str(x) for x in best], "smoothed": sm, "multicut_key": [str(x) for x in mc],
                          "multicut_smoothed": mc_sm, "stored_default_smoothed": stored_sm,
