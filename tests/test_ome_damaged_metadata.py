@@ -12,7 +12,8 @@ import pytest
 zarr = pytest.importorskip("zarr")
 
 from xmodal.io import open_array  # noqa: E402
-from xmodal.io._ngff import first_multiscale, read_ngff_image  # noqa: E402
+from xmodal.io._ngff import read_ngff_image  # noqa: E402
+from xmodal.io._ngff_check import first_multiscale  # noqa: E402
 from xmodal.io._ome import declared_scale  # noqa: E402
 
 

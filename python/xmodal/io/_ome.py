@@ -17,7 +17,7 @@ def _multiscale(path) -> dict | None:
     path and the field when its metadata is damaged (:func:`xmodal.io._ngff.first_multiscale`)."""
     import zarr
 
-    from ._ngff import first_multiscale
+    from ._ngff_check import first_multiscale
 
     try:
         node = zarr.open(os.fspath(path), mode="r")

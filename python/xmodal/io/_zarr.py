@@ -82,7 +82,7 @@ def open_array(source: Any, *, mode: str = "r", allow_incomplete: bool = False):
         raise FileNotFoundError(f"source: expected a zarr array or OME-Zarr image at {where!r}, found none "
                                 f"({' '.join(str(exc).split())})") from None
     if not isinstance(node, zarr.Array):
-        from ._ngff import first_multiscale
+        from ._ngff_check import first_multiscale
 
         attrs = dict(node.attrs)
         ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"] else attrs
