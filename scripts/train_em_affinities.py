@@ -114,9 +114,22 @@ def masked_boundary_dice(logits, targets, mask, eps=1.0):
     return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
 
 
+def masked_bce_malis(logits, targets, mask):
+    """Masked BCE plus the constrained MALIS loss of the two nearest-neighbour channels.
+
+    :func:`xmodal.models.malis_loss`: the BCE of each edge weighted by the ground-truth pixel pairs
+    whose maximin edge it is, so a gap in a membrane that would merge two cells weighs as much as the
+    pairs it merges. Needs offsets whose first two channels are (-1, 0) and (0, -1).
+    """
+    from xmodal.models import malis_loss
+
+    return masked_bce(logits, targets, mask) + malis_loss(logits[:, :2], targets[:, :2], mask[:, :2])
+
+
 LOSSES = {
     "bce": masked_bce,
     "bce+dice": lambda logits, t, m: masked_bce(logits, t, m) + masked_boundary_dice(logits, t, m),
+    "bce+malis": masked_bce_malis,
 }
 
 
@@ -184,8 +197,9 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
     steps, batch, crop, lr, weight_decay, warmup : Adam(W) with linear warm-up over ``warmup``
         steps, then cosine decay to 5 % of ``lr``.
     seed, threads : reproducibility (bit-identical weights for the same seed and threads).
-    loss : ``"bce"`` (masked binary cross-entropy) or ``"bce+dice"`` (plus the boundary Dice of
-        :func:`masked_boundary_dice`); the validation loss is the masked BCE either way.
+    loss : ``"bce"`` (masked binary cross-entropy), ``"bce+dice"`` (plus the boundary Dice of
+        :func:`masked_boundary_dice`) or ``"bce+malis"`` (plus :func:`masked_bce_malis`'s MALIS term);
+        the validation loss is the masked BCE either way.
     aug : :class:`xmodal.models._augment.EMAugmentation` (default: its defaults).
     max_minutes : optional wall-time cap.
     context : sections on each side given to the network as extra input channels (0: a 2D model
@@ -208,6 +222,9 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
         raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
     loss_fn, loss_name = LOSSES[loss], loss
     offsets = np.asarray(offsets, dtype=np.int64)
+    if loss == "bce+malis" and (len(offsets) < 2 or offsets[:2].tolist() != [[-1, 0], [0, -1]]):
+        raise ValueError(f"loss: 'bce+malis' needs offsets starting with (-1, 0), (0, -1), got "
+                         f"{offsets[:2].tolist()}")
     features = tuple(int(f) for f in features)
     images = np.asarray(images)
     instances = np.asarray(instances)
@@ -319,7 +336,9 @@ def train(images, instances, *, offsets, n_attractive=2, val_images=None, val_in
             "crop": int(crop), "lr": float(lr), "weight_decay": float(weight_decay), "warmup": int(warm),
             "schedule": "linear warm-up, cosine to 0.05 lr", "optimizer": "AdamW",
             "loss": {"bce": "masked binary cross-entropy on logits",
-                     "bce+dice": "masked binary cross-entropy on logits + boundary soft Dice"}[loss_name],
+                     "bce+dice": "masked binary cross-entropy on logits + boundary soft Dice",
+                     "bce+malis": "masked binary cross-entropy on logits + constrained MALIS "
+                                  "(nearest-neighbour channels)"}[loss_name],
             "threads": int(threads), "deterministic": True, "torch": str(torch.__version__),
             "augmentation": aug.to_dict(),
             "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "data_seconds": round(t_data, 1),
@@ -408,7 +427,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--loss", default="bce", choices=sorted(LOSSES),
-                    help="training loss: masked BCE (default) or BCE + boundary Dice; validation is BCE")
+                    help="training loss: masked BCE (default), BCE + boundary Dice or BCE + constrained "
+                         "MALIS; validation is BCE")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--features", type=int, nargs="+", default=list(DEFAULT_FEATURES))
     ap.add_argument("--offsets", default="em", choices=["em", "isbi2012"],

@@ -141,6 +141,24 @@ def test_boundary_dice_loss():
     assert "Dice" in meta["training"]["loss"]
 
 
+@needs_torch
+def test_malis_training_option():
+    """--loss bce+malis: deterministic, recorded, and refused for offsets without the two
+    nearest-neighbour channels first."""
+    mod = _script()
+    raws, labs = zip(*[_cells((48, 48), 12, s) for s in (1, 2)])
+    kw = dict(offsets=EM_OFFSETS[:6], n_attractive=2, features=(4, 8), steps=2, batch=2, crop=16,
+              warmup=1, threads=1, log_every=0, seed=3, loss="bce+malis")
+    m1, meta = mod.train(np.stack(raws), np.stack(labs), **kw)
+    m2, _ = mod.train(np.stack(raws), np.stack(labs), **kw)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert "MALIS" in meta["training"]["loss"]
+    m3, _ = mod.train(np.stack(raws), np.stack(labs), **{**kw, "loss": "bce"})
+    assert not all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m3.state_dict().values()))
+    with pytest.raises(ValueError, match="bce\\+malis"):
+        mod.train(np.stack(raws), np.stack(labs), **{**kw, "offsets": EM_OFFSETS[2:8]})
+
+
 # ---------------------------------------------------------------------------------- augmentation
 
 

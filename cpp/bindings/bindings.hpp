@@ -118,6 +118,7 @@ py::dict estep_result(py::array P1, py::array Pt1, py::array PX, py::array best_
 void register_common(py::module_& m);
 void register_knn(py::module_& m);
 void register_assignment(py::module_& m);
+void register_malis(py::module_& m);
 void register_cpd(py::module_& m);
 void register_cpd_fast(py::module_& m);
 void register_mws(py::module_& m);

@@ -40,4 +40,5 @@ PYBIND11_MODULE(_core, m) {
     xmodal::bind::register_stitch(m);
     xmodal::bind::register_testing(m);  // the submodule _core._testing (tests only)
     xmodal::bind::register_gasp(m);
+    xmodal::bind::register_malis(m);
 }

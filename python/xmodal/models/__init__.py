@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._checkpoint import build_with_weights, load_checkpoint
+from ._malis import MalisWeights, malis_loss, malis_weights
 from ._targets import affinity_targets, dihedral_transform
 from .em import (
     EM_N_ATTRACTIVE,
@@ -52,6 +53,9 @@ __all__ = [
     "ISBI2012_N_ATTRACTIVE",
     "UNet2D",
     "affinity_targets",
+    "malis_weights",
+    "malis_loss",
+    "MalisWeights",
     "dihedral_transform",
     "isbi2012_weights_path",
     "load_isbi2012_affinity_unet",
