@@ -216,3 +216,22 @@ def test_a_normalizer_producing_nan_is_a_clear_error():
 
     with pytest.raises(ValueError, match="normalize: expected finite values"):
         predict_tiled(m, x, tile_shape=(24, 24), halo=0, normalize=zscore, progress=False)
+
+
+class _NanInCorner(nn.Module):
+    """A model that returns NaN where its input exceeds 3 (one pixel of the image below)."""
+
+    def forward(self, x):
+        return torch.where(x > 3, torch.full_like(x, float("nan")), x * 2)
+
+
+@pytest.mark.parametrize("blend", ["crop", "linear"])
+def test_a_model_returning_nan_is_a_clear_error(blend, tmp_path):
+    x = np.zeros((48, 48), np.float32)
+    x[40, 40] = 5.0
+    with pytest.raises(ValueError, match="model: expected finite outputs, got 1 NaN"):
+        predict_tiled(_NanInCorner().eval(), x, tile_shape=(24, 24), halo=0, blend=blend, progress=False)
+    # the same model on an image that never triggers it predicts as before
+    y = predict_tiled(_NanInCorner().eval(), x.clip(0, 1), tile_shape=(24, 24), halo=0, blend=blend,
+                      progress=False)
+    np.testing.assert_array_equal(y[0], x.clip(0, 1) * 2)

@@ -106,6 +106,12 @@ def _predict_batch(plan: Plan, x: np.ndarray) -> np.ndarray:
         raise
     if y.shape[:2] != (x.shape[0], plan.out_channels) or y.shape[2:] != x.shape[2:]:
         raise ValueError(f"model: output of shape {y.shape} for an input of shape {x.shape}")
+    if np.issubdtype(y.dtype, np.inexact):
+        bad = int(np.count_nonzero(~np.isfinite(y)))
+        if bad:
+            raise ValueError(f"model: expected finite outputs, got {bad} NaN or infinite values of {y.size} "
+                             f"for a batch of finite input windows of shape {x.shape} (the model made them: "
+                             f"e.g. weights with NaN, or values beyond the range of its dtype {y.dtype})")
     return y
 
 
