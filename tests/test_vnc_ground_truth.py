@@ -95,3 +95,18 @@ def test_bridge_stats_counts_bridged_instances(vnc_folder):
     assert st["pair_share_bridged"][1] == 0.0
     # parts smaller than min_part do not make a bridge
     assert vg.bridge_stats(merged, cells, min_part=10_000)["n_bridged"] == [0] * 20
+
+
+def test_oracle_cells_is_perfect_on_cells_and_splits_every_bridge(vnc_folder):
+    ev = _load("evaluate_em_model")
+    vg = _load("evaluate_vnc_ground_truth")
+    _, merged = ev.read_vnc(vnc_folder)
+    _, cells = ev.read_vnc(vnc_folder, synapses="ignore")
+    oracle = vg.oracle_cells(merged, cells)
+    for z in range(20):
+        assert ((oracle[z] > 0) == (merged[z] > 0)).all()          # the foreground, labelled
+        assert ev.scores(oracle[z], cells[z])["arand"] == 0.0      # equal to the cells definition
+        syn = _labels(z % 2 == 0) == 223
+        assert set(np.unique(oracle[z][syn])) <= set(np.unique(cells[z][cells[z] > 0]))
+        err = ev.scores(oracle[z], merged[z])["arand"]
+        assert (err > 0.2) if z % 2 == 0 else (err == 0.0)        # a bridge costs the perfect cells
