@@ -201,3 +201,15 @@ def test_value_functions_agree_across_dtypes():
             xmodal.mutex_watershed_graph(4, [[0, 1], [1, 2], [2, 3]], w, [[0, 3]], [0.5]),
             xmodal.mutex_watershed_graph(4, [[0, 1], [1, 2], [2, 3]], w.astype(float), [[0, 3]], [0.5]))
         np.testing.assert_array_equal(seg.probabilities_to_costs(w), seg.probabilities_to_costs(w.astype(float)))
+
+
+@pytest.mark.parametrize("method", ["gasp", "multicut", "mws"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -0.1, 1.5])
+def test_agglomerate_graph_names_edge_boundary_for_values_outside_0_1(method, value):
+    """The boundary values are checked under their own name (NaN was reported as gasp's `weights`
+    or multicut's `probabilities`, and 1.5 was agglomerated as a strong boundary)."""
+    b = np.array([0.2, value, 0.9])
+    with pytest.raises(ValueError, match=r"^edge_boundary: expected finite boundary values in \[0, 1\], edge 1 has"):
+        seg.agglomerate_graph(4, [[0, 1], [1, 2], [2, 3]], b, [1.0, 1.0, 1.0], method=method)
+    b[1] = 1.0
+    assert seg.agglomerate_graph(4, [[0, 1], [1, 2], [2, 3]], b, [1.0, 1.0, 1.0], method=method).shape == (4,)

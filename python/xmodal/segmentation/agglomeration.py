@@ -143,7 +143,8 @@ def agglomerate_graph(n_nodes, edges, edge_boundary, edge_sizes, *, method="gasp
     n_nodes, edges : int, (E, 2) ints
         The graph.
     edge_boundary : (E,) float in [0, 1]
-        Boundary value of each edge (e.g. mean boundary probability along the face).
+        Boundary value of each edge (e.g. mean boundary probability along the face). NaN, infinite
+        or out-of-range values raise ValueError naming the first such edge.
     edge_sizes : (E,) positive float
         Face sizes (GASP mean linkage weights; multicut size weighting).
     method : {"gasp", "multicut", "mws"}
@@ -160,6 +161,10 @@ def agglomerate_graph(n_nodes, edges, edge_boundary, edge_sizes, *, method="gasp
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
     b = as_float_values(edge_boundary, "edge_boundary", "boundary values in [0, 1]", dtype=np.float64)
+    bad = np.flatnonzero(~((b >= 0.0) & (b <= 1.0)))
+    if bad.size:
+        raise ValueError(f"edge_boundary: expected finite boundary values in [0, 1], edge {int(bad[0])} has "
+                         f"{b.ravel()[bad[0]]!r} ({bad.size} such edges)")
     if method == "multicut":
         from ._multicut import multicut, probabilities_to_costs
 
