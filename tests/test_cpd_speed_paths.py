@@ -279,3 +279,26 @@ def test_blas_single_threaded_during_cpu_em(transform):
                               **extra)
     assert seen and all(all(n == 1 for n in s) for s in seen), seen
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda fps, P: fps(P[:0], 3), r"^points: expected an \(n, d\) array .* n >= 1, got shape \(0, 3\)"),
+    (lambda fps, P: fps(P[:, 0], 3), r"^points: expected an \(n, d\) array"),
+    (lambda fps, P: fps(P.astype(str), 3), r"^points: expected an \(n, d\) array of real coordinates"),
+    (lambda fps, P: fps(np.where(P > 0.9, np.nan, P), 3), r"^points: coordinates must be finite"),
+    (lambda fps, P: fps(P, 0), r"^k: expected an integer >= 1 or None, got 0"),
+    (lambda fps, P: fps(P, 2.5), r"^k: expected an integer >= 1 or None, got 2.5"),
+    (lambda fps, P: fps(P, radius=-1.0), r"^radius: expected a finite number >= 0 or None, got -1.0"),
+    (lambda fps, P: fps(P, radius=float("nan")), r"^radius: expected a finite number >= 0"),
+    (lambda fps, P: fps(P, max_k=0), r"^max_k: expected an integer >= 1, got 0"),
+])
+def test_farthest_point_centers_refuses_bad_input(call, match):
+    """Empty or non-finite points and k = 0 gave numpy's 'argmin of an empty sequence' or one centre."""
+    from xmodal.registration import farthest_point_centers
+
+    P = np.random.default_rng(0).random((20, 3))
+    with pytest.raises(ValueError, match=match):
+        call(farthest_point_centers, P)
+    assert farthest_point_centers(P[:1], 5).tolist() == [0]
+    assert farthest_point_centers(P.astype(np.int64), np.int64(3)).shape == (3,)
+    assert farthest_point_centers(P.tolist(), 4).tolist() == farthest_point_centers(P, 4).tolist()

@@ -114,12 +114,40 @@ def farthest_point_centers(points: np.ndarray, k: int | None = None, *, radius: 
                            max_k: int = 1500) -> np.ndarray:
     """Indices of centres picked by farthest-point sampling (deterministic).
 
-    Starts at the point nearest the centroid; stops after ``k`` centres, or (``radius`` given)
-    once every point lies within ``radius`` of a centre, or at ``max_k``.
+    Starts at the point nearest the centroid, then repeatedly takes the point farthest from the
+    centres so far (ties: the lowest index).
+
+    Parameters
+    ----------
+    points : (n, d) array (numpy, or cupy for CUDA arrays), n >= 1, finite coordinates in any unit.
+    k : int >= 1, optional
+        Number of centres (at most ``n``). Without ``k`` the sampling stops once every point lies
+        within ``radius`` of a centre, or at ``max_k`` centres.
+    radius : float >= 0, optional
+        Covering radius, in the unit of ``points``.
+    max_k : int >= 1
+        Cap on the number of centres when ``k`` is not given.
+
+    Returns
+    -------
+    (m,) int64 numpy array of point indices, in the order picked.
     """
+    if not isinstance(points, np.ndarray) and not hasattr(points, "__cuda_array_interface__"):
+        points = np.asarray(points)  # lists, tuples, CPU tensors
     xp = array_namespace(points)
+    if getattr(points, "ndim", 0) != 2 or points.shape[0] < 1 or points.dtype.kind not in "biuf":
+        raise ValueError(f"points: expected an (n, d) array of real coordinates with n >= 1, got shape "
+                         f"{getattr(points, 'shape', None)} and dtype {getattr(points, 'dtype', None)}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+        raise ValueError(f"k: expected an integer >= 1 or None, got {k!r}")
+    if radius is not None and not (isinstance(radius, numbers.Real) and 0 <= float(radius) < float("inf")):
+        raise ValueError(f"radius: expected a finite number >= 0 or None, got {radius!r}")
+    if isinstance(max_k, bool) or not isinstance(max_k, numbers.Integral) or max_k < 1:
+        raise ValueError(f"max_k: expected an integer >= 1, got {max_k!r}")
     if points.dtype.kind != "f":  # integer coordinates: subtraction would wrap or overflow
         points = points.astype(xp.float64)
+    if not bool(xp.isfinite(points).all()):
+        raise ValueError("points: coordinates must be finite (NaN or infinity found)")
     n = points.shape[0]
     limit = n if k is None else min(int(k), n)
     limit = min(limit, max_k) if k is None else limit
