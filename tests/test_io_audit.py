@@ -138,3 +138,51 @@ def test_provenance_keeps_numpy_values_as_numbers():
     rec = xio.provenance_attributes("f", params)["xmodal"]["parameters"]
     assert rec == {"block": [64, 32], "beta": 0.5, "flag": True, "nested": {"k": 3}, "offsets": [[0, 1], [1, 0]]}
     json.dumps(rec)
+
+
+def test_write_region_refuses_data_of_another_shape(tmp_path):
+    """zarr writes the overlapping part of data of another shape without a word; write_region
+    refuses it, naming both shapes (scalars still fill the region)."""
+    pytest.importorskip("zarr")
+    from xmodal.io import create_array, write_region
+
+    a = create_array(tmp_path / "a.zarr", (4, 6), np.float32, chunks=(2, 3))
+    for bad in (np.ones((3, 3)), np.ones((2, 2)), np.ones(3)):
+        with pytest.raises(ValueError, match=r"^data: expected shape \(2, 3\) .* got \("):
+            write_region(a, (slice(0, 2), slice(3, 6)), bad)
+    assert not a[:].any()
+    write_region(a, (slice(0, 2), slice(3, 6)), np.arange(6.0).reshape(2, 3))
+    write_region(a, (slice(2, None),), 7.0)                                # scalar, open slice
+    write_region(np.zeros((4, 6)), (slice(0, 4, 2), slice(0, 6)), np.ones((2, 6)))  # numpy, a step
+    np.testing.assert_array_equal(a[:2, 3:], np.arange(6.0).reshape(2, 3))
+    assert (a[2:] == 7).all()
+
+
+def test_iter_blocks_refuses_a_bad_block():
+    from xmodal.io import iter_blocks
+
+    for bad in ((0, 2), (2,), (2, 2, 2), (-1, 3)):
+        with pytest.raises(ValueError, match=r"^block: expected 2 positive integers"):
+            list(iter_blocks((4, 4), bad))
+    assert len(list(iter_blocks((4, 5), (2, 2)))) == 6
+
+
+def test_write_csv_refuses_ragged_or_missing_columns(tmp_path):
+    from xmodal.io import write_csv
+
+    for header, cols in ((["a", "b"], [[1, 2], [3]]), (["a", "b"], [[1, 2]]), (["a"], [5])):
+        with pytest.raises(ValueError, match=r"^columns: expected \d sequences of equal length"):
+            write_csv(tmp_path / "t.csv", header, cols)
+    assert not (tmp_path / "t.csv").exists()
+    write_csv(tmp_path / "t.csv", ["a", "b"], [[1, 2], ["x", "y"]])
+    assert (tmp_path / "t.csv").read_text() == "a,b\n1,x\n2,y\n"
+
+
+def test_create_array_refuses_a_bad_shape_before_touching_the_disk(tmp_path):
+    pytest.importorskip("zarr")
+    from xmodal.io import create_array
+
+    for bad in ((-1, 3), ("a", 3), 5):
+        with pytest.raises(ValueError, match=r"^shape: expected a sequence of non-negative integers"):
+            create_array(tmp_path / "a.zarr", bad, np.float32)
+    assert not (tmp_path / "a.zarr").exists()

@@ -58,18 +58,16 @@ from ._zarr import (
     BlockLedger,
     atomic_write_bytes,
     atomic_write_text,
-    check_chunk_aligned,
     create_array,
     create_ome_zarr_image,
     create_ome_zarr_labels,
     is_zarr_array,
-    iter_blocks,
     local_store_path,
     ome_image_metadata,
     open_array,
     provenance_attributes,
-    write_region,
 )
+from ._regions import check_chunk_aligned, iter_blocks, write_region
 from ._files import Table, jsonable, numeric_column, provenance_record, read_image, read_table, write_csv, write_json
 from ._points import PointSet, load_points
 

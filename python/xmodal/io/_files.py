@@ -237,6 +237,10 @@ def write_csv(path, header: Sequence[str], columns: Iterable[Sequence[Any]]) -> 
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     cols = [np.asarray(c) for c in columns]
+    lengths = [len(c) if c.ndim else -1 for c in cols]
+    if len(cols) != len(header) or len(set(lengths)) > 1 or -1 in lengths:
+        raise ValueError(f"columns: expected {len(header)} sequences of equal length (one per header name "
+                         f"{list(header)}), got {len(cols)} of lengths {lengths}")
     for row in zip(*cols):
         w.writerow([v.item() if isinstance(v, np.generic) else v for v in row])
     return atomic_write_text(path, buf.getvalue())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -114,7 +113,13 @@ def create_array(path, shape: Sequence[int], dtype, *, chunks: Sequence[int] | N
     an array that :func:`open_array` recognises as unfinished.
     """
     zarr = _zarr()
-    shape = tuple(int(s) for s in shape)
+    given = shape
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        shape = None
+    if shape is None or any(s < 0 for s in shape):
+        raise ValueError(f"shape: expected a sequence of non-negative integers, got {describe(given)}")
     if chunks is None:
         chunks = tuple(min(max(s, 1), 128) for s in shape)
     chunks = tuple(max(1, min(s, c)) for s, c in zip(shape, _check_chunks(chunks, shape)))
@@ -277,45 +282,12 @@ def create_ome_zarr_labels(image, name: str, shape: Sequence[int], dtype=np.uint
     return arr
 
 
-def iter_blocks(shape: Sequence[int], block: Sequence[int]):
-    """Yield the regions (tuples of slices) of a grid of ``block``-sized blocks covering ``shape``, in C
-    order; the last block along an axis stops at the array's end. Blocks of the array's chunk
-    shape give chunk-aligned regions (see :func:`write_region`)."""
-    ranges = [range(0, int(n), int(b)) for n, b in zip(shape, block)]
-    for starts in itertools.product(*ranges):
-        yield tuple(slice(s, min(s + int(b), int(n))) for s, b, n in zip(starts, block, shape))
-
-
 def local_store_path(array) -> str | None:
     """File-system directory of a zarr array in a local store, or None (memory or remote store)."""
     root = getattr(getattr(array, "store", None), "root", None)
     if root is None:
         return None
     return os.path.join(os.fspath(root), *[p for p in str(array.path).split("/") if p])
-
-
-def check_chunk_aligned(array, region: Sequence[slice], *, name: str = "region") -> None:
-    """Raise ValueError unless ``region`` (slices over the array's axes) covers whole chunks.
-
-    A region boundary is aligned when it is a multiple of the chunk extent or equals the array's end.
-    """
-    chunks = getattr(array, "chunks", None)
-    if chunks is None:
-        return
-    for ax, (s, c, n) in enumerate(zip(region, chunks, array.shape)):
-        start = 0 if s.start is None else s.start
-        stop = n if s.stop is None else min(s.stop, n)
-        if start % c or (stop % c and stop != n):
-            raise ValueError(f"{name}: axis {ax} spans [{start}, {stop}), not aligned to chunks of {c} "
-                             f"(array extent {n})")
-
-
-def write_region(array, region: Sequence[slice], data: np.ndarray, *, check_alignment: bool = True) -> None:
-    """Write ``data`` into ``array[region]``; for zarr arrays check the region is chunk-aligned first."""
-    region = tuple(region)
-    if check_alignment and is_zarr_array(array):
-        check_chunk_aligned(array, region)
-    array[region] = data
 
 
 def _umask() -> int:
