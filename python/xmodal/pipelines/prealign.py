@@ -21,8 +21,12 @@ from .._validation import as_bool, as_points, choice, positive_float, positive_i
 
 
 def principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre, principal axes (columns, by decreasing variance, right-handed) and variances."""
-    pts = np.asarray(points, dtype=np.float64)
+    """Centre, principal axes (columns, by decreasing variance, right-handed) and variances.
+
+    ``points``: (n, d) finite coordinates, d = 2 or 3, n >= 2 (ValueError naming ``points``
+    otherwise). Variances in squared units of ``points``.
+    """
+    pts = as_points(points, "points", min_points=2)
     centre = pts.mean(axis=0)
     cov = np.cov((pts - centre).T)
     var, axes = np.linalg.eigh(cov)
@@ -54,6 +58,7 @@ def proper_signed_permutations(d: int, *, permute: bool = True) -> list[np.ndarr
     With ``permute=False`` only the diagonal sign flips (4 in 3D, 2 in 2D).
     """
     permute = as_bool(permute, "permute")
+    d = positive_int(d, "d")
     out = []
     perms = itertools.permutations(range(d)) if permute else [tuple(range(d))]
     for perm in perms:
@@ -181,6 +186,9 @@ def prealign(moving, fixed, *, rotations: str = "all", scale: bool = False, refi
         raise ValueError(f"moving, fixed: expected the same number of dimensions, got {mov.shape[1]} and {fix.shape[1]}")
     choice(rotations, "rotations", ("all", "flips", "none"))
     d = mov.shape[1]
+    for name, pts in (("moving", mov), ("fixed", fix)):
+        if len(pts) < d + 1:
+            raise ValueError(f"{name}: expected at least d + 1 = {d + 1} points, got {len(pts)}")
     rng = np.random.default_rng(seed)
     mov_s, fix_s = _subsample(mov, max_points, rng), _subsample(fix, max_points, rng)
 
