@@ -186,3 +186,26 @@ def test_create_array_refuses_a_bad_shape_before_touching_the_disk(tmp_path):
         with pytest.raises(ValueError, match=r"^shape: expected a sequence of non-negative integers"):
             create_array(tmp_path / "a.zarr", bad, np.float32)
     assert not (tmp_path / "a.zarr").exists()
+
+
+def test_a_float_npy_of_points_is_a_point_array(tmp_path, capsys):
+    """A saved (n, 3) float array was read as a label image and refused ('expected an integer label
+    image'); float values cannot be labels, so it is a point array now. Integer .npy files stay
+    label images."""
+    from xmodal.cli import main
+    from xmodal.io import load_points
+
+    pts = np.random.default_rng(0).random((20, 3)) * 10
+    np.save(tmp_path / "p.npy", pts)
+    ps = load_points(tmp_path / "p.npy", spacing=(2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(ps.points, pts * [2.0, 1.0, 1.0])
+    assert ps.ids.tolist() == list(range(20)) and ps.source.endswith("p.npy")
+    lab = np.zeros((8, 3), np.int32)
+    lab[1:3, 1] = 4
+    np.save(tmp_path / "l.npy", lab)
+    assert load_points(tmp_path / "l.npy").ids.tolist() == [4]                 # integer: a label image
+    np.save(tmp_path / "bad.npy", np.where(pts > 9.5, np.nan, pts))
+    with pytest.raises(ValueError, match="coordinates must be finite"):
+        load_points(tmp_path / "bad.npy")
+    assert main(["match", str(tmp_path / "p.npy"), str(tmp_path / "p.npy"), "--out", str(tmp_path / "m.csv")]) == 0
+    assert (tmp_path / "m.csv").read_text().count("\n") == 21

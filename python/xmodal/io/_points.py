@@ -146,7 +146,9 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
     multiplies them when given); .npy/.tif/.zarr is a label image whose object centroids are taken
     (``spacing`` = voxel size; without it, the voxel size an OME-Zarr image declares in its
     ``multiscales`` metadata or a TIFF in its OME-TIFF / ImageJ metadata, else 1:
-    ``PointSet.spacing`` says which, and ``PointSet.units`` the unit the metadata names). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
+    ``PointSet.spacing`` says which, and ``PointSet.units`` the unit the metadata names), except a
+    .npy of floating-point values and shape (n, 2) or (n, 3), which is a point array (float values
+    cannot be labels). An integer array of ndim 2 or 3 whose shape is not (n, 2|3) is a
     label image; any other 2-D array is a point array.
     """
     if isinstance(x, PointSet):
@@ -158,6 +160,11 @@ def load_points(x: Any, *, spacing=None, id_column: str | None = None, columns=N
             return _points_from_table(path, id_column=id_column, columns=columns, spacing=spacing)
         if suffix in IMAGE_SUFFIXES or path.is_dir():
             image = read_image(path)
+            if suffix == ".npy" and image.ndim == 2 and image.dtype.kind == "f" and image.shape[1] in (2, 3):
+                pts = as_points(image, name)  # float values cannot be labels: an (n, d) point array
+                s = as_spacing(spacing, pts.shape[1])
+                return PointSet(_scaled(pts, s), np.arange(len(pts)), str(path),
+                                spacing=None if s is None else tuple(s.tolist()))
             units = None
             if spacing is None:
                 spacing, units = declared_scale(path, len(image.shape))
