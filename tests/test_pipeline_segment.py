@@ -78,6 +78,8 @@ def test_segment_blockwise_matches_single_shot(isbi):
         (dict(raw=np.zeros((16, 16)), block_shape=(8, 8, 8)), ValueError, "block_shape"),
         (dict(raw=np.zeros((16, 16)), memory_voxels=0), ValueError, "memory_voxels: expected an integer >= 1"),
         (dict(raw=np.zeros((16, 16)), memory_voxels=1.5), TypeError, "memory_voxels"),
+        (dict(raw=np.zeros((40, 40, 3), np.uint8)), ValueError, r"raw: shape \(40, 40, 3\) looks like a colour image"),
+        (dict(raw=np.zeros((40, 40, 4), np.uint8)), ValueError, "its last axis holds 4 channels"),
     ],
 )
 def test_segment_bad_input(kwargs, exc, match, tmp_path):

@@ -119,6 +119,11 @@ def _validate(raw, *, model, offsets, n_attractive, normalize, min_size, spacing
     method, min_size, extra = resolve_method(model, method, min_size, graph_options)
     spatial = tuple(int(s) for s in image.shape)
     stack = offsets.shape[1] == 2 and len(spatial) == 3
+    if stack and spatial[2] <= 4 < spatial[1]:
+        raise ValueError(f"raw: shape {spatial} looks like a colour image (its last axis holds {spatial[2]} "
+                         f"channels); the model reads grey images or stacks (z, y, x) of grey sections, and "
+                         f"would segment {spatial[0]} sections of {spatial[1]} x {spatial[2]} pixels: convert it "
+                         f"to grey first (e.g. raw.mean(axis=-1))")
     if offsets.shape[1] == 3 and len(spatial) == 2:
         raise ValueError(f"offsets: a 3D model (offsets of length 3) cannot run on the 2D image of shape {spatial}")
     if method in GRAPH_METHODS:
