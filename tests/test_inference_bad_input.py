@@ -131,6 +131,16 @@ def test_cli_predicts_a_2d_model_over_a_stack_slice_by_slice(tiny_model, tmp_pat
     code, _, err = run_cli(capsys, "predict", tmp_path / "stack.npy", "--model", path, "--out", tmp_path / "c.ome.zarr",
                            "--channel-axis", "0", "--normalize", "none", "-q")
     assert_user_error(code, err, "input channel")
+    # a colour image (y, x, 3) is not a stack of 3-pixel-wide sections
+    np.save(tmp_path / "rgb.npy", np.random.default_rng(1).random((20, 24, 3)).astype(np.float32))
+    code, _, err = run_cli(capsys, "predict", tmp_path / "rgb.npy", "--model", path, "--out", tmp_path / "r.ome.zarr",
+                           "--normalize", "none", "-q")
+    assert_user_error(code, err, "looks like a colour image", "--channel-axis 2")
+    assert not (tmp_path / "r.ome.zarr").exists()
+    # an output named like a file is refused before anything is read
+    code, _, err = run_cli(capsys, "predict", tmp_path / "stack.npy", "--model", path, "--out", tmp_path / "p.npy", "-q")
+    assert_user_error(code, err, "--out", "OME-Zarr image (a folder)", "p.ome.zarr")
+    assert not (tmp_path / "p.npy").exists()
 
 
 # ----------------------------------------------------------------------------------- 3. non-finite input

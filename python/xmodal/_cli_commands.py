@@ -243,6 +243,9 @@ def cmd_predict(args) -> int:
     from .models import load_model
 
     where = Path(args.out)
+    if where.suffix.lower() in (".npy", ".npz", ".tif", ".tiff", ".csv", ".json", ".png"):
+        raise UsageError(f"--out: predict writes an OME-Zarr image (a folder), got {where}, named like a "
+                         f"{where.suffix} file; choose e.g. {where.with_suffix('.ome.zarr')}")
     if where.exists():  # checked before anything is read or created
         if same_path(where, args.image):
             raise UsageError(f"--out: {where} is also the input image; choose another output path")
@@ -269,6 +272,12 @@ def cmd_predict(args) -> int:
     if (is_torch_module(model) and image.ndim == 3 and args.channel_axis is None
             and spatial_signature(model)[0] == 2):  # a 2-D model's (z, y, x) stack: slice by slice
         from .pipelines._slicewise import slicewise
+
+        if image.shape[2] <= 4 < image.shape[1]:
+            raise UsageError(f"image: shape {tuple(image.shape)} looks like a colour image (its last axis holds "
+                             f"{image.shape[2]} channels), which would be predicted as {image.shape[0]} sections of "
+                             f"{image.shape[1]} x {image.shape[2]} pixels; convert it to grey first, or give "
+                             f"--channel-axis 2 for a model that reads colour channels")
 
         model, tile_shape, halo = slicewise(model, tuple(image.shape[1:]), tile_shape, halo, device)
         device, stack = "auto", True  # the wrapper runs the model on the device itself
