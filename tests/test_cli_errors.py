@@ -11,6 +11,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,21 @@ def test_ctrl_c_stops_with_status_130_and_one_line(files, capsys, monkeypatch):
     monkeypatch.setenv("XMODAL_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt):
         cli.main(["match", "a.csv", "b.csv", "--out", "m.csv"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["mws", "aff.npy", "--offsets", "[[-1, 0], [0, -1]]", "--out", "labels.npy"],
+    ["cpd", "a.csv", "b.csv", "--out", "result.json"],
+    ["segment", "raw.npy", "--out", "seg.tif"],
+    ["register", "a.csv", "b.csv", "--out", "cells.csv"],
+])
+def test_folder_outputs_named_like_files_are_refused(argv, tmp_path, capsys, monkeypatch):
+    """These commands write a folder (or a zarr array); '--out labels.npy' made a folder of that name."""
+    monkeypatch.chdir(tmp_path)
+    np.save("aff.npy", np.random.default_rng(0).random((2, 8, 8)).astype(np.float32))
+    np.save("raw.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    for name in ("a.csv", "b.csv"):
+        Path(name).write_text("z,y,x\n" + "\n".join(f"{i},{i % 3},{i % 5}" for i in range(8)) + "\n")
+    code, _, err = run(capsys, *argv)
+    assert_user_error(code, err, "--out", "(a folder)", "named like a")
+    assert not Path(argv[-1]).exists()

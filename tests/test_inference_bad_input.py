@@ -139,7 +139,7 @@ def test_cli_predicts_a_2d_model_over_a_stack_slice_by_slice(tiny_model, tmp_pat
     assert not (tmp_path / "r.ome.zarr").exists()
     # an output named like a file is refused before anything is read
     code, _, err = run_cli(capsys, "predict", tmp_path / "stack.npy", "--model", path, "--out", tmp_path / "p.npy", "-q")
-    assert_user_error(code, err, "--out", "OME-Zarr image (a folder)", "p.ome.zarr")
+    assert_user_error(code, err, "--out", "OME-Zarr image (a folder)", "p.zarr")
     assert not (tmp_path / "p.npy").exists()
 
 

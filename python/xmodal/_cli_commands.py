@@ -12,6 +12,7 @@ from pathlib import Path
 from ._cli_mws import record_offsets
 from ._cli_support import (
     UsageError,
+    check_folder_name,
     dask_client,
     ints_option,
     options_of,
@@ -35,6 +36,7 @@ def cmd_register(args) -> int:
     if args.spots:
         spots = {Path(s).stem: s for s in args.spots}
     fixed, moving = _register_inputs(args)
+    check_folder_name(args.out, "an output folder")
     res = register_cells(
         fixed, moving, transform=args.transform, matching=args.matching,
         fixed_spacing=spacing_option(args.fixed_spacing or args.spacing),
@@ -242,10 +244,7 @@ def cmd_predict(args) -> int:
     from .io import read_image
     from .models import load_model
 
-    where = Path(args.out)
-    if where.suffix.lower() in (".npy", ".npz", ".tif", ".tiff", ".csv", ".json", ".png"):
-        raise UsageError(f"--out: predict writes an OME-Zarr image (a folder), got {where}, named like a "
-                         f"{where.suffix} file; choose e.g. {where.with_suffix('.ome.zarr')}")
+    where = check_folder_name(args.out, "an OME-Zarr image")
     if where.exists():  # checked before anything is read or created
         if same_path(where, args.image):
             raise UsageError(f"--out: {where} is also the input image; choose another output path")
@@ -302,6 +301,7 @@ def _declare_scale(out, image_path, ndim: int) -> None:
 def cmd_segment(args) -> int:
     from .pipelines import segment
 
+    check_folder_name(args.out, "an output folder")
     res = segment(args.raw, model=args.model, out=args.out, min_size=args.min_size, method=args.method,
                   tile_shape=ints_option(args.tile_shape), device=args.device, client=dask_client(args),
                   ground_truth=args.ground_truth, spacing=spacing_option(args.spacing), progress=not args.quiet,

@@ -129,6 +129,20 @@ def written_by(path: Path, command: str) -> bool:
     return False
 
 
+#: Suffixes of single files: a folder or zarr output named with one would surprise its reader.
+FILE_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".csv", ".tsv", ".json", ".png", ".html", ".txt", ".parquet")
+
+
+def check_folder_name(out, what: str) -> Path:
+    """``--out`` of a command that writes a folder (``what``, e.g. "an OME-Zarr image"): refused
+    when named like a single file (``labels.npy`` would become a folder of that name)."""
+    path = Path(out)
+    if path.suffix.lower() in FILE_SUFFIXES:
+        raise UsageError(f"--out: this command writes {what} (a folder), got {path}, named like a {path.suffix} "
+                         f"file; choose e.g. {path.with_suffix('.zarr' if 'zarr' in what.lower() else '')}")
+    return path
+
+
 def prepare_out(out, *, kind: str, command: str, inputs=(), overwrite: bool = False) -> Path:
     """Check ``--out`` before any work: ``kind`` is "file", "folder" or "zarr" (see the module doc).
 
@@ -138,6 +152,8 @@ def prepare_out(out, *, kind: str, command: str, inputs=(), overwrite: bool = Fa
     for i in inputs:
         if i is not None and Path(i).exists() and same_path(path, i):
             raise UsageError(f"--out: {path} is also an input of this command; choose another output path")
+    if kind != "file":
+        check_folder_name(path, "a zarr array" if kind == "zarr" else "an output folder")
     if not path.exists():
         from .io._resume import _check_can_create_beside
 
